@@ -1,0 +1,84 @@
+# runv — build, install, demo and test. `make demo` and `make test` work on a fresh Debian 12
+# machine: both install the system packages they need first.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+
+BUILD   ?= build
+PREFIX  ?= /usr/local
+LIBDIR  ?= /var/lib/runv
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+GO          ?= go
+GO_LDFLAGS  := -X main.version=$(VERSION)
+# The agent is PID 1 of an initramfs: static, with cgo for libcontainer's nsenter and seccomp.
+AGENT_TAGS    := seccomp netgo osusergo
+AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
+
+# Debian packages the build, the demo and the tests need.
+DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
+	build-essential busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
+
+.PHONY: all deps build runv agent initrd kernel install uninstall demo test unit-test \
+	integration-test bench proto clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build: runv initrd kernel
+
+runv:
+	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
+
+agent:
+	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $(BUILD)/runv-agent ./cmd/runv-agent
+
+initrd: agent
+	$(GO) run ./initrd -agent $(BUILD)/runv-agent -o $(BUILD)/initrd.img
+
+# Cached outside the repository, keyed by the config fragment and the kernel source version.
+kernel:
+	kernel-config/build.sh $(BUILD)/vmlinux >/dev/null
+
+install: build
+	install -D -m 0755 $(BUILD)/runv $(DESTDIR)$(PREFIX)/bin/runv
+	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(LIBDIR)/vmlinux
+	install -D -m 0644 $(BUILD)/initrd.img $(DESTDIR)$(LIBDIR)/initrd.img
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
+
+demo: deps install
+	@rm -rf $(BUILD)/demo-bundle
+	@$(GO) run ./test/mkbundle $(BUILD)/demo-bundle sh -c \
+		'echo "guest kernel: $$(uname -r)"; echo "Hello from a runv pod: container $$(hostname) in its own VM"' >/dev/null
+	@echo "host kernel:  $$(uname -r)"
+	runv run --bundle $(BUILD)/demo-bundle runv-demo-$$$$
+
+test: deps build unit-test integration-test
+
+unit-test:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
+
+# Integration tests boot real VMs under TCG with the kernel, initrd and runv just built.
+integration-test:
+	RUNV_BINARY=$(CURDIR)/$(BUILD)/runv RUNV_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
+		$(GO) test -count=1 -timeout 40m -v ./test/... 2>&1 | tee $(BUILD)/integration-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)'; \
+		exit $${PIPESTATUS[0]}
+
+bench: deps install
+	bench/run.sh
+
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+	protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative api/podapi/pod.proto
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,252 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+
+	// The same binary is libcontainer's "runc init": nsenter's cgo constructor sets up the
+	// namespaces before the Go runtime starts (a no-op unless libcontainer started us), and
+	// the devices package registers the cgroup device-rule manager (without it device rules
+	// fail to apply).
+	_ "github.com/opencontainers/cgroups/devices"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// AgentName is reported in VersionInfo.
+var AgentName = "runv-agent (" + runtime.Version() + ")"
+
+// portWait bounds the wait for the virtio-serial ports at boot.
+const portWait = 10 * time.Second
+
+// IsContainerInit reports whether argv is libcontainer re-executing this binary as the
+// container's init (`runv-agent init`).
+func IsContainerInit(args []string) bool { return len(args) > 1 && args[1] == "init" }
+
+// ContainerInit runs libcontainer's init inside a container being created. It never returns.
+func ContainerInit() { libcontainer.Init() }
+
+// Agent is the guest's PID 1: it serves the control protocol and runs the pod's containers.
+type Agent struct {
+	log    *logger
+	flags  bootFlags
+	reaper *reaper
+	d      *Dispatcher
+	ctl    *vport
+	mux    *agentproto.Mux
+
+	mu         sync.Mutex
+	pod        *podState
+	containers map[string]*container
+	creating   map[string]bool // ids whose NEWCONTAINER is in progress
+	// sandbox is the pod's first container: later containers whose spec names a namespace
+	// by path join the sandbox's namespace of that type.
+	sandbox    string
+	destroying bool
+}
+
+// Main is PID 1. It only returns (with an error) when it is not PID 1, so that running the
+// binary by hand on a host does nothing harmful; as PID 1 it serves until DESTROYPOD or a
+// fatal error, and then powers the VM off.
+func Main() error {
+	if os.Getpid() != 1 {
+		return errors.New("runv-agent is the init process of a runv guest VM and must run as PID 1")
+	}
+	// Every line before the console is reopened goes to the kernel-provided fd 2.
+	log := newLogger(os.Stderr, false)
+	// Signals a container sharing the guest's pid namespace might send to PID 1 must not
+	// terminate it (Go's default for SIGTERM/SIGINT/SIGHUP is to exit). signal.Notify and
+	// not signal.Ignore: ignored dispositions would be inherited by container processes
+	// across execve.
+	stray := make(chan os.Signal, 8)
+	signal.Notify(stray, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
+	go func() {
+		for s := range stray {
+			log.Infof("ignoring signal %v sent to PID 1", s)
+		}
+	}()
+	os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+
+	if err := setupRoot(log); err != nil {
+		fatal(log, "%v", err)
+	}
+	if c, err := openConsole(); err != nil {
+		log.Errorf("%v (logging to the kernel's stderr)", err)
+	} else {
+		log.setOutput(c)
+	}
+	flags, err := readCmdline()
+	if err != nil {
+		log.Errorf("%v", err)
+	}
+	if flags.Probe {
+		// The host only needs proof that the guest ran userspace: print and go.
+		log.setOutput(nil)
+		if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+			fmt.Fprintln(c, ProbeMarker)
+		}
+		powerOff(log, "probe done")
+	}
+	log.setDebug(flags.Debug)
+	setupLogrus(log, flags.Debug)
+	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
+
+	a := &Agent{log: log, flags: flags, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
+	a.run()
+	return nil // unreachable: run powers off
+}
+
+// run finds the ports, starts the reaper and the stream mux, and serves the control port
+// forever.
+func (a *Agent) run() {
+	ctx := context.Background()
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, unix.SIGCHLD)
+	go a.reaper.run(ctx, sigchld)
+
+	paths, err := findPorts(portWait, agentproto.ControlPortName, agentproto.StreamPortName)
+	if err != nil {
+		fatal(a.log, "%v", err)
+	}
+	hub := newSigioHub()
+	ctl, err := openPort(agentproto.ControlPortName, paths[0], hub, false)
+	if err != nil {
+		fatal(a.log, "%v", err)
+	}
+	stream, err := openPort(agentproto.StreamPortName, paths[1], hub, true)
+	if err != nil {
+		fatal(a.log, "%v", err)
+	}
+	a.ctl = ctl
+	a.mux = agentproto.NewMux(stream, a.log.with("chan", "stream").logf)
+	go a.watchMux(a.mux, paths[1], hub)
+	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"))
+	a.register()
+	a.log.Debugf("control port %s, stream port %s", paths[0], paths[1])
+
+	for {
+		if err := ctl.waitConnected(); err != nil {
+			fatal(a.log, "%v", err)
+		}
+		// READY tells the host (again, after a reconnect) that the agent is serving.
+		if err := a.d.Send(agentproto.MsgReady, nil); err != nil {
+			a.log.Errorf("send READY: %v", err)
+			continue
+		}
+		a.log.Debugf("READY sent")
+		err := a.d.Serve(ctl)
+		switch {
+		case ctl.takeDisconnected():
+			if errors.Is(err, agentproto.ErrProtocol) {
+				a.log.Infof("host disconnected in the middle of a frame (%v); the frame is lost", err)
+			} else {
+				a.log.Debugf("host disconnected from the control port; waiting for it to reconnect")
+			}
+		case errors.Is(err, agentproto.ErrProtocol):
+			// The byte stream can no longer be trusted to be in sync: stop serving this
+			// connection. The host fails the pod on its side; if it reconnects instead, a
+			// fresh connection starts clean.
+			a.log.Errorf("PROTOCOL ERROR on the control port, dropping the connection: %v", err)
+			a.drainUntilDisconnect()
+		default:
+			fatal(a.log, "control port: %v", err)
+		}
+	}
+}
+
+// watchMux replaces a failed stream mux. The mux only fails on a malformed frame or an I/O
+// error (a host disconnect is waited out inside the port): that connection is finished,
+// the streams on it are lost (their processes' output is discarded from then on), and the
+// host fails the pod on its side. If it reconnects instead, new processes get a fresh mux
+// once the stale bytes of the old connection are drained.
+func (a *Agent) watchMux(m *agentproto.Mux, path string, hub *sigioHub) {
+	for {
+		<-m.Done()
+		a.log.Errorf("PROTOCOL ERROR on the stream port, dropping the connection and its streams: %v", m.Err())
+		port, err := openPort(agentproto.StreamPortName, path, hub, false)
+		if err != nil {
+			fatal(a.log, "%v", err)
+		}
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := port.Read(buf); err != nil {
+				if !errors.Is(err, errHostDisconnected) {
+					fatal(a.log, "stream port: %v", err)
+				}
+				break
+			}
+		}
+		port.waitOnRead = true
+		if err := port.waitConnected(); err != nil {
+			fatal(a.log, "%v", err)
+		}
+		m = agentproto.NewMux(port, a.log.with("chan", "stream").logf)
+		a.mu.Lock()
+		a.mux = m
+		a.mu.Unlock()
+		a.log.Infof("stream port reconnected with a fresh mux")
+	}
+}
+
+// streams returns the current stream mux.
+func (a *Agent) streams() *agentproto.Mux {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mux
+}
+
+// drainUntilDisconnect discards control input until the host goes away.
+func (a *Agent) drainUntilDisconnect() {
+	buf := make([]byte, 4096)
+	for {
+		if _, err := a.ctl.Read(buf); err != nil {
+			if !errors.Is(err, errHostDisconnected) {
+				fatal(a.log, "control port: %v", err)
+			}
+			a.ctl.takeDisconnected()
+			return
+		}
+	}
+}
+
+func (a *Agent) register() {
+	d := a.d
+	d.Handle(agentproto.MsgGetVersion, func(context.Context, *Request) (any, error) {
+		return agentproto.VersionInfo{Version: agentproto.Version, Agent: AgentName}, nil
+	})
+	d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+	d.Handle(agentproto.MsgStartPod, a.startPod)
+	d.Handle(agentproto.MsgDestroyPod, a.destroyPod)
+	d.Handle(agentproto.MsgNewContainer, a.newContainer)
+	d.Handle(agentproto.MsgStartContainer, a.startContainer)
+	d.Handle(agentproto.MsgExecCmd, a.execCmd)
+	d.Handle(agentproto.MsgSignalProcess, a.signalProcess)
+	d.Handle(agentproto.MsgWinSize, a.winSize)
+	d.Handle(agentproto.MsgCloseStdin, a.closeStdin)
+	d.Handle(agentproto.MsgRemoveContainer, a.removeContainer)
+	d.Handle(agentproto.MsgPauseContainer, a.pauseContainer)
+	d.Handle(agentproto.MsgResumeContainer, a.resumeContainer)
+	d.Handle(agentproto.MsgListProcesses, a.listProcesses)
+	d.Handle(agentproto.MsgStats, a.stats)
+	d.Handle(agentproto.MsgUpdateContainer, a.updateContainer)
+}
+
+// sendExit reports a process's exit. It blocks while the host is disconnected.
+func (a *Agent) sendExit(e agentproto.ProcessExit) {
+	if err := a.d.Send(agentproto.MsgProcessExit, e); err != nil {
+		a.log.Errorf("send PROCESSEXIT for %s/%s: %v", e.Container, e.Process, err)
+	}
+}
+
+var _ io.ReadWriteCloser = (*vport)(nil)

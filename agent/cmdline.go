@@ -1,0 +1,32 @@
+package agent
+
+import "strings"
+
+// bootFlags are the agent's settings on the kernel command line. The kernel does not pass
+// parameters with a dot in their name to init's argv or environment, so the agent reads
+// /proc/cmdline itself.
+type bootFlags struct {
+	// Debug (runv.debug=1) logs every frame and libcontainer's debug output to the console.
+	Debug bool
+	// Probe (runv.probe=1) prints ProbeMarker on the console and powers off at once: the
+	// host boots such a guest to find out whether its accelerator really runs one.
+	Probe bool
+}
+
+// ProbeMarker is the console line a probe boot prints.
+const ProbeMarker = "RUNV-PROBE-OK"
+
+func parseCmdline(cmdline string) bootFlags {
+	var f bootFlags
+	for _, word := range strings.Fields(cmdline) {
+		key, value, _ := strings.Cut(word, "=")
+		on := value == "1" || value == "true" || value == "yes" || value == "on"
+		switch key {
+		case "runv.debug":
+			f.Debug = on
+		case "runv.probe":
+			f.Probe = on
+		}
+	}
+	return f
+}

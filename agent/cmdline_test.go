@@ -1,0 +1,20 @@
+package agent
+
+import "testing"
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bootFlags
+	}{
+		{"console=ttyS0 quiet panic=-1", bootFlags{}},
+		{"console=ttyS0 runv.debug=1\n", bootFlags{Debug: true}},
+		{"runv.probe=1 runv.debug=0", bootFlags{Probe: true}},
+		{"runv.debug runv.probe=true", bootFlags{Probe: true}},
+		{"xrunv.debug=1 runv.debugx=1", bootFlags{}},
+	} {
+		if got := parseCmdline(tc.in); got != tc.want {
+			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,472 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+const sigKill = unix.SIGKILL
+
+// container is one libcontainer container and its processes.
+type container struct {
+	id  string
+	log *logger
+	lc  *libcontainer.Container
+	// spec is the adjusted spec the container was created from; UPDATECONTAINER merges
+	// into its resources.
+	spec *specs.Spec
+
+	mu    sync.Mutex
+	init  *process
+	procs map[string]*process // live processes, init included
+}
+
+func (c *container) process(id string) (*process, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id == "" || id == agentproto.InitProcessID {
+		return c.init, nil
+	}
+	p, ok := c.procs[id]
+	if !ok {
+		return nil, errorf(agentproto.KindNotFound, "container %q has no process %q", c.id, id)
+	}
+	return p, nil
+}
+
+func (c *container) processList() []*process {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*process, 0, len(c.procs))
+	for _, p := range c.procs {
+		if p.lp != nil { // not an exec still being started
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// forget drops an exec'd process once its exit was reported: exec ids are not reused, and
+// keeping them would grow the map of a long-running container forever (health probes).
+func (c *container) forget(p *process) {
+	c.mu.Lock()
+	if c.procs[p.id] == p {
+		delete(c.procs, p.id)
+	}
+	c.mu.Unlock()
+}
+
+// killAll sends SIGKILL to every process of the container.
+func (c *container) killAll() error {
+	return c.signalAll(unix.SIGKILL)
+}
+
+// signalAll signals every process in the container's cgroup. SIGKILL goes through
+// libcontainer, which kills init (and with a private pid namespace, the kernel kills the
+// rest) or, with a shared pid namespace, freezes the cgroup and kills every member.
+func (c *container) signalAll(sig unix.Signal) error {
+	if sig == unix.SIGKILL {
+		err := c.lc.Signal(sig)
+		if err == nil || !errors.Is(err, libcontainer.ErrNotRunning) {
+			return err
+		}
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return fmt.Errorf("list processes of container %q: %w", c.id, err)
+	}
+	if len(pids) == 0 && c.init.exited() {
+		return errorf(agentproto.KindState, "container %q is not running", c.id)
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, sig); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("signal pid %d of container %q: %w", pid, c.id, err)
+		}
+	}
+	return nil
+}
+
+// lookup returns a container by id.
+func (a *Agent) lookup(id string) (*container, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.containers[id]
+	if !ok {
+		return nil, errorf(agentproto.KindNotFound, "no container %q", id)
+	}
+	return c, nil
+}
+
+// sandboxNamespaces returns the guest paths of the pod sandbox's namespaces: the first
+// container of the pod that still exists with a live init. Caller holds a.mu.
+func (a *Agent) sandboxNamespacesLocked() map[specs.LinuxNamespaceType]string {
+	c, ok := a.containers[a.sandbox]
+	if !ok || c.init == nil || c.init.exited() {
+		return nil
+	}
+	ns := make(map[specs.LinuxNamespaceType]string)
+	for t, name := range map[specs.LinuxNamespaceType]string{
+		specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
+		specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.TimeNamespace: "time",
+	} {
+		ns[t] = "/proc/" + strconv.Itoa(c.init.pid) + "/ns/" + name
+	}
+	return ns
+}
+
+// newContainer creates a container whose init is created but waits for STARTCONTAINER.
+func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
+	var m agentproto.Container
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m.ID == "" {
+		return nil, errorf(agentproto.KindInvalid, "NEWCONTAINER without a container id")
+	}
+	a.mu.Lock()
+	switch {
+	case a.destroying:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "the pod is being destroyed")
+	case a.pod == nil:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "container %q: the pod is not started (STARTPOD first)", m.ID)
+	case a.containers[m.ID] != nil || a.creating[m.ID]:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindAlreadyExists, "container %q already exists", m.ID)
+	}
+	a.creating[m.ID] = true
+	g := guestSpec{
+		ContainerID: m.ID, ShareDir: agentproto.SharePath, Rootfs: m.Rootfs,
+		SandboxNS: a.sandboxNamespacesLocked(), ResolvConf: a.pod.resolvConf,
+	}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.creating, m.ID)
+		a.mu.Unlock()
+	}()
+
+	c, p, err := a.createContainer(m, g)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.containers[m.ID] = c
+	if _, ok := a.containers[a.sandbox]; !ok {
+		a.sandbox = m.ID
+	}
+	a.mu.Unlock()
+	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid}); err != nil {
+		c.log.Errorf("ACK NEWCONTAINER: %v", err)
+	}
+	a.runProcess(p)
+	c.log.Infof("created, init pid %d", p.pid)
+	return nil, nil
+}
+
+func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container, *process, error) {
+	spec, err := adjustSpec(m.Spec, g)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: m.ID, Spec: spec})
+	if err != nil {
+		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
+	}
+	lc, err := libcontainer.Create(libcontainerRoot, m.ID, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create container %q: %w", m.ID, err)
+	}
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), lc: lc, spec: spec, procs: make(map[string]*process)}
+	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true)
+	if err != nil {
+		if derr := lc.Destroy(); derr != nil {
+			c.log.Errorf("destroy after failed create: %v", derr)
+		}
+		return nil, nil, err
+	}
+	c.init = p
+	c.procs[p.id] = p
+	return c, p, nil
+}
+
+// startContainer lets the created init exec the container's process.
+func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
+	var m agentproto.ContainerRef
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.lc.Status()
+	if err != nil {
+		return nil, fmt.Errorf("container %q: %w", c.id, err)
+	}
+	if st != libcontainer.Created {
+		return nil, errorf(agentproto.KindState, "container %q is %s, not created", c.id, st)
+	}
+	if err := c.lc.Exec(); err != nil {
+		if c.init.exited() {
+			return nil, errorf(agentproto.KindState, "start container %q: %w", c.id, err)
+		}
+		return nil, fmt.Errorf("start container %q: %w", c.id, err)
+	}
+	c.log.Debugf("started")
+	return nil, nil
+}
+
+// execCmd runs an extra process in a container (setns into its namespaces).
+func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
+	var m agentproto.ExecProcess
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m.ID == "" || m.ID == agentproto.InitProcessID {
+		return nil, errorf(agentproto.KindInvalid, "EXECCMD: invalid process id %q", m.ID)
+	}
+	if m.Process == nil {
+		return nil, errorf(agentproto.KindInvalid, "EXECCMD %q: no process", m.ID)
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.lc.Status()
+	if err != nil {
+		return nil, fmt.Errorf("container %q: %w", c.id, err)
+	}
+	if st != libcontainer.Running && st != libcontainer.Created {
+		return nil, errorf(agentproto.KindState, "cannot exec in container %q: it is %s", c.id, st)
+	}
+	c.mu.Lock()
+	if _, dup := c.procs[m.ID]; dup {
+		c.mu.Unlock()
+		return nil, errorf(agentproto.KindAlreadyExists, "container %q already has a process %q", c.id, m.ID)
+	}
+	// Reserve the id while the (slow) start runs.
+	c.procs[m.ID] = &process{id: m.ID, done: make(chan struct{}), reported: make(chan struct{})}
+	c.mu.Unlock()
+
+	p, err := a.startProcess(c, m.ID, m.Process, m.IO, m.ConsoleRows, m.ConsoleCols, false)
+	c.mu.Lock()
+	if err != nil {
+		delete(c.procs, m.ID)
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.procs[m.ID] = p
+	c.mu.Unlock()
+	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid}); err != nil {
+		p.log.Errorf("ACK EXECCMD: %v", err)
+	}
+	a.runProcess(p)
+	return nil, nil
+}
+
+func (a *Agent) signalProcess(_ context.Context, req *Request) (any, error) {
+	var m agentproto.SignalProcess
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m.Signal < 0 || m.Signal > 64 {
+		return nil, errorf(agentproto.KindInvalid, "invalid signal %d", m.Signal)
+	}
+	sig := unix.Signal(m.Signal)
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	if m.All {
+		return nil, c.signalAll(sig)
+	}
+	p, err := c.process(m.Process)
+	if err != nil {
+		return nil, err
+	}
+	if p.lp == nil || p.exited() {
+		return nil, errorf(agentproto.KindState, "process %q of container %q is not running", m.Process, c.id)
+	}
+	if p == c.init {
+		// libcontainer checks the init's start time, so a recycled pid is never hit.
+		err = c.lc.Signal(sig)
+	} else {
+		// os.Process signals through a pidfd: no pid reuse race either.
+		err = p.lp.Signal(sig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("signal %d to process %q of container %q: %w", m.Signal, m.Process, c.id, err)
+	}
+	return nil, nil
+}
+
+func (a *Agent) winSize(_ context.Context, req *Request) (any, error) {
+	var m agentproto.WindowSize
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.process(m.Process)
+	if err != nil {
+		return nil, err
+	}
+	if p.io == nil || !p.terminal {
+		// As containerd's shims do: resizing a process without a terminal is a no-op.
+		return nil, nil
+	}
+	if err := p.io.resize(m.Rows, m.Cols); err != nil && !p.exited() {
+		return nil, fmt.Errorf("resize terminal of %q/%q: %w", c.id, m.Process, err)
+	}
+	return nil, nil
+}
+
+func (a *Agent) closeStdin(_ context.Context, req *Request) (any, error) {
+	var m agentproto.ProcessRef
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.process(m.Process)
+	if err != nil {
+		return nil, err
+	}
+	if p.io != nil {
+		p.io.closeStdin()
+	}
+	return nil, nil
+}
+
+// removeContainer destroys a stopped container.
+func (a *Agent) removeContainer(_ context.Context, req *Request) (any, error) {
+	var m agentproto.ContainerRef
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	if !c.init.exited() {
+		return nil, errorf(agentproto.KindState, "container %q is not stopped", c.id)
+	}
+	if err := c.lc.Destroy(); err != nil {
+		return nil, fmt.Errorf("destroy container %q: %w", c.id, err)
+	}
+	a.mu.Lock()
+	delete(a.containers, c.id)
+	a.mu.Unlock()
+	c.log.Infof("removed")
+	return nil, nil
+}
+
+func (a *Agent) pauseContainer(_ context.Context, req *Request) (any, error) {
+	return nil, a.withContainer(req, func(c *container) error { return c.lc.Pause() })
+}
+
+func (a *Agent) resumeContainer(_ context.Context, req *Request) (any, error) {
+	return nil, a.withContainer(req, func(c *container) error { return c.lc.Resume() })
+}
+
+func (a *Agent) listProcesses(_ context.Context, req *Request) (any, error) {
+	var list agentproto.ProcessList
+	err := a.withContainer(req, func(c *container) error {
+		pids, err := c.lc.Processes()
+		list.Pids = pids
+		return err
+	})
+	if list.Pids == nil {
+		list.Pids = []int{}
+	}
+	return list, err
+}
+
+func (a *Agent) stats(_ context.Context, req *Request) (any, error) {
+	var out agentproto.Stats
+	err := a.withContainer(req, func(c *container) error {
+		st, err := c.lc.Stats()
+		if err != nil {
+			return err
+		}
+		if cg := st.CgroupStats; cg != nil {
+			out.CPUUsageNanos = cg.CpuStats.CpuUsage.TotalUsage
+			out.MemoryUsageBytes = cg.MemoryStats.Usage.Usage
+			out.MemoryLimitBytes = cg.MemoryStats.Usage.Limit
+			out.Pids = cg.PidsStats.Current
+		}
+		return nil
+	})
+	return out, err
+}
+
+// withContainer decodes a ContainerRef and runs fn on the container.
+func (a *Agent) withContainer(req *Request, fn func(*container) error) error {
+	var m agentproto.ContainerRef
+	if err := req.Decode(&m); err != nil {
+		return err
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return err
+	}
+	if err := fn(c); err != nil {
+		return fmt.Errorf("%s container %q: %w", req.Frame.Type, c.id, err)
+	}
+	return nil
+}
+
+// updateContainer changes a running container's resources. Like `runc update`, only the
+// resource groups the host sets change; devices never do (they are not an update).
+func (a *Agent) updateContainer(_ context.Context, req *Request) (any, error) {
+	var m agentproto.UpdateContainer
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m.Resources == nil {
+		return nil, errorf(agentproto.KindInvalid, "UPDATECONTAINER %q without resources", m.Container)
+	}
+	c, err := a.lookup(m.Container)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	spec, err := copySpec(c.spec)
+	if err != nil {
+		return nil, err
+	}
+	spec.Linux.Resources = mergeResources(spec.Linux.Resources, m.Resources)
+	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: spec}, nil)
+	if err != nil {
+		return nil, withKind(agentproto.KindInvalid, fmt.Errorf("update container %q: %w", c.id, err))
+	}
+	cfg := c.lc.Config()
+	cgroup := *cfg.Cgroups
+	res := cg.Resources
+	res.Devices = cfg.Cgroups.Resources.Devices
+	res.SkipDevices = cfg.Cgroups.Resources.SkipDevices
+	cgroup.Resources = res
+	cfg.Cgroups = &cgroup
+	if err := c.lc.Set(cfg); err != nil {
+		return nil, fmt.Errorf("update container %q: %w", c.id, err)
+	}
+	c.spec = spec
+	return nil, nil
+}

@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// logSink is where every agent log line goes: /dev/console in the guest, which the host
+// captures to the VM's console log file. One mutex keeps lines whole.
+type logSink struct {
+	mu    sync.Mutex
+	w     io.Writer
+	debug bool
+	pod   atomic.Pointer[string] // set by STARTPOD; every line carries it from then on
+}
+
+// logger writes lines prefixed with guest uptime and the ids it was derived with
+// (pod, container, process), so one console log can be read per container.
+type logger struct {
+	sink   *logSink
+	prefix string // " ctr=<id> proc=<id>", may be empty
+}
+
+func newLogger(w io.Writer, debug bool) *logger {
+	return &logger{sink: &logSink{w: w, debug: debug}}
+}
+
+// setOutput redirects the sink (the console is reopened after devtmpfs is mounted).
+func (l *logger) setOutput(w io.Writer) {
+	l.sink.mu.Lock()
+	l.sink.w = w
+	l.sink.mu.Unlock()
+}
+
+func (l *logger) setDebug(on bool) {
+	l.sink.mu.Lock()
+	l.sink.debug = on
+	l.sink.mu.Unlock()
+}
+
+func (l *logger) debugEnabled() bool {
+	l.sink.mu.Lock()
+	defer l.sink.mu.Unlock()
+	return l.sink.debug
+}
+
+func (l *logger) setPod(id string) { l.sink.pod.Store(&id) }
+
+// with returns a logger whose lines also carry key=value.
+func (l *logger) with(key, value string) *logger {
+	return &logger{sink: l.sink, prefix: l.prefix + " " + key + "=" + value}
+}
+
+func (l *logger) Infof(format string, args ...any)  { l.output("", format, args...) }
+func (l *logger) Errorf(format string, args ...any) { l.output("ERROR: ", format, args...) }
+
+// Debugf logs only with runv.debug=1: under TCG every console byte is an emulated port
+// write, so the default output stays short.
+func (l *logger) Debugf(format string, args ...any) {
+	if l.debugEnabled() {
+		l.output("", format, args...)
+	}
+}
+
+// logf adapts the logger to printf-style callbacks (the stream mux).
+func (l *logger) logf(format string, args ...any) { l.Infof(format, args...) }
+
+func (l *logger) output(level, format string, args ...any) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%10.4f] runv-agent", uptime())
+	if p := l.sink.pod.Load(); p != nil {
+		b.WriteString(" pod=" + *p)
+	}
+	b.WriteString(l.prefix)
+	b.WriteString(": ")
+	b.WriteString(level)
+	fmt.Fprintf(&b, format, args...)
+	if !strings.HasSuffix(b.String(), "\n") {
+		b.WriteByte('\n')
+	}
+	l.sink.mu.Lock()
+	defer l.sink.mu.Unlock()
+	if l.sink.w != nil {
+		_, _ = io.WriteString(l.sink.w, b.String())
+	}
+}
+
+// uptime is CLOCK_BOOTTIME in seconds, the same base as the kernel's printk timestamps, so
+// agent and kernel lines interleave sensibly in the console log.
+func uptime() float64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+}
+
+// setupLogrus routes libcontainer's logs (it logs through logrus, including the errors
+// that `runv-agent init` forwards from inside the container) into the agent's log.
+func setupLogrus(l *logger, debug bool) {
+	logrus.SetOutput(io.Discard)
+	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	if debug {
+		logrus.SetLevel(logrus.DebugLevel)
+	} else {
+		logrus.SetLevel(logrus.WarnLevel)
+	}
+	logrus.StandardLogger().ReplaceHooks(logrus.LevelHooks{})
+	logrus.AddHook(&logrusHook{log: l.with("lib", "libcontainer")})
+}
+
+// logrusHook forwards logrus entries; the formatter output itself is discarded so that
+// every line gets the agent's prefix.
+type logrusHook struct{ log *logger }
+
+func (h *logrusHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h *logrusHook) Fire(e *logrus.Entry) error {
+	msg := e.Message
+	for k, v := range e.Data {
+		msg += fmt.Sprintf(" %s=%v", k, v)
+	}
+	h.log.Infof("%s: %s", e.Level, msg)
+	return nil
+}

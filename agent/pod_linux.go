@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// podResolvConf is the pod's resolv.conf in the guest, bound into containers that bring
+// none of their own.
+const podResolvConf = "/run/runv/resolv.conf"
+
+// shareMountOptions are the 9p options of the pod share: cache=none because the host
+// writes into the share (bind mounts of volumes) behind the guest's back.
+const shareMountOptions = "trans=virtio,version=9p2000.L,msize=524288,cache=none"
+
+// destroyGrace bounds how long DESTROYPOD waits for killed processes to be reported.
+const destroyGrace = 10 * time.Second
+
+// podState is what STARTPOD set up.
+type podState struct {
+	id         string
+	resolvConf string // podResolvConf when the pod has DNS settings, else ""
+	shareTag   string
+}
+
+// startPod applies what a pod (and every clone of a VM template) needs once: identity,
+// clock, entropy and the share. Clones inherit a stale clock and their template's RNG
+// state, which is why the time and entropy come from the host here.
+func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
+	var p agentproto.Pod
+	if err := req.Decode(&p); err != nil {
+		return nil, err
+	}
+	if p.ID == "" {
+		return nil, errorf(agentproto.KindInvalid, "STARTPOD without a pod id")
+	}
+	a.mu.Lock()
+	if a.pod != nil {
+		id := a.pod.id
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "pod %q is already started", id)
+	}
+	// Reserve: a concurrent second STARTPOD fails instead of mounting twice.
+	a.pod = &podState{id: p.ID}
+	a.mu.Unlock()
+
+	st, err := a.applyPod(p)
+	if err != nil {
+		a.mu.Lock()
+		a.pod = nil
+		a.mu.Unlock()
+		return nil, err
+	}
+	a.mu.Lock()
+	a.pod = st
+	a.mu.Unlock()
+	a.log.setPod(p.ID)
+	a.log.Infof("pod started (share %s at %s)", st.shareTag, agentproto.SharePath)
+	return nil, nil
+}
+
+func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
+	st := &podState{id: p.ID, shareTag: p.ShareTag}
+	if st.shareTag == "" {
+		st.shareTag = agentproto.ShareTag
+	}
+	if p.TimeUnixNano != 0 {
+		tv := unix.NsecToTimeval(p.TimeUnixNano)
+		if err := unix.Settimeofday(&tv); err != nil {
+			return nil, fmt.Errorf("set the clock: %w", err)
+		}
+	}
+	if len(p.Entropy) > 0 {
+		if err := addEntropy(p.Entropy); err != nil {
+			return nil, err
+		}
+	}
+	if p.Hostname != "" {
+		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
+			return nil, withKind(agentproto.KindInvalid, fmt.Errorf("set hostname %q: %w", p.Hostname, err))
+		}
+	}
+	if len(p.DNS) > 0 || len(p.DNSSearch) > 0 || len(p.DNSOptions) > 0 {
+		if err := writeResolvConf(podResolvConf, p); err != nil {
+			return nil, err
+		}
+		st.resolvConf = podResolvConf
+	}
+	if err := os.MkdirAll(agentproto.SharePath, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", agentproto.SharePath, err)
+	}
+	if err := unix.Mount(st.shareTag, agentproto.SharePath, "9p", 0, shareMountOptions); err != nil {
+		return nil, fmt.Errorf("mount 9p share %q on %s: %w", st.shareTag, agentproto.SharePath, err)
+	}
+	return st, nil
+}
+
+// addEntropy mixes b into the kernel RNG and credits it (RNDADDENTROPY), then forces the
+// CRNG to reseed so that clones of one template diverge at once.
+func addEntropy(b []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("add entropy: %w", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+len(b)+3)
+	binary.NativeEndian.PutUint32(info[0:4], uint32(len(b)*8))
+	binary.NativeEndian.PutUint32(info[4:8], uint32(len(b)))
+	copy(info[8:], b)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0]))); errno != 0 {
+		return fmt.Errorf("add entropy: RNDADDENTROPY: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); errno != 0 && errno != unix.EINVAL {
+		return fmt.Errorf("add entropy: RNDRESEEDCRNG: %w", errno)
+	}
+	return nil
+}
+
+func writeResolvConf(path string, p agentproto.Pod) error {
+	var b strings.Builder
+	for _, ns := range p.DNS {
+		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	if len(p.DNSSearch) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(p.DNSSearch, " "))
+	}
+	if len(p.DNSOptions) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(p.DNSOptions, " "))
+	}
+	if err := os.MkdirAll("/run/runv", 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// destroyPod kills every process, destroys the containers, unmounts the share, syncs,
+// acknowledges and powers the VM off.
+func (a *Agent) destroyPod(ctx context.Context, req *Request) (any, error) {
+	a.mu.Lock()
+	a.destroying = true
+	var ctrs []*container
+	for _, c := range a.containers {
+		ctrs = append(ctrs, c)
+	}
+	pod := a.pod
+	a.mu.Unlock()
+	a.log.Infof("destroying the pod (%d containers)", len(ctrs))
+
+	for _, c := range ctrs {
+		if err := c.killAll(); err != nil {
+			c.log.Debugf("kill: %v", err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, destroyGrace)
+	defer cancel()
+	for _, c := range ctrs {
+		for _, p := range c.processList() {
+			select {
+			case <-p.reported:
+			case <-wctx.Done():
+				p.log.Errorf("still running %s after SIGKILL; destroying anyway", destroyGrace)
+			}
+		}
+		if err := c.lc.Destroy(); err != nil {
+			c.log.Errorf("destroy: %v", err)
+		}
+	}
+	if pod != nil {
+		if err := unix.Unmount(agentproto.SharePath, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			a.log.Errorf("unmount %s: %v (detaching)", agentproto.SharePath, err)
+			_ = unix.Unmount(agentproto.SharePath, unix.MNT_DETACH)
+		}
+	}
+	unix.Sync()
+	if err := req.Ack(nil); err != nil {
+		a.log.Errorf("ACK DESTROYPOD: %v", err)
+	}
+	powerOff(a.log, "pod destroyed")
+	return nil, nil
+}

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/opencontainers/runc/libcontainer"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// process is a container's init or an exec'd process.
+type process struct {
+	id       string
+	ctr      *container
+	log      *logger
+	lp       *libcontainer.Process
+	pid      int
+	terminal bool
+	io       *procIO
+
+	// done is closed when the process is gone and its output was delivered, just before
+	// PROCESSEXIT is sent (the host may act on the event at once, e.g. REMOVECONTAINER).
+	done chan struct{}
+	// reported is closed once PROCESSEXIT was written.
+	reported chan struct{}
+
+	mu   sync.Mutex
+	exit agentproto.ProcessExit
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// startProcess creates the process: the container's init (created, waiting for
+// STARTCONTAINER) or an extra process in it. On success the process's streams are open
+// but nothing is copied yet: the caller ACKs, then calls runProcess.
+func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool) (*process, error) {
+	lp, err := newProcess(spec, init)
+	if err != nil {
+		return nil, err
+	}
+	if rows != 0 && cols != 0 {
+		lp.ConsoleHeight, lp.ConsoleWidth = rows, cols
+	}
+	log := c.log.with("proc", id)
+	pio, err := newProcIO(a.streams(), st, spec.Terminal, lp, log)
+	if err != nil {
+		return nil, err
+	}
+
+	done := a.reaper.beginStart()
+	if init {
+		err = c.lc.Start(lp)
+	} else {
+		err = c.lc.Run(lp)
+	}
+	pid := 0
+	if err == nil {
+		pid, _ = lp.Pid()
+	}
+	done(pid)
+	if err != nil {
+		pio.abort()
+		if _, cerr, ok := classifyStartError(err); ok {
+			return nil, cerr
+		}
+		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
+	}
+
+	p := &process{
+		id: id, ctr: c, log: log, lp: lp, pid: pid, terminal: spec.Terminal, io: pio,
+		done: make(chan struct{}), reported: make(chan struct{}),
+	}
+	if err := pio.started(); err != nil {
+		_ = lp.Signal(sigKill)
+		_, _ = lp.Wait()
+		a.reaper.untrack(pid)
+		pio.abort()
+		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
+	}
+	log.Debugf("started, pid %d", pid)
+	return p, nil
+}
+
+// runProcess copies the process's stdio and reports its exit, in this order: the process is
+// gone (Wait), all its output and the output streams' EOF frames were sent, then
+// PROCESSEXIT. Call it after the command's ACK.
+func (a *Agent) runProcess(p *process) {
+	p.io.start()
+	go func() {
+		st, werr := p.lp.Wait()
+		a.reaper.untrack(p.pid)
+		exit := processExit(p.ctr.id, p.id, st, werr)
+		p.io.waitOutput()
+		p.io.finish()
+		p.mu.Lock()
+		p.exit = exit
+		p.mu.Unlock()
+		p.log.Infof("exited: code %d%s", exit.ExitCode, errSuffix(exit.Error))
+		close(p.done)
+		a.sendExit(exit)
+		close(p.reported)
+		if p.id != agentproto.InitProcessID {
+			p.ctr.forget(p)
+		}
+	}()
+}
+
+func errSuffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
+}

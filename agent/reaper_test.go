@@ -1,0 +1,168 @@
+package agent
+
+import (
+	"os"
+	"slices"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeProcs stands in for the kernel: a set of zombie children and a log of reaped pids.
+type fakeProcs struct {
+	mu      sync.Mutex
+	zombies []int
+	reaped  []int
+}
+
+func (f *fakeProcs) list() ([]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.zombies), nil
+}
+
+func (f *fakeProcs) reap(pid int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.zombies = slices.DeleteFunc(f.zombies, func(p int) bool { return p == pid })
+	f.reaped = append(f.reaped, pid)
+	return nil
+}
+
+func (f *fakeProcs) exit(pids ...int) {
+	f.mu.Lock()
+	f.zombies = append(f.zombies, pids...)
+	f.mu.Unlock()
+}
+
+func (f *fakeProcs) reapedPids() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := slices.Clone(f.reaped)
+	slices.Sort(out)
+	return out
+}
+
+func newFakeReaper(t *testing.T) (*reaper, *fakeProcs) {
+	f := &fakeProcs{}
+	r := newReaper(testLogger(t))
+	r.zombies, r.reap = f.list, f.reap
+	return r, f
+}
+
+func TestReaperReapsOrphansOnly(t *testing.T) {
+	r, f := newFakeReaper(t)
+	done := r.beginStart()
+	done(100) // a container process: its status belongs to libcontainer's Process.Wait
+	f.exit(100, 200, 201)
+	if n := r.scan(); n != 2 {
+		t.Fatalf("reaped %d, want the 2 orphans", n)
+	}
+	if got := f.reapedPids(); !slices.Equal(got, []int{200, 201}) {
+		t.Fatalf("reaped %v, want [200 201] (never the tracked 100)", got)
+	}
+	// Its waiter collected it (in reality Wait reaps it; here the fake does).
+	r.untrack(100)
+	if n := r.scan(); n != 1 {
+		t.Fatalf("after untrack reaped %d, want 1", n)
+	}
+}
+
+func TestReaperPausesWhileStarting(t *testing.T) {
+	r, f := newFakeReaper(t)
+	done := r.beginStart()
+	// While libcontainer starts a container, its transient children (runc init stages)
+	// exit and are waited for by pid inside Start: none may be taken.
+	f.exit(300, 301)
+	if n := r.scan(); n != 0 {
+		t.Fatalf("reaped %d during a start, want 0", n)
+	}
+	second := r.beginStart()
+	done(0) // first start failed; the second is still running
+	if n := r.scan(); n != 0 {
+		t.Fatalf("reaped %d while another start runs, want 0", n)
+	}
+	second(301) // second start's process is 301: tracked
+	if n := r.scan(); n != 1 || !slices.Equal(f.reapedPids(), []int{300}) {
+		t.Fatalf("reaped %v, want only 300", f.reapedPids())
+	}
+	// done is idempotent: a second call must not unbalance the counter.
+	second(0)
+	f.exit(400)
+	if n := r.scan(); n != 1 {
+		t.Fatalf("reaped %d, want 1 (starting count corrupted?)", n)
+	}
+}
+
+func TestReaperPokedAfterStart(t *testing.T) {
+	r, _ := newFakeReaper(t)
+	done := r.beginStart()
+	done(1)
+	select {
+	case <-r.kick:
+	default:
+		t.Fatal("ending a start did not schedule a scan: zombies skipped during it would linger")
+	}
+	r.untrack(1)
+	select {
+	case <-r.kick:
+	default:
+		t.Fatal("untrack did not schedule a scan")
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		state byte
+		ppid  int
+		ok    bool
+	}{
+		{"1234 (sleep) S 1 1234 1234 0 -1", 'S', 1, true},
+		{"77 (a b) c) Z 1 77 77 0", 'Z', 1, true},
+		{"9 ((sd-pam)) Z 42 9", 'Z', 42, true},
+		{"garbage", 0, 0, false},
+		{"5 (x)", 0, 0, false},
+	} {
+		state, ppid, ok := parseStat([]byte(tc.in))
+		if state != tc.state || ppid != tc.ppid || ok != tc.ok {
+			t.Errorf("parseStat(%q) = %c %d %v, want %c %d %v", tc.in, state, ppid, ok, tc.state, tc.ppid, tc.ok)
+		}
+	}
+}
+
+// TestZombieChildrenReal makes a real zombie child and checks the /proc scan finds it and
+// reapPid collects exactly it.
+func TestZombieChildrenReal(t *testing.T) {
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Skipf("cannot start /bin/true: %v", err)
+	}
+	// Wait for the exit without reaping (WNOWAIT), so it stays a zombie.
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	zs, err := zombieChildren()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(zs, p.Pid) {
+		t.Fatalf("zombieChildren() = %v, missing %d", zs, p.Pid)
+	}
+	if err := reapPid(p.Pid); err != nil {
+		t.Fatalf("reapPid: %v", err)
+	}
+	zs, _ = zombieChildren()
+	if slices.Contains(zs, p.Pid) {
+		t.Fatalf("%d still a zombie after reapPid", p.Pid)
+	}
+	p.Release()
+}

@@ -1,0 +1,319 @@
+//go:build integration
+
+package agent
+
+import (
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// TestVMUnameContainer is the end-to-end proof: boot, handshake, STARTPOD, NEWCONTAINER +
+// STARTCONTAINER of a busybox container running `uname -r`, its output from the stream
+// channel, its exit, removal and DESTROYPOD.
+func TestVMUnameContainer(t *testing.T) {
+	v := bootVM(t, vmOptions{cmdline: "runv.debug=1"})
+	ready := v.event(agentproto.MsgReady)
+	t.Logf("TIMING qemu start → READY: %.3f s", ready.at.Seconds())
+
+	var ver agentproto.VersionInfo
+	v.mustCall(agentproto.MsgGetVersion, nil, &ver)
+	if ver.Version != agentproto.Version {
+		t.Fatalf("agent speaks version %d, want %d", ver.Version, agentproto.Version)
+	}
+	v.startPod("pod1")
+	podAt := v.since()
+
+	rootfs, spec := v.busyboxContainer("c1", "uname", "-r")
+	t0 := v.since()
+	hp, pid, err := v.newContainer("c1", spec, rootfs, true)
+	if err != nil {
+		t.Fatalf("NEWCONTAINER: %v", err)
+	}
+	t1 := v.since()
+	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "c1"}, nil)
+	t2 := v.since()
+	out := v.output(hp.stdout)
+	first := <-hp.firstOutput
+	exit := v.exitOf("c1", agentproto.InitProcessID)
+	t.Logf("container pid %d printed %q, exit %+v", pid, out, exit)
+	if !strings.HasPrefix(out, "6.") || exit.ExitCode != 0 || exit.Error != "" {
+		t.Fatalf("uname -r: output %q exit %+v", out, exit)
+	}
+	if e := v.output(hp.errout); e != "" {
+		t.Errorf("stderr %q", e)
+	}
+	t.Logf("TIMING qemu start → container output: %.3f s (READY %.3f, STARTPOD done %.3f, NEWCONTAINER %.0f ms, STARTCONTAINER %.0f ms, first byte %.0f ms after start)",
+		first.Seconds(), ready.at.Seconds(), podAt.Seconds(), (t1 - t0).Seconds()*1000, (t2 - t1).Seconds()*1000, (first - t1).Seconds()*1000)
+	if d := exit.ExitCode; d != 0 {
+		t.Fatal(d)
+	}
+
+	v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "c1"}, nil)
+	if err := v.call(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "c1"}, nil); remoteKind(err) != agentproto.KindNotFound {
+		t.Errorf("second remove: %v, want not-found", err)
+	}
+	destroy(t, v)
+}
+
+// destroy sends DESTROYPOD and checks the VM powers off by itself.
+func destroy(t *testing.T, v *testVM) {
+	t.Helper()
+	start := v.since()
+	v.mustCall(agentproto.MsgDestroyPod, nil, nil)
+	if !v.waitExited(30 * time.Second) {
+		t.Fatal("VM still running 30 s after DESTROYPOD's ACK")
+	}
+	t.Logf("TIMING DESTROYPOD → qemu exit: %.0f ms", (v.since() - start).Seconds()*1000)
+}
+
+// TestVMProcesses covers stdin, exec (pipes and terminal), signals, state errors, the
+// not-executable mapping, pause/resume, stats and orphan reaping.
+func TestVMProcesses(t *testing.T) {
+	v := bootVM(t, vmOptions{})
+	v.event(agentproto.MsgReady)
+
+	// Unknown command: an ERROR, and the agent carries on.
+	if err := v.call(agentproto.MsgType(4242), nil, nil); remoteKind(err) != agentproto.KindInvalid {
+		t.Errorf("unknown command: %v", err)
+	}
+	// Containers need the pod first.
+	rootfs, spec := v.busyboxContainer("early", "true")
+	if _, _, err := v.newContainer("early", spec, rootfs, true); remoteKind(err) != agentproto.KindState {
+		t.Errorf("NEWCONTAINER before STARTPOD: %v", err)
+	}
+	v.startPod("pod2")
+	if err := v.call(agentproto.MsgStartPod, agentproto.Pod{ID: "again"}, nil); remoteKind(err) != agentproto.KindState {
+		t.Errorf("second STARTPOD: %v", err)
+	}
+
+	t.Run("stdin", func(t *testing.T) {
+		rootfs, spec := v.busyboxContainer("cat", "sh", "-c", "cat; echo err >&2; cat /etc/resolv.conf; hostname")
+		hp, _, err := v.newContainer("cat", spec, rootfs, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "cat"}, nil)
+		big := strings.Repeat("0123456789abcdef", 40<<10) // 640 KiB: several credit windows
+		go func() {
+			hp.stdio.Write([]byte(big))
+			hp.stdio.CloseWrite()
+		}()
+		out := v.output(hp.stdout)
+		if !strings.HasPrefix(out, big) || !strings.Contains(out, "nameserver 192.0.2.53") || !strings.HasSuffix(out, "cat\n") {
+			t.Errorf("output: %d bytes, tail %q", len(out), out[max(0, len(out)-120):])
+		}
+		if e := v.output(hp.errout); e != "err\n" {
+			t.Errorf("stderr %q", e)
+		}
+		if exit := v.exitOf("cat", agentproto.InitProcessID); exit.ExitCode != 0 {
+			t.Errorf("exit %+v", exit)
+		}
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "cat"}, nil)
+	})
+
+	t.Run("not-executable", func(t *testing.T) {
+		rootfs, spec := v.busyboxContainer("missing", "/bin/nosuch")
+		_, _, err := v.newContainer("missing", spec, rootfs, true)
+		if remoteKind(err) != agentproto.KindNotExecutable || !strings.Contains(err.Error(), "executable file not found") {
+			t.Fatalf("missing executable: %v", err)
+		}
+		t.Logf("missing executable → %v", err)
+		rootfs, spec = v.busyboxContainer("noexec", "/etc/passwd")
+		_, _, err = v.newContainer("noexec", spec, rootfs, true)
+		if remoteKind(err) != agentproto.KindNotExecutable || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("non-executable file: %v", err)
+		}
+		// The failed id is free again.
+		rootfs, spec = v.busyboxContainer("missing", "true")
+		hp, _, err := v.newContainer("missing", spec, rootfs, true)
+		if err != nil {
+			t.Fatalf("reuse of a failed id: %v", err)
+		}
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "missing"}, nil)
+		v.output(hp.stdout)
+		v.exitOf("missing", agentproto.InitProcessID)
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "missing"}, nil)
+	})
+
+	t.Run("exec-signal-pause", func(t *testing.T) {
+		rootfs, spec := v.busyboxContainer("sleeper", "sleep", "1000")
+		hp, pid, err := v.newContainer("sleeper", spec, rootfs, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Created, not started: exec is refused by nothing, start works once.
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
+		if err := v.call(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "sleeper"}, nil); remoteKind(err) != agentproto.KindState {
+			t.Errorf("second start: %v", err)
+		}
+		if err := v.call(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "sleeper"}, nil); remoteKind(err) != agentproto.KindState {
+			t.Errorf("remove running: %v", err)
+		}
+
+		ep, err := v.exec("sleeper", "e1", execProcess(spec, "sh", "-c", "echo exec-ok; echo to-err >&2; exit 3"), 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := v.output(ep.stdout); out != "exec-ok\n" {
+			t.Errorf("exec stdout %q", out)
+		}
+		if e := v.output(ep.errout); e != "to-err\n" {
+			t.Errorf("exec stderr %q", e)
+		}
+		if exit := v.exitOf("sleeper", "e1"); exit.ExitCode != 3 {
+			t.Errorf("exec exit %+v", exit)
+		}
+
+		if _, err := v.exec("sleeper", "e2", execProcess(spec, "nosuch-cmd"), 0, 0); remoteKind(err) != agentproto.KindNotExecutable {
+			t.Errorf("exec of a missing command: %v", err)
+		} else {
+			t.Logf("exec missing → %v", err)
+		}
+
+		tp := execProcess(spec, "sh", "-c", "tty; stty size")
+		tp.Terminal = true
+		tt, err := v.exec("sleeper", "tty", tp, 25, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := v.output(tt.stdout)
+		if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "25 100") {
+			t.Errorf("terminal output %q", out)
+		}
+		if exit := v.exitOf("sleeper", "tty"); exit.ExitCode != 0 {
+			t.Errorf("tty exit %+v", exit)
+		}
+
+		var list agentproto.ProcessList
+		v.mustCall(agentproto.MsgListProcesses, agentproto.ContainerRef{Container: "sleeper"}, &list)
+		found := false
+		for _, p := range list.Pids {
+			found = found || p == pid
+		}
+		if !found {
+			t.Errorf("LISTPROCESSES %v lacks init pid %d", list.Pids, pid)
+		}
+		var st agentproto.Stats
+		v.mustCall(agentproto.MsgStats, agentproto.ContainerRef{Container: "sleeper"}, &st)
+		if st.Pids == 0 || st.MemoryUsageBytes == 0 {
+			t.Errorf("stats %+v", st)
+		}
+		limit := int64(64 << 20)
+		v.mustCall(agentproto.MsgUpdateContainer, agentproto.UpdateContainer{Container: "sleeper",
+			Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}}, nil)
+		v.mustCall(agentproto.MsgStats, agentproto.ContainerRef{Container: "sleeper"}, &st)
+		if st.MemoryLimitBytes != uint64(limit) {
+			t.Errorf("memory limit after update: %d", st.MemoryLimitBytes)
+		}
+		v.mustCall(agentproto.MsgPauseContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
+		if _, err := v.exec("sleeper", "e3", execProcess(spec, "true"), 0, 0); remoteKind(err) != agentproto.KindState {
+			t.Errorf("exec in a paused container: %v", err)
+		}
+		v.mustCall(agentproto.MsgResumeContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
+
+		// sleep is its pid namespace's init: SIGTERM (no handler) is ignored, SIGKILL is not.
+		v.mustCall(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "sleeper", Process: agentproto.InitProcessID, Signal: int(syscall.SIGKILL)}, nil)
+		v.output(hp.stdout)
+		if exit := v.exitOf("sleeper", agentproto.InitProcessID); exit.ExitCode != 137 || exit.Signal != 9 {
+			t.Errorf("killed exit %+v", exit)
+		}
+		if err := v.call(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "sleeper", Process: agentproto.InitProcessID, Signal: 15}, nil); remoteKind(err) != agentproto.KindState {
+			t.Errorf("signal to a stopped container: %v", err)
+		}
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
+	})
+
+	t.Run("orphans", func(t *testing.T) {
+		// Without a pid namespace, orphans are reparented to the agent (PID 1), which must
+		// reap them without stealing the exit statuses libcontainer waits for.
+		rootfs, spec := v.busyboxContainer("hostpid", "sleep", "1000")
+		var nss []specs.LinuxNamespace
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type != specs.PIDNamespace {
+				nss = append(nss, ns)
+			}
+		}
+		spec.Linux.Namespaces = nss
+		hp, _, err := v.newContainer("hostpid", spec, rootfs, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "hostpid"}, nil)
+		for i := 0; i < 3; i++ {
+			id := "orphan" + strconv.Itoa(i)
+			ep, err := v.exec("hostpid", id, execProcess(spec, "sh", "-c", "sh -c 'exit 0' & echo $!; exit 5"), 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			orphan := strings.TrimSpace(v.output(ep.stdout))
+			if exit := v.exitOf("hostpid", id); exit.ExitCode != 5 {
+				t.Fatalf("exec exit %+v: a stolen status would read 255", exit)
+			}
+			check := "for i in $(seq 100); do [ -e /proc/" + orphan + " ] || exit 0; sleep 0.05; done; exit 1"
+			cp, err := v.exec("hostpid", "check"+strconv.Itoa(i), execProcess(spec, "sh", "-c", check), 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.output(cp.stdout)
+			if exit := v.exitOf("hostpid", "check"+strconv.Itoa(i)); exit.ExitCode != 0 {
+				t.Errorf("orphan %s is still a zombie", orphan)
+			}
+		}
+		v.mustCall(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "hostpid", Signal: int(syscall.SIGKILL), All: true}, nil)
+		v.output(hp.stdout)
+		v.exitOf("hostpid", agentproto.InitProcessID)
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "hostpid"}, nil)
+	})
+
+	t.Run("reconnect", func(t *testing.T) {
+		// The host closes the control connection (as around a template snapshot) and comes
+		// back: the agent says READY again and its state is intact.
+		rootfs, spec := v.busyboxContainer("survivor", "sleep", "1000")
+		hp, _, err := v.newContainer("survivor", spec, rootfs, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.ctlMu.Lock()
+		v.ctl.Close()
+		v.ctlMu.Unlock()
+		at := v.since()
+		v.connectControl()
+		ready := v.event(agentproto.MsgReady)
+		t.Logf("TIMING reconnect → READY: %.1f ms", (ready.at - at).Seconds()*1000)
+		v.mustCall(agentproto.MsgPing, nil, nil)
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "survivor"}, nil)
+		v.mustCall(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "survivor", Signal: int(syscall.SIGKILL)}, nil)
+		v.output(hp.stdout)
+		if exit := v.exitOf("survivor", agentproto.InitProcessID); exit.ExitCode != 137 {
+			t.Errorf("exit %+v", exit)
+		}
+	})
+
+	// A running container is killed by DESTROYPOD.
+	rootfs, spec = v.busyboxContainer("last", "sleep", "1000")
+	if _, _, err := v.newContainer("last", spec, rootfs, true); err != nil {
+		t.Fatal(err)
+	}
+	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "last"}, nil)
+	destroy(t, v)
+}
+
+// TestVMProbe boots with runv.probe=1: the guest prints the marker and powers off.
+func TestVMProbe(t *testing.T) {
+	v := bootVM(t, vmOptions{cmdline: "runv.probe=1"})
+	if !v.waitExited(60 * time.Second) {
+		t.Fatal("probe VM did not power off")
+	}
+	at, ok := v.consoleHas(ProbeMarker)
+	if !ok {
+		t.Fatalf("no %s on the console", ProbeMarker)
+	}
+	t.Logf("TIMING qemu start → %s: %.3f s, qemu exit %.3f s", ProbeMarker, at.Seconds(), v.since().Seconds())
+}

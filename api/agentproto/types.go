@@ -1,0 +1,163 @@
+package agentproto
+
+import (
+	"encoding/json"
+	"fmt"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// VersionInfo answers MsgGetVersion.
+type VersionInfo struct {
+	Version int    `json:"version"`
+	Agent   string `json:"agent"` // free text, e.g. "runv-agent 0.1.0 (go1.26)"
+}
+
+// Pod is MsgStartPod's payload. It is sent once per pod after the VM came up (or after a clone
+// was restored), so it also carries what a clone must not inherit from its template: the wall
+// clock and fresh entropy.
+type Pod struct {
+	ID         string   `json:"id"`
+	Hostname   string   `json:"hostname,omitempty"`
+	DNS        []string `json:"dns,omitempty"`
+	DNSSearch  []string `json:"dnsSearch,omitempty"`
+	DNSOptions []string `json:"dnsOptions,omitempty"`
+	// ShareTag is the 9p mount tag to mount at SharePath in the guest (empty: ShareTag).
+	ShareTag string `json:"shareTag,omitempty"`
+	// TimeUnixNano is the host's wall clock when the message was built.
+	TimeUnixNano int64 `json:"timeUnixNano,omitempty"`
+	// Entropy is host randomness the agent mixes into the guest RNG (and credits).
+	Entropy []byte `json:"entropy,omitempty"`
+}
+
+// SharePath is where the agent mounts the pod share inside the guest.
+const SharePath = "/run/runv/share"
+
+// Stdio names the stream seqs of one process. Stdio carries stdin (host→guest) and stdout
+// (guest→host); Stderr carries stderr and is 0 for terminal processes, whose output is merged.
+// Seqs are allocated by the host, unique per pod, never reused, never 0.
+type Stdio struct {
+	Stdio  uint64 `json:"stdio"`
+	Stderr uint64 `json:"stderr,omitempty"`
+	// NoStdin means the process gets /dev/null as stdin and no stdin frames will be sent.
+	NoStdin bool `json:"noStdin,omitempty"`
+}
+
+// Container is MsgNewContainer's payload: create (but do not start) a container.
+type Container struct {
+	ID string `json:"id"`
+	// Rootfs is the container's root relative to the pod share, e.g. "<id>/rootfs".
+	Rootfs string `json:"rootfs"`
+	// Spec is the OCI runtime spec as given in the bundle. Root.Path and bind-mount sources are
+	// rewritten by the host to paths relative to the share; hooks are stripped (they run on
+	// the host).
+	Spec *specs.Spec `json:"spec"`
+	// IO is the init process's stdio.
+	IO Stdio `json:"io"`
+	// ConsoleRows/Cols size the terminal when Spec.Process.Terminal is set.
+	ConsoleRows uint16 `json:"consoleRows,omitempty"`
+	ConsoleCols uint16 `json:"consoleCols,omitempty"`
+}
+
+// ExecProcess is MsgExecCmd's payload: run an additional process in a running container.
+type ExecProcess struct {
+	Container   string         `json:"container"`
+	ID          string         `json:"id"`
+	Process     *specs.Process `json:"process"`
+	IO          Stdio          `json:"io"`
+	ConsoleRows uint16         `json:"consoleRows,omitempty"`
+	ConsoleCols uint16         `json:"consoleCols,omitempty"`
+}
+
+// InitProcessID is the process id of a container's init process.
+const InitProcessID = "init"
+
+// ProcessStarted answers MsgNewContainer and MsgExecCmd.
+type ProcessStarted struct {
+	Pid int `json:"pid"` // pid in the guest's initial pid namespace
+}
+
+// ContainerRef names a container.
+type ContainerRef struct {
+	Container string `json:"container"`
+}
+
+// ProcessRef names one process of a container.
+type ProcessRef struct {
+	Container string `json:"container"`
+	Process   string `json:"process"`
+}
+
+// SignalProcess is MsgSignalProcess's payload. With All set, every process of the container
+// receives the signal (runc kill --all).
+type SignalProcess struct {
+	Container string `json:"container"`
+	Process   string `json:"process"`
+	Signal    int    `json:"signal"`
+	All       bool   `json:"all,omitempty"`
+}
+
+// WindowSize is MsgWinSize's payload.
+type WindowSize struct {
+	Container string `json:"container"`
+	Process   string `json:"process"`
+	Rows      uint16 `json:"rows"`
+	Cols      uint16 `json:"cols"`
+}
+
+// ProcessExit is the MsgProcessExit event. The agent sends it only after it sent EOF on the
+// process's output streams, and the host reports an exit only once it has seen both.
+type ProcessExit struct {
+	Container string `json:"container"`
+	Process   string `json:"process"`
+	// ExitCode follows the shell convention: the exit status, or 128+signal when killed.
+	ExitCode int `json:"exitCode"`
+	// Signal is the terminating signal, 0 when the process exited normally.
+	Signal int `json:"signal,omitempty"`
+	// Error explains a process that never ran (e.g. executable not found: ExitCode 127).
+	Error string `json:"error,omitempty"`
+}
+
+// ProcessList answers MsgListProcesses: guest pids of the container's processes.
+type ProcessList struct {
+	Pids []int `json:"pids"`
+}
+
+// UpdateContainer is MsgUpdateContainer's payload.
+type UpdateContainer struct {
+	Container string                `json:"container"`
+	Resources *specs.LinuxResources `json:"resources"`
+}
+
+// Stats answers MsgStats (cgroup figures of the container inside the guest).
+type Stats struct {
+	CPUUsageNanos    uint64 `json:"cpuUsageNanos"`
+	MemoryUsageBytes uint64 `json:"memoryUsageBytes"`
+	MemoryLimitBytes uint64 `json:"memoryLimitBytes"`
+	Pids             uint64 `json:"pids"`
+}
+
+// Marshal builds a command frame with the given payload (nil: no data).
+func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
+	f := ControlFrame{Type: t, ID: id}
+	if payload == nil {
+		return f, nil
+	}
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return ControlFrame{}, fmt.Errorf("encode %s payload: %w", t, err)
+	}
+	f.Data = b
+	return f, nil
+}
+
+// Unmarshal decodes a frame's data into v, classifying bad input as ErrProtocol.
+func (f ControlFrame) Unmarshal(v any) error {
+	if len(f.Data) == 0 {
+		return fmt.Errorf("%w: %s frame (id %d) has no data", ErrProtocol, f.Type, f.ID)
+	}
+	if err := json.Unmarshal(f.Data, v); err != nil {
+		return fmt.Errorf("%w: %s frame (id %d): %v", ErrProtocol, f.Type, f.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/oci"
+	"github.com/runv-project/runv/supervisor"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+var createFlags = []cli.Flag{
+	&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "path to the bundle directory"},
+	&cli.StringFlag{Name: "pid-file", Usage: "file to write the process id (of the container's shim) to"},
+	&cli.StringFlag{Name: "console-socket", Usage: "unix socket that receives the pty master of a terminal container"},
+	&cli.BoolFlag{Name: "no-pivot", Usage: "accepted for runc compatibility; the guest always pivots into a real root"},
+	&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted for runc compatibility"},
+	&cli.IntFlag{Name: "preserve-fds", Usage: "accepted for runc compatibility; extra descriptors cannot cross into the VM"},
+}
+
+var createCommand = &cli.Command{
+	Name:      "create",
+	Usage:     "create a container (its VM boots; its process waits for 'runv start')",
+	ArgsUsage: "<container-id>",
+	Flags:     createFlags,
+	Action: func(c *cli.Context) error {
+		id, err := oneID(c)
+		if err != nil {
+			return err
+		}
+		g, err := globalsFrom(c)
+		if err != nil {
+			return err
+		}
+		_, err = createContainer(c.Context, g, id, createOptions{
+			bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: true,
+		})
+		return err
+	},
+}
+
+func oneID(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s needs exactly one container id (got %d arguments); usage: runv %s [options] <container-id>", c.Command.Name, c.NArg(), c.Command.Name)
+	}
+	id := c.Args().First()
+	if err := state.ValidateID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+type createOptions struct {
+	bundle  string
+	pidFile string
+	// shim: start a `runv shim` to stand in for the container's init (create, run -d). A
+	// foreground `run` plays that role itself.
+	shim bool
+}
+
+// created is a container that exists in its pod.
+type created struct {
+	rec *state.Container
+	pod *podConn
+}
+
+// createContainer creates a container and records it. On failure it leaves nothing behind:
+// no state directory, no daemon, no VM.
+func createContainer(ctx context.Context, g *globals, id string, o createOptions) (res *created, err error) {
+	bundle, spec, raw, err := oci.LoadBundle(o.bundle)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.checkBootFiles(); err != nil {
+		return nil, err
+	}
+	h, err := g.store.Create(id)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Unlock()
+	var daemon state.Process
+	podID := newPodID()
+	podDir := g.store.PodDir(podID)
+	var pod *podConn
+	defer func() {
+		if err == nil {
+			return
+		}
+		if pod != nil {
+			pod.Close()
+		}
+		if daemon.Pid > 0 {
+			// A pod made for this container goes with it.
+			if p, _ := os.FindProcess(daemon.Pid); p != nil {
+				p.Signal(os.Interrupt)
+			}
+			if werr := waitGone(daemon, 15*time.Second); werr != nil {
+				if p, _ := os.FindProcess(daemon.Pid); p != nil {
+					p.Kill()
+				}
+			}
+			supervisor.UnmountUnder(podDir)
+			supervisor.RemoveUnmounted(podDir)
+		}
+		h.Remove()
+	}()
+
+	daemon, err = startDaemon(g, podID, podDir)
+	if err != nil {
+		return nil, err
+	}
+	pod, err = dialPod(podDir)
+	if err != nil {
+		return nil, err
+	}
+	stdio, err := pod.sendStdio(os.Stdin, os.Stdout, os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio})
+	if err != nil {
+		return nil, fmt.Errorf("create container %q: %w", id, rpcErr(err))
+	}
+	logging.G(ctx).Debug("container created", "container", id, "pod", podID, "guest_pid", resp.GuestPid)
+
+	rec := &state.Container{
+		ID: id, Bundle: bundle, Rootfs: oci.RootfsOf(bundle, spec), Annotations: spec.Annotations,
+		Created: time.Now().UTC(), Pod: podID, PodDir: podDir, Sandbox: true,
+		Daemon: daemon, Spec: spec,
+	}
+	if o.shim {
+		shim, err := startShim(g, rec, "")
+		if err != nil {
+			return nil, err
+		}
+		rec.Shim = shim
+	} else {
+		rec.Shim = state.Self()
+	}
+	if o.pidFile != "" {
+		if err := writePidFile(o.pidFile, rec.Shim.Pid); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.Save(rec); err != nil {
+		return nil, err
+	}
+	return &created{rec: rec, pod: pod}, nil
+}
+
+// startShim starts the host process that stands in for a container process: its pid is the
+// one clients see. It stays our child, so that a subreaper above us (containerd's shim, for
+// instance) inherits it when we exit and can wait for it, as with runc.
+func startShim(g *globals, rec *state.Container, process string) (state.Process, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return state.Process{}, err
+	}
+	args := []string{"--root", g.root}
+	if g.debug {
+		args = append(args, "--debug")
+	}
+	args = append(args, "shim", "--pod-dir", rec.PodDir, "--id", rec.ID)
+	if process != "" {
+		args = append(args, "--process", process)
+	}
+	cmd := exec.Command(self, args...)
+	// The shim must not hold the container's stdio: readers would never see EOF.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		return state.Process{}, fmt.Errorf("start shim for container %q: %w", rec.ID, err)
+	}
+	p, err := state.ProcessOf(cmd.Process.Pid)
+	if err != nil {
+		return state.Process{}, fmt.Errorf("shim of container %q died at once: %w", rec.ID, err)
+	}
+	cmd.Process.Release()
+	return p, nil
+}
+
+func writePidFile(path string, pid int) error {
+	if err := state.WriteFileAtomic(path, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("--pid-file: %w", err)
+	}
+	return nil
+}
+
+var errNotRunning = errors.New("container not running")

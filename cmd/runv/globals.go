@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+// Where `make install` puts the guest kernel and initrd.
+const (
+	defaultKernel = "/var/lib/runv/vmlinux"
+	defaultInitrd = "/var/lib/runv/initrd.img"
+)
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "root", Value: "/run/runv", Usage: "root directory for storage of container state"},
+		&cli.StringFlag{Name: "log", Usage: "log file (default: stderr)"},
+		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
+		&cli.BoolFlag{Name: "debug", Usage: "enable debug logging"},
+		&cli.BoolFlag{Name: "systemd-cgroup", Usage: "accepted for runc compatibility; cgroups are applied inside the VM"},
+		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: defaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
+		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: defaultInitrd, Usage: "guest initrd holding the runv agent"},
+		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
+		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
+		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
+		&cli.IntFlag{Name: "default_memory", Value: 128, Usage: "memory of a pod VM in MiB"},
+	}
+}
+
+// globals are the options every command shares.
+type globals struct {
+	root      string
+	kernel    string
+	initrd    string
+	accel     string
+	machine   string
+	cpus      int
+	memoryMiB int
+	debug     bool
+	logPath   string
+	logFormat string
+	store     *state.Store
+}
+
+func globalsFrom(c *cli.Context) (*globals, error) {
+	root, err := filepath.Abs(c.String("root"))
+	if err != nil {
+		return nil, fmt.Errorf("--root %q: %w", c.String("root"), err)
+	}
+	g := &globals{
+		root: root, kernel: c.String("kernel"), initrd: c.String("initrd"),
+		accel: c.String("accel"), machine: c.String("machine"),
+		cpus: c.Int("default_cpus"), memoryMiB: c.Int("default_memory"),
+		debug: c.Bool("debug"), logPath: c.String("log"), logFormat: c.String("log-format"),
+		store: &state.Store{Root: root},
+	}
+	switch g.accel {
+	case hypervisor.AccelAuto, hypervisor.AccelKVM, hypervisor.AccelTCG:
+	default:
+		return nil, fmt.Errorf("--accel %q: use auto, kvm or tcg: %w", g.accel, errdefs.ErrInvalidArgument)
+	}
+	switch g.machine {
+	case hypervisor.MachineMicroVM, hypervisor.MachineQ35:
+	default:
+		return nil, fmt.Errorf("--machine %q: use microvm or q35: %w", g.machine, errdefs.ErrInvalidArgument)
+	}
+	if g.cpus < 1 || g.cpus > 64 {
+		return nil, fmt.Errorf("--default_cpus %d: between 1 and 64: %w", g.cpus, errdefs.ErrInvalidArgument)
+	}
+	if g.memoryMiB < 64 {
+		return nil, fmt.Errorf("--default_memory %d MiB: at least 64 MiB: %w", g.memoryMiB, errdefs.ErrInvalidArgument)
+	}
+	return g, nil
+}
+
+// checkBootFiles fails fast, before anything is created, when the kernel or initrd is missing.
+func (g *globals) checkBootFiles() error {
+	for _, f := range []struct{ what, path, hint string }{
+		{"kernel", g.kernel, "build and install it with 'make kernel install', or pass --kernel / set RUNV_KERNEL"},
+		{"initrd", g.initrd, "build and install it with 'make initrd install', or pass --initrd / set RUNV_INITRD"},
+	} {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("guest %s %s not found: %s: %w", f.what, f.path, f.hint, errdefs.ErrInvalidArgument)
+		}
+		if fi.IsDir() {
+			return fmt.Errorf("guest %s %s is a directory, not a file: %w", f.what, f.path, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/supervisor"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+var startCommand = &cli.Command{
+	Name:      "start",
+	Usage:     "start the process of a created container",
+	ArgsUsage: "<container-id>",
+	Action: func(c *cli.Context) error {
+		id, err := oneID(c)
+		if err != nil {
+			return err
+		}
+		g, err := globalsFrom(c)
+		if err != nil {
+			return err
+		}
+		return startContainer(c.Context, g, id)
+	},
+}
+
+func startContainer(ctx context.Context, g *globals, id string) error {
+	h, err := g.store.Lock(id)
+	if err != nil {
+		return err
+	}
+	defer h.Unlock()
+	rec, err := h.Load()
+	if err != nil {
+		return err
+	}
+	pod, err := dialLive(rec)
+	if err != nil {
+		return fmt.Errorf("cannot start container %q: %w", id, err)
+	}
+	defer pod.Close()
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := pod.api.Start(sctx, &podapi.ContainerRequest{Id: id}); err != nil {
+		return fmt.Errorf("start container %q: %w", id, rpcErr(err))
+	}
+	return nil
+}
+
+// dialLive connects to the pod daemon of a container whose daemon is alive.
+func dialLive(rec *state.Container) (*podConn, error) {
+	if !daemonAlive(rec) {
+		return nil, fmt.Errorf("container %q is stopped (its pod daemon is gone): %w", rec.ID, errdefs.ErrFailedPrecondition)
+	}
+	return dialPod(rec.PodDir)
+}
+
+// ociState is the state JSON of the OCI runtime spec, as runc prints it.
+type ociState struct {
+	OCIVersion  string            `json:"ociVersion"`
+	ID          string            `json:"id"`
+	Pid         int               `json:"pid"`
+	Status      string            `json:"status"`
+	Bundle      string            `json:"bundle"`
+	Rootfs      string            `json:"rootfs"`
+	Created     time.Time         `json:"created"`
+	Owner       string            `json:"owner"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// liveState asks the pod daemon for the truth; a container whose daemon is gone is stopped.
+func liveState(rec *state.Container) ociState {
+	st := ociState{OCIVersion: "1.2.0", ID: rec.ID, Status: state.StatusStopped, Bundle: rec.Bundle,
+		Rootfs: rec.Rootfs, Created: rec.Created, Annotations: rec.Annotations}
+	if rec.Spec != nil && rec.Spec.Version != "" {
+		st.OCIVersion = rec.Spec.Version
+	}
+	if daemonAlive(rec) {
+		if pod, err := dialPod(rec.PodDir); err == nil {
+			ctx, cancel := ctxTimeout(10 * time.Second)
+			cs, err := pod.api.State(ctx, &podapi.ContainerRequest{Id: rec.ID})
+			cancel()
+			pod.Close()
+			if err == nil {
+				st.Status = cs.Status
+			}
+		}
+	}
+	if st.Status != state.StatusStopped {
+		st.Pid = rec.Shim.Pid
+	}
+	return st
+}
+
+var stateCommand = &cli.Command{
+	Name:      "state",
+	Usage:     "print the OCI state of a container",
+	ArgsUsage: "<container-id>",
+	Action: func(c *cli.Context) error {
+		id, err := oneID(c)
+		if err != nil {
+			return err
+		}
+		g, err := globalsFrom(c)
+		if err != nil {
+			return err
+		}
+		h, err := g.store.Lock(id)
+		if err != nil {
+			return err
+		}
+		rec, err := h.Load()
+		h.Unlock()
+		if err != nil {
+			return err
+		}
+		out, _ := json.MarshalIndent(liveState(rec), "", "  ")
+		fmt.Println(string(out))
+		return nil
+	},
+}
+
+var killCommand = &cli.Command{
+	Name:      "kill",
+	Usage:     "send a signal (default SIGTERM) to a container's process",
+	ArgsUsage: "<container-id> [signal]",
+	Flags:     []cli.Flag{&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "signal every process of the container"}},
+	Action: func(c *cli.Context) error {
+		if c.NArg() < 1 || c.NArg() > 2 {
+			return fmt.Errorf("kill needs a container id and an optional signal; usage: runv kill [--all] <container-id> [signal]")
+		}
+		id := c.Args().Get(0)
+		if err := state.ValidateID(id); err != nil {
+			return err
+		}
+		sig := unix.SIGTERM
+		if c.NArg() == 2 {
+			var err error
+			if sig, err = parseSignal(c.Args().Get(1)); err != nil {
+				return err
+			}
+		}
+		g, err := globalsFrom(c)
+		if err != nil {
+			return err
+		}
+		h, err := g.store.Lock(id)
+		if err != nil {
+			return err
+		}
+		rec, err := h.Load()
+		h.Unlock()
+		if err != nil {
+			return err
+		}
+		pod, err := dialLive(rec)
+		if err != nil {
+			return fmt.Errorf("cannot kill container %q: %w", id, errNotRunning)
+		}
+		defer pod.Close()
+		ctx, cancel := ctxTimeout(30 * time.Second)
+		defer cancel()
+		if _, err := pod.api.Signal(ctx, &podapi.SignalRequest{Id: id, Signal: int32(sig), All: c.Bool("all")}); err != nil {
+			err = rpcErr(err)
+			if errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return fmt.Errorf("cannot kill container %q: %w", id, errNotRunning)
+			}
+			return fmt.Errorf("kill container %q: %w", id, err)
+		}
+		return nil
+	},
+}
+
+// parseSignal accepts a number, or a name with or without the SIG prefix, in any case.
+func parseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("invalid signal %q: numbers run from 1 to 64: %w", s, errdefs.ErrInvalidArgument)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q (try TERM, KILL, HUP, INT, USR1 or a number): %w", s, errdefs.ErrInvalidArgument)
+}
+
+var deleteCommand = &cli.Command{
+	Name:      "delete",
+	Usage:     "delete a stopped container and release its resources",
+	ArgsUsage: "<container-id>",
+	Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill the container first if it is still running"}},
+	Action: func(c *cli.Context) error {
+		id, err := oneID(c)
+		if err != nil {
+			return err
+		}
+		g, err := globalsFrom(c)
+		if err != nil {
+			return err
+		}
+		return deleteContainer(c.Context, g, id, c.Bool("force"))
+	},
+}
+
+// deleteContainer removes a container. With force a running container is killed first. When
+// the pod daemon is gone (killed, crashed), what it would have cleaned up is cleaned up here.
+func deleteContainer(ctx context.Context, g *globals, id string, force bool) error {
+	h, err := g.store.Lock(id)
+	if err != nil {
+		return err
+	}
+	defer h.Unlock()
+	rec, err := h.Load()
+	if err != nil {
+		return err
+	}
+	podEmpty := true
+	if daemonAlive(rec) {
+		if podEmpty, err = deleteInPod(ctx, rec, force); err != nil {
+			return err
+		}
+	}
+	// The daemon exits after the pod's last container; whatever it did or did not do,
+	// nothing of the pod may remain then.
+	if podEmpty {
+		if err := waitGone(rec.Daemon, 30*time.Second); err != nil {
+			killProcess(rec.Daemon)
+		}
+		if err := supervisor.UnmountUnder(rec.PodDir); err != nil {
+			return fmt.Errorf("delete container %q: %w", id, err)
+		}
+		if err := supervisor.RemoveUnmounted(rec.PodDir); err != nil {
+			return fmt.Errorf("delete container %q: %w", id, err)
+		}
+	}
+	if rec.Shim.Pid != os.Getpid() && waitGone(rec.Shim, 10*time.Second) != nil {
+		killProcess(rec.Shim)
+	}
+	return h.Remove()
+}
+
+// deleteInPod has the pod daemon delete the container and reports whether the pod is now
+// empty (its daemon then exits).
+func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty bool, err error) {
+	pod, err := dialPod(rec.PodDir)
+	if err != nil {
+		return true, nil // gone meanwhile: cleaned up by the caller
+	}
+	defer pod.Close()
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cs, err := pod.api.State(cctx, &podapi.ContainerRequest{Id: rec.ID})
+	if err != nil {
+		if errors.Is(rpcErr(err), errdefs.ErrNotFound) {
+			return podIsEmpty(cctx, pod), nil
+		}
+		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
+	}
+	if cs.Status == state.StatusRunning || cs.Status == state.StatusPaused {
+		if !force {
+			return false, fmt.Errorf("cannot delete container %q that is not stopped: %s (stop it with 'runv kill' or use 'runv delete --force'): %w", rec.ID, cs.Status, errdefs.ErrFailedPrecondition)
+		}
+		if cs.Status == state.StatusPaused {
+			pod.api.Resume(cctx, &podapi.ContainerRequest{Id: rec.ID})
+		}
+		pod.api.Signal(cctx, &podapi.SignalRequest{Id: rec.ID, Signal: int32(unix.SIGKILL), All: true})
+		if _, err := pod.api.Wait(cctx, &podapi.ProcessRequest{Id: rec.ID}); err != nil {
+			return false, fmt.Errorf("delete container %q: waiting for it to die: %w", rec.ID, rpcErr(err))
+		}
+	}
+	if _, err := pod.api.Delete(cctx, &podapi.ContainerRequest{Id: rec.ID}); err != nil && !errors.Is(rpcErr(err), errdefs.ErrNotFound) {
+		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
+	}
+	return podIsEmpty(cctx, pod), nil
+}
+
+// podIsEmpty reports whether the pod has no containers left (or its daemon is going away).
+func podIsEmpty(ctx context.Context, pod *podConn) bool {
+	info, err := pod.api.Info(ctx, &podapi.Empty{})
+	return err != nil || len(info.Containers) == 0
+}
+
+func killProcess(p state.Process) {
+	if p.Alive() {
+		unix.Kill(p.Pid, unix.SIGKILL)
+	}
+}

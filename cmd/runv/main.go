@@ -1,0 +1,66 @@
+// Command runv is a runc-compatible OCI runtime whose containers run in lightweight VMs:
+// one QEMU VM per pod, our own guest kernel and agent inside, one host daemon per pod.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/runv-project/runv/logging"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// exitError makes the process exit with a given code without printing anything more (the
+// container's own exit code for `run`, for instance).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	app := newApp()
+	err := app.Run(os.Args)
+	if err == nil {
+		return
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		os.Exit(ee.code)
+	}
+	logging.G(context.Background()).Error(err.Error())
+	// runc prints the error on stderr too, whatever --log says.
+	if !loggingToStderr {
+		fmt.Fprintln(os.Stderr, "runv:", err)
+	}
+	os.Exit(1)
+}
+
+// loggingToStderr records whether the logger already writes to stderr.
+var loggingToStderr = true
+
+func newApp() *cli.App {
+	app := &cli.App{
+		Name:    "runv",
+		Usage:   "OCI runtime that runs each pod in its own lightweight virtual machine",
+		Version: version,
+		Flags:   globalFlags(),
+		Before: func(c *cli.Context) error {
+			path := c.String("log")
+			loggingToStderr = path == ""
+			_, err := logging.Setup(logging.Options{Path: path, Format: c.String("log-format"), Debug: c.Bool("debug")})
+			return err
+		},
+		Commands: []*cli.Command{
+			specCommand, createCommand, startCommand, runCommand, stateCommand, killCommand,
+			deleteCommand, listCommand, daemonCommand, shimCommand,
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main decides how to exit
+	}
+	app.HideHelpCommand = true
+	return app
+}

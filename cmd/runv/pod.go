@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/supervisor"
+	"github.com/runv-project/runv/supervisor/fdpass"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+// daemonStartTimeout bounds the wait for a new pod daemon to listen (the VM boots after).
+const daemonStartTimeout = 30 * time.Second
+
+func newPodID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return "p-" + hex.EncodeToString(b)
+}
+
+// startDaemon starts the pod daemon for a new pod and waits until it listens. The daemon
+// reports readiness on an inherited pipe, so there is no polling for its socket.
+func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
+	if err := os.MkdirAll(podDir, 0o700); err != nil {
+		return state.Process{}, fmt.Errorf("create pod directory: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return state.Process{}, fmt.Errorf("find runv executable: %w", err)
+	}
+	logFile, err := os.OpenFile(filepath.Join(podDir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return state.Process{}, fmt.Errorf("create daemon log: %w", err)
+	}
+	defer logFile.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return state.Process{}, err
+	}
+	defer r.Close()
+	args := []string{
+		"--root", g.root, "--kernel", g.kernel, "--initrd", g.initrd, "--accel", g.accel,
+		"--machine", g.machine, "--default_cpus", strconv.Itoa(g.cpus), "--default_memory", strconv.Itoa(g.memoryMiB),
+		"--log-format", "text",
+	}
+	if g.debug {
+		args = append(args, "--debug")
+	}
+	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", "3")
+	cmd := exec.Command(self, args...)
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.ExtraFiles = []*os.File{w}
+	// Its own session: the daemon must outlive this command and not get the terminal's signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return state.Process{}, fmt.Errorf("start pod daemon: %w", err)
+	}
+	w.Close()
+	proc, _ := state.ProcessOf(cmd.Process.Pid)
+	// Reap it if it dies early; if it lives, it outlives us and init adopts it.
+	go cmd.Wait()
+
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	select {
+	case l := <-line:
+		if l == "ok" {
+			return proc, nil
+		}
+		cmd.Process.Kill()
+		if l == "" {
+			l = "it exited without a word; see " + filepath.Join(podDir, "daemon.log")
+		}
+		return state.Process{}, fmt.Errorf("pod daemon failed to start: %s", strings.TrimPrefix(l, "error: "))
+	case <-time.After(daemonStartTimeout):
+		cmd.Process.Kill()
+		return state.Process{}, fmt.Errorf("pod daemon did not start within %s; see %s: %w", daemonStartTimeout, filepath.Join(podDir, "daemon.log"), errdefs.ErrUnavailable)
+	}
+}
+
+// podConn is a client connection to a pod daemon.
+type podConn struct {
+	dir  string
+	conn *grpc.ClientConn
+	api  podapi.PodClient
+}
+
+func dialPod(podDir string) (*podConn, error) {
+	sock := filepath.Join(podDir, supervisor.APISocket)
+	if _, err := os.Stat(sock); err != nil {
+		return nil, fmt.Errorf("pod daemon socket %s is gone: %w", sock, errdefs.ErrUnavailable)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to pod daemon at %s: %w", sock, err)
+	}
+	return &podConn{dir: podDir, conn: conn, api: podapi.NewPodClient(conn)}, nil
+}
+
+func (p *podConn) Close() error { return p.conn.Close() }
+
+// sendStdio parks the given descriptors with the daemon and returns the token naming them.
+func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, error) {
+	s := &podapi.Stdio{}
+	var files []*os.File
+	for _, f := range []struct {
+		file *os.File
+		has  *bool
+	}{{stdin, &s.HasStdin}, {stdout, &s.HasStdout}, {stderr, &s.HasStderr}} {
+		if f.file != nil {
+			files = append(files, f.file)
+			*f.has = true
+		}
+	}
+	if len(files) == 0 {
+		return s, nil
+	}
+	b := make([]byte, 12)
+	rand.Read(b)
+	s.Token = hex.EncodeToString(b)
+	if err := fdpass.Send(filepath.Join(p.dir, supervisor.StdioSocket), s.Token, files); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// rpcErr turns a daemon error back into its class.
+func rpcErr(err error) error { return errdefs.FromGRPC(err) }
+
+// daemonAlive reports whether the container's pod daemon still runs.
+func daemonAlive(c *state.Container) bool { return c.Daemon.Alive() }
+
+// waitGone waits until a process (not our child) exits, using a pidfd so that it is woken by
+// the exit itself, and gives up after the deadline.
+func waitGone(p state.Process, timeout time.Duration) error {
+	if !p.Alive() {
+		return nil
+	}
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil
+		}
+		return fmt.Errorf("watch process %d: %w", p.Pid, err)
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(timeout)
+	for p.Alive() {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("process %d still running after %s", p.Pid, timeout)
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		// pidfd becomes readable when the process exits; a zombie counts as gone for us.
+		if _, err := unix.Poll(fds, int(min(left, 200*time.Millisecond)/time.Millisecond)+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+	return nil
+}
+
+func ctxTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

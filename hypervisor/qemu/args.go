@@ -1,0 +1,113 @@
+package qemu
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/hypervisor"
+)
+
+// spec is everything the command line depends on, resolved: buildArgs neither probes nor
+// reads the host, so it is a pure function and tested as a table.
+type spec struct {
+	cfg    hypervisor.Config // defaulted and validated
+	accel  string            // hypervisor.AccelKVM or hypervisor.AccelTCG, never auto
+	tscKHz int               // host TSC frequency, passed to microvm guests under TCG
+	// serial is the -serial backend; empty means file:<Dir>/console.log. The KVM probe
+	// reads the console from a pipe instead ("stdio").
+	serial string
+}
+
+// Kernel parameters the runtime always passes. panic=-1 with -no-reboot turns a guest
+// panic into a QEMU exit instead of a VM that spins forever.
+var baseKernelParams = []string{"console=ttyS0", "quiet", "panic=-1"}
+
+// buildArgs returns QEMU's arguments (without the binary) for s.
+func buildArgs(s spec) []string {
+	c := s.cfg
+	p := pathsIn(c.Dir)
+	microvm := c.Machine == hypervisor.MachineMicroVM
+	// dev picks the virtio transport: virtio-mmio on microvm, PCI on q35.
+	dev := func(name string) string {
+		if microvm {
+			return name + "-device"
+		}
+		return name + "-pci"
+	}
+	serial := s.serial
+	if serial == "" {
+		// -serial's "file:" takes the rest of the string as the path: no escaping.
+		serial = "file:" + p.Console
+	}
+
+	args := []string{
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest reboot is a guest that wants to stop: QEMU exits instead.
+		"-no-reboot",
+		"-name", escape(c.ID),
+	}
+	if microvm {
+		// pit/pic off and no option ROMs: fastest microvm boot. The RTC stays on: without
+		// it the guest spends a second timing out on CMOS reads. force-legacy=false makes the
+		// virtio-mmio devices modern (virtio 1.0), which vhost-user devices require.
+		args = append(args,
+			"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel="+s.accel,
+			"-global", "virtio-mmio.force-legacy=false")
+	} else {
+		args = append(args, "-machine", "q35,accel="+s.accel)
+	}
+	if s.accel == hypervisor.AccelKVM {
+		args = append(args, "-cpu", "host")
+	}
+	args = append(args,
+		"-m", memoryArg(c),
+		"-smp", smpArg(c),
+		// -kernel, -initrd and -append take their value verbatim (no option-list parsing).
+		"-kernel", c.Kernel,
+		"-initrd", c.Initrd,
+		"-append", strings.Join(kernelParams(s), " "),
+		"-serial", serial,
+		"-device", dev("virtio-serial")+",id=vser0",
+		"-chardev", "socket,id=ctl,path="+escape(p.Control)+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name="+agentproto.ControlPortName,
+		"-chardev", "socket,id=stream,path="+escape(p.Stream)+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=stream,name="+agentproto.StreamPortName,
+		"-fsdev", "local,id=fs0,path="+escape(c.ShareDir)+",security_model=none",
+		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag,
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", dev("virtio-rng")+",rng=rng0",
+		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
+		"-pidfile", p.PID,
+	)
+	return args
+}
+
+func kernelParams(s spec) []string {
+	params := append([]string(nil), baseKernelParams...)
+	// Under TCG microvm has no HPET or PM timer to calibrate the TSC against and the guest
+	// hangs in calibration; the emulated TSC runs at the host's rate, so tell it. Under KVM
+	// kvmclock provides the frequency, and q35 has HPET.
+	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG && s.tscKHz > 0 {
+		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz))
+	}
+	return append(params, s.cfg.KernelParams...)
+}
+
+func memoryArg(c hypervisor.Config) string {
+	if c.Machine == hypervisor.MachineQ35 && c.MaxMemoryMiB > c.MemoryMiB {
+		return "size=" + mib(c.MemoryMiB) + ",slots=" + strconv.Itoa(memorySlots) + ",maxmem=" + mib(c.MaxMemoryMiB)
+	}
+	return mib(c.MemoryMiB)
+}
+
+func smpArg(c hypervisor.Config) string {
+	if c.Machine == hypervisor.MachineQ35 && c.MaxCPUs > c.CPUs {
+		return "cpus=" + strconv.Itoa(c.CPUs) + ",maxcpus=" + strconv.Itoa(c.MaxCPUs)
+	}
+	return strconv.Itoa(c.CPUs)
+}
+
+// escape quotes a value inside a QEMU option list, where a comma separates options and
+// ",," stands for a literal comma.
+func escape(v string) string { return strings.ReplaceAll(v, ",", ",,") }

@@ -1,0 +1,204 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/runv-project/runv/hypervisor"
+)
+
+func baseConfig() hypervisor.Config {
+	return withDefaults(hypervisor.Config{
+		ID:       "pod1",
+		Dir:      "/run/runv/pod1/vm",
+		Kernel:   "/k/vmlinux",
+		Initrd:   "/k/initrd.img",
+		ShareDir: "/run/runv/pod1/share",
+	})
+}
+
+// The microvm command line in full: this is the configuration measured in
+// notes/guest-boot.md, and any change to it should be deliberate.
+func TestBuildArgsMicroVMFull(t *testing.T) {
+	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124})
+	want := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-name", "pod1",
+		"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=tcg",
+		"-global", "virtio-mmio.force-legacy=false",
+		"-m", "128M",
+		"-smp", "1",
+		"-kernel", "/k/vmlinux",
+		"-initrd", "/k/initrd.img",
+		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124",
+		"-serial", "file:/run/runv/pod1/vm/console.log",
+		"-device", "virtio-serial-device,id=vser0",
+		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",
+		"-chardev", "socket,id=stream,path=/run/runv/pod1/vm/stream.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=stream,name=sh.hyper.channel.1",
+		"-fsdev", "local,id=fs0,path=/run/runv/pod1/share,security_model=none",
+		"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare",
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-device,rng=rng0",
+		"-qmp", "unix:/run/runv/pod1/vm/qmp.sock,server=on,wait=off",
+		"-pidfile", "/run/runv/pod1/vm/qemu.pid",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("args differ:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestBuildArgs(t *testing.T) {
+	q35 := func(mod func(*hypervisor.Config)) hypervisor.Config {
+		c := baseConfig()
+		c.Machine = hypervisor.MachineQ35
+		if mod != nil {
+			mod(&c)
+		}
+		return c
+	}
+	tests := []struct {
+		name string
+		spec spec
+		// want holds option/value pairs that must appear next to each other.
+		want [][2]string
+		// absent holds arguments that must not appear at all.
+		absent []string
+		// appendWant is the exact -append value, if set.
+		appendWant string
+	}{
+		{
+			name: "microvm under kvm: host cpu, no tsc_early_khz",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelKVM, tscKHz: 2596124},
+			want: [][2]string{
+				{"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=kvm"},
+				{"-cpu", "host"},
+			},
+			appendWant: "console=ttyS0 quiet panic=-1",
+		},
+		{
+			name:       "microvm under tcg without a known tsc: no tsc_early_khz",
+			spec:       spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
+			absent:     []string{"-cpu"},
+			appendWant: "console=ttyS0 quiet panic=-1",
+		},
+		{
+			name: "kernel params follow the runtime's own",
+			spec: spec{cfg: func() hypervisor.Config {
+				c := baseConfig()
+				c.KernelParams = []string{"runv.debug=1", "a=b"}
+				return c
+			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
+			appendWant: "console=ttyS0 quiet panic=-1 tsc_early_khz=1000 runv.debug=1 a=b",
+		},
+		{
+			name: "q35 under tcg: pci devices, no mmio global, no tsc",
+			spec: spec{cfg: q35(nil), accel: hypervisor.AccelTCG, tscKHz: 2596124},
+			want: [][2]string{
+				{"-machine", "q35,accel=tcg"},
+				{"-device", "virtio-serial-pci,id=vser0"},
+				{"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=runvshare"},
+				{"-device", "virtio-rng-pci,rng=rng0"},
+				{"-m", "128M"},
+				{"-smp", "1"},
+			},
+			absent:     []string{"-global", "-cpu", "virtio-serial-device,id=vser0"},
+			appendWant: "console=ttyS0 quiet panic=-1",
+		},
+		{
+			name: "q35 with hot-plug room",
+			spec: spec{cfg: q35(func(c *hypervisor.Config) { c.CPUs, c.MaxCPUs, c.MemoryMiB, c.MaxMemoryMiB = 2, 4, 256, 1024 }), accel: hypervisor.AccelTCG},
+			want: [][2]string{
+				{"-m", "size=256M,slots=8,maxmem=1024M"},
+				{"-smp", "cpus=2,maxcpus=4"},
+			},
+		},
+		{
+			name: "q35 with max equal to boot size: no hot-plug options",
+			spec: spec{cfg: q35(func(c *hypervisor.Config) { c.CPUs, c.MaxCPUs, c.MemoryMiB, c.MaxMemoryMiB = 2, 2, 256, 256 }), accel: hypervisor.AccelTCG},
+			want: [][2]string{{"-m", "256M"}, {"-smp", "2"}},
+		},
+		{
+			name: "q35 under kvm",
+			spec: spec{cfg: q35(nil), accel: hypervisor.AccelKVM},
+			want: [][2]string{{"-machine", "q35,accel=kvm"}, {"-cpu", "host"}},
+		},
+		{
+			name: "commas are escaped in option lists only",
+			spec: spec{cfg: func() hypervisor.Config {
+				c := baseConfig()
+				c.ID, c.Dir, c.ShareDir, c.Kernel = "a,b", "/r/x,y", "/s/p,q", "/k/v,l"
+				return c
+			}(), accel: hypervisor.AccelTCG},
+			want: [][2]string{
+				{"-name", "a,,b"},
+				{"-chardev", "socket,id=ctl,path=/r/x,,y/ctl.sock,server=on,wait=off"},
+				{"-fsdev", "local,id=fs0,path=/s/p,,q,security_model=none"},
+				{"-qmp", "unix:/r/x,,y/qmp.sock,server=on,wait=off"},
+				{"-kernel", "/k/v,l"},
+				{"-serial", "file:/r/x,y/console.log"},
+				{"-pidfile", "/r/x,y/qemu.pid"},
+			},
+		},
+		{
+			name: "probe reads the console on stdio",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelKVM, serial: "stdio"},
+			want: [][2]string{{"-serial", "stdio"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := buildArgs(tt.spec)
+			for _, w := range tt.want {
+				if !hasPair(args, w[0], w[1]) {
+					t.Errorf("missing %s %q in %q", w[0], w[1], args)
+				}
+			}
+			for _, a := range tt.absent {
+				if slices.Contains(args, a) {
+					t.Errorf("unexpected %q in %q", a, args)
+				}
+			}
+			if tt.appendWant != "" && !hasPair(args, "-append", tt.appendWant) {
+				t.Errorf("-append: want %q in %q", tt.appendWant, args)
+			}
+			// Every option that takes a value has one: no accidental odd slices.
+			for i, a := range args {
+				if strings.HasPrefix(a, "-") && i+1 < len(args) && a != "-nodefaults" && a != "-no-user-config" && a != "-no-reboot" && strings.HasPrefix(args[i+1], "-") {
+					t.Errorf("option %s has no value (next: %s)", a, args[i+1])
+				}
+			}
+		})
+	}
+}
+
+func hasPair(args []string, opt, val string) bool {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == opt && args[i+1] == val {
+			return true
+		}
+	}
+	return false
+}
+
+func TestParseCPUMHz(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int
+		wantErr bool
+	}{
+		{"processor\t: 0\ncpu MHz\t\t: 2596.124\nflags\t: fpu\n", 2596124, false},
+		{"cpu MHz\t\t: 2600.000\ncpu MHz\t\t: 1200.000\n", 2600000, false},
+		{"cpu MHz : 2999.9996\n", 3000000, false},
+		{"processor\t: 0\n", 0, true},
+		{"cpu MHz\t\t: fast\n", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseCPUMHz(strings.NewReader(tt.in))
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("parseCPUMHz(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}

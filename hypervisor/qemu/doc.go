@@ -1,0 +1,23 @@
+// Package qemu implements hypervisor.Launcher with qemu-system-x86_64.
+//
+// A launch is a list of named steps (validate, resolve-accel, build-args, start-process,
+// connect-qmp, query-status), each timed at debug level; the first failure names its step and
+// tears down everything started before it. The command line is plain data built from the
+// Config (args.go), so it is unit-tested without booting anything.
+//
+// QEMU is started from a goroutine locked to its OS thread that lives as long as QEMU does:
+// Pdeathsig fires when the *thread* that forked the child exits, so this keeps "QEMU dies
+// with us" true even though the Go runtime retires threads at will. QEMU gets its own
+// process group, so that helpers it spawns die with it when we kill the group.
+//
+// Everything a VM creates lives in Config.Dir:
+//
+//	qmp.sock     QMP monitor (go-qemu)
+//	ctl.sock     chardev of the control port (agentproto.ControlPortName)
+//	stream.sock  chardev of the stream port (agentproto.StreamPortName)
+//	qemu.pid     QEMU's pid, for tools and post-mortems
+//	console.log  guest serial console
+//	qemu.log     QEMU's stderr; its tail is quoted in launch errors
+//
+// The sockets and the pid file are removed when QEMU exits; the logs stay for diagnosis.
+package qemu

@@ -1,0 +1,146 @@
+package qemu
+
+import (
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// process is a running QEMU and the one goroutine that waits for it.
+type process struct {
+	pid  int
+	done chan struct{} // closed after QEMU was reaped and onExit ran
+
+	mu     sync.Mutex
+	exited bool // QEMU has exited; it stays unreaped (a zombie) until waitErr is set
+
+	waitErr error // cmd.Wait's result; read only after done is closed
+}
+
+type startOpts struct {
+	path   string
+	args   []string
+	stdout *os.File // nil: /dev/null
+	stderr *os.File // nil: /dev/null
+	// onExit runs once QEMU is reaped, before done is closed, so that whoever waits on
+	// done sees its effects (sockets removed).
+	onExit func(*process)
+}
+
+// startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
+// process group, and reaps it in the background.
+func startProcess(o startOpts) (*process, error) {
+	p := &process{done: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig is delivered when the *thread* that forked QEMU exits, and the Go runtime
+		// may end idle threads. So QEMU is forked from a locked thread that stays in this
+		// goroutine until QEMU is gone. The thread is never unlocked: a goroutine that returns
+		// while locked takes its thread with it, which is what we want once QEMU is reaped.
+		runtime.LockOSThread()
+
+		cmd := exec.Command(o.path, o.args...)
+		if o.stdout != nil {
+			cmd.Stdout = o.stdout
+		}
+		if o.stderr != nil {
+			cmd.Stderr = o.stderr
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Pdeathsig: syscall.SIGKILL,
+			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
+			// and kill() can take QEMU's helpers (e.g. migration "exec:" children) along.
+			Setpgid: true,
+		}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		p.pid = cmd.Process.Pid
+		started <- nil
+
+		// Learn of the exit without reaping, so kill() can never signal a recycled pid or
+		// process group: both stay reserved while QEMU is a zombie.
+		waitExitNoReap(p.pid)
+		p.mu.Lock()
+		p.exited = true
+		p.mu.Unlock()
+		err := cmd.Wait()
+		p.waitErr = err
+		if o.onExit != nil {
+			o.onExit(p)
+		}
+		close(p.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func waitExitNoReap(pid int) {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return // exited, or ECHILD: nothing left to wait for; cmd.Wait reports it
+		}
+	}
+}
+
+// kill sends SIGKILL to QEMU's process group. It does not wait: done is closed once QEMU
+// is reaped.
+func (p *process) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.exited {
+		unix.Kill(-p.pid, unix.SIGKILL)
+	}
+}
+
+// killAndWait kills QEMU and returns once it is reaped.
+func (p *process) killAndWait() {
+	p.kill()
+	<-p.done
+}
+
+// hasExited reports whether done is closed.
+func (p *process) hasExited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail returns the last lines (at most n) of a log file on one line, for error messages.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const window = 4096
+	if st, err := f.Stat(); err == nil && st.Size() > window {
+		f.Seek(st.Size()-window, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, window))
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}

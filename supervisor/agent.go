@@ -1,0 +1,45 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/runv-project/runv/agent/client"
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
+)
+
+// agentAdapter fits *client.Client to guestAgent.
+type agentAdapter struct{ *client.Client }
+
+func (a agentAdapter) Watch(container, process string, stdio agentproto.Stdio) (exitWaiter, error) {
+	return a.Client.Watch(container, process, stdio)
+}
+
+// connectAgent connects to the VM's agent and checks it speaks our protocol. A cold-booted
+// guest announces itself with READY first; a restored one is already up and does not.
+func connectAgent(ctx context.Context, vm hypervisor.VM, podID string) (guestAgent, error) {
+	ch, err := vm.Channels(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the guest agent: %w", err)
+	}
+	log := logging.G(ctx)
+	c := client.New(ch, client.Options{
+		PodID: podID,
+		Logf:  func(format string, args ...any) { log.Log(ctx, slog.LevelWarn, fmt.Sprintf(format, args...)) },
+	})
+	if !factory.Restored(vm) {
+		if err := c.WaitReady(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("wait for the guest agent: %w", err)
+		}
+	}
+	if _, err := c.Handshake(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return agentAdapter{c}, nil
+}

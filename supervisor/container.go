@@ -1,0 +1,485 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+// container is one container of the pod, as the daemon sees it.
+type container struct {
+	id      string
+	bundle  string
+	created time.Time
+
+	mu        sync.Mutex
+	status    string
+	guestPid  int
+	processes map[string]*process
+}
+
+// process is one process of a container (its init or an exec).
+type process struct {
+	id       string
+	guestPid int
+	// done is closed once the exit is known and the output was delivered to the client.
+	done chan struct{}
+	exit agentproto.ProcessExit
+	once sync.Once
+}
+
+func (p *process) finish(e agentproto.ProcessExit) {
+	p.once.Do(func() {
+		p.exit = e
+		close(p.done)
+	})
+}
+
+// markStopped records the end of every process of c.
+func (c *container) markStopped(e agentproto.ProcessExit) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.status = state.StatusStopped
+	for _, p := range c.processes {
+		p.finish(e)
+	}
+}
+
+// CreateRequest asks for a new container.
+type CreateRequest struct {
+	ID     string
+	Bundle string
+	Spec   *specs.Spec
+	Stdio  StdioRequest
+	Rows   uint16
+	Cols   uint16
+}
+
+// StdioRequest names the descriptors a client parked with the fdpass server.
+type StdioRequest struct {
+	Token                         string
+	HasStdin, HasStdout, HasStderr bool
+}
+
+func (s *Supervisor) lookup(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q is not in pod %s: %w", id, s.cfg.PodID, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// Create creates a container: shares its rootfs with the guest and has the agent create it,
+// with its init process waiting to be started.
+func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error) {
+	ctx = logging.With(ctx, "container", req.ID)
+	if err := state.ValidateID(req.ID); err != nil {
+		return 0, err
+	}
+	if req.Spec == nil || req.Spec.Process == nil {
+		return 0, fmt.Errorf("container %q: config.json has no process: %w", req.ID, errdefs.ErrInvalidArgument)
+	}
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	c := &container{id: req.ID, bundle: req.Bundle, created: time.Now(), status: state.StatusCreating, processes: map[string]*process{}}
+	s.mu.Lock()
+	if _, dup := s.containers[req.ID]; dup {
+		s.mu.Unlock()
+		files.close()
+		return 0, fmt.Errorf("container %q already exists in pod %s: %w", req.ID, s.cfg.PodID, errdefs.ErrAlreadyExists)
+	}
+	s.containers[req.ID] = c
+	s.everHad = true
+	s.mu.Unlock()
+
+	pid, err := s.create(ctx, c, req, files)
+	if err != nil {
+		files.close()
+		s.mu.Lock()
+		delete(s.containers, req.ID)
+		s.mu.Unlock()
+		s.maybeEmpty()
+		return 0, err
+	}
+	s.events.publish(Event{Type: EventCreate, Container: req.ID})
+	return pid, nil
+}
+
+func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files *hostStdio) (int, error) {
+	if err := s.waitReady(ctx); err != nil {
+		return 0, err
+	}
+	guestSpec, err := shareContainer(s.share, req.ID, req.Bundle, req.Spec)
+	if err != nil {
+		return 0, err
+	}
+	terminal := req.Spec.Process.Terminal
+	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
+		return agentproto.MsgNewContainer, agentproto.Container{
+			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
+			ConsoleRows: req.Rows, ConsoleCols: req.Cols,
+		}
+	})
+	if err != nil {
+		unshareContainer(s.share, req.ID)
+		return 0, err
+	}
+	c.mu.Lock()
+	c.guestPid = started.Pid
+	if c.status == state.StatusCreating {
+		c.status = state.StatusCreated
+	}
+	c.mu.Unlock()
+	go func() {
+		<-p.done
+		c.mu.Lock()
+		c.status = state.StatusStopped
+		c.mu.Unlock()
+		s.events.publish(Event{Type: EventExit, Container: c.id, Process: p.id, ExitCode: p.exit.ExitCode, Message: p.exit.Error})
+	}()
+	return started.Pid, nil
+}
+
+// startProcess wires a process's stdio to the host descriptors, sends the command that
+// creates it, and arranges for its exit to be recorded once its output has been delivered.
+func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, files *hostStdio, terminal bool,
+	command func(agentproto.Stdio) (agentproto.MsgType, any)) (*process, agentproto.ProcessStarted, error) {
+	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.stdin == nil}
+	if !terminal {
+		io.Stderr = s.agent.NextSeq()
+	}
+	w, err := s.agent.Watch(c.id, procID, io)
+	if err != nil {
+		return nil, agentproto.ProcessStarted{}, fmt.Errorf("container %q process %q: %w", c.id, procID, err)
+	}
+	p := &process{id: procID, done: make(chan struct{})}
+	c.mu.Lock()
+	if _, dup := c.processes[procID]; dup {
+		c.mu.Unlock()
+		return nil, agentproto.ProcessStarted{}, fmt.Errorf("container %q already has a process %q: %w", c.id, procID, errdefs.ErrAlreadyExists)
+	}
+	c.processes[procID] = p
+	c.mu.Unlock()
+
+	t, payload := command(io)
+	var started agentproto.ProcessStarted
+	if err := s.agent.Call(ctx, t, payload, &started); err != nil {
+		c.mu.Lock()
+		delete(c.processes, procID)
+		c.mu.Unlock()
+		return nil, started, fmt.Errorf("container %q process %q: %w", c.id, procID, err)
+	}
+	p.guestPid = started.Pid
+	relayed := files.relay(w.Streams())
+	go func() {
+		exit, err := w.Wait(context.Background())
+		if err != nil {
+			exit = agentproto.ProcessExit{ExitCode: 137, Signal: int(syscall.SIGKILL), Error: fmt.Sprintf("lost the process: %v", err)}
+		}
+		<-relayed
+		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error)
+		p.finish(exit)
+	}()
+	return p, started, nil
+}
+
+// Start runs a created container's init process.
+func (s *Supervisor) Start(ctx context.Context, id string) error {
+	c, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	st := c.status
+	c.mu.Unlock()
+	if st != state.StatusCreated {
+		return fmt.Errorf("container %q is %s, not created: only a created container can be started: %w", id, st, errdefs.ErrFailedPrecondition)
+	}
+	if err := s.agent.Call(ctx, agentproto.MsgStartContainer, agentproto.ContainerRef{Container: id}, nil); err != nil {
+		return fmt.Errorf("start container %q: %w", id, err)
+	}
+	c.mu.Lock()
+	if c.status == state.StatusCreated {
+		c.status = state.StatusRunning
+	}
+	c.mu.Unlock()
+	s.events.publish(Event{Type: EventStart, Container: id})
+	return nil
+}
+
+// ExecRequest asks for an additional process in a running container.
+type ExecRequest struct {
+	ID      string
+	Process string
+	Spec    *specs.Process
+	Stdio   StdioRequest
+	Rows    uint16
+	Cols    uint16
+}
+
+// Exec starts an additional process.
+func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
+	c, err := s.lookup(req.ID)
+	if err != nil {
+		return 0, err
+	}
+	if req.Spec == nil || len(req.Spec.Args) == 0 {
+		return 0, fmt.Errorf("exec in container %q: the process has no args: %w", req.ID, errdefs.ErrInvalidArgument)
+	}
+	c.mu.Lock()
+	st := c.status
+	c.mu.Unlock()
+	if st != state.StatusRunning {
+		return 0, fmt.Errorf("cannot exec in container %q: it is %s, not running: %w", req.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	_, started, err := s.startProcess(ctx, c, req.Process, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
+		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
+	})
+	if err != nil {
+		files.close()
+		return 0, err
+	}
+	s.events.publish(Event{Type: EventExec, Container: req.ID, Process: req.Process})
+	return started.Pid, nil
+}
+
+func procID(p string) string {
+	if p == "" {
+		return agentproto.InitProcessID
+	}
+	return p
+}
+
+// Signal delivers a signal to a process (or all processes) of a container.
+func (s *Supervisor) Signal(ctx context.Context, id, proc string, sig int, all bool) error {
+	c, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	proc = procID(proc)
+	c.mu.Lock()
+	p, ok := c.processes[proc]
+	st := c.status
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("container %q has no process %q: %w", id, proc, errdefs.ErrNotFound)
+	}
+	select {
+	case <-p.done:
+		if proc == agentproto.InitProcessID || st == state.StatusStopped {
+			return fmt.Errorf("container %q is not running: %w", id, errdefs.ErrFailedPrecondition)
+		}
+		return fmt.Errorf("process %q of container %q is not running: %w", proc, id, errdefs.ErrFailedPrecondition)
+	default:
+	}
+	return s.agent.Call(ctx, agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: id, Process: proc, Signal: sig, All: all}, nil)
+}
+
+// Wait blocks until the process exited and its output was delivered.
+func (s *Supervisor) Wait(ctx context.Context, id, proc string) (agentproto.ProcessExit, error) {
+	c, err := s.lookup(id)
+	if err != nil {
+		return agentproto.ProcessExit{}, err
+	}
+	proc = procID(proc)
+	c.mu.Lock()
+	p, ok := c.processes[proc]
+	c.mu.Unlock()
+	if !ok {
+		return agentproto.ProcessExit{}, fmt.Errorf("container %q has no process %q: %w", id, proc, errdefs.ErrNotFound)
+	}
+	select {
+	case <-p.done:
+		return p.exit, nil
+	case <-ctx.Done():
+		return agentproto.ProcessExit{}, ctx.Err()
+	}
+}
+
+// ContainerState is a container's live state.
+type ContainerState struct {
+	ID       string
+	Status   string
+	GuestPid int
+	ExitCode int
+	Created  time.Time
+}
+
+// State reports a container's status.
+func (s *Supervisor) State(id string) (ContainerState, error) {
+	c, err := s.lookup(id)
+	if err != nil {
+		return ContainerState{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := ContainerState{ID: id, Status: c.status, GuestPid: c.guestPid, Created: c.created}
+	if p, ok := c.processes[agentproto.InitProcessID]; ok {
+		select {
+		case <-p.done:
+			st.Status = state.StatusStopped
+			st.ExitCode = p.exit.ExitCode
+		default:
+		}
+	}
+	return st, nil
+}
+
+// Delete removes a container that is not running. A created container is killed first, as
+// runc does. The pod is emptied (and the daemon exits) after its last container.
+func (s *Supervisor) Delete(ctx context.Context, id string) error {
+	c, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	st, _ := s.State(id)
+	switch st.Status {
+	case state.StatusRunning, state.StatusPaused:
+		return fmt.Errorf("cannot delete container %q: it is %s; stop it first (runv kill) or use --force: %w", id, st.Status, errdefs.ErrFailedPrecondition)
+	case state.StatusCreated:
+		if err := s.Signal(ctx, id, "", int(syscall.SIGKILL), true); err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			return fmt.Errorf("delete created container %q: %w", id, err)
+		}
+		if _, err := s.Wait(ctx, id, ""); err != nil {
+			return fmt.Errorf("delete created container %q: %w", id, err)
+		}
+	}
+	if s.agent != nil {
+		select {
+		case <-s.agent.Done():
+		default:
+			if err := s.agent.Call(ctx, agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				logging.G(ctx).Warn("remove container in guest", "container", id, "error", err)
+			}
+		}
+	}
+	if err := unshareContainer(s.share, id); err != nil {
+		return fmt.Errorf("delete container %q: release its rootfs: %w", id, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	s.events.publish(Event{Type: EventDelete, Container: id})
+	s.maybeEmpty()
+	return nil
+}
+
+func (s *Supervisor) maybeEmpty() {
+	s.mu.Lock()
+	empty := len(s.containers) == 0 && s.everHad
+	s.mu.Unlock()
+	if empty {
+		s.emptyOnce.Do(func() { close(s.empty) })
+	}
+}
+
+// simple forwards a command naming a container to the agent after checking its status.
+func (s *Supervisor) simple(ctx context.Context, id string, t agentproto.MsgType, payload, reply any, want ...string) (*container, error) {
+	c, err := s.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := s.State(id)
+	ok := len(want) == 0
+	for _, w := range want {
+		ok = ok || st.Status == w
+	}
+	if !ok {
+		return nil, fmt.Errorf("container %q is %s: %s needs it %v: %w", id, st.Status, t, want, errdefs.ErrFailedPrecondition)
+	}
+	if err := s.agent.Call(ctx, t, payload, reply); err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	return c, nil
+}
+
+// Pause freezes a running container.
+func (s *Supervisor) Pause(ctx context.Context, id string) error {
+	c, err := s.simple(ctx, id, agentproto.MsgPauseContainer, agentproto.ContainerRef{Container: id}, nil, state.StatusRunning)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.status = state.StatusPaused
+	c.mu.Unlock()
+	s.events.publish(Event{Type: EventPause, Container: id})
+	return nil
+}
+
+// Resume thaws a paused container.
+func (s *Supervisor) Resume(ctx context.Context, id string) error {
+	c, err := s.simple(ctx, id, agentproto.MsgResumeContainer, agentproto.ContainerRef{Container: id}, nil, state.StatusPaused)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.status = state.StatusRunning
+	c.mu.Unlock()
+	s.events.publish(Event{Type: EventResume, Container: id})
+	return nil
+}
+
+// Update changes a container's resources.
+func (s *Supervisor) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
+	_, err := s.simple(ctx, id, agentproto.MsgUpdateContainer, agentproto.UpdateContainer{Container: id, Resources: res}, nil, state.StatusCreated, state.StatusRunning, state.StatusPaused)
+	return err
+}
+
+// Processes lists the guest pids of a container's processes.
+func (s *Supervisor) Processes(ctx context.Context, id string) ([]int, error) {
+	var list agentproto.ProcessList
+	if _, err := s.simple(ctx, id, agentproto.MsgListProcesses, agentproto.ContainerRef{Container: id}, &list); err != nil {
+		return nil, err
+	}
+	return list.Pids, nil
+}
+
+// Stats reports a container's resource usage.
+func (s *Supervisor) Stats(ctx context.Context, id string) (agentproto.Stats, error) {
+	var st agentproto.Stats
+	_, err := s.simple(ctx, id, agentproto.MsgStats, agentproto.ContainerRef{Container: id}, &st)
+	return st, err
+}
+
+// ResizePty sets a terminal process's window size.
+func (s *Supervisor) ResizePty(ctx context.Context, id, proc string, rows, cols uint16) error {
+	_, err := s.simple(ctx, id, agentproto.MsgWinSize, agentproto.WindowSize{Container: id, Process: procID(proc), Rows: rows, Cols: cols}, nil)
+	return err
+}
+
+// CloseStdin closes a process's stdin.
+func (s *Supervisor) CloseStdin(ctx context.Context, id, proc string) error {
+	_, err := s.simple(ctx, id, agentproto.MsgCloseStdin, agentproto.ProcessRef{Container: id, Process: procID(proc)}, nil)
+	return err
+}
+
+// decodeSpec parses a config.json.
+func decodeSpec(b []byte) (*specs.Spec, error) {
+	var sp specs.Spec
+	if err := json.Unmarshal(b, &sp); err != nil {
+		return nil, fmt.Errorf("config.json: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return &sp, nil
+}
+
+var _ = os.Getpid

@@ -1,0 +1,191 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/logging"
+)
+
+// server exposes a Supervisor over gRPC, translating error classes into status codes.
+type server struct {
+	podapi.UnimplementedPodServer
+	s *Supervisor
+}
+
+// Register adds the pod service for s to g.
+func Register(g *grpc.Server, s *Supervisor) {
+	podapi.RegisterPodServer(g, &server{s: s})
+}
+
+func stdioReq(s *podapi.Stdio) StdioRequest {
+	if s == nil {
+		return StdioRequest{}
+	}
+	return StdioRequest{Token: s.Token, HasStdin: s.HasStdin, HasStdout: s.HasStdout, HasStderr: s.HasStderr}
+}
+
+func size(c *podapi.ConsoleSize) (uint16, uint16) {
+	if c == nil {
+		return 0, 0
+	}
+	return uint16(c.Rows), uint16(c.Cols)
+}
+
+func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.CreateResponse, error) {
+	sp, err := decodeSpec(r.Spec)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	rows, cols := size(r.Console)
+	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
+	if err != nil {
+		logging.G(ctx).Error("create", "container", r.Id, "error", err)
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &podapi.CreateResponse{GuestPid: int64(pid)}, nil
+}
+
+func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Start(ctx, r.Id))
+}
+
+func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecResponse, error) {
+	var p specs.Process
+	if err := json.Unmarshal(r.ProcessSpec, &p); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "process spec: %v", err)
+	}
+	rows, cols := size(r.Console)
+	pid, err := g.s.Exec(ctx, ExecRequest{ID: r.Id, Process: r.Process, Spec: &p, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &podapi.ExecResponse{GuestPid: int64(pid)}, nil
+}
+
+func (g *server) Signal(ctx context.Context, r *podapi.SignalRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Signal(ctx, r.Id, r.Process, int(r.Signal), r.All))
+}
+
+func (g *server) Wait(ctx context.Context, r *podapi.ProcessRequest) (*podapi.WaitResponse, error) {
+	e, err := g.s.Wait(ctx, r.Id, r.Process)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error}, nil
+}
+
+func (g *server) State(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ContainerState, error) {
+	st, err := g.s.State(r.Id)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &podapi.ContainerState{Id: st.ID, Status: st.Status, GuestPid: int64(st.GuestPid), ExitCode: int32(st.ExitCode), CreatedUnixNano: st.Created.UnixNano()}, nil
+}
+
+func (g *server) Delete(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Delete(ctx, r.Id))
+}
+
+func (g *server) ResizePty(ctx context.Context, r *podapi.ResizeRequest) (*podapi.Empty, error) {
+	rows, cols := size(r.Size)
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.ResizePty(ctx, r.Id, r.Process, rows, cols))
+}
+
+func (g *server) CloseStdin(ctx context.Context, r *podapi.ProcessRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.CloseStdin(ctx, r.Id, r.Process))
+}
+
+func (g *server) Pause(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Pause(ctx, r.Id))
+}
+
+func (g *server) Resume(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Resume(ctx, r.Id))
+}
+
+func (g *server) Update(ctx context.Context, r *podapi.UpdateRequest) (*podapi.Empty, error) {
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources, &res); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "resources: %v", err)
+	}
+	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Update(ctx, r.Id, &res))
+}
+
+func (g *server) Processes(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ProcessesResponse, error) {
+	pids, err := g.s.Processes(ctx, r.Id)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	out := &podapi.ProcessesResponse{}
+	for _, p := range pids {
+		out.GuestPids = append(out.GuestPids, int64(p))
+	}
+	return out, nil
+}
+
+func (g *server) Stats(ctx context.Context, r *podapi.ContainerRequest) (*podapi.StatsResponse, error) {
+	st, err := g.s.Stats(ctx, r.Id)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &podapi.StatsResponse{CpuUsageNanos: st.CPUUsageNanos, MemoryUsageBytes: st.MemoryUsageBytes, MemoryLimitBytes: st.MemoryLimitBytes, Pids: st.Pids}, nil
+}
+
+func (g *server) Events(r *podapi.EventsRequest, stream podapi.Pod_EventsServer) error {
+	var since time.Time
+	if r.SinceUnixNano > 0 {
+		since = time.Unix(0, r.SinceUnixNano)
+	}
+	replay, sub, err := g.s.events.subscribe(since, r.Id)
+	if err != nil {
+		return errdefs.ToGRPC(err)
+	}
+	defer g.s.events.unsubscribe(sub)
+	send := func(e Event) error {
+		return stream.Send(&podapi.Event{UnixNano: e.Time.UnixNano(), Type: e.Type, Id: e.Container, Process: e.Process, ExitCode: int32(e.ExitCode), Message: e.Message})
+	}
+	for _, e := range replay {
+		if err := send(e); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case e := <-sub.ch:
+			if err := send(e); err != nil {
+				return err
+			}
+		case <-sub.failed:
+			// Deliver what was buffered, then say why the stream ends.
+			for {
+				select {
+				case e := <-sub.ch:
+					if err := send(e); err != nil {
+						return err
+					}
+				default:
+					return status.Error(codes.ResourceExhausted, ErrSubscriberTooSlow.Error())
+				}
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, error) {
+	i := g.s.Info()
+	return &podapi.PodInfo{Id: i.ID, DaemonPid: int64(i.DaemonPid), VmPid: int64(i.VMPid), Accel: i.Accel, Factory: i.Factory, Containers: i.Containers, BootNanos: int64(i.Boot)}, nil
+}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,198 @@
+package supervisor
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+)
+
+// shareContainer makes a container's rootfs and bind-mount sources visible to the guest by
+// bind-mounting them under the pod's 9p share:
+//
+//	<share>/<id>/rootfs        the bundle's root.path
+//	<share>/<id>/volumes/<n>   the source of the n-th bind mount of the spec
+//
+// It returns the spec the guest gets: bind sources rewritten to guest paths, hooks removed
+// (they run on the host). On error nothing stays mounted.
+func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs.Spec, err error) {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return nil, fmt.Errorf("config.json of container %q has no root.path: %w", id, errdefs.ErrInvalidArgument)
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(bundle, rootfs)
+	}
+	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("rootfs %s of container %q is not a directory (root.path in %s): %w",
+			rootfs, id, filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
+	}
+	dir := filepath.Join(shareDir, id)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create share directory of container %q: %w", id, err)
+	}
+	defer func() {
+		if err != nil {
+			unshareContainer(shareDir, id)
+		}
+	}()
+	target := filepath.Join(dir, "rootfs")
+	if err := bindMount(rootfs, target, true); err != nil {
+		return nil, fmt.Errorf("share rootfs of container %q: %w", id, err)
+	}
+
+	g := *spec
+	g.Hooks = nil
+	g.Mounts = make([]specs.Mount, len(spec.Mounts))
+	copy(g.Mounts, spec.Mounts)
+	for i, m := range g.Mounts {
+		if !isBind(m) {
+			continue
+		}
+		src := m.Source
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(bundle, src)
+		}
+		fi, err := os.Stat(src)
+		if err != nil {
+			return nil, fmt.Errorf("bind mount %d (%s → %s) of container %q: source: %w: %w", i, m.Source, m.Destination, id, err, errdefs.ErrInvalidArgument)
+		}
+		rel := path.Join(id, "volumes", strconv.Itoa(i))
+		if err := bindMount(src, filepath.Join(shareDir, rel), fi.IsDir()); err != nil {
+			return nil, fmt.Errorf("share bind mount %s of container %q: %w", m.Destination, id, err)
+		}
+		g.Mounts[i].Source = path.Join(agentproto.SharePath, rel)
+	}
+	return &g, nil
+}
+
+func isBind(m specs.Mount) bool {
+	if m.Type == "bind" {
+		return true
+	}
+	for _, o := range m.Options {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
+}
+
+// bindMount creates target (a directory or an empty file) and binds src onto it recursively.
+func bindMount(src, target string, dir bool) error {
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	if dir {
+		if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	} else {
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, target, err)
+	}
+	// Keep later mounts under the share from propagating back to the source.
+	if err := unix.Mount("", target, "", unix.MS_PRIVATE|unix.MS_REC, ""); err != nil {
+		unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("make %s private: %w", target, err)
+	}
+	return nil
+}
+
+// unshareContainer undoes shareContainer.
+func unshareContainer(shareDir, id string) error {
+	dir := filepath.Join(shareDir, id)
+	if err := UnmountUnder(dir); err != nil {
+		return err
+	}
+	return RemoveUnmounted(dir)
+}
+
+// RemoveUnmounted removes dir recursively, but only when nothing is mounted at or below it:
+// a bind-mounted rootfs that failed to unmount must never be deleted through the share.
+func RemoveUnmounted(dir string) error {
+	mounts, err := mountsUnder(dir)
+	if err != nil {
+		return err
+	}
+	if len(mounts) > 0 {
+		return fmt.Errorf("refusing to remove %s: %s is still mounted", dir, mounts[0])
+	}
+	return os.RemoveAll(dir)
+}
+
+// UnmountUnder detaches every mount at or below dir, deepest first. It is also how `runv
+// delete` cleans up after a daemon that was killed.
+func UnmountUnder(dir string) error {
+	mounts, err := mountsUnder(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func mountsUnder(dir string) ([]string, error) {
+	dir = filepath.Clean(dir)
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	// Deepest first, so parents are not busy.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, sc.Err()
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space, ...) of /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

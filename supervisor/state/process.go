@@ -1,0 +1,66 @@
+package state
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Self returns the calling process.
+func Self() Process {
+	p, _ := ProcessOf(os.Getpid())
+	return p
+}
+
+// ProcessOf identifies a live pid with its start time.
+func ProcessOf(pid int) (Process, error) {
+	st, err := startTime(pid)
+	if err != nil {
+		return Process{}, err
+	}
+	return Process{Pid: pid, StartTime: st}, nil
+}
+
+// Alive reports whether the process still runs (and is not a zombie), and is the same process
+// that was recorded rather than a later one that reused the pid.
+func (p Process) Alive() bool {
+	if p.Pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+	if err != nil {
+		return false
+	}
+	fields, ok := statFields(b)
+	if !ok || fields[0] == "Z" || fields[0] == "X" {
+		return false
+	}
+	st, err := strconv.ParseUint(fields[19], 10, 64)
+	return err == nil && (p.StartTime == 0 || st == p.StartTime)
+}
+
+func startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	fields, ok := statFields(b)
+	if !ok {
+		return 0, fmt.Errorf("process %d: unparsable /proc stat", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// statFields returns the fields of /proc/<pid>/stat after the command name, which may itself
+// contain spaces and parentheses: fields[0] is the state (field 3), fields[19] the start time
+// (field 22).
+func statFields(b []byte) ([]string, bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		return nil, false
+	}
+	f := strings.Fields(string(b[i+2:]))
+	return f, len(f) >= 20
+}

@@ -1,0 +1,239 @@
+// Package supervisor is the host side of one pod: it owns the pod's VM (obtained from a
+// factory), talks to the guest agent, creates containers and processes in it, relays their
+// stdio to the descriptors the clients handed over, and records events. `runv containerd`
+// serves it over gRPC (server.go); the CLI is its client.
+package supervisor
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor/fdpass"
+)
+
+// guestAgent is what the supervisor needs from the host side of the agent protocol
+// (implemented by agent/client).
+type guestAgent interface {
+	Call(ctx context.Context, t agentproto.MsgType, payload, reply any) error
+	NextSeq() uint64
+	// Watch registers interest in a process's exit before it can happen.
+	Watch(container, process string, stdio agentproto.Stdio) (exitWaiter, error)
+	Done() <-chan struct{}
+	Err() error
+	Close() error
+}
+
+// exitWaiter delivers one process's streams and exit.
+type exitWaiter interface {
+	Streams() (stdin io.WriteCloser, stdout, stderr io.ReadCloser)
+	// Wait returns once the process exited and its output streams reached EOF.
+	Wait(ctx context.Context) (agentproto.ProcessExit, error)
+}
+
+// Config configures a pod's supervisor.
+type Config struct {
+	PodID string
+	// Dir is the pod directory: sockets, share/, vm/, events.log.
+	Dir     string
+	Factory factory.Factory
+	// VM sizes the pod's VM (zero values: the factory's defaults).
+	VM factory.Request
+	// BootTimeout bounds VM start until the agent answered.
+	BootTimeout time.Duration
+}
+
+// Supervisor runs one pod.
+type Supervisor struct {
+	cfg    Config
+	share  string
+	events *eventLog
+	stdio  *fdpass.Server
+
+	ready   chan struct{} // closed when the VM is up and the pod started, or failed
+	bootErr error
+	vm      hypervisor.VM
+	agent   guestAgent
+	bootDur time.Duration
+
+	mu         sync.Mutex
+	containers map[string]*container
+	everHad    bool
+	// empty is closed when the last container was deleted.
+	empty     chan struct{}
+	emptyOnce sync.Once
+	closeOnce sync.Once
+}
+
+// New prepares the pod directory and starts booting the VM in the background, so that the
+// boot overlaps with the client connecting and sending its first request.
+func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, error) {
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 90 * time.Second
+	}
+	s := &Supervisor{
+		cfg:        cfg,
+		share:      filepath.Join(cfg.Dir, "share"),
+		stdio:      stdio,
+		ready:      make(chan struct{}),
+		containers: map[string]*container{},
+		empty:      make(chan struct{}),
+	}
+	for _, d := range []string{s.share, filepath.Join(cfg.Dir, "vm")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", cfg.PodID, err)
+		}
+	}
+	ev, err := openEventLog(filepath.Join(cfg.Dir, "events.log"))
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", cfg.PodID, err)
+	}
+	s.events = ev
+	go s.boot(logging.With(context.WithoutCancel(ctx), "pod", cfg.PodID))
+	return s, nil
+}
+
+func (s *Supervisor) boot(ctx context.Context) {
+	defer close(s.ready)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
+	defer cancel()
+	start := time.Now()
+	req := s.cfg.VM
+	req.ID = s.cfg.PodID
+	req.Dir = filepath.Join(s.cfg.Dir, "vm")
+	req.ShareDir = s.share
+	vm, err := s.cfg.Factory.GetVM(ctx, req)
+	if err != nil {
+		s.bootErr = fmt.Errorf("pod %s: start VM: %w", s.cfg.PodID, err)
+		logging.G(ctx).Error("start VM", "error", err)
+		return
+	}
+	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
+	if err == nil {
+		entropy := make([]byte, 64)
+		rand.Read(entropy)
+		err = agent.Call(ctx, agentproto.MsgStartPod, agentproto.Pod{
+			ID:           s.cfg.PodID,
+			Hostname:     s.cfg.PodID,
+			ShareTag:     agentproto.ShareTag,
+			TimeUnixNano: time.Now().UnixNano(),
+			Entropy:      entropy,
+		}, nil)
+		if err != nil {
+			agent.Close()
+			err = fmt.Errorf("start pod in guest: %w", err)
+		}
+	}
+	if err != nil {
+		vm.Kill()
+		<-vm.Done()
+		s.bootErr = fmt.Errorf("pod %s: %w (guest console: %s)", s.cfg.PodID, err, vm.ConsoleLog())
+		logging.G(ctx).Error("boot", "error", err, "console", vm.ConsoleLog())
+		return
+	}
+	s.vm, s.agent, s.bootDur = vm, agent, time.Since(start)
+	logging.G(ctx).Info("pod ready", "vm_pid", vm.Pid(), "accel", vm.Accel(), "boot", s.bootDur)
+	go s.watchVM(ctx)
+}
+
+// watchVM turns the VM's death into the death of every process in it.
+func (s *Supervisor) watchVM(ctx context.Context) {
+	select {
+	case <-s.vm.Done():
+	case <-s.agent.Done():
+	}
+	s.mu.Lock()
+	live := len(s.containers)
+	s.mu.Unlock()
+	if live > 0 {
+		logging.G(ctx).Warn("VM or agent went away", "error", s.agent.Err())
+		s.events.publish(Event{Type: EventVMExit, Message: "VM exited"})
+	}
+}
+
+// waitReady waits for the VM to be up.
+func (s *Supervisor) waitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return s.bootErr
+	case <-ctx.Done():
+		return fmt.Errorf("pod %s: waiting for the VM: %w", s.cfg.PodID, ctx.Err())
+	}
+}
+
+// Empty is closed when the pod's last container has been deleted.
+func (s *Supervisor) Empty() <-chan struct{} { return s.empty }
+
+// Info describes the pod.
+func (s *Supervisor) Info() PodInfo {
+	info := PodInfo{ID: s.cfg.PodID, DaemonPid: os.Getpid(), Factory: s.cfg.Factory.Name()}
+	select {
+	case <-s.ready:
+		if s.vm != nil {
+			info.VMPid, info.Accel, info.Boot = s.vm.Pid(), s.vm.Accel(), s.bootDur
+		}
+	default:
+	}
+	s.mu.Lock()
+	for id := range s.containers {
+		info.Containers = append(info.Containers, id)
+	}
+	s.mu.Unlock()
+	return info
+}
+
+// PodInfo describes a pod.
+type PodInfo struct {
+	ID         string
+	DaemonPid  int
+	VMPid      int
+	Accel      string
+	Factory    string
+	Containers []string
+	Boot       time.Duration
+}
+
+// Close stops every process, powers the VM off and releases the share. It is idempotent.
+func (s *Supervisor) Close(ctx context.Context) error {
+	var errs []error
+	s.closeOnce.Do(func() {
+		<-s.ready
+		if s.agent != nil {
+			// The agent ACKs DESTROYPOD once everything in the guest stopped, then powers off.
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := s.agent.Call(dctx, agentproto.MsgDestroyPod, nil, nil); err != nil && !errors.Is(err, errdefs.ErrUnavailable) {
+				logging.G(ctx).Warn("destroy pod in guest", "error", err)
+			}
+			cancel()
+			s.agent.Close()
+		}
+		if s.vm != nil {
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := s.vm.Shutdown(sctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop VM: %w", err))
+			}
+			cancel()
+		}
+		s.mu.Lock()
+		for _, c := range s.containers {
+			c.markStopped(agentproto.ProcessExit{ExitCode: 137, Signal: 9, Error: "pod stopped"})
+		}
+		s.mu.Unlock()
+		if err := UnmountUnder(s.share); err != nil {
+			errs = append(errs, err)
+		}
+		s.events.close()
+	})
+	return errors.Join(errs...)
+}

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type ociState struct {
+	OCIVersion string `json:"ociVersion"`
+	ID         string `json:"id"`
+	Pid        int    `json:"pid"`
+	Status     string `json:"status"`
+	Bundle     string `json:"bundle"`
+}
+
+func stateOf(t *testing.T, stateRoot, id string) ociState {
+	t.Helper()
+	r := runvIn(t, stateRoot, nil, "state", id)
+	if r.code != 0 {
+		t.Fatalf("state %s: %s", id, r)
+	}
+	var st ociState
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("state %s is not JSON: %v: %s", id, err, r)
+	}
+	return st
+}
+
+// waitStatus polls `runv state` until the container reaches want, within a deadline.
+func waitStatus(t *testing.T, stateRoot, id, want string) ociState {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := stateOf(t, stateRoot, id)
+		if st.Status == want {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container %s is %q, want %q", id, st.Status, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
+
+// The OCI lifecycle as a client drives it: create, state, start, kill, state, delete.
+func TestLifecycleCreateStartKillDelete(t *testing.T) {
+	t.Parallel()
+	stateRoot := filepath.Join(t.TempDir(), "root")
+	b := newBundle(t, "sleep", "1000")
+	id := newID(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+
+	if r := runvIn(t, stateRoot, nil, "create", "--bundle", b, "--pid-file", pidFile, id); r.code != 0 {
+		t.Fatalf("create: %s", r)
+	}
+	st := stateOf(t, stateRoot, id)
+	if st.Status != "created" || st.ID != id || st.Bundle != b {
+		t.Fatalf("after create: %+v", st)
+	}
+	pidText, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(string(pidText))
+	if pid != st.Pid || !alive(pid) {
+		t.Fatalf("--pid-file says %q, state says pid %d (alive %v)", pidText, st.Pid, alive(st.Pid))
+	}
+
+	if r := runvIn(t, stateRoot, nil, "start", id); r.code != 0 {
+		t.Fatalf("start: %s", r)
+	}
+	waitStatus(t, stateRoot, id, "running")
+	if r := runvIn(t, stateRoot, nil, "start", id); r.code == 0 {
+		t.Fatalf("second start of a running container succeeded: %s", r)
+	}
+	if r := runvIn(t, stateRoot, nil, "delete", id); r.code == 0 || !strings.Contains(r.stderr, "running") {
+		t.Fatalf("delete of a running container: %s", r)
+	}
+
+	if r := runvIn(t, stateRoot, nil, "kill", id, "KILL"); r.code != 0 {
+		t.Fatalf("kill: %s", r)
+	}
+	st = waitStatus(t, stateRoot, id, "stopped")
+	// The shim exits like the process did (128+9).
+	deadline := time.Now().Add(15 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(pid) {
+		t.Fatalf("shim %d still alive after the container stopped", pid)
+	}
+	if r := runvIn(t, stateRoot, nil, "kill", id, "TERM"); r.code == 0 || !strings.Contains(r.stderr, "not running") {
+		t.Fatalf("kill of a stopped container: %s", r)
+	}
+	if r := runvIn(t, stateRoot, nil, "delete", id); r.code != 0 {
+		t.Fatalf("delete: %s", r)
+	}
+	if r := runvIn(t, stateRoot, nil, "state", id); r.code == 0 {
+		t.Fatalf("state after delete: %s", r)
+	}
+	assertEmptyRoot(t, stateRoot)
+}
+
+// Killing qemu under a running container makes it stopped, and delete still cleans up.
+func TestStateAfterQemuKilled(t *testing.T) {
+	t.Parallel()
+	stateRoot := filepath.Join(t.TempDir(), "root")
+	b := newBundle(t, "sleep", "1000")
+	id := newID(t)
+	if r := runvIn(t, stateRoot, nil, "run", "--detach", "--bundle", b, id); r.code != 0 {
+		t.Fatalf("run -d: %s", r)
+	}
+	waitStatus(t, stateRoot, id, "running")
+	qemu := processesNaming(stateRoot)
+	var killed bool
+	for _, p := range findPids(stateRoot, "qemu-system") {
+		syscall.Kill(p, syscall.SIGKILL)
+		killed = true
+	}
+	if !killed {
+		t.Fatalf("no qemu process found for %s among %v", stateRoot, qemu)
+	}
+	waitStatus(t, stateRoot, id, "stopped")
+	if r := runvIn(t, stateRoot, nil, "delete", id); r.code != 0 {
+		t.Fatalf("delete: %s", r)
+	}
+	assertEmptyRoot(t, stateRoot)
+}
+
+// findPids returns the pids whose command line names dir and contains word.
+func findPids(dir, word string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), dir) && strings.Contains(string(b), word) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -1,0 +1,104 @@
+package integration
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// guestRelease reads the release string ("6.1.192") out of the kernel image under test.
+func guestRelease(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`Linux version (\S+) `).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no 'Linux version' banner in %s", kernel)
+	}
+	return string(m[1])
+}
+
+func TestRunPrintsGuestKernelRelease(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, "uname", "-r")
+	r := runv(t, nil, "run", "--bundle", b, newID(t))
+	if r.code != 0 {
+		t.Fatalf("runv run uname -r: %s", r)
+	}
+	want := guestRelease(t)
+	if got := strings.TrimSpace(r.stdout); got != want {
+		t.Fatalf("uname -r in the container = %q, want the guest kernel's %q (%s)", got, want, r)
+	}
+	if hb, _ := os.ReadFile("/proc/sys/kernel/osrelease"); strings.TrimSpace(string(hb)) == want {
+		t.Fatalf("guest and host kernels have the same release %q: the test cannot tell them apart", want)
+	}
+	t.Logf("runv run uname -r took %s", r.took)
+}
+
+func TestRunExitCodes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStderr string
+	}{
+		{"exit 3", []string{"sh", "-c", "exit 3"}, 3, ""},
+		{"missing executable", []string{"/no/such/program"}, 127, "/no/such/program"},
+		{"killed by SIGKILL", []string{"sh", "-c", "kill -9 $$"}, 137, ""},
+		{"stdout and stderr", []string{"sh", "-c", "echo out; echo err >&2; exit 0"}, 0, "err"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := newBundle(t, tt.args...)
+			r := runv(t, nil, "run", "--bundle", b, newID(t))
+			if r.code != tt.wantCode {
+				t.Fatalf("exit code %d, want %d: %s", r.code, tt.wantCode, r)
+			}
+			if tt.wantStderr != "" && !strings.Contains(r.stderr, tt.wantStderr) {
+				t.Fatalf("stderr does not mention %q: %s", tt.wantStderr, r)
+			}
+		})
+	}
+}
+
+func TestRunStdin(t *testing.T) {
+	t.Parallel()
+	big := make([]byte, 1<<20)
+	rand.Read(big)
+	tests := []struct {
+		name  string
+		input []byte
+		args  []string
+		want  string
+	}{
+		{"echo data | cat", []byte("data\n"), []string{"cat"}, "data\n"},
+		{"1 MiB through cat", big, []string{"sh", "-c", "cat | sha256sum | cut -d' ' -f1"}, sha(big) + "\n"},
+		{"1 MiB out", nil, []string{"sh", "-c", "head -c 1048576 /dev/zero"}, string(make([]byte, 1<<20))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := newBundle(t, tt.args...)
+			r := runv(t, tt.input, "run", "--bundle", b, newID(t))
+			if r.code != 0 {
+				t.Fatalf("%s", r)
+			}
+			if r.stdout != tt.want {
+				t.Fatalf("stdout: %d bytes (sha %s), want %d bytes (sha %s); stderr %q", len(r.stdout), sha([]byte(r.stdout)), len(tt.want), sha([]byte(tt.want)), r.stderr)
+			}
+		})
+	}
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
