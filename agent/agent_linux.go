@@ -151,7 +151,7 @@ func (a *Agent) run() {
 			if errors.Is(err, agentproto.ErrProtocol) {
 				a.log.Infof("host disconnected in the middle of a frame (%v); the frame is lost", err)
 			} else {
-				a.log.Debugf("host disconnected from the control port; waiting for it to reconnect")
+				a.log.Infof("host disconnected from the control port; waiting for it to reconnect")
 			}
 		case errors.Is(err, agentproto.ErrProtocol):
 			// The byte stream can no longer be trusted to be in sync: stop serving this
@@ -215,6 +215,7 @@ func (a *Agent) drainUntilDisconnect() {
 				fatal(a.log, "control port: %v", err)
 			}
 			a.ctl.takeDisconnected()
+			a.log.Infof("host disconnected after the protocol error; waiting for a fresh connection")
 			return
 		}
 	}

@@ -11,6 +11,8 @@
 //	RUNV_INITRD  initramfs (default: the agent is built static and packed into a temp dir)
 //	RUNV_QEMU    emulator (default qemu-system-x86_64)
 //	RUNV_ACCEL   tcg (default) or kvm
+//	RUNV_AGENT_DEBUG=1  boots with runv.debug=1 (every frame and libcontainer's debug log on
+//	             the console, printed with -v or on failure; slower under TCG)
 package agent
 
 import (
@@ -161,6 +163,7 @@ type testVM struct {
 	waiting map[uint64]chan agentproto.ControlFrame
 	events  chan timedFrame
 	console []consoleLine
+	lines   chan struct{} // closed and replaced on every console line
 	exited  chan struct{}
 }
 
@@ -183,7 +186,7 @@ func bootVM(t *testing.T, opt vmOptions) *testVM {
 	v := &testVM{
 		t: t, share: filepath.Join(dir, "share"), ctlPath: filepath.Join(dir, "ctl.sock"),
 		waiting: make(map[uint64]chan agentproto.ControlFrame), events: make(chan timedFrame, 64),
-		exited: make(chan struct{}), nextSeq: 1,
+		exited: make(chan struct{}), nextSeq: 1, lines: make(chan struct{}),
 	}
 	if err := os.MkdirAll(v.share, 0o755); err != nil {
 		t.Fatal(err)
@@ -216,6 +219,9 @@ func bootVM(t *testing.T, opt vmOptions) *testVM {
 		accel = "tcg"
 	}
 	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 tsc_early_khz=%d %s", tscKHz(t), opt.cmdline)
+	if os.Getenv("RUNV_AGENT_DEBUG") == "1" {
+		appendLine += " runv.debug=1"
+	}
 	// ExtraFiles start at fd 3.
 	v.cmd = exec.Command(qemu,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -266,6 +272,8 @@ func (v *testVM) readConsole(r io.Reader) {
 	for sc.Scan() {
 		v.mu.Lock()
 		v.console = append(v.console, consoleLine{at: v.since(), text: sc.Text()})
+		close(v.lines)
+		v.lines = make(chan struct{})
 		v.mu.Unlock()
 	}
 }
@@ -283,14 +291,49 @@ func (v *testVM) dumpConsole() {
 
 // consoleHas reports when a console line containing s arrived.
 func (v *testVM) consoleHas(s string) (time.Duration, bool) {
+	at, n := v.consoleCount(s)
+	return at, n > 0
+}
+
+// consoleCount counts console lines containing s, and when the last one arrived.
+func (v *testVM) consoleCount(s string) (last time.Duration, n int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, l := range v.console {
 		if strings.Contains(l.text, s) {
-			return l.at, true
+			last, n = l.at, n+1
 		}
 	}
-	return 0, false
+	return last, n
+}
+
+// waitConsole waits until n console lines contain s.
+func (v *testVM) waitConsole(s string, n int) time.Duration {
+	v.t.Helper()
+	deadline := time.After(callTimeout)
+	for {
+		v.mu.Lock()
+		next := v.lines
+		v.mu.Unlock()
+		if at, got := v.consoleCount(s); got >= n {
+			return at
+		}
+		select {
+		case <-next:
+		case <-v.exited:
+			v.t.Fatalf("waiting for %q on the console: the VM exited", s)
+		case <-deadline:
+			v.t.Fatalf("no %q on the console within %s", s, callTimeout)
+		}
+	}
+}
+
+// use points the harness at a subtest's t (Fatal must be called on the running test) and
+// returns the function restoring the parent's.
+func (v *testVM) use(t *testing.T) func() {
+	parent := v.t
+	v.t = t
+	return func() { v.t = parent }
 }
 
 func (v *testVM) kill() {
@@ -433,6 +476,14 @@ type hostProcess struct {
 	stdout, errout chan string // whole output, once EOF arrived
 }
 
+// reset forgets the streams of a process whose command failed, as the host client does.
+func (hp *hostProcess) reset() {
+	hp.stdio.Reset()
+	if hp.stderr != nil {
+		hp.stderr.Reset()
+	}
+}
+
 // streams allocates and opens a process's streams, before the command that names them.
 func (v *testVM) streams(terminal, noStdin bool) *hostProcess {
 	v.mu.Lock()
@@ -470,8 +521,12 @@ func (v *testVM) collect(s *agentproto.Stream, out chan<- string, first chan<- t
 		}
 		b.Write(buf[:n])
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				v.t.Errorf("stream %d: %v", s.Seq(), err)
+			select {
+			case <-v.exited:
+			default:
+				if !errors.Is(err, io.EOF) && !errors.Is(err, agentproto.ErrStreamClosed) {
+					v.t.Errorf("stream %d: %v", s.Seq(), err)
+				}
 			}
 			out <- b.String()
 			return
@@ -519,6 +574,9 @@ func (v *testVM) newContainer(id string, spec *specs.Spec, rootfs string, noStdi
 	hp := v.streams(spec.Process.Terminal, noStdin)
 	var started agentproto.ProcessStarted
 	err := v.call(agentproto.MsgNewContainer, agentproto.Container{ID: id, Rootfs: rootfs, Spec: spec, IO: hp.io}, &started)
+	if err != nil {
+		hp.reset()
+	}
 	return hp, started.Pid, err
 }
 
@@ -529,6 +587,9 @@ func (v *testVM) exec(ctr, id string, p *specs.Process, rows, cols uint16) (*hos
 	err := v.call(agentproto.MsgExecCmd, agentproto.ExecProcess{
 		Container: ctr, ID: id, Process: p, IO: hp.io, ConsoleRows: rows, ConsoleCols: cols,
 	}, &started)
+	if err != nil {
+		hp.reset()
+	}
 	return hp, err
 }
 

@@ -183,7 +183,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		c.mu.Lock()
 		delete(c.processes, procID)
 		c.mu.Unlock()
-		return nil, started, fmt.Errorf("container %q process %q: %w", c.id, procID, err)
+		return nil, started, err // the client's error names the pod and the command
 	}
 	p.guestPid = started.Pid
 	relayed := files.relay(w.Streams())

@@ -252,20 +252,22 @@ func (c *Client) Call(ctx context.Context, t agentproto.MsgType, payload any, re
 	cl := &call{typ: t, reply: make(chan agentproto.ControlFrame, 1)}
 
 	c.mu.Lock()
+	c.nextID++
+	cl.id = c.nextID
+	c.mu.Unlock()
+	f.ID = cl.id
+	var buf bytes.Buffer
+	if err := agentproto.WriteControl(&buf, f); err != nil {
+		return fmt.Errorf("pod %s: %w", c.opts.PodID, err)
+	}
+	cl.frame = buf.Bytes()
+
+	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
 		return fmt.Errorf("%s: %w", t, err)
 	}
-	c.nextID++
-	cl.id = c.nextID
-	f.ID = cl.id
-	var buf bytes.Buffer
-	if err := agentproto.WriteControl(&buf, f); err != nil {
-		c.mu.Unlock()
-		return fmt.Errorf("pod %s: %w", c.opts.PodID, err)
-	}
-	cl.frame = buf.Bytes()
 	if stdio, ok := namedStdio(t, payload); ok {
 		cl.proc = c.procs[stdio.Stdio]
 	}

@@ -352,6 +352,10 @@ func (s *Stream) Read(p []byte) (int, error) {
 			drained := s.off == len(s.buf)
 			if drained {
 				s.buf, s.off = s.buf[:0], 0
+				if cap(s.buf) > MaxStreamPayload {
+					// Do not keep up to a window's worth per idle stream.
+					s.buf = nil
+				}
 			}
 			if (s.consumed >= creditBatch || drained) && !s.peerEOF && m.err == nil {
 				m.grantLocked(s, s.consumed)

@@ -32,16 +32,21 @@ func main() {
 	if errors.As(err, &ee) {
 		os.Exit(ee.code)
 	}
-	logging.G(context.Background()).Error(err.Error())
-	// runc prints the error on stderr too, whatever --log says.
-	if !loggingToStderr {
-		fmt.Fprintln(os.Stderr, "runv:", err)
-	}
+	printError(err)
 	os.Exit(1)
 }
 
-// loggingToStderr records whether the logger already writes to stderr.
+// loggingToStderr records whether the logger writes to stderr (no --log).
 var loggingToStderr = true
+
+// printError reports a failed command: a plain line on stderr for people, and a log record
+// in --log, where clients such as containerd's runc shim read the reason of a failure.
+func printError(err error) {
+	if !loggingToStderr {
+		logging.G(context.Background()).Error(err.Error())
+	}
+	fmt.Fprintln(os.Stderr, "runv:", err)
+}
 
 func newApp() *cli.App {
 	app := &cli.App{

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"os"
 	"os/signal"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
 )
 
 var runCommand = &cli.Command{
@@ -29,6 +32,15 @@ var runCommand = &cli.Command{
 		}
 		detach := c.Bool("detach")
 		cr, err := createContainer(c.Context, g, id, createOptions{bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: detach})
+		if errors.Is(err, errdefs.ErrNotExecutable) {
+			// As a shell would: 127 when the program is missing, 126 when it cannot run.
+			code := 127
+			if strings.Contains(err.Error(), "permission denied") {
+				code = 126
+			}
+			printError(err)
+			return exitError{code}
+		}
 		if err != nil {
 			return err
 		}

@@ -235,3 +235,22 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// The contract with the agent: booted with ProbeParam it prints ProbeMarker. Checked
+// under TCG, where the guest boots.
+func TestProbeRealAgent(t *testing.T) {
+	t.Parallel()
+	cfg := vmConfig(t)
+	cfg.Initrd = qemutest.AgentInitrd(t)
+	cfg = withDefaultsValidated(t, cfg)
+	dir := qemutest.Dir(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	ok, reason, err := (&Launcher{AccelCache: filepath.Join(dir, "accel.json")}).probe(ctx, cfg, hypervisor.AccelTCG, 30*time.Second)
+	if err != nil || !ok {
+		t.Fatalf("agent %s in probe mode under tcg: ok=%v reason=%q err=%v", cfg.Initrd, ok, reason, err)
+	}
+	t.Logf("agent probe under tcg: %v", time.Since(start))
+	assertNoProbeLeft(t, dir)
+}

@@ -32,17 +32,24 @@ func stateOf(t *testing.T, stateRoot, id string) ociState {
 	return st
 }
 
-// waitStatus polls `runv state` until the container reaches want, within a deadline.
+// waitStatus polls `runv state` until the container exists and reaches want, within a
+// deadline.
 func waitStatus(t *testing.T, stateRoot, id, want string) ociState {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
-		st := stateOf(t, stateRoot, id)
-		if st.Status == want {
-			return st
+		r := runvIn(t, stateRoot, nil, "state", id)
+		var st ociState
+		if r.code == 0 {
+			if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+				t.Fatalf("state %s is not JSON: %v: %s", id, err, r)
+			}
+			if st.Status == want {
+				return st
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("container %s is %q, want %q", id, st.Status, want)
+			t.Fatalf("container %s never reached %q; last state: %s", id, want, r)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -131,20 +132,41 @@ func runvIn(t *testing.T, stateRoot string, stdin []byte, args ...string) result
 	t.Helper()
 	full := append([]string{"--root", stateRoot, "--kernel", kernel, "--initrd", initrd}, args...)
 	cmd := exec.Command(runvBinary, full...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	// Regular files, as OCI conformance suites use: `create` hands its stdio to the
+	// container, so a pipe would stay open for as long as the container runs.
+	out, errf := tempFile(t), tempFile(t)
+	cmd.Stdout, cmd.Stderr = out, errf
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	start := time.Now()
 	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	r := result{stdout: readFile(t, out), stderr: readFile(t, errf), took: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("runv %v: %v", args, err)
 	}
 	return r
+}
+
+func tempFile(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stdio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func readFile(t *testing.T, f *os.File) string {
+	t.Helper()
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // newBundle makes a busybox bundle running args.
@@ -162,7 +184,7 @@ var idSeq atomic.Int64
 // newID returns a container id unique in the suite.
 func newID(t *testing.T) string {
 	n := idSeq.Add(1)
-	name := strings.NewReplacer("/", "-", " ", "-", "'", "", "=", "-").Replace(t.Name())
+	name := regexp.MustCompile(`[^\w.+-]+`).ReplaceAllString(t.Name(), "-")
 	if len(name) > 40 {
 		name = name[len(name)-40:]
 	}

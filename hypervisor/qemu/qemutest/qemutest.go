@@ -85,3 +85,33 @@ func zombie(stat string) bool {
 	i := strings.LastIndexByte(stat, ')')
 	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
+
+// EnvInitrd overrides the agent initrd used by tests.
+const EnvInitrd = "RUNV_TEST_INITRD"
+
+// AgentInitrd returns the real agent initrd: $RUNV_TEST_INITRD, else build/initrd.img of
+// this repository ('make initrd'), else /var/lib/runv/initrd.img. It skips the test if
+// there is none.
+func AgentInitrd(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv(EnvInitrd); p != "" {
+		return p
+	}
+	var cands []string
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; d != filepath.Dir(d); d = filepath.Dir(d) {
+			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+				cands = append(cands, filepath.Join(d, "build", "initrd.img"))
+				break
+			}
+		}
+	}
+	cands = append(cands, "/var/lib/runv/initrd.img")
+	for _, c := range cands {
+		if _, err := os.Stat(c); err == nil {
+			return c
+		}
+	}
+	t.Skip("no agent initrd: run 'make initrd' (or set " + EnvInitrd + ")")
+	return ""
+}

@@ -1,0 +1,148 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+)
+
+// step is one named stage of a launch.
+type step struct {
+	name string
+	fn   func(context.Context) error
+}
+
+// runSteps runs steps in order, logs each one's duration at debug level, and stops at the
+// first failure, naming the step.
+func runSteps(ctx context.Context, log *slog.Logger, steps []step) error {
+	begin := time.Now()
+	for _, s := range steps {
+		// Do not start what would be torn down at once.
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		start := time.Now()
+		if err := s.fn(ctx); err != nil {
+			log.Debug("launch step failed", "step", s.name, "duration", time.Since(start), "error", err)
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		log.Debug("launch step", "step", s.name, "duration", time.Since(start))
+	}
+	log.Debug("launched", "duration", time.Since(begin))
+	return nil
+}
+
+// launch is the state the steps build up.
+type launch struct {
+	l     *Launcher
+	cfg   hypervisor.Config
+	log   *slog.Logger
+	accel string
+	args  []string
+	vm    *vm
+}
+
+func (ln *launch) validate(context.Context) error { return validate(&ln.cfg) }
+
+func (ln *launch) resolveAccel(ctx context.Context) error {
+	accel, err := ln.l.resolveAccel(ctx, ln.cfg)
+	ln.accel = accel
+	return err
+}
+
+func (ln *launch) buildArgs(context.Context) error {
+	s := spec{cfg: ln.cfg, accel: ln.accel}
+	if ln.cfg.Machine == hypervisor.MachineMicroVM && ln.accel == hypervisor.AccelTCG {
+		khz, err := ln.l.tscKHz()
+		if err != nil {
+			return err
+		}
+		s.tscKHz = khz
+	}
+	ln.args = buildArgs(s)
+	ln.log.Debug("qemu command line", "qemu", ln.cfg.QEMU, "args", ln.args)
+	return nil
+}
+
+func (ln *launch) startProcess(context.Context) error {
+	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log}
+	// Sockets left by a QEMU that was killed before it could clean up would make us talk
+	// to nobody (or wait for a dead socket) until the new QEMU replaced them.
+	v.paths.removeTransient()
+	logf, err := os.OpenFile(v.paths.QEMULog, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create qemu log: %w", err)
+	}
+	defer logf.Close() // QEMU has its own descriptor once started
+	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited})
+	if err != nil {
+		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
+	}
+	v.proc = p
+	ln.vm = v
+	ln.log.Debug("qemu started", "pid", p.pid)
+	return nil
+}
+
+func (ln *launch) connectQMP(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ln.l.startTimeout())
+	defer cancel()
+	mon, err := dialMonitor(ctx, ln.vm.paths.QMP, ln.vm.proc)
+	if err != nil {
+		return ln.exitedOr(err)
+	}
+	ln.vm.setMonitor(mon)
+	return nil
+}
+
+func (ln *launch) queryStatus(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ln.l.startTimeout())
+	defer cancel()
+	st, err := ln.vm.monitor().status(ctx)
+	if err != nil {
+		return ln.exitedOr(err)
+	}
+	if st.Status != "running" {
+		return fmt.Errorf("vm is %q, not running (console: %s)", st.Status, ln.vm.paths.Console)
+	}
+	return nil
+}
+
+// exitedOr turns err into "QEMU exited during start" with QEMU's last words when QEMU is
+// gone (or going) on its own: that message, not a socket error, is what the user needs.
+func (ln *launch) exitedOr(err error) error {
+	p := ln.vm.proc
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if err != errExitedEarly {
+		// A QMP connection that broke usually means QEMU is on its way out: give it a
+		// moment to be reaped, so we can say why.
+		select {
+		case <-p.done:
+		case <-time.After(exitGrace):
+			return err
+		}
+	}
+	<-p.done
+	msg := tail(ln.vm.paths.QEMULog, 8)
+	if msg == "" {
+		msg = "no output on stderr; see " + ln.vm.paths.Console
+	}
+	return classify(fmt.Errorf("qemu exited during start (%v): %s", p.waitErr, msg),
+		hypervisor.ErrVMExited, errdefs.ErrUnavailable)
+}
+
+// teardown undoes a failed launch: QEMU killed and reaped, sockets removed (by vm.exited).
+func (ln *launch) teardown() {
+	if ln.vm == nil {
+		return
+	}
+	ln.vm.proc.killAndWait()
+}
