@@ -52,7 +52,7 @@ func TestVMUnameContainer(t *testing.T) {
 		t.Errorf("stderr %q", e)
 	}
 	t.Logf("TIMING qemu start → container output: %.3f s (READY %.3f, STARTPOD done %.3f, NEWCONTAINER %.0f ms, STARTCONTAINER %.0f ms, first byte %.0f ms after STARTCONTAINER was sent)",
-		first.Seconds(), ready.at.Seconds(), podAt.Seconds(), (t1 - t0).Seconds()*1000, (t2 - t1).Seconds()*1000, (first - t1).Seconds()*1000)
+		first.Seconds(), ready.at.Seconds(), podAt.Seconds(), (t1-t0).Seconds()*1000, (t2-t1).Seconds()*1000, (first-t1).Seconds()*1000)
 	if d := exit.ExitCode; d != 0 {
 		t.Fatal(d)
 	}
@@ -72,7 +72,7 @@ func destroy(t *testing.T, v *testVM) {
 	if !v.waitExited(30 * time.Second) {
 		t.Fatal("VM still running 30 s after DESTROYPOD's ACK")
 	}
-	t.Logf("TIMING DESTROYPOD → qemu exit: %.0f ms", (v.since() - start).Seconds()*1000)
+	t.Logf("TIMING DESTROYPOD → qemu exit: %.0f ms", (v.since()-start).Seconds()*1000)
 }
 
 // TestVMProcesses covers stdin, exec (pipes and terminal), signals, state errors, the
@@ -392,7 +392,7 @@ func TestVMReconnect(t *testing.T) {
 		at := v.since()
 		v.connectControl()
 		ready := v.event(agentproto.MsgReady)
-		t.Logf("TIMING reconnect %d → READY: %.1f ms", i, (ready.at - at).Seconds()*1000)
+		t.Logf("TIMING reconnect %d → READY: %.1f ms", i, (ready.at-at).Seconds()*1000)
 		v.mustCall(agentproto.MsgPing, nil, nil)
 	}
 	if err := v.call(agentproto.MsgStartPod, agentproto.Pod{ID: "again"}, nil); remoteKind(err) != agentproto.KindState {

@@ -65,6 +65,8 @@ type CreateRequest struct {
 	Stdio  StdioRequest
 	Rows   uint16
 	Cols   uint16
+	// Sandbox is the pod container whose namespaces this one joins ("": none).
+	Sandbox string
 }
 
 // StdioRequest names the descriptors a client parked with the fdpass server.
@@ -125,10 +127,15 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	if err := s.waitReady(ctx); err != nil {
 		return 0, err
 	}
+	sandboxPid, err := s.sandboxPid(req.ID, req.Sandbox)
+	if err != nil {
+		return 0, err
+	}
 	guestSpec, err := shareContainer(s.share, req.ID, req.Bundle, req.Spec)
 	if err != nil {
 		return 0, err
 	}
+	guestNamespaces(guestSpec, sandboxPid)
 	terminal := req.Spec.Process.Terminal
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
@@ -154,6 +161,22 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		s.events.publish(Event{Type: EventExit, Container: c.id, Process: p.id, ExitCode: p.exit.ExitCode, Message: p.exit.Error})
 	}()
 	return started.Pid, nil
+}
+
+// sandboxPid is the guest pid of the init of the container whose namespaces a new one
+// joins; 0 when it joins none.
+func (s *Supervisor) sandboxPid(id, sandbox string) (int, error) {
+	if sandbox == "" {
+		return 0, nil
+	}
+	st, err := s.State(sandbox)
+	if err != nil {
+		return 0, fmt.Errorf("container %q joins the namespaces of %q: %w", id, sandbox, err)
+	}
+	if st.Status == state.StatusStopped || st.GuestPid == 0 {
+		return 0, fmt.Errorf("container %q joins the namespaces of %q, which is stopped: %w", id, sandbox, errdefs.ErrFailedPrecondition)
+	}
+	return st.GuestPid, nil
 }
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/oci"
 	"github.com/runv-project/runv/supervisor"
@@ -83,14 +85,30 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err := g.checkBootFiles(); err != nil {
 		return nil, err
 	}
+	member, err := podMembership(g.store, id, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSocketRoom(g.store.PodDir(newPodID())); err != nil {
+		return nil, err
+	}
 	h, err := g.store.Create(id)
 	if err != nil {
 		return nil, err
 	}
 	defer h.Unlock()
 	var daemon state.Process
+	var startedDaemon bool
 	podID := newPodID()
 	podDir := g.store.PodDir(podID)
+	sandbox := ""
+	if member != nil {
+		if !daemonAlive(member) {
+			h.Remove()
+			return nil, fmt.Errorf("cannot add container %q to the pod of %q: that pod is stopped: %w", id, member.ID, errdefs.ErrFailedPrecondition)
+		}
+		podID, podDir, daemon, sandbox = member.Pod, member.PodDir, member.Daemon, member.ID
+	}
 	var pod *podConn
 	defer func() {
 		if err == nil {
@@ -99,7 +117,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		if pod != nil {
 			pod.Close()
 		}
-		if daemon.Pid > 0 {
+		if startedDaemon {
 			// A pod made for this container goes with it.
 			if p, _ := os.FindProcess(daemon.Pid); p != nil {
 				p.Signal(os.Interrupt)
@@ -115,9 +133,11 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		h.Remove()
 	}()
 
-	daemon, err = startDaemon(g, podID, podDir)
-	if err != nil {
-		return nil, err
+	if member == nil {
+		if daemon, err = startDaemon(g, podID, podDir); err != nil {
+			return nil, err
+		}
+		startedDaemon = true
 	}
 	pod, err = dialPod(podDir)
 	if err != nil {
@@ -129,7 +149,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	}
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio})
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox})
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", id, rpcErr(err))
 	}
@@ -137,7 +157,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 
 	rec := &state.Container{
 		ID: id, Bundle: bundle, Rootfs: oci.RootfsOf(bundle, spec), Annotations: spec.Annotations,
-		Created: time.Now().UTC(), Pod: podID, PodDir: podDir, Sandbox: true,
+		Created: time.Now().UTC(), Pod: podID, PodDir: podDir, Sandbox: member == nil,
 		Daemon: daemon, Spec: spec,
 	}
 	if o.shim {
@@ -158,6 +178,22 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		return nil, err
 	}
 	return &created{rec: rec, pod: pod}, nil
+}
+
+// maxSocketPath is the longest unix socket path the kernel accepts (sun_path less its NUL).
+const maxSocketPath = 107
+
+// socketRoom is what a pod directory's deepest socket adds to its path (<pod>/vm/stream.sock
+// and its kin).
+const socketRoom = len("/vm/") + 20
+
+// checkSocketRoom refuses a state root so deep that the pod's sockets could not be bound.
+func checkSocketRoom(podDir string) error {
+	if n := len(podDir) + socketRoom; n > maxSocketPath {
+		return fmt.Errorf("--root %s is too deep: the pod's unix sockets under it would need %d bytes, the kernel allows %d; use a shorter --root: %w",
+			filepath.Dir(filepath.Dir(podDir)), n, maxSocketPath, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // startShim starts the host process that stands in for a container process: its pid is the

@@ -42,7 +42,7 @@ func TestBadInputFailsFastAndLeavesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			stateRoot := filepath.Join(t.TempDir(), "root")
+			stateRoot := shortRoot(t)
 			// The global flags of the case come first; runvIn adds the suite's kernel/initrd,
 			// which a later --kernel/--initrd in the case overrides.
 			r := runvIn(t, stateRoot, nil, tt.args...)
@@ -64,7 +64,7 @@ func TestBadInputFailsFastAndLeavesNothing(t *testing.T) {
 
 func TestDuplicateIDRefused(t *testing.T) {
 	t.Parallel()
-	stateRoot := filepath.Join(t.TempDir(), "root")
+	stateRoot := shortRoot(t)
 	b := newBundle(t, "sleep", "30")
 	id := newID(t)
 	if r := runvIn(t, stateRoot, nil, "create", "--bundle", b, id); r.code != 0 {

@@ -67,7 +67,7 @@ func alive(pid int) bool {
 // The OCI lifecycle as a client drives it: create, state, start, kill, state, delete.
 func TestLifecycleCreateStartKillDelete(t *testing.T) {
 	t.Parallel()
-	stateRoot := filepath.Join(t.TempDir(), "root")
+	stateRoot := shortRoot(t)
 	b := newBundle(t, "sleep", "1000")
 	id := newID(t)
 	pidFile := filepath.Join(t.TempDir(), "pid")
@@ -126,7 +126,7 @@ func TestLifecycleCreateStartKillDelete(t *testing.T) {
 // Killing qemu under a running container makes it stopped, and delete still cleans up.
 func TestStateAfterQemuKilled(t *testing.T) {
 	t.Parallel()
-	stateRoot := filepath.Join(t.TempDir(), "root")
+	stateRoot := shortRoot(t)
 	b := newBundle(t, "sleep", "1000")
 	id := newID(t)
 	if r := runvIn(t, stateRoot, nil, "run", "--detach", "--bundle", b, id); r.code != 0 {

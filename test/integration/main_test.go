@@ -44,7 +44,7 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	dir, err := os.MkdirTemp("", "runv-it-")
+	dir, err := os.MkdirTemp("", "rvit")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -148,6 +148,18 @@ func runvIn(t *testing.T, stateRoot string, stdin []byte, args ...string) result
 		t.Fatalf("runv %v: %v", args, err)
 	}
 	return r
+}
+
+// shortRoot returns a fresh state root whose path is short: the pod's unix sockets live
+// under it, and t.TempDir's paths (which carry the test name) can be too long for them.
+func shortRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "root")
 }
 
 func tempFile(t *testing.T) *os.File {
