@@ -24,7 +24,10 @@ var (
 	runvBinary string
 	kernel     string
 	initrd     string
-	// root is the state root of the whole suite; tests that need an empty one make their own.
+	// suiteDir holds everything the suite creates; the leak check after the suite covers it.
+	suiteDir string
+	// root is the state root of the whole suite; tests that need an empty one make their own
+	// (shortRoot), below suiteDir too.
 	root string
 )
 
@@ -49,6 +52,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	suiteDir = dir
 	root = filepath.Join(dir, "root")
 	code := m.Run()
 	if leaks := leaksUnder(dir); len(leaks) > 0 {
@@ -80,16 +84,19 @@ func leaksUnder(dir string) []string {
 			leaks = append(leaks, "mount "+f[4])
 		}
 	}
-	entries, _ := os.ReadDir(root)
-	for _, e := range entries {
-		if e.Name() == "@pods" {
-			pods, _ := os.ReadDir(filepath.Join(root, e.Name()))
-			for _, p := range pods {
-				leaks = append(leaks, "pod directory "+p.Name())
+	roots, _ := filepath.Glob(filepath.Join(dir, "*", "root"))
+	for _, r := range append(roots, root) {
+		entries, _ := os.ReadDir(r)
+		for _, e := range entries {
+			if e.Name() == "@pods" {
+				pods, _ := os.ReadDir(filepath.Join(r, e.Name()))
+				for _, p := range pods {
+					leaks = append(leaks, "pod directory "+filepath.Join(r, e.Name(), p.Name()))
+				}
+				continue
 			}
-			continue
+			leaks = append(leaks, "state directory "+filepath.Join(r, e.Name()))
 		}
-		leaks = append(leaks, "state directory "+e.Name())
 	}
 	return leaks
 }
@@ -154,11 +161,10 @@ func runvIn(t *testing.T, stateRoot string, stdin []byte, args ...string) result
 // under it, and t.TempDir's paths (which carry the test name) can be too long for them.
 func shortRoot(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "rv")
+	dir, err := os.MkdirTemp(suiteDir, "rv")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	return filepath.Join(dir, "root")
 }
 
