@@ -35,11 +35,7 @@ var createCommand = &cli.Command{
 	ArgsUsage: "<container-id>",
 	Flags:     createFlags,
 	Action: func(c *cli.Context) error {
-		id, err := oneID(c)
-		if err != nil {
-			return err
-		}
-		g, err := globalsFrom(c)
+		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}
@@ -48,6 +44,16 @@ var createCommand = &cli.Command{
 		})
 		return err
 	},
+}
+
+// idAndGlobals parses the container id argument of a command and the global options.
+func idAndGlobals(c *cli.Context) (string, *globals, error) {
+	id, err := oneID(c)
+	if err != nil {
+		return "", nil, err
+	}
+	g, err := globalsFrom(c)
+	return id, g, err
 }
 
 func oneID(c *cli.Context) (string, error) {

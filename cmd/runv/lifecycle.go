@@ -24,11 +24,7 @@ var startCommand = &cli.Command{
 	Usage:     "start the process of a created container",
 	ArgsUsage: "<container-id>",
 	Action: func(c *cli.Context) error {
-		id, err := oneID(c)
-		if err != nil {
-			return err
-		}
-		g, err := globalsFrom(c)
+		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}
@@ -109,20 +105,11 @@ var stateCommand = &cli.Command{
 	Usage:     "print the OCI state of a container",
 	ArgsUsage: "<container-id>",
 	Action: func(c *cli.Context) error {
-		id, err := oneID(c)
+		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}
-		g, err := globalsFrom(c)
-		if err != nil {
-			return err
-		}
-		h, err := g.store.Lock(id)
-		if err != nil {
-			return err
-		}
-		rec, err := h.Load()
-		h.Unlock()
+		rec, err := loadRecord(g.store, id)
 		if err != nil {
 			return err
 		}
@@ -156,12 +143,7 @@ var killCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		h, err := g.store.Lock(id)
-		if err != nil {
-			return err
-		}
-		rec, err := h.Load()
-		h.Unlock()
+		rec, err := loadRecord(g.store, id)
 		if err != nil {
 			return err
 		}
@@ -207,11 +189,7 @@ var deleteCommand = &cli.Command{
 	ArgsUsage: "<container-id>",
 	Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill the container first if it is still running"}},
 	Action: func(c *cli.Context) error {
-		id, err := oneID(c)
-		if err != nil {
-			return err
-		}
-		g, err := globalsFrom(c)
+		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}

@@ -22,11 +22,7 @@ var runCommand = &cli.Command{
 	ArgsUsage: "<container-id>",
 	Flags:     append([]cli.Flag{&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "detach from the container's process"}}, createFlags...),
 	Action: func(c *cli.Context) error {
-		id, err := oneID(c)
-		if err != nil {
-			return err
-		}
-		g, err := globalsFrom(c)
+		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}
