@@ -162,3 +162,37 @@ func findPids(dir, word string) []int {
 	}
 	return pids
 }
+
+// Killing the pod daemon takes its VM with it (Pdeathsig); the container is stopped, its
+// shim exits like a killed process, and delete cleans up what the daemon left (mounts, the
+// pod directory).
+func TestStateAfterDaemonKilled(t *testing.T) {
+	t.Parallel()
+	stateRoot := shortRoot(t)
+	b := newBundle(t, "sleep", "1000")
+	id := newID(t)
+	if r := runvIn(t, stateRoot, nil, "run", "--detach", "--bundle", b, id); r.code != 0 {
+		t.Fatalf("run -d: %s", r)
+	}
+	st := waitStatus(t, stateRoot, id, "running")
+	daemons := findPids(stateRoot, "containerd")
+	if len(daemons) != 1 {
+		t.Fatalf("want one pod daemon for %s, found %v", stateRoot, daemons)
+	}
+	syscall.Kill(daemons[0], syscall.SIGKILL)
+	waitStatus(t, stateRoot, id, "stopped")
+	deadline := time.Now().Add(30 * time.Second)
+	for (alive(st.Pid) || len(findPids(stateRoot, "qemu-system")) > 0) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(st.Pid) {
+		t.Errorf("shim %d outlived the pod daemon", st.Pid)
+	}
+	if q := findPids(stateRoot, "qemu-system"); len(q) > 0 {
+		t.Errorf("qemu %v outlived the pod daemon", q)
+	}
+	if r := runvIn(t, stateRoot, nil, "delete", id); r.code != 0 {
+		t.Fatalf("delete after the daemon died: %s", r)
+	}
+	assertEmptyRoot(t, stateRoot)
+}
