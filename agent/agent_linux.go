@@ -241,6 +241,8 @@ func (a *Agent) register() {
 	d.Handle(agentproto.MsgListProcesses, a.listProcesses)
 	d.Handle(agentproto.MsgStats, a.stats)
 	d.Handle(agentproto.MsgUpdateContainer, a.updateContainer)
+	d.Handle(agentproto.MsgOnlineCPUMem, a.onlineCPUMem)
+	d.Handle(agentproto.MsgWarmup, a.warmup)
 }
 
 // sendExit reports a process's exit. It blocks while the host is disconnected.

@@ -180,6 +180,11 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container
 	if err != nil {
 		return nil, nil, err
 	}
+	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
+	// here (libcontainer refuses them without a network namespace of the container's own).
+	if err := writeSysctls("/proc/sys", takeNetSysctls(spec)); err != nil {
+		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: %w", m.ID, err))
+	}
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: m.ID, Spec: spec})
 	if err != nil {
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))

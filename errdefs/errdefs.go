@@ -17,7 +17,7 @@ var (
 	ErrAlreadyExists      = errors.New("already exists")
 	ErrInvalidArgument    = errors.New("invalid argument")
 	ErrFailedPrecondition = errors.New("failed precondition") // wrong state for the operation
-	ErrUnavailable        = errors.New("unavailable")          // pod daemon or VM gone
+	ErrUnavailable        = errors.New("unavailable")         // pod daemon or VM gone
 	ErrNotImplemented     = errors.New("not implemented")
 	// ErrNotExecutable: the process's executable was missing or could not be run.
 	ErrNotExecutable = errors.New("not executable")

@@ -1,6 +1,7 @@
 // Package hypervisor defines what the runtime needs from a virtual machine monitor, split by
-// concern: booting and stopping a VM (Launcher, VM), and hot-plugging devices (Hotplugger).
-// Host networking lives elsewhere. Implementations: hypervisor/qemu.
+// concern: booting and stopping a VM (Launcher, VM), snapshotting a booted VM into a template
+// and starting clones of it (Templater), and hot-plugging devices (Hotplugger). Host
+// networking lives elsewhere. Implementations: hypervisor/qemu.
 package hypervisor
 
 import (
@@ -101,4 +102,46 @@ type VM interface {
 type Hotplugger interface {
 	HotplugCPUs(ctx context.Context, total int) error
 	HotplugMemory(ctx context.Context, totalMiB int) error
+}
+
+// Snapshot names a VM template's files and the facts of the template VM that its clones
+// must reproduce exactly.
+type Snapshot struct {
+	// Memory is the guest RAM file, on tmpfs. The template VM maps it shared and leaves the
+	// booted guest's RAM in it; clones map it privately (copy-on-write), so once a clone may
+	// exist the file must never be written or truncated in place: replace it by rename.
+	// Removing it is fine: running clones keep their mapping.
+	Memory string
+	// State is the device state (the migration stream without the RAM).
+	State string
+	// MachineType is the exact machine type the template ran, e.g. pc-q35-7.2: a versioned
+	// q35, because the device state is only valid for the machine version that wrote it.
+	// CreateTemplate fills it in.
+	MachineType string
+	// Accel is the accelerator the template ran under (never auto); clones run under the
+	// same one. CreateTemplate fills it in.
+	Accel string
+}
+
+// ParkFunc is called with the connected channels of a template VM once it runs. It returns
+// once the guest is idle and survives the host disconnecting (for the runv agent: READY and
+// the version handshake); the launcher then disconnects and snapshots the VM. It must not
+// start a pod: the guest must not have the 9p share mounted at snapshot time.
+type ParkFunc func(ctx context.Context, ch *Channels) error
+
+// Templater is implemented by launchers that can turn a booted VM into a template and start
+// clones of it. It is separate from Launcher because a template is not a running VM (the
+// template VM is stopped for good once saved), and because launchers that cannot snapshot
+// simply do not implement it: the caller finds out with a type assertion.
+type Templater interface {
+	// CreateTemplate cold-boots cfg with its RAM in snap.Memory (which must not exist yet),
+	// calls park, disconnects, and saves the device state to snap.State (which must not
+	// exist either). The template VM is then stopped and gone. It returns snap with
+	// MachineType and Accel filled in; on error it leaves neither file behind.
+	CreateTemplate(ctx context.Context, cfg Config, snap Snapshot, park ParkFunc) (Snapshot, error)
+	// Clone starts a VM from a template made from a Config equal to cfg in everything but
+	// ID, Dir and ShareDir (the factory checks this). The VM is returned running, its guest
+	// parked where the template left it, and its Restored method reports true: no READY
+	// will come, and the guest needs the time and fresh entropy.
+	Clone(ctx context.Context, cfg Config, snap Snapshot) (VM, error)
 }

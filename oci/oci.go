@@ -76,6 +76,25 @@ func Validate(bundle string, s *specs.Spec) error {
 			return invalid("mounts[%d].destination %q must be an absolute path", i, m.Destination)
 		}
 	}
+	if h := s.Hooks; h != nil {
+		for _, kind := range []struct {
+			name  string
+			hooks []specs.Hook
+		}{
+			{"prestart", h.Prestart}, //nolint:staticcheck // deprecated in the spec, still used
+			{"createRuntime", h.CreateRuntime}, {"createContainer", h.CreateContainer},
+			{"startContainer", h.StartContainer}, {"poststart", h.Poststart}, {"poststop", h.Poststop},
+		} {
+			for i, hook := range kind.hooks {
+				if !filepath.IsAbs(hook.Path) {
+					return invalid("hooks.%s[%d].path %q must be an absolute path", kind.name, i, hook.Path)
+				}
+				if hook.Timeout != nil && *hook.Timeout <= 0 {
+					return invalid("hooks.%s[%d].timeout %d must be a positive number of seconds", kind.name, i, *hook.Timeout)
+				}
+			}
+		}
+	}
 	return nil
 }
 

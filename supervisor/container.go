@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -28,12 +29,17 @@ type container struct {
 	status    string
 	guestPid  int
 	processes map[string]*process
+	// pausedFrom is the status a paused container returns to on resume: a created
+	// container can be paused too, as with runc.
+	pausedFrom string
 }
 
 // process is one process of a container (its init or an exec).
 type process struct {
 	id       string
 	guestPid int
+	// args is the command line the process was started with (for `runv ps`).
+	args []string
 	// done is closed once the exit is known and the output was delivered to the client.
 	done chan struct{}
 	exit agentproto.ProcessExit
@@ -71,7 +77,7 @@ type CreateRequest struct {
 
 // StdioRequest names the descriptors a client parked with the fdpass server.
 type StdioRequest struct {
-	Token                         string
+	Token                          string
 	HasStdin, HasStdout, HasStderr bool
 }
 
@@ -137,7 +143,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	}
 	guestNamespaces(guestSpec, sandboxPid)
 	terminal := req.Spec.Process.Terminal
-	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
+	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
 			ConsoleRows: req.Rows, ConsoleCols: req.Cols,
@@ -158,7 +164,6 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		c.mu.Lock()
 		c.status = state.StatusStopped
 		c.mu.Unlock()
-		s.events.publish(Event{Type: EventExit, Container: c.id, Process: p.id, ExitCode: p.exit.ExitCode, Message: p.exit.Error})
 	}()
 	return started.Pid, nil
 }
@@ -181,7 +186,7 @@ func (s *Supervisor) sandboxPid(id, sandbox string) (int, error) {
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that
 // creates it, and arranges for its exit to be recorded once its output has been delivered.
-func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, files *hostStdio, terminal bool,
+func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, args []string, files *hostStdio, terminal bool,
 	command func(agentproto.Stdio) (agentproto.MsgType, any)) (*process, agentproto.ProcessStarted, error) {
 	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.stdin == nil}
 	if !terminal {
@@ -191,7 +196,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 	if err != nil {
 		return nil, agentproto.ProcessStarted{}, fmt.Errorf("container %q process %q: %w", c.id, procID, err)
 	}
-	p := &process{id: procID, done: make(chan struct{})}
+	p := &process{id: procID, args: args, done: make(chan struct{})}
 	c.mu.Lock()
 	if _, dup := c.processes[procID]; dup {
 		c.mu.Unlock()
@@ -209,6 +214,10 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		return nil, started, err // the client's error names the pod and the command
 	}
 	p.guestPid = started.Pid
+	if procID != agentproto.InitProcessID {
+		// Logged before anything can report its exit.
+		s.events.publish(Event{Type: EventExec, Container: c.id, Process: procID})
+	}
 	relayed := files.relay(w.Streams())
 	go func() {
 		exit, err := w.Wait(context.Background())
@@ -217,6 +226,9 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		}
 		<-relayed
 		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error)
+		// The event is logged before Wait can return: whatever a client does once its
+		// process exited (delete, the next exec) comes after the exit in the log.
+		s.events.publish(Event{Type: EventExit, Container: c.id, Process: procID, ExitCode: exit.ExitCode, Message: exit.Error})
 		p.finish(exit)
 	}()
 	return p, started, nil
@@ -265,24 +277,29 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if req.Spec == nil || len(req.Spec.Args) == 0 {
 		return 0, fmt.Errorf("exec in container %q: the process has no args: %w", req.ID, errdefs.ErrInvalidArgument)
 	}
-	c.mu.Lock()
-	st := c.status
-	c.mu.Unlock()
-	if st != state.StatusRunning {
-		return 0, fmt.Errorf("cannot exec in container %q: it is %s, not running: %w", req.ID, st, errdefs.ErrFailedPrecondition)
+	// As runc: a created container takes execs too (they join its namespaces); a paused
+	// one cannot start anything in its frozen cgroup, a stopped one has nothing to join.
+	st, _ := s.State(req.ID)
+	switch st.Status {
+	case state.StatusCreated, state.StatusRunning:
+	case state.StatusPaused:
+		return 0, fmt.Errorf("cannot exec in container %q: cannot exec in a paused container (resume it first): %w", req.ID, errdefs.ErrFailedPrecondition)
+	case state.StatusStopped:
+		return 0, fmt.Errorf("cannot exec in container %q: cannot exec in a stopped container: %w", req.ID, errdefs.ErrFailedPrecondition)
+	default:
+		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
 	}
 	files, err := s.takeStdio(req.Stdio)
 	if err != nil {
 		return 0, err
 	}
-	_, started, err := s.startProcess(ctx, c, req.Process, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
+	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
 	})
 	if err != nil {
 		files.close()
 		return 0, err
 	}
-	s.events.publish(Event{Type: EventExec, Container: req.ID, Process: req.Process})
 	return started.Pid, nil
 }
 
@@ -436,14 +453,21 @@ func (s *Supervisor) simple(ctx context.Context, id string, t agentproto.MsgType
 	return c, nil
 }
 
-// Pause freezes a running container.
+// Pause freezes a created or running container (libcontainer's freezer in the guest).
 func (s *Supervisor) Pause(ctx context.Context, id string) error {
-	c, err := s.simple(ctx, id, agentproto.MsgPauseContainer, agentproto.ContainerRef{Container: id}, nil, state.StatusRunning)
+	st, err := s.State(id)
+	if err != nil {
+		return err
+	}
+	c, err := s.simple(ctx, id, agentproto.MsgPauseContainer, agentproto.ContainerRef{Container: id}, nil, state.StatusCreated, state.StatusRunning)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.status = state.StatusPaused
+	if c.status == st.Status {
+		c.pausedFrom = st.Status
+		c.status = state.StatusPaused
+	}
 	c.mu.Unlock()
 	s.events.publish(Event{Type: EventPause, Container: id})
 	return nil
@@ -456,7 +480,12 @@ func (s *Supervisor) Resume(ctx context.Context, id string) error {
 		return err
 	}
 	c.mu.Lock()
-	c.status = state.StatusRunning
+	if c.status == state.StatusPaused {
+		c.status = c.pausedFrom
+		if c.status == "" {
+			c.status = state.StatusRunning
+		}
+	}
 	c.mu.Unlock()
 	s.events.publish(Event{Type: EventResume, Container: id})
 	return nil
@@ -468,19 +497,58 @@ func (s *Supervisor) Update(ctx context.Context, id string, res *specs.LinuxReso
 	return err
 }
 
-// Processes lists the guest pids of a container's processes.
-func (s *Supervisor) Processes(ctx context.Context, id string) ([]int, error) {
-	var list agentproto.ProcessList
-	if _, err := s.simple(ctx, id, agentproto.MsgListProcesses, agentproto.ContainerRef{Container: id}, &list); err != nil {
-		return nil, err
-	}
-	return list.Pids, nil
+// ProcessInfo is one process of a container as the guest sees it.
+type ProcessInfo struct {
+	GuestPid int
+	// Process is "init" or the exec id for a process the daemon started, "" for others
+	// (children they forked).
+	Process string
+	// Args is the command line: the agent's view when it sends one, else the one the
+	// daemon started the process with; nil when neither knows.
+	Args []string
 }
 
-// Stats reports a container's resource usage.
+// Processes lists the processes of a container in the guest, in the order of their pids.
+func (s *Supervisor) Processes(ctx context.Context, id string) ([]ProcessInfo, error) {
+	var list agentproto.ProcessList
+	c, err := s.simple(ctx, id, agentproto.MsgListProcesses, agentproto.ContainerRef{Container: id}, &list, state.StatusCreated, state.StatusRunning, state.StatusPaused)
+	if err != nil {
+		return nil, err
+	}
+	fromAgent := make(map[int][]string, len(list.Processes))
+	for _, p := range list.Processes {
+		fromAgent[p.Pid] = p.Cmdline
+	}
+	started := map[int]*process{}
+	c.mu.Lock()
+	for _, p := range c.processes {
+		select {
+		case <-p.done: // a recycled pid must not be named after a dead process
+		default:
+			started[p.guestPid] = p
+		}
+	}
+	c.mu.Unlock()
+	pids := append([]int(nil), list.Pids...)
+	sort.Ints(pids)
+	out := make([]ProcessInfo, 0, len(pids))
+	for _, pid := range pids {
+		info := ProcessInfo{GuestPid: pid, Args: fromAgent[pid]}
+		if p, ok := started[pid]; ok {
+			info.Process = p.id
+			if len(info.Args) == 0 {
+				info.Args = p.args
+			}
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// Stats reports a container's resource usage (its cgroup in the guest).
 func (s *Supervisor) Stats(ctx context.Context, id string) (agentproto.Stats, error) {
 	var st agentproto.Stats
-	_, err := s.simple(ctx, id, agentproto.MsgStats, agentproto.ContainerRef{Container: id}, &st)
+	_, err := s.simple(ctx, id, agentproto.MsgStats, agentproto.ContainerRef{Container: id}, &st, state.StatusCreated, state.StatusRunning, state.StatusPaused)
 	return st, err
 }
 

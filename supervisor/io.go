@@ -49,7 +49,9 @@ func (s *Supervisor) takeStdio(req StdioRequest) (*hostStdio, error) {
 // interruptible lets a blocked read of stdin end when the process is gone. A pipe or FIFO is
 // switched to non-blocking mode so the Go poller owns it and Close interrupts the read; the
 // flag belongs to our read end's file description only. A terminal is left alone: its file
-// description is shared with the user's shell, which must not find it non-blocking.
+// description is shared with the user's shell, which must not find it non-blocking. (The pty
+// slave runv creates for a terminal process is private to runv and arrives non-blocking
+// already, so fdpass's os.NewFile made it pollable.)
 func interruptible(f *os.File) *os.File {
 	fd := int(f.Fd())
 	if _, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
@@ -83,6 +85,12 @@ func (h *hostStdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-
 	copyOut := func(dst *os.File, src io.ReadCloser) {
 		defer func() { outputs <- struct{}{} }()
 		if src == nil {
+			// A terminal has no stderr stream, but the client still handed over its
+			// stderr (the pty slave again): it must be closed too, or the holder of the
+			// pty master never sees the end of the output.
+			if dst != nil {
+				dst.Close()
+			}
 			return
 		}
 		var w io.Writer = io.Discard

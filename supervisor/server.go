@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -44,6 +45,10 @@ func size(c *podapi.ConsoleSize) (uint16, uint16) {
 func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.CreateResponse, error) {
 	sp, err := decodeSpec(r.Spec)
 	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	// The pod's first container sizes its VM; for later ones this does nothing.
+	if err := g.s.SizeVM(sp); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
@@ -122,13 +127,14 @@ func (g *server) Update(ctx context.Context, r *podapi.UpdateRequest) (*podapi.E
 }
 
 func (g *server) Processes(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ProcessesResponse, error) {
-	pids, err := g.s.Processes(ctx, r.Id)
+	procs, err := g.s.Processes(ctx, r.Id)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	out := &podapi.ProcessesResponse{}
-	for _, p := range pids {
-		out.GuestPids = append(out.GuestPids, int64(p))
+	for _, p := range procs {
+		out.GuestPids = append(out.GuestPids, int64(p.GuestPid))
+		out.Processes = append(out.Processes, &podapi.ProcessInfo{GuestPid: int64(p.GuestPid), Process: p.Process, Cmd: strings.Join(p.Args, " ")})
 	}
 	return out, nil
 }

@@ -15,11 +15,14 @@ import (
 	"sync"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/oci"
 	"github.com/runv-project/runv/supervisor/fdpass"
 )
 
@@ -50,6 +53,10 @@ type Config struct {
 	Factory factory.Factory
 	// VM sizes the pod's VM (zero values: the factory's defaults).
 	VM factory.Request
+	// SizeFromSpec defers the boot until the pod's first container arrives and sizes the VM
+	// from its spec (oci.VMSize), never below VM's size. The boot then starts a few
+	// milliseconds later than at daemon start, which pooled and cloned VMs do not feel.
+	SizeFromSpec bool
 	// BootTimeout bounds VM start until the agent answered.
 	BootTimeout time.Duration
 }
@@ -63,9 +70,15 @@ type Supervisor struct {
 
 	ready   chan struct{} // closed when the VM is up and the pod started, or failed
 	bootErr error
-	vm      hypervisor.VM
-	agent   guestAgent
-	bootDur time.Duration
+	// sized carries the VM request once the first container sized it (SizeFromSpec).
+	sized     chan factory.Request
+	sizeMu    sync.Mutex
+	sizeDone  bool
+	closing   chan struct{} // closed when Close begins: a boot still waiting gives up
+	closingMu sync.Once
+	vm        hypervisor.VM
+	agent     guestAgent
+	bootDur   time.Duration
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -87,6 +100,8 @@ func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, er
 		share:      filepath.Join(cfg.Dir, "share"),
 		stdio:      stdio,
 		ready:      make(chan struct{}),
+		sized:      make(chan factory.Request, 1),
+		closing:    make(chan struct{}),
 		containers: map[string]*container{},
 		empty:      make(chan struct{}),
 	}
@@ -104,23 +119,61 @@ func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, er
 	return s, nil
 }
 
+// SizeVM sizes the pod's VM from its first container's spec (see oci.VMSize) and lets a
+// boot waiting for it go. Only the first call counts; without Config.SizeFromSpec it does
+// nothing.
+func (s *Supervisor) SizeVM(spec *specs.Spec) error {
+	if !s.cfg.SizeFromSpec {
+		return nil
+	}
+	s.sizeMu.Lock()
+	defer s.sizeMu.Unlock()
+	if s.sizeDone {
+		return nil
+	}
+	cpus, mem, err := oci.VMSize(spec)
+	if err != nil {
+		// This container is refused; the next one may size the VM instead.
+		return fmt.Errorf("pod %s: size the VM: %w", s.cfg.PodID, err)
+	}
+	req := s.cfg.VM
+	req.CPUs, req.MemoryMiB = max(req.CPUs, cpus), max(req.MemoryMiB, mem)
+	s.sized <- req // buffered, sent once
+	s.sizeDone = true
+	return nil
+}
+
 func (s *Supervisor) boot(ctx context.Context) {
 	defer close(s.ready)
+	req := s.cfg.VM
+	if s.cfg.SizeFromSpec {
+		select {
+		case req = <-s.sized:
+		case <-s.closing:
+			s.bootErr = fmt.Errorf("pod %s: closed before its first container: %w", s.cfg.PodID, errdefs.ErrUnavailable)
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()
+	log := logging.G(ctx)
 	start := time.Now()
-	req := s.cfg.VM
 	req.ID = s.cfg.PodID
 	req.Dir = filepath.Join(s.cfg.Dir, "vm")
 	req.ShareDir = s.share
 	vm, err := s.cfg.Factory.GetVM(ctx, req)
 	if err != nil {
 		s.bootErr = fmt.Errorf("pod %s: start VM: %w", s.cfg.PodID, err)
-		logging.G(ctx).Error("start VM", "error", err)
+		log.Error("start VM", "error", err)
 		return
 	}
+	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
+		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", factory.Restored(vm), "grown", factory.Grown(vm))
+	step := time.Now()
 	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
 	if err == nil {
+		log.Debug("boot: agent connected", "duration", time.Since(step))
+		step = time.Now()
 		entropy := make([]byte, 64)
 		rand.Read(entropy)
 		err = agent.Call(ctx, agentproto.MsgStartPod, agentproto.Pod{
@@ -133,6 +186,20 @@ func (s *Supervisor) boot(ctx context.Context) {
 		if err != nil {
 			agent.Close()
 			err = fmt.Errorf("start pod in guest: %w", err)
+		} else {
+			log.Debug("boot: pod started in guest", "duration", time.Since(step))
+		}
+	}
+	if err == nil && factory.Grown(vm) {
+		// Hot-plugged CPUs stay offline until the guest onlines them.
+		step = time.Now()
+		var got agentproto.OnlineCPUMemResult
+		err = agent.Call(ctx, agentproto.MsgOnlineCPUMem, agentproto.OnlineCPUMem{CPUs: req.CPUs, MemoryMiB: req.MemoryMiB}, &got)
+		if err != nil {
+			agent.Close()
+			err = fmt.Errorf("online hot-plugged CPUs and memory in guest: %w", err)
+		} else {
+			log.Debug("boot: hot-plugged CPUs and memory online", "cpus", got.CPUs, "memory_mib", got.MemoryMiB, "duration", time.Since(step))
 		}
 	}
 	if err != nil {
@@ -207,6 +274,7 @@ type PodInfo struct {
 // Close stops every process, powers the VM off and releases the share. It is idempotent.
 func (s *Supervisor) Close(ctx context.Context) error {
 	var errs []error
+	s.closingMu.Do(func() { close(s.closing) })
 	s.closeOnce.Do(func() {
 		<-s.ready
 		if s.agent != nil {

@@ -10,7 +10,9 @@ import (
 
 // Version is the protocol version. Host and agent must agree exactly: the host refuses an
 // agent that answers GetVersion with anything else.
-const Version = 1
+//
+// 2: ProcessList.Processes (optional command lines for `runv ps`).
+const Version = 2
 
 // Port names the agent looks up under /sys/class/virtio-ports/*/name.
 const (
@@ -68,6 +70,10 @@ const (
 	MsgUpdateContainer MsgType = 30 // h→g, UpdateContainer
 	MsgStats           MsgType = 31 // h→g, ContainerRef, reply Stats
 	MsgCloseStdin      MsgType = 32 // h→g, ProcessRef (for terminals, where no EOF frame exists)
+	// MsgWarmup (h→g, before STARTPOD only, reply Warmup): run a throwaway container through
+	// the whole container path, so that a pooled VM's first real container finds that
+	// code translated (TCG) and paged in.
+	MsgWarmup MsgType = 40
 )
 
 var msgNames = map[MsgType]string{
@@ -79,6 +85,7 @@ var msgNames = map[MsgType]string{
 	MsgStartContainer: "STARTCONTAINER", MsgPauseContainer: "PAUSECONTAINER",
 	MsgResumeContainer: "RESUMECONTAINER", MsgListProcesses: "LISTPROCESSES",
 	MsgUpdateContainer: "UPDATECONTAINER", MsgStats: "STATS", MsgCloseStdin: "CLOSESTDIN",
+	MsgWarmup: "WARMUP",
 }
 
 func (t MsgType) String() string {

@@ -121,6 +121,17 @@ type ProcessExit struct {
 // ProcessList answers MsgListProcesses: guest pids of the container's processes.
 type ProcessList struct {
 	Pids []int `json:"pids"`
+	// Processes describes the pids (any order, any subset) for `runv ps`. It is optional:
+	// an agent may leave it out, or leave out a process that exited meanwhile; the host
+	// then shows the command it knows (the process it started) or none.
+	Processes []ProcessInfo `json:"processes,omitempty"`
+}
+
+// ProcessInfo describes one process of a ProcessList.
+type ProcessInfo struct {
+	Pid int `json:"pid"`
+	// Cmdline is /proc/<pid>/cmdline split at NULs (empty for a kernel thread or a zombie).
+	Cmdline []string `json:"cmdline,omitempty"`
 }
 
 // UpdateContainer is MsgUpdateContainer's payload.
@@ -160,4 +171,26 @@ func (f ControlFrame) Unmarshal(v any) error {
 		return fmt.Errorf("%w: %s frame (id %d): %v", ErrProtocol, f.Type, f.ID, err)
 	}
 	return nil
+}
+
+// OnlineCPUMem is MsgOnlineCPUMem's payload: the host hot-plugged vCPUs or memory and the
+// guest must online them (there is no udev in the guest). The agent waits, with a
+// deadline, until CPUs vCPUs are online and at least MemoryMiB of memory blocks are online
+// (the kernel adds hot-plugged devices asynchronously after the host's ACPI event); zero
+// fields only online what is present. Its reply is OnlineCPUMemResult.
+type OnlineCPUMem struct {
+	CPUs      int `json:"cpus,omitempty"`
+	MemoryMiB int `json:"memoryMiB,omitempty"`
+}
+
+// OnlineCPUMemResult answers MsgOnlineCPUMem with what is online afterwards.
+type OnlineCPUMemResult struct {
+	CPUs      int `json:"cpus"`
+	MemoryMiB int `json:"memoryMiB"`
+}
+
+// Warmup answers MsgWarmup: how long the throwaway container took, guest monotonic time.
+type Warmup struct {
+	CreateMillis int64 `json:"createMillis"` // libcontainer create + start
+	TotalMillis  int64 `json:"totalMillis"`  // create to destroyed
 }

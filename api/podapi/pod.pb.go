@@ -848,8 +848,10 @@ func (x *UpdateRequest) GetResources() []byte {
 }
 
 type ProcessesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GuestPids     []int64                `protobuf:"varint,1,rep,packed,name=guest_pids,json=guestPids,proto3" json:"guest_pids,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	GuestPids []int64                `protobuf:"varint,1,rep,packed,name=guest_pids,json=guestPids,proto3" json:"guest_pids,omitempty"`
+	// processes describes each of guest_pids, in the same order.
+	Processes     []*ProcessInfo `protobuf:"bytes,2,rep,name=processes,proto3" json:"processes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -891,6 +893,74 @@ func (x *ProcessesResponse) GetGuestPids() []int64 {
 	return nil
 }
 
+func (x *ProcessesResponse) GetProcesses() []*ProcessInfo {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+// ProcessInfo is one process of a container as the guest sees it.
+type ProcessInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GuestPid      int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"` // pid in the guest's initial pid namespace
+	Process       string                 `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`                    // "init" or the exec id when the daemon started it, else empty
+	Cmd           string                 `protobuf:"bytes,3,opt,name=cmd,proto3" json:"cmd,omitempty"`                            // command line, space separated ("" when unknown)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessInfo) Reset() {
+	*x = ProcessInfo{}
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessInfo) ProtoMessage() {}
+
+func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
+func (*ProcessInfo) Descriptor() ([]byte, []int) {
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ProcessInfo) GetGuestPid() int64 {
+	if x != nil {
+		return x.GuestPid
+	}
+	return 0
+}
+
+func (x *ProcessInfo) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+func (x *ProcessInfo) GetCmd() string {
+	if x != nil {
+		return x.Cmd
+	}
+	return ""
+}
+
 type StatsResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	CpuUsageNanos    uint64                 `protobuf:"varint,1,opt,name=cpu_usage_nanos,json=cpuUsageNanos,proto3" json:"cpu_usage_nanos,omitempty"`
@@ -903,7 +973,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +985,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +998,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatsResponse) GetCpuUsageNanos() uint64 {
@@ -969,7 +1039,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1051,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1064,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EventsRequest) GetSinceUnixNano() int64 {
@@ -1025,7 +1095,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1107,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1120,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1110,7 +1180,7 @@ type PodInfo struct {
 
 func (x *PodInfo) Reset() {
 	*x = PodInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1192,7 @@ func (x *PodInfo) String() string {
 func (*PodInfo) ProtoMessage() {}
 
 func (x *PodInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1205,7 @@ func (x *PodInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodInfo.ProtoReflect.Descriptor instead.
 func (*PodInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PodInfo) GetId() string {
@@ -1246,10 +1316,15 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\x04size\"=\n" +
 	"\rUpdateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
-	"\tresources\x18\x02 \x01(\fR\tresources\"2\n" +
+	"\tresources\x18\x02 \x01(\fR\tresources\"j\n" +
 	"\x11ProcessesResponse\x12\x1d\n" +
 	"\n" +
-	"guest_pids\x18\x01 \x03(\x03R\tguestPids\"\xa7\x01\n" +
+	"guest_pids\x18\x01 \x03(\x03R\tguestPids\x126\n" +
+	"\tprocesses\x18\x02 \x03(\v2\x18.runv.pod.v1.ProcessInfoR\tprocesses\"V\n" +
+	"\vProcessInfo\x12\x1b\n" +
+	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\x12\x18\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\x12\x10\n" +
+	"\x03cmd\x18\x03 \x01(\tR\x03cmd\"\xa7\x01\n" +
 	"\rStatsResponse\x12&\n" +
 	"\x0fcpu_usage_nanos\x18\x01 \x01(\x04R\rcpuUsageNanos\x12,\n" +
 	"\x12memory_usage_bytes\x18\x02 \x01(\x04R\x10memoryUsageBytes\x12,\n" +
@@ -1308,7 +1383,7 @@ func file_api_podapi_pod_proto_rawDescGZIP() []byte {
 	return file_api_podapi_pod_proto_rawDescData
 }
 
-var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_api_podapi_pod_proto_goTypes = []any{
 	(*Empty)(nil),             // 0: runv.pod.v1.Empty
 	(*Stdio)(nil),             // 1: runv.pod.v1.Stdio
@@ -1325,10 +1400,11 @@ var file_api_podapi_pod_proto_goTypes = []any{
 	(*ResizeRequest)(nil),     // 12: runv.pod.v1.ResizeRequest
 	(*UpdateRequest)(nil),     // 13: runv.pod.v1.UpdateRequest
 	(*ProcessesResponse)(nil), // 14: runv.pod.v1.ProcessesResponse
-	(*StatsResponse)(nil),     // 15: runv.pod.v1.StatsResponse
-	(*EventsRequest)(nil),     // 16: runv.pod.v1.EventsRequest
-	(*Event)(nil),             // 17: runv.pod.v1.Event
-	(*PodInfo)(nil),           // 18: runv.pod.v1.PodInfo
+	(*ProcessInfo)(nil),       // 15: runv.pod.v1.ProcessInfo
+	(*StatsResponse)(nil),     // 16: runv.pod.v1.StatsResponse
+	(*EventsRequest)(nil),     // 17: runv.pod.v1.EventsRequest
+	(*Event)(nil),             // 18: runv.pod.v1.Event
+	(*PodInfo)(nil),           // 19: runv.pod.v1.PodInfo
 }
 var file_api_podapi_pod_proto_depIdxs = []int32{
 	1,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
@@ -1336,43 +1412,44 @@ var file_api_podapi_pod_proto_depIdxs = []int32{
 	1,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
 	2,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
 	2,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
-	3,  // 5: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
-	5,  // 6: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
-	7,  // 7: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
-	9,  // 8: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
-	6,  // 9: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 10: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 11: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
-	12, // 12: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
-	6,  // 13: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 14: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 15: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
-	13, // 16: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
-	5,  // 17: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 18: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
-	16, // 19: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
-	0,  // 20: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
-	4,  // 21: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
-	0,  // 22: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
-	8,  // 23: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
-	0,  // 24: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
-	10, // 25: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
-	11, // 26: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
-	0,  // 27: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
-	0,  // 28: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
-	0,  // 29: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
-	0,  // 30: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
-	0,  // 31: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
-	0,  // 32: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
-	14, // 33: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
-	15, // 34: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
-	17, // 35: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
-	18, // 36: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
-	21, // [21:37] is the sub-list for method output_type
-	5,  // [5:21] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	15, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
+	3,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
+	5,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
+	7,  // 8: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
+	9,  // 9: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
+	6,  // 10: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
+	5,  // 11: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
+	5,  // 12: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
+	12, // 13: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
+	6,  // 14: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
+	5,  // 15: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
+	5,  // 16: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
+	13, // 17: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
+	5,  // 18: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
+	5,  // 19: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
+	17, // 20: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
+	0,  // 21: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
+	4,  // 22: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
+	0,  // 23: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
+	8,  // 24: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
+	0,  // 25: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
+	10, // 26: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
+	11, // 27: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
+	0,  // 28: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
+	0,  // 29: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
+	0,  // 30: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
+	0,  // 31: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
+	0,  // 32: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
+	0,  // 33: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
+	14, // 34: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
+	16, // 35: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
+	18, // 36: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
+	19, // 37: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
+	22, // [22:38] is the sub-list for method output_type
+	6,  // [6:22] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_api_podapi_pod_proto_init() }
@@ -1386,7 +1463,7 @@ func file_api_podapi_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_podapi_pod_proto_rawDesc), len(file_api_podapi_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

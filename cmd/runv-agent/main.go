@@ -17,6 +17,9 @@ import (
 )
 
 func main() {
+	if agent.IsWarmupNoop(os.Args) {
+		return // the program of the warm-up container (agent.WarmupArg)
+	}
 	if agent.IsContainerInit(os.Args) {
 		agent.ContainerInit() // never returns
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -27,6 +26,7 @@ var createFlags = []cli.Flag{
 	&cli.BoolFlag{Name: "no-pivot", Usage: "accepted for runc compatibility; the guest always pivots into a real root"},
 	&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted for runc compatibility"},
 	&cli.IntFlag{Name: "preserve-fds", Usage: "accepted for runc compatibility; extra descriptors cannot cross into the VM"},
+	&cli.StringFlag{Name: "pidfd-socket", Usage: "not supported: the container's process runs in a VM, the host has no pidfd for it"},
 }
 
 var createCommand = &cli.Command{
@@ -39,8 +39,12 @@ var createCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		if err := unsupportedFlags(c, "pidfd-socket"); err != nil {
+			return err
+		}
 		_, err = createContainer(c.Context, g, id, createOptions{
 			bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: true,
+			consoleSocket: c.String("console-socket"),
 		})
 		return err
 	},
@@ -73,12 +77,16 @@ type createOptions struct {
 	// shim: start a `runv shim` to stand in for the container's init (create, run -d). A
 	// foreground `run` plays that role itself.
 	shim bool
+	// consoleSocket receives the pty master of a terminal container (detached only).
+	consoleSocket string
 }
 
 // created is a container that exists in its pod.
 type created struct {
 	rec *state.Container
 	pod *podConn
+	// term holds the pty master of a foreground terminal container (run without -d).
+	term *procTerminal
 }
 
 // createContainer creates a container and records it. On failure it leaves nothing behind:
@@ -91,6 +99,15 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err := g.checkBootFiles(); err != nil {
 		return nil, err
 	}
+	term, err := prepareTerminal(spec.Process, o.shim, o.consoleSocket)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			term.Close()
+		}
+	}()
 	member, err := podMembership(g.store, id, spec)
 	if err != nil {
 		return nil, err
@@ -149,13 +166,17 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err != nil {
 		return nil, err
 	}
-	stdio, err := pod.sendStdio(os.Stdin, os.Stdout, os.Stderr)
+	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
+	if term != nil {
+		stdin, stdout, stderr = term.stdio()
+	}
+	stdio, err := pod.sendStdio(stdin, stdout, stderr)
 	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox})
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size()})
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", id, rpcErr(err))
 	}
@@ -166,14 +187,32 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		Created: time.Now().UTC(), Pod: podID, PodDir: podDir, Sandbox: member == nil,
 		Daemon: daemon, Spec: spec,
 	}
+	defer func() {
+		if err != nil {
+			discardContainer(pod, id)
+		}
+	}()
 	if o.shim {
-		shim, err := startShim(g, rec, "")
+		var ctty *os.File
+		if term != nil {
+			ctty = term.pty.slave
+		}
+		shim, err := spawnShim(g, rec, "", ctty)
 		if err != nil {
 			return nil, err
 		}
 		rec.Shim = shim
 	} else {
 		rec.Shim = state.Self()
+	}
+	// The daemon and the shim hold the slave now; the master's holder must see the
+	// output end when they close theirs.
+	term.closeSlave()
+	if err := runCreateHooks(ctx, rec); err != nil {
+		return nil, err
+	}
+	if err := term.sendMaster(); err != nil {
+		return nil, err
 	}
 	if o.pidFile != "" {
 		if err := writePidFile(o.pidFile, rec.Shim.Pid); err != nil {
@@ -183,7 +222,11 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err := h.Save(rec); err != nil {
 		return nil, err
 	}
-	return &created{rec: rec, pod: pod}, nil
+	if o.shim {
+		term.Close()
+		term = nil
+	}
+	return &created{rec: rec, pod: pod, term: term}, nil
 }
 
 // maxSocketPath is the longest unix socket path the kernel accepts (sun_path less its NUL).
@@ -206,31 +249,7 @@ func checkSocketRoom(podDir string) error {
 // one clients see. It stays our child, so that a subreaper above us (containerd's shim, for
 // instance) inherits it when we exit and can wait for it, as with runc.
 func startShim(g *globals, rec *state.Container, process string) (state.Process, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return state.Process{}, err
-	}
-	args := []string{"--root", g.root}
-	if g.debug {
-		args = append(args, "--debug")
-	}
-	args = append(args, "shim", "--pod-dir", rec.PodDir, "--id", rec.ID)
-	if process != "" {
-		args = append(args, "--process", process)
-	}
-	cmd := exec.Command(self, args...)
-	// The shim must not hold the container's stdio: readers would never see EOF.
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		return state.Process{}, fmt.Errorf("start shim for container %q: %w", rec.ID, err)
-	}
-	p, err := state.ProcessOf(cmd.Process.Pid)
-	if err != nil {
-		return state.Process{}, fmt.Errorf("shim of container %q died at once: %w", rec.ID, err)
-	}
-	cmd.Process.Release()
-	return p, nil
+	return spawnShim(g, rec, process, nil)
 }
 
 func writePidFile(path string, pid int) error {

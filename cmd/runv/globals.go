@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/supervisor/state"
 )
@@ -25,14 +26,23 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 		&cli.BoolFlag{Name: "debug", Usage: "enable debug logging"},
 		&cli.BoolFlag{Name: "systemd-cgroup", Usage: "accepted for runc compatibility; cgroups are applied inside the VM"},
+		// runc's other global flags, which clients such as containerd's go-runc may pass.
+		&cli.StringFlag{Name: "rootless", Value: "auto", Usage: "accepted for runc compatibility; runv runs as root (it starts VMs and mounts)"},
+		&cli.StringFlag{Name: "criu", Value: "criu", Usage: "accepted for runc compatibility; checkpoint/restore are not supported"},
 		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: defaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
 		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: defaultInitrd, Usage: "guest initrd holding the runv agent"},
 		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
 		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
 		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
 		&cli.IntFlag{Name: "default_memory", Value: 128, Usage: "memory of a pod VM in MiB"},
+		&cli.StringFlag{Name: "factory", EnvVars: []string{envFactory}, Usage: "how pod VMs are made: direct, template, " +
+			"a factory policy file, or an inline JSON policy such as '[{\"template\":true,\"cpu\":1,\"memory\":128}]' " +
+			"(default: " + factory.DefaultPolicyFile + " if it exists, else direct)"},
 	}
 }
+
+// envFactory is --factory's environment variable.
+const envFactory = "RUNV_FACTORY"
 
 // globals are the options every command shares.
 type globals struct {
@@ -46,7 +56,9 @@ type globals struct {
 	debug     bool
 	logPath   string
 	logFormat string
-	store     *state.Store
+	// factory is the --factory setting (factory.ParseSetting).
+	factory string
+	store   *state.Store
 }
 
 func globalsFrom(c *cli.Context) (*globals, error) {
@@ -59,7 +71,8 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 		accel: c.String("accel"), machine: c.String("machine"),
 		cpus: c.Int("default_cpus"), memoryMiB: c.Int("default_memory"),
 		debug: c.Bool("debug"), logPath: c.String("log"), logFormat: c.String("log-format"),
-		store: &state.Store{Root: root},
+		factory: c.String("factory"),
+		store:   &state.Store{Root: root},
 	}
 	switch g.accel {
 	case hypervisor.AccelAuto, hypervisor.AccelKVM, hypervisor.AccelTCG:
@@ -79,6 +92,11 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 	}
 	return g, nil
 }
+
+// templateDir is where the template factory keeps its templates: @templates/ of the state
+// root (/run/runv/@templates by default), made a tmpfs if it is not on one. "@" cannot
+// start a container id, so no container collides with it.
+func (g *globals) templateDir() string { return filepath.Join(g.root, "@templates") }
 
 // checkBootFiles fails fast, before anything is created, when the kernel or initrd is missing.
 func (g *globals) checkBootFiles() error {

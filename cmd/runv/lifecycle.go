@@ -42,6 +42,15 @@ func startContainer(ctx context.Context, g *globals, id string) error {
 	if err != nil {
 		return err
 	}
+	switch st := liveState(rec).Status; st {
+	case state.StatusCreated:
+	case state.StatusStopped:
+		return fmt.Errorf("container %q: %w", id, errStartStopped)
+	case state.StatusRunning:
+		return fmt.Errorf("container %q: %w", id, errStartRunning)
+	default:
+		return fmt.Errorf("container %q: %w", id, errStartInState(st))
+	}
 	pod, err := dialLive(rec)
 	if err != nil {
 		return fmt.Errorf("cannot start container %q: %w", id, err)
@@ -52,6 +61,7 @@ func startContainer(ctx context.Context, g *globals, id string) error {
 	if _, err := pod.api.Start(sctx, &podapi.ContainerRequest{Id: id}); err != nil {
 		return fmt.Errorf("start container %q: %w", id, rpcErr(err))
 	}
+	warnHooks(ctx, hookPoststart, hooksOf(rec.Spec, hookPoststart), hookState(rec, state.StatusRunning))
 	return nil
 }
 
@@ -78,7 +88,7 @@ type ociState struct {
 
 // liveState asks the pod daemon for the truth; a container whose daemon is gone is stopped.
 func liveState(rec *state.Container) ociState {
-	st := ociState{OCIVersion: "1.2.0", ID: rec.ID, Status: state.StatusStopped, Bundle: rec.Bundle,
+	st := ociState{OCIVersion: ociVersion, ID: rec.ID, Status: state.StatusStopped, Bundle: rec.Bundle,
 		Rootfs: rec.Rootfs, Created: rec.Created, Annotations: rec.Annotations}
 	if rec.Spec != nil && rec.Spec.Version != "" {
 		st.OCIVersion = rec.Spec.Version
@@ -228,9 +238,14 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 			return fmt.Errorf("delete container %q: %w", id, err)
 		}
 	}
-	if rec.Shim.Pid != os.Getpid() && waitGone(rec.Shim, 10*time.Second) != nil {
-		killProcess(rec.Shim)
+	// The shims exit with their processes; one that does not (its daemon was killed
+	// before it could tell) is of no use any more.
+	for _, shim := range append([]state.Process{rec.Shim}, execProcesses(rec)...) {
+		if shim.Pid != os.Getpid() && waitGone(shim, 10*time.Second) != nil {
+			killProcess(shim)
+		}
 	}
+	warnHooks(ctx, hookPoststop, hooksOf(rec.Spec, hookPoststop), hookState(rec, state.StatusStopped))
 	return h.Remove()
 }
 

@@ -52,7 +52,7 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:    "runv",
 		Usage:   "OCI runtime that runs each pod in its own lightweight virtual machine",
-		Version: version,
+		Version: versionText(),
 		Flags:   globalFlags(),
 		Before: func(c *cli.Context) error {
 			path := c.String("log")
@@ -62,9 +62,13 @@ func newApp() *cli.App {
 		},
 		Commands: []*cli.Command{
 			specCommand, createCommand, startCommand, runCommand, stateCommand, killCommand,
-			deleteCommand, listCommand, daemonCommand, shimCommand,
+			deleteCommand, listCommand, daemonCommand, shimCommand, manageCommand,
+			execCommand, psCommand, pauseCommand, resumeCommand, eventsCommand, updateCommand,
+			featuresCommand, checkpointCommand, restoreCommand,
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // main decides how to exit
+		// `exec -e A=1,2` sets A to "1,2", as with runc: no splitting of slice flags.
+		DisableSliceFlagSeparator: true,
+		ExitErrHandler:            func(*cli.Context, error) {}, // main decides how to exit
 	}
 	app.HideHelpCommand = true
 	return app

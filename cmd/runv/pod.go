@@ -63,6 +63,9 @@ func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
 	if g.debug {
 		args = append(args, "--debug")
 	}
+	if g.factory != "" {
+		args = append(args, "--factory", g.factory)
+	}
 	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", "3")
 	cmd := exec.Command(self, args...)
 	cmd.Stdin = nil

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"os"
-	"os/signal"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -14,28 +12,35 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/supervisor/state"
 )
 
 var runCommand = &cli.Command{
 	Name:      "run",
 	Usage:     "create and start a container, attached to this terminal, and return its exit code",
 	ArgsUsage: "<container-id>",
-	Flags:     append([]cli.Flag{&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "detach from the container's process"}}, createFlags...),
+	Flags: append([]cli.Flag{
+		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "detach from the container's process"},
+		&cli.BoolFlag{Name: "keep", Usage: "do not delete the container after it exits"},
+		&cli.BoolFlag{Name: "no-subreaper", Usage: "accepted for runc compatibility; the container's processes are not runv's children"},
+	}, createFlags...),
 	Action: func(c *cli.Context) error {
 		id, g, err := idAndGlobals(c)
 		if err != nil {
 			return err
 		}
+		if err := unsupportedFlags(c, "pidfd-socket"); err != nil {
+			return err
+		}
 		detach := c.Bool("detach")
-		cr, err := createContainer(c.Context, g, id, createOptions{bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: detach})
+		cr, err := createContainer(c.Context, g, id, createOptions{
+			bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: detach,
+			consoleSocket: c.String("console-socket"),
+		})
 		if errors.Is(err, errdefs.ErrNotExecutable) {
 			// As a shell would: 127 when the program is missing, 126 when it cannot run.
-			code := 127
-			if strings.Contains(err.Error(), "permission denied") {
-				code = 126
-			}
 			printError(err)
-			return exitError{code}
+			return exitError{notExecutableCode(err)}
 		}
 		if err != nil {
 			return err
@@ -45,10 +50,14 @@ var runCommand = &cli.Command{
 			return startContainer(c.Context, g, id)
 		}
 		code, err := runAttached(c.Context, cr, id)
-		if err != nil {
-			return err
+		// As runc's run: the container goes when its process is done, or could not start
+		// (with --keep it stays, stopped, for inspection and `delete`).
+		if !c.Bool("keep") || err != nil {
+			if derr := deleteContainer(context.Background(), g, id, true); err == nil && derr != nil {
+				err = derr
+			}
 		}
-		if err := deleteContainer(context.Background(), g, id, true); err != nil {
+		if err != nil {
 			return err
 		}
 		if code != 0 {
@@ -59,28 +68,27 @@ var runCommand = &cli.Command{
 }
 
 // runAttached starts the container and stands in for its process until it exits: signals
-// sent to us are forwarded to it, and its exit code becomes ours.
+// sent to us are forwarded to it, a terminal is driven from ours, and its exit code becomes
+// ours.
 func runAttached(ctx context.Context, cr *created, id string) (int, error) {
-	sigs := make(chan os.Signal, 64)
-	signal.Notify(sigs)
-	defer signal.Stop(sigs)
+	att := newAttachment(cr.pod, id, "")
+	defer att.Close()
+	defer cr.term.Close() // whatever attachForeground did not take over
+	if cr.term != nil {
+		fg, err := attachForeground(cr.term)
+		if err != nil {
+			return 0, err
+		}
+		att.fg = fg
+	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	_, err := cr.pod.api.Start(sctx, &podapi.ContainerRequest{Id: id})
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("start container %q: %w", id, rpcErr(err))
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go forwardSignals(cr.pod, id, "", sigs, stop)
-	w, err := cr.pod.api.Wait(ctx, &podapi.ProcessRequest{Id: id})
-	if err != nil {
-		return 137, fmt.Errorf("wait for container %q: %w", id, rpcErr(err))
-	}
-	if w.Error != "" {
-		fmt.Fprintf(os.Stderr, "runv: container %q: %s\n", id, w.Error)
-	}
-	return int(w.ExitCode), nil
+	warnHooks(ctx, hookPoststart, hooksOf(cr.rec.Spec, hookPoststart), hookState(cr.rec, state.StatusRunning))
+	return att.wait(ctx)
 }
 
 // forwardSignals relays every signal we receive to a process in the VM, as runc's

@@ -17,7 +17,27 @@ type spec struct {
 	// serial is the -serial backend; empty means file:<Dir>/console.log. The KVM probe
 	// reads the console from a pipe instead ("stdio").
 	serial string
+
+	// Templates and clones (see template.go). Everything else on the command line is the
+	// same for a template and its clones, devices included and in the same order: the
+	// device state only loads into an identical device set.
+
+	// machineType replaces cfg.Machine in -machine: the versioned type (pc-q35-7.2) a
+	// template and its clones run. Empty: cfg.Machine.
+	machineType string
+	// memFile puts the guest RAM in a file: memory-backend-file mapped shared (memShared,
+	// the template writes the booted RAM into it) or private (a clone's copy-on-write view).
+	memFile   string
+	memShared bool
+	// incoming starts a clone: no -kernel, -initrd or -append (the RAM already holds the
+	// booted guest, and leaving them out spares mapping the kernel per VM), and QEMU waits
+	// for migrate-incoming ("-incoming defer": x-ignore-shared has to be set first, and
+	// QEMU 7.2 cannot set it from the command line).
+	incoming bool
 }
+
+// memBackendID is the id of the file memory backend of templates and clones.
+const memBackendID = "mem"
 
 // Kernel parameters the runtime always passes. panic=-1 with -no-reboot turns a guest
 // panic into a QEMU exit instead of a VM that spins forever.
@@ -47,26 +67,45 @@ func buildArgs(s spec) []string {
 		"-no-reboot",
 		"-name", escape(c.ID),
 	}
+	machine := c.Machine
+	if s.machineType != "" {
+		machine = s.machineType
+	}
+	memBackend := ""
+	if s.memFile != "" {
+		memBackend = ",memory-backend=" + memBackendID
+	}
 	if microvm {
 		// pit/pic off and no option ROMs: fastest microvm boot. The RTC stays on: without
 		// it the guest spends a second timing out on CMOS reads. force-legacy=false makes the
 		// virtio-mmio devices modern (virtio 1.0), which vhost-user devices require.
 		args = append(args,
-			"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel="+s.accel,
+			"-machine", machine+",x-option-roms=off,pit=off,pic=off,isa-serial=on,accel="+s.accel+memBackend,
 			"-global", "virtio-mmio.force-legacy=false")
 	} else {
-		args = append(args, "-machine", "q35,accel="+s.accel)
+		args = append(args, "-machine", machine+",accel="+s.accel+memBackend)
 	}
 	if s.accel == hypervisor.AccelKVM {
 		args = append(args, "-cpu", "host")
 	}
-	args = append(args,
-		"-m", memoryArg(c),
-		"-smp", smpArg(c),
+	args = append(args, "-m", memoryArg(c))
+	if s.memFile != "" {
+		share := "off"
+		if s.memShared {
+			share = "on"
+		}
+		args = append(args, "-object", "memory-backend-file,id="+memBackendID+",size="+mib(c.MemoryMiB)+
+			",mem-path="+escape(s.memFile)+",share="+share)
+	}
+	args = append(args, "-smp", smpArg(c))
+	if !s.incoming {
 		// -kernel, -initrd and -append take their value verbatim (no option-list parsing).
-		"-kernel", c.Kernel,
-		"-initrd", c.Initrd,
-		"-append", strings.Join(kernelParams(s), " "),
+		args = append(args,
+			"-kernel", c.Kernel,
+			"-initrd", c.Initrd,
+			"-append", strings.Join(kernelParams(s), " "))
+	}
+	args = append(args,
 		"-serial", serial,
 		"-device", dev("virtio-serial")+",id=vser0",
 		"-chardev", "socket,id=ctl,path="+escape(p.Control)+",server=on,wait=off",
@@ -80,6 +119,9 @@ func buildArgs(s spec) []string {
 		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
 		"-pidfile", p.PID,
 	)
+	if s.incoming {
+		args = append(args, "-incoming", "defer")
+	}
 	return args
 }
 

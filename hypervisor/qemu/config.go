@@ -86,7 +86,11 @@ func withDefaults(cfg hypervisor.Config) hypervisor.Config {
 
 // validate checks a defaulted Config against the host: every error says what is wrong with
 // which path and what to do about it. It resolves cfg.QEMU to an absolute path.
-func validate(cfg *hypervisor.Config) error {
+func validate(cfg *hypervisor.Config) error { return validateFor(cfg, true) }
+
+// validateFor is validate; boot is false for a clone, which needs no kernel or initrd: its
+// RAM already holds the booted guest.
+func validateFor(cfg *hypervisor.Config, boot bool) error {
 	if cfg.ID == "" {
 		return invalidf("vm has no id")
 	}
@@ -109,11 +113,13 @@ func validate(cfg *hypervisor.Config) error {
 		return invalidf("qemu %s not found: install qemu-system-x86 (or run 'make deps') or pass --qemu: %w", cfg.QEMU, err)
 	}
 	cfg.QEMU = qemu
-	if err := checkFile("kernel", cfg.Kernel, "run 'make kernel install' or pass --kernel"); err != nil {
-		return err
-	}
-	if err := checkFile("initrd", cfg.Initrd, "run 'make initrd install' or pass --initrd"); err != nil {
-		return err
+	if boot {
+		if err := checkFile("kernel", cfg.Kernel, "run 'make kernel install' or pass --kernel"); err != nil {
+			return err
+		}
+		if err := checkFile("initrd", cfg.Initrd, "run 'make initrd install' or pass --initrd"); err != nil {
+			return err
+		}
 	}
 	if err := checkDir("vm directory", cfg.Dir); err != nil {
 		return err

@@ -5,6 +5,14 @@
 // tears down everything started before it. The command line is plain data built from the
 // Config (args.go), so it is unit-tested without booting anything.
 //
+// Templates (template.go, hypervisor.Templater) reuse the same steps and command line: a
+// template boots with its RAM in a shared memory-backend-file, and adds park-guest, stop,
+// save-state (x-ignore-shared migration of the device state to a file) and quit; a clone
+// maps that file privately, boots no kernel, starts with -incoming defer and adds
+// migrate-incoming, wait-incoming and cont. Template and clone command lines differ only in
+// share=on/off, the kernel options and -incoming: the device state only loads into an
+// identical device set.
+//
 // QEMU is started from a goroutine locked to its OS thread that lives as long as QEMU does:
 // Pdeathsig fires when the *thread* that forked the child exits, so this keeps "QEMU dies
 // with us" true even though the Go runtime retires threads at will. QEMU gets its own

@@ -52,10 +52,15 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 		ln.teardown()
 		return nil, fmt.Errorf("launch vm %s: %w", cfg.ID, err)
 	}
+	return ln.result(), nil
+}
+
+// result is the launched VM, as a Hotplugger when it has room to grow.
+func (ln *launch) result() hypervisor.VM {
 	if hotplugCapable(ln.cfg) {
-		return &hotplugVM{vm: ln.vm}, nil
+		return &hotplugVM{vm: ln.vm}
 	}
-	return ln.vm, nil
+	return ln.vm
 }
 
 func (l *Launcher) startTimeout() time.Duration {

@@ -46,9 +46,18 @@ type launch struct {
 	accel string
 	args  []string
 	vm    *vm
+
+	// Set by template creation and clones (template.go); zero for a cold boot.
+	machineType string // versioned machine type
+	memFile     string // guest RAM file
+	memShared   bool   // template: RAM written into memFile
+	incoming    bool   // clone: no kernel, waits for migrate-incoming
+	// wantStatus is what query-status must say once QEMU is up: "running" (zero value), or
+	// "inmigrate" for a clone.
+	wantStatus string
 }
 
-func (ln *launch) validate(context.Context) error { return validate(&ln.cfg) }
+func (ln *launch) validate(context.Context) error { return validateFor(&ln.cfg, !ln.incoming) }
 
 func (ln *launch) resolveAccel(ctx context.Context) error {
 	accel, err := ln.l.resolveAccel(ctx, ln.cfg)
@@ -57,8 +66,11 @@ func (ln *launch) resolveAccel(ctx context.Context) error {
 }
 
 func (ln *launch) buildArgs(context.Context) error {
-	s := spec{cfg: ln.cfg, accel: ln.accel}
-	if ln.cfg.Machine == hypervisor.MachineMicroVM && ln.accel == hypervisor.AccelTCG {
+	s := spec{cfg: ln.cfg, accel: ln.accel,
+		machineType: ln.machineType, memFile: ln.memFile, memShared: ln.memShared, incoming: ln.incoming}
+	// A clone boots no kernel: the template's command line (with its tsc_early_khz) is
+	// already in effect in the restored guest.
+	if ln.cfg.Machine == hypervisor.MachineMicroVM && ln.accel == hypervisor.AccelTCG && !ln.incoming {
 		khz, err := ln.l.tscKHz()
 		if err != nil {
 			return err
@@ -71,7 +83,7 @@ func (ln *launch) buildArgs(context.Context) error {
 }
 
 func (ln *launch) startProcess(context.Context) error {
-	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log}
+	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log, restored: ln.incoming}
 	// Sockets left by a QEMU that was killed before it could clean up would make us talk
 	// to nobody (or wait for a dead socket) until the new QEMU replaced them.
 	v.paths.removeTransient()
@@ -108,8 +120,12 @@ func (ln *launch) queryStatus(ctx context.Context) error {
 	if err != nil {
 		return ln.exitedOr(err)
 	}
-	if st.Status != "running" {
-		return fmt.Errorf("vm is %q, not running (console: %s)", st.Status, ln.vm.paths.Console)
+	want := ln.wantStatus
+	if want == "" {
+		want = "running"
+	}
+	if st.Status != want {
+		return fmt.Errorf("vm is %q, not %s (console: %s)", st.Status, want, ln.vm.paths.Console)
 	}
 	return nil
 }

@@ -28,6 +28,8 @@ type vm struct {
 	paths paths
 	proc  *process
 	log   *slog.Logger
+	// restored: a clone of a template, not a cold boot (see Restored).
+	restored bool
 
 	mu            sync.Mutex
 	mon           *monitor // set once QMP is connected; closed when QEMU exits
@@ -42,6 +44,11 @@ func (v *vm) Pid() int              { return v.proc.pid }
 func (v *vm) Done() <-chan struct{} { return v.proc.done }
 func (v *vm) ConsoleLog() string    { return v.paths.Console }
 func (v *vm) Accel() string         { return v.accel }
+
+// Restored reports whether the VM is a clone of a template: its agent was up before the VM
+// started and will not announce itself with READY, and its clock and RNG are the
+// template's (factory.Restored).
+func (v *vm) Restored() bool { return v.restored }
 
 func (v *vm) setMonitor(m *monitor) {
 	v.mu.Lock()

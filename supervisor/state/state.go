@@ -137,7 +137,7 @@ func (s *Store) Lock(id string) (*Handle, error) {
 	}
 	dir := s.Dir(id)
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
-		return nil, fmt.Errorf("container %q does not exist: %w", id, errdefs.ErrNotFound)
+		return nil, notExist(id, s.Root)
 	}
 	h, err := lockDir(id, dir)
 	if err != nil {
@@ -146,7 +146,7 @@ func (s *Store) Lock(id string) (*Handle, error) {
 	// The container may have been deleted while we waited for the lock.
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
 		h.Unlock()
-		return nil, fmt.Errorf("container %q does not exist: %w", id, errdefs.ErrNotFound)
+		return nil, notExist(id, s.Root)
 	}
 	return h, nil
 }
@@ -169,6 +169,19 @@ func lockDir(id, dir string) (*Handle, error) {
 	return &Handle{ID: id, Dir: dir, lock: f}, nil
 }
 
+// notExistError is runc's text for an unknown container, "container does not exist" (which
+// clients match), naming the container and the root it was looked up in. Its class is
+// errdefs.ErrNotFound.
+type notExistError struct{ id, root string }
+
+func (e notExistError) Error() string {
+	return fmt.Sprintf("container does not exist: no container %q under %s", e.id, e.root)
+}
+
+func (e notExistError) Is(target error) bool { return target == errdefs.ErrNotFound }
+
+func notExist(id, root string) error { return notExistError{id: id, root: root} }
+
 // Unlock releases the lock.
 func (h *Handle) Unlock() {
 	if h.lock != nil {
@@ -182,7 +195,7 @@ func (h *Handle) Load() (*Container, error) {
 	b, err := os.ReadFile(filepath.Join(h.Dir, stateFile))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("container %q does not exist: %w", h.ID, errdefs.ErrNotFound)
+			return nil, notExist(h.ID, filepath.Dir(h.Dir))
 		}
 		return nil, fmt.Errorf("read state of container %q: %w", h.ID, err)
 	}

@@ -32,7 +32,7 @@ func MakeRootfs(dir string) error {
 		}
 	}
 	for _, d := range []string{"tmp", "var/tmp"} {
-		os.Chmod(filepath.Join(dir, d), 0o1777)
+		os.Chmod(filepath.Join(dir, d), 0o777|os.ModeSticky) // 0o1777 would lose the sticky bit: os.FileMode has its own flag
 	}
 	bb, err := os.ReadFile(Busybox)
 	if err != nil {

@@ -105,10 +105,10 @@ func assertEmptyRoot(t *testing.T, stateRoot string) {
 		left = append(left, processesNaming(stateRoot)...)
 		entries, _ := os.ReadDir(stateRoot)
 		for _, e := range entries {
-			if e.Name() == "@pods" {
-				pods, _ := os.ReadDir(filepath.Join(stateRoot, e.Name()))
-				for _, p := range pods {
-					left = append(left, "pod "+p.Name())
+			if e.Name() == "@pods" || e.Name() == "@templates" {
+				inner, _ := os.ReadDir(filepath.Join(stateRoot, e.Name()))
+				for _, p := range inner {
+					left = append(left, e.Name()+"/"+p.Name())
 				}
 				continue
 			}

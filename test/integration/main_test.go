@@ -88,10 +88,10 @@ func leaksUnder(dir string) []string {
 	for _, r := range append(roots, root) {
 		entries, _ := os.ReadDir(r)
 		for _, e := range entries {
-			if e.Name() == "@pods" {
-				pods, _ := os.ReadDir(filepath.Join(r, e.Name()))
-				for _, p := range pods {
-					leaks = append(leaks, "pod directory "+filepath.Join(r, e.Name(), p.Name()))
+			if e.Name() == "@pods" || e.Name() == "@templates" {
+				inner, _ := os.ReadDir(filepath.Join(r, e.Name()))
+				for _, p := range inner {
+					leaks = append(leaks, "directory "+filepath.Join(r, e.Name(), p.Name()))
 				}
 				continue
 			}

@@ -100,4 +100,3 @@ func TestJoiningAnUnknownSandboxFails(t *testing.T) {
 	}
 	assertEmptyRoot(t, stateRoot)
 }
-

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// WarmupArg is the argument with which the throwaway container of WARMUP runs this binary:
+// main exits at once (IsWarmupNoop), after the Go runtime started, as a container's
+// program would.
+const WarmupArg = "runv-warmup-noop"
+
+// IsWarmupNoop reports whether argv is the warm-up container's process.
+func IsWarmupNoop(args []string) bool { return len(args) > 1 && args[1] == WarmupArg }
+
+// warmupDir holds the throwaway container's rootfs: /run is a tmpfs of the guest.
+const (
+	warmupDir = "/run/runv/warmup"
+	warmupID  = "runv-warmup"
+)
+
+// warmup handles WARMUP: it runs one container through the path every pod's containers
+// take (spec adjustment, libcontainer create and start, runc init re-exec with nsexec, the
+// namespaces, mounts and pivot_root, exec, wait, destroy) and then removes every trace.
+// Under TCG a guest's first container costs two to three times a later one, because QEMU
+// translates the kernel's and the agent's code as it first runs; a pooled VM warmed this
+// way hands that cost to nobody. It is only allowed before STARTPOD: the container runs
+// outside any pod, and a pod's containers must not see it.
+func (a *Agent) warmup(context.Context, *Request) (any, error) {
+	a.mu.Lock()
+	switch {
+	case a.pod != nil:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "WARMUP after STARTPOD: warm-up is for VMs that have no pod yet")
+	case a.destroying:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "the pod is being destroyed")
+	case a.creating[warmupID]:
+		a.mu.Unlock()
+		return nil, errorf(agentproto.KindState, "a warm-up is already running")
+	}
+	a.creating[warmupID] = true
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.creating, warmupID)
+		a.mu.Unlock()
+	}()
+
+	start := time.Now()
+	rootfs := filepath.Join(warmupDir, "rootfs")
+	if err := prepareWarmupRoot(rootfs); err != nil {
+		removeWarmupRoot()
+		return nil, err
+	}
+	defer removeWarmupRoot()
+
+	spec := specconv.Example() // runc's default config, as `runc spec` writes it
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"/init", WarmupArg}
+	spec.Root.Readonly = true
+	spec.Hostname = warmupID
+	gs, err := adjustSpec(spec, guestSpec{ContainerID: warmupID, ShareDir: warmupDir, Rootfs: "rootfs"})
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: warmupID, Spec: gs})
+	if err != nil {
+		return nil, fmt.Errorf("warm-up: spec: %w", err)
+	}
+	lc, err := libcontainer.Create(libcontainerRoot, warmupID, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("warm-up: create: %w", err)
+	}
+	defer func() {
+		if err := lc.Destroy(); err != nil {
+			a.log.Errorf("warm-up: destroy: %v", err)
+		}
+	}()
+	lp, err := newProcess(gs.Process, true)
+	if err != nil {
+		return nil, err
+	}
+	// No stdio: libcontainer gives the process /dev/null.
+	done := a.reaper.beginStart()
+	err = lc.Run(lp)
+	pid := 0
+	if err == nil {
+		pid, _ = lp.Pid()
+	}
+	done(pid)
+	if err != nil {
+		return nil, fmt.Errorf("warm-up: start: %w", err)
+	}
+	created := time.Since(start)
+	st, err := lp.Wait()
+	a.reaper.untrack(pid)
+	if err != nil && st == nil {
+		return nil, fmt.Errorf("warm-up: wait: %w", err)
+	}
+	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
+	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	return res, nil
+}
+
+// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init.
+func prepareWarmupRoot(rootfs string) error {
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	self := filepath.Join(rootfs, "init")
+	f, err := os.OpenFile(self, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount("/init", self, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("warm-up: bind /init: %w", err)
+	}
+	return nil
+}
+
+func removeWarmupRoot() {
+	unix.Unmount(filepath.Join(warmupDir, "rootfs", "init"), unix.MNT_DETACH)
+	os.RemoveAll(warmupDir)
+}

@@ -1,0 +1,277 @@
+// Command benchtool holds the measurements of bench/run.sh that a shell does badly:
+//
+//	benchtool bareboot -kernel K -initrd I [-machine M] [-n N]
+//	    boots QEMU bare with exactly runv's command line (hypervisor/qemu.CommandLine) and
+//	    the agent's probe mode: time from starting QEMU to RUNV-PROBE-OK on the console, and
+//	    to QEMU's exit (the agent powers off at once).
+//	benchtool repeat [-n N] [-label L] [-pre SHELL-CMD] -- CMD [ARG...]
+//	    runs CMD once untimed, then N times timed; "{}" in an argument becomes a unique id.
+//	    -pre runs (untimed, with sh -c) before every run, e.g. to wait for a pool to refill.
+//	    A failing run aborts with its stderr: a broken setup never reports a fast time.
+//	benchtool pss -match STR
+//	    sums the PSS (/proc/PID/smaps_rollup) of the processes whose command line contains
+//	    STR, by kind (qemu, pod daemon, shim, factory daemon, holder, other).
+//
+// Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/hypervisor/qemu"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|repeat|pss ...")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "bareboot":
+		err = bareboot(os.Args[2:])
+	case "repeat":
+		err = repeat(os.Args[2:])
+	case "pss":
+		err = pss(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchtool:", err)
+		os.Exit(1)
+	}
+}
+
+// stats prints one timing line.
+func stats(label string, ds []time.Duration) {
+	if len(ds) == 0 {
+		fmt.Printf("%-34s no samples\n", label)
+		return
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
+	fmt.Printf("%-34s n=%d min=%s median=%s mean=%s max=%s (ms)\n", label, len(s), ms(s[0]), ms(med), ms(sum/time.Duration(len(s))), ms(s[len(s)-1]))
+}
+
+func bareboot(args []string) error {
+	fs := flag.NewFlagSet("bareboot", flag.ExitOnError)
+	kernel := fs.String("kernel", "/var/lib/runv/vmlinux", "guest kernel")
+	initrd := fs.String("initrd", "/var/lib/runv/initrd.img", "guest initrd")
+	machine := fs.String("machine", hypervisor.MachineMicroVM, "machine type")
+	accel := fs.String("accel", hypervisor.AccelTCG, "accelerator")
+	memory := fs.Int("memory", 128, "MiB")
+	n := fs.Int("n", 10, "runs")
+	show := fs.Bool("print-cmdline", false, "print the QEMU command line first")
+	fs.Parse(args)
+
+	var toMarker, toExit []time.Duration
+	for i := 0; i <= *n; i++ {
+		m, e, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			if *show {
+				fmt.Println("qemu command line:", cmdline)
+			}
+			continue // warm-up: page cache, accel verdict
+		}
+		toMarker = append(toMarker, m)
+		toExit = append(toExit, e)
+	}
+	stats("bare qemu: start -> "+qemu.ProbeMarker, toMarker)
+	stats("bare qemu: start -> exit", toExit)
+	return nil
+}
+
+// bootOnce boots one probe VM. Its console is a pipe, so the marker is an event.
+func bootOnce(kernel, initrd, machine, accel string, memory int) (marker, exit time.Duration, cmdline string, err error) {
+	dir, err := os.MkdirTemp("", "rvbare")
+	if err != nil {
+		return 0, 0, "", err
+	}
+	defer os.RemoveAll(dir)
+	l := &qemu.Launcher{}
+	bin, args, err := l.CommandLine(context.Background(), hypervisor.Config{
+		ID: "bare", Dir: dir, ShareDir: dir, Kernel: kernel, Initrd: initrd,
+		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: []string{qemu.ProbeParam},
+	}, true)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, "", err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, "", err
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if marker == 0 && strings.Contains(sc.Text(), qemu.ProbeMarker) {
+			marker = time.Since(start)
+		}
+	}
+	werr := cmd.Wait()
+	exit = time.Since(start)
+	if marker == 0 {
+		return 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
+	}
+	return marker, exit, bin + " " + strings.Join(args, " "), nil
+}
+
+func repeat(args []string) error {
+	fs := flag.NewFlagSet("repeat", flag.ExitOnError)
+	n := fs.Int("n", 10, "timed runs")
+	label := fs.String("label", "", "label")
+	pre := fs.String("pre", "", "shell command run untimed before every run")
+	fs.Parse(args)
+	argv := fs.Args()
+	if len(argv) == 0 {
+		return errors.New("repeat: no command")
+	}
+	if *label == "" {
+		*label = strings.Join(argv, " ")
+	}
+	run := func(id string) (time.Duration, error) {
+		if *pre != "" {
+			if out, err := exec.Command("sh", "-c", *pre).CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("-pre %q: %v: %s", *pre, err, strings.TrimSpace(string(out)))
+			}
+		}
+		a := make([]string, len(argv))
+		for i, x := range argv {
+			a[i] = strings.ReplaceAll(x, "{}", id)
+		}
+		cmd := exec.Command(a[0], a[1:]...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		start := time.Now()
+		err := cmd.Run()
+		d := time.Since(start)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		return d, nil
+	}
+	tag := strconv.Itoa(os.Getpid())
+	if _, err := run("w" + tag); err != nil {
+		return fmt.Errorf("%s: warm-up run failed: %w", *label, err)
+	}
+	var ds []time.Duration
+	for i := 1; i <= *n; i++ {
+		d, err := run(fmt.Sprintf("r%s-%d", tag, i))
+		if err != nil {
+			return fmt.Errorf("%s: run %d failed: %w", *label, i, err)
+		}
+		ds = append(ds, d)
+	}
+	stats(*label, ds)
+	return nil
+}
+
+func pss(args []string) error {
+	fs := flag.NewFlagSet("pss", flag.ExitOnError)
+	match := fs.String("match", "", "substring of the command line")
+	fs.Parse(args)
+	if *match == "" {
+		return errors.New("pss: -match is required")
+	}
+	byKind := map[string]int{}
+	count := map[string]int{}
+	total := 0
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		cl, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil || !bytes.Contains(cl, []byte(*match)) {
+			continue
+		}
+		if pid, _ := strconv.Atoi(filepath.Base(p)); pid == os.Getpid() {
+			continue
+		}
+		kb, err := pssKB(filepath.Join(p, "smaps_rollup"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		k := kind(strings.Split(string(cl), "\x00"))
+		byKind[k] += kb
+		count[k]++
+		total += kb
+	}
+	kinds := make([]string, 0, len(byKind))
+	for k := range byKind {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	var parts []string
+	for _, k := range kinds {
+		parts = append(parts, fmt.Sprintf("%s=%.1fMiB/%d", k, float64(byKind[k])/1024, count[k]))
+	}
+	fmt.Printf("pss_total_kib=%d (%s)\n", total, strings.Join(parts, " "))
+	return nil
+}
+
+func kind(argv []string) string {
+	if len(argv) == 0 {
+		return "other"
+	}
+	if strings.Contains(filepath.Base(argv[0]), "qemu") {
+		return "qemu"
+	}
+	for _, a := range argv[1:] {
+		if a == "--hold" {
+			return "holder" // a factory daemon's holder of one VM
+		}
+	}
+	for _, a := range argv[1:] {
+		switch a {
+		case "containerd":
+			return "daemon"
+		case "shim":
+			return "shim"
+		case "factory-daemon":
+			return "factory"
+		}
+	}
+	return "other"
+}
+
+func pssKB(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Pss:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("%s: no Pss line", path)
+}

@@ -1,0 +1,277 @@
+#!/bin/bash
+# bench/run.sh — runv's performance figures on this machine, in one run (`make bench`).
+#
+# Prints: the machine; a bare QEMU boot of runv's kernel+initrd to /init with runv's own
+# command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
+# <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
+# on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
+# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`.
+# A kind (or exec) that does not work yet is skipped with the reason.
+#
+# Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
+# installed ones), N (timed runs, default 10), IDLE_PODS (10), MAX_PODS (50),
+# SKIP_MAX_PODS=1 to skip the slow capacity test, KINDS (default "direct template cache
+# cache-cold"; cache-cold is the cache kind with --warm=false, to show what warming buys).
+# Everything it starts it stops, and everything it creates it removes, also on ^C.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+export PATH=/usr/local/go/bin:$PATH
+RUNV=${RUNV:-$(command -v runv || echo "$repo/build/runv")}
+KERNEL=${RUNV_KERNEL:-/var/lib/runv/vmlinux}
+INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
+N=${N:-10}
+IDLE_PODS=${IDLE_PODS:-10}
+MAX_PODS=${MAX_PODS:-50}
+KINDS=${KINDS:-direct template cache cache-cold}
+CACHE_SIZE=${CACHE_SIZE:-2}
+
+# Short paths: pod sockets live under the state roots.
+work=$(mktemp -d /tmp/rvb.XXXX)
+runc_root=$work/runc
+factory_pids=()
+
+cleanup() {
+	trap - EXIT INT TERM
+	local r id
+	for r in "$work"/root-*; do
+		[ -d "$r" ] || continue
+		for id in $("$RUNV" --root "$r" list -q 2>/dev/null); do
+			"$RUNV" --root "$r" delete -f "$id" >/dev/null 2>&1
+		done
+	done
+	if [ -d "$runc_root" ]; then
+		for id in $(runc --root "$runc_root" list -q 2>/dev/null); do
+			runc --root "$runc_root" delete -f "$id" >/dev/null 2>&1
+		done
+	fi
+	for p in "${factory_pids[@]}"; do
+		kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null
+	done
+	# Whatever is left that we started names $work on its command line.
+	for p in $(grep -l -s -F "$work" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+		[ "$p" = $$ ] || kill -KILL "$p" 2>/dev/null
+	done
+	grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m"; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+die() { echo "bench: $*" >&2; exit 1; }
+stop_factory() {
+	for p in "${factory_pids[@]}"; do
+		kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null
+	done
+	factory_pids=()
+}
+# pool_full waits until the factory daemon's pool is full again (it answers when it is).
+pool_full() { "$RUNV" --root "$work/root-$1" manage factory-daemon --status --wait --timeout 5m >/dev/null 2>&1; }
+[ -x "$RUNV" ] || die "runv not found (run 'make install' or set RUNV)"
+[ -f "$KERNEL" ] && [ -f "$INITRD" ] || die "kernel/initrd not found: $KERNEL $INITRD (run 'make install')"
+command -v runc >/dev/null || die "runc not found (make deps)"
+
+(cd "$repo" && go build -o "$work/benchtool" ./bench/benchtool) || die "cannot build bench/benchtool"
+bt=$work/benchtool
+(cd "$repo" && go run ./test/mkbundle "$work/true" true >/dev/null && go run ./test/mkbundle "$work/sleep" sleep 100000 >/dev/null) ||
+	die "cannot build the busybox bundles"
+
+median() { sed -n 's/.* median=\([0-9.]*\) .*/\1/p' | tail -1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.1fx", a/b; else print "n/a" }'; }
+
+# rv ROOT-NAME FACTORY-ARGS... -- runv with the bench's kernel, initrd and a root of its own.
+rv() {
+	local r=$work/root-$1; shift
+	"$RUNV" --root "$r" --kernel "$KERNEL" --initrd "$INITRD" "$@"
+}
+
+# factory_args KIND: sets fa to the global flags that select a factory kind (an array: the
+# JSON must reach runv as one word, unglobbed).
+factory_args() {
+	case $1 in
+	direct) fa=() ;;
+	template) fa=(--factory '[{"template":true}]') ;;
+	cache | cache-cold) fa=(--factory "[{\"cache\":$CACHE_SIZE}]") ;;
+	esac
+}
+
+# start_factory ROOT-NAME WARM: starts a factory daemon (the cache kind's pool) under the
+# root and waits until its pool is full; fails with the reason on stdout. Not to be run in a
+# subshell: it records the daemon in factory_pids.
+start_factory() {
+	local name=$1 warm=$2 fa i
+	factory_args cache
+	mkdir -p "$work/root-$name"
+	if ! rv "$name" "${fa[@]}" manage factory-daemon --help >/dev/null 2>&1; then
+		echo "runv has no 'manage factory-daemon'"
+		return 1
+	fi
+	rv "$name" "${fa[@]}" manage factory-daemon --warm="$warm" >"$work/factory-$name.log" 2>&1 &
+	factory_pids+=($!)
+	# Its socket appears once it serves (polled: it is another process's file).
+	for ((i = 0; i < 300; i++)); do
+		[ -S "$work/root-$name/@factory/factory.sock" ] && break
+		kill -0 "${factory_pids[-1]}" 2>/dev/null || { echo "factory daemon exited: $(tail -3 "$work/factory-$name.log")"; return 1; }
+		sleep 0.1
+	done
+	pool_full "$name" || { echo "the pool did not fill: $(tail -3 "$work/factory-$name.log")"; return 1; }
+}
+
+# prepare KIND: anything a kind needs before pods use it; fails with the reason on stdout.
+prepare() {
+	local kind=$1 fa
+	case $kind in
+	cache) start_factory cache true || return 1 ;;
+	cache-cold) start_factory cache-cold false || return 1 ;;
+	esac
+	factory_args "$kind"
+	# One run proves the kind works here (and warms template creation, accel verdict, ...).
+	local out
+	if ! out=$(rv "$kind" "${fa[@]}" run --bundle "$work/true" "probe-$kind" 2>&1 </dev/null); then
+		echo "$out" | tail -2
+		return 1
+	fi
+}
+
+echo "== machine"
+echo "cpu:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "memory: $(free -m | awk '/^Mem:/{print $2" MiB"}')"
+echo "host:   $(uname -sr); $(. /etc/os-release; echo "$PRETTY_NAME")"
+echo "kvm:    $([ -e /dev/kvm ] && echo "/dev/kvm present" || echo "no /dev/kvm") (runv's accel verdict decides: see below)"
+echo "qemu:   $(qemu-system-x86_64 --version | head -1)"
+echo "runc:   $(runc --version | head -1)"
+echo "runv:   $("$RUNV" --version)  kernel=$KERNEL initrd=$INITRD"
+echo "date:   $(date -u +%FT%TZ)"
+echo "load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; anything else running on the 2 cores skews every figure)"
+echo
+
+echo "== bare QEMU boot of the same kernel+initrd, runv's command line, to /init (N=$N)"
+"$bt" bareboot -kernel "$KERNEL" -initrd "$INITRD" -n "$N" -print-cmdline | tee "$work/bare.txt"
+bare=$(grep 'RUNV-PROBE-OK' "$work/bare.txt" | median)
+echo
+
+echo "== runc run <busybox bundle> true (N=$N)"
+mkdir -p "$runc_root"
+"$bt" repeat -n "$N" -label "runc run true" -- runc --root "$runc_root" run --bundle "$work/true" rc-{} | tee "$work/runc.txt"
+runc_med=$(median <"$work/runc.txt")
+echo
+
+echo "== runv run <busybox bundle> true, by factory kind (N=$N)"
+declare -A run_med
+for kind in $KINDS; do
+	if ! prepare "$kind" >"$work/why.txt"; then
+		echo "$kind: skipped: $(cat "$work/why.txt")"
+		case $kind in cache*) stop_factory ;; esac
+		continue
+	fi
+	factory_args "$kind"
+	pre=()
+	# A pool serves a burst of its size at once, then refills at boot speed: time each run
+	# with the pool full (the latency a pool gives), and separately back to back.
+	case $kind in cache*) pre=(-pre "$RUNV --root $work/root-$kind manage factory-daemon --status --wait --timeout 5m") ;; esac
+	if "$bt" repeat -n "$N" -label "runv run true [$kind]" "${pre[@]}" -- \
+		"$RUNV" --root "$work/root-$kind" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" {} \
+		>"$work/run-$kind.txt" 2>&1; then
+		cat "$work/run-$kind.txt"
+		run_med[$kind]=$(median <"$work/run-$kind.txt")
+		echo "  median = $(ratio "${run_med[$kind]}" "$bare") the bare boot, $(ratio "${run_med[$kind]}" "$runc_med") runc run"
+	else
+		echo "$kind: failed: $(tail -2 "$work/run-$kind.txt")"
+	fi
+	if [ "$kind" = cache ] && [ -n "${run_med[cache]:-}" ]; then
+		pool_full cache
+		"$bt" repeat -n "$N" -label "runv run true [cache, back to back]" -- \
+			"$RUNV" --root "$work/root-cache" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1
+	fi
+	# Its pool would compete with what follows for the CPUs.
+	case $kind in cache*) stop_factory ;; esac
+done
+echo
+
+# idle_pods ROOT-NAME COUNT KIND: start COUNT detached `sleep` containers; prints how many
+# started; the first failure's message goes to $work/idle-fail.txt.
+idle_pods() {
+	local name=$1 count=$2 i fa
+	factory_args "$3"
+	for ((i = 1; i <= count; i++)); do
+		if ! rv "$name" "${fa[@]}" run -d --bundle "$work/sleep" "idle-$i" </dev/null >/dev/null 2>"$work/idle-fail.txt"; then
+			echo $((i - 1))
+			return
+		fi
+	done
+	echo "$count"
+}
+stop_pods() {
+	local r=$work/root-$1 id
+	for id in $("$RUNV" --root "$r" list -q 2>/dev/null); do
+		"$RUNV" --root "$r" delete -f "$id" >/dev/null 2>&1 &
+	done
+	wait
+}
+
+pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }
+
+echo "== host memory per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS of qemu + pod daemon + shim [+ holder])"
+for kind in direct template cache; do
+	[ -n "${run_med[$kind]:-}" ] || { echo "$kind: skipped (the kind did not run above)"; continue; }
+	name=mem-$kind
+	base=0
+	if [ "$kind" = cache ]; then
+		# The factory daemon and its full pool are a fixed cost: measured first, and taken
+		# off; the pool is full again when the pods are measured.
+		start_factory "$name" true >"$work/why.txt" || { echo "cache: skipped: $(cat "$work/why.txt")"; stop_factory; continue; }
+		baseline=$("$bt" pss -match "$work/root-$name")
+		base=$(echo "$baseline" | pss_total)
+		echo "cache: the factory daemon with its pool of $CACHE_SIZE VMs: $(awk -v t="$base" 'BEGIN{printf "%.1f MiB", t/1024}')  [$baseline]"
+	fi
+	n=$(idle_pods "$name" "$IDLE_PODS" "$kind")
+	if [ "$n" -lt "$IDLE_PODS" ]; then
+		echo "$kind: only $n pods started: $(tail -1 "$work/idle-fail.txt")"
+	fi
+	[ "$kind" = cache ] && pool_full "$name"
+	if [ "$n" -gt 0 ]; then
+		line=$("$bt" pss -match "$work/root-$name")
+		total=$(echo "$line" | pss_total)
+		echo "$kind: $n pods: $(awk -v t="$total" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f MiB per pod, %.1f MiB in all", (t-b)/n/1024, (t-b)/1024}')  [$line]"
+	fi
+	stop_pods "$name"
+	[ "$kind" = cache ] && stop_factory
+done
+echo
+
+if [ "${SKIP_MAX_PODS:-0}" = 1 ]; then
+	echo "== idle pods at once: skipped (SKIP_MAX_PODS=1)"
+else
+	echo "== idle pods at once, direct kind (up to $MAX_PODS)"
+	start=$(date +%s)
+	n=$(idle_pods max "$MAX_PODS" direct)
+	if [ "$n" -lt "$MAX_PODS" ]; then
+		echo "$n pods ran at once; pod $((n + 1)) failed: $(tail -1 "$work/idle-fail.txt")"
+	else
+		echo "all $n pods ran at once (the limit of the test); $(awk '/^MemAvailable/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) still available"
+	fi
+	line=$("$bt" pss -match "$work/root-max")
+	echo "  $line; started in $(($(date +%s) - start)) s"
+	stop_pods max
+fi
+echo
+
+echo "== exec into a running container: runv exec vs runc exec (N=$N)"
+if rv exec run -d --bundle "$work/sleep" ex1 </dev/null >/dev/null 2>"$work/exec-fail.txt"; then
+	if rv exec exec ex1 true </dev/null >/dev/null 2>>"$work/exec-fail.txt"; then
+		"$bt" repeat -n "$N" -label "runv exec true" -- "$RUNV" --root "$work/root-exec" exec ex1 true | tee "$work/rexec.txt"
+	else
+		echo "runv exec: skipped: $(tail -1 "$work/exec-fail.txt")"
+	fi
+	stop_pods exec
+else
+	echo "runv exec: skipped (cannot start the container): $(tail -1 "$work/exec-fail.txt")"
+fi
+runc --root "$runc_root" run -d --bundle "$work/sleep" rcx </dev/null >/dev/null 2>&1 &&
+	"$bt" repeat -n "$N" -label "runc exec true" -- runc --root "$runc_root" exec rcx true | tee "$work/cexec.txt"
+if [ -s "$work/rexec.txt" ] && [ -s "$work/cexec.txt" ]; then
+	echo "  runv exec median = $(ratio "$(median <"$work/rexec.txt")" "$(median <"$work/cexec.txt")") runc exec"
+fi
+echo
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

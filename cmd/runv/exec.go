@@ -1,0 +1,426 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor/state"
+)
+
+// execFailedCode is runc's exit code for an exec that could not be set up ("exec failed:").
+const execFailedCode = 255
+
+var execCommand = &cli.Command{
+	Name:  "exec",
+	Usage: "run a new process inside a container",
+	ArgsUsage: `<container-id> <command> [args...]  ||  -p process.json <container-id>
+
+   The process starts from the container's config.json process (env, user, capabilities,
+   cwd, rlimits...) with <command> as its args and the options below applied, or is read
+   whole from --process. Without --detach runv stays attached: its stdio is the process's,
+   signals it gets are forwarded, and it exits with the process's exit code.`,
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "console-socket", Usage: "unix socket that receives the pty master of a --tty process (with --detach)"},
+		&cli.StringFlag{Name: "pidfd-socket", Usage: "not supported: the process runs in a VM, the host has no pidfd for it"},
+		&cli.StringFlag{Name: "cwd", Usage: "current working directory in the container"},
+		// Repeatable flags whose two names may be mixed on one command line, as runc allows
+		// (`-e A=1 --env B=2`), are two flags each: urfave/cli v2 refuses mixed forms.
+		&cli.StringSliceFlag{Name: "env", Usage: "set an environment variable (NAME=value; repeatable)"},
+		&cli.StringSliceFlag{Name: "e", Usage: "same as --env"},
+		&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "allocate a pseudo-TTY"},
+		&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "UID (format: <uid>[:<gid>])"},
+		&cli.Int64SliceFlag{Name: "additional-gids", Usage: "additional gids (repeatable)"},
+		&cli.Int64SliceFlag{Name: "g", Usage: "same as --additional-gids"},
+		&cli.StringFlag{Name: "process", Aliases: []string{"p"}, Usage: "path to a process.json (an OCI process object)"},
+		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "detach from the process (a shim stands in for it)"},
+		&cli.StringFlag{Name: "pid-file", Usage: "file to write the process id (of the process's shim) to"},
+		&cli.StringFlag{Name: "process-label", Usage: "SELinux label of the process (the guest kernel has no SELinux: refused)"},
+		&cli.StringFlag{Name: "apparmor", Usage: "AppArmor profile of the process (the guest kernel has no AppArmor: refused)"},
+		&cli.BoolFlag{Name: "no-new-privs", Usage: "set the no new privileges value for the process"},
+		&cli.StringSliceFlag{Name: "cap", Usage: "add a capability to the bounding, effective and permitted sets (repeatable)"},
+		&cli.StringSliceFlag{Name: "c", Usage: "same as --cap"},
+		&cli.IntFlag{Name: "preserve-fds", Usage: "accepted for runc compatibility; extra descriptors cannot cross into the VM"},
+		&cli.StringSliceFlag{Name: "cgroup", Usage: "not supported: the container's cgroup is in the VM"},
+		&cli.BoolFlag{Name: "ignore-paused", Usage: "accepted for runc compatibility; a paused container still refuses exec (its cgroup is frozen in the VM)"},
+	},
+	Action: func(c *cli.Context) error {
+		// A command line without a container is a usage error (exit 1); anything that
+		// fails once runv tries to run the process is runc's "exec failed" (exit 255).
+		if c.NArg() < 1 {
+			return usageError("exec", "[options] <container-id> <command> [args...]", "exec needs a container id")
+		}
+		code, err := execProcess(c)
+		switch {
+		case errors.Is(err, errdefs.ErrNotExecutable):
+			// As `run` and a shell do: 127 when the program is missing, 126 when it
+			// cannot run. (runc would exit 255.)
+			printError(fmt.Errorf("exec failed: %w", err))
+			return exitError{notExecutableCode(err)}
+		case err != nil:
+			printError(fmt.Errorf("exec failed: %w", err))
+			return exitError{execFailedCode}
+		case code != 0:
+			return exitError{code}
+		}
+		return nil
+	},
+}
+
+// notExecutableCode is the shell's exit code for a program that could not be run.
+func notExecutableCode(err error) int {
+	if strings.Contains(err.Error(), "permission denied") {
+		return 126
+	}
+	return 127
+}
+
+// newExecID names an exec'd process: unique in its container, and recognisable in logs.
+func newExecID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return "exec-" + hex.EncodeToString(b)
+}
+
+// execProcess runs the exec command and returns the process's exit code (0 when detached).
+func execProcess(c *cli.Context) (int, error) {
+	id := c.Args().First()
+	if err := state.ValidateID(id); err != nil {
+		return 0, err
+	}
+	g, err := globalsFrom(c)
+	if err != nil {
+		return 0, err
+	}
+	if err := unsupportedFlags(c, "pidfd-socket", "cgroup"); err != nil {
+		return 0, err
+	}
+	if n := c.Int("preserve-fds"); n > 0 {
+		logging.G(c.Context).Warn("--preserve-fds ignored: descriptors cannot cross into the VM", "count", n)
+	}
+	rec, err := loadRecord(g.store, id)
+	if err != nil {
+		return 0, err
+	}
+	switch liveState(rec).Status {
+	case state.StatusStopped:
+		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
+	case state.StatusPaused:
+		if !c.Bool("ignore-paused") {
+			return 0, fmt.Errorf("container %q: %w", id, errExecPaused)
+		}
+		return 0, fmt.Errorf("container %q: cannot exec in a paused container: runv cannot start a process in its frozen cgroup, even with --ignore-paused (resume it first): %w", id, errdefs.ErrFailedPrecondition)
+	}
+	p, err := execSpec(c, rec)
+	if err != nil {
+		return 0, err
+	}
+	detach := c.Bool("detach")
+	term, err := prepareTerminal(p, detach, c.String("console-socket"))
+	if err != nil {
+		return 0, err
+	}
+	defer term.Close()
+	pod, err := dialLive(rec)
+	if err != nil {
+		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
+	}
+	defer pod.Close()
+
+	execID := newExecID()
+	ctx := logging.With(c.Context, "container", id, "process", execID)
+	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
+	if term != nil {
+		stdin, stdout, stderr = term.stdio()
+	}
+	stdio, err := pod.sendStdio(stdin, stdout, stderr)
+	if err != nil {
+		return 0, err
+	}
+	spec, err := json.Marshal(p)
+	if err != nil {
+		return 0, fmt.Errorf("encode the process: %w", err)
+	}
+	// Signals are caught from before the process exists, so none sent meanwhile is lost.
+	var att *attachment
+	if !detach {
+		att = newAttachment(pod, id, execID)
+		defer att.Close()
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = pod.api.Exec(rctx, &podapi.ExecRequest{Id: id, Process: execID, ProcessSpec: spec, Stdio: stdio, Console: term.size()})
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("exec in container %q: %w", id, rpcErr(err))
+	}
+	// From here on the process runs: a failure must not leave it behind.
+	fail := func(err error) (int, error) {
+		kctx, cancel := ctxTimeout(10 * time.Second)
+		defer cancel()
+		pod.api.Signal(kctx, &podapi.SignalRequest{Id: id, Process: execID, Signal: int32(unix.SIGKILL)})
+		return 0, err
+	}
+
+	if detach {
+		var ctty *os.File
+		if term != nil {
+			ctty = term.pty.slave
+		}
+		shim, err := spawnShim(g, rec, execID, ctty)
+		if err != nil {
+			return fail(err)
+		}
+		term.closeSlave()
+		if err := term.sendMaster(); err != nil {
+			return fail(err)
+		}
+		if err := recordExec(g.store, id, execID, shim); err != nil {
+			return fail(err)
+		}
+		if pf := c.String("pid-file"); pf != "" {
+			if err := writePidFile(pf, shim.Pid); err != nil {
+				return fail(err)
+			}
+		}
+		return 0, nil
+	}
+
+	// Foreground: runv stands in for the process (its pid is the one a client may signal).
+	term.closeSlave()
+	if term != nil {
+		if att.fg, err = attachForeground(term); err != nil {
+			return fail(err)
+		}
+	}
+	if err := recordExec(g.store, id, execID, state.Self()); err != nil {
+		return fail(err)
+	}
+	if pf := c.String("pid-file"); pf != "" {
+		if err := writePidFile(pf, os.Getpid()); err != nil {
+			return fail(err)
+		}
+	}
+	return att.wait(ctx)
+}
+
+// execSpec builds the exec'd process as runc does: read whole from --process, or the
+// container's config.json process with the command line's args and overrides.
+func execSpec(c *cli.Context, rec *state.Container) (*specs.Process, error) {
+	if path := c.String("process"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--process: %w", err)
+		}
+		var p specs.Process
+		if err := json.Unmarshal(b, &p); err != nil {
+			return nil, fmt.Errorf("--process %s is not an OCI process object: %v: %w", path, err, errdefs.ErrInvalidArgument)
+		}
+		return &p, validateProcess(&p, "--process "+path)
+	}
+	if c.NArg() < 2 {
+		return nil, usageError("exec", "[options] <container-id> <command> [args...]", "exec args cannot be empty: name the command to run in container %q (or pass --process)", rec.ID)
+	}
+	if rec.Spec == nil || rec.Spec.Process == nil {
+		return nil, fmt.Errorf("container %q has no recorded process to start from; pass --process: %w", rec.ID, errdefs.ErrFailedPrecondition)
+	}
+	b, _ := json.Marshal(rec.Spec.Process)
+	var p specs.Process // a deep copy: the record's spec stays as created
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("copy the process of container %q: %w", rec.ID, err)
+	}
+	p.Args = c.Args().Slice()[1:]
+	if cwd := c.String("cwd"); cwd != "" {
+		p.Cwd = cwd
+	}
+	if l := c.String("apparmor"); l != "" {
+		p.ApparmorProfile = l
+	}
+	if l := c.String("process-label"); l != "" {
+		p.SelinuxLabel = l
+	}
+	if caps := append(c.StringSlice("cap"), c.StringSlice("c")...); len(caps) > 0 {
+		if p.Capabilities == nil {
+			p.Capabilities = &specs.LinuxCapabilities{}
+		}
+		for _, cp := range caps {
+			cp = strings.ToUpper(cp)
+			if !strings.HasPrefix(cp, "CAP_") {
+				cp = "CAP_" + cp
+			}
+			p.Capabilities.Bounding = append(p.Capabilities.Bounding, cp)
+			p.Capabilities.Effective = append(p.Capabilities.Effective, cp)
+			p.Capabilities.Permitted = append(p.Capabilities.Permitted, cp)
+			// As runc: ambient only when the spec has inheritable bits to go with it.
+			if p.Capabilities.Inheritable != nil {
+				p.Capabilities.Ambient = append(p.Capabilities.Ambient, cp)
+			}
+		}
+	}
+	p.Env = append(append(p.Env, c.StringSlice("env")...), c.StringSlice("e")...)
+	// As runc: no terminal unless asked for, whatever config.json says.
+	p.Terminal = c.Bool("tty")
+	p.ConsoleSize = nil
+	if c.IsSet("no-new-privs") {
+		p.NoNewPrivileges = c.Bool("no-new-privs")
+	}
+	if u := c.String("user"); u != "" {
+		uid, gid, hasGID := strings.Cut(u, ":")
+		n, err := strconv.ParseUint(uid, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--user %q: bad uid %q: use <uid>[:<gid>] with numbers: %w", u, uid, errdefs.ErrInvalidArgument)
+		}
+		p.User.UID = uint32(n)
+		if hasGID {
+			n, err := strconv.ParseUint(gid, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("--user %q: bad gid %q: use <uid>[:<gid>] with numbers: %w", u, gid, errdefs.ErrInvalidArgument)
+			}
+			p.User.GID = uint32(n)
+		}
+	}
+	for _, gid := range append(c.Int64Slice("additional-gids"), c.Int64Slice("g")...) {
+		if gid < 0 || gid > 1<<32-1 {
+			return nil, fmt.Errorf("--additional-gids %d: must be a gid, 0 to 4294967295: %w", gid, errdefs.ErrInvalidArgument)
+		}
+		p.User.AdditionalGids = append(p.User.AdditionalGids, uint32(gid))
+	}
+	return &p, validateProcess(&p, "exec")
+}
+
+// validateProcess is runc's validateProcessSpec, plus what the guest cannot do.
+func validateProcess(p *specs.Process, where string) error {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %s: %w", where, fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+	}
+	switch {
+	case len(p.Args) == 0:
+		return invalid("args must not be empty")
+	case p.Cwd == "":
+		return invalid("cwd must not be empty")
+	case !filepath.IsAbs(p.Cwd):
+		return invalid("cwd %q must be an absolute path", p.Cwd)
+	case p.SelinuxLabel != "":
+		return invalid("selinux label %q is specified, but the guest kernel has no SELinux", p.SelinuxLabel)
+	case p.ApparmorProfile != "":
+		return invalid("apparmor profile %q is specified, but the guest kernel has no AppArmor", p.ApparmorProfile)
+	}
+	return nil
+}
+
+// recordExec adds an exec'd process's host stand-in to the container's record (for ps,
+// and for delete to reap), dropping those that have exited.
+func recordExec(store *state.Store, id, execID string, p state.Process) error {
+	h, err := store.Lock(id)
+	if err != nil {
+		return err
+	}
+	defer h.Unlock()
+	rec, err := h.Load()
+	if err != nil {
+		return err
+	}
+	for k, v := range rec.Exec {
+		if !v.Alive() {
+			delete(rec.Exec, k)
+		}
+	}
+	if rec.Exec == nil {
+		rec.Exec = map[string]state.Process{}
+	}
+	rec.Exec[execID] = p
+	return h.Save(rec)
+}
+
+// execProcesses returns the recorded host stand-ins of a container's exec'd processes,
+// ordered by exec id.
+func execProcesses(rec *state.Container) []state.Process {
+	ids := make([]string, 0, len(rec.Exec))
+	for id := range rec.Exec {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	out := make([]state.Process, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, rec.Exec[id])
+	}
+	return out
+}
+
+// attachment stands in for a process in the VM while it runs in the foreground (run, exec
+// without -d): it forwards the signals runv receives, carries the user's terminal size
+// into the VM, and waits for the exit.
+type attachment struct {
+	pod         *podConn
+	id, process string
+	sigs, winch chan os.Signal
+	fg          *foreground // set for a terminal process
+}
+
+// newAttachment starts catching signals; call it before the process starts.
+func newAttachment(pod *podConn, id, process string) *attachment {
+	a := &attachment{pod: pod, id: id, process: process, sigs: make(chan os.Signal, 64), winch: make(chan os.Signal, 1)}
+	signal.Notify(a.sigs)
+	signal.Notify(a.winch, unix.SIGWINCH)
+	return a
+}
+
+// wait returns the process's exit code once it exited and its output was delivered.
+func (a *attachment) wait(ctx context.Context) (int, error) {
+	stop := make(chan struct{})
+	defer close(stop)
+	go forwardSignals(a.pod, a.id, a.process, a.sigs, stop)
+	if a.fg != nil {
+		// The initial size went with the request; this follows the user's later resizes.
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-a.winch:
+					a.fg.resize(ctx, a.pod, a.id, a.process)
+				}
+			}
+		}()
+	}
+	w, err := a.pod.api.Wait(ctx, &podapi.ProcessRequest{Id: a.id, Process: a.process})
+	if err != nil {
+		return 137, fmt.Errorf("wait for process %q of container %q: %w", procName(a.process), a.id, rpcErr(err))
+	}
+	if w.Error != "" {
+		a.fg.Close() // restore the terminal before printing
+		fmt.Fprintf(os.Stderr, "runv: container %q process %q: %s\n", a.id, procName(a.process), w.Error)
+	}
+	return int(w.ExitCode), nil
+}
+
+// Close stops catching signals and restores the user's terminal.
+func (a *attachment) Close() {
+	signal.Stop(a.sigs)
+	signal.Stop(a.winch)
+	a.fg.Close()
+	a.fg = nil
+}
+
+func procName(p string) string {
+	if p == "" {
+		return "init"
+	}
+	return p
+}

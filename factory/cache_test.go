@@ -1,0 +1,391 @@
+package factory
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/runv-project/runv/hypervisor"
+)
+
+// fakeVM is a VM that exists only in memory.
+type fakeVM struct {
+	id       string
+	dir      string
+	done     chan struct{}
+	killOnce sync.Once
+
+	mu   sync.Mutex
+	cpus int
+	mem  int
+}
+
+func newFakeVM(req Request) *fakeVM {
+	return &fakeVM{id: req.ID, dir: req.Dir, done: make(chan struct{}), cpus: req.CPUs, mem: req.MemoryMiB}
+}
+
+func (v *fakeVM) ID() string { return v.id }
+func (v *fakeVM) Pid() int   { return 0 }
+func (v *fakeVM) Channels(context.Context) (*hypervisor.Channels, error) {
+	return nil, errors.New("fake")
+}
+func (v *fakeVM) Done() <-chan struct{}          { return v.done }
+func (v *fakeVM) Shutdown(context.Context) error { return v.Kill() }
+func (v *fakeVM) Kill() error                    { v.killOnce.Do(func() { close(v.done) }); return nil }
+func (v *fakeVM) ConsoleLog() string             { return filepath.Join(v.dir, "console.log") }
+func (v *fakeVM) Accel() string                  { return hypervisor.AccelTCG }
+func (v *fakeVM) killed() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// growableVM is a fakeVM that can be hot-plugged.
+type growableVM struct{ *fakeVM }
+
+func (v growableVM) HotplugCPUs(_ context.Context, total int) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cpus = total
+	return nil
+}
+
+func (v growableVM) HotplugMemory(_ context.Context, total int) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.mem = total
+	return nil
+}
+
+// fakeFactory hands out fake VMs and records what it was asked.
+type fakeFactory struct {
+	name     string
+	growable bool
+
+	mu   sync.Mutex
+	fail error
+	reqs []Request
+	vms  []*fakeVM
+}
+
+func (f *fakeFactory) GetVM(_ context.Context, req Request) (hypervisor.VM, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reqs = append(f.reqs, req)
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	if _, err := os.Stat(req.Dir); err != nil {
+		return nil, err
+	}
+	vm := newFakeVM(req)
+	f.vms = append(f.vms, vm)
+	if f.growable {
+		return growableVM{vm}, nil
+	}
+	return vm, nil
+}
+
+func (f *fakeFactory) Name() string { return f.name }
+func (f *fakeFactory) Close() error { return nil }
+
+func (f *fakeFactory) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reqs)
+}
+
+func (f *fakeFactory) vm(i int) *fakeVM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.vms[i]
+}
+
+func (f *fakeFactory) setFail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = err
+}
+
+func waitFull(t *testing.T, c *Cache) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// podDirs makes a requester's VM and (empty) share directories, as the supervisor does.
+func podDirs(t *testing.T, id string) Request {
+	t.Helper()
+	base := t.TempDir()
+	req := Request{ID: id, Dir: filepath.Join(base, "vm"), ShareDir: filepath.Join(base, "share")}
+	for _, d := range []string{req.Dir, req.ShareDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return req
+}
+
+func newTestCache(t *testing.T, base Factory, cfg CacheConfig) *Cache {
+	t.Helper()
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(t.TempDir(), "pool")
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs, cfg.MemoryMiB = 1, 128
+	}
+	c, err := NewCache(context.Background(), base, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestCacheHandsOutPooledVMAndRefills(t *testing.T) {
+	base := &fakeFactory{name: KindDirect}
+	c := newTestCache(t, base, CacheConfig{Size: 2})
+	waitFull(t, c)
+	if n := base.count(); n != 2 {
+		t.Fatalf("base asked for %d VMs, want 2", n)
+	}
+	base.mu.Lock()
+	reqs := append([]Request(nil), base.reqs...)
+	base.mu.Unlock()
+	for _, r := range reqs {
+		if r.CPUs != 1 || r.MemoryMiB != 128 || len(r.KernelParams) != 0 {
+			t.Errorf("pooled VM requested as %+v", r)
+		}
+	}
+	for _, r := range reqs {
+		if err := os.WriteFile(filepath.Join(r.ShareDir, r.ID), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	req := podDirs(t, "pod1")
+	vm, err := c.GetVM(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.ID() != "pod1" || Grown(vm) || Restored(vm) {
+		t.Errorf("handed out %s grown=%v restored=%v", vm.ID(), Grown(vm), Restored(vm))
+	}
+	// The pooled share is now the pod's: what the guest sees is what the pod mounts there.
+	pooledName := vm.(*CachedVM).Pooled
+	if _, err := os.Stat(filepath.Join(req.ShareDir, pooledName)); err != nil {
+		t.Errorf("share not moved to the request's: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(c.cfg.Dir, pooledName, "share")); !os.IsNotExist(err) {
+		t.Errorf("pooled share still there: %v", err)
+	}
+	waitFull(t, c)
+	if n := base.count(); n != 3 {
+		t.Errorf("base asked for %d VMs after one hand-out, want 3", n)
+	}
+
+	// Close kills what waits in the pool, not what was handed out.
+	handed := vm.(*CachedVM).Unwrap().(*fakeVM)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	base.mu.Lock()
+	vms := append([]*fakeVM(nil), base.vms...)
+	base.mu.Unlock()
+	for _, v := range vms {
+		if v == handed {
+			if v.killed() {
+				t.Error("Close killed a handed-out VM")
+			}
+			continue
+		}
+		if !v.killed() {
+			t.Errorf("pooled VM %s survived Close", v.id)
+		}
+	}
+	if entries, _ := os.ReadDir(c.cfg.Dir); len(entries) != 1 {
+		t.Errorf("pool directory after Close holds %d entries, want only the handed-out VM's", len(entries))
+	}
+	if _, err := c.GetVM(context.Background(), podDirs(t, "late")); !errors.Is(err, ErrClosed) {
+		t.Errorf("GetVM after Close: %v", err)
+	}
+	// The handed-out VM's directory goes once it exits; its logs move to the pod's.
+	os.WriteFile(filepath.Join(c.cfg.Dir, handed.id, "console.log"), []byte("bye"), 0o644)
+	handed.Kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(req.Dir, "console.log")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("console log not moved to the pod's VM directory")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCacheSizeClasses(t *testing.T) {
+	base := &fakeFactory{name: KindDirect, growable: true}
+	fallback := &fakeFactory{name: "fallback"}
+	c := newTestCache(t, base, CacheConfig{Size: 1, CPUs: 1, MemoryMiB: 128, MaxCPUs: 4, MaxMemoryMiB: 1024, Fallback: fallback})
+	waitFull(t, c)
+
+	// Smaller than the pooled VMs: a pooled one.
+	small := podDirs(t, "small")
+	small.MemoryMiB = 64
+	vm, err := c.GetVM(context.Background(), small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if Grown(vm) || fallback.count() != 0 {
+		t.Errorf("small request: grown=%v fallback=%d", Grown(vm), fallback.count())
+	}
+
+	// Bigger but within the hot-plug limits: a pooled one, grown.
+	waitFull(t, c)
+	big := podDirs(t, "big")
+	big.CPUs, big.MemoryMiB = 2, 512
+	vm, err = c.GetVM(context.Background(), big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := vm.(*CachedVM).Unwrap().(growableVM)
+	if !Grown(vm) || g.cpus != 2 || g.mem != 512 || fallback.count() != 0 {
+		t.Errorf("big request: grown=%v to %d vCPUs %d MiB, fallback=%d", Grown(vm), g.cpus, g.mem, fallback.count())
+	}
+
+	// Beyond the limits, or with kernel parameters: the fallback.
+	huge := podDirs(t, "huge")
+	huge.CPUs = 8
+	params := podDirs(t, "params")
+	params.KernelParams = []string{"x=1"}
+	for _, req := range []Request{huge, params} {
+		if _, err := c.GetVM(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fallback.count() != 2 {
+		t.Errorf("fallback served %d requests, want 2", fallback.count())
+	}
+}
+
+func TestCacheNotGrowableGoesToFallback(t *testing.T) {
+	base := &fakeFactory{name: KindDirect} // its VMs do not implement Hotplugger
+	fallback := &fakeFactory{name: "fallback"}
+	c := newTestCache(t, base, CacheConfig{Size: 1, CPUs: 1, MemoryMiB: 128, MaxCPUs: 4, MaxMemoryMiB: 1024, Fallback: fallback})
+	waitFull(t, c)
+	req := podDirs(t, "big")
+	req.CPUs = 2
+	vm, err := c.GetVM(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fallback.count() != 1 || Grown(vm) {
+		t.Errorf("fallback=%d grown=%v", fallback.count(), Grown(vm))
+	}
+	// The VM that could not grow was killed, and the pool refills.
+	if !base.vm(0).killed() {
+		t.Error("half-grown pooled VM not killed")
+	}
+	waitFull(t, c)
+}
+
+func TestCacheReplacesDeadPooledVM(t *testing.T) {
+	base := &fakeFactory{name: KindDirect}
+	c := newTestCache(t, base, CacheConfig{Size: 1})
+	waitFull(t, c)
+	base.vm(0).Kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for base.count() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("dead pooled VM not replaced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitFull(t, c)
+	vm, err := c.GetVM(context.Background(), podDirs(t, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.(*CachedVM).Unwrap() != base.vm(1) {
+		t.Error("handed out the dead VM")
+	}
+}
+
+func TestCacheFailingBase(t *testing.T) {
+	boom := errors.New("boom")
+	base := &fakeFactory{name: KindDirect, fail: boom}
+	fallback := &fakeFactory{name: "fallback"}
+	c := newTestCache(t, base, CacheConfig{Size: 1, Fallback: fallback})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.WaitFull(ctx); !errors.Is(err, boom) {
+		t.Fatalf("WaitFull: %v, want the refill error", err)
+	}
+	if st := c.Status(); st.Ready != 0 || st.LastErr == "" {
+		t.Errorf("status %+v", st)
+	}
+	// With nothing coming, a request does not wait for the pool.
+	if _, err := c.GetVM(ctx, podDirs(t, "p")); err != nil {
+		t.Fatal(err)
+	}
+	if fallback.count() != 1 {
+		t.Errorf("fallback served %d", fallback.count())
+	}
+	// Once the base works again the pool fills (after its backoff).
+	base.setFail(nil)
+	waitCtx, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	for c.Status().Ready == 0 {
+		select {
+		case <-waitCtx.Done():
+			t.Fatal("pool did not recover")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func TestCacheShareMoveFailureKeepsVM(t *testing.T) {
+	base := &fakeFactory{name: KindDirect}
+	fallback := &fakeFactory{name: "fallback"}
+	c := newTestCache(t, base, CacheConfig{Size: 1, Fallback: fallback})
+	waitFull(t, c)
+	req := podDirs(t, "p")
+	// A share that is not empty cannot be replaced: the pooled VM stays in the pool.
+	if err := os.WriteFile(filepath.Join(req.ShareDir, "busy"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetVM(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if fallback.count() != 1 || base.vm(0).killed() || c.Status().Ready < 1 {
+		t.Errorf("fallback=%d killed=%v status=%+v", fallback.count(), base.vm(0).killed(), c.Status())
+	}
+}
+
+func TestCacheConfigErrors(t *testing.T) {
+	base := &fakeFactory{}
+	for _, cfg := range []CacheConfig{
+		{Size: 0, Dir: "/x", CPUs: 1, MemoryMiB: 128},
+		{Size: 1, CPUs: 1, MemoryMiB: 128},
+		{Size: 1, Dir: "/x"},
+		{Size: 1, Dir: "/x", CPUs: 2, MemoryMiB: 128, MaxCPUs: 1},
+	} {
+		if _, err := NewCache(context.Background(), base, cfg); err == nil {
+			t.Errorf("%+v accepted", cfg)
+		}
+	}
+	if _, err := NewCache(context.Background(), nil, CacheConfig{Size: 1, Dir: "/x", CPUs: 1, MemoryMiB: 1}); err == nil {
+		t.Error("nil base accepted")
+	}
+}

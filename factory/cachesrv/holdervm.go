@@ -1,0 +1,176 @@
+package cachesrv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/hypervisor/qemu"
+)
+
+// Limits of driving a holder.
+const (
+	// killOpTimeout bounds the kill op before the holder itself is killed.
+	killOpTimeout = 2 * time.Second
+	// holderExitWait bounds the wait for a holder to exit once its VM is gone.
+	holderExitWait = 10 * time.Second
+	// dialTimeout bounds dialling the VM's channels (QEMU listens from its start).
+	dialTimeout = 5 * time.Second
+)
+
+// holderVM is a VM held by a holder process, driven through holder.sock and QEMU's
+// sockets in the VM's directory. The factory daemon has one per pooled VM (the holder is
+// its child); a pod daemon has one for the VM it was handed (the holder is not its child:
+// its exit is seen through a pidfd).
+type holderVM struct {
+	id    string
+	info  VMInfo
+	proc  *proc
+	files qemu.VMFiles
+	grown bool
+
+	mu            sync.Mutex
+	channelsTaken bool
+}
+
+var (
+	_ hypervisor.VM         = (*holderVM)(nil)
+	_ hypervisor.Hotplugger = (*holderVM)(nil)
+)
+
+func newHolderVM(id string, info VMInfo, p *proc) *holderVM {
+	return &holderVM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown}
+}
+
+func (v *holderVM) ID() string            { return v.id }
+func (v *holderVM) Pid() int              { return v.info.QEMUPid }
+func (v *holderVM) Done() <-chan struct{} { return v.proc.done }
+func (v *holderVM) Accel() string         { return v.info.Accel }
+
+// socket is holder.sock, which moves with the VM's directory on adopt.
+func (v *holderVM) socket() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return filepath.Join(v.info.Dir, HolderSocket)
+}
+
+func (v *holderVM) ConsoleLog() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.files.Console
+}
+
+// Restored is true: the agent was brought up and parked by the holder before the hand-out,
+// so no READY is to be waited for (the agent may send one when the pod daemon connects;
+// the client ignores it).
+func (v *holderVM) Restored() bool { return true }
+
+// Grown reports whether CPUs or memory were hot-plugged for the request.
+func (v *holderVM) Grown() bool { return v.grown }
+
+// HolderPid is the holder process's pid.
+func (v *holderVM) HolderPid() int { return v.info.HolderPid }
+
+// Channels dials the control and stream channels' sockets.
+func (v *holderVM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.channelsTaken {
+		return nil, fmt.Errorf("vm %s: channels already taken: %w", v.id, errdefs.ErrFailedPrecondition)
+	}
+	if !v.proc.alive() {
+		return nil, fmt.Errorf("vm %s: channels: %w", v.id, hypervisor.ErrVMExited)
+	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	var d net.Dialer
+	// QEMU's chardev servers take one client at a time: the holder disconnected after
+	// parking the agent, so these are the VM's only connections.
+	ctl, err := d.DialContext(ctx, "unix", v.files.Control)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: control channel: %w", v.id, err)
+	}
+	stream, err := d.DialContext(ctx, "unix", v.files.Stream)
+	if err != nil {
+		ctl.Close()
+		return nil, fmt.Errorf("vm %s: stream channel: %w", v.id, err)
+	}
+	v.channelsTaken = true
+	return &hypervisor.Channels{Control: ctl, Stream: stream}, nil
+}
+
+// Shutdown has the holder shut the VM down (power button, quit, kill; see
+// hypervisor.VM) within ctx, and returns once the holder exited.
+func (v *holderVM) Shutdown(ctx context.Context) error {
+	if !v.proc.alive() {
+		return nil
+	}
+	if _, err := call(ctx, v.socket(), request{Op: opShutdown}); err != nil && v.proc.alive() {
+		return v.Kill()
+	}
+	return v.waitExit()
+}
+
+// Kill has the holder kill the VM, or kills the holder (and with it QEMU, whose Pdeathsig
+// points at the holder) if it does not answer, and returns once the holder exited.
+func (v *holderVM) Kill() error {
+	if !v.proc.alive() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), killOpTimeout)
+	_, err := call(ctx, v.socket(), request{Op: opKill})
+	cancel()
+	if err != nil {
+		v.proc.kill()
+	}
+	return v.waitExit()
+}
+
+func (v *holderVM) waitExit() error {
+	select {
+	case <-v.proc.done:
+		return nil
+	case <-time.After(holderExitWait):
+		v.proc.kill()
+		select {
+		case <-v.proc.done:
+			return nil
+		case <-time.After(holderExitWait):
+			return fmt.Errorf("vm %s: holder %d still running after SIGKILL", v.id, v.proc.pid)
+		}
+	}
+}
+
+// HotplugCPUs has the holder plug vCPUs (see hypervisor.Hotplugger).
+func (v *holderVM) HotplugCPUs(ctx context.Context, total int) error {
+	if _, err := call(ctx, v.socket(), request{Op: opGrow, CPUs: total}); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	return nil
+}
+
+// HotplugMemory has the holder plug memory (see hypervisor.Hotplugger).
+func (v *holderVM) HotplugMemory(ctx context.Context, totalMiB int) error {
+	if _, err := call(ctx, v.socket(), request{Op: opGrow, MemoryMiB: totalMiB}); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	return nil
+}
+
+// adopt hands the VM to pod daemon pid, moving its directory onto dir.
+func (v *holderVM) adopt(ctx context.Context, pid int, dir string) (VMInfo, error) {
+	resp, err := call(ctx, v.socket(), request{Op: opAdopt, Pid: pid, Dir: dir})
+	if err != nil {
+		return VMInfo{}, fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	v.mu.Lock()
+	v.info = *resp.VM
+	v.files = qemu.FilesIn(v.info.Dir)
+	v.mu.Unlock()
+	return *resp.VM, nil
+}

@@ -1,0 +1,203 @@
+// Package cachesrv hands pooled VMs across processes: `runv manage factory-daemon` keeps
+// pools of ready VMs (factory.Cache) and gives one to each pod daemon that asks; the pod
+// daemon then owns it.
+//
+// # Processes
+//
+//	factory daemon ──(Pdeathsig)──▶ holder ──(Pdeathsig)──▶ qemu      pooled VM
+//	factory daemon ─ ─ ─ ─ ─ ─ ─ ▶ holder ──(Pdeathsig)──▶ qemu      handed out to pod daemon P
+//	                                  └── watches P (pidfd): P gone → qemu killed
+//
+// Every pooled VM is held by a small process of its own, a holder (`runv manage
+// factory-daemon --hold DIR`), that boots it with the base factory (direct or template) and
+// is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
+// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod
+// daemon P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig
+// and watches P through a pidfd instead. From then on the VM lives exactly as long as P
+// (or until P shuts it down), as a directly booted VM lives as long as its pod daemon;
+// restarting or killing the factory daemon no longer affects it. The factory daemon stays
+// the holder's parent only to reap it.
+//
+// Why a holder process rather than handing QEMU itself over: QEMU's Pdeathsig points at the
+// thread that forked it and cannot be changed from outside, and Linux has no way to
+// re-parent a process to another one. A VM forked by the factory daemon would die with the
+// factory daemon, handed out or not.
+//
+// # Files
+//
+// A pooled VM lives in <root>/@factory/<pool>/<vm>/: holder.sock, holder.log and QEMU's
+// files (qmp.sock, ctl.sock, stream.sock, console.log, ...), its 9p share in share/. On
+// hand-out the share directory is renamed onto the pod's share directory and then the
+// VM's directory onto the pod's vm/ directory, so a handed-out VM's files are where a
+// directly booted VM's are. QEMU keeps serving both: it resolves 9p paths from a descriptor
+// of the directory it opened, and unix sockets are found by inode once dialled.
+//
+// # Protocol
+//
+// One JSON request and one JSON response per unix-socket connection, both on
+// <root>/@factory/factory.sock (ops get, status) and on a holder's holder.sock (ops info,
+// adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
+// socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
+package cachesrv
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+)
+
+// Names under the factory daemon's directory and a pooled VM's directory.
+const (
+	// Dir is the factory daemon's directory under the state root. "@" keeps it apart from
+	// container ids, as state.PodsDir.
+	Dir = "@factory"
+	// Socket is the factory daemon's socket in Dir.
+	Socket = "factory.sock"
+	// HolderSocket and HolderLog are in each pooled VM's directory.
+	HolderSocket = "holder.sock"
+	HolderLog    = "holder.log"
+)
+
+// Ops.
+const (
+	opGet      = "get"
+	opStatus   = "status"
+	opInfo     = "info"
+	opAdopt    = "adopt"
+	opGrow     = "grow"
+	opShutdown = "shutdown"
+	opKill     = "kill"
+)
+
+// request is every op's message; each op uses some fields.
+type request struct {
+	Op string `json:"op"`
+	// get: the VM a pod needs. Dir and ShareDir are the pod's, and must be empty.
+	ID        string `json:"id,omitempty"`
+	Dir       string `json:"dir,omitempty"`
+	ShareDir  string `json:"shareDir,omitempty"`
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memoryMiB,omitempty"`
+	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
+	// directory moves.
+	Pid int `json:"pid,omitempty"`
+	// status: wait until every pool is full (or a refill failed).
+	Wait bool `json:"wait,omitempty"`
+	// TimeoutMs bounds the op on the serving side (get, status wait, shutdown).
+	TimeoutMs int64 `json:"timeoutMs,omitempty"`
+}
+
+// response is every op's answer.
+type response struct {
+	Error string `json:"error,omitempty"`
+	// Code is the errdefs class of Error, as a gRPC code (errdefs maps them both ways).
+	Code   codes.Code `json:"code,omitempty"`
+	VM     *VMInfo    `json:"vm,omitempty"`
+	Status *Status    `json:"status,omitempty"`
+}
+
+// VMInfo describes a held VM.
+type VMInfo struct {
+	// ID is the VM's name: the pool's name while pooled, the pod's once handed out.
+	ID string `json:"id"`
+	// Dir is the VM's directory (QEMU's files and holder.sock).
+	Dir       string `json:"dir"`
+	QEMUPid   int    `json:"qemuPid"`
+	HolderPid int    `json:"holderPid"`
+	Accel     string `json:"accel"`
+	// Restored: a template clone (see factory.Restored).
+	Restored bool `json:"restored,omitempty"`
+	// Grown: CPUs or memory were hot-plugged for the request (see factory.Grown).
+	Grown bool `json:"grown,omitempty"`
+	// Owner is the pid of the pod daemon the VM was handed to (0 while pooled).
+	Owner int `json:"owner,omitempty"`
+}
+
+// Status is the factory daemon's state.
+type Status struct {
+	Pid   int          `json:"pid"`
+	Pools []PoolStatus `json:"pools"`
+}
+
+// PoolStatus is one pool.
+type PoolStatus struct {
+	Name         string `json:"name"`
+	Kind         string `json:"kind"` // the base kind: direct or template
+	CPUs         int    `json:"cpus"`
+	MemoryMiB    int    `json:"memoryMiB"`
+	MaxCPUs      int    `json:"maxCPUs,omitempty"`
+	MaxMemoryMiB int    `json:"maxMemoryMiB,omitempty"`
+	factory.CacheStatus
+}
+
+func errResponse(err error) response {
+	st, _ := status.FromError(errdefs.ToGRPC(err))
+	return response{Error: err.Error(), Code: st.Code()}
+}
+
+func (r response) err() error {
+	if r.Error == "" {
+		return nil
+	}
+	return errdefs.FromGRPC(status.Error(r.Code, r.Error))
+}
+
+// call sends one request to the socket at path and returns the answer (or its error).
+func call(ctx context.Context, path string, req request) (response, error) {
+	if dl, ok := ctx.Deadline(); ok && req.TimeoutMs == 0 {
+		req.TimeoutMs = time.Until(dl).Milliseconds()
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return response{}, fmt.Errorf("%s: %w", req.Op, err)
+	}
+	defer conn.Close()
+	// The connection dies with ctx: a server that hangs does not hang us.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
+	}
+	var resp response
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+		if ctx.Err() != nil {
+			return response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
+		}
+		return response{}, fmt.Errorf("%s: read answer from %s: %w: %w", req.Op, path, err, errdefs.ErrUnavailable)
+	}
+	if err := resp.err(); err != nil {
+		return resp, fmt.Errorf("%s: %w", req.Op, err)
+	}
+	return resp, nil
+}
+
+// opContext is the serving side's context for a request: its timeout, within parent.
+func opContext(parent context.Context, req request, def time.Duration) (context.Context, context.CancelFunc) {
+	d := def
+	if req.TimeoutMs > 0 {
+		d = time.Duration(req.TimeoutMs) * time.Millisecond
+	}
+	return context.WithTimeout(parent, d)
+}
+
+// serveConn reads one request from conn, answers it with handle, and closes conn.
+func serveConn(conn net.Conn, handle func(net.Conn, request) response) {
+	defer conn.Close()
+	var req request
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+		json.NewEncoder(conn).Encode(errResponse(fmt.Errorf("bad request: %v: %w", err, errdefs.ErrInvalidArgument)))
+		return
+	}
+	json.NewEncoder(conn).Encode(handle(conn, req))
+}

@@ -1,0 +1,366 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
+)
+
+// Templates follow notes/guest-boot.md section 4, measured on our machines:
+//
+//   - the template boots with its RAM in a memory-backend-file on tmpfs, share=on, so the
+//     RAM ends up in that file; once its agent is parked (host disconnected, guest waiting
+//     for a reconnect) QEMU stops it and migrates with x-ignore-shared to "exec:cat > state":
+//     the state file then holds the device state only (~100 KB), not the RAM;
+//   - a clone runs the same command line with share=off (a private copy-on-write mapping of
+//     the template's RAM file: clones never write into it), its own sockets and share
+//     directory, no kernel, and "-incoming defer"; x-ignore-shared must be set on this side
+//     too, which QEMU 7.2 only allows over QMP, then migrate-incoming, wait for "paused",
+//     and cont.
+//
+// Completion is polled over QMP against a deadline, never slept on.
+
+const (
+	// DefaultParkTimeout bounds the template VM's boot until its guest is parked.
+	DefaultParkTimeout = 60 * time.Second
+	// pollTemplate and pollClone are the QMP polling periods while a migration runs: saving
+	// takes 10-20 ms, loading a clone's state a few ms, and the clone is on a pod's critical
+	// path.
+	pollTemplate = 5 * time.Millisecond
+	pollClone    = time.Millisecond
+)
+
+// forbiddenTemplateParams are kernel parameters with which a template cannot work.
+var forbiddenTemplateParams = map[string]string{
+	// Measured twice: a clone of a guest ticking on the PIT never wakes up.
+	"nolapic_timer": "a clone of a guest with nolapic_timer never wakes up",
+}
+
+var _ hypervisor.Templater = (*Launcher)(nil)
+
+// templateLaunch adds template creation's steps to a launch.
+type templateLaunch struct {
+	*launch
+	snap hypervisor.Snapshot
+	park hypervisor.ParkFunc
+}
+
+// CreateTemplate implements hypervisor.Templater.
+func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, snap hypervisor.Snapshot, park hypervisor.ParkFunc) (hypervisor.Snapshot, error) {
+	ln := &launch{l: l, cfg: withDefaults(cfg), log: logging.G(ctx).With("vm", cfg.ID, "template", true),
+		memFile: snap.Memory, memShared: true}
+	t := &templateLaunch{launch: ln, snap: snap, park: park}
+	created := false // the memory file is ours to remove on failure
+	err := runSteps(ctx, ln.log, []step{
+		{"validate", func(ctx context.Context) error {
+			if err := t.validateTemplate(); err != nil {
+				return err
+			}
+			return ln.validate(ctx)
+		}},
+		{"resolve-accel", ln.resolveAccel},
+		{"resolve-machine", t.resolveMachine},
+		{"build-args", ln.buildArgs},
+		{"start-process", func(ctx context.Context) error {
+			created = true
+			return ln.startProcess(ctx)
+		}},
+		{"connect-qmp", ln.connectQMP},
+		{"query-status", ln.queryStatus},
+		{"park-guest", t.parkGuest},
+		{"stop", func(ctx context.Context) error { return t.qmp(ctx, "stop", nil, nil) }},
+		{"save-state", t.saveState},
+		{"quit", t.quit},
+	})
+	if err != nil {
+		ln.teardown()
+		if created {
+			os.Remove(snap.Memory)
+			os.Remove(snap.State)
+		}
+		return hypervisor.Snapshot{}, fmt.Errorf("create template from vm %s: %w", cfg.ID, err)
+	}
+	t.snap.Accel, t.snap.MachineType = ln.accel, ln.machineType
+	return t.snap, nil
+}
+
+func (t *templateLaunch) validateTemplate() error {
+	if t.park == nil {
+		return invalidf("template without a park function: nothing would tell when the guest is idle")
+	}
+	for _, p := range t.cfg.KernelParams {
+		if why, bad := forbiddenTemplateParams[p]; bad {
+			return invalidf("kernel parameter %s cannot be used for templates: %s", p, why)
+		}
+	}
+	for what, path := range map[string]string{"memory": t.snap.Memory, "state": t.snap.State} {
+		if path == "" {
+			return invalidf("template without a %s file", what)
+		}
+		// Never write into an existing file: clones may map it (MAP_PRIVATE shows later
+		// writes in pages they have not copied yet). Templates are replaced by rename.
+		if _, err := os.Lstat(path); err == nil {
+			return classify(fmt.Errorf("template %s file %s already exists: templates are never overwritten in place", what, path), errdefs.ErrAlreadyExists)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("template %s file: %w", what, err)
+		}
+		if err := checkDir("template directory", filepath.Dir(path)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *templateLaunch) resolveMachine(ctx context.Context) error {
+	mt, err := resolveMachineType(ctx, t.cfg.QEMU, t.cfg.Machine)
+	t.machineType = mt
+	return err
+}
+
+// parkGuest connects to the template's channels, lets park bring the guest to rest, and
+// disconnects, which is what parks the agent: it sees the host go away and waits for the
+// next connection, which will be a clone's.
+func (t *templateLaunch) parkGuest(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultParkTimeout)
+	defer cancel()
+	ch, err := t.vm.Channels(ctx)
+	if err != nil {
+		return t.exitedOr(err)
+	}
+	err = t.park(ctx, ch)
+	// park may have closed them already (a client owns its channels).
+	if cerr := ch.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		t.log.Debug("close template channels", "error", cerr)
+	}
+	if err != nil {
+		if t.vm.proc.hasExited() {
+			return t.exitedOr(err)
+		}
+		return fmt.Errorf("%w (console: %s)", err, t.vm.paths.Console)
+	}
+	return nil
+}
+
+func (t *templateLaunch) qmp(ctx context.Context, command string, args, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, t.l.startTimeout())
+	defer cancel()
+	if err := t.vm.qmp(ctx, command, args, out); err != nil {
+		return t.exitedOr(err)
+	}
+	return nil
+}
+
+// ignoreShared is the capability that keeps share=on RAM out of the migration stream. It
+// must be set on both ends.
+var ignoreShared = map[string]any{
+	"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+}
+
+// migrationInfo is query-migrate's answer (the part we read).
+type migrationInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+// saveState migrates the stopped template's device state into the state file.
+func (t *templateLaunch) saveState(ctx context.Context) error {
+	if err := t.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
+		return err
+	}
+	uri := "exec:cat > " + shellQuote(t.snap.State)
+	if err := t.qmp(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+		return err
+	}
+	var last migrationInfo
+	err := t.vm.poll(ctx, t.l.startTimeout(), pollTemplate, func(ctx context.Context) (bool, error) {
+		if err := t.vm.qmp(ctx, "query-migrate", nil, &last); err != nil {
+			return false, err
+		}
+		switch last.Status {
+		case "completed":
+			return true, nil
+		case "failed", "cancelled", "cancelling":
+			return false, fmt.Errorf("migration to %s %s: %s", t.snap.State, last.Status, last.ErrorDesc)
+		}
+		return false, nil
+	})
+	if err != nil {
+		return t.exitedOr(fmt.Errorf("save device state (last status %q): %w", last.Status, err))
+	}
+	st, err := os.Stat(t.snap.State)
+	if err != nil || st.Size() == 0 {
+		return fmt.Errorf("migration completed but state file %s is missing or empty (%v)", t.snap.State, err)
+	}
+	return nil
+}
+
+// quit ends the template VM. It must stay stopped for good: a guest running on would write
+// into the RAM file that clones map.
+func (t *templateLaunch) quit(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, quitTimeout)
+	defer cancel()
+	if err := t.vm.qmp(ctx, "quit", nil, nil); err != nil && !errors.Is(err, hypervisor.ErrVMExited) && !errors.Is(err, errMonitorClosed) {
+		t.log.Debug("qmp quit", "error", err)
+	}
+	select {
+	case <-t.vm.proc.done:
+	case <-ctx.Done():
+		t.log.Warn("template qemu did not quit: killing it", "pid", t.vm.proc.pid)
+		t.vm.proc.killAndWait()
+	}
+	return nil
+}
+
+// Clone implements hypervisor.Templater.
+func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hypervisor.Snapshot) (hypervisor.VM, error) {
+	ln := &launch{l: l, cfg: withDefaults(cfg), log: logging.G(ctx).With("vm", cfg.ID, "clone", true),
+		machineType: snap.MachineType, memFile: snap.Memory, incoming: true, wantStatus: "inmigrate"}
+	c := &cloneLaunch{launch: ln, snap: snap}
+	err := runSteps(ctx, ln.log, []step{
+		{"validate", func(ctx context.Context) error {
+			if err := ln.validate(ctx); err != nil {
+				return err
+			}
+			return c.validateSnapshot()
+		}},
+		{"resolve-accel", c.resolveAccel},
+		{"build-args", ln.buildArgs},
+		{"start-process", ln.startProcess},
+		{"connect-qmp", ln.connectQMP},
+		{"query-status", ln.queryStatus},
+		{"migrate-incoming", c.migrateIncoming},
+		{"wait-incoming", c.waitIncoming},
+		{"cont", c.cont},
+	})
+	if err != nil {
+		ln.teardown()
+		return nil, fmt.Errorf("clone vm %s from %s: %w", cfg.ID, snap.State, err)
+	}
+	return ln.result(), nil
+}
+
+// cloneLaunch adds a clone's steps to a launch.
+type cloneLaunch struct {
+	*launch
+	snap   hypervisor.Snapshot
+	status string // last query-status while loading
+}
+
+func (c *cloneLaunch) validateSnapshot() error {
+	if c.snap.MachineType == "" || c.snap.Accel == "" {
+		return invalidf("snapshot %s does not say which machine type and accelerator it was made with", c.snap.State)
+	}
+	st, err := os.Stat(c.snap.Memory)
+	if err != nil {
+		return classify(fmt.Errorf("template memory file: %w", err), errdefs.ErrFailedPrecondition)
+	}
+	// QEMU would say "backing store size ... does not match 'size' option": say it first.
+	if want := int64(c.cfg.MemoryMiB) << 20; st.Size() != want {
+		return invalidf("template memory file %s holds %d MiB, this VM has %d MiB", c.snap.Memory, st.Size()>>20, c.cfg.MemoryMiB)
+	}
+	if _, err := os.Stat(c.snap.State); err != nil {
+		return classify(fmt.Errorf("template state file: %w", err), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// resolveAccel resolves the clone's accelerator, which must be the template's: the CPU
+// state of one does not load into the other.
+func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
+	if err := c.launch.resolveAccel(ctx); err != nil {
+		return err
+	}
+	if c.accel != c.snap.Accel {
+		return classify(fmt.Errorf("the template was made under %s, this VM would run under %s", c.snap.Accel, c.accel),
+			errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+func (c *cloneLaunch) migrateIncoming(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.l.startTimeout())
+	defer cancel()
+	if err := c.vm.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
+		return c.exitedOr(err)
+	}
+	uri := "exec:cat " + shellQuote(c.snap.State)
+	if err := c.vm.qmp(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
+		return c.exitedOr(err)
+	}
+	return nil
+}
+
+// waitIncoming waits until the device state is loaded. The template was stopped when it
+// was saved, so a loaded clone is "paused" (QEMU would start one saved running by itself).
+// A state that does not load makes QEMU exit; exitedOr then quotes its reason.
+func (c *cloneLaunch) waitIncoming(ctx context.Context) error {
+	err := c.vm.poll(ctx, c.l.startTimeout(), pollClone, func(ctx context.Context) (bool, error) {
+		st, err := c.vm.monitor().status(ctx)
+		if err != nil {
+			return false, err
+		}
+		c.status = st.Status
+		switch st.Status {
+		case "inmigrate":
+			return false, nil
+		case "paused", "running":
+			return true, nil
+		}
+		return false, fmt.Errorf("vm is %q while loading %s", st.Status, c.snap.State)
+	})
+	if err != nil {
+		return c.exitedOr(fmt.Errorf("load device state (last status %q): %w", c.status, err))
+	}
+	return nil
+}
+
+func (c *cloneLaunch) cont(ctx context.Context) error {
+	if c.status == "running" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.l.startTimeout())
+	defer cancel()
+	if err := c.vm.qmp(ctx, "cont", nil, nil); err != nil {
+		return c.exitedOr(err)
+	}
+	return nil
+}
+
+// poll calls check every interval until it reports done or fails, QEMU exits, or timeout
+// (within ctx) passes.
+func (v *vm) poll(ctx context.Context, timeout, interval time.Duration, check func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		if v.monitor() == nil {
+			return fmt.Errorf("no qmp connection: %w", hypervisor.ErrVMExited)
+		}
+		done, err := check(ctx)
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-tick.C:
+		case <-v.proc.done:
+			return fmt.Errorf("qemu exited: %w", hypervisor.ErrVMExited)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// shellQuote quotes s for /bin/sh, which runs QEMU's "exec:" migration commands.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,269 @@
+package clients
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// dockerBinary is Debian's docker CLI (docker.io); another docker may come first on PATH.
+const dockerBinary = "/usr/bin/docker"
+
+// dockerdEnv is the suite's private dockerd (Debian's docker.io) on the suite's containerd,
+// with runv added as a runc-compatible runtime:
+//
+//	dockerd --iptables=false --ip6tables=false --bridge=none --containerd SOCK \
+//	        --add-runtime runv=/usr/local/bin/runv --data-root D --exec-root X --pidfile P -H unix://S
+//
+// containerd's runc shim runs runv with BinaryName=runv and --root under the exec root.
+type dockerdEnv struct {
+	*service
+	dir, host, execRoot string
+	ctrd                *containerd
+}
+
+var (
+	dockerd     *dockerdEnv
+	dockerdOnce sync.Once
+	dockerSkip  string
+)
+
+func needDocker(t *testing.T) *dockerdEnv {
+	t.Helper()
+	c := needContainerd(t)
+	dockerdOnce.Do(func() {
+		for _, b := range []string{"dockerd", dockerBinary} {
+			if _, err := lookPath(b); err != nil {
+				dockerSkip = fmt.Sprintf("%s is not installed (make client-deps: apt-get install docker.io)", b)
+				return
+			}
+		}
+		dir := filepath.Join(tmp, "d")
+		d := &dockerdEnv{dir: dir, host: "unix://" + filepath.Join(dir, "docker.sock"), execRoot: filepath.Join(dir, "x"), ctrd: c}
+		os.MkdirAll(filepath.Join(dir, "cli"), 0o755)
+		// Not /etc/docker/daemon.json, nor root's ~/.docker: the suite's own.
+		daemonJSON := filepath.Join(dir, "daemon.json")
+		os.WriteFile(daemonJSON, []byte("{}\n"), 0o644)
+		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), "dockerd",
+			"--config-file", daemonJSON,
+			"--iptables=false", "--ip6tables=false", "--bridge=none",
+			"--containerd", c.address,
+			"--add-runtime", "runv="+runtimePath,
+			"--data-root", filepath.Join(dir, "data"), "--exec-root", d.execRoot,
+			"--pidfile", filepath.Join(dir, "docker.pid"), "-H", d.host)
+		if err != nil {
+			dockerSkip = fmt.Sprintf("cannot start dockerd: %v", err)
+			return
+		}
+		d.service = s
+		dockerd = d
+		if err := s.waitReady(60*time.Second, func() error {
+			_, err := d.quiet(10*time.Second, "version")
+			return err
+		}); err != nil {
+			dockerSkip = fmt.Sprintf("dockerd does not come up on this machine: %v", err)
+			return
+		}
+		if out, _ := d.quiet(30*time.Second, "info", "--format", "{{json .Runtimes}}"); !strings.Contains(out, `"runv"`) {
+			dockerSkip = fmt.Sprintf("dockerd did not register runtime runv (--add-runtime runv=%s): docker info: %s", runtimePath, out)
+			return
+		}
+		if out, err := d.quiet(2*time.Minute, "load", "-i", img.Path); err != nil {
+			dockerSkip = fmt.Sprintf("docker cannot load the test image: %v\n%s", err, out)
+		}
+	})
+	if dockerSkip != "" {
+		t.Skip(dockerSkip)
+	}
+	return dockerd
+}
+
+// args are the CLI's global options for the suite (its own config directory, not root's
+// ~/.docker), then args.
+func (d *dockerdEnv) args(args ...string) []string {
+	return append([]string{"--config", filepath.Join(d.dir, "cli"), "-H", d.host}, args...)
+}
+
+// idOf finds a container's id from its name in dockerd's data root, without asking dockerd
+// (which may be stuck on it).
+func (d *dockerdEnv) idOf(name string) string {
+	configs, _ := filepath.Glob(filepath.Join(d.dir, "data", "containers", "*", "config.v2.json"))
+	for _, c := range configs {
+		if strings.Contains(readAll(c), `"Name":"/`+name+`"`) {
+			return filepath.Base(filepath.Dir(c))
+		}
+	}
+	return ""
+}
+
+func (d *dockerdEnv) docker(t *testing.T, o cmdOpts, args ...string) result {
+	t.Helper()
+	return runCmd(t, o, dockerBinary, d.args(args...)...)
+}
+
+func (d *dockerdEnv) quiet(timeout time.Duration, args ...string) (string, error) {
+	return quiet(timeout, dockerBinary, d.args(args...)...)
+}
+
+// roots: the runc shim runs runv with --root <exec-root>/runtime-<name>/<namespace>.
+func (d *dockerdEnv) roots() []string {
+	roots := []string{filepath.Join(d.execRoot, "runtime-runc", "moby"), filepath.Join(d.execRoot, "runtime-runv", "moby")}
+	found, _ := filepath.Glob(filepath.Join(d.execRoot, "runtime-*", "*"))
+	for _, f := range found {
+		if f != roots[0] && f != roots[1] {
+			roots = append(roots, f)
+		}
+	}
+	return roots
+}
+
+func (d *dockerdEnv) logFiles() []string { return []string{d.log, d.ctrd.log} }
+func (d *dockerdEnv) extraLogs() string {
+	return shimLogs(filepath.Join(d.ctrd.dir, "state", "io.containerd.runtime.v2.task", "moby"))
+}
+
+func (d *dockerdEnv) stop() (problems []string) {
+	if d.service == nil {
+		return nil
+	}
+	if d.exited() {
+		return []string{fmt.Sprintf("dockerd exited during the suite (%v); see %s", d.cmd.ProcessState, d.log)}
+	}
+	if out, err := d.quiet(time.Minute, "ps", "-aq"); err == nil {
+		for _, id := range strings.Fields(out) {
+			problems = append(problems, "docker container left: "+id)
+			d.quiet(time.Minute, "rm", "-f", id)
+		}
+	}
+	return append(problems, d.terminate(45*time.Second)...)
+}
+
+// newDockerTest starts a docker test; its container (named name) is removed afterwards, by
+// force if a runtime call hangs.
+func newDockerTest(t *testing.T) (*dockerdEnv, *tc, string) {
+	d := needDocker(t)
+	x := newTC(t, d)
+	name := newName(t)
+	x.track(name)
+	t.Cleanup(func() {
+		id := d.idOf(name)
+		if id == "" {
+			return // gone
+		}
+		x.track(id)
+		t.Logf("cleanup: docker rm -f %s", name)
+		out, err := d.quiet(60*time.Second, "rm", "-f", name)
+		if err == nil || strings.Contains(out, "No such container") {
+			killStuckShims(t, d.ctrd.address, id)
+			return
+		}
+		// A runtime call that never returns holds containerd's shim: kill it, then retry.
+		t.Errorf("cleanup: %v", err)
+		killStuckShims(t, d.ctrd.address, id)
+		if _, err := d.quiet(60*time.Second, "rm", "-f", name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return d, x, name
+}
+
+// TestDockerRun: docker run --runtime runv prints the guest kernel's release.
+func TestDockerRun(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name, "uname", "-r"))
+	checkGuestRelease(x, r)
+}
+
+// TestDockerExitCode: the container's exit code and both output streams come through.
+func TestDockerExitCode(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "echo out; echo err >&2; exit 3")
+	if r.code != 3 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
+		x.fatal(r, "want exit 3, stdout \"out\\n\", stderr \"err\\n\"")
+	}
+}
+
+// TestDockerStdin: docker run -i passes its stdin through.
+func TestDockerStdin(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := x.must(d.docker(t, cmdOpts{stdin: "hello from the host\n"}, "run", "--rm", "-i", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "read l; echo \"got: $l\""))
+	if r.stdout != "got: hello from the host\n" {
+		x.fatal(r, "stdin did not reach the container")
+	}
+}
+
+// TestDockerDetachStopRm: run -d, ps shows it up, stop delivers SIGTERM (the trap's exit
+// code is recorded), rm removes it.
+func TestDockerDetachStopRm(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.2; done"))
+	r := x.must(d.docker(t, cmdOpts{}, "ps", "--filter", "name=^"+name+"$", "--format", "{{.Status}}"))
+	if !strings.HasPrefix(strings.TrimSpace(r.stdout), "Up") {
+		x.fatal(r, "container %s is not up after run -d", name)
+	}
+	time.Sleep(500 * time.Millisecond) // let the shell install its trap
+	x.must(d.docker(t, cmdOpts{}, "stop", "-t", "30", name))
+	r = x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name))
+	if strings.TrimSpace(r.stdout) != "exited 7" {
+		x.errorf(r, "want \"exited 7\" after docker stop (SIGTERM caught by the trap)")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", name))
+}
+
+// TestDockerKill: docker kill stops a container that ignores SIGTERM with SIGKILL: 137.
+func TestDockerKill(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sleep", "1000"))
+	x.must(d.docker(t, cmdOpts{}, "kill", name))
+	r := x.must(d.docker(t, cmdOpts{}, "wait", name))
+	if strings.TrimSpace(r.stdout) != "137" {
+		x.errorf(r, "want exit code 137 after docker kill (SIGKILL)")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", name))
+}
+
+// TestDockerLogs: the output of a detached container reaches docker logs.
+func TestDockerLogs(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "echo hello-logs; uname -r"))
+	r := x.must(d.docker(t, cmdOpts{}, "wait", name))
+	if strings.TrimSpace(r.stdout) != "0" {
+		x.errorf(r, "want exit code 0")
+	}
+	r = x.must(d.docker(t, cmdOpts{}, "logs", name))
+	if r.stdout != "hello-logs\n"+guestRelease+"\n" {
+		x.errorf(r, "want the container's output in docker logs")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", name))
+}
+
+// TestDockerExec: docker exec runs a process in the container's VM.
+func TestDockerExec(t *testing.T) {
+	if !hasExec {
+		t.Skip(execWhy)
+	}
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sleep", "1000"))
+	r := d.docker(t, cmdOpts{}, "exec", name, "sh", "-c", "uname -r; exit 5")
+	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
+		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
+	}
+	r = d.docker(t, cmdOpts{stdin: "in\n"}, "exec", "-i", name, "cat")
+	if r.code != 0 || r.stdout != "in\n" {
+		x.errorf(r, "want stdin echoed by exec -i cat")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// TestDockerTerminal: docker run -it gives the container a terminal (runv create
+// --console-socket: containerd's runc shim waits for the pty master).
+func TestDockerTerminal(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := runInPty(t, 60*time.Second, dockerBinary, d.args("run", "--rm", "-it", "--runtime", "runv", "--name", name, img.Name,
+		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
+}

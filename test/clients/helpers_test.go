@@ -1,0 +1,128 @@
+package clients
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/console"
+)
+
+func lookPath(name string) (string, error) { return exec.LookPath(name) }
+
+// quiet runs a command outside the test log (setup, polling, cleanup). Its error says
+// "timed out" when it hung.
+func quiet(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = 2 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%s timed out after %s", shellQuote(append([]string{name}, args...)), timeout)
+	} else if err != nil {
+		err = fmt.Errorf("%s: %w: %s", shellQuote(append([]string{name}, args...)), err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), err
+}
+
+func syscallKill(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
+
+// checkGuestRelease checks that a container reported the guest kernel's release.
+func checkGuestRelease(x *tc, r result) {
+	x.t.Helper()
+	switch got := strings.TrimSpace(r.stdout); got {
+	case guestRelease:
+	case hostRelease:
+		x.fatal(r, "uname -r gave the HOST's kernel %s: the container did not run in a runv VM (guest kernel %s)", hostRelease, guestRelease)
+	default:
+		x.fatal(r, "uname -r gave %q, want the guest kernel %s", got, guestRelease)
+	}
+}
+
+// runInPty runs a client on a new pseudo-terminal, as from an interactive shell: stdin,
+// stdout and stderr are the terminal, which is its controlling terminal. The output is what
+// appeared on the terminal.
+func runInPty(t *testing.T, timeout time.Duration, name string, args ...string) result {
+	t.Helper()
+	r := result{cmdline: shellQuote(append([]string{name}, args...)) + "   (on a pty)"}
+	t.Logf("$ %s", r.cmdline)
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		t.Fatalf("open a pty: %v", err)
+	}
+	defer master.Close()
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open %s: %v", slavePath, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	cmd.WaitDelay = 5 * time.Second
+	var mu sync.Mutex
+	var out bytes.Buffer
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return // EIO once no one holds the terminal open
+			}
+		}
+	}()
+	start := time.Now()
+	err = cmd.Start()
+	slave.Close()
+	if err == nil {
+		err = cmd.Wait()
+	}
+	r.took = time.Since(start)
+	select {
+	case <-readDone:
+	case <-time.After(3 * time.Second):
+	}
+	mu.Lock()
+	r.stdout = out.String()
+	mu.Unlock()
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		r.timedOut, r.code = true, -1
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		r.code = -1
+		r.stderr = err.Error()
+	}
+	return r
+}
+
+// checkTerminal checks a terminal run of `[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r`:
+// the process had a terminal, and the output came through it (CRLF line ends).
+func checkTerminal(x *tc, r result) {
+	x.t.Helper()
+	if r.timedOut || r.code != 0 {
+		x.fatal(r, "a container with a terminal failed")
+	}
+	if !strings.Contains(r.stdout, "tty-ok\r\n") || !strings.Contains(r.stdout, guestRelease+"\r\n") {
+		x.fatal(r, "want \"tty-ok\\r\\n\" and the guest kernel %s on the terminal", guestRelease)
+	}
+}

@@ -1,0 +1,372 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// The cache kind: `runv manage factory-daemon` keeps pooled VMs, each in a holder process,
+// and hands them to pod daemons started with the same --factory policy. And VM sizing:
+// the pod's first container's linux.resources size its VM (oci.VMSize).
+
+const cachePolicy = `[{"cache":1}]`
+
+// factoryDaemon is a running `runv manage factory-daemon`.
+type factoryDaemon struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// startFactoryDaemon starts a factory daemon under state root r with the extra global
+// flags and waits until its pools are full. It is stopped (SIGTERM) when the test ends,
+// if the test did not end it itself.
+func startFactoryDaemon(t *testing.T, r string, global ...string) *factoryDaemon {
+	t.Helper()
+	logf, err := os.CreateTemp(t.TempDir(), "factory-daemon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"--root", r, "--kernel", kernel, "--initrd", initrd}, global...)
+	cmd := exec.Command(runvBinary, append(args, "manage", "factory-daemon")...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fd := &factoryDaemon{cmd: cmd, log: logf.Name(), done: make(chan struct{})}
+	go func() { cmd.Wait(); close(fd.done) }()
+	t.Cleanup(func() {
+		fd.stop(t, syscall.SIGTERM)
+		if t.Failed() {
+			b, _ := os.ReadFile(fd.log)
+			t.Logf("factory daemon log:\n%s", b)
+		}
+	})
+	// Its socket appears once it serves; then --status --wait answers once the pool is full.
+	sock := filepath.Join(r, "@factory", "factory.sock")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case <-fd.done:
+			b, _ := os.ReadFile(fd.log)
+			t.Fatalf("factory daemon exited: %s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("factory daemon did not create %s", sock)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fd.waitFull(t, r)
+	return fd
+}
+
+func (fd *factoryDaemon) waitFull(t *testing.T, r string) {
+	t.Helper()
+	res := runvIn(t, r, nil, "manage", "factory-daemon", "--status", "--wait", "--timeout", "3m")
+	if res.code != 0 {
+		t.Fatalf("factory-daemon --status --wait: %s", res)
+	}
+}
+
+func (fd *factoryDaemon) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	select {
+	case <-fd.done:
+		return
+	default:
+	}
+	fd.cmd.Process.Signal(sig)
+	select {
+	case <-fd.done:
+	case <-time.After(30 * time.Second):
+		fd.cmd.Process.Kill()
+		<-fd.done
+		t.Errorf("factory daemon did not stop on %v", sig)
+	}
+}
+
+// podDirOf reads a container's pod directory from its state file.
+func podDirOf(t *testing.T, r, id string) string {
+	t.Helper()
+	var st struct {
+		PodDir string `json:"podDir"`
+	}
+	raw, err := os.ReadFile(filepath.Join(r, id, "state.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &st)
+	}
+	if err != nil || st.PodDir == "" {
+		t.Fatalf("state.json of %s: %v: %s", id, err, raw)
+	}
+	return st.PodDir
+}
+
+func pidFromFile(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return pid
+}
+
+// pidsNaming returns the live processes whose command line contains s.
+func pidsNaming(s string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), s) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && processAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// parentOf returns a process's parent pid (0 if it is gone).
+func parentOf(pid int) int {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+func processAlive(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+}
+
+// waitUntil polls cond until it holds or the deadline passes (it watches other processes'
+// state, for which there is no event to wait on).
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A pod gets a pooled VM (its VM directory holds the holder's socket); the pool refills;
+// killing the factory daemon kills the pooled VMs but not the handed-out one; killing the
+// pod daemon kills its VM.
+func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
+	t.Parallel()
+	r := shortRoot(t)
+	fd := startFactoryDaemon(t, r, "--factory", cachePolicy)
+	factoryDir := filepath.Join(r, "@factory")
+	t.Cleanup(func() {
+		os.RemoveAll(factoryDir) // what a SIGKILLed factory daemon leaves: socket, lock, empty pool dirs
+		assertEmptyRoot(t, r)
+	})
+
+	id := newID(t)
+	if res := runvIn(t, r, nil, "--factory", cachePolicy, "run", "-d", "--bundle", newBundle(t, "sleep", "1000"), id); res.code != 0 {
+		t.Fatalf("run -d: %s", res)
+	}
+	t.Cleanup(func() { runvIn(t, r, nil, "delete", "--force", id) })
+	podDir := podDirOf(t, r, id)
+	if _, err := os.Stat(filepath.Join(podDir, "vm", "holder.sock")); err != nil {
+		log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log"))
+		t.Fatalf("the pod's VM is not a pooled one (%v); daemon log:\n%s", err, log)
+	}
+	qemuPid := pidFromFile(t, filepath.Join(podDir, "vm", "qemu.pid"))
+	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
+		t.Fatalf("exec in the pooled VM: %s", res)
+	}
+
+	// A foreground run of the cache kind, once the pool refilled.
+	fd.waitFull(t, r)
+	if res := runvIn(t, r, nil, "--factory", cachePolicy, "run", "--bundle", newBundle(t, "sh", "-c", "echo from-the-pool"), newID(t)); res.code != 0 || !strings.Contains(res.stdout, "from-the-pool") {
+		t.Fatalf("run: %s", res)
+	}
+	fd.waitFull(t, r)
+
+	// SIGKILL the factory daemon: the pooled VM goes (its holder watches the daemon), the
+	// handed-out one stays.
+	fd.stop(t, syscall.SIGKILL)
+	handed := map[int]bool{qemuPid: true, parentOf(qemuPid): true} // QEMU and its holder
+	waitUntil(t, "pooled VMs gone after the factory daemon was killed", 15*time.Second, func() bool {
+		for _, pid := range pidsNaming(filepath.Join(factoryDir, "pools")) {
+			if !handed[pid] {
+				return false
+			}
+		}
+		return true
+	})
+	if !processAlive(qemuPid) {
+		t.Fatal("the handed-out VM died with the factory daemon")
+	}
+	if st := stateOf(t, r, id); st.Status != "running" {
+		t.Fatalf("container %s is %s after the factory daemon died", id, st.Status)
+	}
+	if res := runvIn(t, r, nil, "exec", id, "echo", "still-here"); res.code != 0 || !strings.Contains(res.stdout, "still-here") {
+		t.Fatalf("exec after the factory daemon died: %s", res)
+	}
+
+	// SIGKILL the pod daemon: its VM goes with it, as a directly booted one does.
+	var rec struct {
+		Daemon struct {
+			Pid int `json:"pid"`
+		} `json:"daemon"`
+	}
+	raw, _ := os.ReadFile(filepath.Join(r, id, "state.json"))
+	if err := json.Unmarshal(raw, &rec); err != nil || rec.Daemon.Pid == 0 {
+		t.Fatalf("no pod daemon pid in state.json: %v: %s", err, raw)
+	}
+	syscall.Kill(rec.Daemon.Pid, syscall.SIGKILL)
+	waitUntil(t, "handed-out VM gone after its pod daemon was killed", 15*time.Second, func() bool { return !processAlive(qemuPid) })
+	if res := runvIn(t, r, nil, "delete", "--force", id); res.code != 0 {
+		t.Fatalf("delete: %s", res)
+	}
+}
+
+// A graceful stop (SIGTERM) kills the pooled VMs and removes the factory daemon's directory.
+func TestCacheFactoryDaemonStopCleansUp(t *testing.T) {
+	t.Parallel()
+	r := shortRoot(t)
+	fd := startFactoryDaemon(t, r, "--factory", `[{"cache":2}]`)
+	fd.stop(t, syscall.SIGTERM)
+	if fd.cmd.ProcessState.ExitCode() != 0 {
+		b, _ := os.ReadFile(fd.log)
+		t.Errorf("factory daemon exited %d on SIGTERM: %s", fd.cmd.ProcessState.ExitCode(), b)
+	}
+	assertEmptyRoot(t, r)
+	// Without a factory daemon, pods of the cache kind boot their own VM.
+	if res := runvIn(t, r, nil, "--factory", cachePolicy, "run", "--bundle", newBundle(t, "true"), newID(t)); res.code != 0 {
+		t.Fatalf("run without a factory daemon: %s", res)
+	}
+	assertEmptyRoot(t, r)
+}
+
+// sizeBundle is a bundle whose container prints its vCPUs and MemTotal (kB) and asks for
+// cpus vCPUs (quota/period) and memMiB of memory (0: asks for nothing).
+func sizeBundle(t *testing.T, cpus, memMiB int, args ...string) string {
+	t.Helper()
+	if len(args) == 0 {
+		args = []string{"sh", "-c", `grep -c ^processor /proc/cpuinfo; awk '/^MemTotal/{print $2}' /proc/meminfo`}
+	}
+	return newBundleWith(t, func(s *specs.Spec) {
+		if s.Linux.Resources == nil {
+			s.Linux.Resources = &specs.LinuxResources{}
+		}
+		if cpus > 0 {
+			quota, period := int64(cpus*100000), uint64(100000)
+			s.Linux.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+		}
+		if memMiB > 0 {
+			limit := int64(memMiB) << 20
+			s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit}
+		}
+	}, args...)
+}
+
+// parseSize reads what sizeBundle's command printed.
+func parseSize(t *testing.T, out string) (cpus, memKB int) {
+	t.Helper()
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		t.Fatalf("unexpected output %q", out)
+	}
+	cpus, err1 := strconv.Atoi(f[0])
+	memKB, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		t.Fatalf("unexpected output %q", out)
+	}
+	return cpus, memKB
+}
+
+// checkSize asserts what a 2-vCPU, 512 MiB pod sees: /proc/meminfo's MemTotal is the VM's
+// memory less what the guest kernel keeps for itself.
+func checkSize(t *testing.T, out string) {
+	t.Helper()
+	cpus, memKB := parseSize(t, out)
+	if cpus != 2 || memKB < 440<<10 || memKB > 512<<10 {
+		t.Fatalf("the container sees %d vCPUs and MemTotal %d kB; want 2 and about 512 MiB", cpus, memKB)
+	}
+	t.Logf("2 vCPUs and MemTotal %d kB", memKB)
+}
+
+// The pod's first container sizes the VM: linux.resources.cpu quota/period and
+// memory.limit (microvm: a direct boot of that size).
+func TestVMSizedFromSpec(t *testing.T) {
+	t.Parallel()
+	res := runv(t, nil, "run", "--bundle", sizeBundle(t, 2, 512), newID(t))
+	if res.code != 0 {
+		t.Fatalf("run: %s", res)
+	}
+	checkSize(t, res.stdout)
+
+	// Nothing asked: the defaults (1 vCPU, 128 MiB).
+	res = runv(t, nil, "run", "--bundle", sizeBundle(t, 0, 0), newID(t))
+	if res.code != 0 {
+		t.Fatalf("run: %s", res)
+	}
+	if cpus, memKB := parseSize(t, res.stdout); cpus != 1 || memKB > 128<<10 {
+		t.Fatalf("default pod sees %d vCPUs and MemTotal %d kB; want 1 and at most 128 MiB", cpus, memKB)
+	}
+}
+
+// On q35 a pooled VM smaller than the pod gets CPUs and memory hot-plugged, and the agent
+// onlines them (ONLINECPUMEM).
+func TestCacheGrowsPooledVMOnQ35(t *testing.T) {
+	t.Parallel()
+	r := shortRoot(t)
+	global := []string{"--machine", "q35", "--factory", cachePolicy}
+	t.Cleanup(func() { assertEmptyRoot(t, r) }) // runs last: after the daemon stopped
+	startFactoryDaemon(t, r, global...)
+
+	id := newID(t)
+	args := append(append([]string{}, global...), "run", "-d", "--bundle", sizeBundle(t, 2, 512, "sleep", "1000"), id)
+	if res := runvIn(t, r, nil, args...); res.code != 0 {
+		t.Fatalf("run -d: %s", res)
+	}
+	t.Cleanup(func() { runvIn(t, r, nil, "delete", "--force", id) })
+	podDir := podDirOf(t, r, id)
+	log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log"))
+	if !strings.Contains(string(log), "vm from the factory daemon") || !strings.Contains(string(log), "grown=true") {
+		t.Fatalf("the pod did not get a grown pooled VM; daemon log:\n%s", log)
+	}
+	res := runvIn(t, r, nil, "exec", id, "sh", "-c", `grep -c ^processor /proc/cpuinfo; awk '/^MemTotal/{print $2}' /proc/meminfo`)
+	if res.code != 0 {
+		t.Fatalf("exec: %s", res)
+	}
+	checkSize(t, res.stdout)
+	if res := runvIn(t, r, nil, "delete", "--force", id); res.code != 0 {
+		t.Fatalf("delete: %s", res)
+	}
+}

@@ -1,0 +1,286 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runv-project/runv/test/bundle"
+)
+
+// The template factory through the CLI: `runv --factory template ...` clones every pod's VM
+// from a template under <root>/@templates, made on first use or by `runv manage
+// create-template`. Each test has a root (and so templates) of its own.
+
+// templateRoot returns a fresh state root whose templates, and the tmpfs runv mounts for
+// them (the suite's directory is not on tmpfs), are removed after the test.
+func templateRoot(t *testing.T) string {
+	t.Helper()
+	r := shortRoot(t)
+	t.Cleanup(func() {
+		if res := runvIn(t, r, nil, "manage", "remove-template", "--all"); res.code != 0 {
+			t.Errorf("remove-template --all: %s", res)
+		}
+		assertEmptyRoot(t, r)
+	})
+	return r
+}
+
+// createTemplate runs `runv manage create-template` with extra global flags.
+func createTemplate(t *testing.T, r string, global ...string) {
+	t.Helper()
+	res := runvIn(t, r, nil, append(global, "manage", "create-template")...)
+	if res.code != 0 || !strings.Contains(res.stdout, "created template microvm-1c-128m") {
+		t.Fatalf("create-template: %s", res)
+	}
+	t.Logf("create-template: %s", strings.TrimSpace(res.stdout))
+}
+
+// podRun is what one container of runCreated did.
+type podRun struct {
+	out       string // the container's stdout
+	daemonLog string // its pod daemon's log, read while the pod ran
+	started   time.Time
+	stopped   time.Time
+}
+
+// runCreated runs a bundle through create, start and delete with the template factory, so
+// that the pod daemon's log (which says whether the VM was cloned) can be read while the
+// pod exists. The container's stdout is a file, as with OCI conformance suites.
+func runCreated(t *testing.T, r, b string) podRun {
+	t.Helper()
+	id := newID(t)
+	out, errf := tempFile(t), tempFile(t)
+	cmd := exec.Command(runvBinary, "--root", r, "--kernel", kernel, "--initrd", initrd, "--factory", "template",
+		"create", "--bundle", b, id)
+	cmd.Stdout, cmd.Stderr = out, errf
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("create: %v: %s", err, readFile(t, errf))
+	}
+	var st struct {
+		PodDir string `json:"podDir"`
+	}
+	raw, err := os.ReadFile(filepath.Join(r, id, "state.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &st)
+	}
+	if err != nil || st.PodDir == "" {
+		t.Fatalf("state.json of %s: %v: %s", id, err, raw)
+	}
+	logText, _ := os.ReadFile(filepath.Join(st.PodDir, "daemon.log"))
+	run := podRun{daemonLog: string(logText), started: time.Now()}
+	if res := runvIn(t, r, nil, "start", id); res.code != 0 {
+		t.Fatalf("start: %s", res)
+	}
+	waitStatus(t, r, id, "stopped")
+	run.stopped = time.Now()
+	if res := runvIn(t, r, nil, "delete", id); res.code != 0 {
+		t.Fatalf("delete: %s", res)
+	}
+	run.out = readFile(t, out)
+	return run
+}
+
+func (p podRun) cloned() bool { return strings.Contains(p.daemonLog, "vm cloned from template") }
+
+// Two clones of one template are two machines: different random bytes and UUIDs, and the
+// host's time, not the template's stale clock.
+func TestTemplateClonesDiffer(t *testing.T) {
+	t.Parallel()
+	r := templateRoot(t)
+	// The first pod makes the template.
+	b := newBundle(t, "sh", "-c", "head -c16 /dev/urandom | od -An -x; cat /proc/sys/kernel/random/uuid; date +%s")
+	first := runCreated(t, r, b)
+	if !strings.Contains(first.daemonLog, "booting template VM") || !strings.Contains(first.daemonLog, "template ready") || !first.cloned() {
+		t.Fatalf("the first pod did not make the template and clone it:\n%s", first.daemonLog)
+	}
+	// Age the template: a clone whose clock was not set would be at least this far behind.
+	// (Not a synchronisation: the staleness is what is being tested.)
+	const age = 5 * time.Second
+	time.Sleep(age)
+
+	var runs []podRun
+	for range 2 {
+		p := runCreated(t, r, b)
+		if !p.cloned() {
+			t.Fatalf("pod not cloned:\n%s", p.daemonLog)
+		}
+		runs = append(runs, p)
+	}
+	var randoms, uuids []string
+	for i, p := range runs {
+		lines := strings.Split(strings.TrimSpace(p.out), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("clone %d printed %q", i, p.out)
+		}
+		randoms, uuids = append(randoms, strings.TrimSpace(lines[0])), append(uuids, lines[1])
+		secs, err := strconv.ParseInt(strings.TrimSpace(lines[2]), 10, 64)
+		if err != nil {
+			t.Fatalf("clone %d: date printed %q", i, lines[2])
+		}
+		guest := time.Unix(secs, 0)
+		// The guest read its clock between start and the stop being seen: whole seconds.
+		if guest.Before(p.started.Add(-1500*time.Millisecond)) || guest.After(p.stopped.Add(time.Second)) {
+			t.Errorf("clone %d: guest time %s, host ran it between %s and %s: the clock was not set",
+				i, guest.Format(time.TimeOnly), p.started.Format(time.StampMilli), p.stopped.Format(time.StampMilli))
+		}
+		t.Logf("clone %d: random %s, uuid %s, guest time %s (host %s..%s)", i, randoms[i], uuids[i],
+			guest.Format(time.TimeOnly), p.started.Format(time.StampMilli), p.stopped.Format(time.StampMilli))
+	}
+	if randoms[0] == randoms[1] || uuids[0] == uuids[1] {
+		t.Errorf("the clones' RNGs agree: %q, %q", randoms, uuids)
+	}
+	if len(randoms[0]) < 32 {
+		t.Errorf("random bytes %q", randoms[0])
+	}
+}
+
+// Two clones of one template run different containers, each with its own rootfs, hostname
+// and output, at the same time.
+func TestTemplateClonesRunTheirOwnContainers(t *testing.T) {
+	t.Parallel()
+	r := templateRoot(t)
+	createTemplate(t, r)
+	for _, name := range []string{"alpha", "beta"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			spec, err := bundle.Make(dir, "sh", "-c", "echo host=$(hostname); cat /marker")
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec.Hostname = "host-" + name
+			if err := bundle.WriteSpec(dir, spec); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "rootfs", "marker"), []byte("rootfs of "+name+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := runCreated(t, r, dir)
+			if !p.cloned() {
+				t.Fatalf("pod not cloned:\n%s", p.daemonLog)
+			}
+			want := "host=host-" + name + "\nrootfs of " + name + "\n"
+			if p.out != want {
+				t.Errorf("output %q, want %q", p.out, want)
+			}
+		})
+	}
+}
+
+// A template made with another kernel is refused, saying why and how to recreate it, and
+// the pod boots directly and runs.
+func TestTemplateOtherKernelRefused(t *testing.T) {
+	t.Parallel()
+	r := templateRoot(t)
+	// Another kernel: the same image under another name.
+	other := filepath.Join(t.TempDir(), "vmlinux-other")
+	b, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	createTemplate(t, r, "--kernel", other)
+
+	p := runCreated(t, r, newBundle(t, "echo", "started anyway"))
+	if p.cloned() {
+		t.Fatalf("a template of another kernel was cloned:\n%s", p.daemonLog)
+	}
+	for _, want := range []string{
+		"template not used: booting directly",
+		"template microvm-1c-128m was made with kernel " + other,
+		"this pod uses " + kernel,
+		"recreate it with 'runv manage create-template",
+	} {
+		if !strings.Contains(p.daemonLog, want) {
+			t.Errorf("daemon log does not say %q:\n%s", want, p.daemonLog)
+		}
+	}
+	if p.out != "started anyway\n" {
+		t.Errorf("output %q", p.out)
+	}
+	// list-templates says the same.
+	res := runvIn(t, r, nil, "manage", "list-templates")
+	if res.code != 0 || !strings.Contains(res.stdout, "refused: template microvm-1c-128m was made with kernel "+other) {
+		t.Errorf("list-templates: %s", res)
+	}
+}
+
+// Removing the template while a clone runs does not disturb the clone: it maps the RAM
+// file privately, and the file lives on until the clone is gone.
+func TestTemplateRemovedWhileCloneRuns(t *testing.T) {
+	t.Parallel()
+	r := templateRoot(t)
+	createTemplate(t, r)
+	// The container waits for the go-ahead file, then makes the guest touch plenty of
+	// memory it has not used yet (fresh copy-on-write pages of the removed file).
+	b := newBundle(t, "sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; dd if=/dev/zero bs=1M count=48 2>/dev/null | md5sum; echo alive")
+	id := newID(t)
+	done := make(chan result, 1)
+	go func() { done <- runvIn(t, r, nil, "--factory", "template", "run", "--bundle", b, id) }()
+	waitStatus(t, r, id, "running")
+	if res := runvIn(t, r, nil, "manage", "remove-template"); res.code != 0 {
+		t.Fatalf("remove-template: %s", res)
+	}
+	if _, err := os.Stat(filepath.Join(r, "@templates", "microvm-1c-128m")); !os.IsNotExist(err) {
+		t.Fatalf("template still there: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(b, "rootfs", "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.code != 0 || !strings.HasSuffix(res.stdout, "alive\n") || !strings.Contains(res.stdout, "-") {
+		t.Fatalf("clone after its template was removed: %s", res)
+	}
+	// Without a template the next pod makes a new one.
+	p := runCreated(t, r, newBundle(t, "true"))
+	if !p.cloned() || !strings.Contains(p.daemonLog, "template ready") {
+		t.Errorf("the next pod did not remake the template:\n%s", p.daemonLog)
+	}
+}
+
+// `runv run` of a `true` bundle with --factory template vs direct: min and median of
+// RUNV_TEMPLATE_BENCH runs each (skipped unless set).
+func TestTemplateRunTiming(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("RUNV_TEMPLATE_BENCH"))
+	if n <= 0 {
+		t.Skip("set RUNV_TEMPLATE_BENCH=<runs> to measure")
+	}
+	r := templateRoot(t)
+	createTemplate(t, r)
+	b := newBundle(t, "true")
+	measure := func(factory string) []time.Duration {
+		var ds []time.Duration
+		for range n {
+			res := runvIn(t, r, nil, "--factory", factory, "run", "--bundle", b, newID(t))
+			if res.code != 0 {
+				t.Fatalf("run with --factory %s: %s", factory, res)
+			}
+			ds = append(ds, res.took)
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return ds
+	}
+	for _, f := range []string{"template", "direct", "template", "direct"} {
+		ds := measure(f)
+		t.Logf("runv run true, --factory %-8s: min %v median %v max %v (n=%d) %v", f,
+			ds[0].Round(time.Millisecond), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), n, roundAll(ds))
+	}
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := slices.Clone(ds)
+	for i := range out {
+		out[i] = out[i].Round(time.Millisecond)
+	}
+	return out
+}
