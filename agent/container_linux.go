@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -400,7 +403,26 @@ func (a *Agent) listProcesses(_ context.Context, req *Request) (any, error) {
 	if list.Pids == nil {
 		list.Pids = []int{}
 	}
+	list.Processes = describeProcesses(list.Pids)
 	return list, err
+}
+
+// describeProcesses reads the command line of each pid for `runv ps`. A process that exited
+// meanwhile is left out, as the protocol allows.
+func describeProcesses(pids []int) []agentproto.ProcessInfo {
+	out := make([]agentproto.ProcessInfo, 0, len(pids))
+	for _, pid := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			continue
+		}
+		var args []string
+		if b = bytes.TrimRight(b, "\x00"); len(b) > 0 {
+			args = strings.Split(string(b), "\x00")
+		}
+		out = append(out, agentproto.ProcessInfo{Pid: pid, Cmdline: args})
+	}
+	return out
 }
 
 func (a *Agent) stats(_ context.Context, req *Request) (any, error) {

@@ -205,6 +205,15 @@ func TestVMProcesses(t *testing.T) {
 		if !found {
 			t.Errorf("LISTPROCESSES %v lacks init pid %d", list.Pids, pid)
 		}
+		var initArgs []string
+		for _, p := range list.Processes {
+			if p.Pid == pid {
+				initArgs = p.Cmdline
+			}
+		}
+		if len(initArgs) == 0 || initArgs[0] != "sleep" {
+			t.Errorf("LISTPROCESSES describes init pid %d as %q, want its command line (sleep ...): %+v", pid, initArgs, list.Processes)
+		}
 		var st agentproto.Stats
 		v.mustCall(agentproto.MsgStats, agentproto.ContainerRef{Container: "sleeper"}, &st)
 		if st.Pids == 0 || st.MemoryUsageBytes == 0 {

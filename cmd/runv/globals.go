@@ -74,6 +74,14 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 		factory: c.String("factory"),
 		store:   &state.Store{Root: root},
 	}
+	// The pod daemon runs from "/": relative boot files are resolved against our directory.
+	for _, p := range []*string{&g.kernel, &g.initrd} {
+		if *p != "" {
+			if abs, err := filepath.Abs(*p); err == nil {
+				*p = abs
+			}
+		}
+	}
 	switch g.accel {
 	case hypervisor.AccelAuto, hypervisor.AccelKVM, hypervisor.AccelTCG:
 	default:
