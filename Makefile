@@ -18,14 +18,23 @@ AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
 	build-essential busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
+# Debian packages of the clients the client tests drive (and the reference runtimes).
+CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
 
 .PHONY: all deps build runv agent initrd kernel install uninstall demo test unit-test \
-	integration-test bench proto clean
+	integration-test client-deps client-test apt-install bench proto clean
 
 all: build
 
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"
+
+client-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(CLIENT_PACKAGES)"
+
+# Installs the missing ones among PACKAGES.
+apt-install:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
@@ -61,7 +70,7 @@ demo: deps install
 	@echo "host kernel:  $$(uname -r)"
 	runv run --bundle $(BUILD)/demo-bundle runv-demo-$$$$
 
-test: deps build unit-test integration-test
+test: deps build unit-test integration-test client-test
 
 unit-test:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
@@ -72,6 +81,13 @@ integration-test:
 	RUNV_BINARY=$(CURDIR)/$(BUILD)/runv RUNV_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
 		$(GO) test -count=1 -tags integration -timeout 40m -v ./test/integration/ ./agent/ 2>&1 | tee $(BUILD)/integration-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)'; \
 		exit $${PIPESTATUS[0]}
+
+# Client tests: Debian's containerd (ctr, runc shim with BinaryName=runv), podman and docker run
+# the installed runv, as users do (test/clients; docs/clients.md). Services get private state
+# under /tmp and are stopped at the end.
+client-test: client-deps install
+	$(GO) test -count=1 -timeout 30m -v ./test/image/ ./test/clients/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:)'; \
+		code=$${PIPESTATUS[0]}; grep -B1 -E '^\s*--- SKIP' $(BUILD)/client-test.log | grep -vE '^(--|\s*--- SKIP)' | sed 's/^ */skipped: /'; exit $$code
 
 bench: deps install
 	bench/run.sh

@@ -85,6 +85,9 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 			return nil, err
 		}
 	}
+	if err := loopbackUp(); err != nil {
+		return nil, err
+	}
 	if p.Hostname != "" {
 		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
 			return nil, withKind(agentproto.KindInvalid, fmt.Errorf("set hostname %q: %w", p.Hostname, err))

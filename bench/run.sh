@@ -11,7 +11,8 @@
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
 # installed ones), N (timed runs, default 10), IDLE_PODS (10), MAX_PODS (50),
 # SKIP_MAX_PODS=1 to skip the slow capacity test, KINDS (default "direct template cache
-# cache-cold"; cache-cold is the cache kind with --warm=false, to show what warming buys).
+# cache-template cache-cold": cache pools directly booted VMs, cache-template pools template
+# clones, cache-cold is cache with --warm=false, to show what warming buys).
 # Everything it starts it stops, and everything it creates it removes, also on ^C.
 set -uo pipefail
 
@@ -24,7 +25,7 @@ INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
 N=${N:-10}
 IDLE_PODS=${IDLE_PODS:-10}
 MAX_PODS=${MAX_PODS:-50}
-KINDS=${KINDS:-direct template cache cache-cold}
+KINDS=${KINDS:-direct template cache cache-template cache-cold}
 CACHE_SIZE=${CACHE_SIZE:-2}
 
 # Short paths: pod sockets live under the state roots.
@@ -40,6 +41,8 @@ cleanup() {
 		for id in $("$RUNV" --root "$r" list -q 2>/dev/null); do
 			"$RUNV" --root "$r" delete -f "$id" >/dev/null 2>&1
 		done
+		# Templates, and the tmpfs runv mounts for them.
+		"$RUNV" --root "$r" manage remove-template --all >/dev/null 2>&1
 	done
 	if [ -d "$runc_root" ]; then
 		for id in $(runc --root "$runc_root" list -q 2>/dev/null); do
@@ -93,15 +96,16 @@ factory_args() {
 	direct) fa=() ;;
 	template) fa=(--factory '[{"template":true}]') ;;
 	cache | cache-cold) fa=(--factory "[{\"cache\":$CACHE_SIZE}]") ;;
+	cache-template) fa=(--factory "[{\"template\":true,\"cache\":$CACHE_SIZE}]") ;;
 	esac
 }
 
-# start_factory ROOT-NAME WARM: starts a factory daemon (the cache kind's pool) under the
-# root and waits until its pool is full; fails with the reason on stdout. Not to be run in a
-# subshell: it records the daemon in factory_pids.
+# start_factory ROOT-NAME KIND WARM: starts a factory daemon (the pool of a cache kind) under
+# the root and waits until its pool is full; fails with the reason on stdout. Not to be run
+# in a subshell: it records the daemon in factory_pids.
 start_factory() {
-	local name=$1 warm=$2 fa i
-	factory_args cache
+	local name=$1 warm=$3 fa i
+	factory_args "$2"
 	mkdir -p "$work/root-$name"
 	if ! rv "$name" "${fa[@]}" manage factory-daemon --help >/dev/null 2>&1; then
 		echo "runv has no 'manage factory-daemon'"
@@ -122,8 +126,8 @@ start_factory() {
 prepare() {
 	local kind=$1 fa
 	case $kind in
-	cache) start_factory cache true || return 1 ;;
-	cache-cold) start_factory cache-cold false || return 1 ;;
+	cache | cache-template) start_factory "$kind" "$kind" true || return 1 ;;
+	cache-cold) start_factory cache-cold cache false || return 1 ;;
 	esac
 	factory_args "$kind"
 	# One run proves the kind works here (and warms template creation, accel verdict, ...).
@@ -213,30 +217,30 @@ stop_pods() {
 pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }
 
 echo "== host memory per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS of qemu + pod daemon + shim [+ holder])"
-for kind in direct template cache; do
+for kind in direct template cache cache-template; do
 	[ -n "${run_med[$kind]:-}" ] || { echo "$kind: skipped (the kind did not run above)"; continue; }
 	name=mem-$kind
 	base=0
-	if [ "$kind" = cache ]; then
+	if [[ $kind == cache* ]]; then
 		# The factory daemon and its full pool are a fixed cost: measured first, and taken
 		# off; the pool is full again when the pods are measured.
-		start_factory "$name" true >"$work/why.txt" || { echo "cache: skipped: $(cat "$work/why.txt")"; stop_factory; continue; }
+		start_factory "$name" "$kind" true >"$work/why.txt" || { echo "$kind: skipped: $(cat "$work/why.txt")"; stop_factory; continue; }
 		baseline=$("$bt" pss -match "$work/root-$name")
 		base=$(echo "$baseline" | pss_total)
-		echo "cache: the factory daemon with its pool of $CACHE_SIZE VMs: $(awk -v t="$base" 'BEGIN{printf "%.1f MiB", t/1024}')  [$baseline]"
+		echo "$kind: the factory daemon with its pool of $CACHE_SIZE VMs: $(awk -v t="$base" 'BEGIN{printf "%.1f MiB", t/1024}')  [$baseline]"
 	fi
 	n=$(idle_pods "$name" "$IDLE_PODS" "$kind")
 	if [ "$n" -lt "$IDLE_PODS" ]; then
 		echo "$kind: only $n pods started: $(tail -1 "$work/idle-fail.txt")"
 	fi
-	[ "$kind" = cache ] && pool_full "$name"
+	[[ $kind == cache* ]] && pool_full "$name"
 	if [ "$n" -gt 0 ]; then
 		line=$("$bt" pss -match "$work/root-$name")
 		total=$(echo "$line" | pss_total)
 		echo "$kind: $n pods: $(awk -v t="$total" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f MiB per pod, %.1f MiB in all", (t-b)/n/1024, (t-b)/1024}')  [$line]"
 	fi
 	stop_pods "$name"
-	[ "$kind" = cache ] && stop_factory
+	[[ $kind == cache* ]] && stop_factory
 done
 echo
 

@@ -209,14 +209,25 @@ var deleteCommand = &cli.Command{
 
 // deleteContainer removes a container. With force a running container is killed first. When
 // the pod daemon is gone (killed, crashed), what it would have cleaned up is cleaned up here.
+//
+// As with runc, --force on a container that does not exist succeeds (and removes what an
+// aborted create left: a directory without a record): clients rely on it to clean up after
+// a failed create (podman) and to delete twice (containerd's runc shim, whose cleanup runs
+// `delete --force` after its own `delete`).
 func deleteContainer(ctx context.Context, g *globals, id string, force bool) error {
 	h, err := g.store.Lock(id)
 	if err != nil {
+		if force && errors.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
 		return err
 	}
 	defer h.Unlock()
 	rec, err := h.Load()
 	if err != nil {
+		if force && errors.Is(err, errdefs.ErrNotFound) {
+			return h.Remove()
+		}
 		return err
 	}
 	podEmpty := true

@@ -123,7 +123,7 @@ func TestHolderAdoptAndOwnerExit(t *testing.T) {
 	}
 	sock := filepath.Join(dir, HolderSocket)
 	resp, err := call(ctx, sock, request{Op: opInfo})
-	if err != nil || resp.VM.QEMUPid != 4242 || resp.VM.HolderPid != os.Getpid() || resp.VM.Owner != 0 {
+	if err != nil || resp.VM.Accel != hypervisor.AccelTCG || resp.VM.HolderPid != os.Getpid() || resp.VM.Owner != 0 {
 		t.Fatalf("info: %+v, %v", resp.VM, err)
 	}
 	if _, err := call(ctx, sock, request{Op: opGrow, CPUs: 2}); !errors.Is(err, errdefs.ErrNotImplemented) {

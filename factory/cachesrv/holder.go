@@ -30,6 +30,11 @@ const (
 	killWait = 10 * time.Second
 	// defaultOpTimeout bounds an op whose request names no timeout.
 	defaultOpTimeout = 30 * time.Second
+	// pooledNice is the nice value of a pooled VM's QEMU. A refill starts when a VM is
+	// handed out, that is when a pod is starting: at nice 0 the refill's boot and warm-up
+	// would take half of a 2-core host from the very pod the pool exists for. Niced, pooled
+	// VMs boot with what the running pods leave; adopt restores nice 0.
+	pooledNice = 19
 )
 
 // HolderConfig configures a holder process (RunHolder).
@@ -108,6 +113,9 @@ func RunHolder(ctx context.Context, cfg HolderConfig, ready io.WriteCloser) (err
 	vm, err := cfg.Factory.GetVM(bctx, factory.Request{ID: cfg.ID, Dir: cfg.Dir, ShareDir: cfg.ShareDir, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB})
 	if err == nil {
 		h.vm = vm
+		if err := renice(vm, pooledNice); err != nil {
+			log.Warn("cannot lower the pooled VM's priority", "error", err)
+		}
 		err = parkVM(bctx, vm, cfg.Warm)
 		if err != nil {
 			vm.Kill()
@@ -275,6 +283,9 @@ func (h *holder) adopt(pid int, dir string) (VMInfo, error) {
 		owner.release()
 		return VMInfo{}, fmt.Errorf("adopt vm %s: move %s to %s: %w", h.cfg.ID, h.info.Dir, dir, err)
 	}
+	if err := renice(h.vm, 0); err != nil {
+		h.log.Warn("cannot restore the handed-out VM's priority", "error", err)
+	}
 	old := h.owner
 	h.owner = owner
 	close(h.ownerCh)
@@ -283,4 +294,19 @@ func (h *holder) adopt(pid int, dir string) (VMInfo, error) {
 	h.log.Info("vm handed out", "owner", pid, "dir", dir)
 	old.release()
 	return h.info, nil
+}
+
+// renice sets the nice value of every thread of the VM's QEMU. QEMU runs in a process group
+// of its own (hypervisor/qemu starts it so), and setpriority on a process group reaches every
+// thread in it; on a pid it would reach the main thread only, not the vCPU threads. A fake VM
+// without a process (pid 0 or less) is left alone.
+func renice(vm hypervisor.VM, nice int) error {
+	pid := vm.Pid()
+	if pid <= 0 {
+		return nil
+	}
+	if err := unix.Setpriority(unix.PRIO_PGRP, pid, nice); err != nil {
+		return fmt.Errorf("setpriority(process group %d, %d): %w", pid, nice, err)
+	}
+	return nil
 }

@@ -259,15 +259,16 @@ func TestContainerdDetachKillDelete(t *testing.T) {
 }
 
 // TestContainerdKillTerm: ctr task kill (SIGTERM) reaches the process, which exits with the
-// code its trap chose.
+// code its trap chose. Its output goes to a file (--log-uri file://: the runc shim hands runv
+// a regular file).
 func TestContainerdKillTerm(t *testing.T) {
 	c, x, id := newCtrTest(t)
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id,
-		"sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.2; done"))
-	if status, _ := c.waitTask(t, x, id, "RUNNING", 30*time.Second); status != "RUNNING" {
-		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	logFile := filepath.Join(t.TempDir(), "out.log")
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--log-uri", "file://"+logFile, "--runc-binary", runtimePath, img.Qualified, id,
+		"sh", "-c", trapScript))
+	if !waitFor(30*time.Second, func() bool { return readAll(logFile) == "ready\n" }) {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "the container did not write \"ready\" to %s within 30s: %q", logFile, readAll(logFile))
 	}
-	time.Sleep(500 * time.Millisecond) // let the shell install its trap
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", id))
 	if status, _ := c.waitTask(t, x, id, "STOPPED", 30*time.Second); status != "STOPPED" {
 		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q 30s after SIGTERM, want STOPPED", id, status)
@@ -292,6 +293,36 @@ func TestContainerdExec(t *testing.T) {
 	r := c.ctr(t, cmdOpts{}, "tasks", "exec", "--exec-id", "e1", id, "sh", "-c", "uname -r; exit 5")
 	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
 		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
+	}
+	r = runInPty(t, 60*time.Second, "ctr", c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id,
+		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+	c.waitTask(t, x, id, "STOPPED", 30*time.Second)
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
+}
+
+// TestContainerdPsPauseResume: ctr task ps lists the task's process (runv ps --format json:
+// host pids), ctr task pause and resume change its status.
+func TestContainerdPsPauseResume(t *testing.T) {
+	c, x, id := newCtrTest(t)
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
+	status, pid := c.waitTask(t, x, id, "RUNNING", 30*time.Second)
+	if status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
+	r := x.must(c.ctr(t, cmdOpts{}, "tasks", "ps", id))
+	if !strings.Contains(r.stdout, fmt.Sprint(pid)) {
+		x.errorf(r, "want the task's pid %d in ctr task ps", pid)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "pause", id))
+	if status, _ := c.waitTask(t, x, id, "PAUSED", 10*time.Second); status != "PAUSED" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after pause, want PAUSED", id, status)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "resume", id))
+	if status, _ := c.waitTask(t, x, id, "RUNNING", 10*time.Second); status != "RUNNING" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after resume, want RUNNING", id, status)
 	}
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
 	c.waitTask(t, x, id, "STOPPED", 30*time.Second)

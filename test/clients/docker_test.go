@@ -47,7 +47,8 @@ func needDocker(t *testing.T) *dockerdEnv {
 		os.MkdirAll(filepath.Join(dir, "cli"), 0o755)
 		// Not /etc/docker/daemon.json, nor root's ~/.docker: the suite's own.
 		daemonJSON := filepath.Join(dir, "daemon.json")
-		os.WriteFile(daemonJSON, []byte("{}\n"), 0o644)
+		// runv twice: --add-runtime runv=PATH, and "runv-json" the daemon.json way.
+		os.WriteFile(daemonJSON, []byte(fmt.Sprintf(`{"runtimes": {"runv-json": {"path": %q}}}`+"\n", runtimePath)), 0o644)
 		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), "dockerd",
 			"--config-file", daemonJSON,
 			"--iptables=false", "--ip6tables=false", "--bridge=none",
@@ -178,12 +179,44 @@ func TestDockerRun(t *testing.T) {
 	checkGuestRelease(x, r)
 }
 
+// TestDockerRuntimeFromDaemonJSON: runv registered in daemon.json ("runtimes": {"runv-json":
+// {"path": PATH}}) works as one from --add-runtime.
+func TestDockerRuntimeFromDaemonJSON(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv-json", "--name", name, img.Name, "uname", "-r"))
+	checkGuestRelease(x, r)
+}
+
 // TestDockerExitCode: the container's exit code and both output streams come through.
 func TestDockerExitCode(t *testing.T) {
 	d, x, name := newDockerTest(t)
 	r := d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "echo out; echo err >&2; exit 3")
 	if r.code != 3 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
 		x.fatal(r, "want exit 3, stdout \"out\\n\", stderr \"err\\n\"")
+	}
+}
+
+// TestDockerRunOptions: the options people use most reach the container in the VM: a bind
+// mount of a host directory (read and written back), environment, working directory, user,
+// hostname, read-only root with a tmpfs, a memory limit (on the container's cgroup in the
+// guest) and --init (docker-init, a host file bound in).
+func TestDockerRunOptions(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	vol := t.TempDir()
+	os.WriteFile(filepath.Join(vol, "in"), []byte("from the host\n"), 0o644)
+	os.Chmod(vol, 0o777)
+	script := `cat /data/in; echo from the guest > /data/out; echo "$FOO"; pwd; id -u; hostname
+touch /x 2>/dev/null || echo read-only; touch /scratch/y && echo tmpfs-ok
+cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max; ps -o comm | sed -n 2p`
+	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name,
+		"-v", vol+":/data", "-e", "FOO=bar", "-w", "/tmp", "-u", "65534", "--hostname", "runv-host",
+		"--read-only", "--tmpfs", "/scratch", "-m", "100m", "--init", img.Name, "sh", "-c", script))
+	want := "from the host\nbar\n/tmp\n65534\nrunv-host\nread-only\ntmpfs-ok\n104857600\ndocker-init\n"
+	if r.stdout != want {
+		x.errorf(r, "want output %q", want)
+	}
+	if got := readAll(filepath.Join(vol, "out")); got != "from the guest\n" {
+		x.errorf(r, "the container's write to the bind mount: the host reads %q, want \"from the guest\\n\"", got)
 	}
 }
 
@@ -200,12 +233,14 @@ func TestDockerStdin(t *testing.T) {
 // code is recorded), rm removes it.
 func TestDockerDetachStopRm(t *testing.T) {
 	d, x, name := newDockerTest(t)
-	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.2; done"))
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", trapScript))
 	r := x.must(d.docker(t, cmdOpts{}, "ps", "--filter", "name=^"+name+"$", "--format", "{{.Status}}"))
 	if !strings.HasPrefix(strings.TrimSpace(r.stdout), "Up") {
 		x.fatal(r, "container %s is not up after run -d", name)
 	}
-	time.Sleep(500 * time.Millisecond) // let the shell install its trap
+	if !waitFor(30*time.Second, func() bool { out, _ := d.quiet(10*time.Second, "logs", name); return out == "ready\n" }) {
+		x.fatal(d.docker(t, cmdOpts{}, "logs", name), "the container did not print \"ready\" within 30s")
+	}
 	x.must(d.docker(t, cmdOpts{}, "stop", "-t", "30", name))
 	r = x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name))
 	if strings.TrimSpace(r.stdout) != "exited 7" {
@@ -256,7 +291,71 @@ func TestDockerExec(t *testing.T) {
 	if r.code != 0 || r.stdout != "in\n" {
 		x.errorf(r, "want stdin echoed by exec -i cat")
 	}
+	r = runInPty(t, 60*time.Second, dockerBinary, d.args("exec", "-it", name, "sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
 	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// TestDockerTopPause: docker top lists the container's processes (runv ps --format json),
+// docker pause and unpause change its state.
+func TestDockerTopPause(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sleep", "1000"))
+	r := x.must(d.docker(t, cmdOpts{}, "top", name))
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) < 2 {
+		x.errorf(r, "want a header and at least one process from docker top")
+	}
+	x.must(d.docker(t, cmdOpts{}, "pause", name))
+	if r := x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}}", name)); strings.TrimSpace(r.stdout) != "paused" {
+		x.errorf(r, "want paused after docker pause")
+	}
+	x.must(d.docker(t, cmdOpts{}, "unpause", name))
+	if r := x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}}", name)); strings.TrimSpace(r.stdout) != "running" {
+		x.errorf(r, "want running after docker unpause")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// TestDockerSharedNamespaces: a container started with --network container:A --pid
+// container:A joins A's pod VM (same kernel boot id, A's processes visible); a container on
+// its own gets a VM of its own.
+func TestDockerSharedNamespaces(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "--name", name, img.Name, "sleep", "1000"))
+	bootA := strings.TrimSpace(x.must(d.docker(t, cmdOpts{}, "exec", name, "cat", "/proc/sys/kernel/random/boot_id")).stdout)
+	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--network", "container:"+name, "--pid", "container:"+name,
+		img.Name, "sh", "-c", "cat /proc/sys/kernel/random/boot_id; ps -o args"))
+	if lines := strings.SplitN(r.stdout, "\n", 2); lines[0] != bootA || !strings.Contains(r.stdout, "sleep 1000") {
+		x.errorf(r, "want A's VM (boot id %s) and A's sleep 1000 in ps", bootA)
+	}
+	r = x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", img.Name, "cat", "/proc/sys/kernel/random/boot_id"))
+	if strings.TrimSpace(r.stdout) == bootA {
+		x.errorf(r, "a container of its own ran in A's VM (boot id %s)", bootA)
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// TestDockerLoopback: the container's loopback interface is up, as docker leaves it with
+// runc (docker brings lo up in the network namespace it makes; with runv the container is in
+// the VM's network namespace instead, where the agent must do it).
+func TestDockerLoopback(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	script := "ip -o link show lo; ping -c 1 -W 2 127.0.0.1 >/dev/null && echo ping-ok"
+	ref := d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runc", img.Name, "sh", "-c", script)
+	r := d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name, "sh", "-c", script)
+	if !strings.Contains(r.stdout, ",UP") || !strings.Contains(r.stdout, "ping-ok") {
+		x.errorf(r, "loopback is not up in the container (with runc: %q, exit %d)", ref.stdout, ref.code)
+	}
+}
+
+// TestDockerMissingCommand: a command that is not in the image fails as with runc: exit
+// 127, nothing left behind.
+func TestDockerMissingCommand(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	r := d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name, "/no/such/command")
+	if r.code != 127 || !strings.Contains(r.stderr, "/no/such/command") {
+		x.errorf(r, "want exit 127 and an error naming the command")
+	}
 }
 
 // TestDockerTerminal: docker run -it gives the container a terminal (runv create

@@ -86,6 +86,9 @@ func run(m *testing.M) int {
 }
 
 func setup() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("the client tests need root: they start containerd and dockerd, run rootful podman, and runv boots VMs")
+	}
 	runvBinary = os.Getenv("RUNV_CLIENT_RUNTIME")
 	if runvBinary == "" {
 		runvBinary = "/usr/local/bin/runv"
@@ -316,12 +319,13 @@ type tc struct {
 	before map[int]bool // processes that existed when the test began
 	mounts map[string]bool
 	pods   map[string]bool
+	states map[string]bool
 	logPos map[string]int64
 	names  []string // containers the test made, for the leak check
 }
 
 func newTC(t *testing.T, env runtimeEnv) *tc {
-	c := &tc{t: t, env: env, before: map[int]bool{}, mounts: map[string]bool{}, pods: map[string]bool{}, logPos: map[string]int64{}}
+	c := &tc{t: t, env: env, before: map[int]bool{}, mounts: map[string]bool{}, pods: map[string]bool{}, states: map[string]bool{}, logPos: map[string]int64{}}
 	for _, p := range runvProcesses(env.roots(), nil) {
 		c.before[p.pid] = true
 	}
@@ -331,6 +335,9 @@ func newTC(t *testing.T, env runtimeEnv) *tc {
 		}
 		for _, p := range podDirs(root) {
 			c.pods[p] = true
+		}
+		for _, d := range stateDirs(root) {
+			c.states[d] = true
 		}
 	}
 	for _, f := range c.logFiles() {
@@ -448,9 +455,9 @@ func (c *tc) checkLeaks() {
 				leaks = append(leaks, "pod directory "+p)
 			}
 		}
-		for _, n := range c.names {
-			if _, err := os.Stat(filepath.Join(root, n)); err == nil {
-				leaks = append(leaks, "state directory "+filepath.Join(root, n))
+		for _, d := range stateDirs(root) {
+			if !c.states[d] {
+				leaks = append(leaks, "state directory "+d)
 			}
 		}
 	}
@@ -465,12 +472,12 @@ func (c *tc) checkLeaks() {
 // unmount for its mounts.
 func (c *tc) reclaim() {
 	for _, root := range c.env.roots() {
-		for _, n := range c.names {
-			if _, err := os.Stat(filepath.Join(root, n)); err != nil {
+		for _, d := range stateDirs(root) {
+			if c.states[d] {
 				continue
 			}
-			out, err := quiet(time.Minute, runvBinary, "--root", root, "delete", "--force", n)
-			c.t.Logf("reclaim: runv --root %s delete --force %s: %v %s", root, n, err, strings.TrimSpace(out))
+			out, err := quiet(time.Minute, runvBinary, "--root", root, "delete", "--force", filepath.Base(d))
+			c.t.Logf("reclaim: runv --root %s delete --force %s: %v %s", root, filepath.Base(d), err, strings.TrimSpace(out))
 		}
 	}
 	for _, p := range runvProcesses(c.env.roots(), c.names) {
@@ -558,6 +565,18 @@ func mountsUnder(dir string) []string {
 		f := strings.Fields(l)
 		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
 			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// stateDirs lists runv's container state directories under a root.
+func stateDirs(root string) []string {
+	entries, _ := os.ReadDir(root)
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), "@") {
+			out = append(out, filepath.Join(root, e.Name()))
 		}
 	}
 	return out

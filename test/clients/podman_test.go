@@ -37,16 +37,23 @@ func needPodman(t *testing.T) *podmanEnv {
 				return
 			}
 		}
-		conf, err := filepath.Abs("testdata/podman-containers.conf")
+		// The machine's settings, plus runv registered by name as users do it.
+		base, err := os.ReadFile("testdata/podman-containers.conf")
 		if err != nil {
 			podmanSkip = err.Error()
 			return
 		}
-		p := &podmanEnv{dir: filepath.Join(tmp, "p"), conf: conf}
+		p := &podmanEnv{dir: filepath.Join(tmp, "p")}
 		os.MkdirAll(filepath.Join(p.dir, "tmp"), 0o755)
+		p.conf = filepath.Join(p.dir, "containers.conf")
+		conf := fmt.Sprintf("%s\n[engine.runtimes]\nrunv = [%q]\n", base, runtimePath)
+		if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+			podmanSkip = err.Error()
+			return
+		}
 		podman, podmanSetUp = p, true
 		// Only podman reads it; set for every podman the suite runs (on a pty too).
-		os.Setenv("CONTAINERS_CONF", conf)
+		os.Setenv("CONTAINERS_CONF", p.conf)
 		if out, err := quiet(2*time.Minute, "podman", p.args("load", "-i", img.Path)...); err != nil {
 			podmanSkip = fmt.Sprintf("podman cannot load the test image on this machine: %v\n%s", err, out)
 		}
@@ -57,10 +64,14 @@ func needPodman(t *testing.T) *podmanEnv {
 	return podman
 }
 
-// args are podman's global options for the suite, then args.
+// args are podman's global options for the suite, then args. The runtime is given by path.
 func (p *podmanEnv) args(args ...string) []string {
+	return append([]string{"--runtime", runtimePath}, p.argsNoRuntime(args...)...)
+}
+
+func (p *podmanEnv) argsNoRuntime(args ...string) []string {
 	return append([]string{"--root", filepath.Join(p.dir, "root"), "--runroot", filepath.Join(p.dir, "runroot"),
-		"--tmpdir", filepath.Join(p.dir, "tmp"), "--runtime", runtimePath}, args...)
+		"--tmpdir", filepath.Join(p.dir, "tmp")}, args...)
 }
 
 func (p *podmanEnv) env() []string { return []string{"CONTAINERS_CONF=" + p.conf} }
@@ -127,12 +138,36 @@ func TestPodmanRun(t *testing.T) {
 	checkGuestRelease(x, r)
 }
 
+// TestPodmanRuntimeByName: runv registered in containers.conf ([engine.runtimes] runv =
+// [PATH]) is chosen with --runtime runv.
+func TestPodmanRuntimeByName(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	r := runCmd(t, cmdOpts{}, "podman", p.argsNoRuntime("--runtime", "runv", "run", "--rm", "--name", name, img.Name, "uname", "-r")...)
+	r.cmdline = "CONTAINERS_CONF=" + p.conf + " " + r.cmdline
+	checkGuestRelease(x, x.must(r))
+}
+
 // TestPodmanExitCode: the container's exit code and both output streams come through.
 func TestPodmanExitCode(t *testing.T) {
 	p, x, name := newPodmanTest(t)
 	r := p.podman(t, cmdOpts{}, "run", "--rm", "--name", name, img.Name, "sh", "-c", "echo out; echo err >&2; exit 3")
 	if r.code != 3 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
 		x.fatal(r, "want exit 3, stdout \"out\\n\", stderr \"err\\n\"")
+	}
+}
+
+// TestPodmanVolume: a host directory bound with -v is read and written from the VM.
+func TestPodmanVolume(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	vol := t.TempDir()
+	os.WriteFile(filepath.Join(vol, "in"), []byte("from the host\n"), 0o644)
+	r := x.must(p.podman(t, cmdOpts{}, "run", "--rm", "--name", name, "-v", vol+":/data", "-e", "FOO=bar", img.Name,
+		"sh", "-c", "cat /data/in; echo from the guest > /data/out; echo $FOO"))
+	if r.stdout != "from the host\nbar\n" {
+		x.errorf(r, "want the host file's content and the environment")
+	}
+	if got := readAll(filepath.Join(vol, "out")); got != "from the guest\n" {
+		x.errorf(r, "the container's write to the bind mount: the host reads %q, want \"from the guest\\n\"", got)
 	}
 }
 
@@ -149,12 +184,14 @@ func TestPodmanStdin(t *testing.T) {
 // code is recorded), rm removes it.
 func TestPodmanDetachStopRm(t *testing.T) {
 	p, x, name := newPodmanTest(t)
-	x.must(p.podman(t, cmdOpts{}, "run", "-d", "--name", name, img.Name, "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.2; done"))
+	x.must(p.podman(t, cmdOpts{}, "run", "-d", "--name", name, img.Name, "sh", "-c", trapScript))
 	r := x.must(p.podman(t, cmdOpts{}, "ps", "--filter", "name=^"+name+"$", "--format", "{{.Status}}"))
 	if !strings.HasPrefix(strings.TrimSpace(r.stdout), "Up") {
 		x.fatal(r, "container %s is not up after run -d", name)
 	}
-	time.Sleep(500 * time.Millisecond) // let the shell install its trap
+	if !waitFor(30*time.Second, func() bool { out, _ := p.quiet(10*time.Second, "logs", name); return out == "ready\n" }) {
+		x.fatal(p.podman(t, cmdOpts{}, "logs", name), "the container did not print \"ready\" within 30s")
+	}
 	x.must(p.podman(t, cmdOpts{}, "stop", "-t", "30", name))
 	r = x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name))
 	if strings.TrimSpace(r.stdout) != "exited 7" {
@@ -206,7 +243,58 @@ func TestPodmanExec(t *testing.T) {
 	if r.code != 0 || r.stdout != "in\n" {
 		x.errorf(r, "want stdin echoed by exec -i cat")
 	}
+	r = runInPty(t, 60*time.Second, "podman", p.args("exec", "-it", name, "sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
 	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "1", name))
+}
+
+// TestPodmanPause: podman pause and unpause change the container's state.
+func TestPodmanPause(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	x.must(p.podman(t, cmdOpts{}, "run", "-d", "--name", name, img.Name, "sleep", "1000"))
+	x.must(p.podman(t, cmdOpts{}, "pause", name))
+	if r := x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}}", name)); strings.TrimSpace(r.stdout) != "paused" {
+		x.errorf(r, "want paused after podman pause")
+	}
+	x.must(p.podman(t, cmdOpts{}, "unpause", name))
+	if r := x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}}", name)); strings.TrimSpace(r.stdout) != "running" {
+		x.errorf(r, "want running after podman unpause")
+	}
+	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "1", name))
+}
+
+// TestPodmanPod: containers of a podman pod (default infra container: catatonit in
+// podman's local pause image) run in the pod's VM; a container outside runs in its own.
+func TestPodmanPod(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	pod := name + "-pod"
+	t.Cleanup(func() { p.quiet(90*time.Second, "pod", "rm", "-f", "--ignore", pod) })
+	x.must(p.podman(t, cmdOpts{}, "pod", "create", "--name", pod))
+	x.must(p.podman(t, cmdOpts{}, "run", "-d", "--pod", pod, "--name", name, img.Name, "sleep", "1000"))
+	bootA := strings.TrimSpace(x.must(p.podman(t, cmdOpts{}, "exec", name, "cat", "/proc/sys/kernel/random/boot_id")).stdout)
+	r := x.must(p.podman(t, cmdOpts{}, "run", "--rm", "--pod", pod, img.Name, "sh", "-c", "cat /proc/sys/kernel/random/boot_id; hostname"))
+	if r.stdout != bootA+"\n"+pod+"\n" {
+		x.errorf(r, "want the pod's VM (boot id %s) and its hostname %s", bootA, pod)
+	}
+	r = x.must(p.podman(t, cmdOpts{}, "run", "--rm", img.Name, "cat", "/proc/sys/kernel/random/boot_id"))
+	if strings.TrimSpace(r.stdout) == bootA {
+		x.errorf(r, "a container outside the pod ran in the pod's VM (boot id %s)", bootA)
+	}
+	x.must(p.podman(t, cmdOpts{}, "pod", "rm", "-f", "-t", "1", pod))
+}
+
+// TestPodmanMissingCommand: a command that is not in the image fails as with runc: exit
+// 127, and podman's cleanup (runv delete --force of a container that was never created)
+// succeeds.
+func TestPodmanMissingCommand(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	r := p.podman(t, cmdOpts{}, "run", "--rm", "--name", name, img.Name, "/no/such/command")
+	if r.code != 127 || !strings.Contains(r.stderr, "/no/such/command") {
+		x.errorf(r, "want exit 127 and an error naming the command")
+	}
+	if strings.Contains(r.stderr, "after creation failed") {
+		x.errorf(r, "podman could not remove the failed container from the runtime (runv delete --force must succeed for a container that does not exist, as runc's does)")
+	}
 }
 
 // TestPodmanTerminal: podman run -it gives the container a terminal (runv create

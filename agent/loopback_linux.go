@@ -1,0 +1,34 @@
+package agent
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// loopbackUp brings up the VM's loopback interface. Every container of the pod runs in the
+// VM's network namespace (see adjustSpec), and a container finds lo up there with runc:
+// docker, podman and CNI bring it up in the network namespace they make for the pod. A
+// kernel starts with lo down, so without this 127.0.0.1 is unreachable in the pod.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bring up lo: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("bring up lo: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring up lo: read its flags: %w", err)
+	}
+	if ifr.Uint16()&unix.IFF_UP != 0 {
+		return nil
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring up lo: %w", err)
+	}
+	return nil
+}
