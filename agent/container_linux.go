@@ -110,6 +110,19 @@ func (a *Agent) lookup(id string) (*container, error) {
 	return c, nil
 }
 
+// lookupProcess finds a process of a container.
+func (a *Agent) lookupProcess(container, process string) (*container, *process, error) {
+	c, err := a.lookup(container)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(process)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
 // sandboxNamespaces returns the guest paths of the pod sandbox's namespaces: the first
 // container of the pod that still exists with a live init. Caller holds a.mu.
 func (a *Agent) sandboxNamespacesLocked() map[specs.LinuxNamespaceType]string {
@@ -325,11 +338,7 @@ func (a *Agent) winSize(_ context.Context, req *Request) (any, error) {
 	if err := req.Decode(&m); err != nil {
 		return nil, err
 	}
-	c, err := a.lookup(m.Container)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.process(m.Process)
+	c, p, err := a.lookupProcess(m.Container, m.Process)
 	if err != nil {
 		return nil, err
 	}
@@ -348,11 +357,7 @@ func (a *Agent) closeStdin(_ context.Context, req *Request) (any, error) {
 	if err := req.Decode(&m); err != nil {
 		return nil, err
 	}
-	c, err := a.lookup(m.Container)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.process(m.Process)
+	_, p, err := a.lookupProcess(m.Container, m.Process)
 	if err != nil {
 		return nil, err
 	}

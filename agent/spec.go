@@ -9,6 +9,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/oci"
 )
 
 // guestSpec is what the agent needs to know to turn the host's OCI spec into one that works
@@ -70,7 +71,7 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	spec.Hooks = nil
 
 	for i, m := range spec.Mounts {
-		if isBindMount(m) && !path.IsAbs(m.Source) {
+		if oci.IsBindMount(m) && !path.IsAbs(m.Source) {
 			src, err := inShare(g.ShareDir, m.Source)
 			if err != nil {
 				return nil, errorf(agentproto.KindInvalid, "container %q: mount %s: %w", g.ContainerID, m.Destination, err)
@@ -140,18 +141,6 @@ func inShare(share, rel string) (string, error) {
 		return "", fmt.Errorf("%q escapes the pod share", rel)
 	}
 	return p, nil
-}
-
-func isBindMount(m specs.Mount) bool {
-	if m.Type == "bind" {
-		return true
-	}
-	for _, o := range m.Options {
-		if o == "bind" || o == "rbind" {
-			return true
-		}
-	}
-	return false
 }
 
 func hasMount(mounts []specs.Mount, dest string) bool {

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/runv-project/runv/api/podapi"
-	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -45,23 +45,23 @@ func size(c *podapi.ConsoleSize) (uint16, uint16) {
 func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.CreateResponse, error) {
 	sp, err := decodeSpec(r.Spec)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	// The pod's first container sizes its VM; for later ones this does nothing.
 	if err := g.s.SizeVM(sp); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
 	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols, Sandbox: r.Sandbox})
 	if err != nil {
 		logging.G(ctx).Error("create", "container", r.Id, "error", err)
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.CreateResponse{GuestPid: int64(pid)}, nil
 }
 
 func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Start(ctx, r.Id))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Start(ctx, r.Id))
 }
 
 func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecResponse, error) {
@@ -72,19 +72,19 @@ func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecR
 	rows, cols := size(r.Console)
 	pid, err := g.s.Exec(ctx, ExecRequest{ID: r.Id, Process: r.Process, Spec: &p, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.ExecResponse{GuestPid: int64(pid)}, nil
 }
 
 func (g *server) Signal(ctx context.Context, r *podapi.SignalRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Signal(ctx, r.Id, r.Process, int(r.Signal), r.All))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Signal(ctx, r.Id, r.Process, int(r.Signal), r.All))
 }
 
 func (g *server) Wait(ctx context.Context, r *podapi.ProcessRequest) (*podapi.WaitResponse, error) {
 	e, err := g.s.Wait(ctx, r.Id, r.Process)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error}, nil
 }
@@ -92,30 +92,30 @@ func (g *server) Wait(ctx context.Context, r *podapi.ProcessRequest) (*podapi.Wa
 func (g *server) State(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ContainerState, error) {
 	st, err := g.s.State(r.Id)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.ContainerState{Id: st.ID, Status: st.Status, GuestPid: int64(st.GuestPid), ExitCode: int32(st.ExitCode), CreatedUnixNano: st.Created.UnixNano()}, nil
 }
 
 func (g *server) Delete(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Delete(ctx, r.Id))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Delete(ctx, r.Id))
 }
 
 func (g *server) ResizePty(ctx context.Context, r *podapi.ResizeRequest) (*podapi.Empty, error) {
 	rows, cols := size(r.Size)
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.ResizePty(ctx, r.Id, r.Process, rows, cols))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.ResizePty(ctx, r.Id, r.Process, rows, cols))
 }
 
 func (g *server) CloseStdin(ctx context.Context, r *podapi.ProcessRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.CloseStdin(ctx, r.Id, r.Process))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.CloseStdin(ctx, r.Id, r.Process))
 }
 
 func (g *server) Pause(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Pause(ctx, r.Id))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Pause(ctx, r.Id))
 }
 
 func (g *server) Resume(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Resume(ctx, r.Id))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Resume(ctx, r.Id))
 }
 
 func (g *server) Update(ctx context.Context, r *podapi.UpdateRequest) (*podapi.Empty, error) {
@@ -123,13 +123,13 @@ func (g *server) Update(ctx context.Context, r *podapi.UpdateRequest) (*podapi.E
 	if err := json.Unmarshal(r.Resources, &res); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "resources: %v", err)
 	}
-	return &podapi.Empty{}, errdefs.ToGRPC(g.s.Update(ctx, r.Id, &res))
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Update(ctx, r.Id, &res))
 }
 
 func (g *server) Processes(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ProcessesResponse, error) {
 	procs, err := g.s.Processes(ctx, r.Id)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	out := &podapi.ProcessesResponse{}
 	for _, p := range procs {
@@ -142,7 +142,7 @@ func (g *server) Processes(ctx context.Context, r *podapi.ContainerRequest) (*po
 func (g *server) Stats(ctx context.Context, r *podapi.ContainerRequest) (*podapi.StatsResponse, error) {
 	st, err := g.s.Stats(ctx, r.Id)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.StatsResponse{CpuUsageNanos: st.CPUUsageNanos, MemoryUsageBytes: st.MemoryUsageBytes, MemoryLimitBytes: st.MemoryLimitBytes, Pids: st.Pids}, nil
 }
@@ -154,7 +154,7 @@ func (g *server) Events(r *podapi.EventsRequest, stream podapi.Pod_EventsServer)
 	}
 	replay, sub, err := g.s.events.subscribe(since, r.Id)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	defer g.s.events.unsubscribe(sub)
 	send := func(e Event) error {

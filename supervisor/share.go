@@ -16,6 +16,7 @@ import (
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/oci"
 )
 
 // shareContainer makes a container's rootfs and bind-mount sources visible to the guest by
@@ -57,7 +58,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 	g.Mounts = make([]specs.Mount, len(spec.Mounts))
 	copy(g.Mounts, spec.Mounts)
 	for i, m := range g.Mounts {
-		if !isBind(m) {
+		if !oci.IsBindMount(m) {
 			continue
 		}
 		src := m.Source
@@ -75,18 +76,6 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		g.Mounts[i].Source = path.Join(agentproto.SharePath, rel)
 	}
 	return &g, nil
-}
-
-func isBind(m specs.Mount) bool {
-	if m.Type == "bind" {
-		return true
-	}
-	for _, o := range m.Options {
-		if o == "bind" || o == "rbind" {
-			return true
-		}
-	}
-	return false
 }
 
 // bindMount creates target (a directory or an empty file) and binds src onto it recursively.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/supervisor"
 	"github.com/runv-project/runv/supervisor/fdpass"
 	"github.com/runv-project/runv/supervisor/state"
@@ -151,7 +152,7 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 }
 
 // rpcErr turns a daemon error back into its class.
-func rpcErr(err error) error { return errdefs.FromGRPC(err) }
+func rpcErr(err error) error { return errgrpc.FromGRPC(err) }
 
 // daemonAlive reports whether the container's pod daemon still runs.
 func daemonAlive(c *state.Container) bool { return c.Daemon.Alive() }

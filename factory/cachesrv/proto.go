@@ -53,6 +53,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/factory"
 )
 
@@ -141,7 +142,7 @@ type PoolStatus struct {
 }
 
 func errResponse(err error) response {
-	st, _ := status.FromError(errdefs.ToGRPC(err))
+	st, _ := status.FromError(errgrpc.ToGRPC(err))
 	return response{Error: err.Error(), Code: st.Code()}
 }
 
@@ -149,7 +150,7 @@ func (r response) err() error {
 	if r.Error == "" {
 		return nil
 	}
-	return errdefs.FromGRPC(status.Error(r.Code, r.Error))
+	return errgrpc.FromGRPC(status.Error(r.Code, r.Error))
 }
 
 // call sends one request to the socket at path and returns the answer (or its error).
