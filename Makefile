@@ -22,7 +22,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
 
 .PHONY: all deps build runv agent initrd kernel install uninstall demo test unit-test \
-	integration-test client-deps client-test apt-install bench proto clean
+	integration-test client-deps client-test conformance apt-install bench proto clean
 
 all: build
 
@@ -88,6 +88,13 @@ integration-test:
 client-test: client-deps install
 	$(GO) test -count=1 -timeout 30m -v ./test/image/ ./test/clients/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:)'; \
 		code=$${PIPESTATUS[0]}; grep -B1 -E '^\s*--- SKIP' $(BUILD)/client-test.log | grep -vE '^(--|\s*--- SKIP)' | sed 's/^ */skipped: /'; exit $$code
+
+# OCI runtime conformance (opencontainers/runtime-tools validation/) against runc and the
+# installed runv, side by side. Not part of `make test`: about 15 minutes. Programs: make
+# conformance CONFORMANCE="default hooks". Details: test/conformance/run.sh,
+# docs/oci-compliance.md.
+conformance: deps install
+	test/conformance/run.sh $(CONFORMANCE)
 
 bench: deps install
 	bench/run.sh

@@ -10,6 +10,7 @@ import (
 // and DESTROYPOD end here. It never returns.
 func powerOff(log *logger, why string) {
 	log.Infof("powering off: %s", why)
+	drainConsole()
 	unix.Sync()
 	for {
 		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -18,6 +19,18 @@ func powerOff(log *logger, why string) {
 		log.Errorf("reboot(POWER_OFF): %v", err)
 		time.Sleep(time.Second)
 	}
+}
+
+// drainConsole waits until the serial console has transmitted what was written to it. A
+// write to a tty returns once the bytes are in the tty's buffer; powering off at once can
+// lose the last lines (and the probe's marker) before the UART sent them to the host.
+func drainConsole() {
+	fd, err := unix.Open("/dev/console", unix.O_WRONLY|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	unix.IoctlSetInt(fd, unix.TCSBRK, 1) // tcdrain
 }
 
 // fatal logs a fatal error and powers off.

@@ -47,7 +47,9 @@ var defaultDevMount = specs.Mount{
 //   - the cgroup path is the agent's own, /runv/<id>: host cgroup paths (including
 //     systemd's slice:prefix:name form) mean nothing in the guest's cgroup2 tree;
 //   - hooks are dropped: they run on the host;
-//   - the pod's resolv.conf is bound read-only when the spec brings none.
+//   - the pod's resolv.conf is bound read-only when the spec brings none;
+//   - a seccomp profile that does not mention statx lets libcontainer's statx(STATX_MNT_ID)
+//     through (allowStatxMountID).
 func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	if in == nil {
 		return nil, errorf(agentproto.KindInvalid, "container %q: no OCI spec", g.ContainerID)
@@ -107,6 +109,7 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 		nss = append(nss, ns)
 	}
 	spec.Linux.Namespaces = nss
+	allowStatxMountID(spec.Linux.Seccomp)
 	return spec, nil
 }
 

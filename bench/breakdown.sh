@@ -44,7 +44,7 @@ kill "$tailpid"; tailpid=
 echo "host (ms since the CLI started): create returned $tc, start returned $ts, delete returned $td"
 echo "--- pod daemon (--debug), milliseconds since the CLI started"
 # The CLI's start as seconds of the UTC day, the unit of the daemon's timestamps.
-t0s=$(date -u -d "@$((t0 / 1000000000)).$(printf %09d $((t0 % 1000000000)))" +%H:%M:%S.%N | awk -F: '{print $1*3600 + $2*60 + $3}')
+t0s=$(date -u -d "@$((t0 / 1000000000)).$(printf %09d $((t0 % 1000000000)))" +%H:%M:%S.%N | awk -F: '{printf "%.6f", $1*3600 + $2*60 + $3}')
 awk -v t0="$t0s" '
 	match($0, /time=[^ ]*/) {
 		ts = substr($0, RSTART + 5, RLENGTH - 5)

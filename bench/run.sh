@@ -111,7 +111,9 @@ start_factory() {
 		echo "runv has no 'manage factory-daemon'"
 		return 1
 	fi
-	rv "$name" "${fa[@]}" manage factory-daemon --warm="$warm" >"$work/factory-$name.log" 2>&1 &
+	# Not through rv: $! must be runv's pid, not a subshell's.
+	"$RUNV" --root "$work/root-$name" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" \
+		manage factory-daemon --warm="$warm" >"$work/factory-$name.log" 2>&1 &
 	factory_pids+=($!)
 	# Its socket appears once it serves (polled: it is another process's file).
 	for ((i = 0; i < 300; i++)); do
@@ -207,11 +209,13 @@ idle_pods() {
 	echo "$count"
 }
 stop_pods() {
-	local r=$work/root-$1 id
+	local r=$work/root-$1 id pids=()
 	for id in $("$RUNV" --root "$r" list -q 2>/dev/null); do
 		"$RUNV" --root "$r" delete -f "$id" >/dev/null 2>&1 &
+		pids+=($!)
 	done
-	wait
+	# Only these: a bare `wait` would wait for the factory daemons too.
+	for p in "${pids[@]}"; do wait "$p"; done
 }
 
 pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }

@@ -24,8 +24,9 @@ import (
 
 // Limits of a holder.
 const (
-	// parkTimeout bounds the wait for a new VM's agent to answer.
-	parkTimeout = 90 * time.Second
+	// parkTimeout bounds the boot, agent handshake and warm-up of a pooled VM. Generous: the
+	// VM runs niced (pooledNice) and a busy host gives it little CPU.
+	parkTimeout = 5 * time.Minute
 	// killWait bounds how long a holder waits for its QEMU to go after killing it.
 	killWait = 10 * time.Second
 	// defaultOpTimeout bounds an op whose request names no timeout.
@@ -33,8 +34,10 @@ const (
 	// pooledNice is the nice value of a pooled VM's QEMU. A refill starts when a VM is
 	// handed out, that is when a pod is starting: at nice 0 the refill's boot and warm-up
 	// would take half of a 2-core host from the very pod the pool exists for. Niced, pooled
-	// VMs boot with what the running pods leave; adopt restores nice 0.
-	pooledNice = 19
+	// VMs boot mostly with what the running pods leave; adopt restores nice 0. 10 rather
+	// than 19: a CFS weight of 110 against 1024 still lets a refill progress (roughly a
+	// tenth of a CPU) on a host whose pods keep every CPU busy.
+	pooledNice = 10
 )
 
 // HolderConfig configures a holder process (RunHolder).

@@ -1,0 +1,16 @@
+//go:build linux && cgo && seccomp
+
+package agent
+
+import libseccomp "github.com/seccomp/libseccomp-golang"
+
+func init() {
+	// The numbering libcontainer's -ENOSYS stub uses: libseccomp's, for the native arch.
+	syscallNumber = func(name string) (int, bool) {
+		nr, err := libseccomp.GetSyscallFromName(name)
+		if err != nil {
+			return 0, false
+		}
+		return int(nr), true
+	}
+}
