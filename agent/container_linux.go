@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -28,6 +30,9 @@ type container struct {
 	// spec is the adjusted spec the container was created from; UPDATECONTAINER merges
 	// into its resources.
 	spec *specs.Spec
+	// lateRlimits are the container's rlimits that the agent sets after exec (for processes
+	// without rlimits of their own); cfg.Rlimits has them unlimited.
+	lateRlimits []configs.Rlimit
 
 	mu    sync.Mutex
 	init  *process
@@ -196,6 +201,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container
 	if err != nil {
 		return nil, nil, err
 	}
+	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
 	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
 	// here (libcontainer refuses them without a network namespace of the container's own).
 	if err := writeSysctls("/proc/sys", takeNetSysctls(spec)); err != nil {
@@ -205,11 +211,13 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container
 	if err != nil {
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
 	}
+	var late []configs.Rlimit
+	cfg.Rlimits, late = splitLateRlimits(cfg.Rlimits)
 	lc, err := libcontainer.Create(libcontainerRoot, m.ID, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create container %q: %w", m.ID, err)
 	}
-	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), lc: lc, spec: spec, procs: make(map[string]*process)}
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), lc: lc, spec: spec, lateRlimits: late, procs: make(map[string]*process)}
 	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true)
 	if err != nil {
 		if derr := lc.Destroy(); derr != nil {
@@ -245,6 +253,7 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 		}
 		return nil, fmt.Errorf("start container %q: %w", c.id, err)
 	}
+	c.init.execed()
 	c.log.Debugf("started")
 	return nil, nil
 }
@@ -320,6 +329,7 @@ func (a *Agent) signalProcess(_ context.Context, req *Request) (any, error) {
 	if p.lp == nil || p.exited() {
 		return nil, errorf(agentproto.KindState, "process %q of container %q is not running", m.Process, c.id)
 	}
+	p.awaitHandler(sig)
 	if p == c.init {
 		// libcontainer checks the init's start time, so a recycled pid is never hit.
 		err = c.lc.Signal(sig)

@@ -105,6 +105,13 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 	if err := unix.Mount(st.shareTag, agentproto.SharePath, "9p", 0, shareMountOptions); err != nil {
 		return nil, fmt.Errorf("mount 9p share %q on %s: %w", st.shareTag, agentproto.SharePath, err)
 	}
+	// The share's root is the host's pod share directory, private there (0700). A container
+	// in a user namespace prepares its root as its own (mapped) root user, who must be able
+	// to reach <share>/<id>/rootfs: let anyone traverse the share's root, not list it (the
+	// pod directory above it on the host stays private).
+	if err := os.Chmod(agentproto.SharePath, 0o711); err != nil {
+		a.log.Errorf("chmod %s: %v", agentproto.SharePath, err)
+	}
 	return st, nil
 }
 

@@ -3,8 +3,10 @@ package agent
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -19,6 +21,8 @@ type process struct {
 	pid      int
 	terminal bool
 	io       *procIO
+	// lateRlimits are set by the agent once the program is exec'd (see lateRlimitTypes).
+	lateRlimits []configs.Rlimit
 
 	// done is closed when the process is gone and its output was delivered, just before
 	// PROCESSEXIT is sent (the host may act on the event at once, e.g. REMOVECONTAINER).
@@ -28,6 +32,8 @@ type process struct {
 
 	mu   sync.Mutex
 	exit agentproto.ProcessExit
+	// execAt is when the process was seen to exec its program (zero before).
+	execAt time.Time
 }
 
 func (p *process) exited() bool {
@@ -49,6 +55,11 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	}
 	if rows != 0 && cols != 0 {
 		lp.ConsoleHeight, lp.ConsoleWidth = rows, cols
+	}
+	// Without rlimits of its own the process gets the container's (libcontainer's rule).
+	late := c.lateRlimits
+	if len(lp.Rlimits) > 0 {
+		lp.Rlimits, late = splitLateRlimits(lp.Rlimits)
 	}
 	log := c.log.with("proc", id)
 	pio, err := newProcIO(a.streams(), st, spec.Terminal, lp, log)
@@ -77,7 +88,8 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 
 	p := &process{
 		id: id, ctr: c, log: log, lp: lp, pid: pid, terminal: spec.Terminal, io: pio,
-		done: make(chan struct{}), reported: make(chan struct{}),
+		lateRlimits: late,
+		done:        make(chan struct{}), reported: make(chan struct{}),
 	}
 	if err := pio.started(); err != nil {
 		_ = lp.Signal(sigKill)
@@ -85,6 +97,9 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 		a.reaper.untrack(pid)
 		pio.abort()
 		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
+	}
+	if !init {
+		p.execed()
 	}
 	log.Debugf("started, pid %d", pid)
 	return p, nil

@@ -76,3 +76,27 @@ func newProcess(p *specs.Process, init bool) (*libcontainer.Process, error) {
 	lp.CPUAffinity = aff
 	return lp, nil
 }
+
+// lateRlimitTypes are the rlimits the agent sets itself, on the process, once it has exec'd
+// the container's program, instead of letting libcontainer set them on its init before.
+// libcontainer's init is the agent binary, a Go program whose runtime reserves well over a
+// gigabyte of address space (PROT_NONE) before it does anything: an RLIMIT_AS below that
+// (1 GiB is common) fails the init's own next allocation, e.g. "error adding seccomp filter
+// rule for syscall getegid32: cannot allocate memory". The exec'd program starts with a
+// fresh address space, which the limit then bounds.
+var lateRlimitTypes = map[int]bool{unix.RLIMIT_AS: true}
+
+// splitLateRlimits returns the rlimits for libcontainer, in which each late one is
+// replaced by an unlimited one (what the agent has: the list keeps its shape, so
+// libcontainer's choice between a process's rlimits and the container's stays the same),
+// and the late ones.
+func splitLateRlimits(rls []configs.Rlimit) (forLibcontainer, late []configs.Rlimit) {
+	for _, rl := range rls {
+		if lateRlimitTypes[rl.Type] {
+			late = append(late, rl)
+			rl.Soft, rl.Hard = unix.RLIM_INFINITY, unix.RLIM_INFINITY
+		}
+		forLibcontainer = append(forLibcontainer, rl)
+	}
+	return forLibcontainer, late
+}

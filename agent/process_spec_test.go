@@ -3,6 +3,7 @@ package agent
 import (
 	"testing"
 
+	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -46,5 +47,20 @@ func TestNewProcess(t *testing.T) {
 	}
 	if _, err := newProcess(&specs.Process{}, false); kindOf(err) != agentproto.KindInvalid {
 		t.Errorf("no args: %v", err)
+	}
+}
+
+func TestSplitLateRlimits(t *testing.T) {
+	in := []configs.Rlimit{{Type: unix.RLIMIT_AS, Hard: 2 << 30, Soft: 1 << 30}, {Type: unix.RLIMIT_NOFILE, Hard: 10, Soft: 5}}
+	lc, late := splitLateRlimits(in)
+	unlimited := configs.Rlimit{Type: unix.RLIMIT_AS, Hard: unix.RLIM_INFINITY, Soft: unix.RLIM_INFINITY}
+	if len(lc) != 2 || lc[0] != unlimited || lc[1] != in[1] {
+		t.Errorf("for libcontainer %+v", lc)
+	}
+	if len(late) != 1 || late[0] != in[0] {
+		t.Errorf("late %+v", late)
+	}
+	if lc, late := splitLateRlimits(nil); lc != nil || late != nil {
+		t.Errorf("nil: %v %v", lc, late)
 	}
 }

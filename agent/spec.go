@@ -3,9 +3,11 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"path"
 	"strings"
 
+	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -48,6 +50,10 @@ var defaultDevMount = specs.Mount{
 //     systemd's slice:prefix:name form) mean nothing in the guest's cgroup2 tree;
 //   - hooks are dropped: they run on the host;
 //   - the pod's resolv.conf is bound read-only when the spec brings none;
+//   - a bind mount's filesystem options (data, e.g. a tmpfs's size=) are dropped: the kernel
+//     ignores them for a bind mount, as runc 1.1 lets it; libcontainer 1.2+ refuses them;
+//   - a FIFO device's major:minor are zeroed;
+//   - in a user namespace, sysfs is a read-only bind of the VM's /sys (see sysfsAsBind);
 //   - a seccomp profile that does not mention statx lets libcontainer's statx(STATX_MNT_ID)
 //     through (allowStatxMountID).
 func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
@@ -73,6 +79,9 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	spec.Hooks = nil
 
 	for i, m := range spec.Mounts {
+		if oci.IsBindMount(m) {
+			spec.Mounts[i].Options = withoutDataOptions(m.Options)
+		}
 		if oci.IsBindMount(m) && !path.IsAbs(m.Source) {
 			src, err := inShare(g.ShareDir, m.Source)
 			if err != nil {
@@ -109,8 +118,127 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 		nss = append(nss, ns)
 	}
 	spec.Linux.Namespaces = nss
+	if hasNamespace(nss, specs.UserNamespace) {
+		spec.Mounts = sysfsAsBind(spec.Mounts)
+	}
+	for i, d := range spec.Linux.Devices {
+		// A FIFO has no device numbers (the spec requires them for c and b only); mknod
+		// ignores them, and libcontainer then finds 0:0 where the spec said otherwise
+		// ("new p device inode ... has incorrect major:minor").
+		if d.Type == "p" {
+			spec.Linux.Devices[i].Major, spec.Linux.Devices[i].Minor = 0, 0
+		}
+	}
 	allowStatxMountID(spec.Linux.Seccomp)
 	return spec, nil
+}
+
+// readonlyDeviceBinds turns each linux.readonlyPaths entry that names a device node, FIFO or
+// socket of the rootfs into a read-only bind mount of that file. libcontainer makes a
+// readonly path read-only by binding it onto itself, then remounting it with the flags
+// statfs(2) reports for it; statfs of such a file on the 9p rootfs makes QEMU open it on
+// the host, which fails for a node of no device, or a FIFO without a reader ("can't make
+// "/x" read-only: statfs /x: no such device or address"). A bind mount made read-only needs no statfs, and
+// gives the same mount. Only nodes that the container sees in its rootfs are converted: no
+// mount covers them, and no component of their path is a symlink. rootfs is the rootfs's
+// path in the guest, lstat the agent's.
+func readonlyDeviceBinds(spec *specs.Spec, rootfs string, lstat func(string) (fs.FileInfo, error)) {
+	if spec.Linux == nil || len(spec.Linux.ReadonlyPaths) == 0 {
+		return
+	}
+	var keep []string
+	for _, p := range spec.Linux.ReadonlyPaths {
+		if isRootfsDevice(spec.Mounts, rootfs, p, lstat) {
+			spec.Mounts = append(spec.Mounts, specs.Mount{
+				Destination: p, Type: "bind", Source: path.Join(rootfs, p), Options: []string{"bind", "ro"},
+			})
+			continue
+		}
+		keep = append(keep, p)
+	}
+	spec.Linux.ReadonlyPaths = keep
+}
+
+func isRootfsDevice(mounts []specs.Mount, rootfs, p string, lstat func(string) (fs.FileInfo, error)) bool {
+	if !path.IsAbs(p) || path.Clean(p) == "/" {
+		return false
+	}
+	p = path.Clean(p)
+	for _, m := range mounts {
+		d := path.Clean(m.Destination)
+		if d == "/" || d == p || strings.HasPrefix(p, d+"/") {
+			return false
+		}
+	}
+	parts := strings.Split(p[1:], "/")
+	cur := rootfs
+	for i, part := range parts {
+		cur = path.Join(cur, part)
+		fi, err := lstat(cur)
+		if err != nil {
+			return false
+		}
+		if i < len(parts)-1 {
+			if !fi.IsDir() {
+				return false
+			}
+			continue
+		}
+		return fi.Mode()&(fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket) != 0
+	}
+	return false
+}
+
+func hasNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) bool {
+	for _, ns := range nss {
+		if ns.Type == t {
+			return true
+		}
+	}
+	return false
+}
+
+// sysfsAsBind replaces sysfs mounts by recursive binds of the guest's /sys. The kernel
+// mounts a sysfs only for a user namespace that owns the network namespace, and a
+// container stays in the VM's network namespace (the pod's), which its new user namespace
+// does not own (EPERM). A bind of the VM's /sys shows what a sysfs mounted in that network
+// namespace would (runc does the same for rootless containers without a network
+// namespace); its mountinfo entry is a sysfs's. The mount keeps its flags options.
+func sysfsAsBind(mounts []specs.Mount) []specs.Mount {
+	for i, m := range mounts {
+		if m.Type != "sysfs" {
+			continue
+		}
+		opts := []string{"rbind"}
+		for _, o := range m.Options {
+			if mountFlagOptions[o] && o != "bind" && o != "rbind" {
+				opts = append(opts, o)
+			}
+		}
+		mounts[i] = specs.Mount{Destination: m.Destination, Type: "bind", Source: "/sys", Options: opts}
+	}
+	return mounts
+}
+
+// mountFlagOptions are the mount options libcontainer knows as flags (everything else is
+// filesystem data). "defaults" is data to it, and means nothing.
+var mountFlagOptions = func() map[string]bool {
+	m := map[string]bool{"idmap": true, "ridmap": true}
+	for _, o := range specconv.KnownMountOptions() {
+		m[o] = o != "defaults"
+	}
+	return m
+}()
+
+// withoutDataOptions returns a bind mount's options without the filesystem-specific ones.
+func withoutDataOptions(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		if mountFlagOptions[o] {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // copySpec deep-copies a spec: the host's spec is kept as received for UPDATECONTAINER.

@@ -76,6 +76,11 @@ func Validate(bundle string, s *specs.Spec) error {
 			return invalid("mounts[%d].destination %q must be an absolute path", i, m.Destination)
 		}
 	}
+	if s.Linux != nil {
+		if err := checkNamespacePaths(s.Linux.Namespaces); err != nil {
+			return invalid("%w", err)
+		}
+	}
 	if h := s.Hooks; h != nil {
 		for _, kind := range []struct {
 			name  string

@@ -30,6 +30,18 @@ func TestLoadBundle(t *testing.T) {
 		{name: "relative cwd", mutate: func(s *specs.Spec) { s.Process.Cwd = "tmp" }, wantErr: "process.cwd"},
 		{name: "relative mount", mutate: func(s *specs.Spec) { s.Mounts[0].Destination = "proc" }, wantErr: "mounts[0].destination"},
 		{name: "not JSON", raw: "{", wantErr: "not a valid OCI runtime config"},
+		{name: "namespace path of its type", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace, Path: "/proc/self/ns/cgroup"})
+		}},
+		{name: "namespace path of another type", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace, Path: "/proc/self/ns/ipc"})
+		}, wantErr: "is a namespace of type ipc, not cgroup"},
+		{name: "namespace path missing", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces[0].Path = "/nonexistent/ns"
+		}, wantErr: "/nonexistent/ns"},
+		{name: "namespace path not a namespace", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces[0].Path = "/proc/self/status"
+		}, wantErr: "not a namespace file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

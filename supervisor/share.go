@@ -23,7 +23,9 @@ import (
 // bind-mounting them under the pod's 9p share:
 //
 //	<share>/<id>/rootfs        the bundle's root.path
-//	<share>/<id>/volumes/<n>   the source of the n-th bind mount of the spec
+//	<share>/<id>/volumes/<n>/<name>   the source of the n-th bind mount of the spec, under
+//	                                  its own name (the mount's root in the container's
+//	                                  mountinfo ends with it, as with runc)
 //
 // It returns the spec the guest gets: bind sources rewritten to guest paths, hooks removed
 // (they run on the host). On error nothing stays mounted.
@@ -69,13 +71,22 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		if err != nil {
 			return nil, fmt.Errorf("bind mount %d (%s → %s) of container %q: source: %w: %w", i, m.Source, m.Destination, id, err, errdefs.ErrInvalidArgument)
 		}
-		rel := path.Join(id, "volumes", strconv.Itoa(i))
+		rel := path.Join(id, "volumes", strconv.Itoa(i), volumeName(src))
 		if err := bindMount(src, filepath.Join(shareDir, rel), fi.IsDir()); err != nil {
 			return nil, fmt.Errorf("share bind mount %s of container %q: %w", m.Destination, id, err)
 		}
 		g.Mounts[i].Source = path.Join(agentproto.SharePath, rel)
 	}
 	return &g, nil
+}
+
+// volumeName is the name a bind-mount source is shared under: its base name.
+func volumeName(src string) string {
+	b := filepath.Base(filepath.Clean(src))
+	if b == "/" || b == "." || b == ".." {
+		return "root"
+	}
+	return b
 }
 
 // bindMount creates target (a directory or an empty file) and binds src onto it recursively.

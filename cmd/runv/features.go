@@ -81,12 +81,11 @@ func runvFeatures() features.Features {
 	}
 }
 
-// guestNamespaces is libcontainer's list less the user namespace: the container stays in the
-// VM's network namespace (the VM is the pod's), which a new user namespace does not own, so
-// libcontainer cannot mount sysfs for it, and the 9p rootfs refuses its remounts. "network"
-// is accepted for that reason: the container's network is the VM's, isolated from the host.
+// guestNamespaces is libcontainer's list: every type is created in the guest. "network" is
+// accepted but not created (the container's network is the VM's, the pod's, isolated from
+// the host); "user" works with its sysfs a bind of the VM's (see agent.sysfsAsBind).
 func guestNamespaces() []string {
-	return slices.DeleteFunc(specconv.KnownNamespaces(), func(ns string) bool { return ns == "user" })
+	return specconv.KnownNamespaces()
 }
 
 // guestMountOptions is libcontainer's list less the id-mapping options: the rootfs and bind

@@ -7,6 +7,7 @@
 #   test/conformance/run.sh                 # build (once) and run everything against both
 #   test/conformance/run.sh default hooks   # only these programs
 #   RUNTIMES=runv test/conformance/run.sh   # only runv (runc's column stays empty)
+#   test/conformance/run.sh --report DIR    # the table of a saved run (CACHE/results/<time>)
 #
 # Environment: RUNC (default: runc on PATH), RUNV (default /usr/local/bin/runv), RUNTIMES
 # ("runc runv"), TIMEOUT (seconds per program, default 120: a program still running then is
@@ -121,6 +122,17 @@ cleanup_new() {
 	done
 }
 
+# unmount_under DIR LOG: mounts a program left under DIR (a bundle of a failed
+# rootfsPropagation "shared" test keeps its proc, sys and dev mounts in the host's mount
+# namespace with runc) are detached, and named in LOG: nothing is ever removed through them.
+unmount_under() {
+	local dir=$1 log=$2 m
+	for m in $(awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+		echo "left mounted on the host: $m (detached)" >>"$log"
+		umount -l "$m" 2>/dev/null
+	done
+}
+
 # tap_counts FILE RC -> "pass fail skip"
 tap_counts() {
 	awk -v rc="$2" '
@@ -148,12 +160,33 @@ run_one() { # runtime program outdir
 		>"$out/$p.tap" 2>"$out/$p.err" </dev/null
 	rc=$?
 	cleanup_new "$rtpath" "$before"
-	rm -rf "$out/tmp"
+	unmount_under "$out/tmp" "$out/$p.err"
+	rm -rf --one-file-system "$out/tmp"
 	[ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "timeout after ${TIMEOUT}s" >>"$out/$p.err"
 	echo "$(tap_counts "$out/$p.tap" $rc) $rc" >"$out/$p.count"
 }
 
+# rereport DIR: the table of a saved run (its .tap files counted again).
+rereport() {
+	local dir=$1 rt f p rc programs=()
+	[ -d "$dir" ] || die "no results in $dir"
+	for rt in runc runv; do
+		for f in "$dir/$rt"/*.tap; do
+			[ -f "$f" ] || continue
+			p=$(basename "$f" .tap)
+			rc=$(awk '{print $4}' "$dir/$rt/$p.count" 2>/dev/null)
+			echo "$(tap_counts "$f" "${rc:-0}") ${rc:-0}" >"$dir/$rt/$p.count"
+		done
+	done
+	mapfile -t programs < <(ls "$dir"/runc/*.tap "$dir"/runv/*.tap 2>/dev/null | xargs -n1 basename | sed 's/\.tap$//' | sort -u)
+	report "$dir" "${programs[@]}"
+}
+
 main() {
+	if [ "${1:-}" = --report ]; then
+		rereport "${2:?usage: run.sh --report RESULTS-DIR}"
+		return
+	fi
 	command -v go >/dev/null || die "go is needed"
 	[ "$(id -u)" = 0 ] || die "must run as root"
 	build
