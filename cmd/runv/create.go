@@ -16,6 +16,7 @@ import (
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/oci"
 	"github.com/runv-project/runv/supervisor"
+	"github.com/runv-project/runv/supervisor/standin"
 	"github.com/runv-project/runv/supervisor/state"
 )
 
@@ -197,11 +198,27 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		if term != nil {
 			ctty = term.pty.slave
 		}
-		shim, err := spawnShim(g, rec, "", ctty)
+		ns, err := standin.ForSpec(spec)
+		if err != nil {
+			return nil, err
+		}
+		shim, err := spawnShim(g, rec, "", ctty, ns)
 		if err != nil {
 			return nil, err
 		}
 		rec.Shim = shim
+		defer func() {
+			if err != nil {
+				// Told by the pod daemon that its container is gone, it would exit
+				// soon; its cgroup can only go once it has.
+				killProcess(shim)
+				waitGone(shim, 10*time.Second)
+				rec.HostCgroup.Destroy(id, spec)
+			}
+		}()
+		if rec.HostCgroup, err = standin.CreateCgroup(id, spec, g.systemdCgroup, shim.Pid); err != nil {
+			return nil, err
+		}
 	} else {
 		rec.Shim = state.Self()
 	}
@@ -243,13 +260,6 @@ func checkSocketRoom(podDir string) error {
 			filepath.Dir(filepath.Dir(podDir)), n, maxSocketPath, errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// startShim starts the host process that stands in for a container process: its pid is the
-// one clients see. It stays our child, so that a subreaper above us (containerd's shim, for
-// instance) inherits it when we exit and can wait for it, as with runc.
-func startShim(g *globals, rec *state.Container, process string) (state.Process, error) {
-	return spawnShim(g, rec, process, nil)
 }
 
 func writePidFile(path string, pid int) error {

@@ -22,6 +22,7 @@ import (
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor/standin"
 	"github.com/runv-project/runv/supervisor/state"
 )
 
@@ -183,8 +184,18 @@ func execProcess(c *cli.Context) (int, error) {
 		if term != nil {
 			ctty = term.pty.slave
 		}
-		shim, err := spawnShim(g, rec, execID, ctty)
+		// In the container's namespaces and cgroup on the host, as its init's shim is.
+		var ns standin.Namespaces
+		if rec.Shim.Alive() {
+			if ns, err = standin.Of(rec.Shim.Pid); err != nil {
+				return fail(err)
+			}
+		}
+		shim, err := spawnShim(g, rec, execID, ctty, ns)
 		if err != nil {
+			return fail(err)
+		}
+		if err := rec.HostCgroup.Add(shim.Pid); err != nil {
 			return fail(err)
 		}
 		term.closeSlave()

@@ -25,7 +25,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log", Usage: "log file (default: stderr)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 		&cli.BoolFlag{Name: "debug", Usage: "enable debug logging"},
-		&cli.BoolFlag{Name: "systemd-cgroup", Usage: "accepted for runc compatibility; cgroups are applied inside the VM"},
+		&cli.BoolFlag{Name: "systemd-cgroup", Usage: "the host cgroup of a container's shims is a systemd unit (cgroupsPath \"slice:prefix:name\"); resources are applied inside the VM"},
 		// runc's other global flags, which clients such as containerd's go-runc may pass.
 		&cli.StringFlag{Name: "rootless", Value: "auto", Usage: "accepted for runc compatibility; runv runs as root (it starts VMs and mounts)"},
 		&cli.StringFlag{Name: "criu", Value: "criu", Usage: "accepted for runc compatibility; checkpoint/restore are not supported"},
@@ -54,8 +54,10 @@ type globals struct {
 	cpus      int
 	memoryMiB int
 	debug     bool
-	logPath   string
-	logFormat string
+	// systemdCgroup: containers' host cgroups are made through systemd (--systemd-cgroup).
+	systemdCgroup bool
+	logPath       string
+	logFormat     string
 	// factory is the --factory setting (factory.ParseSetting).
 	factory string
 	store   *state.Store
@@ -70,7 +72,7 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 		root: root, kernel: c.String("kernel"), initrd: c.String("initrd"),
 		accel: c.String("accel"), machine: c.String("machine"),
 		cpus: c.Int("default_cpus"), memoryMiB: c.Int("default_memory"),
-		debug: c.Bool("debug"), logPath: c.String("log"), logFormat: c.String("log-format"),
+		debug: c.Bool("debug"), systemdCgroup: c.Bool("systemd-cgroup"), logPath: c.String("log"), logFormat: c.String("log-format"),
 		factory: c.String("factory"),
 		store:   &state.Store{Root: root},
 	}

@@ -256,6 +256,9 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 			killProcess(shim)
 		}
 	}
+	if err := rec.HostCgroup.Destroy(id, rec.Spec); err != nil {
+		return fmt.Errorf("delete container %q: %w", id, err)
+	}
 	warnHooks(ctx, hookPoststop, hooksOf(rec.Spec, hookPoststop), hookState(rec, state.StatusStopped))
 	return h.Remove()
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor/standin"
 	"github.com/runv-project/runv/supervisor/state"
 )
 
@@ -106,8 +107,9 @@ func relayWinsize(ctx context.Context, pod *podConn, id, process string, tty *os
 // one clients see. It stays our child, so that a subreaper above us (containerd's shim, for
 // instance) inherits it when we exit and can wait for it, as with runc. For a terminal
 // process, ctty is the host pty slave: the shim gets a session of its own with the slave as
-// its controlling terminal, so it is signalled when the master is resized (see tty.go).
-func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File) (state.Process, error) {
+// its controlling terminal, so it is signalled when the master is resized (see tty.go). The
+// shim lives in the host namespaces ns (see package standin).
+func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, ns standin.Namespaces) (state.Process, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return state.Process{}, err
@@ -116,19 +118,35 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File) 
 	if g.debug {
 		args = append(args, "--debug")
 	}
-	args = append(args, "shim", "--pod-dir", rec.PodDir, "--id", rec.ID)
-	if process != "" {
-		args = append(args, "--process", process)
+	var extra []*os.File
+	if ctty != nil {
+		extra = append(extra, ctty)
 	}
+	podDir := rec.PodDir
+	if ns.JoinsMount() {
+		// The pod's directory may not be at its path in another mount namespace: the shim
+		// reaches it through a descriptor.
+		dir, err := os.OpenFile(rec.PodDir, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return state.Process{}, fmt.Errorf("pod directory: %w", err)
+		}
+		defer dir.Close()
+		extra = append(extra, dir)
+		podDir = fmt.Sprintf("/proc/self/fd/%d", 2+len(extra))
+	}
+	args = append(args, "shim", "--pod-dir", podDir, "--id", rec.ID)
 	if ctty != nil {
 		args = append(args, "--console-fd", "3")
 	}
+	if process != "" {
+		args = append(args, "--process", process)
+	}
 	cmd := exec.Command(self, args...)
+	cmd.ExtraFiles = extra
 	// The shim must not hold the container's stdio: readers would never see EOF.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, nil
 	cmd.Dir = "/"
 	if ctty != nil {
-		cmd.ExtraFiles = []*os.File{ctty}
 		// Ctty is a descriptor number in the child: ExtraFiles[0] is its fd 3.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 3}
 	}
@@ -136,7 +154,7 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File) 
 	if process != "" {
 		what = "process " + strconv.Quote(process) + " of " + what
 	}
-	if err := cmd.Start(); err != nil {
+	if err := standin.Start(cmd, ns); err != nil {
 		return state.Process{}, fmt.Errorf("start shim for %s: %w", what, err)
 	}
 	p, err := state.ProcessOf(cmd.Process.Pid)

@@ -204,7 +204,10 @@ func updateContainer(g *globals, id string, upd *specs.LinuxResources) error {
 		return fmt.Errorf("update container %q: %w", id, rpcErr(err))
 	}
 	rec.Spec.Linux.Resources = merged
-	return h.Save(rec)
+	if err := h.Save(rec); err != nil {
+		return err
+	}
+	return rec.HostCgroup.Update(id, rec.Spec)
 }
 
 // mergeResources overlays the fields upd sets onto cur (neither is modified).

@@ -23,6 +23,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/supervisor/standin"
+
 	"github.com/runv-project/runv/errdefs"
 )
 
@@ -77,6 +79,8 @@ type Container struct {
 	Spec *specs.Spec `json:"spec,omitempty"`
 	// Exec lists the shims of exec'd processes by exec id.
 	Exec map[string]Process `json:"exec,omitempty"`
+	// HostCgroup holds the container's shims on the host (none for a foreground run).
+	HostCgroup *standin.Cgroup `json:"hostCgroup,omitempty"`
 }
 
 // Process identifies a host process robustly against pid reuse.

@@ -147,6 +147,9 @@ func (c *containerd) stop() (problems []string) {
 			syscallKill(p.pid)
 		}
 	}
+	// ctr's containers' cgroups are /<namespace>/<id>: runv removes each container's at
+	// delete, and runc leaves the namespace's parent, as runv does.
+	problems = append(problems, removeCgroupParent(c.ns)...)
 	// runv's root for our namespace: empty once every container is deleted.
 	root := c.roots()[0]
 	os.Remove(filepath.Join(root, "@pods"))

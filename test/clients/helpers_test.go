@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"strings"
 	"sync"
@@ -143,4 +144,24 @@ func checkTerminal(x *tc, r result) {
 	if !strings.Contains(r.stdout, "\r\n") || !strings.Contains(strings.ReplaceAll(r.stdout, "\r", ""), "tty-ok\n"+guestRelease+"\n") {
 		x.fatal(r, "want \"tty-ok\" and the guest kernel %s on the terminal, with CRLF line ends", guestRelease)
 	}
+}
+
+// removeCgroupParent removes the host cgroup /name (in every hierarchy) that the runtime
+// made as the parent of containers' cgroups; one that still has a child cgroup is a
+// container's cgroup left behind.
+func removeCgroupParent(name string) (problems []string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	if fi, err := os.Stat(filepath.Join("/sys/fs/cgroup", name)); err == nil && fi.IsDir() {
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", name))
+	}
+	for _, d := range dirs {
+		entries, _ := os.ReadDir(d)
+		for _, e := range entries {
+			if e.IsDir() {
+				problems = append(problems, "container cgroup left: "+filepath.Join(d, e.Name()))
+			}
+		}
+		os.Remove(d)
+	}
+	return problems
 }
