@@ -198,12 +198,13 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		if term != nil {
 			ctty = term.pty.slave
 		}
-		ns, err := standin.ForSpec(spec)
-		if err != nil {
+		// No := here: the cleanup below must see the function's err.
+		var ns standin.Namespaces
+		if ns, err = standin.ForSpec(spec); err != nil {
 			return nil, err
 		}
-		shim, err := spawnShim(g, rec, "", ctty, ns)
-		if err != nil {
+		var shim state.Process
+		if shim, err = spawnShim(g, rec, "", ctty, ns); err != nil {
 			return nil, err
 		}
 		rec.Shim = shim

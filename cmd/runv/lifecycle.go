@@ -218,7 +218,7 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 	h, err := g.store.Lock(id)
 	if err != nil {
 		if force && errors.Is(err, errdefs.ErrNotFound) {
-			return nil
+			return g.store.RemoveOrphan(id)
 		}
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -76,6 +77,9 @@ var shimCommand = &cli.Command{
 	},
 }
 
+// shimLog is the file in the pod's directory where the pod's shims log.
+const shimLog = "shims.log"
+
 // relayWinsize carries the window size of the shim's controlling terminal (the host pty
 // slave) into the VM: now, and on every SIGWINCH, i.e. every time the holder of the master
 // resizes it.
@@ -134,6 +138,8 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, 
 		extra = append(extra, dir)
 		podDir = fmt.Sprintf("/proc/self/fd/%d", 2+len(extra))
 	}
+	// The shim's stdio is closed; what it has to say goes with the pod's other logs.
+	args = append(args, "--log", filepath.Join(podDir, shimLog))
 	args = append(args, "shim", "--pod-dir", podDir, "--id", rec.ID)
 	if ctty != nil {
 		args = append(args, "--console-fd", "3")

@@ -155,6 +155,28 @@ func (s *Store) Lock(id string) (*Handle, error) {
 	return h, nil
 }
 
+// RemoveOrphan removes the directory of id if it holds no record: what a create that died
+// before recording its container left. It waits for a create in progress, which holds the
+// lock until it has recorded the container or removed its directory.
+func (s *Store) RemoveOrphan(id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	dir := s.Dir(id)
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	h, err := lockDir(id, dir)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		h.Unlock() // recorded meanwhile: not an orphan
+		return nil
+	}
+	return h.Remove()
+}
+
 func lockDir(id, dir string) (*Handle, error) {
 	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {

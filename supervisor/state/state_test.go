@@ -109,3 +109,34 @@ func TestProcessAlive(t *testing.T) {
 		t.Fatal("pid 0 alive")
 	}
 }
+
+// A directory a create left without a record (it died before saving) goes with
+// RemoveOrphan; a recorded container's does not.
+func TestRemoveOrphan(t *testing.T) {
+	s := &Store{Root: filepath.Join(t.TempDir(), "root")}
+	orphan, err := s.Create("orphan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan.Unlock() // as if its create had died
+	kept, err := s.Create("kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kept.Save(&Container{ID: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	kept.Unlock()
+
+	for _, id := range []string{"orphan", "kept", "never-was"} {
+		if err := s.RemoveOrphan(id); err != nil {
+			t.Fatalf("RemoveOrphan(%s): %v", id, err)
+		}
+	}
+	if _, err := os.Stat(s.Dir("orphan")); !os.IsNotExist(err) {
+		t.Errorf("orphan directory still there (%v)", err)
+	}
+	if _, err := s.Lock("kept"); err != nil {
+		t.Errorf("recorded container gone after RemoveOrphan: %v", err)
+	}
+}

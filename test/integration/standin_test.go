@@ -67,9 +67,7 @@ func readTrimmed(t *testing.T, path string) string {
 // second container naming the first's /proc/<pid>/ns files is in them too.
 func TestShimHostNamespacesAndCgroup(t *testing.T) {
 	t.Parallel()
-	stateRoot := shortRoot(t)
-	id := newID(t)
-	cgPath := "/runv-test-" + id
+	stateRoot, id, cgPath := withHostCgroup(t)
 	b := newBundleWith(t, func(s *specs.Spec) {
 		s.Linux.CgroupsPath = cgPath
 		limit := int64(77)
@@ -147,4 +145,33 @@ func hasNamespace(s *specs.Spec, kind specs.LinuxNamespaceType) bool {
 		}
 	}
 	return false
+}
+
+// A create that fails after the container's host cgroup was made (its prestart hook
+// fails) leaves no cgroup behind.
+func TestFailedCreateLeavesNoHostCgroup(t *testing.T) {
+	t.Parallel()
+	stateRoot, id, cgPath := withHostCgroup(t)
+	b := newBundleWith(t, func(s *specs.Spec) {
+		s.Linux.CgroupsPath = cgPath
+		s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/false"}}}
+	}, "true")
+	if r := runvIn(t, stateRoot, nil, "create", "--bundle", b, id); r.code == 0 {
+		t.Fatalf("create with a failing prestart hook succeeded: %s", r)
+	}
+	assertEmptyRoot(t, stateRoot)
+	if dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgPath); len(dirs) > 0 {
+		t.Errorf("host cgroup left after the failed create: %v", dirs)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup" + cgPath); err == nil {
+		t.Errorf("host cgroup /sys/fs/cgroup%s left after the failed create", cgPath)
+	}
+}
+
+// withHostCgroup gives a test a state root, a container id and a cgroupsPath of the host's
+// named after the id (one level, so that nothing of it remains after the container).
+func withHostCgroup(t *testing.T) (stateRoot, id, cgPath string) {
+	t.Helper()
+	id = newID(t)
+	return shortRoot(t), id, "/runv-test-" + id
 }
