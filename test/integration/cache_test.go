@@ -115,19 +115,6 @@ func podDirOf(t *testing.T, r, id string) string {
 	return st.PodDir
 }
 
-func pidFromFile(t *testing.T, path string) int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return pid
-}
-
 // pidsNaming returns the live processes whose command line contains s.
 func pidsNaming(s string) []int {
 	var pids []int
@@ -137,7 +124,7 @@ func pidsNaming(s string) []int {
 		if err != nil || !strings.Contains(string(b), s) {
 			continue
 		}
-		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && processAlive(pid) {
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -157,15 +144,6 @@ func parentOf(pid int) int {
 	}
 	ppid, _ := strconv.Atoi(f[1])
 	return ppid
-}
-
-func processAlive(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }
 
 // waitUntil polls cond until it holds or the deadline passes (it watches other processes'
@@ -204,7 +182,7 @@ func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log"))
 		t.Fatalf("the pod's VM is not a pooled one (%v); daemon log:\n%s", err, log)
 	}
-	qemuPid := pidFromFile(t, filepath.Join(podDir, "vm", "qemu.pid"))
+	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
 	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
 		t.Fatalf("exec in the pooled VM: %s", res)
 	}
@@ -228,7 +206,7 @@ func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 		}
 		return true
 	})
-	if !processAlive(qemuPid) {
+	if !alive(qemuPid) {
 		t.Fatal("the handed-out VM died with the factory daemon")
 	}
 	if st := stateOf(t, r, id); st.Status != "running" {
@@ -249,7 +227,7 @@ func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 		t.Fatalf("no pod daemon pid in state.json: %v: %s", err, raw)
 	}
 	syscall.Kill(rec.Daemon.Pid, syscall.SIGKILL)
-	waitUntil(t, "handed-out VM gone after its pod daemon was killed", 15*time.Second, func() bool { return !processAlive(qemuPid) })
+	waitUntil(t, "handed-out VM gone after its pod daemon was killed", 15*time.Second, func() bool { return !alive(qemuPid) })
 	if res := runvIn(t, r, nil, "delete", "--force", id); res.code != 0 {
 		t.Fatalf("delete: %s", res)
 	}
