@@ -199,12 +199,8 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 			ctty = term.pty.slave
 		}
 		// No := here: the cleanup below must see the function's err.
-		var ns standin.Namespaces
-		if ns, err = standin.ForSpec(spec); err != nil {
-			return nil, err
-		}
 		var shim state.Process
-		if shim, err = spawnShim(g, rec, "", ctty, ns); err != nil {
+		if shim, err = spawnShim(g, rec, "", ctty, standin.ForSpec(spec)); err != nil {
 			return nil, err
 		}
 		rec.Shim = shim

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -35,7 +36,7 @@ func TestCgroupLifecycle(t *testing.T) {
 		t.Fatalf("no pids controller in %v", cg.Paths)
 	}
 	assertFile(t, filepath.Join(dir, "pids.max"), "33")
-	assertFile(t, filepath.Join(dir, "cgroup.procs"), itoa(p.Process.Pid))
+	assertFile(t, filepath.Join(dir, "cgroup.procs"), strconv.Itoa(p.Process.Pid))
 
 	spec.Linux.Resources.Pids.Limit = &newLimit
 	if err := cg.Update(id, spec); err != nil {

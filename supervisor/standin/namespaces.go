@@ -61,10 +61,10 @@ func (n Namespaces) JoinsMount() bool {
 
 // ForSpec gives the stand-in of a container's init the namespaces its config asks for: a
 // new one for each entry without a path, the named one for each with a path.
-func ForSpec(spec *specs.Spec) (Namespaces, error) {
+func ForSpec(spec *specs.Spec) Namespaces {
 	var n Namespaces
 	if spec == nil || spec.Linux == nil {
-		return n, nil
+		return n
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.UserNamespace && ns.Path == "" && len(spec.Linux.UIDMappings) > 0 && len(spec.Linux.GIDMappings) > 0 {
@@ -85,7 +85,7 @@ func ForSpec(spec *specs.Spec) (Namespaces, error) {
 			n.Join[k.flag] = ns.Path
 		}
 	}
-	return n, nil
+	return n
 }
 
 func idMaps(m []specs.LinuxIDMapping) []syscall.SysProcIDMap {

@@ -48,11 +48,7 @@ func TestForSpec(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := &specs.Spec{Linux: &specs.Linux{Namespaces: tc.ns, UIDMappings: tc.maps, GIDMappings: tc.maps}}
-			got, err := ForSpec(spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
+			if got := ForSpec(spec); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("ForSpec = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -71,7 +67,7 @@ func TestStartEntersAndCreates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { holder.Process.Kill(); holder.Wait() }()
-	netns := "/proc/" + itoa(holder.Process.Pid) + "/ns/net"
+	netns := "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net"
 
 	first := exec.Command("sleep", "100")
 	if err := Start(first, Namespaces{Clone: unix.CLONE_NEWUTS, Join: map[uintptr]string{unix.CLONE_NEWNET: netns, unix.CLONE_NEWNS: "/proc/self/ns/mnt"}}); err != nil {
@@ -92,7 +88,7 @@ func TestStartEntersAndCreates(t *testing.T) {
 	}
 	defer func() { second.Process.Kill(); second.Wait() }()
 	for _, kind := range []string{"net", "uts", "mnt", "pid"} {
-		assertSame(t, second.Process.Pid, kind, "/proc/"+itoa(first.Process.Pid)+"/ns/"+kind, true)
+		assertSame(t, second.Process.Pid, kind, "/proc/"+strconv.Itoa(first.Process.Pid)+"/ns/"+kind, true)
 	}
 
 	if err := Start(exec.Command("true"), Namespaces{Join: map[uintptr]string{unix.CLONE_NEWNET: "/no/such/ns"}}); err == nil {
@@ -100,11 +96,9 @@ func TestStartEntersAndCreates(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
-
 func assertSame(t *testing.T, pid int, kind, other string, want bool) {
 	t.Helper()
-	same, err := sameNamespace("/proc/"+itoa(pid)+"/ns/"+kind, other)
+	same, err := sameNamespace("/proc/"+strconv.Itoa(pid)+"/ns/"+kind, other)
 	if err != nil {
 		t.Fatal(err)
 	}

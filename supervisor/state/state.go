@@ -23,9 +23,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/supervisor/standin"
-
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/supervisor/standin"
 )
 
 // Status values, as the OCI runtime spec names them.
