@@ -11,7 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
-	"github.com/runv-project/runv/oci"
+	"github.com/runv-project/runv/api/ocispec"
 )
 
 // guestSpec is what the agent needs to know to turn the host's OCI spec into one that works
@@ -79,10 +79,10 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	spec.Hooks = nil
 
 	for i, m := range spec.Mounts {
-		if oci.IsBindMount(m) {
+		if ocispec.IsBindMount(m) {
 			spec.Mounts[i].Options = withoutDataOptions(m.Options)
 		}
-		if oci.IsBindMount(m) && !path.IsAbs(m.Source) {
+		if ocispec.IsBindMount(m) && !path.IsAbs(m.Source) {
 			src, err := inShare(g.ShareDir, m.Source)
 			if err != nil {
 				return nil, errorf(agentproto.KindInvalid, "container %q: mount %s: %w", g.ContainerID, m.Destination, err)

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/agent/client"
+	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
@@ -644,7 +644,7 @@ func createTemplate(ctx context.Context, tl hypervisor.Templater, cfg hypervisor
 // of an agent this runv cannot talk to is of no use). The client closes the channels when
 // done, and the agent waits for the next host. No STARTPOD: the share must not be mounted.
 func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string) error {
-	c := client.New(ch, client.Options{PodID: "template-" + name, Logf: func(format string, args ...any) {
+	c := agentclient.New(ch, agentclient.Options{PodID: "template-" + name, Logf: func(format string, args ...any) {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	defer c.Close()

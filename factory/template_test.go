@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/agent/client"
+	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
@@ -224,13 +224,13 @@ func (e vmEnv) request(t *testing.T, id string) Request {
 
 // startPod connects to vm's agent as the supervisor does (READY only for cold boots),
 // starts the pod with the host's time and fresh entropy, and pings it.
-func startPod(t *testing.T, ctx context.Context, vm hypervisor.VM) *client.Client {
+func startPod(t *testing.T, ctx context.Context, vm hypervisor.VM) *agentclient.Client {
 	t.Helper()
 	ch, err := vm.Channels(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := client.New(ch, client.Options{PodID: vm.ID()})
+	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID()})
 	t.Cleanup(func() { c.Close() })
 	if !Restored(vm) {
 		if err := c.WaitReady(ctx); err != nil {
@@ -525,7 +525,7 @@ func TestTemplateMeasure(t *testing.T) {
 	seq := 0
 	// run starts a VM, connects to its agent (handshake only), and reports GetVM's duration
 	// and the total until the agent answered.
-	run := func(f Factory) (hypervisor.VM, *client.Client, time.Duration, time.Duration) {
+	run := func(f Factory) (hypervisor.VM, *agentclient.Client, time.Duration, time.Duration) {
 		seq++
 		req := e.request(t, fmt.Sprintf("m%d", seq))
 		start := time.Now()
@@ -539,7 +539,7 @@ func TestTemplateMeasure(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := client.New(ch, client.Options{PodID: req.ID})
+		c := agentclient.New(ch, agentclient.Options{PodID: req.ID})
 		t.Cleanup(func() { c.Close() })
 		if !Restored(vm) {
 			if err := c.WaitReady(ctx); err != nil {

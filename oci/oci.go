@@ -103,20 +103,6 @@ func Validate(bundle string, s *specs.Spec) error {
 	return nil
 }
 
-// IsBindMount reports whether a spec mount is a bind mount (type "bind", or a "bind"/"rbind"
-// option with any type, as runc reads it).
-func IsBindMount(m specs.Mount) bool {
-	if m.Type == "bind" {
-		return true
-	}
-	for _, o := range m.Options {
-		if o == "bind" || o == "rbind" {
-			return true
-		}
-	}
-	return false
-}
-
 // RootfsOf resolves root.path against the bundle.
 func RootfsOf(bundle string, s *specs.Spec) string {
 	if filepath.IsAbs(s.Root.Path) {

@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/runv-project/runv/agent/client"
+	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
 )
 
-// agentAdapter fits *client.Client to guestAgent.
-type agentAdapter struct{ *client.Client }
+// agentAdapter fits *agentclient.Client to guestAgent.
+type agentAdapter struct{ *agentclient.Client }
 
 func (a agentAdapter) Watch(container, process string, stdio agentproto.Stdio) (exitWaiter, error) {
 	return a.Client.Watch(container, process, stdio)
@@ -27,7 +27,7 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string) (guestAge
 		return nil, fmt.Errorf("connect to the guest agent: %w", err)
 	}
 	log := logging.G(ctx)
-	c := client.New(ch, client.Options{
+	c := agentclient.New(ch, agentclient.Options{
 		PodID: podID,
 		Logf:  func(format string, args ...any) { log.Log(ctx, slog.LevelWarn, fmt.Sprintf(format, args...)) },
 	})

@@ -15,8 +15,8 @@ import (
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // container is one container of the pod, as the daemon sees it.

@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor/fdpass"
 )
 
 // Socket names inside a pod directory.

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/oci"
 )
 
 // shareContainer makes a container's rootfs and bind-mount sources visible to the guest by
@@ -60,7 +60,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 	g.Mounts = make([]specs.Mount, len(spec.Mounts))
 	copy(g.Mounts, spec.Mounts)
 	for i, m := range g.Mounts {
-		if !oci.IsBindMount(m) {
+		if !ocispec.IsBindMount(m) {
 			continue
 		}
 		src := m.Source

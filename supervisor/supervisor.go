@@ -21,13 +21,13 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/oci"
-	"github.com/runv-project/runv/supervisor/fdpass"
 )
 
 // guestAgent is what the supervisor needs from the host side of the agent protocol
-// (implemented by agent/client).
+// (implemented by agentclient).
 type guestAgent interface {
 	Call(ctx context.Context, t agentproto.MsgType, payload, reply any) error
 	NextSeq() uint64

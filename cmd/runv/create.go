@@ -13,11 +13,11 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/shim"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/oci"
 	"github.com/runv-project/runv/supervisor"
-	"github.com/runv-project/runv/supervisor/standin"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 var createFlags = []cli.Flag{
@@ -199,21 +199,21 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 			ctty = term.pty.slave
 		}
 		// No := here: the cleanup below must see the function's err.
-		var shim state.Process
-		if shim, err = spawnShim(g, rec, "", ctty, standin.ForSpec(spec)); err != nil {
+		var initShim state.Process
+		if initShim, err = spawnShim(g, rec, "", ctty, shim.ForSpec(spec)); err != nil {
 			return nil, err
 		}
-		rec.Shim = shim
+		rec.Shim = initShim
 		defer func() {
 			if err != nil {
 				// Told by the pod daemon that its container is gone, it would exit
 				// soon; its cgroup can only go once it has.
-				killProcess(shim)
-				waitGone(shim, 10*time.Second)
+				killProcess(initShim)
+				waitGone(initShim, 10*time.Second)
 				rec.HostCgroup.Destroy(id, spec)
 			}
 		}()
-		if rec.HostCgroup, err = standin.CreateCgroup(id, spec, g.systemdCgroup, shim.Pid); err != nil {
+		if rec.HostCgroup, err = shim.CreateCgroup(id, spec, g.systemdCgroup, initShim.Pid); err != nil {
 			return nil, err
 		}
 	} else {

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/supervisor/state"
+	"github.com/runv-project/runv/internal/state"
 )
 
 // runc's `delete --force` of a container that does not exist succeeds: containerd's runc

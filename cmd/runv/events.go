@@ -16,9 +16,9 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // eventsCommand prints runc's event lines, one JSON object per line:

@@ -21,9 +21,9 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/shim"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor/standin"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // execFailedCode is runc's exit code for an exec that could not be set up ("exec failed:").
@@ -185,9 +185,9 @@ func execProcess(c *cli.Context) (int, error) {
 			ctty = term.pty.slave
 		}
 		// In the container's namespaces and cgroup on the host, as its init's shim is.
-		var ns standin.Namespaces
+		var ns shim.Namespaces
 		if rec.Shim.Alive() {
-			if ns, err = standin.Of(rec.Shim.Pid); err != nil {
+			if ns, err = shim.Of(rec.Shim.Pid); err != nil {
 				return fail(err)
 			}
 		}

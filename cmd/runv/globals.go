@@ -10,7 +10,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/supervisor/state"
+	"github.com/runv-project/runv/internal/state"
 )
 
 // Where `make install` puts the guest kernel and initrd.

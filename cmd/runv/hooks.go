@@ -11,8 +11,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // OCI hooks run on the host, in the runv command that reaches the hook's point of the

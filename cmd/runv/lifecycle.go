@@ -15,8 +15,8 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/supervisor"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 var startCommand = &cli.Command{

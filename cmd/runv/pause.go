@@ -9,7 +9,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/supervisor/state"
+	"github.com/runv-project/runv/internal/state"
 )
 
 // pause and resume freeze and thaw the container's cgroup in the VM (libcontainer's

@@ -22,9 +22,9 @@ import (
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/errdefs/errgrpc"
+	"github.com/runv-project/runv/internal/fdpass"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/supervisor"
-	"github.com/runv-project/runv/supervisor/fdpass"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // daemonStartTimeout bounds the wait for a new pod daemon to listen (the VM boots after).

@@ -8,7 +8,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/supervisor/state"
+	"github.com/runv-project/runv/internal/state"
 )
 
 func TestPodMembership(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/supervisor/state"
+	"github.com/runv-project/runv/internal/state"
 )
 
 var runCommand = &cli.Command{

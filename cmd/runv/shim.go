@@ -17,9 +17,9 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/shim"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor/standin"
-	"github.com/runv-project/runv/supervisor/state"
 )
 
 // shimCommand is the host process that stands in for one container process: clients see
@@ -112,8 +112,8 @@ func relayWinsize(ctx context.Context, pod *podConn, id, process string, tty *os
 // instance) inherits it when we exit and can wait for it, as with runc. For a terminal
 // process, ctty is the host pty slave: the shim gets a session of its own with the slave as
 // its controlling terminal, so it is signalled when the master is resized (see tty.go). The
-// shim lives in the host namespaces ns (see package standin).
-func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, ns standin.Namespaces) (state.Process, error) {
+// shim lives in the host namespaces ns (see package internal/shim).
+func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, ns shim.Namespaces) (state.Process, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return state.Process{}, err
@@ -160,7 +160,7 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, 
 	if process != "" {
 		what = "process " + strconv.Quote(process) + " of " + what
 	}
-	if err := standin.Start(cmd, ns); err != nil {
+	if err := shim.Start(cmd, ns); err != nil {
 		return state.Process{}, fmt.Errorf("start shim for %s: %w", what, err)
 	}
 	p, err := state.ProcessOf(cmd.Process.Pid)

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/agent/client"
+	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
@@ -157,7 +157,7 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 	if err != nil {
 		return err
 	}
-	c := client.New(ch, client.Options{PodID: vm.ID(), Logf: func(format string, args ...any) {
+	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID(), Logf: func(format string, args ...any) {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	defer c.Close()

@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/supervisor/standin"
+	"github.com/runv-project/runv/internal/shim"
 )
 
 // Status values, as the OCI runtime spec names them.
@@ -79,7 +79,7 @@ type Container struct {
 	// Exec lists the shims of exec'd processes by exec id.
 	Exec map[string]Process `json:"exec,omitempty"`
 	// HostCgroup holds the container's shims on the host (none for a foreground run).
-	HostCgroup *standin.Cgroup `json:"hostCgroup,omitempty"`
+	HostCgroup *shim.Cgroup `json:"hostCgroup,omitempty"`
 }
 
 // Process identifies a host process robustly against pid reuse.

@@ -1,4 +1,4 @@
-package standin
+package shim
 
 import (
 	"errors"

@@ -18,7 +18,7 @@
 //   - Watch ties a process's exit to its output streams: Wait returns only after the
 //     PROCESSEXIT event and after the consumer read each output stream to EOF (or closed
 //     it), so an exit is never reported ahead of the output it follows.
-package client
+package agentclient
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-// Package standin gives the host process that stands in for a container process (its
+// Package shim gives the host process that stands in for a container process (its
 // `runv shim`) the host-side shape a runc container's process would have: its own
 // namespaces, or those the config names by path, and the cgroup at the config's
 // cgroupsPath. The container itself lives in the VM; what clients and tools look at on the
@@ -6,7 +6,7 @@
 // there (docker puts the container's network interfaces into the netns of its pid; CRI and
 // podman hand one container's /proc/<pid>/ns paths to the next) must reach a namespace of
 // the container's own, not the host's.
-package standin
+package shim
 
 import (
 	"fmt"
