@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -109,7 +110,12 @@ func (r Response) Err() error {
 	if r.Error == "" {
 		return nil
 	}
-	return errgrpc.FromGRPC(status.Error(r.Code, r.Error))
+	code := r.Code
+	if code == codes.OK {
+		// status.Error(OK, ...) is nil: an error must never read as success.
+		code = codes.Unknown
+	}
+	return errgrpc.FromGRPC(status.Error(code, r.Error))
 }
 
 // Call sends one request to the socket at path and returns the answer (or its error).
@@ -130,7 +136,7 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 		return Response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
 	}
 	var resp Response
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+	if err := decodeMessage(conn, &resp); err != nil {
 		if ctx.Err() != nil {
 			return Response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
 		}
@@ -151,13 +157,35 @@ func OpContext(parent context.Context, req Request, def time.Duration) (context.
 	return context.WithTimeout(parent, d)
 }
 
+// maxMessage caps a request or an answer: a peer that sends more is broken, and must not
+// make the other side buffer it.
+const maxMessage = 64 << 10
+
+// requestTimeout bounds how long a client may take to send its request: a connection that
+// stalls mid-request must not hold a goroutine and a descriptor forever.
+const requestTimeout = 10 * time.Second
+
 // ServeConn reads one request from conn, answers it with handle, and closes conn.
 func ServeConn(conn net.Conn, handle func(net.Conn, Request) Response) {
 	defer conn.Close()
 	var req Request
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+	conn.SetReadDeadline(time.Now().Add(requestTimeout))
+	if err := decodeMessage(conn, &req); err != nil {
 		json.NewEncoder(conn).Encode(ErrResponse(fmt.Errorf("bad request: %v: %w", err, errdefs.ErrInvalidArgument)))
 		return
 	}
+	conn.SetReadDeadline(time.Time{}) // handlers may watch the connection for as long as they run
 	json.NewEncoder(conn).Encode(handle(conn, req))
+}
+
+// decodeMessage decodes one JSON value of at most maxMessage bytes from r.
+func decodeMessage(r io.Reader, v any) error {
+	lr := &io.LimitedReader{R: r, N: maxMessage + 1}
+	if err := json.NewDecoder(bufio.NewReader(lr)).Decode(v); err != nil {
+		if lr.N <= 0 {
+			return fmt.Errorf("message larger than %d bytes", maxMessage)
+		}
+		return err
+	}
+	return nil
 }
