@@ -102,8 +102,8 @@ conformance: deps install
 # usable. What the fuzzer found interesting is copied into each package's testdata/fuzz
 # (the committed corpus, replayed by every `go test`). One target: make fuzz FUZZ=FuzzLoad
 FUZZTIME ?= 10m
-FUZZ_TARGETS := ./internal/fdpass:FuzzReceive ./factory/cachesrv:FuzzServeRequest \
-	./factory/cachesrv:FuzzCallResponse ./internal/state:FuzzLoad ./supervisor:FuzzEventReplay \
+FUZZ_TARGETS := ./internal/fdpass:FuzzReceive ./factory/internal/wire:FuzzServeRequest \
+	./factory/internal/wire:FuzzCallResponse ./internal/state:FuzzLoad ./supervisor:FuzzEventReplay \
 	./hypervisor/qemu:FuzzMonitorAnswer ./factory:FuzzParsePolicy ./factory:FuzzReadTemplate \
 	./api/agentproto:FuzzReadControl ./api/agentproto:FuzzReadStream ./api/agentproto:FuzzMuxInput \
 	./agentclient:FuzzClientControl

@@ -1,4 +1,4 @@
-package cachesrv
+package wire
 
 import (
 	"context"
@@ -38,8 +38,8 @@ func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 // The server answers exactly one JSON response; it runs the handler only for a request that
 // decoded, and refuses anything else as invalid input.
 func FuzzServeRequest(f *testing.F) {
-	for _, r := range []request{{Op: opGet, ID: "p", Dir: "/d", ShareDir: "/d/share", CPUs: 1, MemoryMiB: 128},
-		{Op: opStatus, Wait: true, TimeoutMs: 5}, {Op: opAdopt, Pid: 1}, {Op: "nonsense"}} {
+	for _, r := range []Request{{Op: OpGet, ID: "p", Dir: "/d", ShareDir: "/d/share", CPUs: 1, MemoryMiB: 128},
+		{Op: OpStatus, Wait: true, TimeoutMs: 5}, {Op: OpAdopt, Pid: 1}, {Op: "nonsense"}} {
 		b, _ := json.Marshal(r)
 		f.Add(b)
 	}
@@ -50,18 +50,18 @@ func FuzzServeRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		srv, cli := socketPair(t)
 		defer cli.Close()
-		handled := make(chan request, 1)
+		handled := make(chan Request, 1)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			serveConn(srv, func(_ net.Conn, r request) response { handled <- r; return response{} })
+			ServeConn(srv, func(_ net.Conn, r Request) Response { handled <- r; return Response{} })
 		}()
 		go func() {
 			cli.Write(data)
 			cli.CloseWrite()
 		}()
 		cli.SetReadDeadline(time.Now().Add(20 * time.Second))
-		var resp response
+		var resp Response
 		if err := json.NewDecoder(cli).Decode(&resp); err != nil {
 			t.Fatalf("no JSON answer: %v", err)
 		}
@@ -72,7 +72,7 @@ func FuzzServeRequest(f *testing.F) {
 				t.Fatalf("handled request answered with an error: %s", resp.Error)
 			}
 		default:
-			if !errors.Is(resp.err(), errdefs.ErrInvalidArgument) {
+			if !errors.Is(resp.Err(), errdefs.ErrInvalidArgument) {
 				t.Fatalf("unhandled request not refused as invalid: %+v", resp)
 			}
 		}
@@ -83,7 +83,7 @@ func FuzzServeRequest(f *testing.F) {
 // caller returns within its deadline with a response or an error, never a response that
 // carries an error.
 func FuzzCallResponse(f *testing.F) {
-	for _, r := range []response{{VM: &VMInfo{ID: "v", Dir: "/d", QEMUPid: 2, HolderPid: 3}},
+	for _, r := range []Response{{VM: &VMInfo{ID: "v", Dir: "/d", QEMUPid: 2, HolderPid: 3}},
 		{Error: "no", Code: 5}, {Status: &Status{Pid: 1, Pools: []PoolStatus{{Name: "p"}}}}} {
 		b, _ := json.Marshal(r)
 		f.Add(b)
@@ -113,10 +113,10 @@ func FuzzCallResponse(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		res := make(chan error, 1)
-		var resp response
+		var resp Response
 		go func() {
 			var err error
-			resp, err = call(ctx, sock, request{Op: opStatus})
+			resp, err = Call(ctx, sock, Request{Op: OpStatus})
 			res <- err
 		}()
 		answers <- data

@@ -1,36 +1,5 @@
-// Package cachesrv hands pooled VMs across processes: `runv manage factory-daemon` keeps
-// pools of ready VMs (factory.Cache) and gives one to each pod daemon that asks; the pod
-// daemon then owns it.
-//
-// # Processes
-//
-//	factory daemon ──(Pdeathsig)──▶ holder ──(Pdeathsig)──▶ qemu      pooled VM
-//	factory daemon ─ ─ ─ ─ ─ ─ ─ ▶ holder ──(Pdeathsig)──▶ qemu      handed out to pod daemon P
-//	                                  └── watches P (pidfd): P gone → qemu killed
-//
-// Every pooled VM is held by a small process of its own, a holder (`runv manage
-// factory-daemon --hold DIR`), that boots it with the base factory (direct or template) and
-// is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
-// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod
-// daemon P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig
-// and watches P through a pidfd instead. From then on the VM lives exactly as long as P
-// (or until P shuts it down), as a directly booted VM lives as long as its pod daemon;
-// restarting or killing the factory daemon no longer affects it. The factory daemon stays
-// the holder's parent only to reap it.
-//
-// Why a holder process rather than handing QEMU itself over: QEMU's Pdeathsig points at the
-// thread that forked it and cannot be changed from outside, and Linux has no way to
-// re-parent a process to another one. A VM forked by the factory daemon would die with the
-// factory daemon, handed out or not.
-//
-// # Files
-//
-// A pooled VM lives in <root>/@factory/<pool>/<vm>/: holder.sock, holder.log and QEMU's
-// files (qmp.sock, ctl.sock, stream.sock, console.log, ...), its 9p share in share/. On
-// hand-out the share directory is renamed onto the pod's share directory and then the
-// VM's directory onto the pod's vm/ directory, so a handed-out VM's files are where a
-// directly booted VM's are. QEMU keeps serving both: it resolves 9p paths from a descriptor
-// of the directory it opened, and unix sockets are found by inode once dialled.
+// Package wire is the protocol between the factory daemon (factory/factoryd), its holder
+// processes (factory/holder) and the pod daemons that take VMs from it.
 //
 // # Protocol
 //
@@ -38,7 +7,7 @@
 // <root>/@factory/factory.sock (ops get, status) and on a holder's holder.sock (ops info,
 // adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
 // socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
-package cachesrv
+package wire
 
 import (
 	"bufio"
@@ -58,31 +27,19 @@ import (
 	"github.com/runv-project/runv/factory"
 )
 
-// Names under the factory daemon's directory and a pooled VM's directory.
-const (
-	// Dir is the factory daemon's directory under the state root. "@" keeps it apart from
-	// container ids, as state.PodsDir.
-	Dir = "@factory"
-	// Socket is the factory daemon's socket in Dir.
-	Socket = "factory.sock"
-	// HolderSocket and HolderLog are in each pooled VM's directory.
-	HolderSocket = "holder.sock"
-	HolderLog    = "holder.log"
-)
-
 // Ops.
 const (
-	opGet      = "get"
-	opStatus   = "status"
-	opInfo     = "info"
-	opAdopt    = "adopt"
-	opGrow     = "grow"
-	opShutdown = "shutdown"
-	opKill     = "kill"
+	OpGet      = "get"
+	OpStatus   = "status"
+	OpInfo     = "info"
+	OpAdopt    = "adopt"
+	OpGrow     = "grow"
+	OpShutdown = "shutdown"
+	OpKill     = "kill"
 )
 
-// request is every op's message; each op uses some fields.
-type request struct {
+// Request is every op's message; each op uses some fields.
+type Request struct {
 	Op string `json:"op"`
 	// get: the VM a pod needs. Dir and ShareDir are the pod's, and must be empty.
 	ID        string `json:"id,omitempty"`
@@ -99,8 +56,8 @@ type request struct {
 	TimeoutMs int64 `json:"timeoutMs,omitempty"`
 }
 
-// response is every op's answer.
-type response struct {
+// Response is every op's answer.
+type Response struct {
 	Error string `json:"error,omitempty"`
 	// Code is the errdefs class of Error, as a gRPC code (errdefs maps them both ways).
 	Code   codes.Code `json:"code,omitempty"`
@@ -142,12 +99,14 @@ type PoolStatus struct {
 	factory.CacheStatus
 }
 
-func errResponse(err error) response {
+// ErrResponse is the answer that carries err and its errdefs class.
+func ErrResponse(err error) Response {
 	st, _ := status.FromError(errgrpc.ToGRPC(err))
-	return response{Error: err.Error(), Code: st.Code()}
+	return Response{Error: err.Error(), Code: st.Code()}
 }
 
-func (r response) err() error {
+// Err is the error the answer carries, with its errdefs class, or nil.
+func (r Response) Err() error {
 	if r.Error == "" {
 		return nil
 	}
@@ -159,38 +118,38 @@ func (r response) err() error {
 	return errgrpc.FromGRPC(status.Error(code, r.Error))
 }
 
-// call sends one request to the socket at path and returns the answer (or its error).
-func call(ctx context.Context, path string, req request) (response, error) {
+// Call sends one request to the socket at path and returns the answer (or its error).
+func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if dl, ok := ctx.Deadline(); ok && req.TimeoutMs == 0 {
 		req.TimeoutMs = time.Until(dl).Milliseconds()
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return response{}, fmt.Errorf("%s: %w", req.Op, err)
+		return Response{}, fmt.Errorf("%s: %w", req.Op, err)
 	}
 	defer conn.Close()
 	// The connection dies with ctx: a server that hangs does not hang us.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
+		return Response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
 	}
-	var resp response
+	var resp Response
 	if err := decodeMessage(conn, &resp); err != nil {
 		if ctx.Err() != nil {
-			return response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
+			return Response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
 		}
-		return response{}, fmt.Errorf("%s: read answer from %s: %w: %w", req.Op, path, err, errdefs.ErrUnavailable)
+		return Response{}, fmt.Errorf("%s: read answer from %s: %w: %w", req.Op, path, err, errdefs.ErrUnavailable)
 	}
-	if err := resp.err(); err != nil {
+	if err := resp.Err(); err != nil {
 		return resp, fmt.Errorf("%s: %w", req.Op, err)
 	}
 	return resp, nil
 }
 
-// opContext is the serving side's context for a request: its timeout, within parent.
-func opContext(parent context.Context, req request, def time.Duration) (context.Context, context.CancelFunc) {
+// OpContext is the serving side's context for a request: its timeout, within parent.
+func OpContext(parent context.Context, req Request, def time.Duration) (context.Context, context.CancelFunc) {
 	d := def
 	if req.TimeoutMs > 0 {
 		d = time.Duration(req.TimeoutMs) * time.Millisecond
@@ -206,13 +165,13 @@ const maxMessage = 64 << 10
 // stalls mid-request must not hold a goroutine and a descriptor forever.
 const requestTimeout = 10 * time.Second
 
-// serveConn reads one request from conn, answers it with handle, and closes conn.
-func serveConn(conn net.Conn, handle func(net.Conn, request) response) {
+// ServeConn reads one request from conn, answers it with handle, and closes conn.
+func ServeConn(conn net.Conn, handle func(net.Conn, Request) Response) {
 	defer conn.Close()
-	var req request
+	var req Request
 	conn.SetReadDeadline(time.Now().Add(requestTimeout))
 	if err := decodeMessage(conn, &req); err != nil {
-		json.NewEncoder(conn).Encode(errResponse(fmt.Errorf("bad request: %v: %w", err, errdefs.ErrInvalidArgument)))
+		json.NewEncoder(conn).Encode(ErrResponse(fmt.Errorf("bad request: %v: %w", err, errdefs.ErrInvalidArgument)))
 		return
 	}
 	conn.SetReadDeadline(time.Time{}) // handlers may watch the connection for as long as they run
