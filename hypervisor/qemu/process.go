@@ -32,6 +32,11 @@ type startOpts struct {
 	// onExit runs once QEMU is reaped, before done is closed, so that whoever waits on
 	// done sees its effects (sockets removed).
 	onExit func(*process)
+	// extraFiles are inherited as descriptors 3, 4, ...
+	extraFiles []*os.File
+	// confine runs QEMU confined (confine.go); name names it there.
+	confine bool
+	name    string
 }
 
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
@@ -53,13 +58,25 @@ func startProcess(o startOpts) (*process, error) {
 		if o.stderr != nil {
 			cmd.Stderr = o.stderr
 		}
+		cmd.ExtraFiles = o.extraFiles
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Pdeathsig: syscall.SIGKILL,
 			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
 			// and kill() can take QEMU's helpers (e.g. migration "exec:" children) along.
 			Setpgid: true,
 		}
-		if err := cmd.Start(); err != nil {
+		conf := &confinement{cgroupFD: -1}
+		if o.confine {
+			var err error
+			if conf, err = confine(cmd.SysProcAttr, o.name); err != nil {
+				started <- err
+				return
+			}
+		}
+		err := cmd.Start()
+		conf.started()
+		if err != nil {
+			conf.exited()
 			started <- err
 			return
 		}
@@ -72,8 +89,8 @@ func startProcess(o startOpts) (*process, error) {
 		p.mu.Lock()
 		p.exited = true
 		p.mu.Unlock()
-		err := cmd.Wait()
-		p.waitErr = err
+		p.waitErr = cmd.Wait()
+		conf.exited()
 		if o.onExit != nil {
 			o.onExit(p)
 		}
