@@ -499,3 +499,11 @@ func Grown(vm hypervisor.VM) bool {
 	g, ok := vm.(interface{ Grown() bool })
 	return ok && g.Grown()
 }
+
+// NICs passes on the pooled VM's network devices (hypervisor.NetworkDevices).
+func (v *CachedVM) NICs() []hypervisor.NIC {
+	if n, ok := v.VM.(hypervisor.NetworkDevices); ok {
+		return n.NICs()
+	}
+	return nil
+}

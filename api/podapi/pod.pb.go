@@ -315,6 +315,52 @@ func (x *CreateResponse) GetGuestPid() int64 {
 	return 0
 }
 
+type NetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// netns is the path of the pod's network namespace on the host: the config's, or
+	// /proc/<pid>/ns/net of the sandbox container's host stand-in.
+	Netns         string `protobuf:"bytes,1,opt,name=netns,proto3" json:"netns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRequest) Reset() {
+	*x = NetworkRequest{}
+	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRequest) ProtoMessage() {}
+
+func (x *NetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRequest.ProtoReflect.Descriptor instead.
+func (*NetworkRequest) Descriptor() ([]byte, []int) {
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NetworkRequest) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
 type ContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -324,7 +370,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +382,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +395,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{5}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ContainerRequest) GetId() string {
@@ -369,7 +415,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +427,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +440,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProcessRequest) GetId() string {
@@ -424,7 +470,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +482,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +495,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -496,7 +542,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +554,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +567,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExecResponse) GetGuestPid() int64 {
@@ -543,7 +589,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +601,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +614,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -610,7 +656,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +668,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +681,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WaitResponse) GetExitCode() int32 {
@@ -672,7 +718,7 @@ type ContainerState struct {
 
 func (x *ContainerState) Reset() {
 	*x = ContainerState{}
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +730,7 @@ func (x *ContainerState) String() string {
 func (*ContainerState) ProtoMessage() {}
 
 func (x *ContainerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +743,7 @@ func (x *ContainerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerState.ProtoReflect.Descriptor instead.
 func (*ContainerState) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContainerState) GetId() string {
@@ -746,7 +792,7 @@ type ResizeRequest struct {
 
 func (x *ResizeRequest) Reset() {
 	*x = ResizeRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +804,7 @@ func (x *ResizeRequest) String() string {
 func (*ResizeRequest) ProtoMessage() {}
 
 func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +817,7 @@ func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResizeRequest) GetId() string {
@@ -805,7 +851,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +863,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +876,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateRequest) GetId() string {
@@ -858,7 +904,7 @@ type ProcessesResponse struct {
 
 func (x *ProcessesResponse) Reset() {
 	*x = ProcessesResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +916,7 @@ func (x *ProcessesResponse) String() string {
 func (*ProcessesResponse) ProtoMessage() {}
 
 func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +929,7 @@ func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProcessesResponse) GetGuestPids() []int64 {
@@ -912,7 +958,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +970,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +983,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ProcessInfo) GetGuestPid() int64 {
@@ -973,7 +1019,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1031,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1044,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatsResponse) GetCpuUsageNanos() uint64 {
@@ -1039,7 +1085,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1097,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1110,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EventsRequest) GetSinceUnixNano() int64 {
@@ -1095,7 +1141,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1153,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1166,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1180,7 +1226,7 @@ type PodInfo struct {
 
 func (x *PodInfo) Reset() {
 	*x = PodInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1238,7 @@ func (x *PodInfo) String() string {
 func (*PodInfo) ProtoMessage() {}
 
 func (x *PodInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1251,7 @@ func (x *PodInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodInfo.ProtoReflect.Descriptor instead.
 func (*PodInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PodInfo) GetId() string {
@@ -1281,7 +1327,9 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\x12\x18\n" +
 	"\asandbox\x18\x06 \x01(\tR\asandbox\"-\n" +
 	"\x0eCreateResponse\x12\x1b\n" +
-	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"\"\n" +
+	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"&\n" +
+	"\x0eNetworkRequest\x12\x14\n" +
+	"\x05netns\x18\x01 \x01(\tR\x05netns\"\"\n" +
 	"\x10ContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x0eProcessRequest\x12\x0e\n" +
@@ -1351,10 +1399,11 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\tR\n" +
 	"containers\x12\x1d\n" +
 	"\n" +
-	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xea\a\n" +
+	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xad\b\n" +
 	"\x03Pod\x12A\n" +
 	"\x06Create\x12\x1a.runv.pod.v1.CreateRequest\x1a\x1b.runv.pod.v1.CreateResponse\x12:\n" +
-	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
+	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12A\n" +
+	"\x0eConnectNetwork\x12\x1b.runv.pod.v1.NetworkRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
 	"\x04Exec\x12\x18.runv.pod.v1.ExecRequest\x1a\x19.runv.pod.v1.ExecResponse\x128\n" +
 	"\x06Signal\x12\x1a.runv.pod.v1.SignalRequest\x1a\x12.runv.pod.v1.Empty\x12>\n" +
 	"\x04Wait\x12\x1b.runv.pod.v1.ProcessRequest\x1a\x19.runv.pod.v1.WaitResponse\x12C\n" +
@@ -1383,28 +1432,29 @@ func file_api_podapi_pod_proto_rawDescGZIP() []byte {
 	return file_api_podapi_pod_proto_rawDescData
 }
 
-var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_api_podapi_pod_proto_goTypes = []any{
 	(*Empty)(nil),             // 0: runv.pod.v1.Empty
 	(*Stdio)(nil),             // 1: runv.pod.v1.Stdio
 	(*ConsoleSize)(nil),       // 2: runv.pod.v1.ConsoleSize
 	(*CreateRequest)(nil),     // 3: runv.pod.v1.CreateRequest
 	(*CreateResponse)(nil),    // 4: runv.pod.v1.CreateResponse
-	(*ContainerRequest)(nil),  // 5: runv.pod.v1.ContainerRequest
-	(*ProcessRequest)(nil),    // 6: runv.pod.v1.ProcessRequest
-	(*ExecRequest)(nil),       // 7: runv.pod.v1.ExecRequest
-	(*ExecResponse)(nil),      // 8: runv.pod.v1.ExecResponse
-	(*SignalRequest)(nil),     // 9: runv.pod.v1.SignalRequest
-	(*WaitResponse)(nil),      // 10: runv.pod.v1.WaitResponse
-	(*ContainerState)(nil),    // 11: runv.pod.v1.ContainerState
-	(*ResizeRequest)(nil),     // 12: runv.pod.v1.ResizeRequest
-	(*UpdateRequest)(nil),     // 13: runv.pod.v1.UpdateRequest
-	(*ProcessesResponse)(nil), // 14: runv.pod.v1.ProcessesResponse
-	(*ProcessInfo)(nil),       // 15: runv.pod.v1.ProcessInfo
-	(*StatsResponse)(nil),     // 16: runv.pod.v1.StatsResponse
-	(*EventsRequest)(nil),     // 17: runv.pod.v1.EventsRequest
-	(*Event)(nil),             // 18: runv.pod.v1.Event
-	(*PodInfo)(nil),           // 19: runv.pod.v1.PodInfo
+	(*NetworkRequest)(nil),    // 5: runv.pod.v1.NetworkRequest
+	(*ContainerRequest)(nil),  // 6: runv.pod.v1.ContainerRequest
+	(*ProcessRequest)(nil),    // 7: runv.pod.v1.ProcessRequest
+	(*ExecRequest)(nil),       // 8: runv.pod.v1.ExecRequest
+	(*ExecResponse)(nil),      // 9: runv.pod.v1.ExecResponse
+	(*SignalRequest)(nil),     // 10: runv.pod.v1.SignalRequest
+	(*WaitResponse)(nil),      // 11: runv.pod.v1.WaitResponse
+	(*ContainerState)(nil),    // 12: runv.pod.v1.ContainerState
+	(*ResizeRequest)(nil),     // 13: runv.pod.v1.ResizeRequest
+	(*UpdateRequest)(nil),     // 14: runv.pod.v1.UpdateRequest
+	(*ProcessesResponse)(nil), // 15: runv.pod.v1.ProcessesResponse
+	(*ProcessInfo)(nil),       // 16: runv.pod.v1.ProcessInfo
+	(*StatsResponse)(nil),     // 17: runv.pod.v1.StatsResponse
+	(*EventsRequest)(nil),     // 18: runv.pod.v1.EventsRequest
+	(*Event)(nil),             // 19: runv.pod.v1.Event
+	(*PodInfo)(nil),           // 20: runv.pod.v1.PodInfo
 }
 var file_api_podapi_pod_proto_depIdxs = []int32{
 	1,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
@@ -1412,41 +1462,43 @@ var file_api_podapi_pod_proto_depIdxs = []int32{
 	1,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
 	2,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
 	2,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
-	15, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
+	16, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
 	3,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
-	5,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
-	7,  // 8: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
-	9,  // 9: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
-	6,  // 10: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 11: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 12: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
-	12, // 13: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
-	6,  // 14: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 15: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 16: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
-	13, // 17: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
-	5,  // 18: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 19: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
-	17, // 20: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
-	0,  // 21: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
-	4,  // 22: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
-	0,  // 23: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
-	8,  // 24: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
-	0,  // 25: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
-	10, // 26: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
-	11, // 27: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
-	0,  // 28: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
-	0,  // 29: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
-	0,  // 30: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
-	0,  // 31: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
-	0,  // 32: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
-	0,  // 33: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
-	14, // 34: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
-	16, // 35: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
-	18, // 36: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
-	19, // 37: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
-	22, // [22:38] is the sub-list for method output_type
-	6,  // [6:22] is the sub-list for method input_type
+	6,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
+	5,  // 8: runv.pod.v1.Pod.ConnectNetwork:input_type -> runv.pod.v1.NetworkRequest
+	8,  // 9: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
+	10, // 10: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
+	7,  // 11: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
+	6,  // 12: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 13: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
+	13, // 14: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
+	7,  // 15: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
+	6,  // 16: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 17: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
+	14, // 18: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
+	6,  // 19: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 20: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
+	18, // 21: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
+	0,  // 22: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
+	4,  // 23: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
+	0,  // 24: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
+	0,  // 25: runv.pod.v1.Pod.ConnectNetwork:output_type -> runv.pod.v1.Empty
+	9,  // 26: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
+	0,  // 27: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
+	11, // 28: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
+	12, // 29: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
+	0,  // 30: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
+	0,  // 31: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
+	0,  // 32: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
+	0,  // 33: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
+	0,  // 34: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
+	0,  // 35: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
+	15, // 36: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
+	17, // 37: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
+	19, // 38: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
+	20, // 39: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
+	23, // [23:40] is the sub-list for method output_type
+	6,  // [6:23] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1463,7 +1515,7 @@ func file_api_podapi_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_podapi_pod_proto_rawDesc), len(file_api_podapi_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -174,3 +174,7 @@ func (v *holderVM) adopt(ctx context.Context, pid int, dir string) (VMInfo, erro
 	v.mu.Unlock()
 	return *resp.VM, nil
 }
+
+// NICs describes the VM's network devices (hypervisor.NetworkDevices): the holder's QEMU
+// made them as every QEMU of runv does.
+func (v *holderVM) NICs() []hypervisor.NIC { return qemu.NICsOf(v.info.QEMUPid) }
