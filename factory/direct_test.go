@@ -107,20 +107,6 @@ func TestDirectRejects(t *testing.T) {
 	}
 }
 
-// restoredVM stands for a VM of a restoring kind.
-type restoredVM struct{ hypervisor.VM }
-
-func (restoredVM) Restored() bool { return true }
-
-func TestRestored(t *testing.T) {
-	if Restored(nil) {
-		t.Error("nil VM restored")
-	}
-	if !Restored(restoredVM{}) {
-		t.Error("restoring kind not recognised")
-	}
-}
-
 // A real boot through the QEMU launcher: the VM comes up cold-booted and goes away.
 func TestDirectBoots(t *testing.T) {
 	qemutest.RequireVM(t)
@@ -144,8 +130,8 @@ func TestDirectBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vm.Kill()
-	if vm.ID() != req.ID || Restored(vm) {
-		t.Errorf("vm %s restored=%v", vm.ID(), Restored(vm))
+	if vm.ID() != req.ID || vm.Restored() {
+		t.Errorf("vm %s restored=%v", vm.ID(), vm.Restored())
 	}
 	if err := vm.Kill(); err != nil {
 		t.Fatal(err)

@@ -232,7 +232,7 @@ func startPod(t *testing.T, ctx context.Context, vm hypervisor.VM) *agentclient.
 	}
 	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID()})
 	t.Cleanup(func() { c.Close() })
-	if !Restored(vm) {
+	if !vm.Restored() {
 		if err := c.WaitReady(ctx); err != nil {
 			t.Fatalf("%s: %v (console: %s)", vm.ID(), err, consoleTail(vm))
 		}
@@ -355,7 +355,7 @@ func TestTemplateFactoryClones(t *testing.T) {
 	startPod(t, ctx, vms[2])
 	t.Logf("clone: GetVM %v, agent answered (handshake, STARTPOD, PING) %v after", got, time.Since(start)-got)
 	for i, vm := range vms {
-		if !Restored(vm) {
+		if !vm.Restored() {
 			t.Errorf("vm %d was not cloned", i)
 		}
 		if i < 2 {
@@ -404,7 +404,7 @@ func TestTemplateStaleFallsBackToDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vm.Kill()
-	if Restored(vm) {
+	if vm.Restored() {
 		t.Fatal("a stale template was cloned")
 	}
 	for _, want := range []string{
@@ -443,7 +443,7 @@ func TestTemplateRemovedUnderClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vm.Kill()
-	if !Restored(vm) {
+	if !vm.Restored() {
 		t.Fatal("not cloned")
 	}
 	c := startPod(t, ctx, vm)
@@ -498,7 +498,7 @@ func TestTemplateRemovedUnderClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer direct.Kill()
-	if Restored(direct) {
+	if direct.Restored() {
 		t.Error("cloned from a removed template")
 	}
 }
@@ -541,7 +541,7 @@ func TestTemplateMeasure(t *testing.T) {
 		}
 		c := agentclient.New(ch, agentclient.Options{PodID: req.ID})
 		t.Cleanup(func() { c.Close() })
-		if !Restored(vm) {
+		if !vm.Restored() {
 			if err := c.WaitReady(ctx); err != nil {
 				t.Fatal(err)
 			}

@@ -266,7 +266,7 @@ func TestTemplateClones(t *testing.T) {
 				}
 			}
 			for i, v := range clones {
-				if r, ok := v.(interface{ Restored() bool }); !ok || !r.Restored() {
+				if !v.Restored() {
 					t.Errorf("clone %d does not report Restored", i)
 				}
 				// Each clone's 9p device is backed by its own share directory.
