@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
@@ -193,5 +192,3 @@ func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, er
 	i := g.s.Info()
 	return &podapi.PodInfo{Id: i.ID, DaemonPid: int64(i.DaemonPid), VmPid: int64(i.VMPid), Accel: i.Accel, Factory: i.Factory, Containers: i.Containers, BootNanos: int64(i.Boot)}, nil
 }
-
-var _ = fmt.Sprintf
