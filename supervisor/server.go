@@ -195,3 +195,7 @@ func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, er
 }
 
 var _ = fmt.Sprintf
+
+func (g *server) WatchStandIn(ctx context.Context, r *podapi.StandInRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.WatchStandIn(ctx, r.Id, r.Process, r.Token))
+}

@@ -191,7 +191,7 @@ func execProcess(c *cli.Context) (int, error) {
 				return fail(err)
 			}
 		}
-		shim, err := spawnShim(g, rec, execID, ctty, ns)
+		shim, err := spawnShim(ctx, g, pod, rec, execID, ctty, ns)
 		if err != nil {
 			return fail(err)
 		}
@@ -219,6 +219,9 @@ func execProcess(c *cli.Context) (int, error) {
 		if att.fg, err = attachForeground(term); err != nil {
 			return fail(err)
 		}
+	}
+	if err := pod.watchStandIn(ctx, id, execID, os.Getpid()); err != nil {
+		return fail(err)
 	}
 	if err := recordExec(g.store, id, execID, state.Self()); err != nil {
 		return fail(err)
