@@ -22,7 +22,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
 
 .PHONY: all deps build runv agent initrd kernel install uninstall demo test unit-test \
-	integration-test client-deps client-test conformance apt-install bench proto clean
+	integration-test client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
 
@@ -72,21 +72,25 @@ demo: deps install
 
 test: deps build unit-test integration-test client-test
 
+# Unit tests need no kernel, QEMU or clients: every VM-booting test carries the integration
+# build tag (plain `go test ./...` runs the same set).
 unit-test:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
+	$(GO) test -count=1 ./...
 
-# Integration tests boot real VMs under TCG with the kernel, initrd and runv just built: the
-# CLI suite, and the agent driven directly over its protocol.
+# Integration tests (build tag integration) boot real VMs under TCG with the kernel, initrd
+# and runv just built: the CLI suite, the agent driven directly over its protocol, the QEMU
+# driver and the factories.
 integration-test:
 	RUNV_BINARY=$(CURDIR)/$(BUILD)/runv RUNV_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
-		$(GO) test -count=1 -tags integration -timeout 40m -v ./test/integration/ ./agent/ 2>&1 | tee $(BUILD)/integration-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)'; \
+	RUNV_TEST_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_TEST_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
+		$(GO) test -count=1 -tags integration -timeout 40m -v ./test/integration/ ./agent/ ./hypervisor/qemu/ ./factory/ 2>&1 | tee $(BUILD)/integration-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)'; \
 		exit $${PIPESTATUS[0]}
 
 # Client tests: Debian's containerd (ctr, runc shim with BinaryName=runv), podman and docker run
 # the installed runv, as users do (test/clients; docs/clients.md). Services get private state
 # under /tmp and are stopped at the end.
 client-test: client-deps install
-	$(GO) test -count=1 -timeout 30m -v ./test/image/ ./test/clients/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:)'; \
+	$(GO) test -count=1 -tags integration -timeout 30m -v ./test/image/ ./test/clients/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:)'; \
 		code=$${PIPESTATUS[0]}; grep -B1 -E '^\s*--- SKIP' $(BUILD)/client-test.log | grep -vE '^(--|\s*--- SKIP)' | sed 's/^ */skipped: /'; exit $$code
 
 # OCI runtime conformance (opencontainers/runtime-tools validation/) against runc and the
@@ -95,6 +99,26 @@ client-test: client-deps install
 # docs/oci-compliance.md.
 conformance: deps install
 	test/conformance/run.sh $(CONFORMANCE)
+
+# Fuzzing of every decoder on the host side of a trust boundary (the guest's channels, QEMU's
+# monitor, the factory daemon's and the stdio socket's messages, the files a crash or a full
+# disk may leave): FUZZTIME each, one worker (-parallel 1) so that the shared cores stay
+# usable. What the fuzzer found interesting is copied into each package's testdata/fuzz
+# (the committed corpus, replayed by every `go test`). One target: make fuzz FUZZ=FuzzLoad
+FUZZTIME ?= 10m
+FUZZ_TARGETS := ./internal/fdpass:FuzzReceive ./factory/internal/wire:FuzzServeRequest \
+	./factory/internal/wire:FuzzCallResponse ./internal/state:FuzzLoad ./supervisor:FuzzEventReplay \
+	./hypervisor/qemu:FuzzMonitorAnswer ./factory:FuzzParsePolicy ./factory:FuzzReadTemplate \
+	./api/agentproto:FuzzReadControl ./api/agentproto:FuzzReadStream ./api/agentproto:FuzzMuxInput \
+	./agentclient:FuzzClientControl
+fuzz:
+	@cache=$$($(GO) env GOCACHE)/fuzz/$$($(GO) list -m); \
+	for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		if [ -n "$(FUZZ)" ] && [ "$(FUZZ)" != "$$name" ]; then continue; fi; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+		mkdir -p $$pkg/testdata/fuzz/$$name; cp -n $$cache/$${pkg#./}/$$name/* $$pkg/testdata/fuzz/$$name/ 2>/dev/null; \
+	done; true
 
 bench: deps install
 	bench/run.sh

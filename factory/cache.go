@@ -61,7 +61,7 @@ type CacheConfig struct {
 //
 // A pool inside one process only helps the requests of that process: runv's pod daemons
 // are one process per pod, so `runv manage factory-daemon` runs the pool and hands its
-// VMs to pod daemons (factory/cachesrv); pod daemons use that daemon, not a Cache.
+// VMs to pod daemons (factory/factoryd); pod daemons use that daemon, not a Cache.
 type Cache struct {
 	base     Factory
 	fallback Factory
@@ -488,17 +488,10 @@ func (v *CachedVM) ID() string { return v.id }
 func (v *CachedVM) Grown() bool { return v.grown }
 
 // Restored passes on the pooled VM's nature: a pooled clone is still a clone.
-func (v *CachedVM) Restored() bool { return Restored(v.VM) }
+func (v *CachedVM) Restored() bool { return v.VM.Restored() }
 
 // Unwrap returns the VM the pool held.
 func (v *CachedVM) Unwrap() hypervisor.VM { return v.VM }
-
-// Grown reports whether vm received CPUs or memory by hot-plug after it booted: the guest
-// has to online them (agentproto.MsgOnlineCPUMem) before they are of use.
-func Grown(vm hypervisor.VM) bool {
-	g, ok := vm.(interface{ Grown() bool })
-	return ok && g.Grown()
-}
 
 // NICs passes on the pooled VM's network devices (hypervisor.NetworkDevices).
 func (v *CachedVM) NICs() []hypervisor.NIC {

@@ -126,6 +126,14 @@ func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, er
 	return s, nil
 }
 
+// EverHadContainer reports whether a container was ever created in the pod: a daemon
+// that never got one after a while lost its client.
+func (s *Supervisor) EverHadContainer() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.everHad
+}
+
 // SizeVM sizes the pod's VM from its first container's spec (see oci.VMSize) and lets a
 // boot waiting for it go. Only the first call counts; without Config.SizeFromSpec it does
 // nothing.
@@ -175,7 +183,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 		return
 	}
 	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
-		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", factory.Restored(vm), "grown", factory.Grown(vm))
+		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
 	step := time.Now()
 	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
 	if err == nil {
@@ -197,7 +205,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 			log.Debug("boot: pod started in guest", "duration", time.Since(step))
 		}
 	}
-	if err == nil && factory.Grown(vm) {
+	if err == nil && vm.Grown() {
 		// Hot-plugged CPUs stay offline until the guest onlines them.
 		step = time.Now()
 		var got agentproto.OnlineCPUMemResult

@@ -10,6 +10,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -107,6 +108,19 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 // root (/run/runv/@templates by default), made a tmpfs if it is not on one. "@" cannot
 // start a container id, so no container collides with it.
 func (g *globals) templateDir() string { return filepath.Join(g.root, "@templates") }
+
+// boot is how pod VMs are made under these options.
+func (g *globals) boot() poddaemon.Boot {
+	return poddaemon.Boot{Base: g.vmConfig(), Factory: g.factory, Root: g.root, TemplateDir: g.templateDir()}
+}
+
+// vmConfig is the VMs' kernel, initrd, accelerator, machine and default size.
+func (g *globals) vmConfig() hypervisor.Config {
+	return hypervisor.Config{
+		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
+		CPUs: g.cpus, MemoryMiB: g.memoryMiB,
+	}
+}
 
 // checkBootFiles fails fast, before anything is created, when the kernel or initrd is missing.
 func (g *globals) checkBootFiles() error {

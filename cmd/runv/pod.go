@@ -17,14 +17,12 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/internal/state"
-	"github.com/runv-project/runv/supervisor"
 )
 
 // daemonStartTimeout bounds the wait for a new pod daemon to listen (the VM boots after).
@@ -113,13 +111,9 @@ type podConn struct {
 }
 
 func dialPod(podDir string) (*podConn, error) {
-	sock := filepath.Join(podDir, supervisor.APISocket)
-	if _, err := os.Stat(sock); err != nil {
-		return nil, fmt.Errorf("pod daemon socket %s is gone: %w", sock, errdefs.ErrUnavailable)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := podapi.Dial(podDir)
 	if err != nil {
-		return nil, fmt.Errorf("connect to pod daemon at %s: %w", sock, err)
+		return nil, err
 	}
 	return &podConn{dir: podDir, conn: conn, api: podapi.NewPodClient(conn)}, nil
 }
@@ -142,13 +136,40 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 	if len(files) == 0 {
 		return s, nil
 	}
-	b := make([]byte, 12)
-	rand.Read(b)
-	s.Token = hex.EncodeToString(b)
-	if err := fdpass.Send(filepath.Join(p.dir, supervisor.StdioSocket), s.Token, files); err != nil {
+	s.Token = newToken()
+	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), s.Token, files); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newToken names descriptors parked with the daemon.
+func newToken() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// watchStandIn has the pod daemon kill process (of container id) in the VM as soon as pid,
+// the host process standing in for it, dies (see supervisor/standin.go). pid must be one
+// that cannot have been reused: our own, or our child that nobody reaped yet.
+func (p *podConn) watchStandIn(ctx context.Context, id, process string, pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd of the stand-in (pid %d) of container %q: %w", pid, id, err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	token := newToken()
+	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), token, []*os.File{f}); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := p.api.WatchStandIn(rctx, &podapi.StandInRequest{Id: id, Process: process, Token: token}); err != nil {
+		return fmt.Errorf("have the pod daemon watch the stand-in (pid %d) of container %q: %w", pid, id, rpcErr(err))
+	}
+	return nil
 }
 
 // rpcErr turns a daemon error back into its class.

@@ -1,0 +1,356 @@
+// Package holder is the holder process of one pooled VM, and the VM as the factory daemon
+// (factory/factoryd) and pod daemons drive it through that process (VM, Factory).
+//
+// # Processes
+//
+//	factory daemon ──(Pdeathsig)──▶ holder ──(Pdeathsig)──▶ qemu      pooled VM
+//	factory daemon ─ ─ ─ ─ ─ ─ ─ ▶ holder ──(Pdeathsig)──▶ qemu      handed out to pod daemon P
+//	                                  └── watches P (pidfd): P gone → qemu killed
+//
+// Every pooled VM is held by a small process of its own, a holder (`runv manage
+// factory-daemon --hold DIR`), that boots it with the base factory (direct or template) and
+// is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
+// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod
+// daemon P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig
+// and watches P through a pidfd instead. From then on the VM lives exactly as long as P
+// (or until P shuts it down), as a directly booted VM lives as long as its pod daemon;
+// restarting or killing the factory daemon no longer affects it. The factory daemon stays
+// the holder's parent only to reap it.
+//
+// Why a holder process rather than handing QEMU itself over: QEMU's Pdeathsig points at the
+// thread that forked it and cannot be changed from outside, and Linux has no way to
+// re-parent a process to another one. A VM forked by the factory daemon would die with the
+// factory daemon, handed out or not.
+//
+// # Files
+//
+// A pooled VM lives in <root>/@factory/<pool>/<vm>/: holder.sock, holder.log and QEMU's
+// files (qmp.sock, ctl.sock, stream.sock, console.log, ...), its 9p share in share/. On
+// hand-out the share directory is renamed onto the pod's share directory and then the
+// VM's directory onto the pod's vm/ directory, so a handed-out VM's files are where a
+// directly booted VM's are. QEMU keeps serving both: it resolves 9p paths from a descriptor
+// of the directory it opened, and unix sockets are found by inode once dialled.
+package holder
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/agentclient"
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/internal/wire"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
+)
+
+// Files of the holder in a held VM's directory.
+const (
+	// Socket is where the holder answers the ops info, adopt, grow, shutdown and kill.
+	Socket = "holder.sock"
+	// Log is the holder's stdout and stderr.
+	Log = "holder.log"
+)
+
+// Limits of a holder.
+const (
+	// parkTimeout bounds the boot, agent handshake and warm-up of a pooled VM. Generous: the
+	// VM runs niced (pooledNice) and a busy host gives it little CPU.
+	parkTimeout = 5 * time.Minute
+	// killWait bounds how long a holder waits for its QEMU to go after killing it.
+	killWait = 10 * time.Second
+	// defaultOpTimeout bounds an op whose request names no timeout.
+	defaultOpTimeout = 30 * time.Second
+	// pooledNice is the nice value of a pooled VM's QEMU. A refill starts when a VM is
+	// handed out, that is when a pod is starting: at nice 0 the refill's boot and warm-up
+	// would take half of a 2-core host from the very pod the pool exists for. Niced, pooled
+	// VMs boot mostly with what the running pods leave; adopt restores nice 0. 10 rather
+	// than 19: a CFS weight of 110 against 1024 still lets a refill progress (roughly a
+	// tenth of a CPU) on a host whose pods keep every CPU busy.
+	pooledNice = 10
+)
+
+// Config configures a holder process (Run).
+type Config struct {
+	// ID names the VM while it is pooled.
+	ID string
+	// Dir is the VM's directory (it must exist); ShareDir its 9p share (Dir/share).
+	Dir      string
+	ShareDir string
+	// CPUs and MemoryMiB size the VM.
+	CPUs      int
+	MemoryMiB int
+	// Factory boots the VM: the pool's base kind, direct or template.
+	Factory factory.Factory
+	// Parent is the factory daemon's pid: while the VM is pooled the holder kills it when
+	// that process exits.
+	Parent int
+	// Warm runs a throwaway container in the VM before it joins the pool (WARMUP): the
+	// pod's first container then costs what a later one does under TCG.
+	Warm bool
+}
+
+// holder is the state of the process holding one VM.
+type holder struct {
+	cfg Config
+	log *slog.Logger
+	vm  hypervisor.VM
+
+	mu      sync.Mutex
+	info    wire.VMInfo
+	owner   *proc         // parent while pooled, then the pod daemon that adopted the VM
+	ownerCh chan struct{} // closed and replaced when owner changes
+}
+
+// Run boots one VM with cfg.Factory, parks its agent (READY and version handshake,
+// then disconnects), reports "ok <VMInfo JSON>" on ready, and serves holder.sock in
+// cfg.Dir until the VM is gone: it powers off, is killed on request, or its owner exits.
+// ctx ending (SIGTERM) kills the VM. A VM that was never adopted takes its directory with
+// it; an adopted one's directory is the pod's.
+func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
+	log := logging.G(ctx).With("holder", cfg.ID)
+	report := func(line string) {
+		if ready != nil {
+			io.WriteString(ready, line+"\n")
+			ready.Close()
+			ready = nil
+		}
+	}
+	defer func() {
+		if err != nil {
+			report("error: " + err.Error())
+		}
+	}()
+	h := &holder{cfg: cfg, log: log, ownerCh: make(chan struct{})}
+	parent, err := watchProcess(cfg.Parent)
+	if err != nil {
+		return fmt.Errorf("holder %s: %w", cfg.ID, err)
+	}
+	// The pidfd names the parent only if we are still its child: if it died before we
+	// opened the pidfd, we were re-parented and the pid may be someone else's.
+	if os.Getppid() != cfg.Parent {
+		return fmt.Errorf("holder %s: the factory daemon (pid %d) is gone: %w", cfg.ID, cfg.Parent, errdefs.ErrUnavailable)
+	}
+	h.owner = parent
+
+	sock := filepath.Join(cfg.Dir, Socket)
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("holder %s: %w", cfg.ID, err)
+	}
+	defer ln.Close()
+
+	start := time.Now()
+	bctx, cancel := context.WithTimeout(ctx, parkTimeout)
+	vm, err := cfg.Factory.GetVM(bctx, factory.Request{ID: cfg.ID, Dir: cfg.Dir, ShareDir: cfg.ShareDir, CPUs: cfg.CPUs, MemoryMiB: cfg.MemoryMiB})
+	if err == nil {
+		h.vm = vm
+		if err := renice(vm, pooledNice); err != nil {
+			log.Warn("cannot lower the pooled VM's priority", "error", err)
+		}
+		err = parkVM(bctx, vm, cfg.Warm)
+		if err != nil {
+			vm.Kill()
+		}
+	}
+	cancel()
+	if err != nil {
+		os.RemoveAll(cfg.Dir)
+		return fmt.Errorf("holder %s: %w", cfg.ID, err)
+	}
+	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: vm.Restored()}
+	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
+	b, _ := json.Marshal(h.info)
+	report("ok " + string(b))
+
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go wire.ServeConn(conn, h.handle)
+		}
+	}()
+	return h.wait(ctx)
+}
+
+// parkVM is park; unit tests, whose VMs have no agent, replace it.
+var parkVM = park
+
+// park brings the new VM's agent to rest: READY (a cold boot), the version handshake and,
+// with warm, a warm-up container; then it disconnects, and the agent waits for the pod
+// daemon to connect. A failed warm-up is only logged: the VM is as good as a cold one.
+func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
+	ch, err := vm.Channels(ctx)
+	if err != nil {
+		return err
+	}
+	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID(), Logf: func(format string, args ...any) {
+		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
+	}})
+	defer c.Close()
+	if !vm.Restored() {
+		if err := c.WaitReady(ctx); err != nil {
+			return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
+		}
+	}
+	if _, err := c.Handshake(ctx); err != nil {
+		return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
+	}
+	if warm {
+		var w agentproto.Warmup
+		start := time.Now()
+		if err := c.Call(ctx, agentproto.MsgWarmup, nil, &w); err != nil {
+			logging.G(ctx).Warn("warm-up failed; the VM joins the pool cold", "error", err)
+		} else {
+			logging.G(ctx).Info("vm warmed up", "took", time.Since(start), "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis)
+		}
+	}
+	return nil
+}
+
+// wait returns once the VM is gone, killing it first if its owner exits or ctx ends.
+func (h *holder) wait(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		owner, changed := h.owner, h.ownerCh
+		h.mu.Unlock()
+		select {
+		case <-h.vm.Done():
+			h.cleanup()
+			return nil
+		case <-changed:
+			continue
+		case <-owner.done:
+			h.log.Info("owner exited: killing the vm", "owner", owner.pid)
+		case <-ctx.Done():
+			h.log.Info("stopping: killing the vm")
+		}
+		h.vm.Kill()
+		select {
+		case <-h.vm.Done():
+		case <-time.After(killWait):
+			return fmt.Errorf("holder %s: qemu still running %s after SIGKILL", h.cfg.ID, killWait)
+		}
+		h.cleanup()
+		return nil
+	}
+}
+
+// cleanup removes what the holder owns once the VM is gone: the whole directory while the
+// VM was pooled, only its socket once the directory is the pod's.
+func (h *holder) cleanup() {
+	h.mu.Lock()
+	adopted, dir := h.info.Owner != 0, h.info.Dir
+	h.mu.Unlock()
+	if adopted {
+		os.Remove(filepath.Join(dir, Socket))
+		return
+	}
+	os.RemoveAll(dir)
+}
+
+func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
+	ctx, cancel := wire.OpContext(context.Background(), req, defaultOpTimeout)
+	defer cancel()
+	switch req.Op {
+	case wire.OpInfo:
+		h.mu.Lock()
+		info := h.info
+		h.mu.Unlock()
+		return wire.Response{VM: &info}
+	case wire.OpAdopt:
+		info, err := h.adopt(req.Pid, req.Dir)
+		if err != nil {
+			return wire.ErrResponse(err)
+		}
+		return wire.Response{VM: &info}
+	case wire.OpGrow:
+		hp, ok := h.vm.(hypervisor.Hotplugger)
+		if !ok {
+			return wire.ErrResponse(fmt.Errorf("vm %s cannot be hot-plugged (q35 booted with room to grow only): %w", h.cfg.ID, errdefs.ErrNotImplemented))
+		}
+		if req.CPUs > 0 {
+			if err := hp.HotplugCPUs(ctx, req.CPUs); err != nil {
+				return wire.ErrResponse(err)
+			}
+		}
+		if req.MemoryMiB > 0 {
+			if err := hp.HotplugMemory(ctx, req.MemoryMiB); err != nil {
+				return wire.ErrResponse(err)
+			}
+		}
+		return wire.Response{}
+	case wire.OpShutdown:
+		if err := h.vm.Shutdown(ctx); err != nil {
+			return wire.ErrResponse(err)
+		}
+		return wire.Response{}
+	case wire.OpKill:
+		h.vm.Kill()
+		return wire.Response{}
+	}
+	return wire.ErrResponse(fmt.Errorf("unknown op %q: %w", req.Op, errdefs.ErrInvalidArgument))
+}
+
+// adopt hands the VM to pod daemon pid: its directory moves onto dir (the pod's empty vm/
+// directory; the share was moved already), and from now on the VM dies with that process,
+// not with the factory daemon.
+func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.info.Owner != 0 {
+		return wire.VMInfo{}, fmt.Errorf("vm %s was handed out already (to pid %d): %w", h.cfg.ID, h.info.Owner, errdefs.ErrFailedPrecondition)
+	}
+	if pid <= 0 || dir == "" {
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: no owner pid or directory: %w", h.cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	owner, err := watchProcess(pid)
+	if err != nil {
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: %w", h.cfg.ID, err)
+	}
+	// rename(2), not os.Rename: it replaces an empty directory.
+	if err := unix.Rename(h.info.Dir, dir); err != nil {
+		owner.release()
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: move %s to %s: %w", h.cfg.ID, h.info.Dir, dir, err)
+	}
+	if err := renice(h.vm, 0); err != nil {
+		h.log.Warn("cannot restore the handed-out VM's priority", "error", err)
+	}
+	old := h.owner
+	h.owner = owner
+	close(h.ownerCh)
+	h.ownerCh = make(chan struct{})
+	h.info.Owner, h.info.Dir = pid, dir
+	h.log.Info("vm handed out", "owner", pid, "dir", dir)
+	old.release()
+	return h.info, nil
+}
+
+// renice sets the nice value of every thread of the VM's QEMU. QEMU runs in a process group
+// of its own (hypervisor/qemu starts it so), and setpriority on a process group reaches every
+// thread in it; on a pid it would reach the main thread only, not the vCPU threads. A fake VM
+// without a process (pid 0 or less) is left alone.
+func renice(vm hypervisor.VM, nice int) error {
+	pid := vm.Pid()
+	if pid <= 0 {
+		return nil
+	}
+	if err := unix.Setpriority(unix.PRIO_PGRP, pid, nice); err != nil {
+		return fmt.Errorf("setpriority(process group %d, %d): %w", pid, nice, err)
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package holder
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory/internal/wire"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/hypervisor/qemu"
+)
+
+// Limits of driving a holder.
+const (
+	// killOpTimeout bounds the kill op before the holder itself is killed.
+	killOpTimeout = 2 * time.Second
+	// holderExitWait bounds the wait for a holder to exit once its VM is gone.
+	holderExitWait = 10 * time.Second
+	// dialTimeout bounds dialling the VM's channels (QEMU listens from its start).
+	dialTimeout = 5 * time.Second
+)
+
+// VM is a VM held by a holder process, driven through holder.sock and QEMU's
+// sockets in the VM's directory. The factory daemon has one per pooled VM (the holder is
+// its child); a pod daemon has one for the VM it was handed (the holder is not its child:
+// its exit is seen through a pidfd).
+type VM struct {
+	id    string
+	info  wire.VMInfo
+	proc  *proc
+	files qemu.VMFiles
+	grown bool
+
+	mu            sync.Mutex
+	channelsTaken bool
+}
+
+var (
+	_ hypervisor.VM         = (*VM)(nil)
+	_ hypervisor.Hotplugger = (*VM)(nil)
+)
+
+func newVM(id string, info wire.VMInfo, p *proc) *VM {
+	return &VM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown}
+}
+
+func (v *VM) ID() string            { return v.id }
+func (v *VM) Pid() int              { return v.info.QEMUPid }
+func (v *VM) Done() <-chan struct{} { return v.proc.done }
+func (v *VM) Accel() string         { return v.info.Accel }
+
+// socket is holder.sock, which moves with the VM's directory on adopt.
+func (v *VM) socket() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return filepath.Join(v.info.Dir, Socket)
+}
+
+func (v *VM) ConsoleLog() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.files.Console
+}
+
+// Restored is true: the agent was brought up and parked by the holder before the hand-out,
+// so no READY is to be waited for (the agent may send one when the pod daemon connects;
+// the client ignores it).
+func (v *VM) Restored() bool { return true }
+
+// Grown reports whether CPUs or memory were hot-plugged for the request.
+func (v *VM) Grown() bool { return v.grown }
+
+// HolderPid is the holder process's pid.
+func (v *VM) HolderPid() int { return v.info.HolderPid }
+
+// Channels dials the control and stream channels' sockets.
+func (v *VM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.channelsTaken {
+		return nil, fmt.Errorf("vm %s: channels already taken: %w", v.id, errdefs.ErrFailedPrecondition)
+	}
+	if !v.proc.alive() {
+		return nil, fmt.Errorf("vm %s: channels: %w", v.id, hypervisor.ErrVMExited)
+	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	var d net.Dialer
+	// QEMU's chardev servers take one client at a time: the holder disconnected after
+	// parking the agent, so these are the VM's only connections.
+	ctl, err := d.DialContext(ctx, "unix", v.files.Control)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: control channel: %w", v.id, err)
+	}
+	stream, err := d.DialContext(ctx, "unix", v.files.Stream)
+	if err != nil {
+		ctl.Close()
+		return nil, fmt.Errorf("vm %s: stream channel: %w", v.id, err)
+	}
+	v.channelsTaken = true
+	return &hypervisor.Channels{Control: ctl, Stream: stream}, nil
+}
+
+// Shutdown has the holder shut the VM down (power button, quit, kill; see
+// hypervisor.VM) within ctx, and returns once the holder exited.
+func (v *VM) Shutdown(ctx context.Context) error {
+	if !v.proc.alive() {
+		return nil
+	}
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpShutdown}); err != nil && v.proc.alive() {
+		return v.Kill()
+	}
+	return v.waitExit()
+}
+
+// Kill has the holder kill the VM, or kills the holder (and with it QEMU, whose Pdeathsig
+// points at the holder) if it does not answer, and returns once the holder exited.
+func (v *VM) Kill() error {
+	if !v.proc.alive() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), killOpTimeout)
+	_, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpKill})
+	cancel()
+	if err != nil {
+		v.proc.kill()
+	}
+	return v.waitExit()
+}
+
+func (v *VM) waitExit() error {
+	select {
+	case <-v.proc.done:
+		return nil
+	case <-time.After(holderExitWait):
+		v.proc.kill()
+		select {
+		case <-v.proc.done:
+			return nil
+		case <-time.After(holderExitWait):
+			return fmt.Errorf("vm %s: holder %d still running after SIGKILL", v.id, v.proc.pid)
+		}
+	}
+}
+
+// HotplugCPUs has the holder plug vCPUs (see hypervisor.Hotplugger).
+func (v *VM) HotplugCPUs(ctx context.Context, total int) error {
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpGrow, CPUs: total}); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	return nil
+}
+
+// HotplugMemory has the holder plug memory (see hypervisor.Hotplugger).
+func (v *VM) HotplugMemory(ctx context.Context, totalMiB int) error {
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpGrow, MemoryMiB: totalMiB}); err != nil {
+		return fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	return nil
+}
+
+// Adopt hands the VM to pod daemon pid, moving its directory onto dir.
+func (v *VM) Adopt(ctx context.Context, pid int, dir string) (wire.VMInfo, error) {
+	resp, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpAdopt, Pid: pid, Dir: dir})
+	if err != nil {
+		return wire.VMInfo{}, fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	v.mu.Lock()
+	v.info = *resp.VM
+	v.files = qemu.FilesIn(v.info.Dir)
+	v.mu.Unlock()
+	return *resp.VM, nil
+}
+
+// Attach takes over the VM that the factory daemon handed to this process (info is its
+// answer): it watches the holder's exit and makes sure the holder answers. The VM is the
+// caller's from then on; if Attach fails, the holder still follows the caller's pid.
+func Attach(ctx context.Context, id string, info wire.VMInfo) (*VM, error) {
+	p, err := watchProcess(info.HolderPid)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: holder: %w", id, err)
+	}
+	vm := newVM(id, info, p)
+	// The pidfd was opened after the factory daemon answered: make sure it is the holder's
+	// (a pid is only recycled after its process is gone, and a holder that answers is not).
+	if _, err := wire.Call(ctx, vm.socket(), wire.Request{Op: wire.OpInfo}); err != nil {
+		p.release()
+		return nil, fmt.Errorf("vm %s: holder %d does not answer: %w", id, info.HolderPid, err)
+	}
+	return vm, nil
+}
+
+// NICs describes the VM's network devices (hypervisor.NetworkDevices): the holder's QEMU
+// made them as every QEMU of runv does.
+func (v *VM) NICs() []hypervisor.NIC { return qemu.NICsOf(v.info.QEMUPid) }
