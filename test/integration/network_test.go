@@ -4,9 +4,7 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/test/nettest"
 )
 
 // Pods on the network: the pod's network namespace, configured as CNI would (a veth whose
@@ -173,23 +173,11 @@ func setNetNS(s *specs.Spec, path string) {
 // httpGet fetches url, retrying until the deadline: the server starts with the container.
 func httpGet(t *testing.T, url string, timeout time.Duration) string {
 	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			b, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if rerr == nil && resp.StatusCode == http.StatusOK {
-				return string(b)
-			}
-			err = fmt.Errorf("status %s, %v", resp.Status, rerr)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	body, err := nettest.Get(url, timeout)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return body
 }
 
 // checkPodOnNetwork is the judged check: the pod answers HTTP at its addresses from the
