@@ -3,6 +3,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/moby/sys/capability"
+	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -50,7 +52,12 @@ func TestVMContainerSteps(t *testing.T) {
 		floorSpec.Process.Args = append(floorSpec.Process.Args, "-agent", "/agent")
 	}
 	privileged(floorSpec)
+	if os.Getenv("RUNV_STEPS_CRUN") != "" {
+		addCrun(t, filepath.Join(v.share, floorRootfs))
+		floorSpec.Process.Args = append(floorSpec.Process.Args, "-crun", "/crun")
+	}
 	rootfs, spec := v.busyboxContainer("c", "true")
+	trimSpec(t, spec, os.Getenv("RUNV_STEPS_TRIM"))
 	v.event(agentproto.MsgReady)
 	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
 	// is a guest tmpfs, against the 9p rootfs of the pod's containers below.
@@ -232,4 +239,83 @@ func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// trimSpec drops parts of the spec named in a comma-separated list, to find what a step's
+// time depends on: masked (masked and read-only paths), sys (the /sys and cgroup mounts),
+// devices (linux.devices and the device cgroup rules), mqueue, pts, shm.
+func trimSpec(t *testing.T, s *specs.Spec, what string) {
+	for _, w := range strings.Split(what, ",") {
+		switch w {
+		case "":
+		case "masked":
+			s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		case "devices":
+			s.Linux.Devices = nil
+			if s.Linux.Resources != nil {
+				s.Linux.Resources.Devices = nil
+			}
+		case "sys", "mqueue", "pts", "shm":
+			dest := map[string][]string{"sys": {"/sys", "/sys/fs/cgroup"}, "mqueue": {"/dev/mqueue"}, "pts": {"/dev/pts"}, "shm": {"/dev/shm"}}[w]
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return slices.Contains(dest, m.Destination) })
+		default:
+			t.Fatalf("RUNV_STEPS_TRIM: unknown %q", w)
+		}
+	}
+}
+
+// addCrun puts the host's crun (with the shared libraries it links) into a rootfs, with
+// two bundles under /crun (rootfs, true, sleep) for guestfloor -crun: crun in the same
+// guest, against libcontainer's figures. RUNV_STEPS_CRUN=1 asks for it.
+func addCrun(t *testing.T, root string) {
+	crun, err := exec.LookPath("crun")
+	if err != nil {
+		t.Fatalf("RUNV_STEPS_CRUN: %v (apt-get install crun)", err)
+	}
+	out, err := exec.Command("ldd", crun).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", crun, err)
+	}
+	files := []string{crun}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, f)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeRootfs(t, filepath.Join(root, "crun/rootfs"))
+	if err := os.WriteFile(filepath.Join(root, "crun/files"), []byte(strings.Join(files, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string][]string{"true": {"true"}, "sleep": {"sleep", "100000"}} {
+		s := specconv.Example()
+		s.Process.Terminal = false
+		s.Process.Args = args
+		s.Version = "1.0.2" // what Debian 12's crun 1.8 knows
+		s.Root.Path = "/crun/rootfs"
+		s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.NetworkNamespace })
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(root, "crun", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
