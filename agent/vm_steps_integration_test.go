@@ -109,7 +109,7 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	for _, op := range []string{"WARMUP", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
+	for _, op := range []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
 		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
 	}
 	t.Logf("floors:\n%s", out)
@@ -179,6 +179,15 @@ var traceSegments = map[string][][2]string{
 		{"syncs", "read sync type:procRun"},
 		{"pivot_root .. exec fifo wait", "init: about to wait on exec fifo"},
 		{"exec of the program", "libcontainer run returned"},
+	},
+	"STARTPOD": {
+		{"decode", "decoded"},
+		{"settimeofday", "clock set"},
+		{"entropy (RNDADDENTROPY, reseed)", "entropy added"},
+		{"loopback up (netlink)", "loopback up"},
+		{"hostname, resolv.conf", "hostname, resolv.conf"},
+		{"9p mount of the pod share", "9p share mounted"},
+		{"chmod of the share", "share chmod"},
 	},
 	"STARTCONTAINER": {
 		{"status", "status"},
