@@ -57,6 +57,9 @@ func newHostBridge(name, cidr string) (*hostBridge, error) {
 }
 
 func (b *hostBridge) remove() {
+	if b == nil {
+		return
+	}
 	if l, err := netlink.LinkByName(b.name); err == nil {
 		netlink.LinkDel(l)
 	}
@@ -71,6 +74,22 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+const helloFromHost = "hello-from-the-host"
+
+// hostServer serves helloFromHost over HTTP at ip (a bridge's address on the host) until the
+// test ends, and returns its address.
+func hostServer(t *testing.T, ip net.IP) string {
+	t.Helper()
+	l, err := net.Listen("tcp", ip.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, helloFromHost+"\n") })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }
 
 // httpd is the command that serves the container's root on port 80.
@@ -108,17 +127,11 @@ func TestDockerPublishedPort(t *testing.T) {
 // TestDockerReachesHost: a container reaches a server on the host at the bridge's address.
 func TestDockerReachesHost(t *testing.T) {
 	d, x, name := newDockerTest(t)
-	l, err := net.Listen("tcp", d.bridge.ip.String()+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello-from-the-host\n") })}
-	go srv.Serve(l)
-	defer srv.Close()
+	addr := hostServer(t, d.bridge.ip)
 	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name,
-		"timeout", "30", "wget", "-q", "-O-", "http://"+l.Addr().String()+"/"))
-	if !strings.Contains(r.stdout, "hello-from-the-host") {
-		x.errorf(r, "the container did not reach the host's server at %s", l.Addr())
+		"timeout", "30", "wget", "-q", "-O-", "http://"+addr+"/"))
+	if !strings.Contains(r.stdout, helloFromHost) {
+		x.errorf(r, "the container did not reach the host's server at %s", addr)
 	}
 }
 
@@ -166,4 +179,56 @@ func TestDockerSharedNetworkLocalhost(t *testing.T) {
 		x.errorf(r, "the second container did not reach the first's httpd over localhost")
 	}
 	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// podmanNet is the suite's default network for podman: a CNI bridge network of its own.
+type podmanNet struct {
+	conf   string // containers.conf's [network] section
+	bridge *hostBridge
+}
+
+// podmanNetwork writes a CNI network (bridge plugin, host-local addresses on the suite's
+// third /24) into dir and returns the containers.conf section that makes it podman's default.
+func podmanNetwork(dir string) (podmanNet, error) {
+	gw := strings.TrimSuffix(bridgeSubnet(2), "/24")
+	subnet := strings.TrimSuffix(gw, ".1") + ".0/24"
+	name := "rvcpod"
+	br := &hostBridge{name: fmt.Sprintf("rvcp%d", os.Getpid()%10000), ip: net.ParseIP(gw)}
+	conflist := fmt.Sprintf(`{
+  "cniVersion": "0.4.0",
+  "name": %q,
+  "plugins": [{"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
+    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": %q, "gateway": %q}]]}}]
+}
+`, name, br.name, subnet, gw)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return podmanNet{}, err
+	}
+	if err := os.WriteFile(dir+"/"+name+".conflist", []byte(conflist), 0o644); err != nil {
+		return podmanNet{}, err
+	}
+	conf := fmt.Sprintf("[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"/usr/lib/cni\"]\nnetwork_config_dir = %q\ndefault_network = %q\n", dir, name)
+	return podmanNet{conf: conf, bridge: br}, nil
+}
+
+// TestPodmanDefaultNetwork: with podman's default network (a CNI bridge), the container's
+// httpd answers at its address, and the container reaches the host at the bridge's.
+func TestPodmanDefaultNetwork(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	r := x.must(p.podman(t, cmdOpts{}, append([]string{"run", "-d", "--name", name, img.Name}, httpd...)...))
+	ip := strings.TrimSpace(x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)).stdout)
+	if net.ParseIP(ip) == nil {
+		x.fatal(r, "podman inspect gives no IP address for the container: %q", ip)
+	}
+	checkServes(x, r, "http://"+ip+"/etc/passwd")
+	a := x.must(p.podman(t, cmdOpts{}, "exec", name, "ip", "-o", "addr", "show", "eth0"))
+	if !strings.Contains(a.stdout, " "+ip+"/") {
+		x.errorf(a, "eth0 in the container lacks podman's address %s", ip)
+	}
+	addr := hostServer(t, p.bridge.ip)
+	w := x.must(p.podman(t, cmdOpts{}, "exec", name, "timeout", "30", "wget", "-q", "-O-", "http://"+addr+"/"))
+	if !strings.Contains(w.stdout, helloFromHost) {
+		x.errorf(w, "the container did not reach the host's server at %s", addr)
+	}
+	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "0", name))
 }
