@@ -41,6 +41,7 @@ func ContainerInit() { libcontainer.Init() }
 type Agent struct {
 	log    *logger
 	flags  bootFlags
+	trace  *tracer
 	reaper *reaper
 	d      *Dispatcher
 	ctl    *vport
@@ -99,10 +100,11 @@ func Main() error {
 		powerOff(log, "probe done")
 	}
 	log.setDebug(flags.Debug)
-	setupLogrus(log, flags.Debug)
+	tr := &tracer{on: flags.Trace}
+	setupLogrus(log, flags.Debug, tr)
 	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
 
-	a := &Agent{log: log, flags: flags, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
+	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
 	a.run()
 	return nil // unreachable: run powers off
 }

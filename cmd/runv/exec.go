@@ -120,7 +120,11 @@ func execProcess(c *cli.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch liveState(rec).Status {
+	live, err := liveState(rec)
+	if err != nil {
+		return 0, err
+	}
+	switch live.Status {
 	case state.StatusStopped:
 		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
 	case state.StatusPaused:
