@@ -1,3 +1,5 @@
+//go:build integration
+
 package integration
 
 import (
@@ -384,8 +386,10 @@ func (f *faultCase) wait(b *background, what string) result {
 	r := b.wait(f.t, clientDeadline)
 	msg := ""
 	if r.code != 0 {
-		if l := strings.TrimSpace(lastLine(r.stderr)); l != "" {
-			msg = ": " + truncate(l, 90)
+		// The message, shortened for the table: the container's name is C.
+		l := strings.TrimPrefix(strings.TrimSpace(lastLine(r.stderr)), "runv: ")
+		if l = strings.ReplaceAll(strings.ReplaceAll(l, `\"`+f.id+`\"`, "C"), `"`+f.id+`"`, "C"); l != "" {
+			msg = " (" + truncate(l, 80) + ")"
 		}
 	}
 	f.note("%s: exit %d%s", what, r.code, msg)
