@@ -240,6 +240,8 @@ func (f *faultCase) run() {
 		f.injectInto(pids)
 		if r := f.wait(del, "delete --force"); r.code == 0 {
 			f.expectState("gone")
+		} else {
+			f.expectState("stopped", "gone")
 		}
 		f.cleanup(true)
 	}
