@@ -41,6 +41,7 @@ func ContainerInit() { libcontainer.Init() }
 type Agent struct {
 	log    *logger
 	flags  bootFlags
+	trace  *tracer
 	reaper *reaper
 	d      *Dispatcher
 	ctl    *vport
@@ -54,6 +55,9 @@ type Agent struct {
 	// by path join the sandbox's namespace of that type.
 	sandbox    string
 	destroying bool
+	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the
+	// pod ("" if none): STARTPOD keeps it when the pod asks for the same share.
+	shareMounted string
 }
 
 // Main is PID 1. It only returns (with an error) when it is not PID 1, so that running the
@@ -98,11 +102,19 @@ func Main() error {
 		}
 		powerOff(log, "probe done")
 	}
+	// lo is the same for every pod: bringing it up (8-15 ms of kernel work under TCG:
+	// routes, IPv6 address) here takes it off every pod's STARTPOD on VMs booted ahead of
+	// their pod (template clones inherit it, pooled VMs did it while waiting); STARTPOD
+	// only checks it again.
+	if err := loopbackUp(); err != nil {
+		log.Errorf("%v (STARTPOD tries again)", err)
+	}
 	log.setDebug(flags.Debug)
-	setupLogrus(log, flags.Debug)
+	tr := &tracer{on: flags.Trace}
+	setupLogrus(log, flags.Debug, tr)
 	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
 
-	a := &Agent{log: log, flags: flags, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
+	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
 	a.run()
 	return nil // unreachable: run powers off
 }
@@ -242,6 +254,7 @@ func (a *Agent) register() {
 	d.Handle(agentproto.MsgStats, a.stats)
 	d.Handle(agentproto.MsgUpdateContainer, a.updateContainer)
 	d.Handle(agentproto.MsgOnlineCPUMem, a.onlineCPUMem)
+	d.Handle(agentproto.MsgSetupNetwork, a.setupNetwork)
 	d.Handle(agentproto.MsgWarmup, a.warmup)
 }
 

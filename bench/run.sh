@@ -5,7 +5,8 @@
 # command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
 # on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
-# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`.
+# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
+# network beside runc (bench/network.sh: TCP throughput both ways, connect+request).
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
@@ -185,10 +186,13 @@ for kind in $KINDS; do
 	else
 		echo "$kind: failed: $(tail -2 "$work/run-$kind.txt")"
 	fi
-	if [ "$kind" = cache ] && [ -n "${run_med[cache]:-}" ]; then
-		pool_full cache
-		"$bt" repeat -n "$N" -label "runv run true [cache, back to back]" -- \
-			"$RUNV" --root "$work/root-cache" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1
+	# Back to back: refills of direct boots against refills of template clones.
+	if { [ "$kind" = cache ] || [ "$kind" = cache-template ]; } && [ -n "${run_med[$kind]:-}" ]; then
+		pool_full "$kind"
+		"$bt" repeat -n "$N" -label "runv run true [$kind, back to back]" -- \
+			"$RUNV" --root "$work/root-$kind" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1 |
+			tee "$work/b2b-$kind.txt"
+		echo "  median = $(ratio "$(median <"$work/b2b-$kind.txt")" "${run_med[$kind]}") the pooled single pod"
 	fi
 	# Its pool would compete with what follows for the CPUs.
 	case $kind in cache*) stop_factory ;; esac
@@ -281,5 +285,14 @@ runc --root "$runc_root" run -d --bundle "$work/sleep" rcx </dev/null >/dev/null
 if [ -s "$work/rexec.txt" ] && [ -s "$work/cexec.txt" ]; then
 	echo "  runv exec median = $(ratio "$(median <"$work/rexec.txt")" "$(median <"$work/cexec.txt")") runc exec"
 fi
+echo
+
+RUNV=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD "$here/network.sh" || echo "network: failed (see above)"
+echo
+
+echo "== a VM from the factory until its agent answers: template clone vs cold boot (go benchmark, N=$N)"
+(cd "$repo" && RUNV_TEST_KERNEL=$KERNEL RUNV_TEST_INITRD=$INITRD go test -tags integration -run '^$' \
+	-bench 'VMUntilAgentAnswers' -benchtime "${N}x" ./factory/ 2>&1) | grep -E '^(Benchmark|FAIL|---)' ||
+	echo "skipped: the factory benchmark did not run"
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

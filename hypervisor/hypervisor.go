@@ -96,6 +96,33 @@ type VM interface {
 	ConsoleLog() string
 	// Accel is the accelerator actually in use (auto resolved).
 	Accel() string
+	// Restored reports whether the guest was not cold-booted: restored from a snapshot (a
+	// template clone) or brought up and parked before it was handed out. Its agent is
+	// already running and sends no READY, and the guest needs the time, fresh entropy and
+	// its identity from the host.
+	Restored() bool
+	// Grown reports whether CPUs or memory were hot-plugged after boot to fit the request:
+	// the guest has to online them (agentproto.MsgOnlineCPUMem) before they are of use.
+	Grown() bool
+}
+
+// NIC is a network device a VM was booted with. VMs boot before their pod's network is
+// known (factories boot them ahead), so every VM has a few; the host end of each is a tap
+// that waits in a namespace of the VM's own (NetNS) until the network package moves it into
+// the pod's network namespace and mirrors an interface onto it.
+type NIC struct {
+	// Slot is the device's index: the guest finds it by its permanent MAC,
+	// agentproto.NICSlotMAC(Slot).
+	Slot int
+	// Tap is the name of the tap device backing it, in NetNS until moved.
+	Tap string
+	// NetNS is a path to the network namespace the tap was created in (QEMU's own).
+	NetNS string
+}
+
+// NetworkDevices is implemented by VMs booted with NICs.
+type NetworkDevices interface {
+	NICs() []NIC
 }
 
 // Hotplugger adds CPUs and memory to a running VM (q35 only).

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 )
 
 // container is one container of the pod, as the daemon sees it.
@@ -93,32 +93,34 @@ func (s *Supervisor) lookup(id string) (*container, error) {
 
 // Create creates a container: shares its rootfs with the guest and has the agent create it,
 // with its init process waiting to be started.
-func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error) {
+func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, err error) {
 	ctx = logging.With(ctx, "container", req.ID)
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	defer files.closeOnError(&err)
 	if err := state.ValidateID(req.ID); err != nil {
 		return 0, err
 	}
 	if req.Spec == nil || req.Spec.Process == nil {
 		return 0, fmt.Errorf("container %q: config.json has no process: %w", req.ID, errdefs.ErrInvalidArgument)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
+	if _, err := network.NamespaceOf(req.Spec); err != nil {
+		return 0, fmt.Errorf("container %q: %w", req.ID, err)
 	}
 	c := &container{id: req.ID, bundle: req.Bundle, created: time.Now(), status: state.StatusCreating, processes: map[string]*process{}}
 	s.mu.Lock()
 	if _, dup := s.containers[req.ID]; dup {
 		s.mu.Unlock()
-		files.close()
 		return 0, fmt.Errorf("container %q already exists in pod %s: %w", req.ID, s.cfg.PodID, errdefs.ErrAlreadyExists)
 	}
 	s.containers[req.ID] = c
 	s.everHad = true
 	s.mu.Unlock()
 
-	pid, err := s.create(ctx, c, req, files)
+	pid, err = s.create(ctx, c, req, files)
 	if err != nil {
-		files.close()
 		s.mu.Lock()
 		delete(s.containers, req.ID)
 		s.mu.Unlock()
@@ -269,7 +271,12 @@ type ExecRequest struct {
 }
 
 // Exec starts an additional process.
-func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
+func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err error) {
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	defer files.closeOnError(&err)
 	c, err := s.lookup(req.ID)
 	if err != nil {
 		return 0, err
@@ -279,7 +286,7 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	}
 	// As runc: a created container takes execs too (they join its namespaces); a paused
 	// one cannot start anything in its frozen cgroup, a stopped one has nothing to join.
-	st, _ := s.State(req.ID)
+	st := c.state()
 	switch st.Status {
 	case state.StatusCreated, state.StatusRunning:
 	case state.StatusPaused:
@@ -289,15 +296,10 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	default:
 		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
 	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
 	})
 	if err != nil {
-		files.close()
 		return 0, err
 	}
 	return started.Pid, nil
@@ -371,9 +373,14 @@ func (s *Supervisor) State(id string) (ContainerState, error) {
 	if err != nil {
 		return ContainerState{}, err
 	}
+	return c.state(), nil
+}
+
+// state is the container's live state: stopped once its init exited.
+func (c *container) state() ContainerState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := ContainerState{ID: id, Status: c.status, GuestPid: c.guestPid, Created: c.created}
+	st := ContainerState{ID: c.id, Status: c.status, GuestPid: c.guestPid, Created: c.created}
 	if p, ok := c.processes[agentproto.InitProcessID]; ok {
 		select {
 		case <-p.done:
@@ -382,7 +389,7 @@ func (s *Supervisor) State(id string) (ContainerState, error) {
 		default:
 		}
 	}
-	return st, nil
+	return st
 }
 
 // Delete removes a container that is not running. A created container is killed first, as
@@ -392,7 +399,7 @@ func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	st, _ := s.State(id)
+	st := c.state()
 	switch st.Status {
 	case state.StatusRunning, state.StatusPaused:
 		return fmt.Errorf("cannot delete container %q: it is %s; stop it first (runv kill) or use --force: %w", id, st.Status, errdefs.ErrFailedPrecondition)
@@ -439,7 +446,7 @@ func (s *Supervisor) simple(ctx context.Context, id string, t agentproto.MsgType
 	if err != nil {
 		return nil, err
 	}
-	st, _ := s.State(id)
+	st := c.state()
 	ok := len(want) == 0
 	for _, w := range want {
 		ok = ok || st.Status == w
@@ -572,5 +579,3 @@ func decodeSpec(b []byte) (*specs.Spec, error) {
 	}
 	return &sp, nil
 }
-
-var _ = os.Getpid

@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
@@ -62,6 +61,10 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 
 func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
 	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Start(ctx, r.Id))
+}
+
+func (g *server) ConnectNetwork(ctx context.Context, r *podapi.NetworkRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.ConnectNetwork(ctx, r.Netns))
 }
 
 func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecResponse, error) {
@@ -194,4 +197,6 @@ func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, er
 	return &podapi.PodInfo{Id: i.ID, DaemonPid: int64(i.DaemonPid), VmPid: int64(i.VMPid), Accel: i.Accel, Factory: i.Factory, Containers: i.Containers, BootNanos: int64(i.Boot)}, nil
 }
 
-var _ = fmt.Sprintf
+func (g *server) WatchStandIn(ctx context.Context, r *podapi.StandInRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.WatchStandIn(ctx, r.Id, r.Process, r.Token))
+}

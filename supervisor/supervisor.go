@@ -23,6 +23,7 @@ import (
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/oci"
 )
 
@@ -79,6 +80,12 @@ type Supervisor struct {
 	vm        hypervisor.VM
 	agent     guestAgent
 	bootDur   time.Duration
+
+	// netMu guards the pod's network: net mirrors its namespace (nil until
+	// ConnectNetwork), netSent is what the guest was last told.
+	netMu   sync.Mutex
+	net     *network.Pod
+	netSent agentproto.Network
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -176,7 +183,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 		return
 	}
 	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
-		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", factory.Restored(vm), "grown", factory.Grown(vm))
+		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
 	step := time.Now()
 	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
 	if err == nil {
@@ -198,7 +205,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 			log.Debug("boot: pod started in guest", "duration", time.Since(step))
 		}
 	}
-	if err == nil && factory.Grown(vm) {
+	if err == nil && vm.Grown() {
 		// Hot-plugged CPUs stay offline until the guest onlines them.
 		step = time.Now()
 		var got agentproto.OnlineCPUMemResult
@@ -306,6 +313,10 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			c.markStopped(agentproto.ProcessExit{ExitCode: 137, Signal: 9, Error: "pod stopped"})
 		}
 		s.mu.Unlock()
+		// After the VM: its taps went with QEMU, what is left is runv's filters and qdiscs.
+		if err := s.closeNetwork(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := UnmountUnder(s.share); err != nil {
 			errs = append(errs, err)
 		}

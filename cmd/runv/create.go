@@ -141,18 +141,20 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		if pod != nil {
 			pod.Close()
 		}
-		if startedDaemon {
-			// A pod made for this container goes with it.
-			if p, _ := os.FindProcess(daemon.Pid); p != nil {
-				p.Signal(os.Interrupt)
-			}
-			if werr := waitGone(daemon, 15*time.Second); werr != nil {
+		if member == nil {
+			// A pod made for this container goes with it, also when its daemon never
+			// started (startDaemon made the directory).
+			if startedDaemon {
 				if p, _ := os.FindProcess(daemon.Pid); p != nil {
-					p.Kill()
+					p.Signal(os.Interrupt)
+				}
+				if werr := waitGone(daemon, 15*time.Second); werr != nil {
+					if p, _ := os.FindProcess(daemon.Pid); p != nil {
+						p.Kill()
+					}
 				}
 			}
-			supervisor.UnmountUnder(podDir)
-			supervisor.RemoveUnmounted(podDir)
+			supervisor.CleanupPodDir(podDir)
 		}
 		h.Remove()
 	}()
@@ -200,7 +202,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		}
 		// No := here: the cleanup below must see the function's err.
 		var initShim state.Process
-		if initShim, err = spawnShim(g, rec, "", ctty, shim.ForSpec(spec)); err != nil {
+		if initShim, err = spawnShim(ctx, g, pod, rec, "", ctty, shim.ForSpec(spec)); err != nil {
 			return nil, err
 		}
 		rec.Shim = initShim
@@ -217,6 +219,10 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 			return nil, err
 		}
 	} else {
+		// A foreground run stands in for the container's init itself.
+		if err = pod.watchStandIn(ctx, id, "", os.Getpid()); err != nil {
+			return nil, err
+		}
 		rec.Shim = state.Self()
 	}
 	// The daemon and the shim hold the slave now; the master's holder must see the

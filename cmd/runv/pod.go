@@ -87,20 +87,38 @@ func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
 		s, _ := bufio.NewReader(r).ReadString('\n')
 		line <- strings.TrimSpace(s)
 	}()
+	// On failure the daemon is gone before we return: the caller removes the pod directory,
+	// so the error carries the end of the daemon's log.
+	logPath := filepath.Join(podDir, "daemon.log")
 	select {
 	case l := <-line:
 		if l == "ok" {
 			return proc, nil
 		}
 		cmd.Process.Kill()
+		waitGone(proc, 10*time.Second)
 		if l == "" {
-			l = "it exited without a word; see " + filepath.Join(podDir, "daemon.log")
+			l = "it exited without a word" + logTail(logPath)
 		}
 		return state.Process{}, fmt.Errorf("pod daemon failed to start: %s", strings.TrimPrefix(l, "error: "))
 	case <-time.After(daemonStartTimeout):
 		cmd.Process.Kill()
-		return state.Process{}, fmt.Errorf("pod daemon did not start within %s; see %s: %w", daemonStartTimeout, filepath.Join(podDir, "daemon.log"), errdefs.ErrUnavailable)
+		waitGone(proc, 10*time.Second)
+		return state.Process{}, fmt.Errorf("pod daemon did not start within %s%s: %w", daemonStartTimeout, logTail(logPath), errdefs.ErrUnavailable)
 	}
+}
+
+// logTail is the last lines of a log, for an error message ("" when it is empty).
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	if t := strings.Join(lines, "\n  "); t != "" {
+		return "; its log ends with:\n  " + t
+	}
+	return ""
 }
 
 // podConn is a client connection to a pod daemon.
@@ -136,13 +154,40 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 	if len(files) == 0 {
 		return s, nil
 	}
-	b := make([]byte, 12)
-	rand.Read(b)
-	s.Token = hex.EncodeToString(b)
+	s.Token = newToken()
 	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), s.Token, files); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newToken names descriptors parked with the daemon.
+func newToken() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// watchStandIn has the pod daemon kill process (of container id) in the VM as soon as pid,
+// the host process standing in for it, dies (see supervisor/standin.go). pid must be one
+// that cannot have been reused: our own, or our child that nobody reaped yet.
+func (p *podConn) watchStandIn(ctx context.Context, id, process string, pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd of the stand-in (pid %d) of container %q: %w", pid, id, err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	token := newToken()
+	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), token, []*os.File{f}); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := p.api.WatchStandIn(rctx, &podapi.StandInRequest{Id: id, Process: process, Token: token}); err != nil {
+		return fmt.Errorf("have the pod daemon watch the stand-in (pid %d) of container %q: %w", pid, id, rpcErr(err))
+	}
+	return nil
 }
 
 // rpcErr turns a daemon error back into its class.

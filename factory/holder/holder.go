@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 		os.RemoveAll(cfg.Dir)
 		return fmt.Errorf("holder %s: %w", cfg.ID, err)
 	}
-	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: factory.Restored(vm)}
+	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: vm.Restored()}
 	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
 	b, _ := json.Marshal(h.info)
 	report("ok " + string(b))
@@ -203,7 +203,7 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	defer c.Close()
-	if !factory.Restored(vm) {
+	if !vm.Restored() {
 		if err := c.WaitReady(ctx); err != nil {
 			return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 		}
@@ -214,7 +214,10 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 	if warm {
 		var w agentproto.Warmup
 		start := time.Now()
-		if err := c.Call(ctx, agentproto.MsgWarmup, nil, &w); err != nil {
+		// The share device of this VM is the pod's that takes it (its directory is renamed
+		// onto the pod's share): mounted now, STARTPOD finds it ready.
+		req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}
+		if err := c.Call(ctx, agentproto.MsgWarmup, req, &w); err != nil {
 			logging.G(ctx).Warn("warm-up failed; the VM joins the pool cold", "error", err)
 		} else {
 			logging.G(ctx).Info("vm warmed up", "took", time.Since(start), "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis)

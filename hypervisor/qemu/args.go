@@ -34,6 +34,8 @@ type spec struct {
 	// for migrate-incoming ("-incoming defer": x-ignore-shared has to be set first, and
 	// QEMU 7.2 cannot set it from the command line).
 	incoming bool
+	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
+	nics int
 }
 
 // sandboxArg is QEMU's own seccomp filter: the syscalls of obsolete features, raising
@@ -131,6 +133,9 @@ func buildArgs(s spec) []string {
 		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", dev("virtio-rng")+",rng=rng0",
+	)
+	args = append(args, nicArgs(s.nics, microvm)...)
+	args = append(args,
 		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
 		"-pidfile", p.PID,
 	)
@@ -145,8 +150,15 @@ func kernelParams(s spec) []string {
 	// Under TCG microvm has no HPET or PM timer to calibrate the TSC against and the guest
 	// hangs in calibration; the emulated TSC runs at the host's rate, so tell it. Under KVM
 	// kvmclock provides the frequency, and q35 has HPET.
+	//
+	// tsc=reliable: the guest's only other clocksource is then jiffies, and on a loaded
+	// host TCG delivers timer ticks late, so the clocksource watchdog finds the TSC "skewed"
+	// against jiffies, marks it unstable and switches to refined-jiffies for good: every
+	// clock read and timer in the guest then has 4 ms granularity (every sleep and poll of
+	// the agent and of container programs rounds up to a tick), and guest time runs slow.
+	// The emulated TSC follows the host's clock, so it is the one to trust.
 	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG && s.tscKHz > 0 {
-		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz))
+		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz), "tsc=reliable")
 	}
 	return append(params, s.cfg.KernelParams...)
 }

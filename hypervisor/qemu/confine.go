@@ -20,8 +20,8 @@ import (
 //
 //   - -sandbox (args.go): QEMU's seccomp filter, which also sets no_new_privs;
 //   - not as root: as qemuUID/qemuGID, holding only the capabilities 9p passthrough needs to
-//     serve the pod's files with their owners and modes (qemuCaps), none of the others
-//     (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_KILL, CAP_SYS_MODULE...);
+//     serve the pod's files with their owners and modes and to create its taps (qemuCaps),
+//     none of the others (CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_KILL, CAP_SYS_MODULE...);
 //   - in a cgroup of its own under qemuCgroupParent, created at fork (clone3 with
 //     CLONE_INTO_CGROUP) and removed once QEMU is reaped.
 //
@@ -41,9 +41,13 @@ const (
 // modes and times (FOWNER, FSETID: setuid bits survive a chown), create device nodes and
 // FIFOs (MKNOD). Measured: without CHOWN a file a guest root creates is owned by nobody;
 // without DAC_OVERRIDE QEMU cannot open its own sockets' directory (0700, root's).
+//
+// NET_ADMIN creates the NICs' taps (nic.go). QEMU starts in a network namespace of its own
+// and cannot enter another (no CAP_SYS_ADMIN), so it administers only that empty namespace
+// and the taps it holds once they moved to the pod's.
 var qemuCaps = []uintptr{
 	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH,
-	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_MKNOD,
+	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_MKNOD, unix.CAP_NET_ADMIN,
 }
 
 // qemuCgroupParent is the cgroup v2 directory under which each QEMU gets its own.

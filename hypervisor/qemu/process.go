@@ -37,6 +37,10 @@ type startOpts struct {
 	// confine runs QEMU confined (confine.go); name names it there.
 	confine bool
 	name    string
+	// newNetNS starts QEMU in a network namespace of its own: the taps it creates for the
+	// VM's NICs wait there, invisible to the host, until they are moved into the pod's
+	// namespace, and die with it.
+	newNetNS bool
 }
 
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
@@ -64,6 +68,9 @@ func startProcess(o startOpts) (*process, error) {
 			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
 			// and kill() can take QEMU's helpers (e.g. migration "exec:" children) along.
 			Setpgid: true,
+		}
+		if o.newNetNS {
+			cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
 		}
 		conf := &confinement{cgroupFD: -1}
 		if o.confine {

@@ -70,8 +70,9 @@ func TestQEMUConfined(t *testing.T) {
 	pid := qemuOf(t, stateRoot, id)
 	st := procStatus(t, pid)
 
-	// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID (bits 0-4) and MKNOD (27).
-	const wantCaps = "000000000800001f"
+	// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID (bits 0-4), NET_ADMIN (12) and
+	// MKNOD (27).
+	const wantCaps = "000000000800101f"
 	for field, want := range map[string]string{
 		"Seccomp":    "2", // -sandbox on
 		"NoNewPrivs": "1",
