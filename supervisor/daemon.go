@@ -51,13 +51,13 @@ func Serve(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	if err != nil {
 		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
 	}
-	sup, err := New(ctx, cfg, stdio)
+	sup, err := New(ctx, cfg)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
 	g := grpc.NewServer()
-	Register(g, sup)
+	Register(g, sup, stdio)
 	go g.Serve(ln)
 	if ready != nil {
 		io.WriteString(ready, "ok\n")

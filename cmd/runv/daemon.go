@@ -8,9 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/runv-project/runv/factory"
-	"github.com/runv-project/runv/factory/cachesrv"
-	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/hypervisor/qemu"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
 )
@@ -67,28 +64,14 @@ var daemonCommand = &cli.Command{
 	},
 }
 
-// newFactory builds the pod's VM factory from --factory (RUNV_FACTORY) or the policy file:
-// direct boots, or clones of a template created on first use. A policy's first entry is the
-// pods' default VM size (g.cpus, g.memoryMiB are set from it): the size its template has.
+// newFactory builds the pod's VM factory (podvm.Settings.NewFactory). A policy's first entry
+// is the pods' default VM size: g.cpus, g.memoryMiB are set from it.
 func newFactory(ctx context.Context, g *globals) (factory.Factory, error) {
-	policy, source, err := factory.ParseSetting(g.factory)
+	vs := g.vmSettings()
+	f, err := vs.NewFactory(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("factory: %w", err)
+		return nil, err
 	}
-	g.cpus, g.memoryMiB = factory.DefaultSize(policy, g.cpus, g.memoryMiB)
-	// A policy entry with "cache" asks the factory daemon of this root for pooled VMs.
-	factory.WrapCache = cachesrv.Wrapper(g.root)
-	f, err := factory.New(ctx, factory.Options{
-		Launcher: &qemu.Launcher{},
-		Base: hypervisor.Config{
-			Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
-			CPUs: g.cpus, MemoryMiB: g.memoryMiB,
-		},
-		TemplateDir: g.templateDir(),
-	}, policy)
-	if err != nil {
-		return nil, fmt.Errorf("factory (%s): %w", source, err)
-	}
-	logging.G(ctx).Info("vm factory", "kind", f.Name(), "policy", source)
+	g.cpus, g.memoryMiB = vs.CPUs, vs.MemoryMiB
 	return f, nil
 }

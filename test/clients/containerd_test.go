@@ -68,7 +68,10 @@ func needContainerd(t *testing.T) *containerd {
 			ctrdSkipWhy = err.Error()
 			return
 		}
-		s, err := startService("containerd", filepath.Join(dir, "containerd.log"), "containerd", "--config", conf)
+		// containerd finds runv's shim (io.containerd.runv.v2) on its PATH, and the shim
+		// keeps its pods under a root of the suite's.
+		env := []string{"PATH=" + filepath.Dir(shimBinary) + ":" + os.Getenv("PATH"), "RUNV_ROOT=" + shimRoot()}
+		s, err := startService("containerd", filepath.Join(dir, "containerd.log"), env, "containerd", "--config", conf)
 		if err != nil {
 			ctrdSkipWhy = fmt.Sprintf("cannot start containerd: %v", err)
 			return
@@ -319,14 +322,7 @@ func TestContainerdPsPauseResume(t *testing.T) {
 	if !strings.Contains(r.stdout, fmt.Sprint(pid)) {
 		x.errorf(r, "want the task's pid %d in ctr task ps", pid)
 	}
-	x.must(c.ctr(t, cmdOpts{}, "tasks", "pause", id))
-	if status, _ := c.waitTask(t, x, id, "PAUSED", 10*time.Second); status != "PAUSED" {
-		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after pause, want PAUSED", id, status)
-	}
-	x.must(c.ctr(t, cmdOpts{}, "tasks", "resume", id))
-	if status, _ := c.waitTask(t, x, id, "RUNNING", 10*time.Second); status != "RUNNING" {
-		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after resume, want RUNNING", id, status)
-	}
+	c.checkPauseResume(t, x, id)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
 	c.waitTask(t, x, id, "STOPPED", 30*time.Second)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
@@ -340,6 +336,19 @@ func TestContainerdTerminal(t *testing.T) {
 	r := runInPty(t, 60*time.Second, "ctr", c.ctrArgs("run", "--rm", "-t", "--runc-binary", runtimePath, img.Qualified, id,
 		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
 	checkTerminal(x, r)
+}
+
+// checkPauseResume pauses a running task and resumes it, checking its status each time.
+func (c *containerd) checkPauseResume(t *testing.T, x *tc, id string) {
+	t.Helper()
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "pause", id))
+	if status, _ := c.waitTask(t, x, id, "PAUSED", 10*time.Second); status != "PAUSED" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after pause, want PAUSED", id, status)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "resume", id))
+	if status, _ := c.waitTask(t, x, id, "RUNNING", 10*time.Second); status != "RUNNING" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after resume, want RUNNING", id, status)
+	}
 }
 
 // waitTask polls ctr tasks ls until the task has the wanted status or the timeout passes;

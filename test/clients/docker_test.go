@@ -49,7 +49,7 @@ func needDocker(t *testing.T) *dockerdEnv {
 		daemonJSON := filepath.Join(dir, "daemon.json")
 		// runv twice: --add-runtime runv=PATH, and "runv-json" the daemon.json way.
 		os.WriteFile(daemonJSON, []byte(fmt.Sprintf(`{"runtimes": {"runv-json": {"path": %q}}}`+"\n", runtimePath)), 0o644)
-		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), "dockerd",
+		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), nil, "dockerd",
 			"--config-file", daemonJSON,
 			"--iptables=false", "--ip6tables=false", "--bridge=none",
 			"--containerd", c.address,
