@@ -22,7 +22,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
 
 .PHONY: all deps build runv shim agent initrd kernel install uninstall demo test unit-test \
-	integration-test client-deps client-test conformance apt-install bench proto clean
+	integration-test client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
 
@@ -100,6 +100,26 @@ client-test: client-deps install
 # docs/oci-compliance.md.
 conformance: deps install
 	test/conformance/run.sh $(CONFORMANCE)
+
+# Fuzzing of every decoder on the host side of a trust boundary (the guest's channels, QEMU's
+# monitor, the factory daemon's and the stdio socket's messages, the files a crash or a full
+# disk may leave): FUZZTIME each, one worker (-parallel 1) so that the shared cores stay
+# usable. What the fuzzer found interesting is copied into each package's testdata/fuzz
+# (the committed corpus, replayed by every `go test`). One target: make fuzz FUZZ=FuzzLoad
+FUZZTIME ?= 10m
+FUZZ_TARGETS := ./internal/fdpass:FuzzReceive ./factory/internal/wire:FuzzServeRequest \
+	./factory/internal/wire:FuzzCallResponse ./internal/state:FuzzLoad ./supervisor:FuzzEventReplay \
+	./hypervisor/qemu:FuzzMonitorAnswer ./factory:FuzzParsePolicy ./factory:FuzzReadTemplate \
+	./api/agentproto:FuzzReadControl ./api/agentproto:FuzzReadStream ./api/agentproto:FuzzMuxInput \
+	./agentclient:FuzzClientControl
+fuzz:
+	@cache=$$($(GO) env GOCACHE)/fuzz/$$($(GO) list -m); \
+	for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		if [ -n "$(FUZZ)" ] && [ "$(FUZZ)" != "$$name" ]; then continue; fi; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+		mkdir -p $$pkg/testdata/fuzz/$$name; cp -n $$cache/$${pkg#./}/$$name/* $$pkg/testdata/fuzz/$$name/ 2>/dev/null; \
+	done; true
 
 bench: deps install
 	bench/run.sh

@@ -61,7 +61,7 @@ type CacheConfig struct {
 //
 // A pool inside one process only helps the requests of that process: runv's pod daemons
 // are one process per pod, so `runv manage factory-daemon` runs the pool and hands its
-// VMs to pod daemons (factory/cachesrv); pod daemons use that daemon, not a Cache.
+// VMs to pod daemons (factory/factoryd); pod daemons use that daemon, not a Cache.
 type Cache struct {
 	base     Factory
 	fallback Factory

@@ -18,7 +18,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/internal/podvm"
+	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
 )
@@ -29,7 +29,8 @@ type Config struct {
 	// Root is runv's state root (RUNV_ROOT, default /run/runv): pod directories are under
 	// Root/@shim/<namespace>/<pod>, templates and the VM pool are the CLI's.
 	Root string
-	VM   podvm.Settings
+	// Boot is how the pods' VMs are made (the CLI's: templates and the VM pool of Root).
+	Boot poddaemon.Boot
 	// Debug logs at debug level (containerd's -debug, or RUNV_DEBUG=1).
 	Debug bool
 }
@@ -43,24 +44,27 @@ func ConfigFromEnv() (Config, error) {
 		}
 		return def
 	}
+	root := env("RUNV_ROOT", "/run/runv")
 	c := Config{
-		Root: env("RUNV_ROOT", "/run/runv"),
-		VM: podvm.Settings{
-			Kernel: env("RUNV_KERNEL", podvm.DefaultKernel), Initrd: env("RUNV_INITRD", podvm.DefaultInitrd),
-			Accel: env("RUNV_ACCEL", hypervisor.AccelAuto), Machine: env("RUNV_MACHINE", hypervisor.MachineMicroVM),
-			Factory: os.Getenv("RUNV_FACTORY"), CPUs: 1, MemoryMiB: 128,
+		Root: root,
+		Boot: poddaemon.Boot{
+			Base: hypervisor.Config{
+				Kernel: env("RUNV_KERNEL", poddaemon.DefaultKernel), Initrd: env("RUNV_INITRD", poddaemon.DefaultInitrd),
+				Accel: env("RUNV_ACCEL", hypervisor.AccelAuto), Machine: env("RUNV_MACHINE", hypervisor.MachineMicroVM),
+				CPUs: 1, MemoryMiB: 128,
+			},
+			Factory: os.Getenv("RUNV_FACTORY"), Root: root, TemplateDir: filepath.Join(root, "@templates"),
 		},
 		Debug: os.Getenv("RUNV_DEBUG") == "1",
 	}
 	if f := flag.Lookup("debug"); f != nil && f.Value.String() == "true" {
 		c.Debug = true
 	}
-	c.VM.Root = c.Root
 	for _, n := range []struct {
 		env string
 		dst *int
 		min int
-	}{{"RUNV_DEFAULT_CPUS", &c.VM.CPUs, 1}, {"RUNV_DEFAULT_MEMORY", &c.VM.MemoryMiB, 64}} {
+	}{{"RUNV_DEFAULT_CPUS", &c.Boot.Base.CPUs, 1}, {"RUNV_DEFAULT_MEMORY", &c.Boot.Base.MemoryMiB, 64}} {
 		v := os.Getenv(n.env)
 		if v == "" {
 			continue
@@ -98,8 +102,7 @@ func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
 		}
 		return s.pod, nil
 	}
-	vm := s.cfg.VM
-	if err := vm.CheckBootFiles(); err != nil {
+	if err := s.cfg.Boot.CheckFiles(); err != nil {
 		return nil, err
 	}
 	dir := s.cfg.podDir(s.namespace, id)
@@ -111,7 +114,7 @@ func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
 		return nil, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
-	f, err := vm.NewFactory(pctx)
+	f, size, err := poddaemon.NewFactory(pctx, s.cfg.Boot)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -119,7 +122,7 @@ func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
 	sup, err := supervisor.New(pctx, supervisor.Config{
 		PodID: id, Dir: dir, Factory: f,
 		// The pod's first container sizes the VM (oci.VMSize), never below the defaults.
-		VM:           factory.Request{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB},
+		VM:           size,
 		SizeFromSpec: true,
 	})
 	if err != nil {

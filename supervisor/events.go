@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -39,6 +40,14 @@ var ErrSubscriberTooSlow = errors.New("event subscriber fell behind; resubscribe
 
 const subscriberBuffer = 256
 
+const (
+	// maxEventMessage caps an event's message (an exit's comes from the guest).
+	maxEventMessage = 4 << 10
+	// maxEventLine is longer than any line publish writes (a message escapes to at most 6×
+	// its length); replay skips longer ones.
+	maxEventLine = 64 << 10
+)
+
 // eventLog appends events to events.log (JSON lines) and fans them out to live subscribers.
 // The file is the replay source for late subscribers.
 type eventLog struct {
@@ -46,6 +55,8 @@ type eventLog struct {
 	path string
 	file *os.File
 	subs map[*subscription]struct{}
+	// torn: the last write to file failed, maybe halfway through a line.
+	torn bool
 }
 
 type subscription struct {
@@ -67,11 +78,22 @@ func (l *eventLog) publish(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
+	if len(e.Message) > maxEventMessage {
+		// The message of an exit comes from the guest: it must not grow the log at will.
+		e.Message = e.Message[:maxEventMessage] + "... (truncated)"
+	}
 	b, _ := json.Marshal(e)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.file != nil {
-		l.file.Write(append(b, '\n'))
+		line := append(b, '\n')
+		if l.torn {
+			// The last write stopped short (a full disk): end that fragment first, so that it
+			// stays a line of its own that replay skips, and this event stays readable.
+			line = append([]byte{'\n'}, line...)
+		}
+		_, err := l.file.Write(line)
+		l.torn = err != nil
 	}
 	for s := range l.subs {
 		if s.filter != "" && s.filter != e.Container {
@@ -115,18 +137,28 @@ func (l *eventLog) readSince(since time.Time, filter string) ([]Event, error) {
 	}
 	defer f.Close()
 	var out []Event
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	r := bufio.NewReaderSize(f, maxEventLine)
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// No event is this long: a torn or foreign line. Skip to its end.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = r.ReadSlice('\n')
+			}
+			line = nil
+		}
 		var e Event
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
+		if len(line) > 0 && json.Unmarshal(line, &e) == nil &&
+			!e.Time.Before(since) && (filter == "" || filter == e.Container) {
+			out = append(out, e)
 		}
-		if e.Time.Before(since) || (filter != "" && filter != e.Container) {
-			continue
+		if errors.Is(err, io.EOF) {
+			return out, nil
 		}
-		out = append(out, e)
+		if err != nil {
+			return out, fmt.Errorf("replay event log: %w", err)
+		}
 	}
-	return out, sc.Err()
 }
 
 func (l *eventLog) close() {

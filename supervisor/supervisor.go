@@ -116,6 +116,14 @@ func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	return s, nil
 }
 
+// EverHadContainer reports whether a container was ever created in the pod: a daemon
+// that never got one after a while lost its client.
+func (s *Supervisor) EverHadContainer() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.everHad
+}
+
 // SizeVM sizes the pod's VM from its first container's spec (see oci.VMSize) and lets a
 // boot waiting for it go. Only the first call counts; without Config.SizeFromSpec it does
 // nothing.

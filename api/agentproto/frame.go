@@ -225,7 +225,12 @@ func WriteStream(w io.Writer, f StreamFrame) error {
 }
 
 // ReadStream decodes one frame. io.EOF is returned only at a clean frame boundary.
-func ReadStream(r io.Reader) (StreamFrame, error) {
+func ReadStream(r io.Reader) (StreamFrame, error) { return readStream(r, nil) }
+
+// readStream is ReadStream reading the payload into buf when it fits (the frame's Data is
+// then only valid until the next call): a reader that copies what it keeps allocates nothing
+// per frame, however fast the peer sends.
+func readStream(r io.Reader, buf []byte) (StreamFrame, error) {
 	var hdr [streamHeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -244,7 +249,12 @@ func ReadStream(r io.Reader) (StreamFrame, error) {
 	if seq&WindowUpdateBit != 0 && n != 4 {
 		return StreamFrame{}, fmt.Errorf("%w: window update for stream %d has %d bytes, want 4", ErrProtocol, seq&^WindowUpdateBit, n)
 	}
-	data := make([]byte, n)
+	data := buf[:0]
+	if int(n) <= cap(buf) {
+		data = buf[:n]
+	} else {
+		data = make([]byte, n)
+	}
 	if _, err := io.ReadFull(r, data); err != nil {
 		return StreamFrame{}, fmt.Errorf("%w: truncated stream %d frame: %v", ErrProtocol, seq&^WindowUpdateBit, err)
 	}

@@ -148,8 +148,10 @@ func (e *eofReader) Read(p []byte) (int, error) {
 
 func (m *Mux) readLoop() {
 	r := &eofReader{r: m.conn}
+	// dispatch copies what it keeps (push), so one payload buffer serves every frame.
+	buf := make([]byte, MaxStreamPayload)
 	for {
-		f, err := ReadStream(r)
+		f, err := readStream(r, buf)
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF):
@@ -322,12 +324,32 @@ type Stream struct {
 // Seq is the stream's id.
 func (s *Stream) Seq() uint64 { return s.seq }
 
+// windowBufs recycles the buffers of streams whose reader fell behind by more than a frame:
+// credit bounds what is unread to one window, so one window-sized buffer always suffices,
+// and a stream that drains it hands it back instead of keeping it while idle. Without
+// this, a guest writing without pause makes the host allocate twice what it streams.
+var windowBufs = sync.Pool{New: func() any { return new([InitialWindow]byte) }}
+
 func (s *Stream) push(p []byte) {
 	if len(s.buf)+len(p) > cap(s.buf) && s.off > 0 {
 		n := copy(s.buf, s.buf[s.off:])
 		s.buf, s.off = s.buf[:n], 0
 	}
+	if len(s.buf)+len(p) > cap(s.buf) && len(s.buf)+len(p) <= InitialWindow {
+		w := windowBufs.Get().(*[InitialWindow]byte)
+		n := copy(w[:], s.buf)
+		s.releaseBuf()
+		s.buf = w[:n]
+	}
 	s.buf = append(s.buf, p...)
+}
+
+// releaseBuf drops the stream's buffer, recycling it if it came from windowBufs.
+func (s *Stream) releaseBuf() {
+	if cap(s.buf) == InitialWindow {
+		windowBufs.Put((*[InitialWindow]byte)(s.buf[:InitialWindow]))
+	}
+	s.buf, s.off = nil, 0
 }
 
 // Read returns data the peer sent, io.EOF after the peer's EOF, or the mux's error once
@@ -354,7 +376,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 				s.buf, s.off = s.buf[:0], 0
 				if cap(s.buf) > MaxStreamPayload {
 					// Do not keep up to a window's worth per idle stream.
-					s.buf = nil
+					s.releaseBuf()
 				}
 			}
 			if (s.consumed >= creditBatch || drained) && !s.peerEOF && m.err == nil {
@@ -363,7 +385,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 			}
 			return n, nil
 		case s.peerEOF:
-			s.buf = nil
+			s.releaseBuf()
 			return 0, io.EOF
 		case m.err != nil:
 			return 0, fmt.Errorf("read stream %d: %w", s.seq, m.err)

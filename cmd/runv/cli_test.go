@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/shim"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -67,7 +68,7 @@ func TestHostPtyIsRawAndSized(t *testing.T) {
 	if err := setWinsize(p.master, 30, 100); err != nil {
 		t.Fatal(err)
 	}
-	if rows, cols, err := winsize(p.slave); err != nil || rows != 30 || cols != 100 {
+	if rows, cols, err := shim.Winsize(p.slave); err != nil || rows != 30 || cols != 100 {
 		t.Fatalf("slave size %dx%d (%v), want 30x100 as set on the master", rows, cols, err)
 	}
 	// Raw: what is written to the master arrives unchanged (no echo, no CR/NL mapping).

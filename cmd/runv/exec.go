@@ -396,7 +396,7 @@ func newAttachment(pod *podConn, id, process string) *attachment {
 func (a *attachment) wait(ctx context.Context) (int, error) {
 	stop := make(chan struct{})
 	defer close(stop)
-	go forwardSignals(a.pod, a.id, a.process, a.sigs, stop)
+	go shim.ForwardSignals(a.pod.api, a.id, a.process, a.sigs, stop)
 	if a.fg != nil {
 		// The initial size went with the request; this follows the user's later resizes.
 		go func() {

@@ -9,7 +9,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/internal/podvm"
+	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -23,8 +23,8 @@ func globalFlags() []cli.Flag {
 		// runc's other global flags, which clients such as containerd's go-runc may pass.
 		&cli.StringFlag{Name: "rootless", Value: "auto", Usage: "accepted for runc compatibility; runv runs as root (it starts VMs and mounts)"},
 		&cli.StringFlag{Name: "criu", Value: "criu", Usage: "accepted for runc compatibility; checkpoint/restore are not supported"},
-		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: podvm.DefaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
-		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: podvm.DefaultInitrd, Usage: "guest initrd holding the runv agent"},
+		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: poddaemon.DefaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
+		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: poddaemon.DefaultInitrd, Usage: "guest initrd holding the runv agent"},
 		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
 		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
 		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
@@ -97,16 +97,23 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 	return g, nil
 }
 
-// vmSettings are the pod VM settings of these options (shared with the containerd shim).
-func (g *globals) vmSettings() *podvm.Settings {
-	return &podvm.Settings{
-		Root: g.root, Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
-		CPUs: g.cpus, MemoryMiB: g.memoryMiB, Factory: g.factory,
+// templateDir is where the template factory keeps its templates: @templates/ of the state
+// root (/run/runv/@templates by default), made a tmpfs if it is not on one. "@" cannot
+// start a container id, so no container collides with it.
+func (g *globals) templateDir() string { return filepath.Join(g.root, "@templates") }
+
+// boot is how pod VMs are made under these options.
+func (g *globals) boot() poddaemon.Boot {
+	return poddaemon.Boot{Base: g.vmConfig(), Factory: g.factory, Root: g.root, TemplateDir: g.templateDir()}
+}
+
+// vmConfig is the VMs' kernel, initrd, accelerator, machine and default size.
+func (g *globals) vmConfig() hypervisor.Config {
+	return hypervisor.Config{
+		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
+		CPUs: g.cpus, MemoryMiB: g.memoryMiB,
 	}
 }
 
-// templateDir is where the template factory keeps its templates (podvm.Settings.TemplateDir).
-func (g *globals) templateDir() string { return g.vmSettings().TemplateDir() }
-
 // checkBootFiles fails fast, before anything is created, when the kernel or initrd is missing.
-func (g *globals) checkBootFiles() error { return g.vmSettings().CheckBootFiles() }
+func (g *globals) checkBootFiles() error { return g.boot().CheckFiles() }

@@ -62,10 +62,7 @@ func templateTarget(c *cli.Context, g *globals) (hypervisor.Config, string, erro
 	if err != nil {
 		return hypervisor.Config{}, "", err
 	}
-	cfg := hypervisor.Config{
-		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
-		CPUs: g.cpus, MemoryMiB: g.memoryMiB,
-	}
+	cfg := g.vmConfig()
 	name := ""
 	for _, p := range policy {
 		if !p.Template {

@@ -17,14 +17,12 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/internal/state"
-	"github.com/runv-project/runv/supervisor"
 )
 
 // daemonStartTimeout bounds the wait for a new pod daemon to listen (the VM boots after).
@@ -113,13 +111,9 @@ type podConn struct {
 }
 
 func dialPod(podDir string) (*podConn, error) {
-	sock := filepath.Join(podDir, supervisor.APISocket)
-	if _, err := os.Stat(sock); err != nil {
-		return nil, fmt.Errorf("pod daemon socket %s is gone: %w", sock, errdefs.ErrUnavailable)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := podapi.Dial(podDir)
 	if err != nil {
-		return nil, fmt.Errorf("connect to pod daemon at %s: %w", sock, err)
+		return nil, err
 	}
 	return &podConn{dir: podDir, conn: conn, api: podapi.NewPodClient(conn)}, nil
 }
@@ -145,7 +139,7 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 	b := make([]byte, 12)
 	rand.Read(b)
 	s.Token = hex.EncodeToString(b)
-	if err := fdpass.Send(filepath.Join(p.dir, supervisor.StdioSocket), s.Token, files); err != nil {
+	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), s.Token, files); err != nil {
 		return nil, err
 	}
 	return s, nil

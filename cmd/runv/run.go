@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
@@ -89,24 +87,4 @@ func runAttached(ctx context.Context, cr *created, id string) (int, error) {
 	}
 	warnHooks(ctx, hookPoststart, hooksOf(cr.rec.Spec, hookPoststart), hookState(cr.rec, state.StatusRunning))
 	return att.wait(ctx)
-}
-
-// forwardSignals relays every signal we receive to a process in the VM, as runc's
-// foreground run and shims do. SIGCHLD, SIGPIPE, SIGURG (the Go runtime's preemption signal)
-// and SIGWINCH (a terminal resize, not a signal for the process) are not forwarded.
-func forwardSignals(pod *podConn, id, process string, sigs <-chan os.Signal, stop <-chan struct{}) {
-	for {
-		select {
-		case <-stop:
-			return
-		case s := <-sigs:
-			sig, ok := s.(unix.Signal)
-			if !ok || sig == unix.SIGCHLD || sig == unix.SIGPIPE || sig == unix.SIGURG || sig == unix.SIGWINCH {
-				continue
-			}
-			ctx, cancel := ctxTimeout(10 * time.Second)
-			pod.api.Signal(ctx, &podapi.SignalRequest{Id: id, Process: process, Signal: int32(sig)})
-			cancel()
-		}
-	}
 }

@@ -1,31 +1,22 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/api/podapi"
-	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/shim"
 	"github.com/runv-project/runv/internal/state"
-	"github.com/runv-project/runv/logging"
 )
 
-// shimCommand is the host process that stands in for one container process: clients see
-// its pid (--pid-file, state), signal it and wait for it. It forwards every signal it gets to
-// the process in the VM and exits with the process's exit code, as the process itself would
-// (128+n when killed by signal n).
+// shimCommand is the host process that stands in for one container process (package
+// internal/shim).
 var shimCommand = &cli.Command{
 	Name:   "shim",
 	Hidden: true,
@@ -39,72 +30,12 @@ var shimCommand = &cli.Command{
 		&cli.IntFlag{Name: "console-fd"},
 	},
 	Action: func(c *cli.Context) error {
-		id, process := c.String("id"), c.String("process")
-		ctx := logging.With(c.Context, "container", id, "process", process)
-		sigs := make(chan os.Signal, 64)
-		signal.Notify(sigs)
-		// Before anything else: a resize signalled before Notify would be lost (SIGWINCH is
-		// ignored by default). relayWinsize reads the size once more after this.
-		winch := make(chan os.Signal, 1)
-		signal.Notify(winch, unix.SIGWINCH)
-		pod, err := dialPod(c.String("pod-dir"))
-		if err != nil {
-			// The pod is gone, and the process with it: killed.
-			logging.G(ctx).Warn("shim: pod daemon unreachable", "error", err)
-			return exitError{137}
-		}
-		defer pod.Close()
-		stop := make(chan struct{})
-		defer close(stop)
-		go forwardSignals(pod, id, process, sigs, stop)
+		cfg := shim.Config{PodDir: c.String("pod-dir"), ID: c.String("id"), Process: c.String("process")}
 		if fd := c.Int("console-fd"); fd > 0 {
-			go relayWinsize(ctx, pod, id, process, os.NewFile(uintptr(fd), "console"), winch, stop)
+			cfg.Console = os.NewFile(uintptr(fd), "console")
 		}
-		// A Wait can be cut by a connection hiccup while the daemon lives on; retry a few
-		// times. A process the daemon does not know, or a daemon that is gone, means the
-		// process is gone: report it killed.
-		for attempt := 1; ; attempt++ {
-			w, err := pod.api.Wait(ctx, &podapi.ProcessRequest{Id: id, Process: process})
-			if err == nil {
-				return exitError{int(w.ExitCode)}
-			}
-			if errors.Is(rpcErr(err), errdefs.ErrNotFound) || attempt >= 5 || !podDaemonUp(pod) {
-				logging.G(ctx).Warn("shim: lost the process", "error", err)
-				return exitError{137}
-			}
-			logging.G(ctx).Debug("shim: wait interrupted; retrying", "error", fmt.Sprint(err))
-		}
+		return exitError{shim.Main(c.Context, cfg)}
 	},
-}
-
-// shimLog is the file in the pod's directory where the pod's shims log.
-const shimLog = "shims.log"
-
-// relayWinsize carries the window size of the shim's controlling terminal (the host pty
-// slave) into the VM: now, and on every SIGWINCH, i.e. every time the holder of the master
-// resizes it.
-func relayWinsize(ctx context.Context, pod *podConn, id, process string, tty *os.File, winch <-chan os.Signal, stop <-chan struct{}) {
-	var last [2]uint16
-	for {
-		rows, cols, err := winsize(tty)
-		if err != nil {
-			logging.G(ctx).Warn("shim: read window size", "error", err)
-		} else if rows > 0 && cols > 0 && [2]uint16{rows, cols} != last {
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := pod.api.ResizePty(rctx, &podapi.ResizeRequest{Id: id, Process: process, Size: &podapi.ConsoleSize{Rows: uint32(rows), Cols: uint32(cols)}})
-			cancel()
-			if err != nil {
-				logging.G(ctx).Warn("shim: resize the terminal in the VM", "rows", rows, "cols", cols, "error", rpcErr(err))
-			} else {
-				last = [2]uint16{rows, cols}
-			}
-		}
-		select {
-		case <-stop:
-			return
-		case <-winch:
-		}
-	}
 }
 
 // spawnShim starts the host process that stands in for a container process: its pid is the
@@ -139,7 +70,7 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, 
 		podDir = fmt.Sprintf("/proc/self/fd/%d", 2+len(extra))
 	}
 	// The shim's stdio is closed; what it has to say goes with the pod's other logs.
-	args = append(args, "--log", filepath.Join(podDir, shimLog))
+	args = append(args, "--log", filepath.Join(podDir, shim.Log))
 	args = append(args, "shim", "--pod-dir", podDir, "--id", rec.ID)
 	if ctty != nil {
 		args = append(args, "--console-fd", "3")
@@ -169,12 +100,4 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, 
 	}
 	cmd.Process.Release()
 	return p, nil
-}
-
-// podDaemonUp probes the daemon with a short call.
-func podDaemonUp(pod *podConn) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_, err := pod.api.Info(ctx, &podapi.Empty{})
-	return err == nil
 }

@@ -103,23 +103,6 @@ func makeRaw(fd int) error {
 	return nil
 }
 
-// winsize reads a terminal's window size through a descriptor (0×0 when it has none).
-func winsize(f *os.File) (rows, cols uint16, err error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, 0, err
-	}
-	var ws *unix.Winsize
-	var ierr error
-	if err := rc.Control(func(fd uintptr) { ws, ierr = unix.IoctlGetWinsize(int(fd), unix.TIOCGWINSZ) }); err != nil {
-		return 0, 0, err
-	}
-	if ierr != nil {
-		return 0, 0, fmt.Errorf("get window size: %w", ierr)
-	}
-	return ws.Row, ws.Col, nil
-}
-
 func setWinsize(f *os.File, rows, cols uint16) error {
 	rc, err := f.SyscallConn()
 	if err != nil {

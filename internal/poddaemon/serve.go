@@ -1,4 +1,4 @@
-package supervisor
+package poddaemon
 
 import (
 	"context"
@@ -14,14 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
-)
-
-// Socket names inside a pod directory.
-const (
-	APISocket   = "namespaced.sock"
-	StdioSocket = "stdio.sock"
+	"github.com/runv-project/runv/supervisor"
 )
 
 // idleTimeout ends a daemon that was started but never got a container (its client died).
@@ -30,7 +26,7 @@ const idleTimeout = 2 * time.Minute
 // Serve runs the pod daemon until its last container is deleted or it is told to stop
 // (SIGTERM, SIGINT). It reports readiness on ready: "ok\n" once both sockets listen, or the
 // error; the starter waits on that instead of polling for the socket.
-func Serve(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
+func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (err error) {
 	ctx = logging.With(ctx, "pod", cfg.PodID)
 	fail := func(err error) error {
 		if ready != nil {
@@ -42,22 +38,22 @@ func Serve(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
 	}
-	stdio, err := fdpass.Listen(filepath.Join(cfg.Dir, StdioSocket))
+	stdio, err := fdpass.Listen(filepath.Join(cfg.Dir, podapi.StdioSocket))
 	if err != nil {
 		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
 	}
 	defer stdio.Close()
-	ln, err := net.Listen("unix", filepath.Join(cfg.Dir, APISocket))
+	ln, err := net.Listen("unix", filepath.Join(cfg.Dir, podapi.APISocket))
 	if err != nil {
 		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
 	}
-	sup, err := New(ctx, cfg)
+	sup, err := supervisor.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
 	g := grpc.NewServer()
-	Register(g, sup, stdio)
+	supervisor.Register(g, sup, stdio)
 	go g.Serve(ln)
 	if ready != nil {
 		io.WriteString(ready, "ok\n")
@@ -79,10 +75,7 @@ func Serve(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 			logging.G(ctx).Info("stopping pod on signal", "signal", sig)
 			stop = true
 		case <-idle.C:
-			sup.mu.Lock()
-			never := !sup.everHad
-			sup.mu.Unlock()
-			if never {
+			if !sup.EverHadContainer() {
 				logging.G(ctx).Warn("no container was created; stopping pod", "after", idleTimeout)
 				stop = true
 			}
@@ -99,7 +92,7 @@ func Serve(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	case <-time.After(5 * time.Second):
 		g.Stop()
 	}
-	if err := RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := supervisor.RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		closeErr = errors.Join(closeErr, err)
 	}
 	return closeErr

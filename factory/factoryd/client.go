@@ -1,4 +1,4 @@
-package cachesrv
+package factoryd
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/holder"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
 )
@@ -50,7 +52,7 @@ func (c *Client) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM,
 	start := time.Now()
 	vm, err := c.get(ctx, req)
 	if err == nil {
-		log.Info("vm from the factory daemon", "qemu_pid", vm.Pid(), "grown", vm.grown, "took", time.Since(start))
+		log.Info("vm from the factory daemon", "qemu_pid", vm.Pid(), "grown", vm.Grown(), "took", time.Since(start))
 		return vm, nil
 	}
 	if ctx.Err() != nil {
@@ -67,23 +69,11 @@ func (c *Client) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM,
 	return c.Fallback.GetVM(ctx, req)
 }
 
-func (c *Client) get(ctx context.Context, req factory.Request) (*holderVM, error) {
-	resp, err := call(ctx, c.Socket, request{Op: opGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
+func (c *Client) get(ctx context.Context, req factory.Request) (*holder.VM, error) {
+	resp, err := wire.Call(ctx, c.Socket, wire.Request{Op: wire.OpGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
 	if err != nil {
 		return nil, err
 	}
-	info := *resp.VM
 	// The VM is ours now (its holder follows our pid): whatever fails below must kill it.
-	p, err := watchProcess(info.HolderPid)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: holder: %w", req.ID, err)
-	}
-	vm := newHolderVM(req.ID, info, p)
-	// The pidfd was opened after the factory daemon answered: make sure it is the holder's
-	// (a pid is only recycled after its process is gone, and a holder that answers is not).
-	if _, err := call(ctx, vm.socket(), request{Op: opInfo}); err != nil {
-		p.release()
-		return nil, fmt.Errorf("vm %s: holder %d does not answer: %w", req.ID, info.HolderPid, err)
-	}
-	return vm, nil
+	return holder.Attach(ctx, req.ID, *resp.VM)
 }

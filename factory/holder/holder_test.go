@@ -1,4 +1,4 @@
-package cachesrv
+package holder
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 )
 
@@ -49,57 +50,6 @@ func init() {
 	parkVM = func(context.Context, hypervisor.VM, bool) error { return nil }
 }
 
-func TestErrorClassesSurviveTheWire(t *testing.T) {
-	for _, class := range []error{errdefs.ErrUnavailable, errdefs.ErrInvalidArgument, errdefs.ErrNotImplemented} {
-		r := errResponse(errors.Join(errors.New("context"), class))
-		if err := r.err(); !errors.Is(err, class) || !strings.Contains(err.Error(), "context") {
-			t.Errorf("%v came back as %v", class, err)
-		}
-	}
-	if err := (response{}).err(); err != nil {
-		t.Errorf("no error came back as %v", err)
-	}
-}
-
-func TestPick(t *testing.T) {
-	small := &Pool{Status: PoolStatus{Name: "small", CPUs: 1, MemoryMiB: 128, MaxCPUs: 4, MaxMemoryMiB: 1024}}
-	big := &Pool{Status: PoolStatus{Name: "big", CPUs: 2, MemoryMiB: 512}}
-	s := NewServer([]*Pool{small, big})
-	for _, tt := range []struct {
-		cpus, mem int
-		want      string
-	}{
-		{0, 0, "small"},
-		{1, 128, "small"},
-		{2, 0, "big"},     // fits big as it is, rather than growing small
-		{2, 512, "big"},   // likewise
-		{3, 256, "small"}, // only small can grow to it
-		{8, 128, ""},      // nobody
-		{1, 4096, ""},
-	} {
-		got := ""
-		if p := s.pick(tt.cpus, tt.mem); p != nil {
-			got = p.Status.Name
-		}
-		if got != tt.want {
-			t.Errorf("pick(%d, %d) = %q, want %q", tt.cpus, tt.mem, got, tt.want)
-		}
-	}
-}
-
-// Without a factory daemon the client boots with its fallback.
-func TestClientFallsBackWithoutDaemon(t *testing.T) {
-	fb := &fakeFactory{}
-	c := &Client{Socket: filepath.Join(t.TempDir(), "none.sock"), Fallback: fb}
-	vm, err := c.GetVM(context.Background(), factory.Request{ID: "p", Dir: "/d", ShareDir: "/s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if vm != fb.vm || c.Name() != factory.KindCache {
-		t.Errorf("got %v from %s", vm, c.Name())
-	}
-}
-
 // A holder boots its VM, reports, answers info, moves the VM's directory on adopt, and
 // kills the VM when its new owner exits; the directory stays (it is the pod's now).
 func TestHolderAdoptAndOwnerExit(t *testing.T) {
@@ -114,19 +64,19 @@ func TestHolderAdoptAndOwnerExit(t *testing.T) {
 	defer cancel()
 	ran := make(chan error, 1)
 	go func() {
-		ran <- RunHolder(ctx, HolderConfig{ID: "vm1", Dir: dir, ShareDir: filepath.Join(dir, "share"), CPUs: 1, MemoryMiB: 128,
+		ran <- Run(ctx, Config{ID: "vm1", Dir: dir, ShareDir: filepath.Join(dir, "share"), CPUs: 1, MemoryMiB: 128,
 			Factory: f, Parent: os.Getppid()}, w)
 	}()
 	line, _ := bufio.NewReader(r).ReadString('\n')
 	if !strings.HasPrefix(line, "ok ") {
 		t.Fatalf("holder reported %q", line)
 	}
-	sock := filepath.Join(dir, HolderSocket)
-	resp, err := call(ctx, sock, request{Op: opInfo})
+	sock := filepath.Join(dir, Socket)
+	resp, err := wire.Call(ctx, sock, wire.Request{Op: wire.OpInfo})
 	if err != nil || resp.VM.Accel != hypervisor.AccelTCG || resp.VM.HolderPid != os.Getpid() || resp.VM.Owner != 0 {
 		t.Fatalf("info: %+v, %v", resp.VM, err)
 	}
-	if _, err := call(ctx, sock, request{Op: opGrow, CPUs: 2}); !errors.Is(err, errdefs.ErrNotImplemented) {
+	if _, err := wire.Call(ctx, sock, wire.Request{Op: wire.OpGrow, CPUs: 2}); !errors.Is(err, errdefs.ErrNotImplemented) {
 		t.Errorf("grow of a VM without hot-plug: %v", err)
 	}
 
@@ -140,17 +90,17 @@ func TestHolderAdoptAndOwnerExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Remove(filepath.Join(dir, "share")) // the pool moved it to the pod's share already
-	resp, err = call(ctx, sock, request{Op: opAdopt, Pid: owner.Process.Pid, Dir: podVM})
+	resp, err = wire.Call(ctx, sock, wire.Request{Op: wire.OpAdopt, Pid: owner.Process.Pid, Dir: podVM})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.VM.Owner != owner.Process.Pid || resp.VM.Dir != podVM {
 		t.Errorf("adopted: %+v", resp.VM)
 	}
-	if _, err := os.Stat(filepath.Join(podVM, HolderSocket)); err != nil {
+	if _, err := os.Stat(filepath.Join(podVM, Socket)); err != nil {
 		t.Errorf("VM directory not moved: %v", err)
 	}
-	if _, err := call(ctx, filepath.Join(podVM, HolderSocket), request{Op: opAdopt, Pid: os.Getpid(), Dir: dir}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if _, err := wire.Call(ctx, filepath.Join(podVM, Socket), wire.Request{Op: wire.OpAdopt, Pid: os.Getpid(), Dir: dir}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("second adopt: %v", err)
 	}
 
@@ -173,7 +123,7 @@ func TestHolderAdoptAndOwnerExit(t *testing.T) {
 	if _, err := os.Stat(podVM); err != nil {
 		t.Errorf("the pod's VM directory went: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(podVM, HolderSocket)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(podVM, Socket)); !os.IsNotExist(err) {
 		t.Errorf("holder socket left: %v", err)
 	}
 }
@@ -189,12 +139,12 @@ func TestHolderStopRemovesPooledDir(t *testing.T) {
 	defer cancel()
 	ran := make(chan error, 1)
 	go func() {
-		ran <- RunHolder(ctx, HolderConfig{ID: "vm1", Dir: dir, ShareDir: filepath.Join(dir, "share"), Factory: &fakeFactory{}, Parent: os.Getppid()}, w)
+		ran <- Run(ctx, Config{ID: "vm1", Dir: dir, ShareDir: filepath.Join(dir, "share"), Factory: &fakeFactory{}, Parent: os.Getppid()}, w)
 	}()
 	if line, _ := bufio.NewReader(r).ReadString('\n'); !strings.HasPrefix(line, "ok ") {
 		t.Fatalf("holder reported %q", line)
 	}
-	if _, err := call(ctx, filepath.Join(dir, HolderSocket), request{Op: opKill}); err != nil {
+	if _, err := wire.Call(ctx, filepath.Join(dir, Socket), wire.Request{Op: wire.OpKill}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-ran; err != nil {
@@ -214,9 +164,9 @@ func TestHolderChecksParent(t *testing.T) {
 		b, _ := bufio.NewReader(r).ReadString('\n')
 		reported <- b
 	}()
-	err := RunHolder(context.Background(), HolderConfig{ID: "x", Dir: dir, Factory: &fakeFactory{}, Parent: os.Getpid()}, w)
+	err := Run(context.Background(), Config{ID: "x", Dir: dir, Factory: &fakeFactory{}, Parent: os.Getpid()}, w)
 	if !errors.Is(err, errdefs.ErrUnavailable) {
-		t.Errorf("RunHolder with a wrong parent: %v", err)
+		t.Errorf("Run with a wrong parent: %v", err)
 	}
 	if b := <-reported; !strings.HasPrefix(b, "error: ") {
 		t.Errorf("reported %q", b)

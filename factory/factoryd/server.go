@@ -1,4 +1,9 @@
-package cachesrv
+// Package factoryd is the factory daemon (`runv manage factory-daemon`, Main): it keeps
+// pools of ready VMs (factory.Cache over holder.Factory) and hands one to each pod daemon
+// that asks (Client, the cache kind of pod daemons); the pod daemon then owns it. Each
+// pooled VM lives in a holder process of its own: package holder says why and how a VM
+// changes hands.
+package factoryd
 
 import (
 	"context"
@@ -7,12 +12,32 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/holder"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
+)
+
+// Names under the state root.
+const (
+	// Dir is the factory daemon's directory under the state root. "@" keeps it apart from
+	// container ids, as state.PodsDir.
+	Dir = "@factory"
+	// Socket is the factory daemon's socket in Dir.
+	Socket = "factory.sock"
+)
+
+// Status is the factory daemon's state (GetStatus); PoolStatus is one pool's.
+type (
+	Status     = wire.Status
+	PoolStatus = wire.PoolStatus
 )
 
 // defaultGetTimeout bounds a get whose request names no timeout.
@@ -67,43 +92,43 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			serveConn(conn, func(c net.Conn, req request) response { return s.handle(ctx, c, req) })
+			wire.ServeConn(conn, func(c net.Conn, req wire.Request) wire.Response { return s.handle(ctx, c, req) })
 		}()
 	}
 }
 
-func (s *Server) handle(ctx context.Context, conn net.Conn, req request) response {
+func (s *Server) handle(ctx context.Context, conn net.Conn, req wire.Request) wire.Response {
 	switch req.Op {
-	case opGet:
+	case wire.OpGet:
 		uc, ok := conn.(*net.UnixConn)
 		if !ok {
-			return errResponse(fmt.Errorf("get: not a unix socket: %w", errdefs.ErrInvalidArgument))
+			return wire.ErrResponse(fmt.Errorf("get: not a unix socket: %w", errdefs.ErrInvalidArgument))
 		}
 		pid, err := peerPid(uc)
 		if err != nil {
-			return errResponse(fmt.Errorf("get: who is asking: %w", err))
+			return wire.ErrResponse(fmt.Errorf("get: who is asking: %w", err))
 		}
-		octx, cancel := opContext(ctx, req, defaultGetTimeout)
+		octx, cancel := wire.OpContext(ctx, req, defaultGetTimeout)
 		defer cancel()
 		info, err := s.get(octx, pid, factory.Request{ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
 		if err != nil {
-			return errResponse(err)
+			return wire.ErrResponse(err)
 		}
-		return response{VM: &info}
-	case opStatus:
+		return wire.Response{VM: &info}
+	case wire.OpStatus:
 		if req.Wait {
-			octx, cancel := opContext(ctx, req, defaultGetTimeout)
+			octx, cancel := wire.OpContext(ctx, req, defaultGetTimeout)
 			defer cancel()
 			for _, p := range s.pools {
 				if err := p.Cache.WaitFull(octx); err != nil {
-					return errResponse(fmt.Errorf("pool %s: %w", p.Status.Name, err))
+					return wire.ErrResponse(fmt.Errorf("pool %s: %w", p.Status.Name, err))
 				}
 			}
 		}
 		st := s.status()
-		return response{Status: &st}
+		return wire.Response{Status: &st}
 	}
-	return errResponse(fmt.Errorf("unknown op %q: %w", req.Op, errdefs.ErrInvalidArgument))
+	return wire.ErrResponse(fmt.Errorf("unknown op %q: %w", req.Op, errdefs.ErrInvalidArgument))
 }
 
 func (s *Server) status() Status {
@@ -144,34 +169,34 @@ func (s *Server) pick(cpus, mem int) *Pool {
 // get hands a pooled VM to pod daemon pid: the pool renames the VM's share onto the pod's
 // and grows it if need be, then the holder moves the VM's directory onto the pod's and
 // starts following pid instead of us.
-func (s *Server) get(ctx context.Context, pid int, req factory.Request) (VMInfo, error) {
+func (s *Server) get(ctx context.Context, pid int, req factory.Request) (wire.VMInfo, error) {
 	if req.Dir == "" {
-		return VMInfo{}, fmt.Errorf("get vm %s: no vm directory: %w", req.ID, errdefs.ErrInvalidArgument)
+		return wire.VMInfo{}, fmt.Errorf("get vm %s: no vm directory: %w", req.ID, errdefs.ErrInvalidArgument)
 	}
 	p := s.pick(req.CPUs, req.MemoryMiB)
 	if p == nil {
-		return VMInfo{}, fmt.Errorf("get vm %s (%d vCPUs, %d MiB): %w", req.ID, req.CPUs, req.MemoryMiB, errNotPooled)
+		return wire.VMInfo{}, fmt.Errorf("get vm %s (%d vCPUs, %d MiB): %w", req.ID, req.CPUs, req.MemoryMiB, errNotPooled)
 	}
 	log := logging.G(ctx).With("vm", req.ID, "pool", p.Status.Name, "owner", pid)
 	start := time.Now()
 	vm, err := p.Cache.GetVM(ctx, req)
 	if err != nil {
-		return VMInfo{}, fmt.Errorf("get vm %s: %w", req.ID, err)
+		return wire.VMInfo{}, fmt.Errorf("get vm %s: %w", req.ID, err)
 	}
 	cv, _ := vm.(*factory.CachedVM)
-	var hv *holderVM
+	var hv *holder.VM
 	if cv != nil {
-		hv, _ = cv.Unwrap().(*holderVM)
+		hv, _ = cv.Unwrap().(*holder.VM)
 	}
 	if hv == nil {
 		// Only VMs of holders can change hands.
 		vm.Kill()
-		return VMInfo{}, fmt.Errorf("get vm %s: pool %s returned a VM without a holder: %w", req.ID, p.Status.Name, errdefs.ErrFailedPrecondition)
+		return wire.VMInfo{}, fmt.Errorf("get vm %s: pool %s returned a VM without a holder: %w", req.ID, p.Status.Name, errdefs.ErrFailedPrecondition)
 	}
-	info, err := hv.adopt(ctx, pid, req.Dir)
+	info, err := hv.Adopt(ctx, pid, req.Dir)
 	if err != nil {
 		hv.Kill()
-		return VMInfo{}, fmt.Errorf("get vm %s: %w", req.ID, err)
+		return wire.VMInfo{}, fmt.Errorf("get vm %s: %w", req.ID, err)
 	}
 	info.ID, info.Grown = req.ID, cv.Grown()
 	log.Info("vm handed out", "pooled", cv.Pooled, "grown", info.Grown, "took", time.Since(start))
@@ -197,9 +222,30 @@ func (s *Server) Close() error {
 // GetStatus asks the factory daemon at socket for its status; with wait, it first waits
 // until every pool is full (or a refill failed), within ctx.
 func GetStatus(ctx context.Context, socket string, wait bool) (Status, error) {
-	resp, err := call(ctx, socket, request{Op: opStatus, Wait: wait})
+	resp, err := wire.Call(ctx, socket, wire.Request{Op: wire.OpStatus, Wait: wait})
 	if err != nil {
 		return Status{}, fmt.Errorf("factory daemon at %s: %w", socket, err)
 	}
 	return *resp.Status, nil
+}
+
+// peerPid is the pid of the process at the other end of a unix socket connection.
+func peerPid(conn interface {
+	SyscallConn() (syscall.RawConn, error)
+}) (int, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("SO_PEERCRED: %w", serr)
+	}
+	return int(cred.Pid), nil
 }

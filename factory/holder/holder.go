@@ -1,4 +1,36 @@
-package cachesrv
+// Package holder is the holder process of one pooled VM, and the VM as the factory daemon
+// (factory/factoryd) and pod daemons drive it through that process (VM, Factory).
+//
+// # Processes
+//
+//	factory daemon ──(Pdeathsig)──▶ holder ──(Pdeathsig)──▶ qemu      pooled VM
+//	factory daemon ─ ─ ─ ─ ─ ─ ─ ▶ holder ──(Pdeathsig)──▶ qemu      handed out to pod daemon P
+//	                                  └── watches P (pidfd): P gone → qemu killed
+//
+// Every pooled VM is held by a small process of its own, a holder (`runv manage
+// factory-daemon --hold DIR`), that boots it with the base factory (direct or template) and
+// is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
+// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod
+// daemon P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig
+// and watches P through a pidfd instead. From then on the VM lives exactly as long as P
+// (or until P shuts it down), as a directly booted VM lives as long as its pod daemon;
+// restarting or killing the factory daemon no longer affects it. The factory daemon stays
+// the holder's parent only to reap it.
+//
+// Why a holder process rather than handing QEMU itself over: QEMU's Pdeathsig points at the
+// thread that forked it and cannot be changed from outside, and Linux has no way to
+// re-parent a process to another one. A VM forked by the factory daemon would die with the
+// factory daemon, handed out or not.
+//
+// # Files
+//
+// A pooled VM lives in <root>/@factory/<pool>/<vm>/: holder.sock, holder.log and QEMU's
+// files (qmp.sock, ctl.sock, stream.sock, console.log, ...), its 9p share in share/. On
+// hand-out the share directory is renamed onto the pod's share directory and then the
+// VM's directory onto the pod's vm/ directory, so a handed-out VM's files are where a
+// directly booted VM's are. QEMU keeps serving both: it resolves 9p paths from a descriptor
+// of the directory it opened, and unix sockets are found by inode once dialled.
+package holder
 
 import (
 	"context"
@@ -18,8 +50,17 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
+)
+
+// Files of the holder in a held VM's directory.
+const (
+	// Socket is where the holder answers the ops info, adopt, grow, shutdown and kill.
+	Socket = "holder.sock"
+	// Log is the holder's stdout and stderr.
+	Log = "holder.log"
 )
 
 // Limits of a holder.
@@ -40,8 +81,8 @@ const (
 	pooledNice = 10
 )
 
-// HolderConfig configures a holder process (RunHolder).
-type HolderConfig struct {
+// Config configures a holder process (Run).
+type Config struct {
 	// ID names the VM while it is pooled.
 	ID string
 	// Dir is the VM's directory (it must exist); ShareDir its 9p share (Dir/share).
@@ -62,22 +103,22 @@ type HolderConfig struct {
 
 // holder is the state of the process holding one VM.
 type holder struct {
-	cfg HolderConfig
+	cfg Config
 	log *slog.Logger
 	vm  hypervisor.VM
 
 	mu      sync.Mutex
-	info    VMInfo
+	info    wire.VMInfo
 	owner   *proc         // parent while pooled, then the pod daemon that adopted the VM
 	ownerCh chan struct{} // closed and replaced when owner changes
 }
 
-// RunHolder boots one VM with cfg.Factory, parks its agent (READY and version handshake,
+// Run boots one VM with cfg.Factory, parks its agent (READY and version handshake,
 // then disconnects), reports "ok <VMInfo JSON>" on ready, and serves holder.sock in
 // cfg.Dir until the VM is gone: it powers off, is killed on request, or its owner exits.
 // ctx ending (SIGTERM) kills the VM. A VM that was never adopted takes its directory with
 // it; an adopted one's directory is the pod's.
-func RunHolder(ctx context.Context, cfg HolderConfig, ready io.WriteCloser) (err error) {
+func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	log := logging.G(ctx).With("holder", cfg.ID)
 	report := func(line string) {
 		if ready != nil {
@@ -103,7 +144,7 @@ func RunHolder(ctx context.Context, cfg HolderConfig, ready io.WriteCloser) (err
 	}
 	h.owner = parent
 
-	sock := filepath.Join(cfg.Dir, HolderSocket)
+	sock := filepath.Join(cfg.Dir, Socket)
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -129,7 +170,7 @@ func RunHolder(ctx context.Context, cfg HolderConfig, ready io.WriteCloser) (err
 		os.RemoveAll(cfg.Dir)
 		return fmt.Errorf("holder %s: %w", cfg.ID, err)
 	}
-	h.info = VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: factory.Restored(vm)}
+	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: factory.Restored(vm)}
 	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
 	b, _ := json.Marshal(h.info)
 	report("ok " + string(b))
@@ -140,7 +181,7 @@ func RunHolder(ctx context.Context, cfg HolderConfig, ready io.WriteCloser) (err
 			if err != nil {
 				return
 			}
-			go serveConn(conn, h.handle)
+			go wire.ServeConn(conn, h.handle)
 		}
 	}()
 	return h.wait(ctx)
@@ -216,75 +257,75 @@ func (h *holder) cleanup() {
 	adopted, dir := h.info.Owner != 0, h.info.Dir
 	h.mu.Unlock()
 	if adopted {
-		os.Remove(filepath.Join(dir, HolderSocket))
+		os.Remove(filepath.Join(dir, Socket))
 		return
 	}
 	os.RemoveAll(dir)
 }
 
-func (h *holder) handle(_ net.Conn, req request) response {
-	ctx, cancel := opContext(context.Background(), req, defaultOpTimeout)
+func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
+	ctx, cancel := wire.OpContext(context.Background(), req, defaultOpTimeout)
 	defer cancel()
 	switch req.Op {
-	case opInfo:
+	case wire.OpInfo:
 		h.mu.Lock()
 		info := h.info
 		h.mu.Unlock()
-		return response{VM: &info}
-	case opAdopt:
+		return wire.Response{VM: &info}
+	case wire.OpAdopt:
 		info, err := h.adopt(req.Pid, req.Dir)
 		if err != nil {
-			return errResponse(err)
+			return wire.ErrResponse(err)
 		}
-		return response{VM: &info}
-	case opGrow:
+		return wire.Response{VM: &info}
+	case wire.OpGrow:
 		hp, ok := h.vm.(hypervisor.Hotplugger)
 		if !ok {
-			return errResponse(fmt.Errorf("vm %s cannot be hot-plugged (q35 booted with room to grow only): %w", h.cfg.ID, errdefs.ErrNotImplemented))
+			return wire.ErrResponse(fmt.Errorf("vm %s cannot be hot-plugged (q35 booted with room to grow only): %w", h.cfg.ID, errdefs.ErrNotImplemented))
 		}
 		if req.CPUs > 0 {
 			if err := hp.HotplugCPUs(ctx, req.CPUs); err != nil {
-				return errResponse(err)
+				return wire.ErrResponse(err)
 			}
 		}
 		if req.MemoryMiB > 0 {
 			if err := hp.HotplugMemory(ctx, req.MemoryMiB); err != nil {
-				return errResponse(err)
+				return wire.ErrResponse(err)
 			}
 		}
-		return response{}
-	case opShutdown:
+		return wire.Response{}
+	case wire.OpShutdown:
 		if err := h.vm.Shutdown(ctx); err != nil {
-			return errResponse(err)
+			return wire.ErrResponse(err)
 		}
-		return response{}
-	case opKill:
+		return wire.Response{}
+	case wire.OpKill:
 		h.vm.Kill()
-		return response{}
+		return wire.Response{}
 	}
-	return errResponse(fmt.Errorf("unknown op %q: %w", req.Op, errdefs.ErrInvalidArgument))
+	return wire.ErrResponse(fmt.Errorf("unknown op %q: %w", req.Op, errdefs.ErrInvalidArgument))
 }
 
 // adopt hands the VM to pod daemon pid: its directory moves onto dir (the pod's empty vm/
 // directory; the share was moved already), and from now on the VM dies with that process,
 // not with the factory daemon.
-func (h *holder) adopt(pid int, dir string) (VMInfo, error) {
+func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.info.Owner != 0 {
-		return VMInfo{}, fmt.Errorf("vm %s was handed out already (to pid %d): %w", h.cfg.ID, h.info.Owner, errdefs.ErrFailedPrecondition)
+		return wire.VMInfo{}, fmt.Errorf("vm %s was handed out already (to pid %d): %w", h.cfg.ID, h.info.Owner, errdefs.ErrFailedPrecondition)
 	}
 	if pid <= 0 || dir == "" {
-		return VMInfo{}, fmt.Errorf("adopt vm %s: no owner pid or directory: %w", h.cfg.ID, errdefs.ErrInvalidArgument)
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: no owner pid or directory: %w", h.cfg.ID, errdefs.ErrInvalidArgument)
 	}
 	owner, err := watchProcess(pid)
 	if err != nil {
-		return VMInfo{}, fmt.Errorf("adopt vm %s: %w", h.cfg.ID, err)
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: %w", h.cfg.ID, err)
 	}
 	// rename(2), not os.Rename: it replaces an empty directory.
 	if err := unix.Rename(h.info.Dir, dir); err != nil {
 		owner.release()
-		return VMInfo{}, fmt.Errorf("adopt vm %s: move %s to %s: %w", h.cfg.ID, h.info.Dir, dir, err)
+		return wire.VMInfo{}, fmt.Errorf("adopt vm %s: move %s to %s: %w", h.cfg.ID, h.info.Dir, dir, err)
 	}
 	if err := renice(h.vm, 0); err != nil {
 		h.log.Warn("cannot restore the handed-out VM's priority", "error", err)

@@ -1,4 +1,4 @@
-package cachesrv
+package holder
 
 import (
 	"fmt"
@@ -130,27 +130,6 @@ func (p *proc) closeFD() {
 		unix.Close(p.pidfd)
 		p.pidfd = -1
 	}
-}
-
-// peerPid is the pid of the process at the other end of a unix socket connection.
-func peerPid(conn interface {
-	SyscallConn() (syscall.RawConn, error)
-}) (int, error) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if serr != nil {
-		return 0, fmt.Errorf("SO_PEERCRED: %w", serr)
-	}
-	return int(cred.Pid), nil
 }
 
 // devNull opens /dev/null for a child's stdin.

@@ -1,4 +1,4 @@
-package cachesrv
+package holder
 
 import (
 	"bufio"
@@ -13,44 +13,45 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 )
 
-// HolderArgs is what a holder process is started with.
-type HolderArgs struct {
+// Args is what a holder process is started with.
+type Args struct {
 	ID, Dir, ShareDir string
 	CPUs, MemoryMiB   int
 	// Parent is the factory daemon's pid (the holder watches it while its VM is pooled).
 	Parent int
-	// ReadyFD is the descriptor on which the holder reports "ok <VMInfo>" or "error: ...".
+	// ReadyFD is the descriptor on which the holder reports "ok <VMInfo JSON>" or "error: ...".
 	ReadyFD int
 }
 
-// HolderFactory boots every VM in a holder process of its own (see the package doc): the
+// Factory boots every VM in a holder process of its own (see the package doc): the
 // base factory of the factory daemon's pools. Command builds the holder's command line;
 // the holder boots with the pool's base kind (direct or template).
-type HolderFactory struct {
-	Command func(HolderArgs) *exec.Cmd
+type Factory struct {
+	Command func(Args) *exec.Cmd
 	// Kind is the base kind the holders boot with, for status output.
 	Kind string
 }
 
-var _ factory.Factory = (*HolderFactory)(nil)
+var _ factory.Factory = (*Factory)(nil)
 
 // Name is the base kind.
-func (f *HolderFactory) Name() string { return f.Kind }
+func (f *Factory) Name() string { return f.Kind }
 
 // Close does nothing: holders are killed through their VMs.
-func (f *HolderFactory) Close() error { return nil }
+func (f *Factory) Close() error { return nil }
 
 // GetVM starts a holder for req and returns once its VM's agent is parked.
-func (f *HolderFactory) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM, error) {
+func (f *Factory) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("holder %s: %w", req.ID, err)
 	}
 	defer r.Close()
-	logPath := filepath.Join(req.Dir, HolderLog)
+	logPath := filepath.Join(req.Dir, Log)
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		w.Close()
@@ -63,7 +64,7 @@ func (f *HolderFactory) GetVM(ctx context.Context, req factory.Request) (hypervi
 		return nil, err
 	}
 	defer null.Close()
-	cmd := f.Command(HolderArgs{ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+	cmd := f.Command(Args{ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
 		Parent: os.Getpid(), ReadyFD: 3})
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, logf, logf
 	cmd.ExtraFiles = []*os.File{w}
@@ -89,12 +90,12 @@ func (f *HolderFactory) GetVM(ctx context.Context, req factory.Request) (hypervi
 		return nil, fmt.Errorf("holder %s: %w", req.ID, ctx.Err())
 	}
 	if rest, ok := strings.CutPrefix(l, "ok "); ok {
-		var info VMInfo
+		var info wire.VMInfo
 		if err := json.Unmarshal([]byte(rest), &info); err != nil {
 			p.kill()
 			return nil, fmt.Errorf("holder %s: bad report %q: %w", req.ID, l, err)
 		}
-		return newHolderVM(req.ID, info, p), nil
+		return newVM(req.ID, info, p), nil
 	}
 	// It failed (and says why) or died without a word: it is on its way out either way.
 	select {

@@ -1,4 +1,4 @@
-package cachesrv
+package holder
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
 )
@@ -23,13 +24,13 @@ const (
 	dialTimeout = 5 * time.Second
 )
 
-// holderVM is a VM held by a holder process, driven through holder.sock and QEMU's
+// VM is a VM held by a holder process, driven through holder.sock and QEMU's
 // sockets in the VM's directory. The factory daemon has one per pooled VM (the holder is
 // its child); a pod daemon has one for the VM it was handed (the holder is not its child:
 // its exit is seen through a pidfd).
-type holderVM struct {
+type VM struct {
 	id    string
-	info  VMInfo
+	info  wire.VMInfo
 	proc  *proc
 	files qemu.VMFiles
 	grown bool
@@ -39,27 +40,27 @@ type holderVM struct {
 }
 
 var (
-	_ hypervisor.VM         = (*holderVM)(nil)
-	_ hypervisor.Hotplugger = (*holderVM)(nil)
+	_ hypervisor.VM         = (*VM)(nil)
+	_ hypervisor.Hotplugger = (*VM)(nil)
 )
 
-func newHolderVM(id string, info VMInfo, p *proc) *holderVM {
-	return &holderVM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown}
+func newVM(id string, info wire.VMInfo, p *proc) *VM {
+	return &VM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown}
 }
 
-func (v *holderVM) ID() string            { return v.id }
-func (v *holderVM) Pid() int              { return v.info.QEMUPid }
-func (v *holderVM) Done() <-chan struct{} { return v.proc.done }
-func (v *holderVM) Accel() string         { return v.info.Accel }
+func (v *VM) ID() string            { return v.id }
+func (v *VM) Pid() int              { return v.info.QEMUPid }
+func (v *VM) Done() <-chan struct{} { return v.proc.done }
+func (v *VM) Accel() string         { return v.info.Accel }
 
 // socket is holder.sock, which moves with the VM's directory on adopt.
-func (v *holderVM) socket() string {
+func (v *VM) socket() string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return filepath.Join(v.info.Dir, HolderSocket)
+	return filepath.Join(v.info.Dir, Socket)
 }
 
-func (v *holderVM) ConsoleLog() string {
+func (v *VM) ConsoleLog() string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.files.Console
@@ -68,16 +69,16 @@ func (v *holderVM) ConsoleLog() string {
 // Restored is true: the agent was brought up and parked by the holder before the hand-out,
 // so no READY is to be waited for (the agent may send one when the pod daemon connects;
 // the client ignores it).
-func (v *holderVM) Restored() bool { return true }
+func (v *VM) Restored() bool { return true }
 
 // Grown reports whether CPUs or memory were hot-plugged for the request.
-func (v *holderVM) Grown() bool { return v.grown }
+func (v *VM) Grown() bool { return v.grown }
 
 // HolderPid is the holder process's pid.
-func (v *holderVM) HolderPid() int { return v.info.HolderPid }
+func (v *VM) HolderPid() int { return v.info.HolderPid }
 
 // Channels dials the control and stream channels' sockets.
-func (v *holderVM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
+func (v *VM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.channelsTaken {
@@ -106,11 +107,11 @@ func (v *holderVM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 
 // Shutdown has the holder shut the VM down (power button, quit, kill; see
 // hypervisor.VM) within ctx, and returns once the holder exited.
-func (v *holderVM) Shutdown(ctx context.Context) error {
+func (v *VM) Shutdown(ctx context.Context) error {
 	if !v.proc.alive() {
 		return nil
 	}
-	if _, err := call(ctx, v.socket(), request{Op: opShutdown}); err != nil && v.proc.alive() {
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpShutdown}); err != nil && v.proc.alive() {
 		return v.Kill()
 	}
 	return v.waitExit()
@@ -118,12 +119,12 @@ func (v *holderVM) Shutdown(ctx context.Context) error {
 
 // Kill has the holder kill the VM, or kills the holder (and with it QEMU, whose Pdeathsig
 // points at the holder) if it does not answer, and returns once the holder exited.
-func (v *holderVM) Kill() error {
+func (v *VM) Kill() error {
 	if !v.proc.alive() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), killOpTimeout)
-	_, err := call(ctx, v.socket(), request{Op: opKill})
+	_, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpKill})
 	cancel()
 	if err != nil {
 		v.proc.kill()
@@ -131,7 +132,7 @@ func (v *holderVM) Kill() error {
 	return v.waitExit()
 }
 
-func (v *holderVM) waitExit() error {
+func (v *VM) waitExit() error {
 	select {
 	case <-v.proc.done:
 		return nil
@@ -147,30 +148,48 @@ func (v *holderVM) waitExit() error {
 }
 
 // HotplugCPUs has the holder plug vCPUs (see hypervisor.Hotplugger).
-func (v *holderVM) HotplugCPUs(ctx context.Context, total int) error {
-	if _, err := call(ctx, v.socket(), request{Op: opGrow, CPUs: total}); err != nil {
+func (v *VM) HotplugCPUs(ctx context.Context, total int) error {
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpGrow, CPUs: total}); err != nil {
 		return fmt.Errorf("vm %s: %w", v.id, err)
 	}
 	return nil
 }
 
 // HotplugMemory has the holder plug memory (see hypervisor.Hotplugger).
-func (v *holderVM) HotplugMemory(ctx context.Context, totalMiB int) error {
-	if _, err := call(ctx, v.socket(), request{Op: opGrow, MemoryMiB: totalMiB}); err != nil {
+func (v *VM) HotplugMemory(ctx context.Context, totalMiB int) error {
+	if _, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpGrow, MemoryMiB: totalMiB}); err != nil {
 		return fmt.Errorf("vm %s: %w", v.id, err)
 	}
 	return nil
 }
 
-// adopt hands the VM to pod daemon pid, moving its directory onto dir.
-func (v *holderVM) adopt(ctx context.Context, pid int, dir string) (VMInfo, error) {
-	resp, err := call(ctx, v.socket(), request{Op: opAdopt, Pid: pid, Dir: dir})
+// Adopt hands the VM to pod daemon pid, moving its directory onto dir.
+func (v *VM) Adopt(ctx context.Context, pid int, dir string) (wire.VMInfo, error) {
+	resp, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpAdopt, Pid: pid, Dir: dir})
 	if err != nil {
-		return VMInfo{}, fmt.Errorf("vm %s: %w", v.id, err)
+		return wire.VMInfo{}, fmt.Errorf("vm %s: %w", v.id, err)
 	}
 	v.mu.Lock()
 	v.info = *resp.VM
 	v.files = qemu.FilesIn(v.info.Dir)
 	v.mu.Unlock()
 	return *resp.VM, nil
+}
+
+// Attach takes over the VM that the factory daemon handed to this process (info is its
+// answer): it watches the holder's exit and makes sure the holder answers. The VM is the
+// caller's from then on; if Attach fails, the holder still follows the caller's pid.
+func Attach(ctx context.Context, id string, info wire.VMInfo) (*VM, error) {
+	p, err := watchProcess(info.HolderPid)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: holder: %w", id, err)
+	}
+	vm := newVM(id, info, p)
+	// The pidfd was opened after the factory daemon answered: make sure it is the holder's
+	// (a pid is only recycled after its process is gone, and a holder that answers is not).
+	if _, err := wire.Call(ctx, vm.socket(), wire.Request{Op: wire.OpInfo}); err != nil {
+		p.release()
+		return nil, fmt.Errorf("vm %s: holder %d does not answer: %w", id, info.HolderPid, err)
+	}
+	return vm, nil
 }

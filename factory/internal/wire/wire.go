@@ -1,0 +1,191 @@
+// Package wire is the protocol between the factory daemon (factory/factoryd), its holder
+// processes (factory/holder) and the pod daemons that take VMs from it.
+//
+// # Protocol
+//
+// One JSON request and one JSON response per unix-socket connection, both on
+// <root>/@factory/factory.sock (ops get, status) and on a holder's holder.sock (ops info,
+// adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
+// socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
+package wire
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/errdefs/errgrpc"
+	"github.com/runv-project/runv/factory"
+)
+
+// Ops.
+const (
+	OpGet      = "get"
+	OpStatus   = "status"
+	OpInfo     = "info"
+	OpAdopt    = "adopt"
+	OpGrow     = "grow"
+	OpShutdown = "shutdown"
+	OpKill     = "kill"
+)
+
+// Request is every op's message; each op uses some fields.
+type Request struct {
+	Op string `json:"op"`
+	// get: the VM a pod needs. Dir and ShareDir are the pod's, and must be empty.
+	ID        string `json:"id,omitempty"`
+	Dir       string `json:"dir,omitempty"`
+	ShareDir  string `json:"shareDir,omitempty"`
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memoryMiB,omitempty"`
+	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
+	// directory moves.
+	Pid int `json:"pid,omitempty"`
+	// status: wait until every pool is full (or a refill failed).
+	Wait bool `json:"wait,omitempty"`
+	// TimeoutMs bounds the op on the serving side (get, status wait, shutdown).
+	TimeoutMs int64 `json:"timeoutMs,omitempty"`
+}
+
+// Response is every op's answer.
+type Response struct {
+	Error string `json:"error,omitempty"`
+	// Code is the errdefs class of Error, as a gRPC code (errdefs maps them both ways).
+	Code   codes.Code `json:"code,omitempty"`
+	VM     *VMInfo    `json:"vm,omitempty"`
+	Status *Status    `json:"status,omitempty"`
+}
+
+// VMInfo describes a held VM.
+type VMInfo struct {
+	// ID is the VM's name: the pool's name while pooled, the pod's once handed out.
+	ID string `json:"id"`
+	// Dir is the VM's directory (QEMU's files and holder.sock).
+	Dir       string `json:"dir"`
+	QEMUPid   int    `json:"qemuPid"`
+	HolderPid int    `json:"holderPid"`
+	Accel     string `json:"accel"`
+	// Restored: a template clone (see factory.Restored).
+	Restored bool `json:"restored,omitempty"`
+	// Grown: CPUs or memory were hot-plugged for the request (see factory.Grown).
+	Grown bool `json:"grown,omitempty"`
+	// Owner is the pid of the pod daemon the VM was handed to (0 while pooled).
+	Owner int `json:"owner,omitempty"`
+}
+
+// Status is the factory daemon's state.
+type Status struct {
+	Pid   int          `json:"pid"`
+	Pools []PoolStatus `json:"pools"`
+}
+
+// PoolStatus is one pool.
+type PoolStatus struct {
+	Name         string `json:"name"`
+	Kind         string `json:"kind"` // the base kind: direct or template
+	CPUs         int    `json:"cpus"`
+	MemoryMiB    int    `json:"memoryMiB"`
+	MaxCPUs      int    `json:"maxCPUs,omitempty"`
+	MaxMemoryMiB int    `json:"maxMemoryMiB,omitempty"`
+	factory.CacheStatus
+}
+
+// ErrResponse is the answer that carries err and its errdefs class.
+func ErrResponse(err error) Response {
+	st, _ := status.FromError(errgrpc.ToGRPC(err))
+	return Response{Error: err.Error(), Code: st.Code()}
+}
+
+// Err is the error the answer carries, with its errdefs class, or nil.
+func (r Response) Err() error {
+	if r.Error == "" {
+		return nil
+	}
+	code := r.Code
+	if code == codes.OK {
+		// status.Error(OK, ...) is nil: an error must never read as success.
+		code = codes.Unknown
+	}
+	return errgrpc.FromGRPC(status.Error(code, r.Error))
+}
+
+// Call sends one request to the socket at path and returns the answer (or its error).
+func Call(ctx context.Context, path string, req Request) (Response, error) {
+	if dl, ok := ctx.Deadline(); ok && req.TimeoutMs == 0 {
+		req.TimeoutMs = time.Until(dl).Milliseconds()
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return Response{}, fmt.Errorf("%s: %w", req.Op, err)
+	}
+	defer conn.Close()
+	// The connection dies with ctx: a server that hangs does not hang us.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return Response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
+	}
+	var resp Response
+	if err := decodeMessage(conn, &resp); err != nil {
+		if ctx.Err() != nil {
+			return Response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
+		}
+		return Response{}, fmt.Errorf("%s: read answer from %s: %w: %w", req.Op, path, err, errdefs.ErrUnavailable)
+	}
+	if err := resp.Err(); err != nil {
+		return resp, fmt.Errorf("%s: %w", req.Op, err)
+	}
+	return resp, nil
+}
+
+// OpContext is the serving side's context for a request: its timeout, within parent.
+func OpContext(parent context.Context, req Request, def time.Duration) (context.Context, context.CancelFunc) {
+	d := def
+	if req.TimeoutMs > 0 {
+		d = time.Duration(req.TimeoutMs) * time.Millisecond
+	}
+	return context.WithTimeout(parent, d)
+}
+
+// maxMessage caps a request or an answer: a peer that sends more is broken, and must not
+// make the other side buffer it.
+const maxMessage = 64 << 10
+
+// requestTimeout bounds how long a client may take to send its request: a connection that
+// stalls mid-request must not hold a goroutine and a descriptor forever.
+const requestTimeout = 10 * time.Second
+
+// ServeConn reads one request from conn, answers it with handle, and closes conn.
+func ServeConn(conn net.Conn, handle func(net.Conn, Request) Response) {
+	defer conn.Close()
+	var req Request
+	conn.SetReadDeadline(time.Now().Add(requestTimeout))
+	if err := decodeMessage(conn, &req); err != nil {
+		json.NewEncoder(conn).Encode(ErrResponse(fmt.Errorf("bad request: %v: %w", err, errdefs.ErrInvalidArgument)))
+		return
+	}
+	conn.SetReadDeadline(time.Time{}) // handlers may watch the connection for as long as they run
+	json.NewEncoder(conn).Encode(handle(conn, req))
+}
+
+// decodeMessage decodes one JSON value of at most maxMessage bytes from r.
+func decodeMessage(r io.Reader, v any) error {
+	lr := &io.LimitedReader{R: r, N: maxMessage + 1}
+	if err := json.NewDecoder(bufio.NewReader(lr)).Decode(v); err != nil {
+		if lr.N <= 0 {
+			return fmt.Errorf("message larger than %d bytes", maxMessage)
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+// Package poddaemon is the pod daemon (`runv containerd --solo-namespaced`, started by the
+// first `runv create` of a pod): Main builds the pod's VM factory and serves the pod's
+// supervisor on <pod dir>/namespaced.sock (Serve) until the pod's last container is
+// deleted. Clients reach it with podapi.Dial.
+package poddaemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/factoryd"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/hypervisor/qemu"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor"
+)
+
+// Where `make install` puts the guest kernel and initrd.
+const (
+	DefaultKernel = "/var/lib/runv/vmlinux"
+	DefaultInitrd = "/var/lib/runv/initrd.img"
+)
+
+// Boot is how a pod's VM is made. The pod daemon and the containerd shim
+// (containerd-shim-runv-v2) both build their factory from it.
+type Boot struct {
+	// Base is the VM's kernel, initrd, accelerator, machine and default size.
+	Base hypervisor.Config
+	// Factory is the --factory setting (factory.ParseSetting).
+	Factory string
+	// Root is the state root, where the factory daemon serves pooled VMs (factoryd).
+	Root string
+	// TemplateDir is where the template factory keeps its templates.
+	TemplateDir string
+}
+
+// CheckFiles fails fast, before anything is created, when the kernel or initrd is missing.
+func (b Boot) CheckFiles() error {
+	for _, f := range []struct{ what, path, hint string }{
+		{"kernel", b.Base.Kernel, "build and install it with 'make kernel install', or pass --kernel / set RUNV_KERNEL"},
+		{"initrd", b.Base.Initrd, "build and install it with 'make initrd install', or pass --initrd / set RUNV_INITRD"},
+	} {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("guest %s %s not found: %s: %w", f.what, f.path, f.hint, errdefs.ErrInvalidArgument)
+		}
+		if fi.IsDir() {
+			return fmt.Errorf("guest %s %s is a directory, not a file: %w", f.what, f.path, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// Main is the pod daemon of pod podID in directory dir. It reports readiness, or why it
+// could not start, on ready (see Serve), and returns when the pod is gone.
+func Main(ctx context.Context, podID, dir string, boot Boot, ready *os.File) error {
+	f, size, err := NewFactory(ctx, boot)
+	if err != nil {
+		// Said on the ready pipe too: the CLI quotes it instead of "see daemon.log".
+		if ready != nil {
+			fmt.Fprintf(ready, "error: %v\n", err)
+			ready.Close()
+		}
+		return err
+	}
+	defer f.Close()
+	cfg := supervisor.Config{
+		PodID:   podID,
+		Dir:     dir,
+		Factory: f,
+		// The pod's first container sizes the VM (oci.VMSize), never below the defaults.
+		VM:           size,
+		SizeFromSpec: true,
+	}
+	if err := Serve(ctx, cfg, ready); err != nil {
+		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
+	}
+	return nil
+}
+
+// NewFactory builds the pod's VM factory from the --factory setting or the policy file:
+// direct boots, or clones of a template created on first use, or VMs from the factory
+// daemon's pools. It also returns the pods' default VM size: a policy's first entry's,
+// the size its template has, else boot.Base's.
+func NewFactory(ctx context.Context, boot Boot) (factory.Factory, factory.Request, error) {
+	policy, source, err := factory.ParseSetting(boot.Factory)
+	if err != nil {
+		return nil, factory.Request{}, fmt.Errorf("factory: %w", err)
+	}
+	base := boot.Base
+	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
+	// A policy entry with "cache" asks the factory daemon of this root for pooled VMs.
+	factory.WrapCache = factoryd.Wrapper(boot.Root)
+	f, err := factory.New(ctx, factory.Options{
+		Launcher:    &qemu.Launcher{},
+		Base:        base,
+		TemplateDir: boot.TemplateDir,
+	}, policy)
+	if err != nil {
+		return nil, factory.Request{}, fmt.Errorf("factory (%s): %w", source, err)
+	}
+	logging.G(ctx).Info("vm factory", "kind", f.Name(), "policy", source)
+	return f, factory.Request{CPUs: base.CPUs, MemoryMiB: base.MemoryMiB}, nil
+}
