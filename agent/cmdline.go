@@ -11,6 +11,9 @@ type bootFlags struct {
 	// Probe (runv.probe=1) prints ProbeMarker on the console and powers off at once: the
 	// host boots such a guest to find out whether its accelerator really runs one.
 	Probe bool
+	// Trace (runv.trace=1) logs one line per container operation with the time of each of
+	// its steps, libcontainer's and its init's included (stepTrace).
+	Trace bool
 }
 
 // ProbeMarker is the console line a probe boot prints.
@@ -26,6 +29,8 @@ func parseCmdline(cmdline string) bootFlags {
 			f.Debug = on
 		case "runv.probe":
 			f.Probe = on
+		case "runv.trace":
+			f.Trace = on
 		}
 	}
 	return f

@@ -12,6 +12,7 @@ func TestParseCmdline(t *testing.T) {
 		{"runv.probe=1 runv.debug=0", bootFlags{Probe: true}},
 		{"runv.debug runv.probe=true", bootFlags{Probe: true}},
 		{"xrunv.debug=1 runv.debugx=1", bootFlags{}},
+		{"tsc=reliable runv.trace=1", bootFlags{Trace: true}},
 	} {
 		if got := parseCmdline(tc.in); got != tc.want {
 			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)

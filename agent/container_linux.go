@@ -147,10 +147,12 @@ func (a *Agent) sandboxNamespacesLocked() map[specs.LinuxNamespaceType]string {
 
 // newContainer creates a container whose init is created but waits for STARTCONTAINER.
 func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
+	tr := a.trace.begin("NEWCONTAINER")
 	var m agentproto.Container
 	if err := req.Decode(&m); err != nil {
 		return nil, err
 	}
+	tr.mark("decoded")
 	if m.ID == "" {
 		return nil, errorf(agentproto.KindInvalid, "NEWCONTAINER without a container id")
 	}
@@ -178,8 +180,9 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 		a.mu.Unlock()
 	}()
 
-	c, p, err := a.createContainer(m, g)
+	c, p, err := a.createContainer(m, g, tr)
 	if err != nil {
+		a.trace.end(tr, a.log.with("ctr", m.ID))
 		return nil, err
 	}
 	a.mu.Lock()
@@ -191,34 +194,41 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid}); err != nil {
 		c.log.Errorf("ACK NEWCONTAINER: %v", err)
 	}
+	tr.mark("acked")
+	a.trace.end(tr, c.log)
 	a.runProcess(p)
 	c.log.Infof("created, init pid %d", p.pid)
 	return nil, nil
 }
 
-func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container, *process, error) {
+func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTrace) (*container, *process, error) {
 	spec, err := adjustSpec(m.Spec, g)
 	if err != nil {
 		return nil, nil, err
 	}
+	tr.mark("spec adjusted")
 	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
+	tr.mark("device binds checked")
 	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
 	// here (libcontainer refuses them without a network namespace of the container's own).
 	if err := writeSysctls("/proc/sys", takeNetSysctls(spec)); err != nil {
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: %w", m.ID, err))
 	}
+	tr.mark("sysctls written")
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: m.ID, Spec: spec})
 	if err != nil {
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
 	}
+	tr.mark("specconv")
 	var late []configs.Rlimit
 	cfg.Rlimits, late = splitLateRlimits(cfg.Rlimits)
 	lc, err := libcontainer.Create(libcontainerRoot, m.ID, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create container %q: %w", m.ID, err)
 	}
+	tr.mark("libcontainer.Create")
 	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), lc: lc, spec: spec, lateRlimits: late, procs: make(map[string]*process)}
-	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true)
+	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, tr)
 	if err != nil {
 		if derr := lc.Destroy(); derr != nil {
 			c.log.Errorf("destroy after failed create: %v", derr)
@@ -232,6 +242,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec) (*container
 
 // startContainer lets the created init exec the container's process.
 func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
+	tr := a.trace.begin("STARTCONTAINER")
 	var m agentproto.ContainerRef
 	if err := req.Decode(&m); err != nil {
 		return nil, err
@@ -240,6 +251,7 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer a.trace.end(tr, c.log)
 	st, err := c.lc.Status()
 	if err != nil {
 		return nil, fmt.Errorf("container %q: %w", c.id, err)
@@ -247,23 +259,28 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 	if st != libcontainer.Created {
 		return nil, errorf(agentproto.KindState, "container %q is %s, not created", c.id, st)
 	}
+	tr.mark("status")
 	if err := c.lc.Exec(); err != nil {
 		if c.init.exited() {
 			return nil, errorf(agentproto.KindState, "start container %q: %w", c.id, err)
 		}
 		return nil, fmt.Errorf("start container %q: %w", c.id, err)
 	}
+	tr.mark("exec fifo read")
 	c.init.execed()
+	tr.mark("program exec'd")
 	c.log.Debugf("started")
 	return nil, nil
 }
 
 // execCmd runs an extra process in a container (setns into its namespaces).
 func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
+	tr := a.trace.begin("EXECCMD")
 	var m agentproto.ExecProcess
 	if err := req.Decode(&m); err != nil {
 		return nil, err
 	}
+	tr.mark("decoded")
 	if m.ID == "" || m.ID == agentproto.InitProcessID {
 		return nil, errorf(agentproto.KindInvalid, "EXECCMD: invalid process id %q", m.ID)
 	}
@@ -290,7 +307,7 @@ func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
 	c.procs[m.ID] = &process{id: m.ID, done: make(chan struct{}), reported: make(chan struct{})}
 	c.mu.Unlock()
 
-	p, err := a.startProcess(c, m.ID, m.Process, m.IO, m.ConsoleRows, m.ConsoleCols, false)
+	p, err := a.startProcess(c, m.ID, m.Process, m.IO, m.ConsoleRows, m.ConsoleCols, false, tr)
 	c.mu.Lock()
 	if err != nil {
 		delete(c.procs, m.ID)
@@ -302,6 +319,8 @@ func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
 	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid}); err != nil {
 		p.log.Errorf("ACK EXECCMD: %v", err)
 	}
+	tr.mark("acked")
+	a.trace.end(tr, p.log)
 	a.runProcess(p)
 	return nil, nil
 }

@@ -4,8 +4,9 @@
 // Boot (boot_linux.go): devtmpfs, then a zero-copy bind-mount switch root (so that
 // containers can pivot_root; the bare initramfs cannot be pivoted away from), then proc,
 // sysfs, cgroup2 (before any libcontainer call caches the cgroup mode), devpts, /run and
-// /dev/shm. The kernel command line may carry runv.debug=1 (verbose console log) and
-// runv.probe=1 (print ProbeMarker and power off: the host's accelerator probe).
+// /dev/shm. The kernel command line may carry runv.debug=1 (verbose console log),
+// runv.probe=1 (print ProbeMarker and power off: the host's accelerator probe) and
+// runv.trace=1 (one TRACE line per container operation with its steps' times, trace.go).
 //
 // Protocol (dispatch.go, vport_linux.go): the two virtio-serial ports are found by name.
 // The control port carries commands; each runs in its own goroutine and is answered with

@@ -103,21 +103,27 @@ func uptime() float64 {
 
 // setupLogrus routes libcontainer's logs (it logs through logrus, including the errors
 // that `runv-agent init` forwards from inside the container) into the agent's log.
-func setupLogrus(l *logger, debug bool) {
+// With a tracer, libcontainer logs at debug level, and its lines go into the running trace
+// instead of the console.
+func setupLogrus(l *logger, debug bool, tr *tracer) {
 	logrus.SetOutput(io.Discard)
 	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
-	if debug {
+	if debug || tr.on {
 		logrus.SetLevel(logrus.DebugLevel)
 	} else {
 		logrus.SetLevel(logrus.WarnLevel)
 	}
 	logrus.StandardLogger().ReplaceHooks(logrus.LevelHooks{})
-	logrus.AddHook(&logrusHook{log: l.with("lib", "libcontainer")})
+	logrus.AddHook(&logrusHook{log: l.with("lib", "libcontainer"), debug: debug, trace: tr})
 }
 
 // logrusHook forwards logrus entries; the formatter output itself is discarded so that
 // every line gets the agent's prefix.
-type logrusHook struct{ log *logger }
+type logrusHook struct {
+	log   *logger
+	debug bool
+	trace *tracer
+}
 
 func (h *logrusHook) Levels() []logrus.Level { return logrus.AllLevels }
 
@@ -125,6 +131,9 @@ func (h *logrusHook) Fire(e *logrus.Entry) error {
 	msg := e.Message
 	for k, v := range e.Data {
 		msg += fmt.Sprintf(" %s=%v", k, v)
+	}
+	if h.trace.record(e.Time, msg) || (e.Level > logrus.WarnLevel && !h.debug) {
+		return nil
 	}
 	h.log.Infof("%s: %s", e.Level, msg)
 	return nil

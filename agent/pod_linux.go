@@ -37,10 +37,13 @@ type podState struct {
 // clock, entropy and the share. Clones inherit a stale clock and their template's RNG
 // state, which is why the time and entropy come from the host here.
 func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
+	tr := a.trace.begin("STARTPOD")
+	defer a.trace.end(tr, a.log)
 	var p agentproto.Pod
 	if err := req.Decode(&p); err != nil {
 		return nil, err
 	}
+	tr.mark("decoded")
 	if p.ID == "" {
 		return nil, errorf(agentproto.KindInvalid, "STARTPOD without a pod id")
 	}
@@ -54,7 +57,7 @@ func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	a.pod = &podState{id: p.ID}
 	a.mu.Unlock()
 
-	st, err := a.applyPod(p)
+	st, err := a.applyPod(p, tr)
 	if err != nil {
 		a.mu.Lock()
 		a.pod = nil
@@ -69,7 +72,7 @@ func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	return nil, nil
 }
 
-func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
+func (a *Agent) applyPod(p agentproto.Pod, tr *stepTrace) (*podState, error) {
 	st := &podState{id: p.ID, shareTag: p.ShareTag}
 	if st.shareTag == "" {
 		st.shareTag = agentproto.ShareTag
@@ -80,14 +83,17 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 			return nil, fmt.Errorf("set the clock: %w", err)
 		}
 	}
+	tr.mark("clock set")
 	if len(p.Entropy) > 0 {
 		if err := addEntropy(p.Entropy); err != nil {
 			return nil, err
 		}
 	}
+	tr.mark("entropy added")
 	if err := loopbackUp(); err != nil {
 		return nil, err
 	}
+	tr.mark("loopback up")
 	if p.Hostname != "" {
 		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
 			return nil, withKind(agentproto.KindInvalid, fmt.Errorf("set hostname %q: %w", p.Hostname, err))
@@ -99,12 +105,14 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 		}
 		st.resolvConf = podResolvConf
 	}
+	tr.mark("hostname, resolv.conf")
 	if err := os.MkdirAll(agentproto.SharePath, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", agentproto.SharePath, err)
 	}
 	if err := unix.Mount(st.shareTag, agentproto.SharePath, "9p", 0, shareMountOptions); err != nil {
 		return nil, fmt.Errorf("mount 9p share %q on %s: %w", st.shareTag, agentproto.SharePath, err)
 	}
+	tr.mark("9p share mounted")
 	// The share's root is the host's pod share directory, private there (0700). A container
 	// in a user namespace prepares its root as its own (mapped) root user, who must be able
 	// to reach <share>/<id>/rootfs: let anyone traverse the share's root, not list it (the
@@ -112,6 +120,7 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 	if err := os.Chmod(agentproto.SharePath, 0o711); err != nil {
 		a.log.Errorf("chmod %s: %v", agentproto.SharePath, err)
 	}
+	tr.mark("share chmod")
 	return st, nil
 }
 

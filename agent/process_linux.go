@@ -48,7 +48,7 @@ func (p *process) exited() bool {
 // startProcess creates the process: the container's init (created, waiting for
 // STARTCONTAINER) or an extra process in it. On success the process's streams are open
 // but nothing is copied yet: the caller ACKs, then calls runProcess.
-func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool) (*process, error) {
+func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool, tr *stepTrace) (*process, error) {
 	lp, err := newProcess(spec, init)
 	if err != nil {
 		return nil, err
@@ -67,6 +67,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 		return nil, err
 	}
 
+	tr.mark("stdio set up")
 	done := a.reaper.beginStart()
 	if init {
 		err = c.lc.Start(lp)
@@ -78,6 +79,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 		pid, _ = lp.Pid()
 	}
 	done(pid)
+	tr.mark("libcontainer start returned")
 	if err != nil {
 		pio.abort()
 		if _, cerr, ok := classifyStartError(err); ok {
@@ -98,8 +100,10 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 		pio.abort()
 		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
 	}
+	tr.mark("stdio started")
 	if !init {
 		p.execed()
+		tr.mark("program exec'd")
 	}
 	log.Debugf("started, pid %d", pid)
 	return p, nil

@@ -9,6 +9,7 @@
 //
 //	RUNV_KERNEL  guest vmlinux (default: kernel-config/build.sh, which returns the cached one)
 //	RUNV_INITRD  initramfs (default: the agent is built static and packed into a temp dir)
+//	RUNV_AGENT   the agent binary packed in RUNV_INITRD (TestVMContainerSteps times its start)
 //	RUNV_QEMU    emulator (default qemu-system-x86_64)
 //	RUNV_ACCEL   tcg (default) or kvm
 //	RUNV_AGENT_DEBUG=1  boots with runv.debug=1 (every frame and libcontainer's debug log on
@@ -42,6 +43,7 @@ var (
 	artifactsOnce sync.Once
 	kernelPath    string
 	initrdPath    string
+	agentPath     string // the agent binary in initrdPath, when known (RUNV_AGENT or built here)
 	artifactsErr  error
 )
 
@@ -60,6 +62,7 @@ func artifacts(t *testing.T) (kernel, initrd string) {
 		}
 		initrdPath = os.Getenv("RUNV_INITRD")
 		if initrdPath != "" {
+			agentPath = os.Getenv("RUNV_AGENT")
 			return
 		}
 		dir, err := os.MkdirTemp("", "runv-agent-it-")
@@ -75,6 +78,7 @@ func artifacts(t *testing.T) (kernel, initrd string) {
 			artifactsErr = fmt.Errorf("build agent: %w\n%s", err, out)
 			return
 		}
+		agentPath = bin
 		initrdPath = filepath.Join(dir, "initrd.cpio")
 		if out, err := exec.Command("go", "run", "../initrd", "-agent", bin, "-o", initrdPath).CombinedOutput(); err != nil {
 			artifactsErr = fmt.Errorf("pack initrd: %w\n%s", err, out)
@@ -218,7 +222,7 @@ func bootVM(t *testing.T, opt vmOptions) *testVM {
 	if accel == "" {
 		accel = "tcg"
 	}
-	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 tsc_early_khz=%d %s", tscKHz(t), opt.cmdline)
+	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 tsc_early_khz=%d tsc=reliable %s", tscKHz(t), opt.cmdline)
 	if os.Getenv("RUNV_AGENT_DEBUG") == "1" {
 		appendLine += " runv.debug=1"
 	}

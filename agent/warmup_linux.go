@@ -56,6 +56,8 @@ func (a *Agent) warmup(context.Context, *Request) (any, error) {
 		a.mu.Unlock()
 	}()
 
+	tr := a.trace.begin("WARMUP")
+	defer a.trace.end(tr, a.log)
 	start := time.Now()
 	rootfs := filepath.Join(warmupDir, "rootfs")
 	if err := prepareWarmupRoot(rootfs); err != nil {
@@ -90,9 +92,11 @@ func (a *Agent) warmup(context.Context, *Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	tr.mark("libcontainer.Create")
 	// No stdio: libcontainer gives the process /dev/null.
 	done := a.reaper.beginStart()
 	err = lc.Run(lp)
+	tr.mark("libcontainer run returned")
 	pid := 0
 	if err == nil {
 		pid, _ = lp.Pid()

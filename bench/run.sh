@@ -282,4 +282,10 @@ if [ -s "$work/rexec.txt" ] && [ -s "$work/cexec.txt" ]; then
 	echo "  runv exec median = $(ratio "$(median <"$work/rexec.txt")" "$(median <"$work/cexec.txt")") runc exec"
 fi
 echo
+
+echo "== a VM from the factory until its agent answers: template clone vs cold boot (go benchmark, N=$N)"
+(cd "$repo" && RUNV_TEST_KERNEL=$KERNEL RUNV_TEST_INITRD=$INITRD go test -tags integration -run '^$' \
+	-bench 'VMUntilAgentAnswers' -benchtime "${N}x" ./factory/ 2>&1) | grep -E '^(Benchmark|FAIL|---)' ||
+	echo "skipped: the factory benchmark did not run"
+echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -488,14 +488,7 @@ func (v *CachedVM) ID() string { return v.id }
 func (v *CachedVM) Grown() bool { return v.grown }
 
 // Restored passes on the pooled VM's nature: a pooled clone is still a clone.
-func (v *CachedVM) Restored() bool { return Restored(v.VM) }
+func (v *CachedVM) Restored() bool { return v.VM.Restored() }
 
 // Unwrap returns the VM the pool held.
 func (v *CachedVM) Unwrap() hypervisor.VM { return v.VM }
-
-// Grown reports whether vm received CPUs or memory by hot-plug after it booted: the guest
-// has to online them (agentproto.MsgOnlineCPUMem) before they are of use.
-func Grown(vm hypervisor.VM) bool {
-	g, ok := vm.(interface{ Grown() bool })
-	return ok && g.Grown()
-}

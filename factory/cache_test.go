@@ -38,6 +38,8 @@ func (v *fakeVM) Shutdown(context.Context) error { return v.Kill() }
 func (v *fakeVM) Kill() error                    { v.killOnce.Do(func() { close(v.done) }); return nil }
 func (v *fakeVM) ConsoleLog() string             { return filepath.Join(v.dir, "console.log") }
 func (v *fakeVM) Accel() string                  { return hypervisor.AccelTCG }
+func (v *fakeVM) Restored() bool                 { return false }
+func (v *fakeVM) Grown() bool                    { return false }
 func (v *fakeVM) killed() bool {
 	select {
 	case <-v.done:
@@ -178,8 +180,8 @@ func TestCacheHandsOutPooledVMAndRefills(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.ID() != "pod1" || Grown(vm) || Restored(vm) {
-		t.Errorf("handed out %s grown=%v restored=%v", vm.ID(), Grown(vm), Restored(vm))
+	if vm.ID() != "pod1" || vm.Grown() || vm.Restored() {
+		t.Errorf("handed out %s grown=%v restored=%v", vm.ID(), vm.Grown(), vm.Restored())
 	}
 	// The pooled share is now the pod's: what the guest sees is what the pod mounts there.
 	pooledName := vm.(*CachedVM).Pooled
@@ -247,8 +249,8 @@ func TestCacheSizeClasses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if Grown(vm) || fallback.count() != 0 {
-		t.Errorf("small request: grown=%v fallback=%d", Grown(vm), fallback.count())
+	if vm.Grown() || fallback.count() != 0 {
+		t.Errorf("small request: grown=%v fallback=%d", vm.Grown(), fallback.count())
 	}
 
 	// Bigger but within the hot-plug limits: a pooled one, grown.
@@ -260,8 +262,8 @@ func TestCacheSizeClasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := vm.(*CachedVM).Unwrap().(growableVM)
-	if !Grown(vm) || g.cpus != 2 || g.mem != 512 || fallback.count() != 0 {
-		t.Errorf("big request: grown=%v to %d vCPUs %d MiB, fallback=%d", Grown(vm), g.cpus, g.mem, fallback.count())
+	if !vm.Grown() || g.cpus != 2 || g.mem != 512 || fallback.count() != 0 {
+		t.Errorf("big request: grown=%v to %d vCPUs %d MiB, fallback=%d", vm.Grown(), g.cpus, g.mem, fallback.count())
 	}
 
 	// Beyond the limits, or with kernel parameters: the fallback.
@@ -290,8 +292,8 @@ func TestCacheNotGrowableGoesToFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fallback.count() != 1 || Grown(vm) {
-		t.Errorf("fallback=%d grown=%v", fallback.count(), Grown(vm))
+	if fallback.count() != 1 || vm.Grown() {
+		t.Errorf("fallback=%d grown=%v", fallback.count(), vm.Grown())
 	}
 	// The VM that could not grow was killed, and the pool refills.
 	if !base.vm(0).killed() {

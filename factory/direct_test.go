@@ -3,17 +3,12 @@ package factory
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/hypervisor/qemu"
-	"github.com/runv-project/runv/hypervisor/qemu/qemutest"
 )
 
 // fakeLauncher records the configs it is asked to boot.
@@ -104,58 +99,5 @@ func TestDirectRejects(t *testing.T) {
 	}
 	if len(l.got) != 0 {
 		t.Errorf("launcher called for invalid requests: %+v", l.got)
-	}
-}
-
-// restoredVM stands for a VM of a restoring kind.
-type restoredVM struct{ hypervisor.VM }
-
-func (restoredVM) Restored() bool { return true }
-
-func TestRestored(t *testing.T) {
-	if Restored(nil) {
-		t.Error("nil VM restored")
-	}
-	if !Restored(restoredVM{}) {
-		t.Error("restoring kind not recognised")
-	}
-}
-
-// A real boot through the QEMU launcher: the VM comes up cold-booted and goes away.
-func TestDirectBoots(t *testing.T) {
-	qemutest.RequireVM(t)
-	base := qemutest.Dir(t)
-	req := Request{ID: "factory-direct", Dir: filepath.Join(base, "vm"), ShareDir: filepath.Join(base, "share"), MemoryMiB: 192}
-	for _, d := range []string{req.Dir, req.ShareDir} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f := NewDirect(&qemu.Launcher{}, hypervisor.Config{
-		Kernel: qemutest.Kernel(t),
-		Initrd: qemutest.Initrd(t),
-		Accel:  hypervisor.AccelTCG,
-	})
-	defer f.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	vm, err := f.GetVM(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Kill()
-	if vm.ID() != req.ID || Restored(vm) {
-		t.Errorf("vm %s restored=%v", vm.ID(), Restored(vm))
-	}
-	if err := vm.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-vm.Done():
-	default:
-		t.Error("Done not closed after Kill")
-	}
-	if pids := qemutest.QEMUsFor(req.Dir); len(pids) > 0 {
-		t.Errorf("qemu still running: %v", pids)
 	}
 }

@@ -3,12 +3,13 @@
 //   - Direct cold-boots a VM per request through a hypervisor.Launcher.
 //   - Template clones VMs from a snapshot of a booted template VM (template.go), and boots
 //     directly what it cannot clone;
-//   - cache (to come) keeps a pool of VMs from another Factory ready (hook: WrapCache).
+//   - Cache keeps a pool of VMs from another Factory ready (cache.go); across processes,
+//     the factory daemon's pools (factory/factoryd) through Options.Cache.
 //
 // New builds the factory a policy (policy.go, runV's factory.json format) describes.
 //
 // A VM from a clone or a pool is handed out already booted, its agent up and parked; how a
-// VM came to be is told by Restored, so the caller knows whether to wait for the agent's
+// VM came to be is told by its Restored method, so the caller knows whether to wait for the agent's
 // READY (cold boot) or to resynchronise a restored guest (clock, RNG, identity) instead.
 package factory
 
@@ -88,13 +89,4 @@ func (r Request) config(base hypervisor.Config) hypervisor.Config {
 	}
 	cfg.KernelParams = append(slices.Clone(base.KernelParams), r.KernelParams...)
 	return cfg
-}
-
-// Restored reports whether vm was restored from a snapshot (template clone) rather than
-// cold-booted. A cold-booted guest's agent sends READY once it is up; a restored one's is
-// already running and sends nothing: the host must not wait for READY, and must give it
-// the time, fresh entropy and its identity instead.
-func Restored(vm hypervisor.VM) bool {
-	r, ok := vm.(interface{ Restored() bool })
-	return ok && r.Restored()
 }

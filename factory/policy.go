@@ -24,7 +24,7 @@ const DefaultPolicyFile = "/etc/runv/factory.json"
 //	[{"template":true,"cache":2,"cpu":1,"memory":128}]
 //
 // Each entry makes VMs of one size: cloned from a template when Template is set, else booted
-// directly; Cache > 0 asks for a pool of that many ready VMs in front of it (see WrapCache).
+// directly; Cache > 0 asks for a pool of that many ready VMs in front of it (see Options.Cache).
 type Policy struct {
 	Template bool `json:"template"`
 	Cache    int  `json:"cache"`
@@ -141,11 +141,6 @@ func DefaultSize(policy []Policy, cpus, memoryMiB int) (int, int) {
 	return cpus, memoryMiB
 }
 
-// WrapCache is the hook for the cache kind: it puts a pool of p.Cache ready VMs in front of
-// an entry's factory (template or direct). The cache is not part of this package yet; while
-// WrapCache is nil, New parses and validates the cache field and logs that it is ignored.
-var WrapCache func(ctx context.Context, base Factory, p Policy) (Factory, error)
-
 // Options are what New builds factories from.
 type Options struct {
 	Launcher hypervisor.Launcher
@@ -153,6 +148,11 @@ type Options struct {
 	Base hypervisor.Config
 	// TemplateDir holds the templates (DefaultTemplateDir if empty).
 	TemplateDir string
+	// Cache makes the cache kind: it puts a pool of p.Cache ready VMs in front of an
+	// entry's factory (template or direct). Pod daemons take theirs from the factory
+	// daemon (factoryd.Wrapper). Without it, a policy's cache field is validated, and
+	// ignored with a warning.
+	Cache func(ctx context.Context, base Factory, p Policy) (Factory, error)
 }
 
 // New builds the factory a policy describes: direct boots for an empty policy, otherwise one
@@ -183,10 +183,10 @@ func New(ctx context.Context, o Options, policy []Policy) (Factory, error) {
 			f = t
 		}
 		if p.Cache > 0 {
-			if WrapCache == nil {
+			if o.Cache == nil {
 				logging.G(ctx).Warn("factory policy: cache is not available in this runv: ignored", "entry", i, "cache", p.Cache)
 			} else {
-				c, err := WrapCache(ctx, f, p)
+				c, err := o.Cache(ctx, f, p)
 				if err != nil {
 					f.Close()
 					r.Close()

@@ -127,14 +127,13 @@ func TestNewFromPolicy(t *testing.T) {
 	if tf := f.(*Template); tf.base.MemoryMiB != 256 || tf.templateName() != "microvm-1c-256m" {
 		t.Errorf("template factory for %d MiB named %s", tf.base.MemoryMiB, tf.templateName())
 	}
-	// The cache hook gets the entry's factory.
+	// The cache constructor gets the entry's factory.
 	var wrapped Factory
-	WrapCache = func(_ context.Context, base Factory, p Policy) (Factory, error) {
+	cache := func(_ context.Context, base Factory, p Policy) (Factory, error) {
 		wrapped = base
 		return base, nil
 	}
-	defer func() { WrapCache = nil }()
-	if _, err := New(ctx, Options{Launcher: tl, TemplateDir: t.TempDir()}, []Policy{{Template: true, Cache: 2}}); err != nil || wrapped == nil || wrapped.Name() != KindTemplate {
+	if _, err := New(ctx, Options{Launcher: tl, TemplateDir: t.TempDir(), Cache: cache}, []Policy{{Template: true, Cache: 2}}); err != nil || wrapped == nil || wrapped.Name() != KindTemplate {
 		t.Errorf("cache hook: wrapped %v, %v", wrapped, err)
 	}
 }

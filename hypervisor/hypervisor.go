@@ -96,6 +96,14 @@ type VM interface {
 	ConsoleLog() string
 	// Accel is the accelerator actually in use (auto resolved).
 	Accel() string
+	// Restored reports whether the guest was not cold-booted: restored from a snapshot (a
+	// template clone) or brought up and parked before it was handed out. Its agent is
+	// already running and sends no READY, and the guest needs the time, fresh entropy and
+	// its identity from the host.
+	Restored() bool
+	// Grown reports whether CPUs or memory were hot-plugged after boot to fit the request:
+	// the guest has to online them (agentproto.MsgOnlineCPUMem) before they are of use.
+	Grown() bool
 }
 
 // Hotplugger adds CPUs and memory to a running VM (q35 only).

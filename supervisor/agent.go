@@ -7,7 +7,6 @@ import (
 
 	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
-	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
 )
@@ -31,7 +30,7 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string) (guestAge
 		PodID: podID,
 		Logf:  func(format string, args ...any) { log.Log(ctx, slog.LevelWarn, fmt.Sprintf(format, args...)) },
 	})
-	if !factory.Restored(vm) {
+	if !vm.Restored() {
 		if err := c.WaitReady(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
 	"syscall"
@@ -284,7 +283,7 @@ func (s *Supervisor) exec(ctx context.Context, req ExecRequest) (int, error) {
 	}
 	// As runc: a created container takes execs too (they join its namespaces); a paused
 	// one cannot start anything in its frozen cgroup, a stopped one has nothing to join.
-	st, _ := s.State(req.ID)
+	st := c.state()
 	switch st.Status {
 	case state.StatusCreated, state.StatusRunning:
 	case state.StatusPaused:
@@ -371,9 +370,14 @@ func (s *Supervisor) State(id string) (ContainerState, error) {
 	if err != nil {
 		return ContainerState{}, err
 	}
+	return c.state(), nil
+}
+
+// state is the container's live state: stopped once its init exited.
+func (c *container) state() ContainerState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := ContainerState{ID: id, Status: c.status, GuestPid: c.guestPid, Created: c.created}
+	st := ContainerState{ID: c.id, Status: c.status, GuestPid: c.guestPid, Created: c.created}
 	if p, ok := c.processes[agentproto.InitProcessID]; ok {
 		select {
 		case <-p.done:
@@ -382,7 +386,7 @@ func (s *Supervisor) State(id string) (ContainerState, error) {
 		default:
 		}
 	}
-	return st, nil
+	return st
 }
 
 // Delete removes a container that is not running. A created container is killed first, as
@@ -392,7 +396,7 @@ func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	st, _ := s.State(id)
+	st := c.state()
 	switch st.Status {
 	case state.StatusRunning, state.StatusPaused:
 		return fmt.Errorf("cannot delete container %q: it is %s; stop it first (runv kill) or use --force: %w", id, st.Status, errdefs.ErrFailedPrecondition)
@@ -439,7 +443,7 @@ func (s *Supervisor) simple(ctx context.Context, id string, t agentproto.MsgType
 	if err != nil {
 		return nil, err
 	}
-	st, _ := s.State(id)
+	st := c.state()
 	ok := len(want) == 0
 	for _, w := range want {
 		ok = ok || st.Status == w
@@ -572,5 +576,3 @@ func decodeSpec(b []byte) (*specs.Spec, error) {
 	}
 	return &sp, nil
 }
-
-var _ = os.Getpid

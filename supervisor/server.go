@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
@@ -206,4 +205,10 @@ func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, er
 	return &podapi.PodInfo{Id: i.ID, DaemonPid: int64(i.DaemonPid), VmPid: int64(i.VMPid), Accel: i.Accel, Factory: i.Factory, Containers: i.Containers, BootNanos: int64(i.Boot)}, nil
 }
 
-var _ = fmt.Sprintf
+func (g *server) WatchStandIn(ctx context.Context, r *podapi.StandInRequest) (*podapi.Empty, error) {
+	files, err := g.stdio.Take(r.Token)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.WatchStandIn(ctx, r.Id, r.Process, files))
+}

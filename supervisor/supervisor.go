@@ -173,7 +173,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 		return
 	}
 	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
-		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", factory.Restored(vm), "grown", factory.Grown(vm))
+		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
 	step := time.Now()
 	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
 	if err == nil {
@@ -195,7 +195,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 			log.Debug("boot: pod started in guest", "duration", time.Since(step))
 		}
 	}
-	if err == nil && factory.Grown(vm) {
+	if err == nil && vm.Grown() {
 		// Hot-plugged CPUs stay offline until the guest onlines them.
 		step = time.Now()
 		var got agentproto.OnlineCPUMemResult

@@ -26,6 +26,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StandInRequest names a process and the pidfd of its stand-in, passed over
+// <pod dir>/stdio.sock (SCM_RIGHTS) under `token` before the call.
+type StandInRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`           // container
+	Process       string                 `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"` // process id; "init" (or empty) for the container's init
+	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StandInRequest) Reset() {
+	*x = StandInRequest{}
+	mi := &file_api_podapi_pod_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StandInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StandInRequest) ProtoMessage() {}
+
+func (x *StandInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_podapi_pod_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StandInRequest.ProtoReflect.Descriptor instead.
+func (*StandInRequest) Descriptor() ([]byte, []int) {
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StandInRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StandInRequest) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+func (x *StandInRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -34,7 +96,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_api_podapi_pod_proto_msgTypes[0]
+	mi := &file_api_podapi_pod_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +108,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[0]
+	mi := &file_api_podapi_pod_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +121,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{0}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{1}
 }
 
 // Stdio names a set of descriptors the client handed to the daemon over <pod dir>/stdio.sock
@@ -77,7 +139,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_api_podapi_pod_proto_msgTypes[1]
+	mi := &file_api_podapi_pod_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +151,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[1]
+	mi := &file_api_podapi_pod_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +164,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{1}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Stdio) GetToken() string {
@@ -143,7 +205,7 @@ type ConsoleSize struct {
 
 func (x *ConsoleSize) Reset() {
 	*x = ConsoleSize{}
-	mi := &file_api_podapi_pod_proto_msgTypes[2]
+	mi := &file_api_podapi_pod_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +217,7 @@ func (x *ConsoleSize) String() string {
 func (*ConsoleSize) ProtoMessage() {}
 
 func (x *ConsoleSize) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[2]
+	mi := &file_api_podapi_pod_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +230,7 @@ func (x *ConsoleSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleSize.ProtoReflect.Descriptor instead.
 func (*ConsoleSize) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{2}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ConsoleSize) GetRows() uint32 {
@@ -201,7 +263,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[3]
+	mi := &file_api_podapi_pod_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +275,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[3]
+	mi := &file_api_podapi_pod_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +288,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{3}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateRequest) GetId() string {
@@ -280,7 +342,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[4]
+	mi := &file_api_podapi_pod_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +354,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[4]
+	mi := &file_api_podapi_pod_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +367,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{4}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateResponse) GetGuestPid() int64 {
@@ -324,7 +386,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +398,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[5]
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +411,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{5}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ContainerRequest) GetId() string {
@@ -369,7 +431,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +443,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +456,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProcessRequest) GetId() string {
@@ -424,7 +486,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +498,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +511,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -496,7 +558,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +570,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +583,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExecResponse) GetGuestPid() int64 {
@@ -543,7 +605,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +617,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +630,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -610,7 +672,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +684,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +697,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WaitResponse) GetExitCode() int32 {
@@ -672,7 +734,7 @@ type ContainerState struct {
 
 func (x *ContainerState) Reset() {
 	*x = ContainerState{}
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +746,7 @@ func (x *ContainerState) String() string {
 func (*ContainerState) ProtoMessage() {}
 
 func (x *ContainerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +759,7 @@ func (x *ContainerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerState.ProtoReflect.Descriptor instead.
 func (*ContainerState) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContainerState) GetId() string {
@@ -746,7 +808,7 @@ type ResizeRequest struct {
 
 func (x *ResizeRequest) Reset() {
 	*x = ResizeRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +820,7 @@ func (x *ResizeRequest) String() string {
 func (*ResizeRequest) ProtoMessage() {}
 
 func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +833,7 @@ func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResizeRequest) GetId() string {
@@ -805,7 +867,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +879,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +892,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateRequest) GetId() string {
@@ -858,7 +920,7 @@ type ProcessesResponse struct {
 
 func (x *ProcessesResponse) Reset() {
 	*x = ProcessesResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +932,7 @@ func (x *ProcessesResponse) String() string {
 func (*ProcessesResponse) ProtoMessage() {}
 
 func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +945,7 @@ func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProcessesResponse) GetGuestPids() []int64 {
@@ -912,7 +974,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +986,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +999,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ProcessInfo) GetGuestPid() int64 {
@@ -973,7 +1035,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1047,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1060,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatsResponse) GetCpuUsageNanos() uint64 {
@@ -1039,7 +1101,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1113,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1126,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EventsRequest) GetSinceUnixNano() int64 {
@@ -1095,7 +1157,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1169,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1182,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1180,7 +1242,7 @@ type PodInfo struct {
 
 func (x *PodInfo) Reset() {
 	*x = PodInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1254,7 @@ func (x *PodInfo) String() string {
 func (*PodInfo) ProtoMessage() {}
 
 func (x *PodInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1267,7 @@ func (x *PodInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodInfo.ProtoReflect.Descriptor instead.
 func (*PodInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PodInfo) GetId() string {
@@ -1261,7 +1323,11 @@ var File_api_podapi_pod_proto protoreflect.FileDescriptor
 
 const file_api_podapi_pod_proto_rawDesc = "" +
 	"\n" +
-	"\x14api/podapi/pod.proto\x12\vrunv.pod.v1\"\a\n" +
+	"\x14api/podapi/pod.proto\x12\vrunv.pod.v1\"P\n" +
+	"\x0eStandInRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\"\a\n" +
 	"\x05Empty\"x\n" +
 	"\x05Stdio\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
@@ -1351,7 +1417,7 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\tR\n" +
 	"containers\x12\x1d\n" +
 	"\n" +
-	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xea\a\n" +
+	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xab\b\n" +
 	"\x03Pod\x12A\n" +
 	"\x06Create\x12\x1a.runv.pod.v1.CreateRequest\x1a\x1b.runv.pod.v1.CreateResponse\x12:\n" +
 	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
@@ -1369,7 +1435,8 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\tProcesses\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x1e.runv.pod.v1.ProcessesResponse\x12B\n" +
 	"\x05Stats\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x1a.runv.pod.v1.StatsResponse\x12:\n" +
 	"\x06Events\x12\x1a.runv.pod.v1.EventsRequest\x1a\x12.runv.pod.v1.Event0\x01\x120\n" +
-	"\x04Info\x12\x12.runv.pod.v1.Empty\x1a\x14.runv.pod.v1.PodInfoB)Z'github.com/runv-project/runv/api/podapib\x06proto3"
+	"\x04Info\x12\x12.runv.pod.v1.Empty\x1a\x14.runv.pod.v1.PodInfo\x12?\n" +
+	"\fWatchStandIn\x12\x1b.runv.pod.v1.StandInRequest\x1a\x12.runv.pod.v1.EmptyB)Z'github.com/runv-project/runv/api/podapib\x06proto3"
 
 var (
 	file_api_podapi_pod_proto_rawDescOnce sync.Once
@@ -1383,70 +1450,73 @@ func file_api_podapi_pod_proto_rawDescGZIP() []byte {
 	return file_api_podapi_pod_proto_rawDescData
 }
 
-var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_api_podapi_pod_proto_goTypes = []any{
-	(*Empty)(nil),             // 0: runv.pod.v1.Empty
-	(*Stdio)(nil),             // 1: runv.pod.v1.Stdio
-	(*ConsoleSize)(nil),       // 2: runv.pod.v1.ConsoleSize
-	(*CreateRequest)(nil),     // 3: runv.pod.v1.CreateRequest
-	(*CreateResponse)(nil),    // 4: runv.pod.v1.CreateResponse
-	(*ContainerRequest)(nil),  // 5: runv.pod.v1.ContainerRequest
-	(*ProcessRequest)(nil),    // 6: runv.pod.v1.ProcessRequest
-	(*ExecRequest)(nil),       // 7: runv.pod.v1.ExecRequest
-	(*ExecResponse)(nil),      // 8: runv.pod.v1.ExecResponse
-	(*SignalRequest)(nil),     // 9: runv.pod.v1.SignalRequest
-	(*WaitResponse)(nil),      // 10: runv.pod.v1.WaitResponse
-	(*ContainerState)(nil),    // 11: runv.pod.v1.ContainerState
-	(*ResizeRequest)(nil),     // 12: runv.pod.v1.ResizeRequest
-	(*UpdateRequest)(nil),     // 13: runv.pod.v1.UpdateRequest
-	(*ProcessesResponse)(nil), // 14: runv.pod.v1.ProcessesResponse
-	(*ProcessInfo)(nil),       // 15: runv.pod.v1.ProcessInfo
-	(*StatsResponse)(nil),     // 16: runv.pod.v1.StatsResponse
-	(*EventsRequest)(nil),     // 17: runv.pod.v1.EventsRequest
-	(*Event)(nil),             // 18: runv.pod.v1.Event
-	(*PodInfo)(nil),           // 19: runv.pod.v1.PodInfo
+	(*StandInRequest)(nil),    // 0: runv.pod.v1.StandInRequest
+	(*Empty)(nil),             // 1: runv.pod.v1.Empty
+	(*Stdio)(nil),             // 2: runv.pod.v1.Stdio
+	(*ConsoleSize)(nil),       // 3: runv.pod.v1.ConsoleSize
+	(*CreateRequest)(nil),     // 4: runv.pod.v1.CreateRequest
+	(*CreateResponse)(nil),    // 5: runv.pod.v1.CreateResponse
+	(*ContainerRequest)(nil),  // 6: runv.pod.v1.ContainerRequest
+	(*ProcessRequest)(nil),    // 7: runv.pod.v1.ProcessRequest
+	(*ExecRequest)(nil),       // 8: runv.pod.v1.ExecRequest
+	(*ExecResponse)(nil),      // 9: runv.pod.v1.ExecResponse
+	(*SignalRequest)(nil),     // 10: runv.pod.v1.SignalRequest
+	(*WaitResponse)(nil),      // 11: runv.pod.v1.WaitResponse
+	(*ContainerState)(nil),    // 12: runv.pod.v1.ContainerState
+	(*ResizeRequest)(nil),     // 13: runv.pod.v1.ResizeRequest
+	(*UpdateRequest)(nil),     // 14: runv.pod.v1.UpdateRequest
+	(*ProcessesResponse)(nil), // 15: runv.pod.v1.ProcessesResponse
+	(*ProcessInfo)(nil),       // 16: runv.pod.v1.ProcessInfo
+	(*StatsResponse)(nil),     // 17: runv.pod.v1.StatsResponse
+	(*EventsRequest)(nil),     // 18: runv.pod.v1.EventsRequest
+	(*Event)(nil),             // 19: runv.pod.v1.Event
+	(*PodInfo)(nil),           // 20: runv.pod.v1.PodInfo
 }
 var file_api_podapi_pod_proto_depIdxs = []int32{
-	1,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
-	2,  // 1: runv.pod.v1.CreateRequest.console:type_name -> runv.pod.v1.ConsoleSize
-	1,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
-	2,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
-	2,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
-	15, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
-	3,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
-	5,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
-	7,  // 8: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
-	9,  // 9: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
-	6,  // 10: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 11: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 12: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
-	12, // 13: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
-	6,  // 14: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
-	5,  // 15: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 16: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
-	13, // 17: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
-	5,  // 18: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
-	5,  // 19: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
-	17, // 20: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
-	0,  // 21: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
-	4,  // 22: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
-	0,  // 23: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
-	8,  // 24: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
-	0,  // 25: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
-	10, // 26: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
-	11, // 27: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
-	0,  // 28: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
-	0,  // 29: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
-	0,  // 30: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
-	0,  // 31: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
-	0,  // 32: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
-	0,  // 33: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
-	14, // 34: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
-	16, // 35: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
-	18, // 36: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
-	19, // 37: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
-	22, // [22:38] is the sub-list for method output_type
-	6,  // [6:22] is the sub-list for method input_type
+	2,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
+	3,  // 1: runv.pod.v1.CreateRequest.console:type_name -> runv.pod.v1.ConsoleSize
+	2,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
+	3,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
+	3,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
+	16, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
+	4,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
+	6,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
+	8,  // 8: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
+	10, // 9: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
+	7,  // 10: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
+	6,  // 11: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 12: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
+	13, // 13: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
+	7,  // 14: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
+	6,  // 15: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 16: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
+	14, // 17: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
+	6,  // 18: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 19: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
+	18, // 20: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
+	1,  // 21: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
+	0,  // 22: runv.pod.v1.Pod.WatchStandIn:input_type -> runv.pod.v1.StandInRequest
+	5,  // 23: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
+	1,  // 24: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
+	9,  // 25: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
+	1,  // 26: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
+	11, // 27: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
+	12, // 28: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
+	1,  // 29: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
+	1,  // 30: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
+	1,  // 31: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
+	1,  // 32: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
+	1,  // 33: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
+	1,  // 34: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
+	15, // 35: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
+	17, // 36: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
+	19, // 37: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
+	20, // 38: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
+	1,  // 39: runv.pod.v1.Pod.WatchStandIn:output_type -> runv.pod.v1.Empty
+	23, // [23:40] is the sub-list for method output_type
+	6,  // [6:23] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1463,7 +1533,7 @@ func file_api_podapi_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_podapi_pod_proto_rawDesc), len(file_api_podapi_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,22 +24,23 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Pod_Create_FullMethodName     = "/runv.pod.v1.Pod/Create"
-	Pod_Start_FullMethodName      = "/runv.pod.v1.Pod/Start"
-	Pod_Exec_FullMethodName       = "/runv.pod.v1.Pod/Exec"
-	Pod_Signal_FullMethodName     = "/runv.pod.v1.Pod/Signal"
-	Pod_Wait_FullMethodName       = "/runv.pod.v1.Pod/Wait"
-	Pod_State_FullMethodName      = "/runv.pod.v1.Pod/State"
-	Pod_Delete_FullMethodName     = "/runv.pod.v1.Pod/Delete"
-	Pod_ResizePty_FullMethodName  = "/runv.pod.v1.Pod/ResizePty"
-	Pod_CloseStdin_FullMethodName = "/runv.pod.v1.Pod/CloseStdin"
-	Pod_Pause_FullMethodName      = "/runv.pod.v1.Pod/Pause"
-	Pod_Resume_FullMethodName     = "/runv.pod.v1.Pod/Resume"
-	Pod_Update_FullMethodName     = "/runv.pod.v1.Pod/Update"
-	Pod_Processes_FullMethodName  = "/runv.pod.v1.Pod/Processes"
-	Pod_Stats_FullMethodName      = "/runv.pod.v1.Pod/Stats"
-	Pod_Events_FullMethodName     = "/runv.pod.v1.Pod/Events"
-	Pod_Info_FullMethodName       = "/runv.pod.v1.Pod/Info"
+	Pod_Create_FullMethodName       = "/runv.pod.v1.Pod/Create"
+	Pod_Start_FullMethodName        = "/runv.pod.v1.Pod/Start"
+	Pod_Exec_FullMethodName         = "/runv.pod.v1.Pod/Exec"
+	Pod_Signal_FullMethodName       = "/runv.pod.v1.Pod/Signal"
+	Pod_Wait_FullMethodName         = "/runv.pod.v1.Pod/Wait"
+	Pod_State_FullMethodName        = "/runv.pod.v1.Pod/State"
+	Pod_Delete_FullMethodName       = "/runv.pod.v1.Pod/Delete"
+	Pod_ResizePty_FullMethodName    = "/runv.pod.v1.Pod/ResizePty"
+	Pod_CloseStdin_FullMethodName   = "/runv.pod.v1.Pod/CloseStdin"
+	Pod_Pause_FullMethodName        = "/runv.pod.v1.Pod/Pause"
+	Pod_Resume_FullMethodName       = "/runv.pod.v1.Pod/Resume"
+	Pod_Update_FullMethodName       = "/runv.pod.v1.Pod/Update"
+	Pod_Processes_FullMethodName    = "/runv.pod.v1.Pod/Processes"
+	Pod_Stats_FullMethodName        = "/runv.pod.v1.Pod/Stats"
+	Pod_Events_FullMethodName       = "/runv.pod.v1.Pod/Events"
+	Pod_Info_FullMethodName         = "/runv.pod.v1.Pod/Info"
+	Pod_WatchStandIn_FullMethodName = "/runv.pod.v1.Pod/WatchStandIn"
 )
 
 // PodClient is the client API for Pod service.
@@ -72,6 +73,11 @@ type PodClient interface {
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
 	// Info describes the pod: its VM and containers.
 	Info(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*PodInfo, error)
+	// WatchStandIn hands the daemon a pidfd of the host process that stands in for a
+	// container process (its `runv shim`, or a foreground runv): when that process dies, for
+	// whatever reason (SIGKILL from a client's timeout, the host's OOM killer), the daemon
+	// kills the process in the VM, as the death of the process itself would be with runc.
+	WatchStandIn(ctx context.Context, in *StandInRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type podClient struct {
@@ -251,6 +257,16 @@ func (c *podClient) Info(ctx context.Context, in *Empty, opts ...grpc.CallOption
 	return out, nil
 }
 
+func (c *podClient) WatchStandIn(ctx context.Context, in *StandInRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Pod_WatchStandIn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PodServer is the server API for Pod service.
 // All implementations must embed UnimplementedPodServer
 // for forward compatibility.
@@ -281,6 +297,11 @@ type PodServer interface {
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
 	// Info describes the pod: its VM and containers.
 	Info(context.Context, *Empty) (*PodInfo, error)
+	// WatchStandIn hands the daemon a pidfd of the host process that stands in for a
+	// container process (its `runv shim`, or a foreground runv): when that process dies, for
+	// whatever reason (SIGKILL from a client's timeout, the host's OOM killer), the daemon
+	// kills the process in the VM, as the death of the process itself would be with runc.
+	WatchStandIn(context.Context, *StandInRequest) (*Empty, error)
 	mustEmbedUnimplementedPodServer()
 }
 
@@ -338,6 +359,9 @@ func (UnimplementedPodServer) Events(*EventsRequest, grpc.ServerStreamingServer[
 }
 func (UnimplementedPodServer) Info(context.Context, *Empty) (*PodInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Info not implemented")
+}
+func (UnimplementedPodServer) WatchStandIn(context.Context, *StandInRequest) (*Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method WatchStandIn not implemented")
 }
 func (UnimplementedPodServer) mustEmbedUnimplementedPodServer() {}
 func (UnimplementedPodServer) testEmbeddedByValue()             {}
@@ -641,6 +665,24 @@ func _Pod_Info_Handler(srv interface{}, ctx context.Context, dec func(interface{
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Pod_WatchStandIn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StandInRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServer).WatchStandIn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Pod_WatchStandIn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServer).WatchStandIn(ctx, req.(*StandInRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Pod_ServiceDesc is the grpc.ServiceDesc for Pod service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -707,6 +749,10 @@ var Pod_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Info",
 			Handler:    _Pod_Info_Handler,
+		},
+		{
+			MethodName: "WatchStandIn",
+			Handler:    _Pod_WatchStandIn_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

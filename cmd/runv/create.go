@@ -200,7 +200,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		}
 		// No := here: the cleanup below must see the function's err.
 		var initShim state.Process
-		if initShim, err = spawnShim(g, rec, "", ctty, shim.ForSpec(spec)); err != nil {
+		if initShim, err = spawnShim(ctx, g, pod, rec, "", ctty, shim.ForSpec(spec)); err != nil {
 			return nil, err
 		}
 		rec.Shim = initShim
@@ -217,6 +217,10 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 			return nil, err
 		}
 	} else {
+		// A foreground run stands in for the container's init itself.
+		if err = pod.watchStandIn(ctx, id, "", os.Getpid()); err != nil {
+			return nil, err
+		}
 		rec.Shim = state.Self()
 	}
 	// The daemon and the shim hold the slave now; the master's holder must see the

@@ -53,7 +53,11 @@ var eventsCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		if liveState(rec).Status == state.StatusStopped {
+		live, err := liveState(rec)
+		if err != nil {
+			return err
+		}
+		if live.Status == state.StatusStopped {
 			return stateError(fmt.Sprintf("container with id %s is not running", id))
 		}
 		pod, err := dialLive(rec)

@@ -120,7 +120,11 @@ func execProcess(c *cli.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch liveState(rec).Status {
+	live, err := liveState(rec)
+	if err != nil {
+		return 0, err
+	}
+	switch live.Status {
 	case state.StatusStopped:
 		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
 	case state.StatusPaused:
@@ -191,7 +195,7 @@ func execProcess(c *cli.Context) (int, error) {
 				return fail(err)
 			}
 		}
-		shim, err := spawnShim(g, rec, execID, ctty, ns)
+		shim, err := spawnShim(ctx, g, pod, rec, execID, ctty, ns)
 		if err != nil {
 			return fail(err)
 		}
@@ -219,6 +223,9 @@ func execProcess(c *cli.Context) (int, error) {
 		if att.fg, err = attachForeground(term); err != nil {
 			return fail(err)
 		}
+	}
+	if err := pod.watchStandIn(ctx, id, execID, os.Getpid()); err != nil {
+		return fail(err)
 	}
 	if err := recordExec(g.store, id, execID, state.Self()); err != nil {
 		return fail(err)

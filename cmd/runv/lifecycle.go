@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
 )
 
@@ -42,7 +44,11 @@ func startContainer(ctx context.Context, g *globals, id string) error {
 	if err != nil {
 		return err
 	}
-	switch st := liveState(rec).Status; st {
+	live, err := liveState(rec)
+	if err != nil {
+		return fmt.Errorf("cannot start container %q: %w", id, err)
+	}
+	switch st := live.Status; st {
 	case state.StatusCreated:
 	case state.StatusStopped:
 		return fmt.Errorf("container %q: %w", id, errStartStopped)
@@ -86,28 +92,57 @@ type ociState struct {
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
-// liveState asks the pod daemon for the truth; a container whose daemon is gone is stopped.
-func liveState(rec *state.Container) ociState {
+// liveState asks the pod daemon for the truth. A container whose daemon is gone, or that its
+// daemon no longer has, is stopped; a daemon that lives but does not answer (busy, or
+// stuck) is an error, never "stopped".
+func liveState(rec *state.Container) (ociState, error) {
 	st := ociState{OCIVersion: ociVersion, ID: rec.ID, Status: state.StatusStopped, Bundle: rec.Bundle,
 		Rootfs: rec.Rootfs, Created: rec.Created, Annotations: rec.Annotations}
 	if rec.Spec != nil && rec.Spec.Version != "" {
 		st.OCIVersion = rec.Spec.Version
 	}
-	if daemonAlive(rec) {
-		if pod, err := dialPod(rec.PodDir); err == nil {
-			ctx, cancel := ctxTimeout(10 * time.Second)
-			cs, err := pod.api.State(ctx, &podapi.ContainerRequest{Id: rec.ID})
-			cancel()
-			pod.Close()
-			if err == nil {
-				st.Status = cs.Status
-			}
-		}
+	status, err := podStatus(rec)
+	if err != nil {
+		return st, err
 	}
+	st.Status = status
 	if st.Status != state.StatusStopped {
 		st.Pid = rec.Shim.Pid
 	}
-	return st
+	return st, nil
+}
+
+// daemonExitGrace is how long a daemon that stopped answering gets to finish exiting
+// before its silence is taken for a failure rather than its end.
+const daemonExitGrace = 2 * time.Second
+
+// podStatus is the container's status as its pod daemon knows it.
+func podStatus(rec *state.Container) (string, error) {
+	if !daemonAlive(rec) {
+		return state.StatusStopped, nil
+	}
+	pod, err := dialPod(rec.PodDir)
+	if err == nil {
+		ctx, cancel := ctxTimeout(10 * time.Second)
+		var cs *podapi.ContainerState
+		cs, err = pod.api.State(ctx, &podapi.ContainerRequest{Id: rec.ID})
+		cancel()
+		pod.Close()
+		if err == nil {
+			return cs.Status, nil
+		}
+		err = rpcErr(err)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return state.StatusStopped, nil // deleted in the pod, or never got there
+		}
+	}
+	// The daemon removes its socket and stops answering as it exits: that is the end of the
+	// pod, unless it outlives the grace.
+	if waitGone(rec.Daemon, daemonExitGrace) == nil {
+		return state.StatusStopped, nil
+	}
+	return "", fmt.Errorf("container %q: its pod daemon (pid %d) is running but does not answer: %w (it may be busy: try again; its log is %s)",
+		rec.ID, rec.Daemon.Pid, err, filepath.Join(rec.PodDir, "daemon.log"))
 }
 
 var stateCommand = &cli.Command{
@@ -123,7 +158,14 @@ var stateCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		out, _ := json.MarshalIndent(liveState(rec), "", "  ")
+		st, err := liveState(rec)
+		if err != nil {
+			return err
+		}
+		out, err := json.MarshalIndent(st, "", "  ")
+		if err != nil {
+			return fmt.Errorf("container %q: state: %w", id, err)
+		}
 		fmt.Println(string(out))
 		return nil
 	},
@@ -268,7 +310,10 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty bool, err error) {
 	pod, err := dialPod(rec.PodDir)
 	if err != nil {
-		return true, nil // gone meanwhile: cleaned up by the caller
+		// Only a missing socket fails a dial: the daemon is gone or going, and the caller
+		// cleans up after it.
+		logging.G(ctx).Debug("pod daemon gone meanwhile", "container", rec.ID, "reason", err)
+		return true, nil
 	}
 	defer pod.Close()
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -276,7 +321,7 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 	cs, err := pod.api.State(cctx, &podapi.ContainerRequest{Id: rec.ID})
 	if err != nil {
 		if errors.Is(rpcErr(err), errdefs.ErrNotFound) {
-			return podIsEmpty(cctx, pod), nil
+			return podIsEmpty(cctx, pod)
 		}
 		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
 	}
@@ -284,24 +329,50 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 		if !force {
 			return false, fmt.Errorf("cannot delete container %q that is not stopped: %s (stop it with 'runv kill' or use 'runv delete --force'): %w", rec.ID, cs.Status, errdefs.ErrFailedPrecondition)
 		}
-		if cs.Status == state.StatusPaused {
-			pod.api.Resume(cctx, &podapi.ContainerRequest{Id: rec.ID})
-		}
-		pod.api.Signal(cctx, &podapi.SignalRequest{Id: rec.ID, Signal: int32(unix.SIGKILL), All: true})
-		if _, err := pod.api.Wait(cctx, &podapi.ProcessRequest{Id: rec.ID}); err != nil {
-			return false, fmt.Errorf("delete container %q: waiting for it to die: %w", rec.ID, rpcErr(err))
+		if err := killInPod(cctx, pod, rec.ID, cs.Status); err != nil {
+			return false, fmt.Errorf("delete container %q: %w", rec.ID, err)
 		}
 	}
 	if _, err := pod.api.Delete(cctx, &podapi.ContainerRequest{Id: rec.ID}); err != nil && !errors.Is(rpcErr(err), errdefs.ErrNotFound) {
 		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
 	}
-	return podIsEmpty(cctx, pod), nil
+	return podIsEmpty(cctx, pod)
 }
 
-// podIsEmpty reports whether the pod has no containers left (or its daemon is going away).
-func podIsEmpty(ctx context.Context, pod *podConn) bool {
+// killInPod kills every process of a running or paused container and waits until it died.
+// A container that stopped meanwhile is fine (the calls then fail as not running).
+func killInPod(ctx context.Context, pod *podConn, id, status string) error {
+	gone := func(err error) bool {
+		err = rpcErr(err)
+		return errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrNotFound)
+	}
+	if status == state.StatusPaused {
+		// A frozen process does not die of SIGKILL until it is thawed.
+		if _, err := pod.api.Resume(ctx, &podapi.ContainerRequest{Id: id}); err != nil && !gone(err) {
+			return fmt.Errorf("resume it to kill it: %w", rpcErr(err))
+		}
+	}
+	if _, err := pod.api.Signal(ctx, &podapi.SignalRequest{Id: id, Signal: int32(unix.SIGKILL), All: true}); err != nil && !gone(err) {
+		return fmt.Errorf("kill it: %w", rpcErr(err))
+	}
+	if _, err := pod.api.Wait(ctx, &podapi.ProcessRequest{Id: id}); err != nil {
+		return fmt.Errorf("waiting for it to die: %w", rpcErr(err))
+	}
+	return nil
+}
+
+// podIsEmpty reports whether the pod has no containers left. A daemon that refuses the
+// call is going away (it stops serving once its last container is deleted): empty. One
+// that does not answer in time is an error: it is busy, not gone.
+func podIsEmpty(ctx context.Context, pod *podConn) (bool, error) {
 	info, err := pod.api.Info(ctx, &podapi.Empty{})
-	return err != nil || len(info.Containers) == 0
+	if err != nil {
+		if errors.Is(rpcErr(err), errdefs.ErrUnavailable) {
+			return true, nil
+		}
+		return false, fmt.Errorf("pod daemon in %s: %w", pod.dir, rpcErr(err))
+	}
+	return len(info.Containers) == 0, nil
 }
 
 func killProcess(p state.Process) {

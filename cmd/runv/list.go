@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -33,35 +34,48 @@ var listCommand = &cli.Command{
 			return err
 		}
 		var states []ociState
+		// Containers that cannot be read or whose daemons do not answer are reported
+		// after the others, rather than guessed at or left out silently.
+		var failed []error
 		for _, id := range ids {
-			h, err := g.store.Lock(id)
-			if err != nil {
+			rec, err := loadRecord(g.store, id)
+			if errors.Is(err, errdefs.ErrNotFound) {
 				continue // deleted meanwhile
 			}
-			rec, err := h.Load()
-			h.Unlock()
-			if err != nil {
-				continue
+			if err == nil {
+				var st ociState
+				if st, err = liveState(rec); err == nil {
+					states = append(states, st)
+					continue
+				}
 			}
-			states = append(states, liveState(rec))
+			failed = append(failed, err)
 		}
-		if c.Bool("quiet") {
-			for _, s := range states {
-				fmt.Println(s.ID)
-			}
-			return nil
+		if err := printStates(states, format, c.Bool("quiet")); err != nil {
+			return err
 		}
-		if format == "json" {
-			if states == nil {
-				states = []ociState{}
-			}
-			return json.NewEncoder(os.Stdout).Encode(states)
-		}
-		w := tabwriter.NewWriter(os.Stdout, 12, 1, 3, ' ', 0)
-		fmt.Fprint(w, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n")
-		for _, s := range states {
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", s.ID, s.Pid, s.Status, s.Bundle, s.Created.Format(time.RFC3339Nano), "root")
-		}
-		return w.Flush()
+		return errors.Join(failed...)
 	},
+}
+
+// printStates prints the list: ids only (quiet), runc's JSON, or runc's table.
+func printStates(states []ociState, format string, quiet bool) error {
+	if quiet {
+		for _, s := range states {
+			fmt.Println(s.ID)
+		}
+		return nil
+	}
+	if format == "json" {
+		if states == nil {
+			states = []ociState{}
+		}
+		return json.NewEncoder(os.Stdout).Encode(states)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 12, 1, 3, ' ', 0)
+	fmt.Fprint(w, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n")
+	for _, s := range states {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", s.ID, s.Pid, s.Status, s.Bundle, s.Created.Format(time.RFC3339Nano), "root")
+	}
+	return w.Flush()
 }

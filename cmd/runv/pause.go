@@ -63,7 +63,11 @@ func freeze(c *cli.Context, verb string, check func(status string) error, call f
 	if err != nil {
 		return err
 	}
-	if err := check(liveState(rec).Status); err != nil {
+	live, err := liveState(rec)
+	if err != nil {
+		return fmt.Errorf("cannot %s container %q: %w", verb, id, err)
+	}
+	if err := check(live.Status); err != nil {
 		return fmt.Errorf("cannot %s container %q: %w", verb, id, err)
 	}
 	pod, err := dialLive(rec)
@@ -75,8 +79,10 @@ func freeze(c *cli.Context, verb string, check func(status string) error, call f
 		err = rpcErr(err)
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			// The container changed state since we looked: say so in runc's words.
-			if cerr := check(liveState(rec).Status); cerr != nil {
-				return fmt.Errorf("cannot %s container %q: %w", verb, id, cerr)
+			if now, lerr := liveState(rec); lerr == nil {
+				if cerr := check(now.Status); cerr != nil {
+					return fmt.Errorf("cannot %s container %q: %w", verb, id, cerr)
+				}
 			}
 		}
 		return fmt.Errorf("%s container %q: %w", verb, id, err)

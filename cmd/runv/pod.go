@@ -136,13 +136,40 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 	if len(files) == 0 {
 		return s, nil
 	}
-	b := make([]byte, 12)
-	rand.Read(b)
-	s.Token = hex.EncodeToString(b)
+	s.Token = newToken()
 	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), s.Token, files); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newToken names descriptors parked with the daemon.
+func newToken() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// watchStandIn has the pod daemon kill process (of container id) in the VM as soon as pid,
+// the host process standing in for it, dies (see supervisor/standin.go). pid must be one
+// that cannot have been reused: our own, or our child that nobody reaped yet.
+func (p *podConn) watchStandIn(ctx context.Context, id, process string, pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd of the stand-in (pid %d) of container %q: %w", pid, id, err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	token := newToken()
+	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), token, []*os.File{f}); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := p.api.WatchStandIn(rctx, &podapi.StandInRequest{Id: id, Process: process, Token: token}); err != nil {
+		return fmt.Errorf("have the pod daemon watch the stand-in (pid %d) of container %q: %w", pid, id, rpcErr(err))
+	}
+	return nil
 }
 
 // rpcErr turns a daemon error back into its class.

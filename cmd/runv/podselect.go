@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/logging"
 )
 
 // Annotations by which CRI implementations group a pod's containers.
@@ -44,15 +47,21 @@ func podMembership(store containerLister, id string, spec *specs.Spec) (*state.C
 		return nil, nil
 	}
 	var byPid map[int]*state.Container
+	var err error
 	for _, ns := range spec.Linux.Namespaces {
 		m := nsPathPid.FindStringSubmatch(ns.Path)
 		if m == nil {
 			continue
 		}
 		if byPid == nil {
-			byPid = containersByPid(store)
+			if byPid, err = containersByPid(store); err != nil {
+				return nil, fmt.Errorf("container %q: find the pod of namespace path %s: %w", id, ns.Path, err)
+			}
 		}
-		pid, _ := strconv.Atoi(m[1])
+		pid, err := strconv.Atoi(m[1])
+		if err != nil {
+			return nil, fmt.Errorf("container %q: namespace path %s: %w: %w", id, ns.Path, err, errdefs.ErrInvalidArgument)
+		}
 		if rec, ok := byPid[pid]; ok {
 			if ns.Type == specs.MountNamespace {
 				return nil, fmt.Errorf("container %q cannot share the mount namespace of container %q: every container of a pod has its own root: %w", id, rec.ID, errdefs.ErrInvalidArgument)
@@ -83,15 +92,26 @@ func loadRecord(store containerLister, id string) (*state.Container, error) {
 	return h.Load()
 }
 
-func containersByPid(store containerLister) map[int]*state.Container {
+// containersByPid maps the pid runv reports for each container (its shim's) to its record.
+// A record that cannot be read is left out with a warning: it may be half deleted, and
+// belongs to no pod a new container could join.
+func containersByPid(store containerLister) (map[int]*state.Container, error) {
+	ids, err := store.List()
+	if err != nil {
+		return nil, err
+	}
 	out := map[int]*state.Container{}
-	ids, _ := store.List()
 	for _, id := range ids {
 		rec, err := loadRecord(store, id)
-		if err != nil || rec.Shim.Pid <= 0 {
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				logging.G(context.Background()).Warn("pod selection: container record unreadable; skipped", "container", id, "error", err)
+			}
 			continue
 		}
-		out[rec.Shim.Pid] = rec
+		if rec.Shim.Pid > 0 {
+			out[rec.Shim.Pid] = rec
+		}
 	}
-	return out
+	return out, nil
 }

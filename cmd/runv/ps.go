@@ -65,7 +65,11 @@ var psCommand = &cli.Command{
 		}
 		w := tabwriter.NewWriter(os.Stdout, 5, 1, 2, ' ', 0)
 		fmt.Fprintln(w, "PID\tCMD")
-		if liveState(rec).Status == state.StatusStopped {
+		live, err := liveState(rec)
+		if err != nil {
+			return err
+		}
+		if live.Status == state.StatusStopped {
 			return w.Flush() // nothing runs
 		}
 		pod, err := dialLive(rec)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,8 +44,9 @@ var shimCommand = &cli.Command{
 // instance) inherits it when we exit and can wait for it, as with runc. For a terminal
 // process, ctty is the host pty slave: the shim gets a session of its own with the slave as
 // its controlling terminal, so it is signalled when the master is resized (see tty.go). The
-// shim lives in the host namespaces ns (see package internal/shim).
-func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, ns shim.Namespaces) (state.Process, error) {
+// shim lives in the host namespaces ns (see package internal/shim). The pod daemon watches
+// it from the start: if it dies, the process dies in the VM.
+func spawnShim(ctx context.Context, g *globals, pod *podConn, rec *state.Container, process string, ctty *os.File, ns shim.Namespaces) (state.Process, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return state.Process{}, err
@@ -93,6 +95,12 @@ func spawnShim(g *globals, rec *state.Container, process string, ctty *os.File, 
 	}
 	if err := shim.Start(cmd, ns); err != nil {
 		return state.Process{}, fmt.Errorf("start shim for %s: %w", what, err)
+	}
+	// Our child, not reaped yet: its pid cannot have been reused until we let it go.
+	if err := pod.watchStandIn(ctx, rec.ID, process, cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return state.Process{}, fmt.Errorf("shim for %s: %w", what, err)
 	}
 	p, err := state.ProcessOf(cmd.Process.Pid)
 	if err != nil {

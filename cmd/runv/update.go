@@ -164,7 +164,11 @@ func updateContainer(g *globals, id string, upd *specs.LinuxResources) error {
 	if err != nil {
 		return err
 	}
-	if liveState(rec).Status == state.StatusStopped {
+	live, err := liveState(rec)
+	if err != nil {
+		return fmt.Errorf("cannot update container %q: %w", id, err)
+	}
+	if live.Status == state.StatusStopped {
 		return fmt.Errorf("cannot update container %q: %w", id, errNotRunning)
 	}
 	if rec.Spec == nil {

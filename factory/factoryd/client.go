@@ -32,7 +32,7 @@ var _ factory.Factory = (*Client)(nil)
 // SocketIn is the factory daemon's socket under state root root.
 func SocketIn(root string) string { return filepath.Join(root, Dir, Socket) }
 
-// Wrapper returns a factory.WrapCache for pod daemons under state root root: a policy
+// Wrapper returns the factory.Options.Cache of pod daemons under state root root: a policy
 // entry with "cache" set asks the factory daemon first.
 func Wrapper(root string) func(context.Context, factory.Factory, factory.Policy) (factory.Factory, error) {
 	return func(_ context.Context, base factory.Factory, _ factory.Policy) (factory.Factory, error) {

@@ -170,7 +170,7 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 		os.RemoveAll(cfg.Dir)
 		return fmt.Errorf("holder %s: %w", cfg.ID, err)
 	}
-	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: factory.Restored(vm)}
+	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: vm.Restored()}
 	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
 	b, _ := json.Marshal(h.info)
 	report("ok " + string(b))
@@ -202,7 +202,7 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	defer c.Close()
-	if !factory.Restored(vm) {
+	if !vm.Restored() {
 		if err := c.WaitReady(ctx); err != nil {
 			return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 		}

@@ -36,6 +36,8 @@ func (v *fakeVM) Shutdown(context.Context) error { return v.Kill() }
 func (v *fakeVM) Kill() error                    { v.once.Do(func() { close(v.done) }); return nil }
 func (v *fakeVM) ConsoleLog() string             { return "" }
 func (v *fakeVM) Accel() string                  { return hypervisor.AccelTCG }
+func (v *fakeVM) Restored() bool                 { return false }
+func (v *fakeVM) Grown() bool                    { return false }
 
 type fakeFactory struct{ vm *fakeVM }
 

@@ -130,8 +130,15 @@ func kernelParams(s spec) []string {
 	// Under TCG microvm has no HPET or PM timer to calibrate the TSC against and the guest
 	// hangs in calibration; the emulated TSC runs at the host's rate, so tell it. Under KVM
 	// kvmclock provides the frequency, and q35 has HPET.
+	//
+	// tsc=reliable: the guest's only other clocksource is then jiffies, and on a loaded
+	// host TCG delivers timer ticks late, so the clocksource watchdog finds the TSC "skewed"
+	// against jiffies, marks it unstable and switches to refined-jiffies for good: every
+	// clock read and timer in the guest then has 4 ms granularity (every sleep and poll of
+	// the agent and of container programs rounds up to a tick), and guest time runs slow.
+	// The emulated TSC follows the host's clock, so it is the one to trust.
 	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG && s.tscKHz > 0 {
-		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz))
+		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz), "tsc=reliable")
 	}
 	return append(params, s.cfg.KernelParams...)
 }

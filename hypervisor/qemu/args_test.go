@@ -31,7 +31,7 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-smp", "1",
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124",
+		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
 		"-serial", "file:/run/runv/pod1/vm/console.log",
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
@@ -91,7 +91,7 @@ func TestBuildArgs(t *testing.T) {
 				c.KernelParams = []string{"runv.debug=1", "a=b"}
 				return c
 			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
-			appendWant: "console=ttyS0 quiet panic=-1 tsc_early_khz=1000 runv.debug=1 a=b",
+			appendWant: "console=ttyS0 quiet panic=-1 tsc_early_khz=1000 tsc=reliable runv.debug=1 a=b",
 		},
 		{
 			name: "q35 under tcg: pci devices, no mmio global, no tsc",

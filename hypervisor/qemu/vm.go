@@ -47,8 +47,12 @@ func (v *vm) Accel() string         { return v.accel }
 
 // Restored reports whether the VM is a clone of a template: its agent was up before the VM
 // started and will not announce itself with READY, and its clock and RNG are the
-// template's (factory.Restored).
+// template's (hypervisor.VM).
 func (v *vm) Restored() bool { return v.restored }
+
+// Grown is false: a VM of its own is booted at the size it was asked for (hot-plug after
+// boot is the pool's, factory.CachedVM).
+func (v *vm) Grown() bool { return false }
 
 func (v *vm) setMonitor(m *monitor) {
 	v.mu.Lock()

@@ -92,12 +92,12 @@ func NewFactory(ctx context.Context, boot Boot) (factory.Factory, factory.Reques
 	}
 	base := boot.Base
 	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
-	// A policy entry with "cache" asks the factory daemon of this root for pooled VMs.
-	factory.WrapCache = factoryd.Wrapper(boot.Root)
 	f, err := factory.New(ctx, factory.Options{
 		Launcher:    &qemu.Launcher{},
 		Base:        base,
 		TemplateDir: boot.TemplateDir,
+		// A policy entry with "cache" asks the factory daemon of this root for pooled VMs.
+		Cache: factoryd.Wrapper(boot.Root),
 	}, policy)
 	if err != nil {
 		return nil, factory.Request{}, fmt.Errorf("factory (%s): %w", source, err)

@@ -1,3 +1,5 @@
+//go:build integration
+
 package clients
 
 import (
@@ -243,11 +245,7 @@ func TestContainerdStdin(t *testing.T) {
 // kill -s KILL stops it with 137, task delete and container rm clean up.
 func TestContainerdDetachKillDelete(t *testing.T) {
 	c, x, id := newCtrTest(t)
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
-	status, pid := c.waitTask(t, x, id, "RUNNING", 30*time.Second)
-	if status != "RUNNING" {
-		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
-	}
+	pid := c.runSleeper(t, x, id)
 	// The pid containerd holds is the host process standing in for the container's init.
 	if cmdline := readAll(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.Contains(cmdline, "shim\x00") {
 		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task pid %d is not runv's shim: %q", pid, cmdline)
@@ -292,10 +290,7 @@ func TestContainerdExec(t *testing.T) {
 		t.Skip(execWhy)
 	}
 	c, x, id := newCtrTest(t)
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
-	if status, _ := c.waitTask(t, x, id, "RUNNING", 30*time.Second); status != "RUNNING" {
-		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
-	}
+	c.runSleeper(t, x, id)
 	r := c.ctr(t, cmdOpts{}, "tasks", "exec", "--exec-id", "e1", id, "sh", "-c", "uname -r; exit 5")
 	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
 		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
@@ -313,11 +308,7 @@ func TestContainerdExec(t *testing.T) {
 // host pids), ctr task pause and resume change its status.
 func TestContainerdPsPauseResume(t *testing.T) {
 	c, x, id := newCtrTest(t)
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
-	status, pid := c.waitTask(t, x, id, "RUNNING", 30*time.Second)
-	if status != "RUNNING" {
-		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
-	}
+	pid := c.runSleeper(t, x, id)
 	r := x.must(c.ctr(t, cmdOpts{}, "tasks", "ps", id))
 	if !strings.Contains(r.stdout, fmt.Sprint(pid)) {
 		x.errorf(r, "want the task's pid %d in ctr task ps", pid)
@@ -351,6 +342,18 @@ func (c *containerd) checkPauseResume(t *testing.T, x *tc, id string) {
 	}
 }
 
+// runSleeper starts a detached `sleep 1000` task with the runc shim running runv and waits
+// until it runs; it returns the task's pid.
+func (c *containerd) runSleeper(t *testing.T, x *tc, id string) int {
+	t.Helper()
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
+	status, pid := c.waitTask(t, x, id, "RUNNING", 30*time.Second)
+	if status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
+	return pid
+}
+
 // waitTask polls ctr tasks ls until the task has the wanted status or the timeout passes;
 // it returns the last status and pid seen.
 func (c *containerd) waitTask(t *testing.T, x *tc, id, want string, timeout time.Duration) (string, int) {
@@ -370,4 +373,43 @@ func (c *containerd) waitTask(t *testing.T, x *tc, id, want string, timeout time
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestContainerdExecKilledLikeATimeout: containerd kills an exec'd process by SIGKILLing the
+// pid runv gave it (its shim), as the CRI does when ExecSync times out. The process must die
+// in the VM and the waiting `ctr task exec` return with 137, as with runc.
+func TestContainerdExecKilledLikeATimeout(t *testing.T) {
+	if !hasExec {
+		t.Skip(execWhy)
+	}
+	c, x, id := newCtrTest(t)
+	c.runSleeper(t, x, id)
+	guestPs := func() result {
+		return runCmd(t, cmdOpts{timeout: 30 * time.Second}, runtimePath, "--root", c.roots()[0], "ps", id)
+	}
+	exec := make(chan result, 1)
+	go func() {
+		exec <- c.ctr(t, cmdOpts{timeout: 90 * time.Second}, "tasks", "exec", "--exec-id", "slow", id, "sleep", "903")
+	}()
+	if !waitFor(60*time.Second, func() bool { return strings.Contains(guestPs().stdout, "sleep 903") }) {
+		x.fatal(guestPs(), "the exec'd sleep 903 never ran in the VM")
+	}
+	start := time.Now()
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "--exec-id", "slow", "-s", "KILL", id))
+	select {
+	case r := <-exec:
+		if r.code != 137 {
+			x.errorf(r, "want the killed exec to exit 137")
+		}
+	case <-time.After(30 * time.Second):
+		x.fatal(guestPs(), "ctr task exec still waits 30s after its process was killed")
+	}
+	if !waitFor(10*time.Second, func() bool { return !strings.Contains(guestPs().stdout, "sleep 903") }) {
+		x.fatal(guestPs(), "sleep 903 still runs in the VM 10s after containerd killed its exec")
+	}
+	t.Logf("exec killed: ctr returned and the process left the VM within %s", time.Since(start).Round(time.Millisecond))
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+	c.waitTask(t, x, id, "STOPPED", 30*time.Second)
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
 }

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package clients drives runv through the real clients users run it with, Debian's packages:
 // containerd (ctr, the runc shim v2 with BinaryName=runv), podman (--runtime) and docker
 // (dockerd --add-runtime). Each client gets a private instance under a temporary directory:

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package integration drives the runv binary as users and clients do, against real VMs:
 // QEMU under TCG, our kernel and initrd, libcontainer in the guest.
 //

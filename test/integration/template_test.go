@@ -1,3 +1,5 @@
+//go:build integration
+
 package integration
 
 import (
@@ -5,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -246,41 +246,4 @@ func TestTemplateRemovedWhileCloneRuns(t *testing.T) {
 	if !p.cloned() || !strings.Contains(p.daemonLog, "template ready") {
 		t.Errorf("the next pod did not remake the template:\n%s", p.daemonLog)
 	}
-}
-
-// `runv run` of a `true` bundle with --factory template vs direct: min and median of
-// RUNV_TEMPLATE_BENCH runs each (skipped unless set).
-func TestTemplateRunTiming(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("RUNV_TEMPLATE_BENCH"))
-	if n <= 0 {
-		t.Skip("set RUNV_TEMPLATE_BENCH=<runs> to measure")
-	}
-	r := templateRoot(t)
-	createTemplate(t, r)
-	b := newBundle(t, "true")
-	measure := func(factory string) []time.Duration {
-		var ds []time.Duration
-		for range n {
-			res := runvIn(t, r, nil, "--factory", factory, "run", "--bundle", b, newID(t))
-			if res.code != 0 {
-				t.Fatalf("run with --factory %s: %s", factory, res)
-			}
-			ds = append(ds, res.took)
-		}
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds
-	}
-	for _, f := range []string{"template", "direct", "template", "direct"} {
-		ds := measure(f)
-		t.Logf("runv run true, --factory %-8s: min %v median %v max %v (n=%d) %v", f,
-			ds[0].Round(time.Millisecond), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), n, roundAll(ds))
-	}
-}
-
-func roundAll(ds []time.Duration) []time.Duration {
-	out := slices.Clone(ds)
-	for i := range out {
-		out[i] = out[i].Round(time.Millisecond)
-	}
-	return out
 }

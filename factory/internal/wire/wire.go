@@ -74,9 +74,9 @@ type VMInfo struct {
 	QEMUPid   int    `json:"qemuPid"`
 	HolderPid int    `json:"holderPid"`
 	Accel     string `json:"accel"`
-	// Restored: a template clone (see factory.Restored).
+	// Restored: a template clone (see hypervisor.VM).
 	Restored bool `json:"restored,omitempty"`
-	// Grown: CPUs or memory were hot-plugged for the request (see factory.Grown).
+	// Grown: CPUs or memory were hot-plugged for the request (see hypervisor.VM).
 	Grown bool `json:"grown,omitempty"`
 	// Owner is the pid of the pod daemon the VM was handed to (0 while pooled).
 	Owner int `json:"owner,omitempty"`

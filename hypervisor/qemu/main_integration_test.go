@@ -1,3 +1,5 @@
+//go:build integration
+
 package qemu
 
 import (
@@ -73,6 +75,40 @@ func runHelper(cfgJSON string) int {
 	return 0
 }
 
+// roundTrip sends one line to the test init and returns its answer.
+func roundTrip(c net.Conn, line string, timeout time.Duration) (string, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return "", err
+	}
+	answer, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("no answer to %q: %w", line, err)
+	}
+	return strings.TrimSpace(answer), nil
+}
+
+// assertGone checks that the VM's QEMU is reaped and its sockets and pid file removed.
+func assertGone(t *testing.T, v hypervisor.VM, dir string) {
+	t.Helper()
+	select {
+	case <-v.Done():
+	default:
+		t.Fatal("Done() not closed")
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.Pid())); err == nil {
+		if pids := qemutest.QEMUsFor(dir); len(pids) > 0 {
+			t.Errorf("qemu still running: %v", pids)
+		}
+	}
+	for _, f := range pathsIn(dir).transient() {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
 var (
 	initrdOnce sync.Once
 	initrdDir  string
@@ -128,38 +164,4 @@ func mustLaunch(t *testing.T, l *Launcher, cfg hypervisor.Config) hypervisor.VM 
 	}
 	t.Cleanup(func() { v.Kill() })
 	return v
-}
-
-// roundTrip sends one line to the test init and returns its answer.
-func roundTrip(c net.Conn, line string, timeout time.Duration) (string, error) {
-	c.SetDeadline(time.Now().Add(timeout))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, line+"\n"); err != nil {
-		return "", err
-	}
-	answer, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("no answer to %q: %w", line, err)
-	}
-	return strings.TrimSpace(answer), nil
-}
-
-// assertGone checks that the VM's QEMU is reaped and its sockets and pid file removed.
-func assertGone(t *testing.T, v hypervisor.VM, dir string) {
-	t.Helper()
-	select {
-	case <-v.Done():
-	default:
-		t.Fatal("Done() not closed")
-	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.Pid())); err == nil {
-		if pids := qemutest.QEMUsFor(dir); len(pids) > 0 {
-			t.Errorf("qemu still running: %v", pids)
-		}
-	}
-	for _, f := range pathsIn(dir).transient() {
-		if _, err := os.Stat(f); err == nil {
-			t.Errorf("%s left behind", f)
-		}
-	}
 }

@@ -1,0 +1,330 @@
+//go:build integration
+
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/moby/sys/capability"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// TestVMContainerSteps is the measuring tool behind docs/performance.md's breakdown of
+// the container path in the guest: a VM booted with runv.trace=1 and warmed as a pooled VM
+// is, then RUNV_STEPS containers running `true` (created, started, waited for, removed)
+// and as many execs of `true` into a running container, each logged by the agent as one
+// TRACE line with the time of its steps; and the floors: bench/guestfloor run in a
+// privileged container of the same guest. It checks that every container and exec ran and
+// exited 0, and prints the lines (-v).
+//
+//	RUNV_STEPS=5 go test -tags integration -run ContainerSteps -v ./agent/
+func TestVMContainerSteps(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("RUNV_STEPS"))
+	if n <= 0 {
+		t.Skip("a measurement, not a check: set RUNV_STEPS=<containers and execs to time>")
+	}
+	v := bootVM(t, vmOptions{cmdline: "runv.trace=1 " + os.Getenv("RUNV_STEPS_CMDLINE")})
+	floorRootfs, floorSpec := v.busyboxContainer("floor", "/floor", "-n", "10")
+	build := exec.Command("go", "build", "-o", filepath.Join(v.share, floorRootfs, "floor"), "../bench/guestfloor")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build guestfloor: %v\n%s", err, out)
+	}
+	if agentPath != "" {
+		data, err := os.ReadFile(agentPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(v.share, floorRootfs, "agent"), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		floorSpec.Process.Args = append(floorSpec.Process.Args, "-agent", "/agent")
+	}
+	privileged(floorSpec)
+	if os.Getenv("RUNV_STEPS_CRUN") != "" {
+		addCrun(t, filepath.Join(v.share, floorRootfs))
+		floorSpec.Process.Args = append(floorSpec.Process.Args, "-crun", "/crun")
+	}
+	rootfs, spec := v.busyboxContainer("c", "true")
+	trimSpec(t, spec, os.Getenv("RUNV_STEPS_TRIM"))
+	v.event(agentproto.MsgReady)
+	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
+	// is a guest tmpfs, against the 9p rootfs of the pod's containers below.
+	for i := 0; i < 1+n; i++ {
+		var w agentproto.Warmup
+		v.mustCall(agentproto.MsgWarmup, nil, &w)
+		t.Logf("warm-up container: created in %d ms, gone after %d ms", w.CreateMillis, w.TotalMillis)
+	}
+	v.startPod("steps")
+
+	for i := 0; i < n; i++ {
+		id := "c" + strconv.Itoa(i)
+		runToExit(t, v, id, spec, rootfs)
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
+	}
+	sleeper := *spec
+	sp := *spec.Process
+	sp.Args = []string{"sleep", "1000"}
+	sleeper.Process = &sp
+	if _, _, err := v.newContainer("s", &sleeper, rootfs, true); err != nil {
+		t.Fatalf("NEWCONTAINER s: %v", err)
+	}
+	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "s"}, nil)
+	for i := 0; i < n; i++ {
+		id := "e" + strconv.Itoa(i)
+		hp, err := v.exec("s", id, execProcess(spec, "true"), 0, 0)
+		if err != nil {
+			t.Fatalf("EXECCMD %s: %v", id, err)
+		}
+		v.output(hp.stdout)
+		if e := v.exitOf("s", id); e.ExitCode != 0 || e.Error != "" {
+			t.Fatalf("exec %s: %+v", id, e)
+		}
+	}
+	out := runToExit(t, v, "floor", floorSpec, floorRootfs)
+	destroy(t, v)
+	traces := map[string][]string{}
+	v.mu.Lock()
+	for _, l := range v.console {
+		if i := strings.Index(l.text, "TRACE "); i >= 0 {
+			line := l.text[i+len("TRACE "):]
+			op, _, _ := strings.Cut(line, ":")
+			traces[op] = append(traces[op], line)
+			if testing.Verbose() && os.Getenv("RUNV_STEPS_RAW") != "" {
+				t.Log(line)
+			}
+		}
+	}
+	v.mu.Unlock()
+	// The first of each is the cold one (the first WARMUP's container, the first
+	// container of the pod): left out of the medians, shown on its own.
+	for _, op := range []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
+		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
+	}
+	t.Logf("floors:\n%s", out)
+	if !strings.Contains(out, "FLOOR pivot_root") {
+		t.Errorf("guestfloor did not finish: %q", out)
+	}
+	// With jiffies every figure above is a multiple of 4 ms and guest time runs slow
+	// (hypervisor/qemu: tsc=reliable).
+	if !strings.Contains(out, "clocksource: tsc") {
+		t.Errorf("the guest's clocksource is not the TSC: %q", out)
+	}
+}
+
+// runToExit creates and starts a container and returns its output once its init exited 0.
+func runToExit(t *testing.T, v *testVM, id string, spec *specs.Spec, rootfs string) string {
+	t.Helper()
+	hp, _, err := v.newContainer(id, spec, rootfs, true)
+	if err != nil {
+		t.Fatalf("NEWCONTAINER %s: %v", id, err)
+	}
+	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: id}, nil)
+	out := v.output(hp.stdout)
+	errout := v.output(hp.errout)
+	if e := v.exitOf(id, agentproto.InitProcessID); e.ExitCode != 0 || e.Error != "" {
+		t.Fatalf("container %s: exit %+v, stdout %q, stderr %q", id, e, out, errout)
+	}
+	return out
+}
+
+// privileged gives a spec every capability and no seccomp, masked or read-only paths, as
+// `docker run --privileged` does: guestfloor mounts, unshares and pivots.
+func privileged(s *specs.Spec) {
+	var all []string
+	for _, c := range capability.ListKnown() {
+		all = append(all, "CAP_"+strings.ToUpper(c.String()))
+	}
+	caps := s.Process.Capabilities
+	caps.Bounding, caps.Effective, caps.Permitted = all, all, all
+	s.Linux.Seccomp = nil
+	s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+	s.Root.Readonly = false
+}
+
+// traceSegments are the steps of docs/performance.md's breakdown: each ends at the first
+// trace mark containing its marker (after the previous step's mark).
+var traceSegments = map[string][][2]string{
+	"NEWCONTAINER": {
+		{"decode, spec adjustments, sysctls, specconv, libcontainer.Create (state dir, cgroup manager)", "libcontainer.Create"},
+		{"stdio streams, exeseal (read-only overlay of the agent binary)", "runc exeseal: using /proc/self/exe clone"},
+		{"fork+exec of the agent binary as runc init, until nsexec's constructor", "=> nsexec container setup"},
+		{"parent: cgroup Apply (mkdir, cgroup.procs), bootstrap data; child waits", "~> nsexec stage-0"},
+		{"nsexec stages 0-1-2 (clone, unshare of the namespaces)", "booting up go runtime"},
+		{"Go runtime start and package inits of runc init", "child process in init()"},
+		{"rootfs: mounts, /dev, devices, up to the hooks sync", "writing sync type:procHooks"},
+		{"hooks/ready/run syncs: parent rlimits, state.json, cgroup Set", "read sync type:procRun"},
+		{"pivot_root, remounts, hostname, caps, seccomp, until the exec fifo wait", "init: about to wait on exec fifo"},
+		{"Start returns, ACK written", "acked"},
+	},
+	"WARMUP": {
+		{"spec, libcontainer.Create", "libcontainer.Create"},
+		{"exeseal", "runc exeseal: using /proc/self/exe clone"},
+		{"fork+exec of the agent binary as runc init", "=> nsexec container setup"},
+		{"parent: cgroup Apply, bootstrap data", "~> nsexec stage-0"},
+		{"nsexec stages", "booting up go runtime"},
+		{"Go runtime start and package inits", "child process in init()"},
+		{"rootfs (a guest tmpfs): mounts, /dev, devices", "writing sync type:procHooks"},
+		{"syncs", "read sync type:procRun"},
+		{"pivot_root .. exec fifo wait", "init: about to wait on exec fifo"},
+		{"exec of the program", "libcontainer run returned"},
+	},
+	"STARTPOD": {
+		{"decode", "decoded"},
+		{"settimeofday", "clock set"},
+		{"entropy (RNDADDENTROPY, reseed)", "entropy added"},
+		{"loopback up (netlink)", "loopback up"},
+		{"hostname, resolv.conf", "hostname, resolv.conf"},
+		{"9p mount of the pod share", "9p share mounted"},
+		{"chmod of the share", "share chmod"},
+	},
+	"STARTCONTAINER": {
+		{"status", "status"},
+		{"exec fifo opened and read (init released)", "exec fifo read"},
+		{"exec of the container's program (from 9p), seen in /proc", "program exec'd"},
+	},
+	"EXECCMD": {
+		{"decode, stdio, exeseal, cgroup fd", "using CLONE_INTO_CGROUP"},
+		{"fork+exec of the agent binary as runc init, until nsexec's constructor", "=> nsexec container setup"},
+		{"nsexec stages with setns into the 4 namespaces", "booting up go runtime"},
+		{"Go runtime start and package inits of runc init", "child process in init()"},
+		{"setns init: ready/run syncs, caps, seccomp, until its exec", "setns_init: about to exec"},
+		{"exec of the program (from 9p), seen in /proc", "program exec'd"},
+		{"ACK written", "acked"},
+	},
+}
+
+// stepTable turns TRACE lines of one operation into per-step durations: the median over
+// all but the first line, and the first line's.
+func stepTable(op string, lines []string) string {
+	segs := traceSegments[op]
+	durs := make([][]float64, len(segs))
+	first := make([]float64, len(segs))
+	for li, line := range lines {
+		_, rest, _ := strings.Cut(line, ": ")
+		prev, si := 0.0, 0
+		for _, mark := range strings.Split(rest, " | ") {
+			at, what, ok := strings.Cut(strings.TrimSpace(mark), " ")
+			ms, err := strconv.ParseFloat(at, 64)
+			if !ok || err != nil || si >= len(segs) || !strings.Contains(what, segs[si][1]) {
+				continue
+			}
+			if li == 0 {
+				first[si] = ms - prev
+			} else {
+				durs[si] = append(durs[si], ms-prev)
+			}
+			prev = ms
+			si++
+		}
+	}
+	var b strings.Builder
+	total, totalFirst := 0.0, 0.0
+	for i, s := range segs {
+		m := median(durs[i])
+		total += m
+		totalFirst += first[i]
+		fmt.Fprintf(&b, "  %7.1f ms [%6.1f]  %s\n", m, first[i], s[0])
+	}
+	fmt.Fprintf(&b, "  %7.1f ms [%6.1f]  sum of the medians [the first]\n", total, totalFirst)
+	return b.String()
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// trimSpec drops parts of the spec named in a comma-separated list, to find what a step's
+// time depends on: masked (masked and read-only paths), sys (the /sys and cgroup mounts),
+// devices (linux.devices and the device cgroup rules), mqueue, pts, shm.
+func trimSpec(t *testing.T, s *specs.Spec, what string) {
+	for _, w := range strings.Split(what, ",") {
+		switch w {
+		case "":
+		case "masked":
+			s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		case "devices":
+			s.Linux.Devices = nil
+			if s.Linux.Resources != nil {
+				s.Linux.Resources.Devices = nil
+			}
+		case "sys", "mqueue", "pts", "shm":
+			dest := map[string][]string{"sys": {"/sys", "/sys/fs/cgroup"}, "mqueue": {"/dev/mqueue"}, "pts": {"/dev/pts"}, "shm": {"/dev/shm"}}[w]
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return slices.Contains(dest, m.Destination) })
+		default:
+			t.Fatalf("RUNV_STEPS_TRIM: unknown %q", w)
+		}
+	}
+}
+
+// addCrun puts the host's crun (with the shared libraries it links) into a rootfs, with
+// two bundles under /crun (rootfs, true, sleep) for guestfloor -crun: crun in the same
+// guest, against libcontainer's figures. RUNV_STEPS_CRUN=1 asks for it.
+func addCrun(t *testing.T, root string) {
+	crun, err := exec.LookPath("crun")
+	if err != nil {
+		t.Fatalf("RUNV_STEPS_CRUN: %v (apt-get install crun)", err)
+	}
+	out, err := exec.Command("ldd", crun).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", crun, err)
+	}
+	files := []string{crun}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, f)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeRootfs(t, filepath.Join(root, "crun/rootfs"))
+	if err := os.WriteFile(filepath.Join(root, "crun/files"), []byte(strings.Join(files, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string][]string{"true": {"true"}, "sleep": {"sleep", "100000"}} {
+		s := specconv.Example()
+		s.Process.Terminal = false
+		s.Process.Args = args
+		s.Version = "1.0.2" // what Debian 12's crun 1.8 knows
+		s.Root.Path = "/crun/rootfs"
+		s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.NetworkNamespace })
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(root, "crun", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,248 @@
+//go:build integration
+
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/hypervisor/qemu/qemutest"
+)
+
+func TestTemplateRefusesBadInput(t *testing.T) {
+	qemutest.RequireVM(t)
+	cfg := vmConfig(t)
+	dir := shmDir(t)
+	snap := hypervisor.Snapshot{Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state")}
+	l := &Launcher{}
+	ctx := context.Background()
+	park := func(context.Context, *hypervisor.Channels) error { return nil }
+
+	bad := cfg
+	bad.KernelParams = []string{"nolapic_timer"}
+	if _, err := l.CreateTemplate(ctx, bad, snap, park); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "nolapic_timer") {
+		t.Errorf("nolapic_timer template: %v", err)
+	}
+	if _, err := l.CreateTemplate(ctx, cfg, snap, nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("template without park: %v", err)
+	}
+	// An existing RAM file is never written into: clones may map it.
+	if err := os.WriteFile(snap.Memory, []byte("in use"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateTemplate(ctx, cfg, snap, park); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("existing memory file: %v", err)
+	}
+	if b, _ := os.ReadFile(snap.Memory); string(b) != "in use" {
+		t.Errorf("existing memory file was modified: %q", b)
+	}
+	// A clone of a template of another size is refused before QEMU is started.
+	if err := os.Truncate(snap.Memory, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(snap.State, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	snap.MachineType, snap.Accel = "microvm", hypervisor.AccelTCG
+	if _, err := l.Clone(ctx, cfg, snap); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "256 MiB") {
+		t.Errorf("clone of another size: %v", err)
+	}
+}
+
+// shmDir is a directory on tmpfs for template files, removed after the test.
+func shmDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/dev/shm", "runv-tmpl-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// pingPark parks the test init: one round trip proves it is up and serving; it waits for
+// the host again once the launcher disconnects.
+func pingPark(ctx context.Context, ch *hypervisor.Channels) error {
+	timeout := 60 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	answer, err := roundTrip(ch.Control, "ping park", timeout)
+	if err != nil {
+		return err
+	}
+	if answer != "pong ping park" {
+		return fmt.Errorf("park: unexpected answer %q", answer)
+	}
+	return nil
+}
+
+// A template is made once; two clones run at the same time, each with its own sockets and
+// share; removing the template's files under a running clone does not disturb it.
+func TestTemplateClones(t *testing.T) {
+	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
+		t.Run(machine, func(t *testing.T) {
+			t.Parallel()
+			cfg := vmConfig(t)
+			cfg.Machine = machine
+			dir := shmDir(t)
+			l := &Launcher{}
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+
+			start := time.Now()
+			snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
+				Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+			}, pingPark)
+			if err != nil {
+				t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
+			}
+			t.Logf("%s: template made in %v: %+v", machine, time.Since(start), snap)
+			if snap.Accel != hypervisor.AccelTCG {
+				t.Errorf("accel %q", snap.Accel)
+			}
+			if machine == hypervisor.MachineQ35 && !strings.HasPrefix(snap.MachineType, "pc-q35-") {
+				t.Errorf("q35 template with unversioned machine type %q", snap.MachineType)
+			}
+			assertGoneDir(t, cfg.Dir)
+			st, err := os.Stat(snap.State)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mem, err := os.Stat(snap.Memory)
+			if err != nil || mem.Size() != 128<<20 {
+				t.Fatalf("memory file: %v, %v", mem, err)
+			}
+			// The RAM stayed out of the state: it is in the memory file.
+			if st.Size() > 4<<20 {
+				t.Errorf("state file is %d bytes: RAM was migrated (x-ignore-shared not in effect?)", st.Size())
+			}
+			t.Logf("%s: state %d bytes", machine, st.Size())
+
+			clones := make([]hypervisor.VM, 2)
+			conns := make([]net.Conn, 2)
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i := range clones {
+				c := vmConfig(t)
+				c.Machine = machine
+				c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
+				if err := os.WriteFile(filepath.Join(c.ShareDir, fmt.Sprintf("clone%d.txt", i)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					begin := time.Now()
+					v, err := l.Clone(ctx, c, snap)
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					clones[i] = v
+					t.Cleanup(func() { v.Kill() })
+					cont := time.Since(begin)
+					ch, err := v.Channels(ctx)
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					t.Cleanup(func() { ch.Close() })
+					conns[i] = ch.Control
+					answer, err := roundTrip(ch.Control, fmt.Sprintf("ping %d", i), 30*time.Second)
+					if err != nil || answer != fmt.Sprintf("pong ping %d", i) {
+						errs[i] = fmt.Errorf("clone %d answered %q, %v (console %s)", i, answer, err, tail(v.ConsoleLog(), 5))
+						return
+					}
+					t.Logf("%s: clone %d: qemu start -> cont %v, -> guest answered %v", machine, i, cont, time.Since(begin))
+				}()
+			}
+			wg.Wait()
+			for _, err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, v := range clones {
+				if !v.Restored() {
+					t.Errorf("clone %d does not report Restored", i)
+				}
+				// Each clone's 9p device is backed by its own share directory.
+				answer, err := roundTrip(conns[i], "share", 30*time.Second)
+				if want := fmt.Sprintf("share clone%d.txt", i); err != nil || answer != want {
+					t.Errorf("clone %d share: %q, %v; want %q", i, answer, err, want)
+				}
+			}
+
+			// Deleting the template under running clones: they map the RAM privately.
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			for i := range clones {
+				answer, err := roundTrip(conns[i], "ping after removal", 30*time.Second)
+				if err != nil || answer != "pong ping after removal" {
+					t.Errorf("clone %d after the template was removed: %q, %v", i, answer, err)
+				}
+			}
+			for i, v := range clones {
+				if err := v.Kill(); err != nil {
+					t.Fatal(err)
+				}
+				assertGone(t, v, filepath.Dir(v.ConsoleLog()))
+				_ = i
+			}
+		})
+	}
+}
+
+// assertGoneDir checks that no QEMU runs for dir and its sockets are removed.
+func assertGoneDir(t *testing.T, dir string) {
+	t.Helper()
+	if pids := qemutest.QEMUsFor(dir); len(pids) > 0 {
+		t.Errorf("qemu still running for %s: %v", dir, pids)
+	}
+	for _, f := range pathsIn(dir).transient() {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+// A clone whose device state does not load fails with QEMU's reason, and leaves nothing.
+func TestCloneBadState(t *testing.T) {
+	cfg := vmConfig(t)
+	dir := shmDir(t)
+	snap := hypervisor.Snapshot{Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+		MachineType: hypervisor.MachineMicroVM, Accel: hypervisor.AccelTCG}
+	if err := os.WriteFile(snap.State, []byte("not a migration stream"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(snap.Memory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(128 << 20)
+	f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, err := (&Launcher{}).Clone(ctx, cfg, snap)
+	if err == nil {
+		v.Kill()
+		t.Fatal("clone of garbage state succeeded")
+	}
+	if !errors.Is(err, hypervisor.ErrVMExited) || !strings.Contains(err.Error(), "wait-incoming") {
+		t.Errorf("error %v: want the wait-incoming step and ErrVMExited", err)
+	}
+	t.Logf("error: %v", err)
+	assertGoneDir(t, cfg.Dir)
+}
