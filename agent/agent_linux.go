@@ -251,6 +251,7 @@ func (a *Agent) register() {
 	d.Handle(agentproto.MsgStats, a.stats)
 	d.Handle(agentproto.MsgUpdateContainer, a.updateContainer)
 	d.Handle(agentproto.MsgOnlineCPUMem, a.onlineCPUMem)
+	d.Handle(agentproto.MsgSetupNetwork, a.setupNetwork)
 	d.Handle(agentproto.MsgWarmup, a.warmup)
 }
 

@@ -81,6 +81,12 @@ func run(n int, agent, crunBundle string) error {
 			return err
 		}
 		ops = append(ops, op{fmt.Sprintf("fork+exec the agent binary, exit in main (tmpfs, %s)", size(a)), func() error { return runCmd(0, a, "runv-warmup-noop") }})
+		// Which package inits the agent binary's start spends its time in.
+		initTrace := exec.Command(a, "runv-warmup-noop")
+		initTrace.Env = []string{"GODEBUG=inittrace=1"}
+		if out, err := initTrace.CombinedOutput(); err == nil {
+			fmt.Printf("%s", slowInits(string(out)))
+		}
 	}
 	mnt := filepath.Join(scratch, "mnt")
 	lower1, lower2 := filepath.Join(scratch, "l1"), filepath.Join(scratch, "l2")
@@ -287,4 +293,28 @@ func crunOps(dir string) ([]op, func(), error) {
 	}
 	exec := op{"crun exec true into a running container", func() error { return crun("exec", "floor-sleeper", "true") }}
 	return []op{run, exec}, stop, nil
+}
+
+// slowInits keeps the lines of a GODEBUG=inittrace=1 report whose package took 0.1 ms or
+// more, and their sum.
+func slowInits(report string) string {
+	var b strings.Builder
+	total := 0.0
+	for _, l := range strings.Split(report, "\n") {
+		// init github.com/x/y @1.2 ms, 0.31 ms clock, 1024 bytes, 12 allocs
+		f := strings.Fields(l)
+		if len(f) < 7 || f[0] != "init" || f[6] != "clock," {
+			continue
+		}
+		var ms float64
+		if _, err := fmt.Sscanf(f[4], "%f", &ms); err != nil {
+			continue
+		}
+		total += ms
+		if ms >= 0.1 {
+			fmt.Fprintf(&b, "INIT %s\n", l)
+		}
+	}
+	fmt.Fprintf(&b, "INIT all package inits of the agent binary: %.2f ms clock\n", total)
+	return b.String()
 }

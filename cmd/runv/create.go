@@ -151,8 +151,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 					p.Kill()
 				}
 			}
-			supervisor.UnmountUnder(podDir)
-			supervisor.RemoveUnmounted(podDir)
+			supervisor.CleanupPodDir(podDir)
 		}
 		h.Remove()
 	}()
