@@ -55,6 +55,9 @@ type Agent struct {
 	// by path join the sandbox's namespace of that type.
 	sandbox    string
 	destroying bool
+	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the
+	// pod ("" if none): STARTPOD keeps it when the pod asks for the same share.
+	shareMounted string
 }
 
 // Main is PID 1. It only returns (with an error) when it is not PID 1, so that running the

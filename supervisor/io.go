@@ -89,6 +89,15 @@ func interruptible(f *os.File) *os.File {
 	return nf
 }
 
+// closeOnError closes the streams if the call that took them fails (*err != nil): a failed
+// Create or Exec releases them at once, and the client reading its end of a pipe sees EOF
+// instead of waiting.
+func (h Stdio) closeOnError(err *error) {
+	if *err != nil {
+		h.Close()
+	}
+}
+
 // Close closes every stream that is set.
 func (h Stdio) Close() {
 	for _, c := range []io.Closer{h.Stdin, h.Stdout, h.Stderr} {
