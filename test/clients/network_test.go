@@ -3,11 +3,14 @@
 package clients
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -231,4 +234,115 @@ func TestPodmanDefaultNetwork(t *testing.T) {
 		x.errorf(w, "the container did not reach the host's server at %s", addr)
 	}
 	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "0", name))
+}
+
+// cniNet is a CNI network as containerd's CRI plugin sets one up for a pod: the test runs
+// the plugins (Debian's containernetworking-plugins: bridge with host-local addresses, then
+// portmap for a hostPort) on a network namespace it made, and the container names that
+// namespace by path.
+type cniNet struct {
+	ns       string // /run/netns/<ns>
+	id       string
+	conf     []map[string]any
+	bridge   *hostBridge
+	hostPort int
+	podIP    string
+}
+
+const cniPluginDir = "/usr/lib/cni"
+
+// newCNINet makes the namespace and runs ADD; DEL, the namespace and the bridge go when the
+// test ends.
+func newCNINet(t *testing.T, hostPort int) *cniNet {
+	t.Helper()
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
+		if _, err := os.Stat(cniPluginDir + "/" + p); err != nil {
+			t.Skipf("CNI plugin %s is not installed (make client-deps: apt-get install containernetworking-plugins): %v", p, err)
+		}
+	}
+	gw := strings.TrimSuffix(bridgeSubnet(3), "/24")
+	n := &cniNet{
+		ns: fmt.Sprintf("rvcni-%d", os.Getpid()), id: fmt.Sprintf("rvcni%d", os.Getpid()), hostPort: hostPort,
+		bridge: &hostBridge{name: fmt.Sprintf("rvcc%d", os.Getpid()%10000), ip: net.ParseIP(gw)},
+	}
+	n.conf = []map[string]any{
+		{"type": "bridge", "bridge": n.bridge.name, "isGateway": true, "ipMasq": false, "ipam": map[string]any{
+			"type": "host-local", "dataDir": filepath.Join(tmp, "cni-ipam"), "routes": []any{map[string]any{"dst": "0.0.0.0/0"}},
+			"ranges": []any{[]any{map[string]any{"subnet": strings.TrimSuffix(gw, ".1") + ".0/24", "gateway": gw}}}}},
+		{"type": "portmap", "capabilities": map[string]bool{"portMappings": true},
+			"runtimeConfig": map[string]any{"portMappings": []any{map[string]any{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"}}}},
+	}
+	if out, err := exec.Command("ip", "netns", "add", n.ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", n.ns, err, out)
+	}
+	t.Cleanup(func() {
+		if err := n.run("DEL"); err != nil {
+			t.Errorf("CNI DEL: %v", err)
+		}
+		exec.Command("ip", "netns", "del", n.ns).Run()
+		n.bridge.remove()
+	})
+	if err := n.run("ADD"); err != nil {
+		t.Fatalf("CNI ADD: %v", err)
+	}
+	return n
+}
+
+// run runs the plugins for command (DEL in reverse order), as libcni does.
+func (n *cniNet) run(command string) error {
+	order := n.conf
+	if command == "DEL" {
+		order = []map[string]any{n.conf[1], n.conf[0]}
+	}
+	var prev json.RawMessage
+	for _, p := range order {
+		conf := map[string]any{"cniVersion": "0.4.0", "name": "rvcni"}
+		for k, v := range p {
+			conf[k] = v
+		}
+		if prev != nil {
+			conf["prevResult"] = prev
+		}
+		in, _ := json.Marshal(conf)
+		cmd := exec.Command(cniPluginDir + "/" + p["type"].(string))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+n.id, "CNI_NETNS=/run/netns/"+n.ns,
+			"CNI_IFNAME=eth0", "CNI_PATH="+cniPluginDir)
+		cmd.Stdin = strings.NewReader(string(in))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("%s %s: %v: %s%s", p["type"], command, err, out, stderr.String())
+		}
+		if command == "ADD" {
+			prev = out
+			var res struct {
+				IPs []struct {
+					Address string `json:"address"`
+				} `json:"ips"`
+			}
+			if json.Unmarshal(out, &res) == nil && len(res.IPs) > 0 {
+				n.podIP = strings.Split(res.IPs[0].Address, "/")[0]
+			}
+		}
+	}
+	return nil
+}
+
+// TestContainerdCNI: containerd (ctr, runc shim with runv) runs a busybox httpd in a network
+// namespace set up with CNI's bridge and portmap plugins, as containerd's CRI plugin does
+// for a pod: it answers at the pod's address and at the hostPort on the host.
+func TestContainerdCNI(t *testing.T) {
+	c, x, id := newCtrTest(t)
+	n := newCNINet(t, freePort(t))
+	r := x.must(c.ctr(t, cmdOpts{}, append([]string{"run", "-d", "--runc-binary", runtimePath, "--with-ns", "network:/run/netns/" + n.ns, img.Qualified, id}, httpd...)...))
+	checkServes(x, r, "http://"+n.podIP+"/etc/passwd")
+	checkServes(x, r, fmt.Sprintf("http://%s:%d/etc/passwd", n.bridge.ip, n.hostPort))
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+	waitFor(30*time.Second, func() bool {
+		out, _ := c.ctrQuiet("tasks", "ls")
+		return !strings.Contains(out, id+" ") || strings.Contains(out, "STOPPED")
+	})
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
 }
