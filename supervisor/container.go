@@ -68,17 +68,13 @@ type CreateRequest struct {
 	ID     string
 	Bundle string
 	Spec   *specs.Spec
-	Stdio  StdioRequest
-	Rows   uint16
-	Cols   uint16
+	// Stdio is the init process's host streams; the supervisor owns them from here on,
+	// also when Create fails.
+	Stdio Stdio
+	Rows  uint16
+	Cols  uint16
 	// Sandbox is the pod container whose namespaces this one joins ("": none).
 	Sandbox string
-}
-
-// StdioRequest names the descriptors a client parked with the fdpass server.
-type StdioRequest struct {
-	Token                          string
-	HasStdin, HasStdout, HasStderr bool
 }
 
 func (s *Supervisor) lookup(id string) (*container, error) {
@@ -93,8 +89,10 @@ func (s *Supervisor) lookup(id string) (*container, error) {
 
 // Create creates a container: shares its rootfs with the guest and has the agent create it,
 // with its init process waiting to be started.
-func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error) {
+func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, err error) {
 	ctx = logging.With(ctx, "container", req.ID)
+	files := req.Stdio
+	defer files.closeOnError(&err)
 	if err := state.ValidateID(req.ID); err != nil {
 		return 0, err
 	}
@@ -104,24 +102,18 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error)
 	if _, err := network.NamespaceOf(req.Spec); err != nil {
 		return 0, fmt.Errorf("container %q: %w", req.ID, err)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
 	c := &container{id: req.ID, bundle: req.Bundle, created: time.Now(), status: state.StatusCreating, processes: map[string]*process{}}
 	s.mu.Lock()
 	if _, dup := s.containers[req.ID]; dup {
 		s.mu.Unlock()
-		files.close()
 		return 0, fmt.Errorf("container %q already exists in pod %s: %w", req.ID, s.cfg.PodID, errdefs.ErrAlreadyExists)
 	}
 	s.containers[req.ID] = c
 	s.everHad = true
 	s.mu.Unlock()
 
-	pid, err := s.create(ctx, c, req, files)
+	pid, err = s.create(ctx, c, req, files)
 	if err != nil {
-		files.close()
 		s.mu.Lock()
 		delete(s.containers, req.ID)
 		s.mu.Unlock()
@@ -132,7 +124,7 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error)
 	return pid, nil
 }
 
-func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files *hostStdio) (int, error) {
+func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files Stdio) (int, error) {
 	if err := s.waitReady(ctx); err != nil {
 		return 0, err
 	}
@@ -189,9 +181,9 @@ func (s *Supervisor) sandboxPid(id, sandbox string) (int, error) {
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that
 // creates it, and arranges for its exit to be recorded once its output has been delivered.
-func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, args []string, files *hostStdio, terminal bool,
+func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, args []string, files Stdio, terminal bool,
 	command func(agentproto.Stdio) (agentproto.MsgType, any)) (*process, agentproto.ProcessStarted, error) {
-	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.stdin == nil}
+	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.Stdin == nil}
 	if !terminal {
 		io.Stderr = s.agent.NextSeq()
 	}
@@ -266,13 +258,16 @@ type ExecRequest struct {
 	ID      string
 	Process string
 	Spec    *specs.Process
-	Stdio   StdioRequest
-	Rows    uint16
-	Cols    uint16
+	// Stdio is the process's host streams; the supervisor owns them from here on.
+	Stdio Stdio
+	Rows  uint16
+	Cols  uint16
 }
 
 // Exec starts an additional process.
-func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
+func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err error) {
+	files := req.Stdio
+	defer files.closeOnError(&err)
 	c, err := s.lookup(req.ID)
 	if err != nil {
 		return 0, err
@@ -292,15 +287,10 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	default:
 		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
 	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
 	})
 	if err != nil {
-		files.close()
 		return 0, err
 	}
 	return started.Pid, nil

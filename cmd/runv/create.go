@@ -141,14 +141,17 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		if pod != nil {
 			pod.Close()
 		}
-		if startedDaemon {
-			// A pod made for this container goes with it.
-			if p, _ := os.FindProcess(daemon.Pid); p != nil {
-				p.Signal(os.Interrupt)
-			}
-			if werr := waitGone(daemon, 15*time.Second); werr != nil {
+		if member == nil {
+			// A pod made for this container goes with it, also when its daemon never
+			// started (startDaemon made the directory).
+			if startedDaemon {
 				if p, _ := os.FindProcess(daemon.Pid); p != nil {
-					p.Kill()
+					p.Signal(os.Interrupt)
+				}
+				if werr := waitGone(daemon, 15*time.Second); werr != nil {
+					if p, _ := os.FindProcess(daemon.Pid); p != nil {
+						p.Kill()
+					}
 				}
 			}
 			supervisor.CleanupPodDir(podDir)
