@@ -325,7 +325,18 @@ func (s *Supervisor) Signal(ctx context.Context, id, proc string, sig int, all b
 		return fmt.Errorf("process %q of container %q is not running: %w", proc, id, errdefs.ErrFailedPrecondition)
 	default:
 	}
-	return s.agent.Call(ctx, agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: id, Process: proc, Signal: sig, All: all}, nil)
+	if err := s.agent.Call(ctx, agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: id, Process: proc, Signal: sig, All: all}, nil); err != nil {
+		select {
+		case <-s.agent.Done():
+			// The VM is gone and every process with it; their ends are being recorded
+			// (watchVM). Not an error of the caller's: `delete --force` right after a
+			// guest crash goes on to wait for the end.
+			return fmt.Errorf("container %q is not running: its VM exited: %w", id, errdefs.ErrFailedPrecondition)
+		default:
+		}
+		return err
+	}
+	return nil
 }
 
 // Wait blocks until the process exited and its output was delivered.

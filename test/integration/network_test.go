@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,16 +41,17 @@ type podNet struct {
 
 func (n podNet) path() string { return "/run/netns/" + n.name }
 
-var netSeq int
+// netSeq numbers the namespaces of the suite (tests make them in parallel).
+var netSeq atomic.Int32
 
 // newPodNet makes the namespace; with veth false it holds loopback only. It is deleted
 // (and the peer with it) when the test ends.
 func newPodNet(t *testing.T, veth bool) podNet {
 	t.Helper()
-	netSeq++
-	i := os.Getpid()%200 + netSeq
+	seq := int(netSeq.Add(1))
+	i := (os.Getpid()+seq)%250 + 1
 	n := podNet{
-		name: fmt.Sprintf("rvit-%d-%d", os.Getpid(), netSeq), hostIf: fmt.Sprintf("rvit%d", i),
+		name: fmt.Sprintf("rvit-%d-%d", os.Getpid(), seq), hostIf: fmt.Sprintf("rvit%d", i),
 		hostV4: fmt.Sprintf("10.231.%d.1", i), podV4: fmt.Sprintf("10.231.%d.2", i),
 		hostV6: fmt.Sprintf("fd31:0:0:%x::1", i), podV6: fmt.Sprintf("fd31:0:0:%x::2", i), mtu: 1400,
 	}
@@ -342,4 +344,40 @@ func TestNetworkHostRefused(t *testing.T) {
 		t.Fatalf("want a refusal that names the host's network, got %s", res)
 	}
 	assertEmptyRoot(t, r)
+}
+
+// More interfaces than the VM has NICs: the start is refused with an error naming the
+// interface left over, and nothing of runv's stays in the namespace.
+func TestNetworkTooManyInterfacesRefused(t *testing.T) {
+	r := shortRoot(t)
+	n := newPodNet(t, true)
+	ns, err := netns.GetFromPath(n.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	for i := 1; i <= 2; i++ {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = fmt.Sprintf("rvx%d-%d", os.Getpid()%10000, i)
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: fmt.Sprintf("eth%d", i), PeerNamespace: netlink.NsFd(ns)}); err != nil {
+			t.Fatal(err)
+		}
+		name := attrs.Name
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(name); err == nil {
+				netlink.LinkDel(l)
+			}
+		})
+	}
+	before := n.snapshot(t)
+	id := newID(t)
+	res := runvIn(t, r, nil, "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+	if res.code == 0 || !strings.Contains(res.stderr, "eth2") || !strings.Contains(res.stderr, "network devices") {
+		t.Fatalf("want a refusal naming eth2 and the VM's network devices, got %s", res)
+	}
+	runvIn(t, r, nil, "delete", "--force", id)
+	assertEmptyRoot(t, r)
+	if after := n.snapshot(t); after != before {
+		t.Errorf("the refused start left something in the namespace:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }
