@@ -51,7 +51,7 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
-	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols, Sandbox: r.Sandbox})
+	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
 	if err != nil {
 		logging.G(ctx).Error("create", "container", r.Id, "error", err)
 		return nil, errgrpc.ToGRPC(err)

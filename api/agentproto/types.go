@@ -50,13 +50,17 @@ type Container struct {
 	Rootfs string `json:"rootfs"`
 	// Spec is the OCI runtime spec as given in the bundle. Root.Path and bind-mount sources are
 	// rewritten by the host to paths relative to the share; hooks are stripped (they run on
-	// the host).
+	// the host), and so are namespace paths (see SharePID).
 	Spec *specs.Spec `json:"spec"`
 	// IO is the init process's stdio.
 	IO Stdio `json:"io"`
 	// ConsoleRows/Cols size the terminal when Spec.Process.Terminal is set.
 	ConsoleRows uint16 `json:"consoleRows,omitempty"`
 	ConsoleCols uint16 `json:"consoleCols,omitempty"`
+	// SharePID asks for the PID namespace of the pod's sandbox: the spec named a PID
+	// namespace by path (Kubernetes' shareProcessNamespace, --pid=container:X). The host
+	// sends no namespace paths; the agent decides every namespace in the guest.
+	SharePID bool `json:"sharePid,omitempty"`
 }
 
 // ExecProcess is MsgExecCmd's payload: run an additional process in a running container.

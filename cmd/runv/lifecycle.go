@@ -181,9 +181,6 @@ var killCommand = &cli.Command{
 			return fmt.Errorf("kill needs a container id and an optional signal; usage: runv kill [--all] <container-id> [signal]")
 		}
 		id := c.Args().Get(0)
-		if err := state.ValidateID(id); err != nil {
-			return err
-		}
 		sig := unix.SIGTERM
 		if c.NArg() == 2 {
 			var err error
