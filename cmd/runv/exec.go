@@ -181,10 +181,11 @@ func (x *execution) close() {
 // startExec starts process p in the container, in named steps, and gives it its stand-in:
 // a shim when detached, this process in the foreground. If a step fails, what the earlier
 // ones made is undone, latest first, the process in the VM killed if it was started.
-func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.Process, o execOptions) (x *execution, err error) {
+func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.Process, o execOptions) (_ *execution, err error) {
 	var undo cleanups
 	defer undo.run(&err)
-	x = &execution{}
+	// Not the named result: the cleanups must see what was made, also once a return cleared it.
+	x := &execution{}
 	if x.term, err = prepareTerminal(p, o.detach, o.consoleSocket); err != nil {
 		return nil, err
 	}
