@@ -41,10 +41,13 @@ type podState struct {
 // clock, entropy and the share. Clones inherit a stale clock and their template's RNG
 // state, which is why the time and entropy come from the host here.
 func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
+	tr := a.trace.begin("STARTPOD")
+	defer a.trace.end(tr, a.log)
 	var p agentproto.Pod
 	if err := req.Decode(&p); err != nil {
 		return nil, err
 	}
+	tr.mark("decoded")
 	if p.ID == "" {
 		return nil, errorf(agentproto.KindInvalid, "STARTPOD without a pod id")
 	}
@@ -58,7 +61,7 @@ func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	a.pod = &podState{id: p.ID}
 	a.mu.Unlock()
 
-	st, err := a.applyPod(p)
+	st, err := a.applyPod(p, tr)
 	if err != nil {
 		a.mu.Lock()
 		a.pod = nil
@@ -73,7 +76,7 @@ func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	return nil, nil
 }
 
-func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
+func (a *Agent) applyPod(p agentproto.Pod, tr *stepTrace) (*podState, error) {
 	st := &podState{id: p.ID, shareTag: p.ShareTag}
 	if st.shareTag == "" {
 		st.shareTag = agentproto.ShareTag
@@ -84,14 +87,17 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 			return nil, fmt.Errorf("set the clock: %w", err)
 		}
 	}
+	tr.mark("clock set")
 	if len(p.Entropy) > 0 {
 		if err := addEntropy(p.Entropy); err != nil {
 			return nil, err
 		}
 	}
+	tr.mark("entropy added")
 	if err := loopbackUp(); err != nil {
 		return nil, err
 	}
+	tr.mark("loopback up")
 	if p.Hostname != "" {
 		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
 			return nil, withKind(agentproto.KindInvalid, fmt.Errorf("set hostname %q: %w", p.Hostname, err))
@@ -103,12 +109,57 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 		}
 		st.resolvConf = podResolvConf
 	}
+	tr.mark("hostname, resolv.conf")
+	if err := a.mountShare(st.shareTag); err != nil {
+		return nil, err
+	}
+	tr.mark("9p share mounted")
+	return st, nil
+}
+
+// mountShareAhead mounts the share for WARMUP, before any pod (pooled VMs).
+func (a *Agent) mountShareAhead(tag string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pod != nil {
+		return errorf(agentproto.KindState, "WARMUP: the pod is starting: the share is STARTPOD's")
+	}
+	if a.shareMounted == tag {
+		return nil
+	}
+	if err := a.mountShareLocked(tag); err != nil {
+		return err
+	}
+	a.log.Infof("share %s mounted ahead of the pod", tag)
+	return nil
+}
+
+// mountShare mounts the pod's share at SharePath for STARTPOD, unless WARMUP mounted the
+// same share already.
+func (a *Agent) mountShare(tag string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mountShareLocked(tag)
+}
+
+func (a *Agent) mountShareLocked(tag string) error {
+	switch a.shareMounted {
+	case tag:
+		return nil
+	case "":
+	default:
+		if err := unix.Unmount(agentproto.SharePath, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount the share %q mounted ahead on %s: %w", a.shareMounted, agentproto.SharePath, err)
+		}
+		a.shareMounted = ""
+	}
 	if err := os.MkdirAll(agentproto.SharePath, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", agentproto.SharePath, err)
+		return fmt.Errorf("create %s: %w", agentproto.SharePath, err)
 	}
-	if err := unix.Mount(st.shareTag, agentproto.SharePath, "9p", 0, shareMountOptions); err != nil {
-		return nil, fmt.Errorf("mount 9p share %q on %s: %w", st.shareTag, agentproto.SharePath, err)
+	if err := unix.Mount(tag, agentproto.SharePath, "9p", 0, shareMountOptions); err != nil {
+		return fmt.Errorf("mount 9p share %q on %s: %w", tag, agentproto.SharePath, err)
 	}
+	a.shareMounted = tag
 	// The share's root is the host's pod share directory, private there (0700). A container
 	// in a user namespace prepares its root as its own (mapped) root user, who must be able
 	// to reach <share>/<id>/rootfs: let anyone traverse the share's root, not list it (the
@@ -116,7 +167,7 @@ func (a *Agent) applyPod(p agentproto.Pod) (*podState, error) {
 	if err := os.Chmod(agentproto.SharePath, 0o711); err != nil {
 		a.log.Errorf("chmod %s: %v", agentproto.SharePath, err)
 	}
-	return st, nil
+	return nil
 }
 
 // addEntropy mixes b into the kernel RNG and credits it (RNDADDENTROPY), then forces the
@@ -171,6 +222,7 @@ func (a *Agent) destroyPod(ctx context.Context, req *Request) (any, error) {
 		ctrs = append(ctrs, c)
 	}
 	pod := a.pod
+	shareMounted := a.shareMounted != ""
 	a.mu.Unlock()
 	a.log.Infof("destroying the pod (%d containers)", len(ctrs))
 
@@ -193,7 +245,7 @@ func (a *Agent) destroyPod(ctx context.Context, req *Request) (any, error) {
 			c.log.Errorf("destroy: %v", err)
 		}
 	}
-	if pod != nil {
+	if pod != nil || shareMounted {
 		if err := unix.Unmount(agentproto.SharePath, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 			a.log.Errorf("unmount %s: %v (detaching)", agentproto.SharePath, err)
 			_ = unix.Unmount(agentproto.SharePath, unix.MNT_DETACH)

@@ -3,6 +3,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/moby/sys/capability"
+	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -50,13 +52,19 @@ func TestVMContainerSteps(t *testing.T) {
 		floorSpec.Process.Args = append(floorSpec.Process.Args, "-agent", "/agent")
 	}
 	privileged(floorSpec)
+	if os.Getenv("RUNV_STEPS_CRUN") != "" {
+		addCrun(t, filepath.Join(v.share, floorRootfs))
+		floorSpec.Process.Args = append(floorSpec.Process.Args, "-crun", "/crun")
+	}
 	rootfs, spec := v.busyboxContainer("c", "true")
+	trimSpec(t, spec, os.Getenv("RUNV_STEPS_TRIM"))
 	v.event(agentproto.MsgReady)
 	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
 	// is a guest tmpfs, against the 9p rootfs of the pod's containers below.
 	for i := 0; i < 1+n; i++ {
 		var w agentproto.Warmup
-		v.mustCall(agentproto.MsgWarmup, nil, &w)
+		// As the pool's holder does: the share is mounted ahead of the pod.
+		v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}, &w)
 		t.Logf("warm-up container: created in %d ms, gone after %d ms", w.CreateMillis, w.TotalMillis)
 	}
 	v.startPod("steps")
@@ -102,7 +110,7 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	for _, op := range []string{"WARMUP", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
+	for _, op := range []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
 		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
 	}
 	t.Logf("floors:\n%s", out)
@@ -173,6 +181,14 @@ var traceSegments = map[string][][2]string{
 		{"pivot_root .. exec fifo wait", "init: about to wait on exec fifo"},
 		{"exec of the program", "libcontainer run returned"},
 	},
+	"STARTPOD": {
+		{"decode", "decoded"},
+		{"settimeofday", "clock set"},
+		{"entropy (RNDADDENTROPY, reseed)", "entropy added"},
+		{"loopback up (netlink)", "loopback up"},
+		{"hostname, resolv.conf", "hostname, resolv.conf"},
+		{"9p mount of the pod share and chmod of its root (none: mounted by WARMUP)", "9p share mounted"},
+	},
 	"STARTCONTAINER": {
 		{"status", "status"},
 		{"exec fifo opened and read (init released)", "exec fifo read"},
@@ -232,4 +248,83 @@ func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// trimSpec drops parts of the spec named in a comma-separated list, to find what a step's
+// time depends on: masked (masked and read-only paths), sys (the /sys and cgroup mounts),
+// devices (linux.devices and the device cgroup rules), mqueue, pts, shm.
+func trimSpec(t *testing.T, s *specs.Spec, what string) {
+	for _, w := range strings.Split(what, ",") {
+		switch w {
+		case "":
+		case "masked":
+			s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		case "devices":
+			s.Linux.Devices = nil
+			if s.Linux.Resources != nil {
+				s.Linux.Resources.Devices = nil
+			}
+		case "sys", "mqueue", "pts", "shm":
+			dest := map[string][]string{"sys": {"/sys", "/sys/fs/cgroup"}, "mqueue": {"/dev/mqueue"}, "pts": {"/dev/pts"}, "shm": {"/dev/shm"}}[w]
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return slices.Contains(dest, m.Destination) })
+		default:
+			t.Fatalf("RUNV_STEPS_TRIM: unknown %q", w)
+		}
+	}
+}
+
+// addCrun puts the host's crun (with the shared libraries it links) into a rootfs, with
+// two bundles under /crun (rootfs, true, sleep) for guestfloor -crun: crun in the same
+// guest, against libcontainer's figures. RUNV_STEPS_CRUN=1 asks for it.
+func addCrun(t *testing.T, root string) {
+	crun, err := exec.LookPath("crun")
+	if err != nil {
+		t.Fatalf("RUNV_STEPS_CRUN: %v (apt-get install crun)", err)
+	}
+	out, err := exec.Command("ldd", crun).Output()
+	if err != nil {
+		t.Fatalf("ldd %s: %v", crun, err)
+	}
+	files := []string{crun}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, f)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeRootfs(t, filepath.Join(root, "crun/rootfs"))
+	if err := os.WriteFile(filepath.Join(root, "crun/files"), []byte(strings.Join(files, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string][]string{"true": {"true"}, "sleep": {"sleep", "100000"}} {
+		s := specconv.Example()
+		s.Process.Terminal = false
+		s.Process.Args = args
+		s.Version = "1.0.2" // what Debian 12's crun 1.8 knows
+		s.Root.Path = "/crun/rootfs"
+		s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.NetworkNamespace })
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(root, "crun", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

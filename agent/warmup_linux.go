@@ -35,7 +35,13 @@ const (
 // translates the kernel's and the agent's code as it first runs; a pooled VM warmed this
 // way hands that cost to nobody. It is only allowed before STARTPOD: the container runs
 // outside any pod, and a pod's containers must not see it.
-func (a *Agent) warmup(context.Context, *Request) (any, error) {
+func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
+	var wr agentproto.WarmupRequest
+	if len(req.Frame.Data) > 0 && string(req.Frame.Data) != "null" {
+		if err := req.Decode(&wr); err != nil {
+			return nil, err
+		}
+	}
 	a.mu.Lock()
 	switch {
 	case a.pod != nil:
@@ -113,6 +119,11 @@ func (a *Agent) warmup(context.Context, *Request) (any, error) {
 	}
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
 	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	if wr.ShareTag != "" {
+		if err := a.mountShareAhead(wr.ShareTag); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
 }
 

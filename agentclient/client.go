@@ -230,7 +230,7 @@ func (c *Client) Handshake(ctx context.Context) (agentproto.VersionInfo, error) 
 var hostCommands = map[agentproto.MsgType]bool{
 	agentproto.MsgGetVersion: true, agentproto.MsgStartPod: true, agentproto.MsgDestroyPod: true,
 	agentproto.MsgExecCmd: true, agentproto.MsgWinSize: true, agentproto.MsgPing: true,
-	agentproto.MsgNewContainer: true, agentproto.MsgOnlineCPUMem: true,
+	agentproto.MsgNewContainer: true, agentproto.MsgOnlineCPUMem: true, agentproto.MsgSetupNetwork: true,
 	agentproto.MsgRemoveContainer: true, agentproto.MsgSignalProcess: true,
 	agentproto.MsgStartContainer: true, agentproto.MsgPauseContainer: true,
 	agentproto.MsgResumeContainer: true, agentproto.MsgListProcesses: true,

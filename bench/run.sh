@@ -185,10 +185,13 @@ for kind in $KINDS; do
 	else
 		echo "$kind: failed: $(tail -2 "$work/run-$kind.txt")"
 	fi
-	if [ "$kind" = cache ] && [ -n "${run_med[cache]:-}" ]; then
-		pool_full cache
-		"$bt" repeat -n "$N" -label "runv run true [cache, back to back]" -- \
-			"$RUNV" --root "$work/root-cache" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1
+	# Back to back: refills of direct boots against refills of template clones.
+	if { [ "$kind" = cache ] || [ "$kind" = cache-template ]; } && [ -n "${run_med[$kind]:-}" ]; then
+		pool_full "$kind"
+		"$bt" repeat -n "$N" -label "runv run true [$kind, back to back]" -- \
+			"$RUNV" --root "$work/root-$kind" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1 |
+			tee "$work/b2b-$kind.txt"
+		echo "  median = $(ratio "$(median <"$work/b2b-$kind.txt")" "${run_med[$kind]}") the pooled single pod"
 	fi
 	# Its pool would compete with what follows for the CPUs.
 	case $kind in cache*) stop_factory ;; esac

@@ -492,3 +492,11 @@ func (v *CachedVM) Restored() bool { return v.VM.Restored() }
 
 // Unwrap returns the VM the pool held.
 func (v *CachedVM) Unwrap() hypervisor.VM { return v.VM }
+
+// NICs passes on the pooled VM's network devices (hypervisor.NetworkDevices).
+func (v *CachedVM) NICs() []hypervisor.NIC {
+	if n, ok := v.VM.(hypervisor.NetworkDevices); ok {
+		return n.NICs()
+	}
+	return nil
+}

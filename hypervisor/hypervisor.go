@@ -106,6 +106,25 @@ type VM interface {
 	Grown() bool
 }
 
+// NIC is a network device a VM was booted with. VMs boot before their pod's network is
+// known (factories boot them ahead), so every VM has a few; the host end of each is a tap
+// that waits in a namespace of the VM's own (NetNS) until the network package moves it into
+// the pod's network namespace and mirrors an interface onto it.
+type NIC struct {
+	// Slot is the device's index: the guest finds it by its permanent MAC,
+	// agentproto.NICSlotMAC(Slot).
+	Slot int
+	// Tap is the name of the tap device backing it, in NetNS until moved.
+	Tap string
+	// NetNS is a path to the network namespace the tap was created in (QEMU's own).
+	NetNS string
+}
+
+// NetworkDevices is implemented by VMs booted with NICs.
+type NetworkDevices interface {
+	NICs() []NIC
+}
+
 // Hotplugger adds CPUs and memory to a running VM (q35 only).
 type Hotplugger interface {
 	HotplugCPUs(ctx context.Context, total int) error

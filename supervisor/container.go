@@ -17,6 +17,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 )
 
 // container is one container of the pod, as the daemon sees it.
@@ -98,6 +99,9 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error)
 	}
 	if req.Spec == nil || req.Spec.Process == nil {
 		return 0, fmt.Errorf("container %q: config.json has no process: %w", req.ID, errdefs.ErrInvalidArgument)
+	}
+	if _, err := network.NamespaceOf(req.Spec); err != nil {
+		return 0, fmt.Errorf("container %q: %w", req.ID, err)
 	}
 	files, err := s.takeStdio(req.Stdio)
 	if err != nil {

@@ -63,6 +63,10 @@ func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi
 	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Start(ctx, r.Id))
 }
 
+func (g *server) ConnectNetwork(ctx context.Context, r *podapi.NetworkRequest) (*podapi.Empty, error) {
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.ConnectNetwork(ctx, r.Netns))
+}
+
 func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecResponse, error) {
 	var p specs.Process
 	if err := json.Unmarshal(r.ProcessSpec, &p); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/oci"
 )
 
@@ -82,6 +83,12 @@ type Supervisor struct {
 	vm        hypervisor.VM
 	agent     guestAgent
 	bootDur   time.Duration
+
+	// netMu guards the pod's network: net mirrors its namespace (nil until
+	// ConnectNetwork), netSent is what the guest was last told.
+	netMu   sync.Mutex
+	net     *network.Pod
+	netSent agentproto.Network
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -312,6 +319,10 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			c.markStopped(agentproto.ProcessExit{ExitCode: 137, Signal: 9, Error: "pod stopped"})
 		}
 		s.mu.Unlock()
+		// After the VM: its taps went with QEMU, what is left is runv's filters and qdiscs.
+		if err := s.closeNetwork(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := UnmountUnder(s.share); err != nil {
 			errs = append(errs, err)
 		}

@@ -189,7 +189,7 @@ func newRequest(t *testing.T, id string) CreateRequest {
 		Process: &specs.Process{Args: []string{"sleep", "1000"}, Cwd: "/"},
 		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
 			{Type: specs.PIDNamespace, Path: "/proc/4242/ns/pid"}, {Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
-			{Type: specs.MountNamespace},
+			{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
 		}},
 	}}
 }
@@ -278,7 +278,7 @@ func TestCreateSendsNoNamespacePaths(t *testing.T) {
 			t.Errorf("namespace %s sent with path %s", ns.Type, ns.Path)
 		}
 	}
-	if !sent.SharePID || len(sent.Spec.Linux.Namespaces) != 3 {
+	if !sent.SharePID || len(sent.Spec.Linux.Namespaces) != 4 {
 		t.Errorf("sent %+v, SharePID %v", sent.Spec.Linux.Namespaces, sent.SharePID)
 	}
 	if after, _ := json.Marshal(req.Spec); string(after) != string(before) {

@@ -12,7 +12,8 @@ import (
 // agent that answers GetVersion with anything else.
 //
 // 2: ProcessList.Processes (optional command lines for `runv ps`).
-const Version = 2
+// 3: SETUPNETWORK (the pod's interfaces, routes and neighbours).
+const Version = 3
 
 // Port names the agent looks up under /sys/class/virtio-ports/*/name.
 const (
@@ -60,6 +61,7 @@ const (
 	MsgPing            MsgType = 12 // h→g
 	MsgNewContainer    MsgType = 17 // h→g, Container, reply ProcessStarted (container created, not started)
 	MsgOnlineCPUMem    MsgType = 19 // h→g, online hot-plugged CPUs and memory
+	MsgSetupNetwork    MsgType = 20 // h→g, Network: the pod's whole network configuration
 	MsgRemoveContainer MsgType = 22 // h→g, ContainerRef
 	MsgProcessExit     MsgType = 23 // g→h event, ProcessExit (after the process's output reached EOF)
 	MsgSignalProcess   MsgType = 24 // h→g, SignalProcess
@@ -80,7 +82,7 @@ var msgNames = map[MsgType]string{
 	MsgGetVersion: "GETVERSION", MsgStartPod: "STARTPOD", MsgDestroyPod: "DESTROYPOD",
 	MsgExecCmd: "EXECCMD", MsgReady: "READY", MsgAck: "ACK", MsgError: "ERROR",
 	MsgWinSize: "WINSIZE", MsgPing: "PING", MsgNewContainer: "NEWCONTAINER",
-	MsgOnlineCPUMem: "ONLINECPUMEM", MsgRemoveContainer: "REMOVECONTAINER",
+	MsgOnlineCPUMem: "ONLINECPUMEM", MsgSetupNetwork: "SETUPNETWORK", MsgRemoveContainer: "REMOVECONTAINER",
 	MsgProcessExit: "PROCESSEXIT", MsgSignalProcess: "SIGNALPROCESS",
 	MsgStartContainer: "STARTCONTAINER", MsgPauseContainer: "PAUSECONTAINER",
 	MsgResumeContainer: "RESUMECONTAINER", MsgListProcesses: "LISTPROCESSES",

@@ -367,6 +367,52 @@ func (x *CreateResponse) GetGuestPid() int64 {
 	return 0
 }
 
+type NetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// netns is the path of the pod's network namespace on the host: the config's, or
+	// /proc/<pid>/ns/net of the sandbox container's host stand-in.
+	Netns         string `protobuf:"bytes,1,opt,name=netns,proto3" json:"netns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRequest) Reset() {
+	*x = NetworkRequest{}
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRequest) ProtoMessage() {}
+
+func (x *NetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRequest.ProtoReflect.Descriptor instead.
+func (*NetworkRequest) Descriptor() ([]byte, []int) {
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NetworkRequest) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
 type ContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -376,7 +422,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +434,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[6]
+	mi := &file_api_podapi_pod_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +447,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{6}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ContainerRequest) GetId() string {
@@ -421,7 +467,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +479,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[7]
+	mi := &file_api_podapi_pod_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +492,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{7}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ProcessRequest) GetId() string {
@@ -476,7 +522,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +534,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[8]
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +547,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{8}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -548,7 +594,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +606,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +619,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExecResponse) GetGuestPid() int64 {
@@ -595,7 +641,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +653,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +666,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -662,7 +708,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +720,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +733,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitResponse) GetExitCode() int32 {
@@ -724,7 +770,7 @@ type ContainerState struct {
 
 func (x *ContainerState) Reset() {
 	*x = ContainerState{}
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +782,7 @@ func (x *ContainerState) String() string {
 func (*ContainerState) ProtoMessage() {}
 
 func (x *ContainerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +795,7 @@ func (x *ContainerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerState.ProtoReflect.Descriptor instead.
 func (*ContainerState) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ContainerState) GetId() string {
@@ -798,7 +844,7 @@ type ResizeRequest struct {
 
 func (x *ResizeRequest) Reset() {
 	*x = ResizeRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +856,7 @@ func (x *ResizeRequest) String() string {
 func (*ResizeRequest) ProtoMessage() {}
 
 func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +869,7 @@ func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResizeRequest) GetId() string {
@@ -857,7 +903,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +915,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +928,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateRequest) GetId() string {
@@ -910,7 +956,7 @@ type ProcessesResponse struct {
 
 func (x *ProcessesResponse) Reset() {
 	*x = ProcessesResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +968,7 @@ func (x *ProcessesResponse) String() string {
 func (*ProcessesResponse) ProtoMessage() {}
 
 func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +981,7 @@ func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ProcessesResponse) GetGuestPids() []int64 {
@@ -964,7 +1010,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1022,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1035,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ProcessInfo) GetGuestPid() int64 {
@@ -1025,7 +1071,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1083,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1096,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatsResponse) GetCpuUsageNanos() uint64 {
@@ -1091,7 +1137,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1149,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1162,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EventsRequest) GetSinceUnixNano() int64 {
@@ -1147,7 +1193,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1205,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1218,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1232,7 +1278,7 @@ type PodInfo struct {
 
 func (x *PodInfo) Reset() {
 	*x = PodInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[20]
+	mi := &file_api_podapi_pod_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1290,7 @@ func (x *PodInfo) String() string {
 func (*PodInfo) ProtoMessage() {}
 
 func (x *PodInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[20]
+	mi := &file_api_podapi_pod_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1303,7 @@ func (x *PodInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodInfo.ProtoReflect.Descriptor instead.
 func (*PodInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PodInfo) GetId() string {
@@ -1336,7 +1382,9 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\x05stdio\x18\x04 \x01(\v2\x12.runv.pod.v1.StdioR\x05stdio\x122\n" +
 	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsoleJ\x04\b\x06\x10\aR\asandbox\"-\n" +
 	"\x0eCreateResponse\x12\x1b\n" +
-	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"\"\n" +
+	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"&\n" +
+	"\x0eNetworkRequest\x12\x14\n" +
+	"\x05netns\x18\x01 \x01(\tR\x05netns\"\"\n" +
 	"\x10ContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x0eProcessRequest\x12\x0e\n" +
@@ -1406,10 +1454,11 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\tR\n" +
 	"containers\x12\x1d\n" +
 	"\n" +
-	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xab\b\n" +
+	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xee\b\n" +
 	"\x03Pod\x12A\n" +
 	"\x06Create\x12\x1a.runv.pod.v1.CreateRequest\x1a\x1b.runv.pod.v1.CreateResponse\x12:\n" +
-	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
+	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12A\n" +
+	"\x0eConnectNetwork\x12\x1b.runv.pod.v1.NetworkRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
 	"\x04Exec\x12\x18.runv.pod.v1.ExecRequest\x1a\x19.runv.pod.v1.ExecResponse\x128\n" +
 	"\x06Signal\x12\x1a.runv.pod.v1.SignalRequest\x1a\x12.runv.pod.v1.Empty\x12>\n" +
 	"\x04Wait\x12\x1b.runv.pod.v1.ProcessRequest\x1a\x19.runv.pod.v1.WaitResponse\x12C\n" +
@@ -1439,7 +1488,7 @@ func file_api_podapi_pod_proto_rawDescGZIP() []byte {
 	return file_api_podapi_pod_proto_rawDescData
 }
 
-var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_api_podapi_pod_proto_goTypes = []any{
 	(*StandInRequest)(nil),    // 0: runv.pod.v1.StandInRequest
 	(*Empty)(nil),             // 1: runv.pod.v1.Empty
@@ -1447,21 +1496,22 @@ var file_api_podapi_pod_proto_goTypes = []any{
 	(*ConsoleSize)(nil),       // 3: runv.pod.v1.ConsoleSize
 	(*CreateRequest)(nil),     // 4: runv.pod.v1.CreateRequest
 	(*CreateResponse)(nil),    // 5: runv.pod.v1.CreateResponse
-	(*ContainerRequest)(nil),  // 6: runv.pod.v1.ContainerRequest
-	(*ProcessRequest)(nil),    // 7: runv.pod.v1.ProcessRequest
-	(*ExecRequest)(nil),       // 8: runv.pod.v1.ExecRequest
-	(*ExecResponse)(nil),      // 9: runv.pod.v1.ExecResponse
-	(*SignalRequest)(nil),     // 10: runv.pod.v1.SignalRequest
-	(*WaitResponse)(nil),      // 11: runv.pod.v1.WaitResponse
-	(*ContainerState)(nil),    // 12: runv.pod.v1.ContainerState
-	(*ResizeRequest)(nil),     // 13: runv.pod.v1.ResizeRequest
-	(*UpdateRequest)(nil),     // 14: runv.pod.v1.UpdateRequest
-	(*ProcessesResponse)(nil), // 15: runv.pod.v1.ProcessesResponse
-	(*ProcessInfo)(nil),       // 16: runv.pod.v1.ProcessInfo
-	(*StatsResponse)(nil),     // 17: runv.pod.v1.StatsResponse
-	(*EventsRequest)(nil),     // 18: runv.pod.v1.EventsRequest
-	(*Event)(nil),             // 19: runv.pod.v1.Event
-	(*PodInfo)(nil),           // 20: runv.pod.v1.PodInfo
+	(*NetworkRequest)(nil),    // 6: runv.pod.v1.NetworkRequest
+	(*ContainerRequest)(nil),  // 7: runv.pod.v1.ContainerRequest
+	(*ProcessRequest)(nil),    // 8: runv.pod.v1.ProcessRequest
+	(*ExecRequest)(nil),       // 9: runv.pod.v1.ExecRequest
+	(*ExecResponse)(nil),      // 10: runv.pod.v1.ExecResponse
+	(*SignalRequest)(nil),     // 11: runv.pod.v1.SignalRequest
+	(*WaitResponse)(nil),      // 12: runv.pod.v1.WaitResponse
+	(*ContainerState)(nil),    // 13: runv.pod.v1.ContainerState
+	(*ResizeRequest)(nil),     // 14: runv.pod.v1.ResizeRequest
+	(*UpdateRequest)(nil),     // 15: runv.pod.v1.UpdateRequest
+	(*ProcessesResponse)(nil), // 16: runv.pod.v1.ProcessesResponse
+	(*ProcessInfo)(nil),       // 17: runv.pod.v1.ProcessInfo
+	(*StatsResponse)(nil),     // 18: runv.pod.v1.StatsResponse
+	(*EventsRequest)(nil),     // 19: runv.pod.v1.EventsRequest
+	(*Event)(nil),             // 20: runv.pod.v1.Event
+	(*PodInfo)(nil),           // 21: runv.pod.v1.PodInfo
 }
 var file_api_podapi_pod_proto_depIdxs = []int32{
 	2,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
@@ -1469,43 +1519,45 @@ var file_api_podapi_pod_proto_depIdxs = []int32{
 	2,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
 	3,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
 	3,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
-	16, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
+	17, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
 	4,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
-	6,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
-	8,  // 8: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
-	10, // 9: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
-	7,  // 10: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
-	6,  // 11: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
-	6,  // 12: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
-	13, // 13: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
-	7,  // 14: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
-	6,  // 15: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
-	6,  // 16: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
-	14, // 17: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
-	6,  // 18: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
-	6,  // 19: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
-	18, // 20: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
-	1,  // 21: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
-	0,  // 22: runv.pod.v1.Pod.WatchStandIn:input_type -> runv.pod.v1.StandInRequest
-	5,  // 23: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
-	1,  // 24: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
-	9,  // 25: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
-	1,  // 26: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
-	11, // 27: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
-	12, // 28: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
-	1,  // 29: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
-	1,  // 30: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
-	1,  // 31: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
-	1,  // 32: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
-	1,  // 33: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
-	1,  // 34: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
-	15, // 35: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
-	17, // 36: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
-	19, // 37: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
-	20, // 38: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
-	1,  // 39: runv.pod.v1.Pod.WatchStandIn:output_type -> runv.pod.v1.Empty
-	23, // [23:40] is the sub-list for method output_type
-	6,  // [6:23] is the sub-list for method input_type
+	7,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
+	6,  // 8: runv.pod.v1.Pod.ConnectNetwork:input_type -> runv.pod.v1.NetworkRequest
+	9,  // 9: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
+	11, // 10: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
+	8,  // 11: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
+	7,  // 12: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
+	7,  // 13: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
+	14, // 14: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
+	8,  // 15: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
+	7,  // 16: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
+	7,  // 17: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
+	15, // 18: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
+	7,  // 19: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
+	7,  // 20: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
+	19, // 21: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
+	1,  // 22: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
+	0,  // 23: runv.pod.v1.Pod.WatchStandIn:input_type -> runv.pod.v1.StandInRequest
+	5,  // 24: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
+	1,  // 25: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
+	1,  // 26: runv.pod.v1.Pod.ConnectNetwork:output_type -> runv.pod.v1.Empty
+	10, // 27: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
+	1,  // 28: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
+	12, // 29: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
+	13, // 30: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
+	1,  // 31: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
+	1,  // 32: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
+	1,  // 33: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
+	1,  // 34: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
+	1,  // 35: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
+	1,  // 36: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
+	16, // 37: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
+	18, // 38: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
+	20, // 39: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
+	21, // 40: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
+	1,  // 41: runv.pod.v1.Pod.WatchStandIn:output_type -> runv.pod.v1.Empty
+	24, // [24:42] is the sub-list for method output_type
+	6,  // [6:24] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1522,7 +1574,7 @@ func file_api_podapi_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_podapi_pod_proto_rawDesc), len(file_api_podapi_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

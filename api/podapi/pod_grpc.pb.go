@@ -24,23 +24,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Pod_Create_FullMethodName       = "/runv.pod.v1.Pod/Create"
-	Pod_Start_FullMethodName        = "/runv.pod.v1.Pod/Start"
-	Pod_Exec_FullMethodName         = "/runv.pod.v1.Pod/Exec"
-	Pod_Signal_FullMethodName       = "/runv.pod.v1.Pod/Signal"
-	Pod_Wait_FullMethodName         = "/runv.pod.v1.Pod/Wait"
-	Pod_State_FullMethodName        = "/runv.pod.v1.Pod/State"
-	Pod_Delete_FullMethodName       = "/runv.pod.v1.Pod/Delete"
-	Pod_ResizePty_FullMethodName    = "/runv.pod.v1.Pod/ResizePty"
-	Pod_CloseStdin_FullMethodName   = "/runv.pod.v1.Pod/CloseStdin"
-	Pod_Pause_FullMethodName        = "/runv.pod.v1.Pod/Pause"
-	Pod_Resume_FullMethodName       = "/runv.pod.v1.Pod/Resume"
-	Pod_Update_FullMethodName       = "/runv.pod.v1.Pod/Update"
-	Pod_Processes_FullMethodName    = "/runv.pod.v1.Pod/Processes"
-	Pod_Stats_FullMethodName        = "/runv.pod.v1.Pod/Stats"
-	Pod_Events_FullMethodName       = "/runv.pod.v1.Pod/Events"
-	Pod_Info_FullMethodName         = "/runv.pod.v1.Pod/Info"
-	Pod_WatchStandIn_FullMethodName = "/runv.pod.v1.Pod/WatchStandIn"
+	Pod_Create_FullMethodName         = "/runv.pod.v1.Pod/Create"
+	Pod_Start_FullMethodName          = "/runv.pod.v1.Pod/Start"
+	Pod_ConnectNetwork_FullMethodName = "/runv.pod.v1.Pod/ConnectNetwork"
+	Pod_Exec_FullMethodName           = "/runv.pod.v1.Pod/Exec"
+	Pod_Signal_FullMethodName         = "/runv.pod.v1.Pod/Signal"
+	Pod_Wait_FullMethodName           = "/runv.pod.v1.Pod/Wait"
+	Pod_State_FullMethodName          = "/runv.pod.v1.Pod/State"
+	Pod_Delete_FullMethodName         = "/runv.pod.v1.Pod/Delete"
+	Pod_ResizePty_FullMethodName      = "/runv.pod.v1.Pod/ResizePty"
+	Pod_CloseStdin_FullMethodName     = "/runv.pod.v1.Pod/CloseStdin"
+	Pod_Pause_FullMethodName          = "/runv.pod.v1.Pod/Pause"
+	Pod_Resume_FullMethodName         = "/runv.pod.v1.Pod/Resume"
+	Pod_Update_FullMethodName         = "/runv.pod.v1.Pod/Update"
+	Pod_Processes_FullMethodName      = "/runv.pod.v1.Pod/Processes"
+	Pod_Stats_FullMethodName          = "/runv.pod.v1.Pod/Stats"
+	Pod_Events_FullMethodName         = "/runv.pod.v1.Pod/Events"
+	Pod_Info_FullMethodName           = "/runv.pod.v1.Pod/Info"
+	Pod_WatchStandIn_FullMethodName   = "/runv.pod.v1.Pod/WatchStandIn"
 )
 
 // PodClient is the client API for Pod service.
@@ -52,6 +53,9 @@ type PodClient interface {
 	Create(ctx context.Context, in *CreateRequest, opts ...grpc.CallOption) (*CreateResponse, error)
 	// Start runs a created container's init process.
 	Start(ctx context.Context, in *ContainerRequest, opts ...grpc.CallOption) (*Empty, error)
+	// ConnectNetwork mirrors the pod's network namespace into its VM. The client calls it
+	// once, after the hooks that configure the namespace ran and before the first Start.
+	ConnectNetwork(ctx context.Context, in *NetworkRequest, opts ...grpc.CallOption) (*Empty, error)
 	// Exec starts an additional process in a running container.
 	Exec(ctx context.Context, in *ExecRequest, opts ...grpc.CallOption) (*ExecResponse, error)
 	// Signal sends a signal to one process, or to every process of the container.
@@ -102,6 +106,16 @@ func (c *podClient) Start(ctx context.Context, in *ContainerRequest, opts ...grp
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Pod_Start_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *podClient) ConnectNetwork(ctx context.Context, in *NetworkRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Pod_ConnectNetwork_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -276,6 +290,9 @@ type PodServer interface {
 	Create(context.Context, *CreateRequest) (*CreateResponse, error)
 	// Start runs a created container's init process.
 	Start(context.Context, *ContainerRequest) (*Empty, error)
+	// ConnectNetwork mirrors the pod's network namespace into its VM. The client calls it
+	// once, after the hooks that configure the namespace ran and before the first Start.
+	ConnectNetwork(context.Context, *NetworkRequest) (*Empty, error)
 	// Exec starts an additional process in a running container.
 	Exec(context.Context, *ExecRequest) (*ExecResponse, error)
 	// Signal sends a signal to one process, or to every process of the container.
@@ -317,6 +334,9 @@ func (UnimplementedPodServer) Create(context.Context, *CreateRequest) (*CreateRe
 }
 func (UnimplementedPodServer) Start(context.Context, *ContainerRequest) (*Empty, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Start not implemented")
+}
+func (UnimplementedPodServer) ConnectNetwork(context.Context, *NetworkRequest) (*Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConnectNetwork not implemented")
 }
 func (UnimplementedPodServer) Exec(context.Context, *ExecRequest) (*ExecResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Exec not implemented")
@@ -416,6 +436,24 @@ func _Pod_Start_Handler(srv interface{}, ctx context.Context, dec func(interface
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PodServer).Start(ctx, req.(*ContainerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Pod_ConnectNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NetworkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodServer).ConnectNetwork(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Pod_ConnectNetwork_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodServer).ConnectNetwork(ctx, req.(*NetworkRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -697,6 +735,10 @@ var Pod_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Start",
 			Handler:    _Pod_Start_Handler,
+		},
+		{
+			MethodName: "ConnectNetwork",
+			Handler:    _Pod_ConnectNetwork_Handler,
 		},
 		{
 			MethodName: "Exec",

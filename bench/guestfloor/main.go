@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,8 +35,9 @@ func main() {
 	}
 	n := flag.Int("n", 10, "runs per operation")
 	agent := flag.String("agent", "", "agent binary whose start to time (runv-warmup-noop)")
+	crun := flag.String("crun", "", "bundle (config.json, rootfs) for timing crun in this guest")
 	flag.Parse()
-	if err := run(*n, *agent); err != nil {
+	if err := run(*n, *agent, *crun); err != nil {
 		fmt.Fprintln(os.Stderr, "guestfloor:", err)
 		os.Exit(1)
 	}
@@ -46,7 +48,7 @@ type op struct {
 	do   func() error
 }
 
-func run(n int, agent string) error {
+func run(n int, agent, crunBundle string) error {
 	if cs, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource"); err == nil {
 		// Timings below are only as fine as the clock: jiffies tick every 4 ms.
 		fmt.Printf("clocksource: %s", cs)
@@ -79,6 +81,12 @@ func run(n int, agent string) error {
 			return err
 		}
 		ops = append(ops, op{fmt.Sprintf("fork+exec the agent binary, exit in main (tmpfs, %s)", size(a)), func() error { return runCmd(0, a, "runv-warmup-noop") }})
+		// Which package inits the agent binary's start spends its time in.
+		initTrace := exec.Command(a, "runv-warmup-noop")
+		initTrace.Env = []string{"GODEBUG=inittrace=1"}
+		if out, err := initTrace.CombinedOutput(); err == nil {
+			fmt.Printf("%s", slowInits(string(out)))
+		}
 	}
 	mnt := filepath.Join(scratch, "mnt")
 	lower1, lower2 := filepath.Join(scratch, "l1"), filepath.Join(scratch, "l2")
@@ -119,6 +127,14 @@ func run(n int, agent string) error {
 		op{"cgroup v2: mkdir, move a process in and out, rmdir", func() error { return cgroupCycle(cg) }},
 		op{"pivot_root into a tmpfs and back (new mount ns)", pivotCycle(scratch)},
 	)
+	if crunBundle != "" {
+		crunOps, stop, err := crunOps(crunBundle)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		ops = append(ops, crunOps...)
+	}
 	for _, o := range ops {
 		var times []time.Duration
 		for i := 0; i < n; i++ {
@@ -235,4 +251,70 @@ func pivotCycle(scratch string) func() error {
 		}()
 		return <-errc
 	}
+}
+
+// crunOps time crun, a container runtime in C, in this guest: a whole `crun run` of the
+// bundle dir/true (create, start, wait, delete), and `crun exec` of `true` into a running
+// container of dir/sleep. crun runs with --cgroup-manager=disabled (this container's
+// cgroup2 mount is read-only): the cgroup floor above is to be added to compare.
+func crunOps(dir string) ([]op, func(), error) {
+	// crun and its libraries from a tmpfs, as the agent is (dir/files lists them): from
+	// the 9p rootfs every start would read them over 9p.
+	list, err := os.ReadFile(filepath.Join(dir, "files"))
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, f := range strings.Fields(string(list)) {
+		staged, err := copyExe(f, filepath.Join("/tmp", fmt.Sprintf("crunfile%d", i)))
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := unix.Mount(staged, f, "", unix.MS_BIND, ""); err != nil {
+			return nil, nil, fmt.Errorf("bind %s over %s: %w", staged, f, err)
+		}
+	}
+	crun := func(args ...string) error {
+		return runCmd(0, "/usr/bin/crun", append([]string{"--root", "/tmp/crun", "--cgroup-manager=disabled"}, args...)...)
+	}
+	i := 0
+	run := op{"crun run (create+start+wait+delete) of true, rootfs on 9p, no cgroup", func() error {
+		i++
+		return crun("run", "--bundle", filepath.Join(dir, "true"), fmt.Sprintf("floor-run-%d", i))
+	}}
+	// Detached, its sleep inherits crun's stdio: /dev/null, not a pipe nobody closes.
+	detached := exec.Command("/usr/bin/crun", "--root", "/tmp/crun", "--cgroup-manager=disabled",
+		"run", "-d", "--bundle", filepath.Join(dir, "sleep"), "floor-sleeper")
+	if err := detached.Run(); err != nil {
+		return nil, nil, fmt.Errorf("crun run -d: %w", err)
+	}
+	stop := func() {
+		crun("kill", "floor-sleeper", "KILL")
+		crun("delete", "-f", "floor-sleeper")
+	}
+	exec := op{"crun exec true into a running container", func() error { return crun("exec", "floor-sleeper", "true") }}
+	return []op{run, exec}, stop, nil
+}
+
+// slowInits keeps the lines of a GODEBUG=inittrace=1 report whose package took 0.1 ms or
+// more, and their sum.
+func slowInits(report string) string {
+	var b strings.Builder
+	total := 0.0
+	for _, l := range strings.Split(report, "\n") {
+		// init github.com/x/y @1.2 ms, 0.31 ms clock, 1024 bytes, 12 allocs
+		f := strings.Fields(l)
+		if len(f) < 7 || f[0] != "init" || f[6] != "clock," {
+			continue
+		}
+		var ms float64
+		if _, err := fmt.Sscanf(f[4], "%f", &ms); err != nil {
+			continue
+		}
+		total += ms
+		if ms >= 0.1 {
+			fmt.Fprintf(&b, "INIT %s\n", l)
+		}
+	}
+	fmt.Fprintf(&b, "INIT all package inits of the agent binary: %.2f ms clock\n", total)
+	return b.String()
 }

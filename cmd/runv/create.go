@@ -150,12 +150,15 @@ func enterPod(g *globals, rec, member *state.Container, undo *cleanups) (*podCon
 	} else {
 		rec.Pod = newPodID()
 		rec.PodDir = g.store.PodDir(rec.Pod)
+		// A pod made for this container goes with it, also when its daemon never started
+		// (startDaemon made the directory).
+		undo.onFailure(func() { supervisor.CleanupPodDir(rec.PodDir) })
 		daemon, err := startDaemon(g, rec.Pod, rec.PodDir)
 		if err != nil {
 			return nil, err
 		}
 		rec.Daemon = daemon
-		undo.onFailure(func() { stopPod(daemon, rec.PodDir) })
+		undo.onFailure(func() { stopDaemon(daemon) })
 	}
 	pod, err := dialPod(rec.PodDir)
 	if err != nil {
@@ -165,9 +168,8 @@ func enterPod(g *globals, rec, member *state.Container, undo *cleanups) (*podCon
 	return pod, nil
 }
 
-// stopPod stops the daemon of a pod made for a container whose create failed, and removes
-// what it leaves.
-func stopPod(daemon state.Process, podDir string) {
+// stopDaemon stops the daemon of a pod made for a container whose create failed.
+func stopDaemon(daemon state.Process) {
 	if p, _ := os.FindProcess(daemon.Pid); p != nil {
 		p.Signal(os.Interrupt)
 	}
@@ -176,8 +178,6 @@ func stopPod(daemon state.Process, podDir string) {
 			p.Kill()
 		}
 	}
-	supervisor.UnmountUnder(podDir)
-	supervisor.RemoveUnmounted(podDir)
 }
 
 // createInPod has the pod daemon create the container, with our stdio or the terminal's;

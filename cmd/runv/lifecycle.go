@@ -18,6 +18,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/supervisor"
 )
 
@@ -62,13 +63,48 @@ func startContainer(ctx context.Context, g *globals, id string) error {
 		return fmt.Errorf("cannot start container %q: %w", id, err)
 	}
 	defer pod.Close()
-	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if _, err := pod.api.Start(sctx, &podapi.ContainerRequest{Id: id}); err != nil {
-		return fmt.Errorf("start container %q: %w", id, rpcErr(err))
+	if err := startInPod(ctx, pod, rec); err != nil {
+		return err
 	}
 	warnHooks(ctx, hookPoststart, hooksOf(rec.Spec, hookPoststart), hookState(rec, state.StatusRunning))
 	return nil
+}
+
+// startInPod runs a created container's process. The pod's first container connects the
+// pod to its network namespace first: the hooks that configure it (docker's prestart) have
+// run by now, and its process must find the network up.
+func startInPod(ctx context.Context, pod *podConn, rec *state.Container) error {
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if ns := podNetNS(rec); ns != "" {
+		_, err := pod.api.ConnectNetwork(sctx, &podapi.NetworkRequest{Netns: ns})
+		if err != nil && !errors.Is(rpcErr(err), errdefs.ErrAlreadyExists) {
+			return fmt.Errorf("start container %q: %w", rec.ID, rpcErr(err))
+		}
+	}
+	if _, err := pod.api.Start(sctx, &podapi.ContainerRequest{Id: rec.ID}); err != nil {
+		return fmt.Errorf("start container %q: %w", rec.ID, rpcErr(err))
+	}
+	return nil
+}
+
+// podNetNS is the host network namespace a pod's VM mirrors, named by its first container:
+// the config's path, else the new namespace its host stand-in (shim) got, where docker's
+// prestart hook puts the interfaces. "" when there is nothing to mirror: a member of a pod
+// shares its sandbox's network, and a foreground `run` has no stand-in process (its new
+// namespace would be empty: loopback only, which the VM has anyway).
+func podNetNS(rec *state.Container) string {
+	if !rec.Sandbox {
+		return ""
+	}
+	path, err := network.NamespaceOf(rec.Spec)
+	if err != nil || path != "" {
+		return path // a host-network config was refused at create
+	}
+	if rec.Shim.Pid == 0 || rec.Shim.Pid == os.Getpid() {
+		return ""
+	}
+	return fmt.Sprintf("/proc/%d/ns/net", rec.Shim.Pid)
 }
 
 // dialLive connects to the pod daemon of a container whose daemon is alive.
@@ -281,10 +317,7 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 		if err := waitGone(rec.Daemon, 30*time.Second); err != nil {
 			killProcess(rec.Daemon)
 		}
-		if err := supervisor.UnmountUnder(rec.PodDir); err != nil {
-			return fmt.Errorf("delete container %q: %w", id, err)
-		}
-		if err := supervisor.RemoveUnmounted(rec.PodDir); err != nil {
+		if err := supervisor.CleanupPodDir(rec.PodDir); err != nil {
 			return fmt.Errorf("delete container %q: %w", id, err)
 		}
 	}

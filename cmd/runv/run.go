@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 )
@@ -79,11 +76,8 @@ func runAttached(ctx context.Context, cr *created, id string) (int, error) {
 		}
 		att.fg = fg
 	}
-	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	_, err := cr.pod.api.Start(sctx, &podapi.ContainerRequest{Id: id})
-	cancel()
-	if err != nil {
-		return 0, fmt.Errorf("start container %q: %w", id, rpcErr(err))
+	if err := startInPod(ctx, cr.pod, cr.rec); err != nil {
+		return 0, err
 	}
 	warnHooks(ctx, hookPoststart, hooksOf(cr.rec.Spec, hookPoststart), hookState(cr.rec, state.StatusRunning))
 	return att.wait(ctx)

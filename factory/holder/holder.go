@@ -213,7 +213,10 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 	if warm {
 		var w agentproto.Warmup
 		start := time.Now()
-		if err := c.Call(ctx, agentproto.MsgWarmup, nil, &w); err != nil {
+		// The share device of this VM is the pod's that takes it (its directory is renamed
+		// onto the pod's share): mounted now, STARTPOD finds it ready.
+		req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}
+		if err := c.Call(ctx, agentproto.MsgWarmup, req, &w); err != nil {
 			logging.G(ctx).Warn("warm-up failed; the VM joins the pool cold", "error", err)
 		} else {
 			logging.G(ctx).Info("vm warmed up", "took", time.Since(start), "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis)

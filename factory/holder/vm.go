@@ -193,3 +193,7 @@ func Attach(ctx context.Context, id string, info wire.VMInfo) (*VM, error) {
 	}
 	return vm, nil
 }
+
+// NICs describes the VM's network devices (hypervisor.NetworkDevices): the holder's QEMU
+// made them as every QEMU of runv does.
+func (v *VM) NICs() []hypervisor.NIC { return qemu.NICsOf(v.info.QEMUPid) }

@@ -34,6 +34,8 @@ type spec struct {
 	// for migrate-incoming ("-incoming defer": x-ignore-shared has to be set first, and
 	// QEMU 7.2 cannot set it from the command line).
 	incoming bool
+	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
+	nics int
 }
 
 // memBackendID is the id of the file memory backend of templates and clones.
@@ -116,6 +118,9 @@ func buildArgs(s spec) []string {
 		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", dev("virtio-rng")+",rng=rng0",
+	)
+	args = append(args, nicArgs(s.nics, microvm)...)
+	args = append(args,
 		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
 		"-pidfile", p.PID,
 	)

@@ -32,6 +32,10 @@ type startOpts struct {
 	// onExit runs once QEMU is reaped, before done is closed, so that whoever waits on
 	// done sees its effects (sockets removed).
 	onExit func(*process)
+	// newNetNS starts QEMU in a network namespace of its own: the taps it creates for the
+	// VM's NICs wait there, invisible to the host, until they are moved into the pod's
+	// namespace, and die with it.
+	newNetNS bool
 }
 
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
@@ -58,6 +62,9 @@ func startProcess(o startOpts) (*process, error) {
 			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
 			// and kill() can take QEMU's helpers (e.g. migration "exec:" children) along.
 			Setpgid: true,
+		}
+		if o.newNetNS {
+			cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
 		}
 		if err := cmd.Start(); err != nil {
 			started <- err

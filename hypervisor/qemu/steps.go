@@ -66,7 +66,7 @@ func (ln *launch) resolveAccel(ctx context.Context) error {
 }
 
 func (ln *launch) buildArgs(context.Context) error {
-	s := spec{cfg: ln.cfg, accel: ln.accel,
+	s := spec{cfg: ln.cfg, accel: ln.accel, nics: NICSlots,
 		machineType: ln.machineType, memFile: ln.memFile, memShared: ln.memShared, incoming: ln.incoming}
 	// A clone boots no kernel: the template's command line (with its tsc_early_khz) is
 	// already in effect in the restored guest.
@@ -92,7 +92,7 @@ func (ln *launch) startProcess(context.Context) error {
 		return fmt.Errorf("create qemu log: %w", err)
 	}
 	defer logf.Close() // QEMU has its own descriptor once started
-	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited})
+	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited, newNetNS: true})
 	if err != nil {
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
 	}

@@ -18,14 +18,17 @@ const dockerBinary = "/usr/bin/docker"
 // dockerdEnv is the suite's private dockerd (Debian's docker.io) on the suite's containerd,
 // with runv added as a runc-compatible runtime:
 //
-//	dockerd --iptables=false --ip6tables=false --bridge=none --containerd SOCK \
+//	dockerd --iptables=false --ip6tables=false --bridge=BRIDGE --containerd SOCK \
 //	        --add-runtime runv=/usr/local/bin/runv --data-root D --exec-root X --pidfile P -H unix://S
 //
 // containerd's runc shim runs runv with BinaryName=runv and --root under the exec root.
+// BRIDGE is a bridge the suite makes (hostBridge): docker's default network, without
+// touching the host's iptables or another dockerd's docker0.
 type dockerdEnv struct {
 	*service
 	dir, host, execRoot string
 	ctrd                *containerd
+	bridge              *hostBridge
 }
 
 var (
@@ -51,9 +54,16 @@ func needDocker(t *testing.T) *dockerdEnv {
 		daemonJSON := filepath.Join(dir, "daemon.json")
 		// runv twice: --add-runtime runv=PATH, and "runv-json" the daemon.json way.
 		os.WriteFile(daemonJSON, []byte(fmt.Sprintf(`{"runtimes": {"runv-json": {"path": %q}}}`+"\n", runtimePath)), 0o644)
+		br, err := newHostBridge(fmt.Sprintf("rvcd%d", os.Getpid()%10000), bridgeSubnet(0))
+		if err != nil {
+			dockerSkip = fmt.Sprintf("cannot make docker's bridge: %v", err)
+			return
+		}
+		d.bridge = br
+		dockerd = d
 		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), "dockerd",
 			"--config-file", daemonJSON,
-			"--iptables=false", "--ip6tables=false", "--bridge=none",
+			"--iptables=false", "--ip6tables=false", "--bridge="+br.name,
 			"--containerd", c.address,
 			"--add-runtime", "runv="+runtimePath,
 			"--data-root", filepath.Join(dir, "data"), "--exec-root", d.execRoot,
@@ -130,6 +140,9 @@ func (d *dockerdEnv) extraLogs() string {
 }
 
 func (d *dockerdEnv) stop() (problems []string) {
+	if d.bridge != nil {
+		defer d.bridge.remove()
+	}
 	if d.service == nil {
 		return nil
 	}

@@ -1,0 +1,163 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
+)
+
+// networkDir is the pod's network state directory (network.Attach), under the pod directory.
+const networkDir = "network"
+
+// settleTime is how long the pod's namespace must be quiet after a change before the guest
+// follows it: a client configures an interface in several steps (move it in, rename,
+// address, up, routes), and the guest should get the result, not each step.
+const settleTime = 200 * time.Millisecond
+
+// ConnectNetwork puts the pod's VM on the network namespace at nsPath: each of its
+// interfaces is mirrored onto a NIC of the VM and configured in the guest, and interfaces
+// that come or go later are followed. Call it once the client configured the namespace
+// (after the prestart and createRuntime hooks) and before the pod's first process starts.
+// A namespace with loopback only makes a loopback-only pod.
+func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
+	if err := s.waitReady(ctx); err != nil {
+		return err
+	}
+	s.netMu.Lock()
+	defer s.netMu.Unlock()
+	if s.net != nil {
+		return fmt.Errorf("pod %s is already connected to a network namespace: %w", s.cfg.PodID, errdefs.ErrAlreadyExists)
+	}
+	var nics []hypervisor.NIC
+	if d, ok := s.vm.(hypervisor.NetworkDevices); ok {
+		nics = d.NICs()
+	}
+	start := time.Now()
+	pod, n, err := network.Attach(filepath.Join(s.cfg.Dir, networkDir), nsPath, nics)
+	if err != nil {
+		return fmt.Errorf("pod %s: network namespace %s: %w", s.cfg.PodID, nsPath, err)
+	}
+	if err := s.agent.Call(ctx, agentproto.MsgSetupNetwork, n, nil); err != nil {
+		pod.Close()
+		return fmt.Errorf("pod %s: configure the network in the guest: %w", s.cfg.PodID, err)
+	}
+	s.net, s.netSent = pod, n
+	logging.G(ctx).Info("network connected", "netns", nsPath, "interfaces", len(n.Interfaces), "duration", time.Since(start))
+	go s.followNetwork(logging.With(context.WithoutCancel(ctx), "pod", s.cfg.PodID), nsPath)
+	return nil
+}
+
+// followNetwork keeps the guest in line with the pod's namespace while the pod runs
+// (docker network connect/disconnect, a second CNI attachment). It needs free NICs for new
+// interfaces; what cannot be followed is logged.
+func (s *Supervisor) followNetwork(ctx context.Context, nsPath string) {
+	log := logging.G(ctx)
+	ns, err := netns.GetFromPath(filepath.Join(s.cfg.Dir, networkDir, "netns"))
+	if err != nil {
+		log.Warn("cannot watch the network namespace: interfaces added later will not reach the guest", "netns", nsPath, "error", err)
+		return
+	}
+	defer ns.Close()
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	done := make(chan struct{})
+	defer close(done)
+	links, addrs, routes := make(chan netlink.LinkUpdate), make(chan netlink.AddrUpdate), make(chan netlink.RouteUpdate)
+	errCB := func(err error) { log.Debug("network watch", "error", err) }
+	err = errors.Join(
+		netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}),
+		netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}),
+		netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}),
+	)
+	if err != nil {
+		log.Warn("cannot watch the network namespace: interfaces added later will not reach the guest", "netns", nsPath, "error", err)
+		return
+	}
+	var settle <-chan time.Time
+	for {
+		select {
+		case <-links:
+			notify()
+		case <-addrs:
+			notify()
+		case <-routes:
+			notify()
+		case <-changed:
+			settle = time.After(settleTime)
+		case <-settle:
+			settle = nil
+			if err := s.resyncNetwork(ctx); err != nil {
+				log.Warn("network change not followed in the guest", "netns", nsPath, "error", err)
+			}
+		case <-s.closing:
+			return
+		case <-s.vm.Done():
+			return
+		}
+	}
+}
+
+// resyncNetwork mirrors what changed in the namespace and sends the guest the new
+// configuration if it differs from what it has.
+func (s *Supervisor) resyncNetwork(ctx context.Context) error {
+	s.netMu.Lock()
+	defer s.netMu.Unlock()
+	if s.net == nil {
+		return nil
+	}
+	n, err := s.net.Sync()
+	if err != nil {
+		return err
+	}
+	if reflect.DeepEqual(n, s.netSent) {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.agent.Call(cctx, agentproto.MsgSetupNetwork, n, nil); err != nil {
+		return fmt.Errorf("configure the network in the guest: %w", err)
+	}
+	s.netSent = n
+	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces))
+	return nil
+}
+
+// closeNetwork removes what runv added to the pod's namespace.
+func (s *Supervisor) closeNetwork() error {
+	s.netMu.Lock()
+	defer s.netMu.Unlock()
+	if s.net == nil {
+		return nil
+	}
+	err := s.net.Close()
+	s.net = nil
+	return err
+}
+
+// CleanupPodDir removes what a pod left in its directory, for a pod whose daemon is gone
+// (killed, or a create that failed): runv's taps, filters and qdiscs in the pod's network
+// namespace, the share's mounts, and the directory itself.
+func CleanupPodDir(podDir string) error {
+	return errors.Join(
+		network.Release(filepath.Join(podDir, networkDir)),
+		UnmountUnder(podDir),
+		RemoveUnmounted(podDir),
+	)
+}

@@ -1,0 +1,345 @@
+//go:build integration
+
+package integration
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/test/nettest"
+)
+
+// Pods on the network: the pod's network namespace, configured as CNI would (a veth whose
+// peer is in the host's namespace, IPv4 and IPv6, MTU 1400), named by path in the bundle;
+// the VM mirrors it. Traffic goes only to addresses these tests assign.
+
+// podNet is a network namespace made for one test: a veth eth0 in it, its peer in the
+// host's namespace.
+type podNet struct {
+	name   string // /run/netns/<name>
+	hostIf string
+	hostV4 string // the peer's addresses: the pod's gateways
+	hostV6 string
+	podV4  string
+	podV6  string
+	podMAC string
+	mtu    int
+}
+
+func (n podNet) path() string { return "/run/netns/" + n.name }
+
+var netSeq int
+
+// newPodNet makes the namespace; with veth false it holds loopback only. It is deleted
+// (and the peer with it) when the test ends.
+func newPodNet(t *testing.T, veth bool) podNet {
+	t.Helper()
+	netSeq++
+	i := os.Getpid()%200 + netSeq
+	n := podNet{
+		name: fmt.Sprintf("rvit-%d-%d", os.Getpid(), netSeq), hostIf: fmt.Sprintf("rvit%d", i),
+		hostV4: fmt.Sprintf("10.231.%d.1", i), podV4: fmt.Sprintf("10.231.%d.2", i),
+		hostV6: fmt.Sprintf("fd31:0:0:%x::1", i), podV6: fmt.Sprintf("fd31:0:0:%x::2", i), mtu: 1400,
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.NewNamed(n.name)
+	if serr := netns.Set(orig); serr != nil {
+		panic(serr)
+	}
+	orig.Close()
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatalf("netns %s: %v", n.name, err)
+	}
+	t.Cleanup(func() { netns.DeleteNamed(n.name) })
+	defer ns.Close()
+	ph, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	lo, _ := ph.LinkByName("lo")
+	must("lo up", ph.LinkSetUp(lo))
+	if !veth {
+		return n
+	}
+	hostAttrs := netlink.NewLinkAttrs() // the kernel's defaults, as CNI plugins get them
+	hostAttrs.Name, hostAttrs.MTU = n.hostIf, n.mtu
+	must("veth", netlink.LinkAdd(&netlink.Veth{
+		LinkAttrs: hostAttrs,
+		PeerName:  "eth0", PeerNamespace: netlink.NsFd(ns),
+	}))
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(n.hostIf); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	host, err := netlink.LinkByName(n.hostIf)
+	must("host veth", err)
+	eth0, err := ph.LinkByName("eth0")
+	must("pod veth", err)
+	n.podMAC = eth0.Attrs().HardwareAddr.String()
+	addr := func(h *netlink.Handle, l netlink.Link, cidr string) {
+		a, err := netlink.ParseAddr(cidr)
+		must(cidr, err)
+		a.Flags = unix.IFA_F_NODAD
+		must("address "+cidr, h.AddrAdd(l, a))
+	}
+	hh, err := netlink.NewHandle()
+	must("handle", err)
+	defer hh.Close()
+	addr(hh, host, n.hostV4+"/24")
+	addr(hh, host, n.hostV6+"/64")
+	addr(ph, eth0, n.podV4+"/24")
+	addr(ph, eth0, n.podV6+"/64")
+	must("pod veth MTU", ph.LinkSetMTU(eth0, n.mtu))
+	must("host veth up", hh.LinkSetUp(host))
+	must("pod veth up", ph.LinkSetUp(eth0))
+	must("default route", ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP(n.hostV4)}))
+	must("default v6 route", ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP(n.hostV6)}))
+	// Snapshots compare address flags: wait until the link-local address is no longer
+	// tentative (duplicate address detection done).
+	waitUntil(t, "IPv6 DAD done in "+n.name, 30*time.Second, func() bool {
+		addrs, err := ph.AddrList(eth0, netlink.FAMILY_V6)
+		if err != nil {
+			return false
+		}
+		linkLocal := false
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				return false
+			}
+			linkLocal = linkLocal || a.IP.IsLinkLocalUnicast()
+		}
+		return linkLocal
+	})
+	return n
+}
+
+// snapshot is what `ip` and `tc` show of the namespace, as a user would compare it.
+func (n podNet) snapshot(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"ip", "-n", n.name, "-d", "link"}, {"ip", "-n", n.name, "addr"}, {"ip", "-n", n.name, "route"},
+		{"ip", "-n", n.name, "-6", "route"}, {"ip", "-n", n.name, "neigh", "show", "nud", "permanent"},
+		{"tc", "-n", n.name, "qdisc"}, {"tc", "-n", n.name, "filter", "show", "dev", "eth0", "ingress"},
+	} {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "Cannot find device") {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
+	}
+	return b.String()
+}
+
+// httpBundle serves the container's root over HTTP on port 80 (busybox httpd) in the
+// namespace at nsPath.
+func httpBundle(t *testing.T, nsPath string) string {
+	return newBundleWith(t, func(s *specs.Spec) { setNetNS(s, nsPath) }, "httpd", "-f", "-p", "80", "-h", "/")
+}
+
+func setNetNS(s *specs.Spec, path string) {
+	for i, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			s.Linux.Namespaces[i].Path = path
+		}
+	}
+}
+
+// httpGet fetches url, retrying until the deadline: the server starts with the container.
+func httpGet(t *testing.T, url string, timeout time.Duration) string {
+	t.Helper()
+	body, err := nettest.Get(url, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// checkPodOnNetwork is the judged check: the pod answers HTTP at its addresses from the
+// host, v4 and v6, and inside, `ip addr` and `ip route` show the namespace's identity.
+func checkPodOnNetwork(t *testing.T, r, id string, n podNet) {
+	t.Helper()
+	for _, url := range []string{"http://" + n.podV4 + "/etc/passwd", "http://[" + n.podV6 + "]/etc/passwd"} {
+		if got := httpGet(t, url, 60*time.Second); !strings.HasPrefix(got, "root:x:0:0:") {
+			t.Errorf("GET %s: %q is not the pod's /etc/passwd", url, got)
+		}
+	}
+	addr := mustRunv(t, r, "exec", id, "ip", "addr", "show", "eth0").stdout
+	for _, w := range []string{"link/ether " + n.podMAC, "mtu 1400", "inet " + n.podV4 + "/24", "inet6 " + n.podV6 + "/64", "UP"} {
+		if !strings.Contains(addr, w) {
+			t.Errorf("ip addr show eth0 in the pod lacks %q:\n%s", w, addr)
+		}
+	}
+	route := mustRunv(t, r, "exec", id, "ip", "route").stdout
+	for _, w := range []string{"default via " + n.hostV4 + " dev eth0", n.podV4[:strings.LastIndex(n.podV4, ".")] + ".0/24 dev eth0"} {
+		if !strings.Contains(route, w) {
+			t.Errorf("ip route in the pod lacks %q:\n%s", w, route)
+		}
+	}
+	route6 := mustRunv(t, r, "exec", id, "ip", "-6", "route").stdout
+	if !strings.Contains(route6, "default via "+n.hostV6+" dev eth0") {
+		t.Errorf("ip -6 route in the pod lacks the default route via %s:\n%s", n.hostV6, route6)
+	}
+}
+
+// TestNetworkNamespaceByPath is the judged test, with each factory kind: direct boot, a
+// template clone, a pooled VM.
+func TestNetworkNamespaceByPath(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, r string) []string // global flags
+		check func(t *testing.T, podDir string)
+	}{
+		{name: "direct", setup: func(*testing.T, string) []string { return nil }},
+		{
+			name: "template",
+			setup: func(t *testing.T, r string) []string {
+				createTemplate(t, r)
+				return []string{"--factory", "template"}
+			},
+			check: func(t *testing.T, podDir string) {
+				if log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log")); !strings.Contains(string(log), "vm cloned from template") {
+					t.Errorf("the pod's VM is not a clone; daemon log:\n%s", log)
+				}
+			},
+		},
+		{
+			name: "cache",
+			setup: func(t *testing.T, r string) []string {
+				startFactoryDaemon(t, r, "--factory", cachePolicy)
+				t.Cleanup(func() { os.RemoveAll(filepath.Join(r, "@factory")) })
+				return []string{"--factory", cachePolicy}
+			},
+			check: func(t *testing.T, podDir string) {
+				if _, err := os.Stat(filepath.Join(podDir, "vm", "holder.sock")); err != nil {
+					t.Errorf("the pod's VM is not a pooled one: %v", err)
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := templateRootIf(t, tc.name == "template")
+			global := tc.setup(t, r)
+			n := newPodNet(t, true)
+			before := n.snapshot(t)
+			id := newID(t)
+			mustRunv(t, r, append(global, "run", "-d", "--bundle", httpBundle(t, n.path()), id)...)
+			if tc.check != nil {
+				tc.check(t, podDirOf(t, r, id))
+			}
+			checkPodOnNetwork(t, r, id, n)
+			// The root keeps the template or the factory daemon: their own cleanups check it.
+			mustRunv(t, r, "delete", "--force", id)
+			if after := n.snapshot(t); after != before {
+				t.Errorf("the namespace changed across the pod's life:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+}
+
+// templateRootIf is templateRoot for template tests (their templates go at the end),
+// shortRoot otherwise.
+func templateRootIf(t *testing.T, template bool) string {
+	if template {
+		return templateRoot(t)
+	}
+	return shortRoot(t)
+}
+
+// A killed pod daemon (and with it QEMU) leaves runv's qdisc and filter on the pod's
+// interface; delete removes them.
+func TestNetworkCleanupAfterDaemonKilled(t *testing.T) {
+	r := shortRoot(t)
+	n := newPodNet(t, true)
+	before := n.snapshot(t)
+	id := newID(t)
+	mustRunv(t, r, "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
+	podDir := podDirOf(t, r, id)
+	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
+	daemon := pidsNaming("--solo-namespaced")
+	killed := false
+	for _, pid := range daemon {
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), filepath.Base(podDir)) {
+			unix.Kill(pid, unix.SIGKILL)
+			killed = true
+		}
+	}
+	if !killed {
+		t.Fatalf("no pod daemon found for %s", podDir)
+	}
+	waitUntil(t, "QEMU gone after its pod daemon was killed", 15*time.Second, func() bool { return !alive(qemuPid) })
+	deleteAndCheck(t, r, id)
+	if after := n.snapshot(t); after != before {
+		t.Errorf("the namespace is not as before after delete:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// A namespace with loopback only gives a pod with loopback only.
+func TestNetworkLoopbackOnly(t *testing.T) {
+	r := shortRoot(t)
+	n := newPodNet(t, false)
+	id := newID(t)
+	mustRunv(t, r, "run", "-d", "--bundle", newBundleWith(t, func(s *specs.Spec) { setNetNS(s, n.path()) }, "sleep", "1000"), id)
+	defer deleteAndCheck(t, r, id)
+	waitStatus(t, r, id, "running")
+	addr := mustRunv(t, r, "exec", id, "ip", "-o", "addr").stdout
+	for _, line := range strings.Split(strings.TrimSpace(addr), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] != "lo" {
+			t.Errorf("an address on a non-loopback interface in a loopback-only pod: %s", line)
+		}
+	}
+	links := mustRunv(t, r, "exec", id, "ip", "-o", "link", "show", "up").stdout
+	for _, line := range strings.Split(strings.TrimSpace(links), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] != "lo:" {
+			t.Errorf("an interface up besides lo: %s", line)
+		}
+	}
+	if res := runvIn(t, r, nil, "exec", id, "sh", "-c", "httpd -p 127.0.0.1:8080 -h / && wget -q -O- http://127.0.0.1:8080/etc/passwd"); res.code != 0 {
+		t.Errorf("loopback in the pod: %s", res)
+	}
+}
+
+// A config without a network namespace means the host's network: refused, nothing left.
+func TestNetworkHostRefused(t *testing.T) {
+	r := shortRoot(t)
+	b := newBundleWith(t, func(s *specs.Spec) {
+		var keep []specs.LinuxNamespace
+		for _, ns := range s.Linux.Namespaces {
+			if ns.Type != specs.NetworkNamespace {
+				keep = append(keep, ns)
+			}
+		}
+		s.Linux.Namespaces = keep
+	}, "true")
+	res := runvIn(t, r, nil, "run", "--bundle", b, newID(t))
+	if res.code == 0 || !strings.Contains(res.stderr, "host's network") {
+		t.Fatalf("want a refusal that names the host's network, got %s", res)
+	}
+	assertEmptyRoot(t, r)
+}
