@@ -5,7 +5,8 @@
 # command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
 # on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
-# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`.
+# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
+# network beside runc (bench/network.sh: TCP throughput both ways, connect+request).
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
@@ -284,6 +285,9 @@ runc --root "$runc_root" run -d --bundle "$work/sleep" rcx </dev/null >/dev/null
 if [ -s "$work/rexec.txt" ] && [ -s "$work/cexec.txt" ]; then
 	echo "  runv exec median = $(ratio "$(median <"$work/rexec.txt")" "$(median <"$work/cexec.txt")") runc exec"
 fi
+echo
+
+RUNV=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD "$here/network.sh" || echo "network: failed (see above)"
 echo
 
 echo "== a VM from the factory until its agent answers: template clone vs cold boot (go benchmark, N=$N)"

@@ -92,8 +92,13 @@ func (s *Supervisor) lookup(id string) (*container, error) {
 
 // Create creates a container: shares its rootfs with the guest and has the agent create it,
 // with its init process waiting to be started.
-func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error) {
+func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, err error) {
 	ctx = logging.With(ctx, "container", req.ID)
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	defer files.closeOnError(&err)
 	if err := state.ValidateID(req.ID); err != nil {
 		return 0, err
 	}
@@ -103,24 +108,18 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (int, error)
 	if _, err := network.NamespaceOf(req.Spec); err != nil {
 		return 0, fmt.Errorf("container %q: %w", req.ID, err)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
 	c := &container{id: req.ID, bundle: req.Bundle, created: time.Now(), status: state.StatusCreating, processes: map[string]*process{}}
 	s.mu.Lock()
 	if _, dup := s.containers[req.ID]; dup {
 		s.mu.Unlock()
-		files.close()
 		return 0, fmt.Errorf("container %q already exists in pod %s: %w", req.ID, s.cfg.PodID, errdefs.ErrAlreadyExists)
 	}
 	s.containers[req.ID] = c
 	s.everHad = true
 	s.mu.Unlock()
 
-	pid, err := s.create(ctx, c, req, files)
+	pid, err = s.create(ctx, c, req, files)
 	if err != nil {
-		files.close()
 		s.mu.Lock()
 		delete(s.containers, req.ID)
 		s.mu.Unlock()
@@ -258,7 +257,12 @@ type ExecRequest struct {
 }
 
 // Exec starts an additional process.
-func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
+func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err error) {
+	files, err := s.takeStdio(req.Stdio)
+	if err != nil {
+		return 0, err
+	}
+	defer files.closeOnError(&err)
 	c, err := s.lookup(req.ID)
 	if err != nil {
 		return 0, err
@@ -278,15 +282,10 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	default:
 		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
 	}
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
 	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
 	})
 	if err != nil {
-		files.close()
 		return 0, err
 	}
 	return started.Pid, nil

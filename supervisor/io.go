@@ -68,6 +68,16 @@ func interruptible(f *os.File) *os.File {
 	return nf
 }
 
+// closeOnError closes the descriptors if the call that claimed them fails (*err != nil):
+// Create and Exec claim them before anything can fail, so that a failed call releases them
+// at once and its client, reading its end of a pipe, sees EOF instead of waiting for the
+// unclaimed ones to expire.
+func (h *hostStdio) closeOnError(err *error) {
+	if *err != nil {
+		h.close()
+	}
+}
+
 func (h *hostStdio) close() {
 	for _, f := range []*os.File{h.stdin, h.stdout, h.stderr} {
 		if f != nil {

@@ -87,20 +87,38 @@ func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
 		s, _ := bufio.NewReader(r).ReadString('\n')
 		line <- strings.TrimSpace(s)
 	}()
+	// On failure the daemon is gone before we return: the caller removes the pod directory,
+	// so the error carries the end of the daemon's log.
+	logPath := filepath.Join(podDir, "daemon.log")
 	select {
 	case l := <-line:
 		if l == "ok" {
 			return proc, nil
 		}
 		cmd.Process.Kill()
+		waitGone(proc, 10*time.Second)
 		if l == "" {
-			l = "it exited without a word; see " + filepath.Join(podDir, "daemon.log")
+			l = "it exited without a word" + logTail(logPath)
 		}
 		return state.Process{}, fmt.Errorf("pod daemon failed to start: %s", strings.TrimPrefix(l, "error: "))
 	case <-time.After(daemonStartTimeout):
 		cmd.Process.Kill()
-		return state.Process{}, fmt.Errorf("pod daemon did not start within %s; see %s: %w", daemonStartTimeout, filepath.Join(podDir, "daemon.log"), errdefs.ErrUnavailable)
+		waitGone(proc, 10*time.Second)
+		return state.Process{}, fmt.Errorf("pod daemon did not start within %s%s: %w", daemonStartTimeout, logTail(logPath), errdefs.ErrUnavailable)
 	}
+}
+
+// logTail is the last lines of a log, for an error message ("" when it is empty).
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	if t := strings.Join(lines, "\n  "); t != "" {
+		return "; its log ends with:\n  " + t
+	}
+	return ""
 }
 
 // podConn is a client connection to a pod daemon.

@@ -3,11 +3,14 @@
 package clients
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +60,9 @@ func newHostBridge(name, cidr string) (*hostBridge, error) {
 }
 
 func (b *hostBridge) remove() {
+	if b == nil {
+		return
+	}
 	if l, err := netlink.LinkByName(b.name); err == nil {
 		netlink.LinkDel(l)
 	}
@@ -71,6 +77,22 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+const helloFromHost = "hello-from-the-host"
+
+// hostServer serves helloFromHost over HTTP at ip (a bridge's address on the host) until the
+// test ends, and returns its address.
+func hostServer(t *testing.T, ip net.IP) string {
+	t.Helper()
+	l, err := net.Listen("tcp", ip.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, helloFromHost+"\n") })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }
 
 // httpd is the command that serves the container's root on port 80.
@@ -108,17 +130,11 @@ func TestDockerPublishedPort(t *testing.T) {
 // TestDockerReachesHost: a container reaches a server on the host at the bridge's address.
 func TestDockerReachesHost(t *testing.T) {
 	d, x, name := newDockerTest(t)
-	l, err := net.Listen("tcp", d.bridge.ip.String()+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello-from-the-host\n") })}
-	go srv.Serve(l)
-	defer srv.Close()
+	addr := hostServer(t, d.bridge.ip)
 	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--name", name, img.Name,
-		"timeout", "30", "wget", "-q", "-O-", "http://"+l.Addr().String()+"/"))
-	if !strings.Contains(r.stdout, "hello-from-the-host") {
-		x.errorf(r, "the container did not reach the host's server at %s", l.Addr())
+		"timeout", "30", "wget", "-q", "-O-", "http://"+addr+"/"))
+	if !strings.Contains(r.stdout, helloFromHost) {
+		x.errorf(r, "the container did not reach the host's server at %s", addr)
 	}
 }
 
@@ -166,4 +182,167 @@ func TestDockerSharedNetworkLocalhost(t *testing.T) {
 		x.errorf(r, "the second container did not reach the first's httpd over localhost")
 	}
 	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
+}
+
+// podmanNet is the suite's default network for podman: a CNI bridge network of its own.
+type podmanNet struct {
+	conf   string // containers.conf's [network] section
+	bridge *hostBridge
+}
+
+// podmanNetwork writes a CNI network (bridge plugin, host-local addresses on the suite's
+// third /24) into dir and returns the containers.conf section that makes it podman's default.
+func podmanNetwork(dir string) (podmanNet, error) {
+	gw := strings.TrimSuffix(bridgeSubnet(2), "/24")
+	subnet := strings.TrimSuffix(gw, ".1") + ".0/24"
+	name := "rvcpod"
+	br := &hostBridge{name: fmt.Sprintf("rvcp%d", os.Getpid()%10000), ip: net.ParseIP(gw)}
+	conflist := fmt.Sprintf(`{
+  "cniVersion": "0.4.0",
+  "name": %q,
+  "plugins": [{"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
+    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": %q, "gateway": %q}]]}}]
+}
+`, name, br.name, subnet, gw)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return podmanNet{}, err
+	}
+	if err := os.WriteFile(dir+"/"+name+".conflist", []byte(conflist), 0o644); err != nil {
+		return podmanNet{}, err
+	}
+	conf := fmt.Sprintf("[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"/usr/lib/cni\"]\nnetwork_config_dir = %q\ndefault_network = %q\n", dir, name)
+	return podmanNet{conf: conf, bridge: br}, nil
+}
+
+// TestPodmanDefaultNetwork: with podman's default network (a CNI bridge), the container's
+// httpd answers at its address, and the container reaches the host at the bridge's.
+func TestPodmanDefaultNetwork(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	r := x.must(p.podman(t, cmdOpts{}, append([]string{"run", "-d", "--name", name, img.Name}, httpd...)...))
+	ip := strings.TrimSpace(x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)).stdout)
+	if net.ParseIP(ip) == nil {
+		x.fatal(r, "podman inspect gives no IP address for the container: %q", ip)
+	}
+	checkServes(x, r, "http://"+ip+"/etc/passwd")
+	a := x.must(p.podman(t, cmdOpts{}, "exec", name, "ip", "-o", "addr", "show", "eth0"))
+	if !strings.Contains(a.stdout, " "+ip+"/") {
+		x.errorf(a, "eth0 in the container lacks podman's address %s", ip)
+	}
+	addr := hostServer(t, p.bridge.ip)
+	w := x.must(p.podman(t, cmdOpts{}, "exec", name, "timeout", "30", "wget", "-q", "-O-", "http://"+addr+"/"))
+	if !strings.Contains(w.stdout, helloFromHost) {
+		x.errorf(w, "the container did not reach the host's server at %s", addr)
+	}
+	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "0", name))
+}
+
+// cniNet is a CNI network as containerd's CRI plugin sets one up for a pod: the test runs
+// the plugins (Debian's containernetworking-plugins: bridge with host-local addresses, then
+// portmap for a hostPort) on a network namespace it made, and the container names that
+// namespace by path.
+type cniNet struct {
+	ns       string // /run/netns/<ns>
+	id       string
+	conf     []map[string]any
+	bridge   *hostBridge
+	hostPort int
+	podIP    string
+}
+
+const cniPluginDir = "/usr/lib/cni"
+
+// newCNINet makes the namespace and runs ADD; DEL, the namespace and the bridge go when the
+// test ends.
+func newCNINet(t *testing.T, hostPort int) *cniNet {
+	t.Helper()
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
+		if _, err := os.Stat(cniPluginDir + "/" + p); err != nil {
+			t.Skipf("CNI plugin %s is not installed (make client-deps: apt-get install containernetworking-plugins): %v", p, err)
+		}
+	}
+	gw := strings.TrimSuffix(bridgeSubnet(3), "/24")
+	n := &cniNet{
+		ns: fmt.Sprintf("rvcni-%d", os.Getpid()), id: fmt.Sprintf("rvcni%d", os.Getpid()), hostPort: hostPort,
+		bridge: &hostBridge{name: fmt.Sprintf("rvcc%d", os.Getpid()%10000), ip: net.ParseIP(gw)},
+	}
+	n.conf = []map[string]any{
+		{"type": "bridge", "bridge": n.bridge.name, "isGateway": true, "ipMasq": false, "ipam": map[string]any{
+			"type": "host-local", "dataDir": filepath.Join(tmp, "cni-ipam"), "routes": []any{map[string]any{"dst": "0.0.0.0/0"}},
+			"ranges": []any{[]any{map[string]any{"subnet": strings.TrimSuffix(gw, ".1") + ".0/24", "gateway": gw}}}}},
+		{"type": "portmap", "capabilities": map[string]bool{"portMappings": true},
+			"runtimeConfig": map[string]any{"portMappings": []any{map[string]any{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"}}}},
+	}
+	if out, err := exec.Command("ip", "netns", "add", n.ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", n.ns, err, out)
+	}
+	t.Cleanup(func() {
+		if err := n.run("DEL"); err != nil {
+			t.Errorf("CNI DEL: %v", err)
+		}
+		exec.Command("ip", "netns", "del", n.ns).Run()
+		n.bridge.remove()
+	})
+	if err := n.run("ADD"); err != nil {
+		t.Fatalf("CNI ADD: %v", err)
+	}
+	return n
+}
+
+// run runs the plugins for command (DEL in reverse order), as libcni does.
+func (n *cniNet) run(command string) error {
+	order := n.conf
+	if command == "DEL" {
+		order = []map[string]any{n.conf[1], n.conf[0]}
+	}
+	var prev json.RawMessage
+	for _, p := range order {
+		conf := map[string]any{"cniVersion": "0.4.0", "name": "rvcni"}
+		for k, v := range p {
+			conf[k] = v
+		}
+		if prev != nil {
+			conf["prevResult"] = prev
+		}
+		in, _ := json.Marshal(conf)
+		cmd := exec.Command(cniPluginDir + "/" + p["type"].(string))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+n.id, "CNI_NETNS=/run/netns/"+n.ns,
+			"CNI_IFNAME=eth0", "CNI_PATH="+cniPluginDir)
+		cmd.Stdin = strings.NewReader(string(in))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("%s %s: %v: %s%s", p["type"], command, err, out, stderr.String())
+		}
+		if command == "ADD" {
+			prev = out
+			var res struct {
+				IPs []struct {
+					Address string `json:"address"`
+				} `json:"ips"`
+			}
+			if json.Unmarshal(out, &res) == nil && len(res.IPs) > 0 {
+				n.podIP = strings.Split(res.IPs[0].Address, "/")[0]
+			}
+		}
+	}
+	return nil
+}
+
+// TestContainerdCNI: containerd (ctr, runc shim with runv) runs a busybox httpd in a network
+// namespace set up with CNI's bridge and portmap plugins, as containerd's CRI plugin does
+// for a pod: it answers at the pod's address and at the hostPort on the host.
+func TestContainerdCNI(t *testing.T) {
+	c, x, id := newCtrTest(t)
+	n := newCNINet(t, freePort(t))
+	r := x.must(c.ctr(t, cmdOpts{}, append([]string{"run", "-d", "--runc-binary", runtimePath, "--with-ns", "network:/run/netns/" + n.ns, img.Qualified, id}, httpd...)...))
+	checkServes(x, r, "http://"+n.podIP+"/etc/passwd")
+	checkServes(x, r, fmt.Sprintf("http://%s:%d/etc/passwd", n.bridge.ip, n.hostPort))
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+	waitFor(30*time.Second, func() bool {
+		out, _ := c.ctrQuiet("tasks", "ls")
+		return !strings.Contains(out, id+" ") || strings.Contains(out, "STOPPED")
+	})
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
 }

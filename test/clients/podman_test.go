@@ -18,6 +18,8 @@ import (
 type podmanEnv struct {
 	dir  string
 	conf string
+	// bridge is the host end of the suite's default network (podmanNetwork).
+	bridge *hostBridge
 }
 
 var (
@@ -48,7 +50,13 @@ func needPodman(t *testing.T) *podmanEnv {
 		p := &podmanEnv{dir: filepath.Join(tmp, "p")}
 		os.MkdirAll(filepath.Join(p.dir, "tmp"), 0o755)
 		p.conf = filepath.Join(p.dir, "containers.conf")
-		conf := fmt.Sprintf("%s\n[engine.runtimes]\nrunv = [%q]\n", base, runtimePath)
+		network, err := podmanNetwork(filepath.Join(p.dir, "cni"))
+		if err != nil {
+			podmanSkip = err.Error()
+			return
+		}
+		p.bridge = network.bridge
+		conf := fmt.Sprintf("%s\n%s\n[engine.runtimes]\nrunv = [%q]\n", base, network.conf, runtimePath)
 		if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
 			podmanSkip = err.Error()
 			return
@@ -100,6 +108,8 @@ func podmanTeardown() (problems []string) {
 	if podman == nil {
 		return nil
 	}
+	// The CNI bridge plugin makes the bridge and leaves it.
+	defer podman.bridge.remove()
 	out, err := podman.quiet(time.Minute, "ps", "-aq")
 	if err != nil {
 		return []string{fmt.Sprintf("podman ps: %v", err)}
