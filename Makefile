@@ -21,7 +21,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
 
-.PHONY: all deps build runv agent initrd kernel install uninstall demo test unit-test \
+.PHONY: all deps build runv shim agent initrd kernel install uninstall demo test unit-test \
 	integration-test soak client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
@@ -40,10 +40,14 @@ apt-install:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
 	fi
 
-build: runv initrd kernel
+build: runv shim initrd kernel
 
 runv:
 	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
+
+# containerd's runtime v2 shim (io.containerd.runv.v2): containerd finds it on its PATH.
+shim:
+	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/containerd-shim-runv-v2 ./cmd/containerd-shim-runv-v2
 
 agent:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $(BUILD)/runv-agent ./cmd/runv-agent
@@ -57,11 +61,12 @@ kernel:
 
 install: build
 	install -D -m 0755 $(BUILD)/runv $(DESTDIR)$(PREFIX)/bin/runv
+	install -D -m 0755 $(BUILD)/containerd-shim-runv-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2
 	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(LIBDIR)/vmlinux
 	install -D -m 0644 $(BUILD)/initrd.img $(DESTDIR)$(LIBDIR)/initrd.img
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
+	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2 $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
 
 demo: deps install
 	@rm -rf $(BUILD)/demo-bundle

@@ -165,8 +165,11 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	a.creating[m.ID] = true
 	g := guestSpec{
 		ContainerID: m.ID, ShareDir: agentproto.SharePath, Rootfs: m.Rootfs,
-		PodNamespaces: a.pod.namespaces, SharePID: m.SharePID, SandboxPID: a.sandboxPIDLocked(),
+		SharePID: m.SharePID, SandboxPID: a.sandboxPIDLocked(),
 		ResolvConf: a.pod.resolvConf,
+	}
+	if m.Member {
+		g.PodNamespaces = a.pod.namespaces
 	}
 	a.mu.Unlock()
 	defer func() {
@@ -485,11 +488,17 @@ func (a *Agent) stats(_ context.Context, req *Request) (any, error) {
 			return err
 		}
 		if cg := st.CgroupStats; cg != nil {
-			out.CPUUsageNanos = cg.CpuStats.CpuUsage.TotalUsage
-			out.MemoryUsageBytes = cg.MemoryStats.Usage.Usage
-			out.MemoryLimitBytes = cg.MemoryStats.Usage.Limit
-			out.Pids = cg.PidsStats.Current
+			cpu, mem := cg.CpuStats, cg.MemoryStats
+			out.CPUUsageNanos = cpu.CpuUsage.TotalUsage
+			out.CPUUserNanos, out.CPUSystemNanos = cpu.CpuUsage.UsageInUsermode, cpu.CpuUsage.UsageInKernelmode
+			out.CPUPeriods, out.CPUThrottledPeriods = cpu.ThrottlingData.Periods, cpu.ThrottlingData.ThrottledPeriods
+			out.CPUThrottledNanos = cpu.ThrottlingData.ThrottledTime
+			out.MemoryUsageBytes, out.MemoryLimitBytes = mem.Usage.Usage, mem.Usage.Limit
+			out.SwapUsageBytes, out.SwapLimitBytes = mem.SwapOnlyUsage.Usage, mem.SwapOnlyUsage.Limit
+			out.MemoryStat = mem.Stats
+			out.Pids, out.PidsLimit = cg.PidsStats.Current, cg.PidsStats.Limit
 		}
+		out.MemoryEvents = c.memoryEvents()
 		return nil
 	})
 	return out, err
@@ -548,4 +557,32 @@ func (a *Agent) updateContainer(_ context.Context, req *Request) (any, error) {
 	}
 	c.spec = &spec
 	return nil, nil
+}
+
+// memoryEvents reads the container's memory.events (cgroup v2): its OOM and OOM-kill
+// counts among others. Nil when the cgroup cannot be read.
+func (c *container) memoryEvents() map[string]uint64 {
+	st, err := c.lc.State()
+	if err != nil {
+		return nil
+	}
+	dir := st.CgroupPaths[""]
+	if dir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(dir + "/memory.events")
+	if err != nil {
+		return nil
+	}
+	out := map[string]uint64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out
 }

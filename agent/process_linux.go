@@ -118,6 +118,10 @@ func (a *Agent) runProcess(p *process) {
 		st, werr := p.lp.Wait()
 		a.reaper.untrack(p.pid)
 		exit := processExit(p.ctr.id, p.id, st, werr)
+		if p.id == agentproto.InitProcessID && exit.Signal == int(sigKill) {
+			// The kernel's OOM killer sends SIGKILL; the container's cgroup counts it.
+			exit.OOMKilled = p.ctr.memoryEvents()["oom_kill"] > 0
+		}
 		p.io.waitOutput()
 		p.io.finish()
 		p.mu.Lock()

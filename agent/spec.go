@@ -23,7 +23,8 @@ type guestSpec struct {
 	// Rootfs is the container's root relative to ShareDir.
 	Rootfs string
 	// PodNamespaces are the guest paths of the pod's pinned namespaces (podShared), by
-	// type; nil for the pod's first container, which makes them.
+	// type, for a pod member (agentproto.Container.Member) to join; nil for any other
+	// container.
 	PodNamespaces map[specs.LinuxNamespaceType]string
 	// SharePID: the container asks for the pod's PID namespace (agentproto.Container).
 	SharePID bool
@@ -135,7 +136,8 @@ var podShared = []specs.LinuxNamespaceType{specs.IPCNamespace, specs.UTSNamespac
 //   - network: none of its own; the VM's network namespace is the pod's (its NICs mirror
 //     the pod's host interfaces);
 //   - the pod's first container gets fresh ones of every type it lists (but network):
-//     its IPC and UTS namespaces become the pod's;
+//     its IPC and UTS namespaces become the pod's; so does a container that only shares
+//     the VM, not the pod (containerd's runc shim groups);
 //   - a member gets the pod's IPC and UTS namespaces, listed or not (not listing one means
 //     the runtime's: for a member, the pod's); the sandbox's PID namespace when it asks to
 //     share it (refused once the sandbox's init has exited); fresh mount, user, cgroup and

@@ -155,7 +155,7 @@ func TestPodMembershipNamespaces(t *testing.T) {
 		want       []specs.LinuxNamespace
 		wantKind   string
 	}{
-		{name: "first container: fresh namespaces, host paths dropped, no network namespace", in: criMember,
+		{name: "first container, or one that only shares the VM: fresh namespaces, host paths dropped, no network namespace", in: criMember,
 			want: []specs.LinuxNamespace{ns(specs.PIDNamespace, ""), ns(specs.IPCNamespace, ""), ns(specs.UTSNamespace, ""), ns(specs.MountNamespace, "")}},
 		{name: "member sharing the PID namespace", in: criMember, pod: pod, sandboxPID: sandboxPID,
 			want: []specs.LinuxNamespace{ns(specs.PIDNamespace, sandboxPID), ns(specs.IPCNamespace, pod[specs.IPCNamespace]),

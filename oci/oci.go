@@ -40,15 +40,17 @@ func LoadBundle(bundle string) (abs string, spec *specs.Spec, raw []byte, err er
 	if err := Validate(abs, spec); err != nil {
 		return "", nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	resolvePaths(abs, spec)
+	ResolvePaths(abs, spec)
 	if raw, err = json.Marshal(spec); err != nil {
 		return "", nil, nil, fmt.Errorf("%s: encode: %w", path, err)
 	}
 	return abs, spec, raw, nil
 }
 
-// resolvePaths makes root.path and the bind-mount sources absolute, relative to bundle.
-func resolvePaths(bundle string, s *specs.Spec) {
+// ResolvePaths makes root.path and the bind-mount sources absolute, relative to bundle: the
+// one rule for them, which every loader of a bundle applies (LoadBundle for the CLI, the
+// containerd shim's for its tasks).
+func ResolvePaths(bundle string, s *specs.Spec) {
 	abs := func(p string) string {
 		if filepath.IsAbs(p) {
 			return p

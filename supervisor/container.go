@@ -69,15 +69,14 @@ type CreateRequest struct {
 	ID     string
 	Bundle string
 	Spec   *specs.Spec
-	Stdio  StdioRequest
-	Rows   uint16
-	Cols   uint16
-}
-
-// StdioRequest names the descriptors a client parked with the fdpass server.
-type StdioRequest struct {
-	Token                          string
-	HasStdin, HasStdout, HasStderr bool
+	// Stdio is the init process's host streams; the supervisor owns them from here on,
+	// also when Create fails.
+	Stdio Stdio
+	Rows  uint16
+	Cols  uint16
+	// Sandbox is the pod container whose namespaces this one joins ("": none, a container
+	// that only shares the VM). Which namespaces those are in the guest, the agent decides.
+	Sandbox string
 }
 
 func (s *Supervisor) lookup(id string) (*container, error) {
@@ -94,10 +93,7 @@ func (s *Supervisor) lookup(id string) (*container, error) {
 // with its init process waiting to be started.
 func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, err error) {
 	ctx = logging.With(ctx, "container", req.ID)
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
+	files := req.Stdio
 	defer files.closeOnError(&err)
 	if err := state.ValidateID(req.ID); err != nil {
 		return 0, err
@@ -130,7 +126,7 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, er
 	return pid, nil
 }
 
-func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files *hostStdio) (int, error) {
+func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files Stdio) (int, error) {
 	if err := s.waitReady(ctx); err != nil {
 		return 0, err
 	}
@@ -150,7 +146,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
-			ConsoleRows: req.Rows, ConsoleCols: req.Cols, SharePID: sharePID,
+			ConsoleRows: req.Rows, ConsoleCols: req.Cols, Member: req.Sandbox != "", SharePID: sharePID,
 		}
 	})
 	if err != nil {
@@ -174,9 +170,9 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that
 // creates it, and arranges for its exit to be recorded once its output has been delivered.
-func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, args []string, files *hostStdio, terminal bool,
+func (s *Supervisor) startProcess(ctx context.Context, c *container, procID string, args []string, files Stdio, terminal bool,
 	command func(agentproto.Stdio) (agentproto.MsgType, any)) (*process, agentproto.ProcessStarted, error) {
-	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.stdin == nil}
+	io := agentproto.Stdio{Stdio: s.agent.NextSeq(), NoStdin: files.Stdin == nil}
 	if !terminal {
 		io.Stderr = s.agent.NextSeq()
 	}
@@ -251,17 +247,15 @@ type ExecRequest struct {
 	ID      string
 	Process string
 	Spec    *specs.Process
-	Stdio   StdioRequest
-	Rows    uint16
-	Cols    uint16
+	// Stdio is the process's host streams; the supervisor owns them from here on.
+	Stdio Stdio
+	Rows  uint16
+	Cols  uint16
 }
 
 // Exec starts an additional process.
 func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err error) {
-	files, err := s.takeStdio(req.Stdio)
-	if err != nil {
-		return 0, err
-	}
+	files := req.Stdio
 	defer files.closeOnError(&err)
 	c, err := s.lookup(req.ID)
 	if err != nil {
@@ -320,7 +314,18 @@ func (s *Supervisor) Signal(ctx context.Context, id, proc string, sig int, all b
 		return fmt.Errorf("process %q of container %q is not running: %w", proc, id, errdefs.ErrFailedPrecondition)
 	default:
 	}
-	return s.agent.Call(ctx, agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: id, Process: proc, Signal: sig, All: all}, nil)
+	if err := s.agent.Call(ctx, agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: id, Process: proc, Signal: sig, All: all}, nil); err != nil {
+		select {
+		case <-s.agent.Done():
+			// The VM is gone and every process with it; their ends are being recorded
+			// (watchVM). Not an error of the caller's: `delete --force` right after a
+			// guest crash goes on to wait for the end.
+			return fmt.Errorf("container %q is not running: its VM exited: %w", id, errdefs.ErrFailedPrecondition)
+		default:
+		}
+		return err
+	}
+	return nil
 }
 
 // Wait blocks until the process exited and its output was delivered.

@@ -5,33 +5,47 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/internal/fdpass"
 )
 
-// hostStdio holds the descriptors a client handed over for one process. Missing ones behave
-// like /dev/null.
-type hostStdio struct {
-	stdin, stdout, stderr *os.File
+// Stdio is the host side of one process's standard streams: what the supervisor copies the
+// process's input from and its output to. Nil members behave like /dev/null. The supervisor
+// owns them once handed over: it closes the output writers when the process's output ended
+// (so their readers see EOF exactly then) and the input reader when the process is gone (a
+// blocked Read must return on Close).
+type Stdio struct {
+	Stdin          io.ReadCloser
+	Stdout, Stderr io.WriteCloser
 }
 
-func (s *Supervisor) takeStdio(req StdioRequest) (*hostStdio, error) {
-	h := &hostStdio{}
+// StdioRequest names the descriptors a CLI client parked with the pod daemon's fdpass server.
+type StdioRequest struct {
+	Token                          string
+	HasStdin, HasStdout, HasStderr bool
+}
+
+// takeStdio claims the descriptors a client parked under req.Token.
+func takeStdio(srv *fdpass.Server, req StdioRequest) (Stdio, error) {
+	var h Stdio
 	if req.Token == "" {
 		return h, nil
 	}
-	files, err := s.stdio.Take(req.Token)
+	files, err := srv.Take(req.Token)
 	if err != nil {
-		return nil, err
+		return h, err
 	}
 	// The client sends the descriptors it has, in stdin, stdout, stderr order.
-	want := []*(*os.File){}
+	var stdin, stdout, stderr *os.File
+	want := []**os.File{}
 	if req.HasStdin {
-		want = append(want, &h.stdin)
+		want = append(want, &stdin)
 	}
 	if req.HasStdout {
-		want = append(want, &h.stdout)
+		want = append(want, &stdout)
 	}
 	if req.HasStderr {
-		want = append(want, &h.stderr)
+		want = append(want, &stderr)
 	}
 	for i, f := range files {
 		if i < len(want) {
@@ -40,8 +54,15 @@ func (s *Supervisor) takeStdio(req StdioRequest) (*hostStdio, error) {
 			f.Close()
 		}
 	}
-	if h.stdin != nil {
-		h.stdin = interruptible(h.stdin)
+	// Typed nils must not become non-nil interfaces.
+	if stdin != nil {
+		h.Stdin = interruptible(stdin)
+	}
+	if stdout != nil {
+		h.Stdout = stdout
+	}
+	if stderr != nil {
+		h.Stderr = stderr
 	}
 	return h, nil
 }
@@ -68,31 +89,31 @@ func interruptible(f *os.File) *os.File {
 	return nf
 }
 
-// closeOnError closes the descriptors if the call that claimed them fails (*err != nil):
-// Create and Exec claim them before anything can fail, so that a failed call releases them
-// at once and its client, reading its end of a pipe, sees EOF instead of waiting for the
-// unclaimed ones to expire.
-func (h *hostStdio) closeOnError(err *error) {
+// closeOnError closes the streams if the call that took them fails (*err != nil): a failed
+// Create or Exec releases them at once, and the client reading its end of a pipe sees EOF
+// instead of waiting.
+func (h Stdio) closeOnError(err *error) {
 	if *err != nil {
-		h.close()
+		h.Close()
 	}
 }
 
-func (h *hostStdio) close() {
-	for _, f := range []*os.File{h.stdin, h.stdout, h.stderr} {
-		if f != nil {
-			f.Close()
+// Close closes every stream that is set.
+func (h Stdio) Close() {
+	for _, c := range []io.Closer{h.Stdin, h.Stdout, h.Stderr} {
+		if c != nil {
+			c.Close()
 		}
 	}
 }
 
-// relay copies between the host descriptors and the process's streams. The returned channel
-// is closed once all output reached the host descriptors (and they were closed, so readers
+// relay copies between the host streams and the process's streams. The returned channel
+// is closed once all output reached the host writers (and they were closed, so readers
 // see EOF); stdin keeps flowing until the client closes it or the process is gone.
-func (h *hostStdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-chan struct{} {
+func (h Stdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-chan struct{} {
 	done := make(chan struct{})
 	outputs := make(chan struct{}, 2)
-	copyOut := func(dst *os.File, src io.ReadCloser) {
+	copyOut := func(dst io.WriteCloser, src io.ReadCloser) {
 		defer func() { outputs <- struct{}{} }()
 		if src == nil {
 			// A terminal has no stderr stream, but the client still handed over its
@@ -113,21 +134,21 @@ func (h *hostStdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-
 			dst.Close()
 		}
 	}
-	go copyOut(h.stdout, stdout)
-	go copyOut(h.stderr, stderr)
+	go copyOut(h.Stdout, stdout)
+	go copyOut(h.Stderr, stderr)
 	go func() {
 		<-outputs
 		<-outputs
-		if h.stdin != nil {
+		if h.Stdin != nil {
 			// The process is gone: stop reading its stdin.
-			h.stdin.Close()
+			h.Stdin.Close()
 		}
 		close(done)
 	}()
 	if stdin != nil {
 		go func() {
-			if h.stdin != nil {
-				io.Copy(stdin, h.stdin)
+			if h.Stdin != nil {
+				io.Copy(stdin, h.Stdin)
 			}
 			stdin.Close()
 		}()

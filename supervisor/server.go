@@ -13,6 +13,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs/errgrpc"
+	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -20,11 +21,14 @@ import (
 type server struct {
 	podapi.UnimplementedPodServer
 	s *Supervisor
+	// stdio holds the descriptors CLI clients park before Create and Exec name them.
+	stdio *fdpass.Server
 }
 
-// Register adds the pod service for s to g.
-func Register(g *grpc.Server, s *Supervisor) {
-	podapi.RegisterPodServer(g, &server{s: s})
+// Register adds the pod service for s to g; the descriptors requests name are taken from
+// stdio.
+func Register(g *grpc.Server, s *Supervisor, stdio *fdpass.Server) {
+	podapi.RegisterPodServer(g, &server{s: s, stdio: stdio})
 }
 
 func stdioReq(s *podapi.Stdio) StdioRequest {
@@ -50,8 +54,12 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 	if err := g.s.SizeVM(sp); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	files, err := takeStdio(g.stdio, stdioReq(r.Stdio))
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rows, cols := size(r.Console)
-	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
+	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: files, Rows: rows, Cols: cols, Sandbox: r.Sandbox})
 	if err != nil {
 		logging.G(ctx).Error("create", "container", r.Id, "error", err)
 		return nil, errgrpc.ToGRPC(err)
@@ -72,8 +80,12 @@ func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecR
 	if err := json.Unmarshal(r.ProcessSpec, &p); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "process spec: %v", err)
 	}
+	files, err := takeStdio(g.stdio, stdioReq(r.Stdio))
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	rows, cols := size(r.Console)
-	pid, err := g.s.Exec(ctx, ExecRequest{ID: r.Id, Process: r.Process, Spec: &p, Stdio: stdioReq(r.Stdio), Rows: rows, Cols: cols})
+	pid, err := g.s.Exec(ctx, ExecRequest{ID: r.Id, Process: r.Process, Spec: &p, Stdio: files, Rows: rows, Cols: cols})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -198,5 +210,9 @@ func (g *server) Info(ctx context.Context, _ *podapi.Empty) (*podapi.PodInfo, er
 }
 
 func (g *server) WatchStandIn(ctx context.Context, r *podapi.StandInRequest) (*podapi.Empty, error) {
-	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.WatchStandIn(ctx, r.Id, r.Process, r.Token))
+	files, err := g.stdio.Take(r.Token)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.WatchStandIn(ctx, r.Id, r.Process, files))
 }

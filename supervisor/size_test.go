@@ -37,7 +37,7 @@ func newSizedSupervisor(t *testing.T) (*Supervisor, *recordingFactory) {
 	s, err := New(context.Background(), Config{
 		PodID: "p", Dir: t.TempDir(), Factory: f,
 		VM: factory.Request{CPUs: 1, MemoryMiB: 128}, SizeFromSpec: true,
-	}, nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,13 +27,9 @@ import (
 // standInKillTimeout bounds the kill sent to the VM after a stand-in died.
 const standInKillTimeout = 30 * time.Second
 
-// WatchStandIn takes the pidfd parked under token and kills process proc of container id
+// WatchStandIn takes files, which must be one pidfd, and kills process proc of container id
 // in the VM if the process behind the pidfd exits while proc still runs.
-func (s *Supervisor) WatchStandIn(ctx context.Context, id, proc, token string) error {
-	files, err := s.stdio.Take(token)
-	if err != nil {
-		return err
-	}
+func (s *Supervisor) WatchStandIn(ctx context.Context, id, proc string, files []*os.File) error {
 	if len(files) != 1 {
 		closeAll(files)
 		return fmt.Errorf("stand-in of process %q of container %q: want one pidfd, got %d descriptors: %w", procID(proc), id, len(files), errdefs.ErrInvalidArgument)

@@ -21,7 +21,6 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/oci"
@@ -70,7 +69,6 @@ type Supervisor struct {
 	cfg    Config
 	share  string
 	events *eventLog
-	stdio  *fdpass.Server
 
 	ready   chan struct{} // closed when the VM is up and the pod started, or failed
 	bootErr error
@@ -101,7 +99,7 @@ type Supervisor struct {
 
 // New prepares the pod directory and starts booting the VM in the background, so that the
 // boot overlaps with the client connecting and sending its first request.
-func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, error) {
+func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
 	}
@@ -111,7 +109,6 @@ func New(ctx context.Context, cfg Config, stdio *fdpass.Server) (*Supervisor, er
 	s := &Supervisor{
 		cfg:        cfg,
 		share:      filepath.Join(cfg.Dir, "share"),
-		stdio:      stdio,
 		ready:      make(chan struct{}),
 		sized:      make(chan factory.Request, 1),
 		closing:    make(chan struct{}),

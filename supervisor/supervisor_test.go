@@ -169,7 +169,7 @@ func newFakePod(t *testing.T) (*Supervisor, *fakeAgent) {
 	s, err := New(context.Background(), Config{
 		PodID: "p", Dir: t.TempDir(), Factory: idleFactory{},
 		connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return a, nil },
-	}, nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,9 +57,13 @@ type Container struct {
 	// ConsoleRows/Cols size the terminal when Spec.Process.Terminal is set.
 	ConsoleRows uint16 `json:"consoleRows,omitempty"`
 	ConsoleCols uint16 `json:"consoleCols,omitempty"`
-	// SharePID asks for the PID namespace of the pod's sandbox: the spec named a PID
-	// namespace by path (Kubernetes' shareProcessNamespace, --pid=container:X). The host
-	// sends no namespace paths; the agent decides every namespace in the guest.
+	// Member: the container is a member of the pod (a CRI container of its sandbox, or
+	// one whose spec named a pod container's namespace), which joins the pod's namespaces;
+	// not a container that only shares the VM (containerd's runc shim groups). SharePID
+	// asks for the sandbox's PID namespace too: the spec named a PID namespace by path
+	// (Kubernetes' shareProcessNamespace, --pid=container:X). The host sends no namespace
+	// paths; the agent decides every namespace in the guest.
+	Member   bool `json:"member,omitempty"`
 	SharePID bool `json:"sharePid,omitempty"`
 }
 
@@ -120,6 +124,9 @@ type ProcessExit struct {
 	Signal int `json:"signal,omitempty"`
 	// Error explains a process that never ran (e.g. executable not found: ExitCode 127).
 	Error string `json:"error,omitempty"`
+	// OOMKilled is set on a container's init that the kernel's OOM killer ended (or whose
+	// container had an OOM kill when it ended): what clients report as OOMKilled.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // ProcessList answers MsgListProcesses: guest pids of the container's processes.
@@ -144,12 +151,26 @@ type UpdateContainer struct {
 	Resources *specs.LinuxResources `json:"resources"`
 }
 
-// Stats answers MsgStats (cgroup figures of the container inside the guest).
+// Stats answers MsgStats (cgroup figures of the container inside the guest). The fields
+// after Pids are optional: an agent may leave them out.
 type Stats struct {
 	CPUUsageNanos    uint64 `json:"cpuUsageNanos"`
 	MemoryUsageBytes uint64 `json:"memoryUsageBytes"`
 	MemoryLimitBytes uint64 `json:"memoryLimitBytes"`
 	Pids             uint64 `json:"pids"`
+
+	CPUUserNanos        uint64 `json:"cpuUserNanos,omitempty"`
+	CPUSystemNanos      uint64 `json:"cpuSystemNanos,omitempty"`
+	CPUPeriods          uint64 `json:"cpuPeriods,omitempty"`
+	CPUThrottledPeriods uint64 `json:"cpuThrottledPeriods,omitempty"`
+	CPUThrottledNanos   uint64 `json:"cpuThrottledNanos,omitempty"`
+	SwapUsageBytes      uint64 `json:"swapUsageBytes,omitempty"`
+	SwapLimitBytes      uint64 `json:"swapLimitBytes,omitempty"`
+	PidsLimit           uint64 `json:"pidsLimit,omitempty"`
+	// MemoryStat is the cgroup's memory.stat (cgroup v2 keys: anon, file, ...).
+	MemoryStat map[string]uint64 `json:"memoryStat,omitempty"`
+	// MemoryEvents is the cgroup's memory.events (low, high, max, oom, oom_kill).
+	MemoryEvents map[string]uint64 `json:"memoryEvents,omitempty"`
 }
 
 // Marshal builds a command frame with the given payload (nil: no data).

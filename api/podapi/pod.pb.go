@@ -248,12 +248,15 @@ func (x *ConsoleSize) GetCols() uint32 {
 }
 
 type CreateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Bundle        string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"` // absolute path of the bundle
-	Spec          []byte                 `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`     // config.json as validated by the CLI
-	Stdio         *Stdio                 `protobuf:"bytes,4,opt,name=stdio,proto3" json:"stdio,omitempty"`
-	Console       *ConsoleSize           `protobuf:"bytes,5,opt,name=console,proto3" json:"console,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Bundle  string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"` // absolute path of the bundle
+	Spec    []byte                 `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`     // config.json as validated by the CLI
+	Stdio   *Stdio                 `protobuf:"bytes,4,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	Console *ConsoleSize           `protobuf:"bytes,5,opt,name=console,proto3" json:"console,omitempty"`
+	// sandbox is the pod container whose namespaces this one joins (empty: the container
+	// starts a pod of its own). Network, IPC and UTS are shared; PID when the spec asks.
+	Sandbox       string `protobuf:"bytes,6,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -321,6 +324,13 @@ func (x *CreateRequest) GetConsole() *ConsoleSize {
 		return x.Console
 	}
 	return nil
+}
+
+func (x *CreateRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
 }
 
 type CreateResponse struct {
@@ -1374,13 +1384,14 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"has_stderr\x18\x04 \x01(\bR\thasStderr\"5\n" +
 	"\vConsoleSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xb8\x01\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc3\x01\n" +
 	"\rCreateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\tR\x06bundle\x12\x12\n" +
 	"\x04spec\x18\x03 \x01(\fR\x04spec\x12(\n" +
 	"\x05stdio\x18\x04 \x01(\v2\x12.runv.pod.v1.StdioR\x05stdio\x122\n" +
-	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsoleJ\x04\b\x06\x10\aR\asandbox\"-\n" +
+	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\x12\x18\n" +
+	"\asandbox\x18\x06 \x01(\tR\asandbox\"-\n" +
 	"\x0eCreateResponse\x12\x1b\n" +
 	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"&\n" +
 	"\x0eNetworkRequest\x12\x14\n" +

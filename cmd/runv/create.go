@@ -123,7 +123,11 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err != nil {
 		return nil, err
 	}
-	if err := createInPod(ctx, pod, rec, raw, term, &undo); err != nil {
+	sandbox := "" // the container whose namespaces this one joins
+	if member != nil {
+		sandbox = member.ID
+	}
+	if err := createInPod(ctx, pod, rec, sandbox, raw, term, &undo); err != nil {
 		return nil, err
 	}
 	if err := standIn(ctx, g, pod, rec, term, o.shim, &undo); err != nil {
@@ -180,9 +184,10 @@ func stopDaemon(daemon state.Process) {
 	}
 }
 
-// createInPod has the pod daemon create the container, with our stdio or the terminal's;
+// createInPod has the pod daemon create the container (a member of sandbox's namespaces when
+// sandbox is set), with our stdio or the terminal's;
 // if a later step fails, the daemon discards it.
-func createInPod(ctx context.Context, pod *podConn, rec *state.Container, raw []byte, term *procTerminal, undo *cleanups) error {
+func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, undo *cleanups) error {
 	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
 	if term != nil {
 		stdin, stdout, stderr = term.stdio()
@@ -193,7 +198,7 @@ func createInPod(ctx context.Context, pod *podConn, rec *state.Container, raw []
 	}
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: rec.ID, Bundle: rec.Bundle, Spec: raw, Stdio: stdio, Console: term.size()})
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: rec.ID, Bundle: rec.Bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size()})
 	if err != nil {
 		return fmt.Errorf("create container %q: %w", rec.ID, rpcErr(err))
 	}

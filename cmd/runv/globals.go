@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
@@ -12,12 +11,6 @@ import (
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/internal/state"
-)
-
-// Where `make install` puts the guest kernel and initrd.
-const (
-	defaultKernel = "/var/lib/runv/vmlinux"
-	defaultInitrd = "/var/lib/runv/initrd.img"
 )
 
 func globalFlags() []cli.Flag {
@@ -30,8 +23,8 @@ func globalFlags() []cli.Flag {
 		// runc's other global flags, which clients such as containerd's go-runc may pass.
 		&cli.StringFlag{Name: "rootless", Value: "auto", Usage: "accepted for runc compatibility; runv runs as root (it starts VMs and mounts)"},
 		&cli.StringFlag{Name: "criu", Value: "criu", Usage: "accepted for runc compatibility; checkpoint/restore are not supported"},
-		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: defaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
-		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: defaultInitrd, Usage: "guest initrd holding the runv agent"},
+		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: poddaemon.DefaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
+		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: poddaemon.DefaultInitrd, Usage: "guest initrd holding the runv agent"},
 		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
 		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
 		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
@@ -123,18 +116,4 @@ func (g *globals) vmConfig() hypervisor.Config {
 }
 
 // checkBootFiles fails fast, before anything is created, when the kernel or initrd is missing.
-func (g *globals) checkBootFiles() error {
-	for _, f := range []struct{ what, path, hint string }{
-		{"kernel", g.kernel, "build and install it with 'make kernel install', or pass --kernel / set RUNV_KERNEL"},
-		{"initrd", g.initrd, "build and install it with 'make initrd install', or pass --initrd / set RUNV_INITRD"},
-	} {
-		fi, err := os.Stat(f.path)
-		if err != nil {
-			return fmt.Errorf("guest %s %s not found: %s: %w", f.what, f.path, f.hint, errdefs.ErrInvalidArgument)
-		}
-		if fi.IsDir() {
-			return fmt.Errorf("guest %s %s is a directory, not a file: %w", f.what, f.path, errdefs.ErrInvalidArgument)
-		}
-	}
-	return nil
-}
+func (g *globals) checkBootFiles() error { return g.boot().CheckFiles() }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/factoryd"
 	"github.com/runv-project/runv/hypervisor"
@@ -17,7 +18,14 @@ import (
 	"github.com/runv-project/runv/supervisor"
 )
 
-// Boot is how a pod's VM is made.
+// Where `make install` puts the guest kernel and initrd.
+const (
+	DefaultKernel = "/var/lib/runv/vmlinux"
+	DefaultInitrd = "/var/lib/runv/initrd.img"
+)
+
+// Boot is how a pod's VM is made. The pod daemon and the containerd shim
+// (containerd-shim-runv-v2) both build their factory from it.
 type Boot struct {
 	// Base is the VM's kernel, initrd, accelerator, machine and default size.
 	Base hypervisor.Config
@@ -27,6 +35,23 @@ type Boot struct {
 	Root string
 	// TemplateDir is where the template factory keeps its templates.
 	TemplateDir string
+}
+
+// CheckFiles fails fast, before anything is created, when the kernel or initrd is missing.
+func (b Boot) CheckFiles() error {
+	for _, f := range []struct{ what, path, hint string }{
+		{"kernel", b.Base.Kernel, "build and install it with 'make kernel install', or pass --kernel / set RUNV_KERNEL"},
+		{"initrd", b.Base.Initrd, "build and install it with 'make initrd install', or pass --initrd / set RUNV_INITRD"},
+	} {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("guest %s %s not found: %s: %w", f.what, f.path, f.hint, errdefs.ErrInvalidArgument)
+		}
+		if fi.IsDir() {
+			return fmt.Errorf("guest %s %s is a directory, not a file: %w", f.what, f.path, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
 }
 
 // Main is the pod daemon of pod podID in directory dir. It reports readiness, or why it

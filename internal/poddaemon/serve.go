@@ -47,13 +47,13 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	if err != nil {
 		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
 	}
-	sup, err := supervisor.New(ctx, cfg, stdio)
+	sup, err := supervisor.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
 		return fail(err)
 	}
 	g := grpc.NewServer()
-	supervisor.Register(g, sup)
+	supervisor.Register(g, sup, stdio)
 	go g.Serve(ln)
 	if ready != nil {
 		io.WriteString(ready, "ok\n")

@@ -70,7 +70,10 @@ func needContainerd(t *testing.T) *containerd {
 			ctrdSkipWhy = err.Error()
 			return
 		}
-		s, err := startService("containerd", filepath.Join(dir, "containerd.log"), "containerd", "--config", conf)
+		// containerd finds runv's shim (io.containerd.runv.v2) on its PATH, and the shim
+		// keeps its pods under a root of the suite's.
+		env := []string{"PATH=" + filepath.Dir(shimBinary) + ":" + os.Getenv("PATH"), "RUNV_ROOT=" + shimRoot()}
+		s, err := startService("containerd", filepath.Join(dir, "containerd.log"), env, "containerd", "--config", conf)
 		if err != nil {
 			ctrdSkipWhy = fmt.Sprintf("cannot start containerd: %v", err)
 			return
@@ -310,14 +313,7 @@ func TestContainerdPsPauseResume(t *testing.T) {
 	if !strings.Contains(r.stdout, fmt.Sprint(pid)) {
 		x.errorf(r, "want the task's pid %d in ctr task ps", pid)
 	}
-	x.must(c.ctr(t, cmdOpts{}, "tasks", "pause", id))
-	if status, _ := c.waitTask(t, x, id, "PAUSED", 10*time.Second); status != "PAUSED" {
-		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after pause, want PAUSED", id, status)
-	}
-	x.must(c.ctr(t, cmdOpts{}, "tasks", "resume", id))
-	if status, _ := c.waitTask(t, x, id, "RUNNING", 10*time.Second); status != "RUNNING" {
-		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after resume, want RUNNING", id, status)
-	}
+	c.checkPauseResume(t, x, id)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
 	c.waitTask(t, x, id, "STOPPED", 30*time.Second)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
@@ -333,11 +329,28 @@ func TestContainerdTerminal(t *testing.T) {
 	checkTerminal(x, r)
 }
 
-// runSleeper starts a detached `sleep 1000` task and waits until it runs; it returns the
-// task's pid.
+// checkPauseResume pauses a running task and resumes it, checking its status each time.
+func (c *containerd) checkPauseResume(t *testing.T, x *tc, id string) {
+	t.Helper()
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "pause", id))
+	if status, _ := c.waitTask(t, x, id, "PAUSED", 10*time.Second); status != "PAUSED" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after pause, want PAUSED", id, status)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "resume", id))
+	if status, _ := c.waitTask(t, x, id, "RUNNING", 10*time.Second); status != "RUNNING" {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q after resume, want RUNNING", id, status)
+	}
+}
+
+// runSleeper starts a detached `sleep 1000` task with the runc shim running runv and waits
+// until it runs; it returns the task's pid.
 func (c *containerd) runSleeper(t *testing.T, x *tc, id string) int {
 	t.Helper()
-	pid := c.runSleeper(t, x, id)
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runc-binary", runtimePath, img.Qualified, id, "sleep", "1000"))
+	status, pid := c.waitTask(t, x, id, "RUNNING", 30*time.Second)
+	if status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
 	return pid
 }
 

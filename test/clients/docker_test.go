@@ -61,7 +61,7 @@ func needDocker(t *testing.T) *dockerdEnv {
 		}
 		d.bridge = br
 		dockerd = d
-		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), "dockerd",
+		s, err := startService("dockerd", filepath.Join(dir, "dockerd.log"), nil, "dockerd",
 			"--config-file", daemonJSON,
 			"--iptables=false", "--ip6tables=false", "--bridge="+br.name,
 			"--containerd", c.address,

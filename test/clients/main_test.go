@@ -52,6 +52,9 @@ var (
 	// tmp holds everything the suite makes.
 	tmp string
 	img *image.Built
+	// shimBinary is runv's containerd shim (containerd-shim-runv-v2); shimWhy says why
+	// the shim tests cannot run ("" when they can).
+	shimBinary, shimWhy string
 	// hasExec reports whether this runv has an exec command.
 	hasExec bool
 	execWhy string
@@ -139,6 +142,10 @@ func setup() error {
 			return err
 		}
 		runtimePath = wrapper
+	}
+	shimBinary = envOr("RUNV_CLIENT_SHIM", filepath.Join(filepath.Dir(runvBinary), "containerd-shim-runv-v2"))
+	if _, err := os.Stat(shimBinary); err != nil {
+		shimWhy = fmt.Sprintf("runv's containerd shim is not installed next to runv (%v): make install, or set RUNV_CLIENT_SHIM", err)
 	}
 	if img, err = image.Busybox(filepath.Join(tmp, "busybox.tar"), ""); err != nil {
 		return fmt.Errorf("build the test image: %w", err)
@@ -584,10 +591,12 @@ func stateDirs(root string) []string {
 	return out
 }
 
-// podDirs lists runv's pod directories under a root.
+// podDirs lists runv's pod directories under a root: the CLI's pod daemons' and the
+// containerd shim's (@shim/<namespace>/<pod>).
 func podDirs(root string) []string {
 	dirs, _ := filepath.Glob(filepath.Join(root, "@pods", "*"))
-	return dirs
+	shim, _ := filepath.Glob(filepath.Join(root, "@shim", "*", "*"))
+	return append(dirs, shim...)
 }
 
 // killShimsOf SIGKILLs containerd's shims serving the given container id under our
@@ -629,7 +638,8 @@ type service struct {
 	done chan struct{}
 }
 
-func startService(name, logPath string, args ...string) (*service, error) {
+// startService starts a daemon; env, when set, is added to the suite's environment.
+func startService(name, logPath string, env []string, args ...string) (*service, error) {
 	if _, err := exec.LookPath(args[0]); err != nil {
 		return nil, err
 	}
@@ -639,6 +649,7 @@ func startService(name, logPath string, args ...string) (*service, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	// Its own process group (a ^C to the test is ours to handle), and gone with us.

@@ -85,6 +85,10 @@ type faultCase struct {
 	bundle    string
 	cgroup    string // cgroupsPath of the container's bundle: must be gone at the end
 	faultAt   time.Time
+	// net is the pod's network namespace (a veth, as CNI makes it), mirrored onto the VM
+	// with taps, qdiscs and filters: after the cleanup it must be as before the pod.
+	net       podNet
+	netBefore string
 
 	mu    sync.Mutex
 	notes []string // what the clients got, for the table
@@ -152,7 +156,12 @@ func newFaultCase(t *testing.T, comp faultComponent, point faultPoint) *faultCas
 	f := &faultCase{t: t, comp: comp, point: point, root: newRoot(t)}
 	f.id = newID(t)
 	f.cgroup = "/runv-fault-" + f.id
-	f.bundle = newBundleWith(t, func(s *specs.Spec) { s.Linux.CgroupsPath = f.cgroup }, "sleep", "1000")
+	f.net = newPodNet(t, true)
+	f.netBefore = f.net.snapshot(t)
+	f.bundle = newBundleWith(t, func(s *specs.Spec) {
+		s.Linux.CgroupsPath = f.cgroup
+		setNetNS(s, f.net.path())
+	}, "sleep", "1000")
 	t.Cleanup(func() { f.checkHostCgroup() })
 	return f
 }
@@ -255,6 +264,7 @@ func (f *faultCase) memberBundle() string {
 	}
 	return newBundleWith(f.t, func(s *specs.Spec) {
 		s.Linux.CgroupsPath = f.cgroup
+		setNetNS(s, f.net.path())
 		s.Annotations = map[string]string{
 			"io.kubernetes.cri.container-type": "container",
 			"io.kubernetes.cri.sandbox-id":     f.sandbox,
@@ -269,6 +279,7 @@ func (f *faultCase) startTriggerSandbox() {
 	f.sandbox = newID(t)
 	b := newBundleWith(t, func(s *specs.Spec) {
 		s.Linux.CgroupsPath = f.cgroup + "-sandbox"
+		setNetNS(s, f.net.path())
 		// In the agent's PID namespace, with /proc/sysrq-trigger writable.
 		var ns []specs.LinuxNamespace
 		for _, n := range s.Linux.Namespaces {
@@ -370,7 +381,7 @@ func (f *faultCase) expectState(want ...string) {
 		}
 		for _, w := range want {
 			if got == w {
-				f.note("state %s %s after the fault", got, start.Sub(f.faultAt).Round(time.Millisecond))
+				f.note("state %s when asked %s after the fault", got, start.Sub(f.faultAt).Round(time.Millisecond))
 				return
 			}
 		}
@@ -434,6 +445,11 @@ func (f *faultCase) cleanup(force bool) {
 		}
 	}
 	assertEmptyRoot(t, f.root)
+	if after := f.net.snapshot(t); after != f.netBefore {
+		t.Errorf("the pod's network namespace is not as before the pod (taps, qdiscs, filters left?):\nbefore:\n%s\nafter:\n%s", f.netBefore, after)
+	} else {
+		f.note("netns as before")
+	}
 }
 
 // checkHostCgroup fails the case if a host cgroup of its containers is left.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,16 +41,17 @@ type podNet struct {
 
 func (n podNet) path() string { return "/run/netns/" + n.name }
 
-var netSeq int
+// netSeq numbers the namespaces of the suite (tests make them in parallel).
+var netSeq atomic.Int32
 
 // newPodNet makes the namespace; with veth false it holds loopback only. It is deleted
 // (and the peer with it) when the test ends.
 func newPodNet(t *testing.T, veth bool) podNet {
 	t.Helper()
-	netSeq++
-	i := os.Getpid()%200 + netSeq
+	seq := int(netSeq.Add(1))
+	i := (os.Getpid()+seq)%250 + 1
 	n := podNet{
-		name: fmt.Sprintf("rvit-%d-%d", os.Getpid(), netSeq), hostIf: fmt.Sprintf("rvit%d", i),
+		name: fmt.Sprintf("rvit-%d-%d", os.Getpid(), seq), hostIf: fmt.Sprintf("rvit%d", i),
 		hostV4: fmt.Sprintf("10.231.%d.1", i), podV4: fmt.Sprintf("10.231.%d.2", i),
 		hostV6: fmt.Sprintf("fd31:0:0:%x::1", i), podV6: fmt.Sprintf("fd31:0:0:%x::2", i), mtu: 1400,
 	}

@@ -102,8 +102,14 @@ func TestSoak(t *testing.T) {
 		}
 		s.daemonRSS, s.daemonFds = daemonRSS, daemonFds
 		samples = append(samples, s)
-		if (i+1)%50 == 0 {
-			t.Logf("%d pods in %s", i+1, time.Since(start).Round(time.Second))
+		if (i+1)%soakWindow == 0 {
+			// The window's means as it goes, so that a run cut short still shows the trend.
+			w := samples[len(samples)-soakWindow:]
+			t.Logf("%d pods in %s; last %d: runv processes %.1f, host mounts %.1f, host links %.1f, test fds %.1f, daemon RSS %.0f kB, daemon fds %.1f",
+				i+1, time.Since(start).Round(time.Second), soakWindow,
+				mean(w, func(s soakSample) int { return s.runvProcs }), mean(w, func(s soakSample) int { return s.hostMounts }),
+				mean(w, func(s soakSample) int { return s.hostLinks }), mean(w, func(s soakSample) int { return s.ownFds }),
+				mean(w, func(s soakSample) int { return s.daemonRSS }), mean(w, func(s soakSample) int { return s.daemonFds }))
 		}
 	}
 	took := time.Since(start)

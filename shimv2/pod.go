@@ -1,0 +1,206 @@
+package shimv2
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/mount"
+	"github.com/sirupsen/logrus"
+
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/poddaemon"
+	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor"
+)
+
+// Config is the shim's configuration. containerd starts shims with its own environment, so
+// it comes from the same variables the runv CLI reads.
+type Config struct {
+	// Root is runv's state root (RUNV_ROOT, default /run/runv): pod directories are under
+	// Root/@shim/<namespace>/<pod>, templates and the VM pool are the CLI's.
+	Root string
+	// Boot is how the pods' VMs are made (the CLI's: templates and the VM pool of Root).
+	Boot poddaemon.Boot
+	// Debug logs at debug level (containerd's -debug, or RUNV_DEBUG=1).
+	Debug bool
+}
+
+// ConfigFromEnv reads RUNV_ROOT, RUNV_KERNEL, RUNV_INITRD, RUNV_ACCEL, RUNV_MACHINE,
+// RUNV_FACTORY, RUNV_DEFAULT_CPUS, RUNV_DEFAULT_MEMORY (MiB) and RUNV_DEBUG.
+func ConfigFromEnv() (Config, error) {
+	env := func(k, def string) string {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	root := env("RUNV_ROOT", "/run/runv")
+	c := Config{
+		Root: root,
+		Boot: poddaemon.Boot{
+			Base: hypervisor.Config{
+				Kernel: env("RUNV_KERNEL", poddaemon.DefaultKernel), Initrd: env("RUNV_INITRD", poddaemon.DefaultInitrd),
+				Accel: env("RUNV_ACCEL", hypervisor.AccelAuto), Machine: env("RUNV_MACHINE", hypervisor.MachineMicroVM),
+				CPUs: 1, MemoryMiB: 128,
+			},
+			Factory: os.Getenv("RUNV_FACTORY"), Root: root, TemplateDir: filepath.Join(root, "@templates"),
+		},
+		Debug: os.Getenv("RUNV_DEBUG") == "1",
+	}
+	if f := flag.Lookup("debug"); f != nil && f.Value.String() == "true" {
+		c.Debug = true
+	}
+	for _, n := range []struct {
+		env string
+		dst *int
+		min int
+	}{{"RUNV_DEFAULT_CPUS", &c.Boot.Base.CPUs, 1}, {"RUNV_DEFAULT_MEMORY", &c.Boot.Base.MemoryMiB, 64}} {
+		v := os.Getenv(n.env)
+		if v == "" {
+			continue
+		}
+		i, err := strconv.Atoi(v)
+		if err != nil || i < n.min {
+			return c, fmt.Errorf("%s=%q: want a number of at least %d: %w", n.env, v, n.min, errdefs.ErrInvalidArgument)
+		}
+		*n.dst = i
+	}
+	return c, nil
+}
+
+// podDir is the directory of a pod of this shim's namespace.
+func (c Config) podDir(namespace, pod string) string {
+	return filepath.Join(c.Root, "@shim", namespace, pod)
+}
+
+// ownerFile in a pod directory holds the pid of the shim serving the pod.
+const ownerFile = "shim.pid"
+
+// pod is the shim's pod: its supervisor and the factory its VM came from.
+type pod struct {
+	id, dir string
+	sup     *supervisor.Supervisor
+	factory factory.Factory
+}
+
+// podLocked returns the shim's pod, starting it (and booting its VM in the background) for
+// the first container. s.mu is held.
+func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
+	if s.pod != nil {
+		if s.pod.id != id {
+			return nil, fmt.Errorf("this runv shim serves pod %q, not %q: %w", s.pod.id, id, errdefs.ErrInvalidArgument)
+		}
+		return s.pod, nil
+	}
+	if err := s.cfg.Boot.CheckFiles(); err != nil {
+		return nil, err
+	}
+	dir := s.cfg.podDir(s.namespace, id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pod %s: %w", id, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pod %s: %w", id, err)
+	}
+	pctx := logging.With(s.ctx, "pod", id)
+	f, size, err := poddaemon.NewFactory(pctx, s.cfg.Boot)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	sup, err := supervisor.New(pctx, supervisor.Config{
+		PodID: id, Dir: dir, Factory: f,
+		// The pod's first container sizes the VM (oci.VMSize), never below the defaults.
+		VM:           size,
+		SizeFromSpec: true,
+	})
+	if err != nil {
+		f.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f}
+	logging.G(pctx).Info("pod started", "dir", dir)
+	return s.pod, nil
+}
+
+// closePodIfEmpty powers the pod's VM off and removes its directory once no container is
+// left.
+func (s *service) closePodIfEmpty(ctx context.Context) {
+	s.mu.Lock()
+	p := s.pod
+	if p == nil || len(s.tasks) > 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.pod = nil
+	s.mu.Unlock()
+	p.close(logging.With(context.WithoutCancel(ctx), "pod", p.id))
+}
+
+func (p *pod) close(ctx context.Context) {
+	log := logging.G(ctx)
+	if err := p.sup.Close(ctx); err != nil {
+		log.Warn("stop pod", "error", err)
+	}
+	if err := p.factory.Close(); err != nil {
+		log.Warn("close VM factory", "error", err)
+	}
+	if err := supervisor.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("remove pod directory", "error", err)
+	}
+	// The namespace's directory goes with its last pod (it fails while others remain).
+	os.Remove(filepath.Dir(p.dir))
+	log.Info("pod stopped")
+}
+
+// mountRootfs mounts containerd's snapshot mounts on bundle/rootfs, where root.path points.
+func mountRootfs(bundle string, rootfs []*types.Mount) error {
+	target := filepath.Join(bundle, "rootfs")
+	if err := os.Mkdir(target, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create rootfs mount point: %w", err)
+	}
+	ms := make([]mount.Mount, 0, len(rootfs))
+	for _, m := range rootfs {
+		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	if err := mount.All(ms, target); err != nil {
+		return fmt.Errorf("mount rootfs on %s: %w", target, err)
+	}
+	return nil
+}
+
+func unmountRootfs(ctx context.Context, bundle string) {
+	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
+		logging.G(ctx).Warn("unmount rootfs", "bundle", bundle, "error", err)
+	}
+}
+
+// setupLogging sends the supervisor's log (slog) where containerd's shim library sends its
+// own: the shim's log FIFO, which containerd copies into its log. The library points
+// logrus there only after the shim's init, so the writer looks it up on every write.
+func setupLogging(debug bool) {
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(logrusOutput{}, &slog.HandlerOptions{Level: level})))
+}
+
+type logrusOutput struct{}
+
+func (logrusOutput) Write(b []byte) (int, error) {
+	var w io.Writer = logrus.StandardLogger().Out
+	return w.Write(b)
+}

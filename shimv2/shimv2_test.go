@@ -1,0 +1,106 @@
+package shimv2
+
+import (
+	"errors"
+	"testing"
+
+	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/state"
+)
+
+func TestPodOf(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		id          string
+		annotations map[string]string
+		want        membership
+	}{
+		{"plain container starts its own pod", "c1", nil, membership{pod: "c1"}},
+		{"CRI sandbox", "sb", map[string]string{annotationContainerType: "sandbox", annotationSandboxID: "sb"}, membership{pod: "sb"}},
+		{"CRI container joins its sandbox's namespaces", "c1", map[string]string{annotationContainerType: "container", annotationSandboxID: "sb"}, membership{pod: "sb", sandbox: "sb"}},
+		{"group shares the VM, not namespaces", "c2", map[string]string{annotationGroup: "g"}, membership{pod: "g"}},
+		{"sandbox annotation wins over group", "c3", map[string]string{annotationContainerType: "container", annotationSandboxID: "sb", annotationGroup: "g"}, membership{pod: "sb", sandbox: "sb"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := podOf(tc.id, tc.annotations); got != tc.want {
+				t.Errorf("podOf(%q, %v) = %+v, want %+v", tc.id, tc.annotations, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRefuseHostNamespaces(t *testing.T) {
+	own := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}}
+	joined := []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"}, {Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}}
+	for _, tc := range []struct {
+		name    string
+		ns      []specs.LinuxNamespace
+		refused bool
+	}{
+		{"own namespaces", own, false},
+		{"namespaces joined by path (a pod member)", joined, false},
+		{"host network", []specs.LinuxNamespace{{Type: specs.IPCNamespace}}, true},
+		{"host IPC", []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := refuseHostNamespaces("c", &specs.Spec{Linux: &specs.Linux{Namespaces: tc.ns}})
+			if tc.refused != (err != nil) {
+				t.Fatalf("refused = %v (%v), want %v", err != nil, err, tc.refused)
+			}
+			if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("error %v is not an invalid argument", err)
+			}
+		})
+	}
+}
+
+func TestContainerStatus(t *testing.T) {
+	for _, tc := range []struct {
+		st   string
+		exec bool
+		want task.Status
+	}{
+		{state.StatusCreated, false, task.Status_CREATED},
+		{state.StatusCreated, true, task.Status_RUNNING},
+		{state.StatusRunning, false, task.Status_RUNNING},
+		{state.StatusPaused, false, task.Status_PAUSED},
+		{state.StatusPaused, true, task.Status_PAUSED},
+		{state.StatusStopped, false, task.Status_STOPPED},
+	} {
+		if got := containerStatus(tc.st, tc.exec); got != tc.want {
+			t.Errorf("containerStatus(%q, exec %v) = %v, want %v", tc.st, tc.exec, got, tc.want)
+		}
+	}
+}
+
+// The metrics are containerd's cgroup v2 type, which ctr and the CRI decode by type URL.
+func TestMetrics(t *testing.T) {
+	a, err := metrics(agentproto.Stats{
+		CPUUsageNanos: 5_000_000, MemoryUsageBytes: 1 << 20, MemoryLimitBytes: 64 << 20, Pids: 3,
+		MemoryStat: map[string]uint64{"anon": 4096, "file": 8192}, MemoryEvents: map[string]uint64{"oom_kill": 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.TypeUrl != "io.containerd.cgroups.v2.Metrics" {
+		t.Errorf("type URL %q, want io.containerd.cgroups.v2.Metrics", a.TypeUrl)
+	}
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := v.(*v2.Metrics)
+	if !ok {
+		t.Fatalf("decoded %T, want *v2.Metrics", v)
+	}
+	if m.CPU.UsageUsec != 5000 || m.Memory.Usage != 1<<20 || m.Memory.UsageLimit != 64<<20 || m.Pids.Current != 3 ||
+		m.Memory.Anon != 4096 || m.Memory.File != 8192 || m.MemoryEvents.OomKill != 1 {
+		t.Errorf("metrics = %v", m)
+	}
+}

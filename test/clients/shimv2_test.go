@@ -1,0 +1,268 @@
+//go:build integration
+
+package clients
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The tests of runv's own containerd shim (containerd-shim-runv-v2, runtime
+// io.containerd.runv.v2), driven by ctr through the suite's containerd, which finds the shim
+// on its PATH.
+
+const shimRuntime = "io.containerd.runv.v2"
+
+// shimRoot is runv's state root for the shim's pods (RUNV_ROOT of the suite's containerd).
+func shimRoot() string { return filepath.Join(tmp, "sr") }
+
+// shimEnv is the shim's footprint for the leak checks: its pods under shimRoot, its shim
+// processes (named by container id) and their VMs.
+type shimEnv struct{ c *containerd }
+
+func (e shimEnv) roots() []string    { return []string{shimRoot()} }
+func (e shimEnv) logFiles() []string { return []string{e.c.log} }
+func (e shimEnv) extraLogs() string  { return "" }
+
+// newShimTest starts a test of the shim and removes its containers afterwards.
+func newShimTest(t *testing.T, ids ...string) (*containerd, *tc) {
+	if shimWhy != "" {
+		t.Skip(shimWhy)
+	}
+	c := needContainerd(t)
+	x := newTC(t, shimEnv{c})
+	for _, id := range ids {
+		x.track(id)
+		t.Cleanup(func() { c.forceRemove(t, id) })
+	}
+	return c, x
+}
+
+// shimProcesses lists the live containerd-shim-runv-v2 processes of our containerd.
+func shimProcesses(c *containerd) []proc {
+	var out []proc
+	for _, p := range runvProcesses(nil, []string{c.address}) {
+		if strings.Contains(p.cmdline, "containerd-shim-runv-v2") {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// vmsUnder lists the QEMU processes of the shim's pods.
+func vmsUnder(root string) []proc {
+	var out []proc
+	for _, p := range runvProcesses([]string{root}, nil) {
+		if strings.Contains(p.cmdline, "qemu-system") {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestShimRun: ctr run --rm with runv's shim prints the guest kernel, and the shim and its
+// VM are gone when ctr returns.
+func TestShimRun(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	r := x.must(c.ctr(t, cmdOpts{}, "run", "--rm", "--runtime", shimRuntime, img.Qualified, id, "uname", "-r"))
+	checkGuestRelease(x, r)
+	if left := append(shimProcesses(c), vmsUnder(shimRoot())...); len(left) > 0 {
+		x.errorf(r, "processes left when ctr run --rm returned: %v", left)
+	}
+}
+
+// TestShimExitCodeAndStdio: the exit code, stdout, stderr and stdin (FIFOs) pass through.
+func TestShimExitCodeAndStdio(t *testing.T) {
+	id, id2 := newName(t), newName(t)
+	c, x := newShimTest(t, id, id2)
+	r := c.ctr(t, cmdOpts{}, "run", "--rm", "--runtime", shimRuntime, img.Qualified, id, "sh", "-c", "echo out; echo err >&2; exit 3")
+	if r.code != 3 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
+		x.fatal(r, "want exit 3, stdout \"out\\n\", stderr \"err\\n\"")
+	}
+	r = x.must(c.ctr(t, cmdOpts{stdin: "hello from the host\n"}, "run", "--rm", "--runtime", shimRuntime, img.Qualified, id2, "sh", "-c", "read l; echo \"got: $l\""))
+	if r.stdout != "got: hello from the host\n" {
+		x.fatal(r, "stdin did not reach the container")
+	}
+}
+
+// TestShimTaskAPI: a detached container through the task API: exec (exit code, terminal),
+// metrics read in the guest, ps, pause and resume, kill and delete with 137. The pod is one
+// shim process and one VM.
+func TestShimTaskAPI(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime, img.Qualified, id, "sleep", "1000"))
+	if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
+	if shims, vms := shimProcesses(c), vmsUnder(shimRoot()); len(shims) != 1 || len(vms) != 1 {
+		x.errorf(result{}, "want one shim and one VM for the container, have shims %v, VMs %v", shims, vms)
+	}
+	r := c.ctr(t, cmdOpts{}, "tasks", "exec", "--exec-id", "e1", id, "sh", "-c", "uname -r; exit 5")
+	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
+		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
+	}
+	r = runInPty(t, 60*time.Second, "ctr", c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id,
+		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
+
+	// Metrics are the container's cgroup in the guest: a sleeping busybox uses some memory
+	// and has one process.
+	r = x.must(c.ctr(t, cmdOpts{}, "tasks", "metrics", id))
+	if v := metric(r.stdout, "memory.usage"); v <= 0 {
+		x.errorf(r, "want memory.usage > 0 in ctr task metrics, got %d", v)
+	}
+	if v := metric(r.stdout, "pids.current"); v != 1 {
+		x.errorf(r, "want pids.current 1 (sleep) in ctr task metrics, got %d", v)
+	}
+	r = x.must(c.ctr(t, cmdOpts{}, "tasks", "ps", id))
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 {
+		x.errorf(r, "want one process (sleep) in ctr task ps")
+	}
+
+	c.checkPauseResume(t, x, id)
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+	if status, _ := c.waitTask(t, x, id, "STOPPED", 30*time.Second); status != "STOPPED" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q 30s after kill -s KILL, want STOPPED", id, status)
+	}
+	// As runc: killing every process of a stopped container succeeds.
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "--all", "-s", "KILL", id))
+	r = x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+	if !strings.Contains(r.stderr, "exit code 137") {
+		x.errorf(r, "want exit code 137 (SIGKILL) reported by task delete")
+	}
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
+}
+
+// metric reads one value of ctr task metrics' table (-1 when absent).
+func metric(table, name string) int64 {
+	for _, l := range strings.Split(table, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			var v int64
+			if _, err := fmt.Sscan(f[1], &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// TestShimTerminal: ctr run -t gives the container a terminal.
+func TestShimTerminal(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	r := runInPty(t, 60*time.Second, "ctr", c.ctrArgs("run", "--rm", "-t", "--runtime", shimRuntime, img.Qualified, id,
+		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
+	checkTerminal(x, r)
+}
+
+// TestShimLogURIs: --log-uri file:// and binary:// (a logging program reading descriptors 3
+// and 4, as containerd's runc shim starts it) receive the container's output.
+func TestShimLogURIs(t *testing.T) {
+	id, id2 := newName(t), newName(t)
+	c, x := newShimTest(t, id, id2)
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "file.log")
+	x.must(c.ctr(t, cmdOpts{}, "run", "--rm", "--log-uri", "file://"+logFile, "--runtime", shimRuntime, img.Qualified, id,
+		"sh", "-c", "echo to-file; echo err-to-file >&2"))
+	if got := readAll(logFile); !strings.Contains(got, "to-file\n") || !strings.Contains(got, "err-to-file\n") {
+		x.errorf(result{}, "file:// log %s holds %q, want both streams", logFile, got)
+	}
+	logger := filepath.Join(dir, "logger.sh")
+	script := fmt.Sprintf("#!/bin/sh\nexec 5>&-\ncat <&3 >%[1]s/out.log &\ncat <&4 >%[1]s/err.log\nwait\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" >%[1]s/who\n", dir)
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "run", "--rm", "--log-uri", "binary://"+logger, "--runtime", shimRuntime, img.Qualified, id2,
+		"sh", "-c", "echo to-binary; echo err-to-binary >&2"))
+	if !waitFor(15*time.Second, func() bool { return readAll(filepath.Join(dir, "who")) != "" }) {
+		x.errorf(result{}, "the logging program did not finish after the container exited")
+	}
+	if out, errs := readAll(filepath.Join(dir, "out.log")), readAll(filepath.Join(dir, "err.log")); out != "to-binary\n" || errs != "err-to-binary\n" {
+		x.errorf(result{}, "binary:// logger got stdout %q, stderr %q", out, errs)
+	}
+	if who := strings.TrimSpace(readAll(filepath.Join(dir, "who"))); who != c.ns+"/"+id2 {
+		x.errorf(result{}, "logging program saw CONTAINER_NAMESPACE/CONTAINER_ID %q, want %s/%s", who, c.ns, id2)
+	}
+}
+
+// TestShimPod: containers naming a CRI sandbox (or a shim group) join its shim and VM: two
+// containers are one shim process and one VM, the member shares the sandbox's network
+// namespace in the guest, and the VM goes with the last container.
+func TestShimPod(t *testing.T) {
+	sb, member := newName(t), newName(t)
+	c, x := newShimTest(t, member, sb)
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime,
+		"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id="+sb,
+		img.Qualified, sb, "sleep", "1000"))
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime,
+		"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id="+sb,
+		img.Qualified, member, "sleep", "1000"))
+	for _, id := range []string{sb, member} {
+		if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
+			x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+		}
+	}
+	if shims, vms := shimProcesses(c), vmsUnder(shimRoot()); len(shims) != 1 || len(vms) != 1 {
+		x.errorf(result{}, "want one shim and one VM for the two containers of the pod, have shims %v, VMs %v", shims, vms)
+	}
+	netns := func(id string) string {
+		return strings.TrimSpace(x.must(c.ctr(t, cmdOpts{}, "tasks", "exec", "--exec-id", "ns", id, "readlink", "/proc/self/ns/net")).stdout)
+	}
+	if a, b := netns(sb), netns(member); a == "" || a != b {
+		x.errorf(result{}, "the member's network namespace %q is not the sandbox's %q", b, a)
+	}
+	// The member goes first, as the CRI removes them; the VM stays for the sandbox.
+	for i, id := range []string{member, sb} {
+		x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
+		c.waitTask(t, x, id, "STOPPED", 30*time.Second)
+		x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
+		x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
+		if i == 0 && len(vmsUnder(shimRoot())) != 1 {
+			x.errorf(result{}, "the pod's VM went with its first deleted container")
+		}
+	}
+}
+
+// TestShimOOM: a container killed by the OOM killer in the guest ends with 137 and containerd
+// gets the TaskOOM event (what the CRI turns into reason OOMKilled), before the exit.
+func TestShimOOM(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	events := filepath.Join(t.TempDir(), "events")
+	ev, err := startService("ctr events", events, nil, append([]string{"ctr"}, c.ctrArgs("events")...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.terminate(5 * time.Second)
+	r := c.ctr(t, cmdOpts{}, "run", "--rm", "--runtime", shimRuntime, "--memory-limit", fmt.Sprint(32<<20), img.Qualified, id,
+		"sh", "-c", "a=0123456789abcdef; while true; do a=$a$a; done")
+	if r.code != 137 {
+		x.fatal(r, "want exit 137 (killed by the OOM killer)")
+	}
+	if !waitFor(10*time.Second, func() bool { return strings.Contains(readAll(events), "/tasks/delete") }) {
+		x.errorf(r, "no /tasks/delete event in ctr events: %s", readAll(events))
+	}
+	log := readAll(events)
+	oom, exit := strings.Index(log, "/tasks/oom {\"container_id\":\""+id+"\""), strings.Index(log, "/tasks/exit")
+	if oom < 0 || exit < 0 || oom > exit {
+		x.errorf(r, "want /tasks/oom for %s before /tasks/exit in ctr events:%s", id, indent(log))
+	}
+}
+
+// TestShimRefusesHostNetwork: a VM cannot share the host's network namespace: ctr run
+// --net-host is refused with a message saying so, and nothing is left.
+func TestShimRefusesHostNetwork(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	r := c.ctr(t, cmdOpts{}, "run", "--rm", "--net-host", "--runtime", shimRuntime, img.Qualified, id, "true")
+	if r.code == 0 || !strings.Contains(r.stderr, "host's network") {
+		x.errorf(r, "want ctr run --net-host refused, naming the host's network namespace")
+	}
+	c.ctrQuiet("containers", "rm", id)
+}
