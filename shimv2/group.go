@@ -9,6 +9,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/oci"
 )
 
 // Annotations that put a container into an existing pod (shim and VM).
@@ -44,7 +45,7 @@ func podOf(id string, annotations map[string]string) membership {
 	return membership{pod: id}
 }
 
-// readSpec decodes a bundle's config.json.
+// readSpec decodes a bundle's config.json, its paths resolved (oci.ResolvePaths).
 func readSpec(bundle string) (*specs.Spec, error) {
 	path := filepath.Join(bundle, "config.json")
 	b, err := os.ReadFile(path)
@@ -55,6 +56,10 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", path, err, errdefs.ErrInvalidArgument)
 	}
+	if s.Root == nil || s.Root.Path == "" {
+		return nil, fmt.Errorf("%s: root.path is missing: %w", path, errdefs.ErrInvalidArgument)
+	}
+	oci.ResolvePaths(bundle, &s)
 	return &s, nil
 }
 
