@@ -19,7 +19,7 @@ AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
 	build-essential busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
 # Debian packages of the clients the client tests drive (and the reference runtimes).
-CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static
+CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 
 .PHONY: all deps build runv shim agent initrd kernel install uninstall demo test unit-test \
 	integration-test soak client-deps client-test conformance apt-install bench proto clean fuzz
@@ -106,7 +106,7 @@ soak: deps build
 # the installed runv, as users do (test/clients; docs/clients.md). Services get private state
 # under /tmp and are stopped at the end.
 client-test: client-deps install
-	$(GO) test -count=1 -tags integration -timeout 30m -v ./test/image/ ./test/clients/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:)'; \
+	$(GO) test -count=1 -tags integration -p 1 -timeout 45m -v ./test/image/ ./test/clients/ ./test/cri/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:|cri tests:)'; \
 		code=$${PIPESTATUS[0]}; grep -B1 -E '^\s*--- SKIP' $(BUILD)/client-test.log | grep -vE '^(--|\s*--- SKIP)' | sed 's/^ */skipped: /'; exit $$code
 
 # OCI runtime conformance (opencontainers/runtime-tools validation/) against runc and the
