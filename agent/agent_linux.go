@@ -51,8 +51,8 @@ type Agent struct {
 	pod        *podState
 	containers map[string]*container
 	creating   map[string]bool // ids whose NEWCONTAINER is in progress
-	// sandbox is the pod's first container: later containers whose spec names a namespace
-	// by path join the sandbox's namespace of that type.
+	// sandbox is the pod's first container still there: members that share the pod's PID
+	// namespace join its init's (see guestNamespaces).
 	sandbox    string
 	destroying bool
 	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/ocispec"
 )
 
 const sigKill = unix.SIGKILL
@@ -128,21 +129,14 @@ func (a *Agent) lookupProcess(container, process string) (*container, *process, 
 	return c, p, nil
 }
 
-// sandboxNamespaces returns the guest paths of the pod sandbox's namespaces: the first
-// container of the pod that still exists with a live init. Caller holds a.mu.
-func (a *Agent) sandboxNamespacesLocked() map[specs.LinuxNamespaceType]string {
+// sandboxPIDLocked is the guest path of the PID namespace of the pod's sandbox (its first
+// container still there), "" when there is none or its init exited. Caller holds a.mu.
+func (a *Agent) sandboxPIDLocked() string {
 	c, ok := a.containers[a.sandbox]
 	if !ok || c.init == nil || c.init.exited() {
-		return nil
+		return ""
 	}
-	ns := make(map[specs.LinuxNamespaceType]string)
-	for t, name := range map[specs.LinuxNamespaceType]string{
-		specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
-		specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.TimeNamespace: "time",
-	} {
-		ns[t] = "/proc/" + strconv.Itoa(c.init.pid) + "/ns/" + name
-	}
-	return ns
+	return ocispec.ProcPath(c.init.pid, specs.PIDNamespace)
 }
 
 // newContainer creates a container whose init is created but waits for STARTCONTAINER.
@@ -171,7 +165,11 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	a.creating[m.ID] = true
 	g := guestSpec{
 		ContainerID: m.ID, ShareDir: agentproto.SharePath, Rootfs: m.Rootfs,
-		SandboxNS: a.sandboxNamespacesLocked(), ResolvConf: a.pod.resolvConf,
+		SharePID: m.SharePID, SandboxPID: a.sandboxPIDLocked(),
+		ResolvConf: a.pod.resolvConf,
+	}
+	if m.Member {
+		g.PodNamespaces = a.pod.namespaces
 	}
 	a.mu.Unlock()
 	defer func() {
@@ -186,6 +184,17 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 		return nil, err
 	}
 	a.mu.Lock()
+	if a.pod.namespaces == nil {
+		// The pod's first container: its namespaces become the pod's.
+		ns, err := pinPodNamespaces(p.pid, podNamespaceDir)
+		if err != nil {
+			a.mu.Unlock()
+			a.discardCreated(c, p)
+			a.trace.end(tr, c.log)
+			return nil, err
+		}
+		a.pod.namespaces = ns
+	}
 	a.containers[m.ID] = c
 	if _, ok := a.containers[a.sandbox]; !ok {
 		a.sandbox = m.ID
@@ -199,6 +208,18 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	a.runProcess(p)
 	c.log.Infof("created, init pid %d", p.pid)
 	return nil, nil
+}
+
+// discardCreated undoes createContainer for a container the host never learnt about: its
+// init is killed and reaped, its streams reset, the container destroyed.
+func (a *Agent) discardCreated(c *container, p *process) {
+	_ = p.lp.Signal(sigKill)
+	_, _ = p.lp.Wait()
+	a.reaper.untrack(p.pid)
+	p.io.abort()
+	if err := c.lc.Destroy(); err != nil {
+		c.log.Errorf("destroy after a failed create: %v", err)
+	}
 }
 
 func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTrace) (*container, *process, error) {
@@ -515,12 +536,12 @@ func (a *Agent) updateContainer(_ context.Context, req *Request) (any, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	spec, err := copySpec(c.spec)
-	if err != nil {
-		return nil, err
-	}
-	spec.Linux.Resources = mergeResources(spec.Linux.Resources, m.Resources)
-	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: spec}, nil)
+	// Shallow copies: c.spec changes only once the cgroup took the new resources, and
+	// mergeResources makes a new set, leaving the current one as it is.
+	spec, linux := *c.spec, *c.spec.Linux
+	linux.Resources = mergeResources(linux.Resources, m.Resources)
+	spec.Linux = &linux
+	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: &spec}, nil)
 	if err != nil {
 		return nil, withKind(agentproto.KindInvalid, fmt.Errorf("update container %q: %w", c.id, err))
 	}
@@ -534,7 +555,7 @@ func (a *Agent) updateContainer(_ context.Context, req *Request) (any, error) {
 	if err := c.lc.Set(cfg); err != nil {
 		return nil, fmt.Errorf("update container %q: %w", c.id, err)
 	}
-	c.spec = spec
+	c.spec = &spec
 	return nil, nil
 }
 

@@ -18,7 +18,8 @@
 //
 // Containers (container_linux.go, process_linux.go, stdio_linux.go, spec.go): the host's
 // OCI spec is adjusted for the guest (rootfs and volumes on the 9p share, a tmpfs /dev, the
-// guest's network namespace, sandbox namespaces, an agent-owned cgroup path, no hooks) and
+// guest's network namespace, the pod's namespaces as guestNamespaces decides (podns_linux.go
+// pins them), an agent-owned cgroup path, no hooks) and
 // handed to libcontainer. A process's streams are registered before its command is
 // acknowledged; its PROCESSEXIT is sent only after its output streams reached EOF.
 //

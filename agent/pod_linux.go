@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -31,6 +32,9 @@ type podState struct {
 	id         string
 	resolvConf string // podResolvConf when the pod has DNS settings, else ""
 	shareTag   string
+	// namespaces are the pod's namespaces, pinned from its first container
+	// (pinPodNamespaces), by type; nil until that container exists.
+	namespaces map[specs.LinuxNamespaceType]string
 }
 
 // startPod applies what a pod (and every clone of a VM template) needs once: identity,

@@ -2,9 +2,10 @@ package agent
 
 import specs "github.com/opencontainers/runtime-spec/specs-go"
 
-// mergeResources overlays the resource groups set in upd onto old, as `runc update` does:
-// a group the host leaves nil keeps its current value. Devices are not merged: device
-// access is fixed at creation.
+// mergeResources overlays the resource groups set in upd onto old: a group the host leaves
+// nil keeps its current value. It merges whole groups, not fields like the CLI's (cmd/runv
+// update.go) because the host sends every group it touches complete, already merged there.
+// Devices are not merged: device access is fixed at creation.
 func mergeResources(old, upd *specs.LinuxResources) *specs.LinuxResources {
 	var out specs.LinuxResources
 	if old != nil {

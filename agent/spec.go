@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"path"
@@ -23,9 +22,15 @@ type guestSpec struct {
 	ShareDir string
 	// Rootfs is the container's root relative to ShareDir.
 	Rootfs string
-	// SandboxNS maps a namespace type to the guest path of the pod sandbox's namespace
-	// (/proc/<pid>/ns/<type>); nil for the pod's first container.
-	SandboxNS map[specs.LinuxNamespaceType]string
+	// PodNamespaces are the guest paths of the pod's pinned namespaces (podShared), by
+	// type, for a pod member (agentproto.Container.Member) to join; nil for any other
+	// container.
+	PodNamespaces map[specs.LinuxNamespaceType]string
+	// SharePID: the container asks for the pod's PID namespace (agentproto.Container).
+	SharePID bool
+	// SandboxPID is the guest path of the PID namespace of the pod's sandbox (its first
+	// container), "" when there is none: no sandbox, or its init exited.
+	SandboxPID string
 	// ResolvConf is the guest path of the pod's resolv.conf, "" when STARTPOD had no DNS.
 	ResolvConf string
 }
@@ -38,14 +43,13 @@ var defaultDevMount = specs.Mount{
 	Options:     []string{"nosuid", "strictatime", "mode=755", "size=65536k"},
 }
 
-// adjustSpec returns a copy of the host's spec adjusted for the guest (the input is not
-// modified):
+// adjustSpec adjusts the host's spec for the guest, in place (it is the agent's own, decoded
+// from NEWCONTAINER: the spec is decoded once per hop), and returns it:
 //   - root.path points into the 9p share; relative bind sources are resolved in it;
 //   - /dev is always a tmpfs: 9p cannot hold device nodes (QEMU refuses mknod on the share);
 //   - no network namespace: the VM is the pod's network namespace, its NIC mirrors the
 //     container's host interfaces, so every container runs in the guest's;
-//   - a namespace path names a host process's namespace, meaningless here: it joins the pod
-//     sandbox's namespace of that type in the guest, or gets a fresh one (first container);
+//   - namespaces as guestNamespaces decides: the pod's where the pod shares them;
 //   - the cgroup path is the agent's own, /runv/<id>: host cgroup paths (including
 //     systemd's slice:prefix:name form) mean nothing in the guest's cgroup2 tree;
 //   - hooks are dropped: they run on the host;
@@ -63,10 +67,7 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	if in.Process == nil || len(in.Process.Args) == 0 {
 		return nil, errorf(agentproto.KindInvalid, "container %q: spec has no process args", g.ContainerID)
 	}
-	spec, err := copySpec(in)
-	if err != nil {
-		return nil, fmt.Errorf("container %q: %w", g.ContainerID, err)
-	}
+	spec := in
 
 	rootfs, err := inShare(g.ShareDir, g.Rootfs)
 	if err != nil {
@@ -102,20 +103,9 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 		spec.Linux = &specs.Linux{}
 	}
 	spec.Linux.CgroupsPath = "/runv/" + g.ContainerID
-	var nss []specs.LinuxNamespace
-	for _, ns := range spec.Linux.Namespaces {
-		switch {
-		case ns.Type == specs.NetworkNamespace:
-			continue
-		case ns.Path == "":
-		case ns.Type == specs.MountNamespace:
-			// Sharing a mount namespace with the sandbox would give this container the
-			// sandbox's root; a private one is what a host-side pause container implies.
-			ns.Path = ""
-		default:
-			ns.Path = g.SandboxNS[ns.Type] // "" when this is the first container: fresh
-		}
-		nss = append(nss, ns)
+	nss, err := guestNamespaces(spec.Linux.Namespaces, g)
+	if err != nil {
+		return nil, err
 	}
 	spec.Linux.Namespaces = nss
 	if hasNamespace(nss, specs.UserNamespace) {
@@ -131,6 +121,58 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 	}
 	allowStatxMountID(spec.Linux.Seccomp)
 	return spec, nil
+}
+
+// podShared are the namespace types every container of a pod shares: those of the pod's
+// first container (the sandbox), pinned for the life of the VM (pinPodNamespaces), so that
+// they outlive it, as Kata keeps its sandbox's. The network namespace is shared too, as the
+// VM's own (see guestNamespaces); the PID namespace only on request, and then the live
+// sandbox's, since a PID namespace cannot outlive its init.
+var podShared = []specs.LinuxNamespaceType{specs.IPCNamespace, specs.UTSNamespace}
+
+// guestNamespaces decides a container's namespaces in the guest. It is the one place that
+// does: the host sends no namespace by path (a host namespace means nothing in the VM),
+// only whether the container asks to share the pod's PID namespace.
+//   - network: none of its own; the VM's network namespace is the pod's (its NICs mirror
+//     the pod's host interfaces);
+//   - the pod's first container gets fresh ones of every type it lists (but network):
+//     its IPC and UTS namespaces become the pod's; so does a container that only shares
+//     the VM, not the pod (containerd's runc shim groups);
+//   - a member gets the pod's IPC and UTS namespaces, listed or not (not listing one means
+//     the runtime's: for a member, the pod's); the sandbox's PID namespace when it asks to
+//     share it (refused once the sandbox's init has exited); fresh mount, user, cgroup and
+//     time namespaces when listed (a shared mount namespace would give it the sandbox's
+//     root).
+func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNamespace, error) {
+	member := g.PodNamespaces != nil
+	out := make([]specs.LinuxNamespace, 0, len(in)+len(podShared))
+	listed := make(map[specs.LinuxNamespaceType]bool, len(in))
+	for _, ns := range in {
+		listed[ns.Type] = true
+		ns.Path = ""
+		switch ns.Type {
+		case specs.NetworkNamespace:
+			continue
+		case specs.IPCNamespace, specs.UTSNamespace:
+			ns.Path = g.PodNamespaces[ns.Type]
+		case specs.PIDNamespace:
+			if g.SharePID && member {
+				if g.SandboxPID == "" {
+					return nil, errorf(agentproto.KindState, "container %q shares the pod's PID namespace, whose first container is gone or has exited: a PID namespace ends with its init", g.ContainerID)
+				}
+				ns.Path = g.SandboxPID
+			}
+		}
+		out = append(out, ns)
+	}
+	if member {
+		for _, t := range podShared {
+			if p := g.PodNamespaces[t]; p != "" && !listed[t] {
+				out = append(out, specs.LinuxNamespace{Type: t, Path: p})
+			}
+		}
+	}
+	return out, nil
 }
 
 // readonlyDeviceBinds turns each linux.readonlyPaths entry that names a device node, FIFO or
@@ -239,19 +281,6 @@ func withoutDataOptions(opts []string) []string {
 		}
 	}
 	return out
-}
-
-// copySpec deep-copies a spec: the host's spec is kept as received for UPDATECONTAINER.
-func copySpec(in *specs.Spec) (*specs.Spec, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, fmt.Errorf("copy spec: %w", err)
-	}
-	var out specs.Spec
-	if err := json.Unmarshal(b, &out); err != nil {
-		return nil, fmt.Errorf("copy spec: %w", err)
-	}
-	return &out, nil
 }
 
 // inShare resolves rel inside the share and refuses anything that would leave it.

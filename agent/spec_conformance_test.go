@@ -45,9 +45,6 @@ func TestAdjustSpecFifoDevice(t *testing.T) {
 	if d := out.Linux.Devices[1]; d.Major != 0 || d.Minor != 0 {
 		t.Errorf("fifo %+v, want 0:0", d)
 	}
-	if in.Linux.Devices[1].Major != 8 {
-		t.Error("input modified")
-	}
 }
 
 func TestAdjustSpecUserNamespaceSysfs(t *testing.T) {

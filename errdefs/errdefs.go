@@ -1,7 +1,8 @@
-// Package errdefs defines the error classes shared by the CLI, the pod daemon, its gRPC API
-// and the guest agent, in the manner of containerd's errdefs: callers wrap a class with
-// context using %w and test it with errors.Is. Package errgrpc maps them onto gRPC codes;
-// it is kept apart so that the guest agent, which uses the classes, links no gRPC.
+// Package errdefs defines the error classes of the host side (the CLI, the pod daemon and
+// its gRPC API, the factory daemon), in the manner of containerd's errdefs: callers wrap a
+// class with context using %w and test it with errors.Is. Package errgrpc maps them onto
+// gRPC codes; the agent client maps the guest agent's error kinds (agentproto.Kind*) onto
+// them, so the guest links neither.
 package errdefs
 
 import "errors"

@@ -6,15 +6,9 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-)
 
-// cloneFlags are the namespace types NS_GET_NSTYPE reports, by OCI name.
-var cloneFlags = map[specs.LinuxNamespaceType]int{
-	specs.PIDNamespace: unix.CLONE_NEWPID, specs.NetworkNamespace: unix.CLONE_NEWNET,
-	specs.MountNamespace: unix.CLONE_NEWNS, specs.IPCNamespace: unix.CLONE_NEWIPC,
-	specs.UTSNamespace: unix.CLONE_NEWUTS, specs.UserNamespace: unix.CLONE_NEWUSER,
-	specs.CgroupNamespace: unix.CLONE_NEWCGROUP, specs.TimeNamespace: unix.CLONE_NEWTIME,
-}
+	"github.com/runv-project/runv/api/ocispec"
+)
 
 // checkNamespacePaths refuses a linux.namespaces[].path that is not a namespace of its
 // entry's type, as runc does (its setns fails). The host namespace itself is not joined —
@@ -24,10 +18,11 @@ func checkNamespacePaths(nss []specs.LinuxNamespace) error {
 		if ns.Path == "" {
 			continue
 		}
-		want, known := cloneFlags[ns.Type]
+		kind, known := ocispec.Namespaces[ns.Type]
 		if !known {
 			continue
 		}
+		want := kind.CloneFlag // what NS_GET_NSTYPE reports
 		f, err := os.Open(ns.Path)
 		if err != nil {
 			return fmt.Errorf("linux.namespaces[%d] (%s): %w", i, ns.Type, err)
@@ -45,8 +40,8 @@ func checkNamespacePaths(nss []specs.LinuxNamespace) error {
 }
 
 func nsName(flag int) string {
-	for t, f := range cloneFlags {
-		if f == flag {
+	for t, ns := range ocispec.Namespaces {
+		if ns.CloneFlag == flag {
 			return string(t)
 		}
 	}

@@ -12,11 +12,14 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
 )
 
-// LoadBundle reads and validates <bundle>/config.json. Every error names the file and the
-// field at fault, so the user knows what to fix.
+// LoadBundle reads and validates <bundle>/config.json, and resolves the paths it gives
+// relative to the bundle (root.path, bind-mount sources). It is the one place they are
+// resolved: the pod daemon and the agent take them as given. raw is the resolved config,
+// encoded. Every error names the file and the field at fault, so the user knows what to fix.
 func LoadBundle(bundle string) (abs string, spec *specs.Spec, raw []byte, err error) {
 	abs, err = filepath.Abs(bundle)
 	if err != nil {
@@ -37,7 +40,29 @@ func LoadBundle(bundle string) (abs string, spec *specs.Spec, raw []byte, err er
 	if err := Validate(abs, spec); err != nil {
 		return "", nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
+	ResolvePaths(abs, spec)
+	if raw, err = json.Marshal(spec); err != nil {
+		return "", nil, nil, fmt.Errorf("%s: encode: %w", path, err)
+	}
 	return abs, spec, raw, nil
+}
+
+// ResolvePaths makes root.path and the bind-mount sources absolute, relative to bundle: the
+// one rule for them, which every loader of a bundle applies (LoadBundle for the CLI, the
+// containerd shim's for its tasks).
+func ResolvePaths(bundle string, s *specs.Spec) {
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(bundle, p)
+	}
+	s.Root.Path = abs(s.Root.Path)
+	for i, m := range s.Mounts {
+		if ocispec.IsBindMount(m) && m.Source != "" {
+			s.Mounts[i].Source = abs(m.Source)
+		}
+	}
 }
 
 // Validate checks what runv needs of a config before it creates anything.
@@ -101,14 +126,6 @@ func Validate(bundle string, s *specs.Spec) error {
 		}
 	}
 	return nil
-}
-
-// RootfsOf resolves root.path against the bundle.
-func RootfsOf(bundle string, s *specs.Spec) string {
-	if filepath.IsAbs(s.Root.Path) {
-		return s.Root.Path
-	}
-	return filepath.Join(bundle, s.Root.Path)
 }
 
 // DefaultSpec is the config `runv spec` writes: an interactive shell in ./rootfs with the

@@ -73,3 +73,31 @@ func TestLoadBundle(t *testing.T) {
 		t.Fatalf("missing config.json: %v", err)
 	}
 }
+
+// Paths relative to the bundle are resolved once, here: in the spec and in the encoded
+// config the pod daemon gets.
+func TestLoadBundleResolvesPaths(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
+	s := DefaultSpec()
+	s.Mounts = append(s.Mounts,
+		specs.Mount{Destination: "/data", Type: "bind", Source: "data", Options: []string{"rbind"}},
+		specs.Mount{Destination: "/abs", Source: "/srv", Options: []string{"bind"}})
+	raw, _ := json.Marshal(s)
+	os.WriteFile(filepath.Join(dir, "config.json"), raw, 0o644)
+	abs, spec, raw, err := LoadBundle(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent specs.Spec
+	if err := json.Unmarshal(raw, &sent); err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range []*specs.Spec{spec, &sent} {
+		n := len(got.Mounts)
+		if got.Root.Path != filepath.Join(abs, "rootfs") || got.Mounts[n-2].Source != filepath.Join(abs, "data") ||
+			got.Mounts[n-1].Source != "/srv" || got.Mounts[0].Source != "proc" {
+			t.Errorf("root.path %s, mount sources %q %q %q", got.Root.Path, got.Mounts[0].Source, got.Mounts[n-2].Source, got.Mounts[n-1].Source)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
 )
@@ -135,5 +136,7 @@ func ownerAlive(dir string) bool {
 	if err != nil || pid <= 0 || pid == os.Getpid() {
 		return false
 	}
-	return syscall.Kill(pid, 0) == nil
+	// Not kill(pid, 0): containerd runs this as soon as a killed shim's connection closes,
+	// before anyone reaped it, and a zombie answers kill(0) (the fault matrix's shim row).
+	return state.Process{Pid: pid}.Alive()
 }

@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
@@ -73,7 +74,8 @@ type CreateRequest struct {
 	Stdio Stdio
 	Rows  uint16
 	Cols  uint16
-	// Sandbox is the pod container whose namespaces this one joins ("": none).
+	// Sandbox is the pod container whose namespaces this one joins ("": none, a container
+	// that only shares the VM). Which namespaces those are in the guest, the agent decides.
 	Sandbox string
 }
 
@@ -128,20 +130,23 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	if err := s.waitReady(ctx); err != nil {
 		return 0, err
 	}
-	sandboxPid, err := s.sandboxPid(req.ID, req.Sandbox)
-	if err != nil {
-		return 0, err
-	}
 	guestSpec, err := shareContainer(s.share, req.ID, req.Bundle, req.Spec)
 	if err != nil {
 		return 0, err
 	}
-	guestNamespaces(guestSpec, sandboxPid)
+	// The agent decides the container's namespaces in the guest (agent/spec.go,
+	// guestNamespaces); the host's paths mean nothing there.
+	var sharePID bool
+	if guestSpec.Linux != nil {
+		linux := *guestSpec.Linux
+		linux.Namespaces, sharePID = ocispec.GuestNamespaces(linux.Namespaces)
+		guestSpec.Linux = &linux
+	}
 	terminal := req.Spec.Process.Terminal
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
-			ConsoleRows: req.Rows, ConsoleCols: req.Cols,
+			ConsoleRows: req.Rows, ConsoleCols: req.Cols, Member: req.Sandbox != "", SharePID: sharePID,
 		}
 	})
 	if err != nil {
@@ -161,22 +166,6 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		c.mu.Unlock()
 	}()
 	return started.Pid, nil
-}
-
-// sandboxPid is the guest pid of the init of the container whose namespaces a new one
-// joins; 0 when it joins none.
-func (s *Supervisor) sandboxPid(id, sandbox string) (int, error) {
-	if sandbox == "" {
-		return 0, nil
-	}
-	st, err := s.State(sandbox)
-	if err != nil {
-		return 0, fmt.Errorf("container %q joins the namespaces of %q: %w", id, sandbox, err)
-	}
-	if st.Status == state.StatusStopped || st.GuestPid == 0 {
-		return 0, fmt.Errorf("container %q joins the namespaces of %q, which is stopped: %w", id, sandbox, errdefs.ErrFailedPrecondition)
-	}
-	return st.GuestPid, nil
 }
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that

@@ -30,17 +30,12 @@ import (
 // It returns the spec the guest gets: bind sources rewritten to guest paths, hooks removed
 // (they run on the host). On error nothing stays mounted.
 func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs.Spec, err error) {
-	if spec.Root == nil || spec.Root.Path == "" {
-		return nil, fmt.Errorf("config.json of container %q has no root.path: %w", id, errdefs.ErrInvalidArgument)
+	// The bundle's relative paths were resolved by its loader (oci.LoadBundle), the one place
+	// that does: a relative one here is a caller's mistake, not a path to guess at.
+	if spec.Root == nil || !filepath.IsAbs(spec.Root.Path) {
+		return nil, fmt.Errorf("container %q: root.path must be an absolute path (load the bundle with oci.LoadBundle): %w", id, errdefs.ErrInvalidArgument)
 	}
 	rootfs := spec.Root.Path
-	if !filepath.IsAbs(rootfs) {
-		rootfs = filepath.Join(bundle, rootfs)
-	}
-	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("rootfs %s of container %q is not a directory (root.path in %s): %w",
-			rootfs, id, filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
-	}
 	dir := filepath.Join(shareDir, id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create share directory of container %q: %w", id, err)
@@ -65,7 +60,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		}
 		src := m.Source
 		if !filepath.IsAbs(src) {
-			src = filepath.Join(bundle, src)
+			return nil, fmt.Errorf("bind mount %d (%s → %s) of container %q: the source must be an absolute path (load the bundle with oci.LoadBundle): %w", i, m.Source, m.Destination, id, errdefs.ErrInvalidArgument)
 		}
 		fi, err := os.Stat(src)
 		if err != nil {

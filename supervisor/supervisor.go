@@ -59,6 +59,9 @@ type Config struct {
 	SizeFromSpec bool
 	// BootTimeout bounds VM start until the agent answered.
 	BootTimeout time.Duration
+
+	// connect reaches the VM's agent: connectAgent, or a fake agent in unit tests.
+	connect func(ctx context.Context, vm hypervisor.VM, podID string) (guestAgent, error)
 }
 
 // Supervisor runs one pod.
@@ -99,6 +102,9 @@ type Supervisor struct {
 func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
+	}
+	if cfg.connect == nil {
+		cfg.connect = connectAgent
 	}
 	s := &Supervisor{
 		cfg:        cfg,
@@ -182,7 +188,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
 		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
 	step := time.Now()
-	agent, err := connectAgent(ctx, vm, s.cfg.PodID)
+	agent, err := s.cfg.connect(ctx, vm, s.cfg.PodID)
 	if err == nil {
 		log.Debug("boot: agent connected", "duration", time.Since(step))
 		step = time.Now()

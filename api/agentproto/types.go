@@ -50,13 +50,21 @@ type Container struct {
 	Rootfs string `json:"rootfs"`
 	// Spec is the OCI runtime spec as given in the bundle. Root.Path and bind-mount sources are
 	// rewritten by the host to paths relative to the share; hooks are stripped (they run on
-	// the host).
+	// the host), and so are namespace paths (see SharePID).
 	Spec *specs.Spec `json:"spec"`
 	// IO is the init process's stdio.
 	IO Stdio `json:"io"`
 	// ConsoleRows/Cols size the terminal when Spec.Process.Terminal is set.
 	ConsoleRows uint16 `json:"consoleRows,omitempty"`
 	ConsoleCols uint16 `json:"consoleCols,omitempty"`
+	// Member: the container is a member of the pod (a CRI container of its sandbox, or
+	// one whose spec named a pod container's namespace), which joins the pod's namespaces;
+	// not a container that only shares the VM (containerd's runc shim groups). SharePID
+	// asks for the sandbox's PID namespace too: the spec named a PID namespace by path
+	// (Kubernetes' shareProcessNamespace, --pid=container:X). The host sends no namespace
+	// paths; the agent decides every namespace in the guest.
+	Member   bool `json:"member,omitempty"`
+	SharePID bool `json:"sharePid,omitempty"`
 }
 
 // ExecProcess is MsgExecCmd's payload: run an additional process in a running container.

@@ -50,3 +50,19 @@ func ProcPath(pid int, t specs.LinuxNamespaceType) string {
 	}
 	return "/proc/" + strconv.Itoa(pid) + "/ns/" + ns.ProcName
 }
+
+// GuestNamespaces is what the host tells the guest of a spec's namespaces: the namespaces
+// without their paths (a host namespace means nothing in the VM: the agent decides every
+// namespace in the guest), and whether the spec named a PID namespace by path, which asks
+// for the pod's PID namespace. The input is not modified.
+func GuestNamespaces(in []specs.LinuxNamespace) (out []specs.LinuxNamespace, sharePID bool) {
+	if in == nil {
+		return nil, false
+	}
+	out = make([]specs.LinuxNamespace, len(in))
+	for i, ns := range in {
+		sharePID = sharePID || (ns.Type == specs.PIDNamespace && ns.Path != "")
+		out[i] = specs.LinuxNamespace{Type: ns.Type}
+	}
+	return out, sharePID
+}

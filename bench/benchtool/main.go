@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/runv-project/runv/hypervisor"
@@ -85,11 +86,12 @@ func bareboot(args []string) error {
 	memory := fs.Int("memory", 128, "MiB")
 	n := fs.Int("n", 10, "runs")
 	show := fs.Bool("print-cmdline", false, "print the QEMU command line first")
+	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices (to measure what they cost)")
 	fs.Parse(args)
 
 	var toMarker, toExit []time.Duration
 	for i := 0; i <= *n; i++ {
-		m, e, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory)
+		m, e, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs)
 		if err != nil {
 			return err
 		}
@@ -102,13 +104,17 @@ func bareboot(args []string) error {
 		toMarker = append(toMarker, m)
 		toExit = append(toExit, e)
 	}
-	stats("bare qemu: start -> "+qemu.ProbeMarker, toMarker)
-	stats("bare qemu: start -> exit", toExit)
+	label := "bare qemu"
+	if *noNICs {
+		label += " (no NICs)"
+	}
+	stats(label+": start -> "+qemu.ProbeMarker, toMarker)
+	stats(label+": start -> exit", toExit)
 	return nil
 }
 
 // bootOnce boots one probe VM. Its console is a pipe, so the marker is an event.
-func bootOnce(kernel, initrd, machine, accel string, memory int) (marker, exit time.Duration, cmdline string, err error) {
+func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (marker, exit time.Duration, cmdline string, err error) {
 	dir, err := os.MkdirTemp("", "rvbare")
 	if err != nil {
 		return 0, 0, "", err
@@ -122,7 +128,12 @@ func bootOnce(kernel, initrd, machine, accel string, memory int) (marker, exit t
 	if err != nil {
 		return 0, 0, "", err
 	}
+	if noNICs {
+		args = withoutNICs(args)
+	}
 	cmd := exec.Command(bin, args...)
+	// As runv starts it: in a network namespace of its own, where QEMU makes the NICs' taps.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, 0, "", err
@@ -145,6 +156,19 @@ func bootOnce(kernel, initrd, machine, accel string, memory int) (marker, exit t
 		return 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
 	}
 	return marker, exit, bin + " " + strings.Join(args, " "), nil
+}
+
+// withoutNICs drops the -netdev tap and virtio-net -device pairs from a command line.
+func withoutNICs(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if i+1 < len(args) && (args[i] == "-netdev" || args[i] == "-device" && strings.HasPrefix(args[i+1], "virtio-net")) {
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
 }
 
 func repeat(args []string) error {

@@ -65,11 +65,8 @@ func oneID(c *cli.Context) (string, error) {
 	if c.NArg() != 1 {
 		return "", fmt.Errorf("%s needs exactly one container id (got %d arguments); usage: runv %s [options] <container-id>", c.Command.Name, c.NArg(), c.Command.Name)
 	}
-	id := c.Args().First()
-	if err := state.ValidateID(id); err != nil {
-		return "", err
-	}
-	return id, nil
+	// The id is validated where state is made or found: the state store (internal/state).
+	return c.Args().First(), nil
 }
 
 type createOptions struct {
@@ -90,9 +87,12 @@ type created struct {
 	term *procTerminal
 }
 
-// createContainer creates a container and records it. On failure it leaves nothing behind:
-// no state directory, no daemon, no VM.
+// createContainer creates a container and records it, in named steps. Each step registers
+// how to undo what it made; if a later one fails, all of it is undone, latest first: no
+// state directory, daemon, VM, shim or host cgroup is left behind.
 func createContainer(ctx context.Context, g *globals, id string, o createOptions) (res *created, err error) {
+	var undo cleanups
+	defer undo.run(&err)
 	bundle, spec, raw, err := oci.LoadBundle(o.bundle)
 	if err != nil {
 		return nil, err
@@ -104,11 +104,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			term.Close()
-		}
-	}()
+	undo.onFailure(term.Close)
 	member, err := podMembership(g.store, id, spec)
 	if err != nil {
 		return nil, err
@@ -120,126 +116,24 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err != nil {
 		return nil, err
 	}
-	defer h.Unlock()
-	var daemon state.Process
-	var startedDaemon bool
-	podID := newPodID()
-	podDir := g.store.PodDir(podID)
-	sandbox := ""
+	undo.always(h.Unlock)
+	undo.onFailure(func() { h.Remove() })
+	rec := &state.Container{ID: id, Bundle: bundle, Rootfs: spec.Root.Path, Annotations: spec.Annotations, Sandbox: member == nil, Spec: spec}
+	pod, err := enterPod(g, rec, member, &undo)
+	if err != nil {
+		return nil, err
+	}
+	sandbox := "" // the container whose namespaces this one joins
 	if member != nil {
-		if !daemonAlive(member) {
-			h.Remove()
-			return nil, fmt.Errorf("cannot add container %q to the pod of %q: that pod is stopped: %w", id, member.ID, errdefs.ErrFailedPrecondition)
-		}
-		podID, podDir, daemon, sandbox = member.Pod, member.PodDir, member.Daemon, member.ID
+		sandbox = member.ID
 	}
-	var pod *podConn
-	defer func() {
-		if err == nil {
-			return
-		}
-		if pod != nil {
-			pod.Close()
-		}
-		if member == nil {
-			// A pod made for this container goes with it, also when its daemon never
-			// started (startDaemon made the directory).
-			if startedDaemon {
-				if p, _ := os.FindProcess(daemon.Pid); p != nil {
-					p.Signal(os.Interrupt)
-				}
-				if werr := waitGone(daemon, 15*time.Second); werr != nil {
-					if p, _ := os.FindProcess(daemon.Pid); p != nil {
-						p.Kill()
-					}
-				}
-			}
-			supervisor.CleanupPodDir(podDir)
-		}
-		h.Remove()
-	}()
-
-	if member == nil {
-		if daemon, err = startDaemon(g, podID, podDir); err != nil {
-			return nil, err
-		}
-		startedDaemon = true
-	}
-	pod, err = dialPod(podDir)
-	if err != nil {
+	if err := createInPod(ctx, pod, rec, sandbox, raw, term, &undo); err != nil {
 		return nil, err
 	}
-	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
-	if term != nil {
-		stdin, stdout, stderr = term.stdio()
-	}
-	stdio, err := pod.sendStdio(stdin, stdout, stderr)
-	if err != nil {
+	if err := standIn(ctx, g, pod, rec, term, o.shim, &undo); err != nil {
 		return nil, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: id, Bundle: bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size()})
-	if err != nil {
-		return nil, fmt.Errorf("create container %q: %w", id, rpcErr(err))
-	}
-	logging.G(ctx).Debug("container created", "container", id, "pod", podID, "guest_pid", resp.GuestPid)
-
-	rec := &state.Container{
-		ID: id, Bundle: bundle, Rootfs: oci.RootfsOf(bundle, spec), Annotations: spec.Annotations,
-		Created: time.Now().UTC(), Pod: podID, PodDir: podDir, Sandbox: member == nil,
-		Daemon: daemon, Spec: spec,
-	}
-	defer func() {
-		if err != nil {
-			discardContainer(pod, id)
-		}
-	}()
-	if o.shim {
-		var ctty *os.File
-		if term != nil {
-			ctty = term.pty.slave
-		}
-		// No := here: the cleanup below must see the function's err.
-		var initShim state.Process
-		if initShim, err = spawnShim(ctx, g, pod, rec, "", ctty, shim.ForSpec(spec)); err != nil {
-			return nil, err
-		}
-		rec.Shim = initShim
-		defer func() {
-			if err != nil {
-				// Told by the pod daemon that its container is gone, it would exit
-				// soon; its cgroup can only go once it has.
-				killProcess(initShim)
-				waitGone(initShim, 10*time.Second)
-				rec.HostCgroup.Destroy(id, spec)
-			}
-		}()
-		if rec.HostCgroup, err = shim.CreateCgroup(id, spec, g.systemdCgroup, initShim.Pid); err != nil {
-			return nil, err
-		}
-	} else {
-		// A foreground run stands in for the container's init itself.
-		if err = pod.watchStandIn(ctx, id, "", os.Getpid()); err != nil {
-			return nil, err
-		}
-		rec.Shim = state.Self()
-	}
-	// The daemon and the shim hold the slave now; the master's holder must see the
-	// output end when they close theirs.
-	term.closeSlave()
-	if err := runCreateHooks(ctx, rec); err != nil {
-		return nil, err
-	}
-	if err := term.sendMaster(); err != nil {
-		return nil, err
-	}
-	if o.pidFile != "" {
-		if err := writePidFile(o.pidFile, rec.Shim.Pid); err != nil {
-			return nil, err
-		}
-	}
-	if err := h.Save(rec); err != nil {
+	if err := publish(ctx, h, rec, term, o.pidFile); err != nil {
 		return nil, err
 	}
 	if o.shim {
@@ -247,6 +141,122 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		term = nil
 	}
 	return &created{rec: rec, pod: pod, term: term}, nil
+}
+
+// enterPod connects to the pod the container joins (member), or starts a pod for it, which
+// goes with it if a later step fails. It records the pod in rec.
+func enterPod(g *globals, rec, member *state.Container, undo *cleanups) (*podConn, error) {
+	if member != nil {
+		if !daemonAlive(member) {
+			return nil, fmt.Errorf("cannot add container %q to the pod of %q: that pod is stopped: %w", rec.ID, member.ID, errdefs.ErrFailedPrecondition)
+		}
+		rec.Pod, rec.PodDir, rec.Daemon = member.Pod, member.PodDir, member.Daemon
+	} else {
+		rec.Pod = newPodID()
+		rec.PodDir = g.store.PodDir(rec.Pod)
+		// A pod made for this container goes with it, also when its daemon never started
+		// (startDaemon made the directory).
+		undo.onFailure(func() { supervisor.CleanupPodDir(rec.PodDir) })
+		daemon, err := startDaemon(g, rec.Pod, rec.PodDir)
+		if err != nil {
+			return nil, err
+		}
+		rec.Daemon = daemon
+		undo.onFailure(func() { stopDaemon(daemon) })
+	}
+	pod, err := dialPod(rec.PodDir)
+	if err != nil {
+		return nil, err
+	}
+	undo.onFailure(func() { pod.Close() })
+	return pod, nil
+}
+
+// stopDaemon stops the daemon of a pod made for a container whose create failed.
+func stopDaemon(daemon state.Process) {
+	if p, _ := os.FindProcess(daemon.Pid); p != nil {
+		p.Signal(os.Interrupt)
+	}
+	if werr := waitGone(daemon, 15*time.Second); werr != nil {
+		if p, _ := os.FindProcess(daemon.Pid); p != nil {
+			p.Kill()
+		}
+	}
+}
+
+// createInPod has the pod daemon create the container (a member of sandbox's namespaces when
+// sandbox is set), with our stdio or the terminal's;
+// if a later step fails, the daemon discards it.
+func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, undo *cleanups) error {
+	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
+	if term != nil {
+		stdin, stdout, stderr = term.stdio()
+	}
+	stdio, err := pod.sendStdio(stdin, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: rec.ID, Bundle: rec.Bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size()})
+	if err != nil {
+		return fmt.Errorf("create container %q: %w", rec.ID, rpcErr(err))
+	}
+	rec.Created = time.Now().UTC()
+	logging.G(ctx).Debug("container created", "container", rec.ID, "pod", rec.Pod, "guest_pid", resp.GuestPid)
+	undo.onFailure(func() { discardContainer(pod, rec.ID) })
+	return nil
+}
+
+// standIn gives the container its stand-in on the host, the pid clients see: a shim in the
+// container's host namespaces and cgroup (withShim), or this process for a foreground run.
+func standIn(ctx context.Context, g *globals, pod *podConn, rec *state.Container, term *procTerminal, withShim bool, undo *cleanups) error {
+	if !withShim {
+		// A foreground run stands in for the container's init itself.
+		if err := pod.watchStandIn(ctx, rec.ID, "", os.Getpid()); err != nil {
+			return err
+		}
+		rec.Shim = state.Self()
+		return nil
+	}
+	var ctty *os.File
+	if term != nil {
+		ctty = term.pty.slave
+	}
+	initShim, err := spawnShim(ctx, g, pod, rec, "", ctty, shim.ForSpec(rec.Spec))
+	if err != nil {
+		return err
+	}
+	rec.Shim = initShim
+	undo.onFailure(func() {
+		// Told by the pod daemon that its container is gone, it would exit soon; its
+		// cgroup can only go once it has.
+		killProcess(initShim)
+		waitGone(initShim, 10*time.Second)
+		rec.HostCgroup.Destroy(rec.ID, rec.Spec)
+	})
+	rec.HostCgroup, err = shim.CreateCgroup(rec.ID, rec.Spec, g.systemdCgroup, initShim.Pid)
+	return err
+}
+
+// publish makes the container what a client sees after create: the terminal's master with
+// its holder, the create hooks run, the pid file and the record written.
+func publish(ctx context.Context, h *state.Handle, rec *state.Container, term *procTerminal, pidFile string) error {
+	// The daemon and the shim hold the slave now; the master's holder must see the output
+	// end when they close theirs.
+	term.closeSlave()
+	if err := runCreateHooks(ctx, rec); err != nil {
+		return err
+	}
+	if err := term.sendMaster(); err != nil {
+		return err
+	}
+	if pidFile != "" {
+		if err := writePidFile(pidFile, rec.Shim.Pid); err != nil {
+			return err
+		}
+	}
+	return h.Save(rec)
 }
 
 // maxSocketPath is the longest unix socket path the kernel accepts (sun_path less its NUL).

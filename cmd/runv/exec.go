@@ -103,9 +103,6 @@ func newExecID() string {
 // execProcess runs the exec command and returns the process's exit code (0 when detached).
 func execProcess(c *cli.Context) (int, error) {
 	id := c.Args().First()
-	if err := state.ValidateID(id); err != nil {
-		return 0, err
-	}
 	g, err := globalsFrom(c)
 	if err != nil {
 		return 0, err
@@ -120,122 +117,186 @@ func execProcess(c *cli.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	live, err := liveState(rec)
-	if err != nil {
+	if err := checkExecStatus(rec, c.Bool("ignore-paused")); err != nil {
 		return 0, err
-	}
-	switch live.Status {
-	case state.StatusStopped:
-		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
-	case state.StatusPaused:
-		if !c.Bool("ignore-paused") {
-			return 0, fmt.Errorf("container %q: %w", id, errExecPaused)
-		}
-		return 0, fmt.Errorf("container %q: cannot exec in a paused container: runv cannot start a process in its frozen cgroup, even with --ignore-paused (resume it first): %w", id, errdefs.ErrFailedPrecondition)
 	}
 	p, err := execSpec(c, rec)
 	if err != nil {
 		return 0, err
 	}
-	detach := c.Bool("detach")
-	term, err := prepareTerminal(p, detach, c.String("console-socket"))
+	x, err := startExec(c.Context, g, rec, p, execOptions{
+		detach: c.Bool("detach"), consoleSocket: c.String("console-socket"), pidFile: c.String("pid-file"),
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer term.Close()
-	pod, err := dialLive(rec)
-	if err != nil {
-		return 0, fmt.Errorf("container %q: %w", id, errExecStopped)
+	defer x.close()
+	if x.att == nil {
+		return 0, nil // detached: its shim stands in for it
 	}
-	defer pod.Close()
+	return x.att.wait(x.ctx)
+}
 
+// checkExecStatus refuses an exec into a stopped or paused container in runc's words.
+func checkExecStatus(rec *state.Container, ignorePaused bool) error {
+	live, err := liveState(rec)
+	if err != nil {
+		return err
+	}
+	switch live.Status {
+	case state.StatusStopped:
+		return fmt.Errorf("container %q: %w", rec.ID, errExecStopped)
+	case state.StatusPaused:
+		if !ignorePaused {
+			return fmt.Errorf("container %q: %w", rec.ID, errExecPaused)
+		}
+		return fmt.Errorf("container %q: cannot exec in a paused container: runv cannot start a process in its frozen cgroup, even with --ignore-paused (resume it first): %w", rec.ID, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+type execOptions struct {
+	detach        bool
+	consoleSocket string
+	pidFile       string
+}
+
+// execution is an exec'd process that runs, and what the command holds for it.
+type execution struct {
+	ctx  context.Context // names the container and the process
+	pod  *podConn
+	term *procTerminal
+	// att relays signals and stdio to a foreground process; nil when detached.
+	att *attachment
+}
+
+func (x *execution) close() {
+	if x.att != nil {
+		x.att.Close()
+	}
+	x.pod.Close()
+	x.term.Close()
+}
+
+// startExec starts process p in the container, in named steps, and gives it its stand-in:
+// a shim when detached, this process in the foreground. If a step fails, what the earlier
+// ones made is undone, latest first, the process in the VM killed if it was started.
+func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.Process, o execOptions) (_ *execution, err error) {
+	var undo cleanups
+	defer undo.run(&err)
+	// Not the named result: the cleanups must see what was made, also once a return cleared it.
+	x := &execution{}
+	if x.term, err = prepareTerminal(p, o.detach, o.consoleSocket); err != nil {
+		return nil, err
+	}
+	undo.onFailure(x.term.Close)
+	if x.pod, err = dialLive(rec); err != nil {
+		return nil, fmt.Errorf("container %q: %w", rec.ID, errExecStopped)
+	}
+	undo.onFailure(func() { x.pod.Close() })
 	execID := newExecID()
-	ctx := logging.With(c.Context, "container", id, "process", execID)
+	x.ctx = logging.With(ctx, "container", rec.ID, "process", execID)
+	if !o.detach {
+		// Signals are caught from before the process exists, so none sent meanwhile is lost.
+		x.att = newAttachment(x.pod, rec.ID, execID)
+		undo.onFailure(x.att.Close)
+	}
+	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term); err != nil {
+		return nil, err
+	}
+	// From here on the process runs: a failure must not leave it behind.
+	undo.onFailure(func() {
+		kctx, cancel := ctxTimeout(10 * time.Second)
+		defer cancel()
+		x.pod.api.Signal(kctx, &podapi.SignalRequest{Id: rec.ID, Process: execID, Signal: int32(unix.SIGKILL)})
+	})
+	standIn := execForeground
+	if o.detach {
+		standIn = execDetached
+	}
+	pid, err := standIn(x, g, rec, execID)
+	if err != nil {
+		return nil, err
+	}
+	if o.pidFile != "" {
+		if err := writePidFile(o.pidFile, pid); err != nil {
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+// execInPod has the pod daemon start the process, with our stdio or the terminal's.
+func execInPod(ctx context.Context, pod *podConn, id, execID string, p *specs.Process, term *procTerminal) error {
 	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
 	if term != nil {
 		stdin, stdout, stderr = term.stdio()
 	}
 	stdio, err := pod.sendStdio(stdin, stdout, stderr)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	spec, err := json.Marshal(p)
 	if err != nil {
-		return 0, fmt.Errorf("encode the process: %w", err)
-	}
-	// Signals are caught from before the process exists, so none sent meanwhile is lost.
-	var att *attachment
-	if !detach {
-		att = newAttachment(pod, id, execID)
-		defer att.Close()
+		return fmt.Errorf("encode the process: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	_, err = pod.api.Exec(rctx, &podapi.ExecRequest{Id: id, Process: execID, ProcessSpec: spec, Stdio: stdio, Console: term.size()})
-	cancel()
-	if err != nil {
-		return 0, fmt.Errorf("exec in container %q: %w", id, rpcErr(err))
+	defer cancel()
+	if _, err := pod.api.Exec(rctx, &podapi.ExecRequest{Id: id, Process: execID, ProcessSpec: spec, Stdio: stdio, Console: term.size()}); err != nil {
+		return fmt.Errorf("exec in container %q: %w", id, rpcErr(err))
 	}
-	// From here on the process runs: a failure must not leave it behind.
-	fail := func(err error) (int, error) {
-		kctx, cancel := ctxTimeout(10 * time.Second)
-		defer cancel()
-		pod.api.Signal(kctx, &podapi.SignalRequest{Id: id, Process: execID, Signal: int32(unix.SIGKILL)})
+	return nil
+}
+
+// execDetached gives a detached process its shim, in the container's host namespaces and
+// cgroup as its init's shim is, hands the terminal's master over, and records the process.
+// It returns the shim's pid.
+func execDetached(x *execution, g *globals, rec *state.Container, execID string) (int, error) {
+	var ctty *os.File
+	if x.term != nil {
+		ctty = x.term.pty.slave
+	}
+	var ns shim.Namespaces
+	if rec.Shim.Alive() {
+		var err error
+		if ns, err = shim.Of(rec.Shim.Pid); err != nil {
+			return 0, err
+		}
+	}
+	sh, err := spawnShim(x.ctx, g, x.pod, rec, execID, ctty, ns)
+	if err != nil {
 		return 0, err
 	}
+	if err := rec.HostCgroup.Add(sh.Pid); err != nil {
+		return 0, err
+	}
+	x.term.closeSlave()
+	if err := x.term.sendMaster(); err != nil {
+		return 0, err
+	}
+	if err := recordExec(g.store, rec.ID, execID, sh); err != nil {
+		return 0, err
+	}
+	return sh.Pid, nil
+}
 
-	if detach {
-		var ctty *os.File
-		if term != nil {
-			ctty = term.pty.slave
-		}
-		// In the container's namespaces and cgroup on the host, as its init's shim is.
-		var ns shim.Namespaces
-		if rec.Shim.Alive() {
-			if ns, err = shim.Of(rec.Shim.Pid); err != nil {
-				return fail(err)
-			}
-		}
-		shim, err := spawnShim(ctx, g, pod, rec, execID, ctty, ns)
-		if err != nil {
-			return fail(err)
-		}
-		if err := rec.HostCgroup.Add(shim.Pid); err != nil {
-			return fail(err)
-		}
-		term.closeSlave()
-		if err := term.sendMaster(); err != nil {
-			return fail(err)
-		}
-		if err := recordExec(g.store, id, execID, shim); err != nil {
-			return fail(err)
-		}
-		if pf := c.String("pid-file"); pf != "" {
-			if err := writePidFile(pf, shim.Pid); err != nil {
-				return fail(err)
-			}
-		}
-		return 0, nil
-	}
-
-	// Foreground: runv stands in for the process (its pid is the one a client may signal).
-	term.closeSlave()
-	if term != nil {
-		if att.fg, err = attachForeground(term); err != nil {
-			return fail(err)
+// execForeground makes this process the foreground process's stand-in (its pid is the one
+// a client may signal), with the user's terminal attached, and records it.
+func execForeground(x *execution, g *globals, rec *state.Container, execID string) (int, error) {
+	x.term.closeSlave()
+	if x.term != nil {
+		var err error
+		if x.att.fg, err = attachForeground(x.term); err != nil {
+			return 0, err
 		}
 	}
-	if err := pod.watchStandIn(ctx, id, execID, os.Getpid()); err != nil {
-		return fail(err)
+	if err := x.pod.watchStandIn(x.ctx, rec.ID, execID, os.Getpid()); err != nil {
+		return 0, err
 	}
-	if err := recordExec(g.store, id, execID, state.Self()); err != nil {
-		return fail(err)
+	if err := recordExec(g.store, rec.ID, execID, state.Self()); err != nil {
+		return 0, err
 	}
-	if pf := c.String("pid-file"); pf != "" {
-		if err := writePidFile(pf, os.Getpid()); err != nil {
-			return fail(err)
-		}
-	}
-	return att.wait(ctx)
+	return os.Getpid(), nil
 }
 
 // execSpec builds the exec'd process as runc does: read whole from --process, or the

@@ -149,8 +149,12 @@ func liveState(rec *state.Container) (ociState, error) {
 }
 
 // daemonExitGrace is how long a daemon that stopped answering gets to finish exiting
-// before its silence is taken for a failure rather than its end.
-const daemonExitGrace = 2 * time.Second
+// before its silence is taken for a failure rather than its end; stateTimeout bounds the
+// question.
+var (
+	daemonExitGrace = 2 * time.Second
+	stateTimeout    = 10 * time.Second
+)
 
 // podStatus is the container's status as its pod daemon knows it.
 func podStatus(rec *state.Container) (string, error) {
@@ -159,7 +163,7 @@ func podStatus(rec *state.Container) (string, error) {
 	}
 	pod, err := dialPod(rec.PodDir)
 	if err == nil {
-		ctx, cancel := ctxTimeout(10 * time.Second)
+		ctx, cancel := ctxTimeout(stateTimeout)
 		var cs *podapi.ContainerState
 		cs, err = pod.api.State(ctx, &podapi.ContainerRequest{Id: rec.ID})
 		cancel()
@@ -217,9 +221,6 @@ var killCommand = &cli.Command{
 			return fmt.Errorf("kill needs a container id and an optional signal; usage: runv kill [--all] <container-id> [signal]")
 		}
 		id := c.Args().Get(0)
-		if err := state.ValidateID(id); err != nil {
-			return err
-		}
 		sig := unix.SIGTERM
 		if c.NArg() == 2 {
 			var err error

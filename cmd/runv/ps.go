@@ -36,9 +36,6 @@ var psCommand = &cli.Command{
 			return usageError("ps", "[--format table|json] <container-id>", "ps needs a container id")
 		}
 		id := c.Args().First()
-		if err := state.ValidateID(id); err != nil {
-			return err
-		}
 		format := c.String("format")
 		if format != "table" && format != "json" {
 			return fmt.Errorf("invalid format option %q: use table or json: %w", format, errdefs.ErrInvalidArgument)

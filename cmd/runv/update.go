@@ -214,12 +214,13 @@ func updateContainer(g *globals, id string, upd *specs.LinuxResources) error {
 	return rec.HostCgroup.Update(id, rec.Spec)
 }
 
-// mergeResources overlays the fields upd sets onto cur (neither is modified).
+// mergeResources overlays the fields upd sets onto cur, as `runc update` does (neither is
+// modified). The agent then only replaces whole groups (agent/resources.go): this is where
+// runc's field-level rule lives.
 func mergeResources(cur, upd *specs.LinuxResources) *specs.LinuxResources {
 	var out specs.LinuxResources
 	if cur != nil {
-		b, _ := json.Marshal(cur)
-		_ = json.Unmarshal(b, &out) // a deep copy
+		out = deepCopy(*cur)
 	}
 	if m := upd.Memory; m != nil {
 		if out.Memory == nil {
@@ -286,6 +287,20 @@ func mergeResources(cur, upd *specs.LinuxResources) *specs.LinuxResources {
 		}
 	}
 	return &out
+}
+
+// deepCopy copies resources through JSON, which cannot fail for them: they hold no
+// channels, functions or cyclic pointers.
+func deepCopy(r specs.LinuxResources) specs.LinuxResources {
+	var out specs.LinuxResources
+	b, err := json.Marshal(r)
+	if err == nil {
+		err = json.Unmarshal(b, &out)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("copy resources: %v", err))
+	}
+	return out
 }
 
 // setIf replaces *dst with src when src is set.

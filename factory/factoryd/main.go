@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -15,6 +14,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/holder"
+	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -107,7 +107,7 @@ func Main(ctx context.Context, cfg Config) error {
 
 	sock := SocketIn(cfg.Root)
 	os.Remove(sock) // a predecessor's; the lock says it is gone
-	ln, err := net.Listen("unix", sock)
+	ln, err := sockets.Listen(sock)
 	if err != nil {
 		return fmt.Errorf("factory daemon: %w", err)
 	}

@@ -52,6 +52,7 @@ import (
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -146,7 +147,7 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 
 	sock := filepath.Join(cfg.Dir, Socket)
 	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := sockets.Listen(sock)
 	if err != nil {
 		return fmt.Errorf("holder %s: %w", cfg.ID, err)
 	}

@@ -23,6 +23,7 @@ func baseConfig() hypervisor.Config {
 func TestBuildArgsMicroVMFull(t *testing.T) {
 	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124})
 	want := []string{
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-name", "pod1",
 		"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=tcg",

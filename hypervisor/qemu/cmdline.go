@@ -11,6 +11,8 @@ import (
 // Launch would start them, without starting anything. With serialStdio the guest console
 // goes to QEMU's stdout instead of Dir/console.log. It exists for measurements (bench/
 // boots the very same machine bare, to compare runv against): a runtime caller uses Launch.
+// Like Launch, the caller must start QEMU in a network namespace of its own (CLONE_NEWNET):
+// QEMU creates the taps of the VM's NICs (nic.go) where it runs.
 func (l *Launcher) CommandLine(ctx context.Context, cfg hypervisor.Config, serialStdio bool) (string, []string, error) {
 	cfg = withDefaults(cfg)
 	if err := validate(&cfg); err != nil {
@@ -20,7 +22,7 @@ func (l *Launcher) CommandLine(ctx context.Context, cfg hypervisor.Config, seria
 	if err != nil {
 		return "", nil, fmt.Errorf("command line of vm %s: %w", cfg.ID, err)
 	}
-	s := spec{cfg: cfg, accel: accel}
+	s := spec{cfg: cfg, accel: accel, nics: NICSlots}
 	if serialStdio {
 		s.serial = "stdio"
 	}

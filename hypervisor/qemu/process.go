@@ -32,6 +32,11 @@ type startOpts struct {
 	// onExit runs once QEMU is reaped, before done is closed, so that whoever waits on
 	// done sees its effects (sockets removed).
 	onExit func(*process)
+	// extraFiles are inherited as descriptors 3, 4, ...
+	extraFiles []*os.File
+	// confine runs QEMU confined (confine.go); name names it there.
+	confine bool
+	name    string
 	// newNetNS starts QEMU in a network namespace of its own: the taps it creates for the
 	// VM's NICs wait there, invisible to the host, until they are moved into the pod's
 	// namespace, and die with it.
@@ -57,6 +62,7 @@ func startProcess(o startOpts) (*process, error) {
 		if o.stderr != nil {
 			cmd.Stderr = o.stderr
 		}
+		cmd.ExtraFiles = o.extraFiles
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Pdeathsig: syscall.SIGKILL,
 			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
@@ -66,7 +72,18 @@ func startProcess(o startOpts) (*process, error) {
 		if o.newNetNS {
 			cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
 		}
-		if err := cmd.Start(); err != nil {
+		conf := &confinement{cgroupFD: -1}
+		if o.confine {
+			var err error
+			if conf, err = confine(cmd.SysProcAttr, o.name); err != nil {
+				started <- err
+				return
+			}
+		}
+		err := cmd.Start()
+		conf.started()
+		if err != nil {
+			conf.exited()
 			started <- err
 			return
 		}
@@ -79,8 +96,8 @@ func startProcess(o startOpts) (*process, error) {
 		p.mu.Lock()
 		p.exited = true
 		p.mu.Unlock()
-		err := cmd.Wait()
-		p.waitErr = err
+		p.waitErr = cmd.Wait()
+		conf.exited()
 		if o.onExit != nil {
 			o.onExit(p)
 		}

@@ -8,8 +8,11 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/sockets"
 )
 
 // step is one named stage of a launch.
@@ -52,6 +55,8 @@ type launch struct {
 	memFile     string // guest RAM file
 	memShared   bool   // template: RAM written into memFile
 	incoming    bool   // clone: no kernel, waits for migrate-incoming
+	// extraFiles are inherited by QEMU as descriptors 3, 4, ... (a clone's device state).
+	extraFiles []*os.File
 	// wantStatus is what query-status must say once QEMU is up: "running" (zero value), or
 	// "inmigrate" for a clone.
 	wantStatus string
@@ -92,7 +97,8 @@ func (ln *launch) startProcess(context.Context) error {
 		return fmt.Errorf("create qemu log: %w", err)
 	}
 	defer logf.Close() // QEMU has its own descriptor once started
-	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited, newNetNS: true})
+	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
+		extraFiles: ln.extraFiles, confine: true, name: ln.cfg.ID, newNetNS: true})
 	if err != nil {
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
 	}
@@ -110,6 +116,13 @@ func (ln *launch) connectQMP(ctx context.Context) error {
 		return ln.exitedOr(err)
 	}
 	ln.vm.setMonitor(mon)
+	// QEMU made its sockets (all of them before QMP answers) with our umask: owner-only,
+	// like the daemon's (internal/sockets). Its directory is 0700 meanwhile.
+	for _, s := range []string{ln.vm.paths.QMP, ln.vm.paths.Control, ln.vm.paths.Stream} {
+		if err := os.Chmod(s, sockets.Mode); err != nil {
+			return fmt.Errorf("restrict qemu socket: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -148,6 +161,12 @@ func (ln *launch) exitedOr(err error) error {
 	}
 	<-p.done
 	msg := tail(ln.vm.paths.QEMULog, 8)
+	if free, ok := nearlyFull(ln.cfg.Dir); ok {
+		// QEMU could not write its pid file, console or log (nor we its stderr): that, not
+		// an empty log, is what the user must fix.
+		return classify(fmt.Errorf("qemu exited during start (%v; %s): the filesystem of %s is full (%d KiB free): %w",
+			p.waitErr, msg, ln.cfg.Dir, free>>10, unix.ENOSPC), hypervisor.ErrVMExited, errdefs.ErrFailedPrecondition)
+	}
 	if msg == "" {
 		msg = "no output on stderr; see " + ln.vm.paths.Console
 	}
@@ -161,4 +180,15 @@ func (ln *launch) teardown() {
 		return
 	}
 	ln.vm.proc.killAndWait()
+}
+
+// nearlyFull reports whether the filesystem holding dir has less room than a VM's files
+// need at start (pid file, console and logs: a few pages each), and how much it has.
+func nearlyFull(dir string) (free int64, full bool) {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return 0, false
+	}
+	free = int64(st.Bavail) * st.Bsize
+	return free, free < 1<<20
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -234,6 +235,7 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 		}},
 		{"resolve-accel", c.resolveAccel},
 		{"build-args", ln.buildArgs},
+		{"open-state", c.openState},
 		{"start-process", ln.startProcess},
 		{"connect-qmp", ln.connectQMP},
 		{"query-status", ln.queryStatus},
@@ -241,6 +243,9 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 		{"wait-incoming", c.waitIncoming},
 		{"cont", c.cont},
 	})
+	for _, f := range ln.extraFiles {
+		f.Close() // QEMU has its own descriptor, or never started
+	}
 	if err != nil {
 		ln.teardown()
 		return nil, fmt.Errorf("clone vm %s from %s: %w", cfg.ID, snap.State, err)
@@ -286,13 +291,28 @@ func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
 	return nil
 }
 
+// stateFD is the descriptor number of the template's state file in a clone's QEMU: the
+// first of cmd.ExtraFiles.
+const stateFD = 3
+
+// openState opens the template's device state for QEMU to inherit (migrate-incoming
+// "fd:3"): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
+func (c *cloneLaunch) openState(context.Context) error {
+	f, err := os.Open(c.snap.State)
+	if err != nil {
+		return classify(fmt.Errorf("template state file: %w", err), errdefs.ErrFailedPrecondition)
+	}
+	c.extraFiles = append(c.extraFiles, f)
+	return nil
+}
+
 func (c *cloneLaunch) migrateIncoming(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.l.startTimeout())
 	defer cancel()
 	if err := c.vm.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
 		return c.exitedOr(err)
 	}
-	uri := "exec:cat " + shellQuote(c.snap.State)
+	uri := "fd:" + strconv.Itoa(stateFD)
 	if err := c.vm.qmp(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return c.exitedOr(err)
 	}

@@ -54,8 +54,13 @@ func TestBuildArgsTemplateAndClone(t *testing.T) {
 			if !hasPair(clone, "-incoming", "defer") || slices.Contains(tmpl, "-incoming") {
 				t.Errorf("-incoming defer must be on the clone only")
 			}
-			if d := argsDiff(tmpl, clone); len(d) != 1 || !strings.Contains(d[0], "share=on") {
-				t.Errorf("template and clone differ beyond the RAM mapping: %q", d)
+			// Only the template may spawn (its "exec:" migration); a clone loads its state from
+			// an inherited descriptor.
+			if !hasPair(tmpl, "-sandbox", sandboxArg(true)) || !hasPair(clone, "-sandbox", sandboxArg(false)) {
+				t.Errorf("sandbox: template %q, clone %q", tmpl, clone)
+			}
+			if d := argsDiff(tmpl, clone); len(d) != 2 || !strings.Contains(d[0], "spawn=allow") || !strings.Contains(d[1], "share=on") {
+				t.Errorf("template and clone differ beyond the sandbox and the RAM mapping: %q", d)
 			}
 		})
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/sockets"
 )
 
 // MaxFiles caps the descriptors in one message (stdin, stdout, stderr).
@@ -79,9 +80,9 @@ type parked struct {
 
 // Listen serves on sock.
 func Listen(sock string) (*Server, error) {
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	ln, err := sockets.Listen(sock)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", sock, err)
+		return nil, err
 	}
 	s := &Server{ln: ln, pending: map[string]parked{}, done: make(chan struct{})}
 	go s.serve()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/internal/fdpass"
+	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
 )
@@ -43,7 +43,7 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
 	}
 	defer stdio.Close()
-	ln, err := net.Listen("unix", filepath.Join(cfg.Dir, podapi.APISocket))
+	ln, err := sockets.Listen(filepath.Join(cfg.Dir, podapi.APISocket))
 	if err != nil {
 		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
 	}

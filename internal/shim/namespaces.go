@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
 )
 
@@ -28,17 +29,19 @@ type kind struct {
 	proc string
 }
 
-// kinds are those a stand-in enters or gets. A new user namespace is made apart (it needs
-// the config's id mappings); an existing one cannot be entered by a multi-threaded process.
-// A time namespace is not mirrored: only unshare, not clone, makes one.
-var kinds = []kind{
-	{specs.PIDNamespace, unix.CLONE_NEWPID, "pid"},
-	{specs.NetworkNamespace, unix.CLONE_NEWNET, "net"},
-	{specs.IPCNamespace, unix.CLONE_NEWIPC, "ipc"},
-	{specs.UTSNamespace, unix.CLONE_NEWUTS, "uts"},
-	{specs.MountNamespace, unix.CLONE_NEWNS, "mnt"},
-	{specs.CgroupNamespace, unix.CLONE_NEWCGROUP, "cgroup"},
-}
+// kinds are those a stand-in enters or gets, from api/ocispec's table. A new user namespace
+// is made apart (it needs the config's id mappings); an existing one cannot be entered by a
+// multi-threaded process. A time namespace is not mirrored: only unshare, not clone, makes
+// one.
+var kinds = func() []kind {
+	var out []kind
+	for _, t := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.NetworkNamespace, specs.IPCNamespace,
+		specs.UTSNamespace, specs.MountNamespace, specs.CgroupNamespace} {
+		ns := ocispec.Namespaces[t]
+		out = append(out, kind{t, uintptr(ns.CloneFlag), ns.ProcName})
+	}
+	return out
+}()
 
 // Namespaces is where a stand-in goes: new namespaces, and existing ones to join.
 type Namespaces struct {

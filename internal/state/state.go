@@ -43,6 +43,10 @@ const (
 	PodsDir = "@pods"
 )
 
+// MaxIDLength bounds a container id: it names the container's state directory, and a
+// file name has at most 255 bytes (NAME_MAX).
+const MaxIDLength = 250
+
 // validID is runc's rule for container ids.
 var validID = regexp.MustCompile(`^[\w+\-.]+$`)
 
@@ -51,8 +55,11 @@ func ValidateID(id string) error {
 	if id == "" {
 		return fmt.Errorf("container id is empty: give the container a name: %w", errdefs.ErrInvalidArgument)
 	}
-	if len(id) > 1024 || !validID.MatchString(id) || id == "." || id == ".." {
+	if !validID.MatchString(id) || id == "." || id == ".." {
 		return fmt.Errorf("invalid container id %q: use letters, digits and + - . _ only: %w", id, errdefs.ErrInvalidArgument)
+	}
+	if len(id) > MaxIDLength {
+		return fmt.Errorf("container id %.32q... is %d characters long: at most %d (it names a directory): %w", id, len(id), MaxIDLength, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -17,10 +17,10 @@ func TestValidateID(t *testing.T) {
 		id   string
 		want error
 	}{
-		{"abc", nil}, {"a-b_c.d+e", nil}, {strings.Repeat("x", 1024), nil},
+		{"abc", nil}, {"a-b_c.d+e", nil}, {strings.Repeat("x", MaxIDLength), nil},
 		{"", errdefs.ErrInvalidArgument}, {"../x", errdefs.ErrInvalidArgument}, {"a/b", errdefs.ErrInvalidArgument},
 		{".", errdefs.ErrInvalidArgument}, {"..", errdefs.ErrInvalidArgument}, {"@pods", errdefs.ErrInvalidArgument},
-		{"a b", errdefs.ErrInvalidArgument}, {strings.Repeat("x", 1025), errdefs.ErrInvalidArgument},
+		{"a b", errdefs.ErrInvalidArgument}, {strings.Repeat("x", MaxIDLength+1), errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		if err := ValidateID(tt.id); !errors.Is(err, tt.want) && !(err == nil && tt.want == nil) {

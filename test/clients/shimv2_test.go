@@ -266,3 +266,60 @@ func TestShimRefusesHostNetwork(t *testing.T) {
 	}
 	c.ctrQuiet("containers", "rm", id)
 }
+
+// TestShimKilled: the fault matrix's row for runv's containerd shim, which is the pod's
+// supervisor: SIGKILLed while a container runs and an exec waits, the clients waiting on it
+// (ctr run, ctr task exec) return instead of hanging, the pod's VM goes with it, containerd
+// cleans the task up (it runs the shim's delete), and nothing of the pod is left (the
+// suite's leak check: processes, mounts, state under the shim's root).
+func TestShimKilled(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	run := make(chan result, 1)
+	go func() {
+		run <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "run", "--runtime", shimRuntime, img.Qualified, id, "sleep", "1000")
+	}()
+	if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
+	exec := make(chan result, 1)
+	go func() {
+		exec <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "tasks", "exec", "--exec-id", "e1", id, "sleep", "999")
+	}()
+	if !waitFor(60*time.Second, func() bool {
+		out, _ := c.ctrQuiet("tasks", "ps", id)
+		return len(strings.Split(strings.TrimSpace(out), "\n")) == 3 // header, sleep 1000, sleep 999
+	}) {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ps", id), "the exec never ran")
+	}
+	shims, vms := shimProcesses(c), vmsUnder(shimRoot())
+	if len(shims) != 1 || len(vms) != 1 {
+		x.fatal(result{}, "want one shim and one VM, have shims %v, VMs %v", shims, vms)
+	}
+	start := time.Now()
+	syscallKill(shims[0].pid)
+	for what, ch := range map[string]chan result{"ctr run": run, "ctr task exec": exec} {
+		select {
+		case r := <-ch:
+			if r.code == 0 {
+				x.errorf(r, "%s succeeded after its shim was killed", what)
+			}
+			t.Logf("%s returned %s after the shim was killed: exit %d", what, time.Since(start).Round(time.Millisecond), r.code)
+		case <-time.After(90 * time.Second):
+			x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "%s still waits 90s after its shim was killed", what)
+		}
+	}
+	if !waitFor(30*time.Second, func() bool { return isZombie(vms[0].pid) || !exists(vms[0].pid) }) {
+		x.errorf(result{}, "the pod's VM (pid %d) outlived its shim by 30s", vms[0].pid)
+	}
+	// The task is gone or stopped; either way it deletes and the container goes.
+	if out, err := c.ctrQuiet("tasks", "ls"); err == nil && strings.Contains(out, id) {
+		c.ctr(t, cmdOpts{}, "tasks", "delete", "--force", id)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
+}
+
+func exists(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}

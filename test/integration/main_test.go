@@ -151,6 +151,9 @@ func runvIn(t *testing.T, stateRoot string, stdin []byte, args ...string) result
 	start := time.Now()
 	err := cmd.Run()
 	r := result{stdout: readFile(t, out), stderr: readFile(t, errf), took: time.Since(start)}
+	// Closed now, not when the test ends: a long test (the soak) would hold thousands.
+	out.Close()
+	errf.Close()
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {

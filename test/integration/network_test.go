@@ -345,3 +345,39 @@ func TestNetworkHostRefused(t *testing.T) {
 	}
 	assertEmptyRoot(t, r)
 }
+
+// More interfaces than the VM has NICs: the start is refused with an error naming the
+// interface left over, and nothing of runv's stays in the namespace.
+func TestNetworkTooManyInterfacesRefused(t *testing.T) {
+	r := shortRoot(t)
+	n := newPodNet(t, true)
+	ns, err := netns.GetFromPath(n.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	for i := 1; i <= 2; i++ {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = fmt.Sprintf("rvx%d-%d", os.Getpid()%10000, i)
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: fmt.Sprintf("eth%d", i), PeerNamespace: netlink.NsFd(ns)}); err != nil {
+			t.Fatal(err)
+		}
+		name := attrs.Name
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(name); err == nil {
+				netlink.LinkDel(l)
+			}
+		})
+	}
+	before := n.snapshot(t)
+	id := newID(t)
+	res := runvIn(t, r, nil, "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+	if res.code == 0 || !strings.Contains(res.stderr, "eth2") || !strings.Contains(res.stderr, "network devices") {
+		t.Fatalf("want a refusal naming eth2 and the VM's network devices, got %s", res)
+	}
+	runvIn(t, r, nil, "delete", "--force", id)
+	assertEmptyRoot(t, r)
+	if after := n.snapshot(t); after != before {
+		t.Errorf("the refused start left something in the namespace:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}

@@ -102,3 +102,61 @@ func TestJoiningAnUnknownSandboxFails(t *testing.T) {
 	}
 	assertEmptyRoot(t, stateRoot)
 }
+
+// The pod's namespaces outlive its first container (the agent pins them): a member created
+// after the sandbox's process exited still gets the pod's UTS namespace. Sharing the PID
+// namespace of that exited sandbox is refused, saying why, and leaves the pod as it was.
+func TestMemberJoinsAfterTheSandboxExited(t *testing.T) {
+	t.Parallel()
+	stateRoot := shortRoot(t)
+	sandboxBundle := t.TempDir()
+	sp, err := bundle.Make(sandboxBundle, "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Hostname = "podhost"
+	if err := bundle.WriteSpec(sandboxBundle, sp); err != nil {
+		t.Fatal(err)
+	}
+	sandbox := newID(t)
+	if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", sandboxBundle, sandbox); r.code != 0 {
+		t.Fatalf("run -d sandbox: %s", r)
+	}
+	waitStatus(t, stateRoot, sandbox, "stopped")
+
+	member := func(args []string, sharePID bool) result {
+		b := t.TempDir()
+		mp, err := bundle.Make(b, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp.Hostname = ""
+		mp.Annotations = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox}
+		if sharePID {
+			for i := range mp.Linux.Namespaces {
+				if mp.Linux.Namespaces[i].Type == specs.PIDNamespace {
+					mp.Linux.Namespaces[i].Path = "/proc/self/ns/pid" // any PID namespace: it asks for the pod's
+				}
+			}
+		}
+		if err := bundle.WriteSpec(b, mp); err != nil {
+			t.Fatal(err)
+		}
+		return runvIn(t, stateRoot, nil, "run", "--bundle", b, newID(t))
+	}
+	r := member([]string{"hostname"}, false)
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "podhost" {
+		t.Fatalf("member after the sandbox exited: want hostname podhost (the pod's UTS namespace): %s", r)
+	}
+	r = member([]string{"true"}, true)
+	if r.code == 0 || !strings.Contains(r.stderr, "PID namespace") {
+		t.Fatalf("member sharing the PID namespace of an exited sandbox: want a refusal naming the PID namespace: %s", r)
+	}
+	if n := len(findPids(stateRoot, "qemu-system")); n != 1 {
+		t.Fatalf("%d VMs for one pod, want 1", n)
+	}
+	if r := runvIn(t, stateRoot, nil, "delete", sandbox); r.code != 0 {
+		t.Fatalf("delete sandbox: %s", r)
+	}
+	assertEmptyRoot(t, stateRoot)
+}

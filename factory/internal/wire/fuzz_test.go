@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,40 +93,34 @@ func FuzzCallResponse(f *testing.F) {
 	f.Add([]byte(`{"error":"x","code":99999}`))
 	f.Add([]byte(`{"vm":null}`))
 	f.Add([]byte(`{`))
-	sock := filepath.Join(f.TempDir(), "f.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { ln.Close() })
-	answers := make(chan []byte)
-	go func() {
-		for {
+	dir := f.TempDir()
+	var n atomic.Int64
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// A server of its own per input: one that misbehaves cannot wedge the next.
+		sock := filepath.Join(dir, strconv.FormatInt(n.Add(1), 10)+".sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(sock)
+		defer ln.Close()
+		go func() {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			defer c.Close()
 			go io.Copy(io.Discard, c)
-			c.Write(<-answers)
-			c.Close()
-		}
-	}()
-	f.Fuzz(func(t *testing.T, data []byte) {
+			c.Write(data)
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		res := make(chan error, 1)
-		var resp Response
-		go func() {
-			var err error
-			resp, err = Call(ctx, sock, Request{Op: OpStatus})
-			res <- err
-		}()
-		answers <- data
-		if err := <-res; err == nil && resp.Error != "" {
-			t.Fatalf("an answer carrying error %q returned as success", resp.Error)
-		}
+		resp, err := Call(ctx, sock, Request{Op: OpStatus})
 		if ctx.Err() != nil {
 			t.Fatal("call hung until its deadline")
+		}
+		if err == nil && resp.Error != "" {
+			t.Fatalf("an answer carrying error %q returned as success", resp.Error)
 		}
 	})
 }

@@ -1,0 +1,308 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/state"
+)
+
+// fakeAgent stands in for the guest agent behind the supervisor's guestAgent seam: it
+// records the commands it gets, answers them as the agent would, and lets the test end
+// processes. Pure unit test: no VM.
+type fakeAgent struct {
+	mu      sync.Mutex
+	calls   []agentproto.MsgType
+	created []agentproto.Container
+	seq     uint64
+	pid     int
+	// fail makes the next command of that type fail with the error.
+	fail    map[agentproto.MsgType]error
+	waiters map[string]*fakeWaiter // by container/process
+	done    chan struct{}
+}
+
+func newFakeAgent() *fakeAgent {
+	return &fakeAgent{pid: 100, fail: map[agentproto.MsgType]error{}, waiters: map[string]*fakeWaiter{}, done: make(chan struct{})}
+}
+
+func (a *fakeAgent) Call(_ context.Context, t agentproto.MsgType, payload, reply any) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, t)
+	if err := a.fail[t]; err != nil {
+		delete(a.fail, t)
+		return err
+	}
+	switch t {
+	case agentproto.MsgNewContainer, agentproto.MsgExecCmd:
+		if m, ok := payload.(agentproto.Container); ok {
+			a.created = append(a.created, m)
+		}
+		a.pid++
+		*reply.(*agentproto.ProcessStarted) = agentproto.ProcessStarted{Pid: a.pid}
+	case agentproto.MsgSignalProcess:
+		m := payload.(agentproto.SignalProcess)
+		if w := a.waiters[m.Container+"/"+m.Process]; w != nil && m.Signal == int(syscall.SIGKILL) {
+			w.exit(agentproto.ProcessExit{ExitCode: 137, Signal: 9})
+		}
+	}
+	return nil
+}
+
+func (a *fakeAgent) NextSeq() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.seq++
+	return a.seq
+}
+
+func (a *fakeAgent) Watch(container, process string, _ agentproto.Stdio) (exitWaiter, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	w := &fakeWaiter{exited: make(chan agentproto.ProcessExit, 1)}
+	a.waiters[container+"/"+process] = w
+	return w, nil
+}
+
+func (a *fakeAgent) Done() <-chan struct{} { return a.done }
+func (a *fakeAgent) Err() error            { return nil }
+func (a *fakeAgent) Close() error          { return nil }
+
+// exit ends a process as the agent reports it.
+func (a *fakeAgent) exit(container, process string, e agentproto.ProcessExit) {
+	a.mu.Lock()
+	w := a.waiters[container+"/"+process]
+	a.mu.Unlock()
+	w.exit(e)
+}
+
+// failNext makes the next command of type t fail with err.
+func (a *fakeAgent) failNext(t agentproto.MsgType, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.fail[t] = err
+}
+
+// containers are the NEWCONTAINER payloads the agent got.
+func (a *fakeAgent) containers() []agentproto.Container {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]agentproto.Container(nil), a.created...)
+}
+
+func (a *fakeAgent) sent(t agentproto.MsgType) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, c := range a.calls {
+		if c == t {
+			n++
+		}
+	}
+	return n
+}
+
+type fakeWaiter struct {
+	once   sync.Once
+	exited chan agentproto.ProcessExit
+}
+
+func (w *fakeWaiter) exit(e agentproto.ProcessExit) { w.once.Do(func() { w.exited <- e }) }
+
+func (w *fakeWaiter) Streams() (io.WriteCloser, io.ReadCloser, io.ReadCloser) { return nil, nil, nil }
+
+func (w *fakeWaiter) Wait(ctx context.Context) (agentproto.ProcessExit, error) {
+	select {
+	case e := <-w.exited:
+		return e, nil
+	case <-ctx.Done():
+		return agentproto.ProcessExit{}, ctx.Err()
+	}
+}
+
+// idleVM is a VM that is up and does nothing.
+type idleVM struct{ done chan struct{} }
+
+func (v *idleVM) ID() string { return "p" }
+func (v *idleVM) Pid() int   { return 0 }
+func (v *idleVM) Channels(context.Context) (*hypervisor.Channels, error) {
+	return nil, errors.New("idle VM")
+}
+func (v *idleVM) Done() <-chan struct{}          { return v.done }
+func (v *idleVM) Shutdown(context.Context) error { return nil }
+func (v *idleVM) Kill() error                    { return nil }
+func (v *idleVM) ConsoleLog() string             { return "" }
+func (v *idleVM) Accel() string                  { return hypervisor.AccelTCG }
+func (v *idleVM) Restored() bool                 { return false }
+func (v *idleVM) Grown() bool                    { return false }
+
+type idleFactory struct{}
+
+func (idleFactory) GetVM(context.Context, factory.Request) (hypervisor.VM, error) {
+	return &idleVM{done: make(chan struct{})}, nil
+}
+func (idleFactory) Name() string { return "idle" }
+func (idleFactory) Close() error { return nil }
+
+// newFakePod is a supervisor whose VM is idle and whose agent is a fakeAgent.
+func newFakePod(t *testing.T) (*Supervisor, *fakeAgent) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the supervisor bind-mounts rootfs into the pod share: needs root")
+	}
+	a := newFakeAgent()
+	s, err := New(context.Background(), Config{
+		PodID: "p", Dir: t.TempDir(), Factory: idleFactory{},
+		connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return a, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return s, a
+}
+
+// newRequest is a container of a bundle with an empty rootfs, its paths resolved.
+func newRequest(t *testing.T, id string) CreateRequest {
+	bundle := t.TempDir()
+	rootfs := filepath.Join(bundle, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return CreateRequest{ID: id, Bundle: bundle, Spec: &specs.Spec{
+		Version: specs.Version, Root: &specs.Root{Path: rootfs},
+		Process: &specs.Process{Args: []string{"sleep", "1000"}, Cwd: "/"},
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace, Path: "/proc/4242/ns/pid"}, {Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
+			{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+		}},
+	}}
+}
+
+// A container's life as the pod daemon sees it: each operation checks the status it needs,
+// and a status that does not fit is refused as a failed precondition before anything is
+// sent to the guest.
+func TestContainerLifecycleStatusChecks(t *testing.T) {
+	s, a := newFakePod(t)
+	ctx := context.Background()
+	if _, err := s.Create(ctx, newRequest(t, "c1")); err != nil {
+		t.Fatal(err)
+	}
+	status := func() string {
+		st, err := s.State("c1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Status
+	}
+	refused := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Errorf("%s while %s: %v, want a failed precondition", what, status(), err)
+		}
+	}
+	steps := []struct {
+		do   func() error
+		want string // status after
+	}{
+		{func() error { return nil }, state.StatusCreated},
+		{func() error { refused("resume", s.Resume(ctx, "c1")); return nil }, state.StatusCreated},
+		{func() error { return s.Start(ctx, "c1") }, state.StatusRunning},
+		{func() error { refused("start", s.Start(ctx, "c1")); return nil }, state.StatusRunning},
+		{func() error { refused("delete", s.Delete(ctx, "c1")); return nil }, state.StatusRunning},
+		{func() error { return s.Pause(ctx, "c1") }, state.StatusPaused},
+		{func() error {
+			_, err := s.Exec(ctx, ExecRequest{ID: "c1", Process: "e1", Spec: &specs.Process{Args: []string{"true"}}})
+			refused("exec", err)
+			return nil
+		}, state.StatusPaused},
+		{func() error { return s.Resume(ctx, "c1") }, state.StatusRunning},
+		{func() error { a.exit("c1", agentproto.InitProcessID, agentproto.ProcessExit{ExitCode: 3}); return nil }, state.StatusStopped},
+	}
+	for i, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if st.want == state.StatusStopped {
+			if e, err := s.Wait(ctx, "c1", ""); err != nil || e.ExitCode != 3 {
+				t.Fatalf("wait: %+v, %v", e, err)
+			}
+		}
+		if got := status(); got != st.want {
+			t.Fatalf("step %d: status %s, want %s", i, got, st.want)
+		}
+	}
+	if err := s.Delete(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.State("c1"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("state after delete: %v", err)
+	}
+	select {
+	case <-s.Empty():
+	case <-time.After(10 * time.Second):
+		t.Error("the pod is not empty after its last container was deleted")
+	}
+	if n := a.sent(agentproto.MsgRemoveContainer); n != 1 {
+		t.Errorf("REMOVECONTAINER sent %d times", n)
+	}
+}
+
+// The host sends no namespace path to the guest, only whether the container asks for the
+// pod's PID namespace; the spec it got is left as it was.
+func TestCreateSendsNoNamespacePaths(t *testing.T) {
+	s, a := newFakePod(t)
+	req := newRequest(t, "c1")
+	before, _ := json.Marshal(req.Spec)
+	if _, err := s.Create(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	sent := a.containers()[0]
+	for _, ns := range sent.Spec.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("namespace %s sent with path %s", ns.Type, ns.Path)
+		}
+	}
+	if !sent.SharePID || len(sent.Spec.Linux.Namespaces) != 4 {
+		t.Errorf("sent %+v, SharePID %v", sent.Spec.Linux.Namespaces, sent.SharePID)
+	}
+	if after, _ := json.Marshal(req.Spec); string(after) != string(before) {
+		t.Error("Create modified the caller's spec")
+	}
+}
+
+// A create the guest refuses leaves nothing: no container, no share directory.
+func TestCreateRefusedByTheGuestLeavesNothing(t *testing.T) {
+	s, a := newFakePod(t)
+	a.failNext(agentproto.MsgNewContainer, errors.New("guest says no"))
+	if _, err := s.Create(context.Background(), newRequest(t, "c1")); err == nil {
+		t.Fatal("create succeeded although the guest refused it")
+	}
+	if _, err := s.State("c1"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("state after a refused create: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.share, "c1")); !os.IsNotExist(err) {
+		t.Errorf("share directory left: %v", err)
+	}
+	// A relative root.path is the caller's mistake (oci.LoadBundle resolves it).
+	req := newRequest(t, "c2")
+	req.Spec.Root.Path = "rootfs"
+	if _, err := s.Create(context.Background(), req); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("relative root.path: %v", err)
+	}
+}
