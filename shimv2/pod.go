@@ -2,6 +2,8 @@ package shimv2
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,7 +29,7 @@ import (
 // it comes from the same variables the runv CLI reads.
 type Config struct {
 	// Root is runv's state root (RUNV_ROOT, default /run/runv): pod directories are under
-	// Root/@shim/<namespace>/<pod>, templates and the VM pool are the CLI's.
+	// Root/@shim (podDir), templates and the VM pool are the CLI's.
 	Root string
 	// Boot is how the pods' VMs are made (the CLI's: templates and the VM pool of Root).
 	Boot poddaemon.Boot
@@ -78,10 +80,16 @@ func ConfigFromEnv() (Config, error) {
 	return c, nil
 }
 
-// podDir is the directory of a pod of this shim's namespace.
+// podDir is the directory of a pod of a containerd namespace. Its name is a digest of the
+// two: CRI pod ids are 64 characters, and the VM's sockets under the directory must stay
+// within the 108 bytes of a unix socket path. The directory's podFile names the pod.
 func (c Config) podDir(namespace, pod string) string {
-	return filepath.Join(c.Root, "@shim", namespace, pod)
+	sum := sha256.Sum256([]byte(namespace + "/" + pod))
+	return filepath.Join(c.Root, "@shim", hex.EncodeToString(sum[:8]))
 }
+
+// podFile in a pod directory holds "<namespace>/<pod id>".
+const podFile = "pod"
 
 // ownerFile in a pod directory holds the pid of the shim serving the pod.
 const ownerFile = "shim.pid"
@@ -94,30 +102,31 @@ type pod struct {
 }
 
 // podLocked returns the shim's pod, starting it (and booting its VM in the background) for
-// the first container. s.mu is held.
-func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
+// the first container; fresh says it did. s.mu is held.
+func (s *service) podLocked(ctx context.Context, id string) (p *pod, fresh bool, err error) {
 	if s.pod != nil {
 		if s.pod.id != id {
-			return nil, fmt.Errorf("this runv shim serves pod %q, not %q: %w", s.pod.id, id, errdefs.ErrInvalidArgument)
+			return nil, false, fmt.Errorf("this runv shim serves pod %q, not %q: %w", s.pod.id, id, errdefs.ErrInvalidArgument)
 		}
-		return s.pod, nil
+		return s.pod, false, nil
 	}
 	if err := s.cfg.Boot.CheckFiles(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	dir := s.cfg.podDir(s.namespace, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("pod %s: %w", id, err)
+		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
+	os.WriteFile(filepath.Join(dir, podFile), []byte(s.namespace+"/"+id+"\n"), 0o600)
 	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pod %s: %w", id, err)
+		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
 	f, size, err := poddaemon.NewFactory(pctx, s.cfg.Boot)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return nil, false, err
 	}
 	sup, err := supervisor.New(pctx, supervisor.Config{
 		PodID: id, Dir: dir, Factory: f,
@@ -128,11 +137,11 @@ func (s *service) podLocked(ctx context.Context, id string) (*pod, error) {
 	if err != nil {
 		f.Close()
 		os.RemoveAll(dir)
-		return nil, err
+		return nil, false, err
 	}
 	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f}
 	logging.G(pctx).Info("pod started", "dir", dir)
-	return s.pod, nil
+	return s.pod, true, nil
 }
 
 // closePodIfEmpty powers the pod's VM off and removes its directory once no container is
@@ -160,8 +169,6 @@ func (p *pod) close(ctx context.Context) {
 	if err := supervisor.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("remove pod directory", "error", err)
 	}
-	// The namespace's directory goes with its last pod (it fails while others remain).
-	os.Remove(filepath.Dir(p.dir))
 	log.Info("pod stopped")
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/supervisor"
 )
 
@@ -180,8 +181,12 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	if err := refuseHostNamespaces(r.ID, spec); err != nil {
+	if err := refuseHostIPC(r.ID, spec); err != nil {
 		return nil, grpcErr(err)
+	}
+	netns, err := network.NamespaceOf(spec)
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
 	member := podOf(r.ID, spec.Annotations)
 	t := &ctrTask{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{},
@@ -193,7 +198,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("container %q already exists: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	p, err := s.podLocked(ctx, member.pod)
+	p, fresh, err := s.podLocked(ctx, member.pod)
 	if err != nil {
 		s.mu.Unlock()
 		return nil, grpcErr(err)
@@ -229,6 +234,17 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		ID: r.ID, Bundle: r.Bundle, Spec: spec, Stdio: files, Sandbox: member.sandbox,
 	}); err != nil {
 		return nil, grpcErr(err)
+	}
+	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
+	// created) is mirrored onto the VM before anything runs in it. Without a path the
+	// container has a network namespace of its own in the guest (loopback).
+	if fresh && netns != "" {
+		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
+			if derr := p.sup.Delete(context.WithoutCancel(ctx), r.ID); derr != nil {
+				logging.G(ctx).Warn("remove the container whose network failed", "error", derr)
+			}
+			return nil, grpcErr(err)
+		}
 	}
 	go s.waitExit(p.sup, t.init)
 	s.events.taskCreate(s.ctx, r, s.pid)

@@ -592,10 +592,10 @@ func stateDirs(root string) []string {
 }
 
 // podDirs lists runv's pod directories under a root: the CLI's pod daemons' and the
-// containerd shim's (@shim/<namespace>/<pod>).
+// containerd shim's (@shim/<digest>).
 func podDirs(root string) []string {
 	dirs, _ := filepath.Glob(filepath.Join(root, "@pods", "*"))
-	shim, _ := filepath.Glob(filepath.Join(root, "@shim", "*", "*"))
+	shim, _ := filepath.Glob(filepath.Join(root, "@shim", "*"))
 	return append(dirs, shim...)
 }
 

@@ -44,7 +44,15 @@ type Built struct {
 
 // Busybox builds the image into out from Debian's static busybox (test/bundle.MakeRootfs).
 // name is NAME[:TAG], DefaultName when empty.
-func Busybox(out, name string) (*Built, error) {
+func Busybox(out, name string) (*Built, error) { return busybox(out, name, []string{"sh"}) }
+
+// Pause builds a busybox image whose command waits until it is told to stop (SIGTERM,
+// SIGINT), as a Kubernetes pod's pause container does: CRI tests use it as the sandbox image.
+func Pause(out, name string) (*Built, error) {
+	return busybox(out, name, []string{"sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"})
+}
+
+func busybox(out, name string, cmd []string) (*Built, error) {
 	if name == "" {
 		name = DefaultName
 	}
@@ -79,7 +87,7 @@ func Busybox(out, name string) (*Built, error) {
 		"created": epoch, "architecture": "amd64", "os": "linux",
 		"config": map[string]any{
 			"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd":        []string{"sh"},
+			"Cmd":        cmd,
 			"WorkingDir": "/",
 		},
 		"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
