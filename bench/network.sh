@@ -6,7 +6,8 @@
 # stream, NET_SECS seconds each), and connect+request+answer round trips (RR_N of them).
 #
 # Environment: RUNV, RUNV_KERNEL, RUNV_INITRD as bench/run.sh; NET_SECS (10), RR_N (200),
-# NET_MTU (1500). Everything it makes it removes, also on ^C. Traffic goes only to the
+# NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2").
+# Everything it makes it removes, also on ^C. Traffic goes only to the
 # addresses it assigns (10.234.x.0/24).
 set -uo pipefail
 
@@ -19,6 +20,7 @@ INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
 SECS=${NET_SECS:-10}
 RR_N=${RR_N:-200}
 MTU=${NET_MTU:-1500}
+read -r -a runv_flags <<<"${NET_RUNV_FLAGS:-}"
 
 work=$(mktemp -d /tmp/rvn.XXXX)
 tag=$$
@@ -85,14 +87,14 @@ measure() {
 	echo "$out"; res[$rt-rr]=$(sed -n 's/.* median=\([0-9.]*\) .*/\1/p' <<<"$out")
 }
 
-echo "== network: TCP from the host to a pod's server and back (one stream, ${SECS}s each; $RR_N connect+request round trips; MTU $MTU)"
+echo "== network: TCP from the host to a pod's server and back (one stream, ${SECS}s each; $RR_N connect+request round trips; MTU $MTU${NET_RUNV_FLAGS:+; runv $NET_RUNV_FLAGS})"
 n=$net_index
 for rt in runc runv; do
 	ns=$(pod_ns "$rt" "$n") || die "cannot make the $rt namespace"
 	b=$(bundle "$rt" "$ns") || die "cannot make the $rt bundle"
 	case $rt in
 	runc) runc --root "$work/runc" run -d --bundle "$b" net-runc </dev/null >/dev/null 2>"$work/err" || die "runc run: $(cat "$work/err")" ;;
-	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" run -d --bundle "$b" net-runv </dev/null >/dev/null 2>"$work/err" ||
+	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" "${runv_flags[@]}" run -d --bundle "$b" net-runv </dev/null >/dev/null 2>"$work/err" ||
 		die "runv run: $(cat "$work/err")" ;;
 	esac
 	wait_server "10.234.$n.2:5001" || die "the $rt server does not answer at 10.234.$n.2:5001"

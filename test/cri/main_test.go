@@ -41,6 +41,7 @@ var (
 	imageSvc   rt.ImageServiceClient
 	busybox    string // image names as the CRI knows them
 	cgroupRoot string // pods' cgroup parent
+	runvBinary string // the runv CLI, BinaryName of the runvrunc handler
 )
 
 // handlers are the RuntimeClass handlers every case runs with.
@@ -79,6 +80,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "%[1]s/runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv]
       runtime_type = "io.containerd.runv.v2"
+    # runv as an OCI runtime under containerd's runc shim (BinaryName), the route without
+    # runv's own shim.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runvrunc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runvrunc.options]
+        BinaryName = "%[3]s"
+        Root = "%[1]s/runvrunc"
 `
 
 const cniConfig = `{
@@ -118,13 +126,13 @@ func setup() error {
 			return fmt.Errorf("%s is missing (make client-deps installs containerd and containernetworking-plugins)", b)
 		}
 	}
+	runvBinary = os.Getenv("RUNV_CLIENT_RUNTIME")
+	if runvBinary == "" {
+		runvBinary = "/usr/local/bin/runv"
+	}
 	shim := os.Getenv("RUNV_CLIENT_SHIM")
 	if shim == "" {
-		rtBin := os.Getenv("RUNV_CLIENT_RUNTIME")
-		if rtBin == "" {
-			rtBin = "/usr/local/bin/runv"
-		}
-		shim = filepath.Join(filepath.Dir(rtBin), "containerd-shim-runv-v2")
+		shim = filepath.Join(filepath.Dir(runvBinary), "containerd-shim-runv-v2")
 	}
 	if _, err := os.Stat(shim); err != nil {
 		return fmt.Errorf("runv's containerd shim is not installed (%v): make install, or set RUNV_CLIENT_SHIM", err)
@@ -147,7 +155,7 @@ func setup() error {
 		return fmt.Errorf("build the busybox image: %w", err)
 	}
 	busybox = bb.Qualified
-	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(fmt.Sprintf(config, work, pause.Qualified)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(fmt.Sprintf(config, work, pause.Qualified, runvBinary)), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(work, "net.d", "10-rvcri.conflist"), []byte(fmt.Sprintf(cniConfig, work)), 0o644); err != nil {

@@ -72,9 +72,8 @@ func TestQEMUConfined(t *testing.T) {
 	pid := qemuOf(t, stateRoot, id)
 	st := procStatus(t, pid)
 
-	// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID (bits 0-4), NET_ADMIN (12) and
-	// MKNOD (27).
-	const wantCaps = "000000000800101f"
+	// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID (bits 0-4) and NET_ADMIN (12).
+	const wantCaps = "000000000000101f"
 	for field, want := range map[string]string{
 		"Seccomp":    "2", // -sandbox on
 		"NoNewPrivs": "1",

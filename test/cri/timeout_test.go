@@ -1,0 +1,67 @@
+//go:build integration
+
+package cri
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestCRIExecSyncTimeout: an ExecSync whose command outlives its timeout returns at the
+// timeout, and the command no longer runs: the CRI kills it by SIGKILLing the pid the
+// runtime gave (runv's host stand-in under the runc shim), which must end the process in
+// the VM as it ends the process itself with runc. Before runv watched its stand-ins, the
+// call returned after about 300 s and the command ran on in the guest.
+//
+// Handlers: runc for reference and runvrunc (runv under containerd's runc shim, the route
+// the issue was found on). runv's own shim kills an exec in the VM itself; it is left out
+// while its pods' socket paths under this suite's work directory are too long for the CRI's
+// 64-character pod ids.
+func TestCRIExecSyncTimeout(t *testing.T) {
+	for _, h := range []string{"runc", "runvrunc"} {
+		t.Run(h, func(t *testing.T) {
+			if h == "runvrunc" {
+				t.Cleanup(func() {
+					// Registered first, so run last: after the pod's removal, runv's
+					// state under the runc shim's root holds no container and no pod.
+					left, _ := filepath.Glob(filepath.Join(work, "runvrunc", "*", "*"))
+					var dirs []string
+					for _, d := range left {
+						if filepath.Base(d) == "@pods" {
+							pods, _ := filepath.Glob(filepath.Join(d, "*"))
+							dirs = append(dirs, pods...)
+							continue
+						}
+						dirs = append(dirs, d)
+					}
+					if len(dirs) > 0 {
+						t.Errorf("runv state left under the runc shim's root: %v", dirs)
+					}
+				})
+			}
+			p := runPod(t, h, nil)
+			c := p.container("main", nil, "sleep", "1000")
+			start := time.Now()
+			_, err := runtimeSvc.ExecSync(ctx(t), &rt.ExecSyncRequest{ContainerId: c, Cmd: []string{"sleep", "904"}, Timeout: 1})
+			took := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), "timeout") {
+				t.Errorf("ExecSync of sleep 904 with a 1 s timeout: %v, want a timeout error", err)
+			}
+			if took > 30*time.Second {
+				t.Errorf("ExecSync with a 1 s timeout returned after %s", took.Round(time.Millisecond))
+			}
+			var ps string
+			if !waitFor(15*time.Second, func() bool {
+				ps = p.out(c, "ps")
+				return !strings.Contains(ps, "sleep 904")
+			}) {
+				t.Errorf("sleep 904 still runs in the container 15s after its ExecSync timed out:\n%s", ps)
+			}
+			t.Logf("ExecSync returned %s after it started (timeout 1 s); the command is gone", took.Round(time.Millisecond))
+		})
+	}
+}
