@@ -60,10 +60,7 @@ func TestVMContainerSteps(t *testing.T) {
 	// RUNV_STEPS_TRIM: every other container runs a spec without those parts, so that the
 	// two are compared in one VM under the same load (their steps print as NEWCONTAINER-trimmed).
 	trim := os.Getenv("RUNV_STEPS_TRIM")
-	trimmed, err := copySpec(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	trimmed := deepCopySpec(t, spec)
 	trimSpec(t, trimmed, trim)
 	v.event(agentproto.MsgReady)
 	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
@@ -346,4 +343,18 @@ func addCrun(t *testing.T, root string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// deepCopySpec copies a spec (adjustSpec adjusts its input in place).
+func deepCopySpec(t *testing.T, in *specs.Spec) *specs.Spec {
+	t.Helper()
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out specs.Spec
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return &out
 }
