@@ -181,13 +181,11 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	if err := refuseHostIPC(r.ID, spec); err != nil {
+	// Refused before the pod starts: a refused container boots no VM.
+	if err := supervisor.CheckHostNamespaces(r.ID, spec); err != nil {
 		return nil, grpcErr(err)
 	}
-	netns, err := network.NamespaceOf(spec)
-	if err != nil {
-		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
-	}
+	netns, _ := network.NamespaceOf(spec)
 	member := podOf(r.ID, spec.Annotations)
 	t := &ctrTask{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{},
 		stdio: stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}

@@ -1,16 +1,13 @@
 package shimv2
 
 import (
-	"errors"
 	"testing"
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/typeurl/v2"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
-	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -30,28 +27,6 @@ func TestPodOf(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := podOf(tc.id, tc.annotations); got != tc.want {
 				t.Errorf("podOf(%q, %v) = %+v, want %+v", tc.id, tc.annotations, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestRefuseHostIPC(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		ns      []specs.LinuxNamespace
-		refused bool
-	}{
-		{"own IPC namespace", []specs.LinuxNamespace{{Type: specs.IPCNamespace}}, false},
-		{"IPC joined by path (a pod member)", []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}}, false},
-		{"host IPC", []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := refuseHostIPC("c", &specs.Spec{Linux: &specs.Linux{Namespaces: tc.ns}})
-			if tc.refused != (err != nil) {
-				t.Fatalf("refused = %v (%v), want %v", err != nil, err, tc.refused)
-			}
-			if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
-				t.Errorf("error %v is not an invalid argument", err)
 			}
 		})
 	}
