@@ -209,8 +209,8 @@ func checkPodOnNetwork(t *testing.T, r, id string, n podNet) {
 	}
 }
 
-// TestNetworkNamespaceByPath is the judged test, with each factory kind: direct boot, a
-// template clone, a pooled VM.
+// TestNetworkNamespaceByPath is the judged test, with each factory kind: direct boot (on
+// microvm and on q35), a template clone, a pooled VM.
 func TestNetworkNamespaceByPath(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -218,6 +218,7 @@ func TestNetworkNamespaceByPath(t *testing.T) {
 		check func(t *testing.T, podDir string)
 	}{
 		{name: "direct", setup: func(*testing.T, string) []string { return nil }},
+		{name: "direct-q35", setup: func(*testing.T, string) []string { return []string{"--machine", "q35"} }},
 		{
 			name: "template",
 			setup: func(t *testing.T, r string) []string {
