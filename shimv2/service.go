@@ -187,6 +187,10 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	}
 	netns, _ := network.NamespaceOf(spec)
 	member := podOf(r.ID, spec.Annotations)
+	factorySetting, err := factoryOption(r.Options)
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
+	}
 	t := &ctrTask{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{},
 		stdio: stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
 	t.init = newProc(r.ID, "", t.stdio)
@@ -196,7 +200,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("container %q already exists: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	p, fresh, err := s.podLocked(ctx, member.pod)
+	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting)
 	if err != nil {
 		s.mu.Unlock()
 		return nil, grpcErr(err)

@@ -5,7 +5,10 @@ import (
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/api/types/task"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/internal/state"
@@ -74,5 +77,33 @@ func TestMetrics(t *testing.T) {
 	if m.CPU.UsageUsec != 5000 || m.Memory.Usage != 1<<20 || m.Memory.UsageLimit != 64<<20 || m.Pids.Current != 3 ||
 		m.Memory.Anon != 4096 || m.Memory.File != 8192 || m.MemoryEvents.OomKill != 1 {
 		t.Errorf("metrics = %v", m)
+	}
+}
+
+// A CRI handler's options.ConfigPath (runtimeoptions) names its pods' factory policy.
+func TestFactoryOption(t *testing.T) {
+	pack := func(m proto.Message, url string) *anypb.Any {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &anypb.Any{TypeUrl: url, Value: b}
+	}
+	for _, tc := range []struct {
+		name    string
+		opts    *anypb.Any
+		want    string
+		refused bool
+	}{
+		{"no options", nil, "", false},
+		{"ConfigPath", pack(&runtimeoptions.Options{ConfigPath: "/etc/runv/pool.json"}, "runtimeoptions.v1.Options"), "/etc/runv/pool.json", false},
+		{"runc's options", pack(&runtimeoptions.Options{ConfigPath: "x"}, "containerd.runc.v1.Options"), "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := factoryOption(tc.opts)
+			if (err != nil) != tc.refused || got != tc.want {
+				t.Errorf("factoryOption = %q, %v; want %q, refused %v", got, err, tc.want, tc.refused)
+			}
+		})
 	}
 }
