@@ -178,8 +178,9 @@ func TestGuestCannotLeaveTheShare(t *testing.T) {
 		"cat /abs-link /rel-link/secret " + share + "/../secret " + share + "/../../../../secret",
 		"cat " + share + "/" + id + "/rootfs/abs-link " + share + "/" + id + "/rootfs/rel-link/secret",
 		"cat " + filepath.Join(share, strings.Repeat("../", 20), hostDir, "secret"),
+		"cat " + filepath.Join(share, hostDir, "secret"), // as if the share were the host's root
 		"cat " + filepath.Join(later, "secret") + " " + filepath.Join(hostDir, "secret"),
-		"find " + share + " -name 'secret*' | grep . && echo FOUND-IN-SHARE",
+		"find " + share + " -maxdepth 6 -name 'secret*' | grep . && echo FOUND-IN-SHARE",
 		"echo walked",
 	}, "; ")
 	r := runvIn(t, stateRoot, nil, "exec", id, "sh", "-c", script)
