@@ -33,7 +33,7 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
 		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
-		"-serial", "file:/run/runv/pod1/vm/console.log",
+		"-serial", "file:/dev/fd/3", // the console pipe, drained into console.log
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",
@@ -155,7 +155,6 @@ func TestBuildArgs(t *testing.T) {
 				{"-fsdev", "local,id=fs0,path=/s/p,,q,security_model=none"},
 				{"-qmp", "unix:/r/x,,y/qmp.sock,server=on,wait=off"},
 				{"-kernel", "/k/v,l"},
-				{"-serial", "file:/r/x,y/console.log"},
 				{"-pidfile", "/r/x,y/qemu.pid"},
 			},
 		},
