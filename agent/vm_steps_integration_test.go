@@ -29,6 +29,10 @@ import (
 // exited 0, and prints the lines (-v).
 //
 //	RUNV_STEPS=5 go test -tags integration -run ContainerSteps -v ./agent/
+//
+// RUNV_STEPS_CRUN=1 also times crun in the guest, RUNV_STEPS_TRIM=masked,sys,... interleaves
+// containers of a trimmed spec (trimSpec), RUNV_STEPS_CMDLINE adds kernel parameters,
+// RUNV_STEPS_RAW=1 prints every TRACE line.
 func TestVMContainerSteps(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("RUNV_STEPS"))
 	if n <= 0 {
@@ -57,7 +61,16 @@ func TestVMContainerSteps(t *testing.T) {
 		floorSpec.Process.Args = append(floorSpec.Process.Args, "-crun", "/crun")
 	}
 	rootfs, spec := v.busyboxContainer("c", "true")
-	trimSpec(t, spec, os.Getenv("RUNV_STEPS_TRIM"))
+	// RUNV_STEPS_TRIM: every other container runs a spec without those parts, so that the
+	// two are compared in one VM under the same load (their steps print as NEWCONTAINER-trimmed).
+	trim := os.Getenv("RUNV_STEPS_TRIM")
+	var trimmed specs.Spec
+	if b, err := json.Marshal(spec); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &trimmed); err != nil {
+		t.Fatal(err)
+	}
+	trimSpec(t, &trimmed, trim)
 	v.event(agentproto.MsgReady)
 	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
 	// is a guest tmpfs, against the 9p rootfs of the pod's containers below.
@@ -73,6 +86,11 @@ func TestVMContainerSteps(t *testing.T) {
 		id := "c" + strconv.Itoa(i)
 		runToExit(t, v, id, spec, rootfs)
 		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
+		if trim != "" {
+			id := "trimmed" + strconv.Itoa(i)
+			runToExit(t, v, id, &trimmed, rootfs)
+			v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
+		}
 	}
 	sleeper := *spec
 	sp := *spec.Process
@@ -98,9 +116,13 @@ func TestVMContainerSteps(t *testing.T) {
 	traces := map[string][]string{}
 	v.mu.Lock()
 	for _, l := range v.console {
-		if i := strings.Index(l.text, "TRACE "); i >= 0 {
+		// The privileged floor container is not one of the measured kind.
+		if i := strings.Index(l.text, "TRACE "); i >= 0 && !strings.Contains(l.text[:i], " ctr=floor") {
 			line := l.text[i+len("TRACE "):]
 			op, _, _ := strings.Cut(line, ":")
+			if strings.Contains(l.text[:i], " ctr=trimmed") {
+				op += "-trimmed"
+			}
 			traces[op] = append(traces[op], line)
 			if testing.Verbose() && os.Getenv("RUNV_STEPS_RAW") != "" {
 				t.Log(line)
@@ -110,7 +132,11 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	for _, op := range []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"} {
+	ops := []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"}
+	if trim != "" {
+		ops = append(ops, "NEWCONTAINER-trimmed", "STARTCONTAINER-trimmed")
+	}
+	for _, op := range ops {
 		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
 	}
 	t.Logf("floors:\n%s", out)
@@ -208,7 +234,7 @@ var traceSegments = map[string][][2]string{
 // stepTable turns TRACE lines of one operation into per-step durations: the median over
 // all but the first line, and the first line's.
 func stepTable(op string, lines []string) string {
-	segs := traceSegments[op]
+	segs := traceSegments[strings.TrimSuffix(op, "-trimmed")]
 	durs := make([][]float64, len(segs))
 	first := make([]float64, len(segs))
 	for li, line := range lines {

@@ -187,6 +187,10 @@ func TestHostileGuest(t *testing.T) {
 		// because the host hung up).
 		attack func(g *hostileGuest)
 		fails  bool // the pod must fail (protocol error), else keep working
+		// stalls: the guest stops in the middle of a control frame. Nothing is wrong yet, so
+		// the pod does not fail; every call returns at its deadline instead of hanging, and
+		// closing the pod frees everything.
+		stalls bool
 	}{
 		{"malformed JSON body", func(g *hostileGuest) {
 			b := []byte("{not json")
@@ -194,36 +198,36 @@ func TestHostileGuest(t *testing.T) {
 			binary.BigEndian.PutUint32(h, uint32(agentproto.MsgAck))
 			binary.BigEndian.PutUint32(h[4:], uint32(8+len(b)))
 			g.control(append(h, b...))
-		}, true},
+		}, true, false},
 		{"control frame length 4 GiB", func(g *hostileGuest) {
 			g.control([]byte{0, 0, 0, byte(agentproto.MsgAck), 0xff, 0xff, 0xff, 0xff})
-		}, true},
+		}, true, false},
 		{"control frame length below its header", func(g *hostileGuest) {
 			g.control([]byte{0, 0, 0, byte(agentproto.MsgAck), 0, 0, 0, 3})
-		}, true},
+		}, true, false},
 		{"stream frame length 4 GiB", func(g *hostileGuest) {
 			g.watchInit()
 			g.st.Write(streamHeader(1, 0xffffffff))
-		}, true},
+		}, true, false},
 		{"unknown message type", func(g *hostileGuest) {
 			g.control(g.frame(agentproto.MsgType(0x7fff), 0, map[string]int{"x": 1}))
-		}, true},
+		}, true, false},
 		{"a host command sent by the guest", func(g *hostileGuest) {
 			g.control(g.frame(agentproto.MsgDestroyPod, 5, nil))
-		}, true},
+		}, true, false},
 		{"ACK of a request never made", func(g *hostileGuest) {
 			g.control(g.frame(agentproto.MsgAck, 1<<40, nil))
-		}, true},
+		}, true, false},
 		{"ERROR of a request never made", func(g *hostileGuest) {
 			var b bytes.Buffer
 			agentproto.WriteControl(&b, agentproto.ControlFrame{Type: agentproto.MsgError, ID: 77, Error: &agentproto.RemoteError{Message: "x"}})
 			g.control(b.Bytes())
-		}, true},
+		}, true, false},
 		{"second exit of one process", func(g *hostileGuest) {
 			g.watchInit()
 			exit := g.frame(agentproto.MsgProcessExit, 0, agentproto.ProcessExit{Container: "c1", Process: "init"})
 			g.control(append(exit, exit...))
-		}, true},
+		}, true, false},
 		{"stream data beyond the credit granted (a flood the host does not read)", func(g *hostileGuest) {
 			g.watchInit() // nobody reads its stdout
 			frame := append(streamHeader(1, agentproto.MaxStreamPayload), make([]byte, agentproto.MaxStreamPayload)...)
@@ -232,19 +236,19 @@ func TestHostileGuest(t *testing.T) {
 					return // the host hung up: the pod failed
 				}
 			}
-		}, true},
+		}, true, false},
 		{"data after EOF on a stream", func(g *hostileGuest) {
 			g.watchInit()
 			g.st.Write(streamHeader(1, 0))
 			g.st.Write(append(streamHeader(1, 1), 'x'))
-		}, true},
+		}, true, false},
 		{"window update beyond the window", func(g *hostileGuest) {
 			p := g.watchInit()
 			_ = p
 			credit := make([]byte, 4)
 			binary.BigEndian.PutUint32(credit, 1<<31)
 			g.st.Write(append(streamHeader(1|agentproto.WindowUpdateBit, 4), credit...))
-		}, true},
+		}, true, false},
 		{"64 MiB of stream data for ids nobody opened", func(g *hostileGuest) {
 			frame := append(streamHeader(0, agentproto.MaxStreamPayload), make([]byte, agentproto.MaxStreamPayload)...)
 			for sent, seq := 0, uint64(1000); sent < flood; sent, seq = sent+agentproto.MaxStreamPayload, seq+1 {
@@ -254,7 +258,7 @@ func TestHostileGuest(t *testing.T) {
 					return
 				}
 			}
-		}, false},
+		}, false, false},
 		{"100000 exits of processes never started", func(g *hostileGuest) {
 			// One chunk of frames, sent again and again: the attacker's own allocations
 			// must not blur the host's heap figure.
@@ -263,13 +267,13 @@ func TestHostileGuest(t *testing.T) {
 			for i := 0; i < 10; i++ {
 				g.control(chunk)
 			}
-		}, false},
+		}, false, false},
 		{"100000 READY", func(g *hostileGuest) {
 			chunk := bytes.Repeat(g.frame(agentproto.MsgReady, 0, nil), 10000)
 			for i := 0; i < 10; i++ {
 				g.control(chunk)
 			}
-		}, false},
+		}, false, false},
 		{"output that never ends (256 MiB, within credit)", func(g *hostileGuest) {
 			p := g.watchInit()
 			_, stdout, _ := p.Streams()
@@ -306,12 +310,17 @@ func TestHostileGuest(t *testing.T) {
 				}
 				avail -= agentproto.MaxStreamPayload
 			}
-		}, false},
+		}, false, false},
+		{"a stall in the middle of a control frame", func(g *hostileGuest) {
+			g.silent.Store(true) // the agent hangs: it answers nothing more
+			ack := g.frame(agentproto.MsgAck, 1<<20, nil)
+			g.control(ack[:len(ack)/2])
+		}, false, true},
 		{"a stall in the middle of a stream frame", func(g *hostileGuest) {
 			g.watchInit()
 			g.st.Write(append(streamHeader(1, 1000), 'a', 'b'))
 			// and nothing more: the control channel must not care
-		}, false},
+		}, false, false},
 	}
 	// The neighbour pod lives through every scenario and must never notice.
 	neighbour := newHostileGuest(t, "neighbour")
@@ -349,7 +358,14 @@ func TestHostileGuest(t *testing.T) {
 				defer close(attackDone)
 				tc.attack(g)
 			}()
-			if tc.fails {
+			if tc.stalls {
+				<-attackDone
+				start := time.Now()
+				err := g.ping(time.Second)
+				if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+					t.Fatalf("a call on a stalled channel returned %v after %s, want its deadline", err, time.Since(start))
+				}
+			} else if tc.fails {
 				select {
 				case <-g.c.Done():
 				case <-time.After(testTimeout):

@@ -6,7 +6,8 @@
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
 # on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
 # pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
-# network beside runc (bench/network.sh: TCP throughput both ways, connect+request).
+# network beside runc (bench/network.sh: TCP throughput both ways, connect+request); a pod
+# with one container through containerd's CRI, handler runc vs runv vs runv with a pool.
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
@@ -294,5 +295,11 @@ echo "== a VM from the factory until its agent answers: template clone vs cold b
 (cd "$repo" && RUNV_TEST_KERNEL=$KERNEL RUNV_TEST_INITRD=$INITRD go test -tags integration -run '^$' \
 	-bench 'VMUntilAgentAnswers' -benchtime "${N}x" ./factory/ 2>&1) | grep -E '^(Benchmark|FAIL|---)' ||
 	echo "skipped: the factory benchmark did not run"
+echo
+echo "== CRI: RunPodSandbox + CreateContainer + StartContainer (busybox), handlers runc, runv, runv with a pool of 2 (N=$N)"
+# containerd's CRI with runv's shim next to $RUNV (test/cri, TestCRIStartTiming).
+(cd "$repo" && RUNV_CRI_BENCH=1 RUNV_CRI_BENCH_N=$N RUNV_CLIENT_RUNTIME=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD \
+	go test -count=1 -tags integration -timeout 30m -run '^TestCRIStartTiming$' -v ./test/cri/ 2>&1) |
+	grep -E '^(cri start|--- FAIL|FAIL|cri tests:)' || echo "skipped: the CRI timing did not run"
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -62,18 +62,3 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	oci.ResolvePaths(bundle, &s)
 	return &s, nil
 }
-
-// refuseHostIPC refuses a spec that asks for the host's IPC namespace (it lists none of its
-// own): a VM cannot share it, and silently giving the VM's own instead would break what the
-// pod expects (hostIPC in Kubernetes). The host's network is refused the same way by
-// network.NamespaceOf.
-func refuseHostIPC(id string, s *specs.Spec) error {
-	if s.Linux != nil {
-		for _, ns := range s.Linux.Namespaces {
-			if ns.Type == specs.IPCNamespace {
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("container %q asks for the host's IPC namespace (hostIPC): a runv pod runs in a VM, which cannot share it; give the pod its own IPC namespace, or run it with runc: %w", id, errdefs.ErrInvalidArgument)
-}

@@ -12,10 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/mount"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/sirupsen/logrus"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
@@ -91,6 +95,24 @@ func (c Config) podDir(namespace, pod string) string {
 // podFile in a pod directory holds "<namespace>/<pod id>".
 const podFile = "pod"
 
+// factoryOption reads the runtime options containerd's CRI sends for a handler with an
+// options table (runtimeoptions: TypeUrl, ConfigPath): ConfigPath names the factory policy
+// of the handler's pods (as RUNV_FACTORY does), so one containerd can offer runv with and
+// without a VM pool. Other options are refused.
+func factoryOption(opts *anypb.Any) (string, error) {
+	if opts == nil || len(opts.GetValue()) == 0 {
+		return "", nil
+	}
+	if !strings.HasSuffix(opts.GetTypeUrl(), "runtimeoptions.v1.Options") {
+		return "", fmt.Errorf("runtime options of type %q: runv takes only runtimeoptions (a CRI handler's options.ConfigPath, a factory policy): %w", opts.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	var o runtimeoptions.Options
+	if err := proto.Unmarshal(opts.GetValue(), &o); err != nil {
+		return "", fmt.Errorf("runtime options: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return o.ConfigPath, nil
+}
+
 // ownerFile in a pod directory holds the pid of the shim serving the pod.
 const ownerFile = "shim.pid"
 
@@ -99,11 +121,13 @@ type pod struct {
 	id, dir string
 	sup     *supervisor.Supervisor
 	factory factory.Factory
+	// cgroup is the pod's host cgroup the shim and its VM joined (nil: none).
+	cgroup *podCgroup
 }
 
 // podLocked returns the shim's pod, starting it (and booting its VM in the background) for
 // the first container; fresh says it did. s.mu is held.
-func (s *service) podLocked(ctx context.Context, id string) (p *pod, fresh bool, err error) {
+func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath string) (p *pod, fresh bool, err error) {
 	if s.pod != nil {
 		if s.pod.id != id {
 			return nil, false, fmt.Errorf("this runv shim serves pod %q, not %q: %w", s.pod.id, id, errdefs.ErrInvalidArgument)
@@ -123,7 +147,24 @@ func (s *service) podLocked(ctx context.Context, id string) (p *pod, fresh bool,
 		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
-	f, size, err := poddaemon.NewFactory(pctx, s.cfg.Boot)
+	// Joined before the VM starts: QEMU and its threads are born in the pod's cgroup.
+	var cg *podCgroup
+	if cgroupPath != "" {
+		cg, err = joinPodCgroup(cgroupPath)
+		if err != nil {
+			logging.G(pctx).Warn("the VM is not in the pod's cgroup in every hierarchy", "cgroup", cgroupPath, "error", err)
+		}
+	}
+	defer func() {
+		if err != nil && cg != nil {
+			cg.leave()
+		}
+	}()
+	boot := s.cfg.Boot
+	if factorySetting != "" {
+		boot.Factory = factorySetting
+	}
+	f, size, err := poddaemon.NewFactory(pctx, boot)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, false, err
@@ -139,7 +180,7 @@ func (s *service) podLocked(ctx context.Context, id string) (p *pod, fresh bool,
 		os.RemoveAll(dir)
 		return nil, false, err
 	}
-	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f}
+	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f, cgroup: cg}
 	logging.G(pctx).Info("pod started", "dir", dir)
 	return s.pod, true, nil
 }
@@ -165,6 +206,11 @@ func (p *pod) close(ctx context.Context) {
 	}
 	if err := p.factory.Close(); err != nil {
 		log.Warn("close VM factory", "error", err)
+	}
+	if p.cgroup != nil {
+		if err := p.cgroup.leave(); err != nil {
+			log.Warn("leave the pod's cgroup", "error", err)
+		}
 	}
 	if err := supervisor.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("remove pod directory", "error", err)

@@ -181,14 +181,16 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	if err := refuseHostIPC(r.ID, spec); err != nil {
+	// Refused before the pod starts: a refused container boots no VM.
+	if err := supervisor.CheckHostNamespaces(r.ID, spec); err != nil {
 		return nil, grpcErr(err)
 	}
-	netns, err := network.NamespaceOf(spec)
+	netns, _ := network.NamespaceOf(spec)
+	member := podOf(r.ID, spec.Annotations)
+	factorySetting, err := factoryOption(r.Options)
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	member := podOf(r.ID, spec.Annotations)
 	t := &ctrTask{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{},
 		stdio: stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
 	t.init = newProc(r.ID, "", t.stdio)
@@ -198,7 +200,8 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("container %q already exists: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	p, fresh, err := s.podLocked(ctx, member.pod)
+	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting,
+		podCgroupPath(spec, spec.Annotations[annotationContainerType] == "sandbox"))
 	if err != nil {
 		s.mu.Unlock()
 		return nil, grpcErr(err)
@@ -238,6 +241,14 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
 	// created) is mirrored onto the VM before anything runs in it. Without a path the
 	// container has a network namespace of its own in the guest (loopback).
+	if fresh && p.cgroup != nil {
+		// A VM from the pool was started by its holder, not by the shim.
+		if vm := p.sup.Info().VMPid; vm > 0 {
+			if err := p.cgroup.add(vm); err != nil {
+				logging.G(ctx).Warn("the VM is not in the pod's cgroup", "error", err)
+			}
+		}
+	}
 	if fresh && netns != "" {
 		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
 			if derr := p.sup.Delete(context.WithoutCancel(ctx), r.ID); derr != nil {

@@ -1,16 +1,17 @@
 package shimv2
 
 import (
-	"errors"
 	"testing"
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/api/types/task"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runv-project/runv/api/agentproto"
-	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -30,28 +31,6 @@ func TestPodOf(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := podOf(tc.id, tc.annotations); got != tc.want {
 				t.Errorf("podOf(%q, %v) = %+v, want %+v", tc.id, tc.annotations, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestRefuseHostIPC(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		ns      []specs.LinuxNamespace
-		refused bool
-	}{
-		{"own IPC namespace", []specs.LinuxNamespace{{Type: specs.IPCNamespace}}, false},
-		{"IPC joined by path (a pod member)", []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}}, false},
-		{"host IPC", []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := refuseHostIPC("c", &specs.Spec{Linux: &specs.Linux{Namespaces: tc.ns}})
-			if tc.refused != (err != nil) {
-				t.Fatalf("refused = %v (%v), want %v", err != nil, err, tc.refused)
-			}
-			if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
-				t.Errorf("error %v is not an invalid argument", err)
 			}
 		})
 	}
@@ -99,5 +78,55 @@ func TestMetrics(t *testing.T) {
 	if m.CPU.UsageUsec != 5000 || m.Memory.Usage != 1<<20 || m.Memory.UsageLimit != 64<<20 || m.Pids.Current != 3 ||
 		m.Memory.Anon != 4096 || m.Memory.File != 8192 || m.MemoryEvents.OomKill != 1 {
 		t.Errorf("metrics = %v", m)
+	}
+}
+
+// A CRI handler's options.ConfigPath (runtimeoptions) names its pods' factory policy.
+func TestFactoryOption(t *testing.T) {
+	pack := func(m proto.Message, url string) *anypb.Any {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &anypb.Any{TypeUrl: url, Value: b}
+	}
+	for _, tc := range []struct {
+		name    string
+		opts    *anypb.Any
+		want    string
+		refused bool
+	}{
+		{"no options", nil, "", false},
+		{"ConfigPath", pack(&runtimeoptions.Options{ConfigPath: "/etc/runv/pool.json"}, "runtimeoptions.v1.Options"), "/etc/runv/pool.json", false},
+		{"runc's options", pack(&runtimeoptions.Options{ConfigPath: "x"}, "containerd.runc.v1.Options"), "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := factoryOption(tc.opts)
+			if (err != nil) != tc.refused || got != tc.want {
+				t.Errorf("factoryOption = %q, %v; want %q, refused %v", got, err, tc.want, tc.refused)
+			}
+		})
+	}
+}
+
+func TestPodCgroupPath(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		path       string
+		criSandbox bool
+		want       string
+	}{
+		{"CRI sandbox: the pod-level parent", "/kubepods/pod123/abc", true, "/kubepods/pod123"},
+		{"own pod: its cgroupsPath", "/default/c1", false, "/default/c1"},
+		{"systemd form: not handled", "kubepods.slice:cri:abc", true, ""},
+		{"none", "", false, ""},
+		{"sandbox at the top", "/abc", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := podCgroupPath(&specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}, tc.criSandbox)
+			if got != tc.want {
+				t.Errorf("podCgroupPath(%q, sandbox %v) = %q, want %q", tc.path, tc.criSandbox, got, tc.want)
+			}
+		})
 	}
 }

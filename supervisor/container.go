@@ -17,7 +17,6 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/network"
 )
 
 // container is one container of the pod, as the daemon sees it.
@@ -101,8 +100,8 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, er
 	if req.Spec == nil || req.Spec.Process == nil {
 		return 0, fmt.Errorf("container %q: config.json has no process: %w", req.ID, errdefs.ErrInvalidArgument)
 	}
-	if _, err := network.NamespaceOf(req.Spec); err != nil {
-		return 0, fmt.Errorf("container %q: %w", req.ID, err)
+	if err := CheckHostNamespaces(req.ID, req.Spec); err != nil {
+		return 0, err
 	}
 	c := &container{id: req.ID, bundle: req.Bundle, created: time.Now(), status: state.StatusCreating, processes: map[string]*process{}}
 	s.mu.Lock()
@@ -308,6 +307,11 @@ func (s *Supervisor) Signal(ctx context.Context, id, proc string, sig int, all b
 	}
 	select {
 	case <-p.done:
+		if all {
+			// As runc: signalling every process of a container that has none left is
+			// done (containerd's task delete sends kill --all after every stop).
+			return nil
+		}
 		if proc == agentproto.InitProcessID || st == state.StatusStopped {
 			return fmt.Errorf("container %q is not running: %w", id, errdefs.ErrFailedPrecondition)
 		}

@@ -238,6 +238,9 @@ var killCommand = &cli.Command{
 		}
 		pod, err := dialLive(rec)
 		if err != nil {
+			if c.Bool("all") {
+				return nil // its pod is gone: no process is left to signal (runc succeeds too)
+			}
 			return fmt.Errorf("cannot kill container %q: %w", id, errNotRunning)
 		}
 		defer pod.Close()

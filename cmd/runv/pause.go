@@ -53,7 +53,8 @@ var resumeCommand = &cli.Command{
 	},
 }
 
-// freeze runs pause or resume: check the state (runc's messages), then call the daemon.
+// freeze runs pause or resume: the pod daemon decides whether the container's status
+// allows it; a refusal is then said in runc's words (check), from the status now.
 func freeze(c *cli.Context, verb string, check func(status string) error, call func(*podConn, string) error) error {
 	id, g, err := idAndGlobals(c)
 	if err != nil {
@@ -63,22 +64,15 @@ func freeze(c *cli.Context, verb string, check func(status string) error, call f
 	if err != nil {
 		return err
 	}
-	live, err := liveState(rec)
-	if err != nil {
-		return fmt.Errorf("cannot %s container %q: %w", verb, id, err)
-	}
-	if err := check(live.Status); err != nil {
-		return fmt.Errorf("cannot %s container %q: %w", verb, id, err)
-	}
 	pod, err := dialLive(rec)
 	if err != nil {
-		return fmt.Errorf("cannot %s container %q: %w", verb, id, errNotRunning)
+		// Its pod daemon is gone: the container is stopped.
+		return fmt.Errorf("cannot %s container %q: %w", verb, id, check(state.StatusStopped))
 	}
 	defer pod.Close()
 	if err := call(pod, id); err != nil {
 		err = rpcErr(err)
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
-			// The container changed state since we looked: say so in runc's words.
 			if now, lerr := liveState(rec); lerr == nil {
 				if cerr := check(now.Status); cerr != nil {
 					return fmt.Errorf("cannot %s container %q: %w", verb, id, cerr)

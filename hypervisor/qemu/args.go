@@ -14,7 +14,7 @@ type spec struct {
 	cfg    hypervisor.Config // defaulted and validated
 	accel  string            // hypervisor.AccelKVM or hypervisor.AccelTCG, never auto
 	tscKHz int               // host TSC frequency, passed to microvm guests under TCG
-	// serial is the -serial backend; empty means file:<Dir>/console.log. The KVM probe
+	// serial is the -serial backend; empty means the console pipe (consoleFD). The KVM probe
 	// reads the console from a pipe instead ("stdio").
 	serial string
 
@@ -73,8 +73,10 @@ func buildArgs(s spec) []string {
 	}
 	serial := s.serial
 	if serial == "" {
-		// -serial's "file:" takes the rest of the string as the path: no escaping.
-		serial = "file:" + p.Console
+		// The guest's console goes to a pipe that runv drains into console.log up to
+		// maxConsoleLog (console.go): a guest writing to its serial port without end must not
+		// fill the host's disk. -serial's "file:" takes the rest as the path.
+		serial = "file:/dev/fd/" + strconv.Itoa(consoleFD)
 	}
 
 	args := []string{

@@ -21,7 +21,7 @@ func baseConfig() hypervisor.Config {
 // The microvm command line in full: this is the configuration measured in
 // notes/guest-boot.md, and any change to it should be deliberate.
 func TestBuildArgsMicroVMFull(t *testing.T) {
-	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124})
+	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124, nics: 2})
 	want := []string{
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -33,7 +33,7 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
 		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
-		"-serial", "file:/run/runv/pod1/vm/console.log",
+		"-serial", "file:/dev/fd/3", // the console pipe, drained into console.log
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",
@@ -43,11 +43,27 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare",
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng0",
+		// The NICs (nic.go): taps QEMU makes in its own network namespace, with the
+		// virtio-net header; the slot MACs are how the guest finds each device.
+		"-netdev", "tap,id=net0,ifname=tap0_runv,script=no,downscript=no,vnet_hdr=on",
+		"-device", "virtio-net-device,netdev=net0,mac=02:72:75:6e:76:00",
+		"-netdev", "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on",
+		"-device", "virtio-net-device,netdev=net1,mac=02:72:75:6e:76:01",
 		"-qmp", "unix:/run/runv/pod1/vm/qmp.sock,server=on,wait=off",
 		"-pidfile", "/run/runv/pod1/vm/qemu.pid",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("args differ:\n got %q\nwant %q", got, want)
+	}
+}
+
+// q35's NICs are PCI devices without an option ROM (no firmware boots from them).
+func TestBuildArgsQ35NICs(t *testing.T) {
+	c := baseConfig()
+	c.Machine = hypervisor.MachineQ35
+	got := strings.Join(buildArgs(spec{cfg: c, accel: hypervisor.AccelTCG, nics: 1}), " ")
+	if want := "-device virtio-net-pci,romfile=,netdev=net0,mac=02:72:75:6e:76:00"; !strings.Contains(got, want) {
+		t.Errorf("q35 command line lacks %q:\n%s", want, got)
 	}
 }
 
@@ -139,7 +155,6 @@ func TestBuildArgs(t *testing.T) {
 				{"-fsdev", "local,id=fs0,path=/s/p,,q,security_model=none"},
 				{"-qmp", "unix:/r/x,,y/qmp.sock,server=on,wait=off"},
 				{"-kernel", "/k/v,l"},
-				{"-serial", "file:/r/x,y/console.log"},
 				{"-pidfile", "/r/x,y/qemu.pid"},
 			},
 		},

@@ -9,7 +9,7 @@ import (
 
 // CommandLine returns the QEMU binary and arguments a cold boot of cfg runs, exactly as
 // Launch would start them, without starting anything. With serialStdio the guest console
-// goes to QEMU's stdout instead of Dir/console.log. It exists for measurements (bench/
+// goes to QEMU's stdout instead of Dir/console.log (which QEMU then writes itself, unbounded). It exists for measurements (bench/
 // boots the very same machine bare, to compare runv against): a runtime caller uses Launch.
 // Like Launch, the caller must start QEMU in a network namespace of its own (CLONE_NEWNET):
 // QEMU creates the taps of the VM's NICs (nic.go) where it runs.
@@ -22,7 +22,7 @@ func (l *Launcher) CommandLine(ctx context.Context, cfg hypervisor.Config, seria
 	if err != nil {
 		return "", nil, fmt.Errorf("command line of vm %s: %w", cfg.ID, err)
 	}
-	s := spec{cfg: cfg, accel: accel, nics: NICSlots}
+	s := spec{cfg: cfg, accel: accel, nics: NICSlots, serial: "file:" + pathsIn(cfg.Dir).Console}
 	if serialStdio {
 		s.serial = "stdio"
 	}

@@ -38,16 +38,18 @@ const (
 
 // qemuCaps are what the 9p server needs on the pod's files, whoever owns them: read and
 // write them (DAC_OVERRIDE, DAC_READ_SEARCH), give them the guest's owner (CHOWN) and
-// modes and times (FOWNER, FSETID: setuid bits survive a chown), create device nodes and
-// FIFOs (MKNOD). Measured: without CHOWN a file a guest root creates is owned by nobody;
-// without DAC_OVERRIDE QEMU cannot open its own sockets' directory (0700, root's).
+// modes and times (FOWNER, FSETID: setuid bits survive a chown). Measured: without CHOWN a
+// file a guest root creates is owned by nobody on the host and chown(2) in the guest fails
+// with EPERM; without DAC_OVERRIDE QEMU cannot even create its pid file in the VM's
+// directory (0700, root's). Not MKNOD: device nodes and FIFOs cannot be made over the
+// share anyway (QEMU 7.2's 9p answers ENXIO, with or without it).
 //
 // NET_ADMIN creates the NICs' taps (nic.go). QEMU starts in a network namespace of its own
 // and cannot enter another (no CAP_SYS_ADMIN), so it administers only that empty namespace
 // and the taps it holds once they moved to the pod's.
 var qemuCaps = []uintptr{
 	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH,
-	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_MKNOD, unix.CAP_NET_ADMIN,
+	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_NET_ADMIN,
 }
 
 // qemuCgroupParent is the cgroup v2 directory under which each QEMU gets its own.

@@ -97,8 +97,13 @@ func (ln *launch) startProcess(context.Context) error {
 		return fmt.Errorf("create qemu log: %w", err)
 	}
 	defer logf.Close() // QEMU has its own descriptor once started
+	console, err := newConsole(v.paths.Console)
+	if err != nil {
+		return err
+	}
 	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
-		extraFiles: ln.extraFiles, confine: true, name: ln.cfg.ID, newNetNS: true})
+		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID, newNetNS: true})
+	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
 	}

@@ -292,11 +292,11 @@ func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
 }
 
 // stateFD is the descriptor number of the template's state file in a clone's QEMU: the
-// first of cmd.ExtraFiles.
-const stateFD = 3
+// first of launch.extraFiles, after the console pipe.
+const stateFD = consoleFD + 1
 
 // openState opens the template's device state for QEMU to inherit (migrate-incoming
-// "fd:3"): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
+// "fd:4"): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
 func (c *cloneLaunch) openState(context.Context) error {
 	f, err := os.Open(c.snap.State)
 	if err != nil {

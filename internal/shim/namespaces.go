@@ -1,11 +1,12 @@
-// Package shim gives the host process that stands in for a container process (its
-// `runv shim`) the host-side shape a runc container's process would have: its own
-// namespaces, or those the config names by path, and the cgroup at the config's
-// cgroupsPath. The container itself lives in the VM; what clients and tools look at on the
-// host is its stand-in's /proc/<pid>/ns and /proc/<pid>/cgroup, and what they configure
-// there (docker puts the container's network interfaces into the netns of its pid; CRI and
-// podman hand one container's /proc/<pid>/ns paths to the next) must reach a namespace of
-// the container's own, not the host's.
+// Package shim is the host process that stands in for a container process, `runv shim`
+// (Main: signals forwarded, the exit code passed on, the terminal's size relayed), and the
+// host-side shape it is given (Start, ForSpec, CreateCgroup), the one a runc container's
+// process would have: its own namespaces, or those the config names by path, and the
+// cgroup at the config's cgroupsPath. The container itself lives in the VM; what clients
+// and tools look at on the host is its stand-in's /proc/<pid>/ns and /proc/<pid>/cgroup,
+// and what they configure there (docker puts the container's network interfaces into the
+// netns of its pid; CRI and podman hand one container's /proc/<pid>/ns paths to the next)
+// must reach a namespace of the container's own, not the host's.
 package shim
 
 import (

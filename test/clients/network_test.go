@@ -124,6 +124,16 @@ func TestDockerPublishedPort(t *testing.T) {
 	if !strings.Contains(a.stdout, " "+ip+"/") {
 		x.errorf(a, "eth0 in the container lacks docker's address %s", ip)
 	}
+	// /etc/hosts, /etc/resolv.conf and /etc/hostname are the files docker wrote and mounted.
+	for _, f := range []struct{ inspect, path string }{
+		{"{{.HostsPath}}", "/etc/hosts"}, {"{{.ResolvConfPath}}", "/etc/resolv.conf"}, {"{{.HostnamePath}}", "/etc/hostname"},
+	} {
+		hostPath := strings.TrimSpace(x.must(d.docker(t, cmdOpts{}, "inspect", "-f", f.inspect, name)).stdout)
+		in := x.must(d.docker(t, cmdOpts{}, "exec", name, "cat", f.path))
+		if want := readAll(hostPath); in.stdout != want {
+			x.errorf(in, "%s in the container is not docker's %s (%q)", f.path, hostPath, want)
+		}
+	}
 	x.must(d.docker(t, cmdOpts{}, "rm", "-f", name))
 }
 

@@ -80,6 +80,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "%[1]s/runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv]
       runtime_type = "io.containerd.runv.v2"
+    # runv whose pods take their VMs from a pool (options.ConfigPath: a factory policy);
+    # the pool is the factory daemon of the shim's root, started by the timing test.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool]
+      runtime_type = "io.containerd.runv.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool.options]
+        ConfigPath = "%[1]s/pool.json"
     # runv as an OCI runtime under containerd's runc shim (BinaryName), the route without
     # runv's own shim.
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runvrunc]
@@ -88,6 +94,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         BinaryName = "%[3]s"
         Root = "%[1]s/runvrunc"
 `
+
+// poolPolicy is the factory policy of the runv-pool handler: a pool of two directly booted
+// VMs.
+const poolPolicy = `[{"cache": 2}]`
 
 const cniConfig = `{
   "cniVersion": "1.0.0",
@@ -155,6 +165,9 @@ func setup() error {
 		return fmt.Errorf("build the busybox image: %w", err)
 	}
 	busybox = bb.Qualified
+	if err := os.WriteFile(filepath.Join(work, "pool.json"), []byte(poolPolicy), 0o644); err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(fmt.Sprintf(config, work, pause.Qualified, runvBinary)), 0o644); err != nil {
 		return err
 	}

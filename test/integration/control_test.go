@@ -246,6 +246,12 @@ func TestKillAll(t *testing.T) {
 	}
 	mustRunv(t, stateRoot, "kill", "--all", id, "TERM")
 	waitStatus(t, stateRoot, id, "stopped")
+	// As runc: kill --all of a stopped container succeeds (containerd's runc shim sends it
+	// after every stop), while a plain kill says the container is not running.
+	mustRunv(t, stateRoot, "kill", "--all", id, "KILL")
+	if r := runvIn(t, stateRoot, nil, "kill", id, "KILL"); r.code == 0 || !strings.Contains(r.stderr, "not running") {
+		t.Errorf("kill of a stopped container: want \"not running\", got %s", r)
+	}
 	mustRunv(t, stateRoot, "delete", id)
 	assertEmptyRoot(t, stateRoot)
 }

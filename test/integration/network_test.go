@@ -209,8 +209,8 @@ func checkPodOnNetwork(t *testing.T, r, id string, n podNet) {
 	}
 }
 
-// TestNetworkNamespaceByPath is the judged test, with each factory kind: direct boot, a
-// template clone, a pooled VM.
+// TestNetworkNamespaceByPath is the judged test, with each factory kind: direct boot (on
+// microvm and on q35), a template clone, a pooled VM.
 func TestNetworkNamespaceByPath(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -218,6 +218,7 @@ func TestNetworkNamespaceByPath(t *testing.T) {
 		check func(t *testing.T, podDir string)
 	}{
 		{name: "direct", setup: func(*testing.T, string) []string { return nil }},
+		{name: "direct-q35", setup: func(*testing.T, string) []string { return []string{"--machine", "q35"} }},
 		{
 			name: "template",
 			setup: func(t *testing.T, r string) []string {
@@ -273,32 +274,39 @@ func templateRootIf(t *testing.T, template bool) string {
 	return shortRoot(t)
 }
 
-// A killed pod daemon (and with it QEMU) leaves runv's qdisc and filter on the pod's
-// interface; delete removes them.
-func TestNetworkCleanupAfterDaemonKilled(t *testing.T) {
-	r := shortRoot(t)
-	n := newPodNet(t, true)
-	before := n.snapshot(t)
-	id := newID(t)
-	mustRunv(t, r, "run", "-d", "--bundle", httpBundle(t, n.path()), id)
-	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
-	podDir := podDirOf(t, r, id)
-	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
-	daemon := pidsNaming("--solo-namespaced")
-	killed := false
-	for _, pid := range daemon {
-		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), filepath.Base(podDir)) {
+// A killed QEMU, or a killed pod daemon (and with it QEMU), leaves runv's qdisc and filter
+// on the pod's interface; delete removes them and leaves the namespace as it was.
+func TestNetworkCleanupAfterKill(t *testing.T) {
+	for _, victim := range []string{"qemu", "pod daemon"} {
+		t.Run(victim, func(t *testing.T) {
+			r := shortRoot(t)
+			n := newPodNet(t, true)
+			before := n.snapshot(t)
+			id := newID(t)
+			mustRunv(t, r, "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+			httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
+			podDir := podDirOf(t, r, id)
+			qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
+			pid := qemuPid
+			if victim == "pod daemon" {
+				pid = 0
+				for _, p := range pidsNaming("--solo-namespaced") {
+					if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(cmdline), filepath.Base(podDir)) {
+						pid = p
+					}
+				}
+				if pid == 0 {
+					t.Fatalf("no pod daemon found for %s", podDir)
+				}
+			}
 			unix.Kill(pid, unix.SIGKILL)
-			killed = true
-		}
-	}
-	if !killed {
-		t.Fatalf("no pod daemon found for %s", podDir)
-	}
-	waitUntil(t, "QEMU gone after its pod daemon was killed", 15*time.Second, func() bool { return !alive(qemuPid) })
-	deleteAndCheck(t, r, id)
-	if after := n.snapshot(t); after != before {
-		t.Errorf("the namespace is not as before after delete:\nbefore:\n%s\nafter:\n%s", before, after)
+			waitUntil(t, "QEMU gone", 15*time.Second, func() bool { return !alive(qemuPid) })
+			waitStatus(t, r, id, "stopped")
+			deleteAndCheck(t, r, id)
+			if after := n.snapshot(t); after != before {
+				t.Errorf("the namespace is not as before after delete:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
 	}
 }
 
