@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -103,6 +104,28 @@ func TestFactoryOption(t *testing.T) {
 			got, err := factoryOption(tc.opts)
 			if (err != nil) != tc.refused || got != tc.want {
 				t.Errorf("factoryOption = %q, %v; want %q, refused %v", got, err, tc.want, tc.refused)
+			}
+		})
+	}
+}
+
+func TestPodCgroupPath(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		path       string
+		criSandbox bool
+		want       string
+	}{
+		{"CRI sandbox: the pod-level parent", "/kubepods/pod123/abc", true, "/kubepods/pod123"},
+		{"own pod: its cgroupsPath", "/default/c1", false, "/default/c1"},
+		{"systemd form: not handled", "kubepods.slice:cri:abc", true, ""},
+		{"none", "", false, ""},
+		{"sandbox at the top", "/abc", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := podCgroupPath(&specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}, tc.criSandbox)
+			if got != tc.want {
+				t.Errorf("podCgroupPath(%q, sandbox %v) = %q, want %q", tc.path, tc.criSandbox, got, tc.want)
 			}
 		})
 	}

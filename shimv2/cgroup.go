@@ -1,0 +1,163 @@
+package shimv2
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// cgroupRoot is where the host's cgroup hierarchies are mounted.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// podCgroup is the pod's cgroup on the host, which the shim joins before its VM starts, so
+// that QEMU and all its threads are charged there (what Kata calls sandbox_cgroup_only):
+// the node's accounting and the pod's limits then cover the VM. It is the cgroupsPath's
+// parent for a CRI sandbox (the pod-level cgroup the kubelet made; the sandbox's own leaf is
+// a container of the pod), or the cgroupsPath itself for a container that starts its own pod.
+type podCgroup struct {
+	// joined are the cgroup directories the shim moved into, per hierarchy mount.
+	joined []string
+	// origin is the cgroup directory the shim came from, per hierarchy mount.
+	origin map[string]string
+	// made are directories the shim created (deepest last), removed when it leaves.
+	made []string
+}
+
+// podCgroupPath is the host cgroup a pod's VM goes into ("" when the spec names none the
+// shim can use: no cgroupsPath, or systemd's slice:prefix:name form).
+func podCgroupPath(s *specs.Spec, criSandbox bool) string {
+	if s.Linux == nil || !strings.HasPrefix(s.Linux.CgroupsPath, "/") {
+		return ""
+	}
+	p := filepath.Clean(s.Linux.CgroupsPath)
+	if criSandbox {
+		p = filepath.Dir(p)
+	}
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+// joinPodCgroup moves the shim into the pod's cgroup in every hierarchy it is in, creating
+// the directories that are missing. A hierarchy it cannot join (cpuset without cpus, say)
+// is reported in the error after the others were joined; nothing is undone then.
+func joinPodCgroup(path string) (*podCgroup, error) {
+	pc := &podCgroup{origin: map[string]string{}}
+	self, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	defer self.Close()
+	var errs []error
+	sc := bufio.NewScanner(self)
+	for sc.Scan() {
+		// id:controllers:path; controllers is empty for cgroup v2.
+		f := strings.SplitN(sc.Text(), ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		mount := hierarchyMount(f[1])
+		if mount == "" {
+			continue
+		}
+		dir := filepath.Join(mount, path)
+		if err := pc.mkdirAll(mount, dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := writePid(dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pc.origin[mount] = filepath.Join(mount, f[2])
+		pc.joined = append(pc.joined, dir)
+	}
+	return pc, errors.Join(errs...)
+}
+
+// hierarchyMount is the mount point of a hierarchy named by /proc/self/cgroup's controller
+// field ("" for none: a named hierarchy other than systemd's).
+func hierarchyMount(controllers string) string {
+	switch {
+	case controllers == "":
+		if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
+			return cgroupRoot // unified only
+		}
+		return filepath.Join(cgroupRoot, "unified")
+	case controllers == "name=systemd":
+		return filepath.Join(cgroupRoot, "systemd")
+	case strings.HasPrefix(controllers, "name="):
+		return ""
+	}
+	m := filepath.Join(cgroupRoot, controllers)
+	if _, err := os.Stat(m); err != nil {
+		return ""
+	}
+	return m
+}
+
+// mkdirAll creates dir and its missing parents below mount, recording them; a new cpuset
+// cgroup gets its parent's cpus and mems (it cannot take a process without them).
+func (pc *podCgroup) mkdirAll(mount, dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != mount {
+		if err := pc.mkdirAll(mount, parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create the pod's cgroup: %w", err)
+	}
+	pc.made = append(pc.made, dir)
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		if b, err := os.ReadFile(filepath.Join(filepath.Dir(dir), f)); err == nil {
+			os.WriteFile(filepath.Join(dir, f), b, 0o644)
+		}
+	}
+	return nil
+}
+
+func writePid(dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("join the pod's cgroup %s: %w", dir, err)
+	}
+	return nil
+}
+
+// leave moves the shim back where it came from (its VM is gone) and removes the
+// directories it created.
+func (pc *podCgroup) leave() error {
+	var errs []error
+	for _, origin := range pc.origin {
+		if err := writePid(origin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(pc.made) - 1; i >= 0; i-- {
+		if err := os.Remove(pc.made[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove the pod's cgroup: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// add moves another process (a VM from the pool, started by its holder rather than by the
+// shim) into the pod's cgroup. Moving a process that is there already does nothing.
+func (pc *podCgroup) add(pid int) error {
+	var errs []error
+	for _, dir := range pc.joined {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("move process %d into the pod's cgroup %s: %w", pid, dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
