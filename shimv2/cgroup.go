@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -157,6 +159,30 @@ func (pc *podCgroup) add(pid int) error {
 	for _, dir := range pc.joined {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 			errs = append(errs, fmt.Errorf("move process %d into the pod's cgroup %s: %w", pid, dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroupDirs removes the cgroup directory path in every hierarchy, for a shim that
+// died without leaving it (SIGKILL): rmdir only takes an empty cgroup, so the dead shim's
+// VM, which follows it out (Pdeathsig), gets a few seconds to go.
+func removeCgroupDirs(path string) error {
+	dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", path))
+	dirs = append(dirs, filepath.Join(cgroupRoot, path))
+	var errs []error
+	for _, d := range dirs {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(d)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("remove the pod's cgroup %s: %w", d, err))
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return errors.Join(errs...)
