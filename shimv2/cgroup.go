@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -160,4 +161,29 @@ func (pc *podCgroup) add(pid int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removePodCgroup removes the pod cgroup path from every hierarchy: what a shim that was
+// killed could not remove itself. Its VM dies with it (Pdeathsig) but may still be exiting
+// when containerd runs the shim's delete, so each directory is given a few seconds to
+// empty. A directory that still holds processes then, or that was never made, stays.
+func removePodCgroup(path string) {
+	dirs := []string{filepath.Join(cgroupRoot, path)} // cgroup v2 only
+	mounts, _ := os.ReadDir(cgroupRoot)
+	for _, m := range mounts {
+		if m.IsDir() {
+			dirs = append(dirs, filepath.Join(cgroupRoot, m.Name(), path))
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, d := range dirs {
+		for {
+			procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			if err != nil || len(strings.TrimSpace(string(procs))) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		os.Remove(d)
+	}
 }

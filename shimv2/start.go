@@ -112,6 +112,13 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 	if spec, err := readSpec(bundle); err == nil {
 		dir := s.cfg.podDir(s.namespace, podOf(filepath.Base(bundle), spec.Annotations).pod)
 		if !ownerAlive(dir) {
+			// The host cgroup the shim made for a pod of its own (a CRI pod's belongs to
+			// the kubelet).
+			if sb := spec.Annotations[annotationContainerType] == "sandbox"; !sb {
+				if path := podCgroupPath(spec, false); path != "" {
+					removePodCgroup(path)
+				}
+			}
 			if err := supervisor.UnmountUnder(filepath.Join(dir, "share")); err != nil {
 				log.Warn("cleanup: unmount pod share", "dir", dir, "error", err)
 			}
