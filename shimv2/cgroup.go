@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -163,27 +164,26 @@ func (pc *podCgroup) add(pid int) error {
 	return errors.Join(errs...)
 }
 
-// removePodCgroup removes the pod cgroup path from every hierarchy: what a shim that was
-// killed could not remove itself. Its VM dies with it (Pdeathsig) but may still be exiting
-// when containerd runs the shim's delete, so each directory is given a few seconds to
-// empty. A directory that still holds processes then, or that was never made, stays.
-func removePodCgroup(path string) {
-	dirs := []string{filepath.Join(cgroupRoot, path)} // cgroup v2 only
-	mounts, _ := os.ReadDir(cgroupRoot)
-	for _, m := range mounts {
-		if m.IsDir() {
-			dirs = append(dirs, filepath.Join(cgroupRoot, m.Name(), path))
-		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
+// removeCgroupDirs removes the cgroup directory path in every hierarchy, for a shim that
+// died without leaving it (SIGKILL): rmdir only takes an empty cgroup, so the dead shim's
+// VM, which follows it out (Pdeathsig), gets a few seconds to go.
+func removeCgroupDirs(path string) error {
+	dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", path))
+	dirs = append(dirs, filepath.Join(cgroupRoot, path))
+	var errs []error
 	for _, d := range dirs {
+		deadline := time.Now().Add(5 * time.Second)
 		for {
-			procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-			if err != nil || len(strings.TrimSpace(string(procs))) == 0 || time.Now().After(deadline) {
+			err := os.Remove(d)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("remove the pod's cgroup %s: %w", d, err))
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		os.Remove(d)
 	}
+	return errors.Join(errs...)
 }

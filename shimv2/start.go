@@ -112,18 +112,20 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 	if spec, err := readSpec(bundle); err == nil {
 		dir := s.cfg.podDir(s.namespace, podOf(filepath.Base(bundle), spec.Annotations).pod)
 		if !ownerAlive(dir) {
-			// The host cgroup the shim made for a pod of its own (a CRI pod's belongs to
-			// the kubelet).
-			if sb := spec.Annotations[annotationContainerType] == "sandbox"; !sb {
-				if path := podCgroupPath(spec, false); path != "" {
-					removePodCgroup(path)
-				}
-			}
 			if err := supervisor.UnmountUnder(filepath.Join(dir, "share")); err != nil {
 				log.Warn("cleanup: unmount pod share", "dir", dir, "error", err)
 			}
 			if err := supervisor.RemoveUnmounted(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 				log.Warn("cleanup: remove pod directory", "dir", dir, "error", err)
+			}
+			// A container that started a pod of its own made the pod's cgroup at its
+			// cgroupsPath (a CRI pod's belongs to the kubelet).
+			if spec.Annotations[annotationContainerType] == "" {
+				if path := podCgroupPath(spec, false); path != "" {
+					if err := removeCgroupDirs(path); err != nil {
+						log.Warn("cleanup: remove pod cgroup", "path", path, "error", err)
+					}
+				}
 			}
 		}
 	}
