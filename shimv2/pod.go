@@ -165,6 +165,16 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath 
 		boot.Factory = factorySetting
 	}
 	f, size, err := poddaemon.NewFactory(pctx, boot)
+	if err == nil && cgroupPath != "" {
+		// The VM is charged to the pod's cgroup: it must fit under the pod's limit.
+		limit := podMemoryLimit(cgroupPath)
+		mib, fits := guestMiBUnder(size.MemoryMiB, limit)
+		if !fits {
+			logging.G(pctx).Warn("the pod's memory limit is below a VM's footprint: the host may OOM-kill the VM",
+				"limit_mib", limit>>20, "overhead_mib", vmOverheadMiB, "guest_mib", mib)
+		}
+		size.MemoryMiB = mib
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, false, err

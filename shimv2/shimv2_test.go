@@ -130,3 +130,23 @@ func TestPodCgroupPath(t *testing.T) {
 		})
 	}
 }
+
+// The guest is sized to fit, with the VM's overhead, under the pod's cgroup limit.
+func TestGuestMiBUnder(t *testing.T) {
+	for _, tc := range []struct {
+		want  int
+		limit uint64
+		mib   int
+		fits  bool
+	}{
+		{128, 0, 128, true},         // no limit
+		{128, 1 << 30, 128, true},   // plenty
+		{128, 160 << 20, 96, true},  // 160 MiB - 64 MiB overhead
+		{128, 100 << 20, 64, false}, // not even the smallest guest fits
+		{256, 512 << 20, 256, true}, // the wanted size fits
+	} {
+		if mib, fits := guestMiBUnder(tc.want, tc.limit); mib != tc.mib || fits != tc.fits {
+			t.Errorf("guestMiBUnder(%d, %d MiB) = %d, %v; want %d, %v", tc.want, tc.limit>>20, mib, fits, tc.mib, tc.fits)
+		}
+	}
+}
