@@ -121,11 +121,13 @@ type pod struct {
 	id, dir string
 	sup     *supervisor.Supervisor
 	factory factory.Factory
+	// cgroup is the pod's host cgroup the shim and its VM joined (nil: none).
+	cgroup *podCgroup
 }
 
 // podLocked returns the shim's pod, starting it (and booting its VM in the background) for
 // the first container; fresh says it did. s.mu is held.
-func (s *service) podLocked(ctx context.Context, id, factorySetting string) (p *pod, fresh bool, err error) {
+func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath string) (p *pod, fresh bool, err error) {
 	if s.pod != nil {
 		if s.pod.id != id {
 			return nil, false, fmt.Errorf("this runv shim serves pod %q, not %q: %w", s.pod.id, id, errdefs.ErrInvalidArgument)
@@ -145,11 +147,34 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting string) (p *
 		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
+	// Joined before the VM starts: QEMU and its threads are born in the pod's cgroup.
+	var cg *podCgroup
+	if cgroupPath != "" {
+		cg, err = joinPodCgroup(cgroupPath)
+		if err != nil {
+			logging.G(pctx).Warn("the VM is not in the pod's cgroup in every hierarchy", "cgroup", cgroupPath, "error", err)
+		}
+	}
+	defer func() {
+		if err != nil && cg != nil {
+			cg.leave()
+		}
+	}()
 	boot := s.cfg.Boot
 	if factorySetting != "" {
 		boot.Factory = factorySetting
 	}
 	f, size, err := poddaemon.NewFactory(pctx, boot)
+	if err == nil && cgroupPath != "" {
+		// The VM is charged to the pod's cgroup: it must fit under the pod's limit.
+		limit := podMemoryLimit(cgroupPath)
+		mib, fits := guestMiBUnder(size.MemoryMiB, limit)
+		if !fits {
+			logging.G(pctx).Warn("the pod's memory limit is below a VM's footprint: the host may OOM-kill the VM",
+				"limit_mib", limit>>20, "overhead_mib", vmOverheadMiB, "guest_mib", mib)
+		}
+		size.MemoryMiB = mib
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, false, err
@@ -165,7 +190,7 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting string) (p *
 		os.RemoveAll(dir)
 		return nil, false, err
 	}
-	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f}
+	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f, cgroup: cg}
 	logging.G(pctx).Info("pod started", "dir", dir)
 	return s.pod, true, nil
 }
@@ -191,6 +216,11 @@ func (p *pod) close(ctx context.Context) {
 	}
 	if err := p.factory.Close(); err != nil {
 		log.Warn("close VM factory", "error", err)
+	}
+	if p.cgroup != nil {
+		if err := p.cgroup.leave(); err != nil {
+			log.Warn("leave the pod's cgroup", "error", err)
+		}
 	}
 	if err := supervisor.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("remove pod directory", "error", err)

@@ -200,7 +200,8 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("container %q already exists: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting)
+	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting,
+		podCgroupPath(spec, spec.Annotations[annotationContainerType] == "sandbox"))
 	if err != nil {
 		s.mu.Unlock()
 		return nil, grpcErr(err)
@@ -240,6 +241,14 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
 	// created) is mirrored onto the VM before anything runs in it. Without a path the
 	// container has a network namespace of its own in the guest (loopback).
+	if fresh && p.cgroup != nil {
+		// A VM from the pool was started by its holder, not by the shim.
+		if vm := p.sup.Info().VMPid; vm > 0 {
+			if err := p.cgroup.add(vm); err != nil {
+				logging.G(ctx).Warn("the VM is not in the pod's cgroup", "error", err)
+			}
+		}
+	}
 	if fresh && netns != "" {
 		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
 			if derr := p.sup.Delete(context.WithoutCancel(ctx), r.ID); derr != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -105,5 +106,47 @@ func TestFactoryOption(t *testing.T) {
 				t.Errorf("factoryOption = %q, %v; want %q, refused %v", got, err, tc.want, tc.refused)
 			}
 		})
+	}
+}
+
+func TestPodCgroupPath(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		path       string
+		criSandbox bool
+		want       string
+	}{
+		{"CRI sandbox: the pod-level parent", "/kubepods/pod123/abc", true, "/kubepods/pod123"},
+		{"own pod: its cgroupsPath", "/default/c1", false, "/default/c1"},
+		{"systemd form: not handled", "kubepods.slice:cri:abc", true, ""},
+		{"none", "", false, ""},
+		{"sandbox at the top", "/abc", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := podCgroupPath(&specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}, tc.criSandbox)
+			if got != tc.want {
+				t.Errorf("podCgroupPath(%q, sandbox %v) = %q, want %q", tc.path, tc.criSandbox, got, tc.want)
+			}
+		})
+	}
+}
+
+// The guest is sized to fit, with the VM's overhead, under the pod's cgroup limit.
+func TestGuestMiBUnder(t *testing.T) {
+	for _, tc := range []struct {
+		want  int
+		limit uint64
+		mib   int
+		fits  bool
+	}{
+		{128, 0, 128, true},         // no limit
+		{128, 1 << 30, 128, true},   // plenty
+		{128, 160 << 20, 96, true},  // 160 MiB - 64 MiB overhead
+		{128, 100 << 20, 64, false}, // not even the smallest guest fits
+		{256, 512 << 20, 256, true}, // the wanted size fits
+	} {
+		if mib, fits := guestMiBUnder(tc.want, tc.limit); mib != tc.mib || fits != tc.fits {
+			t.Errorf("guestMiBUnder(%d, %d MiB) = %d, %v; want %d, %v", tc.want, tc.limit>>20, mib, fits, tc.mib, tc.fits)
+		}
 	}
 }

@@ -118,6 +118,15 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 			if err := supervisor.RemoveUnmounted(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 				log.Warn("cleanup: remove pod directory", "dir", dir, "error", err)
 			}
+			// A container that started a pod of its own made the pod's cgroup at its
+			// cgroupsPath (a CRI pod's belongs to the kubelet).
+			if spec.Annotations[annotationContainerType] == "" {
+				if path := podCgroupPath(spec, false); path != "" {
+					if err := removeCgroupDirs(path); err != nil {
+						log.Warn("cleanup: remove pod cgroup", "path", path, "error", err)
+					}
+				}
+			}
 		}
 	}
 	return &taskapi.DeleteResponse{

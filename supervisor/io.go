@@ -82,10 +82,19 @@ func interruptible(f *os.File) *os.File {
 	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return f
 	}
-	if unix.SetNonblock(fd, true) != nil {
+	// A duplicate, which the new *os.File owns alone: f is closed here, so its finalizer
+	// cannot close the descriptor number later, when it may name another file (a client's
+	// gRPC connection, whose calls then end in EOF).
+	dup, err := unix.Dup(fd)
+	if err != nil {
 		return f
 	}
-	nf := os.NewFile(uintptr(fd), f.Name())
+	if unix.SetNonblock(dup, true) != nil {
+		unix.Close(dup)
+		return f
+	}
+	nf := os.NewFile(uintptr(dup), f.Name())
+	f.Close()
 	return nf
 }
 

@@ -46,7 +46,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		}
 	}()
 	target := filepath.Join(dir, "rootfs")
-	if err := bindMount(rootfs, target, true); err != nil {
+	if err := bindMount(rootfs, target, true, unix.MS_PRIVATE); err != nil {
 		return nil, fmt.Errorf("share rootfs of container %q: %w", id, err)
 	}
 
@@ -67,7 +67,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 			return nil, fmt.Errorf("bind mount %d (%s → %s) of container %q: source: %w: %w", i, m.Source, m.Destination, id, err, errdefs.ErrInvalidArgument)
 		}
 		rel := path.Join(id, "volumes", strconv.Itoa(i), volumeName(src))
-		if err := bindMount(src, filepath.Join(shareDir, rel), fi.IsDir()); err != nil {
+		if err := bindMount(src, filepath.Join(shareDir, rel), fi.IsDir(), sharePropagation(m.Options)); err != nil {
 			return nil, fmt.Errorf("share bind mount %s of container %q: %w", m.Destination, id, err)
 		}
 		g.Mounts[i].Source = path.Join(agentproto.SharePath, rel)
@@ -84,8 +84,9 @@ func volumeName(src string) string {
 	return b
 }
 
-// bindMount creates target (a directory or an empty file) and binds src onto it recursively.
-func bindMount(src, target string, dir bool) error {
+// bindMount creates target (a directory or an empty file) and binds src onto it recursively,
+// with the given propagation (unix.MS_PRIVATE or unix.MS_SLAVE).
+func bindMount(src, target string, dir bool, propagation uintptr) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return err
 	}
@@ -103,12 +104,28 @@ func bindMount(src, target string, dir bool) error {
 	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", src, target, err)
 	}
-	// Keep later mounts under the share from propagating back to the source.
-	if err := unix.Mount("", target, "", unix.MS_PRIVATE|unix.MS_REC, ""); err != nil {
+	// Mounts under the share never propagate back to the source; with MS_SLAVE, mounts
+	// made on the host under the source later reach the share, and QEMU serves them.
+	if err := unix.Mount("", target, "", propagation|unix.MS_REC, ""); err != nil {
 		unix.Unmount(target, unix.MNT_DETACH)
-		return fmt.Errorf("make %s private: %w", target, err)
+		return fmt.Errorf("set the propagation of %s: %w", target, err)
 	}
 	return nil
+}
+
+// sharePropagation is the propagation of a volume's bind in the share: a volume asking for
+// host-to-container propagation (rslave, rshared: Kubernetes' HostToContainer and
+// Bidirectional) is a slave of its source, so that what the host mounts under the source
+// after the container started reaches the guest; others are private. Propagation from the
+// container back to the host cannot cross the VM.
+func sharePropagation(options []string) uintptr {
+	for _, o := range options {
+		switch o {
+		case "rslave", "slave", "rshared", "shared":
+			return unix.MS_SLAVE
+		}
+	}
+	return unix.MS_PRIVATE
 }
 
 // unshareContainer undoes shareContainer.

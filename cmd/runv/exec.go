@@ -201,6 +201,14 @@ func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.P
 		x.att = newAttachment(x.pod, rec.ID, execID)
 		undo.onFailure(x.att.Close)
 	}
+	if !o.detach {
+		// This process stands in for it: recorded before the process exists, so that whoever
+		// lists the container's processes once it runs finds its stand-in.
+		if err := recordExec(g.store, rec.ID, execID, state.Self()); err != nil {
+			return nil, err
+		}
+		undo.onFailure(func() { forgetExec(g.store, rec.ID, execID) })
+	}
 	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term); err != nil {
 		return nil, err
 	}
@@ -281,7 +289,7 @@ func execDetached(x *execution, g *globals, rec *state.Container, execID string)
 }
 
 // execForeground makes this process the foreground process's stand-in (its pid is the one
-// a client may signal), with the user's terminal attached, and records it.
+// a client may signal, recorded by startExec), with the user's terminal attached.
 func execForeground(x *execution, g *globals, rec *state.Container, execID string) (int, error) {
 	x.term.closeSlave()
 	if x.term != nil {
@@ -291,9 +299,6 @@ func execForeground(x *execution, g *globals, rec *state.Container, execID strin
 		}
 	}
 	if err := x.pod.watchStandIn(x.ctx, rec.ID, execID, os.Getpid()); err != nil {
-		return 0, err
-	}
-	if err := recordExec(g.store, rec.ID, execID, state.Self()); err != nil {
 		return 0, err
 	}
 	return os.Getpid(), nil
@@ -425,6 +430,20 @@ func recordExec(store *state.Store, id, execID string, p state.Process) error {
 	}
 	rec.Exec[execID] = p
 	return h.Save(rec)
+}
+
+// forgetExec removes the record of an exec that did not start. It is best effort: a record
+// left behind names a dead process, which the next recordExec prunes.
+func forgetExec(store *state.Store, id, execID string) {
+	h, err := store.Lock(id)
+	if err != nil {
+		return
+	}
+	defer h.Unlock()
+	if rec, err := h.Load(); err == nil {
+		delete(rec.Exec, execID)
+		h.Save(rec)
+	}
 }
 
 // execProcesses returns the recorded host stand-ins of a container's exec'd processes,

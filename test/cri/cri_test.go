@@ -275,8 +275,25 @@ var cases = []criCase{
 		}
 		if h == "runv" {
 			// One pod: one shim process and one VM.
-			if shims, vms := p.processes("containerd-shim-runv-v2"), p.processes("qemu-system"); len(shims) != 1 || len(vms) != 1 {
-				t.Errorf("want one shim and one VM for the pod, have %d shims %v and %d VMs", len(shims), shims, len(vms))
+			shims, vms := p.processes("containerd-shim-runv-v2"), p.processes("qemu-system")
+			if len(shims) != 1 || len(vms) != 1 {
+				t.Fatalf("want one shim and one VM for the pod, have %d shims %v and %d VMs", len(shims), shims, len(vms))
+			}
+			// The VM is charged to the pod: QEMU (all its threads) is in the pod's cgroup.
+			pid := strings.Fields(vms[0])[0]
+			cg, _ := os.ReadFile("/proc/" + pid + "/cgroup")
+			for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
+				if f := strings.SplitN(l, ":", 3); len(f) == 3 && (f[1] == "memory" || f[1] == "") && f[2] != p.cfg.Linux.CgroupParent {
+					t.Errorf("QEMU (pid %s) is in cgroup %q (%s), want the pod's %s", pid, f[2], l, p.cfg.Linux.CgroupParent)
+				}
+			}
+			// cgroup v1 lists threads in tasks (v2 moves whole processes: nothing to check).
+			tasks, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", p.cfg.Linux.CgroupParent, "tasks"))
+			threads, _ := filepath.Glob("/proc/" + pid + "/task/*")
+			for _, th := range threads {
+				if err == nil && !strings.Contains("\n"+string(tasks), "\n"+filepath.Base(th)+"\n") {
+					t.Errorf("QEMU thread %s is not in the pod's memory cgroup", filepath.Base(th))
+				}
 			}
 		}
 	}},

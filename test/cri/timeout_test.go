@@ -17,12 +17,11 @@ import (
 // the VM as it ends the process itself with runc. Before runv watched its stand-ins, the
 // call returned after about 300 s and the command ran on in the guest.
 //
-// Handlers: runc for reference and runvrunc (runv under containerd's runc shim, the route
-// the issue was found on). runv's own shim kills an exec in the VM itself; it is left out
-// while its pods' socket paths under this suite's work directory are too long for the CRI's
-// 64-character pod ids.
+// Handlers: runc for reference, runvrunc (runv under containerd's runc shim, the route the
+// issue was found on) and runv (its own shim, which kills the exec in the VM on the CRI's
+// Kill of the exec).
 func TestCRIExecSyncTimeout(t *testing.T) {
-	for _, h := range []string{"runc", "runvrunc"} {
+	for _, h := range []string{"runc", "runvrunc", "runv"} {
 		t.Run(h, func(t *testing.T) {
 			if h == "runvrunc" {
 				t.Cleanup(func() {

@@ -48,6 +48,9 @@ func TestTwoContainersShareOnePod(t *testing.T) {
 				t.Fatal(err)
 			}
 			sandbox := newID(t)
+			// A test that fails half-way must not leave the pod behind (delete --force of a
+			// container already deleted succeeds).
+			t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", sandbox) })
 			if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", sandboxBundle, sandbox); r.code != 0 {
 				t.Fatalf("run -d sandbox: %s", r)
 			}
@@ -119,6 +122,7 @@ func TestMemberJoinsAfterTheSandboxExited(t *testing.T) {
 		t.Fatal(err)
 	}
 	sandbox := newID(t)
+	t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", sandbox) }) // also when the test fails half-way
 	if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", sandboxBundle, sandbox); r.code != 0 {
 		t.Fatalf("run -d sandbox: %s", r)
 	}

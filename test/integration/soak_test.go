@@ -20,7 +20,7 @@ import (
 // then pods started at once, then concurrent execs into one pod. Every operation must
 // succeed, and what a leak would grow must be flat from the first pods to the last.
 //
-//	RUNV_SOAK_PODS     pods in a row (default 500)
+//	RUNV_SOAK_PODS     pods in a row (default 500; 0: only the concurrent parts)
 //	RUNV_SOAK_TABLE    file to write the results table to (markdown)
 
 // soakWindow is how many pods at each end of the row are compared.
@@ -44,8 +44,8 @@ func TestSoak(t *testing.T) {
 	pods := 500
 	if v := os.Getenv("RUNV_SOAK_PODS"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 2*soakWindow {
-			t.Fatalf("RUNV_SOAK_PODS=%q: want a number ≥ %d", v, 2*soakWindow)
+		if err != nil || (n != 0 && n < 2*soakWindow) {
+			t.Fatalf("RUNV_SOAK_PODS=%q: want 0 or a number ≥ %d", v, 2*soakWindow)
 		}
 		pods = n
 	}
@@ -58,97 +58,8 @@ func TestSoak(t *testing.T) {
 	echo, sleeper, exit3 := bundleOf("echo", "sh", "-c", "echo pod"), bundleOf("sleep", "sleep", "1000"), bundleOf("exit3", "sh", "-c", "exit 3")
 	var report strings.Builder
 
-	// 1. Pods in a row, four kinds in turn.
-	samples := make([]soakSample, 0, pods)
-	start := time.Now()
-	for i := 0; i < pods; i++ {
-		id := fmt.Sprintf("soak-%d", i)
-		daemonRSS, daemonFds := -1, -1 // measured by the kinds with an exec
-		switch i % 4 {
-		case 0: // foreground run, output and exit code
-			r := mustRunv(t, stateRoot, "run", "--bundle", echo, id)
-			if r.stdout != "pod\n" {
-				t.Fatalf("pod %d: run printed %q", i, r.stdout)
-			}
-		case 1: // detached run, exec, kill, delete
-			mustRunv(t, stateRoot, "run", "-d", "--bundle", sleeper, id)
-			if r := mustRunv(t, stateRoot, "exec", id, "echo", "exec "+id); r.stdout != "exec "+id+"\n" {
-				t.Fatalf("pod %d: exec printed %q", i, r.stdout)
-			}
-			daemonRSS, daemonFds = daemonOf(t, stateRoot)
-			mustRunv(t, stateRoot, "kill", id, "KILL")
-			waitStatus(t, stateRoot, id, "stopped")
-			mustRunv(t, stateRoot, "delete", id)
-		case 2: // a failing process: its exit code passes through
-			if r := runvIn(t, stateRoot, nil, "run", "--bundle", exit3, id); r.code != 3 {
-				t.Fatalf("pod %d: run of exit 3: %s", i, r)
-			}
-		case 3: // create, start, detached exec, delete --force
-			mustRunv(t, stateRoot, "create", "--bundle", sleeper, id)
-			mustRunv(t, stateRoot, "start", id)
-			mustRunv(t, stateRoot, "exec", "-d", id, "sleep", "500")
-			daemonRSS, daemonFds = daemonOf(t, stateRoot)
-			mustRunv(t, stateRoot, "delete", "--force", id)
-		}
-		// What a pod leaves must be gone once its last command returned; a process on
-		// its way out gets a moment.
-		s := sampleHost(stateRoot, cgPrefix)
-		for deadline := time.Now().Add(15 * time.Second); s.leftovers() && time.Now().Before(deadline); {
-			time.Sleep(50 * time.Millisecond)
-			s = sampleHost(stateRoot, cgPrefix)
-		}
-		if s.leftovers() {
-			t.Fatalf("pod %d left something behind: %+v", i, s)
-		}
-		s.daemonRSS, s.daemonFds = daemonRSS, daemonFds
-		samples = append(samples, s)
-		if (i+1)%soakWindow == 0 {
-			// The window's means as it goes, so that a run cut short still shows the trend.
-			w := samples[len(samples)-soakWindow:]
-			t.Logf("%d pods in %s; last %d: runv processes %.1f, host mounts %.1f, host links %.1f, test fds %.1f, daemon RSS %.0f kB, daemon fds %.1f",
-				i+1, time.Since(start).Round(time.Second), soakWindow,
-				mean(w, func(s soakSample) int { return s.runvProcs }), mean(w, func(s soakSample) int { return s.hostMounts }),
-				mean(w, func(s soakSample) int { return s.hostLinks }), mean(w, func(s soakSample) int { return s.ownFds }),
-				mean(w, func(s soakSample) int { return s.daemonRSS }), mean(w, func(s soakSample) int { return s.daemonFds }))
-		}
-	}
-	took := time.Since(start)
-	first, last := samples[:soakWindow], samples[len(samples)-soakWindow:]
-	fmt.Fprintf(&report, "%d pods in a row in %s (%.2f s a pod), all succeeded.\n\n", pods, took.Round(time.Second), took.Seconds()/float64(pods))
-	report.WriteString("| measure (mean over 50 pods) | first 50 | last 50 | flat? |\n|---|---|---|---|\n")
-	for _, m := range []struct {
-		name  string
-		get   func(soakSample) int
-		slack float64 // allowed growth, absolute
-		noisy bool    // host-wide and moved by others: shown, not judged
-	}{
-		{"runv processes left after a pod", func(s soakSample) int { return s.runvProcs }, 0, false},
-		{"mounts under the state root", func(s soakSample) int { return s.rootMounts }, 0, false},
-		{"state and pod directories left", func(s soakSample) int { return s.rootEntries }, 0, false},
-		{"host cgroups left", func(s soakSample) int { return s.cgroups }, 0, false},
-		{"descriptors of the test process", func(s soakSample) int { return s.ownFds }, 2, false},
-		{"network interfaces in the host netns", func(s soakSample) int { return s.hostLinks }, 0, true},
-		{"mounts in the host mount namespace", func(s soakSample) int { return s.hostMounts }, 0, true},
-		{"file handles host-wide", func(s soakSample) int { return s.hostFiles }, 0, true},
-		{"pod daemon VmRSS, kB (pods with an exec)", func(s soakSample) int { return s.daemonRSS }, 0, false},
-		{"pod daemon descriptors (pods with an exec)", func(s soakSample) int { return s.daemonFds }, 0, false},
-	} {
-		a, b := mean(first, m.get), mean(last, m.get)
-		verdict := "yes"
-		switch {
-		case m.noisy:
-			verdict = "host-wide (others' jobs move it)"
-		case m.name == "pod daemon VmRSS, kB (pods with an exec)":
-			// A fresh daemon per pod: what would grow is shared state (events, logs).
-			if b > a*1.1 {
-				verdict = "**no**"
-				t.Errorf("%s: %.0f → %.0f", m.name, a, b)
-			}
-		case b > a+m.slack:
-			verdict = "**no**"
-			t.Errorf("%s: %.1f → %.1f", m.name, a, b)
-		}
-		fmt.Fprintf(&report, "| %s | %.1f | %.1f | %s |\n", m.name, a, b, verdict)
+	if pods > 0 {
+		soakRow(t, pods, stateRoot, cgPrefix, echo, sleeper, exit3, &report)
 	}
 
 	// 2. Pods started at once.
@@ -293,4 +204,100 @@ func sampleHost(stateRoot, cgPrefix string) soakSample {
 	s.ownFds = len(fds)
 	s.daemonRSS, s.daemonFds = -1, -1
 	return s
+}
+
+// soakRow runs pods in a row, four kinds in turn, and reports what a leak would grow, from
+// the first pods to the last.
+func soakRow(t *testing.T, pods int, stateRoot, cgPrefix, echo, sleeper, exit3 string, report *strings.Builder) {
+	samples := make([]soakSample, 0, pods)
+	start := time.Now()
+	for i := 0; i < pods; i++ {
+		id := fmt.Sprintf("soak-%d", i)
+		daemonRSS, daemonFds := -1, -1 // measured by the kinds with an exec
+		switch i % 4 {
+		case 0: // foreground run, output and exit code
+			r := mustRunv(t, stateRoot, "run", "--bundle", echo, id)
+			if r.stdout != "pod\n" {
+				t.Fatalf("pod %d: run printed %q", i, r.stdout)
+			}
+		case 1: // detached run, exec, kill, delete
+			mustRunv(t, stateRoot, "run", "-d", "--bundle", sleeper, id)
+			if r := mustRunv(t, stateRoot, "exec", id, "echo", "exec "+id); r.stdout != "exec "+id+"\n" {
+				t.Fatalf("pod %d: exec printed %q", i, r.stdout)
+			}
+			daemonRSS, daemonFds = daemonOf(t, stateRoot)
+			mustRunv(t, stateRoot, "kill", id, "KILL")
+			waitStatus(t, stateRoot, id, "stopped")
+			mustRunv(t, stateRoot, "delete", id)
+		case 2: // a failing process: its exit code passes through
+			if r := runvIn(t, stateRoot, nil, "run", "--bundle", exit3, id); r.code != 3 {
+				t.Fatalf("pod %d: run of exit 3: %s", i, r)
+			}
+		case 3: // create, start, detached exec, delete --force
+			mustRunv(t, stateRoot, "create", "--bundle", sleeper, id)
+			mustRunv(t, stateRoot, "start", id)
+			mustRunv(t, stateRoot, "exec", "-d", id, "sleep", "500")
+			daemonRSS, daemonFds = daemonOf(t, stateRoot)
+			mustRunv(t, stateRoot, "delete", "--force", id)
+		}
+		// What a pod leaves must be gone once its last command returned; a process on
+		// its way out gets a moment.
+		s := sampleHost(stateRoot, cgPrefix)
+		for deadline := time.Now().Add(15 * time.Second); s.leftovers() && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+			s = sampleHost(stateRoot, cgPrefix)
+		}
+		if s.leftovers() {
+			t.Fatalf("pod %d left something behind: %+v", i, s)
+		}
+		s.daemonRSS, s.daemonFds = daemonRSS, daemonFds
+		samples = append(samples, s)
+		if (i+1)%soakWindow == 0 {
+			// The window's means as it goes, so that a run cut short still shows the trend.
+			w := samples[len(samples)-soakWindow:]
+			t.Logf("%d pods in %s; last %d: runv processes %.1f, host mounts %.1f, host links %.1f, test fds %.1f, daemon RSS %.0f kB, daemon fds %.1f",
+				i+1, time.Since(start).Round(time.Second), soakWindow,
+				mean(w, func(s soakSample) int { return s.runvProcs }), mean(w, func(s soakSample) int { return s.hostMounts }),
+				mean(w, func(s soakSample) int { return s.hostLinks }), mean(w, func(s soakSample) int { return s.ownFds }),
+				mean(w, func(s soakSample) int { return s.daemonRSS }), mean(w, func(s soakSample) int { return s.daemonFds }))
+		}
+	}
+	took := time.Since(start)
+	first, last := samples[:soakWindow], samples[len(samples)-soakWindow:]
+	fmt.Fprintf(report, "%d pods in a row in %s (%.2f s a pod), all succeeded.\n\n", pods, took.Round(time.Second), took.Seconds()/float64(pods))
+	report.WriteString("| measure (mean over 50 pods) | first 50 | last 50 | flat? |\n|---|---|---|---|\n")
+	for _, m := range []struct {
+		name  string
+		get   func(soakSample) int
+		slack float64 // allowed growth, absolute
+		noisy bool    // host-wide and moved by others: shown, not judged
+	}{
+		{"runv processes left after a pod", func(s soakSample) int { return s.runvProcs }, 0, false},
+		{"mounts under the state root", func(s soakSample) int { return s.rootMounts }, 0, false},
+		{"state and pod directories left", func(s soakSample) int { return s.rootEntries }, 0, false},
+		{"host cgroups left", func(s soakSample) int { return s.cgroups }, 0, false},
+		{"descriptors of the test process", func(s soakSample) int { return s.ownFds }, 2, false},
+		{"network interfaces in the host netns", func(s soakSample) int { return s.hostLinks }, 0, true},
+		{"mounts in the host mount namespace", func(s soakSample) int { return s.hostMounts }, 0, true},
+		{"file handles host-wide", func(s soakSample) int { return s.hostFiles }, 0, true},
+		{"pod daemon VmRSS, kB (pods with an exec)", func(s soakSample) int { return s.daemonRSS }, 0, false},
+		{"pod daemon descriptors (pods with an exec)", func(s soakSample) int { return s.daemonFds }, 0, false},
+	} {
+		a, b := mean(first, m.get), mean(last, m.get)
+		verdict := "yes"
+		switch {
+		case m.noisy:
+			verdict = "host-wide (others' jobs move it)"
+		case m.name == "pod daemon VmRSS, kB (pods with an exec)":
+			// A fresh daemon per pod: what would grow is shared state (events, logs).
+			if b > a*1.1 {
+				verdict = "**no**"
+				t.Errorf("%s: %.0f → %.0f", m.name, a, b)
+			}
+		case b > a+m.slack:
+			verdict = "**no**"
+			t.Errorf("%s: %.1f → %.1f", m.name, a, b)
+		}
+		fmt.Fprintf(report, "| %s | %.1f | %.1f | %s |\n", m.name, a, b, verdict)
+	}
 }

@@ -1,0 +1,231 @@
+package shimv2
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// cgroupRoot is where the host's cgroup hierarchies are mounted.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// podCgroup is the pod's cgroup on the host, which the shim joins before its VM starts, so
+// that QEMU and all its threads are charged there (what Kata calls sandbox_cgroup_only):
+// the node's accounting and the pod's limits then cover the VM. It is the cgroupsPath's
+// parent for a CRI sandbox (the pod-level cgroup the kubelet made; the sandbox's own leaf is
+// a container of the pod), or the cgroupsPath itself for a container that starts its own pod.
+type podCgroup struct {
+	// joined are the cgroup directories the shim moved into, per hierarchy mount.
+	joined []string
+	// origin is the cgroup directory the shim came from, per hierarchy mount.
+	origin map[string]string
+	// made are directories the shim created (deepest last), removed when it leaves.
+	made []string
+}
+
+// podCgroupPath is the host cgroup a pod's VM goes into ("" when the spec names none the
+// shim can use: no cgroupsPath, or systemd's slice:prefix:name form).
+func podCgroupPath(s *specs.Spec, criSandbox bool) string {
+	if s.Linux == nil || !strings.HasPrefix(s.Linux.CgroupsPath, "/") {
+		return ""
+	}
+	p := filepath.Clean(s.Linux.CgroupsPath)
+	if criSandbox {
+		p = filepath.Dir(p)
+	}
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+// joinPodCgroup moves the shim into the pod's cgroup in every hierarchy it is in, creating
+// the directories that are missing. A hierarchy it cannot join (cpuset without cpus, say)
+// is reported in the error after the others were joined; nothing is undone then.
+func joinPodCgroup(path string) (*podCgroup, error) {
+	pc := &podCgroup{origin: map[string]string{}}
+	self, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	defer self.Close()
+	var errs []error
+	sc := bufio.NewScanner(self)
+	for sc.Scan() {
+		// id:controllers:path; controllers is empty for cgroup v2.
+		f := strings.SplitN(sc.Text(), ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		mount := hierarchyMount(f[1])
+		if mount == "" {
+			continue
+		}
+		dir := filepath.Join(mount, path)
+		if err := pc.mkdirAll(mount, dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := writePid(dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pc.origin[mount] = filepath.Join(mount, f[2])
+		pc.joined = append(pc.joined, dir)
+	}
+	return pc, errors.Join(errs...)
+}
+
+// hierarchyMount is the mount point of a hierarchy named by /proc/self/cgroup's controller
+// field ("" for none: a named hierarchy other than systemd's).
+func hierarchyMount(controllers string) string {
+	switch {
+	case controllers == "":
+		if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
+			return cgroupRoot // unified only
+		}
+		return filepath.Join(cgroupRoot, "unified")
+	case controllers == "name=systemd":
+		return filepath.Join(cgroupRoot, "systemd")
+	case strings.HasPrefix(controllers, "name="):
+		return ""
+	}
+	m := filepath.Join(cgroupRoot, controllers)
+	if _, err := os.Stat(m); err != nil {
+		return ""
+	}
+	return m
+}
+
+// mkdirAll creates dir and its missing parents below mount, recording them; a new cpuset
+// cgroup gets its parent's cpus and mems (it cannot take a process without them).
+func (pc *podCgroup) mkdirAll(mount, dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != mount {
+		if err := pc.mkdirAll(mount, parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create the pod's cgroup: %w", err)
+	}
+	pc.made = append(pc.made, dir)
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		if b, err := os.ReadFile(filepath.Join(filepath.Dir(dir), f)); err == nil {
+			os.WriteFile(filepath.Join(dir, f), b, 0o644)
+		}
+	}
+	return nil
+}
+
+func writePid(dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("join the pod's cgroup %s: %w", dir, err)
+	}
+	return nil
+}
+
+// leave moves the shim back where it came from (its VM is gone) and removes the
+// directories it created.
+func (pc *podCgroup) leave() error {
+	var errs []error
+	for _, origin := range pc.origin {
+		if err := writePid(origin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(pc.made) - 1; i >= 0; i-- {
+		if err := os.Remove(pc.made[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove the pod's cgroup: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// add moves another process (a VM from the pool, started by its holder rather than by the
+// shim) into the pod's cgroup. Moving a process that is there already does nothing.
+func (pc *podCgroup) add(pid int) error {
+	var errs []error
+	for _, dir := range pc.joined {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("move process %d into the pod's cgroup %s: %w", pid, dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroupDirs removes the cgroup directory path in every hierarchy, for a shim that
+// died without leaving it (SIGKILL): rmdir only takes an empty cgroup, so the dead shim's
+// VM, which follows it out (Pdeathsig), gets a few seconds to go.
+func removeCgroupDirs(path string) error {
+	dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", path))
+	dirs = append(dirs, filepath.Join(cgroupRoot, path))
+	var errs []error
+	for _, d := range dirs {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(d)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("remove the pod's cgroup %s: %w", d, err))
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// vmOverheadMiB is what a pod's VM costs the host beyond its guest memory: QEMU measured
+// 164.5 MiB PSS for a 128 MiB guest, the shim 19.8 MiB (docs/kubernetes.md), rounded up.
+const vmOverheadMiB = 64
+
+// minGuestMiB is the smallest guest runv boots (its kernel and agent need it).
+const minGuestMiB = 64
+
+// podMemoryLimit is the memory limit of the pod's host cgroup at path, in bytes (0: none):
+// cgroup v2's memory.max, or v1's memory.limit_in_bytes.
+func podMemoryLimit(path string) uint64 {
+	for _, f := range []string{
+		filepath.Join(cgroupRoot, path, "memory.max"),
+		filepath.Join(cgroupRoot, "unified", path, "memory.max"),
+		filepath.Join(cgroupRoot, "memory", path, "memory.limit_in_bytes"),
+	} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || v >= 1<<62 { // "max", or v1's page-rounded "unlimited"
+			continue
+		}
+		return v
+	}
+	return 0
+}
+
+// guestMiBUnder sizes a pod's guest memory so that the VM fits under the pod's cgroup limit
+// (bytes, 0: none): at most wantMiB, and the limit less the VM's overhead; never below
+// minGuestMiB. fits is false when even that does not fit.
+func guestMiBUnder(wantMiB int, limit uint64) (mib int, fits bool) {
+	if limit == 0 {
+		return wantMiB, true
+	}
+	room := int(limit>>20) - vmOverheadMiB
+	if room < minGuestMiB {
+		return minGuestMiB, false
+	}
+	return min(wantMiB, room), true
+}
