@@ -2,7 +2,9 @@ package qemu
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -77,6 +79,7 @@ func confine(attr *syscall.SysProcAttr, name string) (*confinement, error) {
 	if root == "" {
 		return c, nil // no cgroup v2 hierarchy on this host: QEMU stays in ours
 	}
+	sweepCgroups(filepath.Join(root, qemuCgroupParent))
 	c.cgroupDir = filepath.Join(root, qemuCgroupParent, cgroupName(name))
 	if err := os.MkdirAll(c.cgroupDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create qemu cgroup: %w", err)
@@ -147,4 +150,25 @@ func cgroup2Root() (string, error) {
 		}
 	}
 	return "", sc.Err()
+}
+
+// sweepCgroups removes the QEMU cgroups under parent whose launcher is gone: a launcher
+// killed with SIGKILL (its QEMU dies with it, Pdeathsig) never removes its QEMU's cgroup.
+// The launcher's pid is in the name (cgroupName); a cgroup of a live launcher is left
+// alone, even if empty (it may be about to fork into it), and rmdir refuses a populated one.
+func sweepCgroups(parent string) {
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		parts := strings.Split(e.Name(), "-")
+		if !e.IsDir() || len(parts) < 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(parts[len(parts)-2])
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); errors.Is(err, fs.ErrNotExist) {
+			unix.Rmdir(filepath.Join(parent, e.Name()))
+		}
+	}
 }
