@@ -254,8 +254,15 @@ func bootVM(t *testing.T, opt vmOptions) *testVM {
 		t.Fatalf("start qemu: %v", err)
 	}
 	t.Cleanup(v.kill)
-	go v.readConsole(out)
+	consoleDone := make(chan struct{})
 	go func() {
+		v.readConsole(out)
+		close(consoleDone)
+	}()
+	go func() {
+		// Wait closes the pipe: read the console to EOF first (QEMU's exit closes it), or
+		// the last lines — a probe's marker, the power-off — may be lost.
+		<-consoleDone
 		v.cmd.Wait()
 		close(v.exited)
 	}()
