@@ -38,22 +38,7 @@ func TestTwoContainersShareOnePod(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			stateRoot := shortRoot(t)
-			sandboxBundle := t.TempDir()
-			sp, err := bundle.Make(sandboxBundle, "sleep", "1000")
-			if err != nil {
-				t.Fatal(err)
-			}
-			sp.Hostname = "podhost"
-			if err := bundle.WriteSpec(sandboxBundle, sp); err != nil {
-				t.Fatal(err)
-			}
-			sandbox := newID(t)
-			// A test that fails half-way must not leave the pod behind (delete --force of a
-			// container already deleted succeeds).
-			t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", sandbox) })
-			if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", sandboxBundle, sandbox); r.code != 0 {
-				t.Fatalf("run -d sandbox: %s", r)
-			}
+			sandbox := runSandbox(t, stateRoot, "sleep", "1000")
 			sst := waitStatus(t, stateRoot, sandbox, "running")
 
 			memberBundle := t.TempDir()
@@ -112,20 +97,7 @@ func TestJoiningAnUnknownSandboxFails(t *testing.T) {
 func TestMemberJoinsAfterTheSandboxExited(t *testing.T) {
 	t.Parallel()
 	stateRoot := shortRoot(t)
-	sandboxBundle := t.TempDir()
-	sp, err := bundle.Make(sandboxBundle, "true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp.Hostname = "podhost"
-	if err := bundle.WriteSpec(sandboxBundle, sp); err != nil {
-		t.Fatal(err)
-	}
-	sandbox := newID(t)
-	t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", sandbox) }) // also when the test fails half-way
-	if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", sandboxBundle, sandbox); r.code != 0 {
-		t.Fatalf("run -d sandbox: %s", r)
-	}
+	sandbox := runSandbox(t, stateRoot, "true")
 	waitStatus(t, stateRoot, sandbox, "stopped")
 
 	member := func(args []string, sharePID bool) result {
@@ -163,4 +135,26 @@ func TestMemberJoinsAfterTheSandboxExited(t *testing.T) {
 		t.Fatalf("delete sandbox: %s", r)
 	}
 	assertEmptyRoot(t, stateRoot)
+}
+
+// runSandbox starts, detached, a pod's sandbox with hostname "podhost" running args and
+// returns its id. A test that fails half-way must not leave the pod behind: the sandbox is
+// deleted with --force at cleanup (which succeeds for a container already deleted).
+func runSandbox(t *testing.T, stateRoot string, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	sp, err := bundle.Make(dir, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Hostname = "podhost"
+	if err := bundle.WriteSpec(dir, sp); err != nil {
+		t.Fatal(err)
+	}
+	sandbox := newID(t)
+	t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", sandbox) })
+	if r := runvIn(t, stateRoot, nil, "run", "-d", "--bundle", dir, sandbox); r.code != 0 {
+		t.Fatalf("run -d sandbox: %s", r)
+	}
+	return sandbox
 }
