@@ -17,30 +17,10 @@ import (
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/leakcheck"
 )
 
 const testTimeout = 20 * time.Second
-
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
 
 // fakeGuest is the guest end of both channels, driven by the test: raw control frames and
 // a real stream mux (the mux is tested on its own in agentproto).
@@ -54,7 +34,7 @@ type fakeGuest struct {
 
 func newPair(t *testing.T) (*Client, *fakeGuest) {
 	t.Helper()
-	checkGoroutines(t)
+	leakcheck.Goroutines(t)
 	ctlH, ctlG := net.Pipe()
 	stH, stG := net.Pipe()
 	c := New(&hypervisor.Channels{Control: ctlH, Stream: stH}, Options{Logf: t.Logf, PodID: "pod1"})

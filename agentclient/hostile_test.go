@@ -18,6 +18,7 @@ import (
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/leakcheck"
 )
 
 // The host's live heap may grow by at most this much while a hostile guest does its worst:
@@ -349,7 +350,7 @@ func TestHostileGuest(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			baseHeap := liveHeap()
-			checkGoroutines(t) // registered first: runs after the pod's cleanup closed it
+			leakcheck.Goroutines(t) // registered first: runs after the pod's cleanup closed it
 			g := newHostileGuest(t, "hostile")
 			stop := make(chan struct{})
 			peakCh := heapPeak(stop)

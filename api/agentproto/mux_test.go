@@ -17,30 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// checkGoroutines fails the test if goroutines started during it are still running once it
-// ended (polled with a deadline: exiting goroutines need a moment to be reaped).
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
+	"github.com/runv-project/runv/internal/leakcheck"
+)
 
 type connPair func(t *testing.T) (net.Conn, net.Conn)
 
@@ -77,7 +56,7 @@ var pairs = []struct {
 func forPairs(t *testing.T, f func(t *testing.T, a, b *Mux)) {
 	for _, p := range pairs {
 		t.Run(p.name, func(t *testing.T) {
-			checkGoroutines(t)
+			leakcheck.Goroutines(t)
 			ca, cb := p.make(t)
 			a, b := NewMux(ca, t.Logf), NewMux(cb, t.Logf)
 			t.Cleanup(func() { a.Close(); b.Close() })
@@ -427,7 +406,7 @@ type rawPeer struct {
 
 func newRawPeer(t *testing.T) (*Mux, *rawPeer) {
 	t.Helper()
-	checkGoroutines(t)
+	leakcheck.Goroutines(t)
 	c1, c2 := net.Pipe()
 	m := NewMux(c1, t.Logf)
 	p := &rawPeer{conn: c2, frames: make(chan StreamFrame, 1024)}
