@@ -22,8 +22,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 export PATH=/usr/local/go/bin:$PATH
 RUNV=${RUNV:-$(command -v runv || echo "$repo/build/runv")}
-KERNEL=${RUNV_KERNEL:-/var/lib/runv/vmlinux}
-INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
+# Absolute: the go benchmarks below run in their package's directory.
+KERNEL=$(realpath -m "${RUNV_KERNEL:-/var/lib/runv/vmlinux}")
+INITRD=$(realpath -m "${RUNV_INITRD:-/var/lib/runv/initrd.img}")
 N=${N:-10}
 IDLE_PODS=${IDLE_PODS:-10}
 MAX_PODS=${MAX_PODS:-50}
