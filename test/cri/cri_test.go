@@ -381,7 +381,7 @@ var cases = []criCase{
 			t.Errorf("wrote to read-only /proc/sys")
 		}
 	}},
-	{name: "OOM kill reason OOMKilled", run: func(t *testing.T, h string) {
+	{name: "OOM kill reason OOMKilled", viaRuncShim: true, run: func(t *testing.T, h string) {
 		p := runPod(t, h, nil)
 		c := p.container("hog", func(c *rt.ContainerConfig) {
 			c.Linux.Resources = &rt.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}
