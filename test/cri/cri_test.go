@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,10 +85,26 @@ func (p *pod) remove() {
 	if len(left) > 0 {
 		p.t.Errorf("processes left after the pod was removed: %v", left)
 	}
-	if p.handler == "runv" {
-		// The suite runs one pod at a time: no pod directory may remain.
+	// The suite runs one pod at a time: no pod directory may remain.
+	switch p.handler {
+	case "runv":
 		if dirs, _ := filepath.Glob(filepath.Join(shimRoot, "@shim", "*")); len(dirs) > 0 {
 			p.t.Errorf("pod directories left: %v", dirs)
+		}
+	case "runvrunc":
+		// runv's state under the runc shim's root: no container and no pod.
+		left, _ := filepath.Glob(filepath.Join(work, "runvrunc", "*", "*"))
+		var dirs []string
+		for _, d := range left {
+			if filepath.Base(d) == "@pods" {
+				pods, _ := filepath.Glob(filepath.Join(d, "*"))
+				dirs = append(dirs, pods...)
+				continue
+			}
+			dirs = append(dirs, d)
+		}
+		if len(dirs) > 0 {
+			p.t.Errorf("runv state left under the runc shim's root: %v", dirs)
 		}
 	}
 }
@@ -197,14 +214,21 @@ type criCase struct {
 	run  func(t *testing.T, handler string)
 	// runvDiffers is set for a case that runv cannot pass, with the reason (docs/kubernetes.md).
 	runvDiffers string
+	// viaRuncShim: the case also runs with handler runvrunc (runv under containerd's runc
+	// shim, BinaryName), for behaviour that route has apart from runv's own shim.
+	viaRuncShim bool
 }
 
 func TestCRI(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for _, h := range handlers {
+			hs := handlers
+			if c.viaRuncShim {
+				hs = append(hs[:len(hs):len(hs)], "runvrunc")
+			}
+			for _, h := range hs {
 				t.Run(h, func(t *testing.T) {
-					if h == "runv" && c.runvDiffers != "" {
+					if h != "runc" && c.runvDiffers != "" {
 						t.Skipf("differs from runc (docs/kubernetes.md): %s", c.runvDiffers)
 					}
 					c.run(t, h)
@@ -364,6 +388,29 @@ var cases = []criCase{
 		}, "sh", "-c", "a=0123456789abcdef; while true; do a=$a$a; done")
 		if st := p.waitExited(c); st.ExitCode != 137 || st.Reason != "OOMKilled" {
 			t.Errorf("exit code %d reason %q, want 137 OOMKilled", st.ExitCode, st.Reason)
+		}
+	}},
+	{name: "read-only volume leaves its submounts writable", viaRuncShim: true, run: func(t *testing.T, h string) {
+		// CRI's default for a read-only volume (recursive_read_only off): "rbind", "ro".
+		src := t.TempDir()
+		sub := filepath.Join(src, "tmpfs")
+		os.Mkdir(sub, 0o755)
+		if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Unmount(sub, syscall.MNT_DETACH) })
+		p := runPod(t, h, nil)
+		c := p.container("main", func(c *rt.ContainerConfig) {
+			c.Mounts = []*rt.Mount{{ContainerPath: "/mnt", HostPath: src, Readonly: true}}
+		}, "sleep", "1000")
+		if r := p.exec(c, "touch", "/mnt/f"); r.ExitCode == 0 || !strings.Contains(string(r.Stderr), "Read-only file system") {
+			t.Errorf("touch /mnt/f in a read-only volume: exit %d stderr %q, want Read-only file system", r.ExitCode, r.Stderr)
+		}
+		if r := p.exec(c, "touch", "/mnt/tmpfs/f"); r.ExitCode != 0 {
+			t.Errorf("touch /mnt/tmpfs/f in the read-only volume's submount: exit %d stderr %q, want it written", r.ExitCode, r.Stderr)
+		}
+		if _, err := os.Stat(filepath.Join(sub, "f")); err != nil {
+			t.Errorf("the file written in the submount is not on the host: %v", err)
 		}
 	}},
 	{name: "container stats", run: func(t *testing.T, h string) {
