@@ -395,4 +395,3 @@ func (v *vm) poll(ctx context.Context, timeout, interval time.Duration, check fu
 		}
 	}
 }
-
