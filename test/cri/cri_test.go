@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -413,6 +414,36 @@ var cases = []criCase{
 			t.Errorf("the file written in the submount is not on the host: %v", err)
 		}
 	}},
+	{name: "privileged container", viaRuncShim: true, run: func(t *testing.T, h string) {
+		p := runPod(t, h, func(c *rt.PodSandboxConfig) {
+			c.Linux.SecurityContext = &rt.LinuxSandboxSecurityContext{Privileged: true}
+		})
+		c := p.container("main", func(c *rt.ContainerConfig) {
+			c.Linux.SecurityContext.Privileged = true
+		}, "sleep", "1000")
+		// It can mount.
+		if r := p.exec(c, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && touch /tmp/m/x"); r.ExitCode != 0 {
+			t.Errorf("mount a tmpfs in a privileged container: exit %d stderr %q", r.ExitCode, r.Stderr)
+		}
+		// It sees the devices of the machine it runs on (runv: the VM's): every device
+		// node in its /dev has a major its kernel registered, and there are more than a
+		// container's default ones (/dev/kmsg).
+		nodes := p.out(c, "sh", "-c", `for f in /dev/*; do if [ -L "$f" ]; then continue; elif [ -b "$f" ]; then echo "block $(stat -c %t "$f") $f"; elif [ -c "$f" ]; then echo "char $(stat -c %t "$f") $f"; fi; done`)
+		registered := registeredMajors(p.out(c, "cat", "/proc/devices"))
+		for _, l := range strings.Split(nodes, "\n") {
+			f := strings.Fields(l)
+			if len(f) != 3 {
+				t.Fatalf("device listing line %q", l)
+			}
+			major, err := strconv.ParseUint(f[1], 16, 32)
+			if err != nil || !registered[f[0]+" "+strconv.FormatUint(major, 10)] {
+				t.Errorf("%s is a %s device of major %s, which the container's kernel does not have (/proc/devices): not a device of its machine", f[2], f[0], f[1])
+			}
+		}
+		if !strings.Contains(nodes, "char 1 /dev/kmsg") {
+			t.Errorf("a privileged container has no /dev/kmsg:\n%s", nodes)
+		}
+	}},
 	{name: "container stats", run: func(t *testing.T, h string) {
 		p := runPod(t, h, nil)
 		c := p.container("main", nil, "sh", "-c", "a=0123456789abcdef; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do a=$a$a; done; sleep 1000")
@@ -517,6 +548,26 @@ func TestCRIHostNamespacesRefused(t *testing.T) {
 			})
 		})
 	}
+}
+
+// registeredMajors parses /proc/devices into "char N" and "block N" keys.
+func registeredMajors(procDevices string) map[string]bool {
+	out := map[string]bool{}
+	kind := ""
+	for _, l := range strings.Split(procDevices, "\n") {
+		switch strings.TrimSpace(l) {
+		case "Character devices:":
+			kind = "char"
+			continue
+		case "Block devices:":
+			kind = "block"
+			continue
+		}
+		if f := strings.Fields(l); len(f) == 2 && kind != "" {
+			out[kind+" "+f[0]] = true
+		}
+	}
+	return out
 }
 
 // readInNetns connects to addr from inside the network namespace at nsPath (the node's,
