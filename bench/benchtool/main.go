@@ -13,6 +13,9 @@
 //	benchtool pss -match STR
 //	    sums the PSS (/proc/PID/smaps_rollup) of the processes whose command line contains
 //	    STR, by kind (qemu, pod daemon, shim, factory daemon, holder, other).
+//	benchtool cpu -match STR [-for DURATION]
+//	    the CPU time (user and system, all threads: /proc/PID/stat) the processes whose
+//	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
 //
 // Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
 package main
@@ -39,7 +42,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu ...")
 		os.Exit(2)
 	}
 	var err error
@@ -52,6 +55,8 @@ func main() {
 		err = repeat(os.Args[2:])
 	case "pss":
 		err = pss(os.Args[2:])
+	case "cpu":
+		err = cpu(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -225,34 +230,31 @@ func repeat(args []string) error {
 	return nil
 }
 
-func pss(args []string) error {
-	fs := flag.NewFlagSet("pss", flag.ExitOnError)
-	match := fs.String("match", "", "substring of the command line")
-	fs.Parse(args)
-	if *match == "" {
-		return errors.New("pss: -match is required")
-	}
-	byKind := map[string]int{}
-	count := map[string]int{}
-	total := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
+// proc is a process whose command line matched.
+type proc struct {
+	dir  string // /proc/PID
+	kind string
+}
+
+// matching lists the processes (but this one) whose command line contains match.
+func matching(match string) []proc {
+	var out []proc
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range dirs {
 		cl, err := os.ReadFile(filepath.Join(p, "cmdline"))
-		if err != nil || !bytes.Contains(cl, []byte(*match)) {
+		if err != nil || !bytes.Contains(cl, []byte(match)) {
 			continue
 		}
 		if pid, _ := strconv.Atoi(filepath.Base(p)); pid == os.Getpid() {
 			continue
 		}
-		kb, err := pssKB(filepath.Join(p, "smaps_rollup"))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		k := kind(strings.Split(string(cl), "\x00"))
-		byKind[k] += kb
-		count[k]++
-		total += kb
+		out = append(out, proc{dir: p, kind: kind(strings.Split(string(cl), "\x00"))})
 	}
+	return out
+}
+
+// byKindLine formats per-kind sums as "kind=<value><unit>/<count> ...", kinds sorted.
+func byKindLine(byKind map[string]float64, count map[string]int, unit string) string {
 	kinds := make([]string, 0, len(byKind))
 	for k := range byKind {
 		kinds = append(kinds, k)
@@ -260,10 +262,95 @@ func pss(args []string) error {
 	sort.Strings(kinds)
 	var parts []string
 	for _, k := range kinds {
-		parts = append(parts, fmt.Sprintf("%s=%.1fMiB/%d", k, float64(byKind[k])/1024, count[k]))
+		parts = append(parts, fmt.Sprintf("%s=%.1f%s/%d", k, byKind[k], unit, count[k]))
 	}
-	fmt.Printf("pss_total_kib=%d (%s)\n", total, strings.Join(parts, " "))
+	return strings.Join(parts, " ")
+}
+
+func pss(args []string) error {
+	fs := flag.NewFlagSet("pss", flag.ExitOnError)
+	match := fs.String("match", "", "substring of the command line")
+	fs.Parse(args)
+	if *match == "" {
+		return errors.New("pss: -match is required")
+	}
+	byKind := map[string]float64{}
+	count := map[string]int{}
+	total := 0
+	for _, p := range matching(*match) {
+		kb, err := pssKB(filepath.Join(p.dir, "smaps_rollup"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		byKind[p.kind] += float64(kb) / 1024
+		count[p.kind]++
+		total += kb
+	}
+	fmt.Printf("pss_total_kib=%d (%s)\n", total, byKindLine(byKind, count, "MiB"))
 	return nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux ABI.
+const clockTicks = 100
+
+func cpu(args []string) error {
+	fs := flag.NewFlagSet("cpu", flag.ExitOnError)
+	match := fs.String("match", "", "substring of the command line")
+	window := fs.Duration("for", 30*time.Second, "how long to measure")
+	fs.Parse(args)
+	if *match == "" {
+		return errors.New("cpu: -match is required")
+	}
+	procs := matching(*match)
+	before := map[string]int{}
+	for _, p := range procs {
+		if t, err := cpuTicks(p.dir); err == nil {
+			before[p.dir] = t
+		}
+	}
+	start := time.Now()
+	time.Sleep(*window) // the measurement window itself
+	elapsed := time.Since(start).Seconds()
+	byKind := map[string]float64{}
+	count := map[string]int{}
+	total := 0.0
+	for _, p := range procs {
+		t0, ok := before[p.dir]
+		t1, err := cpuTicks(p.dir)
+		if !ok || err != nil {
+			continue // exited meanwhile
+		}
+		m := float64(t1-t0) / clockTicks / elapsed * 1000
+		byKind[p.kind] += m
+		count[p.kind]++
+		total += m
+	}
+	fmt.Printf("cpu_millicores=%.1f over %.0fs (%s)\n", total, elapsed, byKindLine(byKind, count, "m"))
+	return nil
+}
+
+// cpuTicks is a process's user+system time (all its threads) in clock ticks.
+func cpuTicks(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: count from its end.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s/stat: no command name", dir)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the name: state(3) ... utime(14) stime(15), i.e. f[11] and f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%s/stat: too short", dir)
+	}
+	u, err1 := strconv.Atoi(f[11])
+	s, err2 := strconv.Atoi(f[12])
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("%s/stat: %w", dir, err)
+	}
+	return u + s, nil
 }
 
 func kind(argv []string) string {
