@@ -13,8 +13,9 @@
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
 # installed ones), N (timed runs, default 10), IDLE_PODS (10), MAX_PODS (50),
 # SKIP_MAX_PODS=1 to skip the slow capacity test, KINDS (default "direct template cache
-# cache-template cache-cold": cache pools directly booted VMs, cache-template pools template
-# clones, cache-cold is cache with --warm=false, to show what warming buys).
+# cache-direct cache-cold": cache is the default pool, refilled from a template;
+# cache-direct pools directly booted VMs ("template":false); cache-cold is cache with
+# --warm=false, to show what warming buys).
 # Everything it starts it stops, and everything it creates it removes, also on ^C.
 set -uo pipefail
 
@@ -28,7 +29,7 @@ INITRD=$(realpath -m "${RUNV_INITRD:-/var/lib/runv/initrd.img}")
 N=${N:-10}
 IDLE_PODS=${IDLE_PODS:-10}
 MAX_PODS=${MAX_PODS:-50}
-KINDS=${KINDS:-direct template cache cache-template cache-cold}
+KINDS=${KINDS:-direct template cache cache-direct cache-cold}
 CACHE_SIZE=${CACHE_SIZE:-2}
 
 # Short paths: pod sockets live under the state roots.
@@ -99,7 +100,7 @@ factory_args() {
 	direct) fa=() ;;
 	template) fa=(--factory '[{"template":true}]') ;;
 	cache | cache-cold) fa=(--factory "[{\"cache\":$CACHE_SIZE}]") ;;
-	cache-template) fa=(--factory "[{\"template\":true,\"cache\":$CACHE_SIZE}]") ;;
+	cache-direct) fa=(--factory "[{\"template\":false,\"cache\":$CACHE_SIZE}]") ;;
 	esac
 }
 
@@ -131,7 +132,7 @@ start_factory() {
 prepare() {
 	local kind=$1 fa
 	case $kind in
-	cache | cache-template) start_factory "$kind" "$kind" true || return 1 ;;
+	cache | cache-direct) start_factory "$kind" "$kind" true || return 1 ;;
 	cache-cold) start_factory cache-cold cache false || return 1 ;;
 	esac
 	factory_args "$kind"
@@ -188,8 +189,8 @@ for kind in $KINDS; do
 	else
 		echo "$kind: failed: $(tail -2 "$work/run-$kind.txt")"
 	fi
-	# Back to back: refills of direct boots against refills of template clones.
-	if { [ "$kind" = cache ] || [ "$kind" = cache-template ]; } && [ -n "${run_med[$kind]:-}" ]; then
+	# Back to back: refills of template clones against refills of direct boots.
+	if { [ "$kind" = cache ] || [ "$kind" = cache-direct ]; } && [ -n "${run_med[$kind]:-}" ]; then
 		pool_full "$kind"
 		"$bt" repeat -n "$N" -label "runv run true [$kind, back to back]" -- \
 			"$RUNV" --root "$work/root-$kind" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1 |
@@ -227,7 +228,7 @@ stop_pods() {
 pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }
 
 echo "== host memory per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS of qemu + pod daemon + shim [+ holder])"
-for kind in direct template cache cache-template; do
+for kind in direct template cache cache-direct; do
 	[ -n "${run_med[$kind]:-}" ] || { echo "$kind: skipped (the kind did not run above)"; continue; }
 	name=mem-$kind
 	base=0

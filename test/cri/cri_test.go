@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,10 +83,26 @@ func (p *pod) remove() {
 	if len(left) > 0 {
 		p.t.Errorf("processes left after the pod was removed: %v", left)
 	}
-	if p.handler == "runv" {
-		// The suite runs one pod at a time: no pod directory may remain.
+	// The suite runs one pod at a time: no pod directory may remain.
+	switch p.handler {
+	case "runv":
 		if dirs, _ := filepath.Glob(filepath.Join(shimRoot, "@shim", "*")); len(dirs) > 0 {
 			p.t.Errorf("pod directories left: %v", dirs)
+		}
+	case "runvrunc":
+		// runv's state under the runc shim's root: no container and no pod.
+		left, _ := filepath.Glob(filepath.Join(work, "runvrunc", "*", "*"))
+		var dirs []string
+		for _, d := range left {
+			if filepath.Base(d) == "@pods" {
+				pods, _ := filepath.Glob(filepath.Join(d, "*"))
+				dirs = append(dirs, pods...)
+				continue
+			}
+			dirs = append(dirs, d)
+		}
+		if len(dirs) > 0 {
+			p.t.Errorf("runv state left under the runc shim's root: %v", dirs)
 		}
 	}
 }
@@ -194,14 +212,21 @@ type criCase struct {
 	run  func(t *testing.T, handler string)
 	// runvDiffers is set for a case that runv cannot pass, with the reason (docs/kubernetes.md).
 	runvDiffers string
+	// viaRuncShim: the case also runs with handler runvrunc (runv under containerd's runc
+	// shim, BinaryName), for behaviour that route has apart from runv's own shim.
+	viaRuncShim bool
 }
 
 func TestCRI(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for _, h := range handlers {
+			hs := handlers
+			if c.viaRuncShim {
+				hs = append(hs[:len(hs):len(hs)], "runvrunc")
+			}
+			for _, h := range hs {
 				t.Run(h, func(t *testing.T) {
-					if h == "runv" && c.runvDiffers != "" {
+					if h != "runc" && c.runvDiffers != "" {
 						t.Skipf("differs from runc (docs/kubernetes.md): %s", c.runvDiffers)
 					}
 					c.run(t, h)
@@ -354,13 +379,66 @@ var cases = []criCase{
 			t.Errorf("wrote to read-only /proc/sys")
 		}
 	}},
-	{name: "OOM kill reason OOMKilled", run: func(t *testing.T, h string) {
+	{name: "OOM kill reason OOMKilled", viaRuncShim: true, run: func(t *testing.T, h string) {
 		p := runPod(t, h, nil)
 		c := p.container("hog", func(c *rt.ContainerConfig) {
 			c.Linux.Resources = &rt.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}
 		}, "sh", "-c", "a=0123456789abcdef; while true; do a=$a$a; done")
 		if st := p.waitExited(c); st.ExitCode != 137 || st.Reason != "OOMKilled" {
 			t.Errorf("exit code %d reason %q, want 137 OOMKilled", st.ExitCode, st.Reason)
+		}
+	}},
+	{name: "read-only volume leaves its submounts writable", viaRuncShim: true, run: func(t *testing.T, h string) {
+		// CRI's default for a read-only volume (recursive_read_only off): "rbind", "ro".
+		src := t.TempDir()
+		sub := filepath.Join(src, "tmpfs")
+		os.Mkdir(sub, 0o755)
+		if err := syscall.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Unmount(sub, syscall.MNT_DETACH) })
+		p := runPod(t, h, nil)
+		c := p.container("main", func(c *rt.ContainerConfig) {
+			c.Mounts = []*rt.Mount{{ContainerPath: "/mnt", HostPath: src, Readonly: true}}
+		}, "sleep", "1000")
+		if r := p.exec(c, "touch", "/mnt/f"); r.ExitCode == 0 || !strings.Contains(string(r.Stderr), "Read-only file system") {
+			t.Errorf("touch /mnt/f in a read-only volume: exit %d stderr %q, want Read-only file system", r.ExitCode, r.Stderr)
+		}
+		if r := p.exec(c, "touch", "/mnt/tmpfs/f"); r.ExitCode != 0 {
+			t.Errorf("touch /mnt/tmpfs/f in the read-only volume's submount: exit %d stderr %q, want it written", r.ExitCode, r.Stderr)
+		}
+		if _, err := os.Stat(filepath.Join(sub, "f")); err != nil {
+			t.Errorf("the file written in the submount is not on the host: %v", err)
+		}
+	}},
+	{name: "privileged container", viaRuncShim: true, run: func(t *testing.T, h string) {
+		p := runPod(t, h, func(c *rt.PodSandboxConfig) {
+			c.Linux.SecurityContext = &rt.LinuxSandboxSecurityContext{Privileged: true}
+		})
+		c := p.container("main", func(c *rt.ContainerConfig) {
+			c.Linux.SecurityContext.Privileged = true
+		}, "sleep", "1000")
+		// It can mount.
+		if r := p.exec(c, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && touch /tmp/m/x"); r.ExitCode != 0 {
+			t.Errorf("mount a tmpfs in a privileged container: exit %d stderr %q", r.ExitCode, r.Stderr)
+		}
+		// It sees the devices of the machine it runs on (runv: the VM's): every device
+		// node in its /dev has a major its kernel registered, and there are more than a
+		// container's default ones (/dev/kmsg).
+		nodes := p.out(c, "sh", "-c", `for f in /dev/*; do if [ -L "$f" ]; then continue; elif [ -b "$f" ]; then echo "block $(stat -c %t "$f") $f"; elif [ -c "$f" ]; then echo "char $(stat -c %t "$f") $f"; fi; done`)
+		registered := registeredMajors(p.out(c, "cat", "/proc/devices"))
+		for _, l := range strings.Split(nodes, "\n") {
+			f := strings.Fields(l)
+			if len(f) != 3 {
+				t.Fatalf("device listing line %q", l)
+			}
+			major, err := strconv.ParseUint(f[1], 16, 32)
+			if err != nil || !registered[f[0]+" "+strconv.FormatUint(major, 10)] {
+				t.Errorf("%s is a %s device of major %s, which the container's kernel does not have (/proc/devices): not a device of its machine", f[2], f[0], f[1])
+			}
+		}
+		if !strings.Contains(nodes, "char 1 /dev/kmsg") {
+			t.Errorf("a privileged container has no /dev/kmsg:\n%s", nodes)
 		}
 	}},
 	{name: "container stats", run: func(t *testing.T, h string) {
@@ -467,6 +545,26 @@ func TestCRIHostNamespacesRefused(t *testing.T) {
 			})
 		})
 	}
+}
+
+// registeredMajors parses /proc/devices into "char N" and "block N" keys.
+func registeredMajors(procDevices string) map[string]bool {
+	out := map[string]bool{}
+	kind := ""
+	for _, l := range strings.Split(procDevices, "\n") {
+		switch strings.TrimSpace(l) {
+		case "Character devices:":
+			kind = "char"
+			continue
+		case "Block devices:":
+			kind = "block"
+			continue
+		}
+		if f := strings.Fields(l); len(f) == 2 && kind != "" {
+			out[kind+" "+f[0]] = true
+		}
+	}
+	return out
 }
 
 // readInNetns connects to addr from inside the network namespace at nsPath (the node's,

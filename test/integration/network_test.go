@@ -246,7 +246,7 @@ func TestNetworkNamespaceByPath(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := templateRootIf(t, tc.name == "template")
+			r := templateRootIf(t, tc.name == "template" || tc.name == "cache")
 			global := tc.setup(t, r)
 			n := newPodNet(t, true)
 			before := n.snapshot(t)
