@@ -1,16 +1,22 @@
 package network
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	ebpflink "github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
 
 	"github.com/runv-project/runv/internal/leakcheck"
 )
@@ -229,5 +235,108 @@ func TestPortForwarder(t *testing.T) {
 		if c, err := dialIn(t, n, "127.0.0.1:8080"); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("dial after Close = %v, %v; want connection refused (nothing steered)", c, err)
 		}
+		if l := linksIn(t, n); l != 0 {
+			t.Errorf("%d BPF links still attached to the namespace after Close", l)
+		}
 	})
+}
+
+// linksIn counts the BPF links attached to the test namespace.
+func linksIn(t *testing.T, n *testNS) int {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(n.path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	var it ebpflink.Iterator
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil && info.NetNs() != nil && uint64(info.NetNs().NetnsIno) == st.Ino {
+			count++
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list BPF links: %v", err)
+	}
+	return count
+}
+
+// holderEnv names the namespace TestSteerHolderProcess steers in, when the test binary
+// runs as the holder process of TestSteerGoneWithItsProcess.
+const holderEnv = "RUNV_TEST_STEER_HOLDER"
+
+// TestSteerHolderProcess is not a test of its own: run by TestSteerGoneWithItsProcess, it
+// sets up the steering, says so, and waits to be killed.
+func TestSteerHolderProcess(t *testing.T) {
+	path := os.Getenv(holderEnv)
+	if path == "" {
+		t.Skip("helper process of TestSteerGoneWithItsProcess")
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := steerLoopback(ns); err != nil {
+		t.Fatal(err)
+	}
+	os.Stdout.WriteString("steering\n")
+	select {}
+}
+
+// A supervisor killed with SIGKILL leaves nothing in the pod's namespace: the program, its
+// link and the listener live as long as the process's descriptors.
+func TestSteerGoneWithItsProcess(t *testing.T) {
+	n := newTestNS(t, "holder")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSteerHolderProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), holderEnv+"="+n.path())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == "steering" {
+				ready <- true
+				io.Copy(io.Discard, out)
+				return
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatal("the holder process ended before it steered")
+		}
+	case <-time.After(fwdTimeout):
+		t.Fatal("the holder process did not steer in time")
+	}
+	c, err := dialIn(t, n, "127.0.0.1:4242")
+	if err != nil {
+		t.Fatalf("dial while the holder steers: %v", err)
+	}
+	c.Close()
+	if l := linksIn(t, n); l != 1 {
+		t.Errorf("%d BPF links attached while the holder runs, want 1", l)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	// Link release after the last descriptor closed is asynchronous in the kernel.
+	deadline := time.Now().Add(fwdTimeout)
+	for linksIn(t, n) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("BPF link still attached to the namespace after its process was killed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, err := dialIn(t, n, "127.0.0.1:4242"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial after the holder was killed = %v, %v; want connection refused", c, err)
+	}
 }
