@@ -44,8 +44,10 @@ func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
 	if d, ok := s.vm.(hypervisor.NetworkDevices); ok {
 		nics = d.NICs()
 	}
+	// A VM that can hot-plug NICs (q35) takes interfaces beyond the ones it booted with.
+	plugger, _ := s.vm.(network.NICPlugger)
 	start := time.Now()
-	pod, n, err := network.Attach(filepath.Join(s.cfg.Dir, networkDir), nsPath, nics)
+	pod, n, err := network.Attach(ctx, filepath.Join(s.cfg.Dir, networkDir), nsPath, nics, plugger)
 	if err != nil {
 		return fmt.Errorf("pod %s: network namespace %s: %w", s.cfg.PodID, nsPath, err)
 	}
@@ -145,15 +147,17 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 	if s.net == nil {
 		return nil
 	}
-	n, err := s.net.Sync()
+	// Unplugging a NIC waits for the guest to release it (seconds under TCG), plugging one
+	// for the agent to find it.
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	n, err := s.net.Sync(cctx)
 	if err != nil {
 		return err
 	}
 	if reflect.DeepEqual(n, s.netSent) {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	if err := s.agent.Call(cctx, agentproto.MsgSetupNetwork, n, nil); err != nil {
 		return fmt.Errorf("configure the network in the guest: %w", err)
 	}

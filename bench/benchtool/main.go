@@ -4,6 +4,8 @@
 //	    boots QEMU bare with exactly runv's command line (hypervisor/qemu.CommandLine) and
 //	    the agent's probe mode: time from starting QEMU to RUNV-PROBE-OK on the console, and
 //	    to QEMU's exit (the agent powers off at once).
+//	benchtool netfloor -initrd I -tap NAME -addr IP/LEN [-cpus N] [-queues Q] [-tcg OPTS] ...
+//	    boots the bare network floor of bench/network.sh (see netfloor.go).
 //	benchtool repeat [-n N] [-label L] [-pre SHELL-CMD] -- CMD [ARG...]
 //	    runs CMD once untimed, then N times timed; "{}" in an argument becomes a unique id.
 //	    -pre runs (untimed, with sh -c) before every run, e.g. to wait for a pool to refill.
@@ -37,13 +39,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|repeat|pss ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss ...")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "bareboot":
 		err = bareboot(os.Args[2:])
+	case "netfloor":
+		err = netfloor(os.Args[2:])
 	case "repeat":
 		err = repeat(os.Args[2:])
 	case "pss":

@@ -492,14 +492,45 @@ var cases = []criCase{
 		if got := p.out(c, "sh", "-c", "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'"); got != "inet "+ip {
 			t.Errorf("eth0 in the container: %q, want inet %s", got, ip)
 		}
-		var out string
-		if !waitFor(60*time.Second, func() bool {
-			out, err = readInNetns("/run/netns/"+netnsName, ip+":8080")
-			return err == nil && out != ""
-		}) || strings.TrimSpace(out) != "pod-says-hi" {
+		if out, err := readFromNode(ip + ":8080"); strings.TrimSpace(out) != "pod-says-hi" {
 			t.Errorf("connect to %s:8080 from the node: %v %q, want pod-says-hi", ip, err, out)
 		}
 	}},
+	{name: "hostPort through portmap", viaRuncShim: true, run: func(t *testing.T, h string) {
+		const hostPort = 18080
+		t.Cleanup(func() {
+			// Registered first, so run last: after the pod's removal no DNAT rule of
+			// portmap's names the host port.
+			rules, err := exec.Command("nsenter", "--net=/run/netns/"+netnsName, "iptables", "-t", "nat", "-S").CombinedOutput()
+			if err != nil || strings.Contains(string(rules), fmt.Sprint(hostPort)) {
+				t.Errorf("NAT rules after the pod was removed (%v):\n%s", err, rules)
+			}
+		})
+		p := runPod(t, h, func(c *rt.PodSandboxConfig) {
+			c.PortMappings = []*rt.PortMapping{{Protocol: rt.Protocol_TCP, ContainerPort: 8080, HostPort: hostPort}}
+		})
+		p.container("server", nil, "sh", "-c", "while true; do echo hostport-says-hi | nc -l -p 8080; done")
+		// The node's address on the CNI bridge: portmap's DNAT takes connections to any
+		// of the node's addresses at the host port to the pod.
+		addr := fmt.Sprintf("%s:%d", nodeIP, hostPort)
+		if out, err := readFromNode(addr); strings.TrimSpace(out) != "hostport-says-hi" {
+			t.Errorf("connect to the host port %s from the node: %v %q, want hostport-says-hi", addr, err, out)
+		}
+	}},
+}
+
+// nodeIP is the node's address on the CNI bridge (the gateway of the CNI range).
+const nodeIP = "10.89.0.1"
+
+// readFromNode reads what a server sends to a connection from the node (containerd's
+// network namespace) to addr, retrying until it answers or a minute passed (the server
+// may still be starting).
+func readFromNode(addr string) (out string, err error) {
+	waitFor(60*time.Second, func() bool {
+		out, err = readInNetns("/run/netns/"+netnsName, addr)
+		return err == nil && out != ""
+	})
+	return out, err
 }
 
 // TestCRIHostNamespacesRefused: a pod asking for the node's network or IPC namespace runs
