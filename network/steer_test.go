@@ -340,3 +340,63 @@ func TestSteerGoneWithItsProcess(t *testing.T) {
 		t.Errorf("dial after the holder was killed = %v, %v; want connection refused", c, err)
 	}
 }
+
+// BenchmarkLoopbackConnect: connect + accept + close on 127.0.0.1 inside a namespace, to a
+// listener on the dialled port (plain) and through the sk_lookup steering (steered): what
+// steering adds to every port-forward connection on the host.
+func BenchmarkLoopbackConnect(b *testing.B) {
+	n := newTestNS(b, "bench")
+	for _, steered := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "steered"}[steered]
+		b.Run(name, func(b *testing.B) {
+			var ln *net.TCPListener
+			addr := "127.0.0.1:8080"
+			if steered {
+				s, err := steerLoopback(n.ns)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				ln = s.ln
+			} else {
+				inNS(b, n.ns, func() {
+					l, err := net.Listen("tcp4", addr)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					ln = l.(*net.TCPListener)
+				})
+				if ln == nil {
+					b.FailNow()
+				}
+				defer ln.Close()
+			}
+			accepted := make(chan struct{})
+			go func() {
+				defer close(accepted)
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			b.ResetTimer()
+			inNS(b, n.ns, func() {
+				for range b.N {
+					c, err := net.Dial("tcp4", addr)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					c.Close()
+				}
+			})
+			b.StopTimer()
+			ln.Close()
+			<-accepted
+		})
+	}
+}
