@@ -293,6 +293,11 @@ echo
 RUNV=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD "$here/network.sh" || echo "network: failed (see above)"
 echo
 
+echo "== port-forward steering on the host: connect+accept+close on a namespace's 127.0.0.1, plain listener vs sk_lookup-steered (go benchmark)"
+(cd "$repo" && go test -count=1 -run '^$' -bench 'LoopbackConnect' -benchtime 20000x ./network/ 2>&1) |
+	grep -E '^(Benchmark|FAIL|---)' || echo "skipped: the steering benchmark did not run"
+echo
+
 echo "== a VM from the factory until its agent answers: template clone vs cold boot (go benchmark, N=$N)"
 (cd "$repo" && RUNV_TEST_KERNEL=$KERNEL RUNV_TEST_INITRD=$INITRD go test -tags integration -run '^$' \
 	-bench 'VMUntilAgentAnswers' -benchtime "${N}x" ./factory/ 2>&1) | grep -E '^(Benchmark|FAIL|---)' ||

@@ -58,7 +58,7 @@ type testNS struct {
 
 func (n *testNS) path() string { return "/run/netns/" + n.name }
 
-func newTestNS(t *testing.T, name string) *testNS {
+func newTestNS(t testing.TB, name string) *testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
@@ -94,7 +94,7 @@ func newTestNS(t *testing.T, name string) *testNS {
 }
 
 // inNS runs fn on a thread in ns.
-func inNS(t *testing.T, ns netns.NsHandle, fn func()) {
+func inNS(t testing.TB, ns netns.NsHandle, fn func()) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() {

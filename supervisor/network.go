@@ -56,9 +56,32 @@ func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
 		return fmt.Errorf("pod %s: configure the network in the guest: %w", s.cfg.PodID, err)
 	}
 	s.net, s.netSent = pod, n
+	s.fwd = s.forwardPorts(ctx, pod)
 	logging.G(ctx).Info("network connected", "netns", nsPath, "interfaces", len(n.Interfaces), "duration", time.Since(start))
 	go s.followNetwork(logging.With(context.WithoutCancel(ctx), "pod", s.cfg.PodID), nsPath)
 	return nil
+}
+
+// portDialer is the agent client's side of port forwarding.
+type portDialer interface {
+	DialPort(ctx context.Context, port uint16) (network.GuestConn, error)
+}
+
+// forwardPorts makes 127.0.0.1:PORT of the pod's namespace reach the VM's loopback, for
+// every port: containerd's CRI serves `kubectl port-forward` by dialling there. Without it
+// the pod runs, and port-forward to it fails, as it says in the log.
+func (s *Supervisor) forwardPorts(ctx context.Context, pod *network.Pod) *network.PortForwarder {
+	d, ok := s.agent.(portDialer)
+	if !ok {
+		return nil
+	}
+	log := logging.G(ctx).With("pod", s.cfg.PodID)
+	f, err := pod.ForwardLoopback(d.DialPort, agentproto.MaxPortForwards, log)
+	if err != nil {
+		log.Warn("port forwarding to the pod is not available", "error", err)
+		return nil
+	}
+	return f
 }
 
 // followNetwork keeps the guest in line with the pod's namespace while the pod runs
@@ -151,9 +174,14 @@ func (s *Supervisor) closeNetwork() error {
 	if s.net == nil {
 		return nil
 	}
-	err := s.net.Close()
+	var errs []error
+	if s.fwd != nil {
+		errs = append(errs, s.fwd.Close())
+		s.fwd = nil
+	}
+	errs = append(errs, s.net.Close())
 	s.net = nil
-	return err
+	return errors.Join(errs...)
 }
 
 // CleanupPodDir removes what a pod left in its directory, for a pod whose daemon is gone

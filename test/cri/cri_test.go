@@ -5,12 +5,10 @@ package cri
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -605,47 +602,13 @@ func registeredMajors(procDevices string) map[string]bool {
 // where containerd and the CNI bridge are) and returns what the server sends until it
 // closes the connection.
 func readInNetns(nsPath, addr string) (string, error) {
-	type result struct {
-		body string
-		err  error
+	var conn net.Conn
+	var err error
+	if nerr := inNetns(nsPath, func() { conn, err = net.DialTimeout("tcp", addr, 5*time.Second) }); nerr != nil {
+		return "", nerr
 	}
-	ch := make(chan result, 1)
-	go func() {
-		// The thread goes back to our namespace before it is unlocked: a thread that died
-		// instead could be the one that started containerd, whose Pdeathsig would stop it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic(fmt.Sprintf("cannot return to the test's network namespace: %v", err))
-			}
-		}()
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		b, err := io.ReadAll(conn)
-		ch <- result{string(b), err}
-	}()
-	r := <-ch
-	return r.body, r.err
+	if err != nil {
+		return "", err
+	}
+	return exchange(conn, "")
 }
