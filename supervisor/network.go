@@ -151,6 +151,7 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 	// for the agent to find it.
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	start := time.Now()
 	n, err := s.net.Sync(cctx)
 	if err != nil {
 		return err
@@ -162,7 +163,7 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 		return fmt.Errorf("configure the network in the guest: %w", err)
 	}
 	s.netSent = n
-	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces))
+	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces), "duration", time.Since(start))
 	return nil
 }
 

@@ -95,12 +95,13 @@ func bareboot(args []string) error {
 	memory := fs.Int("memory", 128, "MiB")
 	n := fs.Int("n", 10, "runs")
 	show := fs.Bool("print-cmdline", false, "print the QEMU command line first")
-	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices (to measure what they cost)")
+	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices and q35's spare root ports for more (to measure what they cost)")
+	noPorts := fs.Bool("no-nic-ports", false, "leave out q35's spare PCIe root ports for hot-plugged NICs (to measure what they cost)")
 	fs.Parse(args)
 
-	var toMarker, toExit []time.Duration
+	var toMarker, toExit, cpu []time.Duration
 	for i := 0; i <= *n; i++ {
-		m, e, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs)
+		m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts)
 		if err != nil {
 			return err
 		}
@@ -112,21 +113,26 @@ func bareboot(args []string) error {
 		}
 		toMarker = append(toMarker, m)
 		toExit = append(toExit, e)
+		cpu = append(cpu, c)
 	}
 	label := "bare qemu"
 	if *noNICs {
 		label += " (no NICs)"
+	} else if *noPorts {
+		label += " (no spare root ports)"
 	}
 	stats(label+": start -> "+qemu.ProbeMarker, toMarker)
 	stats(label+": start -> exit", toExit)
+	// What QEMU itself ran (user+system), less at the mercy of a loaded host than the above.
+	stats(label+": cpu time to exit", cpu)
 	return nil
 }
 
 // bootOnce boots one probe VM. Its console is a pipe, so the marker is an event.
-func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (marker, exit time.Duration, cmdline string, err error) {
+func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool) (marker, exit, cpu time.Duration, cmdline string, err error) {
 	dir, err := os.MkdirTemp("", "rvbare")
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	defer os.RemoveAll(dir)
 	l := &qemu.Launcher{}
@@ -135,23 +141,23 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (m
 		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: []string{qemu.ProbeParam},
 	}, true)
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
-	if noNICs {
-		args = withoutNICs(args)
+	if noNICs || noPorts {
+		args = withoutNICs(args, noNICs)
 	}
 	cmd := exec.Command(bin, args...)
 	// As runv starts it: in a network namespace of its own, where QEMU makes the NICs' taps.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -162,16 +168,23 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (m
 	werr := cmd.Wait()
 	exit = time.Since(start)
 	if marker == 0 {
-		return 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
+		return 0, 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
 	}
-	return marker, exit, bin + " " + strings.Join(args, " "), nil
+	return marker, exit, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), bin + " " + strings.Join(args, " "), nil
 }
 
-// withoutNICs drops the -netdev tap and virtio-net -device pairs from a command line.
-func withoutNICs(args []string) []string {
+// withoutNICs drops the spare root ports for hot-plugged NICs from a command line, and with
+// devices the -netdev tap and virtio-net -device pairs too.
+func withoutNICs(args []string, devices bool) []string {
 	var out []string
 	for i := 0; i < len(args); i++ {
-		if i+1 < len(args) && (args[i] == "-netdev" || args[i] == "-device" && strings.HasPrefix(args[i+1], "virtio-net")) {
+		if i+1 == len(args) {
+			out = append(out, args[i])
+			break
+		}
+		nic := args[i] == "-netdev" || args[i] == "-device" && strings.HasPrefix(args[i+1], "virtio-net")
+		port := args[i] == "-device" && strings.HasPrefix(args[i+1], "pcie-root-port,id=nicport")
+		if port || devices && nic {
 			i++
 			continue
 		}

@@ -75,7 +75,7 @@ func TestBuildArgsNICPorts(t *testing.T) {
 	c.Machine = hypervisor.MachineQ35
 	got := strings.Join(buildArgs(spec{cfg: c, accel: hypervisor.AccelTCG, nics: 2}), " ")
 	for i := 0; i < NICPorts; i++ {
-		want := fmt.Sprintf("-device pcie-root-port,id=nicport%d,bus=pcie.0,chassis=%d", i, i+1)
+		want := fmt.Sprintf("-device pcie-root-port,id=nicport%d,bus=pcie.0,chassis=%d,io-reserve=0", i, i+1)
 		if !strings.Contains(got, want) {
 			t.Errorf("q35 command line lacks %q:\n%s", want, got)
 		}
