@@ -4,17 +4,19 @@
 # Prints: the machine; a bare QEMU boot of runv's kernel+initrd to /init with runv's own
 # command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
-# on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
-# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
+# on the same bundle, with ratios; host memory and CPU per idle pod (PSS and CPU time of
+# every process of the pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
 # network beside runc (bench/network.sh: TCP throughput both ways, connect+request); a pod
 # with one container through containerd's CRI, handler runc vs runv vs runv with a pool.
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
-# installed ones), N (timed runs, default 10), IDLE_PODS (10), MAX_PODS (50),
+# installed ones), N (timed runs, default 10), IDLE_PODS (10), CPU_WINDOW (how long the
+# idle pods' CPU use is measured, 30s), MAX_PODS (50),
 # SKIP_MAX_PODS=1 to skip the slow capacity test, KINDS (default "direct template cache
-# cache-template cache-cold": cache pools directly booted VMs, cache-template pools template
-# clones, cache-cold is cache with --warm=false, to show what warming buys).
+# cache-direct cache-cold": cache is the default pool, refilled from a template;
+# cache-direct pools directly booted VMs ("template":false); cache-cold is cache with
+# --warm=false, to show what warming buys).
 # Everything it starts it stops, and everything it creates it removes, also on ^C.
 set -uo pipefail
 
@@ -28,8 +30,9 @@ INITRD=$(realpath -m "${RUNV_INITRD:-/var/lib/runv/initrd.img}")
 N=${N:-10}
 IDLE_PODS=${IDLE_PODS:-10}
 MAX_PODS=${MAX_PODS:-50}
-KINDS=${KINDS:-direct template cache cache-template cache-cold}
+KINDS=${KINDS:-direct template cache cache-direct cache-cold}
 CACHE_SIZE=${CACHE_SIZE:-2}
+CPU_WINDOW=${CPU_WINDOW:-30s}
 
 # Short paths: pod sockets live under the state roots.
 work=$(mktemp -d /tmp/rvb.XXXX)
@@ -99,7 +102,7 @@ factory_args() {
 	direct) fa=() ;;
 	template) fa=(--factory '[{"template":true}]') ;;
 	cache | cache-cold) fa=(--factory "[{\"cache\":$CACHE_SIZE}]") ;;
-	cache-template) fa=(--factory "[{\"template\":true,\"cache\":$CACHE_SIZE}]") ;;
+	cache-direct) fa=(--factory "[{\"template\":false,\"cache\":$CACHE_SIZE}]") ;;
 	esac
 }
 
@@ -131,7 +134,7 @@ start_factory() {
 prepare() {
 	local kind=$1 fa
 	case $kind in
-	cache | cache-template) start_factory "$kind" "$kind" true || return 1 ;;
+	cache | cache-direct) start_factory "$kind" "$kind" true || return 1 ;;
 	cache-cold) start_factory cache-cold cache false || return 1 ;;
 	esac
 	factory_args "$kind"
@@ -188,8 +191,8 @@ for kind in $KINDS; do
 	else
 		echo "$kind: failed: $(tail -2 "$work/run-$kind.txt")"
 	fi
-	# Back to back: refills of direct boots against refills of template clones.
-	if { [ "$kind" = cache ] || [ "$kind" = cache-template ]; } && [ -n "${run_med[$kind]:-}" ]; then
+	# Back to back: refills of template clones against refills of direct boots.
+	if { [ "$kind" = cache ] || [ "$kind" = cache-direct ]; } && [ -n "${run_med[$kind]:-}" ]; then
 		pool_full "$kind"
 		"$bt" repeat -n "$N" -label "runv run true [$kind, back to back]" -- \
 			"$RUNV" --root "$work/root-$kind" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" run --bundle "$work/true" b{} 2>&1 |
@@ -226,8 +229,8 @@ stop_pods() {
 
 pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }
 
-echo "== host memory per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS of qemu + pod daemon + shim [+ holder])"
-for kind in direct template cache cache-template; do
+echo "== host memory and CPU per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS, and CPU over $CPU_WINDOW, of qemu + pod daemon + shim [+ holder])"
+for kind in direct template cache cache-direct; do
 	[ -n "${run_med[$kind]:-}" ] || { echo "$kind: skipped (the kind did not run above)"; continue; }
 	name=mem-$kind
 	base=0
@@ -248,6 +251,10 @@ for kind in direct template cache cache-template; do
 		line=$("$bt" pss -match "$work/root-$name")
 		total=$(echo "$line" | pss_total)
 		echo "$kind: $n pods: $(awk -v t="$total" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f MiB per pod, %.1f MiB in all", (t-b)/n/1024, (t-b)/1024}')  [$line]"
+		# What an idle pod costs in CPU (the RuntimeClass's overhead.podFixed.cpu):
+		# everything of the root, the pool's daemon and VMs too for the cache kinds.
+		line=$("$bt" cpu -match "$work/root-$name" -for "$CPU_WINDOW")
+		echo "$kind: $n idle pods: $(echo "$line" | awk -v n="$n" '{sub("cpu_millicores=", "", $1); printf "%.1f millicores per pod", $1/n}')  [$line]"
 	fi
 	stop_pods "$name"
 	[[ $kind == cache* ]] && stop_factory
@@ -290,6 +297,11 @@ fi
 echo
 
 RUNV=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD "$here/network.sh" || echo "network: failed (see above)"
+echo
+
+echo "== port-forward steering on the host: connect+accept+close on a namespace's 127.0.0.1, plain listener vs sk_lookup-steered (go benchmark)"
+(cd "$repo" && go test -count=1 -run '^$' -bench 'LoopbackConnect' -benchtime 20000x ./network/ 2>&1) |
+	grep -E '^(Benchmark|FAIL|---)' || echo "skipped: the steering benchmark did not run"
 echo
 
 echo "== a VM from the factory until its agent answers: template clone vs cold boot (go benchmark, N=$N)"

@@ -25,6 +25,7 @@ const DefaultPolicyFile = "/etc/runv/factory.json"
 //
 // Each entry makes VMs of one size: cloned from a template when Template is set, else booted
 // directly; Cache > 0 asks for a pool of that many ready VMs in front of it (see Options.Cache).
+// A pool refills from a template unless its entry says "template":false (ParsePolicy).
 type Policy struct {
 	Template bool `json:"template"`
 	Cache    int  `json:"cache"`
@@ -98,12 +99,16 @@ func ParsePolicy(b []byte) ([]Policy, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var p []Policy
-	if err := dec.Decode(&p); err != nil {
+	var entries []policyEntry
+	if err := dec.Decode(&entries); err != nil {
 		return nil, fmt.Errorf("factory policy: %w (expected e.g. [{\"template\":true,\"cache\":2,\"cpu\":1,\"memory\":128}]): %w", err, errdefs.ErrInvalidArgument)
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("factory policy: trailing data after the JSON array: %w", errdefs.ErrInvalidArgument)
+	}
+	p := make([]Policy, len(entries))
+	for i, e := range entries {
+		p[i] = e.policy()
 	}
 	seen := map[[2]int]bool{}
 	for i, e := range p {
@@ -125,6 +130,28 @@ func ParsePolicy(b []byte) ([]Policy, error) {
 		seen[size] = true
 	}
 	return p, nil
+}
+
+// policyEntry is a Policy as written, where an absent "template" differs from false.
+type policyEntry struct {
+	Template *bool  `json:"template"`
+	Cache    int    `json:"cache"`
+	CPU      int    `json:"cpu"`
+	Memory   int    `json:"memory"`
+	Name     string `json:"name,omitempty"`
+}
+
+// policy resolves the entry's kind. A pool that does not say refills from a template: when
+// pods arrive faster than one VM boots, a refill by a cold boot (~0.7 s under TCG) leaves
+// each pod of a burst waiting for a boot, a clone is there in ~30 ms and is warmed before it
+// is handed out; idle, a warmed clone serves a pod as fast as a warmed direct boot and
+// costs half its memory (docs/performance.md). "template":false keeps directly booted VMs.
+func (e policyEntry) policy() Policy {
+	template := e.Cache > 0
+	if e.Template != nil {
+		template = *e.Template
+	}
+	return Policy{Template: template, Cache: e.Cache, CPU: e.CPU, Memory: e.Memory, Name: e.Name}
 }
 
 // DefaultSize is the VM size of pods that ask for none under policy: its first entry's,

@@ -67,10 +67,19 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 			return nil, fmt.Errorf("bind mount %d (%s → %s) of container %q: source: %w: %w", i, m.Source, m.Destination, id, err, errdefs.ErrInvalidArgument)
 		}
 		rel := path.Join(id, "volumes", strconv.Itoa(i), volumeName(src))
-		if err := bindMount(src, filepath.Join(shareDir, rel), fi.IsDir(), sharePropagation(m.Options)); err != nil {
+		shared := filepath.Join(shareDir, rel)
+		propagation := sharePropagation(m.Options)
+		if err := bindMount(src, shared, fi.IsDir(), propagation); err != nil {
 			return nil, fmt.Errorf("share bind mount %s of container %q: %w", m.Destination, id, err)
 		}
+		hostEnforced, err := shareReadOnly(shared, m.Options, propagation)
+		if err != nil {
+			return nil, fmt.Errorf("share read-only bind mount %s of container %q: %w", m.Destination, id, err)
+		}
 		g.Mounts[i].Source = path.Join(agentproto.SharePath, rel)
+		if hostEnforced {
+			g.Mounts[i].Options = withoutOption(m.Options, "ro")
+		}
 	}
 	return &g, nil
 }
@@ -126,6 +135,77 @@ func sharePropagation(options []string) uintptr {
 		}
 	}
 	return unix.MS_PRIVATE
+}
+
+// readOnlyKind is how a bind mount asks to be read-only.
+type readOnlyKind int
+
+const (
+	writable readOnlyKind = iota
+	// readOnlyTop ("ro"): the bind itself is read-only, its submounts keep their own
+	// flags, as runc does (and CRI asks by default: recursive_read_only off).
+	readOnlyTop
+	// readOnlyRecursive ("rro"): the bind and every submount are read-only.
+	readOnlyRecursive
+)
+
+func readOnlyOf(options []string) readOnlyKind {
+	kind := writable
+	for _, o := range options {
+		switch o {
+		case "rro":
+			return readOnlyRecursive
+		case "ro":
+			kind = readOnlyTop
+		case "rw":
+			kind = writable
+		}
+	}
+	return kind
+}
+
+// shareReadOnly makes a read-only volume's bind in the share read-only on the host, so
+// that QEMU's 9p server refuses writes with EROFS whatever the guest does: "ro" on the bind
+// alone, "rro" on its submounts too. The guest sees the volume as one 9p file system, so a
+// guest "ro" would cover the submounts that runc leaves writable: when the bind has
+// submounts, or may get some later (a slave of its source), hostEnforced tells the caller
+// to drop "ro" from the guest's mount and leave the bind's read-only state to the host.
+// The guest's /proc/mounts then shows that volume "rw" (docs/kubernetes.md).
+func shareReadOnly(shared string, options []string, propagation uintptr) (hostEnforced bool, err error) {
+	kind := readOnlyOf(options)
+	if kind == writable {
+		return false, nil
+	}
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if kind == readOnlyRecursive {
+		flags |= unix.AT_RECURSIVE
+	}
+	// mount_setattr sets read-only alone; a MS_REMOUNT would also reset nosuid, nodev and
+	// noexec to what it is given.
+	if err := unix.MountSetattr(-1, shared, uint(flags), &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		return false, fmt.Errorf("make %s read-only: %w", shared, err)
+	}
+	if kind == readOnlyRecursive {
+		return false, nil
+	}
+	if propagation == unix.MS_SLAVE {
+		return true, nil
+	}
+	mounts, err := mountsUnder(shared)
+	if err != nil {
+		return false, err
+	}
+	return len(mounts) > 1, nil
+}
+
+func withoutOption(options []string, drop string) []string {
+	out := make([]string, 0, len(options))
+	for _, o := range options {
+		if o != drop {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // unshareContainer undoes shareContainer.

@@ -41,16 +41,9 @@ type spec struct {
 // sandboxArg is QEMU's own seccomp filter: the syscalls of obsolete features, raising
 // privileges (set*id, which also sets no_new_privs), spawning processes and changing
 // resource limits or CPU affinity are denied, so a guest that takes QEMU over holds a
-// process that can do none of them. Only a template VM may spawn: it saves its device
-// state through "exec:" (QEMU 7.2 writes a migration to a descriptor only when one is
-// passed over QMP), and it never runs a workload, only runv's own kernel and agent.
-func sandboxArg(spawn bool) string {
-	v := "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny"
-	if spawn {
-		v = strings.TrimSuffix(v, "deny") + "allow"
-	}
-	return v
-}
+// process that can do none of them. No VM needs to spawn: a template saves its device
+// state to a socket runv listens on (migstate.go), a clone loads it from a descriptor.
+const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny"
 
 // memBackendID is the id of the file memory backend of templates and clones.
 const memBackendID = "mem"
@@ -80,7 +73,7 @@ func buildArgs(s spec) []string {
 	}
 
 	args := []string{
-		"-sandbox", sandboxArg(s.memShared),
+		"-sandbox", sandboxArg,
 		"-nodefaults", "-no-user-config", "-display", "none",
 		// A guest reboot is a guest that wants to stop: QEMU exits instead.
 		"-no-reboot",
@@ -136,7 +129,10 @@ func buildArgs(s spec) []string {
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", dev("virtio-rng")+",rng=rng0",
 	)
-	args = append(args, nicArgs(s.nics, microvm)...)
+	args = append(args, nicArgs(s.nics, microvm, nicQueues(c.CPUs))...)
+	if !microvm && s.nics > 0 {
+		args = append(args, nicPortArgs(NICPorts)...)
+	}
 	args = append(args,
 		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
 		"-pidfile", p.PID,

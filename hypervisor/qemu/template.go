@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/runv-project/runv/errdefs"
@@ -118,6 +117,9 @@ func (t *templateLaunch) validateTemplate() error {
 			return err
 		}
 	}
+	if s := migrateSocketIn(t.cfg.Dir); len(s) > maxSunPath {
+		return invalidf("vm directory %s is too long for the template's migration socket (%s is %d bytes, the limit is %d)", t.cfg.Dir, s, len(s), maxSunPath)
+	}
 	return nil
 }
 
@@ -172,17 +174,24 @@ type migrationInfo struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-// saveState migrates the stopped template's device state into the state file.
+// saveState migrates the stopped template's device state into the state file, through a
+// socket runv listens on (migstate.go).
 func (t *templateLaunch) saveState(ctx context.Context) error {
 	if err := t.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
 		return err
 	}
-	uri := "exec:cat > " + shellQuote(t.snap.State)
-	if err := t.qmp(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+	sock := migrateSocketIn(t.cfg.Dir)
+	recv, err := receiveState(sock, t.snap.State, maxDeviceState)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() { recv.close(!ok) }()
+	if err := t.qmp(ctx, "migrate", map[string]any{"uri": "unix:" + t.vm.jailPath(sock)}, nil); err != nil {
 		return err
 	}
 	var last migrationInfo
-	err := t.vm.poll(ctx, t.l.startTimeout(), pollTemplate, func(ctx context.Context) (bool, error) {
+	err = t.vm.poll(ctx, t.l.startTimeout(), pollTemplate, func(ctx context.Context) (bool, error) {
 		if err := t.vm.qmp(ctx, "query-migrate", nil, &last); err != nil {
 			return false, err
 		}
@@ -197,10 +206,17 @@ func (t *templateLaunch) saveState(ctx context.Context) error {
 	if err != nil {
 		return t.exitedOr(fmt.Errorf("save device state (last status %q): %w", last.Status, err))
 	}
+	// QEMU closes the stream once the migration completed: the file is whole at its end.
+	wctx, cancel := context.WithTimeout(ctx, t.l.startTimeout())
+	defer cancel()
+	if err := recv.wait(wctx); err != nil {
+		return err
+	}
 	st, err := os.Stat(t.snap.State)
 	if err != nil || st.Size() == 0 {
 		return fmt.Errorf("migration completed but state file %s is missing or empty (%v)", t.snap.State, err)
 	}
+	ok = true
 	return nil
 }
 
@@ -378,9 +394,4 @@ func (v *vm) poll(ctx context.Context, timeout, interval time.Duration, check fu
 			return ctx.Err()
 		}
 	}
-}
-
-// shellQuote quotes s for /bin/sh, which runs QEMU's "exec:" migration commands.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -35,9 +35,17 @@ type vm struct {
 	mon           *monitor // set once QMP is connected; closed when QEMU exits
 	gone          bool     // exited ran: a monitor set later is closed at once
 	channelsTaken bool
+
+	// nicMu serialises NIC hot-plug (nicplug.go); pluggedNICs maps the slot of each NIC
+	// plugged after boot to its root port.
+	nicMu       sync.Mutex
+	pluggedNICs map[int]int
 }
 
 var _ hypervisor.VM = (*vm)(nil)
+
+// jailPath is host path p as QEMU sees it.
+func (v *vm) jailPath(p string) string { return p }
 
 func (v *vm) ID() string            { return v.cfg.ID }
 func (v *vm) Pid() int              { return v.proc.pid }

@@ -95,8 +95,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "%[1]s/runvrunc"
 `
 
-// poolPolicy is the factory policy of the runv-pool handler: a pool of two directly booted
-// VMs.
+// poolPolicy is the factory policy of the runv-pool handler: a pool of two VMs refilled
+// from a template (made under shimRoot/@templates on first use; teardown removes it).
 const poolPolicy = `[{"cache": 2}]`
 
 const cniConfig = `{
@@ -256,6 +256,11 @@ func teardown() (problems []string) {
 	}
 	for _, p := range leftovers() {
 		problems = append(problems, "process left: "+p)
+	}
+	if shimRoot != "" && runvBinary != "" {
+		if out, err := exec.Command(runvBinary, "--root", shimRoot, "manage", "remove-template", "--all").CombinedOutput(); err != nil {
+			problems = append(problems, fmt.Sprintf("remove-template --all: %v: %s", err, out))
+		}
 	}
 	if netnsName != "" {
 		exec.Command("ip", "netns", "del", netnsName).Run()

@@ -20,7 +20,12 @@ import (
 // and hands them to pod daemons started with the same --factory policy. And VM sizing:
 // the pod's first container's linux.resources size its VM (oci.VMSize).
 
-const cachePolicy = `[{"cache":1}]`
+// cachePolicy pools one VM, refilled from a template (the default of a pool);
+// directCachePolicy pools directly booted VMs.
+const (
+	cachePolicy       = `[{"cache":1}]`
+	directCachePolicy = `[{"template":false,"cache":1}]`
+)
 
 // factoryDaemon is a running `runv manage factory-daemon`.
 type factoryDaemon struct {
@@ -163,16 +168,31 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 
 // A pod gets a pooled VM (its VM directory holds the holder's socket); the pool refills;
 // killing the factory daemon kills the pooled VMs but not the handed-out one; killing the
-// pod daemon kills its VM.
+// pod daemon kills its VM. Pools of template clones (the default) and of direct boots.
 func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 	t.Parallel()
-	r := shortRoot(t)
+	for _, tc := range []struct{ name, policy, pool string }{
+		{"template refills", cachePolicy, "template-1c-128m"},
+		{"direct refills", directCachePolicy, "direct-1c-128m"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testCacheHandsOutVMs(t, tc.policy, tc.pool)
+		})
+	}
+}
+
+func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
+	r := templateRoot(t)
 	fd := startFactoryDaemon(t, r, "--factory", cachePolicy)
 	factoryDir := filepath.Join(r, "@factory")
 	t.Cleanup(func() {
 		os.RemoveAll(factoryDir) // what a SIGKILLed factory daemon leaves: socket, lock, empty pool dirs
-		assertEmptyRoot(t, r)
+		assertOnlyTemplates(t, r)
 	})
+	if _, err := os.Stat(filepath.Join(factoryDir, "pools", pool)); err != nil {
+		t.Errorf("no pool %s for policy %s: %v", pool, cachePolicy, err)
+	}
 
 	id := newID(t)
 	if res := runvIn(t, r, nil, "--factory", cachePolicy, "run", "-d", "--bundle", newBundle(t, "sleep", "1000"), id); res.code != 0 {
@@ -238,19 +258,20 @@ func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 // A graceful stop (SIGTERM) kills the pooled VMs and removes the factory daemon's directory.
 func TestCacheFactoryDaemonStopCleansUp(t *testing.T) {
 	t.Parallel()
-	r := shortRoot(t)
+	r := templateRoot(t)
 	fd := startFactoryDaemon(t, r, "--factory", `[{"cache":2}]`)
 	fd.stop(t, syscall.SIGTERM)
 	if fd.cmd.ProcessState.ExitCode() != 0 {
 		b, _ := os.ReadFile(fd.log)
 		t.Errorf("factory daemon exited %d on SIGTERM: %s", fd.cmd.ProcessState.ExitCode(), b)
 	}
-	assertEmptyRoot(t, r)
-	// Without a factory daemon, pods of the cache kind boot their own VM.
+	assertOnlyTemplates(t, r)
+	// Without a factory daemon, pods of the cache kind get their VM from the entry's own
+	// kind: a clone of the template the pool made.
 	if res := runvIn(t, r, nil, "--factory", cachePolicy, "run", "--bundle", newBundle(t, "true"), newID(t)); res.code != 0 {
 		t.Fatalf("run without a factory daemon: %s", res)
 	}
-	assertEmptyRoot(t, r)
+	assertOnlyTemplates(t, r)
 }
 
 // sizeBundle is a bundle whose container prints its vCPUs and MemTotal (kB) and asks for
@@ -325,9 +346,8 @@ func TestVMSizedFromSpec(t *testing.T) {
 // onlines them (ONLINECPUMEM).
 func TestCacheGrowsPooledVMOnQ35(t *testing.T) {
 	t.Parallel()
-	r := shortRoot(t)
+	r := templateRoot(t) // its cleanup runs last: after the daemon stopped
 	global := []string{"--machine", "q35", "--factory", cachePolicy}
-	t.Cleanup(func() { assertEmptyRoot(t, r) }) // runs last: after the daemon stopped
 	startFactoryDaemon(t, r, global...)
 
 	id := newID(t)

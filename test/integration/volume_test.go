@@ -32,19 +32,12 @@ func TestVolumePropagationFromHost(t *testing.T) {
 		}
 		sources[name] = src
 	}
-	b := newBundleWith(t, func(s *specs.Spec) {
-		s.Mounts = append(s.Mounts,
-			specs.Mount{Destination: "/mnt/rslave", Type: "bind", Source: sources["rslave"], Options: []string{"rbind", "rslave"}},
-			specs.Mount{Destination: "/mnt/private", Type: "bind", Source: sources["private"], Options: []string{"rbind", "rprivate"}})
-	}, "sleep", "1000")
-	id := runDetached(t, stateRoot, b)
-	defer deleteAndCheck(t, stateRoot, id)
+	id := runWithVolumes(t, stateRoot,
+		specs.Mount{Destination: "/mnt/rslave", Type: "bind", Source: sources["rslave"], Options: []string{"rbind", "rslave"}},
+		specs.Mount{Destination: "/mnt/private", Type: "bind", Source: sources["private"], Options: []string{"rbind", "rprivate"}})
 	for _, src := range sources {
 		sub := filepath.Join(src, "sub")
-		if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+		mountTmpfs(t, sub)
 		if err := os.WriteFile(filepath.Join(sub, "file"), []byte("mounted-later\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -55,4 +48,69 @@ func TestVolumePropagationFromHost(t *testing.T) {
 	if r := runvIn(t, stateRoot, nil, "exec", id, "cat", "/mnt/private/sub/file"); r.code == 0 {
 		t.Errorf("private volume shows a mount made on the host after start: %s", r)
 	}
+}
+
+// A read-only volume ("ro", what CRI sends for a read-only volume by default) is read-only
+// at its top and leaves its submounts writable, as runc does; "rro" makes the submounts
+// read-only too. The host enforces it in the pod's share: the write fails with EROFS from
+// QEMU's 9p server.
+func TestReadOnlyVolumeSubmounts(t *testing.T) {
+	t.Parallel()
+	stateRoot := newRoot(t)
+	sources := map[string]string{}
+	for _, name := range []string{"ro", "rro"} {
+		src := filepath.Join(t.TempDir(), name)
+		os.MkdirAll(filepath.Join(src, "tmpfs"), 0o755)
+		mountTmpfs(t, filepath.Join(src, "tmpfs"))
+		sources[name] = src
+	}
+	id := runWithVolumes(t, stateRoot,
+		specs.Mount{Destination: "/mnt/ro", Type: "bind", Source: sources["ro"], Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/mnt/rro", Type: "bind", Source: sources["rro"], Options: []string{"rbind", "rro"}})
+	for _, tc := range []struct {
+		path     string
+		writable bool
+	}{
+		{"/mnt/ro/f", false}, {"/mnt/ro/tmpfs/f", true},
+		{"/mnt/rro/f", false}, {"/mnt/rro/tmpfs/f", false},
+	} {
+		r := runvIn(t, stateRoot, nil, "exec", id, "touch", tc.path)
+		switch {
+		case tc.writable && r.code != 0:
+			t.Errorf("touch %s: %s, want it written", tc.path, r)
+		case !tc.writable && !strings.Contains(r.stderr, "Read-only file system"):
+			t.Errorf("touch %s: %s, want Read-only file system", tc.path, r)
+		}
+	}
+	// What the guest shows: /mnt/ro is one 9p mount whose read-only top the host enforces
+	// (listed rw), /mnt/rro is read-only in the guest as well.
+	mounts := mustRunv(t, stateRoot, "exec", id, "cat", "/proc/mounts").stdout
+	t.Logf("/proc/mounts in the container:\n%s", mounts)
+	for _, l := range strings.Split(mounts, "\n") {
+		if f := strings.Fields(l); len(f) >= 4 && f[1] == "/mnt/rro" && !strings.HasPrefix(f[3], "ro,") {
+			t.Errorf("/mnt/rro is not read-only in the guest: %s", l)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(sources["ro"], "tmpfs", "f")); err != nil {
+		t.Errorf("the file written in the volume's submount is not on the host: %v %q", err, b)
+	}
+}
+
+// mountTmpfs mounts a small tmpfs on dir until the test ends.
+func mountTmpfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+}
+
+// runWithVolumes runs `sleep 1000` detached with the volumes; the container is deleted
+// (and the state root checked empty) when the test ends, before the volumes' own cleanups.
+func runWithVolumes(t *testing.T, stateRoot string, volumes ...specs.Mount) string {
+	t.Helper()
+	b := newBundleWith(t, func(s *specs.Spec) { s.Mounts = append(s.Mounts, volumes...) }, "sleep", "1000")
+	id := runDetached(t, stateRoot, b)
+	t.Cleanup(func() { deleteAndCheck(t, stateRoot, id) })
+	return id
 }
