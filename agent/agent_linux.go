@@ -46,6 +46,8 @@ type Agent struct {
 	d      *Dispatcher
 	ctl    *vport
 	mux    *agentproto.Mux
+	// forwards are the host's port forwards (portforward_linux.go).
+	forwards *portForwards
 
 	mu         sync.Mutex
 	pod        *podState
@@ -114,7 +116,7 @@ func Main() error {
 	setupLogrus(log, flags.Debug, tr)
 	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
 
-	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool)}
+	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards()}
 	a.run()
 	return nil // unreachable: run powers off
 }
@@ -256,6 +258,8 @@ func (a *Agent) register() {
 	d.Handle(agentproto.MsgOnlineCPUMem, a.onlineCPUMem)
 	d.Handle(agentproto.MsgSetupNetwork, a.setupNetwork)
 	d.Handle(agentproto.MsgWarmup, a.warmup)
+	d.Handle(agentproto.MsgPortForward, a.portForward)
+	d.Handle(agentproto.MsgCloseForward, a.closeForward)
 }
 
 // sendExit reports a process's exit. It blocks while the host is disconnected.

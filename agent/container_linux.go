@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/moby/sys/devices"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -166,7 +167,7 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	g := guestSpec{
 		ContainerID: m.ID, ShareDir: agentproto.SharePath, Rootfs: m.Rootfs,
 		SharePID: m.SharePID, SandboxPID: a.sandboxPIDLocked(),
-		ResolvConf: a.pod.resolvConf,
+		ResolvConf: a.pod.resolvConf, VMDevices: vmDevices,
 	}
 	if m.Member {
 		g.PodNamespaces = a.pod.namespaces
@@ -585,4 +586,22 @@ func (c *container) memoryEvents() map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// vmDevices lists the device nodes of the VM's /dev (devtmpfs), as a privileged runc
+// container gets the host's: what the kernel of the container's machine has.
+func vmDevices() ([]specs.LinuxDevice, error) {
+	found, err := devices.HostDevices()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]specs.LinuxDevice, 0, len(found))
+	for _, d := range found {
+		mode, uid, gid := d.FileMode, d.Uid, d.Gid
+		out = append(out, specs.LinuxDevice{
+			Path: d.Path, Type: string(d.Type), Major: d.Major, Minor: d.Minor,
+			FileMode: &mode, UID: &uid, GID: &gid,
+		})
+	}
+	return out, nil
 }

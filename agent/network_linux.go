@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -119,16 +120,45 @@ func nicSlots() (map[int]netlink.Link, error) {
 	return out, nil
 }
 
+// plugWait bounds the wait for a NIC the host has just hot-plugged: the guest's PCI hot-plug
+// driver enumerates it and virtio-net probes it, which under TCG on a loaded host takes
+// seconds.
+const plugWait = 60 * time.Second
+
+// waitSlots returns the NICs once every slot of the interfaces is among them, or fails
+// after plugWait naming the first missing one.
+func waitSlots(ifcs []agentproto.Interface) (map[int]netlink.Link, error) {
+	deadline := time.Now().Add(plugWait)
+	for {
+		slots, err := nicSlots()
+		if err != nil {
+			return nil, err
+		}
+		missing := -1
+		for i, ifc := range ifcs {
+			if _, ok := slots[ifc.Slot]; !ok {
+				missing = i
+				break
+			}
+		}
+		if missing < 0 {
+			return slots, nil
+		}
+		if time.Now().After(deadline) {
+			ifc := ifcs[missing]
+			return nil, withKind(agentproto.KindNotFound, fmt.Errorf("interface %s: the VM has no network device in slot %d (it has %d; waited %s for a hot-plugged one)", ifc.Name, ifc.Slot, len(slots), plugWait))
+		}
+		time.Sleep(20 * time.Millisecond) // a poll with a deadline: 20 ms is little beside a hot-plug
+	}
+}
+
 func applyNetwork(n agentproto.Network) error {
-	slots, err := nicSlots()
+	slots, err := waitSlots(n.Interfaces)
 	if err != nil {
 		return err
 	}
 	want := map[int]agentproto.Interface{}
 	for _, ifc := range n.Interfaces {
-		if _, ok := slots[ifc.Slot]; !ok {
-			return withKind(agentproto.KindNotFound, fmt.Errorf("interface %s: the VM has no network device in slot %d (it has %d)", ifc.Name, ifc.Slot, len(slots)))
-		}
 		want[ifc.Slot] = ifc
 	}
 	// Renames first, through temporary names: the kernel named the NICs eth0, eth1... in

@@ -33,6 +33,9 @@ type guestSpec struct {
 	SandboxPID string
 	// ResolvConf is the guest path of the pod's resolv.conf, "" when STARTPOD had no DNS.
 	ResolvConf string
+	// VMDevices lists the VM's device nodes, which a container allowed every device (a
+	// privileged one) gets in place of the host's; nil: the spec's devices are kept.
+	VMDevices func() ([]specs.LinuxDevice, error)
 }
 
 // defaultDevMount is runc's default /dev mount.
@@ -57,6 +60,8 @@ var defaultDevMount = specs.Mount{
 //   - a bind mount's filesystem options (data, e.g. a tmpfs's size=) are dropped: the kernel
 //     ignores them for a bind mount, as runc 1.1 lets it; libcontainer 1.2+ refuses them;
 //   - a FIFO device's major:minor are zeroed;
+//   - a container allowed every device (privileged) gets the VM's devices, not the host's
+//     that the spec lists: host device numbers name other devices, or none, in the VM;
 //   - in a user namespace, sysfs is a read-only bind of the VM's /sys (see sysfsAsBind);
 //   - a seccomp profile that does not mention statx lets libcontainer's statx(STATX_MNT_ID)
 //     through (allowStatxMountID).
@@ -119,8 +124,31 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 			spec.Linux.Devices[i].Major, spec.Linux.Devices[i].Minor = 0, 0
 		}
 	}
+	if g.VMDevices != nil && allDevicesAllowed(spec.Linux.Resources) {
+		devs, err := g.VMDevices()
+		if err != nil {
+			return nil, fmt.Errorf("container %q is allowed every device (privileged): list the VM's devices: %w", g.ContainerID, err)
+		}
+		spec.Linux.Devices = devs
+	}
 	allowStatxMountID(spec.Linux.Seccomp)
 	return spec, nil
+}
+
+// allDevicesAllowed reports whether the device cgroup rules end up allowing every device
+// (rwm on any type and number), what privileged containers get from containerd, docker
+// and podman. Later rules override earlier ones, as in runc.
+func allDevicesAllowed(r *specs.LinuxResources) bool {
+	if r == nil {
+		return false
+	}
+	all := false
+	for _, d := range r.Devices {
+		if (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil {
+			all = d.Allow && strings.ContainsRune(d.Access, 'r') && strings.ContainsRune(d.Access, 'w') && strings.ContainsRune(d.Access, 'm')
+		}
+	}
+	return all
 }
 
 // podShared are the namespace types every container of a pod shares: those of the pod's

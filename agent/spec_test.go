@@ -227,3 +227,40 @@ func TestAdjustSpecRejects(t *testing.T) {
 		t.Errorf("no args: %v", err)
 	}
 }
+
+// A container allowed every device (privileged) gets the VM's devices in place of the
+// host's its spec lists; any other keeps its spec's.
+func TestAdjustSpecPrivilegedDevices(t *testing.T) {
+	hostDevice := specs.LinuxDevice{Path: "/dev/zram0", Type: "b", Major: 253}
+	vmDevice := specs.LinuxDevice{Path: "/dev/vda", Type: "b", Major: 254}
+	allowAll := specs.LinuxDeviceCgroup{Allow: true, Access: "rwm"}
+	denyAll := specs.LinuxDeviceCgroup{Allow: false, Access: "rwm"}
+	fuse := int64(10)
+	for _, tc := range []struct {
+		name  string
+		rules []specs.LinuxDeviceCgroup
+		want  []specs.LinuxDevice
+	}{
+		{"privileged", []specs.LinuxDeviceCgroup{denyAll, allowAll}, []specs.LinuxDevice{vmDevice}},
+		{"privileged, type a", []specs.LinuxDeviceCgroup{{Allow: true, Type: "a", Access: "rwm"}}, []specs.LinuxDevice{vmDevice}},
+		{"default rules", []specs.LinuxDeviceCgroup{denyAll}, []specs.LinuxDevice{hostDevice}},
+		{"all allowed, then denied", []specs.LinuxDeviceCgroup{allowAll, denyAll}, []specs.LinuxDevice{hostDevice}},
+		{"read-only on all", []specs.LinuxDeviceCgroup{denyAll, {Allow: true, Access: "r"}}, []specs.LinuxDevice{hostDevice}},
+		{"one major", []specs.LinuxDeviceCgroup{denyAll, {Allow: true, Type: "c", Major: &fuse, Access: "rwm"}}, []specs.LinuxDevice{hostDevice}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := baseSpec()
+			in.Linux.Devices = []specs.LinuxDevice{hostDevice}
+			in.Linux.Resources = &specs.LinuxResources{Devices: tc.rules}
+			g := guest("c1")
+			g.VMDevices = func() ([]specs.LinuxDevice, error) { return []specs.LinuxDevice{vmDevice}, nil }
+			out, err := adjustSpec(in, g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(out.Linux.Devices, tc.want) {
+				t.Errorf("devices %+v, want %+v", out.Linux.Devices, tc.want)
+			}
+		})
+	}
+}

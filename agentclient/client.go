@@ -235,7 +235,7 @@ var hostCommands = map[agentproto.MsgType]bool{
 	agentproto.MsgStartContainer: true, agentproto.MsgPauseContainer: true,
 	agentproto.MsgResumeContainer: true, agentproto.MsgListProcesses: true,
 	agentproto.MsgUpdateContainer: true, agentproto.MsgStats: true, agentproto.MsgCloseStdin: true,
-	agentproto.MsgWarmup: true,
+	agentproto.MsgWarmup: true, agentproto.MsgPortForward: true, agentproto.MsgCloseForward: true,
 }
 
 // Call sends command t with payload (nil: none) and waits for its answer or ctx. An ACK's

@@ -5,8 +5,20 @@
 # CNI bridge-less setup gives. From the host: TCP throughput host→pod and pod→host (one
 # stream, NET_SECS seconds each), and connect+request+answer round trips (RR_N of them).
 #
+# Beside them, the bare floor: the same kernel booted by runv's own QEMU command line for a
+# VM of that size (benchtool netfloor: machine type, vCPUs, memory, TCG), with the same
+# nettool server as the initrd's init instead of the agent, its one NIC's tap given an
+# address directly in the host's namespace (no pod namespace, no tc redirect, no runv).
+# What runv cannot beat without changing the machine.
+#
+# NET_LEVERS=1 also measures, in the same run, what might move the floor and runv: 2 vCPUs
+# with a multiqueue tap (and without: one queue pair), thread=multi/single and tb-size of
+# TCG, 4 MiB socket buffers on both ends, the guest's receive offload (large frames from the
+# host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off.
+#
 # Environment: RUNV, RUNV_KERNEL, RUNV_INITRD as bench/run.sh; NET_SECS (10), RR_N (200),
-# NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2").
+# NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2"),
+# NET_LEVERS.
 # Everything it makes it removes, also on ^C. Traffic goes only to the
 # addresses it assigns (10.234.x.0/24).
 set -uo pipefail
@@ -33,7 +45,7 @@ cleanup() {
 	for p in $(grep -l -s -F "$work" /proc/[0-9]*/cmdline | cut -d/ -f3); do
 		[ "$p" = $$ ] || kill -KILL "$p" 2>/dev/null
 	done
-	for rt in runv runc; do ip netns del "rvb-$rt-$tag" 2>/dev/null; done
+	for rt in runv runc runv2 runvbuf; do ip netns del "rvb-$rt-$tag" 2>/dev/null; done
 	grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m"; done
 	rm -rf "$work"
 }
@@ -43,6 +55,8 @@ die() { echo "bench/network: $*" >&2; exit 1; }
 
 (cd "$repo" && CGO_ENABLED=0 go build -o "$work/nettool" ./bench/nettool) || die "cannot build bench/nettool"
 nt=$work/nettool
+(cd "$repo" && go build -o "$work/benchtool" ./bench/benchtool && go run ./initrd -agent "$nt" -o "$work/floor.img") ||
+	die "cannot build benchtool or the floor's initrd"
 
 # pod_ns RUNTIME N: a namespace with eth0 = 10.234.N.2/24 (MTU $MTU), its peer in the host's
 # namespace with 10.234.N.1, a default route through it; prints the namespace's path.
@@ -57,12 +71,13 @@ pod_ns() {
 	echo "/run/netns/$ns"
 }
 
-# bundle RUNTIME NSPATH: the server bundle, in that namespace.
+# bundle NAME NSPATH [SERVE-ARG...]: the server bundle, in that namespace.
 bundle() {
-	local b=$work/srv-$1
-	(cd "$repo" && go run ./test/mkbundle "$b" /nettool serve -listen :5001 >/dev/null) || return 1
+	local b=$work/srv-$1 ns=$2
+	shift 2
+	(cd "$repo" && go run ./test/mkbundle "$b" /nettool serve -listen :5001 "$@" >/dev/null) || return 1
 	cp "$nt" "$b/rootfs/nettool"
-	jq --arg p "$2" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end)' "$b/config.json" >"$b/c" &&
+	jq --arg p "$ns" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end)' "$b/config.json" >"$b/c" &&
 		mv "$b/c" "$b/config.json" && echo "$b"
 }
 
@@ -77,29 +92,90 @@ wait_server() {
 }
 
 declare -A res
+names=()
+# measure NAME ADDR [CLIENT-ARG...]: both streams and the round trips against ADDR.
 measure() {
-	local rt=$1 addr=$2 out
-	out=$("$nt" send -addr "$addr" -secs "$SECS" -label "$rt host->pod") || return 1
-	echo "$out"; res[$rt-in]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
-	out=$("$nt" recv -addr "$addr" -secs "$SECS" -label "$rt pod->host") || return 1
-	echo "$out"; res[$rt-out]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
-	out=$("$nt" rr -addr "$addr" -n "$RR_N" -label "$rt connect+request") || return 1
-	echo "$out"; res[$rt-rr]=$(sed -n 's/.* median=\([0-9.]*\) .*/\1/p' <<<"$out")
+	local name=$1 addr=$2 out
+	shift 2
+	names+=("$name")
+	out=$("$nt" send -addr "$addr" -secs "$SECS" -label "$name host->pod" "$@") || return 1
+	echo "$out"; res[$name-in]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
+	out=$("$nt" recv -addr "$addr" -secs "$SECS" -label "$name pod->host" "$@") || return 1
+	echo "$out"; res[$name-out]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
+	out=$("$nt" rr -addr "$addr" -n "$RR_N" -label "$name connect+request") || return 1
+	echo "$out"; res[$name-rr]=$(sed -n 's/.* median=\([0-9.]*\) .*/\1/p' <<<"$out")
 }
 
-echo "== network: TCP from the host to a pod's server and back (one stream, ${SECS}s each; $RR_N connect+request round trips; MTU $MTU${NET_RUNV_FLAGS:+; runv $NET_RUNV_FLAGS})"
-n=$net_index
-for rt in runc runv; do
-	ns=$(pod_ns "$rt" "$n") || die "cannot make the $rt namespace"
-	b=$(bundle "$rt" "$ns") || die "cannot make the $rt bundle"
+# container NAME RUNTIME N SOCKBUF [RUNV-FLAG...]: the server under runc or runv in a
+# namespace of its own (10.234.N.2), measured, then deleted.
+container() {
+	local name=$1 rt=$2 n=$3 sockbuf=$4 ns b
+	shift 4
+	local client=()
+	[ "$sockbuf" = 0 ] || client=(-sockbuf "$sockbuf")
+	ns=$(pod_ns "$name" "$n") || die "cannot make the $name namespace"
+	b=$(bundle "$name" "$ns" -sockbuf "$sockbuf") || die "cannot make the $name bundle"
 	case $rt in
 	runc) runc --root "$work/runc" run -d --bundle "$b" net-runc </dev/null >/dev/null 2>"$work/err" || die "runc run: $(cat "$work/err")" ;;
-	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" "${runv_flags[@]}" run -d --bundle "$b" net-runv </dev/null >/dev/null 2>"$work/err" ||
+	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" "${runv_flags[@]}" "$@" run -d --bundle "$b" net-runv </dev/null >/dev/null 2>"$work/err" ||
 		die "runv run: $(cat "$work/err")" ;;
 	esac
-	wait_server "10.234.$n.2:5001" || die "the $rt server does not answer at 10.234.$n.2:5001"
-	measure "$rt" "10.234.$n.2:5001" || die "$rt: measurement failed"
-	n=$((n + 1))
-done
+	wait_server "10.234.$n.2:5001" || die "the $name server does not answer at 10.234.$n.2:5001"
+	measure "$name" "10.234.$n.2:5001" "${client[@]}" || die "$name: measurement failed"
+	case $rt in
+	runc) runc --root "$work/runc" delete -f net-runc >/dev/null 2>&1 ;;
+	runv) "$RUNV" --root "$work/runv" delete -f net-runv >/dev/null 2>&1 ;;
+	esac
+	ip netns del "rvb-$name-$tag"
+}
+
+# floor NAME N SOCKBUF [NETFLOOR-ARG...]: the bare floor VM at 10.234.N.2 behind a tap in the
+# host's namespace, measured, then stopped.
+floor() {
+	local name=$1 n=$2 sockbuf=$3 pid
+	shift 3
+	local client=() params=()
+	[ "$sockbuf" = 0 ] || client=(-sockbuf "$sockbuf") params=(-guest-params "nettool.sockbuf=$sockbuf")
+	"$work/benchtool" netfloor -kernel "$KERNEL" -initrd "$work/floor.img" -tap "rvfl$((tag % 10000))" \
+		-addr "10.234.$n.2/24" "${params[@]}" "$@" >"$work/floor-$name.log" 2>&1 &
+	pid=$!
+	# Until the floor's tap is there, 10.234.N.2 is routed to the host's default gateway: no
+	# traffic before the guest said it serves.
+	local i
+	for ((i = 0; i < 600; i++)); do
+		grep -q '^ready' "$work/floor-$name.log" 2>/dev/null && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	grep -q '^ready' "$work/floor-$name.log" && wait_server "10.234.$n.2:5001" || { kill "$pid" 2>/dev/null; cat "$work/floor-$name.log" >&2; die "the $name floor does not answer at 10.234.$n.2:5001"; }
+	grep '^guest: NETTOOL-SERVING' "$work/floor-$name.log" | sed "s/^guest: /  $name: /"
+	measure "$name" "10.234.$n.2:5001" "${client[@]}" || { kill "$pid" 2>/dev/null; die "$name: measurement failed"; }
+	kill "$pid" 2>/dev/null || { echo "  $name: the floor VM stopped by itself:"; sed 's/^/    /' "$work/floor-$name.log" | grep -v 'command line'; }
+	wait "$pid"
+}
+
+echo "== network: TCP from the host to a pod's server and back (one stream, ${SECS}s each; $RR_N connect+request round trips; MTU $MTU${NET_RUNV_FLAGS:+; runv $NET_RUNV_FLAGS}); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+n=$net_index
+container runc runc "$n" 0
+container runv runv $((n + 1)) 0
+floor floor $((n + 2)) 0
+if [ -n "${NET_LEVERS:-}" ]; then
+	floor floor-2cpu-mq $((n + 2)) 0 -cpus 2
+	floor floor-2cpu-1q $((n + 2)) 0 -cpus 2 -queues 1
+	floor floor-2cpu-mq-single $((n + 2)) 0 -cpus 2 -tcg thread=single
+	floor floor-tb64 $((n + 2)) 0 -tcg tb-size=64
+	floor floor-sockbuf4m $((n + 2)) $((4 << 20))
+	floor floor-rxoffload-off $((n + 2)) 0 -nic-props guest_tso4=off,guest_tso6=off,guest_ecn=off
+	floor floor-tso-off $((n + 2)) 0 -nic-props host_tso4=off,host_tso6=off
+	container runv2 runv $((n + 3)) 0 --default_cpus 2
+	container runvbuf runv $((n + 4)) $((4 << 20))
+fi
+echo "  load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "n/a" }'; }
+printf '  %-22s %14s %14s %20s\n' "" "host->pod" "pod->host" "connect+request"
+for name in "${names[@]}"; do
+	printf '  %-22s %8s Mbit/s %8s Mbit/s %10s ms (median)   /runc: %s %s %s\n' "$name" "${res[$name-in]}" "${res[$name-out]}" "${res[$name-rr]}" \
+		"$(ratio "${res[$name-in]}" "${res[runc-in]}")" "$(ratio "${res[$name-out]}" "${res[runc-out]}")" "$(ratio "${res[$name-rr]}" "${res[runc-rr]}")"
+done
 echo "  runv/runc: host->pod $(ratio "${res[runv-in]}" "${res[runc-in]}"), pod->host $(ratio "${res[runv-out]}" "${res[runc-out]}"), connect+request median $(ratio "${res[runv-rr]}" "${res[runc-rr]}") (time)"
+echo "  runv/floor: host->pod $(ratio "${res[runv-in]}" "${res[floor-in]}"), pod->host $(ratio "${res[runv-out]}" "${res[floor-out]}"); floor/runc: host->pod $(ratio "${res[floor-in]}" "${res[runc-in]}"), pod->host $(ratio "${res[floor-out]}" "${res[runc-out]}")"

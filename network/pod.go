@@ -1,6 +1,7 @@
 package network
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,15 @@ type mirrored struct {
 	// OwnQdisc: runv added the interface's ingress qdisc (else it was there before, and
 	// only runv's filter goes).
 	OwnQdisc bool `json:"ownQdisc"`
+	// Plugged: the NIC was hot-plugged for this interface and is unplugged when it leaves.
+	Plugged bool `json:"plugged,omitempty"`
+}
+
+// NICPlugger adds NICs to a running VM beyond those it booted with, and removes them
+// (QEMU's q35 machine; microvm cannot).
+type NICPlugger interface {
+	PlugNIC(ctx context.Context) (hypervisor.NIC, error)
+	UnplugNIC(ctx context.Context, nic hypervisor.NIC) error
 }
 
 type record struct {
@@ -54,18 +64,21 @@ type Pod struct {
 	ns   netns.NsHandle
 	h    *netlink.Handle
 	nics []hypervisor.NIC
+	// plugger, if not nil, adds a NIC when an interface finds none free.
+	plugger NICPlugger
 
 	mu     sync.Mutex
 	rec    record
 	closed bool
 }
 
-// Attach mirrors every interface of the network namespace at nsPath onto one of nics, and
-// returns the network the guest must configure (agentproto.MsgSetupNetwork). dir is the
+// Attach mirrors every interface of the network namespace at nsPath onto one of nics (or,
+// when all are taken, onto a NIC that plugger adds, if not nil), and returns the network
+// the guest must configure (agentproto.MsgSetupNetwork). dir is the
 // pod's network state directory (created; it must be on a filesystem that takes bind
 // mounts). A namespace with loopback only attaches nothing: a loopback-only pod. On error
 // nothing is left: no tap in the namespace, no qdisc, no filter, no mount.
-func Attach(dir, nsPath string, nics []hypervisor.NIC) (p *Pod, n agentproto.Network, err error) {
+func Attach(ctx context.Context, dir, nsPath string, nics []hypervisor.NIC, plugger NICPlugger) (p *Pod, n agentproto.Network, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, n, fmt.Errorf("network state: %w", err)
 	}
@@ -77,7 +90,7 @@ func Attach(dir, nsPath string, nics []hypervisor.NIC) (p *Pod, n agentproto.Net
 		unbindNamespace(dir)
 		return nil, n, err
 	}
-	p.nics = nics
+	p.nics, p.plugger = nics, plugger
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -87,7 +100,7 @@ func Attach(dir, nsPath string, nics []hypervisor.NIC) (p *Pod, n agentproto.Net
 	if err := p.save(); err != nil {
 		return nil, n, err
 	}
-	n, err = p.Sync()
+	n, err = p.Sync(ctx)
 	return p, n, err
 }
 
@@ -160,9 +173,9 @@ func (p *Pod) save() error {
 }
 
 // Sync brings the mirroring in line with the namespace: an interface that appeared gets a
-// free NIC, one that left gives its NIC back. It returns the whole network the guest must
-// have now.
-func (p *Pod) Sync() (agentproto.Network, error) {
+// free NIC (or a plugged one), one that left gives its NIC back (a plugged one is
+// unplugged). It returns the whole network the guest must have now.
+func (p *Pod) Sync(ctx context.Context) (agentproto.Network, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var n agentproto.Network
@@ -190,6 +203,9 @@ func (p *Pod) Sync() (agentproto.Network, error) {
 			continue
 		}
 		errs = append(errs, p.unmirror(m, true))
+		if m.Plugged {
+			errs = append(errs, p.unplug(ctx, m.Slot))
+		}
 	}
 	p.rec.Links = keep
 	if err := errors.Join(errs...); err != nil {
@@ -200,15 +216,22 @@ func (p *Pod) Sync() (agentproto.Network, error) {
 		m, ok := p.lookup(l.index)
 		if !ok {
 			nic, free := p.freeNIC()
+			plugged := false
 			if !free {
-				p.save()
-				return n, fmt.Errorf("network namespace of %s: interface %s cannot be mirrored: the VM has %d network devices and all are taken (%d interfaces): %w",
-					p.dir, l.iface.Name, len(p.nics), len(snap.links), errdefs.ErrFailedPrecondition)
+				if nic, err = p.plug(ctx, l, len(snap.links)); err != nil {
+					p.save()
+					return n, err
+				}
+				plugged = true
 			}
 			if m, err = p.mirror(l, nic); err != nil {
+				if plugged {
+					err = errors.Join(err, p.unplug(ctx, nic.Slot))
+				}
 				p.save()
 				return n, err
 			}
+			m.Plugged = plugged
 			p.rec.Links = append(p.rec.Links, m)
 		} else if err := p.syncMTU(m, l.iface.MTU); err != nil {
 			return n, err
@@ -244,6 +267,37 @@ func (p *Pod) freeNIC() (hypervisor.NIC, bool) {
 		}
 	}
 	return hypervisor.NIC{}, false
+}
+
+// plug adds a NIC for interface l, which found none free among the VM's.
+func (p *Pod) plug(ctx context.Context, l link, interfaces int) (hypervisor.NIC, error) {
+	refuse := func(why error) error {
+		return fmt.Errorf("network namespace of %s: interface %s cannot be mirrored: the VM's %d network devices are taken (%d interfaces) and %w",
+			p.dir, l.iface.Name, len(p.nics), interfaces, why)
+	}
+	if p.plugger == nil {
+		return hypervisor.NIC{}, refuse(fmt.Errorf("it cannot hot-plug more (q35 VMs launched by runv can): %w", errdefs.ErrFailedPrecondition))
+	}
+	nic, err := p.plugger.PlugNIC(ctx)
+	if err != nil {
+		return nic, refuse(fmt.Errorf("plugging one failed: %w", err))
+	}
+	p.nics = append(p.nics, nic)
+	return nic, nil
+}
+
+// unplug removes the plugged NIC in slot, whose tap is back in its home namespace.
+func (p *Pod) unplug(ctx context.Context, slot int) error {
+	if p.plugger == nil {
+		return nil
+	}
+	for i, nic := range p.nics {
+		if nic.Slot == slot {
+			p.nics = append(p.nics[:i], p.nics[i+1:]...)
+			return p.plugger.UnplugNIC(ctx, nic)
+		}
+	}
+	return nil
 }
 
 // mirror moves nic's tap into the pod's namespace and redirects everything between it and

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -57,7 +58,7 @@ type testNS struct {
 
 func (n *testNS) path() string { return "/run/netns/" + n.name }
 
-func newTestNS(t *testing.T, name string) *testNS {
+func newTestNS(t testing.TB, name string) *testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
@@ -93,7 +94,7 @@ func newTestNS(t *testing.T, name string) *testNS {
 }
 
 // inNS runs fn on a thread in ns.
-func inNS(t *testing.T, ns netns.NsHandle, fn func()) {
+func inNS(t testing.TB, ns netns.NsHandle, fn func()) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() {
@@ -212,7 +213,7 @@ func TestAttachMirrorsAndCloseRestores(t *testing.T) {
 	before := dump(t, pod)
 	dir := filepath.Join(t.TempDir(), "network")
 
-	p, n, err := Attach(dir, pod.path(), nics)
+	p, n, err := Attach(context.Background(), dir, pod.path(), nics, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +263,7 @@ func TestReleaseAfterCrash(t *testing.T) {
 	nics := fakeQEMU(t, 2)
 	before := dump(t, pod)
 	dir := filepath.Join(t.TempDir(), "network")
-	p, _, err := Attach(dir, pod.path(), nics)
+	p, _, err := Attach(context.Background(), dir, pod.path(), nics, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,37 +284,16 @@ func TestReleaseAfterCrash(t *testing.T) {
 func TestSyncFollowsInterfaces(t *testing.T) {
 	pod, peer := podWithVeth(t)
 	nics := fakeQEMU(t, 2)
-	p, _, err := Attach(filepath.Join(t.TempDir(), "network"), pod.path(), nics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := pod.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1", PeerNamespace: netlink.NsFd(peer.ns)}); err != nil {
-		t.Fatal(err)
-	}
-	n, err := p.Sync()
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, n := attachThenAddEth1(t, pod, peer, nics, nil)
 	if len(n.Interfaces) != 2 || n.Interfaces[1].Name != "eth1" || n.Interfaces[1].Slot != 1 {
 		t.Fatalf("after adding eth1: %+v", n.Interfaces)
 	}
 	// A third interface finds no free NIC: refused, naming it.
-	if err := pod.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth2"}, PeerName: "peer2", PeerNamespace: netlink.NsFd(peer.ns)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Sync(); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "eth2") {
+	addVeth(t, pod, peer, "eth2", "peer2")
+	if _, err := p.Sync(context.Background()); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "eth2") {
 		t.Errorf("third interface: want a refusal naming eth2, got %v", err)
 	}
-	eth2, _ := pod.h.LinkByName("eth2")
-	pod.h.LinkDel(eth2)
-	eth1, _ := pod.h.LinkByName("eth1")
-	if err := pod.h.LinkDel(eth1); err != nil {
-		t.Fatal(err)
-	}
-	if n, err = p.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	n = removeAndSync(t, p, pod, "eth2", "eth1")
 	if len(n.Interfaces) != 1 || n.Interfaces[0].Name != "eth0" {
 		t.Fatalf("after removing eth1: %+v", n.Interfaces)
 	}
@@ -332,7 +312,7 @@ func TestSyncFollowsInterfaces(t *testing.T) {
 
 func TestAttachLoopbackOnly(t *testing.T) {
 	pod := newTestNS(t, "lo")
-	p, n, err := Attach(filepath.Join(t.TempDir(), "network"), pod.path(), fakeQEMU(t, 1))
+	p, n, err := Attach(context.Background(), filepath.Join(t.TempDir(), "network"), pod.path(), fakeQEMU(t, 1), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,11 +329,120 @@ func TestAttachRefusesNonNamespace(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "plain")
 	os.WriteFile(f, nil, 0o600)
 	dir := filepath.Join(t.TempDir(), "network")
-	_, _, err := Attach(dir, f, nil)
+	_, _, err := Attach(context.Background(), dir, f, nil, nil)
 	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), f) {
 		t.Fatalf("want an invalid-argument error naming %s, got %v", f, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, nsFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("mount point left: %v", err)
 	}
+}
+
+// fakePlugger stands in for QEMU's NIC hot-plug: it makes the plugged NIC's tap in home,
+// as QEMU makes it in its own namespace, and deletes it when unplugged.
+type fakePlugger struct {
+	t         *testing.T
+	home      *testNS
+	next      int
+	fail      error
+	plugged   []int
+	unplugged []int
+}
+
+func (f *fakePlugger) PlugNIC(ctx context.Context) (hypervisor.NIC, error) {
+	if f.fail != nil {
+		return hypervisor.NIC{}, f.fail
+	}
+	slot := f.next
+	f.next++
+	name := fmt.Sprintf("tap%d_runv", slot)
+	var err error
+	inNS(f.t, f.home.ns, func() {
+		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE, NonPersist: true, Queues: 1}
+		if err = netlink.LinkAdd(tap); err == nil {
+			for _, fd := range tap.Fds {
+				f.t.Cleanup(func() { fd.Close() })
+			}
+		}
+	})
+	f.plugged = append(f.plugged, slot)
+	return hypervisor.NIC{Slot: slot, Tap: name, NetNS: f.home.path()}, err
+}
+
+func (f *fakePlugger) UnplugNIC(ctx context.Context, nic hypervisor.NIC) error {
+	f.unplugged = append(f.unplugged, nic.Slot)
+	l, err := f.home.h.LinkByName(nic.Tap)
+	if err != nil {
+		return fmt.Errorf("tap %s is not back home: %w", nic.Tap, err)
+	}
+	return f.home.h.LinkDel(l)
+}
+
+// An interface beyond the VM's NICs gets a plugged one, unplugged when the interface
+// leaves; a plug that fails refuses the interface, naming it and why.
+func TestSyncPlugsNICs(t *testing.T) {
+	pod, peer := podWithVeth(t)
+	nics := fakeQEMU(t, 1)
+	plugger := &fakePlugger{t: t, home: newTestNS(t, "qemuhome"), next: 1}
+	p, n := attachThenAddEth1(t, pod, peer, nics, plugger)
+	if len(n.Interfaces) != 2 || n.Interfaces[1].Name != "eth1" || n.Interfaces[1].Slot != 1 || !slices.Equal(plugger.plugged, []int{1}) {
+		t.Fatalf("after adding eth1: %+v, plugged %v", n.Interfaces, plugger.plugged)
+	}
+	if _, err := pod.h.LinkByName("tap1_runv"); err != nil {
+		t.Errorf("the plugged NIC's tap is not in the pod's namespace: %v", err)
+	}
+
+	plugger.fail = fmt.Errorf("no room: %w", errdefs.ErrFailedPrecondition)
+	addVeth(t, pod, peer, "eth2", "peer2")
+	if _, err := p.Sync(context.Background()); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "eth2") || !strings.Contains(err.Error(), "no room") {
+		t.Errorf("a failed plug: want a refusal naming eth2 and the cause, got %v", err)
+	}
+	n = removeAndSync(t, p, pod, "eth2", "eth1")
+	if len(n.Interfaces) != 1 || !slices.Equal(plugger.unplugged, []int{1}) {
+		t.Errorf("after removing eth1: %+v, unplugged %v", n.Interfaces, plugger.unplugged)
+	}
+}
+
+// addVeth adds a veth named name to pod, its peer (peerName) in peer.
+func addVeth(t *testing.T, pod, peer *testNS, name, peerName string) {
+	t.Helper()
+	if err := pod.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peerName, PeerNamespace: netlink.NsFd(peer.ns)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// removeAndSync deletes the named interfaces of pod and syncs p.
+func removeAndSync(t *testing.T, p *Pod, pod *testNS, names ...string) agentproto.Network {
+	t.Helper()
+	for _, name := range names {
+		l, err := pod.h.LinkByName(name)
+		if err == nil {
+			err = pod.h.LinkDel(l)
+		}
+		if err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+	}
+	n, err := p.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// attachThenAddEth1 attaches pod, adds an interface eth1 and syncs.
+func attachThenAddEth1(t *testing.T, pod, peer *testNS, nics []hypervisor.NIC, plugger NICPlugger) (*Pod, agentproto.Network) {
+	t.Helper()
+	p, _, err := Attach(context.Background(), filepath.Join(t.TempDir(), "network"), pod.path(), nics, plugger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	addVeth(t, pod, peer, "eth1", "peer1")
+	n, err := p.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, n
 }

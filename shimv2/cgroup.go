@@ -12,6 +12,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/errdefs"
 )
 
 // cgroupRoot is where the host's cgroup hierarchies are mounted.
@@ -31,20 +33,89 @@ type podCgroup struct {
 	made []string
 }
 
-// podCgroupPath is the host cgroup a pod's VM goes into ("" when the spec names none the
-// shim can use: no cgroupsPath, or systemd's slice:prefix:name form).
-func podCgroupPath(s *specs.Spec, criSandbox bool) string {
-	if s.Linux == nil || !strings.HasPrefix(s.Linux.CgroupsPath, "/") {
-		return ""
+// podCgroupPath is the host cgroup a pod's VM goes into ("" when the spec names none: no
+// cgroupsPath, or a relative one). cgroupsPath is either a path (the cgroupfs driver's
+// form) or systemd's slice:prefix:name, as containerd's CRI makes it when the pod's cgroup
+// parent is a slice (the kubelet's systemd driver): the pod-level cgroup is then that
+// slice, and a container's own cgroup the unit prefix-name.scope in it, at the paths
+// systemd gives them (expandSlice). The shim joins these directories itself; it does not
+// ask systemd for units. A malformed systemd form is refused.
+func podCgroupPath(s *specs.Spec, criSandbox bool) (string, error) {
+	if s.Linux == nil || s.Linux.CgroupsPath == "" {
+		return "", nil
 	}
-	p := filepath.Clean(s.Linux.CgroupsPath)
-	if criSandbox {
-		p = filepath.Dir(p)
+	cgroupsPath := s.Linux.CgroupsPath
+	var p string
+	switch {
+	case strings.HasPrefix(cgroupsPath, "/"):
+		p = filepath.Clean(cgroupsPath)
+		if criSandbox {
+			p = filepath.Dir(p)
+		}
+	case strings.Contains(cgroupsPath, ":"):
+		parts := strings.Split(cgroupsPath, ":")
+		if len(parts) != 3 || parts[2] == "" {
+			return "", fmt.Errorf("linux.cgroupsPath %q: want a path, or systemd's form slice:prefix:name: %w", cgroupsPath, errdefs.ErrInvalidArgument)
+		}
+		slice, prefix, name := parts[0], parts[1], parts[2]
+		if slice == "" {
+			slice = "system.slice" // as runc's systemd driver
+		}
+		dir, err := expandSlice(slice)
+		if err != nil {
+			return "", fmt.Errorf("linux.cgroupsPath %q: %w", cgroupsPath, err)
+		}
+		p = dir
+		switch {
+		case criSandbox:
+		case strings.HasSuffix(name, ".slice"):
+			// The container's unit is a slice: where systemd puts it says its name.
+			if p, err = expandSlice(name); err != nil {
+				return "", fmt.Errorf("linux.cgroupsPath %q: %w", cgroupsPath, err)
+			}
+		default:
+			unit := name + ".scope"
+			if prefix != "" {
+				unit = prefix + "-" + unit
+			}
+			if strings.Contains(unit, "/") {
+				return "", fmt.Errorf("linux.cgroupsPath %q: the unit name %q has a slash: %w", cgroupsPath, unit, errdefs.ErrInvalidArgument)
+			}
+			p = filepath.Join(dir, unit)
+		}
+	default:
+		return "", nil
 	}
 	if p == "/" {
-		return ""
+		return "", nil
 	}
-	return p
+	return p, nil
+}
+
+// expandSlice is the cgroup path systemd gives a slice unit: each dash in its name is a
+// level of the hierarchy ("kubepods-burstable-pod1.slice" is
+// /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice; "-.slice" is the
+// root).
+func expandSlice(slice string) (string, error) {
+	name, ok := strings.CutSuffix(slice, ".slice")
+	if !ok || strings.Contains(name, "/") {
+		return "", fmt.Errorf("%q is not a slice unit name (name.slice, no slash): %w", slice, errdefs.ErrInvalidArgument)
+	}
+	if name == "-" {
+		return "/", nil
+	}
+	if name == "" || strings.HasPrefix(name, "-") || strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
+		return "", fmt.Errorf("slice %q: an empty level in its name (a leading, trailing or double dash): %w", slice, errdefs.ErrInvalidArgument)
+	}
+	var path, level string
+	for _, part := range strings.Split(name, "-") {
+		if level != "" {
+			level += "-"
+		}
+		level += part
+		path += "/" + level + ".slice"
+	}
+	return path, nil
 }
 
 // joinPodCgroup moves the shim into the pod's cgroup in every hierarchy it is in, creating

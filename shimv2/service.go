@@ -191,6 +191,10 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
+	cgroupPath, err := podCgroupPath(spec, spec.Annotations[annotationContainerType] == "sandbox")
+	if err != nil {
+		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
+	}
 	t := &ctrTask{id: r.ID, bundle: r.Bundle, execs: map[string]*proc{},
 		stdio: stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}}
 	t.init = newProc(r.ID, "", t.stdio)
@@ -200,8 +204,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, grpcErr(fmt.Errorf("container %q already exists: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting,
-		podCgroupPath(spec, spec.Annotations[annotationContainerType] == "sandbox"))
+	p, fresh, err := s.podLocked(ctx, member.pod, factorySetting, cgroupPath)
 	if err != nil {
 		s.mu.Unlock()
 		return nil, grpcErr(err)

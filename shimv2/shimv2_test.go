@@ -1,6 +1,8 @@
 package shimv2
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 )
 
@@ -115,17 +118,35 @@ func TestPodCgroupPath(t *testing.T) {
 		path       string
 		criSandbox bool
 		want       string
+		refused    bool
 	}{
-		{"CRI sandbox: the pod-level parent", "/kubepods/pod123/abc", true, "/kubepods/pod123"},
-		{"own pod: its cgroupsPath", "/default/c1", false, "/default/c1"},
-		{"systemd form: not handled", "kubepods.slice:cri:abc", true, ""},
-		{"none", "", false, ""},
-		{"sandbox at the top", "/abc", true, ""},
+		{name: "CRI sandbox: the pod-level parent", path: "/kubepods/pod123/abc", criSandbox: true, want: "/kubepods/pod123"},
+		{name: "own pod: its cgroupsPath", path: "/default/c1", want: "/default/c1"},
+		{name: "none", path: ""},
+		{name: "relative", path: "default/c1"},
+		{name: "sandbox at the top", path: "/abc", criSandbox: true},
+		{name: "systemd, CRI sandbox: the pod's slice", path: "kubepods-burstable-pod1.slice:cri-containerd:abc", criSandbox: true,
+			want: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"},
+		{name: "systemd, own pod: its scope", path: "system.slice:docker:abc", want: "/system.slice/docker-abc.scope"},
+		{name: "systemd, no slice: system.slice", path: ":runv:abc", want: "/system.slice/runv-abc.scope"},
+		{name: "systemd, no prefix", path: "a-b.slice::abc", want: "/a.slice/a-b.slice/abc.scope"},
+		{name: "systemd, a slice as the unit", path: "x.slice::a-c.slice", want: "/a.slice/a-c.slice"},
+		{name: "systemd, root slice sandbox", path: "-.slice:cri-containerd:abc", criSandbox: true},
+		{name: "systemd, two parts", path: "kubepods.slice:abc", refused: true},
+		{name: "systemd, not a slice", path: "kubepods:cri-containerd:abc", criSandbox: true, refused: true},
+		{name: "systemd, double dash", path: "a--b.slice:cri-containerd:abc", criSandbox: true, refused: true},
+		{name: "systemd, slash in the unit", path: "a.slice:x:../../etc", refused: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := podCgroupPath(&specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}, tc.criSandbox)
-			if got != tc.want {
-				t.Errorf("podCgroupPath(%q, sandbox %v) = %q, want %q", tc.path, tc.criSandbox, got, tc.want)
+			got, err := podCgroupPath(&specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.path}}, tc.criSandbox)
+			if tc.refused {
+				if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.path) {
+					t.Errorf("podCgroupPath(%q) = %q, %v; want an invalid-argument error naming it", tc.path, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("podCgroupPath(%q, sandbox %v) = %q, %v; want %q", tc.path, tc.criSandbox, got, err, tc.want)
 			}
 		})
 	}

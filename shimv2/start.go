@@ -121,7 +121,7 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 			// A container that started a pod of its own made the pod's cgroup at its
 			// cgroupsPath (a CRI pod's belongs to the kubelet).
 			if spec.Annotations[annotationContainerType] == "" {
-				if path := podCgroupPath(spec, false); path != "" {
+				if path, _ := podCgroupPath(spec, false); path != "" {
 					if err := removeCgroupDirs(path); err != nil {
 						log.Warn("cleanup: remove pod cgroup", "path", path, "error", err)
 					}

@@ -9,6 +9,7 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/network"
 )
 
 // agentAdapter fits *agentclient.Client to guestAgent.
@@ -16,6 +17,14 @@ type agentAdapter struct{ *agentclient.Client }
 
 func (a agentAdapter) Watch(container, process string, stdio agentproto.Stdio) (exitWaiter, error) {
 	return a.Client.Watch(container, process, stdio)
+}
+
+func (a agentAdapter) DialPort(ctx context.Context, port uint16) (network.GuestConn, error) {
+	c, err := a.Client.DialPort(ctx, port)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return c, nil
 }
 
 // connectAgent connects to the VM's agent and checks it speaks our protocol. A cold-booted

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"sync"
 	"syscall"
@@ -42,8 +43,12 @@ type process struct {
 	args []string
 	// done is closed once the exit is known and the output was delivered to the client.
 	done chan struct{}
-	exit agentproto.ProcessExit
-	once sync.Once
+	// stdin is the client's input stream (nil: none); stdinDone is closed once the relay
+	// stopped copying it and ended the process's stdin.
+	stdin     io.Closer
+	stdinDone <-chan struct{}
+	exit      agentproto.ProcessExit
+	once      sync.Once
 }
 
 func (p *process) finish(e agentproto.ProcessExit) {
@@ -201,7 +206,10 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		// Logged before anything can report its exit.
 		s.events.publish(Event{Type: EventExec, Container: c.id, Process: procID})
 	}
-	relayed := files.relay(w.Streams())
+	relayed, stdinDone := files.relay(w.Streams())
+	c.mu.Lock()
+	p.stdin, p.stdinDone = files.Stdin, stdinDone
+	c.mu.Unlock()
 	go func() {
 		exit, err := w.Wait(context.Background())
 		if err != nil {
@@ -560,10 +568,53 @@ func (s *Supervisor) ResizePty(ctx context.Context, id, proc string, rows, cols 
 	return err
 }
 
-// CloseStdin closes a process's stdin.
+// stdinDrainTimeout bounds how long CloseStdin waits for the client's input to reach its
+// end before it cuts it.
+const stdinDrainTimeout = 2 * time.Second
+
+// CloseStdin ends a process's stdin once what the client wrote reached the process. The
+// client (containerd's CloseIO) closes its end of the stream first; the relay reads to
+// that end and then ends the stdin stream, which the guest turns into the process's EOF
+// (a closed pipe, or a terminal's EOF character) after the last byte. A command on the
+// control channel instead could overtake bytes still on their way on the stream channel:
+// `kubectl attach` lost its input so. A client that keeps its end open past
+// stdinDrainTimeout has its input cut there.
 func (s *Supervisor) CloseStdin(ctx context.Context, id, proc string) error {
-	_, err := s.simple(ctx, id, agentproto.MsgCloseStdin, agentproto.ProcessRef{Container: id, Process: procID(proc)}, nil)
-	return err
+	c, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	p := c.processes[procID(proc)]
+	var (
+		stdin     io.Closer
+		stdinDone <-chan struct{}
+	)
+	if p != nil {
+		stdin, stdinDone = p.stdin, p.stdinDone
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("container %q has no process %q: %w", id, procID(proc), errdefs.ErrNotFound)
+	}
+	if stdinDone == nil {
+		return nil // not started yet, or without stdin: nothing to end
+	}
+	select {
+	case <-stdinDone:
+		return nil
+	case <-time.After(stdinDrainTimeout):
+	case <-ctx.Done():
+	}
+	if stdin != nil {
+		stdin.Close() // the copy ends, and with it the process's stdin
+	}
+	select {
+	case <-stdinDone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("close stdin of container %q process %q: %w", id, procID(proc), ctx.Err())
+	}
 }
 
 // decodeSpec parses a config.json.

@@ -116,11 +116,12 @@ func (h Stdio) Close() {
 	}
 }
 
-// relay copies between the host streams and the process's streams. The returned channel
-// is closed once all output reached the host writers (and they were closed, so readers
-// see EOF); stdin keeps flowing until the client closes it or the process is gone.
-func (h Stdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-chan struct{} {
-	done := make(chan struct{})
+// relay copies between the host streams and the process's streams. done is closed once
+// all output reached the host writers (and they were closed, so readers see EOF); stdin
+// keeps flowing until the client closes it or the process is gone, and stdinDone is
+// closed once it stopped and the process's stdin was ended (after the last byte read).
+func (h Stdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) (done, stdinDone <-chan struct{}) {
+	outDone, inDone := make(chan struct{}), make(chan struct{})
 	outputs := make(chan struct{}, 2)
 	copyOut := func(dst io.WriteCloser, src io.ReadCloser) {
 		defer func() { outputs <- struct{}{} }()
@@ -152,15 +153,18 @@ func (h Stdio) relay(stdin io.WriteCloser, stdout, stderr io.ReadCloser) <-chan 
 			// The process is gone: stop reading its stdin.
 			h.Stdin.Close()
 		}
-		close(done)
+		close(outDone)
 	}()
-	if stdin != nil {
-		go func() {
-			if h.Stdin != nil {
-				io.Copy(stdin, h.Stdin)
-			}
-			stdin.Close()
-		}()
+	if stdin == nil {
+		close(inDone)
+		return outDone, inDone
 	}
-	return done
+	go func() {
+		defer close(inDone)
+		if h.Stdin != nil {
+			io.Copy(stdin, h.Stdin)
+		}
+		stdin.Close()
+	}()
+	return outDone, inDone
 }

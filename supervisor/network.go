@@ -45,8 +45,10 @@ func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
 	if d, ok := s.vm.(hypervisor.NetworkDevices); ok {
 		nics = d.NICs()
 	}
+	// A VM that can hot-plug NICs (q35) takes interfaces beyond the ones it booted with.
+	plugger, _ := s.vm.(network.NICPlugger)
 	start := time.Now()
-	pod, n, err := network.Attach(filepath.Join(s.cfg.Dir, networkDir), nsPath, nics)
+	pod, n, err := network.Attach(ctx, filepath.Join(s.cfg.Dir, networkDir), nsPath, nics, plugger)
 	if err != nil {
 		return fmt.Errorf("pod %s: network namespace %s: %w", s.cfg.PodID, nsPath, err)
 	}
@@ -55,9 +57,32 @@ func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
 		return fmt.Errorf("pod %s: configure the network in the guest: %w", s.cfg.PodID, err)
 	}
 	s.net, s.netSent = pod, n
+	s.fwd = s.forwardPorts(ctx, pod)
 	logging.G(ctx).Info("network connected", "netns", nsPath, "interfaces", len(n.Interfaces), "duration", time.Since(start))
 	go s.followNetwork(logging.With(context.WithoutCancel(ctx), "pod", s.cfg.PodID), nsPath)
 	return nil
+}
+
+// portDialer is the agent client's side of port forwarding.
+type portDialer interface {
+	DialPort(ctx context.Context, port uint16) (network.GuestConn, error)
+}
+
+// forwardPorts makes 127.0.0.1:PORT of the pod's namespace reach the VM's loopback, for
+// every port: containerd's CRI serves `kubectl port-forward` by dialling there. Without it
+// the pod runs, and port-forward to it fails, as it says in the log.
+func (s *Supervisor) forwardPorts(ctx context.Context, pod *network.Pod) *network.PortForwarder {
+	d, ok := s.agent.(portDialer)
+	if !ok {
+		return nil
+	}
+	log := logging.G(ctx).With("pod", s.cfg.PodID)
+	f, err := pod.ForwardLoopback(d.DialPort, agentproto.MaxPortForwards, log)
+	if err != nil {
+		log.Warn("port forwarding to the pod is not available", "error", err)
+		return nil
+	}
+	return f
 }
 
 // followNetwork keeps the guest in line with the pod's namespace while the pod runs
@@ -123,20 +148,23 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 	if s.net == nil {
 		return nil
 	}
-	n, err := s.net.Sync()
+	// Unplugging a NIC waits for the guest to release it (seconds under TCG), plugging one
+	// for the agent to find it.
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	n, err := s.net.Sync(cctx)
 	if err != nil {
 		return err
 	}
 	if reflect.DeepEqual(n, s.netSent) {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	if err := s.agent.Call(cctx, agentproto.MsgSetupNetwork, n, nil); err != nil {
 		return fmt.Errorf("configure the network in the guest: %w", err)
 	}
 	s.netSent = n
-	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces))
+	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces), "duration", time.Since(start))
 	return nil
 }
 
@@ -147,9 +175,14 @@ func (s *Supervisor) closeNetwork() error {
 	if s.net == nil {
 		return nil
 	}
-	err := s.net.Close()
+	var errs []error
+	if s.fwd != nil {
+		errs = append(errs, s.fwd.Close())
+		s.fwd = nil
+	}
+	errs = append(errs, s.net.Close())
 	s.net = nil
-	return err
+	return errors.Join(errs...)
 }
 
 // CleanupPodDir removes what a pod left in its directory, for a pod whose daemon is gone

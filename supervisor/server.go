@@ -101,7 +101,7 @@ func (g *server) Wait(ctx context.Context, r *podapi.ProcessRequest) (*podapi.Wa
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error}, nil
+	return &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error, OomKilled: e.OOMKilled}, nil
 }
 
 func (g *server) State(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ContainerState, error) {

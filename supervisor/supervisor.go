@@ -88,6 +88,8 @@ type Supervisor struct {
 	netMu   sync.Mutex
 	net     *network.Pod
 	netSent agentproto.Network
+	// fwd answers port forwards to the pod's loopback while the network is connected.
+	fwd *network.PortForwarder
 
 	mu         sync.Mutex
 	containers map[string]*container

@@ -34,6 +34,9 @@ type fakeAgent struct {
 	fail    map[agentproto.MsgType]error
 	waiters map[string]*fakeWaiter // by container/process
 	done    chan struct{}
+	// outputOpen gives new processes a stdout that stays open until they exit (else
+	// their output ends at once, as a process's that closed it).
+	outputOpen bool
 }
 
 func newFakeAgent() *fakeAgent {
@@ -74,7 +77,10 @@ func (a *fakeAgent) NextSeq() uint64 {
 func (a *fakeAgent) Watch(container, process string, _ agentproto.Stdio) (exitWaiter, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	w := &fakeWaiter{exited: make(chan agentproto.ProcessExit, 1)}
+	w := &fakeWaiter{exited: make(chan agentproto.ProcessExit, 1), stdin: &stdinRecorder{closed: make(chan struct{})}}
+	if a.outputOpen {
+		w.stdout, w.stdoutW = io.Pipe()
+	}
 	a.waiters[container+"/"+process] = w
 	return w, nil
 }
@@ -120,11 +126,53 @@ func (a *fakeAgent) sent(t agentproto.MsgType) int {
 type fakeWaiter struct {
 	once   sync.Once
 	exited chan agentproto.ProcessExit
+	stdin  *stdinRecorder
+	// stdout is nil unless fakeAgent.outputOpen; the exit closes it.
+	stdout  *io.PipeReader
+	stdoutW *io.PipeWriter
 }
 
-func (w *fakeWaiter) exit(e agentproto.ProcessExit) { w.once.Do(func() { w.exited <- e }) }
+func (w *fakeWaiter) exit(e agentproto.ProcessExit) {
+	w.once.Do(func() {
+		if w.stdoutW != nil {
+			w.stdoutW.Close()
+		}
+		w.exited <- e
+	})
+}
 
-func (w *fakeWaiter) Streams() (io.WriteCloser, io.ReadCloser, io.ReadCloser) { return nil, nil, nil }
+func (w *fakeWaiter) Streams() (io.WriteCloser, io.ReadCloser, io.ReadCloser) {
+	if w.stdout == nil {
+		return w.stdin, nil, nil
+	}
+	return w.stdin, w.stdout, nil
+}
+
+// stdinRecorder is the guest's side of a process's stdin stream: what arrived, and its end.
+type stdinRecorder struct {
+	mu     sync.Mutex
+	got    []byte
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (r *stdinRecorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, p...)
+	return len(p), nil
+}
+
+func (r *stdinRecorder) Close() error {
+	r.once.Do(func() { close(r.closed) })
+	return nil
+}
+
+func (r *stdinRecorder) received() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return string(r.got)
+}
 
 func (w *fakeWaiter) Wait(ctx context.Context) (agentproto.ProcessExit, error) {
 	select {
@@ -304,5 +352,61 @@ func TestCreateRefusedByTheGuestLeavesNothing(t *testing.T) {
 	req.Spec.Root.Path = "rootfs"
 	if _, err := s.Create(context.Background(), req); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("relative root.path: %v", err)
+	}
+}
+
+// CloseStdin (containerd's CloseIO) ends a process's stdin only after what the client wrote
+// reached the guest, and through the stdin stream itself: a CLOSESTDIN command on the
+// control channel could overtake the input (kubectl attach lost its input so). A client
+// that keeps its end open has it cut after stdinDrainTimeout.
+func TestCloseStdinAfterTheInput(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		clientEnds bool
+	}{{"client closed its end", true}, {"client keeps its end open", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, a := newFakePod(t)
+			a.outputOpen = true
+			defer a.exit("c1", agentproto.InitProcessID, agentproto.ProcessExit{})
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			req := newRequest(t, "c1")
+			req.Stdio.Stdin = r
+			if _, err := s.Create(context.Background(), req); err != nil {
+				t.Fatal(err)
+			}
+			w.Write([]byte("hello\n"))
+			if tc.clientEnds {
+				w.Close()
+			}
+			start := time.Now()
+			if err := s.CloseStdin(context.Background(), "c1", ""); err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(start)
+			a.mu.Lock()
+			in := a.waiters["c1/init"].stdin
+			a.mu.Unlock()
+			select {
+			case <-in.closed:
+			default:
+				t.Fatal("CloseStdin returned before the guest's stdin was ended")
+			}
+			if got := in.received(); got != "hello\n" {
+				t.Errorf("the guest got %q before the end of stdin, want %q", got, "hello\n")
+			}
+			if n := a.sent(agentproto.MsgCloseStdin); n != 0 {
+				t.Errorf("%d CLOSESTDIN sent on the control channel, want none", n)
+			}
+			if tc.clientEnds && took >= stdinDrainTimeout {
+				t.Errorf("CloseStdin took %v although the client had closed its end", took)
+			}
+			if !tc.clientEnds && took < stdinDrainTimeout {
+				t.Errorf("CloseStdin cut an open input after %v, before %v", took, stdinDrainTimeout)
+			}
+		})
 	}
 }

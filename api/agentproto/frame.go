@@ -13,7 +13,8 @@ import (
 //
 // 2: ProcessList.Processes (optional command lines for `runv ps`).
 // 3: SETUPNETWORK (the pod's interfaces, routes and neighbours).
-const Version = 3
+// 4: PORTFORWARD and CLOSEFORWARD (TCP connections to the guest's loopback).
+const Version = 4
 
 // Port names the agent looks up under /sys/class/virtio-ports/*/name.
 const (
@@ -76,6 +77,10 @@ const (
 	// the whole container path, so that a pooled VM's first real container finds that
 	// code translated (TCG) and paged in.
 	MsgWarmup MsgType = 40
+	// MsgPortForward (h→g, PortForward): connect to a port on the guest's loopback and
+	// carry the connection on a stream; MsgCloseForward (h→g, ForwardRef) aborts one.
+	MsgPortForward  MsgType = 41
+	MsgCloseForward MsgType = 42
 )
 
 var msgNames = map[MsgType]string{
@@ -87,7 +92,7 @@ var msgNames = map[MsgType]string{
 	MsgStartContainer: "STARTCONTAINER", MsgPauseContainer: "PAUSECONTAINER",
 	MsgResumeContainer: "RESUMECONTAINER", MsgListProcesses: "LISTPROCESSES",
 	MsgUpdateContainer: "UPDATECONTAINER", MsgStats: "STATS", MsgCloseStdin: "CLOSESTDIN",
-	MsgWarmup: "WARMUP",
+	MsgWarmup: "WARMUP", MsgPortForward: "PORTFORWARD", MsgCloseForward: "CLOSEFORWARD",
 }
 
 func (t MsgType) String() string {

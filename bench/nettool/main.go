@@ -2,13 +2,18 @@
 // container (runv's or runc's, same bundle, same kind of namespace) and a client on the
 // host.
 //
-//	nettool serve [-listen :5001]
+//	nettool serve [-listen :5001] [-sockbuf BYTES]
 //	    per connection, the first line is a command: "sink" reads until EOF and answers the
 //	    byte count; "source SECS" writes for SECS seconds, then closes; "ping" answers "pong"
 //	    and closes.
 //	nettool send -addr IP:PORT [-secs 10]      host → pod: one stream for SECS seconds
 //	nettool recv -addr IP:PORT [-secs 10]      pod → host: one stream for SECS seconds
 //	nettool rr -addr IP:PORT [-n 200]          connect + request + answer + close, N times
+//
+//	nettool as a guest's init (PID 1, no arguments): see guestInit.
+//
+// -sockbuf sets the connections' socket buffers (SO_SNDBUF/SO_RCVBUF; 0: the kernel's
+// autotuning).
 //
 // Throughput lines read "LABEL mbit_s=… bytes=… secs=…" (the receiver's count over the
 // sender's time, up to the receiver's acknowledgement); round trips read like benchtool's
@@ -17,6 +22,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -25,12 +31,25 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const chunk = 128 << 10
 
 func main() {
+	// The kernel starts an initrd's /init without arguments; in a container nettool serve
+	// may be PID 1 too, but has its command.
+	if os.Getpid() == 1 && len(os.Args) == 1 {
+		err := guestInit()
+		fmt.Println("nettool:", err)
+		// The init of a guest must not exit: the kernel would panic over it and the
+		// console would lose the error. Power off instead.
+		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		return
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: nettool serve|send|recv|rr ...")
 		os.Exit(2)
@@ -41,15 +60,16 @@ func main() {
 	secs := fs.Int("secs", 10, "send/recv: seconds")
 	n := fs.Int("n", 200, "rr: round trips")
 	label := fs.String("label", "", "label of the result line")
+	sockbuf := fs.Int("sockbuf", 0, "socket buffer bytes (0: autotuning)")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
 	case "serve":
-		err = serve(*listen)
+		err = serve(*listen, *sockbuf)
 	case "send":
-		err = send(*addr, *secs, *label)
+		err = send(*addr, *secs, *label, *sockbuf)
 	case "recv":
-		err = recv(*addr, *secs, *label)
+		err = recv(*addr, *secs, *label, *sockbuf)
 	case "rr":
 		err = rr(*addr, *n, *label)
 	default:
@@ -61,8 +81,8 @@ func main() {
 	}
 }
 
-func serve(listen string) error {
-	l, err := net.Listen("tcp", listen)
+func serve(listen string, sockbuf int) error {
+	l, err := listenTCP(listen, sockbuf)
 	if err != nil {
 		return err
 	}
@@ -72,6 +92,30 @@ func serve(listen string) error {
 			return err
 		}
 		go handle(c)
+	}
+}
+
+// listenTCP listens on addr; accepted connections inherit the listener's socket buffers,
+// set before the handshake so that TCP's window scale fits them.
+func listenTCP(addr string, sockbuf int) (net.Listener, error) {
+	lc := net.ListenConfig{Control: bufferControl(sockbuf)}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// bufferControl sets both socket buffers to n bytes (nothing when n is 0), beyond the
+// rmem_max/wmem_max sysctls where the process may (CAP_NET_ADMIN: the *BUFFORCE options).
+func bufferControl(n int) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		if n == 0 {
+			return nil
+		}
+		return c.Control(func(fd uintptr) {
+			for _, o := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+				if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], n) != nil {
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], n)
+				}
+			}
+		})
 	}
 }
 
@@ -104,16 +148,17 @@ func handle(c net.Conn) {
 	}
 }
 
-func dial(addr string) (net.Conn, error) {
-	return net.DialTimeout("tcp", addr, 10*time.Second)
+func dial(addr string, sockbuf int) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, Control: bufferControl(sockbuf)}
+	return d.Dial("tcp", addr)
 }
 
 func throughput(label string, bytes int64, d time.Duration) {
 	fmt.Printf("%-34s mbit_s=%.0f bytes=%d secs=%.2f\n", label, float64(bytes)*8/d.Seconds()/1e6, bytes, d.Seconds())
 }
 
-func send(addr string, secs int, label string) error {
-	c, err := dial(addr)
+func send(addr string, secs int, label string, sockbuf int) error {
+	c, err := dial(addr, sockbuf)
 	if err != nil {
 		return err
 	}
@@ -143,8 +188,8 @@ func send(addr string, secs int, label string) error {
 	return nil
 }
 
-func recv(addr string, secs int, label string) error {
-	c, err := dial(addr)
+func recv(addr string, secs int, label string, sockbuf int) error {
+	c, err := dial(addr, sockbuf)
 	if err != nil {
 		return err
 	}
@@ -167,7 +212,7 @@ func rr(addr string, n int, label string) error {
 	buf := make([]byte, 16)
 	for i := 0; i < n; i++ {
 		start := time.Now()
-		c, err := dial(addr)
+		c, err := dial(addr, 0)
 		if err != nil {
 			return err
 		}
@@ -176,9 +221,14 @@ func rr(addr string, n int, label string) error {
 			c.Close()
 			return err
 		}
-		if _, err := io.ReadAtLeast(c, buf, 5); err != nil {
+		if _, err := io.ReadFull(c, buf[:5]); err != nil {
 			c.Close()
 			return fmt.Errorf("round trip %d: %w", i, err)
+		}
+		if string(buf[:5]) != "pong\n" {
+			// Something else answered there (a proxy on the way): not the server.
+			c.Close()
+			return fmt.Errorf("round trip %d: %s answered %q, not nettool's pong", i, addr, buf[:5])
 		}
 		c.Close()
 		ds = append(ds, time.Since(start))

@@ -139,7 +139,10 @@ func buildArgs(s spec) []string {
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", dev("virtio-rng")+",rng=rng0",
 	)
-	args = append(args, nicArgs(s.nics, microvm)...)
+	args = append(args, nicArgs(s.nics, microvm, nicQueues(c.CPUs))...)
+	if !microvm && s.nics > 0 {
+		args = append(args, nicPortArgs(NICPorts)...)
+	}
 	args = append(args,
 		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
 		"-pidfile", p.PID,

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -66,6 +67,46 @@ func TestBuildArgsQ35NICs(t *testing.T) {
 	got := strings.Join(buildArgs(spec{cfg: c, accel: hypervisor.AccelTCG, nics: 1}), " ")
 	if want := "-device virtio-net-pci,romfile=,netdev=net0,mac=02:72:75:6e:76:00"; !strings.Contains(got, want) {
 		t.Errorf("q35 command line lacks %q:\n%s", want, got)
+	}
+}
+
+// q35 VMs boot with NICPorts empty PCIe root ports for NICs plugged later (nicplug.go);
+// microvm has no PCI to plug into.
+func TestBuildArgsNICPorts(t *testing.T) {
+	c := baseConfig()
+	c.Machine = hypervisor.MachineQ35
+	got := strings.Join(buildArgs(spec{cfg: c, accel: hypervisor.AccelTCG, nics: 2}), " ")
+	for i := 0; i < NICPorts; i++ {
+		want := fmt.Sprintf("-device pcie-root-port,id=nicport%d,bus=pcie.0,chassis=%d,io-reserve=0", i, i+1)
+		if !strings.Contains(got, want) {
+			t.Errorf("q35 command line lacks %q:\n%s", want, got)
+		}
+	}
+	if got := strings.Join(buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, nics: 2}), " "); strings.Contains(got, "pcie-root-port") {
+		t.Errorf("a microvm command line has root ports:\n%s", got)
+	}
+}
+
+// A NIC of a VM with several vCPUs has a queue pair per vCPU (up to maxNICQueues); MSI-X
+// vectors only exist on PCI.
+func TestNICPair(t *testing.T) {
+	for _, tc := range []struct {
+		microvm        bool
+		queues         int
+		netdev, device string
+	}{
+		{false, 1, "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on", "virtio-net-pci,romfile=,netdev=net1,mac=02:72:75:6e:76:01"},
+		{false, 2, "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on,queues=2", "virtio-net-pci,romfile=,mq=on,vectors=6,netdev=net1,mac=02:72:75:6e:76:01"},
+		{true, 1, "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on", "virtio-net-device,netdev=net1,mac=02:72:75:6e:76:01"},
+		{true, 4, "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on,queues=4", "virtio-net-device,mq=on,netdev=net1,mac=02:72:75:6e:76:01"},
+	} {
+		got := nicPair(1, tc.microvm, tc.queues)
+		if want := []string{"-netdev", tc.netdev, "-device", tc.device}; !slices.Equal(got, want) {
+			t.Errorf("nicPair(1, microvm=%v, %d queues) = %q, want %q", tc.microvm, tc.queues, got, want)
+		}
+	}
+	if got := nicQueues(64); got != maxNICQueues {
+		t.Errorf("nicQueues(64) = %d, want %d", got, maxNICQueues)
 	}
 }
 

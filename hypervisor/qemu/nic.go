@@ -25,20 +25,41 @@ func tapName(i int) string { return "tap" + strconv.Itoa(i) + "_runv" }
 // (ifname) in its own network namespace, with the virtio-net header so that TSO/GSO and
 // checksum offloads carry large frames between guest and host unsegmented: under TCG that
 // is most of the throughput (docs/networking.md).
-func nicArgs(n int, microvm bool) []string {
+func nicArgs(n int, microvm bool, queues int) []string {
 	var args []string
 	for i := 0; i < n; i++ {
-		dev := "virtio-net-pci,romfile="
-		if microvm {
-			dev = "virtio-net-device"
-		}
-		id := "net" + strconv.Itoa(i)
-		args = append(args,
-			"-netdev", "tap,id="+id+",ifname="+tapName(i)+",script=no,downscript=no,vnet_hdr=on",
-			"-device", dev+",netdev="+id+",mac="+agentproto.NICSlotMAC(i))
+		args = append(args, nicPair(i, microvm, queues)...)
 	}
 	return args
 }
+
+// nicPair is the -netdev/-device pair of the NIC in slot i. With queues > 1 the tap and
+// the device are multiqueue: one queue pair per vCPU, which the guest's virtio-net driver
+// turns on by itself at probe (it enables min(queue pairs, online CPUs)).
+func nicPair(i int, microvm bool, queues int) []string {
+	dev := "virtio-net-pci,romfile="
+	if microvm {
+		dev = "virtio-net-device"
+	}
+	id := "net" + strconv.Itoa(i)
+	netdev := "tap,id=" + id + ",ifname=" + tapName(i) + ",script=no,downscript=no,vnet_hdr=on"
+	if queues > 1 {
+		netdev += ",queues=" + strconv.Itoa(queues)
+		dev += ",mq=on"
+		if !microvm {
+			// MSI-X vectors: one per queue (rx and tx of each pair), the control queue, config.
+			dev += ",vectors=" + strconv.Itoa(2*queues+2)
+		}
+	}
+	return []string{"-netdev", netdev, "-device", dev + ",netdev=" + id + ",mac=" + agentproto.NICSlotMAC(i)}
+}
+
+// nicQueues is how many queue pairs each NIC of a VM with cpus vCPUs gets.
+func nicQueues(cpus int) int { return min(cpus, maxNICQueues) }
+
+// maxNICQueues bounds the queue pairs of a NIC: each costs QEMU a tap file descriptor and
+// the guest a pair of virtqueues with their buffers.
+const maxNICQueues = 8
 
 // NICsOf describes the NICs of the VM whose QEMU has pid: their taps wait in QEMU's own
 // network namespace. It serves processes that drive a VM they did not launch (a pod daemon

@@ -35,6 +35,11 @@ type vm struct {
 	mon           *monitor // set once QMP is connected; closed when QEMU exits
 	gone          bool     // exited ran: a monitor set later is closed at once
 	channelsTaken bool
+
+	// nicMu serialises NIC hot-plug (nicplug.go); pluggedNICs maps the slot of each NIC
+	// plugged after boot to its root port.
+	nicMu       sync.Mutex
+	pluggedNICs map[int]int
 }
 
 var _ hypervisor.VM = (*vm)(nil)

@@ -66,6 +66,13 @@ func Main(ctx context.Context, cfg Config) int {
 	for attempt := 1; ; attempt++ {
 		w, err := pod.Wait(ctx, &podapi.ProcessRequest{Id: cfg.ID, Process: cfg.Process})
 		if err == nil {
+			if w.OomKilled && int(w.ExitCode) == killedCode {
+				// Watchers of the host cgroup learn of the guest's OOM kill from a real
+				// one here (oom.go). dieOfOOM returns only if it failed.
+				logging.G(ctx).Info("shim: the process was OOM-killed in the VM: reproducing the OOM kill in the host cgroup")
+				err := dieOfOOM(cfg.ID)
+				logging.G(ctx).Warn("shim: could not reproduce the OOM kill on the host: watchers of the host cgroup miss it", "error", err)
+			}
 			return int(w.ExitCode)
 		}
 		if errors.Is(errgrpc.FromGRPC(err), errdefs.ErrNotFound) || attempt >= 5 || !podDaemonUp(pod) {

@@ -201,7 +201,8 @@ type podmanNet struct {
 }
 
 // podmanNetwork writes a CNI network (bridge plugin, host-local addresses on the suite's
-// third /24) into dir and returns the containers.conf section that makes it podman's default.
+// third /24; portmap for -p, as podman's own default network has) into dir and returns the
+// containers.conf section that makes it podman's default.
 func podmanNetwork(dir string) (podmanNet, error) {
 	gw := strings.TrimSuffix(bridgeSubnet(2), "/24")
 	subnet := strings.TrimSuffix(gw, ".1") + ".0/24"
@@ -211,7 +212,8 @@ func podmanNetwork(dir string) (podmanNet, error) {
   "cniVersion": "0.4.0",
   "name": %q,
   "plugins": [{"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
-    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": %q, "gateway": %q}]]}}]
+    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": %q, "gateway": %q}]]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}]
 }
 `, name, br.name, subnet, gw)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -243,6 +245,18 @@ func TestPodmanDefaultNetwork(t *testing.T) {
 	if !strings.Contains(w.stdout, helloFromHost) {
 		x.errorf(w, "the container did not reach the host's server at %s", addr)
 	}
+	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "0", name))
+}
+
+// TestPodmanPublishedPort: podman run -p HOSTPORT:80 with a busybox httpd answers at the
+// host's port (CNI's portmap: a DNAT to the container's address, which the pod's VM holds).
+func TestPodmanPublishedPort(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	port := freePort(t)
+	r := x.must(p.podman(t, cmdOpts{}, append([]string{"run", "-d", "--name", name, "-p", fmt.Sprintf("%d:80", port), img.Name}, httpd...)...))
+	// The host's own address on the network: portmap's DNAT applies to connections the host
+	// makes to its local addresses (127.0.0.1 would need route_localnet).
+	checkServes(x, r, fmt.Sprintf("http://%s:%d/etc/passwd", p.bridge.ip, port))
 	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "0", name))
 }
 

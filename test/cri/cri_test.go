@@ -5,19 +5,17 @@ package cri
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -381,7 +379,7 @@ var cases = []criCase{
 			t.Errorf("wrote to read-only /proc/sys")
 		}
 	}},
-	{name: "OOM kill reason OOMKilled", run: func(t *testing.T, h string) {
+	{name: "OOM kill reason OOMKilled", viaRuncShim: true, run: func(t *testing.T, h string) {
 		p := runPod(t, h, nil)
 		c := p.container("hog", func(c *rt.ContainerConfig) {
 			c.Linux.Resources = &rt.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}
@@ -411,6 +409,36 @@ var cases = []criCase{
 		}
 		if _, err := os.Stat(filepath.Join(sub, "f")); err != nil {
 			t.Errorf("the file written in the submount is not on the host: %v", err)
+		}
+	}},
+	{name: "privileged container", viaRuncShim: true, run: func(t *testing.T, h string) {
+		p := runPod(t, h, func(c *rt.PodSandboxConfig) {
+			c.Linux.SecurityContext = &rt.LinuxSandboxSecurityContext{Privileged: true}
+		})
+		c := p.container("main", func(c *rt.ContainerConfig) {
+			c.Linux.SecurityContext.Privileged = true
+		}, "sleep", "1000")
+		// It can mount.
+		if r := p.exec(c, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && touch /tmp/m/x"); r.ExitCode != 0 {
+			t.Errorf("mount a tmpfs in a privileged container: exit %d stderr %q", r.ExitCode, r.Stderr)
+		}
+		// It sees the devices of the machine it runs on (runv: the VM's): every device
+		// node in its /dev has a major its kernel registered, and there are more than a
+		// container's default ones (/dev/kmsg).
+		nodes := p.out(c, "sh", "-c", `for f in /dev/*; do if [ -L "$f" ]; then continue; elif [ -b "$f" ]; then echo "block $(stat -c %t "$f") $f"; elif [ -c "$f" ]; then echo "char $(stat -c %t "$f") $f"; fi; done`)
+		registered := registeredMajors(p.out(c, "cat", "/proc/devices"))
+		for _, l := range strings.Split(nodes, "\n") {
+			f := strings.Fields(l)
+			if len(f) != 3 {
+				t.Fatalf("device listing line %q", l)
+			}
+			major, err := strconv.ParseUint(f[1], 16, 32)
+			if err != nil || !registered[f[0]+" "+strconv.FormatUint(major, 10)] {
+				t.Errorf("%s is a %s device of major %s, which the container's kernel does not have (/proc/devices): not a device of its machine", f[2], f[0], f[1])
+			}
+		}
+		if !strings.Contains(nodes, "char 1 /dev/kmsg") {
+			t.Errorf("a privileged container has no /dev/kmsg:\n%s", nodes)
 		}
 	}},
 	{name: "container stats", run: func(t *testing.T, h string) {
@@ -464,14 +492,45 @@ var cases = []criCase{
 		if got := p.out(c, "sh", "-c", "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'"); got != "inet "+ip {
 			t.Errorf("eth0 in the container: %q, want inet %s", got, ip)
 		}
-		var out string
-		if !waitFor(60*time.Second, func() bool {
-			out, err = readInNetns("/run/netns/"+netnsName, ip+":8080")
-			return err == nil && out != ""
-		}) || strings.TrimSpace(out) != "pod-says-hi" {
+		if out, err := readFromNode(ip + ":8080"); strings.TrimSpace(out) != "pod-says-hi" {
 			t.Errorf("connect to %s:8080 from the node: %v %q, want pod-says-hi", ip, err, out)
 		}
 	}},
+	{name: "hostPort through portmap", viaRuncShim: true, run: func(t *testing.T, h string) {
+		const hostPort = 18080
+		t.Cleanup(func() {
+			// Registered first, so run last: after the pod's removal no DNAT rule of
+			// portmap's names the host port.
+			rules, err := exec.Command("nsenter", "--net=/run/netns/"+netnsName, "iptables", "-t", "nat", "-S").CombinedOutput()
+			if err != nil || strings.Contains(string(rules), fmt.Sprint(hostPort)) {
+				t.Errorf("NAT rules after the pod was removed (%v):\n%s", err, rules)
+			}
+		})
+		p := runPod(t, h, func(c *rt.PodSandboxConfig) {
+			c.PortMappings = []*rt.PortMapping{{Protocol: rt.Protocol_TCP, ContainerPort: 8080, HostPort: hostPort}}
+		})
+		p.container("server", nil, "sh", "-c", "while true; do echo hostport-says-hi | nc -l -p 8080; done")
+		// The node's address on the CNI bridge: portmap's DNAT takes connections to any
+		// of the node's addresses at the host port to the pod.
+		addr := fmt.Sprintf("%s:%d", nodeIP, hostPort)
+		if out, err := readFromNode(addr); strings.TrimSpace(out) != "hostport-says-hi" {
+			t.Errorf("connect to the host port %s from the node: %v %q, want hostport-says-hi", addr, err, out)
+		}
+	}},
+}
+
+// nodeIP is the node's address on the CNI bridge (the gateway of the CNI range).
+const nodeIP = "10.89.0.1"
+
+// readFromNode reads what a server sends to a connection from the node (containerd's
+// network namespace) to addr, retrying until it answers or a minute passed (the server
+// may still be starting).
+func readFromNode(addr string) (out string, err error) {
+	waitFor(60*time.Second, func() bool {
+		out, err = readInNetns("/run/netns/"+netnsName, addr)
+		return err == nil && out != ""
+	})
+	return out, err
 }
 
 // TestCRIHostNamespacesRefused: a pod asking for the node's network or IPC namespace runs
@@ -519,51 +578,37 @@ func TestCRIHostNamespacesRefused(t *testing.T) {
 	}
 }
 
+// registeredMajors parses /proc/devices into "char N" and "block N" keys.
+func registeredMajors(procDevices string) map[string]bool {
+	out := map[string]bool{}
+	kind := ""
+	for _, l := range strings.Split(procDevices, "\n") {
+		switch strings.TrimSpace(l) {
+		case "Character devices:":
+			kind = "char"
+			continue
+		case "Block devices:":
+			kind = "block"
+			continue
+		}
+		if f := strings.Fields(l); len(f) == 2 && kind != "" {
+			out[kind+" "+f[0]] = true
+		}
+	}
+	return out
+}
+
 // readInNetns connects to addr from inside the network namespace at nsPath (the node's,
 // where containerd and the CNI bridge are) and returns what the server sends until it
 // closes the connection.
 func readInNetns(nsPath, addr string) (string, error) {
-	type result struct {
-		body string
-		err  error
+	var conn net.Conn
+	var err error
+	if nerr := inNetns(nsPath, func() { conn, err = net.DialTimeout("tcp", addr, 5*time.Second) }); nerr != nil {
+		return "", nerr
 	}
-	ch := make(chan result, 1)
-	go func() {
-		// The thread goes back to our namespace before it is unlocked: a thread that died
-		// instead could be the one that started containerd, whose Pdeathsig would stop it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic(fmt.Sprintf("cannot return to the test's network namespace: %v", err))
-			}
-		}()
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		b, err := io.ReadAll(conn)
-		ch <- result{string(b), err}
-	}()
-	r := <-ch
-	return r.body, r.err
+	if err != nil {
+		return "", err
+	}
+	return exchange(conn, "")
 }

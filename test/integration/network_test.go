@@ -389,3 +389,132 @@ func TestNetworkTooManyInterfacesRefused(t *testing.T) {
 		t.Errorf("the refused start left something in the namespace:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
+
+// addInterface adds a veth named name to the pod's namespace, its peer in the host's
+// namespace, with 10.232.<k>.2/24 on the pod's side and .1 on the host's, and returns the
+// pod's address. The host side goes with the test (and the pod's side with it).
+func addInterface(t *testing.T, n podNet, name string, k int) string {
+	t.Helper()
+	ns, err := netns.GetFromPath(n.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ph, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = fmt.Sprintf("rvh%d-%d", os.Getpid()%10000, k)
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: name, PeerNamespace: netlink.NsFd(ns)}); err != nil {
+		t.Fatalf("veth %s: %v", name, err)
+	}
+	hostName := attrs.Name
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(hostName); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := ph.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet := fmt.Sprintf("10.232.%d", (os.Getpid()+k)%250+1)
+	for _, s := range []struct {
+		h    *netlink.Handle
+		l    netlink.Link
+		cidr string
+	}{{nil, host, subnet + ".1/24"}, {ph, pod, subnet + ".2/24"}} {
+		a, _ := netlink.ParseAddr(s.cidr)
+		add, up := netlink.AddrAdd, netlink.LinkSetUp
+		if s.h != nil {
+			add, up = s.h.AddrAdd, s.h.LinkSetUp
+		}
+		if err := add(s.l, a); err != nil {
+			t.Fatalf("address %s: %v", s.cidr, err)
+		}
+		if err := up(s.l); err != nil {
+			t.Fatalf("%s up: %v", s.l.Attrs().Name, err)
+		}
+	}
+	// Snapshots compare link states and address flags: wait until the link has its carrier
+	// and its link-local address passed duplicate address detection.
+	waitUntil(t, name+" up in "+n.name, 30*time.Second, func() bool {
+		l, err := ph.LinkByName(name)
+		if err != nil || l.Attrs().OperState != netlink.OperUp {
+			return false
+		}
+		addrs, err := ph.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return false
+		}
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				return false
+			}
+		}
+		return len(addrs) > 0
+	})
+	return subnet + ".2"
+}
+
+// On q35 a third interface, beyond the two NICs every VM boots with, is hot-plugged into
+// the running pod: it appears in the guest with its address and answers; when it leaves
+// the namespace the NIC is unplugged and its tap is gone; after delete the namespace is as
+// before.
+func TestNetworkHotplugQ35(t *testing.T) {
+	r := shortRoot(t)
+	n := newPodNet(t, true)
+	addInterface(t, n, "eth1", 1)
+	before := n.snapshot(t)
+	id := newID(t)
+	mustRunv(t, r, "--machine", "q35", "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
+	qemuPid := readPid(t, filepath.Join(podDirOf(t, r, id), "vm", "qemu.pid"))
+
+	third := addInterface(t, n, "eth2", 2)
+	var addr string
+	waitUntil(t, "eth2 with "+third+" in the guest", 120*time.Second, func() bool {
+		addr = runvIn(t, r, nil, "exec", id, "ip", "addr", "show", "eth2").stdout
+		return strings.Contains(addr, "inet "+third+"/24") && strings.Contains(addr, "UP")
+	})
+	if got := httpGet(t, "http://"+third+"/etc/passwd", 60*time.Second); !strings.HasPrefix(got, "root:x:0:0:") {
+		t.Errorf("GET http://%s/etc/passwd: %q is not the pod's /etc/passwd", third, got)
+	}
+
+	// The interface leaves: deleting the host's end of the veth takes eth2 with it.
+	if l, err := netlink.LinkByName(fmt.Sprintf("rvh%d-%d", os.Getpid()%10000, 2)); err != nil {
+		t.Fatal(err)
+	} else if err := netlink.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "eth2 gone from the guest", 120*time.Second, func() bool {
+		links := runvIn(t, r, nil, "exec", id, "ip", "-o", "link").stdout
+		return strings.Contains(links, "eth1") && !strings.Contains(links, "eth2") && !strings.Contains(links, "runvnic2")
+	})
+	waitUntil(t, "the plugged NIC's tap gone from QEMU's namespace", 120*time.Second, func() bool {
+		inQEMU, err := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", qemuPid), "ip", "-o", "link").CombinedOutput()
+		inPod, perr := exec.Command("ip", "-n", n.name, "-o", "link").CombinedOutput()
+		return err == nil && perr == nil && !strings.Contains(string(inQEMU), "tap2_runv") && !strings.Contains(string(inPod), "tap2_runv")
+	})
+	// The other interfaces still answer.
+	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
+	// What following the plug and the unplug took (docs/networking.md quotes it).
+	log, _ := os.ReadFile(filepath.Join(podDirOf(t, r, id), "daemon.log"))
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, "network change followed") {
+			t.Log(l)
+		}
+	}
+
+	mustRunv(t, r, "delete", "--force", id)
+	assertEmptyRoot(t, r)
+	if after := n.snapshot(t); after != before {
+		t.Errorf("the namespace is not as before after delete:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
