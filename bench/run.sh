@@ -4,14 +4,15 @@
 # Prints: the machine; a bare QEMU boot of runv's kernel+initrd to /init with runv's own
 # command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
-# on the same bundle, with ratios; host memory per idle pod (PSS of every process of the
-# pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
+# on the same bundle, with ratios; host memory and CPU per idle pod (PSS and CPU time of
+# every process of the pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
 # network beside runc (bench/network.sh: TCP throughput both ways, connect+request); a pod
 # with one container through containerd's CRI, handler runc vs runv vs runv with a pool.
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
 # Environment: RUNV (default: runv on PATH), RUNV_KERNEL, RUNV_INITRD (default: the
-# installed ones), N (timed runs, default 10), IDLE_PODS (10), MAX_PODS (50),
+# installed ones), N (timed runs, default 10), IDLE_PODS (10), CPU_WINDOW (how long the
+# idle pods' CPU use is measured, 30s), MAX_PODS (50),
 # SKIP_MAX_PODS=1 to skip the slow capacity test, KINDS (default "direct template cache
 # cache-direct cache-cold": cache is the default pool, refilled from a template;
 # cache-direct pools directly booted VMs ("template":false); cache-cold is cache with
@@ -31,6 +32,7 @@ IDLE_PODS=${IDLE_PODS:-10}
 MAX_PODS=${MAX_PODS:-50}
 KINDS=${KINDS:-direct template cache cache-direct cache-cold}
 CACHE_SIZE=${CACHE_SIZE:-2}
+CPU_WINDOW=${CPU_WINDOW:-30s}
 
 # Short paths: pod sockets live under the state roots.
 work=$(mktemp -d /tmp/rvb.XXXX)
@@ -227,7 +229,7 @@ stop_pods() {
 
 pss_total() { sed -n 's/pss_total_kib=\([0-9]*\).*/\1/p'; }
 
-echo "== host memory per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS of qemu + pod daemon + shim [+ holder])"
+echo "== host memory and CPU per idle pod ($IDLE_PODS idle pods running 'sleep' at once; PSS, and CPU over $CPU_WINDOW, of qemu + pod daemon + shim [+ holder])"
 for kind in direct template cache cache-direct; do
 	[ -n "${run_med[$kind]:-}" ] || { echo "$kind: skipped (the kind did not run above)"; continue; }
 	name=mem-$kind
@@ -249,6 +251,10 @@ for kind in direct template cache cache-direct; do
 		line=$("$bt" pss -match "$work/root-$name")
 		total=$(echo "$line" | pss_total)
 		echo "$kind: $n pods: $(awk -v t="$total" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f MiB per pod, %.1f MiB in all", (t-b)/n/1024, (t-b)/1024}')  [$line]"
+		# What an idle pod costs in CPU (the RuntimeClass's overhead.podFixed.cpu):
+		# everything of the root, the pool's daemon and VMs too for the cache kinds.
+		line=$("$bt" cpu -match "$work/root-$name" -for "$CPU_WINDOW")
+		echo "$kind: $n idle pods: $(echo "$line" | awk -v n="$n" '{sub("cpu_millicores=", "", $1); printf "%.1f millicores per pod", $1/n}')  [$line]"
 	fi
 	stop_pods "$name"
 	[[ $kind == cache* ]] && stop_factory

@@ -14,6 +14,7 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
 )
@@ -151,6 +152,7 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 	// for the agent to find it.
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	start := time.Now()
 	n, err := s.net.Sync(cctx)
 	if err != nil {
 		return err
@@ -162,7 +164,7 @@ func (s *Supervisor) resyncNetwork(ctx context.Context) error {
 		return fmt.Errorf("configure the network in the guest: %w", err)
 	}
 	s.netSent = n
-	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces))
+	logging.G(ctx).Info("network change followed", "interfaces", len(n.Interfaces), "duration", time.Since(start))
 	return nil
 }
 
@@ -189,7 +191,7 @@ func (s *Supervisor) closeNetwork() error {
 func CleanupPodDir(podDir string) error {
 	return errors.Join(
 		network.Release(filepath.Join(podDir, networkDir)),
-		UnmountUnder(podDir),
-		RemoveUnmounted(podDir),
+		mounts.UnmountUnder(podDir),
+		mounts.RemoveUnmounted(podDir),
 	)
 }

@@ -13,6 +13,9 @@
 //	benchtool pss -match STR
 //	    sums the PSS (/proc/PID/smaps_rollup) of the processes whose command line contains
 //	    STR, by kind (qemu, pod daemon, shim, factory daemon, holder, other).
+//	benchtool cpu -match STR [-for DURATION]
+//	    the CPU time (user and system, all threads: /proc/PID/stat) the processes whose
+//	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
 //
 // Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
 package main
@@ -39,7 +42,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu ...")
 		os.Exit(2)
 	}
 	var err error
@@ -52,6 +55,8 @@ func main() {
 		err = repeat(os.Args[2:])
 	case "pss":
 		err = pss(os.Args[2:])
+	case "cpu":
+		err = cpu(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -90,12 +95,13 @@ func bareboot(args []string) error {
 	memory := fs.Int("memory", 128, "MiB")
 	n := fs.Int("n", 10, "runs")
 	show := fs.Bool("print-cmdline", false, "print the QEMU command line first")
-	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices (to measure what they cost)")
+	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices and q35's spare root ports for more (to measure what they cost)")
+	noPorts := fs.Bool("no-nic-ports", false, "leave out q35's spare PCIe root ports for hot-plugged NICs (to measure what they cost)")
 	fs.Parse(args)
 
-	var toMarker, toExit []time.Duration
+	var toMarker, toExit, cpu []time.Duration
 	for i := 0; i <= *n; i++ {
-		m, e, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs)
+		m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts)
 		if err != nil {
 			return err
 		}
@@ -107,21 +113,26 @@ func bareboot(args []string) error {
 		}
 		toMarker = append(toMarker, m)
 		toExit = append(toExit, e)
+		cpu = append(cpu, c)
 	}
 	label := "bare qemu"
 	if *noNICs {
 		label += " (no NICs)"
+	} else if *noPorts {
+		label += " (no spare root ports)"
 	}
 	stats(label+": start -> "+qemu.ProbeMarker, toMarker)
 	stats(label+": start -> exit", toExit)
+	// What QEMU itself ran (user+system), less at the mercy of a loaded host than the above.
+	stats(label+": cpu time to exit", cpu)
 	return nil
 }
 
 // bootOnce boots one probe VM. Its console is a pipe, so the marker is an event.
-func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (marker, exit time.Duration, cmdline string, err error) {
+func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool) (marker, exit, cpu time.Duration, cmdline string, err error) {
 	dir, err := os.MkdirTemp("", "rvbare")
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	defer os.RemoveAll(dir)
 	l := &qemu.Launcher{}
@@ -130,23 +141,23 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (m
 		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: []string{qemu.ProbeParam},
 	}, true)
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
-	if noNICs {
-		args = withoutNICs(args)
+	if noNICs || noPorts {
+		args = withoutNICs(args, noNICs)
 	}
 	cmd := exec.Command(bin, args...)
 	// As runv starts it: in a network namespace of its own, where QEMU makes the NICs' taps.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return 0, 0, "", err
+		return 0, 0, 0, "", err
 	}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -157,16 +168,23 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs bool) (m
 	werr := cmd.Wait()
 	exit = time.Since(start)
 	if marker == 0 {
-		return 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
+		return 0, 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
 	}
-	return marker, exit, bin + " " + strings.Join(args, " "), nil
+	return marker, exit, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), bin + " " + strings.Join(args, " "), nil
 }
 
-// withoutNICs drops the -netdev tap and virtio-net -device pairs from a command line.
-func withoutNICs(args []string) []string {
+// withoutNICs drops the spare root ports for hot-plugged NICs from a command line, and with
+// devices the -netdev tap and virtio-net -device pairs too.
+func withoutNICs(args []string, devices bool) []string {
 	var out []string
 	for i := 0; i < len(args); i++ {
-		if i+1 < len(args) && (args[i] == "-netdev" || args[i] == "-device" && strings.HasPrefix(args[i+1], "virtio-net")) {
+		if i+1 == len(args) {
+			out = append(out, args[i])
+			break
+		}
+		nic := args[i] == "-netdev" || args[i] == "-device" && strings.HasPrefix(args[i+1], "virtio-net")
+		port := args[i] == "-device" && strings.HasPrefix(args[i+1], "pcie-root-port,id=nicport")
+		if port || devices && nic {
 			i++
 			continue
 		}
@@ -225,34 +243,31 @@ func repeat(args []string) error {
 	return nil
 }
 
-func pss(args []string) error {
-	fs := flag.NewFlagSet("pss", flag.ExitOnError)
-	match := fs.String("match", "", "substring of the command line")
-	fs.Parse(args)
-	if *match == "" {
-		return errors.New("pss: -match is required")
-	}
-	byKind := map[string]int{}
-	count := map[string]int{}
-	total := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
+// proc is a process whose command line matched.
+type proc struct {
+	dir  string // /proc/PID
+	kind string
+}
+
+// matching lists the processes (but this one) whose command line contains match.
+func matching(match string) []proc {
+	var out []proc
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range dirs {
 		cl, err := os.ReadFile(filepath.Join(p, "cmdline"))
-		if err != nil || !bytes.Contains(cl, []byte(*match)) {
+		if err != nil || !bytes.Contains(cl, []byte(match)) {
 			continue
 		}
 		if pid, _ := strconv.Atoi(filepath.Base(p)); pid == os.Getpid() {
 			continue
 		}
-		kb, err := pssKB(filepath.Join(p, "smaps_rollup"))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		k := kind(strings.Split(string(cl), "\x00"))
-		byKind[k] += kb
-		count[k]++
-		total += kb
+		out = append(out, proc{dir: p, kind: kind(strings.Split(string(cl), "\x00"))})
 	}
+	return out
+}
+
+// byKindLine formats per-kind sums as "kind=<value><unit>/<count> ...", kinds sorted.
+func byKindLine(byKind map[string]float64, count map[string]int, unit string) string {
 	kinds := make([]string, 0, len(byKind))
 	for k := range byKind {
 		kinds = append(kinds, k)
@@ -260,10 +275,95 @@ func pss(args []string) error {
 	sort.Strings(kinds)
 	var parts []string
 	for _, k := range kinds {
-		parts = append(parts, fmt.Sprintf("%s=%.1fMiB/%d", k, float64(byKind[k])/1024, count[k]))
+		parts = append(parts, fmt.Sprintf("%s=%.1f%s/%d", k, byKind[k], unit, count[k]))
 	}
-	fmt.Printf("pss_total_kib=%d (%s)\n", total, strings.Join(parts, " "))
+	return strings.Join(parts, " ")
+}
+
+func pss(args []string) error {
+	fs := flag.NewFlagSet("pss", flag.ExitOnError)
+	match := fs.String("match", "", "substring of the command line")
+	fs.Parse(args)
+	if *match == "" {
+		return errors.New("pss: -match is required")
+	}
+	byKind := map[string]float64{}
+	count := map[string]int{}
+	total := 0
+	for _, p := range matching(*match) {
+		kb, err := pssKB(filepath.Join(p.dir, "smaps_rollup"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		byKind[p.kind] += float64(kb) / 1024
+		count[p.kind]++
+		total += kb
+	}
+	fmt.Printf("pss_total_kib=%d (%s)\n", total, byKindLine(byKind, count, "MiB"))
 	return nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux ABI.
+const clockTicks = 100
+
+func cpu(args []string) error {
+	fs := flag.NewFlagSet("cpu", flag.ExitOnError)
+	match := fs.String("match", "", "substring of the command line")
+	window := fs.Duration("for", 30*time.Second, "how long to measure")
+	fs.Parse(args)
+	if *match == "" {
+		return errors.New("cpu: -match is required")
+	}
+	procs := matching(*match)
+	before := map[string]int{}
+	for _, p := range procs {
+		if t, err := cpuTicks(p.dir); err == nil {
+			before[p.dir] = t
+		}
+	}
+	start := time.Now()
+	time.Sleep(*window) // the measurement window itself
+	elapsed := time.Since(start).Seconds()
+	byKind := map[string]float64{}
+	count := map[string]int{}
+	total := 0.0
+	for _, p := range procs {
+		t0, ok := before[p.dir]
+		t1, err := cpuTicks(p.dir)
+		if !ok || err != nil {
+			continue // exited meanwhile
+		}
+		m := float64(t1-t0) / clockTicks / elapsed * 1000
+		byKind[p.kind] += m
+		count[p.kind]++
+		total += m
+	}
+	fmt.Printf("cpu_millicores=%.1f over %.0fs (%s)\n", total, elapsed, byKindLine(byKind, count, "m"))
+	return nil
+}
+
+// cpuTicks is a process's user+system time (all its threads) in clock ticks.
+func cpuTicks(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: count from its end.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s/stat: no command name", dir)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the name: state(3) ... utime(14) stime(15), i.e. f[11] and f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%s/stat: too short", dir)
+	}
+	u, err1 := strconv.Atoi(f[11])
+	s, err2 := strconv.Atoi(f[12])
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("%s/stat: %w", dir, err)
+	}
+	return u + s, nil
 }
 
 func kind(argv []string) string {

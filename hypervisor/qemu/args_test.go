@@ -34,7 +34,9 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
 		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
-		"-serial", "file:/dev/fd/3", // the console pipe, drained into console.log
+		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
+		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
+		"-serial", "chardev:console",
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",
@@ -75,7 +77,7 @@ func TestBuildArgsNICPorts(t *testing.T) {
 	c.Machine = hypervisor.MachineQ35
 	got := strings.Join(buildArgs(spec{cfg: c, accel: hypervisor.AccelTCG, nics: 2}), " ")
 	for i := 0; i < NICPorts; i++ {
-		want := fmt.Sprintf("-device pcie-root-port,id=nicport%d,bus=pcie.0,chassis=%d", i, i+1)
+		want := fmt.Sprintf("-device pcie-root-port,id=nicport%d,bus=pcie.0,chassis=%d,io-reserve=0", i, i+1)
 		if !strings.Contains(got, want) {
 			t.Errorf("q35 command line lacks %q:\n%s", want, got)
 		}

@@ -27,11 +27,13 @@ func nicDeviceID(slot int) string { return "nic" + strconv.Itoa(slot) }
 func nicNetdevID(slot int) string { return "net" + strconv.Itoa(slot) }
 
 // nicPortArgs are the empty root ports of a q35 VM. Their chassis numbers only need to be
-// unique among the VM's root ports (these are its only ones).
+// unique among the VM's root ports (these are its only ones). io-reserve=0: a virtio device
+// behind a PCIe port is modern-only and needs no I/O ports, and the firmware then reserves
+// none of the 64 KiB I/O space for each port.
 func nicPortArgs(n int) []string {
 	var args []string
 	for i := 0; i < n; i++ {
-		args = append(args, "-device", "pcie-root-port,id="+nicPortID(i)+",bus=pcie.0,chassis="+strconv.Itoa(i+1))
+		args = append(args, "-device", "pcie-root-port,id="+nicPortID(i)+",bus=pcie.0,chassis="+strconv.Itoa(i+1)+",io-reserve=0")
 	}
 	return args
 }

@@ -496,6 +496,13 @@ func TestNetworkHotplugQ35(t *testing.T) {
 	})
 	// The other interfaces still answer.
 	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
+	// What following the plug and the unplug took (docs/networking.md quotes it).
+	log, _ := os.ReadFile(filepath.Join(podDirOf(t, r, id), "daemon.log"))
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, "network change followed") {
+			t.Log(l)
+		}
+	}
 
 	mustRunv(t, r, "delete", "--force", id)
 	assertEmptyRoot(t, r)
