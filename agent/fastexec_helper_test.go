@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -246,6 +248,56 @@ func TestExecHelperLoadsSeccompLast(t *testing.T) {
 	}
 	if _, err := os.Stat(dir + "/x"); err == nil {
 		t.Error("mkdir went through")
+	}
+}
+
+// A profile like podman's and docker's (more than 32 rules, so libseccomp optimises; a
+// flag, so libcontainer loads with a raw seccomp(2)), compiled again and again in one
+// process with one P, as in a guest of one vCPU, with garbage collections going on: each
+// compile's catcher thread must not hold up the next or the runtime, nor a filter reach
+// this thread.
+func TestCompileSeccompRepeatedly(t *testing.T) {
+	if syscallNumber == nil {
+		t.Skip("built without libseccomp (the agent's seccomp tag): go test -tags seccomp")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("installing the catcher filter without no_new_privs needs CAP_SYS_ADMIN: needs root")
+	}
+	eperm := uint(unix.EPERM)
+	cfg := &configs.Seccomp{DefaultAction: configs.Errno, DefaultErrnoRet: &eperm, Architectures: []string{"amd64", "x86", "x32"},
+		Flags: []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagSpecAllow}}
+	for _, name := range []string{"read", "write", "openat", "close", "fstat", "mmap", "mprotect", "munmap", "brk", "rt_sigaction",
+		"rt_sigprocmask", "ioctl", "pread64", "pwrite64", "readv", "writev", "access", "pipe", "select", "sched_yield", "mremap",
+		"msync", "mincore", "madvise", "dup", "dup2", "nanosleep", "getpid", "socket", "connect", "exit", "exit_group", "execve",
+		"wait4", "kill", "uname", "fcntl", "getcwd", "chdir", "setuid", "setgid", "capset", "prctl"} {
+		cfg.Syscalls = append(cfg.Syscalls, &configs.Syscall{Name: name, Action: configs.Allow})
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	// Garbage collections all along: a stop-the-world while the catcher's thread waits in
+	// its syscall must not wedge the process.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				runtime.GC()
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		prog, flags, err := compileSeccomp(cfg)
+		if err != nil {
+			t.Fatalf("compile %d: %v", i, err)
+		}
+		if flags != unix.SECCOMP_FILTER_FLAG_SPEC_ALLOW || len(prog) == 0 || len(prog)%8 != 0 {
+			t.Fatalf("compile %d: %d bytes, flags %#x", i, len(prog), flags)
+		}
+	}
+	if st, _ := os.ReadFile("/proc/thread-self/status"); !strings.Contains(string(st), "Seccomp:\t0") {
+		t.Fatalf("a filter reached the test's thread:\n%s", st)
 	}
 }
 

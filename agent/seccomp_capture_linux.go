@@ -1,10 +1,105 @@
 package agent
 
+/*
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+// The catcher's answering side, a thread outside the Go scheduler: the thread it answers
+// blocks in its syscall while it holds a Go P (libcontainer loads with a raw syscall when a
+// profile has flags), so a goroutine could wait behind that P, or behind a stop-the-world
+// that waits for it, for ever.
+struct runv_catch {
+	int fd;
+	int stop;
+	unsigned char *prog;
+	int prog_len;
+	unsigned int flags;
+	int err;
+	pthread_t thread;
+};
+
+static void *runv_catch_loop(void *arg)
+{
+	struct runv_catch *c = arg;
+	while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+		struct pollfd p = {.fd = c->fd, .events = POLLIN};
+		if (poll(&p, 1, 5) <= 0 || !(p.revents & POLLIN))
+			continue;
+		struct seccomp_notif req;
+		memset(&req, 0, sizeof(req));
+		if (ioctl(c->fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) {
+			if (errno != ENOENT && errno != EINTR)
+				c->err = errno;
+			continue;
+		}
+		struct seccomp_notif_resp resp;
+		memset(&resp, 0, sizeof(resp));
+		resp.id = req.id;
+		// The caller's struct sock_fprog, in this process, valid while it waits.
+		const struct sock_fprog *fp = (const struct sock_fprog *)(uintptr_t)req.data.args[2];
+		if (fp == NULL) {
+			// libseccomp probing the kernel: let the kernel answer.
+			resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+		} else {
+			if (c->prog == NULL && fp->len > 0 && fp->len <= BPF_MAXINSNS) {
+				size_t n = fp->len * sizeof(struct sock_filter);
+				c->prog = malloc(n);
+				if (c->prog != NULL) {
+					memcpy(c->prog, fp->filter, n);
+					c->prog_len = (int)n;
+					if (req.data.nr == __NR_seccomp)
+						c->flags = (unsigned int)req.data.args[1];
+				}
+			}
+			resp.error = -ECANCELED; // nothing is loaded
+		}
+		if (ioctl(c->fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 && errno != ENOENT)
+			c->err = errno;
+	}
+	return NULL;
+}
+
+static struct runv_catch *runv_catch_start(int fd)
+{
+	struct runv_catch *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	c->fd = fd;
+	if (pthread_create(&c->thread, NULL, runv_catch_loop, c) != 0) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void runv_catch_stop(struct runv_catch *c)
+{
+	__atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(c->thread, NULL);
+}
+
+static void runv_catch_free(struct runv_catch *c)
+{
+	free(c->prog);
+	free(c);
+}
+*/
+import "C"
+
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -18,19 +113,23 @@ import (
 // seccomp(2) flags it loads it with, without loading it into the agent. libcontainer only
 // exports "build and load" (seccomp.InitSeccomp), so it runs on a thread of its own that
 // first installs a catcher filter: the final load (prctl(PR_SET_SECCOMP) or
-// seccomp(SECCOMP_SET_MODE_FILTER) with a program) becomes a user notification, whose
-// arguments the agent reads, and which it answers with ECANCELED so that nothing is
-// loaded. libseccomp's own probes (a NULL program) run as they would. The thread is never
-// unlocked: it carries the catcher and ends with its goroutine. Byte for byte the program
-// libcontainer's `runc init` would load, for the exec helper (cmd/runv-exec).
+// seccomp(SECCOMP_SET_MODE_FILTER) with a program) becomes a user notification, which a C
+// thread answers with ECANCELED after copying the program, so that nothing is loaded.
+// libseccomp's own probes (a NULL program) run as they would. The thread is never
+// unlocked: it carries the catcher, and Go ends it with its goroutine (or, the main thread,
+// parks it for good). Byte for byte the program libcontainer's `runc init` would load, for
+// the exec helper (cmd/runv-exec).
 func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error) {
 	if runtime.GOARCH != "amd64" {
 		return nil, 0, fmt.Errorf("seccomp capture: not implemented on %s", runtime.GOARCH)
 	}
+	compileMu.Lock()
+	defer compileMu.Unlock()
 	listeners := make(chan int, 1)
+	answering := make(chan bool, 1)
 	loaded := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 		fd, err := installLoadCatcher()
 		if err != nil {
 			loaded <- fmt.Errorf("seccomp capture: install the catcher: %w", err)
@@ -38,6 +137,10 @@ func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error)
 			return
 		}
 		listeners <- fd
+		if !<-answering {
+			loaded <- nil
+			return
+		}
 		_, err = seccomp.InitSeccomp(cfg)
 		loaded <- err
 	}()
@@ -45,19 +148,43 @@ func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error)
 	if fd < 0 {
 		return nil, 0, <-loaded
 	}
-	defer unix.Close(fd)
-	prog, flags, cerr := catchLoad(fd, 10*time.Second)
-	lerr := <-loaded
-	switch {
-	case cerr != nil:
-		return nil, 0, cerr
-	case prog == nil && lerr != nil:
-		return nil, 0, fmt.Errorf("seccomp: %w", lerr)
-	case prog == nil:
-		return nil, 0, errors.New("seccomp capture: libcontainer loaded no filter")
+	c := C.runv_catch_start(C.int(fd))
+	if c == nil {
+		answering <- false
+		unix.Close(fd)
+		<-loaded
+		return nil, 0, errors.New("seccomp capture: cannot start the answering thread")
 	}
-	return prog, flags, nil
+	answering <- true
+	var lerr error
+	select {
+	case lerr = <-loaded:
+	case <-time.After(10 * time.Second):
+	}
+	C.runv_catch_stop(c)
+	// Closing the listener releases a call still waiting (it fails with ENOSYS).
+	unix.Close(fd)
+	if lerr == nil {
+		select {
+		case lerr = <-loaded:
+		case <-time.After(10 * time.Second):
+			lerr = errors.New("timed out")
+		}
+	}
+	defer C.runv_catch_free(c)
+	switch {
+	case c.prog != nil:
+		return C.GoBytes(unsafe.Pointer(c.prog), c.prog_len), uint32(c.flags), nil
+	case c.err != 0:
+		return nil, 0, fmt.Errorf("seccomp capture: %w", syscall.Errno(c.err))
+	case lerr != nil:
+		return nil, 0, fmt.Errorf("seccomp: %w", lerr)
+	}
+	return nil, 0, errors.New("seccomp capture: libcontainer loaded no filter")
 }
+
+// compileMu makes compiles take turns.
+var compileMu sync.Mutex
 
 // installLoadCatcher puts a filter on the calling thread that turns the two ways of loading
 // a seccomp filter into user notifications, and returns the listener.
@@ -96,104 +223,4 @@ func installLoadCatcher() (int, error) {
 		return -1, errno
 	}
 	return int(fd), nil
-}
-
-// Layouts of struct seccomp_notif (80 bytes) and struct seccomp_notif_resp (24 bytes).
-const (
-	notifSize     = 80
-	notifRespSize = 24
-	notifArgs     = 32 // offsetof(struct seccomp_notif, data.args)
-)
-
-// catchLoad answers the catcher's notifications until the load is caught or the thread
-// is gone (POLLHUP: the filter has no task left). It returns the program and the flags.
-func catchLoad(fd int, limit time.Duration) (prog []byte, flags uint32, err error) {
-	deadline := time.Now().Add(limit)
-	for {
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			return nil, 0, errors.New("seccomp capture: timed out")
-		}
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(pfd, int(wait.Milliseconds())+1)
-		if err == unix.EINTR || n == 0 {
-			continue
-		}
-		if err != nil {
-			return nil, 0, fmt.Errorf("seccomp capture: poll: %w", err)
-		}
-		if pfd[0].Revents&unix.POLLIN == 0 {
-			return prog, flags, nil // POLLHUP: the thread finished
-		}
-		var notif [notifSize]byte
-		if err := ioctlPtr(fd, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(&notif[0])); err != nil {
-			if err == unix.ENOENT || err == unix.EINTR {
-				continue // the call went away meanwhile
-			}
-			return nil, 0, fmt.Errorf("seccomp capture: receive: %w", err)
-		}
-		id := binary.LittleEndian.Uint64(notif[0:])
-		callNr := int32(binary.LittleEndian.Uint32(notif[16:]))
-		arg := func(i int) uint64 { return binary.LittleEndian.Uint64(notif[notifArgs+8*i:]) }
-		var resp [notifRespSize]byte
-		binary.LittleEndian.PutUint64(resp[0:], id)
-		if ptr := arg(2); ptr == 0 || prog != nil {
-			// libseccomp probing the kernel (a NULL program): let the kernel answer.
-			binary.LittleEndian.PutUint32(resp[20:], unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-		} else {
-			p, rerr := readFprog(ptr)
-			if rerr != nil {
-				return nil, 0, rerr
-			}
-			prog = p
-			if callNr == unix.SYS_SECCOMP {
-				flags = uint32(arg(1))
-			}
-			cancel := -int32(unix.ECANCELED)
-			binary.LittleEndian.PutUint32(resp[16:], uint32(cancel))
-		}
-		if err := ioctlPtr(fd, unix.SECCOMP_IOCTL_NOTIF_SEND, unsafe.Pointer(&resp[0])); err != nil && err != unix.ENOENT {
-			return nil, 0, fmt.Errorf("seccomp capture: answer: %w", err)
-		}
-	}
-}
-
-// readFprog copies a struct sock_fprog and its program out of this process's memory, at
-// an address another thread passed to the kernel (it waits in that call meanwhile).
-func readFprog(addr uint64) ([]byte, error) {
-	var hdr [16]byte // struct sock_fprog: u16 len, padding, pointer
-	if err := readSelf(addr, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int(binary.LittleEndian.Uint16(hdr[0:]))
-	if n == 0 || n > 4096 {
-		return nil, fmt.Errorf("seccomp capture: a program of %d instructions", n)
-	}
-	prog := make([]byte, n*8)
-	if err := readSelf(binary.LittleEndian.Uint64(hdr[8:]), prog); err != nil {
-		return nil, err
-	}
-	return prog, nil
-}
-
-func readSelf(addr uint64, buf []byte) error {
-	local := []unix.Iovec{{Base: &buf[0]}}
-	local[0].SetLen(len(buf))
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
-	n, err := unix.ProcessVMReadv(unix.Getpid(), local, remote, 0)
-	if err != nil {
-		return fmt.Errorf("seccomp capture: read the program: %w", err)
-	}
-	if n != len(buf) {
-		return fmt.Errorf("seccomp capture: read %d of %d bytes of the program", n, len(buf))
-	}
-	return nil
-}
-
-func ioctlPtr(fd int, req uint, arg unsafe.Pointer) error {
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(arg))
-	if errno != 0 {
-		return errno
-	}
-	return nil
 }

@@ -146,6 +146,46 @@ func TestVMProcesses(t *testing.T) {
 		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "missing"}, nil)
 	})
 
+	// An exec goes through the exec helper: the container's seccomp profile (with a flag,
+	// as podman's and docker's: libcontainer loads it with a raw seccomp(2), on a guest of
+	// one vCPU), user, groups, capabilities and cwd reach the process.
+	t.Run("exec-helper", func(t *testing.T) {
+		defer v.use(t)()
+		rootfs, spec := v.busyboxContainer("confined", "sleep", "1000")
+		eperm := uint(syscall.EPERM)
+		spec.Linux.Seccomp = &specs.LinuxSeccomp{
+			DefaultAction: specs.ActAllow, Flags: []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagSpecAllow},
+			Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &eperm}},
+		}
+		hp, _, err := v.newContainer("confined", spec, rootfs, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "confined"}, nil)
+		p := execProcess(spec, "sh", "-c", `echo "$(id -u):$(id -g) $(id -G) $(pwd) $HOME"; grep -E '^(Seccomp|CapEff|NoNewPrivs):' /proc/self/status; mkdir /tmp/x || echo mkdir-refused`)
+		p.User = specs.User{UID: 1000, GID: 1001, AdditionalGids: []uint32{7}}
+		p.Cwd = "/tmp"
+		p.NoNewPrivileges = true
+		p.Capabilities = &specs.LinuxCapabilities{Bounding: []string{"CAP_KILL"}}
+		ep, err := v.exec("confined", "e1", p, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := v.output(ep.stdout)
+		for _, want := range []string{"1000:1001 1001 7 /tmp /\n", "Seccomp:\t2", "CapEff:\t0000000000000000", "NoNewPrivs:\t1", "mkdir-refused"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("exec output %q lacks %q", out, want)
+			}
+		}
+		if exit := v.exitOf("confined", "e1"); exit.ExitCode != 0 {
+			t.Errorf("exec exit %+v", exit)
+		}
+		v.mustCall(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "confined", Process: agentproto.InitProcessID, Signal: int(syscall.SIGKILL)}, nil)
+		v.output(hp.stdout)
+		v.exitOf("confined", agentproto.InitProcessID)
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "confined"}, nil)
+	})
+
 	t.Run("exec-signal-pause", func(t *testing.T) {
 		defer v.use(t)()
 		rootfs, spec := v.busyboxContainer("sleeper", "sleep", "1000")
