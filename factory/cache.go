@@ -2,6 +2,7 @@ package factory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -237,7 +239,7 @@ func (c *Cache) boot(name string) (*pooled, error) {
 	}
 	p := &pooled{name: name, dir: filepath.Join(c.cfg.Dir, name), taken: make(chan struct{})}
 	p.share = filepath.Join(p.dir, "share")
-	os.RemoveAll(p.dir) // a leftover of a killed predecessor
+	removeVMDir(p.dir) // a leftover of a killed predecessor
 	if err := os.MkdirAll(p.share, 0o700); err != nil {
 		return nil, fmt.Errorf("pooled vm %s: %w", name, err)
 	}
@@ -245,7 +247,7 @@ func (c *Cache) boot(name string) (*pooled, error) {
 	defer cancel()
 	vm, err := c.base.GetVM(ctx, Request{ID: name, Dir: p.dir, ShareDir: p.share, CPUs: c.cfg.CPUs, MemoryMiB: c.cfg.MemoryMiB})
 	if err != nil {
-		os.RemoveAll(p.dir)
+		removeVMDir(p.dir)
 		return nil, fmt.Errorf("pooled vm %s: %w", name, err)
 	}
 	p.vm = vm
@@ -268,7 +270,7 @@ func (c *Cache) watch(p *pooled, taken <-chan struct{}) {
 			c.ready = append(c.ready[:i], c.ready[i+1:]...)
 			c.log.Warn("pooled vm exited while waiting; replacing it", "vm", p.name, "console", p.vm.ConsoleLog())
 			close(p.taken)
-			os.RemoveAll(p.dir)
+			removeVMDir(p.dir)
 			c.fillLocked()
 			c.broadcastLocked()
 			return
@@ -284,7 +286,7 @@ func (c *Cache) discard(p *pooled) {
 		close(p.taken)
 	}
 	p.vm.Kill()
-	os.RemoveAll(p.dir)
+	removeVMDir(p.dir)
 }
 
 // take removes the oldest ready VM from the pool. If none is ready but refills are under
@@ -404,7 +406,7 @@ func (c *Cache) GetVM(ctx context.Context, req Request) (hypervisor.VM, error) {
 	go func() {
 		<-p.vm.Done()
 		keepLogs(p.dir, req.Dir)
-		os.RemoveAll(p.dir)
+		removeVMDir(p.dir)
 	}()
 	return v, nil
 }
@@ -428,16 +430,47 @@ func grow(ctx context.Context, vm hypervisor.VM, cfg CacheConfig, cpus, mem int)
 	return nil
 }
 
-// moveShare renames a pooled VM's share directory to dst, replacing dst if it is an empty
+// moveShare moves a pooled VM's share directory to dst, replacing dst if it is an empty
 // directory. QEMU's 9p server resolves every path from a descriptor of the directory it
 // opened at start, so the guest keeps seeing the same directory under its new name, and
 // what the pod mounts below dst appears in the guest.
+//
+// A share that is a mount of its own (hypervisor/qemu binds it on itself and makes it
+// shared where its file system does not propagate mounts, so that the pod's later mounts
+// reach QEMU's mount namespace) cannot be renamed (EBUSY): the mount is moved instead, and
+// the directory under it stays in the pooled VM's directory.
 func moveShare(src, dst string) error {
+	if isMountRoot(src) {
+		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("move the mount %s to %s: %w", src, dst, err)
+		}
+		if err := unix.Mount(src, dst, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move the mount %s to %s: %w", src, dst, err)
+		}
+		return nil
+	}
 	// Not os.Rename: it refuses to replace a directory, which rename(2) does when empty.
 	if err := unix.Rename(src, dst); err != nil {
 		return fmt.Errorf("rename %s to %s (the pool and the pods must share a filesystem): %w", src, dst, err)
 	}
 	return nil
+}
+
+// isMountRoot reports whether dir is the root of a mount.
+func isMountRoot(dir string) bool {
+	var stx unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, dir, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &stx) != nil {
+		return false
+	}
+	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+}
+
+// removeVMDir removes a pooled VM's directory once its VM is gone. Its share may still be
+// mounted there: the launcher releases that mount when QEMU exits, but not if it was killed
+// (a holder SIGKILLed).
+func removeVMDir(dir string) {
+	mounts.UnmountUnder(dir)
+	os.RemoveAll(dir)
 }
 
 // keepLogs moves a pooled VM's logs into the requester's VM directory once the VM is gone,

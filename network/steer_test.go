@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	ebpflink "github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
 
 	"github.com/runv-project/runv/internal/leakcheck"
@@ -235,30 +234,10 @@ func TestPortForwarder(t *testing.T) {
 		if c, err := dialIn(t, n, "127.0.0.1:8080"); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("dial after Close = %v, %v; want connection refused (nothing steered)", c, err)
 		}
-		if l := linksIn(t, n); l != 0 {
+		if l := leakcheck.NetnsBPFLinks(t, n.path()); l != 0 {
 			t.Errorf("%d BPF links still attached to the namespace after Close", l)
 		}
 	})
-}
-
-// linksIn counts the BPF links attached to the test namespace.
-func linksIn(t *testing.T, n *testNS) int {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(n.path(), &st); err != nil {
-		t.Fatal(err)
-	}
-	count := 0
-	var it ebpflink.Iterator
-	for it.Next() {
-		if info, err := it.Link.Info(); err == nil && info.NetNs() != nil && uint64(info.NetNs().NetnsIno) == st.Ino {
-			count++
-		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatalf("list BPF links: %v", err)
-	}
-	return count
 }
 
 // holderEnv names the namespace TestSteerHolderProcess steers in, when the test binary
@@ -323,14 +302,14 @@ func TestSteerGoneWithItsProcess(t *testing.T) {
 		t.Fatalf("dial while the holder steers: %v", err)
 	}
 	c.Close()
-	if l := linksIn(t, n); l != 1 {
+	if l := leakcheck.NetnsBPFLinks(t, n.path()); l != 1 {
 		t.Errorf("%d BPF links attached while the holder runs, want 1", l)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	// Link release after the last descriptor closed is asynchronous in the kernel.
 	deadline := time.Now().Add(fwdTimeout)
-	for linksIn(t, n) != 0 {
+	for leakcheck.NetnsBPFLinks(t, n.path()) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("BPF link still attached to the namespace after its process was killed")
 		}

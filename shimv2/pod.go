@@ -24,6 +24,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
@@ -222,7 +223,7 @@ func (p *pod) close(ctx context.Context) {
 			log.Warn("leave the pod's cgroup", "error", err)
 		}
 	}
-	if err := supervisor.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := mounts.RemoveUnmounted(p.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("remove pod directory", "error", err)
 	}
 	log.Info("pod stopped")

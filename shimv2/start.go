@@ -16,9 +16,9 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
-	"github.com/runv-project/runv/supervisor"
 )
 
 // StartShim is `containerd-shim-runv-v2 start`, run by containerd in the new container's
@@ -112,10 +112,10 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 	if spec, err := readSpec(bundle); err == nil {
 		dir := s.cfg.podDir(s.namespace, podOf(filepath.Base(bundle), spec.Annotations).pod)
 		if !ownerAlive(dir) {
-			if err := supervisor.UnmountUnder(filepath.Join(dir, "share")); err != nil {
+			if err := mounts.UnmountUnder(filepath.Join(dir, "share")); err != nil {
 				log.Warn("cleanup: unmount pod share", "dir", dir, "error", err)
 			}
-			if err := supervisor.RemoveUnmounted(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := mounts.RemoveUnmounted(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 				log.Warn("cleanup: remove pod directory", "dir", dir, "error", err)
 			}
 			// A container that started a pod of its own made the pod's cgroup at its

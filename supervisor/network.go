@@ -14,6 +14,7 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
 )
@@ -190,7 +191,7 @@ func (s *Supervisor) closeNetwork() error {
 func CleanupPodDir(podDir string) error {
 	return errors.Join(
 		network.Release(filepath.Join(podDir, networkDir)),
-		UnmountUnder(podDir),
-		RemoveUnmounted(podDir),
+		mounts.UnmountUnder(podDir),
+		mounts.RemoveUnmounted(podDir),
 	)
 }

@@ -1,15 +1,12 @@
 package supervisor
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -17,6 +14,7 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // shareContainer makes a container's rootfs and bind-mount sources visible to the guest by
@@ -46,7 +44,7 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		}
 	}()
 	target := filepath.Join(dir, "rootfs")
-	if err := bindMount(rootfs, target, true, unix.MS_PRIVATE); err != nil {
+	if err := bindMount(rootfs, target, true, unix.MS_PRIVATE, writable); err != nil {
 		return nil, fmt.Errorf("share rootfs of container %q: %w", id, err)
 	}
 
@@ -69,10 +67,11 @@ func shareContainer(shareDir, id, bundle string, spec *specs.Spec) (guest *specs
 		rel := path.Join(id, "volumes", strconv.Itoa(i), volumeName(src))
 		shared := filepath.Join(shareDir, rel)
 		propagation := sharePropagation(m.Options)
-		if err := bindMount(src, shared, fi.IsDir(), propagation); err != nil {
+		readOnly := readOnlyOf(m.Options)
+		if err := bindMount(src, shared, fi.IsDir(), propagation, readOnly); err != nil {
 			return nil, fmt.Errorf("share bind mount %s of container %q: %w", m.Destination, id, err)
 		}
-		hostEnforced, err := shareReadOnly(shared, m.Options, propagation)
+		hostEnforced, err := readOnlyHostEnforced(shared, readOnly, propagation)
 		if err != nil {
 			return nil, fmt.Errorf("share read-only bind mount %s of container %q: %w", m.Destination, id, err)
 		}
@@ -94,8 +93,8 @@ func volumeName(src string) string {
 }
 
 // bindMount creates target (a directory or an empty file) and binds src onto it recursively,
-// with the given propagation (unix.MS_PRIVATE or unix.MS_SLAVE).
-func bindMount(src, target string, dir bool, propagation uintptr) error {
+// with the given propagation (unix.MS_PRIVATE or unix.MS_SLAVE), read-only as asked.
+func bindMount(src, target string, dir bool, propagation uintptr, readOnly readOnlyKind) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return err
 	}
@@ -110,14 +109,35 @@ func bindMount(src, target string, dir bool, propagation uintptr) error {
 		}
 		f.Close()
 	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	// The bind gets its propagation and read-only state before it is attached: attaching
+	// it propagates a copy to QEMU's share (QEMU's mount namespace is a slave of the host's
+	// share), and that copy keeps what the bind was then: made while the bind was still a
+	// peer of a shared source, it would stay the source's slave (showing the guest what the
+	// host mounts there later); made writable, it would stay writable.
+	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
 		return fmt.Errorf("bind %s on %s: %w", src, target, err)
 	}
+	defer unix.Close(fd)
 	// Mounts under the share never propagate back to the source; with MS_SLAVE, mounts
 	// made on the host under the source later reach the share, and QEMU serves them.
-	if err := unix.Mount("", target, "", propagation|unix.MS_REC, ""); err != nil {
-		unix.Unmount(target, unix.MNT_DETACH)
-		return fmt.Errorf("set the propagation of %s: %w", target, err)
+	attr := unix.MountAttr{Propagation: uint64(propagation)}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		return fmt.Errorf("set the propagation of the bind of %s: %w", src, err)
+	}
+	if readOnly != writable {
+		// mount_setattr sets read-only alone (a remount would also reset nosuid, nodev and
+		// noexec): on the bind alone for "ro", on its submounts too for "rro".
+		flags := uint(unix.AT_EMPTY_PATH)
+		if readOnly == readOnlyRecursive {
+			flags |= unix.AT_RECURSIVE
+		}
+		if err := unix.MountSetattr(fd, "", flags, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make the bind of %s read-only: %w", src, err)
+		}
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, target, err)
 	}
 	return nil
 }
@@ -164,34 +184,21 @@ func readOnlyOf(options []string) readOnlyKind {
 	return kind
 }
 
-// shareReadOnly makes a read-only volume's bind in the share read-only on the host, so
-// that QEMU's 9p server refuses writes with EROFS whatever the guest does: "ro" on the bind
-// alone, "rro" on its submounts too. The guest sees the volume as one 9p file system, so a
-// guest "ro" would cover the submounts that runc leaves writable: when the bind has
-// submounts, or may get some later (a slave of its source), hostEnforced tells the caller
-// to drop "ro" from the guest's mount and leave the bind's read-only state to the host.
-// The guest's /proc/mounts then shows that volume "rw" (docs/kubernetes.md).
-func shareReadOnly(shared string, options []string, propagation uintptr) (hostEnforced bool, err error) {
-	kind := readOnlyOf(options)
-	if kind == writable {
-		return false, nil
-	}
-	flags := unix.AT_SYMLINK_NOFOLLOW
-	if kind == readOnlyRecursive {
-		flags |= unix.AT_RECURSIVE
-	}
-	// mount_setattr sets read-only alone; a MS_REMOUNT would also reset nosuid, nodev and
-	// noexec to what it is given.
-	if err := unix.MountSetattr(-1, shared, uint(flags), &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-		return false, fmt.Errorf("make %s read-only: %w", shared, err)
-	}
-	if kind == readOnlyRecursive {
+// readOnlyHostEnforced tells whether a read-only volume's bind in the share (made
+// read-only on the host by bindMount, so that QEMU's 9p server refuses writes with EROFS
+// whatever the guest does: "ro" on the bind alone, "rro" on its submounts too) must be left
+// to the host alone. The guest sees the volume as one 9p file system, so a guest "ro" would
+// cover the submounts that runc leaves writable: when the bind has submounts, or may get
+// some later (a slave of its source), the caller drops "ro" from the guest's mount. The
+// guest's /proc/mounts then shows that volume "rw" (docs/kubernetes.md).
+func readOnlyHostEnforced(shared string, kind readOnlyKind, propagation uintptr) (bool, error) {
+	if kind != readOnlyTop {
 		return false, nil
 	}
 	if propagation == unix.MS_SLAVE {
 		return true, nil
 	}
-	mounts, err := mountsUnder(shared)
+	mounts, err := mounts.Under(shared)
 	if err != nil {
 		return false, err
 	}
@@ -211,80 +218,8 @@ func withoutOption(options []string, drop string) []string {
 // unshareContainer undoes shareContainer.
 func unshareContainer(shareDir, id string) error {
 	dir := filepath.Join(shareDir, id)
-	if err := UnmountUnder(dir); err != nil {
+	if err := mounts.UnmountUnder(dir); err != nil {
 		return err
 	}
-	return RemoveUnmounted(dir)
-}
-
-// RemoveUnmounted removes dir recursively, but only when nothing is mounted at or below it:
-// a bind-mounted rootfs that failed to unmount must never be deleted through the share.
-func RemoveUnmounted(dir string) error {
-	mounts, err := mountsUnder(dir)
-	if err != nil {
-		return err
-	}
-	if len(mounts) > 0 {
-		return fmt.Errorf("refusing to remove %s: %s is still mounted", dir, mounts[0])
-	}
-	return os.RemoveAll(dir)
-}
-
-// UnmountUnder detaches every mount at or below dir, deepest first. It is also how `runv
-// delete` cleans up after a daemon that was killed.
-func UnmountUnder(dir string) error {
-	mounts, err := mountsUnder(dir)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, m := range mounts {
-		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func mountsUnder(dir string) ([]string, error) {
-	dir = filepath.Clean(dir)
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	// Deepest first, so parents are not busy.
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space, ...) of /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mounts.RemoveUnmounted(dir)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
 	"github.com/runv-project/runv/oci"
@@ -322,7 +323,7 @@ func (s *Supervisor) Close(ctx context.Context) error {
 		if err := s.closeNetwork(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := UnmountUnder(s.share); err != nil {
+		if err := mounts.UnmountUnder(s.share); err != nil {
 			errs = append(errs, err)
 		}
 		s.events.close()

@@ -14,6 +14,7 @@ import (
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/holder"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 )
@@ -52,8 +53,10 @@ func Main(ctx context.Context, cfg Config) error {
 	}
 	defer lock.Close()
 	// Nothing of a previous daemon is worth keeping: its pooled VMs died with it, and the
-	// VMs it handed out live in their pods' directories.
+	// VMs it handed out live in their pods' directories. A pooled VM's share may still be
+	// mounted in its directory (hypervisor/qemu) if its holder was killed with the daemon.
 	poolsDir := filepath.Join(dir, "pools")
+	mounts.UnmountUnder(poolsDir)
 	os.RemoveAll(poolsDir)
 
 	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)

@@ -45,6 +45,9 @@ type spec struct {
 // state to a socket runv listens on (migstate.go), a clone loads it from a descriptor.
 const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny"
 
+// consoleChardev is the id of the chardev of the guest's console.
+const consoleChardev = "console"
+
 // memBackendID is the id of the file memory backend of templates and clones.
 const memBackendID = "mem"
 
@@ -66,10 +69,7 @@ func buildArgs(s spec) []string {
 	}
 	serial := s.serial
 	if serial == "" {
-		// The guest's console goes to a pipe that runv drains into console.log up to
-		// maxConsoleLog (console.go): a guest writing to its serial port without end must not
-		// fill the host's disk. -serial's "file:" takes the rest as the path.
-		serial = "file:/dev/fd/" + strconv.Itoa(consoleFD)
+		serial = "chardev:" + consoleChardev
 	}
 
 	args := []string{
@@ -116,6 +116,16 @@ func buildArgs(s spec) []string {
 			"-kernel", c.Kernel,
 			"-initrd", c.Initrd,
 			"-append", strings.Join(kernelParams(s), " "))
+	}
+	if s.serial == "" {
+		// The guest's console goes to a pipe that runv drains into console.log up to
+		// maxConsoleLog (console.go): a guest writing to its serial port without end must not
+		// fill the host's disk. QEMU opens it as the file of fd set consoleFD (-add-fd):
+		// "/dev/fd/3" would need /proc, which QEMU's jail does not have (jail.go); append=on
+		// because a pipe cannot be truncated.
+		fd := strconv.Itoa(consoleFD)
+		args = append(args, "-add-fd", "fd="+fd+",set="+fd,
+			"-chardev", "file,id="+consoleChardev+",path=/dev/fdset/"+fd+",append=on")
 	}
 	args = append(args,
 		"-serial", serial,

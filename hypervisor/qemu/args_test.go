@@ -34,7 +34,9 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
 		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
-		"-serial", "file:/dev/fd/3", // the console pipe, drained into console.log
+		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
+		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
+		"-serial", "chardev:console",
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",

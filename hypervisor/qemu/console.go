@@ -8,7 +8,7 @@ import (
 )
 
 // consoleFD is the descriptor under which QEMU inherits the write end of the console pipe
-// (-serial file:/dev/fd/3).
+// (-add-fd fd=3,set=3, opened as /dev/fdset/3).
 const consoleFD = 3
 
 // maxConsoleLog bounds console.log: the guest's boot messages, the agent's log and a panic

@@ -41,72 +41,119 @@ type startOpts struct {
 	// VM's NICs wait there, invisible to the host, until they are moved into the pod's
 	// namespace, and die with it.
 	newNetNS bool
+	// jail runs QEMU in a mount namespace of its own (jail.go), built over jailRoot.
+	jail     *jail
+	jailRoot string
 }
 
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
 // process group, and reaps it in the background.
 func startProcess(o startOpts) (*process, error) {
+	cmd := exec.Command(o.path, o.args...)
+	if o.stdout != nil {
+		cmd.Stdout = o.stdout
+	}
+	if o.stderr != nil {
+		cmd.Stderr = o.stderr
+	}
+	cmd.ExtraFiles = o.extraFiles
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig: syscall.SIGKILL,
+		// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
+		// and kill() can take QEMU's whole group along.
+		Setpgid: true,
+	}
+	if o.newNetNS {
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
+	}
+	conf := &confinement{cgroupFD: -1}
+	if o.confine {
+		var err error
+		if conf, err = confine(cmd.SysProcAttr, o.name); err != nil {
+			return nil, err
+		}
+	}
+	release := func() {}
+	if o.jail != nil && o.jail.share != "" {
+		var err error
+		if release, err = propagateShare(o.jail.share); err != nil {
+			conf.exited()
+			return nil, err
+		}
+	}
+
 	p := &process{done: make(chan struct{})}
 	started := make(chan error, 1)
-	go func() {
+	exited := make(chan struct{})
+	offMainThread(func() {
 		// Pdeathsig is delivered when the *thread* that forked QEMU exits, and the Go runtime
 		// may end idle threads. So QEMU is forked from a locked thread that stays in this
 		// goroutine until QEMU is gone. The thread is never unlocked: a goroutine that returns
-		// while locked takes its thread with it, which is what we want once QEMU is reaped.
-		runtime.LockOSThread()
-
-		cmd := exec.Command(o.path, o.args...)
-		if o.stdout != nil {
-			cmd.Stdout = o.stdout
-		}
-		if o.stderr != nil {
-			cmd.Stderr = o.stderr
-		}
-		cmd.ExtraFiles = o.extraFiles
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Pdeathsig: syscall.SIGKILL,
-			// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
-			// and kill() can take QEMU's helpers (e.g. migration "exec:" children) along.
-			Setpgid: true,
-		}
-		if o.newNetNS {
-			cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
-		}
-		conf := &confinement{cgroupFD: -1}
-		if o.confine {
-			var err error
-			if conf, err = confine(cmd.SysProcAttr, o.name); err != nil {
+		// while locked takes its thread with it, which is what we want once QEMU exited, and
+		// what a thread moved into QEMU's jail (its mount namespace and root) needs.
+		if o.jail != nil {
+			if err := o.jail.enter(o.jailRoot); err != nil {
 				started <- err
 				return
 			}
 		}
-		err := cmd.Start()
-		conf.started()
-		if err != nil {
-			conf.exited()
+		if err := cmd.Start(); err != nil {
 			started <- err
 			return
 		}
 		p.pid = cmd.Process.Pid
 		started <- nil
-
 		// Learn of the exit without reaping, so kill() can never signal a recycled pid or
 		// process group: both stay reserved while QEMU is a zombie.
 		waitExitNoReap(p.pid)
+		close(exited)
+	})
+	err := <-started
+	conf.started()
+	if err != nil {
+		release()
+		conf.exited()
+		return nil, err
+	}
+	// The rest runs outside the forking thread, which may be in QEMU's jail: the cleanup
+	// works on the host's paths.
+	go func() {
+		<-exited
 		p.mu.Lock()
 		p.exited = true
 		p.mu.Unlock()
 		p.waitErr = cmd.Wait()
+		release()
 		conf.exited()
 		if o.onExit != nil {
 			o.onExit(p)
 		}
 		close(p.done)
 	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
 	return p, nil
+}
+
+// offMainThread runs f in a new goroutine locked to a thread that is not the process's
+// main thread, and never unlocked. The main thread's mount namespace is what
+// /proc/self/mountinfo shows the whole process (and a jail's would be wrong there), and it
+// cannot exit with its goroutine.
+func offMainThread(f func()) {
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			f()
+			return
+		}
+		// While this goroutine holds the main thread, a new goroutine runs on another one.
+		locked := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			close(locked)
+			f()
+		}()
+		<-locked
+		runtime.UnlockOSThread()
+	}()
 }
 
 func waitExitNoReap(pid int) {

@@ -57,6 +57,8 @@ type launch struct {
 	incoming    bool   // clone: no kernel, waits for migrate-incoming
 	// extraFiles are inherited by QEMU as descriptors 3, 4, ... (a clone's device state).
 	extraFiles []*os.File
+	// jail is QEMU's mount namespace (jail.go); nil when not confining.
+	jail *jail
 	// wantStatus is what query-status must say once QEMU is up: "running" (zero value), or
 	// "inmigrate" for a clone.
 	wantStatus string
@@ -82,6 +84,15 @@ func (ln *launch) buildArgs(context.Context) error {
 		}
 		s.tscKHz = khz
 	}
+	if confining() {
+		sys, err := qemuHostFiles(ln.cfg.QEMU)
+		if err != nil {
+			return err
+		}
+		if ln.jail, err = vmJail(ln.cfg, ln.accel, ln.memFile, ln.memShared, ln.incoming, sys); err != nil {
+			return err
+		}
+	}
 	ln.args = buildArgs(s)
 	ln.log.Debug("qemu command line", "qemu", ln.cfg.QEMU, "args", ln.args)
 	return nil
@@ -102,7 +113,8 @@ func (ln *launch) startProcess(context.Context) error {
 		return err
 	}
 	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
-		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID, newNetNS: true})
+		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID, newNetNS: true,
+		jail: ln.jail, jailRoot: ln.cfg.Dir})
 	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)

@@ -187,7 +187,7 @@ func (t *templateLaunch) saveState(ctx context.Context) error {
 	}
 	ok := false
 	defer func() { recv.close(!ok) }()
-	if err := t.qmp(ctx, "migrate", map[string]any{"uri": "unix:" + t.vm.jailPath(sock)}, nil); err != nil {
+	if err := t.qmp(ctx, "migrate", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
 		return err
 	}
 	var last migrationInfo

@@ -44,9 +44,6 @@ type vm struct {
 
 var _ hypervisor.VM = (*vm)(nil)
 
-// jailPath is host path p as QEMU sees it.
-func (v *vm) jailPath(p string) string { return p }
-
 func (v *vm) ID() string            { return v.cfg.ID }
 func (v *vm) Pid() int              { return v.proc.pid }
 func (v *vm) Done() <-chan struct{} { return v.proc.done }

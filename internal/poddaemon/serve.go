@@ -15,6 +15,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/internal/fdpass"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
@@ -92,7 +93,7 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	case <-time.After(5 * time.Second):
 		g.Stop()
 	}
-	if err := supervisor.RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := mounts.RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		closeErr = errors.Join(closeErr, err)
 	}
 	return closeErr

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/runv-project/runv/test/nettest"
 )
 
 // callTimeout bounds one CRI call: a runv sandbox boots a VM, under TCG on a loaded machine.
@@ -604,7 +606,7 @@ func registeredMajors(procDevices string) map[string]bool {
 func readInNetns(nsPath, addr string) (string, error) {
 	var conn net.Conn
 	var err error
-	if nerr := inNetns(nsPath, func() { conn, err = net.DialTimeout("tcp", addr, 5*time.Second) }); nerr != nil {
+	if nerr := nettest.InNetns(nsPath, func() { conn, err = net.DialTimeout("tcp", addr, 5*time.Second) }); nerr != nil {
 		return "", nerr
 	}
 	if err != nil {

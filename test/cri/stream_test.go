@@ -11,66 +11,30 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	httpstreamspdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
 	utilexec "k8s.io/client-go/util/exec"
 	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/runv-project/runv/test/nettest"
 )
 
 // The CRI stream server (streaming Exec, Attach, PortForward) is driven with client-go's
 // SPDY clients, kubectl's own. The server listens on 127.0.0.1 in containerd's network
 // namespace: the clients' connections are made there.
 
-// inNetns runs fn on a thread in the network namespace at nsPath, so that the sockets it
-// creates belong to that namespace (they keep it wherever they are used later). The thread
-// goes back to our namespace before it is unlocked: a thread that died instead could be
-// the one that started containerd, whose Pdeathsig would stop it.
-func inNetns(nsPath string, fn func()) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic(fmt.Sprintf("cannot return to the test's network namespace: %v", err))
-			}
-		}()
-		fn()
-		errc <- nil
-	}()
-	return <-errc
-}
-
 // streamTransport is an SPDY round tripper whose connections are dialled in containerd's
 // network namespace.
 func streamTransport(t *testing.T) *httpstreamspdy.SpdyRoundTripper {
 	t.Helper()
 	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		if nerr := inNetns("/run/netns/"+netnsName, func() {
+		if nerr := nettest.InNetns("/run/netns/"+netnsName, func() {
 			var d net.Dialer
 			c, err = d.DialContext(ctx, network, addr)
 		}); nerr != nil {

@@ -208,6 +208,16 @@ func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
 	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
 		t.Fatalf("exec in the pooled VM: %s", res)
 	}
+	// The pooled QEMU is jailed, and the container's rootfs, mounted by the pod daemon
+	// under a share that moved from the pool to the pod after QEMU started, reached it.
+	assertOwnMountNamespace(t, qemuPid)
+	rootfsInJail := false
+	for _, m := range mountsOf(t, qemuPid) {
+		rootfsInJail = rootfsInJail || strings.HasSuffix(m.point, "/share/"+id+"/rootfs")
+	}
+	if !rootfsInJail {
+		t.Errorf("the container's rootfs is not mounted in the pooled QEMU's namespace")
+	}
 
 	// A foreground run of the cache kind, once the pool refilled.
 	fd.waitFull(t, r)

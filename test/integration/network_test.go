@@ -289,15 +289,7 @@ func TestNetworkCleanupAfterKill(t *testing.T) {
 			qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
 			pid := qemuPid
 			if victim == "pod daemon" {
-				pid = 0
-				for _, p := range pidsNaming("--solo-namespaced") {
-					if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(cmdline), filepath.Base(podDir)) {
-						pid = p
-					}
-				}
-				if pid == 0 {
-					t.Fatalf("no pod daemon found for %s", podDir)
-				}
+				pid = podDaemonOf(t, podDir)
 			}
 			unix.Kill(pid, unix.SIGKILL)
 			waitUntil(t, "QEMU gone", 15*time.Second, func() bool { return !alive(qemuPid) })

@@ -281,7 +281,10 @@ func soakRow(t *testing.T, pods int, stateRoot, cgPrefix, echo, sleeper, exit3 s
 		{"mounts in the host mount namespace", func(s soakSample) int { return s.hostMounts }, 0, true},
 		{"file handles host-wide", func(s soakSample) int { return s.hostFiles }, 0, true},
 		{"pod daemon VmRSS, kB (pods with an exec)", func(s soakSample) int { return s.daemonRSS }, 0, false},
-		{"pod daemon descriptors (pods with an exec)", func(s soakSample) int { return s.daemonFds }, 0, false},
+		// A fresh daemon per pod, sampled while its exec's streams and connections come and
+		// go: the window means wander by a few tenths (33.4–33.8 over 500 pods); a leak in
+		// state the daemons share would grow with the pods, past one descriptor.
+		{"pod daemon descriptors (pods with an exec)", func(s soakSample) int { return s.daemonFds }, 1, false},
 	} {
 		a, b := mean(first, m.get), mean(last, m.get)
 		verdict := "yes"

@@ -21,26 +21,13 @@ func TestVolumePropagationFromHost(t *testing.T) {
 	// The sources are shared mounts, as under /var/lib/kubelet: propagation starts there.
 	sources := map[string]string{}
 	for _, name := range []string{"rslave", "private"} {
-		src := filepath.Join(t.TempDir(), name)
-		os.MkdirAll(filepath.Join(src, "sub"), 0o755)
-		if err := unix.Mount(src, src, "", unix.MS_BIND, ""); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Unmount(src, unix.MNT_DETACH) })
-		if err := unix.Mount("", src, "", unix.MS_SHARED, ""); err != nil {
-			t.Fatal(err)
-		}
-		sources[name] = src
+		sources[name] = sharedSource(t)
 	}
 	id := runWithVolumes(t, stateRoot,
 		specs.Mount{Destination: "/mnt/rslave", Type: "bind", Source: sources["rslave"], Options: []string{"rbind", "rslave"}},
 		specs.Mount{Destination: "/mnt/private", Type: "bind", Source: sources["private"], Options: []string{"rbind", "rprivate"}})
 	for _, src := range sources {
-		sub := filepath.Join(src, "sub")
-		mountTmpfs(t, sub)
-		if err := os.WriteFile(filepath.Join(sub, "file"), []byte("mounted-later\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		mountLater(t, src)
 	}
 	if r := mustRunv(t, stateRoot, "exec", id, "cat", "/mnt/rslave/sub/file"); strings.TrimSpace(r.stdout) != "mounted-later" {
 		t.Errorf("rslave volume: the host's later mount is not visible: %s", r)
@@ -93,6 +80,35 @@ func TestReadOnlyVolumeSubmounts(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(sources["ro"], "tmpfs", "f")); err != nil {
 		t.Errorf("the file written in the volume's submount is not on the host: %v %q", err, b)
+	}
+}
+
+// sharedSource is a volume source that is a shared mount (as under /var/lib/kubelet), with
+// an empty directory "sub".
+func sharedSource(t *testing.T) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "vol")
+	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(src, src, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(src, unix.MNT_DETACH) })
+	if err := unix.Mount("", src, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+// mountLater mounts a tmpfs on src/sub holding "file" ("mounted-later"): what the host
+// mounts under a volume's source once the container runs.
+func mountLater(t *testing.T, src string) {
+	t.Helper()
+	sub := filepath.Join(src, "sub")
+	mountTmpfs(t, sub)
+	if err := os.WriteFile(filepath.Join(sub, "file"), []byte("mounted-later\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
