@@ -21,7 +21,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 
-.PHONY: all deps build runv shim agent initrd kernel install uninstall demo test unit-test \
+.PHONY: all deps build runv shim agent exec-helper initrd kernel install uninstall demo test unit-test \
 	integration-test soak client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
@@ -52,8 +52,14 @@ shim:
 agent:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $(BUILD)/runv-agent ./cmd/runv-agent
 
-initrd: agent
-	$(GO) run ./initrd -agent $(BUILD)/runv-agent -o $(BUILD)/initrd.img
+# The exec helper (cmd/runv-exec): a small static C program the agent runs for EXECCMD
+# instead of re-executing itself as libcontainer's `runc init`.
+exec-helper:
+	@mkdir -p $(BUILD)
+	$(CC) -static -O2 -Wall -Wextra -Werror -s -o $(BUILD)/runv-exec cmd/runv-exec/runv-exec.c
+
+initrd: agent exec-helper
+	$(GO) run ./initrd -agent $(BUILD)/runv-agent -exec $(BUILD)/runv-exec -o $(BUILD)/initrd.img
 
 # Cached outside the repository, keyed by the config fragment and the kernel source version.
 kernel:

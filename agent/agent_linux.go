@@ -57,6 +57,9 @@ type Agent struct {
 	// namespace join its init's (see guestNamespaces).
 	sandbox    string
 	destroying bool
+	// execHelper is the exec helper's path, "" when execs go through libcontainer alone
+	// (fastexec_linux.go).
+	execHelper string
 	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the
 	// pod ("" if none): STARTPOD keeps it when the pod asks for the same share.
 	shareMounted string
@@ -117,6 +120,11 @@ func Main() error {
 	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
 
 	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards()}
+	if flags.LibcontainerExec {
+		log.Infof("runv.exec=libcontainer: execs go through libcontainer's runc init")
+	} else if a.execHelper, err = sealExecHelper(); err != nil {
+		log.Errorf("exec helper: %v (execs go through libcontainer's runc init)", err)
+	}
 	a.run()
 	return nil // unreachable: run powers off
 }

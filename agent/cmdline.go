@@ -14,6 +14,9 @@ type bootFlags struct {
 	// Trace (runv.trace=1) logs one line per container operation with the time of each of
 	// its steps, libcontainer's and its init's included (stepTrace).
 	Trace bool
+	// LibcontainerExec (runv.exec=libcontainer) runs every exec through libcontainer's
+	// `runc init` instead of the exec helper: the path before the helper, for comparison.
+	LibcontainerExec bool
 }
 
 // ProbeMarker is the console line a probe boot prints.
@@ -31,6 +34,8 @@ func parseCmdline(cmdline string) bootFlags {
 			f.Probe = on
 		case "runv.trace":
 			f.Trace = on
+		case "runv.exec":
+			f.LibcontainerExec = value == "libcontainer"
 		}
 	}
 	return f

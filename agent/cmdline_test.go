@@ -13,6 +13,8 @@ func TestParseCmdline(t *testing.T) {
 		{"runv.debug runv.probe=true", bootFlags{Probe: true}},
 		{"xrunv.debug=1 runv.debugx=1", bootFlags{}},
 		{"tsc=reliable runv.trace=1", bootFlags{Trace: true}},
+		{"runv.exec=libcontainer", bootFlags{LibcontainerExec: true}},
+		{"runv.exec=helper runv.exec", bootFlags{}},
 	} {
 		if got := parseCmdline(tc.in); got != tc.want {
 			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)

@@ -35,6 +35,8 @@ type container struct {
 	// lateRlimits are the container's rlimits that the agent sets after exec (for processes
 	// without rlimits of their own); cfg.Rlimits has them unlimited.
 	lateRlimits []configs.Rlimit
+	// fast is what execs through the exec helper share (fastexec_linux.go).
+	fast fastExecState
 
 	mu    sync.Mutex
 	init  *process
@@ -59,7 +61,7 @@ func (c *container) processList() []*process {
 	defer c.mu.Unlock()
 	out := make([]*process, 0, len(c.procs))
 	for _, p := range c.procs {
-		if p.lp != nil { // not an exec still being started
+		if p.handle != nil { // not an exec still being started
 			out = append(out, p)
 		}
 	}
@@ -214,8 +216,8 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 // discardCreated undoes createContainer for a container the host never learnt about: its
 // init is killed and reaped, its streams reset, the container destroyed.
 func (a *Agent) discardCreated(c *container, p *process) {
-	_ = p.lp.Signal(sigKill)
-	_, _ = p.lp.Wait()
+	_ = p.handle.Signal(sigKill)
+	_, _ = p.handle.Wait()
 	a.reaper.untrack(p.pid)
 	p.io.abort()
 	if err := c.lc.Destroy(); err != nil {
@@ -367,7 +369,7 @@ func (a *Agent) signalProcess(_ context.Context, req *Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.lp == nil || p.exited() {
+	if p.handle == nil || p.exited() {
 		return nil, errorf(agentproto.KindState, "process %q of container %q is not running", m.Process, c.id)
 	}
 	p.awaitHandler(sig)
@@ -376,7 +378,7 @@ func (a *Agent) signalProcess(_ context.Context, req *Request) (any, error) {
 		err = c.lc.Signal(sig)
 	} else {
 		// os.Process signals through a pidfd: no pid reuse race either.
-		err = p.lp.Signal(sig)
+		err = p.handle.Signal(sig)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("signal %d to process %q of container %q: %w", m.Signal, m.Process, c.id, err)

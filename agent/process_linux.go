@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -12,12 +13,20 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 )
 
+// procHandle is what the agent does with a started process: libcontainer's Process, or
+// the os.Process of one the exec helper started.
+type procHandle interface {
+	Signal(os.Signal) error
+	Wait() (*os.ProcessState, error)
+}
+
 // process is a container's init or an exec'd process.
 type process struct {
 	id       string
 	ctr      *container
 	log      *logger
 	lp       *libcontainer.Process
+	handle   procHandle // nil while an exec is still being started
 	pid      int
 	terminal bool
 	io       *procIO
@@ -56,9 +65,13 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	if rows != 0 && cols != 0 {
 		lp.ConsoleHeight, lp.ConsoleWidth = rows, cols
 	}
+	fast := !init && a.useExecHelper(c, lp)
 	// Without rlimits of its own the process gets the container's (libcontainer's rule).
+	// The helper sets them all itself, before the exec.
 	late := c.lateRlimits
-	if len(lp.Rlimits) > 0 {
+	if fast {
+		late = nil
+	} else if len(lp.Rlimits) > 0 {
 		lp.Rlimits, late = splitLateRlimits(lp.Rlimits)
 	}
 	log := c.log.with("proc", id)
@@ -69,17 +82,29 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 
 	tr.mark("stdio set up")
 	done := a.reaper.beginStart()
-	if init {
+	var handle procHandle
+	pid := 0
+	switch {
+	case fast:
+		var proc *os.Process
+		if proc, err = a.fastExec(c, lp, tr); err == nil {
+			handle, pid = proc, proc.Pid
+		}
+	case init:
 		err = c.lc.Start(lp)
-	} else {
+	default:
 		err = c.lc.Run(lp)
 	}
-	pid := 0
-	if err == nil {
+	if err == nil && !fast {
+		handle = lp
 		pid, _ = lp.Pid()
 	}
 	done(pid)
-	tr.mark("libcontainer start returned")
+	if fast {
+		tr.mark("helper: program exec'd")
+	} else {
+		tr.mark("libcontainer start returned")
+	}
 	if err != nil {
 		pio.abort()
 		if _, cerr, ok := classifyStartError(err); ok {
@@ -89,13 +114,13 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	}
 
 	p := &process{
-		id: id, ctr: c, log: log, lp: lp, pid: pid, terminal: spec.Terminal, io: pio,
+		id: id, ctr: c, log: log, lp: lp, handle: handle, pid: pid, terminal: spec.Terminal, io: pio,
 		lateRlimits: late,
 		done:        make(chan struct{}), reported: make(chan struct{}),
 	}
 	if err := pio.started(); err != nil {
-		_ = lp.Signal(sigKill)
-		_, _ = lp.Wait()
+		_ = handle.Signal(sigKill)
+		_, _ = handle.Wait()
 		a.reaper.untrack(pid)
 		pio.abort()
 		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
@@ -115,7 +140,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 func (a *Agent) runProcess(p *process) {
 	p.io.start()
 	go func() {
-		st, werr := p.lp.Wait()
+		st, werr := p.handle.Wait()
 		a.reaper.untrack(p.pid)
 		exit := processExit(p.ctr.id, p.id, st, werr)
 		if p.id == agentproto.InitProcessID && exit.Signal == int(sigKill) {

@@ -79,8 +79,13 @@ func artifacts(t *testing.T) (kernel, initrd string) {
 			return
 		}
 		agentPath = bin
+		helper := filepath.Join(dir, "runv-exec")
+		if out, err := exec.Command("cc", "-static", "-O2", "-s", "-o", helper, "../cmd/runv-exec/runv-exec.c").CombinedOutput(); err != nil {
+			artifactsErr = fmt.Errorf("build the exec helper: %w\n%s", err, out)
+			return
+		}
 		initrdPath = filepath.Join(dir, "initrd.cpio")
-		if out, err := exec.Command("go", "run", "../initrd", "-agent", bin, "-o", initrdPath).CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "run", "../initrd", "-agent", bin, "-exec", helper, "-o", initrdPath).CombinedOutput(); err != nil {
 			artifactsErr = fmt.Errorf("pack initrd: %w\n%s", err, out)
 		}
 	})

@@ -123,6 +123,9 @@ func TestVMContainerSteps(t *testing.T) {
 			if strings.Contains(l.text[:i], " ctr=trimmed") {
 				op += "-trimmed"
 			}
+			if op == "EXECCMD" && !strings.Contains(line, "helper started") {
+				op = "EXECCMD-libcontainer"
+			}
 			traces[op] = append(traces[op], line)
 			if testing.Verbose() && os.Getenv("RUNV_STEPS_RAW") != "" {
 				t.Log(line)
@@ -132,12 +135,19 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	ops := []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD"}
+	ops := []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD", "EXECCMD-libcontainer"}
 	if trim != "" {
 		ops = append(ops, "NEWCONTAINER-trimmed", "STARTCONTAINER-trimmed")
 	}
 	for _, op := range ops {
+		if len(traces[op]) == 0 {
+			continue
+		}
 		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
+	}
+	// Every exec goes through the exec helper unless the guest was told otherwise.
+	if !strings.Contains(os.Getenv("RUNV_STEPS_CMDLINE"), "runv.exec=libcontainer") && len(traces["EXECCMD"]) != n {
+		t.Errorf("%d of %d execs went through the exec helper (the others: libcontainer)", len(traces["EXECCMD"]), n)
 	}
 	t.Logf("floors:\n%s", out)
 	if !strings.Contains(out, "FLOOR pivot_root") {
@@ -221,6 +231,16 @@ var traceSegments = map[string][][2]string{
 		{"exec of the container's program (from 9p), seen in /proc", "program exec'd"},
 	},
 	"EXECCMD": {
+		{"decode, stdio, helper request (seccomp program compiled once per container)", "helper request built"},
+		{"open the init's namespaces", "namespaces opened"},
+		{"fork+exec of the helper into the cgroup (CLONE_INTO_CGROUP)", "helper started"},
+		{"helper: request, rlimits, setns, fork; pid reported", "helper forked the process"},
+		{"child: session, caps, user, cwd, lookup, seccomp, execve", "helper: program exec'd"},
+		{"program exec'd, seen in /proc", "program exec'd"},
+		{"ACK written", "acked"},
+	},
+	// EXECCMD through libcontainer (runv.exec=libcontainer).
+	"EXECCMD-libcontainer": {
 		{"decode, stdio, exeseal, cgroup fd", "using CLONE_INTO_CGROUP"},
 		{"fork+exec of the agent binary as runc init, until nsexec's constructor", "=> nsexec container setup"},
 		{"nsexec stages with setns into the 4 namespaces", "booting up go runtime"},

@@ -1,10 +1,12 @@
 // Command initrd writes the runv guest initramfs: an uncompressed newc cpio whose /init is
-// the static runv-agent. Uncompressed because under TCG decompressing costs more boot time
-// than reading the larger image.
+// the static runv-agent, with the static exec helper (cmd/runv-exec) at
+// /libexec/runv/runv-exec, a directory the agent mounts read-only at boot. Uncompressed
+// because under TCG decompressing costs more boot time than reading the larger image.
 //
-//	go run ./initrd -agent build/runv-agent -o build/initrd.cpio
+//	go run ./initrd -agent build/runv-agent -exec build/runv-exec -o build/initrd.cpio
 //
-// The output is reproducible: the same agent binary gives byte-identical archives.
+// Without -exec the guest runs every exec through libcontainer's `runc init`. The output is
+// reproducible: the same binaries give byte-identical archives.
 package main
 
 import (
@@ -21,13 +23,14 @@ import (
 
 func main() {
 	agent := flag.String("agent", "", "path of the static runv-agent binary (becomes /init)")
+	helper := flag.String("exec", "", "path of the static exec helper (becomes /libexec/runv/runv-exec; optional)")
 	out := flag.String("o", "", "output cpio path")
 	flag.Parse()
 	if *agent == "" || *out == "" || flag.NArg() != 0 {
-		fmt.Fprintln(os.Stderr, "usage: initrd -agent PATH -o OUT")
+		fmt.Fprintln(os.Stderr, "usage: initrd -agent PATH [-exec PATH] -o OUT")
 		os.Exit(2)
 	}
-	if err := build(*agent, *out); err != nil {
+	if err := build(*agent, *helper, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "initrd:", err)
 		os.Exit(1)
 	}
@@ -38,7 +41,7 @@ func main() {
 // 0777, a world-writable root). /dev/console must exist in the archive itself, or the
 // kernel starts init without fds 0-2. The other directories are mount points the agent
 // would otherwise create at boot.
-func records(agent []byte) []cpio.Record {
+func records(agent, helper []byte) []cpio.Record {
 	rs := []cpio.Record{
 		cpio.Directory(".", 0o755),
 		cpio.Directory("dev", 0o755),
@@ -51,21 +54,30 @@ func records(agent []byte) []cpio.Record {
 		cpio.Directory("newroot", 0o755),
 		cpio.StaticRecord(agent, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755}),
 	}
+	if helper != nil {
+		rs = append(rs,
+			cpio.Directory("libexec", 0o755),
+			cpio.Directory("libexec/runv", 0o755),
+			cpio.StaticRecord(helper, cpio.Info{Name: "libexec/runv/runv-exec", Mode: cpio.S_IFREG | 0o755}))
+	}
 	cpio.MakeAllReproducible(rs)
 	return rs
 }
 
-func build(agentPath, out string) (err error) {
-	agent, err := os.ReadFile(agentPath)
+func build(agentPath, helperPath, out string) (err error) {
+	agent, err := readStatic(agentPath, "-extldflags -static")
 	if err != nil {
-		return fmt.Errorf("read agent: %w", err)
+		return err
 	}
-	if !isStaticELF(agent) {
-		return fmt.Errorf("%s is not a static ELF executable (build it with -extldflags -static): the initramfs has no libc", agentPath)
+	var helper []byte
+	if helperPath != "" {
+		if helper, err = readStatic(helperPath, "cc -static"); err != nil {
+			return err
+		}
 	}
 	var buf bytes.Buffer
 	w := cpio.Newc.Writer(&buf)
-	if err := cpio.WriteRecords(w, records(agent)); err != nil {
+	if err := cpio.WriteRecords(w, records(agent, helper)); err != nil {
 		return err
 	}
 	if err := cpio.WriteTrailer(w); err != nil {
@@ -93,6 +105,18 @@ func build(agentPath, out string) (err error) {
 		return err
 	}
 	return os.Rename(tmp.Name(), out)
+}
+
+// readStatic reads a binary for the initramfs, which must be a static executable.
+func readStatic(path, how string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %w", err)
+	}
+	if !isStaticELF(b) {
+		return nil, fmt.Errorf("%s is not a static ELF executable (build it with %s): the initramfs has no libc", path, how)
+	}
+	return b, nil
 }
 
 // isStaticELF reports whether b is an ELF executable without a program interpreter

@@ -24,10 +24,10 @@ func TestBuild(t *testing.T) {
 	agent := staticELF(t)
 	dir := t.TempDir()
 	a, b := filepath.Join(dir, "a.cpio"), filepath.Join(dir, "b.cpio")
-	if err := build(agent, a); err != nil {
+	if err := build(agent, agent, a); err != nil {
 		t.Fatal(err)
 	}
-	if err := build(agent, b); err != nil {
+	if err := build(agent, agent, b); err != nil {
 		t.Fatal(err)
 	}
 	ab, _ := os.ReadFile(a)
@@ -49,14 +49,16 @@ func TestBuild(t *testing.T) {
 	if c, ok := byName["dev/console"]; !ok || c.Mode&cpio.S_IFMT != cpio.S_IFCHR || c.Rmajor != 5 || c.Rminor != 1 {
 		t.Errorf("dev/console: %+v", c.Info)
 	}
-	init, ok := byName["init"]
-	if !ok || init.Mode != cpio.S_IFREG|0o755 {
-		t.Fatalf("init: %+v", init.Info)
-	}
 	want, _ := os.ReadFile(agent)
-	got := make([]byte, init.FileSize)
-	if _, err := init.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("init content differs from the agent (%v)", err)
+	for _, name := range []string{"init", "libexec/runv/runv-exec"} {
+		f, ok := byName[name]
+		if !ok || f.Mode != cpio.S_IFREG|0o755 {
+			t.Fatalf("%s: %+v", name, f.Info)
+		}
+		got := make([]byte, f.FileSize)
+		if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: content differs from the binary given (%v)", name, err)
+		}
 	}
 	for _, r := range recs {
 		if r.MTime != 0 || r.UID != 0 || r.GID != 0 {
@@ -68,8 +70,11 @@ func TestBuild(t *testing.T) {
 func TestBuildRejectsDynamicBinary(t *testing.T) {
 	for _, p := range []string{"/bin/true", "/usr/bin/true"} {
 		if b, err := os.ReadFile(p); err == nil && !isStaticELF(b) {
-			if err := build(p, filepath.Join(t.TempDir(), "x.cpio")); err == nil {
+			if err := build(p, "", filepath.Join(t.TempDir(), "x.cpio")); err == nil {
 				t.Fatalf("%s (dynamic) accepted as /init", p)
+			}
+			if agent := staticELF(t); build(agent, p, filepath.Join(t.TempDir(), "y.cpio")) == nil {
+				t.Fatalf("%s (dynamic) accepted as the exec helper", p)
 			}
 			return
 		}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -75,6 +76,23 @@ func run(n int, agent, crunBundle string) error {
 			return runCmd(unix.CLONE_NEWNS|unix.CLONE_NEWUTS|unix.CLONE_NEWIPC|unix.CLONE_NEWPID|unix.CLONE_NEWNET|unix.CLONE_NEWCGROUP, trueTmpfs, "true")
 		}},
 	}
+	// The floor of an exec into a running container: a small static C program (busybox's
+	// nsenter) joins the ipc, uts, pid and mount namespaces of a process, forks into the pid
+	// namespace and execs a program there (what runv's exec helper does, without the
+	// credentials, capabilities and seccomp).
+	target := exec.Command(trueTmpfs, "sleep", "100000")
+	target.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWPID}
+	if err := target.Start(); err != nil {
+		return fmt.Errorf("start a process in namespaces of its own: %w", err)
+	}
+	defer func() {
+		target.Process.Kill()
+		target.Wait()
+	}()
+	tpid := strconv.Itoa(target.Process.Pid)
+	ops = append(ops, op{"busybox nsenter into ipc,uts,pid,mnt of a process, fork, exec busybox true (tmpfs)", func() error {
+		return runCmd(0, trueTmpfs, "nsenter", "-t", tpid, "-i", "-u", "-p", "-m", "--", trueTmpfs, "true")
+	}})
 	if agent != "" {
 		a, err := copyExe(agent, filepath.Join(scratch, "agent"))
 		if err != nil {

@@ -276,6 +276,23 @@ func TestDockerKill(t *testing.T) {
 	x.must(d.docker(t, cmdOpts{}, "rm", name))
 }
 
+// TestDockerOOMKilled: a container the guest's OOM killer ends is reported OOMKilled, as
+// with runc: docker learns it from containerd's runc shim, which watches the host cgroup of
+// runv's stand-in, where the stand-in then dies of an OOM kill of its own.
+func TestDockerOOMKilled(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "-m", "32m", "--name", name, img.Name, "sh", "-c", memoryHog))
+	r := x.must(d.docker(t, cmdOpts{}, "wait", name))
+	if strings.TrimSpace(r.stdout) != "137" {
+		x.errorf(r, "want exit code 137 (killed by the OOM killer)")
+	}
+	r = x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.OOMKilled}}", name))
+	if strings.TrimSpace(r.stdout) != "true" {
+		x.errorf(r, "want State.OOMKilled true")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", name))
+}
+
 // TestDockerLogs: the output of a detached container reaches docker logs.
 func TestDockerLogs(t *testing.T) {
 	d, x, name := newDockerTest(t)

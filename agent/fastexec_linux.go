@@ -1,0 +1,369 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/moby/sys/capability"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
+
+// The exec helper in the guest: packed by initrd/ into a directory of its own, which the
+// agent bind-mounts read-only over itself at boot (sealExecHelper), so that no process —
+// a container's that reopens /proc/<pid>/exe of a running helper included — can write to
+// the binary (CVE-2019-5736).
+const (
+	execHelperDir  = "/libexec/runv"
+	execHelperPath = execHelperDir + "/runv-exec"
+)
+
+// sealExecHelper makes the helper's directory a read-only mount. It returns the helper's
+// path, or "" (and why) when execs go through libcontainer: no helper in the initramfs,
+// or it could not be sealed.
+func sealExecHelper() (string, error) {
+	if _, err := os.Stat(execHelperPath); err != nil {
+		return "", err
+	}
+	if err := unix.Mount(execHelperDir, execHelperDir, "", unix.MS_BIND, ""); err != nil {
+		return "", fmt.Errorf("bind %s: %w", execHelperDir, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
+	if err := unix.Mount("", execHelperDir, "", flags, ""); err != nil {
+		_ = unix.Unmount(execHelperDir, unix.MNT_DETACH)
+		return "", fmt.Errorf("remount %s read-only: %w", execHelperDir, err)
+	}
+	return execHelperPath, nil
+}
+
+// useExecHelper tells whether the exec helper starts lp in c (fastExecFallback decides).
+func (a *Agent) useExecHelper(c *container, lp *libcontainer.Process) bool {
+	if a.execHelper == "" {
+		return false
+	}
+	cfg := c.lc.Config()
+	if reason := fastExecFallback(&cfg, lp); reason != "" {
+		c.log.Debugf("exec through libcontainer's runc init: the helper does not do %s", reason)
+		return false
+	}
+	return true
+}
+
+// fastExecState is what a container's execs through the helper share: computed at the
+// first one.
+type fastExecState struct {
+	mu           sync.Mutex
+	compiled     bool
+	seccomp      []byte
+	seccompFlags uint32
+	seccompErr   error
+	cgroupDir    string
+}
+
+// seccompProgram compiles the container's seccomp profile once.
+func (c *container) seccompProgram(cfg *configs.Seccomp) ([]byte, uint32, error) {
+	c.fast.mu.Lock()
+	defer c.fast.mu.Unlock()
+	if !c.fast.compiled {
+		c.fast.seccomp, c.fast.seccompFlags, c.fast.seccompErr = compileSeccomp(cfg)
+		c.fast.compiled = true
+	}
+	return c.fast.seccomp, c.fast.seccompFlags, c.fast.seccompErr
+}
+
+// cgroupDirs are the cgroups an exec'd process may start in, in libcontainer's order of
+// preference: the container's, then the one its init is in now.
+func (c *container) cgroupDirs() []string {
+	c.fast.mu.Lock()
+	if c.fast.cgroupDir == "" {
+		if st, err := c.lc.State(); err == nil {
+			c.fast.cgroupDir = st.CgroupPaths[""]
+		}
+	}
+	dirs := []string{c.fast.cgroupDir}
+	c.fast.mu.Unlock()
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(c.init.pid) + "/cgroup"); err == nil {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "0::"); ok {
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", rest))
+		}
+	}
+	return dirs
+}
+
+// capsFor converts capability names into the helper's bit sets; names unknown to the
+// guest's kernel are ignored, as libcontainer ignores them.
+func capsFor(c *configs.Capabilities) (*capSets, uint32, error) {
+	last, err := capability.LastCap()
+	if err != nil {
+		return nil, 0, fmt.Errorf("capabilities: %w", err)
+	}
+	if c == nil {
+		return nil, uint32(last), nil
+	}
+	byName := make(map[string]capability.Cap, int(last)+1)
+	for _, k := range capability.ListKnown() {
+		if k <= last {
+			byName["CAP_"+strings.ToUpper(k.String())] = k
+		}
+	}
+	mask := func(names []string) uint64 {
+		var m uint64
+		for _, n := range names {
+			if k, ok := byName[n]; ok {
+				m |= 1 << uint(k)
+			}
+		}
+		return m
+	}
+	return &capSets{
+		bounding: mask(c.Bounding), effective: mask(c.Effective), inheritable: mask(c.Inheritable),
+		permitted: mask(c.Permitted), ambient: mask(c.Ambient),
+	}, uint32(last), nil
+}
+
+// execRlimits are the rlimits of the process: its own, or else the container's (with the
+// ones the agent would set late restored to their values: the helper sets them all).
+func execRlimits(own []configs.Rlimit, ctr []configs.Rlimit, ctrLate []configs.Rlimit) []configs.Rlimit {
+	if len(own) > 0 {
+		return own
+	}
+	out := make([]configs.Rlimit, 0, len(ctr))
+	for _, rl := range ctr {
+		for _, l := range ctrLate {
+			if l.Type == rl.Type {
+				rl = l
+			}
+		}
+		out = append(out, rl)
+	}
+	return out
+}
+
+// buildExecRequest fills in the helper's request from the container and the process;
+// nsFD numbers the descriptors the namespaces will have in the helper.
+func (c *container) buildExecRequest(cfg *configs.Config, lp *libcontainer.Process, rows, cols uint16) (*execRequest, error) {
+	env, needHome, err := prepareExecEnv(lp.Env)
+	if err != nil {
+		return nil, withKind(agentproto.KindInvalid, err)
+	}
+	capCfg := cfg.Capabilities
+	if lp.Capabilities != nil {
+		capCfg = lp.Capabilities
+	}
+	caps, last, err := capsFor(capCfg)
+	if err != nil {
+		return nil, err
+	}
+	nnp := cfg.NoNewPrivileges
+	if lp.NoNewPrivileges != nil {
+		nnp = *lp.NoNewPrivileges
+	}
+	r := &execRequest{
+		uid: uint32(lp.UID), gid: uint32(lp.GID), caps: caps, lastCap: last, noNewPrivs: nnp,
+		rlimits: execRlimits(lp.Rlimits, cfg.Rlimits, c.lateRlimits),
+		umask:   cfg.Umask, cwd: lp.Cwd, args: lp.Args, env: env, lookupHome: needHome,
+		consoleFD: -1, rows: rows, cols: cols, oomScoreAdj: cfg.OomScoreAdj,
+	}
+	for _, g := range lp.AdditionalGroups {
+		r.groups = append(r.groups, uint32(g))
+	}
+	if !cfg.NoNewKeyring {
+		r.keyring = "_ses." + c.id
+	}
+	if cfg.Seccomp != nil {
+		if r.seccomp, r.seccompFlags, err = c.seccompProgram(cfg.Seccomp); err != nil {
+			return nil, fmt.Errorf("container %q: %w", c.id, err)
+		}
+	}
+	return r, nil
+}
+
+// execHelperWait bounds the helper's start: the pid, then the program's exec.
+const execHelperWait = 10 * time.Second
+
+// nsFile is an open namespace of the container's init and its CLONE_NEW* type.
+type nsFile struct {
+	nstype uint32
+	f      *os.File
+}
+
+// fastExec starts lp in the running container c through the exec helper and returns the
+// process (a child of the agent: the helper forks it with CLONE_PARENT). The caller holds
+// the reaper's start bracket.
+func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) (*os.Process, error) {
+	cfg := c.lc.Config()
+	req, err := c.buildExecRequest(&cfg, lp, lp.ConsoleHeight, lp.ConsoleWidth)
+	if err != nil {
+		return nil, err
+	}
+	tr.mark("helper request built")
+	if c.init.exited() {
+		return nil, errorf(agentproto.KindState, "cannot exec in container %q: it is stopped", c.id)
+	}
+	var namespaces []nsFile
+	defer func() {
+		for _, ns := range namespaces {
+			ns.f.Close()
+		}
+	}()
+	initPid := strconv.Itoa(c.init.pid)
+	for _, t := range configs.NamespaceTypes() {
+		if !cfg.Namespaces.Contains(t) {
+			continue
+		}
+		f, err := os.Open("/proc/" + initPid + "/ns/" + configs.NsName(t))
+		if err != nil {
+			if c.init.exited() || errors.Is(err, os.ErrNotExist) {
+				return nil, errorf(agentproto.KindState, "cannot exec in container %q: its init is gone", c.id)
+			}
+			return nil, fmt.Errorf("container %q: %w", c.id, err)
+		}
+		namespaces = append(namespaces, nsFile{nstype: uint32((&configs.Namespace{Type: t}).Syscall()), f: f})
+	}
+	tr.mark("namespaces opened")
+	console, _ := any(lp.ConsoleSocket).(*os.File)
+	stdio := [3]*os.File{}
+	for i, std := range []any{lp.Stdin, lp.Stdout, lp.Stderr} {
+		stdio[i], _ = std.(*os.File)
+	}
+	return runExecHelper(a.execHelper, req, stdio, namespaces, console, c.cgroupDirs(), tr)
+}
+
+// runExecHelper starts the helper in the first cgroup of dirs that takes it, with the
+// process's stdio (nil: /dev/null), the namespaces and the console socket (nil: no
+// terminal), sends it req and waits until the process exec'd its program: it returns the
+// process, or the helper's report of the step that failed.
+func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
+	var closers []*os.File
+	defer func() {
+		for _, f := range closers {
+			f.Close()
+		}
+	}()
+	files := make([]*os.File, 0, 8+len(namespaces))
+	for _, f := range stdio {
+		if f == nil {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+			if err != nil {
+				return nil, err
+			}
+			closers = append(closers, null)
+			f = null
+		}
+		files = append(files, f)
+	}
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("exec helper: request pipe: %w", err)
+	}
+	closers = append(closers, reqR, reqW)
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("exec helper: report pipe: %w", err)
+	}
+	closers = append(closers, repR, repW)
+	files = append(files, reqR, repW) // fds 3 and 4, as the helper expects
+	req.namespaces = req.namespaces[:0]
+	for _, ns := range namespaces {
+		req.namespaces = append(req.namespaces, execNamespace{nstype: ns.nstype, fd: len(files)})
+		files = append(files, ns.f)
+	}
+	req.consoleFD = -1
+	if console != nil {
+		req.consoleFD = len(files)
+		files = append(files, console)
+	}
+	data, err := req.encode()
+	if err != nil {
+		return nil, err
+	}
+
+	helper, err := startInCgroup(helperPath, files, dirs)
+	if err != nil {
+		return nil, fmt.Errorf("exec helper: start: %w", err)
+	}
+	tr.mark("helper started")
+	// Only the helper keeps its ends.
+	reqR.Close()
+	repW.Close()
+	if _, err := reqW.Write(data); err != nil {
+		_ = helper.Kill()
+		_, _ = helper.Wait()
+		return nil, fmt.Errorf("exec helper: send the request: %w", err)
+	}
+	reqW.Close()
+
+	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	first, err := readReport(repR)
+	if err != nil && err != io.EOF {
+		_ = helper.Kill()
+	}
+	hst, _ := helper.Wait() // it exits right after its report
+	switch {
+	case err == io.EOF:
+		return nil, fmt.Errorf("exec helper exited without a report (%v)", hst)
+	case err != nil:
+		return nil, err
+	case first.kind == reportError:
+		return nil, helperError(first, req.args[0])
+	}
+	proc, err := os.FindProcess(int(first.value))
+	if err != nil {
+		return nil, fmt.Errorf("exec helper: process %d: %w", first.value, err)
+	}
+	tr.mark("helper forked the process")
+	next, err := readReport(repR)
+	switch {
+	case err == io.EOF:
+		return proc, nil // the report pipe closed on exec
+	case err == nil && next.kind == reportError:
+		_, _ = proc.Wait()
+		return nil, helperError(next, req.args[0])
+	case err == nil:
+		err = fmt.Errorf("exec helper: unexpected report %q", rune(next.kind))
+	}
+	_ = proc.Kill()
+	_, _ = proc.Wait()
+	return nil, err
+}
+
+// startInCgroup starts the helper directly in the first of dirs that takes it
+// (CLONE_INTO_CGROUP), as libcontainer starts `runc init` for an exec.
+func startInCgroup(helperPath string, files []*os.File, dirs []string) (*os.Process, error) {
+	var errs []error
+	for _, dir := range dirs {
+		if dir == "" {
+			continue
+		}
+		cg, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open cgroup %s: %w", dir, err))
+			continue
+		}
+		p, err := os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{
+			Env:   []string{},
+			Files: files,
+			Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg},
+		})
+		unix.Close(cg)
+		if err == nil {
+			return p, nil
+		}
+		errs = append(errs, fmt.Errorf("into cgroup %s: %w", dir, err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("the container has no cgroup")
+	}
+	return nil, errors.Join(errs...)
+}

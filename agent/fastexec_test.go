@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+)
+
+func TestFastExecFallback(t *testing.T) {
+	base := func() (*configs.Config, *libcontainer.Process) {
+		return &configs.Config{
+				Cgroups:    &cgroups.Cgroup{},
+				Namespaces: configs.Namespaces{{Type: configs.NEWNS}, {Type: configs.NEWPID}, {Type: configs.NEWUTS}, {Type: configs.NEWIPC}},
+				Seccomp:    &configs.Seccomp{DefaultAction: configs.Errno, Syscalls: []*configs.Syscall{{Name: "read", Action: configs.Allow}}},
+			},
+			&libcontainer.Process{Args: []string{"true"}}
+	}
+	prio := &configs.IOPriority{}
+	for _, tc := range []struct {
+		name   string
+		change func(*configs.Config, *libcontainer.Process)
+		want   string
+	}{
+		{"a plain exec", func(*configs.Config, *libcontainer.Process) {}, ""},
+		{"terminal, caps, rlimits, user", func(c *configs.Config, p *libcontainer.Process) {
+			p.ConsoleSocket, p.UID, p.Capabilities = nil, 1000, &configs.Capabilities{Bounding: []string{"CAP_KILL"}}
+			p.Rlimits = []configs.Rlimit{{Type: 7, Soft: 1, Hard: 2}}
+		}, ""},
+		{"process AppArmor", func(_ *configs.Config, p *libcontainer.Process) { p.AppArmorProfile = "x" }, "AppArmor profile"},
+		{"container AppArmor", func(c *configs.Config, _ *libcontainer.Process) { c.AppArmorProfile = "x" }, "AppArmor profile"},
+		{"SELinux", func(_ *configs.Config, p *libcontainer.Process) { p.Label = "x" }, "SELinux label"},
+		{"scheduler", func(c *configs.Config, _ *libcontainer.Process) { c.Scheduler = &configs.Scheduler{} }, "scheduler"},
+		{"I/O priority", func(_ *configs.Config, p *libcontainer.Process) { p.IOPriority = prio }, "I/O priority"},
+		{"personality", func(c *configs.Config, _ *libcontainer.Process) { c.Personality = &configs.LinuxPersonality{} }, "personality"},
+		{"memory policy", func(c *configs.Config, _ *libcontainer.Process) { c.MemoryPolicy = &configs.LinuxMemoryPolicy{} }, "memory policy"},
+		{"CPU affinity", func(_ *configs.Config, p *libcontainer.Process) { p.CPUAffinity = &configs.CPUAffinity{} }, "CPU affinity"},
+		{"user namespace", func(c *configs.Config, _ *libcontainer.Process) {
+			c.Namespaces = append(c.Namespaces, configs.Namespace{Type: configs.NEWUSER})
+		}, "user namespace"},
+		{"rootless", func(c *configs.Config, _ *libcontainer.Process) { c.RootlessEUID = true }, "rootless"},
+		{"seccomp notify", func(c *configs.Config, _ *libcontainer.Process) {
+			c.Seccomp.Syscalls = append(c.Seccomp.Syscalls, &configs.Syscall{Name: "mount", Action: configs.Notify})
+		}, "seccomp notify"},
+		{"seccomp listener", func(c *configs.Config, _ *libcontainer.Process) { c.Seccomp.ListenerPath = "/x" }, "seccomp notify"},
+		{"sub-cgroup", func(_ *configs.Config, p *libcontainer.Process) { p.SubCgroupPaths = map[string]string{"": "x"} }, "sub-cgroup"},
+		{"no cgroup", func(c *configs.Config, _ *libcontainer.Process) { c.Cgroups = nil }, "no cgroup"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, p := base()
+			tc.change(c, p)
+			if got := fastExecFallback(c, p); got != tc.want {
+				t.Fatalf("fastExecFallback = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPrepareExecEnv(t *testing.T) {
+	for _, tc := range []struct {
+		in       []string
+		want     []string
+		needHome bool
+		err      string
+	}{
+		{[]string{"A=1", "B=2", "A=3"}, []string{"B=2", "A=3"}, true, ""},
+		{[]string{"HOME=/root", "X="}, []string{"HOME=/root", "X="}, false, ""},
+		{[]string{"HOME=/root", "HOME="}, nil, true, ""},
+		{[]string{"NOEQUALS"}, nil, false, "missing '='"},
+		{[]string{"=x"}, nil, false, "name cannot be empty"},
+		{[]string{"A=x\x00y"}, nil, false, "nul byte"},
+	} {
+		got, needHome, err := prepareExecEnv(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("prepareExecEnv(%q) error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) || needHome != tc.needHome {
+			t.Errorf("prepareExecEnv(%q) = %q, %v, %v; want %q, %v", tc.in, got, needHome, err, tc.want, tc.needHome)
+		}
+	}
+}
+
+// The request's framing as the helper checks it: magic, total length, fields that add up.
+func TestExecRequestEncoding(t *testing.T) {
+	umask := uint32(0o22)
+	r := &execRequest{uid: 1, gid: 2, cwd: "/w", args: []string{"sh", "-c", "x"}, env: []string{"A=1"},
+		umask: &umask, consoleFD: -1, namespaces: []execNamespace{{nstype: 0x20000, fd: 5}}}
+	b, err := r.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b[:4]) != execMagic || int(binary.LittleEndian.Uint32(b[4:])) != len(b)-8 {
+		t.Fatalf("header %q, length %d of %d", b[:4], binary.LittleEndian.Uint32(b[4:]), len(b)-8)
+	}
+	fields := map[uint16][]byte{}
+	for body := b[8:]; len(body) > 0; {
+		if len(body) < 8 {
+			t.Fatalf("truncated field header: %x", body)
+		}
+		tag, n := binary.LittleEndian.Uint16(body), binary.LittleEndian.Uint32(body[4:])
+		if int(n) > len(body)-8 {
+			t.Fatalf("field %d longer than the rest", tag)
+		}
+		fields[tag] = body[8 : 8+n]
+		body = body[8+n:]
+	}
+	if got := fields[tagArgs]; !bytes.Equal(got, []byte("sh\x00-c\x00x\x00")) {
+		t.Errorf("args field %q", got)
+	}
+	if got := fields[tagNS]; !bytes.Equal(got, []byte{0, 0, 2, 0, 5, 0, 0, 0}) {
+		t.Errorf("namespace field %x", got)
+	}
+	if _, ok := fields[tagConsole]; ok {
+		t.Error("a console field without a terminal")
+	}
+	r.args = []string{"a\x00b"}
+	if _, err := r.encode(); err == nil {
+		t.Error("an argument with a NUL byte was encoded")
+	}
+}
+
+func TestReadReport(t *testing.T) {
+	rec := func(kind uint32, v int32, text string) []byte {
+		b := binary.LittleEndian.AppendUint32(nil, kind)
+		b = binary.LittleEndian.AppendUint32(b, uint32(v))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(text)))
+		return append(b, text...)
+	}
+	r := bytes.NewReader(append(rec(reportPid, 42, ""), rec(reportError, 2, "setns into the mnt namespace")...))
+	if p, err := readReport(r); err != nil || p.kind != reportPid || p.value != 42 {
+		t.Fatalf("pid record: %+v %v", p, err)
+	}
+	e, err := readReport(r)
+	if err != nil || e.kind != reportError {
+		t.Fatalf("error record: %+v %v", e, err)
+	}
+	if got := helperError(e, "x").Error(); got != "exec helper: setns into the mnt namespace: no such file or directory" {
+		t.Errorf("helperError = %q", got)
+	}
+	if _, err := readReport(r); err != io.EOF {
+		t.Errorf("after the last record: %v, want EOF", err)
+	}
+	for _, bad := range [][]byte{rec('X', 0, ""), rec(reportError, 1, strings.Repeat("x", maxReport+1)), rec(reportPid, 1, "")[:7]} {
+		if _, err := readReport(bytes.NewReader(bad)); err == nil || err == io.EOF {
+			t.Errorf("malformed report %x accepted (%v)", bad, err)
+		}
+	}
+}

@@ -1,0 +1,743 @@
+/*
+ * runv-exec: the guest agent's engine for EXECCMD, a process run inside a container that
+ * is already running. It replaces libcontainer's re-exec of the 7.7 MB Go agent as
+ * `runc init` for that case (docs/architecture.md, "exec into a running container"):
+ * under TCG the Go runtime's start and the parent/child syncs cost ~40 ms per exec, this
+ * program a few. It does what libcontainer's setns path does, in the same order, and
+ * nothing else; whatever it does not implement the agent leaves to libcontainer
+ * (agent/fastexec.go, fastExecFallback).
+ *
+ * Built static (`cc -static -O2`, Makefile) and packed into the initramfs beside the
+ * agent, on a read-only mount (the agent's boot): a process of the container could
+ * otherwise reopen /proc/<pid>/exe of this program for writing (CVE-2019-5736).
+ *
+ * Descriptors from the agent:
+ *   0, 1, 2  the process's stdio (pipes, or /dev/null when a terminal is asked for)
+ *   3        the request: "RVX1", u32 length (little endian), then fields
+ *            (u16 tag, u16 zero, u32 length, data); see agent/fastexec.go
+ *   4        the report, written by this process and by the process it forks:
+ *            u32 kind ('P' pid, 'E' error), i32 value (pid, errno), u32 length, text
+ *   5...     the container init's namespaces and the console socket, as the request names
+ *
+ * The flow: read the request, oom_score_adj and rlimits (before a user namespace takes the
+ * right to raise them), join the namespaces (as nsexec does: all but user, user, the rest),
+ * fork once (CLONE_PARENT: the agent, PID 1 of the guest, is the parent and reaper of the
+ * process, which the new pid namespace needs a fork to enter), report the pid, exit. The
+ * child: setsid, keyring, terminal, no_new_privs, umask, seccomp when it needs privileges,
+ * close-on-exec of every other descriptor, cwd, HOME, bounding set, user and groups,
+ * capabilities, the program's path, seccomp as the last step when no_new_privs is set,
+ * execve. The report descriptor is close-on-exec: EOF after the pid is success.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/magic.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
+#include <termios.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+
+enum { REQ_FD = 3, REPORT_FD = 4 };
+
+/* Request fields; the numbers are agent/fastexec.go's. */
+enum {
+	T_NS = 1,        /* u32 nstype (CLONE_NEW*), u32 fd; repeated */
+	T_UID = 2,       /* u32 */
+	T_GID = 3,       /* u32 */
+	T_GROUPS = 4,    /* u32 each */
+	T_CAPS = 5,      /* u64 bounding, effective, inheritable, permitted, ambient; u32 last cap */
+	T_NNP = 6,       /* u8 */
+	T_RLIMIT = 7,    /* u32 resource, u32 zero, u64 soft, u64 hard; repeated */
+	T_UMASK = 8,     /* u32 */
+	T_CWD = 9,       /* string */
+	T_ARGS = 10,     /* NUL-terminated strings */
+	T_ENV = 11,      /* NUL-terminated strings */
+	T_SECCOMP = 12,  /* u32 flags, then struct sock_filter[] */
+	T_KEYRING = 13,  /* string: the session keyring to join */
+	T_CONSOLE = 14,  /* u32 socket fd, u16 rows, u16 cols */
+	T_OOMSCORE = 15, /* string */
+	T_HOME = 16,     /* no data: HOME is not in the environment, look it up */
+};
+
+#define MAX_REQUEST (8 << 20)
+#define MAX_NS 16
+#define MAX_RLIMITS 32
+#define MAX_STRINGS 65536
+
+struct request {
+	struct { uint32_t type; int fd; } ns[MAX_NS];
+	int nns;
+	uint32_t uid, gid;
+	gid_t *groups;
+	int ngroups;
+	int has_caps;
+	uint64_t caps[5];
+	uint32_t last_cap;
+	int nnp;
+	struct { uint32_t resource; uint64_t soft, hard; } rl[MAX_RLIMITS];
+	int nrl;
+	int has_umask;
+	uint32_t umask;
+	char *cwd;
+	char **argv, **envp;
+	int nenv;
+	int has_seccomp;
+	uint32_t seccomp_flags;
+	struct sock_fprog prog;
+	char *keyring;
+	int console_fd;
+	uint16_t rows, cols;
+	char *oomscore;
+	int lookup_home;
+};
+
+enum { CAP_BOUNDING, CAP_EFFECTIVE, CAP_INHERITABLE, CAP_PERMITTED, CAP_AMBIENT };
+
+/* report writes one record; a failure to report is not reportable. */
+static void report(uint32_t kind, int32_t value, const char *text)
+{
+	uint32_t len = text ? strlen(text) : 0;
+	char buf[12 + 512];
+	if (len > 512)
+		len = 512;
+	memcpy(buf, &kind, 4);
+	memcpy(buf + 4, &value, 4);
+	memcpy(buf + 8, &len, 4);
+	if (len)
+		memcpy(buf + 12, text, len);
+	/* One write of at most PIPE_BUF bytes: records of two processes never interleave. */
+	ssize_t n;
+	do {
+		n = write(REPORT_FD, buf, 12 + len);
+	} while (n < 0 && errno == EINTR);
+}
+
+/* fail reports the step that failed with its errno and ends this process. */
+static void __attribute__((noreturn)) fail(const char *step, int err)
+{
+	report('E', err, step);
+	_exit(127);
+}
+
+static void __attribute__((noreturn)) failf(int err, const char *fmt, const char *arg)
+{
+	char text[512];
+	snprintf(text, sizeof(text), fmt, arg);
+	fail(text, err);
+}
+
+static void read_full(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			fail("read request", errno);
+		if (n == 0)
+			fail("read request: truncated", EPROTO);
+		p += n;
+		len -= n;
+	}
+}
+
+static uint32_t u32at(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t u64at(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* strdup_field copies a string field, which must not contain a NUL. */
+static char *strdup_field(const char *p, uint32_t len)
+{
+	if (memchr(p, 0, len))
+		fail("request: NUL inside a string field", EPROTO);
+	char *s = malloc(len + 1);
+	if (!s)
+		fail("request: malloc", ENOMEM);
+	memcpy(s, p, len);
+	s[len] = 0;
+	return s;
+}
+
+/* split_strings turns a field of NUL-terminated strings into a NULL-terminated vector. */
+static char **split_strings(const char *p, uint32_t len, int *count)
+{
+	if (len > 0 && p[len - 1] != 0)
+		fail("request: string list not NUL-terminated", EPROTO);
+	int n = 0;
+	for (uint32_t i = 0; i < len; i++)
+		if (p[i] == 0)
+			n++;
+	if (n > MAX_STRINGS)
+		fail("request: too many strings", EPROTO);
+	char **v = calloc(n + 2, sizeof(char *)); /* +1 for HOME */
+	char *copy = malloc(len + 1);
+	if (!v || !copy)
+		fail("request: malloc", ENOMEM);
+	memcpy(copy, p, len);
+	int k = 0;
+	for (uint32_t i = 0; i < len; i += strlen(copy + i) + 1)
+		v[k++] = copy + i;
+	*count = n;
+	return v;
+}
+
+static void parse_request(struct request *r)
+{
+	char hdr[8];
+	read_full(REQ_FD, hdr, 8);
+	if (memcmp(hdr, "RVX1", 4) != 0)
+		fail("request: bad magic", EPROTO);
+	uint32_t total = u32at(hdr + 4);
+	if (total > MAX_REQUEST)
+		fail("request: too large", EPROTO);
+	char *buf = malloc(total ? total : 1);
+	if (!buf)
+		fail("request: malloc", ENOMEM);
+	read_full(REQ_FD, buf, total);
+	close(REQ_FD);
+
+	memset(r, 0, sizeof(*r));
+	r->console_fd = -1;
+	int have_args = 0;
+	for (uint32_t off = 0; off < total;) {
+		if (total - off < 8)
+			fail("request: truncated field header", EPROTO);
+		uint16_t tag;
+		memcpy(&tag, buf + off, 2);
+		uint32_t len = u32at(buf + off + 4);
+		off += 8;
+		if (len > total - off)
+			fail("request: field longer than the request", EPROTO);
+		const char *d = buf + off;
+		off += len;
+		switch (tag) {
+		case T_NS:
+			if (len != 8 || r->nns >= MAX_NS)
+				fail("request: bad namespace field", EPROTO);
+			r->ns[r->nns].type = u32at(d);
+			r->ns[r->nns].fd = (int)u32at(d + 4);
+			r->nns++;
+			break;
+		case T_UID:
+		case T_GID:
+		case T_UMASK:
+			if (len != 4)
+				fail("request: bad u32 field", EPROTO);
+			if (tag == T_UID)
+				r->uid = u32at(d);
+			else if (tag == T_GID)
+				r->gid = u32at(d);
+			else
+				r->has_umask = 1, r->umask = u32at(d);
+			break;
+		case T_GROUPS:
+			if (len % 4 != 0 || len / 4 > 65536)
+				fail("request: bad groups field", EPROTO);
+			r->ngroups = len / 4;
+			r->groups = calloc(r->ngroups + 1, sizeof(gid_t));
+			if (!r->groups)
+				fail("request: malloc", ENOMEM);
+			for (int i = 0; i < r->ngroups; i++)
+				r->groups[i] = u32at(d + 4 * i);
+			break;
+		case T_CAPS:
+			if (len != 44)
+				fail("request: bad capabilities field", EPROTO);
+			r->has_caps = 1;
+			for (int i = 0; i < 5; i++)
+				r->caps[i] = u64at(d + 8 * i);
+			r->last_cap = u32at(d + 40);
+			if (r->last_cap > 63)
+				fail("request: bad last capability", EPROTO);
+			break;
+		case T_NNP:
+			if (len != 1)
+				fail("request: bad no_new_privileges field", EPROTO);
+			r->nnp = d[0] != 0;
+			break;
+		case T_RLIMIT:
+			if (len != 24 || r->nrl >= MAX_RLIMITS)
+				fail("request: bad rlimit field", EPROTO);
+			r->rl[r->nrl].resource = u32at(d);
+			r->rl[r->nrl].soft = u64at(d + 8);
+			r->rl[r->nrl].hard = u64at(d + 16);
+			r->nrl++;
+			break;
+		case T_CWD:
+			r->cwd = strdup_field(d, len);
+			break;
+		case T_ARGS: {
+			int n;
+			r->argv = split_strings(d, len, &n);
+			if (n == 0)
+				fail("request: no args", EPROTO);
+			have_args = 1;
+			break;
+		}
+		case T_ENV:
+			r->envp = split_strings(d, len, &r->nenv);
+			break;
+		case T_SECCOMP:
+			if (len < 4 + sizeof(struct sock_filter) || (len - 4) % sizeof(struct sock_filter) != 0 ||
+			    (len - 4) / sizeof(struct sock_filter) > BPF_MAXINSNS)
+				fail("request: bad seccomp program", EPROTO);
+			r->has_seccomp = 1;
+			r->seccomp_flags = u32at(d);
+			r->prog.len = (len - 4) / sizeof(struct sock_filter);
+			r->prog.filter = malloc(len - 4);
+			if (!r->prog.filter)
+				fail("request: malloc", ENOMEM);
+			memcpy(r->prog.filter, d + 4, len - 4);
+			break;
+		case T_KEYRING:
+			r->keyring = strdup_field(d, len);
+			break;
+		case T_CONSOLE:
+			if (len != 8)
+				fail("request: bad console field", EPROTO);
+			r->console_fd = (int)u32at(d);
+			memcpy(&r->rows, d + 4, 2);
+			memcpy(&r->cols, d + 6, 2);
+			break;
+		case T_OOMSCORE:
+			r->oomscore = strdup_field(d, len);
+			break;
+		case T_HOME:
+			r->lookup_home = 1;
+			break;
+		default:
+			fail("request: unknown field", EPROTO);
+		}
+	}
+	if (!have_args)
+		fail("request: no args", EPROTO);
+	if (!r->envp) {
+		r->envp = calloc(2, sizeof(char *));
+		if (!r->envp)
+			fail("request: malloc", ENOMEM);
+	}
+	if (!r->cwd)
+		r->cwd = "/";
+}
+
+static const char *ns_name(uint32_t type)
+{
+	switch (type) {
+	case CLONE_NEWUSER: return "user";
+	case CLONE_NEWIPC: return "ipc";
+	case CLONE_NEWUTS: return "uts";
+	case CLONE_NEWNET: return "net";
+	case CLONE_NEWPID: return "pid";
+	case CLONE_NEWNS: return "mnt";
+	case CLONE_NEWCGROUP: return "cgroup";
+	case 0x80: return "time"; /* CLONE_NEWTIME */
+	}
+	return "unknown";
+}
+
+/* join_pass joins the namespaces of the request whose type is in allow; EPERM is left for a
+ * later pass (as nsexec: a namespace owned by the container's user namespace may only be
+ * joinable once that one is joined). */
+static void join_pass(struct request *r, uint32_t allow, int user)
+{
+	for (int i = 0; i < r->nns; i++) {
+		if (r->ns[i].fd < 0 || !(r->ns[i].type & allow) || (user != (r->ns[i].type == CLONE_NEWUSER)))
+			continue;
+		if (setns(r->ns[i].fd, r->ns[i].type) < 0) {
+			if (errno == EPERM)
+				continue;
+			failf(errno, "setns into the %s namespace", ns_name(r->ns[i].type));
+		}
+		if (r->ns[i].type == CLONE_NEWUSER && setresuid(0, 0, 0) < 0)
+			fail("become root in the user namespace", errno);
+		close(r->ns[i].fd);
+		r->ns[i].fd = -1;
+	}
+}
+
+static void join_namespaces(struct request *r)
+{
+	join_pass(r, ~0u, 0);
+	join_pass(r, CLONE_NEWUSER, 1);
+	join_pass(r, ~0u, 0);
+	for (int i = 0; i < r->nns; i++)
+		if (r->ns[i].fd >= 0)
+			failf(EPERM, "setns into the %s namespace", ns_name(r->ns[i].type));
+}
+
+static void write_file(const char *path, const char *data)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		failf(errno, "open %s", path);
+	if (write(fd, data, strlen(data)) < 0)
+		failf(errno, "write %s", path);
+	close(fd);
+}
+
+/* send_fd sends the terminal's master to the agent as libcontainer's init does: SCM_RIGHTS
+ * with the terminal's name as data. */
+static void send_fd(int sock, int fd, const char *name)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	memset(cbuf, 0, sizeof(cbuf));
+	struct iovec iov = {.iov_base = (void *)name, .iov_len = strlen(name)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	if (sendmsg(sock, &msg, 0) < 0)
+		fail("send the terminal to the agent", errno);
+}
+
+/* setup_terminal makes a pty of the container's devpts (so that the container sees it as
+ * /dev/pts/N), sends the master to the agent and makes the peer the process's stdio and
+ * controlling terminal. /dev/pts/ptmx is the container's: it must be a devpts ptmx. */
+static void setup_terminal(struct request *r)
+{
+	int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW);
+	if (master < 0)
+		fail("open /dev/pts/ptmx", errno);
+	struct statfs sfs;
+	struct stat st;
+	if (fstatfs(master, &sfs) < 0 || fstat(master, &st) < 0)
+		fail("stat /dev/pts/ptmx", errno);
+	if (sfs.f_type != DEVPTS_SUPER_MAGIC || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 || minor(st.st_rdev) != 2)
+		fail("/dev/pts/ptmx is not a devpts ptmx", EINVAL);
+	int unlock = 0;
+	if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
+		fail("unlock the terminal", errno);
+	unsigned int ptn;
+	if (ioctl(master, TIOCGPTN, &ptn) < 0)
+		fail("terminal number", errno);
+	int peer = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (peer < 0)
+		fail("open the terminal's peer", errno);
+	if (r->rows && r->cols) {
+		struct winsize ws = {.ws_row = r->rows, .ws_col = r->cols};
+		if (ioctl(master, TIOCSWINSZ, &ws) < 0)
+			fail("set the terminal's size", errno);
+	}
+	char name[64];
+	snprintf(name, sizeof(name), "/dev/pts/%u", ptn);
+	send_fd(r->console_fd, master, name);
+	close(master);
+	close(r->console_fd);
+	for (int fd = 0; fd < 3; fd++)
+		if (dup3(peer, fd, 0) < 0)
+			fail("terminal as stdio", errno);
+	close(peer);
+	if (ioctl(0, TIOCSCTTY, 0) < 0)
+		fail("terminal as the controlling terminal", errno);
+}
+
+/* fix_stdio_owner gives the process's stdio to its user, as libcontainer does (a terminal
+ * the user cannot write to is useless); /dev/null and what cannot be changed stay. */
+static void fix_stdio_owner(uid_t uid)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		struct stat st;
+		if (fstat(fd, &st) < 0)
+			fail("fstat stdio", errno);
+		if (st.st_uid == uid || (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
+			continue;
+		if (fchown(fd, uid, (gid_t)-1) < 0 && errno != EPERM && errno != EROFS)
+			fail("chown stdio", errno);
+	}
+}
+
+/* home_of reads the user's home from the container's /etc/passwd; "/" when there is none
+ * (libcontainer's rule). A regular file only: not a FIFO that would hang the exec. */
+static char *home_of(uid_t uid)
+{
+	static char line[4096];
+	int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return "/";
+	struct stat st;
+	FILE *f = NULL;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || !(f = fdopen(fd, "r"))) {
+		close(fd);
+		return "/";
+	}
+	char *home = "/";
+	while (fgets(line, sizeof(line), f)) {
+		/* name:password:uid:gid:gecos:home:shell */
+		char *field[7] = {0};
+		char *p = line;
+		int n = 0;
+		line[strcspn(line, "\n")] = 0;
+		while (n < 7) {
+			field[n++] = p;
+			p = strchr(p, ':');
+			if (!p)
+				break;
+			*p++ = 0;
+		}
+		if (n < 6 || field[2][0] == 0)
+			continue;
+		char *end;
+		unsigned long v = strtoul(field[2], &end, 10);
+		if (*end == 0 && v == uid) {
+			home = strdup(field[5]);
+			break;
+		}
+	}
+	fclose(f);
+	return home ? home : "/";
+}
+
+static int cap_in(const struct request *r, int set, unsigned c) { return (r->caps[set] >> c) & 1; }
+
+static void apply_bounding(const struct request *r)
+{
+	for (unsigned c = 0; c <= r->last_cap; c++) {
+		if (cap_in(r, CAP_BOUNDING, c))
+			continue;
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+			fail("drop from the bounding set", errno);
+	}
+}
+
+static void apply_caps(const struct request *r)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct data[2];
+	memset(data, 0, sizeof(data));
+	for (int i = 0; i < 2; i++) {
+		data[i].effective = (uint32_t)(r->caps[CAP_EFFECTIVE] >> (32 * i));
+		data[i].permitted = (uint32_t)(r->caps[CAP_PERMITTED] >> (32 * i));
+		data[i].inheritable = (uint32_t)(r->caps[CAP_INHERITABLE] >> (32 * i));
+	}
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		fail("set capabilities", errno);
+	/* As libcontainer: ambient capabilities are best effort (one the kernel refuses, e.g.
+	 * not in permitted and inheritable, is skipped). */
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		fail("clear the ambient set", errno);
+	for (unsigned c = 0; c <= r->last_cap; c++)
+		if (cap_in(r, CAP_AMBIENT, c))
+			prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0);
+}
+
+static void load_seccomp(const struct request *r)
+{
+	int rc;
+	if (r->seccomp_flags == 0)
+		rc = prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &r->prog, 0, 0);
+	else
+		rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, r->seccomp_flags, &r->prog);
+	if (rc < 0)
+		fail("load the seccomp filter", errno);
+}
+
+/* find_executable is Go's exec.LookPath check on one path (what libcontainer runs). */
+static int find_executable(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return errno;
+	if (S_ISDIR(st.st_mode))
+		return EISDIR;
+	if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) == 0)
+		return 0;
+	if (errno != ENOSYS && errno != EPERM)
+		return errno;
+	return (st.st_mode & 0111) ? 0 : EACCES;
+}
+
+static const char *env_get(char **envp, const char *key)
+{
+	size_t k = strlen(key);
+	for (char **e = envp; *e; e++)
+		if (strncmp(*e, key, k) == 0 && (*e)[k] == '=')
+			return *e + k + 1;
+	return NULL;
+}
+
+/* look_path resolves argv[0] as Go's exec.LookPath does with the process's PATH. A name
+ * that is not found is reported as "lookpath: not in PATH" with ENOENT. */
+static char *look_path(const char *name, char **envp)
+{
+	if (strchr(name, '/')) {
+		int err = find_executable(name);
+		if (err)
+			fail("lookpath", err);
+		return (char *)name;
+	}
+	const char *path = env_get(envp, "PATH");
+	if (path && *path) {
+		const char *p = path;
+		for (;;) {
+			const char *end = strchrnul(p, ':');
+			size_t dlen = end - p;
+			char *full = malloc(dlen + strlen(name) + 3);
+			if (!full)
+				fail("lookpath: malloc", ENOMEM);
+			if (dlen == 0)
+				strcpy(full, ".");
+			else
+				memcpy(full, p, dlen), full[dlen] = 0;
+			strcat(full, "/");
+			strcat(full, name);
+			if (find_executable(full) == 0)
+				return full;
+			free(full);
+			if (*end == 0)
+				break;
+			p = end + 1;
+		}
+	}
+	fail("lookpath: not in PATH", ENOENT);
+}
+
+/* child is the process that becomes the program: it is in every namespace already. */
+static void __attribute__((noreturn)) child(struct request *r)
+{
+	if (setsid() < 0)
+		fail("setsid", errno);
+	if (r->keyring && syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, r->keyring) < 0 && errno != ENOSYS)
+		fail("join the session keyring", errno);
+	if (r->console_fd >= 0)
+		setup_terminal(r);
+	if (r->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		fail("set no_new_privs", errno);
+	if (r->has_umask)
+		umask(r->umask);
+	/* Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the drop. */
+	if (r->has_seccomp && !r->nnp)
+		load_seccomp(r);
+	/* Nothing but stdio and the report (close-on-exec already) reaches the program. */
+	if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+		for (int fd = 3; fd < 1024; fd++)
+			fcntl(fd, F_SETFD, FD_CLOEXEC);
+	}
+	/* As libcontainer: the cwd is tried before the user change (the user may not reach
+	 * it), again after it if that was a permission error. */
+	int chdir_later = 0;
+	if (chdir(r->cwd) < 0) {
+		if (errno != EACCES && errno != EPERM)
+			failf(errno, "chdir to cwd (%s)", r->cwd);
+		chdir_later = 1;
+	}
+	if (r->lookup_home) {
+		char *home = home_of(r->uid);
+		char *kv = malloc(strlen(home) + 6);
+		if (!kv)
+			fail("HOME: malloc", ENOMEM);
+		strcpy(kv, "HOME=");
+		strcat(kv, home);
+		r->envp[r->nenv] = kv; /* split_strings left room */
+		r->envp[r->nenv + 1] = NULL;
+	}
+	if (r->has_caps) {
+		apply_bounding(r);
+		if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+			fail("keep capabilities", errno);
+	}
+	fix_stdio_owner(r->uid);
+	/* Supplementary groups, unless the user namespace denies setgroups. */
+	int allow_groups = 1;
+	int sg = open("/proc/self/setgroups", O_RDONLY | O_CLOEXEC);
+	if (sg >= 0) {
+		char v[16] = {0};
+		if (read(sg, v, sizeof(v) - 1) > 0 && strncmp(v, "deny", 4) == 0)
+			allow_groups = 0;
+		close(sg);
+	}
+	if (allow_groups && setgroups(r->ngroups, r->groups) < 0)
+		fail("setgroups", errno);
+	if (setgid(r->gid) < 0)
+		fail("setgid", errno);
+	if (setuid(r->uid) < 0)
+		fail("setuid", errno);
+	if (chdir_later && chdir(r->cwd) < 0)
+		failf(errno, "chdir to cwd (%s)", r->cwd);
+	char wd[4096];
+	if (!getcwd(wd, sizeof(wd)))
+		fail("current working directory is outside of the container's root -- possible container breakout detected", errno);
+	if (wd[0] != '/')
+		fail("current working directory is outside of the container's root -- possible container breakout detected", ENOENT);
+	if (r->has_caps) {
+		if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+			fail("clear keep capabilities", errno);
+		apply_caps(r);
+	}
+	char *path = look_path(r->argv[0], r->envp);
+	if (r->has_seccomp && r->nnp)
+		load_seccomp(r);
+	execve(path, r->argv, r->envp);
+	fail("execve", errno);
+}
+
+int main(void)
+{
+	/* Nothing of the container may open /proc/<pid>/exe or our memory while we work. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		fail("PR_SET_DUMPABLE", errno);
+	if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) < 0)
+		_exit(126); /* no report channel: the agent sees EOF without a pid */
+	struct request r;
+	parse_request(&r);
+	if (r.oomscore)
+		write_file("/proc/self/oom_score_adj", r.oomscore);
+	/* Before a user namespace is joined: raising a hard limit needs the guest's root. */
+	for (int i = 0; i < r.nrl; i++) {
+		struct rlimit rl = {.rlim_cur = r.rl[i].soft, .rlim_max = r.rl[i].hard};
+		if (setrlimit(r.rl[i].resource, &rl) < 0)
+			fail("setrlimit", errno);
+	}
+	join_namespaces(&r);
+	/* The child waits until this process reported its pid and exited (EOF on this pipe):
+	 * the agent reads the pid before any error of the child. */
+	int order[2];
+	if (pipe2(order, O_CLOEXEC) < 0)
+		fail("pipe", errno);
+	/* A fork enters the pid namespace. CLONE_PARENT makes the agent the parent, which
+	 * waits for the process; this process only reports its pid. */
+	pid_t pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+	if (pid < 0)
+		fail("fork into the pid namespace", errno);
+	if (pid == 0) {
+		char c;
+		close(order[1]);
+		while (read(order[0], &c, 1) < 0 && errno == EINTR)
+			;
+		close(order[0]);
+		child(&r);
+	}
+	report('P', pid, NULL);
+	return 0;
+}
