@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/internal/leakcheck"
 	"github.com/runv-project/runv/test/nettest"
 )
 
@@ -140,7 +141,8 @@ func newPodNet(t *testing.T, veth bool) podNet {
 	return n
 }
 
-// snapshot is what `ip` and `tc` show of the namespace, as a user would compare it.
+// snapshot is what `ip` and `tc` show of the namespace, as a user would compare it, and
+// the BPF links attached to it.
 func (n podNet) snapshot(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
@@ -155,6 +157,8 @@ func (n podNet) snapshot(t *testing.T) string {
 		}
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
 	}
+	// What `ip` and `tc` do not show: runv's port-forward steering (an sk_lookup link).
+	fmt.Fprintf(&b, "BPF links attached to the namespace: %d\n", leakcheck.NetnsBPFLinks(t, n.path()))
 	return b.String()
 }
 
