@@ -9,12 +9,15 @@
 # VM of that size (benchtool netfloor: machine type, vCPUs, memory, TCG), with the same
 # nettool server as the initrd's init instead of the agent, its one NIC's tap given an
 # address directly in the host's namespace (no pod namespace, no tc redirect, no runv).
-# What runv cannot beat without changing the machine.
+# What runv cannot beat without changing the machine. And floor-tc: the same bare VM behind
+# runv's host path (its tap in a pod-like namespace, redirected to and from the veth by tc),
+# without runv: what the path costs, apart from runv's guest.
 #
-# NET_LEVERS=1 also measures, in the same run, what might move the floor and runv: 2 vCPUs
+# NET_LEVERS=1 (or a list of their names) also measures, in the same run, what might move the floor and runv: 2 vCPUs
 # with a multiqueue tap (and without: one queue pair), thread=multi/single and tb-size of
 # TCG, 4 MiB socket buffers on both ends, the guest's receive offload (large frames from the
-# host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off.
+# host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off, the host's TCP autotuning
+# limits (tcp_rmem/tcp_wmem) in the guest instead of its own (sized by its memory).
 #
 # Environment: RUNV, RUNV_KERNEL, RUNV_INITRD as bench/run.sh; NET_SECS (10), RR_N (200),
 # NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2"),
@@ -45,7 +48,7 @@ cleanup() {
 	for p in $(grep -l -s -F "$work" /proc/[0-9]*/cmdline | cut -d/ -f3); do
 		[ "$p" = $$ ] || kill -KILL "$p" 2>/dev/null
 	done
-	for rt in runv runc runv2 runvbuf; do ip netns del "rvb-$rt-$tag" 2>/dev/null; done
+	for rt in runv runc runv2 runvbuf runvtcp floor-tc; do ip netns del "rvb-$rt-$tag" 2>/dev/null; done
 	grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m"; done
 	rm -rf "$work"
 }
@@ -77,7 +80,8 @@ bundle() {
 	shift 2
 	(cd "$repo" && go run ./test/mkbundle "$b" /nettool serve -listen :5001 "$@" >/dev/null) || return 1
 	cp "$nt" "$b/rootfs/nettool"
-	jq --arg p "$ns" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end)' "$b/config.json" >"$b/c" &&
+	jq --arg p "$ns" --argjson sysctl "${bundle_sysctl:-null}" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end) |
+		if $sysctl then .linux.sysctl = $sysctl else . end' "$b/config.json" >"$b/c" &&
 		mv "$b/c" "$b/config.json" && echo "$b"
 }
 
@@ -130,13 +134,19 @@ container() {
 }
 
 # floor NAME N SOCKBUF [NETFLOOR-ARG...]: the bare floor VM at 10.234.N.2 behind a tap in the
-# host's namespace, measured, then stopped.
+# host's namespace, measured, then stopped. With floor_ns set (a namespace of pod_ns), the
+# tap is in that namespace instead, with eth0's MAC and no address, and redirected to and
+# from eth0 by tc as runv does (runv's host path, without runv).
 floor() {
 	local name=$1 n=$2 sockbuf=$3 pid
 	shift 3
-	local client=() params=()
+	local client=() params=() in_ns=()
 	[ "$sockbuf" = 0 ] || client=(-sockbuf "$sockbuf") params=(-guest-params "nettool.sockbuf=$sockbuf")
-	"$work/benchtool" netfloor -kernel "$KERNEL" -initrd "$work/floor.img" -tap "rvfl$((tag % 10000))" \
+	if [ -n "${floor_ns:-}" ]; then
+		in_ns=(ip netns exec "$floor_ns")
+		params+=(-tap-addr=false -mac "$(ip -n "$floor_ns" -o link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')")
+	fi
+	"${in_ns[@]}" "$work/benchtool" netfloor -kernel "$KERNEL" -initrd "$work/floor.img" -tap "rvfl$((tag % 10000))" \
 		-addr "10.234.$n.2/24" "${params[@]}" "$@" >"$work/floor-$name.log" 2>&1 &
 	pid=$!
 	# Until the floor's tap is there, 10.234.N.2 is routed to the host's default gateway: no
@@ -147,6 +157,13 @@ floor() {
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
+	if [ -n "${floor_ns:-}" ] && grep -q '^ready' "$work/floor-$name.log"; then
+		local tap=rvfl$((tag % 10000))
+		tc -n "$floor_ns" qdisc add dev eth0 ingress && tc -n "$floor_ns" qdisc add dev "$tap" ingress &&
+			tc -n "$floor_ns" filter add dev eth0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev "$tap" &&
+			tc -n "$floor_ns" filter add dev "$tap" parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev eth0 ||
+			{ kill "$pid" 2>/dev/null; die "$name: cannot redirect eth0 and $tap"; }
+	fi
 	grep -q '^ready' "$work/floor-$name.log" && wait_server "10.234.$n.2:5001" || { kill "$pid" 2>/dev/null; cat "$work/floor-$name.log" >&2; die "the $name floor does not answer at 10.234.$n.2:5001"; }
 	grep '^guest: NETTOOL-SERVING' "$work/floor-$name.log" | sed "s/^guest: /  $name: /"
 	measure "$name" "10.234.$n.2:5001" "${client[@]}" || { kill "$pid" 2>/dev/null; die "$name: measurement failed"; }
@@ -159,16 +176,29 @@ n=$net_index
 container runc runc "$n" 0
 container runv runv $((n + 1)) 0
 floor floor $((n + 2)) 0
+floor_ns=$(basename "$(pod_ns floor-tc $((n + 5)))") || die "cannot make the floor-tc namespace"
+floor floor-tc $((n + 5)) 0
+floor_ns=
+read -r _ _ tcp_rmax </proc/sys/net/ipv4/tcp_rmem
+read -r _ _ tcp_wmax </proc/sys/net/ipv4/tcp_wmem
+# lever NAME: whether NET_LEVERS asks for that lever ("1": all of them).
+lever() { [ "${NET_LEVERS:-}" = 1 ] || [[ " ${NET_LEVERS:-} " == *" $1 "* ]]; }
 if [ -n "${NET_LEVERS:-}" ]; then
-	floor floor-2cpu-mq $((n + 2)) 0 -cpus 2
-	floor floor-2cpu-1q $((n + 2)) 0 -cpus 2 -queues 1
-	floor floor-2cpu-mq-single $((n + 2)) 0 -cpus 2 -tcg thread=single
-	floor floor-tb64 $((n + 2)) 0 -tcg tb-size=64
-	floor floor-sockbuf4m $((n + 2)) $((4 << 20))
-	floor floor-rxoffload-off $((n + 2)) 0 -nic-props guest_tso4=off,guest_tso6=off,guest_ecn=off
-	floor floor-tso-off $((n + 2)) 0 -nic-props host_tso4=off,host_tso6=off
-	container runv2 runv $((n + 3)) 0 --default_cpus 2
-	container runvbuf runv $((n + 4)) $((4 << 20))
+	lever floor-2cpu-mq && floor floor-2cpu-mq $((n + 2)) 0 -cpus 2
+	lever floor-2cpu-1q && floor floor-2cpu-1q $((n + 2)) 0 -cpus 2 -queues 1
+	lever floor-2cpu-mq-single && floor floor-2cpu-mq-single $((n + 2)) 0 -cpus 2 -tcg thread=single
+	lever floor-tb64 && floor floor-tb64 $((n + 2)) 0 -tcg tb-size=64
+	lever floor-sockbuf4m && floor floor-sockbuf4m $((n + 2)) $((4 << 20))
+	lever floor-rxoffload-off && floor floor-rxoffload-off $((n + 2)) 0 -nic-props guest_tso4=off,guest_tso6=off,guest_ecn=off
+	lever floor-tso-off && floor floor-tso-off $((n + 2)) 0 -nic-props host_tso4=off,host_tso6=off
+	lever runv2 && container runv2 runv $((n + 3)) 0 --default_cpus 2
+	lever runvbuf && container runvbuf runv $((n + 4)) $((4 << 20))
+	# The host's TCP autotuning limits (what a runc container's namespace has) in the guest:
+	# the bundle's net.* sysctls apply to the pod's VM.
+	lever floor-tcpbuf && floor floor-tcpbuf $((n + 2)) 0 -guest-params "nettool.tcpbuf=$tcp_rmax,$tcp_wmax"
+	bundle_sysctl=$(jq -n --arg r "4096 131072 $tcp_rmax" --arg w "4096 16384 $tcp_wmax" '{"net.ipv4.tcp_rmem": $r, "net.ipv4.tcp_wmem": $w}')
+	lever runvtcp && container runvtcp runv $((n + 6)) 0
+	bundle_sysctl=
 fi
 echo "  load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "n/a" }'; }

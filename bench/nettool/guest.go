@@ -17,6 +17,9 @@ import (
 //
 //	nettool.addr=IP/LEN      the interface's address (required)
 //	nettool.sockbuf=BYTES    socket buffers of the server's connections
+//	nettool.tcpbuf=RMAX,WMAX the most TCP's autotuning may give a socket's receive and send
+//	                         buffers (net.ipv4.tcp_rmem/tcp_wmem; the kernel sizes them by
+//	                         the guest's memory: 0.75 MiB at 128 MiB)
 //
 // Its console says "NETTOOL-SERVING" once it listens, with the interface's queue counts.
 func guestInit() error {
@@ -77,6 +80,14 @@ func guestInit() error {
 		// The guest is nettool's alone: let SO_RCVBUF/SO_SNDBUF go as high as asked.
 		for _, f := range []string{"rmem_max", "wmem_max"} {
 			os.WriteFile("/proc/sys/net/core/"+f, []byte(v), 0)
+		}
+	}
+	if v, ok := params["tcpbuf"]; ok {
+		rmax, wmax, _ := strings.Cut(v, ",")
+		for f, val := range map[string]string{"tcp_rmem": "4096 131072 " + rmax, "tcp_wmem": "4096 16384 " + wmax} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/"+f, []byte(val), 0); err != nil {
+				return fmt.Errorf("nettool.tcpbuf=%s: %s: %w", v, f, err)
+			}
 		}
 	}
 	l, err := listenTCP(":5001", sockbuf)
