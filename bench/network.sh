@@ -13,11 +13,15 @@
 # runv's host path (its tap in a pod-like namespace, redirected to and from the veth by tc),
 # without runv: what the path costs, apart from runv's guest.
 #
-# NET_LEVERS=1 (or a list of their names) also measures, in the same run, what might move the floor and runv: 2 vCPUs
-# with a multiqueue tap (and without: one queue pair), thread=multi/single and tb-size of
+# NET_LEVERS=1 (or a list of their names) also measures, in the same run, what might move
+# the floor and runv: 2 vCPUs with a multiqueue tap (and without: one queue pair),
+# thread=multi/single and tb-size of
 # TCG, 4 MiB socket buffers on both ends, the guest's receive offload (large frames from the
 # host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off, the host's TCP autotuning
-# limits (tcp_rmem/tcp_wmem) in the guest instead of its own (sized by its memory).
+# limits (tcp_rmem/tcp_wmem) in the guest instead of its own (sized by its memory), the
+# floor's server in a memory cgroup (with and without socket accounting). runc, runv, floor
+# and floor-tc run together and each kind of figure is taken from all four in turn, seconds
+# apart; each lever runs alone after them.
 #
 # Environment: RUNV, RUNV_KERNEL, RUNV_INITRD as bench/run.sh; NET_SECS (10), RR_N (200),
 # NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2"),
@@ -223,6 +227,10 @@ if [ -n "${NET_LEVERS:-}" ]; then
 	bundle_sysctl=$(jq -n --arg r "4096 131072 $tcp_rmax" --arg w "4096 16384 $tcp_wmax" '{"net.ipv4.tcp_rmem": $r, "net.ipv4.tcp_wmem": $w}')
 	lever runvtcp && one container runvtcp runv $((n + 6)) 0
 	bundle_sysctl=
+	# The floor serving from a memory cgroup, as a container's process does, and the same
+	# with socket memory left out of cgroups' accounting.
+	lever floor-cgroup && one floor floor-cgroup $((n + 2)) 0 -guest-params nettool.cgroup=1
+	lever floor-cgroup-nosocket && one floor floor-cgroup-nosocket $((n + 2)) 0 -guest-params "nettool.cgroup=1 cgroup.memory=nosocket"
 fi
 echo "  load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "n/a" }'; }
