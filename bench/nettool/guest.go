@@ -20,6 +20,8 @@ import (
 //	nettool.tcpbuf=RMAX,WMAX the most TCP's autotuning may give a socket's receive and send
 //	                         buffers (net.ipv4.tcp_rmem/tcp_wmem; the kernel sizes them by
 //	                         the guest's memory: 0.75 MiB at 128 MiB)
+//	nettool.cgroup=1         serve from a child cgroup (v2) with the memory controller on,
+//	                         as a container's process in a runv guest is
 //
 // Its console says "NETTOOL-SERVING" once it listens, with the interface's queue counts.
 func guestInit() error {
@@ -90,6 +92,11 @@ func guestInit() error {
 			}
 		}
 	}
+	if params["cgroup"] == "1" {
+		if err := enterMemoryCgroup(); err != nil {
+			return fmt.Errorf("nettool.cgroup=1: %w", err)
+		}
+	}
 	l, err := listenTCP(":5001", sockbuf)
 	if err != nil {
 		return err
@@ -115,4 +122,20 @@ func numCPU() int {
 		return n + 1
 	}
 	return 1
+}
+
+// enterMemoryCgroup mounts cgroup2, turns on the memory controller for children and moves
+// this process into a child.
+func enterMemoryCgroup() error {
+	const root = "/sys/fs/cgroup"
+	if err := unix.Mount("cgroup2", root, "cgroup2", 0, ""); err != nil {
+		return fmt.Errorf("mount cgroup2: %w", err)
+	}
+	if err := os.WriteFile(root+"/cgroup.subtree_control", []byte("+memory"), 0); err != nil {
+		return fmt.Errorf("enable the memory controller: %w", err)
+	}
+	if err := os.Mkdir(root+"/nettool", 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(root+"/nettool/cgroup.procs", []byte(strconv.Itoa(os.Getpid())), 0)
 }
