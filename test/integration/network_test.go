@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -465,12 +466,26 @@ func addInterface(t *testing.T, n podNet, name string, k int) string {
 // delete nothing of runv's is left and, the test's interface removed, the namespace is as
 // before.
 func TestNetworkHotplugQ35(t *testing.T) {
-	r := shortRoot(t)
+	for _, kind := range []string{"direct", "template"} {
+		t.Run(kind, func(t *testing.T) {
+			r := templateRootIf(t, kind == "template")
+			global := []string{"--machine", "q35"}
+			if kind == "template" {
+				// The clone has the template's devices, its spare root ports among them.
+				createTemplate(t, r, global...)
+				global = append(global, "--factory", "template")
+			}
+			testHotplug(t, r, global)
+		})
+	}
+}
+
+func testHotplug(t *testing.T, r string, global []string) {
 	n := newPodNet(t, true)
 	addInterface(t, n, "eth1", 1)
 	before := n.snapshot(t)
 	id := newID(t)
-	mustRunv(t, r, "--machine", "q35", "run", "-d", "--bundle", httpBundle(t, n.path()), id)
+	mustRunv(t, r, append(global, "run", "-d", "--bundle", httpBundle(t, n.path()), id)...)
 	httpGet(t, "http://"+n.podV4+"/etc/passwd", 60*time.Second)
 	qemuPid := readPid(t, filepath.Join(podDirOf(t, r, id), "vm", "qemu.pid"))
 
@@ -517,7 +532,9 @@ func TestNetworkHotplugQ35(t *testing.T) {
 	})
 	httpGet(t, "http://"+again+"/etc/passwd", 60*time.Second)
 	mustRunv(t, r, "delete", "--force", id)
-	assertEmptyRoot(t, r)
+	if !slices.Contains(global, "template") {
+		assertEmptyRoot(t, r) // a template root keeps its template: its cleanup checks it
+	}
 	for _, args := range [][]string{{"ip", "-n", n.name, "-o", "link"}, {"tc", "-n", n.name, "qdisc"}, {"tc", "-n", n.name, "filter", "show", "dev", "eth3", "ingress"}} {
 		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 		if err != nil || strings.Contains(string(out), "_runv") || strings.Contains(string(out), "ingress") || strings.Contains(string(out), "mirred") {
