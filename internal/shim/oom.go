@@ -129,8 +129,8 @@ func dieOfOOM(id string) error {
 		return fmt.Errorf("lower the memory limit of %s: %w", cg.dir, err)
 	}
 	// Locked pages cannot be reclaimed or swapped: the charge fails at the limit and the
-	// kernel's OOM killer picks the biggest process of the cgroup, this one. Without the
-	// lock (no CAP_IPC_LOCK) touched pages are charged all the same.
+	// kernel's OOM killer ends the cgroup's process with the highest score, this one.
+	// Without the lock (no CAP_IPC_LOCK) touched pages are charged all the same.
 	unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT)
 	page := os.Getpagesize()
 	var chunks [][]byte
