@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/runv-project/runv/api/agentproto"
@@ -62,14 +64,11 @@ func (f *portForwards) start(ctx context.Context, m agentproto.PortForward, mux 
 		f.mu.Unlock()
 	}
 
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(m.Port)))
-	d := net.Dialer{Timeout: forwardDialTimeout}
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	conn, addr, err := dialLoopback(ctx, m.Port)
 	if err != nil {
 		release()
-		return fmt.Errorf("connect to %s in the guest: %w", addr, err)
+		return err
 	}
-	conn := c.(*net.TCPConn)
 	s, err := mux.Open(m.Stream)
 	if err != nil {
 		conn.Close()
@@ -94,6 +93,27 @@ func (f *portForwards) start(ctx context.Context, m agentproto.PortForward, mux 
 	return nil
 }
 
+// dialLoopback connects to port on the guest's loopback: 127.0.0.1, and [::1] when that
+// refuses, which is what containerd does in a runc pod's namespace (a server listening on
+// ::1 only is reached there too).
+func dialLoopback(ctx context.Context, port uint16) (*net.TCPConn, string, error) {
+	d := net.Dialer{Timeout: forwardDialTimeout}
+	v4 := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	c, err := d.DialContext(ctx, "tcp4", v4)
+	if err == nil {
+		return c.(*net.TCPConn), v4, nil
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return nil, v4, fmt.Errorf("connect to %s in the guest: %w", v4, err)
+	}
+	v6 := net.JoinHostPort("::1", strconv.Itoa(int(port)))
+	c, err6 := d.DialContext(ctx, "tcp6", v6)
+	if err6 != nil {
+		return nil, v4, fmt.Errorf("connect to port %d in the guest: %s: %w; %s: %v", port, v4, err, v6, err6)
+	}
+	return c.(*net.TCPConn), v6, nil
+}
+
 // relay copies both ways until both directions ended: the host's EOF becomes a half close
 // of the connection, the server's EOF (or a failed read) the stream's EOF. A write that
 // fails stops that direction, discarding what still comes for it.
@@ -109,7 +129,9 @@ func (g *guestForward) relay() {
 	}()
 	// The stream's Write honours the host's credit: a host that stops reading stalls the
 	// server by TCP's own backpressure, with one buffer in between.
-	io.Copy(g.s, g.conn)
+	// Frames of the stream's full payload size: half the frames (and trips through the
+	// emulated device) of io.Copy's 32 KiB.
+	io.CopyBuffer(g.s, struct{ io.Reader }{g.conn}, make([]byte, agentproto.MaxStreamPayload))
 	g.s.CloseWrite()
 	<-toServer
 	g.conn.Close()

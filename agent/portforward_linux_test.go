@@ -26,10 +26,10 @@ func forwardPair(t *testing.T) (host, guest *agentproto.Mux) {
 	return host, guest
 }
 
-// server listens on the test's loopback (standing for the guest's) and hands each
-// connection to serve.
-func server(t *testing.T, serve func(net.Conn)) uint16 {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+// server listens on the test's loopback (standing for the guest's), on addr
+// ("127.0.0.1:0", "[::1]:0"), and hands each connection to serve.
+func server(t *testing.T, addr string, serve func(net.Conn)) uint16 {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,10 +66,18 @@ func waitForwardsGone(t *testing.T, f *portForwards) {
 	}
 }
 
+// Through a server on 127.0.0.1, and on ::1 only (reached when 127.0.0.1 refuses, as
+// containerd falls back in a runc pod).
 func TestPortForwardRelaysWithHalfClose(t *testing.T) {
+	for _, listen := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(listen, func(t *testing.T) { testRelayWithHalfClose(t, listen) })
+	}
+}
+
+func testRelayWithHalfClose(t *testing.T, listen string) {
 	leakcheck.Goroutines(t)
 	host, guest := forwardPair(t)
-	port := server(t, func(c net.Conn) {
+	port := server(t, listen, func(c net.Conn) {
 		b, _ := io.ReadAll(c) // until the host's half close
 		c.Write(bytes.ToUpper(b))
 	})
@@ -100,7 +108,7 @@ func TestPortForwardRelaysWithHalfClose(t *testing.T) {
 func TestPortForwardAbort(t *testing.T) {
 	leakcheck.Goroutines(t)
 	host, guest := forwardPair(t)
-	port := server(t, func(c net.Conn) {
+	port := server(t, "127.0.0.1:0", func(c net.Conn) {
 		c.Write([]byte("hello"))
 		io.Copy(io.Discard, c) // never closes on its own
 	})

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/runv-project/runv/api/agentproto"
 )
@@ -117,5 +118,37 @@ func TestPortConnCloseAborts(t *testing.T) {
 	gs.CloseWrite()
 	if _, err := r.c.Read(make([]byte, 1)); err == nil {
 		t.Error("Read after Close succeeded")
+	}
+}
+
+// A guest that does not answer a PORTFORWARD holds the caller only until its ctx ends; its
+// late ACK is discarded, and what it then sends on the stream is dropped, not buffered.
+func TestDialPortGuestNeverAnswers(t *testing.T) {
+	c, g := newPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() {
+		_, err := c.DialPort(ctx, 8080)
+		res <- err
+	}()
+	f := g.expect(agentproto.MsgPortForward)
+	if err := wait(t, res, "DialPort"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("DialPort = %v, want the deadline", err)
+	}
+	var m agentproto.PortForward
+	if err := f.Unmarshal(&m); err != nil {
+		t.Fatal(err)
+	}
+	gs, err := g.mux.Open(m.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.ack(f.ID, nil)
+	gs.Write([]byte("late"))
+	gs.CloseWrite()
+	g.sync(c) // the client took the late ACK in its stride
+	if err := c.Err(); err != nil {
+		t.Fatalf("client failed: %v", err)
 	}
 }

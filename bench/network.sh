@@ -9,12 +9,19 @@
 # VM of that size (benchtool netfloor: machine type, vCPUs, memory, TCG), with the same
 # nettool server as the initrd's init instead of the agent, its one NIC's tap given an
 # address directly in the host's namespace (no pod namespace, no tc redirect, no runv).
-# What runv cannot beat without changing the machine.
+# What runv cannot beat without changing the machine. And floor-tc: the same bare VM behind
+# runv's host path (its tap in a pod-like namespace, redirected to and from the veth by tc),
+# without runv: what the path costs, apart from runv's guest.
 #
-# NET_LEVERS=1 also measures, in the same run, what might move the floor and runv: 2 vCPUs
-# with a multiqueue tap (and without: one queue pair), thread=multi/single and tb-size of
+# NET_LEVERS=1 (or a list of their names) also measures, in the same run, what might move
+# the floor and runv: 2 vCPUs with a multiqueue tap (and without: one queue pair),
+# thread=multi/single and tb-size of
 # TCG, 4 MiB socket buffers on both ends, the guest's receive offload (large frames from the
-# host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off.
+# host: virtio-net guest_tso4/6) or its TSO (host_tso4/6) off, the host's TCP autotuning
+# limits (tcp_rmem/tcp_wmem) in the guest instead of its own (sized by its memory), the
+# floor's server in a memory cgroup (with and without socket accounting). runc, runv, floor
+# and floor-tc run together and each kind of figure is taken from all four in turn, seconds
+# apart; each lever runs alone after them.
 #
 # Environment: RUNV, RUNV_KERNEL, RUNV_INITRD as bench/run.sh; NET_SECS (10), RR_N (200),
 # NET_MTU (1500), NET_RUNV_FLAGS (extra global flags of runv, e.g. "--default_cpus 2"),
@@ -40,12 +47,12 @@ net_index=$((tag % 200 + 20))
 
 cleanup() {
 	trap - EXIT INT TERM
-	"$RUNV" --root "$work/runv" delete -f net-runv >/dev/null 2>&1
-	runc --root "$work/runc" delete -f net-runc >/dev/null 2>&1
+	for id in $("$RUNV" --root "$work/runv" list -q 2>/dev/null); do "$RUNV" --root "$work/runv" delete -f "$id" >/dev/null 2>&1; done
+	for id in $(runc --root "$work/runc" list -q 2>/dev/null); do runc --root "$work/runc" delete -f "$id" >/dev/null 2>&1; done
 	for p in $(grep -l -s -F "$work" /proc/[0-9]*/cmdline | cut -d/ -f3); do
 		[ "$p" = $$ ] || kill -KILL "$p" 2>/dev/null
 	done
-	for rt in runv runc runv2 runvbuf; do ip netns del "rvb-$rt-$tag" 2>/dev/null; done
+	for ns in $(ip netns list | grep -o "^rvb-[a-z0-9-]*-$tag\b"); do ip netns del "$ns"; done
 	grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m"; done
 	rm -rf "$work"
 }
@@ -77,7 +84,8 @@ bundle() {
 	shift 2
 	(cd "$repo" && go run ./test/mkbundle "$b" /nettool serve -listen :5001 "$@" >/dev/null) || return 1
 	cp "$nt" "$b/rootfs/nettool"
-	jq --arg p "$ns" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end)' "$b/config.json" >"$b/c" &&
+	jq --arg p "$ns" --argjson sysctl "${bundle_sysctl:-null}" '.linux.namespaces |= map(if .type == "network" then .path = $p else . end) |
+		if $sysctl then .linux.sysctl = $sysctl else . end' "$b/config.json" >"$b/c" &&
 		mv "$b/c" "$b/config.json" && echo "$b"
 }
 
@@ -91,54 +99,66 @@ wait_server() {
 	return 1
 }
 
-declare -A res
+declare -A res addr client stop
 names=()
-# measure NAME ADDR [CLIENT-ARG...]: both streams and the round trips against ADDR.
+# measure NAME...: each direction, then the round trips, of the started servers NAME...,
+# one server after the other: the servers' figures of one kind are taken seconds apart,
+# under the same load.
 measure() {
-	local name=$1 addr=$2 out
-	shift 2
-	names+=("$name")
-	out=$("$nt" send -addr "$addr" -secs "$SECS" -label "$name host->pod" "$@") || return 1
-	echo "$out"; res[$name-in]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
-	out=$("$nt" recv -addr "$addr" -secs "$SECS" -label "$name pod->host" "$@") || return 1
-	echo "$out"; res[$name-out]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
-	out=$("$nt" rr -addr "$addr" -n "$RR_N" -label "$name connect+request") || return 1
-	echo "$out"; res[$name-rr]=$(sed -n 's/.* median=\([0-9.]*\) .*/\1/p' <<<"$out")
+	local name out
+	names+=("$@")
+	for name in "$@"; do
+		out=$("$nt" send -addr "${addr[$name]}" -secs "$SECS" -label "$name host->pod" ${client[$name]}) || die "$name: measurement failed"
+		echo "$out"; res[$name-in]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
+	done
+	for name in "$@"; do
+		out=$("$nt" recv -addr "${addr[$name]}" -secs "$SECS" -label "$name pod->host" ${client[$name]}) || die "$name: measurement failed"
+		echo "$out"; res[$name-out]=$(sed -n 's/.*mbit_s=\([0-9]*\).*/\1/p' <<<"$out")
+	done
+	for name in "$@"; do
+		out=$("$nt" rr -addr "${addr[$name]}" -n "$RR_N" -label "$name connect+request") || die "$name: measurement failed"
+		echo "$out"; res[$name-rr]=$(sed -n 's/.* median=\([0-9.]*\) .*/\1/p' <<<"$out")
+	done
 }
 
-# container NAME RUNTIME N SOCKBUF [RUNV-FLAG...]: the server under runc or runv in a
-# namespace of its own (10.234.N.2), measured, then deleted.
+# container NAME RUNTIME N SOCKBUF [RUNV-FLAG...]: starts the server under runc or runv in a
+# namespace of its own (10.234.N.2), as container net-NAME.
 container() {
 	local name=$1 rt=$2 n=$3 sockbuf=$4 ns b
 	shift 4
-	local client=()
-	[ "$sockbuf" = 0 ] || client=(-sockbuf "$sockbuf")
+	client[$name]=
+	[ "$sockbuf" = 0 ] || client[$name]="-sockbuf $sockbuf"
 	ns=$(pod_ns "$name" "$n") || die "cannot make the $name namespace"
 	b=$(bundle "$name" "$ns" -sockbuf "$sockbuf") || die "cannot make the $name bundle"
 	case $rt in
-	runc) runc --root "$work/runc" run -d --bundle "$b" net-runc </dev/null >/dev/null 2>"$work/err" || die "runc run: $(cat "$work/err")" ;;
-	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" "${runv_flags[@]}" "$@" run -d --bundle "$b" net-runv </dev/null >/dev/null 2>"$work/err" ||
-		die "runv run: $(cat "$work/err")" ;;
+	runc) runc --root "$work/runc" run -d --bundle "$b" "net-$name" </dev/null >/dev/null 2>"$work/err" || die "runc run: $(cat "$work/err")"
+		stop[$name]="runc --root $work/runc delete -f net-$name" ;;
+	runv) "$RUNV" --root "$work/runv" --kernel "$KERNEL" --initrd "$INITRD" "${runv_flags[@]}" "$@" run -d --bundle "$b" "net-$name" </dev/null >/dev/null 2>"$work/err" ||
+		die "runv run: $(cat "$work/err")"
+		stop[$name]="$RUNV --root $work/runv delete -f net-$name" ;;
 	esac
-	wait_server "10.234.$n.2:5001" || die "the $name server does not answer at 10.234.$n.2:5001"
-	measure "$name" "10.234.$n.2:5001" "${client[@]}" || die "$name: measurement failed"
-	case $rt in
-	runc) runc --root "$work/runc" delete -f net-runc >/dev/null 2>&1 ;;
-	runv) "$RUNV" --root "$work/runv" delete -f net-runv >/dev/null 2>&1 ;;
-	esac
-	ip netns del "rvb-$name-$tag"
+	addr[$name]=10.234.$n.2:5001
+	wait_server "${addr[$name]}" || die "the $name server does not answer at ${addr[$name]}"
 }
 
-# floor NAME N SOCKBUF [NETFLOOR-ARG...]: the bare floor VM at 10.234.N.2 behind a tap in the
-# host's namespace, measured, then stopped.
+# floor NAME N SOCKBUF [NETFLOOR-ARG...]: starts the bare floor VM at 10.234.N.2 behind a tap
+# (rvflN) in the host's namespace. With floor_ns set (a namespace of pod_ns), the tap is in
+# that namespace instead, with eth0's MAC and no address, and redirected to and from eth0 by
+# tc as runv does (runv's host path, without runv).
 floor() {
-	local name=$1 n=$2 sockbuf=$3 pid
+	local name=$1 n=$2 sockbuf=$3 pid tap=rvfl$2
 	shift 3
-	local client=() params=()
-	[ "$sockbuf" = 0 ] || client=(-sockbuf "$sockbuf") params=(-guest-params "nettool.sockbuf=$sockbuf")
-	"$work/benchtool" netfloor -kernel "$KERNEL" -initrd "$work/floor.img" -tap "rvfl$((tag % 10000))" \
+	local params=() in_ns=()
+	client[$name]=
+	[ "$sockbuf" = 0 ] || { client[$name]="-sockbuf $sockbuf"; params=(-guest-params "nettool.sockbuf=$sockbuf"); }
+	if [ -n "${floor_ns:-}" ]; then
+		in_ns=(ip netns exec "$floor_ns")
+		params+=(-tap-addr=false -mac "$(ip -n "$floor_ns" -o link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')")
+	fi
+	"${in_ns[@]}" "$work/benchtool" netfloor -kernel "$KERNEL" -initrd "$work/floor.img" -tap "$tap" \
 		-addr "10.234.$n.2/24" "${params[@]}" "$@" >"$work/floor-$name.log" 2>&1 &
 	pid=$!
+	stop[$name]="kill $pid"
 	# Until the floor's tap is there, 10.234.N.2 is routed to the host's default gateway: no
 	# traffic before the guest said it serves.
 	local i
@@ -147,11 +167,34 @@ floor() {
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
-	grep -q '^ready' "$work/floor-$name.log" && wait_server "10.234.$n.2:5001" || { kill "$pid" 2>/dev/null; cat "$work/floor-$name.log" >&2; die "the $name floor does not answer at 10.234.$n.2:5001"; }
+	if [ -n "${floor_ns:-}" ] && grep -q '^ready' "$work/floor-$name.log"; then
+		tc -n "$floor_ns" qdisc add dev eth0 ingress && tc -n "$floor_ns" qdisc add dev "$tap" ingress &&
+			tc -n "$floor_ns" filter add dev eth0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev "$tap" &&
+			tc -n "$floor_ns" filter add dev "$tap" parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev eth0 ||
+			die "$name: cannot redirect eth0 and $tap"
+	fi
+	addr[$name]=10.234.$n.2:5001
+	grep -q '^ready' "$work/floor-$name.log" && wait_server "${addr[$name]}" || { cat "$work/floor-$name.log" >&2; die "the $name floor does not answer at ${addr[$name]}"; }
 	grep '^guest: NETTOOL-SERVING' "$work/floor-$name.log" | sed "s/^guest: /  $name: /"
-	measure "$name" "10.234.$n.2:5001" "${client[@]}" || { kill "$pid" 2>/dev/null; die "$name: measurement failed"; }
-	kill "$pid" 2>/dev/null || { echo "  $name: the floor VM stopped by itself:"; sed 's/^/    /' "$work/floor-$name.log" | grep -v 'command line'; }
-	wait "$pid"
+}
+
+# stop NAME...: deletes the containers, stops the floor VMs.
+stop() {
+	local name
+	for name in "$@"; do
+		${stop[$name]} >/dev/null 2>&1
+		ip netns del "rvb-$name-$tag" 2>/dev/null
+	done
+	wait
+}
+
+# one KIND NAME ARG...: starts one server (container or floor), measures it, stops it.
+one() {
+	local kind=$1 name=$2
+	shift
+	"$kind" "$@"
+	measure "$name"
+	stop "$name"
 }
 
 echo "== network: TCP from the host to a pod's server and back (one stream, ${SECS}s each; $RR_N connect+request round trips; MTU $MTU${NET_RUNV_FLAGS:+; runv $NET_RUNV_FLAGS}); load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -159,16 +202,35 @@ n=$net_index
 container runc runc "$n" 0
 container runv runv $((n + 1)) 0
 floor floor $((n + 2)) 0
+floor_ns=$(basename "$(pod_ns floor-tc $((n + 5)))") || die "cannot make the floor-tc namespace"
+floor floor-tc $((n + 5)) 0
+floor_ns=
+measure runc runv floor floor-tc
+stop runc runv floor floor-tc
+read -r _ _ tcp_rmax </proc/sys/net/ipv4/tcp_rmem
+read -r _ _ tcp_wmax </proc/sys/net/ipv4/tcp_wmem
+# lever NAME: whether NET_LEVERS asks for that lever ("1": all of them).
+lever() { [ "${NET_LEVERS:-}" = 1 ] || [[ " ${NET_LEVERS:-} " == *" $1 "* ]]; }
 if [ -n "${NET_LEVERS:-}" ]; then
-	floor floor-2cpu-mq $((n + 2)) 0 -cpus 2
-	floor floor-2cpu-1q $((n + 2)) 0 -cpus 2 -queues 1
-	floor floor-2cpu-mq-single $((n + 2)) 0 -cpus 2 -tcg thread=single
-	floor floor-tb64 $((n + 2)) 0 -tcg tb-size=64
-	floor floor-sockbuf4m $((n + 2)) $((4 << 20))
-	floor floor-rxoffload-off $((n + 2)) 0 -nic-props guest_tso4=off,guest_tso6=off,guest_ecn=off
-	floor floor-tso-off $((n + 2)) 0 -nic-props host_tso4=off,host_tso6=off
-	container runv2 runv $((n + 3)) 0 --default_cpus 2
-	container runvbuf runv $((n + 4)) $((4 << 20))
+	lever floor-2cpu-mq && one floor floor-2cpu-mq $((n + 2)) 0 -cpus 2
+	lever floor-2cpu-1q && one floor floor-2cpu-1q $((n + 2)) 0 -cpus 2 -queues 1
+	lever floor-2cpu-mq-single && one floor floor-2cpu-mq-single $((n + 2)) 0 -cpus 2 -tcg thread=single
+	lever floor-tb64 && one floor floor-tb64 $((n + 2)) 0 -tcg tb-size=64
+	lever floor-sockbuf4m && one floor floor-sockbuf4m $((n + 2)) $((4 << 20))
+	lever floor-rxoffload-off && one floor floor-rxoffload-off $((n + 2)) 0 -nic-props guest_tso4=off,guest_tso6=off,guest_ecn=off
+	lever floor-tso-off && one floor floor-tso-off $((n + 2)) 0 -nic-props host_tso4=off,host_tso6=off
+	lever runv2 && one container runv2 runv $((n + 3)) 0 --default_cpus 2
+	lever runvbuf && one container runvbuf runv $((n + 4)) $((4 << 20))
+	# The host's TCP autotuning limits (what a runc container's namespace has) in the guest:
+	# the bundle's net.* sysctls apply to the pod's VM.
+	lever floor-tcpbuf && one floor floor-tcpbuf $((n + 2)) 0 -guest-params "nettool.tcpbuf=$tcp_rmax,$tcp_wmax"
+	bundle_sysctl=$(jq -n --arg r "4096 131072 $tcp_rmax" --arg w "4096 16384 $tcp_wmax" '{"net.ipv4.tcp_rmem": $r, "net.ipv4.tcp_wmem": $w}')
+	lever runvtcp && one container runvtcp runv $((n + 6)) 0
+	bundle_sysctl=
+	# The floor serving from a memory cgroup, as a container's process does, and the same
+	# with socket memory left out of cgroups' accounting.
+	lever floor-cgroup && one floor floor-cgroup $((n + 2)) 0 -guest-params nettool.cgroup=1
+	lever floor-cgroup-nosocket && one floor floor-cgroup-nosocket $((n + 2)) 0 -guest-params "nettool.cgroup=1 cgroup.memory=nosocket"
 fi
 echo "  load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "n/a" }'; }

@@ -6,7 +6,8 @@
 # <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
 # on the same bundle, with ratios; host memory and CPU per idle pod (PSS and CPU time of
 # every process of the pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
-# network beside runc (bench/network.sh: TCP throughput both ways, connect+request); a pod
+# network beside runc (bench/network.sh: TCP throughput both ways, connect+request);
+# port-forward's throughput beside the pod's address, and the cost of its steering; a pod
 # with one container through containerd's CRI, handler runc vs runv vs runv with a pool.
 # A kind (or exec) that does not work yet is skipped with the reason.
 #
@@ -297,6 +298,12 @@ fi
 echo
 
 RUNV=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD "$here/network.sh" || echo "network: failed (see above)"
+echo
+
+echo "== port-forward: 32 MiB from a server in the pod, through 127.0.0.1 of its namespace vs its address (median of 5 each)"
+(cd "$repo" && RUNV_PF_BENCH=1 RUNV_BINARY=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD \
+	go test -count=1 -tags integration -timeout 20m -run '^TestPortForwardThroughput$' -v ./test/integration/ 2>&1) |
+	grep -E '^(port-forward bench|--- FAIL|FAIL)' || echo "skipped: the port-forward measurement did not run"
 echo
 
 echo "== port-forward steering on the host: connect+accept+close on a namespace's 127.0.0.1, plain listener vs sk_lookup-steered (go benchmark)"

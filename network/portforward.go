@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/runv-project/runv/api/agentproto"
 )
 
 // GuestConn is one TCP connection to a port on the guest's loopback, carried over the
@@ -133,7 +135,9 @@ func relay(c *net.TCPConn, g GuestConn) {
 	up := make(chan struct{})
 	go func() {
 		defer close(up)
-		if _, err := io.Copy(g, c); err != nil {
+		// Writes of a whole stream frame each: io.Copy's 32 KiB would send twice the
+		// frames through the emulated channel.
+		if _, err := io.CopyBuffer(g, struct{ io.Reader }{c}, make([]byte, agentproto.MaxStreamPayload)); err != nil {
 			abort()
 			return
 		}

@@ -223,11 +223,31 @@ func TestPortForwarder(t *testing.T) {
 		}
 		defer c.Close()
 		<-g.dials
-		// An open forward does not hold Close up.
-		if err := f.Close(); err != nil {
+		// Nor does a dial the guest never answers.
+		g.mu.Lock()
+		g.block = make(chan struct{})
+		g.mu.Unlock()
+		pending, err := dialIn(t, n, "127.0.0.1:8080")
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer pending.Close()
+		<-g.dials
+		// An open forward does not hold Close up.
+		done := make(chan error, 1)
+		go func() { done <- f.Close() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(fwdTimeout):
+			t.Fatal("Close waits for the forwards")
+		}
 		closed = true
+		if b, err := io.ReadAll(pending); len(b) != 0 || (err != nil && !errors.Is(err, syscall.ECONNRESET)) {
+			t.Errorf("forward whose dial was pending at Close: read = %q, %v; want it closed", b, err)
+		}
 		if b, err := io.ReadAll(c); len(b) != 0 || (err != nil && !errors.Is(err, syscall.ECONNRESET)) {
 			t.Errorf("forward open at Close: read = %q, %v; want it closed", b, err)
 		}

@@ -44,52 +44,53 @@ func podCgroupPath(s *specs.Spec, criSandbox bool) (string, error) {
 	if s.Linux == nil || s.Linux.CgroupsPath == "" {
 		return "", nil
 	}
-	cgroupsPath := s.Linux.CgroupsPath
 	var p string
-	switch {
+	switch cgroupsPath := s.Linux.CgroupsPath; {
 	case strings.HasPrefix(cgroupsPath, "/"):
 		p = filepath.Clean(cgroupsPath)
 		if criSandbox {
 			p = filepath.Dir(p)
 		}
 	case strings.Contains(cgroupsPath, ":"):
-		parts := strings.Split(cgroupsPath, ":")
-		if len(parts) != 3 || parts[2] == "" {
-			return "", fmt.Errorf("linux.cgroupsPath %q: want a path, or systemd's form slice:prefix:name: %w", cgroupsPath, errdefs.ErrInvalidArgument)
-		}
-		slice, prefix, name := parts[0], parts[1], parts[2]
-		if slice == "" {
-			slice = "system.slice" // as runc's systemd driver
-		}
-		dir, err := expandSlice(slice)
-		if err != nil {
+		var err error
+		if p, err = systemdCgroupPath(cgroupsPath, criSandbox); err != nil {
 			return "", fmt.Errorf("linux.cgroupsPath %q: %w", cgroupsPath, err)
 		}
-		p = dir
-		switch {
-		case criSandbox:
-		case strings.HasSuffix(name, ".slice"):
-			// The container's unit is a slice: where systemd puts it says its name.
-			if p, err = expandSlice(name); err != nil {
-				return "", fmt.Errorf("linux.cgroupsPath %q: %w", cgroupsPath, err)
-			}
-		default:
-			unit := name + ".scope"
-			if prefix != "" {
-				unit = prefix + "-" + unit
-			}
-			if strings.Contains(unit, "/") {
-				return "", fmt.Errorf("linux.cgroupsPath %q: the unit name %q has a slash: %w", cgroupsPath, unit, errdefs.ErrInvalidArgument)
-			}
-			p = filepath.Join(dir, unit)
-		}
-	default:
-		return "", nil
 	}
 	if p == "/" {
 		return "", nil
 	}
 	return p, nil
+}
+
+// systemdCgroupPath is the cgroup path of systemd's form slice:prefix:name: the slice's
+// for a CRI sandbox, else the container's unit's (prefix-name.scope in the slice, or name
+// itself when it is a slice).
+func systemdCgroupPath(cgroupsPath string, criSandbox bool) (string, error) {
+	parts := strings.Split(cgroupsPath, ":")
+	if len(parts) != 3 || parts[2] == "" {
+		return "", fmt.Errorf("want a path, or systemd's form slice:prefix:name: %w", errdefs.ErrInvalidArgument)
+	}
+	slice, prefix, name := parts[0], parts[1], parts[2]
+	if slice == "" {
+		slice = "system.slice" // as runc's systemd driver
+	}
+	dir, err := expandSlice(slice)
+	switch {
+	case err != nil || criSandbox:
+		return dir, err
+	case strings.HasSuffix(name, ".slice"):
+		// The container's unit is a slice: its name says where systemd puts it.
+		return expandSlice(name)
+	}
+	unit := name + ".scope"
+	if prefix != "" {
+		unit = prefix + "-" + unit
+	}
+	if strings.Contains(unit, "/") {
+		return "", fmt.Errorf("the unit name %q has a slash: %w", unit, errdefs.ErrInvalidArgument)
+	}
+	return filepath.Join(dir, unit), nil
 }
 
 // expandSlice is the cgroup path systemd gives a slice unit: each dash in its name is a

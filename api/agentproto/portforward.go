@@ -1,8 +1,9 @@
 package agentproto
 
-// PortForward is MsgPortForward's payload: connect to 127.0.0.1:Port inside the guest and
-// carry the connection's bytes on stream Stream, both ways (host→guest: what the client
-// sends; guest→host: what the server answers; EOF = that direction's half close). The
+// PortForward is MsgPortForward's payload: connect to 127.0.0.1:Port inside the guest
+// ([::1]:Port when that is refused) and carry the connection's bytes on stream Stream,
+// both ways (host→guest: what the client sends; guest→host: what the server answers;
+// EOF = that direction's half close). The
 // host allocates Stream (NextSeq) and opens it before sending the command; the guest
 // opens its side before its ACK, and sends nothing before it. An ERROR means the guest did
 // not connect (nothing listens there: connection refused) and never opened the stream.

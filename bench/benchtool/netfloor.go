@@ -41,6 +41,9 @@ func netfloor(args []string) error {
 	guestParams := fs.String("guest-params", "", "more kernel parameters (nettool.gro=off ...)")
 	tcg := fs.String("tcg", "", "TCG options, as -accel tcg,OPTS (thread=multi,tb-size=MiB)")
 	nicProps := fs.String("nic-props", "", "more properties of the virtio-net device (guest_tso4=off,...)")
+	noPorts := fs.Bool("no-nic-ports", false, "leave out q35's spare root ports for hot-plugged NICs (to measure what they cost)")
+	mac := fs.String("mac", "", "the NIC's MAC (default: runv's slot 0 MAC)")
+	tapAddr := fs.Bool("tap-addr", true, "give the tap the host's address (false: only set it up, for a tc redirect to an interface that has it)")
 	fs.Parse(args)
 	if *initrd == "" || *tap == "" || *addr == "" {
 		return errors.New("netfloor: -initrd, -tap and -addr are required")
@@ -67,7 +70,10 @@ func netfloor(args []string) error {
 	if err != nil {
 		return err
 	}
-	if qargs, err = floorArgs(qargs, *tap, *queues, *tcg, *nicProps); err != nil {
+	if *noPorts {
+		qargs = withoutNICs(qargs, false)
+	}
+	if qargs, err = floorArgs(qargs, *tap, *queues, *tcg, *nicProps+macProp(*mac)); err != nil {
 		return err
 	}
 	fmt.Println("qemu command line:", bin, strings.Join(qargs, " "))
@@ -89,7 +95,11 @@ func netfloor(args []string) error {
 		<-exited
 		return nil
 	}
-	if err := configureTap(*tap, &host, exited); err != nil {
+	hostAddr := &host
+	if !*tapAddr {
+		hostAddr = nil
+	}
+	if err := configureTap(*tap, hostAddr, exited); err != nil {
 		stop()
 		return err
 	}
@@ -123,14 +133,16 @@ func netfloor(args []string) error {
 }
 
 // configureTap waits (up to a minute) for QEMU to create the tap, then gives it the host's
-// address and sets it up.
+// address (unless nil) and sets it up.
 func configureTap(name string, host *net.IPNet, exited <-chan error) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		l, err := netlink.LinkByName(name)
 		if err == nil {
-			if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: host}); err != nil {
-				return fmt.Errorf("netfloor: tap %s: add %s: %w", name, host, err)
+			if host != nil {
+				if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: host}); err != nil {
+					return fmt.Errorf("netfloor: tap %s: add %s: %w", name, host, err)
+				}
 			}
 			if err := netlink.LinkSetUp(l); err != nil {
 				return fmt.Errorf("netfloor: tap %s: up: %w", name, err)
@@ -148,7 +160,16 @@ func configureTap(name string, host *net.IPNet, exited <-chan error) error {
 	}
 }
 
+// macProp is the device property that sets the NIC's MAC (replacing runv's, floorArgs).
+func macProp(mac string) string {
+	if mac == "" {
+		return ""
+	}
+	return ",mac=" + mac
+}
+
 var (
+	macRE    = regexp.MustCompile(`,mac=[^,]*`)
 	ifnameRE = regexp.MustCompile(`ifname=[^,]*`)
 	queuesRE = regexp.MustCompile(`,queues=\d+|,mq=on|,vectors=\d+`)
 )
@@ -186,7 +207,10 @@ func floorArgs(args []string, tap string, queues int, tcg, nicProps string) ([]s
 				}
 			}
 			if a == "-device" && nicProps != "" {
-				v += "," + nicProps
+				if strings.Contains(nicProps, "mac=") {
+					v = macRE.ReplaceAllString(v, "")
+				}
+				v += "," + strings.TrimPrefix(nicProps, ",")
 			}
 			out = append(out, a, v)
 			continue

@@ -17,6 +17,11 @@ import (
 //
 //	nettool.addr=IP/LEN      the interface's address (required)
 //	nettool.sockbuf=BYTES    socket buffers of the server's connections
+//	nettool.tcpbuf=RMAX,WMAX the most TCP's autotuning may give a socket's receive and send
+//	                         buffers (net.ipv4.tcp_rmem/tcp_wmem; the kernel sizes them by
+//	                         the guest's memory: 0.75 MiB at 128 MiB)
+//	nettool.cgroup=1         serve from a child cgroup (v2) with the memory controller on,
+//	                         as a container's process in a runv guest is
 //
 // Its console says "NETTOOL-SERVING" once it listens, with the interface's queue counts.
 func guestInit() error {
@@ -79,6 +84,19 @@ func guestInit() error {
 			os.WriteFile("/proc/sys/net/core/"+f, []byte(v), 0)
 		}
 	}
+	if v, ok := params["tcpbuf"]; ok {
+		rmax, wmax, _ := strings.Cut(v, ",")
+		for f, val := range map[string]string{"tcp_rmem": "4096 131072 " + rmax, "tcp_wmem": "4096 16384 " + wmax} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/"+f, []byte(val), 0); err != nil {
+				return fmt.Errorf("nettool.tcpbuf=%s: %s: %w", v, f, err)
+			}
+		}
+	}
+	if params["cgroup"] == "1" {
+		if err := enterMemoryCgroup(); err != nil {
+			return fmt.Errorf("nettool.cgroup=1: %w", err)
+		}
+	}
 	l, err := listenTCP(":5001", sockbuf)
 	if err != nil {
 		return err
@@ -104,4 +122,20 @@ func numCPU() int {
 		return n + 1
 	}
 	return 1
+}
+
+// enterMemoryCgroup mounts cgroup2, turns on the memory controller for children and moves
+// this process into a child.
+func enterMemoryCgroup() error {
+	const root = "/sys/fs/cgroup"
+	if err := unix.Mount("cgroup2", root, "cgroup2", 0, ""); err != nil {
+		return fmt.Errorf("mount cgroup2: %w", err)
+	}
+	if err := os.WriteFile(root+"/cgroup.subtree_control", []byte("+memory"), 0); err != nil {
+		return fmt.Errorf("enable the memory controller: %w", err)
+	}
+	if err := os.Mkdir(root+"/nettool", 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(root+"/nettool/cgroup.procs", []byte(strconv.Itoa(os.Getpid())), 0)
 }

@@ -70,6 +70,12 @@ func (l *Launcher) accelCachePath() string {
 	return DefaultAccelCache
 }
 
+// hostFilesCachePath is where what QEMU needs in its jail is cached (jailfiles.go): beside
+// the accelerator's verdict.
+func (l *Launcher) hostFilesCachePath() string {
+	return filepath.Join(filepath.Dir(l.accelCachePath()), "runv-qemu-files.json")
+}
+
 var (
 	verdictsMu sync.Mutex
 	// verdicts caches verdicts in memory, by cache file and key, for the process's life.

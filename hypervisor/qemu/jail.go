@@ -266,7 +266,7 @@ func cloneMount(m jailMount) (int, error) {
 	}
 	fd, err := unix.OpenTree(unix.AT_FDCWD, m.src, flags)
 	if err != nil {
-		return -1, fmt.Errorf("jail: clone %s: %w", m.src, err)
+		return -1, fmt.Errorf("jail: clone %s: %w%s", m.src, err, kernelHint(err))
 	}
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID}
 	if !m.writable {
@@ -286,9 +286,17 @@ func cloneMount(m jailMount) (int, error) {
 	}
 	if err := unix.MountSetattr(fd, "", setFlags, &attr); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("jail: restrict %s: %w", m.src, err)
+		return -1, fmt.Errorf("jail: restrict %s: %w%s", m.src, err, kernelHint(err))
 	}
 	return fd, nil
+}
+
+// kernelHint says what to do when the kernel lacks the new mount API.
+func kernelHint(err error) string {
+	if errors.Is(err, unix.ENOSYS) {
+		return " (QEMU's mount namespace needs Linux 5.12 or later: open_tree, move_mount, mount_setattr)"
+	}
+	return ""
 }
 
 func makeMountPoint(p string, dir bool) error {

@@ -85,7 +85,7 @@ func (ln *launch) buildArgs(context.Context) error {
 		s.tscKHz = khz
 	}
 	if confining() {
-		sys, err := qemuHostFiles(ln.cfg.QEMU)
+		sys, err := qemuHostFiles(ln.cfg.QEMU, ln.l.hostFilesCachePath())
 		if err != nil {
 			return err
 		}

@@ -105,6 +105,13 @@ func dieOfOOM(id string) error {
 	if err := cg.onlyStandInsOf(id); err != nil {
 		return err
 	}
+	// The OOM killer's first choice, whatever score the stand-in inherited: not another
+	// stand-in of the cgroup, and never a cgroup where nothing may be killed (-1000), where
+	// the allocation below would retry its page fault for ever. Raising the score needs
+	// no privilege.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("1000"), 0); err != nil {
+		return fmt.Errorf("make the stand-in the OOM killer's first choice: %w", err)
+	}
 	old, err := cg.read(cg.limit)
 	if err != nil {
 		return err
@@ -122,8 +129,8 @@ func dieOfOOM(id string) error {
 		return fmt.Errorf("lower the memory limit of %s: %w", cg.dir, err)
 	}
 	// Locked pages cannot be reclaimed or swapped: the charge fails at the limit and the
-	// kernel's OOM killer picks the biggest process of the cgroup, this one. Without the
-	// lock (no CAP_IPC_LOCK) touched pages are charged all the same.
+	// kernel's OOM killer ends the cgroup's process with the highest score, this one.
+	// Without the lock (no CAP_IPC_LOCK) touched pages are charged all the same.
 	unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT)
 	page := os.Getpagesize()
 	var chunks [][]byte

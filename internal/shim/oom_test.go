@@ -1,9 +1,11 @@
 package shim
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,9 +26,18 @@ const dieOfOOMChild = "RUNV_TEST_DIE_OF_OOM"
 // exitAfterRefusal is the exit code of a child whose dieOfOOM returned.
 const exitAfterRefusal = 3
 
-// A stand-in alone in its memory cgroup dies of a real OOM kill there: SIGKILLed by the
-// kernel, and the cgroup's OOM notification (what containerd's runc shim watches) fires.
-// One that shares its cgroup with another process does not lower the limit and returns.
+// bigStandInChild is set in the environment of the test binary re-run as another stand-in
+// of the container, bigger than the dying one: it holds bigStandInSize of touched memory,
+// says "ready", and waits for its stdin to close.
+const (
+	bigStandInChild = "RUNV_TEST_BIG_STAND_IN"
+	bigStandInSize  = 24 << 20
+)
+
+// A stand-in alone in its memory cgroup, or beside a bigger stand-in of the container,
+// dies of a real OOM kill there (the other one lives on): SIGKILLed by the kernel, and the
+// cgroup's OOM notification (what containerd's runc shim watches) fires. One that shares its
+// cgroup with another process does not lower the limit and returns.
 func TestDieOfOOM(t *testing.T) {
 	if id := os.Getenv(dieOfOOMChild); id != "" {
 		os.Stdin.Read(make([]byte, 1)) // in its cgroup now
@@ -34,13 +45,23 @@ func TestDieOfOOM(t *testing.T) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(exitAfterRefusal)
 	}
+	if os.Getenv(bigStandInChild) != "" {
+		b := make([]byte, bigStandInSize)
+		for i := range b {
+			b[i] = 1
+		}
+		fmt.Println("ready")
+		io.Copy(io.Discard, os.Stdin)
+		os.Exit(int(b[len(b)-1]) - 1) // b stays live until here
+	}
 	if os.Getuid() != 0 {
 		t.Skip("needs root: makes host cgroups")
 	}
 	for _, tc := range []struct {
 		name    string
 		foreign bool // another process in the cgroup
-	}{{"alone", false}, {"with a foreign process", true}} {
+		standIn bool // another stand-in of the container, bigger
+	}{{name: "alone"}, {name: "with a foreign process", foreign: true}, {name: "beside a bigger stand-in", standIn: true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "runv-oom-test-" + filepath.Base(t.TempDir())
 			limit := int64(64 << 20)
@@ -79,6 +100,30 @@ func TestDieOfOOM(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			var sibling *exec.Cmd
+			var hold io.WriteCloser
+			if tc.standIn {
+				// Its command line as a stand-in's: `runv shim ... --id ID`.
+				sibling = exec.Command(os.Args[0], "-test.run=^TestDieOfOOM$", "shim", "--id", id)
+				sibling.Env = append(os.Environ(), bigStandInChild+"=1")
+				if hold, err = sibling.StdinPipe(); err != nil {
+					t.Fatal(err)
+				}
+				out, err := sibling.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sibling.Start(); err != nil {
+					t.Fatal(err)
+				}
+				defer func() { hold.Close(); sibling.Process.Kill(); sibling.Wait() }() // a second Wait is harmless
+				if err := cg.Add(sibling.Process.Pid); err != nil {
+					t.Fatal(err)
+				}
+				if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+					t.Fatalf("the bigger stand-in: %q %v", line, err)
+				}
+			}
 			notified := watchOOM(t, cg)
 			release.Write([]byte{1})
 			err = child.Wait()
@@ -100,6 +145,13 @@ func TestDieOfOOM(t *testing.T) {
 			}
 			if n := notified(); n == 0 {
 				t.Errorf("the cgroup's OOM notification did not fire")
+			}
+			if sibling != nil {
+				// Alive, it exits 0 once its stdin closes.
+				hold.Close()
+				if err := sibling.Wait(); err != nil {
+					t.Errorf("the other, bigger stand-in: %v; want it alive until told to exit", err)
+				}
 			}
 		})
 	}

@@ -276,6 +276,42 @@ func TestDockerKill(t *testing.T) {
 	x.must(d.docker(t, cmdOpts{}, "rm", name))
 }
 
+// TestDockerOOMKilled: a container the guest's OOM killer ends is reported OOMKilled, as
+// with runc: docker learns it from containerd's runc shim, which watches the host cgroup of
+// runv's stand-in, where the stand-in then dies of an OOM kill of its own.
+func TestDockerOOMKilled(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	x.must(d.docker(t, cmdOpts{}, "run", "-d", "--runtime", "runv", "-m", "32m", "--name", name, img.Name, "sh", "-c", memoryHog))
+	r := x.must(d.docker(t, cmdOpts{}, "wait", name))
+	if strings.TrimSpace(r.stdout) != "137" {
+		x.errorf(r, "want exit code 137 (killed by the OOM killer)")
+	}
+	r = x.must(d.docker(t, cmdOpts{}, "inspect", "-f", "{{.State.OOMKilled}}", name))
+	if strings.TrimSpace(r.stdout) != "true" {
+		x.errorf(r, "want State.OOMKilled true")
+	}
+	x.must(d.docker(t, cmdOpts{}, "rm", name))
+}
+
+// TestDockerPrivileged: a privileged container is privileged in its VM: it can mount, and
+// its /dev holds the VM's devices, each of a major its kernel has (/proc/devices), not the
+// host's that docker lists in the spec (the host's loop and disk devices, say).
+func TestDockerPrivileged(t *testing.T) {
+	d, x, name := newDockerTest(t)
+	script := `mkdir /m && mount -t tmpfs none /m && echo mounted
+for f in /dev/*; do
+	[ -L "$f" ] && continue
+	if [ -b "$f" ]; then kind=Block; elif [ -c "$f" ]; then kind=Character; else continue; fi
+	major=$((0x$(stat -c %t "$f")))
+	sed -n "/^$kind/,/^\$/p" /proc/devices | grep -q "^ *$major " || echo "not a device of this kernel: $f ($kind $major)"
+done
+[ -c /dev/kmsg ] && echo kmsg`
+	r := x.must(d.docker(t, cmdOpts{}, "run", "--rm", "--runtime", "runv", "--privileged", "--name", name, img.Name, "sh", "-c", script))
+	if r.stdout != "mounted\nkmsg\n" {
+		x.errorf(r, "want \"mounted\\nkmsg\\n\": a mount, and only devices of the VM's kernel")
+	}
+}
+
 // TestDockerLogs: the output of a detached container reaches docker logs.
 func TestDockerLogs(t *testing.T) {
 	d, x, name := newDockerTest(t)

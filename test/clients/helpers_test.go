@@ -45,6 +45,9 @@ func syscallKill(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
 // handler ignores SIGTERM, so the signal must not come earlier.
 const trapScript = "trap 'exit 7' TERM; echo ready; while :; do sleep 0.2; done"
 
+// memoryHog grows a shell variable until the container's memory limit has it OOM-killed.
+const memoryHog = "a=0123456789abcdef; while true; do a=$a$a; done"
+
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)

@@ -241,7 +241,7 @@ func TestShimOOM(t *testing.T) {
 	}
 	defer ev.terminate(5 * time.Second)
 	r := c.ctr(t, cmdOpts{}, "run", "--rm", "--runtime", shimRuntime, "--memory-limit", fmt.Sprint(32<<20), img.Qualified, id,
-		"sh", "-c", "a=0123456789abcdef; while true; do a=$a$a; done")
+		"sh", "-c", memoryHog)
 	if r.code != 137 {
 		x.fatal(r, "want exit 137 (killed by the OOM killer)")
 	}

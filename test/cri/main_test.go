@@ -2,9 +2,10 @@
 
 // Package cri runs Kubernetes' CRI against a private containerd (Debian's 1.6, CRI plugin
 // on) with two runtime handlers side by side on the same pod specs: "runc"
-// (io.containerd.runc.v2) and "runv" (io.containerd.runv.v2, runv's own shim). Every case
-// that passes with runc must pass with runv, or be listed in docs/kubernetes.md with its
-// reason (and skipped here with that reason). containerd runs in a network namespace of
+// (io.containerd.runc.v2) and "runv" (io.containerd.runv.v2, runv's own shim); TestCRI's
+// cases also run with "runvrunc" (runv as the OCI binary of containerd's runc shim). Every
+// case that passes with runc must pass with runv, or be listed in docs/kubernetes.md with
+// its reason (and skipped here with that reason). containerd runs in a network namespace of
 // the suite's, where CNI's bridge plugin gives pods their addresses; nothing touches the
 // host's network.
 package cri

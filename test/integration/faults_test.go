@@ -446,7 +446,7 @@ func (f *faultCase) cleanup(force bool) {
 	}
 	assertEmptyRoot(t, f.root)
 	if after := f.net.snapshot(t); after != f.netBefore {
-		t.Errorf("the pod's network namespace is not as before the pod (taps, qdiscs, filters left?):\nbefore:\n%s\nafter:\n%s", f.netBefore, after)
+		t.Errorf("the pod's network namespace is not as before the pod (taps, qdiscs, filters, BPF links left?):\nbefore:\n%s\nafter:\n%s", f.netBefore, after)
 	} else {
 		f.note("netns as before")
 	}

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -126,4 +128,71 @@ func TestPortForwardIntoTheVM(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPortForwardThroughput is make bench's port-forward figure: 32 MiB from a server in
+// the pod to a client on the host, through 127.0.0.1 of the pod's namespace (the path of
+// kubectl port-forward: the steering, the agent's stream channel) and through the pod's
+// address (the mirrored NIC), the median of N downloads each, in one run. It is a
+// measurement, run when RUNV_PF_BENCH=1 (N: RUNV_PF_BENCH_N, default 5); every download
+// must bring the whole 32 MiB.
+func TestPortForwardThroughput(t *testing.T) {
+	if os.Getenv("RUNV_PF_BENCH") != "1" {
+		t.Skip("a measurement for make bench: set RUNV_PF_BENCH=1")
+	}
+	runs := 5
+	if v, err := strconv.Atoi(os.Getenv("RUNV_PF_BENCH_N")); err == nil && v > 0 {
+		runs = v
+	}
+	const size = 32 << 20
+	r := shortRoot(t)
+	n := newPodNet(t, true)
+	id := newID(t)
+	b := newBundleWith(t, func(s *specs.Spec) { setNetNS(s, n.path()) },
+		"nc", "-ll", "-p", "9000", "-e", "dd", "if=/dev/zero", "bs=65536", fmt.Sprintf("count=%d", size/65536))
+	mustRunv(t, r, "run", "-d", "--bundle", b, id)
+	defer deleteAndCheck(t, r, id)
+	waitStatus(t, r, id, "running")
+	download := func(nsPath, addr string) (time.Duration, int64, error) {
+		var c net.Conn
+		var err error
+		start := time.Now()
+		dial := func() { c, err = net.DialTimeout("tcp4", addr, 10*time.Second) }
+		if nsPath == "" {
+			dial()
+		} else if nerr := nettest.InNetns(nsPath, dial); nerr != nil {
+			return 0, 0, nerr
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		got, err := io.Copy(io.Discard, c)
+		return time.Since(start), got, err
+	}
+	waitUntil(t, "the server in the pod", 90*time.Second, func() bool {
+		_, got, err := download(n.path(), "127.0.0.1:9000")
+		return err == nil && got == size
+	})
+	paths := []struct{ name, ns, addr string }{
+		{"port-forward (127.0.0.1 in the pod's namespace)", n.path(), "127.0.0.1:9000"},
+		{"pod address (" + n.podV4 + ")", "", n.podV4 + ":9000"},
+	}
+	medians := make([]time.Duration, len(paths))
+	for i, p := range paths {
+		var ds []time.Duration
+		for range runs {
+			d, got, err := download(p.ns, p.addr)
+			if err != nil || got != size {
+				t.Fatalf("download through %s: %d of %d bytes, %v", p.name, got, size, err)
+			}
+			ds = append(ds, d)
+		}
+		sort.Slice(ds, func(a, b int) bool { return ds[a] < ds[b] })
+		medians[i] = ds[len(ds)/2]
+		fmt.Printf("port-forward bench: %-50s 32 MiB in %v (median of %d, min %v): %.0f MiB/s\n",
+			p.name, medians[i].Round(time.Millisecond), runs, ds[0].Round(time.Millisecond), float64(size>>20)/medians[i].Seconds())
+	}
+	fmt.Printf("port-forward bench: port-forward / pod address throughput = %.2f\n", medians[1].Seconds()/medians[0].Seconds())
 }

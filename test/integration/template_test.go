@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,7 +38,11 @@ func templateRoot(t *testing.T) string {
 func createTemplate(t *testing.T, r string, global ...string) {
 	t.Helper()
 	res := runvIn(t, r, nil, append(global, "manage", "create-template")...)
-	if res.code != 0 || !strings.Contains(res.stdout, "created template microvm-1c-128m") {
+	machine := "microvm"
+	if slices.Contains(global, "q35") {
+		machine = "q35"
+	}
+	if res.code != 0 || !strings.Contains(res.stdout, "created template "+machine+"-1c-128m") {
 		t.Fatalf("create-template: %s", res)
 	}
 	t.Logf("create-template: %s", strings.TrimSpace(res.stdout))

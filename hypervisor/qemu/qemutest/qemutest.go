@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // EnvKernel overrides the guest kernel used by tests.
@@ -57,7 +59,12 @@ func Dir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
+	// A launcher killed by its test (TestPdeathsig) leaves the share's bind on itself
+	// (hypervisor/qemu's jail), as a killed pod daemon does for `runv delete` to detach.
+	t.Cleanup(func() {
+		mounts.UnmountUnder(d)
+		os.RemoveAll(d)
+	})
 	return d
 }
 
