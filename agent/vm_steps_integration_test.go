@@ -145,9 +145,17 @@ func TestVMContainerSteps(t *testing.T) {
 		}
 		t.Logf("%s (%d traced), median of the later ones [the first]:\n%s", op, len(traces[op]), stepTable(op, traces[op]))
 	}
-	// Every exec goes through the exec helper unless the guest was told otherwise.
-	if !strings.Contains(os.Getenv("RUNV_STEPS_CMDLINE"), "runv.exec=libcontainer") && len(traces["EXECCMD"]) != n {
-		t.Errorf("%d of %d execs went through the exec helper (the others: libcontainer)", len(traces["EXECCMD"]), n)
+	// Every exec goes through the exec helper unless the guest was told otherwise, and each
+	// warm-up execs once through it.
+	if !strings.Contains(os.Getenv("RUNV_STEPS_CMDLINE"), "runv.exec=libcontainer") {
+		if len(traces["EXECCMD"]) != n {
+			t.Errorf("%d of %d execs went through the exec helper (the others: libcontainer)", len(traces["EXECCMD"]), n)
+		}
+		for _, l := range traces["WARMUP"] {
+			if !strings.Contains(l, "warm-up exec done") {
+				t.Errorf("a warm-up without its exec through the helper: %s", l)
+			}
+		}
 	}
 	t.Logf("floors:\n%s", out)
 	if !strings.Contains(out, "FLOOR pivot_root") {

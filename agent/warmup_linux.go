@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"golang.org/x/sys/unix"
 
@@ -101,12 +103,18 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	tr.mark("libcontainer.Create")
 	// No stdio: libcontainer gives the process /dev/null.
 	done := a.reaper.beginStart()
-	err = lc.Run(lp)
-	tr.mark("libcontainer run returned")
+	err = lc.Start(lp)
 	pid := 0
 	if err == nil {
 		pid, _ = lp.Pid()
+		// An exec into the created container, as a pod's execs go (the exec helper), so
+		// that a pooled VM's first exec does not pay the translation of that path either.
+		if werr := a.warmupExec(cfg, pid, tr); werr != nil {
+			a.log.Errorf("warm-up: exec: %v", werr)
+		}
+		err = lc.Exec()
 	}
+	tr.mark("libcontainer run returned")
 	done(pid)
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: start: %w", err)
@@ -147,4 +155,46 @@ func prepareWarmupRoot(rootfs string) error {
 func removeWarmupRoot() {
 	unix.Unmount(filepath.Join(warmupDir, "rootfs", "init"), unix.MNT_DETACH)
 	os.RemoveAll(warmupDir)
+}
+
+// warmupExec runs the warm-up program once more, through the exec helper, in the warm-up
+// container whose init (pid) is created. The caller holds the reaper's start bracket.
+func (a *Agent) warmupExec(cfg *configs.Config, pid int, tr *stepTrace) error {
+	if a.execHelper == "" {
+		return nil
+	}
+	caps, last, err := capsFor(cfg.Capabilities)
+	if err != nil {
+		return err
+	}
+	req := &execRequest{caps: caps, lastCap: last, noNewPrivs: cfg.NoNewPrivileges, cwd: "/",
+		args: []string{"/init", WarmupArg}, env: []string{"PATH=/"}, keyring: "_ses." + warmupID}
+	var namespaces []nsFile
+	defer func() {
+		for _, ns := range namespaces {
+			ns.f.Close()
+		}
+	}()
+	for _, t := range configs.NamespaceTypes() {
+		if !cfg.Namespaces.Contains(t) {
+			continue
+		}
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, configs.NsName(t)))
+		if err != nil {
+			return err
+		}
+		namespaces = append(namespaces, nsFile{nstype: uint32((&configs.Namespace{Type: t}).Syscall()), f: f})
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join("/sys/fs/cgroup", strings.TrimPrefix(strings.TrimSpace(string(b)), "0::"))
+	proc, err := runExecHelper(a.execHelper, req, [3]*os.File{}, namespaces, nil, []string{dir}, tr)
+	if err != nil {
+		return err
+	}
+	_, err = proc.Wait()
+	tr.mark("warm-up exec done")
+	return err
 }
