@@ -84,9 +84,12 @@ demo: deps install
 test: deps build unit-test integration-test client-test
 
 # Unit tests need no kernel, QEMU or clients: every VM-booting test carries the integration
-# build tag (plain `go test ./...` runs the same set).
+# build tag (plain `go test ./...` runs the same set). The agent's tests run again with its
+# seccomp tag (libseccomp, from `make deps`): the seccomp capture's and the exec helper's
+# seccomp tests only exist there.
 unit-test:
 	$(GO) test -count=1 ./...
+	CGO_ENABLED=1 $(GO) test -count=1 -tags "$(AGENT_TAGS)" ./agent/
 
 # Integration tests (build tag integration) boot real VMs under TCG with the kernel, initrd
 # and runv just built: the CLI suite, the agent driven directly over its protocol, the QEMU
