@@ -366,8 +366,21 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 		if !force {
 			return false, fmt.Errorf("cannot delete container %q that is not stopped: %s (stop it with 'runv kill' or use 'runv delete --force'): %w", rec.ID, cs.Status, errdefs.ErrFailedPrecondition)
 		}
-		if err := killInPod(cctx, pod, rec.ID, cs.Status); err != nil {
-			return false, fmt.Errorf("delete container %q: %w", rec.ID, err)
+		kctx, kcancel := context.WithTimeout(cctx, forceKillTimeout)
+		err := killInPod(kctx, pod, rec.ID, cs.Status)
+		kcancel()
+		if err != nil {
+			if kctx.Err() == nil {
+				return false, fmt.Errorf("delete container %q: %w", rec.ID, err)
+			}
+			// The guest does not carry out a SIGKILL (hung, or hostile): nothing of the
+			// container can be removed through it, and the pod is of no use any more. The
+			// pod daemon goes, and its VM with it; the caller cleans up after them, as
+			// after a killed daemon. The pod's other containers are then stopped.
+			logging.G(ctx).Warn("the guest did not kill the container in time: ending its pod",
+				"container", rec.ID, "pod", filepath.Base(rec.PodDir), "after", forceKillTimeout, "error", err)
+			killProcess(rec.Daemon)
+			return true, nil
 		}
 	}
 	if _, err := pod.api.Delete(cctx, &podapi.ContainerRequest{Id: rec.ID}); err != nil && !errors.Is(rpcErr(err), errdefs.ErrNotFound) {
@@ -375,6 +388,11 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 	}
 	return podIsEmpty(cctx, pod)
 }
+
+// forceKillTimeout bounds how long `delete --force` waits for the guest to kill a
+// container (a SIGKILL and the exit it causes take well under a second, and seconds under
+// heavy load) before it ends the whole pod instead.
+const forceKillTimeout = 20 * time.Second
 
 // killInPod kills every process of a running or paused container and waits until it died.
 // A container that stopped meanwhile is fine (the calls then fail as not running).
