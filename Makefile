@@ -116,7 +116,7 @@ soak: deps build
 # under /tmp and are stopped at the end.
 client-test: client-deps install
 	$(GO) test -count=1 -tags integration -p 1 -timeout 45m -v ./test/image/ ./test/clients/ ./test/cri/ 2>&1 | tee $(BUILD)/client-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|client tests:|cri tests:)'; \
-		code=$${PIPESTATUS[0]}; grep -B1 -E '^\s*--- SKIP' $(BUILD)/client-test.log | grep -vE '^(--|\s*--- SKIP)' | sed 's/^ */skipped: /'; exit $$code
+		code=$${PIPESTATUS[0]}; awk -f test/skips.awk $(BUILD)/client-test.log; exit $$code
 
 # OCI runtime conformance (opencontainers/runtime-tools validation/) against runc and the
 # installed runv, side by side. Not part of `make test`: about 15 minutes. Programs: make
