@@ -116,8 +116,8 @@ import (
 // seccomp(SECCOMP_SET_MODE_FILTER) with a program) becomes a user notification, which a C
 // thread answers with ECANCELED after copying the program, so that nothing is loaded.
 // libseccomp's own probes (a NULL program) run as they would. The thread is never
-// unlocked: it carries the catcher, and Go ends it with its goroutine (or, the main thread,
-// parks it for good). Byte for byte the program libcontainer's `runc init` would load, for
+// unlocked: it carries the catcher, and Go ends it with its goroutine (never the main
+// thread: onThreadOfItsOwn). Byte for byte the program libcontainer's `runc init` would load, for
 // the exec helper (cmd/runv-exec).
 func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error) {
 	if runtime.GOARCH != "amd64" {
@@ -128,8 +128,7 @@ func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error)
 	listeners := make(chan int, 1)
 	answering := make(chan bool, 1)
 	loaded := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	go onThreadOfItsOwn(func() {
 		fd, err := installLoadCatcher()
 		if err != nil {
 			loaded <- fmt.Errorf("seccomp capture: install the catcher: %w", err)
@@ -143,7 +142,7 @@ func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error)
 		}
 		_, err = seccomp.InitSeccomp(cfg)
 		loaded <- err
-	}()
+	})
 	fd := <-listeners
 	if fd < 0 {
 		return nil, 0, <-loaded
@@ -181,6 +180,28 @@ func compileSeccomp(cfg *configs.Seccomp) (prog []byte, flags uint32, err error)
 		return nil, 0, fmt.Errorf("seccomp: %w", lerr)
 	}
 	return nil, 0, errors.New("seccomp capture: libcontainer loaded no filter")
+}
+
+// onThreadOfItsOwn runs f locked to an OS thread that is not the main thread, and that
+// thread ends with f: Go terminates a thread whose locked goroutine exits, except the main
+// thread, which it parks for good instead — with the catcher on it (the agent, PID 1, would
+// show a seccomp filter for the rest of the VM's life). If the calling goroutine landed on
+// the main thread, it keeps that thread while f runs in a new goroutine, which therefore
+// gets another one.
+func onThreadOfItsOwn(f func()) {
+	runtime.LockOSThread()
+	if unix.Gettid() != unix.Getpid() {
+		f() // never unlocked: the thread ends with this goroutine
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked, as above; not the main thread, which we hold
+		f()
+	}()
+	<-done
+	runtime.UnlockOSThread()
 }
 
 // compileMu makes compiles take turns.
