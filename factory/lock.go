@@ -1,14 +1,15 @@
 package factory
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // fileLock is a held flock(2) on a lock file.
@@ -122,48 +123,11 @@ func ensureTmpfs(dir string) (mounted bool, err error) {
 
 // ownTmpfs reports whether dir is a mount point of the tmpfs ensureTmpfs mounts.
 func ownTmpfs(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
+	table, err := mounts.Table()
 	if err != nil {
 		return false
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options ... - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+2 >= len(fields) {
-			continue
-		}
-		if unescapeMount(fields[4]) == dir && fields[sep+1] == "tmpfs" && fields[sep+2] == tmpfsSource {
-			return true
-		}
-	}
-	return false
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return slices.ContainsFunc(table, func(m mounts.Info) bool {
+		return m.MountPoint == dir && m.FSType == "tmpfs" && m.Source == tmpfsSource
+	})
 }

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // QEMU is the process a guest that breaks out of its kernel holds, so it runs with as
@@ -137,22 +138,16 @@ func cgroupName(vm string) string {
 // cgroup2Root returns where the cgroup v2 hierarchy is mounted ("" if nowhere): the
 // unified hierarchy of a v2 host, /sys/fs/cgroup/unified on a hybrid one.
 func cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	table, err := mounts.Table()
 	if err != nil {
 		return "", fmt.Errorf("find the cgroup v2 hierarchy: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// ... mountpoint ... - fstype source options
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4], nil
-			}
+	for _, m := range table {
+		if m.FSType == "cgroup2" {
+			return m.MountPoint, nil
 		}
 	}
-	return "", sc.Err()
+	return "", nil
 }
 
 // sweepCgroups removes the QEMU cgroups under parent whose launcher is gone: a launcher

@@ -1,11 +1,11 @@
 package qemu
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // QEMU runs in a mount namespace of its own (the pattern of Firecracker's jailer) whose
@@ -357,31 +358,15 @@ func inSharedMount(dir string) (bool, error) {
 	if err := unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &stx); err != nil {
 		return false, err
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	table, err := mounts.Table()
 	if err != nil {
 		return false, err
 	}
-	defer f.Close()
 	id := strconv.FormatUint(stx.Mnt_id, 10)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional fields...] - ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 7 || fields[0] != id {
-			continue
+	for _, m := range table {
+		if m.ID == id {
+			return slices.ContainsFunc(m.Optional, func(o string) bool { return strings.HasPrefix(o, "shared:") }), nil
 		}
-		for _, opt := range fields[6:] {
-			if opt == "-" {
-				break
-			}
-			if strings.HasPrefix(opt, "shared:") {
-				return true, nil
-			}
-		}
-		return false, nil
-	}
-	if err := sc.Err(); err != nil {
-		return false, err
 	}
 	return false, fmt.Errorf("mount %s of %s not in /proc/self/mountinfo", id, dir)
 }

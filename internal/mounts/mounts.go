@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,25 +49,50 @@ func UnmountUnder(dir string) error {
 // Under lists the mount points at or below dir, deepest first.
 func Under(dir string) ([]string, error) {
 	dir = filepath.Clean(dir)
+	table, err := Table()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range table {
+		if m.MountPoint == dir || strings.HasPrefix(m.MountPoint, dir+"/") {
+			out = append(out, m.MountPoint)
+		}
+	}
+	// Deepest first, so parents are not busy.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, nil
+}
+
+// Info is a line of /proc/self/mountinfo, the fields runv reads:
+//
+//	id parent major:minor root mountpoint options [optional fields...] - fstype source superoptions
+type Info struct {
+	ID         string
+	MountPoint string   // unescaped
+	Optional   []string // propagation: "shared:N", "master:N", "unbindable"
+	FSType     string
+	Source     string
+}
+
+// Table reads this process's mount table. Lines it cannot read are left out.
+func Table() ([]Info, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []string
+	var out []Info
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
+		sep := slices.Index(fields, "-")
+		if sep < 6 || sep+2 >= len(fields) {
 			continue
 		}
-		mp := Unescape(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
+		out = append(out, Info{ID: fields[0], MountPoint: Unescape(fields[4]), Optional: fields[6:sep],
+			FSType: fields[sep+1], Source: fields[sep+2]})
 	}
-	// Deepest first, so parents are not busy.
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out, sc.Err()
 }
 
