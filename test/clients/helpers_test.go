@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/containerd/console"
+
+	"github.com/runv-project/runv/test/poll"
 )
 
 func lookPath(name string) (string, error) { return exec.LookPath(name) }
@@ -48,16 +50,9 @@ const trapScript = "trap 'exit 7' TERM; echo ready; while :; do sleep 0.2; done"
 // memoryHog grows a shell variable until the container's memory limit has it OOM-killed.
 const memoryHog = "a=0123456789abcdef; while true; do a=$a$a; done"
 
-// waitFor polls cond until it holds or the timeout passes.
+// waitFor polls cond every 200 ms until it holds or the timeout passes.
 func waitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return true
+	return poll.Until(timeout, 200*time.Millisecond, cond)
 }
 
 // checkGuestRelease checks that a container reported the guest kernel's release.

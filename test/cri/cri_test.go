@@ -19,6 +19,7 @@ import (
 	rt "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/runv-project/runv/test/nettest"
+	"github.com/runv-project/runv/test/poll"
 )
 
 // callTimeout bounds one CRI call: a runv sandbox boots a VM, under TCG on a loaded machine.
@@ -187,15 +188,9 @@ func (p *pod) waitExited(id string) *rt.ContainerStatus {
 	return st
 }
 
+// waitFor polls cond every 200 ms until it holds or the timeout passes.
 func waitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return true
+	return poll.Until(timeout, 200*time.Millisecond, cond)
 }
 
 // logTail is the end of containerd's log, for failures.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/test/poll"
 )
 
 // The cache kind: `runv manage factory-daemon` keeps pooled VMs, each in a holder process,
@@ -157,12 +159,8 @@ func parentOf(pid int) int {
 // state, for which there is no event to wait on).
 func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !poll.Until(timeout, 50*time.Millisecond, cond) {
+		t.Fatalf("%s: not within %s", what, timeout)
 	}
 }
 
