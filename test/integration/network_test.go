@@ -152,9 +152,16 @@ func (n podNet) snapshot(t *testing.T) string {
 		{"ip", "-n", n.name, "-6", "route"}, {"ip", "-n", n.name, "neigh", "show", "nud", "permanent"},
 		{"tc", "-n", n.name, "qdisc"}, {"tc", "-n", n.name, "filter", "show", "dev", "eth0", "ingress"},
 	} {
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-		if err != nil && !strings.Contains(string(out), "Cannot find device") {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		// Standard output only: with namespaces coming and going around it (parallel tests),
+		// `ip addr` may also print "Error: Peer netns reference is invalid." on stderr for a
+		// veth whose peer's namespace id it cannot resolve at that moment: not the namespace's
+		// state, and it made equal snapshots differ.
+		var stderr strings.Builder
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil && !strings.Contains(stderr.String(), "Cannot find device") {
+			t.Fatalf("%s: %v: %s%s", strings.Join(args, " "), err, out, stderr.String())
 		}
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
 	}
