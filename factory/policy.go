@@ -132,13 +132,11 @@ func ParsePolicy(b []byte) ([]Policy, error) {
 	return p, nil
 }
 
-// policyEntry is a Policy as written, where an absent "template" differs from false.
+// policyEntry is a Policy as written, where an absent "template" differs from false (its
+// Template shadows the embedded one in JSON).
 type policyEntry struct {
-	Template *bool  `json:"template"`
-	Cache    int    `json:"cache"`
-	CPU      int    `json:"cpu"`
-	Memory   int    `json:"memory"`
-	Name     string `json:"name,omitempty"`
+	Policy
+	Template *bool `json:"template"`
 }
 
 // policy resolves the entry's kind. A pool that does not say refills from a template: when
@@ -147,11 +145,12 @@ type policyEntry struct {
 // is handed out; idle, a warmed clone serves a pod as fast as a warmed direct boot and
 // costs half its memory (docs/performance.md). "template":false keeps directly booted VMs.
 func (e policyEntry) policy() Policy {
-	template := e.Cache > 0
+	p := e.Policy
+	p.Template = p.Cache > 0
 	if e.Template != nil {
-		template = *e.Template
+		p.Template = *e.Template
 	}
-	return Policy{Template: template, Cache: e.Cache, CPU: e.CPU, Memory: e.Memory, Name: e.Name}
+	return p
 }
 
 // DefaultSize is the VM size of pods that ask for none under policy: its first entry's,
