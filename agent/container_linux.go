@@ -28,7 +28,7 @@ const sigKill = unix.SIGKILL
 type container struct {
 	id  string
 	log *logger
-	lc  *libcontainer.Container
+	lc  containerEngine
 	// spec is the adjusted spec the container was created from; UPDATECONTAINER merges
 	// into its resources.
 	spec *specs.Spec

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -290,33 +291,42 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err := p.sup.SizeVM(spec); err != nil {
 		return nil, grpcErr(err)
 	}
+	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
+	// created) is mirrored onto the VM before anything runs in it: while the guest creates
+	// the pod's first container, which only runs at Start. Without a path the container
+	// has a network namespace of its own in the guest (loopback).
+	connect := fresh && netns != ""
+	if connect && setsNetSysctls(spec) {
+		// The guest applies them to the pod's network as it creates the container, and an
+		// interface's (net.ipv4.conf.eth0.*) needs that interface configured, as CNI
+		// configured it before runc would create the container.
+		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
+			return nil, grpcErr(err)
+		}
+		connect = false
+	}
 	files, err := t.stdio.open(ctx, s.namespace, r.ID)
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	if _, err := p.sup.Create(ctx, supervisor.CreateRequest{
+	var network chan error
+	if connect {
+		network = make(chan error, 1)
+		go func() { network <- p.sup.ConnectNetwork(ctx, netns) }()
+	}
+	_, err = p.sup.Create(ctx, supervisor.CreateRequest{
 		ID: r.ID, Bundle: r.Bundle, Spec: spec, Stdio: files, Sandbox: member.sandbox,
-	}); err != nil {
-		return nil, grpcErr(err)
-	}
-	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
-	// created) is mirrored onto the VM before anything runs in it. Without a path the
-	// container has a network namespace of its own in the guest (loopback).
-	if fresh && p.cgroup != nil {
-		// A VM from the pool was started by its holder, not by the shim.
-		if vm := p.sup.Info().VMPid; vm > 0 {
-			if err := p.cgroup.add(vm); err != nil {
-				logging.G(ctx).Warn("the VM is not in the pod's cgroup", "error", err)
-			}
-		}
-	}
-	if fresh && netns != "" {
-		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
+	})
+	if network != nil {
+		if nerr := <-network; nerr != nil && err == nil {
 			if derr := p.sup.Delete(context.WithoutCancel(ctx), r.ID); derr != nil {
 				logging.G(ctx).Warn("remove the container whose network failed", "error", derr)
 			}
-			return nil, grpcErr(err)
+			err = nerr
 		}
+	}
+	if err != nil {
+		return nil, grpcErr(err)
 	}
 	t.pid = s.vmPid(p.sup)
 	go s.waitExit(p.sup, t.init, t.pid)
@@ -331,6 +341,20 @@ func (s *service) vmPid(sup *supervisor.Supervisor) uint32 {
 		return uint32(pid)
 	}
 	return s.pid
+}
+
+// setsNetSysctls tells whether a container sets sysctls of its network namespace (net.*,
+// or runc's slash form net/...).
+func setsNetSysctls(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for k := range spec.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") || strings.HasPrefix(k, "net/") {
+			return true
+		}
+	}
+	return false
 }
 
 // Start starts a container's init or an exec process.

@@ -200,3 +200,26 @@ func TestInflight(t *testing.T) {
 	}
 	end3()
 }
+
+// A container that sets its network namespace's sysctls has the pod's network connected
+// before it is created; any other is created while the network is connected.
+func TestSetsNetSysctls(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		linux  *specs.Linux
+		expect bool
+	}{
+		{"no linux section", nil, false},
+		{"no sysctls", &specs.Linux{}, false},
+		{"IPC sysctl only", &specs.Linux{Sysctl: map[string]string{"kernel.shm_rmid_forced": "1"}}, false},
+		{"dotted net sysctl", &specs.Linux{Sysctl: map[string]string{"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "0"}}, true},
+		{"interface sysctl in runc's slash form", &specs.Linux{Sysctl: map[string]string{"net/ipv4/conf/eth0.100/forwarding": "1"}}, true},
+		{"a name that only starts like net", &specs.Linux{Sysctl: map[string]string{"netfilter.x": "1"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := setsNetSysctls(&specs.Spec{Linux: tc.linux}); got != tc.expect {
+				t.Errorf("setsNetSysctls = %v, want %v", got, tc.expect)
+			}
+		})
+	}
+}
