@@ -195,6 +195,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 
 	t, payload := command(io)
 	var started agentproto.ProcessStarted
+	callStart := time.Now()
 	if err := s.agent.Call(ctx, t, payload, &started); err != nil {
 		c.mu.Lock()
 		delete(c.processes, procID)
@@ -202,6 +203,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		return nil, started, err // the client's error names the pod and the command
 	}
 	p.guestPid = started.Pid
+	logging.G(ctx).Debug("process started", "process", procID, "command", t, "agent", time.Since(callStart))
 	if procID != agentproto.InitProcessID {
 		// Logged before anything can report its exit.
 		s.events.publish(Event{Type: EventExec, Container: c.id, Process: procID})
@@ -216,7 +218,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 			exit = agentproto.ProcessExit{ExitCode: 137, Signal: int(syscall.SIGKILL), Error: fmt.Sprintf("lost the process: %v", err)}
 		}
 		<-relayed
-		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error)
+		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error, "since_command", time.Since(callStart))
 		// The event is logged before Wait can return: whatever a client does once its
 		// process exited (delete, the next exec) comes after the exit in the log.
 		s.events.publish(Event{Type: EventExit, Container: c.id, Process: procID, ExitCode: exit.ExitCode, Message: exit.Error})

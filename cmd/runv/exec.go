@@ -132,10 +132,13 @@ func execProcess(c *cli.Context) (int, error) {
 		return 0, execStatusOr(rec, ignorePaused, err)
 	}
 	defer x.close()
+	logging.G(x.ctx).Debug("exec: process started", "since_cli_start", time.Since(started))
 	if x.att == nil {
 		return 0, nil // detached: its shim stands in for it
 	}
-	return x.att.wait(x.ctx)
+	code, err := x.att.wait(x.ctx)
+	logging.G(x.ctx).Debug("exec: process exited", "since_cli_start", time.Since(started), "exit_code", code)
+	return code, err
 }
 
 // execStatusOr returns the refusal of an exec into a stopped or paused container, in runc's
