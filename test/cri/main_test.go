@@ -96,6 +96,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "%[1]s/runvrunc"
 `
 
+// baselineRuntime is the handler runv-pool-base: runv-pool with another build of runv's
+// shim (RUNV_CRI_BENCH_BASELINE_SHIM, installed into the suite's PATH under the runtime
+// name io.containerd.runvbase.v2), so that TestCRIStartTiming compares two builds in one
+// run.
+const baselineRuntime = `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool-base]
+      runtime_type = "io.containerd.runvbase.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool-base.options]
+        ConfigPath = "%[1]s/pool.json"
+`
+
 // poolPolicy is the factory policy of the runv-pool handler: a pool of two VMs refilled
 // from a template (made under shimRoot/@templates on first use; teardown removes it).
 const poolPolicy = `[{"cache": 2}]`
@@ -169,7 +179,21 @@ func setup() error {
 	if err := os.WriteFile(filepath.Join(work, "pool.json"), []byte(poolPolicy), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(fmt.Sprintf(config, work, pause.Qualified, runvBinary)), 0o644); err != nil {
+	ctrdConfig := fmt.Sprintf(config, work, pause.Qualified, runvBinary)
+	path := filepath.Dir(shim) + ":" + os.Getenv("PATH")
+	if base := os.Getenv("RUNV_CRI_BENCH_BASELINE_SHIM"); base != "" {
+		// containerd finds a runtime's shim by its name in PATH.
+		dir := filepath.Join(work, "baseline")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(base, filepath.Join(dir, "containerd-shim-runvbase-v2")); err != nil {
+			return fmt.Errorf("RUNV_CRI_BENCH_BASELINE_SHIM: %w", err)
+		}
+		ctrdConfig += fmt.Sprintf(baselineRuntime, work)
+		path = dir + ":" + path
+	}
+	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(ctrdConfig), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(work, "net.d", "10-rvcri.conflist"), []byte(fmt.Sprintf(cniConfig, work)), 0o644); err != nil {
@@ -190,7 +214,7 @@ func setup() error {
 	defer logf.Close()
 	// nsenter changes the network namespace only (ip netns exec would remount /sys).
 	ctrd = exec.Command("nsenter", "--net=/run/netns/"+netnsName, "containerd", "--config", filepath.Join(work, "config.toml"))
-	ctrd.Env = append(os.Environ(), "PATH="+filepath.Dir(shim)+":"+os.Getenv("PATH"), "RUNV_ROOT="+shimRoot)
+	ctrd.Env = append(os.Environ(), "PATH="+path, "RUNV_ROOT="+shimRoot)
 	ctrd.Stdout, ctrd.Stderr = logf, logf
 	ctrd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := ctrd.Start(); err != nil {
@@ -272,6 +296,14 @@ func teardown() (problems []string) {
 		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", cgroupRoot))
 		for _, d := range dirs {
 			exec.Command("find", d, "-depth", "-type", "d", "-exec", "rmdir", "{}", ";").Run()
+		}
+	}
+	if keep := os.Getenv("RUNV_CRI_KEEP_LOG"); keep != "" && ctrdLog != "" {
+		// containerd's log holds the shims' (at debug level): what a timing breakdown reads.
+		if b, err := os.ReadFile(ctrdLog); err == nil {
+			if err := os.WriteFile(keep, b, 0o644); err != nil {
+				problems = append(problems, "RUNV_CRI_KEEP_LOG: "+err.Error())
+			}
 		}
 	}
 	if work != "" {
