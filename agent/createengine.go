@@ -34,6 +34,7 @@ const (
 	tagROPath   = 27 // string
 	tagMaskPath = 28 // string
 	tagCgroup   = 29 // string
+	tagTrace    = 30 // no data: the init reports its steps (reportTrace)
 )
 
 // maxMountPropagation is the helper's limit of propagation flags per mount.

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/cgroups/devices/config"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -118,7 +119,9 @@ echo umask=$(umask)`
 		t.Fatal(err)
 	}
 	defer startW.Close()
-	proc, report, err := runExecHelper(helper, req, [3]*os.File{nil, outW, outW}, nil, nil, startR, dirs, nil)
+	req.traceSteps = true
+	tr := &stepTrace{what: "create", start: time.Now()}
+	proc, report, err := runExecHelper(helper, req, [3]*os.File{nil, outW, outW}, nil, nil, startR, dirs, tr)
 	outW.Close()
 	startR.Close()
 	if err != nil {
@@ -148,6 +151,11 @@ echo umask=$(umask)`
 		"hello from the host\n", "sys-ro\n", "timer_list=0\n", "inner-mounted\n", "umask=0022\n"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the container's output lacks %q", want)
+		}
+	}
+	for _, step := range []string{"init: mounts", "init: /dev", "init: pivot_root", "init: process set up"} {
+		if !strings.Contains(tr.String(), step) {
+			t.Errorf("the trace %q lacks the init's step %q", tr, step)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(outside, "inner")); err == nil {

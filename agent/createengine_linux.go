@@ -85,6 +85,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	}
 	dir := e.cgroup.Path("")
 	req.create = newCreateRequest(&e.cfg, dir)
+	req.traceSteps = e.tr != nil
 	var namespaces []nsFile
 	defer func() {
 		for _, ns := range namespaces {

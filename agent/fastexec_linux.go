@@ -346,6 +346,10 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	tr.mark("helper forked the process")
 	if req.create != nil {
 		next, err := readReport(repR)
+		for err == nil && next.kind == reportTrace {
+			tr.mark(next.text)
+			next, err = readReport(repR)
+		}
 		if err == nil && next.kind == reportReady {
 			_ = repR.SetReadDeadline(time.Time{})
 			return proc, repR, nil

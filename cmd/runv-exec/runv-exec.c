@@ -103,6 +103,7 @@ enum {
 	T_ROPATH = 27,   /* string; repeated */
 	T_MASKPATH = 28, /* string; repeated */
 	T_CGROUP = 29,   /* string: the container's cgroup directory (cgroup2 bind fallback) */
+	T_TRACE = 30,    /* no data: report each step of create mode ('T' records, runv.trace=1) */
 };
 
 #define MAX_REQUEST (8 << 20)
@@ -170,6 +171,7 @@ struct request {
 	char *oomscore;
 	int lookup_home;
 	struct create *create; /* NULL: exec mode */
+	int trace;
 };
 
 enum { CAP_BOUNDING, CAP_EFFECTIVE, CAP_INHERITABLE, CAP_PERMITTED, CAP_AMBIENT };
@@ -484,6 +486,9 @@ static void parse_request(struct request *r)
 		case T_HOME:
 			r->lookup_home = 1;
 			break;
+		case T_TRACE:
+			r->trace = 1;
+			break;
 		case T_CREATE ... T_CGROUP:
 			parse_create_field(r, tag, d, len);
 			break;
@@ -789,6 +794,13 @@ static char *look_path(const char *name, char **envp)
 }
 
 /* ---- Create mode: what libcontainer's standard init does to make the container ---- */
+
+/* step reports a step of the init's set-up when the agent traces (runv.trace=1). */
+static void step(const struct request *r, const char *what)
+{
+	if (r->trace)
+		report('T', 0, what);
+}
 
 /* in_root opens path inside the root rootfd: symlinks and ".." cannot leave it. */
 static int in_root(int rootfd, const char *path, int flags)
@@ -1100,10 +1112,13 @@ static void prepare_rootfs(struct request *r)
 	int rootfd = open(c->rootfs, O_DIRECTORY | O_PATH | O_CLOEXEC);
 	if (rootfd < 0)
 		failf(errno, "open the rootfs %s", c->rootfs);
+	step(r, "init: rootfs bound");
 	for (int i = 0; i < c->nmounts; i++)
 		mount_one(c, rootfd, &c->mounts[i]);
+	step(r, "init: mounts");
 	if (c->setup_dev)
 		setup_dev(c, rootfd);
+	step(r, "init: /dev");
 
 	int oldroot = open("/", O_DIRECTORY | O_RDONLY | O_PATH | O_CLOEXEC);
 	if (oldroot < 0 || fchdir(rootfd) < 0)
@@ -1132,6 +1147,7 @@ static void prepare_rootfs(struct request *r)
 				fail("reopen /dev/null as stdio", errno);
 		close(null);
 	}
+	step(r, "init: pivot_root");
 	/* The cwd exists before the user change (inside the jail now: plain paths are safe). */
 	char cwd[PATH_MAX];
 	snprintf(cwd, sizeof(cwd), "%s", r->cwd);
@@ -1256,6 +1272,7 @@ static void join_keyring(struct request *r)
  * start descriptor. EOF means the container was destroyed before it started. */
 static void wait_start(struct request *r)
 {
+	step(r, "init: process set up (user, capabilities, seccomp, program found)");
 	report('R', 0, NULL);
 	char go;
 	ssize_t n;
@@ -1270,6 +1287,7 @@ static void wait_start(struct request *r)
 /* child is the process that becomes the program: it is in every namespace already. */
 static void __attribute__((noreturn)) child(struct request *r)
 {
+	step(r, "init: in its namespaces");
 	if (setsid() < 0)
 		fail("setsid", errno);
 	join_keyring(r);
@@ -1277,8 +1295,10 @@ static void __attribute__((noreturn)) child(struct request *r)
 		prepare_rootfs(r);
 	if (r->console_fd >= 0)
 		setup_terminal(r);
-	if (r->create)
+	if (r->create) {
 		finalize_rootfs(r);
+		step(r, "init: read-only and masked paths, hostname, sysctls");
+	}
 	if (r->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail("set no_new_privs", errno);
 	if (r->has_umask)
