@@ -57,8 +57,9 @@ func (e *engineContainer) initProcess() (*os.Process, int) {
 	return e.init, e.init.Pid
 }
 
-// Start creates the cgroup (and sets its resources, device filter included) and has the
-// helper make the init in it; it returns once the init is ready to exec its program.
+// Start creates the cgroup, has the helper make the init in it and sets the cgroup's
+// resources (device filter included); it returns once the init is ready to exec its
+// program.
 func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	if !lp.Init {
 		return errors.New("the create engine starts a container's init only")
@@ -71,10 +72,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 			_ = e.cgroup.Destroy()
 		}
 	}()
-	if err := e.cgroup.Set(e.cfg.Cgroups.Resources); err != nil {
-		return fmt.Errorf("container %q: set the cgroup's resources: %w", e.id, err)
-	}
-	e.tr.mark("engine: cgroup")
+	e.tr.mark("engine: cgroup made")
 	req, err := buildExecRequest(e.id, &e.cfg, lp, e.late, e.seccomp, lp.ConsoleHeight, lp.ConsoleWidth)
 	if err != nil {
 		return err
@@ -118,6 +116,18 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 		startW.Close()
 		return err
 	}
+	// The resources, the device filter among them, once the init made its device nodes and
+	// opened what it needed, before its program runs: where libcontainer sets them too
+	// (the init's "hooks" sync, after the rootfs's devices), and with the helper gone (a
+	// pids limit of 1 counts the init alone).
+	if err := e.cgroup.Set(e.cfg.Cgroups.Resources); err != nil {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+		report.Close()
+		startW.Close()
+		return fmt.Errorf("container %q: set the cgroup's resources: %w", e.id, err)
+	}
+	e.tr.mark("engine: cgroup resources set (device filter)")
 	e.mu.Lock()
 	e.init, e.start, e.report, e.argv0 = proc, startW, report, lp.Args[0]
 	e.mu.Unlock()
