@@ -215,3 +215,51 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 		})
 	}
 }
+
+// TestCreateHelperExecFailsAfterStart: a program that the lookup finds but the kernel
+// cannot run fails after the start, as with libcontainer: the start succeeds, the init
+// prints the error on the program's stderr and exits 255.
+func TestCreateHelperExecFailsAfterStart(t *testing.T) {
+	helper := buildExecHelper(t)
+	dirs := cgroupDirs("")
+	if len(dirs) == 0 {
+		t.Skip("no cgroup v2 hierarchy on the host to start the helper in (CLONE_INTO_CGROUP)")
+	}
+	rootfs := busyboxRootfs(t, t.TempDir())
+	if err := os.WriteFile(filepath.Join(rootfs, "bin", "garbage"), []byte("\x00\x01not a program"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &configs.Config{Rootfs: rootfs, Namespaces: configs.Namespaces{{Type: configs.NEWNS}, {Type: configs.NEWPID}},
+		Mounts: []*configs.Mount{{Source: "proc", Destination: "/proc", Device: "proc"}}}
+	req := &execRequest{args: []string{"garbage"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1, create: newCreateRequest(cfg, "")}
+	req.create.setupDev = false // the rootfs's own /dev, empty: nothing reopens /dev/null
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errR.Close()
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer startW.Close()
+	proc, report, err := runExecHelper(helper, req, [3]*os.File{nil, nil, errW}, nil, nil, startR, dirs, nil)
+	errW.Close()
+	startR.Close()
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	defer report.Close()
+	startW.Write([]byte{0})
+	if err := awaitExec(report, "garbage"); err != nil {
+		t.Errorf("start: %v (libcontainer's start succeeds; the exec fails after it)", err)
+	}
+	stderr, _ := io.ReadAll(errR)
+	st, err := proc.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode() != 255 || string(stderr) != "exec /bin/garbage: exec format error\n" {
+		t.Errorf("exit %d, stderr %q; want 255 and libcontainer's words", st.ExitCode(), stderr)
+	}
+}

@@ -1368,6 +1368,18 @@ static void __attribute__((noreturn)) child(struct request *r)
 	if (r->create)
 		wait_start(r);
 	execve(path, r->argv, r->envp);
+	if (r->create) {
+		/* As libcontainer's init after its start: the container was started, so the
+		 * error goes to the program's stderr, in Go's words, and the init exits 255. */
+		char msg[PATH_MAX + 128];
+		int n = snprintf(msg, sizeof(msg), "exec %s: %s\n", path, strerror(errno));
+		size_t at = strlen(path) + 7;
+		if (at < sizeof(msg) && msg[at] >= 'A' && msg[at] <= 'Z')
+			msg[at] += 'a' - 'A';
+		if (n > 0 && write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1) < 0)
+			_exit(255);
+		_exit(255);
+	}
 	fail("execve", errno);
 }
 
