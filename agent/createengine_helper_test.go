@@ -51,12 +51,29 @@ func busyboxRootfs(t *testing.T, dir string) string {
 	return rootfs
 }
 
-func TestCreateHelperMakesTheContainer(t *testing.T) {
-	helper := buildExecHelper(t)
+// createInit has the helper make the init of req's container with that stdio (nil:
+// /dev/null): the init, its report pipe and the write end of its start pipe.
+func createInit(t *testing.T, helper string, req *execRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *os.File, *os.File, error) {
+	t.Helper()
 	dirs := cgroupDirs("")
 	if len(dirs) == 0 {
 		t.Skip("no cgroup v2 hierarchy on the host to start the helper in (CLONE_INTO_CGROUP)")
 	}
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { startW.Close() })
+	proc, report, err := runExecHelper(helper, req, stdio, nil, nil, startR, dirs, tr)
+	startR.Close()
+	if err == nil {
+		t.Cleanup(func() { report.Close() })
+	}
+	return proc, report, startW, err
+}
+
+func TestCreateHelperMakesTheContainer(t *testing.T) {
+	helper := buildExecHelper(t)
 	dir := t.TempDir()
 	rootfs := busyboxRootfs(t, dir)
 	// /escape points out of the rootfs; a mount under it must stay inside.
@@ -114,20 +131,13 @@ echo umask=$(umask)`
 		t.Fatal(err)
 	}
 	defer outR.Close()
-	startR, startW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer startW.Close()
 	req.traceSteps = true
 	tr := &stepTrace{what: "create", start: time.Now()}
-	proc, report, err := runExecHelper(helper, req, [3]*os.File{nil, outW, outW}, nil, nil, startR, dirs, tr)
+	proc, report, startW, err := createInit(t, helper, req, [3]*os.File{nil, outW, outW}, tr)
 	outW.Close()
-	startR.Close()
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	defer report.Close()
 	// Created: the program waits for its start.
 	if b, _ := os.ReadFile("/proc/" + strconv.Itoa(proc.Pid) + "/comm"); strings.TrimSpace(string(b)) != "runv-exec" {
 		t.Errorf("the created init runs %q before its start", b)
@@ -173,10 +183,6 @@ echo umask=$(umask)`
 // create, naming the step; nothing of it runs.
 func TestCreateHelperReportsWhatFailed(t *testing.T) {
 	helper := buildExecHelper(t)
-	dirs := cgroupDirs("")
-	if len(dirs) == 0 {
-		t.Skip("no cgroup v2 hierarchy on the host to start the helper in (CLONE_INTO_CGROUP)")
-	}
 	for _, tc := range []struct {
 		name   string
 		change func(*configs.Config, *execRequest)
@@ -196,15 +202,8 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 			req := &execRequest{args: []string{"/bin/sh", "-c", "true"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1}
 			tc.change(cfg, req)
 			req.create = newCreateRequest(cfg, "")
-			startR, startW, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer startW.Close()
-			proc, report, err := runExecHelper(helper, req, [3]*os.File{}, nil, nil, startR, dirs, nil)
-			startR.Close()
+			proc, _, _, err := createInit(t, helper, req, [3]*os.File{}, nil)
 			if err == nil {
-				report.Close()
 				proc.Kill()
 				proc.Wait()
 				t.Fatal("created")
@@ -221,10 +220,6 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 // prints the error on the program's stderr and exits 255.
 func TestCreateHelperExecFailsAfterStart(t *testing.T) {
 	helper := buildExecHelper(t)
-	dirs := cgroupDirs("")
-	if len(dirs) == 0 {
-		t.Skip("no cgroup v2 hierarchy on the host to start the helper in (CLONE_INTO_CGROUP)")
-	}
 	rootfs := busyboxRootfs(t, t.TempDir())
 	if err := os.WriteFile(filepath.Join(rootfs, "bin", "garbage"), []byte("\x00\x01not a program"), 0o755); err != nil {
 		t.Fatal(err)
@@ -238,18 +233,11 @@ func TestCreateHelperExecFailsAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer errR.Close()
-	startR, startW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer startW.Close()
-	proc, report, err := runExecHelper(helper, req, [3]*os.File{nil, nil, errW}, nil, nil, startR, dirs, nil)
+	proc, report, startW, err := createInit(t, helper, req, [3]*os.File{nil, nil, errW}, nil)
 	errW.Close()
-	startR.Close()
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	defer report.Close()
 	startW.Write([]byte{0})
 	if err := awaitExec(report, "garbage"); err != nil {
 		t.Errorf("start: %v (libcontainer's start succeeds; the exec fails after it)", err)
