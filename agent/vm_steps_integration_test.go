@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moby/sys/capability"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -100,17 +101,29 @@ func TestVMContainerSteps(t *testing.T) {
 		t.Fatalf("NEWCONTAINER s: %v", err)
 	}
 	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "s"}, nil)
+	// Host-side figures of an exec: EXECCMD sent until its ACK, and until its PROCESSEXIT
+	// (the program, busybox's true from the 9p rootfs, ran and exited); and the floor of
+	// any request, a PING, which the agent answers at once.
+	var acked, exited, pings []float64
 	for i := 0; i < n; i++ {
 		id := "e" + strconv.Itoa(i)
+		start := time.Now()
 		hp, err := v.exec("s", id, execProcess(spec, "true"), 0, 0)
 		if err != nil {
 			t.Fatalf("EXECCMD %s: %v", id, err)
 		}
+		acked = append(acked, ms(time.Since(start)))
 		v.output(hp.stdout)
 		if e := v.exitOf("s", id); e.ExitCode != 0 || e.Error != "" {
 			t.Fatalf("exec %s: %+v", id, e)
 		}
+		exited = append(exited, ms(time.Since(start)))
+		start = time.Now()
+		v.mustCall(agentproto.MsgPing, nil, nil)
+		pings = append(pings, ms(time.Since(start)))
 	}
+	t.Logf("exec of true, seen from the host (median of %d): EXECCMD until ACK %.1f ms, until PROCESSEXIT %.1f ms; PING round trip %.2f ms",
+		n, median(acked), median(exited), median(pings))
 	out := runToExit(t, v, "floor", floorSpec, floorRootfs)
 	destroy(t, v)
 	traces := map[string][]string{}
@@ -426,3 +439,5 @@ func addCrun(t *testing.T, root string) {
 		}
 	}
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

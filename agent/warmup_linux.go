@@ -133,6 +133,11 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	}
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
 	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	netStart := time.Now()
+	if err := warmupNetwork(); err != nil {
+		return nil, err
+	}
+	a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	if wr.ShareTag != "" {
 		if err := a.mountShareAhead(wr.ShareTag); err != nil {
 			return nil, err

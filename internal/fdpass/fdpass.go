@@ -24,8 +24,9 @@ import (
 	"github.com/runv-project/runv/internal/sockets"
 )
 
-// MaxFiles caps the descriptors in one message (stdin, stdout, stderr).
-const MaxFiles = 3
+// MaxFiles caps the descriptors in one message (stdin, stdout, stderr, and a pidfd of the
+// process's host stand-in).
+const MaxFiles = 4
 
 // MaxPending caps the descriptor sets parked at once. Every CLI call that creates or execs
 // parks one set and claims it a moment later, so even a burst of concurrent execs parks a

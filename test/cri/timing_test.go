@@ -3,10 +3,8 @@
 package cri
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -38,10 +36,12 @@ func TestCRIStartTiming(t *testing.T) {
 	if v := os.Getenv("RUNV_CRI_BENCH_HANDLERS"); v != "" {
 		handlers = strings.Split(v, ",")
 	}
-	pooled := func(h string) bool { return strings.HasPrefix(h, "runv-pool") }
-	if slices.ContainsFunc(handlers, pooled) {
-		stopPool := startPool(t)
-		defer stopPool()
+	if slices.ContainsFunc(handlers, pooled) && stopPool == nil {
+		var err error
+		if stopPool, err = startPool(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { stopPool(); stopPool = nil }()
 	}
 	runs := map[string][]startTimes{}
 	for i := 0; i <= n; i++ {
@@ -127,51 +127,4 @@ func timeStart(t *testing.T, handler string, i int) startTimes {
 	}
 	times.start = time.Since(start)
 	return times
-}
-
-// startPool starts the factory daemon of the shim's root with the runv-pool handler's
-// policy, and waits until its pool is full; the returned function stops it.
-func startPool(t *testing.T) func() {
-	t.Helper()
-	cmd := exec.Command(runvBinary, "--root", shimRoot, "--factory", filepath.Join(work, "pool.json"), "manage", "factory-daemon")
-	log, err := os.Create(filepath.Join(work, "factory.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the factory daemon: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	stop := func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
-	if !waitFor(30*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(shimRoot, "@factory", "factory.sock"))
-		return err == nil
-	}) {
-		stop()
-		b, _ := os.ReadFile(filepath.Join(work, "factory.log"))
-		t.Fatalf("the factory daemon did not serve within 30s: %s", b)
-	}
-	waitPoolFull(t)
-	return stop
-}
-
-// waitPoolFull waits until the factory daemon's pool is full again.
-func waitPoolFull(t *testing.T) {
-	t.Helper()
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(c, runvBinary, "--root", shimRoot, "manage", "factory-daemon", "--status", "--wait", "--timeout", "5m").CombinedOutput(); err != nil {
-		t.Fatalf("the pool did not fill: %v: %s", err, out)
-	}
 }
