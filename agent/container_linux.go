@@ -275,7 +275,7 @@ func (a *Agent) newEngine(c *container, cfg *configs.Config, process *specs.Proc
 	if reason == "" {
 		return newEngineContainer(c.id, a.execHelper, cfg, c.lateRlimits, c.seccompProgram, tr)
 	}
-	c.log.Debugf("made by libcontainer's runc init: the create engine does not do %s", reason)
+	c.log.Infof("made by libcontainer's runc init: the create engine does not do %s", reason)
 	lc, err := libcontainer.Create(libcontainerRoot, c.id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create container %q: %w", c.id, err)
