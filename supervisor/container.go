@@ -147,6 +147,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		guestSpec.Linux = &linux
 	}
 	terminal := req.Spec.Process.Terminal
+	start := time.Now()
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
@@ -157,6 +158,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		unshareContainer(s.share, req.ID)
 		return 0, err
 	}
+	logging.G(ctx).Debug("container created in the guest", "duration", time.Since(start))
 	c.mu.Lock()
 	c.guestPid = started.Pid
 	if c.status == state.StatusCreating {
