@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/mount"
@@ -148,6 +149,7 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath 
 		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
+	start := time.Now()
 	boot := s.cfg.Boot
 	if factorySetting != "" {
 		boot.Factory = factorySetting
@@ -199,7 +201,7 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath 
 		return nil, false, err
 	}
 	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f, cgroup: cg}
-	logging.G(pctx).Info("pod started", "dir", dir)
+	logging.G(pctx).Info("pod started", "dir", dir, "duration", time.Since(start))
 	return s.pod, true, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/api/types/task"
@@ -170,6 +171,34 @@ func TestGuestMiBUnder(t *testing.T) {
 			t.Errorf("guestMiBUnder(%d, %d MiB) = %d, %v; want %d, %v", tc.want, tc.limit>>20, mib, fits, tc.mib, tc.fits)
 		}
 	}
+}
+
+// TestInflight: Shutdown's wait returns at once with no call being served, waits for the
+// calls being served, and gives up at its timeout.
+func TestInflight(t *testing.T) {
+	var f inflight
+	if !f.wait(0) {
+		t.Fatal("wait with no call being served did not return true")
+	}
+	end1, end2 := f.begin(), f.begin()
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while two calls are being served")
+	}
+	end1()
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while a call is being served")
+	}
+	done := make(chan bool)
+	go func() { done <- f.wait(time.Minute) }()
+	end2()
+	if !<-done {
+		t.Fatal("wait did not return true once the last call ended")
+	}
+	end3 := f.begin() // counting starts over
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while a new call is being served")
+	}
+	end3()
 }
 
 // A container that sets its network namespace's sysctls has the pod's network connected

@@ -143,6 +143,9 @@ func checkTerminal(x *tc, r result) {
 		x.fatal(r, "a container with a terminal failed")
 	}
 	x.t.Logf("terminal output: %q", r.stdout)
+	if strings.ContainsRune(r.stdout, 0) {
+		x.errorf(r, "a NUL byte on the terminal: nothing the container printed")
+	}
 	if !strings.Contains(r.stdout, "\r\n") || !strings.Contains(strings.ReplaceAll(r.stdout, "\r", ""), "tty-ok\n"+guestRelease+"\n") {
 		x.fatal(r, "want \"tty-ok\" and the guest kernel %s on the terminal, with CRLF line ends", guestRelease)
 	}

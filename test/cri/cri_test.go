@@ -518,6 +518,14 @@ var cases = []criCase{
 		if got := p.out(c, "sh", "-c", "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'"); got != "inet "+ip {
 			t.Errorf("eth0 in the container: %q, want inet %s", got, ip)
 		}
+		// Nothing but what CNI configured: no other address (a pooled VM's network
+		// warm-up leaves none behind), and its routes.
+		if got := p.out(c, "sh", "-c", "ip -o addr | grep -v ' lo ' | grep -v ' scope link' | awk '{print $4}' | tr '\\n' ' '"); strings.TrimSpace(got) != ip+"/24" {
+			t.Errorf("addresses in the container: %q, want only %s/24", got, ip)
+		}
+		if got := p.out(c, "sh", "-c", "ip -4 route | awk '{print $1}' | sort | tr '\\n' ' '"); strings.TrimSpace(got) != "10.89.0.0/24 default" {
+			t.Errorf("IPv4 routes in the container: %q, want 10.89.0.0/24 and the default", got)
+		}
 		if out, err := readFromNode(ip + ":8080"); strings.TrimSpace(out) != "pod-says-hi" {
 			t.Errorf("connect to %s:8080 from the node: %v %q, want pod-says-hi", ip, err, out)
 		}
