@@ -60,6 +60,9 @@ type Agent struct {
 	// execHelper is the exec helper's path, "" when execs go through libcontainer alone
 	// (fastexec_linux.go).
 	execHelper string
+	// createEngine: containers are made by the create engine where createFallback allows
+	// (createengine.go); false with runv.create=libcontainer or without the exec helper.
+	createEngine bool
 	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the
 	// pod ("" if none): STARTPOD keeps it when the pod asks for the same share.
 	shareMounted string
@@ -128,6 +131,10 @@ func Main() error {
 		log.Infof("runv.exec=libcontainer: execs go through libcontainer's runc init")
 	} else if a.execHelper, err = sealExecHelper(); err != nil {
 		log.Errorf("exec helper: %v (execs go through libcontainer's runc init)", err)
+	}
+	a.createEngine = a.execHelper != "" && !flags.LibcontainerCreate
+	if a.execHelper != "" && !a.createEngine {
+		log.Infof("runv.create=libcontainer: containers are made by libcontainer's runc init")
 	}
 	steps.done("log+helper")
 	a.run(steps)

@@ -17,6 +17,11 @@ type bootFlags struct {
 	// LibcontainerExec (runv.exec=libcontainer) runs every exec through libcontainer's
 	// `runc init` instead of the exec helper: the path before the helper, for comparison.
 	LibcontainerExec bool
+	// LibcontainerCreate (runv.create=libcontainer) creates every container with
+	// libcontainer's `runc init` instead of the create engine (createengine.go), for
+	// comparison. runv.exec=libcontainer implies it: the engine's containers exec through
+	// the exec helper only.
+	LibcontainerCreate bool
 }
 
 // ProbeMarker is the console line a probe boot prints.
@@ -36,6 +41,8 @@ func parseCmdline(cmdline string) bootFlags {
 			f.Trace = on
 		case "runv.exec":
 			f.LibcontainerExec = value == "libcontainer"
+		case "runv.create":
+			f.LibcontainerCreate = value == "libcontainer"
 		}
 	}
 	return f

@@ -15,6 +15,8 @@ func TestParseCmdline(t *testing.T) {
 		{"tsc=reliable runv.trace=1", bootFlags{Trace: true}},
 		{"runv.exec=libcontainer", bootFlags{LibcontainerExec: true}},
 		{"runv.exec=helper runv.exec", bootFlags{}},
+		{"runv.create=libcontainer", bootFlags{LibcontainerCreate: true}},
+		{"runv.create=engine runv.create", bootFlags{}},
 	} {
 		if got := parseCmdline(tc.in); got != tc.want {
 			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)

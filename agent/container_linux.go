@@ -28,7 +28,7 @@ const sigKill = unix.SIGKILL
 type container struct {
 	id  string
 	log *logger
-	lc  *libcontainer.Container
+	lc  containerEngine
 	// spec is the adjusted spec the container was created from; UPDATECONTAINER merges
 	// into its resources.
 	spec *specs.Spec
@@ -244,17 +244,14 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
 	}
 	tr.mark("specconv")
-	var late []configs.Rlimit
-	cfg.Rlimits, late = splitLateRlimits(cfg.Rlimits)
-	lc, err := libcontainer.Create(libcontainerRoot, m.ID, cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create container %q: %w", m.ID, err)
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process)}
+	cfg.Rlimits, c.lateRlimits = splitLateRlimits(cfg.Rlimits)
+	if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
+		return nil, nil, err
 	}
-	tr.mark("libcontainer.Create")
-	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), lc: lc, spec: spec, lateRlimits: late, procs: make(map[string]*process)}
 	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, tr)
 	if err != nil {
-		if derr := lc.Destroy(); derr != nil {
+		if derr := c.lc.Destroy(); derr != nil {
 			c.log.Errorf("destroy after failed create: %v", derr)
 		}
 		return nil, nil, err
@@ -262,6 +259,38 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 	c.init = p
 	c.procs[p.id] = p
 	return c, p, nil
+}
+
+// newEngine returns the engine that makes container c from cfg: the create engine, unless
+// the boot flags or createFallback rule it out for this container, else libcontainer.
+func (a *Agent) newEngine(c *container, cfg *configs.Config, process *specs.Process, tr *stepTrace) (containerEngine, error) {
+	reason := "runv.create=libcontainer or no exec helper"
+	if a.createEngine {
+		lp, err := newProcess(process, true)
+		if err != nil {
+			return nil, err
+		}
+		reason = createFallback(cfg, lp)
+	}
+	if reason == "" {
+		return newEngineContainer(c.id, a.execHelper, cfg, c.lateRlimits, c.seccompProgram, tr)
+	}
+	c.log.Infof("made by libcontainer's runc init: the create engine does not do %s", reason)
+	lc, err := libcontainer.Create(libcontainerRoot, c.id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create container %q: %w", c.id, err)
+	}
+	tr.mark("libcontainer.Create")
+	return lc, nil
+}
+
+// initHandle is the init that Start made, as the agent waits for and signals it.
+func initHandle(lc containerEngine, lp *libcontainer.Process) (procHandle, int) {
+	if e, ok := lc.(*engineContainer); ok {
+		return e.initProcess()
+	}
+	pid, _ := lp.Pid()
+	return lp, pid
 }
 
 // startContainer lets the created init exec the container's process.

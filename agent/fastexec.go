@@ -81,6 +81,11 @@ type execRequest struct {
 	rows, cols   uint16
 	oomScoreAdj  *int
 	lookupHome   bool
+	// create makes the helper create a container whose init is this process (create
+	// mode, createengine.go); nil for an exec.
+	create *createRequest
+	// traceSteps has the init report its steps (runv.trace=1).
+	traceSteps bool
 }
 
 // encode serialises the request; strings with a NUL in them cannot be passed to execve and
@@ -157,6 +162,14 @@ func (r *execRequest) encode() ([]byte, error) {
 	}
 	if r.lookupHome {
 		field(tagHome, nil)
+	}
+	if r.create != nil {
+		if err := r.create.encode(field); err != nil {
+			return nil, err
+		}
+	}
+	if r.traceSteps {
+		field(tagTrace, nil)
 	}
 	if body.Len() > maxExecRequest {
 		return nil, errorf(agentproto.KindInvalid, "the process is too large for the exec helper (%d bytes of args, env and seccomp program, limit %d)", body.Len(), maxExecRequest)
@@ -259,6 +272,10 @@ func prepareExecEnv(env []string) (out []string, needHome bool, err error) {
 const (
 	reportPid   = 'P'
 	reportError = 'E'
+	// reportReady: create mode's init is set up and waits for its start.
+	reportReady = 'R'
+	// reportTrace: a step of create mode's init, its text the step (traceSteps).
+	reportTrace = 'T'
 	maxReport   = 512
 )
 
@@ -281,7 +298,7 @@ func readReport(r io.Reader) (helperReport, error) {
 	}
 	rep := helperReport{kind: binary.LittleEndian.Uint32(h[0:]), value: int32(binary.LittleEndian.Uint32(h[4:]))}
 	n := binary.LittleEndian.Uint32(h[8:])
-	if n > maxReport || (rep.kind != reportPid && rep.kind != reportError) {
+	if n > maxReport || (rep.kind != reportPid && rep.kind != reportError && rep.kind != reportReady && rep.kind != reportTrace) {
 		return helperReport{}, fmt.Errorf("malformed report from the exec helper (kind %#x, %d bytes)", rep.kind, n)
 	}
 	text := make([]byte, n)

@@ -133,7 +133,7 @@ func runHelper(t *testing.T, helper string, tg *execTarget, req *execRequest, cg
 		t.Fatal(err)
 	}
 	defer r.Close()
-	proc, err := runExecHelper(helper, req, [3]*os.File{nil, w, w}, tg.ns, nil, cgroupDirs(cgroup), nil)
+	proc, _, err := runExecHelper(helper, req, [3]*os.File{nil, w, w}, tg.ns, nil, nil, cgroupDirs(cgroup), nil)
 	w.Close()
 	if err != nil {
 		return "", 0, err
@@ -383,7 +383,7 @@ func TestExecHelperTerminal(t *testing.T) {
 	defer parent.Close()
 	req := &execRequest{cwd: "/", rows: 25, cols: 100, env: []string{"PATH=/usr/bin:/bin"},
 		args: []string{"sh", "-c", "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty"}}
-	proc, err := runExecHelper(helper, req, [3]*os.File{}, tg.ns, child, cgroupDirs(""), nil)
+	proc, _, err := runExecHelper(helper, req, [3]*os.File{}, tg.ns, child, nil, cgroupDirs(""), nil)
 	child.Close()
 	if err != nil {
 		t.Fatalf("exec: %v", err)

@@ -150,9 +150,17 @@ func execRlimits(own []configs.Rlimit, ctr []configs.Rlimit, ctrLate []configs.R
 	return out
 }
 
-// buildExecRequest fills in the helper's request from the container and the process;
-// nsFD numbers the descriptors the namespaces will have in the helper.
+// buildExecRequest fills in the helper's request from the container and the process.
 func (c *container) buildExecRequest(cfg *configs.Config, lp *libcontainer.Process, rows, cols uint16) (*execRequest, error) {
+	return buildExecRequest(c.id, cfg, lp, c.lateRlimits, c.seccompProgram, rows, cols)
+}
+
+// seccompCompiler returns the BPF program of a seccomp profile and its seccomp(2) flags.
+type seccompCompiler func(*configs.Seccomp) ([]byte, uint32, error)
+
+// buildExecRequest fills in the helper's request for a process lp of the container id
+// (configuration cfg, late rlimits ctrLate); seccomp compiles its profile.
+func buildExecRequest(id string, cfg *configs.Config, lp *libcontainer.Process, ctrLate []configs.Rlimit, seccomp seccompCompiler, rows, cols uint16) (*execRequest, error) {
 	env, needHome, err := prepareExecEnv(lp.Env)
 	if err != nil {
 		return nil, withKind(agentproto.KindInvalid, err)
@@ -171,7 +179,7 @@ func (c *container) buildExecRequest(cfg *configs.Config, lp *libcontainer.Proce
 	}
 	r := &execRequest{
 		uid: uint32(lp.UID), gid: uint32(lp.GID), caps: caps, lastCap: last, noNewPrivs: nnp,
-		rlimits: execRlimits(lp.Rlimits, cfg.Rlimits, c.lateRlimits),
+		rlimits: execRlimits(lp.Rlimits, cfg.Rlimits, ctrLate),
 		umask:   cfg.Umask, cwd: lp.Cwd, args: lp.Args, env: env, lookupHome: needHome,
 		consoleFD: -1, rows: rows, cols: cols, oomScoreAdj: cfg.OomScoreAdj,
 	}
@@ -179,11 +187,11 @@ func (c *container) buildExecRequest(cfg *configs.Config, lp *libcontainer.Proce
 		r.groups = append(r.groups, uint32(g))
 	}
 	if !cfg.NoNewKeyring {
-		r.keyring = "_ses." + c.id
+		r.keyring = "_ses." + id
 	}
 	if cfg.Seccomp != nil {
-		if r.seccomp, r.seccompFlags, err = c.seccompProgram(cfg.Seccomp); err != nil {
-			return nil, fmt.Errorf("container %q: %w", c.id, err)
+		if r.seccomp, r.seccompFlags, err = seccomp(cfg.Seccomp); err != nil {
+			return nil, fmt.Errorf("container %q: %w", id, err)
 		}
 	}
 	return r, nil
@@ -237,14 +245,18 @@ func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) 
 	for i, std := range []any{lp.Stdin, lp.Stdout, lp.Stderr} {
 		stdio[i], _ = std.(*os.File)
 	}
-	return runExecHelper(a.execHelper, req, stdio, namespaces, console, c.cgroupDirs(), tr)
+	proc, _, err := runExecHelper(a.execHelper, req, stdio, namespaces, console, nil, c.cgroupDirs(), tr)
+	return proc, err
 }
 
 // runExecHelper starts the helper in the first cgroup of dirs that takes it, with the
 // process's stdio (nil: /dev/null), the namespaces and the console socket (nil: no
 // terminal), sends it req and waits until the process exec'd its program: it returns the
-// process, or the helper's report of the step that failed.
-func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
+// process, or the helper's report of the step that failed. In create mode (req.create)
+// start is the read end of the start pipe; it waits until the container's init is ready
+// instead and also returns the report pipe, which tells when the init exec'd
+// (awaitExec).
+func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
 	var closers []*os.File
 	defer func() {
 		for _, f := range closers {
@@ -256,7 +268,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 		if f == nil {
 			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			closers = append(closers, null)
 			f = null
@@ -265,14 +277,19 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	}
 	reqR, reqW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("exec helper: request pipe: %w", err)
+		return nil, nil, fmt.Errorf("exec helper: request pipe: %w", err)
 	}
 	closers = append(closers, reqR, reqW)
 	repR, repW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("exec helper: report pipe: %w", err)
+		return nil, nil, fmt.Errorf("exec helper: report pipe: %w", err)
 	}
-	closers = append(closers, repR, repW)
+	closers = append(closers, repW)
+	defer func() {
+		if report == nil {
+			repR.Close()
+		}
+	}()
 	files = append(files, reqR, repW) // fds 3 and 4, as the helper expects
 	req.namespaces = req.namespaces[:0]
 	for _, ns := range namespaces {
@@ -284,14 +301,18 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 		req.consoleFD = len(files)
 		files = append(files, console)
 	}
+	if req.create != nil {
+		req.create.startFD = len(files)
+		files = append(files, start)
+	}
 	data, err := req.encode()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	helper, err := startInCgroup(helperPath, files, dirs)
 	if err != nil {
-		return nil, fmt.Errorf("exec helper: start: %w", err)
+		return nil, nil, fmt.Errorf("exec helper: start: %w", err)
 	}
 	tr.mark("helper started")
 	// Only the helper keeps its ends.
@@ -300,7 +321,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	if _, err := reqW.Write(data); err != nil {
 		_ = helper.Kill()
 		_, _ = helper.Wait()
-		return nil, fmt.Errorf("exec helper: send the request: %w", err)
+		return nil, nil, fmt.Errorf("exec helper: send the request: %w", err)
 	}
 	reqW.Close()
 
@@ -312,30 +333,67 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	hst, _ := helper.Wait() // it exits right after its report
 	switch {
 	case err == io.EOF:
-		return nil, fmt.Errorf("exec helper exited without a report (%v)", hst)
+		return nil, nil, fmt.Errorf("exec helper exited without a report (%v)", hst)
 	case err != nil:
-		return nil, err
-	case first.kind == reportError:
-		return nil, helperError(first, req.args[0])
+		return nil, nil, err
+	case first.kind != reportPid:
+		return nil, nil, helperError(first, req.args[0])
 	}
 	proc, err := os.FindProcess(int(first.value))
 	if err != nil {
-		return nil, fmt.Errorf("exec helper: process %d: %w", first.value, err)
+		return nil, nil, fmt.Errorf("exec helper: process %d: %w", first.value, err)
 	}
 	tr.mark("helper forked the process")
-	next, err := readReport(repR)
+	if req.create != nil {
+		next, err := readReport(repR)
+		for err == nil && next.kind == reportTrace {
+			tr.mark(next.text)
+			next, err = readReport(repR)
+		}
+		if err == nil && next.kind == reportReady {
+			_ = repR.SetReadDeadline(time.Time{})
+			return proc, repR, nil
+		}
+		return nil, nil, killUnexpected(proc, next, err, req.args[0])
+	}
+	if err := awaitExec(repR, req.args[0]); err != nil {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+		return nil, nil, err
+	}
+	return proc, nil, nil
+}
+
+// awaitExec reads the report pipe of a process that is about to exec its program: EOF
+// (the pipe closes on exec) is success, else the helper's report of what failed.
+func awaitExec(report *os.File, argv0 string) error {
+	next, err := readReport(report)
 	switch {
 	case err == io.EOF:
-		return proc, nil // the report pipe closed on exec
+		return nil
 	case err == nil && next.kind == reportError:
-		_, _ = proc.Wait()
-		return nil, helperError(next, req.args[0])
+		return helperError(next, argv0)
 	case err == nil:
-		err = fmt.Errorf("exec helper: unexpected report %q", rune(next.kind))
+		return fmt.Errorf("exec helper: unexpected report %q", rune(next.kind))
+	}
+	return err
+}
+
+// killUnexpected ends a process whose helper reported an error (or nothing, or something
+// unexpected) and returns that as the error.
+func killUnexpected(proc *os.Process, rep helperReport, err error, argv0 string) error {
+	if err == nil && rep.kind != reportError {
+		err = fmt.Errorf("exec helper: unexpected report %q", rune(rep.kind))
 	}
 	_ = proc.Kill()
 	_, _ = proc.Wait()
-	return nil, err
+	switch {
+	case err == io.EOF:
+		return errors.New("exec helper: the process exited without a report")
+	case err != nil:
+		return err
+	}
+	return helperError(rep, argv0)
 }
 
 // startInCgroup starts the helper directly in the first of dirs that takes it

@@ -102,16 +102,8 @@ func TestExecRequestEncoding(t *testing.T) {
 		t.Fatalf("header %q, length %d of %d", b[:4], binary.LittleEndian.Uint32(b[4:]), len(b)-8)
 	}
 	fields := map[uint16][]byte{}
-	for body := b[8:]; len(body) > 0; {
-		if len(body) < 8 {
-			t.Fatalf("truncated field header: %x", body)
-		}
-		tag, n := binary.LittleEndian.Uint16(body), binary.LittleEndian.Uint32(body[4:])
-		if int(n) > len(body)-8 {
-			t.Fatalf("field %d longer than the rest", tag)
-		}
-		fields[tag] = body[8 : 8+n]
-		body = body[8+n:]
+	for tag, f := range requestFields(t, b) {
+		fields[tag] = f[len(f)-1]
 	}
 	if got := fields[tagArgs]; !bytes.Equal(got, []byte("sh\x00-c\x00x\x00")) {
 		t.Errorf("args field %q", got)

@@ -34,6 +34,40 @@ func (a *Agent) setupNetwork(ctx context.Context, req *Request) (any, error) {
 	return nil, nil
 }
 
+// warmupNetwork runs SETUPNETWORK's path once in a VM that has no pod yet (WARMUP), with
+// a throwaway configuration on the NIC of slot 0 like a CRI pod's (documentation
+// addresses, RFC 5737 and 3849; a default route), then takes it back: the NIC ends down,
+// without addresses or routes, with its slot's MAC. Under TCG a pod's SETUPNETWORK
+// otherwise pays QEMU's translation of the netlink, rtnetlink and virtio-net code it runs
+// first (most of its ~70 ms of guest time, docs/performance.md). The VM's taps are
+// connected to nothing before a pod's network is mirrored: what the NIC sends goes
+// nowhere.
+func warmupNetwork() error {
+	slots, err := nicSlots()
+	if err != nil {
+		return err
+	}
+	if _, ok := slots[0]; !ok {
+		return nil // a VM without NICs
+	}
+	const name = "eth0"
+	err = applyNetwork(agentproto.Network{
+		Interfaces: []agentproto.Interface{{Slot: 0, Name: name, MAC: "02:00:5e:00:53:01", MTU: 1500,
+			Addresses: []string{"192.0.2.2/24", "2001:db8::2/64"}}},
+		Routes: []agentproto.Route{{Family: 4, Gateway: "192.0.2.1", Device: name}},
+	})
+	// Taken back also when it failed half-way.
+	err = errors.Join(err, applyNetwork(agentproto.Network{}))
+	if slots, lerr := nicSlots(); lerr == nil {
+		mac, _ := net.ParseMAC(agentproto.NICSlotMAC(0))
+		err = errors.Join(err, netlink.LinkSetHardwareAddr(slots[0], mac))
+	}
+	if err != nil {
+		return fmt.Errorf("network warm-up: %w", err)
+	}
+	return nil
+}
+
 // validateNetwork checks everything before anything is changed, so that a bad request
 // leaves the guest's network as it was.
 func validateNetwork(n agentproto.Network) error {
@@ -162,7 +196,14 @@ func applyNetwork(n agentproto.Network) error {
 		want[ifc.Slot] = ifc
 	}
 	// Renames first, through temporary names: the kernel named the NICs eth0, eth1... in
-	// probe order, and slot 1 may have to become eth0.
+	// probe order, and slot 1 may have to become eth0. A listed NIC moves out of the way
+	// only if another one wants its name; a NIC no interface is listed for is taken down,
+	// stripped and named for its slot (runvnicN). What is so already is left alone: each
+	// netlink request costs the guest milliseconds under TCG.
+	wanted := map[string]int{}
+	for _, ifc := range n.Interfaces {
+		wanted[ifc.Name] = ifc.Slot
+	}
 	order := make([]int, 0, len(slots))
 	for i := range slots {
 		order = append(order, i)
@@ -171,11 +212,14 @@ func applyNetwork(n agentproto.Network) error {
 	for _, i := range order {
 		l := slots[i]
 		ifc, listed := want[i]
-		if listed && l.Attrs().Name == ifc.Name {
-			continue
+		name := l.Attrs().Name
+		if _, nameWanted := wanted[name]; listed && (name == ifc.Name || !nameWanted) {
+			continue // its own name already, or one configureLink renames it from at once
 		}
-		if err := netlink.LinkSetDown(l); err != nil {
-			return fmt.Errorf("NIC slot %d (%s): set down: %w", i, l.Attrs().Name, err)
+		if l.Attrs().Flags&net.FlagUp != 0 {
+			if err := netlink.LinkSetDown(l); err != nil {
+				return fmt.Errorf("NIC slot %d (%s): set down: %w", i, name, err)
+			}
 		}
 		if !listed {
 			// No longer in the pod's namespace: no address, no route, no traffic.
@@ -183,9 +227,10 @@ func applyNetwork(n agentproto.Network) error {
 				return err
 			}
 		}
-		tmp := fmt.Sprintf("runvnic%d", i)
-		if err := netlink.LinkSetName(l, tmp); err != nil {
-			return fmt.Errorf("NIC slot %d (%s): rename to %s: %w", i, l.Attrs().Name, tmp, err)
+		if tmp := fmt.Sprintf("runvnic%d", i); name != tmp {
+			if err := netlink.LinkSetName(l, tmp); err != nil {
+				return fmt.Errorf("NIC slot %d (%s): rename to %s: %w", i, name, tmp, err)
+			}
 		}
 	}
 	for _, i := range order {
@@ -213,8 +258,10 @@ func configureLink(slot int, ifc agentproto.Interface) error {
 	}
 	mac, _ := net.ParseMAC(ifc.MAC)
 	if l.Attrs().Name != ifc.Name || l.Attrs().HardwareAddr.String() != mac.String() {
-		if err := netlink.LinkSetDown(l); err != nil {
-			return fail("set down", err)
+		if l.Attrs().Flags&net.FlagUp != 0 {
+			if err := netlink.LinkSetDown(l); err != nil {
+				return fail("set down", err)
+			}
 		}
 		if l.Attrs().Name != ifc.Name {
 			if err := netlink.LinkSetName(l, ifc.Name); err != nil {

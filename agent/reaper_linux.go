@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,6 +59,36 @@ func parseStat(b []byte) (state byte, ppid int, ok bool) {
 		return 0, 0, false
 	}
 	return fields[0][0], ppid, true
+}
+
+// anyZombieChild returns the pid of a zombie child without reaping it (waitid with WNOWAIT),
+// or 0 when there is none, also when there are no children at all.
+func anyZombieChild() (int, error) {
+	for {
+		var info childSiginfo
+		err := unix.Waitid(unix.P_ALL, 0, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.ECHILD:
+			return 0, nil
+		case err != nil:
+			return 0, err
+		}
+		// WNOHANG with nothing to report leaves si_pid zero (waitid(2)).
+		return int(info.Pid), nil
+	}
+}
+
+// childSiginfo is the kernel's siginfo_t as waitid fills it for a child on 64-bit Linux
+// (unix.Siginfo leaves the union opaque): si_signo, si_errno, si_code, padding, then
+// _sigchld's si_pid, si_uid, si_status.
+type childSiginfo struct {
+	Signo, Errno, Code, _ int32
+	Pid                   int32
+	UID                   uint32
+	Status                int32
+	_                     [100]byte
 }
 
 // reapPid collects one specific zombie.

@@ -14,12 +14,31 @@ type fakeProcs struct {
 	mu      sync.Mutex
 	zombies []int
 	reaped  []int
+	// fullScans counts the listings of every zombie (the /proc scan).
+	fullScans int
 }
 
 func (f *fakeProcs) list() ([]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.fullScans++
 	return slices.Clone(f.zombies), nil
+}
+
+// first is what waitid(WNOWAIT) shows: one zombie, the first the kernel finds.
+func (f *fakeProcs) first() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.zombies) == 0 {
+		return 0, nil
+	}
+	return f.zombies[0], nil
+}
+
+func (f *fakeProcs) scans() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fullScans
 }
 
 func (f *fakeProcs) reap(pid int) error {
@@ -47,8 +66,44 @@ func (f *fakeProcs) reapedPids() []int {
 func newFakeReaper(t *testing.T) (*reaper, *fakeProcs) {
 	f := &fakeProcs{}
 	r := newReaper(testLogger(t))
-	r.zombies, r.reap = f.list, f.reap
+	r.zombies, r.reap, r.anyZombie = f.list, f.reap, f.first
 	return r, f
+}
+
+// TestReaperScansProcOnlyBehindATrackedZombie checks that the /proc scan (~2.5 ms under
+// TCG, several times per exec) runs only when the one zombie waitid shows is tracked and
+// may hide orphans behind it.
+func TestReaperScansProcOnlyBehindATrackedZombie(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		tracked   int // 0: none
+		zombies   []int
+		reaped    []int
+		fullScans int
+	}{
+		{name: "no zombie", fullScans: 0},
+		{name: "orphans only", zombies: []int{200, 201}, reaped: []int{200, 201}, fullScans: 0},
+		{name: "tracked after the orphans", tracked: 100, zombies: []int{200, 100}, reaped: []int{200}, fullScans: 1},
+		{name: "tracked in front of an orphan", tracked: 100, zombies: []int{100, 200}, reaped: []int{200}, fullScans: 1},
+		{name: "tracked, alive", tracked: 100, zombies: []int{200}, reaped: []int{200}, fullScans: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, f := newFakeReaper(t)
+			if tc.tracked != 0 {
+				r.beginStart()(tc.tracked)
+			}
+			f.exit(tc.zombies...)
+			if n := r.scan(); n != len(tc.reaped) {
+				t.Errorf("scan reaped %d, want %d", n, len(tc.reaped))
+			}
+			if got := f.reapedPids(); !slices.Equal(got, tc.reaped) {
+				t.Errorf("reaped %v, want %v", got, tc.reaped)
+			}
+			if got := f.scans(); got != tc.fullScans {
+				t.Errorf("%d scans of /proc, want %d", got, tc.fullScans)
+			}
+		})
+	}
 }
 
 func TestReaperReapsOrphansOnly(t *testing.T) {
@@ -154,6 +209,10 @@ func TestZombieChildrenReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The test binary may have other children (none that are zombies): waitid shows ours.
+	if pid, err := anyZombieChild(); err != nil || pid != p.Pid {
+		t.Fatalf("anyZombieChild() = %d, %v; want %d", pid, err, p.Pid)
+	}
 	if !slices.Contains(zs, p.Pid) {
 		t.Fatalf("zombieChildren() = %v, missing %d", zs, p.Pid)
 	}
@@ -163,6 +222,9 @@ func TestZombieChildrenReal(t *testing.T) {
 	zs, _ = zombieChildren()
 	if slices.Contains(zs, p.Pid) {
 		t.Fatalf("%d still a zombie after reapPid", p.Pid)
+	}
+	if pid, err := anyZombieChild(); err != nil || pid != 0 {
+		t.Fatalf("after reapPid anyZombieChild() = %d, %v; want 0 (no zombie left)", pid, err)
 	}
 	p.Release()
 }

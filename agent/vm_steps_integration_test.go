@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moby/sys/capability"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -100,17 +101,29 @@ func TestVMContainerSteps(t *testing.T) {
 		t.Fatalf("NEWCONTAINER s: %v", err)
 	}
 	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "s"}, nil)
+	// Host-side figures of an exec: EXECCMD sent until its ACK, and until its PROCESSEXIT
+	// (the program, busybox's true from the 9p rootfs, ran and exited); and the floor of
+	// any request, a PING, which the agent answers at once.
+	var acked, exited, pings []float64
 	for i := 0; i < n; i++ {
 		id := "e" + strconv.Itoa(i)
+		start := time.Now()
 		hp, err := v.exec("s", id, execProcess(spec, "true"), 0, 0)
 		if err != nil {
 			t.Fatalf("EXECCMD %s: %v", id, err)
 		}
+		acked = append(acked, ms(time.Since(start)))
 		v.output(hp.stdout)
 		if e := v.exitOf("s", id); e.ExitCode != 0 || e.Error != "" {
 			t.Fatalf("exec %s: %+v", id, e)
 		}
+		exited = append(exited, ms(time.Since(start)))
+		start = time.Now()
+		v.mustCall(agentproto.MsgPing, nil, nil)
+		pings = append(pings, ms(time.Since(start)))
 	}
+	t.Logf("exec of true, seen from the host (median of %d): EXECCMD until ACK %.1f ms, until PROCESSEXIT %.1f ms; PING round trip %.2f ms",
+		n, median(acked), median(exited), median(pings))
 	out := runToExit(t, v, "floor", floorSpec, floorRootfs)
 	destroy(t, v)
 	traces := map[string][]string{}
@@ -126,6 +139,9 @@ func TestVMContainerSteps(t *testing.T) {
 			if op == "EXECCMD" && !strings.Contains(line, "helper started") {
 				op = "EXECCMD-libcontainer"
 			}
+			if (op == "NEWCONTAINER" || op == "WARMUP") && !strings.Contains(line, "engine: cgroup made") {
+				op += "-libcontainer"
+			}
 			traces[op] = append(traces[op], line)
 			if testing.Verbose() && os.Getenv("RUNV_STEPS_RAW") != "" {
 				t.Log(line)
@@ -135,7 +151,7 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	ops := []string{"WARMUP", "STARTPOD", "NEWCONTAINER", "STARTCONTAINER", "EXECCMD", "EXECCMD-libcontainer"}
+	ops := []string{"WARMUP", "WARMUP-libcontainer", "STARTPOD", "NEWCONTAINER", "NEWCONTAINER-libcontainer", "STARTCONTAINER", "EXECCMD", "EXECCMD-libcontainer"}
 	if trim != "" {
 		ops = append(ops, "NEWCONTAINER-trimmed", "STARTCONTAINER-trimmed")
 	}
@@ -154,6 +170,17 @@ func TestVMContainerSteps(t *testing.T) {
 		for _, l := range traces["WARMUP"] {
 			if !strings.Contains(l, "warm-up exec done") {
 				t.Errorf("a warm-up without its exec through the helper: %s", l)
+			}
+		}
+	}
+	// Every container (warm-ups included) is made by the create engine unless the guest was
+	// told otherwise.
+	if cl := os.Getenv("RUNV_STEPS_CMDLINE"); !strings.Contains(cl, "=libcontainer") {
+		for _, op := range []string{"WARMUP", "NEWCONTAINER"} {
+			for _, l := range traces[op] {
+				if !strings.Contains(l, "engine: cgroup made") || !strings.Contains(l, "init: pivot_root") {
+					t.Errorf("a %s not made by the create engine: %s", op, l)
+				}
 			}
 		}
 	}
@@ -201,7 +228,34 @@ func privileged(s *specs.Spec) {
 // traceSegments are the steps of docs/performance.md's breakdown: each ends at the first
 // trace mark containing its marker (after the previous step's mark).
 var traceSegments = map[string][][2]string{
+	// The create engine (createengine.go): the agent's marks, then the init's own.
 	"NEWCONTAINER": {
+		{"decode, spec adjustments, sysctls, specconv, stdio streams", "stdio set up"},
+		{"cgroup Apply (mkdir, subtree_control)", "engine: cgroup made"},
+		{"the helper's request (the seccomp program compiled once per container)", "engine: request built"},
+		{"fork+exec of the helper into the cgroup (CLONE_INTO_CGROUP)", "helper started"},
+		{"helper: request, rlimits, setns into the pod's, clone with the new namespaces; pid reported", "helper forked the process"},
+		{"init: running in its namespaces (after the helper's exit)", "init: in its namespaces"},
+		{"init: keyring, root propagation, the rootfs bound on itself", "init: rootfs bound"},
+		{"init: the config's mounts", "init: mounts"},
+		{"init: /dev (device nodes, ptmx, symlinks)", "init: /dev"},
+		{"init: pivot_root, old root detached, /dev/null reopened", "init: pivot_root"},
+		{"init: read-only remounts, hostname, sysctls, read-only and masked paths", "init: read-only and masked paths"},
+		{"init: no_new_privs, seccomp, user, capabilities, program looked up; ready", "init: process set up"},
+		{"cgroup Set (resources, device eBPF program)", "engine: cgroup resources set"},
+		{"stdio started, ACK written (the pod's first: its namespaces pinned)", "acked"},
+	},
+	"WARMUP": {
+		{"spec, cgroup Apply", "engine: cgroup made"},
+		{"request, helper, clone", "helper forked the process"},
+		{"init: mounts (rootfs a guest tmpfs)", "init: mounts"},
+		{"init: /dev, pivot_root", "init: pivot_root"},
+		{"init: paths, process set-up", "init: process set up"},
+		{"cgroup Set", "engine: cgroup resources set"},
+		{"exec through the helper into the created container", "warm-up exec done"},
+		{"start, exec of the program", "container started"},
+	},
+	"NEWCONTAINER-libcontainer": {
 		{"decode, spec adjustments, sysctls, specconv, libcontainer.Create (state dir, cgroup manager)", "libcontainer.Create"},
 		{"stdio streams, exeseal (read-only overlay of the agent binary)", "runc exeseal: using /proc/self/exe clone"},
 		{"fork+exec of the agent binary as runc init, until nsexec's constructor", "=> nsexec container setup"},
@@ -213,7 +267,7 @@ var traceSegments = map[string][][2]string{
 		{"pivot_root, remounts, hostname, caps, seccomp, until the exec fifo wait", "init: about to wait on exec fifo"},
 		{"Start returns, ACK written", "acked"},
 	},
-	"WARMUP": {
+	"WARMUP-libcontainer": {
 		{"spec, libcontainer.Create", "libcontainer.Create"},
 		{"exeseal", "runc exeseal: using /proc/self/exe clone"},
 		{"fork+exec of the agent binary as runc init", "=> nsexec container setup"},
@@ -223,7 +277,7 @@ var traceSegments = map[string][][2]string{
 		{"rootfs (a guest tmpfs): mounts, /dev, devices", "writing sync type:procHooks"},
 		{"syncs", "read sync type:procRun"},
 		{"pivot_root .. exec fifo wait", "init: about to wait on exec fifo"},
-		{"exec of the program", "libcontainer run returned"},
+		{"exec of the program", "container started"},
 	},
 	"STARTPOD": {
 		{"decode", "decoded"},
@@ -235,7 +289,7 @@ var traceSegments = map[string][][2]string{
 	},
 	"STARTCONTAINER": {
 		{"status", "status"},
-		{"exec fifo opened and read (init released)", "exec fifo read"},
+		{"init released (exec fifo read; engine: start byte, exec seen on the report pipe)", "exec fifo read"},
 		{"exec of the container's program (from 9p), seen in /proc", "program exec'd"},
 	},
 	"EXECCMD": {
@@ -262,7 +316,10 @@ var traceSegments = map[string][][2]string{
 // stepTable turns TRACE lines of one operation into per-step durations: the median over
 // all but the first line, and the first line's.
 func stepTable(op string, lines []string) string {
-	segs := traceSegments[strings.TrimSuffix(op, "-trimmed")]
+	segs := traceSegments[strings.TrimSuffix(strings.TrimSuffix(op, "-trimmed"), "-libcontainer")]
+	if strings.Contains(op, "-libcontainer") && traceSegments[op] != nil {
+		segs = traceSegments[op]
+	}
 	durs := make([][]float64, len(segs))
 	first := make([]float64, len(segs))
 	for li, line := range lines {
@@ -382,3 +439,5 @@ func addCrun(t *testing.T, root string) {
 		}
 	}
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	"golang.org/x/sys/unix"
@@ -87,7 +86,9 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: spec: %w", err)
 	}
-	lc, err := libcontainer.Create(libcontainerRoot, warmupID, cfg)
+	// The engine every pod's containers get (newEngine decides the same way).
+	c := &container{id: warmupID, log: a.log.with("ctr", warmupID), spec: gs}
+	lc, err := a.newEngine(c, cfg, gs.Process, tr)
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: create: %w", err)
 	}
@@ -100,13 +101,13 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr.mark("libcontainer.Create")
-	// No stdio: libcontainer gives the process /dev/null.
+	// No stdio: the process gets /dev/null.
 	done := a.reaper.beginStart()
 	err = lc.Start(lp)
+	var handle procHandle
 	pid := 0
 	if err == nil {
-		pid, _ = lp.Pid()
+		handle, pid = initHandle(lc, lp)
 		// An exec into the created container, as a pod's execs go (the exec helper), so
 		// that a pooled VM's first exec does not pay the translation of that path either.
 		if werr := a.warmupExec(cfg, pid, tr); werr != nil {
@@ -114,19 +115,29 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		}
 		err = lc.Exec()
 	}
-	tr.mark("libcontainer run returned")
+	tr.mark("container started")
 	done(pid)
 	if err != nil {
+		if handle != nil {
+			_ = handle.Signal(sigKill)
+			_, _ = handle.Wait()
+			a.reaper.untrack(pid)
+		}
 		return nil, fmt.Errorf("warm-up: start: %w", err)
 	}
 	created := time.Since(start)
-	st, err := lp.Wait()
+	st, err := handle.Wait()
 	a.reaper.untrack(pid)
 	if err != nil && st == nil {
 		return nil, fmt.Errorf("warm-up: wait: %w", err)
 	}
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
 	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	netStart := time.Now()
+	if err := warmupNetwork(); err != nil {
+		return nil, err
+	}
+	a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	if wr.ShareTag != "" {
 		if err := a.mountShareAhead(wr.ShareTag); err != nil {
 			return nil, err
@@ -190,7 +201,7 @@ func (a *Agent) warmupExec(cfg *configs.Config, pid int, tr *stepTrace) error {
 		return err
 	}
 	dir := filepath.Join("/sys/fs/cgroup", strings.TrimPrefix(strings.TrimSpace(string(b)), "0::"))
-	proc, err := runExecHelper(a.execHelper, req, [3]*os.File{}, namespaces, nil, []string{dir}, tr)
+	proc, _, err := runExecHelper(a.execHelper, req, [3]*os.File{}, namespaces, nil, nil, []string{dir}, tr)
 	if err != nil {
 		return err
 	}

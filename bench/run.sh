@@ -319,7 +319,14 @@ echo
 echo "== CRI: RunPodSandbox + CreateContainer + StartContainer (busybox), handlers runc, runv, runv with a pool of 2 (N=$N)"
 # containerd's CRI with runv's shim next to $RUNV (test/cri, TestCRIStartTiming).
 (cd "$repo" && RUNV_CRI_BENCH=1 RUNV_CRI_BENCH_N=$N RUNV_CLIENT_RUNTIME=$RUNV RUNV_KERNEL=$KERNEL RUNV_INITRD=$INITRD \
+	RUNV_CRI_KEEP_LOG=$work/cri-containerd.log \
 	go test -count=1 -tags integration -timeout 30m -run '^TestCRIStartTiming$' -v ./test/cri/ 2>&1) |
 	grep -E '^(cri start|--- FAIL|FAIL|cri tests:)' || echo "skipped: the CRI timing did not run"
+# Where a pod start goes, phase by phase (containerd's debug log with the shim's lines).
+for h in runc runv-pool; do
+	[ -s "$work/cri-containerd.log" ] || break
+	echo "-- CRI start of handler $h, phase by phase (medians)"
+	"$bt" crilog -log "$work/cri-containerd.log" -pods "timing-$h-" || true
+done
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -2,6 +2,7 @@ package shimv2
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/logging"
 )
 
 // cgroupRoot is where the host's cgroup hierarchies are mounted.
@@ -25,6 +27,8 @@ const cgroupRoot = "/sys/fs/cgroup"
 // parent for a CRI sandbox (the pod-level cgroup the kubelet made; the sandbox's own leaf is
 // a container of the pod), or the cgroupsPath itself for a container that starts its own pod.
 type podCgroup struct {
+	// done is closed once the shim is in every hierarchy it could join.
+	done chan struct{}
 	// joined are the cgroup directories the shim moved into, per hierarchy mount.
 	joined []string
 	// origin is the cgroup directory the shim came from, per hierarchy mount.
@@ -119,14 +123,28 @@ func expandSlice(slice string) (string, error) {
 	return path, nil
 }
 
-// joinPodCgroup moves the shim into the pod's cgroup in every hierarchy it is in, creating
-// the directories that are missing. A hierarchy it cannot join (cpuset without cpus, say)
-// is reported in the error after the others were joined; nothing is undone then.
-func joinPodCgroup(path string) (*podCgroup, error) {
-	pc := &podCgroup{origin: map[string]string{}}
+// joinPodCgroup starts moving the shim into the pod's cgroup in every hierarchy it is in,
+// creating the directories that are missing; wait returns once it is done. A hierarchy it
+// cannot join (cpuset without cpus, say) is logged after the others were joined; nothing
+// is undone then.
+func joinPodCgroup(ctx context.Context, path string) *podCgroup {
+	pc := &podCgroup{done: make(chan struct{}), origin: map[string]string{}}
+	go func() {
+		defer close(pc.done)
+		if err := pc.join(path); err != nil {
+			logging.G(ctx).Warn("the VM is not in the pod's cgroup in every hierarchy", "cgroup", path, "error", err)
+		}
+	}()
+	return pc
+}
+
+// wait waits until the shim joined the pod's cgroup.
+func (pc *podCgroup) wait() { <-pc.done }
+
+func (pc *podCgroup) join(path string) error {
 	self, err := os.Open("/proc/self/cgroup")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer self.Close()
 	var errs []error
@@ -153,7 +171,7 @@ func joinPodCgroup(path string) (*podCgroup, error) {
 		pc.origin[mount] = filepath.Join(mount, f[2])
 		pc.joined = append(pc.joined, dir)
 	}
-	return pc, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // hierarchyMount is the mount point of a hierarchy named by /proc/self/cgroup's controller
@@ -210,6 +228,7 @@ func writePid(dir string) error {
 // leave moves the shim back where it came from (its VM is gone) and removes the
 // directories it created.
 func (pc *podCgroup) leave() error {
+	pc.wait()
 	var errs []error
 	for _, origin := range pc.origin {
 		if err := writePid(origin); err != nil {
@@ -225,8 +244,10 @@ func (pc *podCgroup) leave() error {
 }
 
 // add moves another process (a VM from the pool, started by its holder rather than by the
-// shim) into the pod's cgroup. Moving a process that is there already does nothing.
+// shim) into the pod's cgroup, once the shim joined it. Moving a process that is there
+// already does nothing.
 func (pc *podCgroup) add(pid int) error {
+	pc.wait()
 	var errs []error
 	for _, dir := range pc.joined {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/mount"
@@ -148,25 +149,26 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath 
 		return nil, false, fmt.Errorf("pod %s: %w", id, err)
 	}
 	pctx := logging.With(s.ctx, "pod", id)
-	// Joined before the VM starts: QEMU and its threads are born in the pod's cgroup.
-	var cg *podCgroup
-	if cgroupPath != "" {
-		cg, err = joinPodCgroup(cgroupPath)
-		if err != nil {
-			logging.G(pctx).Warn("the VM is not in the pod's cgroup in every hierarchy", "cgroup", cgroupPath, "error", err)
-		}
-	}
-	defer func() {
-		if err != nil && cg != nil {
-			cg.leave()
-		}
-	}()
+	start := time.Now()
 	boot := s.cfg.Boot
 	if factorySetting != "" {
 		boot.Factory = factorySetting
 	}
 	f, size, err := poddaemon.NewFactory(pctx, boot)
-	if err == nil && cgroupPath != "" {
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, false, err
+	}
+	var cg *podCgroup
+	if cgroupPath != "" {
+		cg = joinPodCgroup(pctx, cgroupPath)
+		if f.Name() != factory.KindCache {
+			// A VM the shim launches (cold boot, clone) is born in the pod's cgroup, its
+			// memory charged there from the start. One from the pool is moved in once it
+			// is handed over (PlaceVM): the shim joins beside the hand-over (a cgroup
+			// migration waits for an RCU grace period, ~10 ms here).
+			cg.wait()
+		}
 		// The VM is charged to the pod's cgroup: it must fit under the pod's limit.
 		limit := podMemoryLimit(cgroupPath)
 		mib, fits := guestMiBUnder(size.MemoryMiB, limit)
@@ -176,23 +178,30 @@ func (s *service) podLocked(ctx context.Context, id, factorySetting, cgroupPath 
 		}
 		size.MemoryMiB = mib
 	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, false, err
-	}
-	sup, err := supervisor.New(pctx, supervisor.Config{
+	defer func() {
+		if err != nil && cg != nil {
+			cg.leave()
+		}
+	}()
+	cfg := supervisor.Config{
 		PodID: id, Dir: dir, Factory: f,
 		// The pod's first container sizes the VM (oci.VMSize), never below the defaults.
 		VM:           size,
 		SizeFromSpec: true,
-	})
+	}
+	if cg != nil {
+		// A VM from the pool was started by its holder, not by the shim (and the pool's
+		// fallback may launch one before the shim joined).
+		cfg.PlaceVM = cg.add
+	}
+	sup, err := supervisor.New(pctx, cfg)
 	if err != nil {
 		f.Close()
 		os.RemoveAll(dir)
 		return nil, false, err
 	}
 	s.pod = &pod{id: id, dir: dir, sup: sup, factory: f, cgroup: cg}
-	logging.G(pctx).Info("pod started", "dir", dir)
+	logging.G(pctx).Info("pod started", "dir", dir, "duration", time.Since(start))
 	return s.pod, true, nil
 }
 

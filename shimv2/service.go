@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -52,19 +53,77 @@ type service struct {
 	events    *publisher
 	shutdown  func()
 	cfg       Config
-	// pid is the shim's pid, reported as every task's pid: a container has no host
-	// process of its own (it runs in the VM), and host tools looking at the pid find the
-	// pod's shim.
+	// pid is the shim's own pid (Connect's ShimPid); tasks report their VM's (ctrTask.pid).
 	pid uint32
 
 	mu    sync.Mutex
 	pod   *pod
 	tasks map[string]*ctrTask
+
+	// answering counts the Kill, Wait and Delete calls being served. Kill and Wait return
+	// once a process ended, which is also when containerd may delete the pod's last task
+	// and ask the shim to shut down; containerd deletes a pod's tasks concurrently (the
+	// CRI on their exits), and the delete of one may shut the shim down while the delete of
+	// the last is still powering the VM off and releasing the pod. Shutdown lets them finish
+	// first.
+	answering inflight
+}
+
+// shutdownGrace bounds how long Shutdown waits for calls still being answered.
+const shutdownGrace = 10 * time.Second
+
+// inflight counts calls being served.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+// begin counts a call in; the function it returns counts it out.
+func (f *inflight) begin() (end func()) {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.idle = make(chan struct{})
+	}
+	f.n++
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		f.n--
+		if f.n == 0 {
+			close(f.idle)
+			f.idle = nil
+		}
+		f.mu.Unlock()
+	}
+}
+
+// wait returns once no call is being served, or after timeout (false).
+func (f *inflight) wait(timeout time.Duration) bool {
+	f.mu.Lock()
+	idle := f.idle
+	f.mu.Unlock()
+	if idle == nil {
+		return true
+	}
+	select {
+	case <-idle:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }
 
 // ctrTask is one container.
 type ctrTask struct {
 	id, bundle string
+	// pid is the pid the container and its execs report (containerd's task pid, ctr task
+	// ls, the CRI's): the host pid of the pod's VM, the QEMU process that runs them. A
+	// process in the VM has no host pid of its own, and a guest pid would name an
+	// unrelated host process; the VM's process is where the containers' CPU time and
+	// memory show on the host, it is in the pod's cgroup, and killing it ends them (see
+	// docs/kubernetes.md, "Task pids").
+	pid uint32
 	// rootfsMounted: the shim mounted containerd's rootfs mounts on bundle/rootfs.
 	rootfsMounted bool
 	stdio         stdioPaths
@@ -232,37 +291,70 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err := p.sup.SizeVM(spec); err != nil {
 		return nil, grpcErr(err)
 	}
+	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
+	// created) is mirrored onto the VM before anything runs in it: while the guest creates
+	// the pod's first container, which only runs at Start. Without a path the container
+	// has a network namespace of its own in the guest (loopback).
+	connect := fresh && netns != ""
+	if connect && setsNetSysctls(spec) {
+		// The guest applies them to the pod's network as it creates the container, and an
+		// interface's (net.ipv4.conf.eth0.*) needs that interface configured, as CNI
+		// configured it before runc would create the container.
+		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
+			return nil, grpcErr(err)
+		}
+		connect = false
+	}
 	files, err := t.stdio.open(ctx, s.namespace, r.ID)
 	if err != nil {
 		return nil, grpcErr(fmt.Errorf("container %q: %w", r.ID, err))
 	}
-	if _, err := p.sup.Create(ctx, supervisor.CreateRequest{
+	var network chan error
+	if connect {
+		network = make(chan error, 1)
+		go func() { network <- p.sup.ConnectNetwork(ctx, netns) }()
+	}
+	_, err = p.sup.Create(ctx, supervisor.CreateRequest{
 		ID: r.ID, Bundle: r.Bundle, Spec: spec, Stdio: files, Sandbox: member.sandbox,
-	}); err != nil {
-		return nil, grpcErr(err)
-	}
-	// The pod's network namespace (a CRI sandbox's, configured by CNI before it is
-	// created) is mirrored onto the VM before anything runs in it. Without a path the
-	// container has a network namespace of its own in the guest (loopback).
-	if fresh && p.cgroup != nil {
-		// A VM from the pool was started by its holder, not by the shim.
-		if vm := p.sup.Info().VMPid; vm > 0 {
-			if err := p.cgroup.add(vm); err != nil {
-				logging.G(ctx).Warn("the VM is not in the pod's cgroup", "error", err)
-			}
-		}
-	}
-	if fresh && netns != "" {
-		if err := p.sup.ConnectNetwork(ctx, netns); err != nil {
+	})
+	if network != nil {
+		if nerr := <-network; nerr != nil && err == nil {
 			if derr := p.sup.Delete(context.WithoutCancel(ctx), r.ID); derr != nil {
 				logging.G(ctx).Warn("remove the container whose network failed", "error", derr)
 			}
-			return nil, grpcErr(err)
+			err = nerr
 		}
 	}
-	go s.waitExit(p.sup, t.init)
-	s.events.taskCreate(s.ctx, r, s.pid)
-	return &taskapi.CreateTaskResponse{Pid: s.pid}, nil
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	t.pid = s.vmPid(p.sup)
+	go s.waitExit(p.sup, t.init, t.pid)
+	s.events.taskCreate(s.ctx, r, t.pid)
+	return &taskapi.CreateTaskResponse{Pid: t.pid}, nil
+}
+
+// vmPid is the host pid of the pod's VM. A VM runs once a container was created in it; the
+// shim's pid stands in if not (containerd takes pid 0 for "no process").
+func (s *service) vmPid(sup *supervisor.Supervisor) uint32 {
+	if pid := sup.Info().VMPid; pid > 0 {
+		return uint32(pid)
+	}
+	return s.pid
+}
+
+// setsNetSysctls tells whether a container sets sysctls of its network namespace (net.*,
+// or runc's slash form net/...).
+func setsNetSysctls(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for k := range spec.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") || strings.HasPrefix(k, "net/") {
+			return true
+		}
+	}
+	return false
 }
 
 // Start starts a container's init or an exec process.
@@ -286,8 +378,8 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 			return nil, grpcErr(err)
 		}
 		p.started = true
-		s.events.taskStart(s.ctx, r.ID, s.pid)
-		return &taskapi.StartResponse{Pid: s.pid}, nil
+		s.events.taskStart(s.ctx, r.ID, t.pid)
+		return &taskapi.StartResponse{Pid: t.pid}, nil
 	}
 	files, err := p.stdio.open(ctx, s.namespace, r.ID)
 	if err != nil {
@@ -297,13 +389,14 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return nil, grpcErr(err)
 	}
 	p.started = true
-	go s.waitExit(sup, p)
-	s.events.execStarted(s.ctx, r.ID, r.ExecID, s.pid)
-	return &taskapi.StartResponse{Pid: s.pid}, nil
+	go s.waitExit(sup, p, t.pid)
+	s.events.execStarted(s.ctx, r.ID, r.ExecID, t.pid)
+	return &taskapi.StartResponse{Pid: t.pid}, nil
 }
 
-// waitExit records a process's exit and publishes it, after its start event.
-func (s *service) waitExit(sup *supervisor.Supervisor, p *proc) {
+// waitExit records a process's exit and publishes it (with its task's pid), after its
+// start event.
+func (s *service) waitExit(sup *supervisor.Supervisor, p *proc, pid uint32) {
 	exit, err := sup.Wait(context.Background(), p.container, p.procID())
 	if err != nil {
 		// The container is gone from the supervisor (its pod closed): it was killed.
@@ -314,7 +407,7 @@ func (s *service) waitExit(sup *supervisor.Supervisor, p *proc) {
 	if exit.Error != "" {
 		logging.G(s.ctx).Info("process ended", "container", p.container, "process", p.procID(), "exit_code", exit.ExitCode, "error", exit.Error)
 	}
-	s.events.taskExit(s.ctx, p, s.pid)
+	s.events.taskExit(s.ctx, p, pid)
 	close(p.exited)
 	p.mu.Unlock()
 }
@@ -355,7 +448,7 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 		return nil, grpcErr(err)
 	}
 	resp := &taskapi.StateResponse{
-		ID: r.ID, ExecID: r.ExecID, Bundle: t.bundle, Pid: s.pid,
+		ID: r.ID, ExecID: r.ExecID, Bundle: t.bundle, Pid: t.pid,
 		Stdin: p.stdio.stdin, Stdout: p.stdio.stdout, Stderr: p.stdio.stderr, Terminal: p.stdio.terminal,
 	}
 	p.mu.Lock()
@@ -397,6 +490,7 @@ func containerStatus(st string, exec bool) task.Status {
 
 // Wait waits for a process's exit.
 func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
+	defer s.answering.begin()()
 	_, p, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, grpcErr(err)
@@ -413,6 +507,7 @@ func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 // that has exited answers NotFound, as containerd's runc shim does; with All it succeeds
 // (there is nothing left to kill), as runc does.
 func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
+	defer s.answering.begin()()
 	ctx = logging.With(s.reqCtx(ctx), "container", r.ID, "process", r.ExecID)
 	_, p, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
@@ -434,7 +529,7 @@ func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, grpcErr(err)
 	}
-	if err := sup.Signal(ctx, r.ID, p.procID(), int(r.Signal), r.All); err != nil {
+	if err := signal(ctx, sup, r.ID, p.procID(), syscall.Signal(r.Signal), r.All); err != nil {
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			// It exited while we looked.
 			return finished()
@@ -444,9 +539,29 @@ func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	return &emptypb.Empty{}, nil
 }
 
+// signal sends sig to a process within a bound: a guest that stops answering must not hold
+// containerd's kill (and the CRI's stop, and ctr's forced delete, which wait for it). A
+// SIGKILL the guest does not carry out in time ends the pod's VM, and with it the process
+// (supervisor.Kill); another signal fails as the guest's failure to answer.
+func signal(ctx context.Context, sup *supervisor.Supervisor, id, proc string, sig syscall.Signal, all bool) error {
+	if sig == syscall.SIGKILL {
+		return sup.Kill(ctx, id, proc, all)
+	}
+	sctx, cancel := context.WithTimeout(ctx, supervisor.GuestKillTimeout)
+	defer cancel()
+	if err := sup.Signal(sctx, id, proc, int(sig), all); err != nil {
+		if sctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("container %q process %q: the guest did not carry out signal %d within %s: %w: %w", id, proc, sig, supervisor.GuestKillTimeout, err, errdefs.ErrUnavailable)
+		}
+		return err
+	}
+	return nil
+}
+
 // Delete removes an exec process's record, or a container; the pod's VM is powered off
 // with its last container.
 func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	defer s.answering.begin()()
 	ctx = logging.With(s.reqCtx(ctx), "container", r.ID, "process", r.ExecID)
 	t, p, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
@@ -462,7 +577,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		s.mu.Lock()
 		delete(t.execs, r.ExecID)
 		s.mu.Unlock()
-		return deleteResponse(p, s.pid), nil
+		return deleteResponse(p, t.pid), nil
 	}
 	sup, err := s.supervisor()
 	if err != nil {
@@ -483,7 +598,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	s.mu.Lock()
 	delete(s.tasks, r.ID)
 	s.mu.Unlock()
-	resp := deleteResponse(p, s.pid)
+	resp := deleteResponse(p, t.pid)
 	s.events.taskDelete(s.ctx, r.ID, resp)
 	s.closePodIfEmpty(ctx)
 	return resp, nil
@@ -499,7 +614,9 @@ func deleteResponse(p *proc, pid uint32) *taskapi.DeleteResponse {
 	return resp
 }
 
-// Pids lists the container's processes in the guest (guest pids).
+// Pids lists the container's processes by their guest pids: ctr task ps shows what runs
+// in the container, as ps in the VM would. They are not host pids; the task's pid is the
+// VM's (ctrTask.pid).
 func (s *service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
 	sup, err := s.supervisor()
 	if err != nil {
@@ -615,9 +732,13 @@ func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 	return &taskapi.StatsResponse{Stats: m}, nil
 }
 
-// Connect tells containerd the shim's pid.
+// Connect tells containerd the shim's pid and the task's.
 func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
-	return &taskapi.ConnectResponse{ShimPid: s.pid, TaskPid: s.pid}, nil
+	resp := &taskapi.ConnectResponse{ShimPid: s.pid}
+	if t, _, err := s.lookup(r.ID, ""); err == nil {
+		resp.TaskPid = t.pid
+	}
+	return resp, nil
 }
 
 // Shutdown ends the shim once it has no container left (containerd asks after every
@@ -630,6 +751,9 @@ func (s *service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 		return &emptypb.Empty{}, nil
 	}
 	s.closePodIfEmpty(ctx)
+	if !s.answering.wait(shutdownGrace) {
+		logging.G(s.ctx).Warn("shutting down with calls still unanswered", "after", shutdownGrace)
+	}
 	// The shim library waits for the publisher to close before the shim exits.
 	s.events.close(s.ctx)
 	s.shutdown()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/api/types/task"
@@ -169,5 +170,56 @@ func TestGuestMiBUnder(t *testing.T) {
 		if mib, fits := guestMiBUnder(tc.want, tc.limit); mib != tc.mib || fits != tc.fits {
 			t.Errorf("guestMiBUnder(%d, %d MiB) = %d, %v; want %d, %v", tc.want, tc.limit>>20, mib, fits, tc.mib, tc.fits)
 		}
+	}
+}
+
+// TestInflight: Shutdown's wait returns at once with no call being served, waits for the
+// calls being served, and gives up at its timeout.
+func TestInflight(t *testing.T) {
+	var f inflight
+	if !f.wait(0) {
+		t.Fatal("wait with no call being served did not return true")
+	}
+	end1, end2 := f.begin(), f.begin()
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while two calls are being served")
+	}
+	end1()
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while a call is being served")
+	}
+	done := make(chan bool)
+	go func() { done <- f.wait(time.Minute) }()
+	end2()
+	if !<-done {
+		t.Fatal("wait did not return true once the last call ended")
+	}
+	end3 := f.begin() // counting starts over
+	if f.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while a new call is being served")
+	}
+	end3()
+}
+
+// A container that sets its network namespace's sysctls has the pod's network connected
+// before it is created; any other is created while the network is connected.
+func TestSetsNetSysctls(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		linux  *specs.Linux
+		expect bool
+	}{
+		{"no linux section", nil, false},
+		{"no sysctls", &specs.Linux{}, false},
+		{"IPC sysctl only", &specs.Linux{Sysctl: map[string]string{"kernel.shm_rmid_forced": "1"}}, false},
+		{"dotted net sysctl", &specs.Linux{Sysctl: map[string]string{"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "0"}}, true},
+		{"interface sysctl in runc's slash form", &specs.Linux{Sysctl: map[string]string{"net/ipv4/conf/eth0.100/forwarding": "1"}}, true},
+		{"a name that only starts like net", &specs.Linux{Sysctl: map[string]string{"netfilter.x": "1"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := setsNetSysctls(&specs.Spec{Linux: tc.linux}); got != tc.expect {
+				t.Errorf("setsNetSysctls = %v, want %v", got, tc.expect)
+			}
+		})
 	}
 }

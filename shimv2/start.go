@@ -2,7 +2,6 @@ package shimv2
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,9 +15,9 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
+	"github.com/runv-project/runv/supervisor"
 )
 
 // StartShim is `containerd-shim-runv-v2 start`, run by containerd in the new container's
@@ -111,12 +110,11 @@ func (s *service) Cleanup(ctx context.Context) (*taskapi.DeleteResponse, error) 
 	unmountRootfs(ctx, bundle)
 	if spec, err := readSpec(bundle); err == nil {
 		dir := s.cfg.podDir(s.namespace, podOf(filepath.Base(bundle), spec.Annotations).pod)
-		if !ownerAlive(dir) {
-			if err := mounts.UnmountUnder(filepath.Join(dir, "share")); err != nil {
-				log.Warn("cleanup: unmount pod share", "dir", dir, "error", err)
-			}
-			if err := mounts.RemoveUnmounted(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
-				log.Warn("cleanup: remove pod directory", "dir", dir, "error", err)
+		if _, err := os.Stat(dir); err == nil && !ownerAlive(dir) {
+			// The network's taps and filters, its namespace's mount, the share's mounts,
+			// then the directory.
+			if err := supervisor.CleanupPodDir(dir); err != nil {
+				log.Warn("cleanup: release the pod's directory", "dir", dir, "error", err)
 			}
 			// A container that started a pod of its own made the pod's cgroup at its
 			// cgroupsPath (a CRI pod's belongs to the kubelet).

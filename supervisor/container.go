@@ -147,6 +147,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		guestSpec.Linux = &linux
 	}
 	terminal := req.Spec.Process.Terminal
+	start := time.Now()
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
@@ -157,6 +158,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		unshareContainer(s.share, req.ID)
 		return 0, err
 	}
+	logging.G(ctx).Debug("container created in the guest", "duration", time.Since(start))
 	c.mu.Lock()
 	c.guestPid = started.Pid
 	if c.status == state.StatusCreating {
@@ -195,6 +197,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 
 	t, payload := command(io)
 	var started agentproto.ProcessStarted
+	callStart := time.Now()
 	if err := s.agent.Call(ctx, t, payload, &started); err != nil {
 		c.mu.Lock()
 		delete(c.processes, procID)
@@ -202,6 +205,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 		return nil, started, err // the client's error names the pod and the command
 	}
 	p.guestPid = started.Pid
+	logging.G(ctx).Debug("process started", "process", procID, "command", t, "agent", time.Since(callStart))
 	if procID != agentproto.InitProcessID {
 		// Logged before anything can report its exit.
 		s.events.publish(Event{Type: EventExec, Container: c.id, Process: procID})
@@ -216,7 +220,7 @@ func (s *Supervisor) startProcess(ctx context.Context, c *container, procID stri
 			exit = agentproto.ProcessExit{ExitCode: 137, Signal: int(syscall.SIGKILL), Error: fmt.Sprintf("lost the process: %v", err)}
 		}
 		<-relayed
-		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error)
+		logging.G(ctx).Debug("process exited", "process", procID, "exit_code", exit.ExitCode, "error", exit.Error, "since_command", time.Since(callStart))
 		// The event is logged before Wait can return: whatever a client does once its
 		// process exited (delete, the next exec) comes after the exit in the log.
 		s.events.publish(Event{Type: EventExit, Container: c.id, Process: procID, ExitCode: exit.ExitCode, Message: exit.Error})
@@ -340,6 +344,52 @@ func (s *Supervisor) Signal(ctx context.Context, id, proc string, sig int, all b
 	return nil
 }
 
+// GuestKillTimeout bounds how long the host waits for the guest to carry out a SIGKILL
+// (well under a second, seconds under heavy load) or to remove a stopped container, before
+// it takes the guest as one that stopped answering.
+const GuestKillTimeout = 20 * time.Second
+
+// Kill sends SIGKILL to a process (all: to every process of its container) and waits until
+// the process is dead. A guest that has not carried the kill out within GuestKillTimeout
+// (hung, or hostile) has its VM ended instead, which kills every process of the pod: a
+// SIGKILL must end what it was sent to whatever the guest does, and clients (containerd's
+// kill and forced delete, the CRI's stop) wait for that end. A process that has already
+// exited answers an error wrapping ErrFailedPrecondition.
+func (s *Supervisor) Kill(ctx context.Context, id, proc string, all bool) error {
+	kctx, cancel := context.WithTimeout(ctx, GuestKillTimeout)
+	defer cancel()
+	err := s.Signal(kctx, id, proc, int(syscall.SIGKILL), all)
+	if err == nil {
+		_, err = s.Wait(kctx, id, proc)
+	}
+	if err == nil || kctx.Err() == nil || ctx.Err() != nil {
+		// Done, refused for a reason of its own, or the caller gave up.
+		return err
+	}
+	logging.G(ctx).Warn("the guest did not carry out a SIGKILL in time: ending the pod's VM",
+		"container", id, "process", procID(proc), "after", GuestKillTimeout, "error", err)
+	s.endVM()
+	// The VM's end ends every process in it (watchVM and each process's watcher).
+	wctx, wcancel := context.WithTimeout(ctx, GuestKillTimeout)
+	defer wcancel()
+	if _, err := s.Wait(wctx, id, proc); err != nil {
+		return fmt.Errorf("container %q process %q: not recorded as ended after its VM was killed: %w", id, procID(proc), err)
+	}
+	return nil
+}
+
+// endVM kills the pod's VM at once.
+func (s *Supervisor) endVM() {
+	select {
+	case <-s.ready:
+	default:
+		return
+	}
+	if s.vm != nil {
+		s.vm.Kill()
+	}
+}
+
 // Wait blocks until the process exited and its output was delivered.
 func (s *Supervisor) Wait(ctx context.Context, id, proc string) (agentproto.ProcessExit, error) {
 	c, err := s.lookup(id)
@@ -407,18 +457,26 @@ func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	case state.StatusRunning, state.StatusPaused:
 		return fmt.Errorf("cannot delete container %q: it is %s; stop it first (runv kill) or use --force: %w", id, st.Status, errdefs.ErrFailedPrecondition)
 	case state.StatusCreated:
-		if err := s.Signal(ctx, id, "", int(syscall.SIGKILL), true); err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
-			return fmt.Errorf("delete created container %q: %w", id, err)
-		}
-		if _, err := s.Wait(ctx, id, ""); err != nil {
-			return fmt.Errorf("delete created container %q: %w", id, err)
+		if err := s.Kill(ctx, id, "", true); err != nil {
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return fmt.Errorf("delete created container %q: %w", id, err)
+			}
+			// It ended meanwhile (or with its VM): its end is being recorded.
+			if _, err := s.Wait(ctx, id, ""); err != nil {
+				return fmt.Errorf("delete created container %q: %w", id, err)
+			}
 		}
 	}
 	if s.agent != nil {
 		select {
 		case <-s.agent.Done():
 		default:
-			if err := s.agent.Call(ctx, agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			// Bounded: the guest's record of a stopped container is all that is left
+			// to remove, and a guest that stopped answering must not hold the delete.
+			rctx, cancel := context.WithTimeout(ctx, GuestKillTimeout)
+			err := s.agent.Call(rctx, agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
+			cancel()
+			if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				logging.G(ctx).Warn("remove container in guest", "container", id, "error", err)
 			}
 		}

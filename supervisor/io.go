@@ -23,19 +23,21 @@ type Stdio struct {
 type StdioRequest struct {
 	Token                          string
 	HasStdin, HasStdout, HasStderr bool
+	// HasStandIn: a pidfd of the process's host stand-in follows the streams.
+	HasStandIn bool
 }
 
-// takeStdio claims the descriptors a client parked under req.Token.
-func takeStdio(srv *fdpass.Server, req StdioRequest) (Stdio, error) {
-	var h Stdio
+// takeStdio claims the descriptors a client parked under req.Token: the process's streams,
+// and the pidfd of its stand-in (nil when the client sent none), which the caller owns.
+func takeStdio(srv *fdpass.Server, req StdioRequest) (h Stdio, standIn *os.File, err error) {
 	if req.Token == "" {
-		return h, nil
+		return h, nil, nil
 	}
 	files, err := srv.Take(req.Token)
 	if err != nil {
-		return h, err
+		return h, nil, err
 	}
-	// The client sends the descriptors it has, in stdin, stdout, stderr order.
+	// The client sends the descriptors it has, in stdin, stdout, stderr, stand-in order.
 	var stdin, stdout, stderr *os.File
 	want := []**os.File{}
 	if req.HasStdin {
@@ -46,6 +48,9 @@ func takeStdio(srv *fdpass.Server, req StdioRequest) (Stdio, error) {
 	}
 	if req.HasStderr {
 		want = append(want, &stderr)
+	}
+	if req.HasStandIn {
+		want = append(want, &standIn)
 	}
 	for i, f := range files {
 		if i < len(want) {
@@ -64,7 +69,7 @@ func takeStdio(srv *fdpass.Server, req StdioRequest) (Stdio, error) {
 	if stderr != nil {
 		h.Stderr = stderr
 	}
-	return h, nil
+	return h, standIn, nil
 }
 
 // interruptible lets a blocked read of stdin end when the process is gone. A pipe or FIFO is

@@ -52,10 +52,12 @@ func (s *Supervisor) ConnectNetwork(ctx context.Context, nsPath string) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: network namespace %s: %w", s.cfg.PodID, nsPath, err)
 	}
+	attached := time.Since(start)
 	if err := s.agent.Call(ctx, agentproto.MsgSetupNetwork, n, nil); err != nil {
 		pod.Close()
 		return fmt.Errorf("pod %s: configure the network in the guest: %w", s.cfg.PodID, err)
 	}
+	logging.G(ctx).Debug("network: mirrored, and configured in the guest", "attach", attached, "guest", time.Since(start)-attached)
 	s.net, s.netSent = pod, n
 	s.fwd = s.forwardPorts(ctx, pod)
 	logging.G(ctx).Info("network connected", "netns", nsPath, "interfaces", len(n.Interfaces), "duration", time.Since(start))

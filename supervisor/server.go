@@ -3,14 +3,17 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/fdpass"
@@ -35,7 +38,16 @@ func stdioReq(s *podapi.Stdio) StdioRequest {
 	if s == nil {
 		return StdioRequest{}
 	}
-	return StdioRequest{Token: s.Token, HasStdin: s.HasStdin, HasStdout: s.HasStdout, HasStderr: s.HasStderr}
+	return StdioRequest{Token: s.Token, HasStdin: s.HasStdin, HasStdout: s.HasStdout, HasStderr: s.HasStderr, HasStandIn: s.HasStandIn}
+}
+
+// watchStandIn has the supervisor watch the stand-in pidfd a request carried (nil: none)
+// once its process exists.
+func (g *server) watchStandIn(ctx context.Context, id, proc string, standIn *os.File) error {
+	if standIn == nil {
+		return nil
+	}
+	return g.s.WatchStandIn(ctx, id, proc, []*os.File{standIn})
 }
 
 func size(c *podapi.ConsoleSize) (uint16, uint16) {
@@ -43,6 +55,13 @@ func size(c *podapi.ConsoleSize) (uint16, uint16) {
 		return 0, 0
 	}
 	return uint16(c.Rows), uint16(c.Cols)
+}
+
+// closeFile closes f if it is set.
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.CreateResponse, error) {
@@ -54,14 +73,22 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 	if err := g.s.SizeVM(sp); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	files, err := takeStdio(g.stdio, stdioReq(r.Stdio))
+	files, standIn, err := takeStdio(g.stdio, stdioReq(r.Stdio))
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
 	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: files, Rows: rows, Cols: cols, Sandbox: r.Sandbox})
 	if err != nil {
+		closeFile(standIn)
 		logging.G(ctx).Error("create", "container", r.Id, "error", err)
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := g.watchStandIn(ctx, r.Id, agentproto.InitProcessID, standIn); err != nil {
+		// Unwatched, the container would outlive a client that dies: it goes.
+		if derr := g.s.Delete(context.WithoutCancel(ctx), r.Id); derr != nil {
+			logging.G(ctx).Error("remove a container whose stand-in cannot be watched", "container", r.Id, "error", derr)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.CreateResponse{GuestPid: int64(pid)}, nil
@@ -80,13 +107,21 @@ func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecR
 	if err := json.Unmarshal(r.ProcessSpec, &p); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "process spec: %v", err)
 	}
-	files, err := takeStdio(g.stdio, stdioReq(r.Stdio))
+	files, standIn, err := takeStdio(g.stdio, stdioReq(r.Stdio))
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
 	pid, err := g.s.Exec(ctx, ExecRequest{ID: r.Id, Process: r.Process, Spec: &p, Stdio: files, Rows: rows, Cols: cols})
 	if err != nil {
+		closeFile(standIn)
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := g.watchStandIn(ctx, r.Id, r.Process, standIn); err != nil {
+		// Unwatched, the process would outlive a client that dies: it goes.
+		if kerr := g.s.Signal(context.WithoutCancel(ctx), r.Id, r.Process, int(unix.SIGKILL), false); kerr != nil {
+			logging.G(ctx).Error("kill a process whose stand-in cannot be watched", "container", r.Id, "process", r.Process, "error", kerr)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &podapi.ExecResponse{GuestPid: int64(pid)}, nil

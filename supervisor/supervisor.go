@@ -60,6 +60,11 @@ type Config struct {
 	SizeFromSpec bool
 	// BootTimeout bounds VM start until the agent answered.
 	BootTimeout time.Duration
+	// PlaceVM, if set, puts the VM's process where the pod is accounted (the shim: the
+	// pod's host cgroup). It runs once the factory handed the VM over, beside the agent's
+	// connection and STARTPOD, and the pod is ready only after it returned; an error is
+	// logged, the pod runs on.
+	PlaceVM func(pid int) error
 
 	// connect reaches the VM's agent: connectAgent, or a fake agent in unit tests.
 	connect func(ctx context.Context, vm hypervisor.VM, podID string) (guestAgent, error)
@@ -190,6 +195,8 @@ func (s *Supervisor) boot(ctx context.Context) {
 	}
 	log.Debug("boot: got VM", "factory", s.cfg.Factory.Name(), "duration", time.Since(start),
 		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
+	placed := s.placeVM(ctx, vm.Pid())
+	defer func() { <-placed }() // also on failure: before ready is closed
 	step := time.Now()
 	agent, err := s.cfg.connect(ctx, vm, s.cfg.PodID)
 	if err == nil {
@@ -230,6 +237,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 		logging.G(ctx).Error("boot", "error", err, "console", vm.ConsoleLog())
 		return
 	}
+	<-placed
 	s.vm, s.agent, s.bootDur = vm, agent, time.Since(start)
 	logging.G(ctx).Info("pod ready", "vm_pid", vm.Pid(), "accel", vm.Accel(), "boot", s.bootDur)
 	go s.watchVM(ctx)
@@ -247,6 +255,26 @@ func (s *Supervisor) stopVM(ctx context.Context, destroyed bool) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return s.vm.Shutdown(sctx)
+}
+
+// placeVM runs Config.PlaceVM for the VM's process in the background; the channel is
+// closed once it is done.
+func (s *Supervisor) placeVM(ctx context.Context, pid int) <-chan struct{} {
+	done := make(chan struct{})
+	if s.cfg.PlaceVM == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		start := time.Now()
+		if err := s.cfg.PlaceVM(pid); err != nil {
+			logging.G(ctx).Warn("the VM is not where the pod is accounted", "vm_pid", pid, "error", err)
+			return
+		}
+		logging.G(ctx).Debug("boot: VM placed", "vm_pid", pid, "duration", time.Since(start))
+	}()
+	return done
 }
 
 // watchVM turns the VM's death into the death of every process in it.

@@ -130,9 +130,13 @@ type Stdio struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// Which of the three descriptors the token carries; missing ones are /dev/null.
-	HasStdin      bool `protobuf:"varint,2,opt,name=has_stdin,json=hasStdin,proto3" json:"has_stdin,omitempty"`
-	HasStdout     bool `protobuf:"varint,3,opt,name=has_stdout,json=hasStdout,proto3" json:"has_stdout,omitempty"`
-	HasStderr     bool `protobuf:"varint,4,opt,name=has_stderr,json=hasStderr,proto3" json:"has_stderr,omitempty"`
+	HasStdin  bool `protobuf:"varint,2,opt,name=has_stdin,json=hasStdin,proto3" json:"has_stdin,omitempty"`
+	HasStdout bool `protobuf:"varint,3,opt,name=has_stdout,json=hasStdout,proto3" json:"has_stdout,omitempty"`
+	HasStderr bool `protobuf:"varint,4,opt,name=has_stderr,json=hasStderr,proto3" json:"has_stderr,omitempty"`
+	// has_stand_in: a pidfd of the process's host stand-in follows the stdio descriptors
+	// (Create, Exec). The daemon watches it from the moment the process exists, as
+	// WatchStandIn does, so a foreground client needs no second hand-over and call.
+	HasStandIn    bool `protobuf:"varint,5,opt,name=has_stand_in,json=hasStandIn,proto3" json:"has_stand_in,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +195,13 @@ func (x *Stdio) GetHasStdout() bool {
 func (x *Stdio) GetHasStderr() bool {
 	if x != nil {
 		return x.HasStderr
+	}
+	return false
+}
+
+func (x *Stdio) GetHasStandIn() bool {
+	if x != nil {
+		return x.HasStandIn
 	}
 	return false
 }
@@ -1384,14 +1395,16 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\tR\aprocess\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\"\a\n" +
-	"\x05Empty\"x\n" +
+	"\x05Empty\"\x9a\x01\n" +
 	"\x05Stdio\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\thas_stdin\x18\x02 \x01(\bR\bhasStdin\x12\x1d\n" +
 	"\n" +
 	"has_stdout\x18\x03 \x01(\bR\thasStdout\x12\x1d\n" +
 	"\n" +
-	"has_stderr\x18\x04 \x01(\bR\thasStderr\"5\n" +
+	"has_stderr\x18\x04 \x01(\bR\thasStderr\x12 \n" +
+	"\fhas_stand_in\x18\x05 \x01(\bR\n" +
+	"hasStandIn\"5\n" +
 	"\vConsoleSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc3\x01\n" +

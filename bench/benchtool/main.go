@@ -21,6 +21,9 @@
 //	benchtool cpu -match STR [-for DURATION]
 //	    the CPU time (user and system, all threads: /proc/PID/stat) the processes whose
 //	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
+//	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
+//	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
+//	    from containerd's debug log and the shim's lines in it (crilog.go).
 //
 // Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
 package main
@@ -49,7 +52,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|crilog ...")
 		os.Exit(2)
 	}
 	var err error
@@ -64,6 +67,8 @@ func main() {
 		err = pss(os.Args[2:])
 	case "cpu":
 		err = cpu(os.Args[2:])
+	case "crilog":
+		err = crilog(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -32,9 +32,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/magic.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
@@ -43,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -66,6 +69,8 @@
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 #define KEYCTL_JOIN_SESSION_KEYRING 1
+#define KEYCTL_SETPERM 5
+#define KEYCTL_DESCRIBE 6
 
 enum { REQ_FD = 3, REPORT_FD = 4 };
 
@@ -87,12 +92,58 @@ enum {
 	T_CONSOLE = 14,  /* u32 socket fd, u16 rows, u16 cols */
 	T_OOMSCORE = 15, /* string */
 	T_HOME = 16,     /* no data: HOME is not in the environment, look it up */
+	/* Create mode (a container's init; agent/createengine.go): */
+	T_CREATE = 20,   /* u32 CLONE_NEW* to create, u32 root propagation, u32 start fd, u8 readonly root, u8 set up /dev */
+	T_ROOTFS = 21,   /* string */
+	T_MOUNT = 22,    /* u32 flags, u32 cleared flags, u32 npropagation, u32 propagation[n]; source, destination, type, data (NUL-terminated) */
+	T_DEVICE = 23,   /* u32 type ('c', 'b', 'p'), u32 major, u32 minor, u32 mode, u32 uid, u32 gid; path */
+	T_HOSTNAME = 24, /* string */
+	T_DOMAIN = 25,   /* string */
+	T_SYSCTL = 26,   /* key, value (NUL-terminated) */
+	T_ROPATH = 27,   /* string; repeated */
+	T_MASKPATH = 28, /* string; repeated */
+	T_CGROUP = 29,   /* string: the container's cgroup directory (cgroup2 bind fallback) */
+	T_TRACE = 30,    /* no data: report each step of create mode ('T' records, runv.trace=1) */
 };
 
 #define MAX_REQUEST (8 << 20)
 #define MAX_NS 16
 #define MAX_RLIMITS 32
 #define MAX_STRINGS 65536
+#define MAX_MOUNTS 256
+#define MAX_DEVICES 1024
+#define MAX_PATHS 256
+#define MAX_SYSCTLS 256
+
+struct mount_entry {
+	uint32_t flags, cleared;
+	uint32_t nprop;
+	uint32_t prop[8];
+	char *source, *dest, *type, *data;
+};
+
+struct device_entry {
+	uint32_t type, major, minor, mode, uid, gid;
+	char *path;
+};
+
+/* create is what a container's init does before its process is set up (create mode). */
+struct create {
+	uint32_t clone_flags;
+	uint32_t root_propagation;
+	int start_fd;
+	int readonly_root, setup_dev;
+	char *rootfs;
+	struct mount_entry mounts[MAX_MOUNTS];
+	int nmounts;
+	struct device_entry devices[MAX_DEVICES];
+	int ndevices;
+	char *hostname, *domainname, *cgroup;
+	char *sysctl[MAX_SYSCTLS][2];
+	int nsysctl;
+	char *ropaths[MAX_PATHS], *maskpaths[MAX_PATHS];
+	int nropaths, nmaskpaths;
+};
 
 struct request {
 	struct { uint32_t type; int fd; } ns[MAX_NS];
@@ -119,9 +170,18 @@ struct request {
 	uint16_t rows, cols;
 	char *oomscore;
 	int lookup_home;
+	struct create *create; /* NULL: exec mode */
+	int trace;
 };
 
 enum { CAP_BOUNDING, CAP_EFFECTIVE, CAP_INHERITABLE, CAP_PERMITTED, CAP_AMBIENT };
+
+/* fd_path names a descriptor as a path the mount syscalls take. */
+static const char *fd_path(int fd, char *buf)
+{
+	snprintf(buf, 32, "/proc/self/fd/%d", fd);
+	return buf;
+}
 
 /* report writes one record; a failure to report is not reportable. */
 static void report(uint32_t kind, int32_t value, const char *text)
@@ -209,6 +269,97 @@ static char **split_strings(const char *p, uint32_t len, int *count)
 		v[k++] = copy + i;
 	*count = n;
 	return v;
+}
+
+static struct create *create_of(struct request *r)
+{
+	if (!r->create && !(r->create = calloc(1, sizeof(struct create))))
+		fail("request: malloc", ENOMEM);
+	return r->create;
+}
+
+/* split_fixed splits a field of n NUL-terminated strings after a fixed-size head. */
+static void split_fixed(const char *d, uint32_t len, uint32_t head, char **out, int n, const char *what)
+{
+	if (len < head)
+		failf(EPROTO, "request: bad %s field", what);
+	int got = 0;
+	char **v = split_strings(d + head, len - head, &got);
+	if (got != n)
+		failf(EPROTO, "request: bad %s field", what);
+	for (int i = 0; i < n; i++)
+		out[i] = v[i];
+}
+
+static void parse_create_field(struct request *r, uint16_t tag, const char *d, uint32_t len)
+{
+	struct create *c = create_of(r);
+	switch (tag) {
+	case T_CREATE:
+		if (len != 14)
+			fail("request: bad create field", EPROTO);
+		c->clone_flags = u32at(d);
+		c->root_propagation = u32at(d + 4);
+		c->start_fd = (int)u32at(d + 8);
+		c->readonly_root = d[12] != 0;
+		c->setup_dev = d[13] != 0;
+		break;
+	case T_ROOTFS:
+		c->rootfs = strdup_field(d, len);
+		break;
+	case T_MOUNT: {
+		if (len < 12 || c->nmounts >= MAX_MOUNTS)
+			fail("request: bad mount field", EPROTO);
+		struct mount_entry *m = &c->mounts[c->nmounts++];
+		m->flags = u32at(d);
+		m->cleared = u32at(d + 4);
+		m->nprop = u32at(d + 8);
+		if (m->nprop > 8 || len < 12 + 4 * m->nprop)
+			fail("request: bad mount field", EPROTO);
+		for (uint32_t i = 0; i < m->nprop; i++)
+			m->prop[i] = u32at(d + 12 + 4 * i);
+		char *v[4];
+		split_fixed(d, len, 12 + 4 * m->nprop, v, 4, "mount");
+		m->source = v[0], m->dest = v[1], m->type = v[2], m->data = v[3];
+		if (m->dest[0] != '/')
+			fail("request: mount destination not absolute", EPROTO);
+		break;
+	}
+	case T_DEVICE: {
+		if (len < 24 || c->ndevices >= MAX_DEVICES)
+			fail("request: bad device field", EPROTO);
+		struct device_entry *e = &c->devices[c->ndevices++];
+		e->type = u32at(d), e->major = u32at(d + 4), e->minor = u32at(d + 8);
+		e->mode = u32at(d + 12), e->uid = u32at(d + 16), e->gid = u32at(d + 20);
+		e->path = strdup_field(d + 24, len - 24);
+		break;
+	}
+	case T_HOSTNAME:
+		c->hostname = strdup_field(d, len);
+		break;
+	case T_DOMAIN:
+		c->domainname = strdup_field(d, len);
+		break;
+	case T_CGROUP:
+		c->cgroup = strdup_field(d, len);
+		break;
+	case T_SYSCTL:
+		if (c->nsysctl >= MAX_SYSCTLS)
+			fail("request: too many sysctls", EPROTO);
+		split_fixed(d, len, 0, c->sysctl[c->nsysctl++], 2, "sysctl");
+		break;
+	case T_ROPATH:
+	case T_MASKPATH:
+		if ((tag == T_ROPATH ? c->nropaths : c->nmaskpaths) >= MAX_PATHS)
+			fail("request: too many paths", EPROTO);
+		if (tag == T_ROPATH)
+			c->ropaths[c->nropaths++] = strdup_field(d, len);
+		else
+			c->maskpaths[c->nmaskpaths++] = strdup_field(d, len);
+		break;
+	default:
+		fail("request: unknown field", EPROTO);
+	}
 }
 
 static void parse_request(struct request *r)
@@ -335,6 +486,12 @@ static void parse_request(struct request *r)
 		case T_HOME:
 			r->lookup_home = 1;
 			break;
+		case T_TRACE:
+			r->trace = 1;
+			break;
+		case T_CREATE ... T_CGROUP:
+			parse_create_field(r, tag, d, len);
+			break;
 		default:
 			fail("request: unknown field", EPROTO);
 		}
@@ -348,6 +505,8 @@ static void parse_request(struct request *r)
 	}
 	if (!r->cwd)
 		r->cwd = "/";
+	if (r->create && !r->create->rootfs)
+		fail("request: create without a rootfs", EPROTO);
 }
 
 static const char *ns_name(uint32_t type)
@@ -449,6 +608,17 @@ static void setup_terminal(struct request *r)
 		struct winsize ws = {.ws_row = r->rows, .ws_col = r->cols};
 		if (ioctl(master, TIOCSWINSZ, &ws) < 0)
 			fail("set the terminal's size", errno);
+	}
+	if (r->create) {
+		/* The init's terminal is also the container's /dev/console (libcontainer's
+		 * mountConsole). */
+		char p[32], q[32];
+		int con = open("/dev/console", O_NOFOLLOW | O_CREAT | O_CLOEXEC | O_RDONLY, 0666);
+		if (con < 0)
+			fail("create /dev/console mount target", errno);
+		if (mount(fd_path(peer, p), fd_path(con, q), "bind", MS_BIND, NULL) < 0)
+			fail("mount the terminal on /dev/console", errno);
+		close(con);
 	}
 	char name[64];
 	snprintf(name, sizeof(name), "/dev/pts/%u", ptn);
@@ -623,15 +793,512 @@ static char *look_path(const char *name, char **envp)
 	fail("lookpath: not in PATH", ENOENT);
 }
 
+/* ---- Create mode: what libcontainer's standard init does to make the container ---- */
+
+/* step reports a step of the init's set-up when the agent traces (runv.trace=1). */
+static void step(const struct request *r, const char *what)
+{
+	if (r->trace)
+		report('T', 0, what);
+}
+
+/* in_root opens path inside the root rootfd: symlinks and ".." cannot leave it. */
+static int in_root(int rootfd, const char *path, int flags)
+{
+	while (*path == '/')
+		path++;
+	struct open_how how = {.flags = (uint64_t)flags | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+	return syscall(SYS_openat2, rootfd, *path ? path : ".", &how, sizeof(how));
+}
+
+/* mkdir_all_in_root makes every missing directory of path inside the root and returns the
+ * last one (O_PATH). A dangling symlink on the way is an error, not a directory made
+ * wherever it points. */
+static int mkdir_all_in_root(int rootfd, const char *path, mode_t mode)
+{
+	int fd = in_root(rootfd, path, O_PATH | O_DIRECTORY);
+	if (fd >= 0 || errno != ENOENT)
+		return fd;
+	char prefix[PATH_MAX] = "", comp[PATH_MAX];
+	int cur = in_root(rootfd, "/", O_PATH | O_DIRECTORY);
+	for (const char *p = path; cur >= 0 && *p;) {
+		while (*p == '/')
+			p++;
+		size_t n = strcspn(p, "/");
+		if (n == 0)
+			break;
+		if (n >= sizeof(comp) || strlen(prefix) + n + 2 > sizeof(prefix)) {
+			close(cur);
+			errno = ENAMETOOLONG;
+			return -1;
+		}
+		memcpy(comp, p, n);
+		comp[n] = 0;
+		p += n;
+		strcat(prefix, "/");
+		strcat(prefix, comp);
+		int next = in_root(rootfd, prefix, O_PATH | O_DIRECTORY);
+		if (next < 0 && errno == ENOENT) {
+			if (mkdirat(cur, comp, mode) < 0 && errno != EEXIST) {
+				int e = errno;
+				close(cur);
+				errno = e;
+				return -1;
+			}
+			next = in_root(rootfd, prefix, O_PATH | O_DIRECTORY);
+		}
+		int e = errno;
+		close(cur);
+		errno = e;
+		cur = next;
+	}
+	return cur;
+}
+
+/* split_parent splits path into its directory (made in the root) and its last name. */
+static int parent_in_root(int rootfd, const char *path, char *name)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	size_t n = strlen(dir);
+	while (n > 1 && dir[n - 1] == '/')
+		dir[--n] = 0;
+	char *slash = strrchr(dir, '/');
+	if (!slash || !slash[1]) {
+		errno = EINVAL;
+		return -1;
+	}
+	snprintf(name, NAME_MAX + 1, "%s", slash + 1);
+	*slash = 0;
+	return mkdir_all_in_root(rootfd, dir, 0755);
+}
+
+/* check_in_root fails unless fd is below the rootfs (not the rootfs itself). */
+static void check_in_root(const struct create *c, int fd, const char *dest)
+{
+	char link[32], real[PATH_MAX];
+	ssize_t n = readlink(fd_path(fd, link), real, sizeof(real) - 1);
+	if (n < 0)
+		failf(errno, "readlink the mountpoint of %s", dest);
+	real[n] = 0;
+	size_t rl = strlen(c->rootfs);
+	if (strncmp(real, c->rootfs, rl) != 0 || (real[rl] != '/' && real[rl] != 0))
+		failf(EINVAL, "mountpoint %s is outside of the rootfs", dest);
+	if (real[rl] == 0)
+		failf(EINVAL, "mountpoint %s is on the top of the rootfs", dest);
+}
+
+static int is_dev_dest(const char *dest) { return strcmp(dest, "/dev") == 0 || strcmp(dest, "/dev/") == 0; }
+
+/* open_mountpoint finds or makes the mountpoint of m (a file for a bind of a file, else a
+ * directory) and returns it O_PATH. An existing tmpfs mountpoint gives its mode to the tmpfs. */
+static int open_mountpoint(const struct create *c, int rootfd, struct mount_entry *m)
+{
+	int fd = in_root(rootfd, m->dest, O_PATH);
+	if (fd >= 0 && strcmp(m->type, "tmpfs") == 0) {
+		struct stat st;
+		if (fstat(fd, &st) < 0)
+			failf(errno, "stat the tmpfs mountpoint %s", m->dest);
+		char *data = malloc(strlen(m->data) + 16);
+		if (!data)
+			fail("malloc", ENOMEM);
+		sprintf(data, "mode=%04o%s%s", st.st_mode & 07777, m->data[0] ? "," : "", m->data);
+		m->data = data;
+	}
+	if (fd < 0) {
+		if (errno != ENOENT)
+			failf(errno, "look up the mountpoint %s", m->dest);
+		struct stat st;
+		if (strcmp(m->type, "bind") == 0 && stat(m->source, &st) < 0)
+			failf(errno, "stat the bind source %s", m->source);
+		if (strcmp(m->type, "bind") == 0 && !S_ISDIR(st.st_mode)) {
+			char name[NAME_MAX + 1];
+			int dir = parent_in_root(rootfd, m->dest, name);
+			if (dir < 0)
+				failf(errno, "make the mountpoint %s", m->dest);
+			int f = openat(dir, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_WRONLY, 0644);
+			if (f < 0)
+				failf(errno, "make the mountpoint %s", m->dest);
+			close(f);
+			close(dir);
+			fd = in_root(rootfd, m->dest, O_PATH);
+		} else {
+			fd = mkdir_all_in_root(rootfd, m->dest, 0755);
+		}
+		if (fd < 0)
+			failf(errno, "make the mountpoint %s", m->dest);
+	}
+	check_in_root(c, fd, m->dest);
+	return fd;
+}
+
+static void xmount(const char *src, const char *target, const char *type, unsigned long flags, const char *data, const char *what)
+{
+	if (mount(src, target, type, flags, data) < 0)
+		failf(errno, "mount %s", what);
+}
+
+/* statfs_flags are the mount flags statfs reports, as MS_* (the ST_* bits with the same
+ * meaning have the same values; strictatime when no atime flag is set). */
+static unsigned long statfs_flags(const char *path)
+{
+	struct statfs st;
+	if (statfs(path, &st) < 0)
+		return 0;
+	unsigned long f = st.f_flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_MANDLOCK |
+					MS_SYNCHRONOUS | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | MS_NOSYMFOLLOW);
+	if (!(f & (MS_NOATIME | MS_RELATIME | MS_STRICTATIME)))
+		f |= MS_STRICTATIME;
+	return f;
+}
+
+#define LOCK_FLAGS (MS_RDONLY | MS_NODEV | MS_NOEXEC | MS_NOSUID | MS_NOATIME | MS_RELATIME | MS_STRICTATIME | MS_NODIRATIME)
+
+/* mount_one does mountToRootfs for one mount of the config. */
+static void mount_one(const struct create *c, int rootfd, struct mount_entry *m)
+{
+	char p[32], q[32];
+	int is_proc = strcmp(m->type, "proc") == 0 || strcmp(m->type, "sysfs") == 0;
+	int dst;
+	if (is_proc) {
+		/* Only on an ordinary directory, never through a symlink. */
+		int fd = in_root(rootfd, m->dest, O_PATH | O_NOFOLLOW);
+		struct stat st;
+		if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)))
+			failf(ENOTDIR, "filesystem %s must be mounted on ordinary directory", m->type);
+		if (fd >= 0)
+			close(fd);
+		if ((dst = mkdir_all_in_root(rootfd, m->dest, 0755)) < 0)
+			failf(errno, "make the mountpoint %s", m->dest);
+	} else {
+		dst = open_mountpoint(c, rootfd, m);
+	}
+	unsigned long flags = m->flags;
+	if (strcmp(m->type, "tmpfs") == 0 || is_dev_dest(m->dest))
+		flags &= ~MS_RDONLY; /* remounted read-only once the rootfs is done */
+	const char *type = m->type;
+	const char *src = m->source;
+	int cgroup_bind = 0;
+	if (strcmp(m->type, "cgroup") == 0) {
+		type = "cgroup2";
+		if (mount(src, fd_path(dst, p), type, flags, m->data) == 0)
+			goto propagate;
+		if (errno != EPERM && errno != EBUSY)
+			failf(errno, "mount cgroup2 on %s", m->dest);
+		/* As libcontainer: a bind of the container's cgroup instead. */
+		static char cg[PATH_MAX];
+		snprintf(cg, sizeof(cg), "%s", c->cgroup ? c->cgroup : "/sys/fs/cgroup");
+		src = cg, type = "bind", flags |= MS_BIND, cgroup_bind = 1;
+	}
+	if (mount(src, fd_path(dst, p), type, flags, strcmp(type, "bind") == 0 ? NULL : m->data) < 0)
+		failf(errno, "mount on %s", m->dest);
+propagate:;
+	/* Reopen: the mountpoint is now the mount's root. */
+	int again = in_root(rootfd, m->dest, O_PATH);
+	if (again < 0)
+		failf(errno, "reopen the mountpoint %s after the mount", m->dest);
+	check_in_root(c, again, m->dest);
+	close(dst);
+	dst = again;
+	for (uint32_t i = 0; i < m->nprop; i++)
+		if (mount("", fd_path(dst, p), "", m->prop[i], "") < 0)
+			failf(errno, "change the propagation of %s", m->dest);
+	/* As libcontainer: the bind is remounted when the config sets or clears any flag. */
+	if (strcmp(type, "bind") == 0 && ((flags & ~(unsigned long)(MS_BIND | MS_REC | MS_REMOUNT)) != 0 || m->cleared != 0)) {
+		unsigned long rf = flags | MS_BIND | MS_REMOUNT;
+		if (mount("", fd_path(dst, p), "", rf, "") < 0) {
+			/* The flags the source's mount locks (in a user namespace) are kept. */
+			unsigned long locked = statfs_flags(src) & LOCK_FLAGS;
+			if (mount("", fd_path(dst, q), "", rf | locked, "") < 0)
+				failf(errno, "set the flags of the bind mount on %s", m->dest);
+		}
+	}
+	(void)cgroup_bind;
+	close(dst);
+}
+
+/* make_devices creates the config's device nodes in the container's /dev (a bind of the
+ * VM's node where mknod is not allowed), then /dev/ptmx and the standard symlinks. */
+static void setup_dev(const struct create *c, int rootfd)
+{
+	char p[32];
+	for (int i = 0; i < c->ndevices; i++) {
+		const struct device_entry *d = &c->devices[i];
+		if (strcmp(d->path, "/dev/ptmx") == 0)
+			continue;
+		char name[NAME_MAX + 1];
+		int dir = parent_in_root(rootfd, d->path, name);
+		if (dir < 0)
+			failf(errno, "mkdir parent of device inode %s", d->path);
+		mode_t type = d->type == 'c' ? S_IFCHR : d->type == 'b' ? S_IFBLK : S_IFIFO;
+		dev_t dev = makedev(d->major, d->minor);
+		if (mknodat(dir, name, type | (d->mode & 07777), dev) < 0) {
+			if (errno == EEXIST) {
+				close(dir);
+				continue;
+			}
+			if (errno != EPERM)
+				failf(errno, "mknodat %s", d->path);
+			int f = openat(dir, name, O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_RDONLY, 0);
+			if (f < 0)
+				failf(errno, "create device inode %s", d->path);
+			xmount(d->path, fd_path(f, p), "bind", MS_BIND, NULL, d->path);
+			close(f);
+			close(dir);
+			continue;
+		}
+		int f = openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		struct stat st;
+		if (f < 0 || fstat(f, &st) < 0)
+			failf(errno, "open new device inode %s", d->path);
+		if ((st.st_mode & S_IFMT) != type || st.st_rdev != dev)
+			failf(EINVAL, "new device inode %s has the wrong type or number", d->path);
+		if (chmod(fd_path(f, p), d->mode & 07777) < 0)
+			failf(errno, "chmod device inode %s", d->path);
+		if (chown(fd_path(f, p), d->uid, d->gid) < 0)
+			failf(errno, "chown device inode %s", d->path);
+		close(f);
+		close(dir);
+	}
+	int dev = in_root(rootfd, "/dev", O_PATH | O_DIRECTORY);
+	if (dev < 0)
+		fail("open the container's /dev", errno);
+	if (unlinkat(dev, "ptmx", 0) < 0 && errno != ENOENT)
+		fail("remove /dev/ptmx", errno);
+	if (symlinkat("pts/ptmx", dev, "ptmx") < 0)
+		fail("symlink /dev/ptmx", errno);
+	static const char *links[][2] = {
+		{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+		{"/proc/self/fd/2", "stderr"}, {"/proc/kcore", "core"},
+	};
+	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		if (strcmp(links[i][1], "core") == 0 && access("/proc/kcore", F_OK) < 0)
+			continue;
+		if (symlinkat(links[i][0], dev, links[i][1]) < 0 && errno != EEXIST)
+			failf(errno, "symlink /dev/%s", links[i][1]);
+	}
+	close(dev);
+}
+
+static int is_dev_null(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+}
+
+/* prepare_rootfs is libcontainer's prepareRootfs: propagation, the rootfs bind, the mounts,
+ * /dev, pivot_root into the rootfs, the root's propagation, /dev/null for stdio, the cwd. */
+static void prepare_rootfs(struct request *r)
+{
+	struct create *c = r->create;
+	unsigned long prop = c->root_propagation ? c->root_propagation : MS_SLAVE | MS_REC;
+	xmount("", "/", "", prop, "", "propagation of /");
+	/* The rootfs's parent mount private (or slave), so the pivot does not propagate. */
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", c->rootfs);
+	unsigned long pflag = (c->root_propagation & MS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
+	for (;;) {
+		if (mount("", parent, "", pflag, "") == 0)
+			break;
+		if (errno != EINVAL || strcmp(parent, "/") == 0)
+			failf(errno, "remount-propagation of %s", parent);
+		char *slash = strrchr(parent, '/');
+		if (slash == parent)
+			slash[1] = 0;
+		else
+			*slash = 0;
+	}
+	xmount(c->rootfs, c->rootfs, "bind", MS_BIND | MS_REC, "", "the rootfs on itself");
+	int rootfd = open(c->rootfs, O_DIRECTORY | O_PATH | O_CLOEXEC);
+	if (rootfd < 0)
+		failf(errno, "open the rootfs %s", c->rootfs);
+	step(r, "init: rootfs bound");
+	for (int i = 0; i < c->nmounts; i++)
+		mount_one(c, rootfd, &c->mounts[i]);
+	step(r, "init: mounts");
+	if (c->setup_dev)
+		setup_dev(c, rootfd);
+	step(r, "init: /dev");
+
+	int oldroot = open("/", O_DIRECTORY | O_RDONLY | O_PATH | O_CLOEXEC);
+	if (oldroot < 0 || fchdir(rootfd) < 0)
+		fail("chdir into the rootfs", errno);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		fail("pivot_root", errno);
+	/* The old root is stacked on the new one: make it a slave (nothing of the unmount
+	 * reaches the VM's mounts) and detach it. */
+	if (fchdir(oldroot) < 0)
+		fail("fchdir to the old root", errno);
+	xmount("", ".", "", MS_SLAVE | MS_REC, "", "the old root slave");
+	if (umount2(".", MNT_DETACH) < 0)
+		fail("detach the old root", errno);
+	if (chdir("/") < 0)
+		fail("chdir /", errno);
+	close(oldroot);
+	close(rootfd);
+	if (c->root_propagation && !(c->root_propagation & (MS_PRIVATE | MS_SLAVE)))
+		xmount("", "/", "", c->root_propagation, "", "root propagation flags");
+	if (c->setup_dev) {
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (null < 0 || !is_dev_null(null))
+			fail("can't reopen /dev/null: the container's /dev/null is invalid", null < 0 ? errno : EINVAL);
+		for (int fd = 0; fd < 3; fd++)
+			if (is_dev_null(fd) && dup3(null, fd, 0) < 0)
+				fail("reopen /dev/null as stdio", errno);
+		close(null);
+	}
+	step(r, "init: pivot_root");
+	/* The cwd exists before the user change (inside the jail now: plain paths are safe). */
+	char cwd[PATH_MAX];
+	snprintf(cwd, sizeof(cwd), "%s", r->cwd);
+	for (char *s = cwd + 1;; s++) {
+		if (*s == '/' || *s == 0) {
+			char keep = *s;
+			*s = 0;
+			if (mkdir(cwd, 0755) < 0 && errno != EEXIST)
+				failf(errno, "mkdir the cwd %s", r->cwd);
+			*s = keep;
+			if (!keep)
+				break;
+		}
+	}
+}
+
+/* finalize_rootfs is libcontainer's finalizeRootfs and what its init does next: read-only
+ * tmpfs and /dev, the read-only root, hostname, domainname, sysctls, read-only and masked
+ * paths. */
+static void finalize_rootfs(struct request *r)
+{
+	struct create *c = r->create;
+	for (int i = 0; i < c->nmounts; i++) {
+		struct mount_entry *m = &c->mounts[i];
+		if ((m->flags & MS_RDONLY) && (strcmp(m->type, "tmpfs") == 0 || is_dev_dest(m->dest)))
+			xmount("", m->dest, "", m->flags | MS_REMOUNT | MS_BIND | MS_RDONLY, "", m->dest);
+	}
+	if (c->readonly_root && mount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY, "") < 0)
+		xmount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY | statfs_flags("/"), "", "/ read-only");
+	if (c->hostname && sethostname(c->hostname, strlen(c->hostname)) < 0)
+		fail("sethostname", errno);
+	if (c->domainname && setdomainname(c->domainname, strlen(c->domainname)) < 0)
+		fail("setdomainname", errno);
+	for (int i = 0; i < c->nsysctl; i++) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "/proc/sys/%s", c->sysctl[i][0]);
+		for (char *s = path + 10; *s; s++)
+			if (*s == '.')
+				*s = '/';
+		write_file(path, c->sysctl[i][1]);
+	}
+	for (int i = 0; i < c->nropaths; i++) {
+		const char *path = c->ropaths[i];
+		if (mount(path, path, "", MS_BIND | MS_REC, "") < 0) {
+			if (errno == ENOENT)
+				continue;
+			failf(errno, "can't make %s read-only", path);
+		}
+		unsigned long keep = statfs_flags(path) & (MS_NOSUID | MS_NODEV | MS_NOEXEC);
+		xmount(path, path, "", keep | MS_BIND | MS_REMOUNT | MS_RDONLY, "", path);
+	}
+	if (c->nmaskpaths == 0)
+		return;
+	int null = open("/dev/null", O_PATH | O_CLOEXEC);
+	if (null < 0 || !is_dev_null(null))
+		fail("can't mask paths: /dev/null is invalid", null < 0 ? errno : EINVAL);
+	int shared = -1; /* the first masked directory's tmpfs, bound on the others */
+	char p[32], q[32];
+	for (int i = 0; i < c->nmaskpaths; i++) {
+		const char *path = c->maskpaths[i];
+		int dup = 0;
+		for (int j = 0; j < i; j++)
+			dup |= strcmp(c->maskpaths[j], path) == 0;
+		if (dup)
+			continue;
+		int dst = open(path, O_PATH | O_CLOEXEC);
+		if (dst < 0) {
+			if (errno == ENOENT)
+				continue;
+			failf(errno, "can't mask path %s", path);
+		}
+		struct stat st;
+		if (fstat(dst, &st) < 0)
+			failf(errno, "can't mask path %s", path);
+		if (!S_ISDIR(st.st_mode)) {
+			xmount(fd_path(null, p), fd_path(dst, q), "", MS_BIND, "", path);
+		} else if (shared < 0 || mount(fd_path(shared, p), fd_path(dst, q), "", MS_BIND, "") < 0) {
+			if (mount("tmpfs", path, "tmpfs", MS_RDONLY, "nr_blocks=1,nr_inodes=1") < 0)
+				xmount("tmpfs", path, "tmpfs", MS_RDONLY, "nr_blocks=1,nr_inodes=2", path);
+			if (shared < 0)
+				shared = open(path, O_PATH | O_CLOEXEC);
+		}
+		close(dst);
+	}
+	if (shared >= 0)
+		close(shared);
+	close(null);
+}
+
+/* join_keyring joins the container's session keyring; create mode also makes it
+ * searchable by the container's users, as libcontainer's init does. */
+static void join_keyring(struct request *r)
+{
+	if (!r->keyring)
+		return;
+	long id = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, r->keyring);
+	if (id < 0) {
+		if (errno == ENOSYS)
+			return;
+		fail("join the session keyring", errno);
+	}
+	if (!r->create)
+		return;
+	char desc[512];
+	long n = syscall(SYS_keyctl, KEYCTL_DESCRIBE, id, desc, sizeof(desc) - 1);
+	if (n < 0)
+		fail("describe the session keyring", errno);
+	desc[n < (long)sizeof(desc) ? n : (long)sizeof(desc) - 1] = 0;
+	/* type;uid;gid;perm;description */
+	char *f = desc;
+	for (int i = 0; i < 3 && f; i++)
+		if ((f = strchr(f, ';')))
+			f++;
+	if (!f)
+		fail("describe the session keyring", EPROTO);
+	unsigned long perm = strtoul(f, NULL, 16) | 0x80000; /* the user may search it */
+	if (syscall(SYS_keyctl, KEYCTL_SETPERM, id, perm) < 0)
+		fail("set the session keyring's permissions", errno);
+}
+
+/* wait_start reports the container created and waits for STARTCONTAINER: one byte on the
+ * start descriptor. EOF means the container was destroyed before it started. */
+static void wait_start(struct request *r)
+{
+	step(r, "init: process set up (user, capabilities, seccomp, program found)");
+	report('R', 0, NULL);
+	char go;
+	ssize_t n;
+	do {
+		n = read(r->create->start_fd, &go, 1);
+	} while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(0);
+	close(r->create->start_fd);
+}
+
 /* child is the process that becomes the program: it is in every namespace already. */
 static void __attribute__((noreturn)) child(struct request *r)
 {
+	step(r, "init: in its namespaces");
 	if (setsid() < 0)
 		fail("setsid", errno);
-	if (r->keyring && syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, r->keyring) < 0 && errno != ENOSYS)
-		fail("join the session keyring", errno);
+	join_keyring(r);
+	if (r->create)
+		prepare_rootfs(r);
 	if (r->console_fd >= 0)
 		setup_terminal(r);
+	if (r->create) {
+		finalize_rootfs(r);
+		step(r, "init: read-only and masked paths, hostname, sysctls");
+	}
 	if (r->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail("set no_new_privs", errno);
 	if (r->has_umask)
@@ -698,7 +1365,21 @@ static void __attribute__((noreturn)) child(struct request *r)
 	char *path = look_path(r->argv[0], r->envp);
 	if (r->has_seccomp && r->nnp)
 		load_seccomp(r);
+	if (r->create)
+		wait_start(r);
 	execve(path, r->argv, r->envp);
+	if (r->create) {
+		/* As libcontainer's init after its start: the container was started, so the
+		 * error goes to the program's stderr, in Go's words, and the init exits 255. */
+		char msg[PATH_MAX + 128];
+		int n = snprintf(msg, sizeof(msg), "exec %s: %s\n", path, strerror(errno));
+		size_t at = strlen(path) + 7;
+		if (at < sizeof(msg) && msg[at] >= 'A' && msg[at] <= 'Z')
+			msg[at] += 'a' - 'A';
+		if (n > 0 && write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1) < 0)
+			_exit(255);
+		_exit(255);
+	}
 	fail("execve", errno);
 }
 
@@ -727,7 +1408,10 @@ int main(void)
 		fail("pipe", errno);
 	/* A fork enters the pid namespace. CLONE_PARENT makes the agent the parent, which
 	 * waits for the process; this process only reports its pid. */
-	pid_t pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+	unsigned long flags = CLONE_PARENT | SIGCHLD;
+	if (r.create) /* the container's new namespaces: the child is its init */
+		flags |= r.create->clone_flags & (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP);
+	pid_t pid = syscall(SYS_clone, flags, 0, 0, 0, 0);
 	if (pid < 0)
 		fail("fork into the pid namespace", errno);
 	if (pid == 0) {

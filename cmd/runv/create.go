@@ -127,7 +127,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if member != nil {
 		sandbox = member.ID
 	}
-	if err := createInPod(ctx, pod, rec, sandbox, raw, term, &undo); err != nil {
+	if err := createInPod(ctx, pod, rec, sandbox, raw, term, !o.shim, &undo); err != nil {
 		return nil, err
 	}
 	if err := standIn(ctx, g, pod, rec, term, o.shim, &undo); err != nil {
@@ -185,14 +185,14 @@ func stopDaemon(daemon state.Process) {
 }
 
 // createInPod has the pod daemon create the container (a member of sandbox's namespaces when
-// sandbox is set), with our stdio or the terminal's;
-// if a later step fails, the daemon discards it.
-func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, undo *cleanups) error {
+// sandbox is set), with our stdio or the terminal's, and this process as the stand-in of
+// its init when it runs in the foreground; if a later step fails, the daemon discards it.
+func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, foreground bool, undo *cleanups) error {
 	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
 	if term != nil {
 		stdin, stdout, stderr = term.stdio()
 	}
-	stdio, err := pod.sendStdio(stdin, stdout, stderr)
+	stdio, err := pod.sendStdio(stdin, stdout, stderr, foreground)
 	if err != nil {
 		return err
 	}
@@ -212,10 +212,8 @@ func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbo
 // container's host namespaces and cgroup (withShim), or this process for a foreground run.
 func standIn(ctx context.Context, g *globals, pod *podConn, rec *state.Container, term *procTerminal, withShim bool, undo *cleanups) error {
 	if !withShim {
-		// A foreground run stands in for the container's init itself.
-		if err := pod.watchStandIn(ctx, rec.ID, "", os.Getpid()); err != nil {
-			return err
-		}
+		// A foreground run stands in for the container's init itself (the daemon watches
+		// it since Create: createInPod).
 		rec.Shim = state.Self()
 		return nil
 	}

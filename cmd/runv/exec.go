@@ -117,24 +117,38 @@ func execProcess(c *cli.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := checkExecStatus(rec, c.Bool("ignore-paused")); err != nil {
-		return 0, err
-	}
+	// The pod daemon refuses an exec into a stopped or paused container itself, so the
+	// container's status is asked for only once something failed: runc checks it first, and
+	// its words for a stopped or paused container come before any other error.
+	ignorePaused := c.Bool("ignore-paused")
 	p, err := execSpec(c, rec)
 	if err != nil {
-		return 0, err
+		return 0, execStatusOr(rec, ignorePaused, err)
 	}
 	x, err := startExec(c.Context, g, rec, p, execOptions{
 		detach: c.Bool("detach"), consoleSocket: c.String("console-socket"), pidFile: c.String("pid-file"),
 	})
 	if err != nil {
-		return 0, err
+		return 0, execStatusOr(rec, ignorePaused, err)
 	}
 	defer x.close()
+	logging.G(x.ctx).Debug("exec: process started", "since_cli_start", time.Since(started))
 	if x.att == nil {
 		return 0, nil // detached: its shim stands in for it
 	}
-	return x.att.wait(x.ctx)
+	code, err := x.att.wait(x.ctx)
+	logging.G(x.ctx).Debug("exec: process exited", "since_cli_start", time.Since(started), "exit_code", code)
+	return code, err
+}
+
+// execStatusOr returns the refusal of an exec into a stopped or paused container, in runc's
+// words, in place of err, the failure that made it ask; err when the container's status
+// allows an exec.
+func execStatusOr(rec *state.Container, ignorePaused bool, err error) error {
+	if serr := checkExecStatus(rec, ignorePaused); serr != nil {
+		return serr
+	}
+	return err
 }
 
 // checkExecStatus refuses an exec into a stopped or paused container in runc's words.
@@ -209,7 +223,7 @@ func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.P
 		}
 		undo.onFailure(func() { forgetExec(g.store, rec.ID, execID) })
 	}
-	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term); err != nil {
+	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term, !o.detach); err != nil {
 		return nil, err
 	}
 	// From here on the process runs: a failure must not leave it behind.
@@ -234,13 +248,14 @@ func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.P
 	return x, nil
 }
 
-// execInPod has the pod daemon start the process, with our stdio or the terminal's.
-func execInPod(ctx context.Context, pod *podConn, id, execID string, p *specs.Process, term *procTerminal) error {
+// execInPod has the pod daemon start the process, with our stdio or the terminal's, and
+// this process as its stand-in when it runs in the foreground.
+func execInPod(ctx context.Context, pod *podConn, id, execID string, p *specs.Process, term *procTerminal, foreground bool) error {
 	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
 	if term != nil {
 		stdin, stdout, stderr = term.stdio()
 	}
-	stdio, err := pod.sendStdio(stdin, stdout, stderr)
+	stdio, err := pod.sendStdio(stdin, stdout, stderr, foreground)
 	if err != nil {
 		return err
 	}
@@ -289,7 +304,8 @@ func execDetached(x *execution, g *globals, rec *state.Container, execID string)
 }
 
 // execForeground makes this process the foreground process's stand-in (its pid is the one
-// a client may signal, recorded by startExec), with the user's terminal attached.
+// a client may signal, recorded by startExec, and the daemon watches since the Exec call),
+// with the user's terminal attached.
 func execForeground(x *execution, g *globals, rec *state.Container, execID string) (int, error) {
 	x.term.closeSlave()
 	if x.term != nil {
@@ -297,9 +313,6 @@ func execForeground(x *execution, g *globals, rec *state.Container, execID strin
 		if x.att.fg, err = attachForeground(x.term); err != nil {
 			return 0, err
 		}
-	}
-	if err := x.pod.watchStandIn(x.ctx, rec.ID, execID, os.Getpid()); err != nil {
-		return 0, err
 	}
 	return os.Getpid(), nil
 }

@@ -390,9 +390,9 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 }
 
 // forceKillTimeout bounds how long `delete --force` waits for the guest to kill a
-// container (a SIGKILL and the exit it causes take well under a second, and seconds under
-// heavy load) before it ends the whole pod instead.
-const forceKillTimeout = 20 * time.Second
+// container before it ends the whole pod instead: the bound runv's shim and the pod's
+// supervisor keep for a SIGKILL.
+const forceKillTimeout = supervisor.GuestKillTimeout
 
 // killInPod kills every process of a running or paused container and waits until it died.
 // A container that stopped meanwhile is fine (the calls then fail as not running).

@@ -7,11 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/runv-project/runv/logging"
 )
+
+// started is when this command's Go code began to run, for the durations --debug logs.
+var started = time.Now()
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"

@@ -139,7 +139,10 @@ func dialPod(podDir string) (*podConn, error) {
 func (p *podConn) Close() error { return p.conn.Close() }
 
 // sendStdio parks the given descriptors with the daemon and returns the token naming them.
-func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, error) {
+// With selfStandIn it also parks a pidfd of this process, the foreground stand-in of the
+// process the next Create or Exec starts: the daemon watches it from the moment that
+// process exists, which spares a second hand-over and a WatchStandIn call.
+func (p *podConn) sendStdio(stdin, stdout, stderr *os.File, selfStandIn bool) (*podapi.Stdio, error) {
 	s := &podapi.Stdio{}
 	var files []*os.File
 	for _, f := range []struct {
@@ -150,6 +153,15 @@ func (p *podConn) sendStdio(stdin, stdout, stderr *os.File) (*podapi.Stdio, erro
 			files = append(files, f.file)
 			*f.has = true
 		}
+	}
+	if selfStandIn {
+		pidfd, err := openPidfd(os.Getpid())
+		if err != nil {
+			return nil, err
+		}
+		defer pidfd.Close()
+		files = append(files, pidfd)
+		s.HasStandIn = true
 	}
 	if len(files) == 0 {
 		return s, nil
@@ -172,11 +184,10 @@ func newToken() string {
 // the host process standing in for it, dies (see supervisor/standin.go). pid must be one
 // that cannot have been reused: our own, or our child that nobody reaped yet.
 func (p *podConn) watchStandIn(ctx context.Context, id, process string, pid int) error {
-	fd, err := unix.PidfdOpen(pid, 0)
+	f, err := openPidfd(pid)
 	if err != nil {
-		return fmt.Errorf("pidfd of the stand-in (pid %d) of container %q: %w", pid, id, err)
+		return fmt.Errorf("container %q: %w", id, err)
 	}
-	f := os.NewFile(uintptr(fd), "pidfd")
 	defer f.Close()
 	token := newToken()
 	if err := fdpass.Send(filepath.Join(p.dir, podapi.StdioSocket), token, []*os.File{f}); err != nil {
@@ -188,6 +199,15 @@ func (p *podConn) watchStandIn(ctx context.Context, id, process string, pid int)
 		return fmt.Errorf("have the pod daemon watch the stand-in (pid %d) of container %q: %w", pid, id, rpcErr(err))
 	}
 	return nil
+}
+
+// openPidfd opens a pidfd of pid, a process standing in for one in the VM.
+func openPidfd(pid int) (*os.File, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd of the stand-in (pid %d): %w", pid, err)
+	}
+	return os.NewFile(uintptr(fd), "pidfd"), nil
 }
 
 // rpcErr turns a daemon error back into its class.

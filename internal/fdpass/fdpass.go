@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,11 +24,21 @@ import (
 	"github.com/runv-project/runv/internal/sockets"
 )
 
-// MaxFiles caps the descriptors in one message (stdin, stdout, stderr).
-const MaxFiles = 3
+// MaxFiles caps the descriptors in one message (stdin, stdout, stderr, and a pidfd of the
+// process's host stand-in).
+const MaxFiles = 4
+
+// MaxPending caps the descriptor sets parked at once. Every CLI call that creates or execs
+// parks one set and claims it a moment later, so even a burst of concurrent execs parks a
+// few dozen; the cap keeps a client that sends without claiming from filling the daemon's
+// descriptor table (until its sets expire after unclaimedTTL).
+const MaxPending = 256
 
 // unclaimedTTL bounds how long descriptors wait for the call that claims them.
 const unclaimedTTL = 2 * time.Minute
+
+// fullAnswer starts the server's answer when it holds MaxPending sets already.
+const fullAnswer = "full: "
 
 type header struct {
 	Token string `json:"token"`
@@ -59,8 +70,12 @@ func Send(sock, token string, files []*os.File) error {
 	if err != nil {
 		return fmt.Errorf("pod daemon did not acknowledge stdio descriptors: %w", err)
 	}
-	if string(ack[:n]) != "ok\n" {
-		return fmt.Errorf("pod daemon refused stdio descriptors: %s", ack[:n])
+	switch answer := strings.TrimSuffix(string(ack[:n]), "\n"); {
+	case answer == "ok":
+	case strings.HasPrefix(answer, fullAnswer):
+		return fmt.Errorf("pod daemon (%s) refused stdio descriptors: %s: %w", sock, strings.TrimPrefix(answer, fullAnswer), errdefs.ErrUnavailable)
+	default:
+		return fmt.Errorf("pod daemon (%s) refused stdio descriptors: %s", sock, answer)
 	}
 	return nil
 }
@@ -132,6 +147,12 @@ func (s *Server) receive(conn *net.UnixConn) {
 	if _, dup := s.pending[h.Token]; dup {
 		s.mu.Unlock()
 		reject("duplicate token")
+		return
+	}
+	if len(s.pending) >= MaxPending {
+		s.mu.Unlock()
+		reject(fmt.Sprintf("%sit holds %d unclaimed descriptor sets, the most it keeps: claim them (a create or exec call) or retry after they expire (%s)",
+			fullAnswer, MaxPending, unclaimedTTL))
 		return
 	}
 	token := h.Token

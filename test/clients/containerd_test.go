@@ -251,15 +251,7 @@ func TestContainerdDetachKillDelete(t *testing.T) {
 		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task pid %d is not runv's shim: %q", pid, cmdline)
 	}
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
-	if status, _ := c.waitTask(t, x, id, "STOPPED", 30*time.Second); status != "STOPPED" {
-		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q 30s after kill -s KILL, want STOPPED", id, status)
-	}
-	r := x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
-	// ctr 1.6 reports a non-zero exit status as a warning.
-	if !strings.Contains(r.stderr, "exit code 137") {
-		x.errorf(r, "want exit code 137 (SIGKILL) reported by task delete")
-	}
-	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
+	c.deleteKilled(t, x, id)
 }
 
 // TestContainerdKillTerm: ctr task kill (SIGTERM) reaches the process, which exits with the
@@ -373,6 +365,21 @@ func (c *containerd) waitTask(t *testing.T, x *tc, id, want string, timeout time
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// deleteKilled waits for a killed task to stop, deletes it (reporting exit code 137) and
+// removes its container.
+func (c *containerd) deleteKilled(t *testing.T, x *tc, id string) {
+	t.Helper()
+	if status, _ := c.waitTask(t, x, id, "STOPPED", 60*time.Second); status != "STOPPED" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q 60s after it was killed, want STOPPED", id, status)
+	}
+	r := x.must(c.ctr(t, cmdOpts{timeout: 90 * time.Second}, "tasks", "delete", id))
+	// ctr 1.6 reports a non-zero exit status as a warning.
+	if !strings.Contains(r.stderr, "exit code 137") {
+		x.errorf(r, "want exit code 137 (killed) reported by task delete of %s", id)
+	}
+	x.must(c.ctr(t, cmdOpts{}, "containers", "rm", id))
 }
 
 // TestContainerdExecKilledLikeATimeout: containerd kills an exec'd process by SIGKILLing the

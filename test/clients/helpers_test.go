@@ -29,6 +29,7 @@ func quiet(timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = workDir
 	cmd.WaitDelay = 2 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -86,6 +87,7 @@ func runInPty(t *testing.T, timeout time.Duration, name string, args ...string) 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = workDir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	cmd.WaitDelay = 5 * time.Second
@@ -141,6 +143,9 @@ func checkTerminal(x *tc, r result) {
 		x.fatal(r, "a container with a terminal failed")
 	}
 	x.t.Logf("terminal output: %q", r.stdout)
+	if strings.ContainsRune(r.stdout, 0) {
+		x.errorf(r, "a NUL byte on the terminal: nothing the container printed")
+	}
 	if !strings.Contains(r.stdout, "\r\n") || !strings.Contains(strings.ReplaceAll(r.stdout, "\r", ""), "tty-ok\n"+guestRelease+"\n") {
 		x.fatal(r, "want \"tty-ok\" and the guest kernel %s on the terminal, with CRLF line ends", guestRelease)
 	}

@@ -51,7 +51,14 @@ var (
 	hostRelease  string
 	// tmp holds everything the suite makes.
 	tmp string
-	img *image.Built
+	// workDir is the working directory of every client command: clients write files
+	// into theirs (conmon, started by podman in podman's own, writes "oom" there when the
+	// container's cgroup reports an OOM kill), and they must not land in the source tree.
+	workDir string
+	// sourceTree is the package's directory and what it held when the suite began.
+	sourceTree       string
+	sourceTreeBefore map[string]bool
+	img              *image.Built
 	// shimBinary is runv's containerd shim (containerd-shim-runv-v2); shimWhy says why
 	// the shim tests cannot run ("" when they can).
 	shimBinary, shimWhy string
@@ -132,6 +139,14 @@ func setup() error {
 	if tmp, err = os.MkdirTemp("", "rvc-"); err != nil {
 		return err
 	}
+	workDir = filepath.Join(tmp, "wd")
+	if err := os.Mkdir(workDir, 0o755); err != nil {
+		return err
+	}
+	if sourceTree, err = os.Getwd(); err != nil {
+		return err
+	}
+	sourceTreeBefore = dirEntries(sourceTree)
 	runtimePath = runvBinary
 	if os.Getenv("RUNV_CLIENT_TRACE") == "1" {
 		traceLog = filepath.Join(tmp, "runv-calls.log")
@@ -181,6 +196,11 @@ var teardownOnce sync.Once
 // directory; it reports what it had to clean up by force.
 func teardown() (problems []string) {
 	teardownOnce.Do(func() {
+		for name := range dirEntries(sourceTree) {
+			if !sourceTreeBefore[name] {
+				problems = append(problems, fmt.Sprintf("%s appeared in the source tree during the suite: a client wrote it into its working directory (run clients in workDir)", filepath.Join(sourceTree, name)))
+			}
+		}
 		if dockerd != nil {
 			problems = append(problems, dockerd.stop()...)
 		}
@@ -202,6 +222,16 @@ func teardown() (problems []string) {
 		}
 	})
 	return problems
+}
+
+// dirEntries names what a directory holds.
+func dirEntries(dir string) map[string]bool {
+	names := map[string]bool{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	return names
 }
 
 // --- commands -------------------------------------------------------------------------
@@ -241,6 +271,7 @@ func runCmd(t *testing.T, o cmdOpts, name string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = workDir
 	cmd.Env = append(os.Environ(), o.env...)
 	out, errf := tempFile(t), tempFile(t)
 	cmd.Stdout, cmd.Stderr = out, errf

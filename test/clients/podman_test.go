@@ -317,3 +317,30 @@ func TestPodmanTerminal(t *testing.T) {
 		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
 	checkTerminal(x, r)
 }
+
+// TestPodmanOOMKilled: a container the guest's OOM killer ends exits 137, as with runc
+// (conmon watches the host cgroup of runv's stand-in, which then dies of an OOM kill of its
+// own); an exec the guest's OOM killer ends exits 137 and leaves its container running.
+// conmon records each OOM kill as a file named oom in its working directory, which podman
+// 4.3 leaves at its own: the suite runs its clients in workDir, and its teardown fails if
+// anything appeared in the source tree. (State.OOMKilled is not checked: podman 4.3 looks
+// for that file in the bundle instead, and reports false with runc too.)
+func TestPodmanOOMKilled(t *testing.T) {
+	p, x, name := newPodmanTest(t)
+	r := p.podman(t, cmdOpts{}, "run", "-m", "32m", "--name", name, img.Name, "sh", "-c", memoryHog)
+	if r.code != 137 {
+		x.errorf(r, "want exit code 137 (killed by the OOM killer)")
+	}
+	x.must(p.podman(t, cmdOpts{}, "rm", name))
+
+	x.must(p.podman(t, cmdOpts{}, "run", "-d", "-m", "48m", "--name", name, img.Name, "sleep", "1000"))
+	r = p.podman(t, cmdOpts{}, "exec", name, "sh", "-c", memoryHog)
+	if r.code != 137 {
+		x.errorf(r, "want exit code 137 from the exec the OOM killer ended")
+	}
+	r = x.must(p.podman(t, cmdOpts{}, "inspect", "-f", "{{.State.Status}}", name))
+	if strings.TrimSpace(r.stdout) != "running" {
+		x.errorf(r, "want the container running after its exec was OOM-killed")
+	}
+	x.must(p.podman(t, cmdOpts{}, "rm", "-f", "-t", "1", name))
+}

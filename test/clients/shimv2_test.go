@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -191,23 +192,29 @@ func TestShimLogURIs(t *testing.T) {
 	}
 }
 
+// runShimPod runs a pod of two containers as the CRI makes them (sandbox sb and member),
+// sleeping, and waits until both run.
+func runShimPod(t *testing.T, c *containerd, x *tc, sb, member string) {
+	t.Helper()
+	for _, ctr := range []struct{ id, kind string }{{sb, "sandbox"}, {member, "container"}} {
+		x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime,
+			"--annotation", "io.kubernetes.cri.container-type="+ctr.kind, "--annotation", "io.kubernetes.cri.sandbox-id="+sb,
+			img.Qualified, ctr.id, "sleep", "1000"))
+	}
+	for _, id := range []string{sb, member} {
+		if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
+			x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+		}
+	}
+}
+
 // TestShimPod: containers naming a CRI sandbox (or a shim group) join its shim and VM: two
 // containers are one shim process and one VM, the member shares the sandbox's network
 // namespace in the guest, and the VM goes with the last container.
 func TestShimPod(t *testing.T) {
 	sb, member := newName(t), newName(t)
 	c, x := newShimTest(t, member, sb)
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime,
-		"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id="+sb,
-		img.Qualified, sb, "sleep", "1000"))
-	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime,
-		"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id="+sb,
-		img.Qualified, member, "sleep", "1000"))
-	for _, id := range []string{sb, member} {
-		if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
-			x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
-		}
-	}
+	runShimPod(t, c, x, sb, member)
 	if shims, vms := shimProcesses(c), vmsUnder(shimRoot()); len(shims) != 1 || len(vms) != 1 {
 		x.errorf(result{}, "want one shim and one VM for the two containers of the pod, have shims %v, VMs %v", shims, vms)
 	}
@@ -234,12 +241,7 @@ func TestShimPod(t *testing.T) {
 func TestShimOOM(t *testing.T) {
 	id := newName(t)
 	c, x := newShimTest(t, id)
-	events := filepath.Join(t.TempDir(), "events")
-	ev, err := startService("ctr events", events, nil, append([]string{"ctr"}, c.ctrArgs("events")...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ev.terminate(5 * time.Second)
+	events := c.recordEvents(t)
 	r := c.ctr(t, cmdOpts{}, "run", "--rm", "--runtime", shimRuntime, "--memory-limit", fmt.Sprint(32<<20), img.Qualified, id,
 		"sh", "-c", memoryHog)
 	if r.code != 137 {
@@ -322,4 +324,96 @@ func TestShimKilled(t *testing.T) {
 func exists(pid int) bool {
 	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
 	return err == nil
+}
+
+// TestShimUnresponsiveGuest: a guest that stops answering (here its QEMU is stopped with
+// SIGSTOP, as a hung or hostile guest would look) must not leave containerd's kill and
+// delete hanging. ctr task kill -s KILL returns within a bound (the shim waits
+// guestKillTimeout for the guest, then ends the pod's VM), every container of the pod is
+// then stopped with 137, the tasks delete, and the shim and the VM are gone.
+func TestShimUnresponsiveGuest(t *testing.T) {
+	sb, member := newName(t), newName(t)
+	c, x := newShimTest(t, member, sb)
+	runShimPod(t, c, x, sb, member)
+	shims, vms := shimProcesses(c), vmsUnder(shimRoot())
+	if len(shims) != 1 || len(vms) != 1 {
+		x.fatal(result{}, "want one shim and one VM, have shims %v, VMs %v", shims, vms)
+	}
+	if err := syscall.Kill(vms[0].pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(vms[0].pid, syscall.SIGKILL) })
+
+	// guestKillTimeout (20 s) and the VM's end; before, ctr waited on the guest for good.
+	r := c.ctr(t, cmdOpts{timeout: 90 * time.Second}, "tasks", "kill", "-s", "KILL", member)
+	if r.code != 0 {
+		x.fatal(r, "ctr task kill -s KILL of a container whose guest stopped answering")
+	}
+	t.Logf("ctr task kill returned after %s", r.took.Round(time.Millisecond))
+	for _, id := range []string{member, sb} {
+		c.deleteKilled(t, x, id)
+	}
+	if !waitFor(30*time.Second, func() bool { return len(shimProcesses(c)) == 0 && !exists(vms[0].pid) }) {
+		x.errorf(result{}, "30s after the pod's last container was deleted: shims %v, VM %d alive %v", shimProcesses(c), vms[0].pid, exists(vms[0].pid))
+	}
+}
+
+// TestShimTaskPid: the pid containerd has for a task of runv's shim (ctr task ls, the task
+// and exec events) is the pod's VM's, the host process that runs the container, not the
+// shim's. Killing it ends the container as killing a runc container's pid does: the task
+// stops with 137, deletes, and the shim goes with the pod.
+func TestShimTaskPid(t *testing.T) {
+	id := newName(t)
+	c, x := newShimTest(t, id)
+	events := c.recordEvents(t)
+	x.must(c.ctr(t, cmdOpts{}, "run", "-d", "--runtime", shimRuntime, img.Qualified, id, "sleep", "1000"))
+	status, pid := c.waitTask(t, x, id, "RUNNING", 60*time.Second)
+	if status != "RUNNING" {
+		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
+	}
+	vms := vmsUnder(shimRoot())
+	if len(vms) != 1 {
+		x.fatal(result{}, "want the pod's one VM, have %v", vms)
+	}
+	if pid != vms[0].pid {
+		x.errorf(c.ctr(t, cmdOpts{}, "tasks", "ls"), "ctr task ls gives pid %d for %s, want its VM's %d (shims: %v)", pid, id, vms[0].pid, shimProcesses(c))
+	}
+	x.must(c.ctr(t, cmdOpts{}, "tasks", "exec", "--exec-id", "e1", id, "true"))
+	want := fmt.Sprintf(`"pid":%d`, vms[0].pid)
+	for _, topic := range []string{"/tasks/create", "/tasks/start", "/tasks/exec-started"} {
+		if !waitFor(10*time.Second, func() bool { return eventHas(readAll(events), topic, id, want) }) {
+			x.errorf(result{}, "no %s event for %s with %s in ctr events:%s", topic, id, want, indent(readAll(events)))
+		}
+	}
+
+	if err := syscall.Kill(vms[0].pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.deleteKilled(t, x, id)
+	if !waitFor(30*time.Second, func() bool { return len(shimProcesses(c)) == 0 }) {
+		x.errorf(result{}, "the pod's shim outlived its last container by 30s: %v", shimProcesses(c))
+	}
+}
+
+// recordEvents runs ctr events for the rest of the test; it returns the file that receives
+// them.
+func (c *containerd) recordEvents(t *testing.T) string {
+	events := filepath.Join(t.TempDir(), "events")
+	ev, err := startService("ctr events", events, nil, append([]string{"ctr"}, c.ctrArgs("events")...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ev.terminate(5 * time.Second) })
+	return events
+}
+
+// eventHas reports whether ctr events printed an event of topic for container id that
+// holds field.
+func eventHas(log, topic, id, field string) bool {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, " "+topic+" ") && strings.Contains(l, `"container_id":"`+id+`"`) && strings.Contains(l, field) {
+			return true
+		}
+	}
+	return false
 }

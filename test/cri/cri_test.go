@@ -59,6 +59,9 @@ func runPod(t *testing.T, handler string, tweak func(*rt.PodSandboxConfig)) *pod
 		tweak(cfg)
 	}
 	os.MkdirAll(cfg.LogDirectory, 0o755)
+	if pooled(handler) {
+		waitPoolFull(t) // the pod takes the pooled route, not the fallback's cold boot
+	}
 	r, err := runtimeSvc.RunPodSandbox(ctx(t), &rt.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
 	if err != nil {
 		t.Fatalf("RunPodSandbox (handler %s): %v%s", handler, err, logTail())
@@ -86,13 +89,19 @@ func (p *pod) remove() {
 	if len(left) > 0 {
 		p.t.Errorf("processes left after the pod was removed: %v", left)
 	}
+	if runvShim(p.handler) {
+		// A pooled VM's command line does not name its pod: its cgroup does.
+		if !waitFor(60*time.Second, func() bool { left = p.vms(); return len(left) == 0 }) {
+			p.t.Errorf("VMs left in the pod's cgroup after the pod was removed: %v", left)
+		}
+	}
 	// The suite runs one pod at a time: no pod directory may remain.
-	switch p.handler {
-	case "runv":
+	switch {
+	case runvShim(p.handler):
 		if dirs, _ := filepath.Glob(filepath.Join(shimRoot, "@shim", "*")); len(dirs) > 0 {
 			p.t.Errorf("pod directories left: %v", dirs)
 		}
-	case "runvrunc":
+	case p.handler == "runvrunc":
 		// runv's state under the runc shim's root: no container and no pod.
 		left, _ := filepath.Glob(filepath.Join(work, "runvrunc", "*", "*"))
 		var dirs []string
@@ -117,6 +126,24 @@ func (p *pod) processes(what string) []string {
 	for _, l := range leftovers() {
 		if strings.Contains(l, p.id) && strings.Contains(l, what) {
 			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// vms lists the pids of the suite's QEMU processes in the pod's memory cgroup.
+func (p *pod) vms() []string {
+	var out []string
+	for _, l := range suiteProcesses() {
+		pid, cmd, _ := strings.Cut(l, " ")
+		if !strings.Contains(cmd, "qemu-system") {
+			continue
+		}
+		cg, _ := os.ReadFile("/proc/" + pid + "/cgroup")
+		for _, line := range strings.Split(string(cg), "\n") {
+			if f := strings.SplitN(line, ":", 3); len(f) == 3 && f[1] == "memory" && f[2] == p.cfg.Linux.CgroupParent {
+				out = append(out, pid)
+			}
 		}
 	}
 	return out
@@ -293,17 +320,18 @@ var cases = []criCase{
 		if x, y := p.out(a, "readlink", "/proc/self/ns/mnt"), p.out(b, "readlink", "/proc/self/ns/mnt"); x == y {
 			t.Errorf("both containers have mount namespace %s", x)
 		}
-		if h == "runv" {
-			// One pod: one shim process and one VM.
-			shims, vms := p.processes("containerd-shim-runv-v2"), p.processes("qemu-system")
+		if runvShim(h) {
+			// One pod: one shim process and one VM, and the VM is charged to the pod: QEMU
+			// (all its threads) is in the pod's cgroup. A pooled VM was launched before the
+			// pod existed: it is found by its cgroup.
+			shims, vms := p.processes("containerd-shim-runv-v2"), p.vms()
 			if len(shims) != 1 || len(vms) != 1 {
-				t.Fatalf("want one shim and one VM for the pod, have %d shims %v and %d VMs", len(shims), shims, len(vms))
+				t.Fatalf("want one shim and one VM in the pod's cgroup, have %d shims %v and %d VMs %v", len(shims), shims, len(vms), vms)
 			}
-			// The VM is charged to the pod: QEMU (all its threads) is in the pod's cgroup.
-			pid := strings.Fields(vms[0])[0]
+			pid := vms[0]
 			cg, _ := os.ReadFile("/proc/" + pid + "/cgroup")
 			for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
-				if f := strings.SplitN(l, ":", 3); len(f) == 3 && (f[1] == "memory" || f[1] == "") && f[2] != p.cfg.Linux.CgroupParent {
+				if f := strings.SplitN(l, ":", 3); len(f) == 3 && f[1] == "" && f[2] != p.cfg.Linux.CgroupParent {
 					t.Errorf("QEMU (pid %s) is in cgroup %q (%s), want the pod's %s", pid, f[2], l, p.cfg.Linux.CgroupParent)
 				}
 			}
@@ -489,6 +517,14 @@ var cases = []criCase{
 		}
 		if got := p.out(c, "sh", "-c", "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'"); got != "inet "+ip {
 			t.Errorf("eth0 in the container: %q, want inet %s", got, ip)
+		}
+		// Nothing but what CNI configured: no other address (a pooled VM's network
+		// warm-up leaves none behind), and its routes.
+		if got := p.out(c, "sh", "-c", "ip -o addr | grep -v ' lo ' | grep -v ' scope link' | awk '{print $4}' | tr '\\n' ' '"); strings.TrimSpace(got) != ip+"/24" {
+			t.Errorf("addresses in the container: %q, want only %s/24", got, ip)
+		}
+		if got := p.out(c, "sh", "-c", "ip -4 route | awk '{print $1}' | sort | tr '\\n' ' '"); strings.TrimSpace(got) != "10.89.0.0/24 default" {
+			t.Errorf("IPv4 routes in the container: %q, want 10.89.0.0/24 and the default", got)
 		}
 		if out, err := readFromNode(ip + ":8080"); strings.TrimSpace(out) != "pod-says-hi" {
 			t.Errorf("connect to %s:8080 from the node: %v %q, want pod-says-hi", ip, err, out)

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,8 +46,15 @@ var (
 	runvBinary string // the runv CLI, BinaryName of the runvrunc handler
 )
 
-// handlers are the RuntimeClass handlers every case runs with.
-var handlers = []string{"runc", "runv"}
+// handlers are the RuntimeClass handlers every case runs with: RUNV_CRI_HANDLERS, a comma
+// list, or runc and runv. runv-pool (runv's shim, VMs from a pool of the factory daemon,
+// full when each of its pods starts) takes the pooled route through every case.
+var handlers = func() []string {
+	if v := os.Getenv("RUNV_CRI_HANDLERS"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return []string{"runc", "runv"}
+}()
 
 const config = `version = 2
 root = "%[1]s/root"
@@ -96,6 +104,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Root = "%[1]s/runvrunc"
 `
 
+// baselineRuntime is the handler runv-pool-base: runv-pool with another build of runv's
+// shim (RUNV_CRI_BENCH_BASELINE_SHIM, installed into the suite's PATH under the runtime
+// name io.containerd.runvbase.v2), so that TestCRIStartTiming compares two builds in one
+// run.
+const baselineRuntime = `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool-base]
+      runtime_type = "io.containerd.runvbase.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runv-pool-base.options]
+        ConfigPath = "%[1]s/pool.json"
+`
+
 // poolPolicy is the factory policy of the runv-pool handler: a pool of two VMs refilled
 // from a template (made under shimRoot/@templates on first use; teardown removes it).
 const poolPolicy = `[{"cache": 2}]`
@@ -116,6 +134,14 @@ func TestMain(m *testing.M) {
 	code := 1
 	if err := setup(); err != nil {
 		fmt.Fprintln(os.Stderr, "cri tests:", err)
+	} else if slices.ContainsFunc(handlers, pooled) {
+		if stopPool, err = startPool(); err != nil {
+			fmt.Fprintln(os.Stderr, "cri tests:", err)
+		} else {
+			code = m.Run()
+			stopPool()
+			stopPool = nil
+		}
 	} else {
 		code = m.Run()
 	}
@@ -169,7 +195,21 @@ func setup() error {
 	if err := os.WriteFile(filepath.Join(work, "pool.json"), []byte(poolPolicy), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(fmt.Sprintf(config, work, pause.Qualified, runvBinary)), 0o644); err != nil {
+	ctrdConfig := fmt.Sprintf(config, work, pause.Qualified, runvBinary)
+	path := filepath.Dir(shim) + ":" + os.Getenv("PATH")
+	if base := os.Getenv("RUNV_CRI_BENCH_BASELINE_SHIM"); base != "" {
+		// containerd finds a runtime's shim by its name in PATH.
+		dir := filepath.Join(work, "baseline")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(base, filepath.Join(dir, "containerd-shim-runvbase-v2")); err != nil {
+			return fmt.Errorf("RUNV_CRI_BENCH_BASELINE_SHIM: %w", err)
+		}
+		ctrdConfig += fmt.Sprintf(baselineRuntime, work)
+		path = dir + ":" + path
+	}
+	if err := os.WriteFile(filepath.Join(work, "config.toml"), []byte(ctrdConfig), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(work, "net.d", "10-rvcri.conflist"), []byte(fmt.Sprintf(cniConfig, work)), 0o644); err != nil {
@@ -190,7 +230,7 @@ func setup() error {
 	defer logf.Close()
 	// nsenter changes the network namespace only (ip netns exec would remount /sys).
 	ctrd = exec.Command("nsenter", "--net=/run/netns/"+netnsName, "containerd", "--config", filepath.Join(work, "config.toml"))
-	ctrd.Env = append(os.Environ(), "PATH="+filepath.Dir(shim)+":"+os.Getenv("PATH"), "RUNV_ROOT="+shimRoot)
+	ctrd.Env = append(os.Environ(), "PATH="+path, "RUNV_ROOT="+shimRoot)
 	ctrd.Stdout, ctrd.Stderr = logf, logf
 	ctrd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := ctrd.Start(); err != nil {
@@ -274,6 +314,14 @@ func teardown() (problems []string) {
 			exec.Command("find", d, "-depth", "-type", "d", "-exec", "rmdir", "{}", ";").Run()
 		}
 	}
+	if keep := os.Getenv("RUNV_CRI_KEEP_LOG"); keep != "" && ctrdLog != "" {
+		// containerd's log holds the shims' (at debug level): what a timing breakdown reads.
+		if b, err := os.ReadFile(ctrdLog); err == nil {
+			if err := os.WriteFile(keep, b, 0o644); err != nil {
+				problems = append(problems, "RUNV_CRI_KEEP_LOG: "+err.Error())
+			}
+		}
+	}
 	if work != "" {
 		if out, _ := exec.Command("sh", "-c", "grep -c ' "+work+"/' /proc/self/mountinfo").Output(); strings.TrimSpace(string(out)) != "0" {
 			problems = append(problems, "mounts left under "+work)
@@ -285,8 +333,23 @@ func teardown() (problems []string) {
 }
 
 // leftovers lists processes of the suite's containerd that outlived their pods: shims
-// and VMs.
+// and VMs. While the suite's pool runs, its daemon and the VMs it holds are not counted
+// (nor a VM it handed over: remove finds a pod's VM by its cgroup, and teardown counts
+// every process after the pool stopped).
 func leftovers() []string {
+	var out []string
+	for _, l := range suiteProcesses() {
+		if stopPool != nil && (strings.Contains(l, "manage factory-daemon") || strings.Contains(l, "/@factory/pools/")) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// suiteProcesses lists the processes whose command line names the suite's work directory
+// (but containerd): "<pid> <command line>".
+func suiteProcesses() []string {
 	var out []string
 	paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range paths {

@@ -165,6 +165,9 @@ func TestCRIAttach(t *testing.T) {
 						if !strings.Contains(res.stdout, "out:hello\r\n") || !strings.Contains(res.stdout, "err:hello\r\n") {
 							t.Errorf("terminal output %q lacks out:hello and err:hello", res.stdout)
 						}
+						if strings.ContainsRune(res.stdout, 0) {
+							t.Errorf("terminal output %q holds a NUL byte, which the container did not print", res.stdout)
+						}
 					} else if res.stdout != "out:hello\n" || res.stderr != "err:hello\n" {
 						t.Errorf("stdout %q stderr %q, want \"out:hello\\n\" \"err:hello\\n\"", res.stdout, res.stderr)
 					}

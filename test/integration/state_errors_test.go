@@ -47,7 +47,11 @@ func TestWrongStateMessages(t *testing.T) {
 	runSteps(t, stateRoot, id, []step{
 		{[]string{"pause", "{{id}}"}, 1, "container not running"},
 		{[]string{"start", "{{id}}"}, 1, "cannot start a container in the paused state"},
-		{[]string{"exec", "{{id}}", "true"}, 255, "cannot exec in a paused container"},
+		{[]string{"exec", "{{id}}", "true"}, 255, "cannot exec in a paused container (use --ignore-paused to override)"},
+		{[]string{"exec", "-t", "{{id}}", "true"}, 255, "cannot exec in a paused container"},
+		{[]string{"exec", "--ignore-paused", "{{id}}", "true"}, 255, "even with --ignore-paused (resume it first)"},
+		// As runc: the container's status is checked before the command line's process.
+		{[]string{"exec", "{{id}}"}, 255, "cannot exec in a paused container"},
 		{[]string{"delete", "{{id}}"}, 1, "that is not stopped: paused"},
 		{[]string{"resume", "{{id}}"}, 0, ""},
 		{[]string{"exec", "{{id}}", "true"}, 0, ""},
@@ -57,6 +61,8 @@ func TestWrongStateMessages(t *testing.T) {
 	runSteps(t, stateRoot, id, []step{
 		{[]string{"start", "{{id}}"}, 1, "cannot start a container that has stopped"},
 		{[]string{"exec", "{{id}}", "true"}, 255, "cannot exec in a stopped container"},
+		{[]string{"exec", "-d", "{{id}}", "true"}, 255, "cannot exec in a stopped container"},
+		{[]string{"exec", "{{id}}"}, 255, "cannot exec in a stopped container"},
 		{[]string{"pause", "{{id}}"}, 1, "container not running"},
 		{[]string{"resume", "{{id}}"}, 1, "container not paused"},
 		{[]string{"kill", "{{id}}"}, 1, "container not running"},
