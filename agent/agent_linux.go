@@ -75,6 +75,7 @@ func Main() error {
 	if os.Getpid() != 1 {
 		return errors.New("runv-agent is the init process of a runv guest VM and must run as PID 1")
 	}
+	steps := newBootSteps()
 	// Every line before the console is reopened goes to the kernel-provided fd 2.
 	log := newLogger(os.Stderr, false)
 	// Signals a container sharing the guest's pid namespace might send to PID 1 must not
@@ -93,6 +94,7 @@ func Main() error {
 	if err := setupRoot(log); err != nil {
 		fatal(log, "%v", err)
 	}
+	steps.done("root")
 	if c, err := openConsole(); err != nil {
 		log.Errorf("%v (logging to the kernel's stderr)", err)
 	} else {
@@ -102,6 +104,7 @@ func Main() error {
 	if err != nil {
 		log.Errorf("%v", err)
 	}
+	steps.done("console+cmdline")
 	if flags.Probe {
 		// The host only needs proof that the guest ran userspace: print and go.
 		log.setOutput(nil)
@@ -117,6 +120,7 @@ func Main() error {
 	if err := loopbackUp(); err != nil {
 		log.Errorf("%v (STARTPOD tries again)", err)
 	}
+	steps.done("lo")
 	log.setDebug(flags.Debug)
 	tr := &tracer{on: flags.Trace}
 	setupLogrus(log, flags.Debug, tr)
@@ -132,13 +136,14 @@ func Main() error {
 	if a.execHelper != "" && !a.createEngine {
 		log.Infof("runv.create=libcontainer: containers are made by libcontainer's runc init")
 	}
-	a.run()
+	steps.done("log+helper")
+	a.run(steps)
 	return nil // unreachable: run powers off
 }
 
 // run finds the ports, starts the reaper and the stream mux, and serves the control port
-// forever.
-func (a *Agent) run() {
+// forever. steps are the boot's so far, logged once the first READY is out.
+func (a *Agent) run(steps *bootSteps) {
 	ctx := context.Background()
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
@@ -163,6 +168,7 @@ func (a *Agent) run() {
 	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"))
 	a.register()
 	a.log.Debugf("control port %s, stream port %s", paths[0], paths[1])
+	steps.done("ports")
 
 	for {
 		if err := ctl.waitConnected(); err != nil {
@@ -173,7 +179,13 @@ func (a *Agent) run() {
 			a.log.Errorf("send READY: %v", err)
 			continue
 		}
-		a.log.Debugf("READY sent")
+		if steps != nil {
+			steps.done("host+READY")
+			a.log.Infof("READY; boot steps: %s", steps)
+			steps = nil
+		} else {
+			a.log.Debugf("READY sent")
+		}
 		err := a.d.Serve(ctl)
 		switch {
 		case ctl.takeDisconnected():

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -406,6 +407,74 @@ func TestCloseStdinAfterTheInput(t *testing.T) {
 			}
 			if !tc.clientEnds && took < stdinDrainTimeout {
 				t.Errorf("CloseStdin cut an open input after %v, before %v", took, stdinDrainTimeout)
+			}
+		})
+	}
+}
+
+// stopRecordingVM is an idle VM that records how it was stopped.
+type stopRecordingVM struct {
+	idleVM
+	mu              sync.Mutex
+	shutdown, kills int
+}
+
+func (v *stopRecordingVM) Shutdown(context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.shutdown++
+	return nil
+}
+
+func (v *stopRecordingVM) Kill() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.kills++
+	return nil
+}
+
+type vmFactory struct{ vm hypervisor.VM }
+
+func (f vmFactory) GetVM(context.Context, factory.Request) (hypervisor.VM, error) { return f.vm, nil }
+func (vmFactory) Name() string                                                    { return "one VM" }
+func (vmFactory) Close() error                                                    { return nil }
+
+// Closing a pod ends its VM at once when the guest acknowledged DESTROYPOD (it stopped
+// everything and synced: its own power-off only costs time), and asks a guest that did not
+// to power off.
+func TestCloseStopsTheVM(t *testing.T) {
+	for _, tt := range []struct {
+		name                   string
+		destroyErr             error
+		wantShutdown, wantKill int
+	}{
+		{name: "guest destroyed the pod: QEMU is ended at once", wantKill: 1},
+		{name: "guest did not answer: it is asked to power off", destroyErr: fmt.Errorf("no answer: %w", errdefs.ErrUnavailable), wantShutdown: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newFakeAgent()
+			if tt.destroyErr != nil {
+				a.failNext(agentproto.MsgDestroyPod, tt.destroyErr)
+			}
+			vm := &stopRecordingVM{idleVM: idleVM{done: make(chan struct{})}}
+			s, err := New(context.Background(), Config{
+				PodID: "p", Dir: t.TempDir(), Factory: vmFactory{vm},
+				connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return a, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.waitReady(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if a.sent(agentproto.MsgDestroyPod) != 1 {
+				t.Errorf("DESTROYPOD sent %d times, want once", a.sent(agentproto.MsgDestroyPod))
+			}
+			if vm.shutdown != tt.wantShutdown || vm.kills != tt.wantKill {
+				t.Errorf("VM shut down %d and killed %d times, want %d and %d", vm.shutdown, vm.kills, tt.wantShutdown, tt.wantKill)
 			}
 		})
 	}

@@ -1,13 +1,18 @@
 // Command benchtool holds the measurements of bench/run.sh that a shell does badly:
 //
-//	benchtool bareboot -kernel K -initrd I [-machine M] [-n N]
+//	benchtool bareboot -kernel K -initrd I [-machine M] [-n N] [-params P] [-timeline]
 //	    boots QEMU bare with exactly runv's command line (hypervisor/qemu.CommandLine) and
 //	    the agent's probe mode: time from starting QEMU to RUNV-PROBE-OK on the console, and
 //	    to QEMU's exit (the agent powers off at once).
+//	    -params adds kernel parameters ("-P" drops runv's P); several -params are variants
+//	    booted in turn. -timeline prints the last run's console, line by line, with the host
+//	    time since QEMU started (guest printk times under-report under TCG).
 //	benchtool netfloor -initrd I -tap NAME -addr IP/LEN [-cpus N] [-queues Q] [-tcg OPTS] ...
 //	    boots the bare network floor of bench/network.sh (see netfloor.go).
-//	benchtool repeat [-n N] [-label L] [-pre SHELL-CMD] -- CMD [ARG...]
+//	benchtool repeat [-n N] [-label L]... [-pre SHELL-CMD] -- CMD [ARG...] [::: CMD2 [ARG...]]...
 //	    runs CMD once untimed, then N times timed; "{}" in an argument becomes a unique id.
+//	    Several commands (separated by :::) run in turn, run after run (an A/B comparison
+//	    under the same load), each with its own line; one -label per command.
 //	    -pre runs (untimed, with sh -c) before every run, e.g. to wait for a pool to refill.
 //	    A failing run aborts with its stderr: a broken setup never reports a fast time.
 //	benchtool pss -match STR
@@ -16,6 +21,8 @@
 //	benchtool cpu -match STR [-for DURATION]
 //	    the CPU time (user and system, all threads: /proc/PID/stat) the processes whose
 //	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
+//	benchtool cgmove [-n N]
+//	    the floor of moving a process into a pod's cgroup in every hierarchy (cgmove.go).
 //	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
 //	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
 //	    from containerd's debug log and the shim's lines in it (crilog.go).
@@ -26,6 +33,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -33,6 +41,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +54,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|crilog ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog ...")
 		os.Exit(2)
 	}
 	var err error
@@ -62,6 +71,8 @@ func main() {
 		err = cpu(os.Args[2:])
 	case "crilog":
 		err = crilog(os.Args[2:])
+	case "cgmove":
+		err = cgmove(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -102,39 +113,69 @@ func bareboot(args []string) error {
 	show := fs.Bool("print-cmdline", false, "print the QEMU command line first")
 	noNICs := fs.Bool("no-nics", false, "leave out the VM's network devices and q35's spare root ports for more (to measure what they cost)")
 	noPorts := fs.Bool("no-nic-ports", false, "leave out q35's spare PCIe root ports for hot-plugged NICs (to measure what they cost)")
+	var variants labels
+	fs.Var(&variants, "params", "kernel parameters to add, space-separated (loglevel=7 shows the boot: it overrides quiet); "+
+		"a word -P drops runv's parameter P. Given several times: one variant each, booted in turn")
+	timeline := fs.Bool("timeline", false, "print every console line of each variant's last run with the host milliseconds since QEMU started")
 	fs.Parse(args)
-
-	var toMarker, toExit, cpu []time.Duration
+	if len(variants) == 0 {
+		variants = labels{""}
+	}
+	type result struct {
+		toMarker, toExit, cpu []time.Duration
+		lines                 []consoleLine
+	}
+	res := make([]result, len(variants))
 	for i := 0; i <= *n; i++ {
-		m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts)
-		if err != nil {
-			return err
-		}
-		if i == 0 {
-			if *show {
-				fmt.Println("qemu command line:", cmdline)
+		for v, params := range variants {
+			r := &res[v]
+			m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts, strings.Fields(params), &r.lines)
+			if err != nil {
+				return err
 			}
-			continue // warm-up: page cache, accel verdict
+			if i == 0 {
+				if *show {
+					fmt.Println("qemu command line:", cmdline)
+				}
+				continue // warm-up: page cache, accel verdict
+			}
+			r.toMarker = append(r.toMarker, m)
+			r.toExit = append(r.toExit, e)
+			r.cpu = append(r.cpu, c)
 		}
-		toMarker = append(toMarker, m)
-		toExit = append(toExit, e)
-		cpu = append(cpu, c)
 	}
-	label := "bare qemu"
-	if *noNICs {
-		label += " (no NICs)"
-	} else if *noPorts {
-		label += " (no spare root ports)"
+	for v, r := range res {
+		label := "bare qemu"
+		if *noNICs {
+			label += " (no NICs)"
+		} else if *noPorts {
+			label += " (no spare root ports)"
+		}
+		if len(variants) > 1 {
+			label += " [" + cmp.Or(variants[v], "runv's parameters") + "]"
+		}
+		stats(label+": start -> "+qemu.ProbeMarker, r.toMarker)
+		stats(label+": start -> exit", r.toExit)
+		// What QEMU itself ran (user+system), less at the mercy of a loaded host than the above.
+		stats(label+": cpu time to exit", r.cpu)
+		if *timeline {
+			for _, l := range r.lines {
+				fmt.Printf("%8.1f  %s\n", float64(l.at)/1e6, l.text)
+			}
+		}
 	}
-	stats(label+": start -> "+qemu.ProbeMarker, toMarker)
-	stats(label+": start -> exit", toExit)
-	// What QEMU itself ran (user+system), less at the mercy of a loaded host than the above.
-	stats(label+": cpu time to exit", cpu)
 	return nil
 }
 
-// bootOnce boots one probe VM. Its console is a pipe, so the marker is an event.
-func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool) (marker, exit, cpu time.Duration, cmdline string, err error) {
+// consoleLine is a line of the guest console and when the host read it.
+type consoleLine struct {
+	at   time.Duration // since QEMU started
+	text string
+}
+
+// bootOnce boots one probe VM. Its console is a pipe, so the marker is an event. The
+// console's lines replace *lines.
+func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool, params []string, lines *[]consoleLine) (marker, exit, cpu time.Duration, cmdline string, err error) {
 	dir, err := os.MkdirTemp("", "rvbare")
 	if err != nil {
 		return 0, 0, 0, "", err
@@ -143,11 +184,12 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts
 	l := &qemu.Launcher{}
 	bin, args, err := l.CommandLine(context.Background(), hypervisor.Config{
 		ID: "bare", Dir: dir, ShareDir: dir, Kernel: kernel, Initrd: initrd,
-		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: []string{qemu.ProbeParam},
+		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: append([]string{qemu.ProbeParam}, adds(params)...),
 	}, true)
 	if err != nil {
 		return 0, 0, 0, "", err
 	}
+	args = withoutParams(args, drops(params))
 	if noNICs || noPorts {
 		args = withoutNICs(args, noNICs)
 	}
@@ -165,7 +207,9 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts
 		return 0, 0, 0, "", err
 	}
 	sc := bufio.NewScanner(out)
+	*lines = (*lines)[:0]
 	for sc.Scan() {
+		*lines = append(*lines, consoleLine{time.Since(start), sc.Text()})
 		if marker == 0 && strings.Contains(sc.Text(), qemu.ProbeMarker) {
 			marker = time.Since(start)
 		}
@@ -176,6 +220,36 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts
 		return 0, 0, 0, "", fmt.Errorf("no %s from %s (%v): %s", qemu.ProbeMarker, bin, werr, stderr.String())
 	}
 	return marker, exit, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), bin + " " + strings.Join(args, " "), nil
+}
+
+// adds are the parameters of a -params variant to add, drops (as "-P") those to take out.
+func adds(params []string) (out []string) {
+	for _, p := range params {
+		if !strings.HasPrefix(p, "-") {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func drops(params []string) (out []string) {
+	for _, p := range params {
+		if strings.HasPrefix(p, "-") {
+			out = append(out, p[1:])
+		}
+	}
+	return out
+}
+
+// withoutParams takes the kernel parameters drop out of a command line's -append.
+func withoutParams(args, drop []string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-append" {
+			out[i+1] = strings.Join(slices.DeleteFunc(strings.Fields(out[i+1]), func(p string) bool { return slices.Contains(drop, p) }), " ")
+		}
+	}
+	return out
 }
 
 // withoutNICs drops the spare root ports for hot-plugged NICs from a command line, and with
@@ -198,20 +272,41 @@ func withoutNICs(args []string, devices bool) []string {
 	return out
 }
 
+// labels is a repeatable -label flag.
+type labels []string
+
+func (l *labels) String() string     { return strings.Join(*l, ",") }
+func (l *labels) Set(v string) error { *l = append(*l, v); return nil }
+
+// commandSeparator separates the commands of one repeat, run in turn.
+const commandSeparator = ":::"
+
 func repeat(args []string) error {
 	fs := flag.NewFlagSet("repeat", flag.ExitOnError)
-	n := fs.Int("n", 10, "timed runs")
-	label := fs.String("label", "", "label")
+	n := fs.Int("n", 10, "timed runs (of each command)")
+	var names labels
+	fs.Var(&names, "label", "label (one per command, in order)")
 	pre := fs.String("pre", "", "shell command run untimed before every run")
 	fs.Parse(args)
-	argv := fs.Args()
-	if len(argv) == 0 {
-		return errors.New("repeat: no command")
+	var cmds [][]string
+	cur := []string{}
+	for _, a := range fs.Args() {
+		if a == commandSeparator {
+			cmds, cur = append(cmds, cur), []string{}
+			continue
+		}
+		cur = append(cur, a)
 	}
-	if *label == "" {
-		*label = strings.Join(argv, " ")
+	cmds = append(cmds, cur)
+	for i, c := range cmds {
+		if len(c) == 0 {
+			return fmt.Errorf("repeat: command %d is empty", i+1)
+		}
+		if i >= len(names) {
+			names = append(names, strings.Join(c, " "))
+		}
 	}
-	run := func(id string) (time.Duration, error) {
+	run := func(argv []string, id string) (time.Duration, error) {
 		if *pre != "" {
 			if out, err := exec.Command("sh", "-c", *pre).CombinedOutput(); err != nil {
 				return 0, fmt.Errorf("-pre %q: %v: %s", *pre, err, strings.TrimSpace(string(out)))
@@ -233,18 +328,25 @@ func repeat(args []string) error {
 		return d, nil
 	}
 	tag := strconv.Itoa(os.Getpid())
-	if _, err := run("w" + tag); err != nil {
-		return fmt.Errorf("%s: warm-up run failed: %w", *label, err)
-	}
-	var ds []time.Duration
-	for i := 1; i <= *n; i++ {
-		d, err := run(fmt.Sprintf("r%s-%d", tag, i))
-		if err != nil {
-			return fmt.Errorf("%s: run %d failed: %w", *label, i, err)
+	for c, argv := range cmds {
+		if _, err := run(argv, fmt.Sprintf("w%s-%d", tag, c)); err != nil {
+			return fmt.Errorf("%s: warm-up run failed: %w", names[c], err)
 		}
-		ds = append(ds, d)
 	}
-	stats(*label, ds)
+	// Round robin: the commands see the same machine, load included, run after run.
+	ds := make([][]time.Duration, len(cmds))
+	for i := 1; i <= *n; i++ {
+		for c, argv := range cmds {
+			d, err := run(argv, fmt.Sprintf("r%s-%d-%d", tag, c, i))
+			if err != nil {
+				return fmt.Errorf("%s: run %d failed: %w", names[c], i, err)
+			}
+			ds[c] = append(ds[c], d)
+		}
+	}
+	for c := range cmds {
+		stats(names[c], ds[c])
+	}
 	return nil
 }
 

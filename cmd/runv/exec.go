@@ -113,21 +113,21 @@ func execProcess(c *cli.Context) (int, error) {
 	if n := c.Int("preserve-fds"); n > 0 {
 		logging.G(c.Context).Warn("--preserve-fds ignored: descriptors cannot cross into the VM", "count", n)
 	}
-	rec, err := loadRecord(g.store, id)
-	if err != nil {
-		return 0, err
+	o := execOptions{
+		id: newExecID(), detach: c.Bool("detach"), consoleSocket: c.String("console-socket"), pidFile: c.String("pid-file"),
 	}
 	// The pod daemon refuses an exec into a stopped or paused container itself, so the
 	// container's status is asked for only once something failed: runc checks it first, and
 	// its words for a stopped or paused container come before any other error.
 	ignorePaused := c.Bool("ignore-paused")
-	p, err := execSpec(c, rec)
+	rec, p, err := prepareExec(c, g.store, id, o.id, !o.detach)
 	if err != nil {
+		if rec == nil {
+			return 0, err // no record to ask about (an unknown container)
+		}
 		return 0, execStatusOr(rec, ignorePaused, err)
 	}
-	x, err := startExec(c.Context, g, rec, p, execOptions{
-		detach: c.Bool("detach"), consoleSocket: c.String("console-socket"), pidFile: c.String("pid-file"),
-	})
+	x, err := startExec(c.Context, g, rec, p, o)
 	if err != nil {
 		return 0, execStatusOr(rec, ignorePaused, err)
 	}
@@ -170,6 +170,7 @@ func checkExecStatus(rec *state.Container, ignorePaused bool) error {
 }
 
 type execOptions struct {
+	id            string // the exec id (newExecID)
 	detach        bool
 	consoleSocket string
 	pidFile       string
@@ -198,6 +199,10 @@ func (x *execution) close() {
 func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.Process, o execOptions) (_ *execution, err error) {
 	var undo cleanups
 	defer undo.run(&err)
+	if !o.detach {
+		// prepareExec recorded this process as the stand-in.
+		undo.onFailure(func() { forgetExec(g.store, rec.ID, o.id) })
+	}
 	// Not the named result: the cleanups must see what was made, also once a return cleared it.
 	x := &execution{}
 	if x.term, err = prepareTerminal(p, o.detach, o.consoleSocket); err != nil {
@@ -208,20 +213,12 @@ func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.P
 		return nil, fmt.Errorf("container %q: %w", rec.ID, errExecStopped)
 	}
 	undo.onFailure(func() { x.pod.Close() })
-	execID := newExecID()
+	execID := o.id
 	x.ctx = logging.With(ctx, "container", rec.ID, "process", execID)
 	if !o.detach {
 		// Signals are caught from before the process exists, so none sent meanwhile is lost.
 		x.att = newAttachment(x.pod, rec.ID, execID)
 		undo.onFailure(x.att.Close)
-	}
-	if !o.detach {
-		// This process stands in for it: recorded before the process exists, so that whoever
-		// lists the container's processes once it runs finds its stand-in.
-		if err := recordExec(g.store, rec.ID, execID, state.Self()); err != nil {
-			return nil, err
-		}
-		undo.onFailure(func() { forgetExec(g.store, rec.ID, execID) })
 	}
 	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term, !o.detach); err != nil {
 		return nil, err
@@ -421,8 +418,34 @@ func validateProcess(p *specs.Process, where string) error {
 	return nil
 }
 
+// prepareExec reads the container's record, builds the process from it (execSpec) and,
+// for a foreground exec, records this process as its stand-in — before the process exists,
+// so that whoever lists the container's processes once it runs finds it — all under one
+// hold of the container's lock: the lock and the record's JSON are most of the CLI's own
+// share of an exec, so the record is read and written once. rec is nil when there is no
+// record to read.
+func prepareExec(c *cli.Context, store *state.Store, id, execID string, foreground bool) (rec *state.Container, p *specs.Process, err error) {
+	h, err := store.Lock(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer h.Unlock()
+	if rec, err = h.Load(); err != nil {
+		return nil, nil, err
+	}
+	if p, err = execSpec(c, rec); err != nil {
+		return rec, nil, err
+	}
+	if foreground {
+		if err := saveExec(h, rec, execID, state.Self()); err != nil {
+			return rec, nil, err
+		}
+	}
+	return rec, p, nil
+}
+
 // recordExec adds an exec'd process's host stand-in to the container's record (for ps,
-// and for delete to reap), dropping those that have exited.
+// and for delete to reap).
 func recordExec(store *state.Store, id, execID string, p state.Process) error {
 	h, err := store.Lock(id)
 	if err != nil {
@@ -433,6 +456,12 @@ func recordExec(store *state.Store, id, execID string, p state.Process) error {
 	if err != nil {
 		return err
 	}
+	return saveExec(h, rec, execID, p)
+}
+
+// saveExec adds p as the stand-in of execID to rec, dropping those that have exited, and
+// saves rec through h, which holds the container's lock.
+func saveExec(h *state.Handle, rec *state.Container, execID string, p state.Process) error {
 	for k, v := range rec.Exec {
 		if !v.Alive() {
 			delete(rec.Exec, k)

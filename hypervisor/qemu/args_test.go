@@ -33,7 +33,7 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-smp", "1",
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2596124 tsc=reliable",
+		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 tsc_early_khz=2596124 tsc=reliable noreplace-smp",
 		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
 		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
 		"-serial", "chardev:console",
@@ -130,19 +130,19 @@ func TestBuildArgs(t *testing.T) {
 		appendWant string
 	}{
 		{
-			name: "microvm under kvm: host cpu, no tsc_early_khz",
+			name: "microvm under kvm: host cpu, no tsc_early_khz, no noreplace-smp",
 			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelKVM, tscKHz: 2596124},
 			want: [][2]string{
 				{"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=kvm"},
 				{"-cpu", "host"},
 			},
-			appendWant: "console=ttyS0 quiet panic=-1",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0",
 		},
 		{
 			name:       "microvm under tcg without a known tsc: no tsc_early_khz",
 			spec:       spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
 			absent:     []string{"-cpu"},
-			appendWant: "console=ttyS0 quiet panic=-1",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 noreplace-smp",
 		},
 		{
 			name: "kernel params follow the runtime's own",
@@ -151,7 +151,7 @@ func TestBuildArgs(t *testing.T) {
 				c.KernelParams = []string{"runv.debug=1", "a=b"}
 				return c
 			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
-			appendWant: "console=ttyS0 quiet panic=-1 tsc_early_khz=1000 tsc=reliable runv.debug=1 a=b",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 tsc_early_khz=1000 tsc=reliable noreplace-smp runv.debug=1 a=b",
 		},
 		{
 			name: "q35 under tcg: pci devices, no mmio global, no tsc",
@@ -165,7 +165,7 @@ func TestBuildArgs(t *testing.T) {
 				{"-smp", "1"},
 			},
 			absent:     []string{"-global", "-cpu", "virtio-serial-device,id=vser0"},
-			appendWant: "console=ttyS0 quiet panic=-1",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 noreplace-smp",
 		},
 		{
 			name: "q35 with hot-plug room",
