@@ -21,6 +21,8 @@
 //	benchtool cpu -match STR [-for DURATION]
 //	    the CPU time (user and system, all threads: /proc/PID/stat) the processes whose
 //	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
+//	benchtool cgmove [-n N]
+//	    the floor of moving a process into a pod's cgroup in every hierarchy (cgmove.go).
 //	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
 //	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
 //	    from containerd's debug log and the shim's lines in it (crilog.go).
@@ -52,7 +54,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|crilog ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog ...")
 		os.Exit(2)
 	}
 	var err error
@@ -69,6 +71,8 @@ func main() {
 		err = cpu(os.Args[2:])
 	case "crilog":
 		err = crilog(os.Args[2:])
+	case "cgmove":
+		err = cgmove(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
