@@ -91,7 +91,7 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &podapi.CreateResponse{GuestPid: int64(pid)}, nil
+	return &podapi.CreateResponse{GuestPid: int64(pid), StandInWatched: standIn != nil}, nil
 }
 
 func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
@@ -124,7 +124,7 @@ func (g *server) Exec(ctx context.Context, r *podapi.ExecRequest) (*podapi.ExecR
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &podapi.ExecResponse{GuestPid: int64(pid)}, nil
+	return &podapi.ExecResponse{GuestPid: int64(pid), StandInWatched: standIn != nil}, nil
 }
 
 func (g *server) Signal(ctx context.Context, r *podapi.SignalRequest) (*podapi.Empty, error) {

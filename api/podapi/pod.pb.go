@@ -345,10 +345,14 @@ func (x *CreateRequest) GetSandbox() string {
 }
 
 type CreateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GuestPid      int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	GuestPid int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"`
+	// stand_in_watched: the daemon took the stand-in pidfd that came with the stdio
+	// (Stdio.has_stand_in) and watches it. A daemon of an older runv leaves it false: the
+	// client then hands the pidfd over with WatchStandIn.
+	StandInWatched bool `protobuf:"varint,2,opt,name=stand_in_watched,json=standInWatched,proto3" json:"stand_in_watched,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateResponse) Reset() {
@@ -386,6 +390,13 @@ func (x *CreateResponse) GetGuestPid() int64 {
 		return x.GuestPid
 	}
 	return 0
+}
+
+func (x *CreateResponse) GetStandInWatched() bool {
+	if x != nil {
+		return x.StandInWatched
+	}
+	return false
 }
 
 type NetworkRequest struct {
@@ -607,10 +618,11 @@ func (x *ExecRequest) GetConsole() *ConsoleSize {
 }
 
 type ExecResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GuestPid      int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	GuestPid       int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"`
+	StandInWatched bool                   `protobuf:"varint,2,opt,name=stand_in_watched,json=standInWatched,proto3" json:"stand_in_watched,omitempty"` // as CreateResponse's
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ExecResponse) Reset() {
@@ -648,6 +660,13 @@ func (x *ExecResponse) GetGuestPid() int64 {
 		return x.GuestPid
 	}
 	return 0
+}
+
+func (x *ExecResponse) GetStandInWatched() bool {
+	if x != nil {
+		return x.StandInWatched
+	}
+	return false
 }
 
 type SignalRequest struct {
@@ -1414,9 +1433,10 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\x04spec\x18\x03 \x01(\fR\x04spec\x12(\n" +
 	"\x05stdio\x18\x04 \x01(\v2\x12.runv.pod.v1.StdioR\x05stdio\x122\n" +
 	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\x12\x18\n" +
-	"\asandbox\x18\x06 \x01(\tR\asandbox\"-\n" +
+	"\asandbox\x18\x06 \x01(\tR\asandbox\"W\n" +
 	"\x0eCreateResponse\x12\x1b\n" +
-	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"&\n" +
+	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\x12(\n" +
+	"\x10stand_in_watched\x18\x02 \x01(\bR\x0estandInWatched\"&\n" +
 	"\x0eNetworkRequest\x12\x14\n" +
 	"\x05netns\x18\x01 \x01(\tR\x05netns\"\"\n" +
 	"\x10ContainerRequest\x12\x0e\n" +
@@ -1429,9 +1449,10 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\aprocess\x18\x02 \x01(\tR\aprocess\x12!\n" +
 	"\fprocess_spec\x18\x03 \x01(\fR\vprocessSpec\x12(\n" +
 	"\x05stdio\x18\x04 \x01(\v2\x12.runv.pod.v1.StdioR\x05stdio\x122\n" +
-	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\"+\n" +
+	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\"U\n" +
 	"\fExecResponse\x12\x1b\n" +
-	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\"c\n" +
+	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\x12(\n" +
+	"\x10stand_in_watched\x18\x02 \x01(\bR\x0estandInWatched\"c\n" +
 	"\rSignalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\tR\aprocess\x12\x16\n" +

@@ -205,6 +205,10 @@ func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbo
 	rec.Created = time.Now().UTC()
 	logging.G(ctx).Debug("container created", "container", rec.ID, "pod", rec.Pod, "guest_pid", resp.GuestPid)
 	undo.onFailure(func() { discardContainer(pod, rec.ID) })
+	if foreground && !resp.StandInWatched {
+		// A pod daemon of an older runv (started before an upgrade) ignored the pidfd.
+		return pod.watchStandIn(ctx, rec.ID, "", os.Getpid())
+	}
 	return nil
 }
 

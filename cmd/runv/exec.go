@@ -262,8 +262,16 @@ func execInPod(ctx context.Context, pod *podConn, id, execID string, p *specs.Pr
 	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if _, err := pod.api.Exec(rctx, &podapi.ExecRequest{Id: id, Process: execID, ProcessSpec: spec, Stdio: stdio, Console: term.size()}); err != nil {
+	resp, err := pod.api.Exec(rctx, &podapi.ExecRequest{Id: id, Process: execID, ProcessSpec: spec, Stdio: stdio, Console: term.size()})
+	if err != nil {
 		return fmt.Errorf("exec in container %q: %w", id, rpcErr(err))
+	}
+	if foreground && !resp.StandInWatched {
+		// A pod daemon of an older runv (started before an upgrade) ignored the pidfd.
+		if err := pod.watchStandIn(ctx, id, execID, os.Getpid()); err != nil {
+			pod.api.Signal(rctx, &podapi.SignalRequest{Id: id, Process: execID, Signal: int32(unix.SIGKILL)})
+			return err
+		}
 	}
 	return nil
 }

@@ -38,8 +38,22 @@ func stateOf(t *testing.T, stateRoot, id string) ociState {
 // deadline.
 func waitStatus(t *testing.T, stateRoot, id, want string) ociState {
 	t.Helper()
+	return waitStatusWhile(t, stateRoot, id, want, nil)
+}
+
+// waitStatusWhile is waitStatus while the runv invocation fg (nil: none) runs: its end
+// fails the test at once with its own output, which says why the state never came.
+func waitStatusWhile(t *testing.T, stateRoot, id, want string, fg *background) ociState {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		if fg != nil {
+			select {
+			case r := <-fg.done:
+				t.Fatalf("runv exited before container %s was %s: %s", id, want, r)
+			default:
+			}
+		}
 		r := runvIn(t, stateRoot, nil, "state", id)
 		var st ociState
 		if r.code == 0 {

@@ -113,7 +113,7 @@ func TestStandInDeathStopsTheContainer(t *testing.T) {
 		}},
 		{"foreground runv run", func(t *testing.T, stateRoot, id, b string) int {
 			fg := startRunv(t, stateRoot, nil, "run", "--bundle", b, id)
-			waitStatus(t, stateRoot, id, "running")
+			waitStatusWhile(t, stateRoot, id, "running", fg)
 			pid := fg.cmd.Process.Pid
 			if st := stateOf(t, stateRoot, id); st.Pid != pid {
 				t.Fatalf("state of a foreground run says pid %d, runv run is %d", st.Pid, pid)
