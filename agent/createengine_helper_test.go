@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,5 +250,62 @@ func TestCreateHelperExecFailsAfterStart(t *testing.T) {
 	}
 	if st.ExitCode() != 255 || string(stderr) != "exec /bin/garbage: exec format error\n" {
 		t.Errorf("exit %d, stderr %q; want 255 and libcontainer's words", st.ExitCode(), stderr)
+	}
+}
+
+// TestCreateHelperCreatedInitEndsOnTERM: `kill TERM` of a created container ends it, as it
+// ends libcontainer's (a Go program): the init of its own PID namespace exits 2 (the kernel
+// spares it the default action), one in a shared PID namespace dies of the signal.
+func TestCreateHelperCreatedInitEndsOnTERM(t *testing.T) {
+	helper := buildExecHelper(t)
+	for _, tc := range []struct {
+		name       string
+		namespaces configs.Namespaces
+		exit       int
+		signal     syscall.Signal
+	}{
+		{"own PID namespace", configs.Namespaces{{Type: configs.NEWNS}, {Type: configs.NEWPID}}, 2, 0},
+		{"shared PID namespace", configs.Namespaces{{Type: configs.NEWNS}}, -1, syscall.SIGTERM},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rootfs := busyboxRootfs(t, t.TempDir())
+			cfg := &configs.Config{Rootfs: rootfs, Namespaces: tc.namespaces,
+				Mounts: []*configs.Mount{{Source: "proc", Destination: "/proc", Device: "proc"}}}
+			req := &execRequest{args: []string{"/bin/sh", "-c", "true"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1,
+				create: newCreateRequest(cfg, "")}
+			req.create.setupDev = false
+			proc, _, _, err := createInit(t, helper, req, [3]*os.File{}, nil)
+			if err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			if err := proc.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			type waited struct {
+				st  *os.ProcessState
+				err error
+			}
+			done := make(chan waited, 1)
+			go func() {
+				st, err := proc.Wait()
+				done <- waited{st, err}
+			}()
+			var st *os.ProcessState
+			select {
+			case w := <-done:
+				if w.err != nil {
+					t.Fatal(w.err)
+				}
+				st = w.st
+			case <-time.After(10 * time.Second):
+				proc.Kill()
+				<-done
+				t.Fatal("the created init ignored SIGTERM (still there 10 s later)")
+			}
+			ws := st.Sys().(syscall.WaitStatus)
+			if st.ExitCode() != tc.exit || (tc.signal != 0 && ws.Signal() != tc.signal) {
+				t.Errorf("the created init ended with %v; want exit %d, signal %v", st, tc.exit, tc.signal)
+			}
+		})
 	}
 }

@@ -48,16 +48,22 @@ func sealExecHelper() (string, error) {
 }
 
 // useExecHelper tells whether the exec helper starts lp in c (fastExecFallback decides).
-func (a *Agent) useExecHelper(c *container, lp *libcontainer.Process) bool {
+// A container the create engine made has no libcontainer state to exec through: an exec
+// the helper does not do is refused there, naming why.
+func (a *Agent) useExecHelper(c *container, lp *libcontainer.Process) (bool, error) {
 	if a.execHelper == "" {
-		return false
+		return false, nil
 	}
 	cfg := c.lc.Config()
-	if reason := fastExecFallback(&cfg, lp); reason != "" {
-		c.log.Debugf("exec through libcontainer's runc init: the helper does not do %s", reason)
-		return false
+	reason := fastExecFallback(&cfg, lp)
+	if reason == "" {
+		return true, nil
 	}
-	return true
+	if _, engine := c.lc.(*engineContainer); engine {
+		return false, errorf(agentproto.KindInvalid, "container %q: the exec helper, which runs every exec of a container the create engine made, does not do %s", c.id, reason)
+	}
+	c.log.Debugf("exec through libcontainer's runc init: the helper does not do %s", reason)
+	return false, nil
 }
 
 // fastExecState is what a container's execs through the helper share: computed at the

@@ -37,7 +37,7 @@ func (a *Agent) setupNetwork(ctx context.Context, req *Request) (any, error) {
 // warmupNetwork runs SETUPNETWORK's path once in a VM that has no pod yet (WARMUP), with
 // a throwaway configuration on the NIC of slot 0 like a CRI pod's (documentation
 // addresses, RFC 5737 and 3849; a default route), then takes it back: the NIC ends down,
-// without addresses or routes, with its slot's MAC. Under TCG a pod's SETUPNETWORK
+// without addresses or routes, with its slot's MAC, named eth0 (the other NICs runvnicN). Under TCG a pod's SETUPNETWORK
 // otherwise pays QEMU's translation of the netlink, rtnetlink and virtio-net code it runs
 // first (most of its ~70 ms of guest time, docs/performance.md). The VM's taps are
 // connected to nothing before a pod's network is mirrored: what the NIC sends goes
@@ -56,11 +56,13 @@ func warmupNetwork() error {
 			Addresses: []string{"192.0.2.2/24", "2001:db8::2/64"}}},
 		Routes: []agentproto.Route{{Family: 4, Gateway: "192.0.2.1", Device: name}},
 	})
-	// Taken back also when it failed half-way.
+	// Taken back also when it failed half-way. The NIC keeps the name eth0, which a pod's
+	// first interface mostly has (CRI, docker): its SETUPNETWORK then renames nothing (a
+	// rename waits for an RCU grace period in the guest kernel: 10-20 ms under TCG).
 	err = errors.Join(err, applyNetwork(agentproto.Network{}))
 	if slots, lerr := nicSlots(); lerr == nil {
 		mac, _ := net.ParseMAC(agentproto.NICSlotMAC(0))
-		err = errors.Join(err, netlink.LinkSetHardwareAddr(slots[0], mac))
+		err = errors.Join(err, netlink.LinkSetHardwareAddr(slots[0], mac), netlink.LinkSetName(slots[0], name))
 	}
 	if err != nil {
 		return fmt.Errorf("network warm-up: %w", err)

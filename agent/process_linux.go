@@ -65,7 +65,12 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	if rows != 0 && cols != 0 {
 		lp.ConsoleHeight, lp.ConsoleWidth = rows, cols
 	}
-	fast := !init && a.useExecHelper(c, lp)
+	fast := false
+	if !init {
+		if fast, err = a.useExecHelper(c, lp); err != nil {
+			return nil, err
+		}
+	}
 	_, engineInit := c.lc.(*engineContainer)
 	engineInit = engineInit && init
 	// Without rlimits of its own the process gets the container's (libcontainer's rule).

@@ -352,6 +352,8 @@ func (s *Supervisor) Close(ctx context.Context) error {
 	s.closingMu.Do(func() { close(s.closing) })
 	s.closeOnce.Do(func() {
 		<-s.ready
+		start := time.Now()
+		var destroyDur, vmDur time.Duration
 		destroyed := false
 		if s.agent != nil {
 			// The agent ACKs DESTROYPOD once everything in the guest stopped, the share is
@@ -364,11 +366,14 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			cancel()
 			s.agent.Close()
 			destroyed = err == nil
+			destroyDur = time.Since(start)
 		}
 		if s.vm != nil {
+			step := time.Now()
 			if err := s.stopVM(ctx, destroyed); err != nil {
 				errs = append(errs, fmt.Errorf("stop VM: %w", err))
 			}
+			vmDur = time.Since(step)
 		}
 		s.mu.Lock()
 		for _, c := range s.containers {
@@ -383,6 +388,7 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		s.events.close()
+		logging.G(ctx).Debug("pod stopped", "destroy_in_guest", destroyDur, "stop_vm", vmDur, "duration", time.Since(start))
 	})
 	return errors.Join(errs...)
 }

@@ -23,6 +23,9 @@
 //	    command line contains STR use during DURATION (default 30s), in millicores, by kind.
 //	benchtool cgmove [-n N]
 //	    the floor of moving a process into a pod's cgroup in every hierarchy (cgmove.go).
+//	benchtool podrtt -dir POD-DIR [-n N]
+//	    a running pod daemon's host round trips: dial and first call, a call on an open
+//	    connection, a descriptor hand-over on stdio.sock (podrtt.go).
 //	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
 //	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
 //	    from containerd's debug log and the shim's lines in it (crilog.go).
@@ -54,7 +57,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog|podrtt ...")
 		os.Exit(2)
 	}
 	var err error
@@ -73,6 +76,8 @@ func main() {
 		err = crilog(os.Args[2:])
 	case "cgmove":
 		err = cgmove(os.Args[2:])
+	case "podrtt":
+		err = podrtt(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

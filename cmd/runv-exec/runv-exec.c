@@ -1268,6 +1268,35 @@ static void join_keyring(struct request *r)
 		fail("set the session keyring's permissions", errno);
 }
 
+/* die_like_go ends the init on a signal as libcontainer's (a Go program) ends: the signal
+ * with its default action, and when that does not end it (the init of a PID namespace is
+ * spared any signal it has no handler for) exit status 2. */
+static void die_like_go(int sig)
+{
+	sigset_t set;
+	signal(sig, SIG_DFL);
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	raise(sig);
+	_exit(2);
+}
+
+/* catch_fatal_signals gives the init, until its execve resets them, the handlers the Go
+ * runtime of libcontainer's init has: `kill TERM` of a created container ends it, also when
+ * it is the init of its PID namespace. */
+static void catch_fatal_signals(void)
+{
+	static const int sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM,
+				   SIGSTKFLT, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPWR};
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = die_like_go;
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		if (sigaction(sigs[i], &sa, NULL) < 0)
+			fail("sigaction", errno);
+}
+
 /* wait_start reports the container created and waits for STARTCONTAINER: one byte on the
  * start descriptor. EOF means the container was destroyed before it started. */
 static void wait_start(struct request *r)
@@ -1288,6 +1317,8 @@ static void wait_start(struct request *r)
 static void __attribute__((noreturn)) child(struct request *r)
 {
 	step(r, "init: in its namespaces");
+	if (r->create)
+		catch_fatal_signals();
 	if (setsid() < 0)
 		fail("setsid", errno);
 	join_keyring(r);
