@@ -70,6 +70,11 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// PodID names the pod in errors and logs.
 	PodID string
+	// SlowAfter and OnSlow: a command the agent has not answered after SlowAfter is
+	// reported to OnSlow (with how long it has waited), again every SlowAfter, and its late
+	// answer logged through Logf. Zero or nil: not watched.
+	SlowAfter time.Duration
+	OnSlow    func(t agentproto.MsgType, waited time.Duration)
 }
 
 // Client speaks to one pod's guest agent. Its methods are safe for concurrent use.
@@ -277,29 +282,45 @@ func (c *Client) Call(ctx context.Context, t agentproto.MsgType, payload any, re
 	c.mu.Unlock()
 	c.signal()
 
-	select {
-	case r := <-cl.reply:
-		return c.finishCall(cl, r, reply)
-	case <-c.done:
-		return fmt.Errorf("%s: %w", t, c.Err())
-	case <-ctx.Done():
-		c.mu.Lock()
+	sent := time.Now()
+	var slow <-chan time.Time
+	if c.opts.SlowAfter > 0 && c.opts.OnSlow != nil {
+		ticker := time.NewTicker(c.opts.SlowAfter)
+		defer ticker.Stop()
+		slow = ticker.C
+	}
+	reported := false
+	for {
 		select {
-		case r := <-cl.reply: // answered while we were giving up
-			c.mu.Unlock()
-			return c.finishCall(cl, r, reply)
-		default:
-		}
-		cl.abandoned = true
-		if !cl.written {
-			// The guest never saw it: forget the id, the writer skips the frame.
-			delete(c.pending, cl.id)
-			if cl.proc != nil {
-				c.resolveLocked(cl.proc, fmt.Errorf("%s not sent: %w", t, ctx.Err()))
+		case <-slow:
+			reported = true
+			c.opts.OnSlow(t, time.Since(sent))
+		case r := <-cl.reply:
+			if reported {
+				c.opts.Logf("pod %s: the agent answered %s after %s", c.opts.PodID, t, time.Since(sent).Round(time.Millisecond))
 			}
+			return c.finishCall(cl, r, reply)
+		case <-c.done:
+			return fmt.Errorf("%s: %w", t, c.Err())
+		case <-ctx.Done():
+			c.mu.Lock()
+			select {
+			case r := <-cl.reply: // answered while we were giving up
+				c.mu.Unlock()
+				return c.finishCall(cl, r, reply)
+			default:
+			}
+			cl.abandoned = true
+			if !cl.written {
+				// The guest never saw it: forget the id, the writer skips the frame.
+				delete(c.pending, cl.id)
+				if cl.proc != nil {
+					c.resolveLocked(cl.proc, fmt.Errorf("%s not sent: %w", t, ctx.Err()))
+				}
+			}
+			c.mu.Unlock()
+			return fmt.Errorf("pod %s: %s: %w", c.opts.PodID, t, ctx.Err())
 		}
-		c.mu.Unlock()
-		return fmt.Errorf("pod %s: %s: %w", c.opts.PodID, t, ctx.Err())
 	}
 }
 

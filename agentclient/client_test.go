@@ -35,10 +35,15 @@ type fakeGuest struct {
 
 func newPair(t *testing.T) (*Client, *fakeGuest) {
 	t.Helper()
+	return newPairWith(t, Options{Logf: t.Logf, PodID: "pod1"})
+}
+
+func newPairWith(t *testing.T, opts Options) (*Client, *fakeGuest) {
+	t.Helper()
 	leakcheck.Goroutines(t)
 	ctlH, ctlG := net.Pipe()
 	stH, stG := net.Pipe()
-	c := New(&hypervisor.Channels{Control: ctlH, Stream: stH}, Options{Logf: t.Logf, PodID: "pod1"})
+	c := New(&hypervisor.Channels{Control: ctlH, Stream: stH}, opts)
 	g := &fakeGuest{t: t, ctl: ctlG, mux: agentproto.NewMux(stG, t.Logf), frames: make(chan agentproto.ControlFrame, 256)}
 	go func() {
 		defer close(g.frames)
@@ -379,6 +384,63 @@ func TestCallContextAbandon(t *testing.T) {
 	}
 	if c.Err() != nil {
 		t.Fatal(c.Err())
+	}
+}
+
+// A command the agent is slow to answer is reported while it waits, again every SlowAfter,
+// and its late answer is logged; one answered in time is not reported.
+func TestSlowCallIsReported(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		slowAfter time.Duration
+		reports   int // reports to wait for before the guest answers
+	}{
+		{"answered late", 20 * time.Millisecond, 2},
+		{"answered in time", testTimeout, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type report struct {
+				typ    agentproto.MsgType
+				waited time.Duration
+			}
+			reports := make(chan report, 64)
+			var logs testbuf.Buffer
+			c, g := newPairWith(t, Options{
+				PodID: "pod1", SlowAfter: tc.slowAfter,
+				Logf: func(format string, args ...any) { fmt.Fprintf(&logs, format+"\n", args...) },
+				OnSlow: func(typ agentproto.MsgType, waited time.Duration) {
+					select {
+					case reports <- report{typ, waited}:
+					default:
+					}
+				},
+			})
+			done := callAsync(c, context.Background(), agentproto.MsgPing, nil, nil)
+			f := g.expect(agentproto.MsgPing)
+			var last time.Duration
+			for i := 0; i < tc.reports; i++ {
+				select {
+				case r := <-reports:
+					if r.typ != agentproto.MsgPing || r.waited <= last {
+						t.Fatalf("report %d: %s after %s (the one before: %s)", i, r.typ, r.waited, last)
+					}
+					last = r.waited
+				case <-time.After(testTimeout):
+					t.Fatalf("no report %d of the unanswered PING", i)
+				}
+			}
+			g.ack(f.ID, nil)
+			if err := wait(t, done, "ping"); err != nil {
+				t.Fatal(err)
+			}
+			answered := strings.Contains(logs.String(), "pod pod1: the agent answered PING after")
+			if late := tc.reports > 0; answered != late {
+				t.Errorf("late answer logged = %v, want %v; log: %q", answered, late, logs.String())
+			}
+			if tc.reports == 0 && len(reports) != 0 {
+				t.Errorf("a command answered in time was reported %d times", len(reports))
+			}
+		})
 	}
 }
 

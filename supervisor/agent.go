@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/api/agentproto"
@@ -11,6 +12,11 @@ import (
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
 )
+
+// slowCallAfter is how long a command may wait for the guest agent's answer before the
+// daemon logs it at warning with what the VM shows (vmSnapshot). Commands answer in
+// milliseconds to a few seconds on a loaded host.
+const slowCallAfter = 15 * time.Second
 
 // agentAdapter fits *agentclient.Client to guestAgent.
 type agentAdapter struct{ *agentclient.Client }
@@ -39,6 +45,13 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter fun
 	c := agentclient.New(ch, agentclient.Options{
 		PodID: podID,
 		Logf:  func(format string, args ...any) { log.Log(ctx, slog.LevelWarn, fmt.Sprintf(format, args...)) },
+		// Every command, not only the boot's: the stall of docs/reliability.md ("A boot
+		// whose agent answers late") also hit the pod's later requests.
+		SlowAfter: slowCallAfter,
+		OnSlow: func(t agentproto.MsgType, waited time.Duration) {
+			log.Warn("the guest agent has not answered yet", append([]any{"command", t.String(),
+				"waited", waited.Round(time.Millisecond)}, vmSnapshot(context.WithoutCancel(ctx), vm)...)...)
+		},
 	})
 	if !vm.Restored() {
 		enter("waiting for the agent's READY")

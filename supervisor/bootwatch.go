@@ -102,8 +102,21 @@ func (w *bootWatch) warn(ctx context.Context) {
 	w.mu.Lock()
 	step, stepAt := w.step, w.stepAt
 	w.mu.Unlock()
+	logging.G(ctx).Warn("boot: the guest agent has not answered yet", append([]any{"step", step,
+		"step_waited", time.Since(stepAt).Round(time.Millisecond), "boot_so_far", time.Since(w.start).Round(time.Millisecond)},
+		vmSnapshot(ctx, w.vm)...)...)
+	w.mu.Lock()
+	if w.step == step {
+		w.warnedOn = step
+	}
+	w.mu.Unlock()
+}
+
+// vmSnapshot is what a late agent's VM shows, as log attributes: its pid, QEMU's run state
+// (asking for it also runs QEMU's main loop once) and the console's last lines.
+func vmSnapshot(ctx context.Context, vm hypervisor.VM) []any {
 	state := "unknown (the VM has no monitor)"
-	if rs, ok := runStaterOf(w.vm); ok {
+	if rs, ok := runStaterOf(vm); ok {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		st, err := rs.RunState(qctx)
 		cancel()
@@ -113,14 +126,7 @@ func (w *bootWatch) warn(ctx context.Context) {
 			state = st
 		}
 	}
-	logging.G(ctx).Warn("boot: the guest agent has not answered yet", "step", step,
-		"step_waited", time.Since(stepAt).Round(time.Millisecond), "boot_so_far", time.Since(w.start).Round(time.Millisecond),
-		"vm_pid", w.vm.Pid(), "vm_state", state, "console_tail", consoleTail(w.vm.ConsoleLog(), 3))
-	w.mu.Lock()
-	if w.step == step {
-		w.warnedOn = step
-	}
-	w.mu.Unlock()
+	return []any{"vm_pid", vm.Pid(), "vm_state", state, "console_tail", consoleTail(vm.ConsoleLog(), 3)}
 }
 
 // stop ends the watch; a step warned about is logged as ended.
