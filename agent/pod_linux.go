@@ -160,13 +160,8 @@ func (a *Agent) mountShareLocked(tag string) error {
 		return fmt.Errorf("mount 9p share %q on %s: %w", tag, agentproto.SharePath, err)
 	}
 	a.shareMounted = tag
-	// The share's root is the host's pod share directory, private there (0700). A container
-	// in a user namespace prepares its root as its own (mapped) root user, who must be able
-	// to reach <share>/<id>/rootfs: let anyone traverse the share's root, not list it (the
-	// pod directory above it on the host stays private).
-	if err := os.Chmod(agentproto.SharePath, 0o711); err != nil {
-		a.log.Errorf("chmod %s: %v", agentproto.SharePath, err)
-	}
+	// The share's root is 0711 (the host sets it before QEMU starts): a container in a user
+	// namespace, whose mapped root prepares its rootfs, can traverse it.
 	return nil
 }
 

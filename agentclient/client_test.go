@@ -18,6 +18,7 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/leakcheck"
+	"github.com/runv-project/runv/internal/testbuf"
 )
 
 const testTimeout = 20 * time.Second
@@ -441,24 +442,6 @@ func (g *fakeGuest) sync(c *Client) {
 	}
 }
 
-// lockedBuffer collects output read by a consumer goroutine.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestExitReportedOnlyAfterOutputEOF(t *testing.T) {
 	for _, terminal := range []bool{false, true} {
 		t.Run(fmt.Sprintf("terminal=%v", terminal), func(t *testing.T) {
@@ -469,7 +452,7 @@ func TestExitReportedOnlyAfterOutputEOF(t *testing.T) {
 			if (stderr == nil) != terminal {
 				t.Fatalf("stderr = %v for terminal=%v", stderr, terminal)
 			}
-			var out, errOut lockedBuffer
+			var out, errOut testbuf.Buffer
 			copied := make(chan error, 2)
 			go func() { _, err := io.Copy(&out, stdout); copied <- err }()
 			if stderr != nil {

@@ -29,7 +29,8 @@ func (a agentAdapter) DialPort(ctx context.Context, port uint16) (network.GuestC
 
 // connectAgent connects to the VM's agent and checks it speaks our protocol. A cold-booted
 // guest announces itself with READY first; a restored one is already up and does not.
-func connectAgent(ctx context.Context, vm hypervisor.VM, podID string) (guestAgent, error) {
+// enter is told each step it waits in.
+func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter func(step string)) (guestAgent, error) {
 	ch, err := vm.Channels(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the guest agent: %w", err)
@@ -40,11 +41,13 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string) (guestAge
 		Logf:  func(format string, args ...any) { log.Log(ctx, slog.LevelWarn, fmt.Sprintf(format, args...)) },
 	})
 	if !vm.Restored() {
+		enter("waiting for the agent's READY")
 		if err := c.WaitReady(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)
 		}
 	}
+	enter("version handshake (GETVERSION)")
 	if _, err := c.Handshake(ctx); err != nil {
 		c.Close()
 		return nil, err

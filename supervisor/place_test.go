@@ -34,7 +34,9 @@ func TestPlaceVMBeforeReady(t *testing.T) {
 			release := make(chan struct{})
 			s, err := New(context.Background(), Config{
 				PodID: "p", Dir: t.TempDir(), Factory: pidFactory{},
-				connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return newFakeAgent(), nil },
+				connect: func(context.Context, hypervisor.VM, string, func(string)) (guestAgent, error) {
+					return newFakeAgent(), nil
+				},
 				PlaceVM: func(pid int) error {
 					placing <- pid
 					<-release

@@ -60,6 +60,9 @@ type Config struct {
 	SizeFromSpec bool
 	// BootTimeout bounds VM start until the agent answered.
 	BootTimeout time.Duration
+	// SlowBootAfter is how long a boot waits for the agent before the daemon logs, at
+	// warning, the step it waits in and what the VM shows (bootwatch.go). Zero: 15 s.
+	SlowBootAfter time.Duration
 	// PlaceVM, if set, puts the VM's process where the pod is accounted (the shim: the
 	// pod's host cgroup). It runs once the factory handed the VM over, beside the agent's
 	// connection and STARTPOD, and the pod is ready only after it returned; an error is
@@ -67,7 +70,7 @@ type Config struct {
 	PlaceVM func(pid int) error
 
 	// connect reaches the VM's agent: connectAgent, or a fake agent in unit tests.
-	connect func(ctx context.Context, vm hypervisor.VM, podID string) (guestAgent, error)
+	connect func(ctx context.Context, vm hypervisor.VM, podID string, enter func(step string)) (guestAgent, error)
 }
 
 // Supervisor runs one pod.
@@ -110,6 +113,9 @@ type Supervisor struct {
 func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
+	}
+	if cfg.SlowBootAfter == 0 {
+		cfg.SlowBootAfter = defaultSlowBootAfter
 	}
 	if cfg.connect == nil {
 		cfg.connect = connectAgent
@@ -197,10 +203,15 @@ func (s *Supervisor) boot(ctx context.Context) {
 		"cpus", req.CPUs, "memory_mib", req.MemoryMiB, "restored", vm.Restored(), "grown", vm.Grown())
 	placed := s.placeVM(ctx, vm.Pid())
 	defer func() { <-placed }() // also on failure: before ready is closed
+	watch := newBootWatch(vm, s.cfg.SlowBootAfter)
+	go watch.run(ctx)
+	defer watch.stop(ctx)
 	step := time.Now()
-	agent, err := s.cfg.connect(ctx, vm, s.cfg.PodID)
+	watch.enter(ctx, "connecting to the agent's channels")
+	agent, err := s.cfg.connect(ctx, vm, s.cfg.PodID, func(step string) { watch.enter(ctx, step) })
 	if err == nil {
 		log.Debug("boot: agent connected", "duration", time.Since(step))
+		watch.enter(ctx, "STARTPOD")
 		step = time.Now()
 		entropy := make([]byte, 64)
 		rand.Read(entropy)
@@ -220,6 +231,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 	}
 	if err == nil && vm.Grown() {
 		// Hot-plugged CPUs stay offline until the guest onlines them.
+		watch.enter(ctx, "ONLINECPUMEM")
 		step = time.Now()
 		var got agentproto.OnlineCPUMemResult
 		err = agent.Call(ctx, agentproto.MsgOnlineCPUMem, agentproto.OnlineCPUMem{CPUs: req.CPUs, MemoryMiB: req.MemoryMiB}, &got)

@@ -217,7 +217,7 @@ func newFakePod(t *testing.T) (*Supervisor, *fakeAgent) {
 	a := newFakeAgent()
 	s, err := New(context.Background(), Config{
 		PodID: "p", Dir: t.TempDir(), Factory: idleFactory{},
-		connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return a, nil },
+		connect: func(context.Context, hypervisor.VM, string, func(string)) (guestAgent, error) { return a, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +459,7 @@ func TestCloseStopsTheVM(t *testing.T) {
 			vm := &stopRecordingVM{idleVM: idleVM{done: make(chan struct{})}}
 			s, err := New(context.Background(), Config{
 				PodID: "p", Dir: t.TempDir(), Factory: vmFactory{vm},
-				connect: func(context.Context, hypervisor.VM, string) (guestAgent, error) { return a, nil },
+				connect: func(context.Context, hypervisor.VM, string, func(string)) (guestAgent, error) { return a, nil },
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -309,7 +309,7 @@ func execDetached(x *execution, g *globals, rec *state.Container, execID string)
 }
 
 // execForeground makes this process the foreground process's stand-in (its pid is the one
-// a client may signal, recorded by startExec, and the daemon watches since the Exec call),
+// a client may signal, recorded by prepareExec, and the daemon watches since the Exec call),
 // with the user's terminal attached.
 func execForeground(x *execution, g *globals, rec *state.Container, execID string) (int, error) {
 	x.term.closeSlave()

@@ -3,7 +3,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io/fs"
@@ -12,13 +11,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu/qemutest"
+	"github.com/runv-project/runv/internal/testbuf"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -186,7 +185,7 @@ func TestMicroVMIsNotHotpluggable(t *testing.T) {
 func TestLaunchLogsSteps(t *testing.T) {
 	t.Parallel()
 	cfg := vmConfig(t)
-	var buf syncBuffer
+	var buf testbuf.Buffer
 	ctx := logging.WithLogger(context.Background(), slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -202,24 +201,6 @@ func TestLaunchLogsSteps(t *testing.T) {
 		}
 	}
 	t.Logf("log:\n%s", out)
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Launch failures are quick, say what to do, and leave no process and no socket.

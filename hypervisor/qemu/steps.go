@@ -15,6 +15,9 @@ import (
 	"github.com/runv-project/runv/internal/sockets"
 )
 
+// shareDirMode is the mode of a VM's share directory (see startProcess).
+const shareDirMode = 0o711
+
 // step is one named stage of a launch.
 type step struct {
 	name string
@@ -99,6 +102,14 @@ func (ln *launch) buildArgs(context.Context) error {
 }
 
 func (ln *launch) startProcess(context.Context) error {
+	// The share's root is exported to the guest as the root of its 9p share. A container in
+	// a user namespace prepares its root as its own (mapped) root user, who must be able to
+	// reach <share>/<id>/rootfs: anyone may traverse the share's root, not list it (the
+	// directory above it stays private). Done here rather than by the guest over 9p, which
+	// cost every pod's start a 9p round trip, in a clone a path run for the first time.
+	if err := os.Chmod(ln.cfg.ShareDir, shareDirMode); err != nil {
+		return fmt.Errorf("share directory: %w", err)
+	}
 	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log, restored: ln.incoming}
 	// Sockets left by a QEMU that was killed before it could clean up would make us talk
 	// to nobody (or wait for a dead socket) until the new QEMU replaced them.

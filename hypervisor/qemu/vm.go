@@ -163,3 +163,13 @@ func (v *vm) Kill() error {
 	v.proc.killAndWait()
 	return nil
 }
+
+// RunState is QEMU's run state ("running", "paused", ...) from query-status. QEMU answers
+// from its main loop: a VM that answers has a live main loop.
+func (v *vm) RunState(ctx context.Context) (string, error) {
+	var st status
+	if err := v.qmp(ctx, "query-status", nil, &st); err != nil {
+		return "", fmt.Errorf("vm %s: %w", v.cfg.ID, err)
+	}
+	return st.Status, nil
+}
