@@ -310,11 +310,14 @@ func makeMountPoint(p string, dir bool) error {
 		}
 		return nil
 	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
+	// mknod, not an open for writing: while a descriptor open for writing exists, the
+	// root cannot be remounted read-only (EBUSY), and a fork by any other thread of this
+	// process (another VM's launch) copies the descriptor table and holds the file open
+	// until its exec.
+	if err := unix.Mknod(p, unix.S_IFREG|0o644, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
-	return f.Close()
+	return nil
 }
 
 // propagateShare makes mounts made under the host directory dir from now on propagate to
