@@ -22,6 +22,7 @@ import (
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
 	"github.com/runv-project/runv/hypervisor/qemu/qemutest"
+	"github.com/runv-project/runv/internal/testbuf"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -103,15 +104,9 @@ func consoleTail(vm hypervisor.VM) string {
 	return string(b)
 }
 
-func (l *logCapture) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func capturingContext(t *testing.T, timeout time.Duration) (context.Context, *logCapture) {
+func capturingContext(t *testing.T, timeout time.Duration) (context.Context, *testbuf.Buffer) {
 	t.Helper()
-	lc := &logCapture{}
+	lc := &testbuf.Buffer{}
 	ctx := logging.WithLogger(context.Background(), slog.New(slog.NewTextHandler(io.MultiWriter(lc, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelInfo})))
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	t.Cleanup(cancel)

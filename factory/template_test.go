@@ -1,13 +1,11 @@
 package factory
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -170,18 +168,6 @@ func TestEnsureTmpfs(t *testing.T) {
 	if ownTmpfs(dir) {
 		t.Error("tmpfs still mounted after RemoveAllTemplates")
 	}
-}
-
-// logCapture collects a factory's log records.
-type logCapture struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logCapture) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
 }
 
 type testWriter struct{ t *testing.T }
