@@ -1,7 +1,6 @@
 package shimv2
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,11 +14,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/hostcgroup"
 	"github.com/runv-project/runv/logging"
 )
-
-// cgroupRoot is where the host's cgroup hierarchies are mounted.
-const cgroupRoot = "/sys/fs/cgroup"
 
 // podCgroup is the pod's cgroup on the host, which the shim joins before its VM starts, so
 // that QEMU and all its threads are charged there (what Kata calls sandbox_cgroup_only):
@@ -142,23 +139,13 @@ func joinPodCgroup(ctx context.Context, path string) *podCgroup {
 func (pc *podCgroup) wait() { <-pc.done }
 
 func (pc *podCgroup) join(path string) error {
-	self, err := os.Open("/proc/self/cgroup")
-	if err != nil {
+	hierarchies, err := hostcgroup.Self()
+	if err != nil && len(hierarchies) == 0 {
 		return err
 	}
-	defer self.Close()
-	var errs []error
-	sc := bufio.NewScanner(self)
-	for sc.Scan() {
-		// id:controllers:path; controllers is empty for cgroup v2.
-		f := strings.SplitN(sc.Text(), ":", 3)
-		if len(f) != 3 {
-			continue
-		}
-		mount := hierarchyMount(f[1])
-		if mount == "" {
-			continue
-		}
+	errs := []error{err} // a read cut short: the hierarchies read before it are joined
+	for _, h := range hierarchies {
+		mount := h.Mount
 		dir := filepath.Join(mount, path)
 		if err := pc.mkdirAll(mount, dir); err != nil {
 			errs = append(errs, err)
@@ -168,31 +155,10 @@ func (pc *podCgroup) join(path string) error {
 			errs = append(errs, err)
 			continue
 		}
-		pc.origin[mount] = filepath.Join(mount, f[2])
+		pc.origin[mount] = filepath.Join(mount, h.Path)
 		pc.joined = append(pc.joined, dir)
 	}
 	return errors.Join(errs...)
-}
-
-// hierarchyMount is the mount point of a hierarchy named by /proc/self/cgroup's controller
-// field ("" for none: a named hierarchy other than systemd's).
-func hierarchyMount(controllers string) string {
-	switch {
-	case controllers == "":
-		if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
-			return cgroupRoot // unified only
-		}
-		return filepath.Join(cgroupRoot, "unified")
-	case controllers == "name=systemd":
-		return filepath.Join(cgroupRoot, "systemd")
-	case strings.HasPrefix(controllers, "name="):
-		return ""
-	}
-	m := filepath.Join(cgroupRoot, controllers)
-	if _, err := os.Stat(m); err != nil {
-		return ""
-	}
-	return m
 }
 
 // mkdirAll creates dir and its missing parents below mount, recording them; a new cpuset
@@ -261,8 +227,8 @@ func (pc *podCgroup) add(pid int) error {
 // died without leaving it (SIGKILL): rmdir only takes an empty cgroup, so the dead shim's
 // VM, which follows it out (Pdeathsig), gets a few seconds to go.
 func removeCgroupDirs(path string) error {
-	dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", path))
-	dirs = append(dirs, filepath.Join(cgroupRoot, path))
+	dirs, _ := filepath.Glob(filepath.Join(hostcgroup.Root, "*", path))
+	dirs = append(dirs, filepath.Join(hostcgroup.Root, path))
 	var errs []error
 	for _, d := range dirs {
 		deadline := time.Now().Add(5 * time.Second)
@@ -292,9 +258,9 @@ const minGuestMiB = 64
 // cgroup v2's memory.max, or v1's memory.limit_in_bytes.
 func podMemoryLimit(path string) uint64 {
 	for _, f := range []string{
-		filepath.Join(cgroupRoot, path, "memory.max"),
-		filepath.Join(cgroupRoot, "unified", path, "memory.max"),
-		filepath.Join(cgroupRoot, "memory", path, "memory.limit_in_bytes"),
+		filepath.Join(hostcgroup.Root, path, "memory.max"),
+		filepath.Join(hostcgroup.Root, "unified", path, "memory.max"),
+		filepath.Join(hostcgroup.Root, "memory", path, "memory.limit_in_bytes"),
 	} {
 		b, err := os.ReadFile(f)
 		if err != nil {

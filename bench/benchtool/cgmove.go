@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,8 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/runv-project/runv/internal/hostcgroup"
 )
 
 // cgmove is the floor of putting a process into a pod's cgroup on the host: it moves an
@@ -76,38 +76,18 @@ func cgmove(args []string) error {
 
 // cgroupMounts are the mount points of the hierarchies this process is in.
 func cgroupMounts() ([]string, error) {
-	f, err := os.Open("/proc/self/cgroup")
+	hierarchies, err := hostcgroup.Self()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.SplitN(sc.Text(), ":", 3)
-		if len(fields) != 3 {
-			continue
-		}
-		var m string
-		switch c := fields[1]; {
-		case c == "":
-			m = "/sys/fs/cgroup/unified"
-			if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-				m = "/sys/fs/cgroup"
-			}
-		case c == "name=systemd":
-			m = "/sys/fs/cgroup/systemd"
-		case strings.HasPrefix(c, "name="):
-			continue
-		default:
-			m = filepath.Join("/sys/fs/cgroup", c)
-		}
-		if _, err := os.Stat(m); err == nil {
-			out = append(out, m)
+	for _, h := range hierarchies {
+		if _, err := os.Stat(h.Mount); err == nil {
+			out = append(out, h.Mount)
 		}
 	}
 	if len(out) == 0 {
-		return nil, errors.New("cgmove: no cgroup hierarchy mounted under /sys/fs/cgroup")
+		return nil, errors.New("cgmove: no cgroup hierarchy mounted under " + hostcgroup.Root)
 	}
-	return out, sc.Err()
+	return out, nil
 }
