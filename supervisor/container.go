@@ -241,9 +241,11 @@ func (s *Supervisor) Start(ctx context.Context, id string) error {
 	if st != state.StatusCreated {
 		return fmt.Errorf("container %q is %s, not created: only a created container can be started: %w", id, st, errdefs.ErrFailedPrecondition)
 	}
+	start := time.Now()
 	if err := s.agent.Call(ctx, agentproto.MsgStartContainer, agentproto.ContainerRef{Container: id}, nil); err != nil {
 		return fmt.Errorf("start container %q: %w", id, err)
 	}
+	logging.G(ctx).Debug("container started in the guest", "container", id, "duration", time.Since(start))
 	c.mu.Lock()
 	if c.status == state.StatusCreated {
 		c.status = state.StatusRunning
@@ -474,11 +476,13 @@ func (s *Supervisor) Delete(ctx context.Context, id string) error {
 			// Bounded: the guest's record of a stopped container is all that is left
 			// to remove, and a guest that stopped answering must not hold the delete.
 			rctx, cancel := context.WithTimeout(ctx, GuestKillTimeout)
+			start := time.Now()
 			err := s.agent.Call(rctx, agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
 			cancel()
 			if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				logging.G(ctx).Warn("remove container in guest", "container", id, "error", err)
 			}
+			logging.G(ctx).Debug("container removed in the guest", "container", id, "duration", time.Since(start))
 		}
 	}
 	if err := unshareContainer(s.share, id); err != nil {

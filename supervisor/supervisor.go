@@ -380,7 +380,8 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			c.markStopped(agentproto.ProcessExit{ExitCode: 137, Signal: 9, Error: "pod stopped"})
 		}
 		s.mu.Unlock()
-		// After the VM: its taps went with QEMU, what is left is runv's filters and qdiscs.
+		// After the VM: what is left is runv's filters and qdiscs, and the taps that were
+		// moved into the pod's namespace (persistent: they outlive QEMU, hypervisor/qemu nic.go).
 		if err := s.closeNetwork(); err != nil {
 			errs = append(errs, err)
 		}
