@@ -317,6 +317,7 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 		if podEmpty, err = deleteInPod(ctx, rec, force); err != nil {
 			return err
 		}
+		logging.G(ctx).Debug("container deleted in its pod", "container", id, "pod_empty", podEmpty)
 	}
 	// The daemon exits after the pod's last container; whatever it did or did not do,
 	// nothing of the pod may remain then.
@@ -324,6 +325,7 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 		if err := waitGone(rec.Daemon, 30*time.Second); err != nil {
 			killProcess(rec.Daemon)
 		}
+		logging.G(ctx).Debug("pod daemon gone", "container", id, "pod", rec.Pod)
 		if err := supervisor.CleanupPodDir(rec.PodDir); err != nil {
 			return fmt.Errorf("delete container %q: %w", id, err)
 		}

@@ -74,6 +74,8 @@ func Main(ctx context.Context, podID, dir string, boot Boot, ready *os.File) err
 		// The pod's first container sizes the VM (oci.VMSize), never below the defaults.
 		VM:           size,
 		SizeFromSpec: true,
+		// Serve ends the pod after its last container.
+		EndsWhenEmpty: true,
 	}
 	if err := Serve(ctx, cfg, ready); err != nil {
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
