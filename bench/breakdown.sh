@@ -5,7 +5,8 @@
 # Runs create, start and delete separately (as `runv run` does internally) with --debug,
 # keeps the pod daemon's log and the guest console before the pod directory goes, and
 # prints a timeline: host milliseconds since the CLI started, then the pod daemon's and the
-# guest agent's own lines. RUNV, RUNV_KERNEL, RUNV_INITRD, ROOT (state root; default: a
+# guest agent's own lines, and QEMU's CPU time until create returned (the guest's work,
+# which load inflates less than wall times). RUNV, RUNV_KERNEL, RUNV_INITRD, ROOT (state root; default: a
 # fresh temporary one) as for bench/run.sh. A factory daemon for the cache kind must already
 # run under ROOT.
 set -uo pipefail
@@ -32,6 +33,9 @@ ms() { echo $(( ($(now) - t0) / 1000000 )); }
 rv "$@" create --bundle "$work/true" bd </dev/null >/dev/null 2>"$work/create.err" || { cat "$work/create.err"; exit 1; }
 tc=$(ms)
 pod=$(ls -d "$ROOT"/@pods/*/ | head -1)
+# QEMU's CPU time so far (its threads' time on a CPU, schedstat): the guest's work until
+# create returned, which, unlike the wall times, a loaded machine does not inflate much.
+qcpu=$(cat "$(ls -d "$pod"/vm/qemu.pid 2>/dev/null)" 2>/dev/null | xargs -I{} sh -c 'cat /proc/{}/task/*/schedstat' 2>/dev/null | awk '{s += $1} END {if (NR) printf "%.0f", s / 1e6}')
 # The pod directory goes with the last container: follow its files from the start.
 tail -n +1 -F "$pod/daemon.log" >"$work/daemon.log" 2>/dev/null &
 tailpid=$!
@@ -42,6 +46,7 @@ rv delete bd >/dev/null 2>&1   # waits for the exit, as run does after its Wait
 td=$(ms)
 kill "$tailpid"; tailpid=
 echo "host (ms since the CLI started): create returned $tc, start returned $ts, delete returned $td"
+[ -n "$qcpu" ] && echo "qemu CPU time until create returned: $qcpu ms"
 echo "--- pod daemon (--debug), milliseconds since the CLI started"
 # The CLI's start as seconds of the UTC day, the unit of the daemon's timestamps.
 t0s=$(date -u -d "@$((t0 / 1000000000)).$(printf %09d $((t0 % 1000000000)))" +%H:%M:%S.%N | awk -F: '{printf "%.6f", $1*3600 + $2*60 + $3}')
