@@ -30,6 +30,11 @@ const reconnectFallback = 50 * time.Millisecond
 // wait follows kernel uevents (port add, then a change event when the name is set) rather
 // than polling sysfs.
 func findPorts(timeout time.Duration, names ...string) ([]string, error) {
+	// The driver has usually named them by the time init runs: then one scan is all, and the
+	// uevent socket (a first-time kernel path under TCG) is not made at all.
+	if paths, missing := scanPorts(names); len(missing) == 0 {
+		return paths, nil
+	}
 	sock, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
 	if err == nil {
 		defer unix.Close(sock)
@@ -243,6 +248,11 @@ func (p *vport) setAsync(on bool) error {
 
 // waitConnected returns once the host side is connected.
 func (p *vport) waitConnected() error {
+	// At boot the host is connected long before the agent opens the port: no SIGIO set-up
+	// (three fcntl calls each way) is needed then.
+	if ok, err := p.connected(); err != nil || ok {
+		return err
+	}
 	if err := p.setAsync(true); err != nil {
 		return fmt.Errorf("port %s: enable SIGIO: %w", p.name, err)
 	}

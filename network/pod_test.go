@@ -110,8 +110,9 @@ func inNS(t testing.TB, ns netns.NsHandle, fn func()) {
 	<-done
 }
 
-// fakeQEMU makes taps in a namespace of their own, held open as QEMU holds its taps: they
-// vanish when the descriptors are closed.
+// fakeQEMU makes taps in a namespace of their own as runv makes QEMU's (persistent:
+// hypervisor/qemu nicTaps), held open as QEMU holds them: they stay when the descriptors
+// are closed, and go with their namespace, or with the mirroring's teardown once moved.
 func fakeQEMU(t *testing.T, n int) []hypervisor.NIC {
 	q := newTestNS(t, "qemu")
 	var nics []hypervisor.NIC
@@ -119,7 +120,7 @@ func fakeQEMU(t *testing.T, n int) []hypervisor.NIC {
 		for i := 0; i < n; i++ {
 			name := fmt.Sprintf("tap%d_runv", i)
 			tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
-				Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE, NonPersist: true, Queues: 1}
+				Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE, Queues: 1}
 			if err := netlink.LinkAdd(tap); err != nil {
 				t.Errorf("tap %s: %v", name, err)
 				return
@@ -359,7 +360,7 @@ func (f *fakePlugger) PlugNIC(ctx context.Context) (hypervisor.NIC, error) {
 	var err error
 	inNS(f.t, f.home.ns, func() {
 		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
-			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE, NonPersist: true, Queues: 1}
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE, Queues: 1}
 		if err = netlink.LinkAdd(tap); err == nil {
 			for _, fd := range tap.Fds {
 				f.t.Cleanup(func() { fd.Close() })

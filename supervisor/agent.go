@@ -53,15 +53,26 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter fun
 				"waited", waited.Round(time.Millisecond)}, vmSnapshot(context.WithoutCancel(ctx), vm)...)...)
 		},
 	})
+	// GETVERSION is written at once, before a cold-booted guest's READY: QEMU keeps it in
+	// the control socket until the agent opens its port, and the agent reads it right after
+	// sending READY, so the host's reaction to READY is not on the boot's path (a few ms
+	// of wake-ups on both sides, more on a loaded host). A GETVERSION unread in the socket,
+	// or reported slow by OnSlow, during a boot therefore means the agent is not up yet.
+	handshake := make(chan error, 1)
+	go func() {
+		_, err := c.Handshake(ctx)
+		handshake <- err
+	}()
 	if !vm.Restored() {
 		enter("waiting for the agent's READY")
 		if err := c.WaitReady(ctx); err != nil {
 			c.Close()
+			<-handshake // fails with the closed client
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)
 		}
 	}
 	enter("version handshake (GETVERSION)")
-	if _, err := c.Handshake(ctx); err != nil {
+	if err := <-handshake; err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -440,16 +440,23 @@ func (vmFactory) Name() string                                                  
 func (vmFactory) Close() error                                                    { return nil }
 
 // Closing a pod ends its VM at once when the guest acknowledged DESTROYPOD (it stopped
-// everything and synced: its own power-off only costs time), and asks a guest that did not
-// to power off.
+// everything and synced: its own power-off only costs time) or when every container was
+// deleted (nothing runs in the guest: DESTROYPOD is not even sent), and asks a guest that
+// did not answer to power off.
 func TestCloseStopsTheVM(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the supervisor bind-mounts rootfs into the pod share: needs root")
+	}
 	for _, tt := range []struct {
 		name                   string
 		destroyErr             error
+		emptied                bool // a container was created and deleted before Close
+		wantDestroy            int
 		wantShutdown, wantKill int
 	}{
-		{name: "guest destroyed the pod: QEMU is ended at once", wantKill: 1},
-		{name: "guest did not answer: it is asked to power off", destroyErr: fmt.Errorf("no answer: %w", errdefs.ErrUnavailable), wantShutdown: 1},
+		{name: "guest destroyed the pod: QEMU is ended at once", wantDestroy: 1, wantKill: 1},
+		{name: "guest did not answer: it is asked to power off", destroyErr: fmt.Errorf("no answer: %w", errdefs.ErrUnavailable), wantDestroy: 1, wantShutdown: 1},
+		{name: "every container deleted: QEMU is ended without DESTROYPOD", emptied: true, wantKill: 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a := newFakeAgent()
@@ -467,14 +474,73 @@ func TestCloseStopsTheVM(t *testing.T) {
 			if err := s.waitReady(context.Background()); err != nil {
 				t.Fatal(err)
 			}
+			if tt.emptied {
+				ctx := context.Background()
+				if _, err := s.Create(ctx, newRequest(t, "c1")); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Delete(ctx, "c1"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if err := s.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			if a.sent(agentproto.MsgDestroyPod) != 1 {
-				t.Errorf("DESTROYPOD sent %d times, want once", a.sent(agentproto.MsgDestroyPod))
+			if n := a.sent(agentproto.MsgDestroyPod); n != tt.wantDestroy {
+				t.Errorf("DESTROYPOD sent %d times, want %d", n, tt.wantDestroy)
 			}
 			if vm.shutdown != tt.wantShutdown || vm.kills != tt.wantKill {
 				t.Errorf("VM shut down %d and killed %d times, want %d and %d", vm.shutdown, vm.kills, tt.wantShutdown, tt.wantKill)
+			}
+		})
+	}
+}
+
+// A pod that ends with its last container (the pod daemon's) leaves that container's
+// guest record to the VM's end: no REMOVECONTAINER for it. Any other delete removes the
+// record, as does a pod that goes on without containers (the containerd shim's).
+func TestDeleteRemovesInGuestUnlessThePodEnds(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the supervisor bind-mounts rootfs into the pod share: needs root")
+	}
+	for _, tt := range []struct {
+		name          string
+		endsWhenEmpty bool
+		containers    []string // created, then deleted in this order
+		wantRemoves   int
+	}{
+		{name: "pod ends: the last container's record goes with the VM", endsWhenEmpty: true, containers: []string{"c1"}, wantRemoves: 0},
+		{name: "pod ends: a container that is not the last is removed", endsWhenEmpty: true, containers: []string{"c1", "c2"}, wantRemoves: 1},
+		{name: "pod goes on: every container is removed", containers: []string{"c1", "c2"}, wantRemoves: 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newFakeAgent()
+			s, err := New(context.Background(), Config{
+				PodID: "p", Dir: t.TempDir(), Factory: idleFactory{}, EndsWhenEmpty: tt.endsWhenEmpty,
+				connect: func(context.Context, hypervisor.VM, string, func(string)) (guestAgent, error) { return a, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close(context.Background()) })
+			ctx := context.Background()
+			for _, id := range tt.containers {
+				if _, err := s.Create(ctx, newRequest(t, id)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, id := range tt.containers {
+				if err := s.Delete(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := a.sent(agentproto.MsgRemoveContainer); n != tt.wantRemoves {
+				t.Errorf("REMOVECONTAINER sent %d times, want %d", n, tt.wantRemoves)
+			}
+			select {
+			case <-s.Empty():
+			default:
+				t.Error("the pod is not empty after its containers were deleted")
 			}
 		})
 	}

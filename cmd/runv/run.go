@@ -8,6 +8,7 @@ import (
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/logging"
 )
 
 var runCommand = &cli.Command{
@@ -79,6 +80,9 @@ func runAttached(ctx context.Context, cr *created, id string) (int, error) {
 	if err := startInPod(ctx, cr.pod, cr.rec); err != nil {
 		return 0, err
 	}
+	logging.G(ctx).Debug("container started", "container", id)
 	warnHooks(ctx, hookPoststart, hooksOf(cr.rec.Spec, hookPoststart), hookState(cr.rec, state.StatusRunning))
-	return att.wait(ctx)
+	code, err := att.wait(ctx)
+	logging.G(ctx).Debug("container exited", "container", id, "exit_code", code)
+	return code, err
 }

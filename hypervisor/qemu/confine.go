@@ -47,7 +47,8 @@ const (
 // directory (0700, root's). Not MKNOD: device nodes and FIFOs cannot be made over the
 // share anyway (QEMU 7.2's 9p answers ENXIO, with or without it).
 //
-// NET_ADMIN creates the NICs' taps (nic.go). QEMU starts in a network namespace of its own
+// NET_ADMIN attaches QEMU to the NICs' taps (made for it, nic.go: a tap without an owner
+// takes only a process with NET_ADMIN) and creates a hot-plugged NIC's. QEMU starts in a network namespace of its own
 // and cannot enter another (no CAP_SYS_ADMIN), so it administers only that empty namespace
 // and the taps it holds once they moved to the pod's.
 var qemuCaps = []uintptr{

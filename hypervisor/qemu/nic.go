@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
 )
@@ -11,7 +13,7 @@ import (
 // NICSlots is how many network devices every VM is booted with. A pod's network namespace
 // is known only once its first container was created, long after a pooled or cloned VM
 // booted, and microvm cannot hot-plug: so the devices are there from the start, each backed
-// by a tap that QEMU creates in its own network namespace, and the network package moves
+// by a tap in QEMU's own network namespace (nicTaps), and the network package moves
 // a tap into the pod's namespace when an interface there needs it. Two cover a pod's
 // interface plus one added later (docker network connect, a second CNI attachment); each
 // costs the guest a virtio-net device and the host an idle tap.
@@ -21,8 +23,54 @@ const NICSlots = 2
 // in the pod's (where the "_runv" suffix keeps it apart from the interfaces clients make).
 func tapName(i int) string { return "tap" + strconv.Itoa(i) + "_runv" }
 
-// nicArgs are the -netdev/-device pairs of n NICs. QEMU opens each tap itself by name
-// (ifname) in its own network namespace, with the virtio-net header so that TSO/GSO and
+// nicTaps are the taps of a VM's n NICs, each with queues queue pairs.
+type nicTaps struct{ n, queues int }
+
+// make creates the taps, persistent, in the calling thread's network namespace, for QEMU
+// to open by name (nicArgs) once started there. QEMU could create them itself, but a tap it
+// made dies with its descriptor: QEMU's exit then unregisters each device synchronously,
+// waiting for RCU grace periods, which made QEMU's exit after SIGKILL take 31-60 ms instead
+// of 2-4 ms (docs/performance.md, "Pooled `runv run`: host side"), on the critical path of
+// every pod's end. A persistent tap outlives QEMU's descriptor; it goes with its namespace
+// (the kernel tears a dead namespace's devices down in the background, in one batch) or,
+// once moved into a pod's namespace, with runv's teardown of the mirroring (network.Pod).
+func (t nicTaps) make() error {
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if t.queues > 1 {
+		// QEMU asks for a multiqueue tap when queues > 1 (nicPair): the device must be one.
+		flags |= unix.IFF_MULTI_QUEUE
+	}
+	for i := 0; i < t.n; i++ {
+		if err := makeTap(tapName(i), flags); err != nil {
+			return fmt.Errorf("tap of NIC slot %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// makeTap creates the persistent tap name with flags.
+func makeTap(name string, flags uint16) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		return fmt.Errorf("make %s persistent: %w", name, err)
+	}
+	return nil
+}
+
+// nicArgs are the -netdev/-device pairs of n NICs. QEMU opens each tap by name (ifname) in
+// its own network namespace, where nicTaps.make created them, with the virtio-net header so that TSO/GSO and
 // checksum offloads carry large frames between guest and host unsegmented: under TCG that
 // is most of the throughput (docs/networking.md).
 func nicArgs(n int, microvm bool, queues int) []string {

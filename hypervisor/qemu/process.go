@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -37,10 +38,11 @@ type startOpts struct {
 	// confine runs QEMU confined (confine.go); name names it there.
 	confine bool
 	name    string
-	// newNetNS starts QEMU in a network namespace of its own: the taps it creates for the
-	// VM's NICs wait there, invisible to the host, until they are moved into the pod's
-	// namespace, and die with it.
+	// newNetNS starts QEMU in a network namespace of its own, made with the VM's taps in it
+	// (taps, nic.go): they wait there, invisible to the host, until they are moved into the
+	// pod's namespace, and die with it.
 	newNetNS bool
+	taps     nicTaps
 	// jail runs QEMU in a mount namespace of its own (jail.go), built over jailRoot.
 	jail     *jail
 	jailRoot string
@@ -62,9 +64,6 @@ func startProcess(o startOpts) (*process, error) {
 		// Own group: a ^C meant for us does not hit QEMU before we shut the guest down,
 		// and kill() can take QEMU's whole group along.
 		Setpgid: true,
-	}
-	if o.newNetNS {
-		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
 	}
 	conf := &confinement{cgroupFD: -1}
 	if o.confine {
@@ -90,7 +89,20 @@ func startProcess(o startOpts) (*process, error) {
 		// may end idle threads. So QEMU is forked from a locked thread that stays in this
 		// goroutine until QEMU is gone. The thread is never unlocked: a goroutine that returns
 		// while locked takes its thread with it, which is what we want once QEMU exited, and
-		// what a thread moved into QEMU's jail (its mount namespace and root) needs.
+		// what a thread moved into QEMU's jail (its mount namespace and root) or its network
+		// namespace needs.
+		if o.newNetNS {
+			// Made here rather than with CLONE_NEWNET: the taps must be there before QEMU
+			// opens them (nic.go, makeTaps), and QEMU inherits this thread's namespace.
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("new network namespace: %w", err)
+				return
+			}
+			if err := o.taps.make(); err != nil {
+				started <- err
+				return
+			}
+		}
 		if o.jail != nil {
 			if err := o.jail.enter(o.jailRoot); err != nil {
 				started <- err

@@ -124,7 +124,8 @@ func (ln *launch) startProcess(context.Context) error {
 		return err
 	}
 	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
-		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID, newNetNS: true,
+		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID,
+		newNetNS: true, taps: nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)},
 		jail: ln.jail, jailRoot: ln.cfg.Dir})
 	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
