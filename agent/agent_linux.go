@@ -63,6 +63,9 @@ type Agent struct {
 	// createEngine: containers are made by the create engine where createFallback allows
 	// (createengine.go); false with runv.create=libcontainer or without the exec helper.
 	createEngine bool
+	// loopbackReady: the boot brought lo up, so STARTPOD need not check it again (nothing
+	// in the VM's network namespace can take it down before the pod's first container).
+	loopbackReady bool
 	// shareMounted is the tag of the 9p share WARMUP mounted at SharePath ahead of the
 	// pod ("" if none): STARTPOD keeps it when the pod asks for the same share.
 	shareMounted string
@@ -116,9 +119,10 @@ func Main() error {
 	// lo is the same for every pod: bringing it up (8-15 ms of kernel work under TCG:
 	// routes, IPv6 address) here takes it off every pod's STARTPOD on VMs booted ahead of
 	// their pod (template clones inherit it, pooled VMs did it while waiting); STARTPOD
-	// only checks it again.
-	if err := loopbackUp(); err != nil {
-		log.Errorf("%v (STARTPOD tries again)", err)
+	// only tries again if this failed.
+	loErr := loopbackUp()
+	if loErr != nil {
+		log.Errorf("%v (STARTPOD tries again)", loErr)
 	}
 	steps.done("lo")
 	log.setDebug(flags.Debug)
@@ -126,7 +130,8 @@ func Main() error {
 	setupLogrus(log, flags.Debug, tr)
 	log.Infof("PID 1 up (%s), debug=%v", AgentName, flags.Debug)
 
-	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards()}
+	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards(),
+		loopbackReady: loErr == nil}
 	if flags.LibcontainerExec {
 		log.Infof("runv.exec=libcontainer: execs go through libcontainer's runc init")
 	} else if a.execHelper, err = sealExecHelper(); err != nil {

@@ -263,6 +263,7 @@ var traceSegments = map[string][][2]string{
 		{"cgroup Set", "engine: cgroup resources set"},
 		{"exec through the helper into the created container", "warm-up exec done"},
 		{"start, exec of the program", "container started"},
+		{"JSON of a pod's other first requests (decoders cached)", "payloads decoded"},
 	},
 	"NEWCONTAINER-libcontainer": {
 		{"decode, spec adjustments, sysctls, specconv, libcontainer.Create (state dir, cgroup manager)", "libcontainer.Create"},
@@ -292,7 +293,6 @@ var traceSegments = map[string][][2]string{
 		{"decode", "decoded"},
 		{"settimeofday", "clock set"},
 		{"entropy (RNDADDENTROPY, reseed)", "entropy added"},
-		{"loopback up (netlink)", "loopback up"},
 		{"hostname, resolv.conf", "hostname, resolv.conf"},
 		{"9p mount of the pod share and chmod of its root (none: mounted by WARMUP)", "9p share mounted"},
 	},

@@ -149,6 +149,9 @@ func TestTemplateFactoryClones(t *testing.T) {
 	if strings.Contains(logs.String(), "template not used") {
 		t.Errorf("fell back to direct boot:\n%s", logs)
 	}
+	if !strings.Contains(logs.String(), "template warmed up") {
+		t.Errorf("the template was not warmed up before it was saved:\n%s", logs)
+	}
 	info, err := ReadTemplate(e.templateDir, "microvm-1c-128m")
 	if err != nil {
 		t.Fatal(err)
@@ -177,6 +180,22 @@ func TestTemplateFactoryClones(t *testing.T) {
 		}
 		if i < 2 {
 			startPod(t, ctx, vm)
+		}
+	}
+	// The template was saved with its host connected, and each clone's host connected
+	// before the clone ran: no agent saw its host go away (it would have logged so, and
+	// waited for a reconnect).
+	consoles := []string{filepath.Join(e.templateDir, "microvm-1c-128m", "console.log")}
+	for _, vm := range vms {
+		consoles = append(consoles, vm.ConsoleLog())
+	}
+	for _, c := range consoles {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "host disconnected") {
+			t.Errorf("%s: the agent saw its host go away:\n%s", c, b)
 		}
 	}
 	for _, vm := range vms {

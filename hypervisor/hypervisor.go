@@ -151,9 +151,11 @@ type Snapshot struct {
 }
 
 // ParkFunc is called with the connected channels of a template VM once it runs. It returns
-// once the guest is idle and survives the host disconnecting (for the runv agent: READY and
-// the version handshake); the launcher then disconnects and snapshots the VM. It must not
-// start a pod: the guest must not have the 9p share mounted at snapshot time.
+// once the guest is idle between two commands (for the runv agent: after READY, the version
+// handshake and a warm-up); the launcher then snapshots the VM with the host still
+// connected (closing the channels park was given does not disconnect them), so that a
+// clone's guest finds its host connected. It must not start a pod: the guest must not have
+// the 9p share mounted at snapshot time.
 type ParkFunc func(ctx context.Context, ch *Channels) error
 
 // Templater is implemented by launchers that can turn a booted VM into a template and start
@@ -162,13 +164,14 @@ type ParkFunc func(ctx context.Context, ch *Channels) error
 // simply do not implement it: the caller finds out with a type assertion.
 type Templater interface {
 	// CreateTemplate cold-boots cfg with its RAM in snap.Memory (which must not exist yet),
-	// calls park, disconnects, and saves the device state to snap.State (which must not
-	// exist either). The template VM is then stopped and gone. It returns snap with
+	// calls park, and saves the device state to snap.State (which must not exist either),
+	// disconnecting only once the template VM is gone. The template VM is then stopped and gone. It returns snap with
 	// MachineType and Accel filled in; on error it leaves neither file behind.
 	CreateTemplate(ctx context.Context, cfg Config, snap Snapshot, park ParkFunc) (Snapshot, error)
 	// Clone starts a VM from a template made from a Config equal to cfg in everything but
 	// ID, Dir and ShareDir (the factory checks this). The VM is returned running, its guest
-	// parked where the template left it, and its Restored method reports true: no READY
-	// will come, and the guest needs the time and fresh entropy.
+	// parked where the template left it and its channels connected before it ran (so the
+	// guest never sees its host away), and its Restored method reports true: no READY will
+	// come, and the guest needs the time and fresh entropy.
 	Clone(ctx context.Context, cfg Config, snap Snapshot) (VM, error)
 }

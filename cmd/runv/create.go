@@ -119,7 +119,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	undo.always(h.Unlock)
 	undo.onFailure(func() { h.Remove() })
 	rec := &state.Container{ID: id, Bundle: bundle, Rootfs: spec.Root.Path, Annotations: spec.Annotations, Sandbox: member == nil, Spec: spec}
-	pod, err := enterPod(g, rec, member, &undo)
+	pod, err := enterPod(ctx, g, rec, member, &undo)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +145,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 
 // enterPod connects to the pod the container joins (member), or starts a pod for it, which
 // goes with it if a later step fails. It records the pod in rec.
-func enterPod(g *globals, rec, member *state.Container, undo *cleanups) (*podConn, error) {
+func enterPod(ctx context.Context, g *globals, rec, member *state.Container, undo *cleanups) (*podConn, error) {
 	if member != nil {
 		if !daemonAlive(member) {
 			return nil, fmt.Errorf("cannot add container %q to the pod of %q: that pod is stopped: %w", rec.ID, member.ID, errdefs.ErrFailedPrecondition)
@@ -157,10 +157,13 @@ func enterPod(g *globals, rec, member *state.Container, undo *cleanups) (*podCon
 		// A pod made for this container goes with it, also when its daemon never started
 		// (startDaemon made the directory).
 		undo.onFailure(func() { supervisor.CleanupPodDir(rec.PodDir) })
-		daemon, err := startDaemon(g, rec.Pod, rec.PodDir)
+		logging.G(ctx).Debug("starting the pod daemon", "container", rec.ID, "pod", rec.Pod)
+		start := time.Now()
+		daemon, err := startDaemon(g, rec.Pod, rec.PodDir, rec.Spec)
 		if err != nil {
 			return nil, err
 		}
+		logging.G(ctx).Debug("pod daemon serving", "container", rec.ID, "pod", rec.Pod, "pid", daemon.Pid, "duration", time.Since(start))
 		rec.Daemon = daemon
 		undo.onFailure(func() { stopDaemon(daemon) })
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/logging"
 )
@@ -20,6 +21,10 @@ var daemonCommand = &cli.Command{
 		&cli.StringFlag{Name: "pod-id", Required: true},
 		&cli.StringFlag{Name: "pod-dir", Required: true},
 		&cli.IntFlag{Name: "ready-fd", Usage: "descriptor on which to report readiness"},
+		// The VM size of the pod's first container (oci.VMSize; 0: what the spec does not
+		// ask for), known to the runv that starts the daemon: the boot starts at once.
+		&cli.IntFlag{Name: "first-cpus", Value: -1, Usage: "vCPUs the pod's first container asks for (-1: size the VM when it arrives)"},
+		&cli.IntFlag{Name: "first-memory", Value: -1, Usage: "memory in MiB the pod's first container asks for (-1: size the VM when it arrives)"},
 	},
 	Action: func(c *cli.Context) error {
 		g, err := globalsFrom(c)
@@ -35,6 +40,10 @@ var daemonCommand = &cli.Command{
 		if _, err := logging.Setup(logging.Options{Format: g.logFormat, Debug: g.debug, Info: true}); err != nil {
 			return err
 		}
-		return poddaemon.Main(c.Context, c.String("pod-id"), c.String("pod-dir"), g.boot(), ready)
+		var first *factory.Request
+		if cpus, mem := c.Int("first-cpus"), c.Int("first-memory"); cpus >= 0 && mem >= 0 {
+			first = &factory.Request{CPUs: cpus, MemoryMiB: mem}
+		}
+		return poddaemon.Main(c.Context, c.String("pod-id"), c.String("pod-dir"), g.boot(), first, ready)
 	},
 }

@@ -357,6 +357,16 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 	defer pod.Close()
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// Delete first: the daemon refuses a running or paused container (a failed
+	// precondition) and only then is its status asked, to kill it (--force) or to say why
+	// not. A stopped one, the common case, takes one call.
+	_, err = pod.api.Delete(cctx, &podapi.ContainerRequest{Id: rec.ID})
+	if err == nil || errors.Is(rpcErr(err), errdefs.ErrNotFound) {
+		return podIsEmpty(cctx, pod)
+	}
+	if !errors.Is(rpcErr(err), errdefs.ErrFailedPrecondition) {
+		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
+	}
 	cs, err := pod.api.State(cctx, &podapi.ContainerRequest{Id: rec.ID})
 	if err != nil {
 		if errors.Is(rpcErr(err), errdefs.ErrNotFound) {
@@ -385,6 +395,7 @@ func deleteInPod(ctx context.Context, rec *state.Container, force bool) (empty b
 			return true, nil
 		}
 	}
+	// Stopped by now (killed, or it ended between the two calls).
 	if _, err := pod.api.Delete(cctx, &podapi.ContainerRequest{Id: rec.ID}); err != nil && !errors.Is(rpcErr(err), errdefs.ErrNotFound) {
 		return false, fmt.Errorf("delete container %q: %w", rec.ID, rpcErr(err))
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/fdpass"
 	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/oci"
 )
 
 // daemonStartTimeout bounds the wait for a new pod daemon to listen (the VM boots after).
@@ -36,7 +38,7 @@ func newPodID() string {
 
 // startDaemon starts the pod daemon for a new pod and waits until it listens. The daemon
 // reports readiness on an inherited pipe, so there is no polling for its socket.
-func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
+func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Process, error) {
 	if err := os.MkdirAll(podDir, 0o700); err != nil {
 		return state.Process{}, fmt.Errorf("create pod directory: %w", err)
 	}
@@ -66,6 +68,11 @@ func startDaemon(g *globals, podID, podDir string) (state.Process, error) {
 		args = append(args, "--factory", g.factory)
 	}
 	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", "3")
+	// The VM's size is the first container's: the daemon requests it at once. A spec it
+	// cannot size is left to the daemon, whose Create refuses it in its words.
+	if cpus, mem, err := oci.VMSize(spec); err == nil {
+		args = append(args, "--first-cpus", strconv.Itoa(cpus), "--first-memory", strconv.Itoa(mem))
+	}
 	cmd := exec.Command(self, args...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logFile, logFile

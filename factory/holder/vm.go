@@ -2,16 +2,20 @@ package holder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
+	"github.com/runv-project/runv/internal/state"
 )
 
 // Limits of driving a holder.
@@ -35,7 +39,10 @@ type VM struct {
 	files qemu.VMFiles
 	grown bool
 
-	mu            sync.Mutex
+	mu sync.Mutex
+	// qemu is a pidfd of the VM's QEMU for the pod daemon it was handed to (Attach), -1
+	// otherwise: Kill signals QEMU through it instead of asking the holder.
+	qemu          int
 	channelsTaken bool
 }
 
@@ -45,7 +52,7 @@ var (
 )
 
 func newVM(id string, info wire.VMInfo, p *proc) *VM {
-	return &VM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown}
+	return &VM{id: id, info: info, proc: p, files: qemu.FilesIn(info.Dir), grown: info.Grown, qemu: -1}
 }
 
 func (v *VM) ID() string            { return v.id }
@@ -117,9 +124,20 @@ func (v *VM) Shutdown(ctx context.Context) error {
 	return v.waitExit()
 }
 
-// Kill has the holder kill the VM, or kills the holder (and with it QEMU, whose Pdeathsig
-// points at the holder) if it does not answer, and returns once the holder exited.
+// Kill kills the VM's QEMU, through its pidfd when this process was handed the VM (the
+// holder, its parent, sees it die and exits: a request to the holder would put its
+// wake-up before the kill on every pod's end), else by asking the holder; it kills the
+// holder (and with it QEMU, whose Pdeathsig points at the holder) if that fails, and
+// returns once the holder exited.
 func (v *VM) Kill() error {
+	fd := v.takeQEMU()
+	if fd >= 0 {
+		err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		unix.Close(fd)
+		if err == nil || errors.Is(err, unix.ESRCH) {
+			return v.waitExit()
+		}
+	}
 	if !v.proc.alive() {
 		return nil
 	}
@@ -132,7 +150,21 @@ func (v *VM) Kill() error {
 	return v.waitExit()
 }
 
+// takeQEMU hands the caller the pidfd of QEMU (-1: none), which it closes.
+func (v *VM) takeQEMU() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	fd := v.qemu
+	v.qemu = -1
+	return fd
+}
+
 func (v *VM) waitExit() error {
+	defer func() {
+		if fd := v.takeQEMU(); fd >= 0 {
+			unix.Close(fd)
+		}
+	}()
 	select {
 	case <-v.proc.done:
 		return nil
@@ -191,7 +223,26 @@ func Attach(ctx context.Context, id string, info wire.VMInfo) (*VM, error) {
 		p.release()
 		return nil, fmt.Errorf("vm %s: holder %d does not answer: %w", id, info.HolderPid, err)
 	}
+	// Without it Kill asks the holder: slower, as safe.
+	if fd, err := childPidfd(info.QEMUPid, info.HolderPid); err == nil {
+		vm.qemu = fd
+	}
 	return vm, nil
+}
+
+// childPidfd opens a pidfd of process pid and makes sure it is parent's child: a pid is
+// only recycled once its process was reaped, and the holder, which reaps its QEMU, spawns
+// nothing else, so a child of the holder under QEMU's pid is its QEMU.
+func childPidfd(pid, parent int) (int, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, err
+	}
+	if ppid, err := state.ParentOf(pid); err != nil || ppid != parent {
+		unix.Close(fd)
+		return -1, fmt.Errorf("process %d is not the child of holder %d", pid, parent)
+	}
+	return fd, nil
 }
 
 // NICs describes the VM's network devices (hypervisor.NetworkDevices): the holder's QEMU

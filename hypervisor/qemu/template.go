@@ -18,14 +18,21 @@ import (
 // Templates follow notes/guest-boot.md section 4, measured on our machines:
 //
 //   - the template boots with its RAM in a memory-backend-file on tmpfs, share=on, so the
-//     RAM ends up in that file; once its agent is parked (host disconnected, guest waiting
-//     for a reconnect) QEMU stops it and migrates with x-ignore-shared to "exec:cat > state":
-//     the state file then holds the device state only (~100 KB), not the RAM;
+//     RAM ends up in that file; once its agent is parked (idle between two commands, its
+//     host still connected) QEMU stops it and migrates with x-ignore-shared to
+//     "exec:cat > state": the state file then holds the device state only (~100 KB), not
+//     the RAM;
 //   - a clone runs the same command line with share=off (a private copy-on-write mapping of
 //     the template's RAM file: clones never write into it), its own sockets and share
 //     directory, no kernel, and "-incoming defer"; x-ignore-shared must be set on this side
 //     too, which QEMU 7.2 only allows over QMP, then migrate-incoming, wait for "paused",
-//     and cont.
+//     and cont;
+//   - the host stays connected to the template's channels until its QEMU is gone, and a
+//     clone's host connects before the clone's state loads: virtio-serial migrates whether
+//     the host was connected and tells the guest only of a difference (its post-load
+//     check), so a clone's agent finds its host where the template's left it, blocked in a
+//     read, and serves the first command at once. (A host that connects later is told as a
+//     reconnect: the agent sees its host go and come back, and says READY again.)
 //
 // Completion is polled over QMP against a deadline, never slept on.
 
@@ -54,6 +61,8 @@ type templateLaunch struct {
 	*launch
 	snap hypervisor.Snapshot
 	park hypervisor.ParkFunc
+	// held are the template's channels, closed only once its QEMU is gone (see the top).
+	held *hypervisor.Channels
 }
 
 // CreateTemplate implements hypervisor.Templater.
@@ -85,6 +94,12 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 	})
 	if err != nil {
 		ln.teardown()
+	}
+	// Only now that QEMU is gone (parkGuest).
+	if t.held != nil {
+		t.held.Close()
+	}
+	if err != nil {
 		if created {
 			os.Remove(snap.Memory)
 			os.Remove(snap.State)
@@ -131,9 +146,9 @@ func (t *templateLaunch) resolveMachine(ctx context.Context) error {
 	return err
 }
 
-// parkGuest connects to the template's channels, lets park bring the guest to rest, and
-// disconnects, which is what parks the agent: it sees the host go away and waits for the
-// next connection, which will be a clone's.
+// parkGuest connects to the template's channels and lets park bring the guest to rest. The
+// connections stay open (park's closing them does nothing) until QEMU is gone: the saved
+// guest has its host connected, as a clone's host will be (see the top).
 func (t *templateLaunch) parkGuest(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, DefaultParkTimeout)
 	defer cancel()
@@ -141,11 +156,8 @@ func (t *templateLaunch) parkGuest(ctx context.Context) error {
 	if err != nil {
 		return t.exitedOr(err)
 	}
-	err = t.park(ctx, ch)
-	// park may have closed them already (a client owns its channels).
-	if cerr := ch.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		t.log.Debug("close template channels", "error", cerr)
-	}
+	t.held = ch
+	err = t.park(ctx, &hypervisor.Channels{Control: heldConn{ch.Control}, Stream: heldConn{ch.Stream}})
 	if err != nil {
 		if t.vm.proc.hasExited() {
 			return t.exitedOr(err)
@@ -163,6 +175,12 @@ func (t *templateLaunch) qmp(ctx context.Context, command string, args, out any)
 	}
 	return nil
 }
+
+// heldConn is a template channel as park sees it: park's client closes its channels when
+// done, but the connection must outlive the template VM (parkGuest).
+type heldConn struct{ net.Conn }
+
+func (heldConn) Close() error { return nil }
 
 // ignoreShared is the capability that keeps share=on RAM out of the migration stream. It
 // must be set on both ends.
@@ -257,6 +275,7 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 		{"start-process", ln.startProcess},
 		{"connect-qmp", ln.connectQMP},
 		{"query-status", ln.queryStatus},
+		{"connect-channels", c.connectChannels},
 		{"migrate-incoming", c.migrateIncoming},
 		{"wait-incoming", c.waitIncoming},
 		{"cont", c.cont},
@@ -321,6 +340,17 @@ func (c *cloneLaunch) openState(context.Context) error {
 		return classify(fmt.Errorf("template state file: %w", err), errdefs.ErrFailedPrecondition)
 	}
 	c.extraFiles = append(c.extraFiles, f)
+	return nil
+}
+
+// connectChannels connects the host to the agent's channels before the device state loads,
+// so that the loaded guest finds its host connected as the template's was (see the top).
+func (c *cloneLaunch) connectChannels(ctx context.Context) error {
+	ch, err := c.vm.dialChannels(ctx)
+	if err != nil {
+		return c.exitedOr(err)
+	}
+	c.vm.setEarlyChannels(ch)
 	return nil
 }
 

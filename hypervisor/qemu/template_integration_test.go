@@ -70,8 +70,8 @@ func shmDir(t *testing.T) string {
 	return d
 }
 
-// pingPark parks the test init: one round trip proves it is up and serving; it waits for
-// the host again once the launcher disconnects.
+// pingPark parks the test init: one round trip proves it is up and serving. The launcher
+// keeps the connection until the template is saved, so a clone's host finds it open.
 func pingPark(ctx context.Context, ch *hypervisor.Channels) error {
 	timeout := 60 * time.Second
 	if d, ok := ctx.Deadline(); ok {

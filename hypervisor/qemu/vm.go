@@ -35,6 +35,9 @@ type vm struct {
 	mon           *monitor // set once QMP is connected; closed when QEMU exits
 	gone          bool     // exited ran: a monitor set later is closed at once
 	channelsTaken bool
+	// early are channels a clone connected before its device state loaded (cloneLaunch.
+	// connectChannels): Channels hands them out; closed when QEMU exits if nobody took them.
+	early *hypervisor.Channels
 
 	// nicMu serialises NIC hot-plug (nicplug.go); pluggedNICs maps the slot of each NIC
 	// plugged after boot to its root port.
@@ -79,11 +82,14 @@ func (v *vm) monitor() *monitor {
 func (v *vm) exited(p *process) {
 	v.paths.removeTransient()
 	v.mu.Lock()
-	m := v.mon
-	v.gone = true
+	m, early := v.mon, v.early
+	v.gone, v.early = true, nil
 	v.mu.Unlock()
 	if m != nil {
 		m.close()
+	}
+	if early != nil {
+		early.Close()
 	}
 	v.log.Debug("qemu exited", "pid", p.pid, "status", p.waitErr)
 }
@@ -101,7 +107,8 @@ func (v *vm) qmp(ctx context.Context, command string, args, out any) error {
 	return err
 }
 
-// Channels connects to the control and stream ports' chardev sockets.
+// Channels connects to the control and stream ports' chardev sockets (a clone's were
+// connected before it ran).
 func (v *vm) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -111,6 +118,19 @@ func (v *vm) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 	if v.proc.hasExited() {
 		return nil, fmt.Errorf("vm %s: channels: %w", v.cfg.ID, hypervisor.ErrVMExited)
 	}
+	ch := v.early
+	if ch == nil {
+		var err error
+		if ch, err = v.dialChannels(ctx); err != nil {
+			return nil, err
+		}
+	}
+	v.early, v.channelsTaken = nil, true
+	return ch, nil
+}
+
+// dialChannels connects to the control and stream ports' chardev sockets.
+func (v *vm) dialChannels(ctx context.Context) (*hypervisor.Channels, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -123,8 +143,18 @@ func (v *vm) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 		ctl.Close()
 		return nil, fmt.Errorf("vm %s: stream channel: %w", v.cfg.ID, err)
 	}
-	v.channelsTaken = true
 	return &hypervisor.Channels{Control: ctl, Stream: stream}, nil
+}
+
+// setEarlyChannels keeps ch for Channels, or closes it when QEMU is already gone.
+func (v *vm) setEarlyChannels(ch *hypervisor.Channels) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.gone {
+		ch.Close()
+		return
+	}
+	v.early = ch
 }
 
 // Shutdown presses the power button, waits for the guest to power off until ctx ends,

@@ -55,8 +55,12 @@ func (b Boot) CheckFiles() error {
 }
 
 // Main is the pod daemon of pod podID in directory dir. It reports readiness, or why it
-// could not start, on ready (see Serve), and returns when the pod is gone.
-func Main(ctx context.Context, podID, dir string, boot Boot, ready *os.File) error {
+// could not start, on ready (see Serve), and returns when the pod is gone. first, if not
+// nil, is the VM size the pod's first container asks for (oci.VMSize, read by the runv
+// that starts the daemon from the same spec): the VM is then requested at once, while the
+// daemon starts serving and its client connects, instead of when that container's Create
+// arrives.
+func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Request, ready *os.File) error {
 	f, size, err := NewFactory(ctx, boot)
 	if err != nil {
 		// Said on the ready pipe too: the CLI quotes it instead of "see daemon.log".
@@ -76,6 +80,10 @@ func Main(ctx context.Context, podID, dir string, boot Boot, ready *os.File) err
 		SizeFromSpec: true,
 		// Serve ends the pod after its last container.
 		EndsWhenEmpty: true,
+	}
+	if first != nil {
+		cfg.VM.CPUs, cfg.VM.MemoryMiB = max(cfg.VM.CPUs, first.CPUs), max(cfg.VM.MemoryMiB, first.MemoryMiB)
+		cfg.SizeFromSpec = false
 	}
 	if err := Serve(ctx, cfg, ready); err != nil {
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)

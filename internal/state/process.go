@@ -41,6 +41,19 @@ func (p Process) Alive() bool {
 	return err == nil && (p.StartTime == 0 || st == p.StartTime)
 }
 
+// ParentOf is the pid of pid's parent.
+func ParentOf(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	fields, ok := statFields(b)
+	if !ok {
+		return 0, fmt.Errorf("process %d: unparsable /proc stat", pid)
+	}
+	return strconv.Atoi(fields[1])
+}
+
 func startTime(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
