@@ -136,6 +136,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err := publish(ctx, h, rec, term, o.pidFile); err != nil {
 		return nil, err
 	}
+	logging.G(ctx).Debug("container published", "container", id)
 	if o.shim {
 		term.Close()
 		term = nil
@@ -228,10 +229,12 @@ func standIn(ctx context.Context, g *globals, pod *podConn, rec *state.Container
 	if term != nil {
 		ctty = term.pty.slave
 	}
+	start := time.Now()
 	initShim, err := spawnShim(ctx, g, pod, rec, "", ctty, shim.ForSpec(rec.Spec))
 	if err != nil {
 		return err
 	}
+	logging.G(ctx).Debug("shim started", "container", rec.ID, "pid", initShim.Pid, "duration", time.Since(start))
 	rec.Shim = initShim
 	undo.onFailure(func() {
 		// Told by the pod daemon that its container is gone, it would exit soon; its
@@ -240,7 +243,9 @@ func standIn(ctx context.Context, g *globals, pod *podConn, rec *state.Container
 		waitGone(initShim, 10*time.Second)
 		rec.HostCgroup.Destroy(rec.ID, rec.Spec)
 	})
+	start = time.Now()
 	rec.HostCgroup, err = shim.CreateCgroup(rec.ID, rec.Spec, g.systemdCgroup, initShim.Pid)
+	logging.G(ctx).Debug("host cgroup made", "container", rec.ID, "duration", time.Since(start))
 	return err
 }
 
