@@ -251,6 +251,34 @@ func TestExecHelperLoadsSeccompLast(t *testing.T) {
 	}
 }
 
+// A profile older than faccessat2 answers it ENOSYS (libcontainer's stub for unknown
+// syscalls). Without no_new_privs the filter is in force before the program is looked up:
+// the lookup's access check must still find it (glibc falls back to faccessat, which has
+// no AT_EMPTY_PATH: the helper once asked for that and got EINVAL).
+func TestExecHelperLookupUnderOldSeccompProfile(t *testing.T) {
+	if syscallNumber == nil {
+		t.Skip("built without libseccomp (the agent's seccomp tag): go test -tags seccomp")
+	}
+	helper := buildExecHelper(t)
+	tg := startExecTarget(t)
+	enosys := uint(unix.ENOSYS)
+	prog, flags, err := compileSeccomp(&configs.Seccomp{
+		DefaultAction: configs.Allow, Architectures: []string{"amd64"},
+		Syscalls: []*configs.Syscall{{Name: "faccessat2", Action: configs.Errno, ErrnoRet: &enosys}},
+	})
+	if err != nil {
+		t.Fatalf("compileSeccomp: %v", err)
+	}
+	for _, argv0 := range []string{"sh", "/bin/sh"} {
+		req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
+			args: []string{argv0, "-c", "echo ran"}}
+		out, code, err := runHelper(t, helper, tg, req, "")
+		if err != nil || code != 0 || !strings.Contains(out, "ran") {
+			t.Errorf("%s under a profile refusing faccessat2: code %d, %v, output %q", argv0, code, err, out)
+		}
+	}
+}
+
 // A profile like podman's and docker's (more than 32 rules, so libseccomp optimises; a
 // flag, so libcontainer loads with a raw seccomp(2)), compiled again and again in one
 // process with one P, as in a guest of one vCPU, with garbage collections going on: each

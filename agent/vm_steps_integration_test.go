@@ -257,7 +257,7 @@ var traceSegments = map[string][][2]string{
 	"WARMUP": {
 		{"spec, cgroup Apply", "engine: cgroup made"},
 		{"request, helper, clone", "helper forked the process"},
-		{"init: mounts (rootfs a guest tmpfs)", "init: mounts"},
+		{"init: mounts (rootfs on the share when WARMUP mounts it, else a guest tmpfs)", "init: mounts"},
 		{"init: /dev, pivot_root", "init: pivot_root"},
 		{"init: paths, process set-up", "init: process set up"},
 		{"cgroup Set", "engine: cgroup resources set"},

@@ -24,11 +24,19 @@ const WarmupArg = "runv-warmup-noop"
 // IsWarmupNoop reports whether argv is the warm-up container's process.
 func IsWarmupNoop(args []string) bool { return len(args) > 1 && args[1] == WarmupArg }
 
-// warmupDir holds the throwaway container's rootfs: /run is a tmpfs of the guest.
+// warmupDir holds the throwaway container's rootfs when WARMUP mounts no share: /run is a
+// tmpfs of the guest. With the share mounted ahead (a pooled VM), the rootfs is in the
+// share, shareWarmupDir, as a pod's containers' are.
 const (
-	warmupDir = "/run/runv/warmup"
-	warmupID  = "runv-warmup"
+	warmupDir      = "/run/runv/warmup"
+	shareWarmupDir = agentproto.SharePath + "/.runv-warmup"
+	warmupID       = "runv-warmup"
 )
+
+// warmupPATH is the warm-up process's PATH: runc's default, whose directories its rootfs
+// does not have, then its root, where its program is: the init's PATH search goes through
+// lookups that miss and one that finds, as a pod's container's does.
+const warmupPATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/"
 
 // warmup handles WARMUP: it runs one container through the path every pod's containers
 // take (spec adjustment, libcontainer create and start, runc init re-exec with nsexec, the
@@ -67,16 +75,28 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	tr := a.trace.begin("WARMUP")
 	defer a.trace.end(tr, a.log)
 	start := time.Now()
-	rootfs := filepath.Join(warmupDir, "rootfs")
+	// The share first, so that the container's rootfs is on it: the guest's 9p client then
+	// runs, before the pod, what a pod's first container asks of it (the mountpoints' and
+	// the PATH's lookups, /etc/passwd read, attributes), which made that container's mounts
+	// and process set-up ~5 ms each slower than a later container's.
+	dir := warmupDir
+	if wr.ShareTag != "" {
+		if err := a.mountShareAhead(wr.ShareTag); err != nil {
+			return nil, err
+		}
+		dir = shareWarmupDir
+	}
+	rootfs := filepath.Join(dir, "rootfs")
 	if err := prepareWarmupRoot(rootfs); err != nil {
-		removeWarmupRoot()
+		removeWarmupRoot(dir)
 		return nil, err
 	}
-	defer removeWarmupRoot()
+	defer removeWarmupRoot(dir)
 
 	spec := specconv.Example() // runc's default config, as `runc spec` writes it
 	spec.Process.Terminal = false
-	spec.Process.Args = []string{"/init", WarmupArg}
+	spec.Process.Args = []string{"init", WarmupArg} // found in PATH (warmupPATH)
+	spec.Process.Env = []string{warmupPATH, "TERM=xterm"}
 	spec.Root.Readonly = true
 	spec.Hostname = warmupID
 	spec, err := asReceived(spec)
@@ -84,7 +104,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		return nil, err
 	}
 	tr.mark("spec decoded")
-	gs, err := adjustSpec(spec, guestSpec{ContainerID: warmupID, ShareDir: warmupDir, Rootfs: "rootfs"})
+	gs, err := adjustSpec(spec, guestSpec{ContainerID: warmupID, ShareDir: dir, Rootfs: "rootfs"})
 	if err != nil {
 		return nil, err
 	}
@@ -148,13 +168,6 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		return nil, err
 	}
 	a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
-	if wr.ShareTag != "" {
-		if err := a.mountShareAhead(wr.ShareTag); err != nil {
-			return nil, err
-		}
-		warmShare(agentproto.SharePath)
-		tr.mark("share looked up")
-	}
 	return res, nil
 }
 
@@ -212,35 +225,15 @@ func warmupPayloads() error {
 	return nil
 }
 
-// warmShare runs the guest's 9p client through what a container's init asks of the share
-// (its mountpoints, the PATH search, /etc/passwd: lookups that miss, opens, attributes, a
-// directory read), so that a pooled VM's first container does not translate that kernel
-// code (it made the init's mounts and process set-up ~5 ms each slower than a later
-// container's). It only reads: the share is the host's, and empty before the pod.
-func warmShare(dir string) {
-	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(root)
-	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
-	for _, missing := range []string{"runv-warmup", "runv-warmup/etc/passwd"} {
-		if fd, err := unix.Openat2(root, missing, how); err == nil {
-			unix.Close(fd)
-		}
-		var st unix.Stat_t
-		_ = unix.Fstatat(root, missing, &st, 0)
-	}
-	if f, err := os.Open(dir); err == nil {
-		_, _ = f.Stat()
-		_, _ = f.Readdirnames(1)
-		f.Close()
-	}
-}
-
-// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init.
+// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init, the
+// mountpoints of runc's default mounts and an /etc/passwd (the init reads HOME from it).
 func prepareWarmupRoot(rootfs string) error {
-	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+	for _, d := range []string{"proc", "sys", "dev", "etc"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	self := filepath.Join(rootfs, "init")
@@ -255,9 +248,10 @@ func prepareWarmupRoot(rootfs string) error {
 	return nil
 }
 
-func removeWarmupRoot() {
-	unix.Unmount(filepath.Join(warmupDir, "rootfs", "init"), unix.MNT_DETACH)
-	os.RemoveAll(warmupDir)
+// removeWarmupRoot removes what prepareWarmupRoot made under dir.
+func removeWarmupRoot(dir string) {
+	unix.Unmount(filepath.Join(dir, "rootfs", "init"), unix.MNT_DETACH)
+	os.RemoveAll(dir)
 }
 
 // warmupExec runs the warm-up program once more, through the exec helper, in the warm-up

@@ -33,9 +33,10 @@ func (a agentAdapter) DialPort(ctx context.Context, port uint16) (network.GuestC
 	return c, nil
 }
 
-// connectAgent connects to the VM's agent and checks it speaks our protocol. A cold-booted
-// guest announces itself with READY first; a restored one is already up and does not.
-// enter is told each step it waits in.
+// connectAgent connects to the VM's agent and returns once it is there: a cold-booted
+// guest announces itself with READY first, a restored one is already up and does not. The
+// version handshake is still in flight then (see verifiedAgent): the pod's first command
+// (STARTPOD) is written right behind GETVERSION. enter is told each step it waits in.
 func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter func(step string)) (guestAgent, error) {
 	ch, err := vm.Channels(ctx)
 	if err != nil {
@@ -58,23 +59,42 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter fun
 	// sending READY, so the host's reaction to READY is not on the boot's path (a few ms
 	// of wake-ups on both sides, more on a loaded host). A GETVERSION unread in the socket,
 	// or reported slow by OnSlow, during a boot therefore means the agent is not up yet.
-	handshake := make(chan error, 1)
+	a := &verifiedAgent{agentAdapter: agentAdapter{c}, verified: make(chan struct{})}
 	go func() {
-		_, err := c.Handshake(ctx)
-		handshake <- err
+		_, a.handshakeErr = c.Handshake(ctx)
+		close(a.verified)
 	}()
 	if !vm.Restored() {
 		enter("waiting for the agent's READY")
 		if err := c.WaitReady(ctx); err != nil {
 			c.Close()
-			<-handshake // fails with the closed client
+			<-a.verified // fails with the closed client
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)
 		}
 	}
-	enter("version handshake (GETVERSION)")
-	if err := <-handshake; err != nil {
-		c.Close()
-		return nil, err
+	return a, nil
+}
+
+// verifiedAgent is an agent whose version handshake may still be in flight. A command is
+// written at once, behind GETVERSION, but its answer only counts once the agent turned out
+// to speak our protocol: an agent of another version gets the handshake's error (what to
+// rebuild), whatever it made of the command. STARTPOD's clock is still current then: it is
+// written after READY, not before the boot.
+type verifiedAgent struct {
+	agentAdapter
+	verified     chan struct{} // closed when the handshake ended
+	handshakeErr error
+}
+
+func (a *verifiedAgent) Call(ctx context.Context, t agentproto.MsgType, payload, reply any) error {
+	err := a.agentAdapter.Call(ctx, t, payload, reply)
+	select {
+	case <-a.verified:
+		if a.handshakeErr != nil {
+			return a.handshakeErr
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("version handshake: %w", ctx.Err())
 	}
-	return agentAdapter{c}, nil
+	return err
 }

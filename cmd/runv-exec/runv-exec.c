@@ -733,19 +733,40 @@ static void load_seccomp(const struct request *r)
 		fail("load the seccomp filter", errno);
 }
 
-/* find_executable is Go's exec.LookPath check on one path (what libcontainer runs). */
+/* program_pin holds the program look_path found (O_PATH, close-on-exec) until the execve:
+ * with the 9p rootfs (cache=none) a dentry nobody holds is dropped, and every walk to it is
+ * a round trip to QEMU per path component; held, the execve's walk finds them cached. */
+static int program_pin = -1;
+
+/* find_executable is Go's exec.LookPath check on one path (what libcontainer runs). The
+ * path is opened (O_PATH) first and held: the access check's walk then finds it cached.
+ * (Not faccessat's AT_EMPTY_PATH on the descriptor: it failed with EINVAL in the OCI
+ * conformance suite's containers, as glibc answers when the faccessat2 call is refused.) */
 static int find_executable(const char *path)
 {
 	struct stat st;
-	if (stat(path, &st) < 0)
+	int fd = open(path, O_PATH | O_CLOEXEC);
+	if (fd < 0)
 		return errno;
-	if (S_ISDIR(st.st_mode))
-		return EISDIR;
-	if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) == 0)
-		return 0;
-	if (errno != ENOSYS && errno != EPERM)
-		return errno;
-	return (st.st_mode & 0111) ? 0 : EACCES;
+	int err = 0;
+	if (fstat(fd, &st) < 0)
+		err = errno;
+	else if (S_ISDIR(st.st_mode))
+		err = EISDIR;
+	else if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) < 0) {
+		if (errno != ENOSYS && errno != EPERM)
+			err = errno;
+		else if (!(st.st_mode & 0111))
+			err = EACCES;
+	}
+	if (err) {
+		close(fd);
+		return err;
+	}
+	if (program_pin >= 0)
+		close(program_pin);
+	program_pin = fd;
+	return 0;
 }
 
 static const char *env_get(char **envp, const char *key)
@@ -961,15 +982,20 @@ static void mount_one(const struct create *c, int rootfd, struct mount_entry *m)
 	int is_proc = strcmp(m->type, "proc") == 0 || strcmp(m->type, "sysfs") == 0;
 	int dst;
 	if (is_proc) {
-		/* Only on an ordinary directory, never through a symlink. */
-		int fd = in_root(rootfd, m->dest, O_PATH | O_NOFOLLOW);
-		struct stat st;
-		if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)))
-			failf(ENOTDIR, "filesystem %s must be mounted on ordinary directory", m->type);
-		if (fd >= 0)
-			close(fd);
-		if ((dst = mkdir_all_in_root(rootfd, m->dest, 0755)) < 0)
-			failf(errno, "make the mountpoint %s", m->dest);
+		/* Only on an ordinary directory, never through a symlink. A directory found is the
+		 * mountpoint (one walk: over 9p each lookup is a round trip); anything else is
+		 * looked at again to tell why. */
+		dst = in_root(rootfd, m->dest, O_PATH | O_NOFOLLOW | O_DIRECTORY);
+		if (dst < 0) {
+			int fd = in_root(rootfd, m->dest, O_PATH | O_NOFOLLOW);
+			struct stat st;
+			if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)))
+				failf(ENOTDIR, "filesystem %s must be mounted on ordinary directory", m->type);
+			if (fd >= 0)
+				close(fd);
+			if ((dst = mkdir_all_in_root(rootfd, m->dest, 0755)) < 0)
+				failf(errno, "make the mountpoint %s", m->dest);
+		}
 	} else {
 		dst = open_mountpoint(c, rootfd, m);
 	}
@@ -1091,6 +1117,10 @@ static int is_dev_null(int fd)
 static void prepare_rootfs(struct request *r)
 {
 	struct create *c = r->create;
+	/* Held until the rootfs is open as its own bind: the walks of its path below (the
+	 * parent's propagation, the bind's source and target) find its dentries cached instead
+	 * of asking QEMU for each component again (9p, cache=none). */
+	int pin = open(c->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	unsigned long prop = c->root_propagation ? c->root_propagation : MS_SLAVE | MS_REC;
 	xmount("", "/", "", prop, "", "propagation of /");
 	/* The rootfs's parent mount private (or slave), so the pivot does not propagate. */
@@ -1112,6 +1142,8 @@ static void prepare_rootfs(struct request *r)
 	int rootfd = open(c->rootfs, O_DIRECTORY | O_PATH | O_CLOEXEC);
 	if (rootfd < 0)
 		failf(errno, "open the rootfs %s", c->rootfs);
+	if (pin >= 0)
+		close(pin);
 	step(r, "init: rootfs bound");
 	for (int i = 0; i < c->nmounts; i++)
 		mount_one(c, rootfd, &c->mounts[i]);
@@ -1360,6 +1392,7 @@ static void __attribute__((noreturn)) child(struct request *r)
 		r->envp[r->nenv] = kv; /* split_strings left room */
 		r->envp[r->nenv + 1] = NULL;
 	}
+	step(r, "init: cwd, HOME");
 	if (r->has_caps) {
 		apply_bounding(r);
 		if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
@@ -1393,7 +1426,9 @@ static void __attribute__((noreturn)) child(struct request *r)
 			fail("clear keep capabilities", errno);
 		apply_caps(r);
 	}
+	step(r, "init: user, groups, capabilities");
 	char *path = look_path(r->argv[0], r->envp);
+	step(r, "init: program found");
 	if (r->has_seccomp && r->nnp)
 		load_seccomp(r);
 	if (r->create)
