@@ -71,6 +71,10 @@ func (l *Launcher) kvmVerdict(ctx context.Context, cfg hypervisor.Config) (accel
 			rememberVerdict(mk, r)
 			return r, true
 		}
+		if r, ok := hostVerdict(path, key); ok {
+			rememberVerdict(mk, r)
+			return r, true
+		}
 		return accelRecord{}, false
 	}
 	if r, ok := lookup(); ok {
@@ -92,12 +96,12 @@ func (l *Launcher) kvmVerdict(ctx context.Context, cfg hypervisor.Config) (accel
 	}
 
 	start := time.Now()
-	accel, reason, err := l.raceProbes(ctx, cfg, l.probeTimeout())
+	r, err := l.raceProbes(ctx, cfg, l.probeTimeout())
 	if err != nil {
 		return accelRecord{}, fmt.Errorf("accelerator probe: %w", err)
 	}
-	r := accelRecord{Key: key, Accel: accel, Reason: reason, ProbedAt: time.Now().UTC()}
-	log.Info("kvm probe", "accel", r.Accel, "reason", reason, "duration", time.Since(start))
+	r.Key, r.ProbedAt = key, time.Now().UTC()
+	log.Info("kvm probe", "accel", r.Accel, "reason", r.Reason, "duration", time.Since(start))
 	rememberVerdict(mk, r)
 	if err := writeVerdict(path, r); err != nil {
 		// The verdict still holds for this process; the next one probes again.
@@ -106,14 +110,15 @@ func (l *Launcher) kvmVerdict(ctx context.Context, cfg hypervisor.Config) (accel
 	return r, nil
 }
 
-// raceProbes boots the probe under KVM and, beside it, under TCG, and returns the
-// accelerator to use: kvm if its guest reached userspace first; tcg if the KVM guest failed,
-// did not answer within timeout, or was overtaken by the same guest emulated. A /dev/kvm
-// that runs guests, but slower than emulation (nested virtualisation whose every exit costs
-// milliseconds, as on this project's machines), then costs the first pod the TCG boot's
-// time instead of the whole deadline; a working KVM answers in a fraction of the TCG boot,
-// whose VM is then killed. err is only set when ctx ended or the KVM probe could not start.
-func (l *Launcher) raceProbes(ctx context.Context, cfg hypervisor.Config, timeout time.Duration) (accel, reason string, err error) {
+// raceProbes boots the probe under KVM and, beside it, under TCG, and returns the verdict
+// (without its key): kvm if the KVM guest reached userspace first; tcg if it failed, did not
+// answer within timeout, or was overtaken by the same guest emulated (KVMSlower). A
+// /dev/kvm that runs guests, but slower than emulation (nested virtualisation whose every
+// exit costs milliseconds, as on this project's machines), then costs the first pod the
+// TCG boot's time instead of the whole deadline; a working KVM answers in a fraction of
+// the TCG boot, whose VM is then killed. err is only set when ctx ended or the KVM probe
+// could not start.
+func (l *Launcher) raceProbes(ctx context.Context, cfg hypervisor.Config, timeout time.Duration) (accelRecord, error) {
 	type result struct {
 		accel  string
 		ok     bool
@@ -145,16 +150,17 @@ func (l *Launcher) raceProbes(ctx context.Context, cfg hypervisor.Config, timeou
 		if r.accel == hypervisor.AccelKVM {
 			switch {
 			case r.err != nil:
-				return "", "", r.err
+				return accelRecord{}, r.err
 			case r.ok:
-				return hypervisor.AccelKVM, r.reason, nil
+				return accelRecord{Accel: hypervisor.AccelKVM, Reason: r.reason}, nil
 			default:
-				return hypervisor.AccelTCG, r.reason, nil
+				return accelRecord{Accel: hypervisor.AccelTCG, Reason: r.reason}, nil
 			}
 		}
 		if r.ok {
-			return hypervisor.AccelTCG, fmt.Sprintf("the guest under KVM had not printed %s when the same guest under TCG had, after %v: KVM is slower than emulation on this host",
-				ProbeMarker, r.took.Round(time.Millisecond)), nil
+			return accelRecord{Accel: hypervisor.AccelTCG, KVMSlower: true, Reason: fmt.Sprintf(
+				"the guest under KVM had not printed %s when the same guest under TCG had, after %v: KVM is slower than emulation on this host",
+				ProbeMarker, r.took.Round(time.Millisecond))}, nil
 		}
 		// An emulated guest that did not boot proves nothing about KVM: its probe decides.
 	}

@@ -94,3 +94,58 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// A verdict that KVM lost the race to TCG is the host's: another kernel or initrd booted by
+// the same QEMU takes it without probing. Other verdicts stay per kernel and initrd. The
+// "QEMU" here is a file that cannot run, so a probe fails the lookup.
+// Not parallel: it swaps kvmDevice.
+func TestHostWideVerdict(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old := kvmDevice
+	kvmDevice = file("kvm")
+	defer func() { kvmDevice = old }()
+	probed := hypervisor.Config{QEMU: file("qemu"), Kernel: file("vmlinux-1"), Initrd: file("initrd-1")}
+	fresh := hypervisor.Config{QEMU: probed.QEMU, Kernel: file("vmlinux-2"), Initrd: file("initrd-2")}
+	otherQEMU := hypervisor.Config{QEMU: file("qemu-2"), Kernel: fresh.Kernel, Initrd: fresh.Initrd}
+	probedKey, err := keyFor(probed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		stored accelRecord
+		cfg    hypervisor.Config
+		shared bool
+	}{
+		{"KVM slower, another kernel and initrd", accelRecord{Accel: hypervisor.AccelTCG, KVMSlower: true, Reason: "slower"}, fresh, true},
+		{"KVM slower, another QEMU", accelRecord{Accel: hypervisor.AccelTCG, KVMSlower: true, Reason: "slower"}, otherQEMU, false},
+		{"no answer from KVM", accelRecord{Accel: hypervisor.AccelTCG, Reason: "probe VM exited"}, fresh, false},
+		{"KVM works", accelRecord{Accel: hypervisor.AccelKVM, Reason: "guest booted"}, fresh, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &Launcher{AccelCache: filepath.Join(t.TempDir(), "accel.json")}
+			rec := tc.stored
+			rec.Key = probedKey
+			if err := writeVerdict(l.AccelCache, rec); err != nil {
+				t.Fatal(err)
+			}
+			got, err := l.kvmVerdict(context.Background(), tc.cfg)
+			if !tc.shared {
+				if err == nil {
+					t.Fatalf("took %+v without probing", got)
+				}
+				return
+			}
+			if err != nil || got.Accel != hypervisor.AccelTCG || !strings.Contains(got.Reason, "slower") || !strings.Contains(got.Reason, probed.Kernel) {
+				t.Fatalf("verdict %+v, %v: want tcg, the stored reason and the kernel it was probed with", got, err)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,6 +33,10 @@ type accelRecord struct {
 	Accel    string    `json:"accel"`
 	Reason   string    `json:"reason,omitempty"`
 	ProbedAt time.Time `json:"probedAt"`
+	// KVMSlower: the guest under KVM lost the race to the same guest under TCG
+	// (raceProbes). That is this host's KVM (the cost of its exits), not the guest's, so
+	// the verdict holds for every kernel and initrd booted by the same QEMU (hostVerdict).
+	KVMSlower bool `json:"kvmSlower,omitempty"`
 }
 
 type accelCacheFile struct {
@@ -128,6 +133,20 @@ func readCache(path string) accelCacheFile {
 func readVerdict(path string, key accelKey) (accelRecord, bool) {
 	for _, r := range readCache(path).Verdicts {
 		if r.Key == key {
+			return r, true
+		}
+	}
+	return accelRecord{}, false
+}
+
+// hostVerdict returns a verdict of KVMSlower for key's QEMU and KVM device, probed with
+// another kernel or initrd: a new build or install then boots without a probe.
+func hostVerdict(path string, key accelKey) (accelRecord, bool) {
+	for _, r := range readCache(path).Verdicts {
+		k := r.Key
+		if r.KVMSlower && k.KVM && key.KVM && k.QEMU == key.QEMU && k.QEMUMtime == key.QEMUMtime {
+			r.Reason = fmt.Sprintf("%s (probed with %s at %s)", r.Reason, k.Kernel, r.ProbedAt.Format(time.RFC3339))
+			r.Key = key
 			return r, true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"time"
@@ -32,6 +33,9 @@ type Config struct {
 	// Console is the host pty slave of a terminal process, the shim's controlling
 	// terminal: the shim gets SIGWINCH when the master is resized (nil without terminal).
 	Console *os.File
+	// Gate, if set, is read until EOF before the shim looks for its process: the process
+	// may not exist yet when the shim starts (runv create starts it meanwhile).
+	Gate *os.File
 }
 
 // Main is the shim (`runv shim`): the host process that stands in for one container
@@ -46,6 +50,12 @@ func Main(ctx context.Context, cfg Config) int {
 	// ignored by default). relayWinsize reads the size once more after this.
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, unix.SIGWINCH)
+	if cfg.Gate != nil {
+		// Signals that come meanwhile wait in sigs and are forwarded once the process
+		// exists.
+		io.Copy(io.Discard, cfg.Gate)
+		cfg.Gate.Close()
+	}
 	conn, err := podapi.Dial(cfg.PodDir)
 	if err != nil {
 		// The pod is gone, and the process with it: killed.

@@ -149,24 +149,39 @@ func hasNamespace(s *specs.Spec, kind specs.LinuxNamespaceType) bool {
 	return false
 }
 
-// A create that fails after the container's host cgroup was made (its prestart hook
-// fails) leaves no cgroup behind.
+// A create that fails leaves no host cgroup and no shim: after the container exists (a
+// prestart hook fails), and while the shim still waits for it (the guest cannot create it:
+// the shim and its cgroup are made meanwhile).
 func TestFailedCreateLeavesNoHostCgroup(t *testing.T) {
 	t.Parallel()
-	stateRoot, id, cgPath := withHostCgroup(t)
-	b := newBundleWith(t, func(s *specs.Spec) {
-		s.Linux.CgroupsPath = cgPath
-		s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/false"}}}
-	}, "true")
-	if r := runvIn(t, stateRoot, nil, "create", "--bundle", b, id); r.code == 0 {
-		t.Fatalf("create with a failing prestart hook succeeded: %s", r)
-	}
-	assertEmptyRoot(t, stateRoot)
-	if dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgPath); len(dirs) > 0 {
-		t.Errorf("host cgroup left after the failed create: %v", dirs)
-	}
-	if _, err := os.Stat("/sys/fs/cgroup" + cgPath); err == nil {
-		t.Errorf("host cgroup /sys/fs/cgroup%s left after the failed create", cgPath)
+	for _, tt := range []struct {
+		name string
+		hook []specs.Hook
+		args []string
+	}{
+		{name: "prestart hook fails", hook: []specs.Hook{{Path: "/bin/false"}}, args: []string{"true"}},
+		{name: "process not in the rootfs", args: []string{"/no/such/program"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stateRoot, id, cgPath := withHostCgroup(t)
+			b := newBundleWith(t, func(s *specs.Spec) {
+				s.Linux.CgroupsPath = cgPath
+				if tt.hook != nil {
+					s.Hooks = &specs.Hooks{Prestart: tt.hook}
+				}
+			}, tt.args...)
+			if r := runvIn(t, stateRoot, nil, "create", "--bundle", b, id); r.code == 0 {
+				t.Fatalf("create succeeded: %s", r)
+			}
+			assertEmptyRoot(t, stateRoot)
+			if dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgPath); len(dirs) > 0 {
+				t.Errorf("host cgroup left after the failed create: %v", dirs)
+			}
+			if _, err := os.Stat("/sys/fs/cgroup" + cgPath); err == nil {
+				t.Errorf("host cgroup /sys/fs/cgroup%s left after the failed create", cgPath)
+			}
+		})
 	}
 }
 
