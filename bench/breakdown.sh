@@ -7,9 +7,9 @@
 # started of the CLI's and the pod daemon's lines, then the guest agent's own (guest
 # uptime). STEPS=1 runs create, start and delete as separate commands instead (as a client
 # such as docker does: create then spawns a shim and connects the pod's network at start).
-# It also prints QEMU's CPU time (its threads' time on a CPU, schedstat) until create
-# returned (STEPS=1) and until QEMU exited: the guest's work, TCG translation included,
-# which a loaded machine inflates much less than it does the wall times.
+# QEMU's CPU time, the guest's work with TCG's translation (which a loaded machine inflates
+# much less than the wall times), is on the daemon's "qemu exited" line (cpu=, all of the
+# pod), and with STEPS=1 also printed as it was when create returned (schedstat).
 # RUNV, RUNV_KERNEL, RUNV_INITRD, ROOT (state root; default: a fresh temporary one) as for
 # bench/run.sh. With a "cache" policy and no factory daemon serving under ROOT, one is
 # started (warmed) and its pool awaited before the run; it is stopped at the end. Whatever
@@ -74,20 +74,10 @@ follow_pod() {
 	[ -n "$pod" ] || return
 	tail -n +1 -F "$pod/daemon.log" >"$work/daemon.log" 2>/dev/null &
 	tail -n +1 -F "$pod/vm/console.log" >"$work/console.log" 2>/dev/null &
-	local qpid=
-	for _ in $(seq 5000); do
-		qpid=$(cat "$pod/vm/qemu.pid" 2>/dev/null) && [ -n "$qpid" ] && break
-		sleep 0.002
-	done
-	# The last reading before QEMU is gone is its CPU time for the whole pod.
-	while [ -n "$qpid" ] && qemu_cpu "$qpid" >"$work/qcpu.new" && [ -s "$work/qcpu.new" ]; do
-		mv "$work/qcpu.new" "$work/qcpu"
-		sleep 0.005
-	done
 	wait
 }
-# qemu_cpu PID: milliseconds QEMU's threads have run so far (empty once it is gone).
-qemu_cpu() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {if (NR) printf "%.0f\n", s / 1e6}'; }
+# qemu_cpu PID: milliseconds QEMU's threads have run so far.
+qemu_cpu() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || :; } | awk '{s += $1} END {if (NR) printf "%.0f\n", s / 1e6}'; }
 follow_pod &
 tailpids+=($!)
 
@@ -112,7 +102,6 @@ sleep 0.3
 pkill -P "${tailpids[0]}" 2>/dev/null
 echo "host (ms since the CLI started): $summary"
 [ -n "${qcpu_created:-}" ] && echo "qemu CPU time until create returned: $qcpu_created ms"
-[ -s "$work/qcpu" ] && echo "qemu CPU time until it exited: $(cat "$work/qcpu") ms"
 echo "--- CLI and pod daemon (--debug), milliseconds since the CLI started"
 # The CLI's start as seconds of the UTC day, the unit of the logs' timestamps.
 t0s=$(date -u -d "@$((t0 / 1000000000)).$(printf %09d $((t0 % 1000000000)))" +%H:%M:%S.%N | awk -F: '{printf "%.6f", $1*3600 + $2*60 + $3}')

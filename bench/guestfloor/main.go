@@ -142,6 +142,32 @@ func run(n int, agent, crunBundle string) error {
 			unix.Close(fd)
 			return os.Remove(fifo)
 		}},
+		// The 9p rootfs (cache=none): every walk of a path nobody holds asks QEMU for each
+		// component; the floor of the init's mountpoint lookups, PATH search and HOME.
+		op{"stat of a missing /usr/local/sbin/true (9p rootfs)", func() error {
+			var st unix.Stat_t
+			if err := unix.Stat("/usr/local/sbin/true", &st); err != unix.ENOENT {
+				return fmt.Errorf("stat /usr/local/sbin/true: %v, want ENOENT", err)
+			}
+			return nil
+		}},
+		op{"stat of /bin/true, a symlink to /bin/busybox (9p rootfs)", func() error {
+			var st unix.Stat_t
+			return unix.Stat("/bin/true", &st)
+		}},
+		op{"PATH search of true, runc's default PATH, a stat per entry (9p rootfs)", func() error {
+			for _, d := range []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"} {
+				var st unix.Stat_t
+				if unix.Stat(d+"/true", &st) == nil {
+					return nil
+				}
+			}
+			return errors.New("true not in PATH")
+		}},
+		op{"open+read+close /etc/passwd (9p rootfs)", func() error {
+			_, err := os.ReadFile("/etc/passwd")
+			return err
+		}},
 		op{"cgroup v2: mkdir, move a process in and out, rmdir", func() error { return cgroupCycle(cg) }},
 		op{"pivot_root into a tmpfs and back (new mount ns)", pivotCycle(scratch)},
 	)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,9 @@ type process struct {
 	exited bool // QEMU has exited; it stays unreaped (a zombie) until waitErr is set
 
 	waitErr error // cmd.Wait's result; read only after done is closed
+	// cpu is the CPU time QEMU used, all its threads (user and system, from its rusage):
+	// the guest's work, TCG translation included. Read only after done is closed.
+	cpu time.Duration
 }
 
 type startOpts struct {
@@ -135,6 +139,9 @@ func startProcess(o startOpts) (*process, error) {
 		p.exited = true
 		p.mu.Unlock()
 		p.waitErr = cmd.Wait()
+		if st := cmd.ProcessState; st != nil {
+			p.cpu = st.UserTime() + st.SystemTime()
+		}
 		release()
 		conf.exited()
 		if o.onExit != nil {
