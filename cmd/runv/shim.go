@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/shim"
 	"github.com/runv-project/runv/internal/state"
 )
@@ -150,6 +151,12 @@ func (s *startedShim) pid() int { return s.cmd.Process.Pid }
 // register has the pod daemon watch the shim (the process must exist there by now) and
 // lets a gated shim go on. The shim is then let go: it outlives us.
 func (s *startedShim) register(ctx context.Context, pod *podConn) (state.Process, error) {
+	if s.gate != nil && s.exited() {
+		// Killed while its process was being made (what `kill -9 <pid>` of the stand-in
+		// means to a container that exists): no container is published without its
+		// stand-in; the create fails and undoes itself.
+		return state.Process{}, fmt.Errorf("shim for %s died before its process existed: %w", s.what, errdefs.ErrUnavailable)
+	}
 	// Our child, not reaped yet: its pid cannot have been reused until we let it go.
 	if err := pod.watchStandIn(ctx, s.id, s.process, s.pid()); err != nil {
 		return state.Process{}, fmt.Errorf("shim for %s: %w", s.what, err)
@@ -164,6 +171,13 @@ func (s *startedShim) register(ctx context.Context, pod *podConn) (state.Process
 	}
 	s.cmd.Process.Release()
 	return p, nil
+}
+
+// exited reports whether the shim has exited (it stays unreaped).
+func (s *startedShim) exited() bool {
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, s.pid(), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return err == nil && info.Signo == int32(unix.SIGCHLD)
 }
 
 // abort kills and reaps a shim that was not registered.
