@@ -19,14 +19,14 @@ import (
 //
 //   - the template boots with its RAM in a memory-backend-file on tmpfs, share=on, so the
 //     RAM ends up in that file; once its agent is parked (idle between two commands, its
-//     host still connected) QEMU stops it and migrates with x-ignore-shared to
-//     "exec:cat > state": the state file then holds the device state only (~100 KB), not
-//     the RAM;
+//     host still connected) QEMU migrates it with x-ignore-shared into the state file
+//     (stopping it as the migration completes): the file then holds the device state only
+//     (~100 KB), not the RAM;
 //   - a clone runs the same command line with share=off (a private copy-on-write mapping of
 //     the template's RAM file: clones never write into it), its own sockets and share
 //     directory, no kernel, and "-incoming defer"; x-ignore-shared must be set on this side
-//     too, which QEMU 7.2 only allows over QMP, then migrate-incoming, wait for "paused",
-//     and cont;
+//     too, which QEMU 7.2 only allows over QMP, then migrate-incoming and wait for
+//     "running" (the template was saved running: QEMU starts the clone once loaded);
 //   - the host stays connected to the template's channels until its QEMU is gone, and a
 //     clone's host connects before the clone's state loads: virtio-serial migrates whether
 //     the host was connected and tells the guest only of a difference (its post-load
@@ -88,7 +88,6 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 		{"connect-qmp", ln.connectQMP},
 		{"query-status", ln.queryStatus},
 		{"park-guest", t.parkGuest},
-		{"stop", func(ctx context.Context) error { return t.qmp(ctx, "stop", nil, nil) }},
 		{"save-state", t.saveState},
 		{"quit", t.quit},
 	})
@@ -194,8 +193,11 @@ type migrationInfo struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-// saveState migrates the stopped template's device state into the state file, through a
-// socket runv listens on (migstate.go).
+// saveState migrates the template's device state into the state file, through a socket
+// runv listens on (migstate.go). The guest runs until the migration completes, when QEMU
+// stops it for good and saves the devices (the RAM stays in the file, consistent at that
+// stop): the state records the guest as running, so a clone starts by itself the moment its
+// state is loaded, without a cont after it (waitIncoming).
 func (t *templateLaunch) saveState(ctx context.Context) error {
 	if err := t.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
 		return err
@@ -367,9 +369,10 @@ func (c *cloneLaunch) migrateIncoming(ctx context.Context) error {
 	return nil
 }
 
-// waitIncoming waits until the device state is loaded. The template was stopped when it
-// was saved, so a loaded clone is "paused" (QEMU would start one saved running by itself).
-// A state that does not load makes QEMU exit; exitedOr then quotes its reason.
+// waitIncoming waits until the device state is loaded. A template is saved running (see
+// saveState), so QEMU starts a clone by itself the moment its state is loaded: "running".
+// One saved stopped (by older runv builds) loads "paused" and is continued by cont. A state
+// that does not load makes QEMU exit; exitedOr then quotes its reason.
 func (c *cloneLaunch) waitIncoming(ctx context.Context) error {
 	err := c.vm.poll(ctx, c.l.startTimeout(), pollClone, func(ctx context.Context) (bool, error) {
 		st, err := c.vm.monitor().status(ctx)
