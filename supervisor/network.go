@@ -127,6 +127,9 @@ func (s *Supervisor) followNetwork(ctx context.Context, nsPath string) {
 		log.Warn("cannot watch the network namespace: interfaces added later will not reach the guest", "netns", nsPath, "error", err)
 		return
 	}
+	// What changed between ConnectNetwork's snapshot and these subscriptions sent no
+	// event here: one resync covers it (and sends nothing if nothing changed).
+	notify()
 	var settle <-chan time.Time
 	for {
 		select {
