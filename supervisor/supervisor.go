@@ -369,8 +369,8 @@ func (s *Supervisor) Close(ctx context.Context) error {
 		destroyed := false
 		if s.agent != nil && s.guestEmpty() {
 			// Nothing runs in the guest and nothing there is the host's to save (the share
-			// is 9p with cache=none: every write reached the host when it returned; the VM
-			// has no disk): DESTROYPOD's stop, unmount and sync would only cost its round
+			// is 9p with cache=mmap: every write reached the host when it returned, a shared
+			// mapping's pages when its process exited; the VM has no disk): DESTROYPOD's stop, unmount and sync would only cost its round
 			// trip (7-10 ms), so QEMU is ended at once.
 			s.agent.Close()
 			destroyed = true

@@ -142,7 +142,7 @@ func run(n int, agent, crunBundle string) error {
 			unix.Close(fd)
 			return os.Remove(fifo)
 		}},
-		// The 9p rootfs (cache=none): every walk of a path nobody holds asks QEMU for each
+		// The 9p rootfs (cache=mmap caches no names): every walk of a path nobody holds asks QEMU for each
 		// component; the floor of the init's mountpoint lookups, PATH search and HOME.
 		op{"stat of a missing /usr/local/sbin/true (9p rootfs)", func() error {
 			var st unix.Stat_t

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -129,4 +130,44 @@ func runWithVolumes(t *testing.T, stateRoot string, volumes ...specs.Mount) stri
 	id := runDetached(t, stateRoot, b)
 	t.Cleanup(func() { deleteAndCheck(t, stateRoot, id) })
 	return id
+}
+
+// A container can write a file through a shared writable mapping (SQLite's WAL index, LMDB),
+// in its rootfs as in a volume, as on runc's host filesystems, and the host has the data
+// once the process exited, even without msync: the pod share's 9p cache=mmap writes a
+// mapping back when it goes (cache=none refused such mappings with EINVAL).
+func TestSharedWritableMapping(t *testing.T) {
+	t.Parallel()
+	prog := filepath.Join(t.TempDir(), "mmapshared")
+	if out, err := exec.Command("cc", "-static", "-O2", "-o", prog, "testdata/mmapshared.c").CombinedOutput(); err != nil {
+		t.Fatalf("build the test program (cc, as make build needs it for runv-exec): %v\n%s", err, out)
+	}
+	vol := t.TempDir()
+	b := newBundleWith(t, func(s *specs.Spec) {
+		s.Root.Readonly = false
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/mnt/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}})
+	}, "sh", "-c", "/mmapshared /in-rootfs rootfs-data && /mmapshared /mnt/vol/in-volume volume-data")
+	data, err := os.ReadFile(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b, "rootfs", "mmapshared"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r := runvIn(t, newRoot(t), nil, "run", "--bundle", b, newID(t)); r.code != 0 {
+		t.Fatalf("run: %s", r)
+	}
+	for path, want := range map[string]string{
+		filepath.Join(b, "rootfs", "in-rootfs"): "rootfs-data",
+		filepath.Join(vol, "in-volume"):         "volume-data",
+	} {
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Errorf("the host has no %s: %v", path, err)
+			continue
+		}
+		if !strings.HasPrefix(string(got), want) {
+			t.Errorf("%s on the host begins %q, want %q", path, got[:min(len(got), 32)], want)
+		}
+	}
 }
