@@ -823,13 +823,21 @@ static void step(const struct request *r, const char *what)
 		report('T', 0, what);
 }
 
-/* in_root opens path inside the root rootfd: symlinks and ".." cannot leave it. */
+/* in_root opens path inside the root rootfd: symlinks and ".." cannot leave it. The kernel
+ * answers EAGAIN when a mount or rename anywhere raced a ".." of the resolution (containers
+ * being made beside this one do both): the lookup is tried again, a bounded number of times. */
 static int in_root(int rootfd, const char *path, int flags)
 {
 	while (*path == '/')
 		path++;
 	struct open_how how = {.flags = (uint64_t)flags | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
-	return syscall(SYS_openat2, rootfd, *path ? path : ".", &how, sizeof(how));
+	int fd = -1;
+	for (int try = 0; try < 64; try++) {
+		fd = (int)syscall(SYS_openat2, rootfd, *path ? path : ".", &how, sizeof(how));
+		if (fd >= 0 || errno != EAGAIN)
+			break;
+	}
+	return fd;
 }
 
 /* mkdir_all_in_root makes every missing directory of path inside the root and returns the
