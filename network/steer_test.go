@@ -72,6 +72,31 @@ type fakeGuest struct {
 	block chan struct{} // non-nil: dials wait for it
 }
 
+// waitSlotsFree waits until the forwards of the connections before have ended: a forward
+// gives its slot back after its connection closed, and a subtest's connection must not find
+// the bound still taken (it would be closed without the guest being dialled).
+func waitSlotsFree(t *testing.T, f *PortForwarder) {
+	t.Helper()
+	for deadline := time.Now().Add(fwdTimeout); len(f.slots) > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d forwards still hold their slots %s after their connections closed", len(f.slots), fwdTimeout)
+		}
+		time.Sleep(time.Millisecond) // a poll with a deadline
+	}
+}
+
+// waitDial returns the port of the next dial the forwarder made to the guest.
+func (g *fakeGuest) waitDial(t *testing.T) uint16 {
+	t.Helper()
+	select {
+	case port := <-g.dials:
+		return port
+	case <-time.After(fwdTimeout):
+		t.Fatalf("the forwarder did not dial the guest within %s", fwdTimeout)
+		return 0
+	}
+}
+
 func (g *fakeGuest) dial(ctx context.Context, port uint16) (GuestConn, error) {
 	g.dials <- port
 	g.mu.Lock()
@@ -149,7 +174,7 @@ func TestPortForwarder(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		if port := <-g.dials; port != 8080 {
+		if port := g.waitDial(t); port != 8080 {
 			t.Errorf("guest dialled port %d, want 8080", port)
 		}
 		big := make([]byte, 1<<20) // more than every buffer on the way: backpressure
@@ -175,13 +200,14 @@ func TestPortForwarder(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		<-g.dials
+		g.waitDial(t)
 		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
 			t.Errorf("read = %q, %v; want EOF", b, err)
 		}
 	})
 
 	t.Run("connections beyond the bound are closed", func(t *testing.T) {
+		waitSlotsFree(t, f)
 		block := make(chan struct{})
 		g.mu.Lock()
 		g.block = block
@@ -199,7 +225,7 @@ func TestPortForwarder(t *testing.T) {
 			}
 			defer c.Close()
 			held = append(held, c)
-			<-g.dials
+			g.waitDial(t)
 		}
 		c, err := dialIn(t, n, "127.0.0.1:8080")
 		if err != nil {
@@ -217,12 +243,13 @@ func TestPortForwarder(t *testing.T) {
 	})
 
 	t.Run("close leaves nothing", func(t *testing.T) {
+		waitSlotsFree(t, f)
 		c, err := dialIn(t, n, "127.0.0.1:8080")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		<-g.dials
+		g.waitDial(t)
 		// Nor does a dial the guest never answers.
 		g.mu.Lock()
 		g.block = make(chan struct{})
@@ -232,7 +259,7 @@ func TestPortForwarder(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer pending.Close()
-		<-g.dials
+		g.waitDial(t)
 		// An open forward does not hold Close up.
 		done := make(chan error, 1)
 		go func() { done <- f.Close() }()
