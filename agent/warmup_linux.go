@@ -75,6 +75,12 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	tr := a.trace.begin("WARMUP")
 	defer a.trace.end(tr, a.log)
 	start := time.Now()
+	if len(wr.Entropy) > 0 {
+		if err := addEntropy(wr.Entropy); err != nil {
+			return nil, err
+		}
+		tr.mark("entropy added")
+	}
 	// The share first, so that the container's rootfs is on it: the guest's 9p client then
 	// runs, before the pod, what a pod's first container asks of it (the mountpoints' and
 	// the PATH's lookups, /etc/passwd read, attributes), which made that container's mounts

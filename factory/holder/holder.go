@@ -34,6 +34,7 @@ package holder
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -216,7 +217,8 @@ func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
 		start := time.Now()
 		// The share device of this VM is the pod's that takes it (its directory is renamed
 		// onto the pod's share): mounted now, STARTPOD finds it ready.
-		req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}
+		req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64)}
+		rand.Read(req.Entropy)
 		if err := c.Call(ctx, agentproto.MsgWarmup, req, &w); err != nil {
 			logging.G(ctx).Warn("warm-up failed; the VM joins the pool cold", "error", err)
 		} else {
