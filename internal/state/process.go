@@ -43,27 +43,32 @@ func (p Process) Alive() bool {
 
 // ParentOf is the pid of pid's parent.
 func ParentOf(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, err := readStat(pid)
 	if err != nil {
-		return 0, fmt.Errorf("process %d: %w", pid, err)
-	}
-	fields, ok := statFields(b)
-	if !ok {
-		return 0, fmt.Errorf("process %d: unparsable /proc stat", pid)
+		return 0, err
 	}
 	return strconv.Atoi(fields[1])
 }
 
 func startTime(pid int) (uint64, error) {
+	fields, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// readStat reads /proc/<pid>/stat and returns its fields after the command name (statFields).
+func readStat(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("process %d: %w", pid, err)
+		return nil, fmt.Errorf("process %d: %w", pid, err)
 	}
 	fields, ok := statFields(b)
 	if !ok {
-		return 0, fmt.Errorf("process %d: unparsable /proc stat", pid)
+		return nil, fmt.Errorf("process %d: unparsable /proc stat", pid)
 	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return fields, nil
 }
 
 // statFields returns the fields of /proc/<pid>/stat after the command name, which may itself
