@@ -182,15 +182,21 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 // decoders of its types, and under TCG runs that code for the first time: 13.5 ms of a
 // pooled VM's first NEWCONTAINER before the warm-up did it, 0.5 ms in later ones.
 func asReceived(spec *specs.Spec) (*specs.Spec, error) {
-	f, err := agentproto.Marshal(agentproto.MsgNewContainer, 0, agentproto.Container{ID: warmupID, Rootfs: "rootfs", Spec: spec})
-	if err != nil {
-		return nil, fmt.Errorf("warm-up: encode the spec: %w", err)
-	}
 	var m agentproto.Container
-	if err := f.Unmarshal(&m); err != nil {
-		return nil, fmt.Errorf("warm-up: decode the spec: %w", err)
+	if err := throughFrame(agentproto.MsgNewContainer, agentproto.Container{ID: warmupID, Rootfs: "rootfs", Spec: spec}, &m); err != nil {
+		return nil, fmt.Errorf("warm-up: the spec: %w", err)
 	}
 	return m.Spec, nil
+}
+
+// throughFrame encodes v in a frame of type t and decodes it into out, as the agent's
+// protocol does on either side.
+func throughFrame(t agentproto.MsgType, v, out any) error {
+	f, err := agentproto.Marshal(t, 1, v)
+	if err != nil {
+		return err
+	}
+	return f.Unmarshal(out)
 }
 
 // warmupPayloads encodes and decodes, once, the payloads of the other commands that start a
@@ -220,11 +226,7 @@ func warmupPayloads() error {
 					Args: []specs.LinuxSeccompArg{{Index: 0, Value: 1, Op: specs.OpEqualTo}}}}},
 		}}, &specs.Spec{}},
 	} {
-		f, err := agentproto.Marshal(p.t, 1, p.v)
-		if err == nil {
-			err = f.Unmarshal(p.out)
-		}
-		if err != nil {
+		if err := throughFrame(p.t, p.v, p.out); err != nil {
 			return fmt.Errorf("warm-up: %s payload: %w", p.t, err)
 		}
 	}
