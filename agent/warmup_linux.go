@@ -142,8 +142,10 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		handle, pid = initHandle(lc, lp)
 		// An exec into the created container, as a pod's execs go (the exec helper), so
 		// that a pooled VM's first exec does not pay the translation of that path either.
-		if werr := a.warmupExec(cfg, pid, tr); werr != nil {
-			a.log.Errorf("warm-up: exec: %v", werr)
+		if !wr.Light {
+			if werr := a.warmupExec(cfg, pid, tr); werr != nil {
+				a.log.Errorf("warm-up: exec: %v", werr)
+			}
 		}
 		err = lc.Exec()
 	}
@@ -168,7 +170,10 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	}
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
-	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (light: %v)", res.CreateMillis, res.TotalMillis, wr.Light)
+	if wr.Light {
+		return res, nil
+	}
 	netStart := time.Now()
 	if err := warmupNetwork(); err != nil {
 		return nil, err

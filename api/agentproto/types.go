@@ -226,6 +226,10 @@ type WarmupRequest struct {
 	// and from the other clones at once, and the pod's STARTPOD finds the reseed's path
 	// already run (under TCG a first run of it costs a clone 10-18 ms).
 	Entropy []byte `json:"entropy,omitempty"`
+	// Light warms the container path only: the throwaway container is created, run and
+	// destroyed, without the exec into it and without the network warm-up. A pool that ran
+	// dry warms its VMs light to catch up (docs/factory.md, "Warming").
+	Light bool `json:"light,omitempty"`
 }
 
 // Warmup answers MsgWarmup: how long the throwaway container took, guest monotonic time.
