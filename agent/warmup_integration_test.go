@@ -9,23 +9,32 @@ import (
 	"github.com/runv-project/runv/api/agentproto"
 )
 
-// A light WARMUP runs the throwaway container only (no exec into it, no network warm-up);
-// a full one after it, as the pool finishes a light-warmed VM, runs everything; a pod then
-// starts and runs its container in that VM.
-func TestVMLightWarmupThenFull(t *testing.T) {
+// The warm-ups of a pooled VM, in the pool's order: the pod's start (no container), a light
+// one (the throwaway container only: no exec into it, no network warm-up), a full one (as
+// the pool finishes a light-warmed VM: everything); a pod then starts and runs its
+// container in that VM.
+func TestVMWarmupScopes(t *testing.T) {
 	v := bootVM(t, vmOptions{})
 	v.event(agentproto.MsgReady)
-	var light, full agentproto.Warmup
-	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Light: true}, &light)
+	var pod, light, full agentproto.Warmup
+	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Scope: agentproto.WarmupPod, Entropy: make([]byte, 64)}, &pod)
+	if pod.CreateMillis != 0 {
+		t.Errorf("the pod's start's warm-up created a container (in %d ms)", pod.CreateMillis)
+	}
+	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Scope: agentproto.WarmupContainer}, &light)
 	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}, &full)
 	t.Logf("light warm-up: created in %d ms, gone after %d; full after it: %d, %d", light.CreateMillis, light.TotalMillis, full.CreateMillis, full.TotalMillis)
-	v.waitConsole("(light: true)", 1)
+	v.waitConsole("warm-up of the pod's start", 1)
+	v.waitConsole(`(scope: "container")`, 1)
+	if _, ran := v.consoleHas(`(scope: "pod")`); ran {
+		t.Error(`a warm-up container ran for scope "pod"`)
+	}
 	v.waitConsole("network warm-up:", 1)
 	// The console is in order: no network warm-up before the full warm-up's container.
 	v.mu.Lock()
 	network, fullSeen := 0, false
 	for _, l := range v.console {
-		fullSeen = fullSeen || strings.Contains(l.text, "(light: false)")
+		fullSeen = fullSeen || strings.Contains(l.text, `(scope: "")`)
 		if strings.Contains(l.text, "network warm-up:") && !fullSeen {
 			network++
 		}

@@ -92,6 +92,14 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		}
 		dir = shareWarmupDir
 	}
+	if wr.Scope == agentproto.WarmupPod {
+		if err := warmupPayloads(); err != nil {
+			return nil, err
+		}
+		res := agentproto.Warmup{TotalMillis: time.Since(start).Milliseconds()}
+		a.log.Infof("warm-up of the pod's start: %d ms", res.TotalMillis)
+		return res, nil
+	}
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := prepareWarmupRoot(rootfs); err != nil {
 		removeWarmupRoot(dir)
@@ -142,7 +150,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		handle, pid = initHandle(lc, lp)
 		// An exec into the created container, as a pod's execs go (the exec helper), so
 		// that a pooled VM's first exec does not pay the translation of that path either.
-		if !wr.Light {
+		if wr.Scope == "" {
 			if werr := a.warmupExec(cfg, pid, tr); werr != nil {
 				a.log.Errorf("warm-up: exec: %v", werr)
 			}
@@ -170,8 +178,8 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	}
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
-	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (light: %v)", res.CreateMillis, res.TotalMillis, wr.Light)
-	if wr.Light {
+	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q)", res.CreateMillis, res.TotalMillis, wr.Scope)
+	if wr.Scope != "" {
 		return res, nil
 	}
 	netStart := time.Now()

@@ -172,6 +172,13 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 			log.Warn("cannot lower the pooled VM's priority", "error", err)
 		}
 		h.agent, err = parkVM(bctx, vm, cfg.Warm)
+		if err == nil && h.agent != nil {
+			// What STARTPOD runs first, now: cheap, and a pod handed this VM before its
+			// warm-up (a drained pool) starts without paying it (docs/factory.md).
+			if _, werr := h.warm(bctx, agentproto.WarmupPod); werr != nil {
+				log.Warn("warm-up of the pod's start failed", "error", werr)
+			}
+		}
 		if err != nil {
 			vm.Kill()
 		}
@@ -230,11 +237,11 @@ func park(ctx context.Context, vm hypervisor.VM, keep bool) (*agentclient.Client
 	return c, nil
 }
 
-// warm runs the warm-up in the parked VM (op warm): WARMUP, light or full, through the
-// parked agent's connection, which stays open for the next one (a full warm-up after a
-// light one) until the VM is handed out. A VM handed out, or held without cfg.Warm, is
-// left as it is.
-func (h *holder) warm(ctx context.Context, light bool) (factory.WarmResult, error) {
+// warm runs a warm-up of scope in the parked VM: WARMUP through the parked agent's
+// connection, which stays open for the next one (the pod's start when parked, then the
+// pool's op warm, light or full, and a full one after a light one) until the VM is handed
+// out. A VM handed out, or held without cfg.Warm, is left as it is.
+func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factory.WarmResult, error) {
 	h.warmMu.Lock()
 	defer h.warmMu.Unlock()
 	c := h.agent
@@ -245,7 +252,7 @@ func (h *holder) warm(ctx context.Context, light bool) (factory.WarmResult, erro
 	cpu0, cpuErr := state.CPUTime(h.vm.Pid())
 	// The share device of this VM is the pod's that takes it (its directory is renamed
 	// onto the pod's share): mounted now, STARTPOD finds it ready.
-	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Light: light}
+	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
 	rand.Read(req.Entropy)
 	var w factory.WarmResult
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
@@ -254,7 +261,7 @@ func (h *holder) warm(ctx context.Context, light bool) (factory.WarmResult, erro
 	if cpu1, err := state.CPUTime(h.vm.Pid()); err == nil && cpuErr == nil {
 		w.CPU = cpu1 - cpu0
 	}
-	h.log.Info("vm warmed up", "light", light, "took", time.Since(start), "qemu_cpu", w.CPU,
+	h.log.Info("vm warmed up", "scope", scope, "took", time.Since(start), "qemu_cpu", w.CPU,
 		"guest_create_ms", w.Guest.CreateMillis, "guest_total_ms", w.Guest.TotalMillis)
 	return w, nil
 }
@@ -321,7 +328,11 @@ func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
 		h.mu.Unlock()
 		return wire.Response{VM: &info}
 	case wire.OpWarm:
-		w, err := h.warm(ctx, req.Light)
+		scope := agentproto.WarmupScope("")
+		if req.Light {
+			scope = agentproto.WarmupContainer
+		}
+		w, err := h.warm(ctx, scope)
 		if err != nil {
 			return wire.ErrResponse(err)
 		}
