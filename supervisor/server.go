@@ -91,7 +91,18 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &podapi.CreateResponse{GuestPid: int64(pid), StandInWatched: standIn != nil}, nil
+	if r.Start {
+		// Nothing of the client's runs between the two (CreateRequest.start): the guest's
+		// STARTCONTAINER follows NEWCONTAINER's answer at once instead of a round trip
+		// through the client later.
+		if err := g.s.Start(ctx, r.Id); err != nil {
+			if derr := g.s.Delete(context.WithoutCancel(ctx), r.Id); derr != nil {
+				logging.G(ctx).Error("remove a container that could not start", "container", r.Id, "error", derr)
+			}
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
+	return &podapi.CreateResponse{GuestPid: int64(pid), StandInWatched: standIn != nil, Started: r.Start}, nil
 }
 
 func (g *server) Start(ctx context.Context, r *podapi.ContainerRequest) (*podapi.Empty, error) {
@@ -131,12 +142,22 @@ func (g *server) Signal(ctx context.Context, r *podapi.SignalRequest) (*podapi.E
 	return &podapi.Empty{}, errgrpc.ToGRPC(g.s.Signal(ctx, r.Id, r.Process, int(r.Signal), r.All))
 }
 
-func (g *server) Wait(ctx context.Context, r *podapi.ProcessRequest) (*podapi.WaitResponse, error) {
+func (g *server) Wait(ctx context.Context, r *podapi.WaitRequest) (*podapi.WaitResponse, error) {
 	e, err := g.s.Wait(ctx, r.Id, r.Process)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error, OomKilled: e.OOMKilled}, nil
+	resp := &podapi.WaitResponse{ExitCode: int32(e.ExitCode), Signal: int32(e.Signal), Error: e.Error, OomKilled: e.OOMKilled}
+	if r.DeleteContainer && (r.Process == "" || r.Process == agentproto.InitProcessID) {
+		// The pod's end (the last container's) starts now, while the answer travels.
+		if err := g.s.Delete(ctx, r.Id); err != nil {
+			// The client deletes it itself, and says why if that fails too.
+			logging.G(ctx).Warn("delete after the exit", "container", r.Id, "error", err)
+			return resp, nil
+		}
+		resp.Deleted, resp.PodEmpty = true, g.s.guestEmpty()
+	}
+	return resp, nil
 }
 
 func (g *server) State(ctx context.Context, r *podapi.ContainerRequest) (*podapi.ContainerState, error) {

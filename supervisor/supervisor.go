@@ -110,6 +110,11 @@ type Supervisor struct {
 	empty     chan struct{}
 	emptyOnce sync.Once
 	closeOnce sync.Once
+	// endOnce ends the VM of a pod whose guest is empty (endEmptyVM): the last
+	// container's Delete starts it, Close waits for it.
+	endOnce sync.Once
+	endErr  error
+	endDur  time.Duration
 }
 
 // New prepares the pod directory and starts booting the VM in the background, so that the
@@ -267,6 +272,21 @@ func (s *Supervisor) guestEmpty() bool {
 	return s.everHad && len(s.containers) == 0
 }
 
+// endEmptyVM ends the VM of a pod with nothing left in its guest, once. Nothing runs there
+// and nothing there is the host's to save (the share is 9p with cache=mmap: every write
+// reached the host when it returned, a shared mapping's pages when its process exited; the
+// VM has no disk): DESTROYPOD's stop, unmount and sync would only cost its round trip
+// (7-10 ms), so QEMU is killed at once. It returns once the VM is gone.
+func (s *Supervisor) endEmptyVM() error {
+	s.endOnce.Do(func() {
+		start := time.Now()
+		s.agent.Close()
+		s.endErr = s.vm.Kill()
+		s.endDur = time.Since(start)
+	})
+	return s.endErr
+}
+
 // stopVM ends the pod's VM. A guest that acknowledged DESTROYPOD has nothing left to lose
 // (no process runs, the share is unmounted, everything is synced; it has no disk), so QEMU
 // is stopped at once: waiting for the guest's own power-off would add 30-50 ms of guest
@@ -366,14 +386,13 @@ func (s *Supervisor) Close(ctx context.Context) error {
 		<-s.ready
 		start := time.Now()
 		var destroyDur, vmDur time.Duration
-		destroyed := false
+		destroyed, ended := false, false
 		if s.agent != nil && s.guestEmpty() {
-			// Nothing runs in the guest and nothing there is the host's to save (the share
-			// is 9p with cache=mmap: every write reached the host when it returned, a shared
-			// mapping's pages when its process exited; the VM has no disk): DESTROYPOD's stop, unmount and sync would only cost its round
-			// trip (7-10 ms), so QEMU is ended at once.
-			s.agent.Close()
-			destroyed = true
+			ended = true
+			if err := s.endEmptyVM(); err != nil {
+				errs = append(errs, fmt.Errorf("stop VM: %w", err))
+			}
+			vmDur = s.endDur
 		} else if s.agent != nil {
 			// The agent ACKs DESTROYPOD once everything in the guest stopped, the share is
 			// unmounted and synced, then powers off.
@@ -387,7 +406,7 @@ func (s *Supervisor) Close(ctx context.Context) error {
 			destroyed = err == nil
 			destroyDur = time.Since(start)
 		}
-		if s.vm != nil {
+		if s.vm != nil && !ended {
 			step := time.Now()
 			if err := s.stopVM(ctx, destroyed); err != nil {
 				errs = append(errs, fmt.Errorf("stop VM: %w", err))

@@ -417,6 +417,7 @@ type stopRecordingVM struct {
 	idleVM
 	mu              sync.Mutex
 	shutdown, kills int
+	killed          chan struct{} // if set, closed by the first Kill
 }
 
 func (v *stopRecordingVM) Shutdown(context.Context) error {
@@ -430,7 +431,16 @@ func (v *stopRecordingVM) Kill() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.kills++
+	if v.killed != nil && v.kills == 1 {
+		close(v.killed)
+	}
 	return nil
+}
+
+func (v *stopRecordingVM) killCount() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.kills
 }
 
 type vmFactory struct{ vm hypervisor.VM }

@@ -267,7 +267,12 @@ type CreateRequest struct {
 	Console *ConsoleSize           `protobuf:"bytes,5,opt,name=console,proto3" json:"console,omitempty"`
 	// sandbox is the pod container whose namespaces this one joins (empty: the container
 	// starts a pod of its own). Network, IPC and UTS are shared; PID when the spec asks.
-	Sandbox       string `protobuf:"bytes,6,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Sandbox string `protobuf:"bytes,6,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// start: start the init as soon as it is created, in this call (a foreground `runv run`
+	// with nothing to do between create and start: no hooks, no network to connect). The
+	// response says whether it was started; a daemon of an older runv ignores the field and
+	// the client calls Start.
+	Start         bool `protobuf:"varint,7,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -344,6 +349,13 @@ func (x *CreateRequest) GetSandbox() string {
 	return ""
 }
 
+func (x *CreateRequest) GetStart() bool {
+	if x != nil {
+		return x.Start
+	}
+	return false
+}
+
 type CreateResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	GuestPid int64                  `protobuf:"varint,1,opt,name=guest_pid,json=guestPid,proto3" json:"guest_pid,omitempty"`
@@ -351,8 +363,10 @@ type CreateResponse struct {
 	// (Stdio.has_stand_in) and watches it. A daemon of an older runv leaves it false: the
 	// client then hands the pidfd over with WatchStandIn.
 	StandInWatched bool `protobuf:"varint,2,opt,name=stand_in_watched,json=standInWatched,proto3" json:"stand_in_watched,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// started: the init was started too (CreateRequest.start).
+	Started       bool `protobuf:"varint,3,opt,name=started,proto3" json:"started,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateResponse) Reset() {
@@ -395,6 +409,13 @@ func (x *CreateResponse) GetGuestPid() int64 {
 func (x *CreateResponse) GetStandInWatched() bool {
 	if x != nil {
 		return x.StandInWatched
+	}
+	return false
+}
+
+func (x *CreateResponse) GetStarted() bool {
+	if x != nil {
+		return x.Started
 	}
 	return false
 }
@@ -541,6 +562,71 @@ func (x *ProcessRequest) GetProcess() string {
 	return ""
 }
 
+// WaitRequest names a process, as ProcessRequest does (same fields, same numbers).
+type WaitRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`           // container
+	Process string                 `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"` // process id; "init" (or empty) for the container's init
+	// delete_container: once the container's init exited, delete the container in the same
+	// call (a foreground `runv run` without --keep), as Delete would: the pod's end starts
+	// at the exit instead of a round trip later. The response says whether it was deleted;
+	// a daemon of an older runv ignores the field and the client calls Delete.
+	DeleteContainer bool `protobuf:"varint,3,opt,name=delete_container,json=deleteContainer,proto3" json:"delete_container,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WaitRequest) Reset() {
+	*x = WaitRequest{}
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitRequest) ProtoMessage() {}
+
+func (x *WaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
+func (*WaitRequest) Descriptor() ([]byte, []int) {
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WaitRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *WaitRequest) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+func (x *WaitRequest) GetDeleteContainer() bool {
+	if x != nil {
+		return x.DeleteContainer
+	}
+	return false
+}
+
 type ExecRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -554,7 +640,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +652,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[9]
+	mi := &file_api_podapi_pod_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +665,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{9}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -627,7 +713,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +725,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[10]
+	mi := &file_api_podapi_pod_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +738,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{10}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExecResponse) GetGuestPid() int64 {
@@ -681,7 +767,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +779,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[11]
+	mi := &file_api_podapi_pod_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +792,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{11}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -744,14 +830,18 @@ type WaitResponse struct {
 	Error    string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"` // why the process never ran, if it did not
 	// oom_killed: the guest's OOM killer ended the process (or, for a container's init, its
 	// container had an OOM kill when it ended). A stand-in reproduces it on the host.
-	OomKilled     bool `protobuf:"varint,4,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	OomKilled bool `protobuf:"varint,4,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	// deleted: the container was deleted after the exit (WaitRequest.delete_container);
+	// pod_empty: it was the pod's last, and the pod daemon is ending.
+	Deleted       bool `protobuf:"varint,5,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	PodEmpty      bool `protobuf:"varint,6,opt,name=pod_empty,json=podEmpty,proto3" json:"pod_empty,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +853,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[12]
+	mi := &file_api_podapi_pod_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +866,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{12}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WaitResponse) GetExitCode() int32 {
@@ -807,6 +897,20 @@ func (x *WaitResponse) GetOomKilled() bool {
 	return false
 }
 
+func (x *WaitResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *WaitResponse) GetPodEmpty() bool {
+	if x != nil {
+		return x.PodEmpty
+	}
+	return false
+}
+
 type ContainerState struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -820,7 +924,7 @@ type ContainerState struct {
 
 func (x *ContainerState) Reset() {
 	*x = ContainerState{}
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +936,7 @@ func (x *ContainerState) String() string {
 func (*ContainerState) ProtoMessage() {}
 
 func (x *ContainerState) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[13]
+	mi := &file_api_podapi_pod_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +949,7 @@ func (x *ContainerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerState.ProtoReflect.Descriptor instead.
 func (*ContainerState) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{13}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerState) GetId() string {
@@ -894,7 +998,7 @@ type ResizeRequest struct {
 
 func (x *ResizeRequest) Reset() {
 	*x = ResizeRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1010,7 @@ func (x *ResizeRequest) String() string {
 func (*ResizeRequest) ProtoMessage() {}
 
 func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[14]
+	mi := &file_api_podapi_pod_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1023,7 @@ func (x *ResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{14}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResizeRequest) GetId() string {
@@ -953,7 +1057,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1069,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[15]
+	mi := &file_api_podapi_pod_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1082,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{15}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateRequest) GetId() string {
@@ -1006,7 +1110,7 @@ type ProcessesResponse struct {
 
 func (x *ProcessesResponse) Reset() {
 	*x = ProcessesResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1122,7 @@ func (x *ProcessesResponse) String() string {
 func (*ProcessesResponse) ProtoMessage() {}
 
 func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[16]
+	mi := &file_api_podapi_pod_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1135,7 @@ func (x *ProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{16}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ProcessesResponse) GetGuestPids() []int64 {
@@ -1060,7 +1164,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1176,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[17]
+	mi := &file_api_podapi_pod_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1189,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{17}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ProcessInfo) GetGuestPid() int64 {
@@ -1121,7 +1225,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1237,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[18]
+	mi := &file_api_podapi_pod_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1250,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{18}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatsResponse) GetCpuUsageNanos() uint64 {
@@ -1187,7 +1291,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1303,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[19]
+	mi := &file_api_podapi_pod_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1316,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{19}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EventsRequest) GetSinceUnixNano() int64 {
@@ -1243,7 +1347,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_api_podapi_pod_proto_msgTypes[20]
+	mi := &file_api_podapi_pod_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1359,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[20]
+	mi := &file_api_podapi_pod_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1372,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{20}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1328,7 +1432,7 @@ type PodInfo struct {
 
 func (x *PodInfo) Reset() {
 	*x = PodInfo{}
-	mi := &file_api_podapi_pod_proto_msgTypes[21]
+	mi := &file_api_podapi_pod_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1444,7 @@ func (x *PodInfo) String() string {
 func (*PodInfo) ProtoMessage() {}
 
 func (x *PodInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_podapi_pod_proto_msgTypes[21]
+	mi := &file_api_podapi_pod_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1457,7 @@ func (x *PodInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodInfo.ProtoReflect.Descriptor instead.
 func (*PodInfo) Descriptor() ([]byte, []int) {
-	return file_api_podapi_pod_proto_rawDescGZIP(), []int{21}
+	return file_api_podapi_pod_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PodInfo) GetId() string {
@@ -1426,24 +1530,30 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"hasStandIn\"5\n" +
 	"\vConsoleSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc3\x01\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xd9\x01\n" +
 	"\rCreateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\tR\x06bundle\x12\x12\n" +
 	"\x04spec\x18\x03 \x01(\fR\x04spec\x12(\n" +
 	"\x05stdio\x18\x04 \x01(\v2\x12.runv.pod.v1.StdioR\x05stdio\x122\n" +
 	"\aconsole\x18\x05 \x01(\v2\x18.runv.pod.v1.ConsoleSizeR\aconsole\x12\x18\n" +
-	"\asandbox\x18\x06 \x01(\tR\asandbox\"W\n" +
+	"\asandbox\x18\x06 \x01(\tR\asandbox\x12\x14\n" +
+	"\x05start\x18\a \x01(\bR\x05start\"q\n" +
 	"\x0eCreateResponse\x12\x1b\n" +
 	"\tguest_pid\x18\x01 \x01(\x03R\bguestPid\x12(\n" +
-	"\x10stand_in_watched\x18\x02 \x01(\bR\x0estandInWatched\"&\n" +
+	"\x10stand_in_watched\x18\x02 \x01(\bR\x0estandInWatched\x12\x18\n" +
+	"\astarted\x18\x03 \x01(\bR\astarted\"&\n" +
 	"\x0eNetworkRequest\x12\x14\n" +
 	"\x05netns\x18\x01 \x01(\tR\x05netns\"\"\n" +
 	"\x10ContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x0eProcessRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
-	"\aprocess\x18\x02 \x01(\tR\aprocess\"\xb8\x01\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\"b\n" +
+	"\vWaitRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aprocess\x18\x02 \x01(\tR\aprocess\x12)\n" +
+	"\x10delete_container\x18\x03 \x01(\bR\x0fdeleteContainer\"\xb8\x01\n" +
 	"\vExecRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\tR\aprocess\x12!\n" +
@@ -1457,13 +1567,15 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aprocess\x18\x02 \x01(\tR\aprocess\x12\x16\n" +
 	"\x06signal\x18\x03 \x01(\x05R\x06signal\x12\x10\n" +
-	"\x03all\x18\x04 \x01(\bR\x03all\"x\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\xaf\x01\n" +
 	"\fWaitResponse\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1d\n" +
 	"\n" +
-	"oom_killed\x18\x04 \x01(\bR\toomKilled\"\x9e\x01\n" +
+	"oom_killed\x18\x04 \x01(\bR\toomKilled\x12\x18\n" +
+	"\adeleted\x18\x05 \x01(\bR\adeleted\x12\x1b\n" +
+	"\tpod_empty\x18\x06 \x01(\bR\bpodEmpty\"\x9e\x01\n" +
 	"\x0eContainerState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1b\n" +
@@ -1511,14 +1623,14 @@ const file_api_podapi_pod_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\tR\n" +
 	"containers\x12\x1d\n" +
 	"\n" +
-	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xee\b\n" +
+	"boot_nanos\x18\a \x01(\x03R\tbootNanos2\xeb\b\n" +
 	"\x03Pod\x12A\n" +
 	"\x06Create\x12\x1a.runv.pod.v1.CreateRequest\x1a\x1b.runv.pod.v1.CreateResponse\x12:\n" +
 	"\x05Start\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12A\n" +
 	"\x0eConnectNetwork\x12\x1b.runv.pod.v1.NetworkRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
 	"\x04Exec\x12\x18.runv.pod.v1.ExecRequest\x1a\x19.runv.pod.v1.ExecResponse\x128\n" +
-	"\x06Signal\x12\x1a.runv.pod.v1.SignalRequest\x1a\x12.runv.pod.v1.Empty\x12>\n" +
-	"\x04Wait\x12\x1b.runv.pod.v1.ProcessRequest\x1a\x19.runv.pod.v1.WaitResponse\x12C\n" +
+	"\x06Signal\x12\x1a.runv.pod.v1.SignalRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
+	"\x04Wait\x12\x18.runv.pod.v1.WaitRequest\x1a\x19.runv.pod.v1.WaitResponse\x12C\n" +
 	"\x05State\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x1b.runv.pod.v1.ContainerState\x12;\n" +
 	"\x06Delete\x12\x1d.runv.pod.v1.ContainerRequest\x1a\x12.runv.pod.v1.Empty\x12;\n" +
 	"\tResizePty\x12\x1a.runv.pod.v1.ResizeRequest\x1a\x12.runv.pod.v1.Empty\x12=\n" +
@@ -1545,7 +1657,7 @@ func file_api_podapi_pod_proto_rawDescGZIP() []byte {
 	return file_api_podapi_pod_proto_rawDescData
 }
 
-var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_api_podapi_pod_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_api_podapi_pod_proto_goTypes = []any{
 	(*StandInRequest)(nil),    // 0: runv.pod.v1.StandInRequest
 	(*Empty)(nil),             // 1: runv.pod.v1.Empty
@@ -1556,19 +1668,20 @@ var file_api_podapi_pod_proto_goTypes = []any{
 	(*NetworkRequest)(nil),    // 6: runv.pod.v1.NetworkRequest
 	(*ContainerRequest)(nil),  // 7: runv.pod.v1.ContainerRequest
 	(*ProcessRequest)(nil),    // 8: runv.pod.v1.ProcessRequest
-	(*ExecRequest)(nil),       // 9: runv.pod.v1.ExecRequest
-	(*ExecResponse)(nil),      // 10: runv.pod.v1.ExecResponse
-	(*SignalRequest)(nil),     // 11: runv.pod.v1.SignalRequest
-	(*WaitResponse)(nil),      // 12: runv.pod.v1.WaitResponse
-	(*ContainerState)(nil),    // 13: runv.pod.v1.ContainerState
-	(*ResizeRequest)(nil),     // 14: runv.pod.v1.ResizeRequest
-	(*UpdateRequest)(nil),     // 15: runv.pod.v1.UpdateRequest
-	(*ProcessesResponse)(nil), // 16: runv.pod.v1.ProcessesResponse
-	(*ProcessInfo)(nil),       // 17: runv.pod.v1.ProcessInfo
-	(*StatsResponse)(nil),     // 18: runv.pod.v1.StatsResponse
-	(*EventsRequest)(nil),     // 19: runv.pod.v1.EventsRequest
-	(*Event)(nil),             // 20: runv.pod.v1.Event
-	(*PodInfo)(nil),           // 21: runv.pod.v1.PodInfo
+	(*WaitRequest)(nil),       // 9: runv.pod.v1.WaitRequest
+	(*ExecRequest)(nil),       // 10: runv.pod.v1.ExecRequest
+	(*ExecResponse)(nil),      // 11: runv.pod.v1.ExecResponse
+	(*SignalRequest)(nil),     // 12: runv.pod.v1.SignalRequest
+	(*WaitResponse)(nil),      // 13: runv.pod.v1.WaitResponse
+	(*ContainerState)(nil),    // 14: runv.pod.v1.ContainerState
+	(*ResizeRequest)(nil),     // 15: runv.pod.v1.ResizeRequest
+	(*UpdateRequest)(nil),     // 16: runv.pod.v1.UpdateRequest
+	(*ProcessesResponse)(nil), // 17: runv.pod.v1.ProcessesResponse
+	(*ProcessInfo)(nil),       // 18: runv.pod.v1.ProcessInfo
+	(*StatsResponse)(nil),     // 19: runv.pod.v1.StatsResponse
+	(*EventsRequest)(nil),     // 20: runv.pod.v1.EventsRequest
+	(*Event)(nil),             // 21: runv.pod.v1.Event
+	(*PodInfo)(nil),           // 22: runv.pod.v1.PodInfo
 }
 var file_api_podapi_pod_proto_depIdxs = []int32{
 	2,  // 0: runv.pod.v1.CreateRequest.stdio:type_name -> runv.pod.v1.Stdio
@@ -1576,42 +1689,42 @@ var file_api_podapi_pod_proto_depIdxs = []int32{
 	2,  // 2: runv.pod.v1.ExecRequest.stdio:type_name -> runv.pod.v1.Stdio
 	3,  // 3: runv.pod.v1.ExecRequest.console:type_name -> runv.pod.v1.ConsoleSize
 	3,  // 4: runv.pod.v1.ResizeRequest.size:type_name -> runv.pod.v1.ConsoleSize
-	17, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
+	18, // 5: runv.pod.v1.ProcessesResponse.processes:type_name -> runv.pod.v1.ProcessInfo
 	4,  // 6: runv.pod.v1.Pod.Create:input_type -> runv.pod.v1.CreateRequest
 	7,  // 7: runv.pod.v1.Pod.Start:input_type -> runv.pod.v1.ContainerRequest
 	6,  // 8: runv.pod.v1.Pod.ConnectNetwork:input_type -> runv.pod.v1.NetworkRequest
-	9,  // 9: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
-	11, // 10: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
-	8,  // 11: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.ProcessRequest
+	10, // 9: runv.pod.v1.Pod.Exec:input_type -> runv.pod.v1.ExecRequest
+	12, // 10: runv.pod.v1.Pod.Signal:input_type -> runv.pod.v1.SignalRequest
+	9,  // 11: runv.pod.v1.Pod.Wait:input_type -> runv.pod.v1.WaitRequest
 	7,  // 12: runv.pod.v1.Pod.State:input_type -> runv.pod.v1.ContainerRequest
 	7,  // 13: runv.pod.v1.Pod.Delete:input_type -> runv.pod.v1.ContainerRequest
-	14, // 14: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
+	15, // 14: runv.pod.v1.Pod.ResizePty:input_type -> runv.pod.v1.ResizeRequest
 	8,  // 15: runv.pod.v1.Pod.CloseStdin:input_type -> runv.pod.v1.ProcessRequest
 	7,  // 16: runv.pod.v1.Pod.Pause:input_type -> runv.pod.v1.ContainerRequest
 	7,  // 17: runv.pod.v1.Pod.Resume:input_type -> runv.pod.v1.ContainerRequest
-	15, // 18: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
+	16, // 18: runv.pod.v1.Pod.Update:input_type -> runv.pod.v1.UpdateRequest
 	7,  // 19: runv.pod.v1.Pod.Processes:input_type -> runv.pod.v1.ContainerRequest
 	7,  // 20: runv.pod.v1.Pod.Stats:input_type -> runv.pod.v1.ContainerRequest
-	19, // 21: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
+	20, // 21: runv.pod.v1.Pod.Events:input_type -> runv.pod.v1.EventsRequest
 	1,  // 22: runv.pod.v1.Pod.Info:input_type -> runv.pod.v1.Empty
 	0,  // 23: runv.pod.v1.Pod.WatchStandIn:input_type -> runv.pod.v1.StandInRequest
 	5,  // 24: runv.pod.v1.Pod.Create:output_type -> runv.pod.v1.CreateResponse
 	1,  // 25: runv.pod.v1.Pod.Start:output_type -> runv.pod.v1.Empty
 	1,  // 26: runv.pod.v1.Pod.ConnectNetwork:output_type -> runv.pod.v1.Empty
-	10, // 27: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
+	11, // 27: runv.pod.v1.Pod.Exec:output_type -> runv.pod.v1.ExecResponse
 	1,  // 28: runv.pod.v1.Pod.Signal:output_type -> runv.pod.v1.Empty
-	12, // 29: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
-	13, // 30: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
+	13, // 29: runv.pod.v1.Pod.Wait:output_type -> runv.pod.v1.WaitResponse
+	14, // 30: runv.pod.v1.Pod.State:output_type -> runv.pod.v1.ContainerState
 	1,  // 31: runv.pod.v1.Pod.Delete:output_type -> runv.pod.v1.Empty
 	1,  // 32: runv.pod.v1.Pod.ResizePty:output_type -> runv.pod.v1.Empty
 	1,  // 33: runv.pod.v1.Pod.CloseStdin:output_type -> runv.pod.v1.Empty
 	1,  // 34: runv.pod.v1.Pod.Pause:output_type -> runv.pod.v1.Empty
 	1,  // 35: runv.pod.v1.Pod.Resume:output_type -> runv.pod.v1.Empty
 	1,  // 36: runv.pod.v1.Pod.Update:output_type -> runv.pod.v1.Empty
-	16, // 37: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
-	18, // 38: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
-	20, // 39: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
-	21, // 40: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
+	17, // 37: runv.pod.v1.Pod.Processes:output_type -> runv.pod.v1.ProcessesResponse
+	19, // 38: runv.pod.v1.Pod.Stats:output_type -> runv.pod.v1.StatsResponse
+	21, // 39: runv.pod.v1.Pod.Events:output_type -> runv.pod.v1.Event
+	22, // 40: runv.pod.v1.Pod.Info:output_type -> runv.pod.v1.PodInfo
 	1,  // 41: runv.pod.v1.Pod.WatchStandIn:output_type -> runv.pod.v1.Empty
 	24, // [24:42] is the sub-list for method output_type
 	6,  // [6:24] is the sub-list for method input_type
@@ -1631,7 +1744,7 @@ func file_api_podapi_pod_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_podapi_pod_proto_rawDesc), len(file_api_podapi_pod_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

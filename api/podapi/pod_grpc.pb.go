@@ -61,7 +61,7 @@ type PodClient interface {
 	// Signal sends a signal to one process, or to every process of the container.
 	Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error)
 	// Wait blocks until the process exited and its output was delivered.
-	Wait(ctx context.Context, in *ProcessRequest, opts ...grpc.CallOption) (*WaitResponse, error)
+	Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error)
 	// State reports a container's status.
 	State(ctx context.Context, in *ContainerRequest, opts ...grpc.CallOption) (*ContainerState, error)
 	// Delete removes a stopped container; the daemon exits after its last container is gone.
@@ -142,7 +142,7 @@ func (c *podClient) Signal(ctx context.Context, in *SignalRequest, opts ...grpc.
 	return out, nil
 }
 
-func (c *podClient) Wait(ctx context.Context, in *ProcessRequest, opts ...grpc.CallOption) (*WaitResponse, error) {
+func (c *podClient) Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(WaitResponse)
 	err := c.cc.Invoke(ctx, Pod_Wait_FullMethodName, in, out, cOpts...)
@@ -298,7 +298,7 @@ type PodServer interface {
 	// Signal sends a signal to one process, or to every process of the container.
 	Signal(context.Context, *SignalRequest) (*Empty, error)
 	// Wait blocks until the process exited and its output was delivered.
-	Wait(context.Context, *ProcessRequest) (*WaitResponse, error)
+	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
 	// State reports a container's status.
 	State(context.Context, *ContainerRequest) (*ContainerState, error)
 	// Delete removes a stopped container; the daemon exits after its last container is gone.
@@ -344,7 +344,7 @@ func (UnimplementedPodServer) Exec(context.Context, *ExecRequest) (*ExecResponse
 func (UnimplementedPodServer) Signal(context.Context, *SignalRequest) (*Empty, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Signal not implemented")
 }
-func (UnimplementedPodServer) Wait(context.Context, *ProcessRequest) (*WaitResponse, error) {
+func (UnimplementedPodServer) Wait(context.Context, *WaitRequest) (*WaitResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Wait not implemented")
 }
 func (UnimplementedPodServer) State(context.Context, *ContainerRequest) (*ContainerState, error) {
@@ -495,7 +495,7 @@ func _Pod_Signal_Handler(srv interface{}, ctx context.Context, dec func(interfac
 }
 
 func _Pod_Wait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ProcessRequest)
+	in := new(WaitRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -507,7 +507,7 @@ func _Pod_Wait_Handler(srv interface{}, ctx context.Context, dec func(interface{
 		FullMethod: Pod_Wait_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PodServer).Wait(ctx, req.(*ProcessRequest))
+		return srv.(PodServer).Wait(ctx, req.(*WaitRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }

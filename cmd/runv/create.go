@@ -86,6 +86,10 @@ type created struct {
 	pod *podConn
 	// term holds the pty master of a foreground terminal container (run without -d).
 	term *procTerminal
+	// started: the container's init was started with its Create (startsWithCreate); att
+	// then catches the signals meant for it since before.
+	started bool
+	att     *attachment
 }
 
 // createContainer creates a container and records it, in named steps. Each step registers
@@ -133,7 +137,16 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	if err != nil {
 		return nil, err
 	}
-	if err := createInPod(ctx, pod, rec, sandbox, raw, term, !o.shim, &undo); err != nil {
+	// A foreground run with nothing to do between its container's create and start has
+	// both done in one call: the guest's STARTCONTAINER follows NEWCONTAINER at once
+	// (3-4 ms sooner, idle; more under load).
+	var att *attachment
+	if !o.shim && startsWithCreate(rec, term) {
+		att = newAttachment(pod, id, "") // signals are caught from before the process exists
+		undo.onFailure(att.Close)
+	}
+	started, err := createInPod(ctx, pod, rec, sandbox, raw, term, !o.shim, att != nil, &undo)
+	if err != nil {
 		return nil, err
 	}
 	if err := pending.finish(ctx, pod, rec); err != nil {
@@ -147,7 +160,23 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 		term.Close()
 		term = nil
 	}
-	return &created{rec: rec, pod: pod, term: term}, nil
+	return &created{rec: rec, pod: pod, term: term, started: started, att: att}, nil
+}
+
+// startsWithCreate reports whether a foreground run's container may start in its Create
+// call: nothing of runv's has to happen between the two (no prestart, createRuntime,
+// createContainer or startContainer hook, no network namespace to connect) and no
+// terminal has to be attached first. rec.Shim is set (startStandIn).
+func startsWithCreate(rec *state.Container, term *procTerminal) bool {
+	if term != nil || podNetNS(rec) != "" {
+		return false
+	}
+	for _, kind := range []string{hookPrestart, hookCreateRuntime, hookCreateContainer, hookStartContainer} {
+		if len(hooksOf(rec.Spec, kind)) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // enterPod connects to the pod the container joins (member), or starts a pod for it, which
@@ -197,29 +226,31 @@ func stopDaemon(daemon state.Process) {
 // createInPod has the pod daemon create the container (a member of sandbox's namespaces when
 // sandbox is set), with our stdio or the terminal's, and this process as the stand-in of
 // its init when it runs in the foreground; if a later step fails, the daemon discards it.
-func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, foreground bool, undo *cleanups) error {
+// With start the daemon also starts it; started says whether it did (a daemon of an older
+// runv does not).
+func createInPod(ctx context.Context, pod *podConn, rec *state.Container, sandbox string, raw []byte, term *procTerminal, foreground, start bool, undo *cleanups) (started bool, err error) {
 	stdin, stdout, stderr := os.Stdin, os.Stdout, os.Stderr
 	if term != nil {
 		stdin, stdout, stderr = term.stdio()
 	}
 	stdio, err := pod.sendStdio(stdin, stdout, stderr, foreground)
 	if err != nil {
-		return err
+		return false, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: rec.ID, Bundle: rec.Bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size()})
+	resp, err := pod.api.Create(rctx, &podapi.CreateRequest{Id: rec.ID, Bundle: rec.Bundle, Spec: raw, Stdio: stdio, Sandbox: sandbox, Console: term.size(), Start: start})
 	if err != nil {
-		return fmt.Errorf("create container %q: %w", rec.ID, rpcErr(err))
+		return false, fmt.Errorf("create container %q: %w", rec.ID, rpcErr(err))
 	}
 	rec.Created = time.Now().UTC()
-	logging.G(ctx).Debug("container created", "container", rec.ID, "pod", rec.Pod, "guest_pid", resp.GuestPid)
+	logging.G(ctx).Debug("container created", "container", rec.ID, "pod", rec.Pod, "guest_pid", resp.GuestPid, "started", resp.Started)
 	undo.onFailure(func() { discardContainer(pod, rec.ID) })
 	if foreground && !resp.StandInWatched {
 		// A pod daemon of an older runv (started before an upgrade) ignored the pidfd.
-		return pod.watchStandIn(ctx, rec.ID, "", os.Getpid())
+		return resp.Started, pod.watchStandIn(ctx, rec.ID, "", os.Getpid())
 	}
-	return nil
+	return resp.Started, nil
 }
 
 // startStandIn gives the container its stand-in on the host, the pid clients see: a shim in

@@ -519,6 +519,10 @@ type attachment struct {
 	id, process string
 	sigs, winch chan os.Signal
 	fg          *foreground // set for a terminal process
+	// deleteAfter has the pod daemon delete the container once its init exited, in the
+	// Wait call (a foreground run); podEmptied is then set, to whether the pod is empty.
+	deleteAfter bool
+	podEmptied  *bool
 }
 
 // newAttachment starts catching signals; call it before the process starts.
@@ -547,9 +551,12 @@ func (a *attachment) wait(ctx context.Context) (int, error) {
 			}
 		}()
 	}
-	w, err := a.pod.api.Wait(ctx, &podapi.ProcessRequest{Id: a.id, Process: a.process})
+	w, err := a.pod.api.Wait(ctx, &podapi.WaitRequest{Id: a.id, Process: a.process, DeleteContainer: a.deleteAfter})
 	if err != nil {
 		return 137, fmt.Errorf("wait for process %q of container %q: %w", procName(a.process), a.id, rpcErr(err))
+	}
+	if w.Deleted {
+		a.podEmptied = &w.PodEmpty
 	}
 	if w.Error != "" {
 		a.fg.Close() // restore the terminal before printing

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
@@ -100,7 +103,14 @@ func runCreateHooks(ctx context.Context, rec *state.Container) error {
 func discardContainer(pod *podConn, id string) {
 	ctx, cancel := ctxTimeout(time.Minute)
 	defer cancel()
-	if _, err := pod.api.Delete(ctx, &podapi.ContainerRequest{Id: id}); err != nil {
+	_, err := pod.api.Delete(ctx, &podapi.ContainerRequest{Id: id})
+	if errors.Is(rpcErr(err), errdefs.ErrFailedPrecondition) {
+		// Started with its Create (startsWithCreate): killed first.
+		pod.api.Signal(ctx, &podapi.SignalRequest{Id: id, Signal: int32(unix.SIGKILL), All: true})
+		pod.api.Wait(ctx, &podapi.WaitRequest{Id: id})
+		_, err = pod.api.Delete(ctx, &podapi.ContainerRequest{Id: id})
+	}
+	if err != nil {
 		logging.G(ctx).Warn("remove the container of a failed create", "container", id, "error", rpcErr(err))
 	}
 }

@@ -297,6 +297,13 @@ var deleteCommand = &cli.Command{
 // a failed create (podman) and to delete twice (containerd's runc shim, whose cleanup runs
 // `delete --force` after its own `delete`).
 func deleteContainer(ctx context.Context, g *globals, id string, force bool) error {
+	return removeContainer(ctx, g, id, force, nil)
+}
+
+// removeContainer is deleteContainer; podEmpty, when set, says that the pod daemon deleted
+// the container already (a foreground run's Wait did, podapi.WaitRequest.delete_container)
+// and whether that emptied the pod: what is left is the host's part.
+func removeContainer(ctx context.Context, g *globals, id string, force bool, podEmptied *bool) error {
 	h, err := g.store.Lock(id)
 	if err != nil {
 		if force && errors.Is(err, errdefs.ErrNotFound) {
@@ -313,7 +320,9 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 		return err
 	}
 	podEmpty := true
-	if daemonAlive(rec) {
+	if podEmptied != nil {
+		podEmpty = *podEmptied
+	} else if daemonAlive(rec) {
 		if podEmpty, err = deleteInPod(ctx, rec, force); err != nil {
 			return err
 		}
@@ -423,7 +432,7 @@ func killInPod(ctx context.Context, pod *podConn, id, status string) error {
 	if _, err := pod.api.Signal(ctx, &podapi.SignalRequest{Id: id, Signal: int32(unix.SIGKILL), All: true}); err != nil && !gone(err) {
 		return fmt.Errorf("kill it: %w", rpcErr(err))
 	}
-	if _, err := pod.api.Wait(ctx, &podapi.ProcessRequest{Id: id}); err != nil {
+	if _, err := pod.api.Wait(ctx, &podapi.WaitRequest{Id: id}); err != nil {
 		return fmt.Errorf("waiting for it to die: %w", rpcErr(err))
 	}
 	return nil

@@ -45,11 +45,12 @@ var runCommand = &cli.Command{
 		if detach {
 			return startContainer(c.Context, g, id)
 		}
-		code, err := runAttached(c.Context, cr, id)
+		keep := c.Bool("keep")
+		code, podEmptied, err := runAttached(c.Context, cr, id, !keep)
 		// As runc's run: the container goes when its process is done, or could not start
 		// (with --keep it stays, stopped, for inspection and `delete`).
-		if !c.Bool("keep") || err != nil {
-			if derr := deleteContainer(context.Background(), g, id, true); err == nil && derr != nil {
+		if !keep || err != nil {
+			if derr := removeContainer(context.Background(), g, id, true, podEmptied); err == nil && derr != nil {
 				err = derr
 			}
 		}
@@ -63,26 +64,34 @@ var runCommand = &cli.Command{
 	},
 }
 
-// runAttached starts the container and stands in for its process until it exits: signals
-// sent to us are forwarded to it, a terminal is driven from ours, and its exit code becomes
-// ours.
-func runAttached(ctx context.Context, cr *created, id string) (int, error) {
-	att := newAttachment(cr.pod, id, "")
+// runAttached starts the container (unless its Create did) and stands in for its process
+// until it exits: signals sent to us are forwarded to it, a terminal is driven from ours,
+// and its exit code becomes ours. With andDelete the pod daemon deletes the container at
+// the exit; podEmptied is then set, to whether that emptied the pod (nil: it did not
+// delete it, e.g. a daemon of an older runv).
+func runAttached(ctx context.Context, cr *created, id string, andDelete bool) (code int, podEmptied *bool, err error) {
+	att := cr.att
+	if att == nil {
+		att = newAttachment(cr.pod, id, "")
+	}
 	defer att.Close()
 	defer cr.term.Close() // whatever attachForeground did not take over
 	if cr.term != nil {
 		fg, err := attachForeground(cr.term)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		att.fg = fg
 	}
-	if err := startInPod(ctx, cr.pod, cr.rec); err != nil {
-		return 0, err
+	if !cr.started {
+		if err := startInPod(ctx, cr.pod, cr.rec); err != nil {
+			return 0, nil, err
+		}
 	}
 	logging.G(ctx).Debug("container started", "container", id)
 	warnHooks(ctx, hookPoststart, hooksOf(cr.rec.Spec, hookPoststart), hookState(cr.rec, state.StatusRunning))
-	code, err := att.wait(ctx)
-	logging.G(ctx).Debug("container exited", "container", id, "exit_code", code)
-	return code, err
+	att.deleteAfter = andDelete
+	code, err = att.wait(ctx)
+	logging.G(ctx).Debug("container exited", "container", id, "exit_code", code, "deleted_in_pod", att.podEmptied != nil)
+	return code, att.podEmptied, err
 }

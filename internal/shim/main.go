@@ -74,7 +74,7 @@ func Main(ctx context.Context, cfg Config) int {
 	// times. A process the daemon does not know, or a daemon that is gone, means the
 	// process is gone: report it killed.
 	for attempt := 1; ; attempt++ {
-		w, err := pod.Wait(ctx, &podapi.ProcessRequest{Id: cfg.ID, Process: cfg.Process})
+		w, err := pod.Wait(ctx, &podapi.WaitRequest{Id: cfg.ID, Process: cfg.Process})
 		if err == nil {
 			if w.OomKilled && int(w.ExitCode) == killedCode {
 				// Watchers of the host cgroup learn of the guest's OOM kill from a real
