@@ -17,7 +17,7 @@ AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
 
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
-	build-essential busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
+	build-essential musl-tools busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 
@@ -56,7 +56,7 @@ agent:
 # instead of re-executing itself as libcontainer's `runc init`.
 exec-helper:
 	@mkdir -p $(BUILD)
-	$(CC) -static -O2 -Wall -Wextra -Werror -s -o $(BUILD)/runv-exec cmd/runv-exec/runv-exec.c
+	cmd/runv-exec/build.sh $(BUILD)/runv-exec -s
 
 initrd: agent exec-helper
 	$(GO) run ./initrd -agent $(BUILD)/runv-agent -exec $(BUILD)/runv-exec -o $(BUILD)/initrd.img

@@ -138,6 +138,7 @@ func Main() error {
 		log.Errorf("exec helper: %v (execs go through libcontainer's runc init)", err)
 	}
 	a.createEngine = a.execHelper != "" && !flags.LibcontainerCreate
+	installDeviceFilters()
 	if a.execHelper != "" && !a.createEngine {
 		log.Infof("runv.create=libcontainer: containers are made by libcontainer's runc init")
 	}

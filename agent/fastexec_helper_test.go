@@ -26,19 +26,20 @@ import (
 // capabilities, no_new_privs, seccomp, rlimits, umask, cwd, env, terminal) and the errors
 // of a process that cannot start.
 
-// buildExecHelper compiles the helper as the Makefile does, or skips with the reason.
+// buildExecHelper compiles the helper as the Makefile does (cmd/runv-exec/build.sh), or
+// skips with the reason.
 func buildExecHelper(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the exec helper joins namespaces and changes credentials: needs root")
 	}
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		t.Skip("no C compiler (cc) to build cmd/runv-exec")
+	_, musl := exec.LookPath("musl-gcc")
+	if _, cc := exec.LookPath("cc"); musl != nil && cc != nil {
+		t.Skip("no C compiler (musl-gcc or cc) to build cmd/runv-exec")
 	}
 	out := filepath.Join(t.TempDir(), "runv-exec")
-	if b, err := exec.Command(cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out, "../cmd/runv-exec/runv-exec.c").CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, b)
+	if b, err := exec.Command("../cmd/runv-exec/build.sh", out).CombinedOutput(); err != nil {
+		t.Fatalf("cmd/runv-exec/build.sh: %v\n%s", err, b)
 	}
 	return out
 }

@@ -80,7 +80,7 @@ func artifacts(t *testing.T) (kernel, initrd string) {
 		}
 		agentPath = bin
 		helper := filepath.Join(dir, "runv-exec")
-		if out, err := exec.Command("cc", "-static", "-O2", "-s", "-o", helper, "../cmd/runv-exec/runv-exec.c").CombinedOutput(); err != nil {
+		if out, err := exec.Command("../cmd/runv-exec/build.sh", helper, "-s").CombinedOutput(); err != nil {
 			artifactsErr = fmt.Errorf("build the exec helper: %w\n%s", err, out)
 			return
 		}

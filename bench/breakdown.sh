@@ -9,7 +9,10 @@
 # such as docker does: create then spawns a shim and connects the pod's network at start).
 # QEMU's CPU time, the guest's work with TCG's translation (which a loaded machine inflates
 # much less than the wall times), is on the daemon's "qemu exited" line (cpu=, all of the
-# pod), and with STEPS=1 also printed as it was when create returned (schedstat).
+# pod), and with STEPS=1 also printed as it was when create returned (schedstat). Its sys=
+# part is the host kernel's, mostly page faults (minflt=): on a host whose memory is
+# handed back to its own hypervisor, that part varies by 20-300 ms from run to run
+# (docs/performance.md, "Template clone, stop 12"); the rest is the guest's.
 # RUNV, RUNV_KERNEL, RUNV_INITRD, ROOT (state root; default: a fresh temporary one) as for
 # bench/run.sh. With a "cache" policy and no factory daemon serving under ROOT, one is
 # started (warmed) and its pool awaited before the run; it is stopped at the end. Whatever

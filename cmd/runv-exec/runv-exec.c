@@ -1318,7 +1318,9 @@ static void die_like_go(int sig)
 	sigemptyset(&set);
 	sigaddset(&set, sig);
 	sigprocmask(SIG_UNBLOCK, &set, NULL);
-	raise(sig);
+	/* Not raise(3): musl's sends the signal to the thread id it cached at start-up, which
+	 * is the helper's (this process is a raw clone of it). */
+	kill(getpid(), sig);
 	_exit(2);
 }
 

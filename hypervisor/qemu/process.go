@@ -25,8 +25,13 @@ type process struct {
 
 	waitErr error // cmd.Wait's result; read only after done is closed
 	// cpu is the CPU time QEMU used, all its threads (user and system, from its rusage):
-	// the guest's work, TCG translation included. Read only after done is closed.
-	cpu time.Duration
+	// the guest's work, TCG translation included. sysCPU is the host kernel's part of it,
+	// mostly page faults (minorFaults: the huge pages of TCG's translation buffer zeroed,
+	// guest pages copied on write), which on a host that hands free memory back to its own
+	// hypervisor varies by hundreds of ms from run to run (docs/performance.md, "Template
+	// clone, stop 12"). Read only after done is closed.
+	cpu, sysCPU time.Duration
+	minorFaults int64
 }
 
 type startOpts struct {
@@ -140,7 +145,10 @@ func startProcess(o startOpts) (*process, error) {
 		p.mu.Unlock()
 		p.waitErr = cmd.Wait()
 		if st := cmd.ProcessState; st != nil {
-			p.cpu = st.UserTime() + st.SystemTime()
+			p.cpu, p.sysCPU = st.UserTime()+st.SystemTime(), st.SystemTime()
+			if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+				p.minorFaults = ru.Minflt
+			}
 		}
 		release()
 		conf.exited()

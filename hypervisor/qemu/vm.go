@@ -91,7 +91,7 @@ func (v *vm) exited(p *process) {
 	if early != nil {
 		early.Close()
 	}
-	v.log.Debug("qemu exited", "pid", p.pid, "status", p.waitErr, "cpu", p.cpu)
+	v.log.Debug("qemu exited", "pid", p.pid, "status", p.waitErr, "cpu", p.cpu, "sys", p.sysCPU, "minflt", p.minorFaults)
 }
 
 // qmp runs a QMP command, failing with ErrVMExited once QEMU is gone.
