@@ -227,7 +227,23 @@ type WarmupRequest struct {
 	// and from the other clones at once, and the pod's STARTPOD finds the reseed's path
 	// already run (under TCG a first run of it costs a clone 10-18 ms).
 	Entropy []byte `json:"entropy,omitempty"`
+	// Scope limits the warm-up; empty: all of it. A pool parks every VM with WarmupPod and
+	// warms it later (docs/factory.md, "Warming").
+	Scope WarmupScope `json:"scope,omitempty"`
 }
+
+// WarmupScope is how much of the path of a pod's start WARMUP runs.
+type WarmupScope string
+
+const (
+	// WarmupPod runs what STARTPOD runs first (entropy and reseed, the share mounted
+	// ahead, the protocol's decoders), and no container.
+	WarmupPod WarmupScope = "pod"
+	// WarmupContainer adds the throwaway container, created, run and destroyed, without
+	// the exec into it and without the network warm-up (a light warm-up, for a pool that
+	// ran dry).
+	WarmupContainer WarmupScope = "container"
+)
 
 // Warmup answers MsgWarmup: how long the throwaway container took, guest monotonic time.
 type Warmup struct {
