@@ -187,12 +187,13 @@ func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
 	return f, nil
 }
 
-// Unmarshal decodes a frame's data into v, classifying bad input as ErrProtocol.
+// Unmarshal decodes a frame's data into v, classifying bad input as ErrProtocol. It
+// decodes as encoding/json does, learning only the types the data contains (unmarshal).
 func (f ControlFrame) Unmarshal(v any) error {
 	if len(f.Data) == 0 {
 		return fmt.Errorf("%w: %s frame (id %d) has no data", ErrProtocol, f.Type, f.ID)
 	}
-	if err := json.Unmarshal(f.Data, v); err != nil {
+	if err := unmarshal(f.Data, v); err != nil {
 		return fmt.Errorf("%w: %s frame (id %d): %v", ErrProtocol, f.Type, f.ID, err)
 	}
 	return nil
