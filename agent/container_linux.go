@@ -37,6 +37,9 @@ type container struct {
 	lateRlimits []configs.Rlimit
 	// fast is what execs through the exec helper share (fastexec_linux.go).
 	fast fastExecState
+	// pins hold the directories of the init's PATH while the container exists
+	// (warmProgramPath).
+	pins *pathPins
 
 	mu    sync.Mutex
 	init  *process
@@ -223,6 +226,7 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	if err := c.lc.Destroy(); err != nil {
 		c.log.Errorf("destroy after a failed create: %v", err)
 	}
+	c.pins.close()
 }
 
 func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTrace) (*container, *process, error) {
@@ -231,6 +235,14 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 		return nil, nil, err
 	}
 	tr.mark("spec adjusted")
+	pins := &pathPins{}
+	created := false
+	defer func() {
+		if !created {
+			pins.close()
+		}
+	}()
+	go warmProgramPath(spec.Root.Path, spec.Process, pins, tr)
 	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
 	tr.mark("device binds checked")
 	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
@@ -244,7 +256,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
 	}
 	tr.mark("specconv")
-	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process)}
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process), pins: pins}
 	cfg.Rlimits, c.lateRlimits = splitLateRlimits(cfg.Rlimits)
 	if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
 		return nil, nil, err
@@ -258,6 +270,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 	}
 	c.init = p
 	c.procs[p.id] = p
+	created = true
 	return c, p, nil
 }
 
@@ -465,6 +478,7 @@ func (a *Agent) removeContainer(_ context.Context, req *Request) (any, error) {
 	if err := c.lc.Destroy(); err != nil {
 		return nil, fmt.Errorf("destroy container %q: %w", c.id, err)
 	}
+	c.pins.close()
 	a.mu.Lock()
 	delete(a.containers, c.id)
 	a.mu.Unlock()

@@ -92,6 +92,14 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		}
 		dir = shareWarmupDir
 	}
+	if wr.Scope == agentproto.WarmupPod {
+		if err := warmupPayloads(); err != nil {
+			return nil, err
+		}
+		res := agentproto.Warmup{TotalMillis: time.Since(start).Milliseconds()}
+		a.log.Infof("warm-up of the pod's start: %d ms", res.TotalMillis)
+		return res, nil
+	}
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := prepareWarmupRoot(rootfs); err != nil {
 		removeWarmupRoot(dir)
@@ -142,8 +150,10 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		handle, pid = initHandle(lc, lp)
 		// An exec into the created container, as a pod's execs go (the exec helper), so
 		// that a pooled VM's first exec does not pay the translation of that path either.
-		if werr := a.warmupExec(cfg, pid, tr); werr != nil {
-			a.log.Errorf("warm-up: exec: %v", werr)
+		if wr.Scope == "" {
+			if werr := a.warmupExec(cfg, pid, tr); werr != nil {
+				a.log.Errorf("warm-up: exec: %v", werr)
+			}
 		}
 		err = lc.Exec()
 	}
@@ -168,7 +178,10 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	}
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
-	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms", res.CreateMillis, res.TotalMillis)
+	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q)", res.CreateMillis, res.TotalMillis, wr.Scope)
+	if wr.Scope != "" {
+		return res, nil
+	}
 	netStart := time.Now()
 	if err := warmupNetwork(); err != nil {
 		return nil, err

@@ -14,14 +14,19 @@
 # --debug, follows each pod daemon's log, and adds the medians of the phases: ms since the
 # CLI started until the daemon serves, the pod is ready, the container is created in the
 # guest, its process exited, the last container was deleted, the pod stopped, and the
-# spans between them). Prints the median, min and max of each side and the load before and
-# after. Everything it starts (pods, the pools' daemons, templates) it stops and removes,
+# spans between them), BURST=1 (KIND=cache: then ROUNDS bursts per side, in turn, as
+# bench/run.sh's "cache, back to back": the pool full, one untimed run, N runs one after
+# another; each burst's median and its ratio to the side's single median, and the pool's
+# warm-ups from its factory daemon's log: light or full, wall time, QEMU's CPU time),
+# ROUNDS (2). Prints the median, min and max of each side and the load before and after. Everything it starts (pods, the pools' daemons, templates) it stops and removes,
 # also on ^C.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-10}
 KIND=${KIND:-cache}
 PHASES=${PHASES:-0}
+BURST=${BURST:-0}
+ROUNDS=${ROUNDS:-2}
 RUNV=${RUNV:-$repo/build/runv}
 KERNEL=$(realpath -m "${RUNV_KERNEL:-$repo/build/vmlinux}")
 INITRD=${RUNV_INITRD:-$repo/build/initrd.img}
@@ -57,12 +62,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 (cd "$repo" && go run ./test/mkbundle "$work/true" true >/dev/null) || exit 1
 rv() { local ab=$1; shift; "${RUNVS[$ab]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" "$@"; }
+fdbg=()
+[ "$BURST" = 1 ] && fdbg=(--debug)
 full() { [ "$KIND" = cache ] || return 0; "${RUNVS[$1]}" --root "$work/root-$1" manage factory-daemon --status --wait --timeout 5m >/dev/null 2>&1; }
 for ab in A B; do
 	mkdir -p "$work/root-$ab"
 	if [ "$KIND" = cache ]; then
 		# Not through rv: $! must be runv's pid, not a subshell's.
-		"${RUNVS[$ab]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" \
+		"${RUNVS[$ab]}" "${fdbg[@]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" \
 			manage factory-daemon --warm=true >"$work/factory-$ab.log" 2>&1 &
 		pids+=($!)
 		for ((i = 0; i < 300; i++)); do
@@ -138,5 +145,31 @@ if [ "$PHASES" = 1 ]; then
 		printf "| "
 		for c in 1 2 3 4 5 6; do printf "%s " "$(med "$c" <"$f.spans")"; done
 		echo
+	done
+fi
+# median < "side µs" lines: the median in ms.
+median_ms() { sort -n -k2 | awk '{v[NR] = $2 / 1000} END {n = NR; printf "%.1f", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2}'; }
+if [ "$BURST" = 1 ] && [ "$KIND" = cache ]; then
+	for ((r = 0; r < ROUNDS; r++)); do
+		for ab in A B; do
+			full "$ab"
+			rv "$ab" run --bundle "$work/true" "w$ab$r" </dev/null >/dev/null 2>&1 || echo "ab.sh: run w$ab$r failed"
+			load=$(cut -d' ' -f1 /proc/loadavg)
+			for ((i = 0; i < N; i++)); do
+				t0=$(date +%s%N)
+				rv "$ab" run --bundle "$work/true" "b$ab$r-$i" </dev/null >/dev/null 2>&1 || echo "ab.sh: run b$ab$r-$i failed"
+				t1=$(date +%s%N)
+				echo "$ab $(((t1 - t0) / 1000))" >>"$work/burst-$ab-$r"
+			done
+			single=$(grep "^$ab " "$work/times" | median_ms)
+			burst=$(median_ms <"$work/burst-$ab-$r")
+			echo "$ab burst $r (load $load): $(awk '{printf "%.0f ", $2 / 1000}' "$work/burst-$ab-$r")ms; median $burst ms, $(awk -v a="$burst" -v b="$single" 'BEGIN{printf "%.2f", a / b}')x the single pod's $single ms"
+		done
+	done
+	for ab in A B; do
+		echo "$ab warm-ups (light, wall, QEMU CPU):"
+		sed -n 's/.*msg="pooled vm warmed".* light=\([a-z]*\) duration=\([^ ]*\) qemu_cpu=\([^ ]*\).*/\1 \3/p' "$work/factory-$ab.log" |
+			awk '{n[$1]++; c[$1] = c[$1] " " $2} END {for (k in n) printf "  light=%s n=%d cpu:%s\n", k, n[k], c[k]}'
+		echo "  cold hand-outs: $(grep -c 'handing out a vm before its warm-up' "$work/factory-$ab.log")"
 	done
 fi

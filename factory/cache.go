@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/mounts"
@@ -53,9 +55,41 @@ type CacheConfig struct {
 	// requests with kernel parameters (pooled guests booted long ago), and requests that
 	// find the pool empty with no refill under way. Nil: the base factory.
 	Fallback Factory
-	// BootTimeout bounds one refill. Zero: DefaultCacheBootTimeout.
+	// BootTimeout bounds one refill, and one warm-up. Zero: DefaultCacheBootTimeout.
 	BootTimeout time.Duration
+	// WarmAtOnce is how many pooled VMs warm up at the same time. Zero: half the host's
+	// CPUs, at least one (see Warmer).
+	WarmAtOnce int
 }
+
+// Warmer is a pooled VM that is warmed once it is in the pool (holder.VM: a throwaway
+// container run through its agent, WARMUP; light: the container path only). The pool
+// warms its VMs a few at a time (CacheConfig.WarmAtOnce), oldest first, and hands out a
+// warm VM while there is one; a request that finds none takes a parked cold one rather
+// than wait for a warm-up under way. Once that happened the pool is drained: it warms
+// light until every pooled VM is warm, then finishes the light ones with a full warm-up
+// (docs/factory.md, "Warming"). A VM that is not a Warmer is warm when it joins. Warm may
+// be called again after a light warm-up.
+type Warmer interface {
+	Warm(ctx context.Context, light bool) (WarmResult, error)
+}
+
+// WarmResult is what a warm-up took.
+type WarmResult struct {
+	Guest agentproto.Warmup `json:"guest"` // the guest's own account (its clock)
+	// CPU is the CPU time the VM's QEMU used for it (0: not known). Under load the
+	// guest's clock counts the time other processes had the CPU; this does not.
+	CPU time.Duration `json:"cpu"`
+}
+
+// warmth is how far a pooled VM is warmed.
+type warmth int
+
+const (
+	cold      warmth = iota // parked, not warmed
+	lightWarm               // its container path warmed (a light warm-up)
+	fullWarm                // warmed fully, or nothing to warm (not a Warmer)
+)
 
 // Cache keeps Size VMs from a base factory (direct, template, or anything else) booted
 // and hands them out at once, refilling in the background. Close kills every pooled VM;
@@ -77,6 +111,8 @@ type Cache struct {
 	mu       sync.Mutex
 	ready    []*pooled // oldest first: the most settled guest goes out first
 	booting  int
+	warming  int  // warm-ups under way
+	drained  bool // a VM went out cold since every pooled VM was last warm: warm light
 	seq      int
 	closed   bool
 	lastErr  error         // last refill failure, for requests that waited in vain
@@ -86,11 +122,14 @@ type Cache struct {
 
 // pooled is a VM waiting in the pool.
 type pooled struct {
-	name  string
-	dir   string
-	share string
-	vm    hypervisor.VM
-	taken chan struct{} // closed when it leaves the pool (handed out or discarded)
+	name   string
+	dir    string
+	share  string
+	vm     hypervisor.VM
+	taken  chan struct{} // closed when it leaves the pool (handed out or discarded)
+	warmth warmth
+	// warming: a warm-up is under way; the VM is not handed out before it ended.
+	warming bool
 }
 
 var _ Factory = (*Cache)(nil)
@@ -114,6 +153,9 @@ func NewCache(ctx context.Context, base Factory, cfg CacheConfig) (*Cache, error
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = DefaultCacheBootTimeout
 	}
+	if cfg.WarmAtOnce <= 0 {
+		cfg.WarmAtOnce = max(1, runtime.NumCPU()/2)
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -134,8 +176,16 @@ func (c *Cache) Name() string { return KindCache }
 
 // CacheStatus is a snapshot of the pool.
 type CacheStatus struct {
-	Size    int    `json:"size"`
-	Ready   int    `json:"ready"`
+	Size int `json:"size"`
+	// Ready VMs are warm: a pod's first container in one costs what a later one does.
+	Ready int `json:"ready"`
+	// Light VMs had a light warm-up (the container path; not the exec into a container
+	// nor the network), their full warm-up queued or under way: as good as Ready for a pod
+	// whose container runs without network.
+	Light int `json:"light"`
+	// Cold VMs are booted and parked, their warm-up queued or under way; one is handed out
+	// only when no Ready or Light VM is left.
+	Cold    int    `json:"cold"`
 	Booting int    `json:"booting"`
 	LastErr string `json:"lastError,omitempty"`
 }
@@ -144,19 +194,30 @@ type CacheStatus struct {
 func (c *Cache) Status() CacheStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := CacheStatus{Size: c.cfg.Size, Ready: len(c.ready), Booting: c.booting}
+	s := CacheStatus{Size: c.cfg.Size, Ready: c.countLocked(fullWarm), Light: c.countLocked(lightWarm), Cold: c.countLocked(cold), Booting: c.booting}
 	if c.lastErr != nil {
 		s.LastErr = c.lastErr.Error()
 	}
 	return s
 }
 
-// WaitFull returns once Size VMs are ready, or with the last refill error once a refill
-// failed, or when ctx ends.
+// countLocked counts the pooled VMs warmed to w.
+func (c *Cache) countLocked(w warmth) int {
+	n := 0
+	for _, p := range c.ready {
+		if p.warmth == w {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitFull returns once Size VMs are ready and warm, or with the last refill error once a
+// refill failed, or when ctx ends.
 func (c *Cache) WaitFull(ctx context.Context) error {
 	for {
 		c.mu.Lock()
-		full, closed, failures, lastErr, changed := len(c.ready) >= c.cfg.Size, c.closed, c.failures, c.lastErr, c.changed
+		full, closed, failures, lastErr, changed := c.countLocked(fullWarm) >= c.cfg.Size, c.closed, c.failures, c.lastErr, c.changed
 		c.mu.Unlock()
 		switch {
 		case closed:
@@ -226,10 +287,75 @@ func (c *Cache) refill(name string, delay time.Duration) {
 		return
 	}
 	c.failures, c.lastErr = 0, nil
+	p.warmth = fullWarm
+	if _, ok := p.vm.(Warmer); ok {
+		p.warmth = cold
+	}
 	c.ready = append(c.ready, p)
-	c.log.Debug("pool refilled", "vm", name, "duration", time.Since(start), "ready", len(c.ready))
+	c.log.Debug("pool refilled", "vm", name, "duration", time.Since(start), "pooled", len(c.ready), "cold", p.warmth == cold)
 	c.wg.Add(1)
 	go c.watch(p, p.taken)
+	c.startWarmupsLocked()
+}
+
+// startWarmupsLocked starts warm-ups while fewer than WarmAtOnce run: of cold VMs first,
+// oldest first, light while the pool is drained; then, once no VM is cold, the full
+// warm-up of the light ones. At most a few at once: on a small host a warm-up takes a CPU
+// for a few hundred milliseconds (TCG translating the container path's code), and several
+// at once would each take longer to finish, beside the pods they are for.
+func (c *Cache) startWarmupsLocked() {
+	if c.drained && c.countLocked(cold) == 0 && c.warming == 0 {
+		c.drained = false // every pooled VM is warm: finish the light ones
+	}
+	for _, want := range []warmth{cold, lightWarm} {
+		for _, p := range c.ready {
+			if c.closed || c.warming >= c.cfg.WarmAtOnce {
+				return
+			}
+			if p.warmth != want || p.warming {
+				continue
+			}
+			if want == lightWarm && c.drained {
+				return
+			}
+			p.warming = true
+			c.warming++
+			c.wg.Add(1)
+			go c.warmUp(p, c.drained)
+		}
+	}
+}
+
+// warmUp warms one pooled VM, light or fully. A failed warm-up leaves the VM as good as
+// a cold one: it stays in the pool, counted warm (there is nothing more to do for it),
+// and the failure is logged.
+func (c *Cache) warmUp(p *pooled, light bool) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.BootTimeout)
+	start := time.Now()
+	w, err := p.vm.(Warmer).Warm(ctx, light)
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.warming--
+	p.warming = false
+	switch {
+	case err != nil:
+		p.warmth = fullWarm
+		if !c.closed {
+			c.log.Warn("warm-up of a pooled vm failed; it stays pooled cold", "vm", p.name, "error", err)
+		}
+	case light:
+		p.warmth = lightWarm
+	default:
+		p.warmth = fullWarm
+	}
+	if err == nil {
+		c.log.Debug("pooled vm warmed", "vm", p.name, "light", light, "duration", time.Since(start), "qemu_cpu", w.CPU,
+			"guest_create_ms", w.Guest.CreateMillis, "guest_total_ms", w.Guest.TotalMillis)
+	}
+	c.broadcastLocked()
+	c.startWarmupsLocked()
 }
 
 // boot gets one VM for the pool from the base factory.
@@ -289,9 +415,12 @@ func (c *Cache) discard(p *pooled) {
 	removeVMDir(p.dir)
 }
 
-// take removes the oldest ready VM from the pool. If none is ready but refills are under
-// way, it waits for one (it is never further from ready than a new boot would be); it
-// returns nil when the pool is empty with nothing coming.
+// take removes a VM from the pool: the oldest warm one, else the oldest cold one whose
+// warm-up has not started (a pod that finds the pool drained then runs its first container
+// in it, on its own CPU, while the warm-up under way goes on for the next pod: waiting
+// for that warm-up would leave a CPU idle). If every pooled VM is warming up, or none is
+// pooled but refills are under way, it waits for one (it is never further from ready than
+// a new boot would be); it returns nil when the pool is empty with nothing coming.
 func (c *Cache) take(ctx context.Context) (*pooled, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -299,16 +428,20 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 		if c.closed {
 			return nil, ErrClosed
 		}
-		if len(c.ready) > 0 {
-			p := c.ready[0]
-			c.ready = c.ready[1:]
+		if i := c.pickLocked(); i >= 0 {
+			p := c.ready[i]
+			c.ready = append(c.ready[:i:i], c.ready[i+1:]...)
 			close(p.taken)
+			if p.warmth == cold {
+				c.drained = true
+				c.log.Info("pool drained: handing out a vm before its warm-up", "vm", p.name, "warming", c.warming)
+			}
 			c.fillLocked()
 			c.broadcastLocked()
 			return p, nil
 		}
 		// A refill that already failed will not bring one soon: do not wait for it.
-		if c.booting == 0 || c.failures > 0 {
+		if (c.booting == 0 && c.warming == 0) || c.failures > 0 {
 			return nil, nil
 		}
 		changed := c.changed
@@ -321,6 +454,18 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 		}
 		c.mu.Lock()
 	}
+}
+
+// pickLocked is the index in ready of the VM to hand out (take), -1 if none can go now:
+// the oldest of the warmest VMs that is not warming up.
+func (c *Cache) pickLocked() int {
+	best := -1
+	for i, p := range c.ready {
+		if !p.warming && (best < 0 || p.warmth > c.ready[best].warmth) {
+			best = i
+		}
+	}
+	return best
 }
 
 // put returns an unused VM to the front of the pool. Its replacement may be booting
@@ -337,6 +482,7 @@ func (c *Cache) put(p *pooled) {
 	c.ready = append([]*pooled{p}, c.ready...)
 	c.wg.Add(1)
 	go c.watch(p, p.taken)
+	c.startWarmupsLocked()
 	c.broadcastLocked()
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/hypervisor"
 )
 
@@ -66,10 +67,54 @@ func (v growableVM) HotplugMemory(_ context.Context, total int) error {
 	return nil
 }
 
+// warmableVM is a fakeVM that is warmed in the pool (Warmer): a Warm waits until the
+// test lets warm-ups end (release) or the VM dies; lights records each call's light.
+type warmableVM struct {
+	*fakeVM
+	started, release chan struct{}
+	startOnce        *sync.Once
+	lights           *[]bool
+}
+
+func (v warmableVM) Warm(ctx context.Context, light bool) (WarmResult, error) {
+	v.mu.Lock()
+	*v.lights = append(*v.lights, light)
+	v.mu.Unlock()
+	v.startOnce.Do(func() { close(v.started) })
+	select {
+	case <-v.release:
+		return WarmResult{Guest: agentproto.Warmup{CreateMillis: 1}}, nil
+	case <-v.done:
+		return WarmResult{}, errors.New("vm gone")
+	case <-ctx.Done():
+		return WarmResult{}, ctx.Err()
+	}
+}
+
+// warmups returns the light flag of every Warm so far.
+func (v warmableVM) warmups() []bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]bool(nil), *v.lights...)
+}
+
+func (v warmableVM) warming() bool {
+	select {
+	case <-v.started:
+		return true
+	default:
+		return false
+	}
+}
+
 // fakeFactory hands out fake VMs and records what it was asked.
 type fakeFactory struct {
 	name     string
 	growable bool
+	// warmable VMs are Warmers; warmables holds them in the order they were made.
+	warmable  bool
+	warmables []warmableVM
+	warmAll   bool // every warm-up ends at once, from now on (releaseAll)
 
 	mu   sync.Mutex
 	fail error
@@ -89,10 +134,38 @@ func (f *fakeFactory) GetVM(_ context.Context, req Request) (hypervisor.VM, erro
 	}
 	vm := newFakeVM(req)
 	f.vms = append(f.vms, vm)
-	if f.growable {
+	switch {
+	case f.growable:
 		return growableVM{vm}, nil
+	case f.warmable:
+		w := warmableVM{fakeVM: vm, started: make(chan struct{}), release: make(chan struct{}), startOnce: &sync.Once{}, lights: &[]bool{}}
+		if f.warmAll {
+			close(w.release)
+		}
+		f.warmables = append(f.warmables, w)
+		return w, nil
 	}
 	return vm, nil
+}
+
+// releaseAll ends every warm-up not ended yet, and those to come at once.
+func (f *fakeFactory) releaseAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.warmAll = true
+	for _, w := range f.warmables {
+		select {
+		case <-w.release:
+		default:
+			close(w.release)
+		}
+	}
+}
+
+func (f *fakeFactory) warmableVM(i int) warmableVM {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.warmables[i]
 }
 
 func (f *fakeFactory) Name() string { return f.name }
@@ -233,6 +306,109 @@ func TestCacheHandsOutPooledVMAndRefills(t *testing.T) {
 			t.Fatal("console log not moved to the pod's VM directory")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// pollStatus waits until the pool's status is want, within 10 s.
+func pollStatus(t *testing.T, c *Cache, want CacheStatus) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Status() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool status %+v, want %+v", c.Status(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A pool warms its VMs one at a time, and counts as full only once they are warm; a
+// request that finds no warm VM takes a cold one whose warm-up has not started rather
+// than wait for the one under way, and a warm VM goes out before any cold one.
+func TestCacheWarmsInTurnAndHandsOutColdWhenDrained(t *testing.T) {
+	base := &fakeFactory{name: KindTemplate, warmable: true}
+	c := newTestCache(t, base, CacheConfig{Size: 2, WarmAtOnce: 1})
+	pollStatus(t, c, CacheStatus{Size: 2, Ready: 0, Cold: 2})
+	first, second := base.warmableVM(0), base.warmableVM(1)
+	<-first.started
+	if second.warming() {
+		t.Fatal("two warm-ups at once with WarmAtOnce 1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	err := c.WaitFull(ctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitFull with no VM warm yet: %v, want a timeout", err)
+	}
+
+	// Drained: the cold VM whose warm-up has not started goes out, the warming one stays.
+	vm, err := c.GetVM(context.Background(), podDirs(t, "pod1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := vm.(*CachedVM).Unwrap(); got != second {
+		t.Fatalf("handed out %s, want the cold VM %s (the other is warming)", got.ID(), second.id)
+	}
+	// Its refill joins cold and waits for its turn to warm.
+	pollStatus(t, c, CacheStatus{Size: 2, Ready: 0, Cold: 2})
+	third := base.warmableVM(2)
+	if third.warming() {
+		t.Fatal("the refill's warm-up started beside the one under way")
+	}
+	close(first.release)
+	<-third.started
+	pollStatus(t, c, CacheStatus{Size: 2, Ready: 1, Cold: 1})
+	// The pool ran dry (a VM went out cold): it warms light to catch up.
+	if got := third.warmups(); len(got) != 1 || !got[0] {
+		t.Errorf("warm-ups of the refill after a cold hand-out (light?): %v, want [true]", got)
+	}
+	// A warm VM goes out before the cold one.
+	vm, err = c.GetVM(context.Background(), podDirs(t, "pod2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := vm.(*CachedVM).Unwrap(); got != first {
+		t.Fatalf("handed out %s, want the warm VM %s", got.ID(), first.id)
+	}
+	base.releaseAll()
+	waitFull(t, c)
+	// Once every pooled VM was warm, the light one was finished with a full warm-up.
+	if got := third.warmups(); len(got) != 2 || !got[0] || got[1] {
+		t.Errorf("warm-ups of the light-warmed VM: %v, want [true false]", got)
+	}
+	if got := first.warmups(); len(got) != 1 || got[0] {
+		t.Errorf("warm-ups of a VM warmed before the pool ran dry: %v, want [false]", got)
+	}
+}
+
+// A request that finds only a VM whose warm-up is under way waits for it: it comes sooner
+// than a VM booted outside the pool.
+func TestCacheWaitsForTheWarmupUnderWay(t *testing.T) {
+	base := &fakeFactory{name: KindTemplate, warmable: true}
+	c := newTestCache(t, base, CacheConfig{Size: 1})
+	pollStatus(t, c, CacheStatus{Size: 1, Ready: 0, Cold: 1})
+	only := base.warmableVM(0)
+	<-only.started
+	got := make(chan hypervisor.VM, 1)
+	go func() {
+		vm, err := c.GetVM(context.Background(), podDirs(t, "pod1"))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- vm
+	}()
+	select {
+	case vm := <-got:
+		t.Fatalf("handed out %v while its warm-up ran", vm)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(only.release)
+	if vm := <-got; vm == nil || vm.(*CachedVM).Unwrap() != only {
+		t.Fatalf("got %v, want the warmed VM", vm)
+	}
+	base.releaseAll()
+	waitFull(t, c)
+	if n := base.count(); n != 2 {
+		t.Errorf("base asked for %d VMs, want 2 (the first and its refill)", n)
 	}
 }
 

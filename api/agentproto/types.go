@@ -187,12 +187,13 @@ func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
 	return f, nil
 }
 
-// Unmarshal decodes a frame's data into v, classifying bad input as ErrProtocol.
+// Unmarshal decodes a frame's data into v, classifying bad input as ErrProtocol. It
+// decodes as encoding/json does, learning only the types the data contains (unmarshal).
 func (f ControlFrame) Unmarshal(v any) error {
 	if len(f.Data) == 0 {
 		return fmt.Errorf("%w: %s frame (id %d) has no data", ErrProtocol, f.Type, f.ID)
 	}
-	if err := json.Unmarshal(f.Data, v); err != nil {
+	if err := unmarshal(f.Data, v); err != nil {
 		return fmt.Errorf("%w: %s frame (id %d): %v", ErrProtocol, f.Type, f.ID, err)
 	}
 	return nil
@@ -226,7 +227,23 @@ type WarmupRequest struct {
 	// and from the other clones at once, and the pod's STARTPOD finds the reseed's path
 	// already run (under TCG a first run of it costs a clone 10-18 ms).
 	Entropy []byte `json:"entropy,omitempty"`
+	// Scope limits the warm-up; empty: all of it. A pool parks every VM with WarmupPod and
+	// warms it later (docs/factory.md, "Warming").
+	Scope WarmupScope `json:"scope,omitempty"`
 }
+
+// WarmupScope is how much of the path of a pod's start WARMUP runs.
+type WarmupScope string
+
+const (
+	// WarmupPod runs what STARTPOD runs first (entropy and reseed, the share mounted
+	// ahead, the protocol's decoders), and no container.
+	WarmupPod WarmupScope = "pod"
+	// WarmupContainer adds the throwaway container, created, run and destroyed, without
+	// the exec into it and without the network warm-up (a light warm-up, for a pool that
+	// ran dry).
+	WarmupContainer WarmupScope = "container"
+)
 
 // Warmup answers MsgWarmup: how long the throwaway container took, guest monotonic time.
 type Warmup struct {

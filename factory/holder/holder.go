@@ -54,12 +54,13 @@ import (
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/sockets"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
 
 // Files of the holder in a held VM's directory.
 const (
-	// Socket is where the holder answers the ops info, adopt, grow, shutdown and kill.
+	// Socket is where the holder answers the ops info, warm, adopt, grow, shutdown and kill.
 	Socket = "holder.sock"
 	// Log is the holder's stdout and stderr.
 	Log = "holder.log"
@@ -98,8 +99,10 @@ type Config struct {
 	// Parent is the factory daemon's pid: while the VM is pooled the holder kills it when
 	// that process exits.
 	Parent int
-	// Warm runs a throwaway container in the VM before it joins the pool (WARMUP): the
-	// pod's first container then costs what a later one does under TCG.
+	// Warm keeps the parked agent's connection for a warm-up (op warm: a throwaway
+	// container, WARMUP), which the pool asks for once the VM is in the pool and its turn
+	// comes: the pod's first container then costs what a later one does under TCG.
+	// Without it op warm does nothing.
 	Warm bool
 }
 
@@ -108,6 +111,12 @@ type holder struct {
 	cfg Config
 	log *slog.Logger
 	vm  hypervisor.VM
+
+	// agent is the parked agent's connection, kept open for warm-ups until the VM is
+	// handed out (nil then, and when cfg.Warm is off). warmMu orders a warm-up under way
+	// before a hand-out: the pod daemon connects only once the holder let go.
+	warmMu sync.Mutex
+	agent  *agentclient.Client
 
 	mu      sync.Mutex
 	info    wire.VMInfo
@@ -162,7 +171,14 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 		if err := renice(vm, pooledNice); err != nil {
 			log.Warn("cannot lower the pooled VM's priority", "error", err)
 		}
-		err = parkVM(bctx, vm, cfg.Warm)
+		h.agent, err = parkVM(bctx, vm, cfg.Warm)
+		if err == nil && h.agent != nil {
+			// What STARTPOD runs first, now: cheap, and a pod handed this VM before its
+			// warm-up (a drained pool) starts without paying it (docs/factory.md).
+			if _, werr := h.warm(bctx, agentproto.WarmupPod); werr != nil {
+				log.Warn("warm-up of the pod's start failed", "error", werr)
+			}
+		}
 		if err != nil {
 			vm.Kill()
 		}
@@ -186,46 +202,79 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 			go wire.ServeConn(conn, h.handle)
 		}
 	}()
+	defer h.letGo()
 	return h.wait(ctx)
 }
 
 // parkVM is park; unit tests, whose VMs have no agent, replace it.
 var parkVM = park
 
-// park brings the new VM's agent to rest: READY (a cold boot), the version handshake and,
-// with warm, a warm-up container; then it disconnects, and the agent waits for the pod
-// daemon to connect. A failed warm-up is only logged: the VM is as good as a cold one.
-func park(ctx context.Context, vm hypervisor.VM, warm bool) error {
+// park brings the new VM's agent to rest: READY (a cold boot) and the version handshake.
+// With keep, it returns the connection, still open, for the warm-up (warm); else it
+// disconnects, and the agent waits for the pod daemon to connect.
+func park(ctx context.Context, vm hypervisor.VM, keep bool) (*agentclient.Client, error) {
 	ch, err := vm.Channels(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID(), Logf: func(format string, args ...any) {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
-	defer c.Close()
 	if !vm.Restored() {
 		if err := c.WaitReady(ctx); err != nil {
-			return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
+			c.Close()
+			return nil, fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 		}
 	}
 	if _, err := c.Handshake(ctx); err != nil {
-		return fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
+		c.Close()
+		return nil, fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 	}
-	if warm {
-		var w agentproto.Warmup
-		start := time.Now()
-		// The share device of this VM is the pod's that takes it (its directory is renamed
-		// onto the pod's share): mounted now, STARTPOD finds it ready.
-		req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64)}
-		rand.Read(req.Entropy)
-		if err := c.Call(ctx, agentproto.MsgWarmup, req, &w); err != nil {
-			logging.G(ctx).Warn("warm-up failed; the VM joins the pool cold", "error", err)
-		} else {
-			logging.G(ctx).Info("vm warmed up", "took", time.Since(start), "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis)
-		}
+	if !keep {
+		c.Close()
+		return nil, nil
 	}
-	return nil
+	return c, nil
+}
+
+// warm runs a warm-up of scope in the parked VM: WARMUP through the parked agent's
+// connection, which stays open for the next one (the pod's start when parked, then the
+// pool's op warm, light or full, and a full one after a light one) until the VM is handed
+// out. A VM handed out, or held without cfg.Warm, is left as it is.
+func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factory.WarmResult, error) {
+	h.warmMu.Lock()
+	defer h.warmMu.Unlock()
+	c := h.agent
+	if c == nil {
+		return factory.WarmResult{}, nil
+	}
+	start := time.Now()
+	cpu0, cpuErr := state.CPUTime(h.vm.Pid())
+	// The share device of this VM is the pod's that takes it (its directory is renamed
+	// onto the pod's share): mounted now, STARTPOD finds it ready.
+	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
+	rand.Read(req.Entropy)
+	var w factory.WarmResult
+	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
+		return w, fmt.Errorf("holder %s: warm-up: %w", h.cfg.ID, err)
+	}
+	if cpu1, err := state.CPUTime(h.vm.Pid()); err == nil && cpuErr == nil {
+		w.CPU = cpu1 - cpu0
+	}
+	h.log.Info("vm warmed up", "scope", scope, "took", time.Since(start), "qemu_cpu", w.CPU,
+		"guest_create_ms", w.Guest.CreateMillis, "guest_total_ms", w.Guest.TotalMillis)
+	return w, nil
+}
+
+// letGo closes the parked agent's connection, if the holder still has it: the VM is
+// handed out (the pod daemon connects next) or gone.
+func (h *holder) letGo() {
+	h.warmMu.Lock()
+	defer h.warmMu.Unlock()
+	if h.agent != nil {
+		h.agent.Close()
+		h.agent = nil
+	}
 }
 
 // wait returns once the VM is gone, killing it first if its owner exits or ctx ends.
@@ -278,7 +327,19 @@ func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
 		info := h.info
 		h.mu.Unlock()
 		return wire.Response{VM: &info}
+	case wire.OpWarm:
+		scope := agentproto.WarmupScope("")
+		if req.Light {
+			scope = agentproto.WarmupContainer
+		}
+		w, err := h.warm(ctx, scope)
+		if err != nil {
+			return wire.ErrResponse(err)
+		}
+		return wire.Response{Warmup: &w}
 	case wire.OpAdopt:
+		// A warm-up under way ends first; the pod daemon's connection is the agent's next.
+		h.letGo()
 		info, err := h.adopt(req.Pid, req.Dir)
 		if err != nil {
 			return wire.ErrResponse(err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
@@ -49,7 +50,7 @@ func (f *fakeFactory) Name() string { return "fake" }
 func (f *fakeFactory) Close() error { return nil }
 
 func init() {
-	parkVM = func(context.Context, hypervisor.VM, bool) error { return nil }
+	parkVM = func(context.Context, hypervisor.VM, bool) (*agentclient.Client, error) { return nil, nil }
 }
 
 // A holder boots its VM, reports, answers info, moves the VM's directory on adopt, and

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
@@ -49,6 +50,7 @@ type VM struct {
 var (
 	_ hypervisor.VM         = (*VM)(nil)
 	_ hypervisor.Hotplugger = (*VM)(nil)
+	_ factory.Warmer        = (*VM)(nil)
 )
 
 func newVM(id string, info wire.VMInfo, p *proc) *VM {
@@ -193,6 +195,19 @@ func (v *VM) HotplugMemory(ctx context.Context, totalMiB int) error {
 		return fmt.Errorf("vm %s: %w", v.id, err)
 	}
 	return nil
+}
+
+// Warm has the holder run the warm-up in the pooled VM (op warm; factory.Warmer) and
+// returns once it ran: what it took in the guest, zero if there was none to run.
+func (v *VM) Warm(ctx context.Context, light bool) (factory.WarmResult, error) {
+	resp, err := wire.Call(ctx, v.socket(), wire.Request{Op: wire.OpWarm, Light: light})
+	if err != nil {
+		return factory.WarmResult{}, fmt.Errorf("vm %s: %w", v.id, err)
+	}
+	if resp.Warmup == nil {
+		return factory.WarmResult{}, nil
+	}
+	return *resp.Warmup, nil
 }
 
 // Adopt hands the VM to pod daemon pid, moving its directory onto dir.

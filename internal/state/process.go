@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Self returns the calling process.
@@ -49,6 +50,27 @@ func ParentOf(pid int) (int, error) {
 	}
 	return strconv.Atoi(fields[1])
 }
+
+// CPUTime is the CPU time process pid has used so far, user and system, all its threads
+// (in /proc's clock ticks: 10 ms).
+func CPUTime(pid int) (time.Duration, error) {
+	fields, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	var ticks uint64
+	for _, f := range fields[11:13] { // utime, stime (fields 14, 15)
+		n, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("process %d: /proc stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux ABI.
+const clockTicks = 100
 
 func startTime(pid int) (uint64, error) {
 	fields, err := readStat(pid)

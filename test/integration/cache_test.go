@@ -378,3 +378,74 @@ func TestCacheGrowsPooledVMOnQ35(t *testing.T) {
 		t.Fatalf("delete: %s", res)
 	}
 }
+
+// A burst of pods started back to back, more than the pool holds: once no warm VM is
+// left, pods get parked VMs before their warm-up (the pool warms one at a time and does
+// not make a pod wait for it). Every pod works (its container runs, exec reaches it),
+// every pod's QEMU runs at normal priority (pooled VMs are niced), and the pool is full
+// and warm again afterwards.
+func TestCacheBurstHandsOutColdVMs(t *testing.T) {
+	t.Parallel()
+	r := templateRoot(t)
+	const policy = `[{"cache":2}]`
+	fd := startFactoryDaemon(t, r, "--factory", policy)
+	t.Cleanup(func() {
+		fd.stop(t, syscall.SIGTERM) // after the pods' deletes below; it removes @factory
+		assertOnlyTemplates(t, r)
+	})
+	bundle := newBundle(t, "sleep", "1000")
+	var ids []string
+	for range 5 {
+		id := newID(t)
+		if res := runvIn(t, r, nil, "--factory", policy, "run", "-d", "--bundle", bundle, id); res.code != 0 {
+			t.Fatalf("run -d %s: %s", id, res)
+		}
+		t.Cleanup(func() { runvIn(t, r, nil, "delete", "--force", id) })
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		podDir := podDirOf(t, r, id)
+		if _, err := os.Stat(filepath.Join(podDir, "vm", "holder.sock")); err != nil {
+			t.Errorf("pod %s: not a pooled VM: %v", id, err)
+			continue
+		}
+		if res := runvIn(t, r, nil, "exec", id, "echo", "in-"+id); res.code != 0 || !strings.Contains(res.stdout, "in-"+id) {
+			t.Errorf("exec in pod %s: %s", id, res)
+		}
+		qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
+		if nice := niceOf(t, qemuPid); nice != 0 {
+			t.Errorf("pod %s: its QEMU (pid %d) runs at nice %d, want 0", id, qemuPid, nice)
+		}
+	}
+	log, _ := os.ReadFile(fd.log)
+	if !strings.Contains(string(log), "handing out a vm before its warm-up") {
+		t.Errorf("5 pods back to back from a pool of 2: none got a VM before its warm-up; factory daemon log:\n%s", log)
+	}
+	fd.waitFull(t, r)
+	res := runvIn(t, r, nil, "manage", "factory-daemon", "--status")
+	var st struct {
+		Pools []struct{ Size, Ready, Cold int } `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &st); err != nil || len(st.Pools) != 1 {
+		t.Fatalf("status: %v: %s", err, res)
+	}
+	if p := st.Pools[0]; p.Ready != 2 || p.Cold != 0 {
+		t.Errorf("status after --wait: %+v, want 2 ready and none cold", p)
+	}
+}
+
+// niceOf is a process's nice value (field 19 of /proc/PID/stat).
+func niceOf(t *testing.T, pid int) int {
+	t.Helper()
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	nice, err := strconv.Atoi(f[16])
+	if err != nil {
+		t.Fatalf("/proc/%d/stat: %v", pid, err)
+	}
+	return nice
+}

@@ -5,7 +5,7 @@
 //
 // One JSON request and one JSON response per unix-socket connection, both on
 // <root>/@factory/factory.sock (ops get, status) and on a holder's holder.sock (ops info,
-// adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
+// warm, adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
 // socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
 package wire
 
@@ -32,6 +32,7 @@ const (
 	OpGet      = "get"
 	OpStatus   = "status"
 	OpInfo     = "info"
+	OpWarm     = "warm"
 	OpAdopt    = "adopt"
 	OpGrow     = "grow"
 	OpShutdown = "shutdown"
@@ -50,6 +51,8 @@ type Request struct {
 	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
 	// directory moves.
 	Pid int `json:"pid,omitempty"`
+	// warm: the light warm-up (agentproto.WarmupRequest.Light).
+	Light bool `json:"light,omitempty"`
 	// status: wait until every pool is full (or a refill failed).
 	Wait bool `json:"wait,omitempty"`
 	// TimeoutMs bounds the op on the serving side (get, status wait, shutdown).
@@ -63,6 +66,9 @@ type Response struct {
 	Code   codes.Code `json:"code,omitempty"`
 	VM     *VMInfo    `json:"vm,omitempty"`
 	Status *Status    `json:"status,omitempty"`
+	// Warmup is op warm's answer: what the warm-up took in the guest (zero: there was
+	// none to run).
+	Warmup *factory.WarmResult `json:"warmup,omitempty"`
 }
 
 // VMInfo describes a held VM.
