@@ -242,7 +242,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 			pins.close()
 		}
 	}()
-	go warmProgramPath(spec.Root.Path, spec.Process, pins)
+	go warmProgramPath(spec.Root.Path, spec.Process, pins, tr)
 	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
 	tr.mark("device binds checked")
 	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set

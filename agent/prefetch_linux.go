@@ -40,7 +40,10 @@ const maxPathPins = 32
 // exec looks the program up again, in the container. Lookups stay in the rootfs
 // (RESOLVE_IN_ROOT), only regular files are read (a device node is never opened), at most
 // prefetchLimit bytes.
-func warmProgramPath(rootfs string, p *specs.Process, pins *pathPins) {
+//
+// tr (runv.trace=1) gets a step when the pins are taken and when the program was read, if
+// that is before the create's trace ends.
+func warmProgramPath(rootfs string, p *specs.Process, pins *pathPins, tr *stepTrace) {
 	if p == nil || len(p.Args) == 0 || p.Args[0] == "" {
 		return
 	}
@@ -49,17 +52,21 @@ func warmProgramPath(rootfs string, p *specs.Process, pins *pathPins) {
 		return
 	}
 	defer unix.Close(root)
-	for _, dir := range pathDirs(p) {
-		pins.pin(root, dir)
-	}
+	// The program first: its exec follows the create at once in a foreground run, the
+	// pins serve later execs.
 	for _, cand := range programCandidates(p) {
 		if fd, ok := prefetchFile(root, cand); ok {
 			// Held, or the share would drop the inode, and its pages with it, as soon as
 			// the file is closed: nothing else in the VM holds it until the exec.
 			pins.add(cand, fd)
-			return
+			tr.mark("warm: program read ahead")
+			break
 		}
 	}
+	for _, dir := range pathDirs(p) {
+		pins.pin(root, dir)
+	}
+	tr.mark("warm: PATH pinned")
 }
 
 // pathDirs are the process's PATH directories, in the container's root.

@@ -112,6 +112,7 @@ type Cache struct {
 	ready    []*pooled // oldest first: the most settled guest goes out first
 	booting  int
 	warming  int  // warm-ups under way
+	waiters  int  // requests waiting in take for a VM to hand out
 	drained  bool // a VM went out cold since every pooled VM was last warm: warm light
 	seq      int
 	closed   bool
@@ -304,6 +305,9 @@ func (c *Cache) refill(name string, delay time.Duration) {
 // for a few hundred milliseconds (TCG translating the container path's code), and several
 // at once would each take longer to finish, beside the pods they are for.
 func (c *Cache) startWarmupsLocked() {
+	if c.waiters > 0 {
+		return // a VM that can go out now goes to the request waiting for it
+	}
 	if c.drained && c.countLocked(cold) == 0 && c.warming == 0 {
 		c.drained = false // every pooled VM is warm: finish the light ones
 	}
@@ -437,6 +441,7 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 				c.log.Info("pool drained: handing out a vm before its warm-up", "vm", p.name, "warming", c.warming)
 			}
 			c.fillLocked()
+			c.startWarmupsLocked() // what waited for this request to be served
 			c.broadcastLocked()
 			return p, nil
 		}
@@ -445,14 +450,18 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 			return nil, nil
 		}
 		changed := c.changed
+		c.waiters++
 		c.mu.Unlock()
 		select {
 		case <-changed:
 		case <-ctx.Done():
 			c.mu.Lock()
+			c.waiters--
+			c.startWarmupsLocked()
 			return nil, ctx.Err()
 		}
 		c.mu.Lock()
+		c.waiters--
 	}
 }
 

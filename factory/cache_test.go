@@ -115,6 +115,8 @@ type fakeFactory struct {
 	warmable  bool
 	warmables []warmableVM
 	warmAll   bool // every warm-up ends at once, from now on (releaseAll)
+	// boots, when set, holds every GetVM until the test sends on it.
+	boots chan struct{}
 
 	mu   sync.Mutex
 	fail error
@@ -123,6 +125,9 @@ type fakeFactory struct {
 }
 
 func (f *fakeFactory) GetVM(_ context.Context, req Request) (hypervisor.VM, error) {
+	if f.boots != nil {
+		<-f.boots
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reqs = append(f.reqs, req)
@@ -410,6 +415,51 @@ func TestCacheWaitsForTheWarmupUnderWay(t *testing.T) {
 	if n := base.count(); n != 2 {
 		t.Errorf("base asked for %d VMs, want 2 (the first and its refill)", n)
 	}
+}
+
+// A request that waits for a refill gets the refilled VM as it joins, before its warm-up:
+// the warm-up does not start while a request waits.
+func TestCacheWaitingRequestGetsTheRefillCold(t *testing.T) {
+	base := &fakeFactory{name: KindTemplate, warmable: true, boots: make(chan struct{}, 1)}
+	base.boots <- struct{}{}
+	base.releaseAll()
+	c := newTestCache(t, base, CacheConfig{Size: 1})
+	waitFull(t, c)
+	if _, err := c.GetVM(context.Background(), podDirs(t, "pod1")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan hypervisor.VM, 1)
+	go func() {
+		vm, err := c.GetVM(context.Background(), podDirs(t, "pod2"))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- vm
+	}()
+	// pod2 waits for the refill, which boots only now.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		waiting := c.waiters
+		c.mu.Unlock()
+		if waiting == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pod2 is not waiting for the refill")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	base.boots <- struct{}{}
+	vm := <-got
+	if vm == nil {
+		t.Fatal("no VM for pod2")
+	}
+	if w := vm.(*CachedVM).Unwrap().(warmableVM).warmups(); len(w) != 0 {
+		t.Errorf("the VM pod2 waited for was warmed %d times first (light: %v), want handed out at once", len(w), w)
+	}
+	close(base.boots) // the next refills boot at once
+	waitFull(t, c)
 }
 
 func TestCacheSizeClasses(t *testing.T) {
