@@ -141,6 +141,12 @@ func (l *lexer) more() bool {
 func (l *lexer) decode(v reflect.Value) error {
 	t := v.Type()
 	c := l.peek()
+	if t == rawMessageType {
+		// What json.RawMessage's UnmarshalJSON keeps: a copy of the value's bytes ("null"
+		// included).
+		v.SetBytes(append([]byte(nil), l.value()...))
+		return nil
+	}
 	if !decodesItself(t) {
 		return l.byEncodingJSON(v)
 	}
@@ -272,6 +278,7 @@ func (l *lexer) decodeSlice(v reflect.Value) error {
 }
 
 var (
+	rawMessageType      = reflect.TypeFor[json.RawMessage]()
 	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
@@ -314,9 +321,11 @@ func decodesItself(t reflect.Type) bool {
 	case reflect.Map:
 		ok = ok && t.Key().Kind() == reflect.String && !reflect.PointerTo(t.Key()).Implements(textUnmarshalerType)
 	case reflect.Struct:
-		var f *structFields
-		if f, ok = structFieldsOf(t); ok {
-			fields[t] = f
+		if ok {
+			var f *structFields
+			if f, ok = structFieldsOf(t); ok {
+				fields[t] = f
+			}
 		}
 	default: // interfaces, arrays...
 		ok = false

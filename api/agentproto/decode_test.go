@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -97,6 +98,13 @@ type withRaw struct {
 	N   int             `json:"n"`
 }
 
+type withUnmarshalers struct {
+	Time  time.Time            `json:"time"`
+	Times []time.Time          `json:"times"`
+	Ptr   *time.Time           `json:"ptr"`
+	Map   map[string]time.Time `json:"map"`
+}
+
 type numbers struct {
 	I8  int8    `json:"i8"`
 	U16 uint16  `json:"u16"`
@@ -138,6 +146,10 @@ func TestUnmarshalAgreesWithEncodingJSON(t *testing.T) {
 		{"embedded struct (encoding/json's rules)", `{"stdio":3,"name":"n"}`, withEmbedded{}},
 		{"the string option (encoding/json's rules)", `{"n":"12"}`, withStringOption{}},
 		{"json.RawMessage (encoding/json's rules)", `{"raw":{"a":[1]},"n":2}`, withRaw{}},
+		{"structs with their own UnmarshalJSON", `{"time":"2023-11-14T22:13:20Z","times":["2023-11-14T22:13:20.5Z"],"ptr":"2001-01-01T00:00:00Z","map":{"a":"2002-02-02T00:00:00Z"}}`, withUnmarshalers{}},
+		{"a bad time", `{"time":"yesterday"}`, withUnmarshalers{}},
+		{"an envelope", `{"id":7,"data":{"a": [1, "x"]},"error":{"kind":"invalid","message":"m"}}`, envelope{}},
+		{"an envelope with null data", `{"id":7,"data":null}`, envelope{}},
 		{"invalid JSON", `{"id":"a",}`, Container{}},
 		{"trailing data", `{"id":"a"} {}`, Container{}},
 		{"not an object", `"x"`, Container{}},
@@ -181,6 +193,7 @@ func FuzzUnmarshalAgreesWithEncodingJSON(f *testing.F) {
 		decodeAgree(t, "fuzz", []byte(data), Container{})
 		decodeAgree(t, "fuzz", []byte(data), Pod{})
 		decodeAgree(t, "fuzz", []byte(data), numbers{})
+		decodeAgree(t, "fuzz", []byte(data), envelope{})
 	})
 }
 

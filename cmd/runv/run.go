@@ -47,6 +47,10 @@ var runCommand = &cli.Command{
 		}
 		keep := c.Bool("keep")
 		code, podEmptied, err := runAttached(c.Context, cr, id, !keep)
+		// Closed before the delete waits for an emptied pod's daemon: the daemon's end
+		// waits for its clients' connections to close (gRPC's graceful stop), so ours
+		// would cost it a round trip to us.
+		cr.pod.Close()
 		// As runc's run: the container goes when its process is done, or could not start
 		// (with --keep it stays, stopped, for inspection and `delete`).
 		if !keep || err != nil {
