@@ -14,6 +14,9 @@
 //	RUNV_ACCEL   tcg (default) or kvm
 //	RUNV_AGENT_DEBUG=1  boots with runv.debug=1 (every frame and libcontainer's debug log on
 //	             the console, printed with -v or on failure; slower under TCG)
+//	RUNV_QEMU_ARGS  more QEMU arguments, space-separated: "-d in_asm -D FILE" logs every
+//	             block QEMU translates (TestVMContainerSteps counts them per phase),
+//	             "-icount shift=0" makes guest time count executed instructions
 package agent
 
 import (
@@ -248,6 +251,7 @@ func bootVM(t *testing.T, opt vmOptions) *testVM {
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng0",
 	)
+	v.cmd.Args = append(v.cmd.Args, strings.Fields(os.Getenv("RUNV_QEMU_ARGS"))...)
 	v.cmd.ExtraFiles = []*os.File{ctlL, streamL}
 	out, err := v.cmd.StdoutPipe()
 	if err != nil {

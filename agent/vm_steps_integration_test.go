@@ -3,6 +3,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -30,6 +31,11 @@ import (
 // exited 0, and prints the lines (-v).
 //
 //	RUNV_STEPS=5 go test -tags integration -run ContainerSteps -v ./agent/
+//
+// With it, QEMU's CPU time per phase (boot to READY, STARTPOD, and the first container's
+// NEWCONTAINER, STARTCONTAINER and exit), and with RUNV_QEMU_ARGS="-d in_asm -D FILE" the
+// blocks QEMU translated in each: what a cold guest (RUNV_STEPS_WARMUP=0) pays is mostly
+// translation (docs/performance.md, "Direct boot, stop 12").
 //
 // RUNV_STEPS_CRUN=1 also times crun in the guest, RUNV_STEPS_TRIM=masked,sys,... interleaves
 // containers of a trimmed spec (trimSpec), RUNV_STEPS_CMDLINE adds kernel parameters,
@@ -75,6 +81,8 @@ func TestVMContainerSteps(t *testing.T) {
 	}
 	trimSpec(t, &trimmed, trim)
 	v.event(agentproto.MsgReady)
+	phases := newQEMUPhases(v)
+	phases.mark("boot to READY")
 	// The first warm-up is what a pooled VM gets; the others time a container whose rootfs
 	// is a guest tmpfs, against the 9p rootfs of the pod's containers below.
 	warmups := 1 + n
@@ -91,14 +99,20 @@ func TestVMContainerSteps(t *testing.T) {
 		t.Logf("warm-up container: created in %d ms, gone after %d ms", w.CreateMillis, w.TotalMillis)
 	}
 	v.startPod("steps")
+	phases.mark("STARTPOD")
 
 	for i := 0; i < n; i++ {
 		id := "c" + strconv.Itoa(i)
-		runToExit(t, v, id, spec, rootfs)
+		if i == 0 {
+			runToExit(t, v, id, spec, rootfs, phases)
+			phases.report(t)
+		} else {
+			runToExit(t, v, id, spec, rootfs, nil)
+		}
 		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
 		if trim != "" {
 			id := "trimmed" + strconv.Itoa(i)
-			runToExit(t, v, id, &trimmed, rootfs)
+			runToExit(t, v, id, &trimmed, rootfs, nil)
 			v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: id}, nil)
 		}
 	}
@@ -133,7 +147,7 @@ func TestVMContainerSteps(t *testing.T) {
 	}
 	t.Logf("exec of true, seen from the host (median of %d): EXECCMD until ACK %.1f ms, until PROCESSEXIT %.1f ms; PING round trip %.2f ms",
 		n, median(acked), median(exited), median(pings))
-	out := runToExit(t, v, "floor", floorSpec, floorRootfs)
+	out := runToExit(t, v, "floor", floorSpec, floorRootfs, nil)
 	destroy(t, v)
 	traces := map[string][]string{}
 	v.mu.Lock()
@@ -205,19 +219,89 @@ func TestVMContainerSteps(t *testing.T) {
 }
 
 // runToExit creates and starts a container and returns its output once its init exited 0.
-func runToExit(t *testing.T, v *testVM, id string, spec *specs.Spec, rootfs string) string {
+func runToExit(t *testing.T, v *testVM, id string, spec *specs.Spec, rootfs string, phases *qemuPhases) string {
 	t.Helper()
 	hp, _, err := v.newContainer(id, spec, rootfs, true)
 	if err != nil {
 		t.Fatalf("NEWCONTAINER %s: %v", id, err)
 	}
+	phases.mark("NEWCONTAINER " + id)
 	v.mustCall(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: id}, nil)
+	phases.mark("STARTCONTAINER " + id)
 	out := v.output(hp.stdout)
 	errout := v.output(hp.errout)
 	if e := v.exitOf(id, agentproto.InitProcessID); e.ExitCode != 0 || e.Error != "" {
 		t.Fatalf("container %s: exit %+v, stdout %q, stderr %q", id, e, out, errout)
 	}
+	phases.mark("exit of " + id)
 	return out
+}
+
+// qemuPhases records, at the end of each phase, QEMU's CPU time (all its threads) and the
+// size of its log, when RUNV_QEMU_ARGS gave it one with -D (QEMU writes a block's entry
+// before it runs the block, so once the guest answered, the phase's blocks are in it).
+type qemuPhases struct {
+	pid     int
+	logPath string
+	marks   []qemuMark
+}
+
+type qemuMark struct {
+	phase   string
+	cpu     time.Duration
+	logSize int64
+}
+
+func newQEMUPhases(v *testVM) *qemuPhases {
+	p := &qemuPhases{pid: v.cmd.Process.Pid}
+	args := strings.Fields(os.Getenv("RUNV_QEMU_ARGS"))
+	if i := slices.Index(args, "-D"); i >= 0 && i+1 < len(args) {
+		p.logPath = args[i+1]
+	}
+	return p
+}
+
+func (p *qemuPhases) mark(phase string) {
+	if p == nil {
+		return
+	}
+	m := qemuMark{phase: phase}
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(p.pid) + "/task/*/schedstat")
+	for _, f := range tasks {
+		if b, err := os.ReadFile(f); err == nil {
+			if fields := strings.Fields(string(b)); len(fields) > 0 {
+				ns, _ := strconv.ParseInt(fields[0], 10, 64)
+				m.cpu += time.Duration(ns)
+			}
+		}
+	}
+	if fi, err := os.Stat(p.logPath); err == nil {
+		m.logSize = fi.Size()
+	}
+	p.marks = append(p.marks, m)
+}
+
+// report prints each phase's QEMU CPU time and, with a log of -d in_asm, the blocks
+// translated in it.
+func (p *qemuPhases) report(t *testing.T) {
+	var log []byte
+	if p.logPath != "" {
+		var err error
+		if log, err = os.ReadFile(p.logPath); err != nil {
+			t.Fatalf("QEMU's log: %v", err)
+		}
+	}
+	var b strings.Builder
+	var prev qemuMark
+	for _, m := range p.marks {
+		fmt.Fprintf(&b, "  %-22s QEMU CPU %7.1f ms", m.phase, ms(m.cpu-prev.cpu))
+		if log != nil && m.logSize <= int64(len(log)) {
+			fmt.Fprintf(&b, "   blocks translated %6d", bytes.Count(log[prev.logSize:m.logSize], []byte("\nIN:")))
+		}
+		b.WriteString("\n")
+		prev = m
+	}
+	t.Logf("the first container's phases, QEMU's side:\n%s", b.String())
 }
 
 // privileged gives a spec every capability and no seccomp, masked or read-only paths, as

@@ -105,7 +105,10 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		removeWarmupRoot(dir)
 		return nil, err
 	}
-	defer removeWarmupRoot(dir)
+	defer func() {
+		removeWarmupRoot(dir)
+		tr.mark("rootfs removed")
+	}()
 
 	spec := specconv.Example() // runc's default config, as `runc spec` writes it
 	spec.Process.Terminal = false
@@ -136,6 +139,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		if err := lc.Destroy(); err != nil {
 			a.log.Errorf("warm-up: destroy: %v", err)
 		}
+		tr.mark("container destroyed")
 	}()
 	lp, err := newProcess(gs.Process, true)
 	if err != nil {
@@ -170,6 +174,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	created := time.Since(start)
 	st, err := handle.Wait()
 	a.reaper.untrack(pid)
+	tr.mark("container exited")
 	if err != nil && st == nil {
 		return nil, fmt.Errorf("warm-up: wait: %w", err)
 	}
@@ -186,6 +191,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	if err := warmupNetwork(); err != nil {
 		return nil, err
 	}
+	tr.mark("network warmed")
 	a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	return res, nil
 }

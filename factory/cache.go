@@ -308,8 +308,8 @@ func (c *Cache) startWarmupsLocked() {
 	if c.waiters > 0 {
 		return // a VM that can go out now goes to the request waiting for it
 	}
-	if c.drained && c.countLocked(cold) == 0 && c.warming == 0 {
-		c.drained = false // every pooled VM is warm: finish the light ones
+	if c.drained && c.booting == 0 && c.warming == 0 && c.countLocked(cold) == 0 {
+		c.drained = false // the pool is full and every VM in it warm: finish the light ones
 	}
 	for _, want := range []warmth{cold, lightWarm} {
 		for _, p := range c.ready {

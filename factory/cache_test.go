@@ -462,6 +462,31 @@ func TestCacheWaitingRequestGetsTheRefillCold(t *testing.T) {
 	waitFull(t, c)
 }
 
+// A drained pool stays drained (its warm-ups light) until it is full again: a refill
+// under way is a VM still to warm, not a calm pool.
+func TestCacheStaysDrainedWhileRefilling(t *testing.T) {
+	base := &fakeFactory{name: KindTemplate, warmable: true}
+	base.releaseAll()
+	c := newTestCache(t, base, CacheConfig{Size: 1})
+	waitFull(t, c)
+	c.mu.Lock()
+	p := c.ready[0]
+	p.warmth, c.drained, c.booting = lightWarm, true, 1 // a light VM, and a refill under way
+	c.startWarmupsLocked()
+	finishing, drained := p.warming, c.drained
+	c.booting = 0
+	c.startWarmupsLocked() // now full: the light VM is finished
+	finished := p.warming || p.warmth == fullWarm
+	c.mu.Unlock()
+	if finishing || !drained {
+		t.Errorf("with a refill under way: light VM finishing %v, pool drained %v; want false, true", finishing, drained)
+	}
+	if !finished {
+		t.Error("full pool: the light VM's full warm-up did not start")
+	}
+	waitFull(t, c)
+}
+
 func TestCacheSizeClasses(t *testing.T) {
 	base := &fakeFactory{name: KindDirect, growable: true}
 	fallback := &fakeFactory{name: "fallback"}

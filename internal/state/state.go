@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -150,6 +151,10 @@ func (s *Store) Lock(id string) (*Handle, error) {
 		return nil, notExist(id, s.Root)
 	}
 	h, err := lockDir(id, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed between the check and the lock file's open (its directory went with it).
+		return nil, notExist(id, s.Root)
+	}
 	if err != nil {
 		return nil, err
 	}
