@@ -37,9 +37,10 @@ type container struct {
 	lateRlimits []configs.Rlimit
 	// fast is what execs through the exec helper share (fastexec_linux.go).
 	fast fastExecState
-	// pins hold the directories of the init's PATH while the container exists
-	// (warmProgramPath).
-	pins *pathPins
+	// pins hold the directories of the first exec's PATH while the container exists
+	// (pinPath, started once: pinOnce).
+	pins    *pathPins
+	pinOnce sync.Once
 
 	mu    sync.Mutex
 	init  *process
@@ -235,14 +236,6 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 		return nil, nil, err
 	}
 	tr.mark("spec adjusted")
-	pins := &pathPins{}
-	created := false
-	defer func() {
-		if !created {
-			pins.close()
-		}
-	}()
-	go warmProgramPath(spec.Root.Path, spec.Process, pins, tr)
 	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
 	tr.mark("device binds checked")
 	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
@@ -256,7 +249,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
 	}
 	tr.mark("specconv")
-	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process), pins: pins}
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process), pins: &pathPins{}}
 	cfg.Rlimits, c.lateRlimits = splitLateRlimits(cfg.Rlimits)
 	if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
 		return nil, nil, err
@@ -270,7 +263,6 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 	}
 	c.init = p
 	c.procs[p.id] = p
-	created = true
 	return c, p, nil
 }
 
@@ -357,6 +349,7 @@ func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.pinOnce.Do(func() { go pinPath(c.spec.Root.Path, m.Process, c.pins) })
 	st, err := c.lc.Status()
 	if err != nil {
 		return nil, fmt.Errorf("container %q: %w", c.id, err)
