@@ -53,6 +53,7 @@ import (
 
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
+	"github.com/runv-project/runv/internal/state"
 )
 
 func main() {
@@ -357,6 +358,7 @@ func repeat(args []string) error {
 
 // proc is a process whose command line matched.
 type proc struct {
+	pid  int
 	dir  string // /proc/PID
 	kind string
 }
@@ -370,10 +372,11 @@ func matching(match string) []proc {
 		if err != nil || !bytes.Contains(cl, []byte(match)) {
 			continue
 		}
-		if pid, _ := strconv.Atoi(filepath.Base(p)); pid == os.Getpid() {
+		pid, _ := strconv.Atoi(filepath.Base(p))
+		if pid == os.Getpid() {
 			continue
 		}
-		out = append(out, proc{dir: p, kind: kind(strings.Split(string(cl), "\x00"))})
+		out = append(out, proc{pid: pid, dir: p, kind: kind(strings.Split(string(cl), "\x00"))})
 	}
 	return out
 }
@@ -415,9 +418,6 @@ func pss(args []string) error {
 	return nil
 }
 
-// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux ABI.
-const clockTicks = 100
-
 func cpu(args []string) error {
 	fs := flag.NewFlagSet("cpu", flag.ExitOnError)
 	match := fs.String("match", "", "substring of the command line")
@@ -427,10 +427,10 @@ func cpu(args []string) error {
 		return errors.New("cpu: -match is required")
 	}
 	procs := matching(*match)
-	before := map[string]int{}
+	before := map[int]time.Duration{}
 	for _, p := range procs {
-		if t, err := cpuTicks(p.dir); err == nil {
-			before[p.dir] = t
+		if t, err := state.CPUTime(p.pid); err == nil {
+			before[p.pid] = t
 		}
 	}
 	start := time.Now()
@@ -440,42 +440,18 @@ func cpu(args []string) error {
 	count := map[string]int{}
 	total := 0.0
 	for _, p := range procs {
-		t0, ok := before[p.dir]
-		t1, err := cpuTicks(p.dir)
+		t0, ok := before[p.pid]
+		t1, err := state.CPUTime(p.pid)
 		if !ok || err != nil {
 			continue // exited meanwhile
 		}
-		m := float64(t1-t0) / clockTicks / elapsed * 1000
+		m := (t1 - t0).Seconds() / elapsed * 1000
 		byKind[p.kind] += m
 		count[p.kind]++
 		total += m
 	}
 	fmt.Printf("cpu_millicores=%.1f over %.0fs (%s)\n", total, elapsed, byKindLine(byKind, count, "m"))
 	return nil
-}
-
-// cpuTicks is a process's user+system time (all its threads) in clock ticks.
-func cpuTicks(dir string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces: count from its end.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("%s/stat: no command name", dir)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// After the name: state(3) ... utime(14) stime(15), i.e. f[11] and f[12].
-	if len(f) < 13 {
-		return 0, fmt.Errorf("%s/stat: too short", dir)
-	}
-	u, err1 := strconv.Atoi(f[11])
-	s, err2 := strconv.Atoi(f[12])
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("%s/stat: %w", dir, err)
-	}
-	return u + s, nil
 }
 
 func kind(argv []string) string {
