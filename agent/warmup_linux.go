@@ -154,7 +154,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		handle, pid = initHandle(lc, lp)
 		// An exec into the created container, as a pod's execs go (the exec helper), so
 		// that a pooled VM's first exec does not pay the translation of that path either.
-		if wr.Scope == "" {
+		if wr.Scope == agentproto.WarmupFull {
 			if werr := a.warmupExec(cfg, pid, tr); werr != nil {
 				a.log.Errorf("warm-up: exec: %v", werr)
 			}
@@ -184,7 +184,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
 	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q)", res.CreateMillis, res.TotalMillis, wr.Scope)
-	if wr.Scope != "" {
+	if wr.Scope != agentproto.WarmupFull {
 		return res, nil
 	}
 	netStart := time.Now()

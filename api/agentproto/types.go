@@ -227,7 +227,7 @@ type WarmupRequest struct {
 	// and from the other clones at once, and the pod's STARTPOD finds the reseed's path
 	// already run (under TCG a first run of it costs a clone 10-18 ms).
 	Entropy []byte `json:"entropy,omitempty"`
-	// Scope limits the warm-up; empty: all of it. A pool parks every VM with WarmupPod and
+	// Scope limits the warm-up (WarmupFull, the empty scope: all of it). A pool parks every VM with WarmupPod and
 	// warms it later (docs/factory.md, "Warming").
 	Scope WarmupScope `json:"scope,omitempty"`
 }
@@ -236,6 +236,8 @@ type WarmupRequest struct {
 type WarmupScope string
 
 const (
+	// WarmupFull runs all of it: the container, an exec into it and the network warm-up.
+	WarmupFull WarmupScope = ""
 	// WarmupPod runs what STARTPOD runs first (entropy and reseed, the share mounted
 	// ahead, the protocol's decoders), and no container.
 	WarmupPod WarmupScope = "pod"

@@ -328,7 +328,7 @@ func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
 		h.mu.Unlock()
 		return wire.Response{VM: &info}
 	case wire.OpWarm:
-		scope := agentproto.WarmupScope("")
+		scope := agentproto.WarmupFull
 		if req.Light {
 			scope = agentproto.WarmupContainer
 		}

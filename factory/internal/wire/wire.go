@@ -51,7 +51,7 @@ type Request struct {
 	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
 	// directory moves.
 	Pid int `json:"pid,omitempty"`
-	// warm: the light warm-up (agentproto.WarmupRequest.Light).
+	// warm: the light warm-up (agentproto.WarmupContainer) instead of the full one.
 	Light bool `json:"light,omitempty"`
 	// status: wait until every pool is full (or a refill failed).
 	Wait bool `json:"wait,omitempty"`
