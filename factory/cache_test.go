@@ -385,6 +385,19 @@ func TestCacheWarmsInTurnAndHandsOutColdWhenDrained(t *testing.T) {
 	}
 }
 
+// getVMInBackground asks c for a VM for pod in a goroutine; the channel gets what it answered.
+func getVMInBackground(t *testing.T, c *Cache, pod string) <-chan hypervisor.VM {
+	got := make(chan hypervisor.VM, 1)
+	go func() {
+		vm, err := c.GetVM(context.Background(), podDirs(t, pod))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- vm
+	}()
+	return got
+}
+
 // A request that finds only a VM whose warm-up is under way waits for it: it comes sooner
 // than a VM booted outside the pool.
 func TestCacheWaitsForTheWarmupUnderWay(t *testing.T) {
@@ -393,14 +406,7 @@ func TestCacheWaitsForTheWarmupUnderWay(t *testing.T) {
 	pollStatus(t, c, CacheStatus{Size: 1, Ready: 0, Cold: 1})
 	only := base.warmableVM(0)
 	<-only.started
-	got := make(chan hypervisor.VM, 1)
-	go func() {
-		vm, err := c.GetVM(context.Background(), podDirs(t, "pod1"))
-		if err != nil {
-			t.Error(err)
-		}
-		got <- vm
-	}()
+	got := getVMInBackground(t, c, "pod1")
 	select {
 	case vm := <-got:
 		t.Fatalf("handed out %v while its warm-up ran", vm)
@@ -428,14 +434,7 @@ func TestCacheWaitingRequestGetsTheRefillCold(t *testing.T) {
 	if _, err := c.GetVM(context.Background(), podDirs(t, "pod1")); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan hypervisor.VM, 1)
-	go func() {
-		vm, err := c.GetVM(context.Background(), podDirs(t, "pod2"))
-		if err != nil {
-			t.Error(err)
-		}
-		got <- vm
-	}()
+	got := getVMInBackground(t, c, "pod2")
 	// pod2 waits for the refill, which boots only now.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
