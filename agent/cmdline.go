@@ -17,6 +17,9 @@ type bootFlags struct {
 	// LibcontainerExec (runv.exec=libcontainer) runs every exec through libcontainer's
 	// `runc init` instead of the exec helper: the path before the helper, for comparison.
 	LibcontainerExec bool
+	// OneShotExec (runv.exec=oneshot) runs every exec through a one-shot exec helper
+	// instead of the container's exec server (execserver_linux.go), for comparison.
+	OneShotExec bool
 	// LibcontainerCreate (runv.create=libcontainer) creates every container with
 	// libcontainer's `runc init` instead of the create engine (createengine.go), for
 	// comparison. runv.exec=libcontainer implies it: the engine's containers exec through
@@ -41,6 +44,7 @@ func parseCmdline(cmdline string) bootFlags {
 			f.Trace = on
 		case "runv.exec":
 			f.LibcontainerExec = value == "libcontainer"
+			f.OneShotExec = value == "oneshot"
 		case "runv.create":
 			f.LibcontainerCreate = value == "libcontainer"
 		}

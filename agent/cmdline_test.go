@@ -15,6 +15,7 @@ func TestParseCmdline(t *testing.T) {
 		{"tsc=reliable runv.trace=1", bootFlags{Trace: true}},
 		{"runv.exec=libcontainer", bootFlags{LibcontainerExec: true}},
 		{"runv.exec=helper runv.exec", bootFlags{}},
+		{"runv.exec=oneshot", bootFlags{OneShotExec: true}},
 		{"runv.create=libcontainer", bootFlags{LibcontainerCreate: true}},
 		{"runv.create=engine runv.create", bootFlags{}},
 	} {

@@ -227,7 +227,7 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	if err := c.lc.Destroy(); err != nil {
 		c.log.Errorf("destroy after a failed create: %v", err)
 	}
-	c.pins.close()
+	c.releaseExecState()
 }
 
 func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTrace) (*container, *process, error) {
@@ -254,7 +254,7 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 	if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
 		return nil, nil, err
 	}
-	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, tr)
+	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, "", tr)
 	if err != nil {
 		if derr := c.lc.Destroy(); derr != nil {
 			c.log.Errorf("destroy after failed create: %v", derr)
@@ -366,7 +366,7 @@ func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
 	c.procs[m.ID] = &process{id: m.ID, done: make(chan struct{}), reported: make(chan struct{})}
 	c.mu.Unlock()
 
-	p, err := a.startProcess(c, m.ID, m.Process, m.IO, m.ConsoleRows, m.ConsoleCols, false, tr)
+	p, err := a.startProcess(c, m.ID, m.Process, m.IO, m.ConsoleRows, m.ConsoleCols, false, m.ProgramHint, tr)
 	c.mu.Lock()
 	if err != nil {
 		delete(c.procs, m.ID)
@@ -471,7 +471,7 @@ func (a *Agent) removeContainer(_ context.Context, req *Request) (any, error) {
 	if err := c.lc.Destroy(); err != nil {
 		return nil, fmt.Errorf("destroy container %q: %w", c.id, err)
 	}
-	c.pins.close()
+	c.releaseExecState()
 	a.mu.Lock()
 	delete(a.containers, c.id)
 	a.mu.Unlock()

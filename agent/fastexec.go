@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +42,8 @@ const (
 	tagConsole  = 14 // u32 socket fd, u16 rows, u16 cols
 	tagOOMScore = 15 // string
 	tagHome     = 16 // no data: look HOME up in the container's /etc/passwd
+	tagServe    = 31 // u32 socket fd: serve the container's execs (execserver_linux.go)
+	tagHint     = 32 // string: where the host found the program in PATH (ExecProcess.ProgramHint)
 )
 
 // execMagic starts every request; the helper refuses anything else.
@@ -86,6 +89,13 @@ type execRequest struct {
 	create *createRequest
 	// traceSteps has the init report its steps (runv.trace=1).
 	traceSteps bool
+	// programHint is where the host found args[0] in the PATH: the helper tries it
+	// before searching ("": search).
+	programHint string
+	// serve makes the helper the container's exec server, its end of the socket serve
+	// (execserver_linux.go); serveFD is its descriptor number in the helper.
+	serve   *os.File
+	serveFD int
 }
 
 // encode serialises the request; strings with a NUL in them cannot be passed to execve and
@@ -102,6 +112,11 @@ func (r *execRequest) encode() ([]byte, error) {
 	u32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
 	for _, ns := range r.namespaces {
 		field(tagNS, binary.LittleEndian.AppendUint32(u32(ns.nstype), uint32(ns.fd)))
+	}
+	if r.serve != nil {
+		// The server has no process of its own: each exec's request names one.
+		field(tagServe, u32(uint32(r.serveFD)))
+		return frameExecRequest(body.Bytes()), nil
 	}
 	field(tagUID, u32(r.uid))
 	field(tagGID, u32(r.gid))
@@ -136,6 +151,12 @@ func (r *execRequest) encode() ([]byte, error) {
 		}
 	}
 	field(tagCwd, []byte(r.cwd))
+	if r.programHint != "" {
+		if strings.IndexByte(r.programHint, 0) >= 0 {
+			return nil, errorf(agentproto.KindInvalid, "program hint %q contains a NUL byte", r.programHint)
+		}
+		field(tagHint, []byte(r.programHint))
+	}
 	for tag, list := range map[uint16][]string{tagArgs: r.args, tagEnv: r.env} {
 		var b []byte
 		for _, s := range list {
@@ -174,10 +195,15 @@ func (r *execRequest) encode() ([]byte, error) {
 	if body.Len() > maxExecRequest {
 		return nil, errorf(agentproto.KindInvalid, "the process is too large for the exec helper (%d bytes of args, env and seccomp program, limit %d)", body.Len(), maxExecRequest)
 	}
-	out := make([]byte, 0, 8+body.Len())
+	return frameExecRequest(body.Bytes()), nil
+}
+
+// frameExecRequest puts the magic and the length before a request's fields.
+func frameExecRequest(body []byte) []byte {
+	out := make([]byte, 0, 8+len(body))
 	out = append(out, execMagic...)
-	out = binary.LittleEndian.AppendUint32(out, uint32(body.Len()))
-	return append(out, body.Bytes()...), nil
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(body)))
+	return append(out, body...)
 }
 
 // fastExecFallback is the one place that decides which engine runs an exec: "" when the

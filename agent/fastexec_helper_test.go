@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -52,9 +53,33 @@ type execTarget struct {
 }
 
 func startExecTarget(t *testing.T) *execTarget {
+	return startExecTargetIn(t, "")
+}
+
+// startExecTargetIn starts the target in cgroup (a cgroup v2 directory) with a cgroup
+// namespace of its own rooted there, as a container's init is; "": in the test's cgroup
+// and cgroup namespace.
+func startExecTargetIn(t *testing.T, cgroup string) *execTarget {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", "-c", "hostname fastexec-target && echo ready && exec sleep 1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWPID}
+	namespaces := []struct {
+		name string
+		t    uint32
+	}{{"ipc", unix.CLONE_NEWIPC}, {"uts", unix.CLONE_NEWUTS}, {"pid", unix.CLONE_NEWPID}, {"mnt", unix.CLONE_NEWNS}}
+	if cgroup != "" {
+		cg, err := os.Open(cgroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWCGROUP
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+		namespaces = append(namespaces, struct {
+			name string
+			t    uint32
+		}{"cgroup", unix.CLONE_NEWCGROUP})
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,10 +99,7 @@ func startExecTarget(t *testing.T) *execTarget {
 	if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
 		t.Fatalf("target did not start: %q %v", line, err)
 	}
-	for _, n := range []struct {
-		name string
-		t    uint32
-	}{{"ipc", unix.CLONE_NEWIPC}, {"uts", unix.CLONE_NEWUTS}, {"pid", unix.CLONE_NEWPID}, {"mnt", unix.CLONE_NEWNS}} {
+	for _, n := range namespaces {
 		f, err := os.Open("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/" + n.name)
 		if err != nil {
 			t.Fatal(err)
@@ -126,15 +148,44 @@ func cgroupDirs(own string) []string {
 	return nil
 }
 
-// runHelper runs req in the target and returns the process's output and exit status.
-func runHelper(t *testing.T, helper string, tg *execTarget, req *execRequest, cgroup string) (string, int, error) {
+// execEngine is one of the two ways the agent runs an exec through the helper: the
+// one-shot helper (srv nil) or the target's exec server.
+type execEngine struct {
+	name string
+	srv  *execServer
+}
+
+// engines are both ways into tg: the one-shot helper, and an exec server of tg's, started
+// here and stopped when t ends.
+func (tg *execTarget) engines(t *testing.T, helper string) []execEngine {
+	t.Helper()
+	srv, err := startExecServer(helper, tg.ns, nil)
+	if err != nil {
+		t.Fatalf("start the exec server: %v", err)
+	}
+	t.Cleanup(srv.stop)
+	return []execEngine{{"one-shot helper", nil}, {"exec server", srv}}
+}
+
+// run starts req through the engine, with the given stdio and console socket.
+func (e execEngine) run(helper string, tg *execTarget, req *execRequest, stdio [3]*os.File, console *os.File, dirs []string) (*os.Process, error) {
+	if e.srv != nil {
+		return e.srv.exec(req, stdio, console, dirs, nil)
+	}
+	proc, _, err := runExecHelper(helper, req, stdio, tg.ns, console, nil, dirs, nil)
+	return proc, err
+}
+
+// runHelper runs req in the target through the engine and returns the process's output
+// and exit status.
+func runHelper(t *testing.T, e execEngine, helper string, tg *execTarget, req *execRequest, cgroup string) (string, int, error) {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	proc, _, err := runExecHelper(helper, req, [3]*os.File{nil, w, w}, tg.ns, nil, nil, cgroupDirs(cgroup), nil)
+	proc, err := e.run(helper, tg, req, [3]*os.File{nil, w, w}, nil, cgroupDirs(cgroup))
 	w.Close()
 	if err != nil {
 		return "", 0, err
@@ -173,39 +224,43 @@ grep '^0::' /proc/self/cgroup`
 		umask:   &umask, cwd: "/tmp", args: []string{"sh", "-c", script}, env: env, lookupHome: true,
 		keyring: "_ses.fastexec-test",
 	}
-	out, code, err := runHelper(t, helper, tg, req, cgroup)
-	if err != nil || code != 0 {
-		t.Fatalf("exec: code %d, %v\n%s", code, err, out)
-	}
-	lines := strings.Split(out, "\n")
-	if len(lines) < 4 {
-		t.Fatalf("output: %q", out)
-	}
-	// uid 1000 may have a passwd entry on the host: HOME is then its home.
-	home := "/"
-	if b, err := exec.Command("getent", "passwd", "1000").Output(); err == nil {
-		if f := strings.Split(strings.TrimSpace(string(b)), ":"); len(f) > 5 {
-			home = f[5]
-		}
-	}
-	if want := "fastexec-target 1000:1001 1001 7 1002 /tmp " + home + " b 0027 123"; lines[0] != want {
-		t.Errorf("identity line %q, want %q", lines[0], want)
-	}
-	for _, want := range []string{"CapEff: 0000000000000020", "CapPrm: 0000000000000020", "CapBnd: 0000000000000021", "CapAmb: 0000000000000020", "NoNewPrivs: 1", "Seccomp: 0"} {
-		if !strings.Contains(lines[1], want) {
-			t.Errorf("status %q lacks %q", lines[1], want)
-		}
-	}
-	var targetNS []string
-	for _, n := range []string{"uts", "pid", "mnt", "ipc"} {
-		l, _ := os.Readlink("/proc/" + strconv.Itoa(tg.cmd.Process.Pid) + "/ns/" + n)
-		targetNS = append(targetNS, l)
-	}
-	if got, want := strings.TrimSpace(lines[2]), strings.Join(targetNS, " "); got != want {
-		t.Errorf("namespaces %q, want the target's %q", got, want)
-	}
-	if cgroupRel != "" && lines[3] != "0::"+cgroupRel {
-		t.Errorf("cgroup %q, want 0::%s", lines[3], cgroupRel)
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			out, code, err := runHelper(t, e, helper, tg, req, cgroup)
+			if err != nil || code != 0 {
+				t.Fatalf("exec: code %d, %v\n%s", code, err, out)
+			}
+			lines := strings.Split(out, "\n")
+			if len(lines) < 4 {
+				t.Fatalf("output: %q", out)
+			}
+			// uid 1000 may have a passwd entry on the host: HOME is then its home.
+			home := "/"
+			if b, err := exec.Command("getent", "passwd", "1000").Output(); err == nil {
+				if f := strings.Split(strings.TrimSpace(string(b)), ":"); len(f) > 5 {
+					home = f[5]
+				}
+			}
+			if want := "fastexec-target 1000:1001 1001 7 1002 /tmp " + home + " b 0027 123"; lines[0] != want {
+				t.Errorf("identity line %q, want %q", lines[0], want)
+			}
+			for _, want := range []string{"CapEff: 0000000000000020", "CapPrm: 0000000000000020", "CapBnd: 0000000000000021", "CapAmb: 0000000000000020", "NoNewPrivs: 1", "Seccomp: 0"} {
+				if !strings.Contains(lines[1], want) {
+					t.Errorf("status %q lacks %q", lines[1], want)
+				}
+			}
+			var targetNS []string
+			for _, n := range []string{"uts", "pid", "mnt", "ipc"} {
+				l, _ := os.Readlink("/proc/" + strconv.Itoa(tg.cmd.Process.Pid) + "/ns/" + n)
+				targetNS = append(targetNS, l)
+			}
+			if got, want := strings.TrimSpace(lines[2]), strings.Join(targetNS, " "); got != want {
+				t.Errorf("namespaces %q, want the target's %q", got, want)
+			}
+			if cgroupRel != "" && lines[3] != "0::"+cgroupRel {
+				t.Errorf("cgroup %q, want 0::%s", lines[3], cgroupRel)
+			}
+		})
 	}
 }
 
@@ -233,22 +288,26 @@ func TestExecHelperLoadsSeccompLast(t *testing.T) {
 	if !strings.Contains(string(self), "Seccomp:\t0") {
 		t.Fatalf("compiling the profile loaded a filter into this thread:\n%s", self)
 	}
-	dir := t.TempDir()
-	for _, nnp := range []bool{true, false} {
-		req := &execRequest{
-			noNewPrivs: nnp, cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
-			args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status; mkdir " + dir + "/x 2>&1 || echo refused"},
-		}
-		out, code, err := runHelper(t, helper, tg, req, "")
-		if err != nil || code != 0 {
-			t.Fatalf("nnp=%v: code %d, %v\n%s", nnp, code, err, out)
-		}
-		if !strings.Contains(out, "Seccomp:\t2") || !strings.Contains(out, "refused") {
-			t.Errorf("nnp=%v: the filter is not in force: %q", nnp, out)
-		}
-	}
-	if _, err := os.Stat(dir + "/x"); err == nil {
-		t.Error("mkdir went through")
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, nnp := range []bool{true, false} {
+				req := &execRequest{
+					noNewPrivs: nnp, cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
+					args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status; mkdir " + dir + "/x 2>&1 || echo refused"},
+				}
+				out, code, err := runHelper(t, e, helper, tg, req, "")
+				if err != nil || code != 0 {
+					t.Fatalf("nnp=%v: code %d, %v\n%s", nnp, code, err, out)
+				}
+				if !strings.Contains(out, "Seccomp:\t2") || !strings.Contains(out, "refused") {
+					t.Errorf("nnp=%v: the filter is not in force: %q", nnp, out)
+				}
+			}
+			if _, err := os.Stat(dir + "/x"); err == nil {
+				t.Error("mkdir went through")
+			}
+		})
 	}
 }
 
@@ -270,13 +329,17 @@ func TestExecHelperLookupUnderOldSeccompProfile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("compileSeccomp: %v", err)
 	}
-	for _, argv0 := range []string{"sh", "/bin/sh"} {
-		req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
-			args: []string{argv0, "-c", "echo ran"}}
-		out, code, err := runHelper(t, helper, tg, req, "")
-		if err != nil || code != 0 || !strings.Contains(out, "ran") {
-			t.Errorf("%s under a profile refusing faccessat2: code %d, %v, output %q", argv0, code, err, out)
-		}
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			for _, argv0 := range []string{"sh", "/bin/sh"} {
+				req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
+					args: []string{argv0, "-c", "echo ran"}}
+				out, code, err := runHelper(t, e, helper, tg, req, "")
+				if err != nil || code != 0 || !strings.Contains(out, "ran") {
+					t.Errorf("%s under a profile refusing faccessat2: code %d, %v, output %q", argv0, code, err, out)
+				}
+			}
+		})
 	}
 }
 
@@ -368,35 +431,39 @@ func TestExecHelperReportsWhatFailed(t *testing.T) {
 	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name     string
-		req      execRequest
-		wantKind string
-		want     string
-	}{
-		{"missing program", execRequest{args: []string{"/no/such/program"}}, agentproto.KindNotExecutable, `exec: "/no/such/program": executable file not found`},
-		{"not in PATH", execRequest{args: []string{"no-such-command"}, env: []string{"PATH=/bin"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
-		{"no PATH", execRequest{args: []string{"true"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
-		{"not executable", execRequest{args: []string{exe}}, agentproto.KindNotExecutable, "permission denied"},
-		{"a directory", execRequest{args: []string{"/tmp"}}, agentproto.KindNotExecutable, "is a directory"},
-		{"missing cwd", execRequest{args: []string{"/bin/true"}, cwd: "/no/such/dir"}, "", "chdir to cwd (/no/such/dir)"},
-		{"bad capability set", execRequest{args: []string{"/bin/true"}, caps: &capSets{effective: 1}, lastCap: 40}, "", "set capabilities: operation not permitted"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req := tc.req
-			if req.cwd == "" {
-				req.cwd = "/"
-			}
-			_, _, err := runHelper(t, helper, tg, &req, "")
-			if err == nil {
-				t.Fatal("started")
-			}
-			// startProcess classifies errors as it does libcontainer's.
-			if _, cerr, ok := classifyStartError(err); ok {
-				err = cerr
-			}
-			if kindOf(err) != tc.wantKind || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error %q (kind %q), want kind %q and %q", err, kindOf(err), tc.wantKind, tc.want)
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			for _, tc := range []struct {
+				name     string
+				req      execRequest
+				wantKind string
+				want     string
+			}{
+				{"missing program", execRequest{args: []string{"/no/such/program"}}, agentproto.KindNotExecutable, `exec: "/no/such/program": executable file not found`},
+				{"not in PATH", execRequest{args: []string{"no-such-command"}, env: []string{"PATH=/bin"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
+				{"no PATH", execRequest{args: []string{"true"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
+				{"not executable", execRequest{args: []string{exe}}, agentproto.KindNotExecutable, "permission denied"},
+				{"a directory", execRequest{args: []string{"/tmp"}}, agentproto.KindNotExecutable, "is a directory"},
+				{"missing cwd", execRequest{args: []string{"/bin/true"}, cwd: "/no/such/dir"}, "", "chdir to cwd (/no/such/dir)"},
+				{"bad capability set", execRequest{args: []string{"/bin/true"}, caps: &capSets{effective: 1}, lastCap: 40}, "", "set capabilities: operation not permitted"},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					req := tc.req
+					if req.cwd == "" {
+						req.cwd = "/"
+					}
+					_, _, err := runHelper(t, e, helper, tg, &req, "")
+					if err == nil {
+						t.Fatal("started")
+					}
+					// startProcess classifies errors as it does libcontainer's.
+					if _, cerr, ok := classifyStartError(err); ok {
+						err = cerr
+					}
+					if kindOf(err) != tc.wantKind || !strings.Contains(err.Error(), tc.want) {
+						t.Fatalf("error %q (kind %q), want kind %q and %q", err, kindOf(err), tc.wantKind, tc.want)
+					}
+				})
 			}
 		})
 	}
@@ -405,44 +472,48 @@ func TestExecHelperReportsWhatFailed(t *testing.T) {
 func TestExecHelperTerminal(t *testing.T) {
 	helper := buildExecHelper(t)
 	tg := startExecTarget(t)
-	parent, child, err := socketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer parent.Close()
-	req := &execRequest{cwd: "/", rows: 25, cols: 100, env: []string{"PATH=/usr/bin:/bin"},
-		args: []string{"sh", "-c", "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty"}}
-	proc, _, err := runExecHelper(helper, req, [3]*os.File{}, tg.ns, child, nil, cgroupDirs(""), nil)
-	child.Close()
-	if err != nil {
-		t.Fatalf("exec: %v", err)
-	}
-	master, err := recvFd(parent)
-	if err != nil {
-		t.Fatalf("receive the terminal: %v", err)
-	}
-	defer master.Close()
-	master.SetReadDeadline(time.Now().Add(30 * time.Second))
-	var out []byte
-	buf := make([]byte, 1024)
-	for {
-		n, err := master.Read(buf)
-		out = append(out, buf[:n]...)
-		if err != nil {
-			if !errors.Is(err, syscall.EIO) {
-				t.Errorf("read the terminal: %v", err)
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			parent, child, err := socketPair()
+			if err != nil {
+				t.Fatal(err)
 			}
-			break
-		}
-	}
-	if st, err := proc.Wait(); err != nil || st.ExitCode() != 0 {
-		t.Fatalf("exit %v %v: %q", st, err, out)
-	}
-	text := strings.ReplaceAll(string(out), "\r", "")
-	for _, want := range []string{"/dev/pts/", "25 100", "stdin-is-a-tty"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("terminal output %q lacks %q", text, want)
-		}
+			defer parent.Close()
+			req := &execRequest{cwd: "/", rows: 25, cols: 100, env: []string{"PATH=/usr/bin:/bin"},
+				args: []string{"sh", "-c", "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty"}}
+			proc, err := e.run(helper, tg, req, [3]*os.File{}, child, cgroupDirs(""))
+			child.Close()
+			if err != nil {
+				t.Fatalf("exec: %v", err)
+			}
+			master, err := recvFd(parent)
+			if err != nil {
+				t.Fatalf("receive the terminal: %v", err)
+			}
+			defer master.Close()
+			master.SetReadDeadline(time.Now().Add(30 * time.Second))
+			var out []byte
+			buf := make([]byte, 1024)
+			for {
+				n, err := master.Read(buf)
+				out = append(out, buf[:n]...)
+				if err != nil {
+					if !errors.Is(err, syscall.EIO) {
+						t.Errorf("read the terminal: %v", err)
+					}
+					break
+				}
+			}
+			if st, err := proc.Wait(); err != nil || st.ExitCode() != 0 {
+				t.Fatalf("exit %v %v: %q", st, err, out)
+			}
+			text := strings.ReplaceAll(string(out), "\r", "")
+			for _, want := range []string{"/dev/pts/", "25 100", "stdin-is-a-tty"} {
+				if !strings.Contains(text, want) {
+					t.Errorf("terminal output %q lacks %q", text, want)
+				}
+			}
+		})
 	}
 }
 
@@ -452,4 +523,151 @@ func socketPair() (*os.File, *os.File, error) {
 		return nil, nil, err
 	}
 	return os.NewFile(uintptr(fds[0]), "parent"), os.NewFile(uintptr(fds[1]), "child"), nil
+}
+
+// The exec server stays out of the container (the test's pid namespace and cgroup, its
+// children's pid namespace the target's), serves execs one after another and at once,
+// refuses cleanly once the target's init is gone, and ends when its socket is closed.
+func TestExecServerLifecycle(t *testing.T) {
+	helper := buildExecHelper(t)
+	tg := startExecTarget(t)
+	cgroup, cgroupRel := testCgroup(t)
+	srv, err := startExecServer(helper, tg.ns, nil)
+	if err != nil {
+		t.Fatalf("start the exec server: %v", err)
+	}
+	defer srv.stop()
+	ns := func(pid int, name string) string {
+		l, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	target := tg.cmd.Process.Pid
+	if got, want := ns(srv.pid, "pid"), ns(os.Getpid(), "pid"); got != want {
+		t.Errorf("the server is in pid namespace %s, want the agent's %s", got, want)
+	}
+	for _, name := range []string{"mnt", "uts", "ipc"} {
+		if got, want := ns(srv.pid, name), ns(target, name); got != want {
+			t.Errorf("the server's %s namespace %s, want the target's %s", name, got, want)
+		}
+	}
+	if got, want := ns(srv.pid, "pid_for_children"), ns(target, "pid"); got != want {
+		t.Errorf("the server's children go to pid namespace %s, want the target's %s", got, want)
+	}
+	if cgroupRel != "" {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(srv.pid) + "/cgroup")
+		if strings.Contains(string(b), cgroupRel) {
+			t.Errorf("the server is in the container's cgroup: %s", b)
+		}
+	}
+
+	e := execEngine{"exec server", srv}
+	req := func(script string) *execRequest {
+		return &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, args: []string{"sh", "-c", script}}
+	}
+	for i := 0; i < 3; i++ {
+		if out, code, err := runHelper(t, e, helper, tg, req("echo $$"), cgroup); err != nil || code != 0 || strings.TrimSpace(out) == "" {
+			t.Fatalf("exec %d: code %d, %v, %q", i, code, err, out)
+		}
+	}
+	const parallel = 4
+	errs := make(chan error, parallel)
+	for i := 0; i < parallel; i++ {
+		go func() {
+			out, code, err := runHelper(t, e, helper, tg, req("echo ran"), cgroup)
+			if err == nil && (code != 0 || out != "ran\n") {
+				err = fmt.Errorf("code %d, output %q", code, out)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < parallel; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent exec: %v", err)
+		}
+	}
+
+	// The target's init gone, its pid namespace is dead: an exec fails, and says why.
+	tg.cmd.Process.Kill()
+	tg.cmd.Wait()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := runHelper(t, e, helper, tg, req("true"), cgroup)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "fork into the container's cgroup") {
+			t.Errorf("exec into a dead pid namespace: %v, want the server's fork error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("exec into a dead pid namespace hangs")
+	}
+
+	// A container with a cgroup namespace of its own, rooted at its cgroup: the process
+	// forked into that cgroup joins it. (The server cannot join it: with the guest's
+	// nsdelegate, a fork into a cgroup from inside a cgroup namespace that does not hold
+	// the forking process's own cgroup fails with ENOENT; the host's hierarchy may not have
+	// nsdelegate, the VM tests' containers do.)
+	if cgroup != "" {
+		inNS := startExecTargetIn(t, cgroup)
+		srv2, err := startExecServer(helper, inNS.ns, nil)
+		if err != nil {
+			t.Fatalf("start an exec server for a container with a cgroup namespace: %v", err)
+		}
+		defer srv2.stop()
+		out, code, err := runHelper(t, execEngine{"exec server", srv2}, helper, inNS, req("readlink /proc/self/ns/cgroup; grep ^0:: /proc/self/cgroup"), cgroup)
+		want, _ := os.Readlink("/proc/" + strconv.Itoa(inNS.cmd.Process.Pid) + "/ns/cgroup")
+		if err != nil || code != 0 || out != want+"\n0::/\n" {
+			t.Errorf("exec into a cgroup namespace: code %d, %v, output %q, want %q", code, err, out, want+"\n0::/\n")
+		}
+	}
+
+	srv.stop()
+	select {
+	case <-srv.exited:
+	default:
+		t.Fatal("stop returned before the server exited")
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(srv.pid)); err == nil {
+		t.Errorf("server %d still exists after stop", srv.pid)
+	}
+	if _, err := srv.exec(req("true"), [3]*os.File{}, nil, cgroupDirs(cgroup), nil); !errors.Is(err, errServerGone) {
+		t.Errorf("exec through a stopped server: %v, want errServerGone", err)
+	}
+}
+
+// The host's hint of where the program is (ExecProcess.ProgramHint) is tried first and
+// taken if it qualifies as the search would take it; else the PATH is searched as usual.
+func TestExecHelperProgramHint(t *testing.T) {
+	helper := buildExecHelper(t)
+	tg := startExecTarget(t)
+	dir := t.TempDir()
+	for name, mode := range map[string]os.FileMode{"hello": 0o755, "plain": 0o644} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\necho from the hint\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, e := range tg.engines(t, helper) {
+		t.Run(e.name, func(t *testing.T) {
+			for _, tc := range []struct {
+				name, argv0, hint, want string
+			}{
+				// The hint is outside the PATH here only to show that it is the one run.
+				{"taken", "hello", dir + "/hello", "from the hint"},
+				{"missing: searched", "sh", dir + "/sh", "from the search"},
+				{"not executable: searched", "sh", dir + "/plain", "from the search"},
+				{"a path is never hinted", "/bin/sh", dir + "/hello", "from the search"},
+			} {
+				req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, programHint: tc.hint,
+					args: []string{tc.argv0, "-c", "echo from the search"}}
+				out, code, err := runHelper(t, e, helper, tg, req, "")
+				if err != nil || code != 0 || strings.TrimSpace(out) != tc.want {
+					t.Errorf("%s: code %d, %v, output %q, want %q", tc.name, code, err, out, tc.want)
+				}
+			}
+		})
+	}
 }

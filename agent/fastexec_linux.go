@@ -75,6 +75,9 @@ type fastExecState struct {
 	seccompFlags uint32
 	seccompErr   error
 	cgroupDir    string
+	// server is the container's exec server (execServerOf), once serverTried.
+	server      *execServer
+	serverTried bool
 }
 
 // seccompProgram compiles the container's seccomp profile once.
@@ -213,24 +216,47 @@ type nsFile struct {
 }
 
 // fastExec starts lp in the running container c through the exec helper and returns the
-// process (a child of the agent: the helper forks it with CLONE_PARENT). The caller holds
-// the reaper's start bracket.
-func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) (*os.Process, error) {
+// process (a child of the agent: the helper forks it with CLONE_PARENT), its program
+// looked up at hint first (ExecProcess.ProgramHint): through the container's exec server (execserver_linux.go), started at its first exec, or else the
+// one-shot helper. The caller holds the reaper's start bracket.
+func (a *Agent) fastExec(c *container, lp *libcontainer.Process, hint string, tr *stepTrace) (*os.Process, error) {
 	cfg := c.lc.Config()
 	req, err := c.buildExecRequest(&cfg, lp, lp.ConsoleHeight, lp.ConsoleWidth)
 	if err != nil {
 		return nil, err
 	}
+	req.programHint = hint
+	req.traceSteps = tr != nil
 	tr.mark("helper request built")
 	if c.init.exited() {
 		return nil, errorf(agentproto.KindState, "cannot exec in container %q: it is stopped", c.id)
 	}
-	var namespaces []nsFile
-	defer func() {
-		for _, ns := range namespaces {
-			ns.f.Close()
+	console, _ := any(lp.ConsoleSocket).(*os.File)
+	stdio := [3]*os.File{}
+	for i, std := range []any{lp.Stdin, lp.Stdout, lp.Stderr} {
+		stdio[i], _ = std.(*os.File)
+	}
+	if srv := a.execServerOf(c, &cfg, tr); srv != nil {
+		proc, err := srv.exec(req, stdio, console, c.cgroupDirs(), tr)
+		if !errors.Is(err, errServerGone) {
+			return proc, err
 		}
-	}()
+		c.log.Errorf("%v: execs go through the one-shot helper", err)
+		c.stopExecServer()
+	}
+	namespaces, err := c.openNamespaces(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer closeNamespaces(namespaces)
+	tr.mark("namespaces opened")
+	proc, _, err := runExecHelper(a.execHelper, req, stdio, namespaces, console, nil, c.cgroupDirs(), tr)
+	return proc, err
+}
+
+// openNamespaces opens the namespaces of the container's init that cfg names.
+func (c *container) openNamespaces(cfg *configs.Config) ([]nsFile, error) {
+	var namespaces []nsFile
 	initPid := strconv.Itoa(c.init.pid)
 	for _, t := range configs.NamespaceTypes() {
 		if !cfg.Namespaces.Contains(t) {
@@ -238,6 +264,7 @@ func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) 
 		}
 		f, err := os.Open("/proc/" + initPid + "/ns/" + configs.NsName(t))
 		if err != nil {
+			closeNamespaces(namespaces)
 			if c.init.exited() || errors.Is(err, os.ErrNotExist) {
 				return nil, errorf(agentproto.KindState, "cannot exec in container %q: its init is gone", c.id)
 			}
@@ -245,14 +272,62 @@ func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) 
 		}
 		namespaces = append(namespaces, nsFile{nstype: uint32((&configs.Namespace{Type: t}).Syscall()), f: f})
 	}
-	tr.mark("namespaces opened")
-	console, _ := any(lp.ConsoleSocket).(*os.File)
-	stdio := [3]*os.File{}
-	for i, std := range []any{lp.Stdin, lp.Stdout, lp.Stderr} {
-		stdio[i], _ = std.(*os.File)
+	return namespaces, nil
+}
+
+func closeNamespaces(namespaces []nsFile) {
+	for _, ns := range namespaces {
+		ns.f.Close()
 	}
-	proc, _, err := runExecHelper(a.execHelper, req, stdio, namespaces, console, nil, c.cgroupDirs(), tr)
-	return proc, err
+}
+
+// execServerOf returns the container's exec server, started at its first exec; nil when
+// there is none (it could not start, or it is gone): the exec then goes through the
+// one-shot helper.
+func (a *Agent) execServerOf(c *container, cfg *configs.Config, tr *stepTrace) *execServer {
+	c.fast.mu.Lock()
+	defer c.fast.mu.Unlock()
+	if c.fast.serverTried {
+		return c.fast.server
+	}
+	c.fast.serverTried = true
+	if a.flags.OneShotExec {
+		return nil
+	}
+	namespaces, err := c.openNamespaces(cfg)
+	if err != nil {
+		return nil // the exec fails the same way through the one-shot helper
+	}
+	defer closeNamespaces(namespaces)
+	done := a.reaper.beginStart()
+	srv, err := startExecServer(a.execHelper, namespaces, a.reaper.untrack)
+	if err != nil {
+		done(0)
+		c.log.Errorf("%v: execs go through the one-shot helper", err)
+		return nil
+	}
+	done(srv.pid)
+	tr.mark("exec server started")
+	c.fast.server = srv
+	return srv
+}
+
+// releaseExecState lets go of what the container's execs hold: the PATH pins and the
+// exec server. Called when the container goes.
+func (c *container) releaseExecState() {
+	c.pins.close()
+	c.stopExecServer()
+}
+
+// stopExecServer ends the container's exec server, if it has one, and starts no other:
+// called once the container's init exited (nothing can be exec'd any more, and the server
+// would keep its namespaces) and when the container goes.
+func (c *container) stopExecServer() {
+	c.fast.mu.Lock()
+	srv := c.fast.server
+	c.fast.server, c.fast.serverTried = nil, true
+	c.fast.mu.Unlock()
+	srv.stop()
 }
 
 // runExecHelper starts the helper in the first cgroup of dirs that takes it, with the
@@ -263,74 +338,15 @@ func (a *Agent) fastExec(c *container, lp *libcontainer.Process, tr *stepTrace) 
 // instead and also returns the report pipe, which tells when the init exec'd
 // (awaitExec).
 func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
-	var closers []*os.File
-	defer func() {
-		for _, f := range closers {
-			f.Close()
-		}
-	}()
-	files := make([]*os.File, 0, 8+len(namespaces))
-	for _, f := range stdio {
-		if f == nil {
-			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-			if err != nil {
-				return nil, nil, err
-			}
-			closers = append(closers, null)
-			f = null
-		}
-		files = append(files, f)
-	}
-	reqR, reqW, err := os.Pipe()
+	helper, repR, err := spawnHelper(helperPath, req, stdio, namespaces, console, start, dirs, tr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("exec helper: request pipe: %w", err)
+		return nil, nil, err
 	}
-	closers = append(closers, reqR, reqW)
-	repR, repW, err := os.Pipe()
-	if err != nil {
-		return nil, nil, fmt.Errorf("exec helper: report pipe: %w", err)
-	}
-	closers = append(closers, repW)
 	defer func() {
 		if report == nil {
 			repR.Close()
 		}
 	}()
-	files = append(files, reqR, repW) // fds 3 and 4, as the helper expects
-	req.namespaces = req.namespaces[:0]
-	for _, ns := range namespaces {
-		req.namespaces = append(req.namespaces, execNamespace{nstype: ns.nstype, fd: len(files)})
-		files = append(files, ns.f)
-	}
-	req.consoleFD = -1
-	if console != nil {
-		req.consoleFD = len(files)
-		files = append(files, console)
-	}
-	if req.create != nil {
-		req.create.startFD = len(files)
-		files = append(files, start)
-	}
-	data, err := req.encode()
-	if err != nil {
-		return nil, nil, err
-	}
-
-	helper, err := startInCgroup(helperPath, files, dirs)
-	if err != nil {
-		return nil, nil, fmt.Errorf("exec helper: start: %w", err)
-	}
-	tr.mark("helper started")
-	// Only the helper keeps its ends.
-	reqR.Close()
-	repW.Close()
-	if _, err := reqW.Write(data); err != nil {
-		_ = helper.Kill()
-		_, _ = helper.Wait()
-		return nil, nil, fmt.Errorf("exec helper: send the request: %w", err)
-	}
-	reqW.Close()
-
 	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
 	first, err := readReport(repR)
 	if err != nil && err != io.EOF {
@@ -362,7 +378,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 		}
 		return nil, nil, killUnexpected(proc, next, err, req.args[0])
 	}
-	if err := awaitExec(repR, req.args[0]); err != nil {
+	if err := awaitExecTraced(repR, req.args[0], tr); err != nil {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 		return nil, nil, err
@@ -370,10 +386,114 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	return proc, nil, nil
 }
 
+// stdioOrNull is stdio with /dev/null for what is nil, and the files to close after use.
+func stdioOrNull(stdio [3]*os.File) (out [3]*os.File, closers []*os.File, err error) {
+	for i, f := range stdio {
+		if f == nil {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+			if err != nil {
+				return out, closers, err
+			}
+			closers = append(closers, null)
+			f = null
+		}
+		out[i] = f
+	}
+	return out, closers, nil
+}
+
+// execFirstExtraFD is the first descriptor of the helper's (and an exec server's
+// process's) beyond stdio, the request (3) and the report (4).
+const execFirstExtraFD = 5
+
+// spawnHelper starts the helper (runExecHelper's arguments; an exec server, req.serve, in
+// the agent's cgroup) and sends it req; it returns the helper and the read end of its
+// report pipe.
+func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
+	std, closers, err := stdioOrNull(stdio)
+	defer func() {
+		for _, f := range closers {
+			f.Close()
+		}
+	}()
+	if err != nil {
+		return nil, nil, err
+	}
+	files := append(make([]*os.File, 0, 8+len(namespaces)), std[:]...)
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("exec helper: request pipe: %w", err)
+	}
+	closers = append(closers, reqR, reqW)
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("exec helper: report pipe: %w", err)
+	}
+	closers = append(closers, repW)
+	defer func() {
+		if report == nil {
+			repR.Close()
+		}
+	}()
+	files = append(files, reqR, repW) // fds 3 and 4, as the helper expects
+	req.namespaces = req.namespaces[:0]
+	for _, ns := range namespaces {
+		req.namespaces = append(req.namespaces, execNamespace{nstype: ns.nstype, fd: len(files)})
+		files = append(files, ns.f)
+	}
+	req.consoleFD = -1
+	if console != nil {
+		req.consoleFD = len(files)
+		files = append(files, console)
+	}
+	if req.create != nil {
+		req.create.startFD = len(files)
+		files = append(files, start)
+	}
+	if req.serve != nil {
+		req.serveFD = len(files)
+		files = append(files, req.serve)
+	}
+	data, err := req.encode()
+	if err != nil {
+		return nil, nil, err
+	}
+
+	var helper *os.Process
+	if req.serve != nil {
+		helper, err = os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{Env: []string{}, Files: files})
+	} else {
+		helper, err = startInCgroup(helperPath, files, dirs)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("exec helper: start: %w", err)
+	}
+	tr.mark("helper started")
+	// Only the helper keeps its ends.
+	reqR.Close()
+	repW.Close()
+	if _, err := reqW.Write(data); err != nil {
+		_ = helper.Kill()
+		_, _ = helper.Wait()
+		return nil, nil, fmt.Errorf("exec helper: send the request: %w", err)
+	}
+	return helper, repR, nil
+}
+
 // awaitExec reads the report pipe of a process that is about to exec its program: EOF
 // (the pipe closes on exec) is success, else the helper's report of what failed.
 func awaitExec(report *os.File, argv0 string) error {
+	return awaitExecTraced(report, argv0, nil)
+}
+
+// awaitExecTraced is awaitExec that marks in tr the steps the process reports
+// (traceSteps).
+func awaitExecTraced(report *os.File, argv0 string, tr *stepTrace) error {
 	next, err := readReport(report)
+	for err == nil && next.kind == reportTrace {
+		tr.mark(next.text)
+		next, err = readReport(report)
+	}
 	switch {
 	case err == io.EOF:
 		return nil

@@ -249,7 +249,7 @@ func (a *Agent) destroyPod(ctx context.Context, req *Request) (any, error) {
 		if err := c.lc.Destroy(); err != nil {
 			c.log.Errorf("destroy: %v", err)
 		}
-		c.pins.close()
+		c.releaseExecState()
 	}
 	if pod != nil || shareMounted {
 		if err := unix.Unmount(agentproto.SharePath, 0); err != nil && !errors.Is(err, unix.EINVAL) {

@@ -55,9 +55,10 @@ func (p *process) exited() bool {
 }
 
 // startProcess creates the process: the container's init (created, waiting for
-// STARTCONTAINER) or an extra process in it. On success the process's streams are open
-// but nothing is copied yet: the caller ACKs, then calls runProcess.
-func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool, tr *stepTrace) (*process, error) {
+// STARTCONTAINER) or an extra process in it (hint: where the host found its program, ""
+// for none; ExecProcess.ProgramHint). On success the process's streams are open but
+// nothing is copied yet: the caller ACKs, then calls runProcess.
+func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool, hint string, tr *stepTrace) (*process, error) {
 	lp, err := newProcess(spec, init)
 	if err != nil {
 		return nil, err
@@ -94,7 +95,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	switch {
 	case fast:
 		var proc *os.Process
-		if proc, err = a.fastExec(c, lp, tr); err == nil {
+		if proc, err = a.fastExec(c, lp, hint, tr); err == nil {
 			handle, pid = proc, proc.Pid
 		}
 	case init:
@@ -161,6 +162,10 @@ func (a *Agent) runProcess(p *process) {
 		close(p.done)
 		a.sendExit(exit)
 		close(p.reported)
+		if p.id == agentproto.InitProcessID {
+			// Nothing can be exec'd any more: the server lets the namespaces go.
+			p.ctr.stopExecServer()
+		}
 		// Logged once reported: under TCG the console line costs ~0.5 ms of the guest's
 		// only vCPU, which the host would otherwise wait for.
 		p.log.Infof("exited: code %d%s", exit.ExitCode, errSuffix(exit.Error))

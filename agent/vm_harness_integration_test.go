@@ -159,11 +159,13 @@ type consoleLine struct {
 
 // testVM is a booted guest and the host end of its protocol.
 type testVM struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	start   time.Time
-	share   string
-	ctlPath string
+	t *testing.T
+	// execHint is the program hint (ExecProcess.ProgramHint) exec sends.
+	execHint string
+	cmd      *exec.Cmd
+	start    time.Time
+	share    string
+	ctlPath  string
 
 	ctlMu sync.Mutex
 	ctl   net.Conn
@@ -605,7 +607,7 @@ func (v *testVM) exec(ctr, id string, p *specs.Process, rows, cols uint16) (*hos
 	hp := v.streams(p.Terminal, true)
 	var started agentproto.ProcessStarted
 	err := v.call(agentproto.MsgExecCmd, agentproto.ExecProcess{
-		Container: ctr, ID: id, Process: p, IO: hp.io, ConsoleRows: rows, ConsoleCols: cols,
+		Container: ctr, ID: id, Process: p, IO: hp.io, ConsoleRows: rows, ConsoleCols: cols, ProgramHint: v.execHint,
 	}, &started)
 	if err != nil {
 		hp.reset()

@@ -128,6 +128,11 @@ func TestVMContainerSteps(t *testing.T) {
 	// (the program, busybox's true from the 9p rootfs, ran and exited); and the floor of
 	// any request, a PING, which the agent answers at once.
 	var acked, exited, pings []float64
+	// RUNV_STEPS_HINT=1: the execs carry the program hint the pod daemon would send
+	// (busybox's true is /bin/true in the test's rootfs).
+	if os.Getenv("RUNV_STEPS_HINT") != "" {
+		v.execHint = "/bin/true"
+	}
 	for i := 0; i < n; i++ {
 		id := "e" + strconv.Itoa(i)
 		start := time.Now()
@@ -159,7 +164,11 @@ func TestVMContainerSteps(t *testing.T) {
 			if strings.Contains(l.text[:i], " ctr=trimmed") {
 				op += "-trimmed"
 			}
-			if op == "EXECCMD" && !strings.Contains(line, "helper started") {
+			switch {
+			case op != "EXECCMD":
+			case strings.Contains(line, "request sent to the exec server"):
+				op = "EXECCMD-server"
+			case !strings.Contains(line, "helper started"):
 				op = "EXECCMD-libcontainer"
 			}
 			if (op == "NEWCONTAINER" || op == "WARMUP") && !strings.Contains(line, "engine: cgroup made") {
@@ -174,7 +183,7 @@ func TestVMContainerSteps(t *testing.T) {
 	v.mu.Unlock()
 	// The first of each is the cold one (the first WARMUP's container, the first
 	// container of the pod): left out of the medians, shown on its own.
-	ops := []string{"WARMUP", "WARMUP-libcontainer", "STARTPOD", "NEWCONTAINER", "NEWCONTAINER-libcontainer", "STARTCONTAINER", "EXECCMD", "EXECCMD-libcontainer"}
+	ops := []string{"WARMUP", "WARMUP-libcontainer", "STARTPOD", "NEWCONTAINER", "NEWCONTAINER-libcontainer", "STARTCONTAINER", "EXECCMD", "EXECCMD-server", "EXECCMD-libcontainer"}
 	if trim != "" {
 		ops = append(ops, "NEWCONTAINER-trimmed", "STARTCONTAINER-trimmed")
 	}
@@ -186,9 +195,15 @@ func TestVMContainerSteps(t *testing.T) {
 	}
 	// Every exec goes through the exec helper unless the guest was told otherwise, and each
 	// warm-up execs once through it.
-	if !strings.Contains(os.Getenv("RUNV_STEPS_CMDLINE"), "runv.exec=libcontainer") {
-		if len(traces["EXECCMD"]) != n {
-			t.Errorf("%d of %d execs went through the exec helper (the others: libcontainer)", len(traces["EXECCMD"]), n)
+	// (runv.exec=oneshot: through the one-shot helper; else through the container's exec
+	// server, which the first exec starts).
+	if cmdline := os.Getenv("RUNV_STEPS_CMDLINE"); !strings.Contains(cmdline, "runv.exec=libcontainer") {
+		want := "EXECCMD-server"
+		if strings.Contains(cmdline, "runv.exec=oneshot") {
+			want = "EXECCMD"
+		}
+		if len(traces[want]) != n {
+			t.Errorf("%d of %d execs went through the container's exec server, %d through the one-shot helper, want all %s", len(traces["EXECCMD-server"]), n, len(traces["EXECCMD"]), want)
 		}
 		for _, l := range traces["WARMUP"] {
 			if !strings.Contains(l, "warm-up exec done") {
@@ -390,7 +405,25 @@ var traceSegments = map[string][][2]string{
 		{"open the init's namespaces", "namespaces opened"},
 		{"fork+exec of the helper into the cgroup (CLONE_INTO_CGROUP)", "helper started"},
 		{"helper: request, rlimits, setns, fork; pid reported", "helper forked the process"},
-		{"child: session, caps, user, cwd, lookup, seccomp, execve", "helper: program exec'd"},
+		{"child: session, keyring", "init: in its namespaces"},
+		{"child: cwd, HOME", "init: cwd, HOME"},
+		{"child: bounding set, user, groups, capabilities", "init: user, groups, capabilities"},
+		{"child: program looked up in PATH", "init: program found"},
+		{"child: seccomp, execve of the program", "helper: program exec'd"},
+		{"program exec'd, seen in /proc", "program exec'd"},
+		{"ACK written", "acked"},
+	},
+	// EXECCMD through the container's exec server (the first exec starts it).
+	"EXECCMD-server": {
+		{"decode, stdio, helper request (seccomp program compiled once per container)", "helper request built"},
+		{"report pipe, cgroup and stdio descriptors, request sent to the server", "request sent to the exec server"},
+		{"server: fork into the cgroup; pid reported", "exec server forked the process"},
+		{"process: descriptors, request, rlimits", "exec: descriptors, request, rlimits"},
+		{"process: session, keyring", "init: in its namespaces"},
+		{"process: cwd, HOME", "init: cwd, HOME"},
+		{"process: bounding set, user, groups, capabilities", "init: user, groups, capabilities"},
+		{"process: program looked up in PATH", "init: program found"},
+		{"process: seccomp, execve of the program", "helper: program exec'd"},
 		{"program exec'd, seen in /proc", "program exec'd"},
 		{"ACK written", "acked"},
 	},

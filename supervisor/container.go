@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"sync"
 	"syscall"
@@ -33,6 +34,15 @@ type container struct {
 	// pausedFrom is the status a paused container returns to on resume: a created
 	// container can be paused too, as with runc.
 	pausedFrom string
+	// rootfs is the container's rootfs as shared with the guest (a host path), and
+	// mountDests the destinations of its spec's mounts: what an exec's program hint is
+	// found with (programHint).
+	rootfs     string
+	mountDests []string
+	// mayMount is set once a process of the container may have changed its mounts (one
+	// started with CAP_SYS_ADMIN in its bounding set): its mounts are then no longer
+	// the spec's, and no exec gets a program hint any more.
+	mayMount bool
 }
 
 // process is one process of a container (its init or an exec).
@@ -160,6 +170,11 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	}
 	logging.G(ctx).Debug("container created in the guest", "duration", time.Since(start))
 	c.mu.Lock()
+	c.rootfs = filepath.Join(s.share, req.ID, "rootfs")
+	c.mayMount = mayMount(req.Spec.Process)
+	for _, m := range guestSpec.Mounts {
+		c.mountDests = append(c.mountDests, m.Destination)
+	}
 	c.guestPid = started.Pid
 	if c.status == state.StatusCreating {
 		c.status = state.StatusCreated
@@ -280,6 +295,13 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err er
 	// As runc: a created container takes execs too (they join its namespaces); a paused
 	// one cannot start anything in its frozen cgroup, a stopped one has nothing to join.
 	st := c.state()
+	c.mu.Lock()
+	c.mayMount = c.mayMount || mayMount(req.Spec)
+	hint := ""
+	if !c.mayMount {
+		hint = programHint(c.rootfs, c.mountDests, req.Spec)
+	}
+	c.mu.Unlock()
 	switch st.Status {
 	case state.StatusCreated, state.StatusRunning:
 	case state.StatusPaused:
@@ -290,7 +312,7 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err er
 		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
 	}
 	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
-		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols}
+		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols, ProgramHint: hint}
 	})
 	if err != nil {
 		return 0, err

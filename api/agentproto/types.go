@@ -75,6 +75,10 @@ type ExecProcess struct {
 	IO          Stdio          `json:"io"`
 	ConsoleRows uint16         `json:"consoleRows,omitempty"`
 	ConsoleCols uint16         `json:"consoleCols,omitempty"`
+	// ProgramHint is where the host found Process.Args[0] in its PATH in the container's
+	// rootfs (supervisor/programhint.go): the exec helper checks it first instead of
+	// probing each PATH entry before it. "" for none.
+	ProgramHint string `json:"programHint,omitempty"`
 }
 
 // InitProcessID is the process id of a container's init process.

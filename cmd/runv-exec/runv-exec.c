@@ -104,6 +104,9 @@ enum {
 	T_MASKPATH = 28, /* string; repeated */
 	T_CGROUP = 29,   /* string: the container's cgroup directory (cgroup2 bind fallback) */
 	T_TRACE = 30,    /* no data: report each step of create mode ('T' records, runv.trace=1) */
+	/* Exec server mode (a container's exec server; agent/execserver_linux.go): */
+	T_SERVE = 31,    /* u32 the socket the agent sends each exec's request on */
+	T_HINT = 32,     /* string: where the host found argv[0] in the PATH (tried first) */
 };
 
 #define MAX_REQUEST (8 << 20)
@@ -172,6 +175,8 @@ struct request {
 	int lookup_home;
 	struct create *create; /* NULL: exec mode */
 	int trace;
+	int serve_fd; /* -1: not an exec server */
+	char *hint;   /* NULL: search the PATH */
 };
 
 enum { CAP_BOUNDING, CAP_EFFECTIVE, CAP_INHERITABLE, CAP_PERMITTED, CAP_AMBIENT };
@@ -183,8 +188,8 @@ static const char *fd_path(int fd, char *buf)
 	return buf;
 }
 
-/* report writes one record; a failure to report is not reportable. */
-static void report(uint32_t kind, int32_t value, const char *text)
+/* report_to writes one record on fd; a failure to report is not reportable. */
+static void report_to(int fd, uint32_t kind, int32_t value, const char *text)
 {
 	uint32_t len = text ? strlen(text) : 0;
 	char buf[12 + 512];
@@ -198,8 +203,14 @@ static void report(uint32_t kind, int32_t value, const char *text)
 	/* One write of at most PIPE_BUF bytes: records of two processes never interleave. */
 	ssize_t n;
 	do {
-		n = write(REPORT_FD, buf, 12 + len);
+		n = write(fd, buf, 12 + len);
 	} while (n < 0 && errno == EINTR);
+}
+
+/* report writes one record on the report descriptor. */
+static void report(uint32_t kind, int32_t value, const char *text)
+{
+	report_to(REPORT_FD, kind, value, text);
 }
 
 /* fail reports the step that failed with its errno and ends this process. */
@@ -362,23 +373,12 @@ static void parse_create_field(struct request *r, uint16_t tag, const char *d, u
 	}
 }
 
-static void parse_request(struct request *r)
+/* parse_fields parses a request's fields (buf, total bytes: what follows its header). */
+static void parse_fields(struct request *r, const char *buf, uint32_t total)
 {
-	char hdr[8];
-	read_full(REQ_FD, hdr, 8);
-	if (memcmp(hdr, "RVX1", 4) != 0)
-		fail("request: bad magic", EPROTO);
-	uint32_t total = u32at(hdr + 4);
-	if (total > MAX_REQUEST)
-		fail("request: too large", EPROTO);
-	char *buf = malloc(total ? total : 1);
-	if (!buf)
-		fail("request: malloc", ENOMEM);
-	read_full(REQ_FD, buf, total);
-	close(REQ_FD);
-
 	memset(r, 0, sizeof(*r));
 	r->console_fd = -1;
+	r->serve_fd = -1;
 	int have_args = 0;
 	for (uint32_t off = 0; off < total;) {
 		if (total - off < 8)
@@ -489,12 +489,25 @@ static void parse_request(struct request *r)
 		case T_TRACE:
 			r->trace = 1;
 			break;
+		case T_HINT:
+			r->hint = strdup_field(d, len);
+			break;
+		case T_SERVE:
+			if (len != 4)
+				fail("request: bad serve field", EPROTO);
+			r->serve_fd = (int)u32at(d);
+			break;
 		case T_CREATE ... T_CGROUP:
 			parse_create_field(r, tag, d, len);
 			break;
 		default:
 			fail("request: unknown field", EPROTO);
 		}
+	}
+	if (r->serve_fd >= 0) {
+		if (r->create)
+			fail("request: an exec server cannot create a container", EPROTO);
+		return; /* no process of its own: each exec's request names one */
 	}
 	if (!have_args)
 		fail("request: no args", EPROTO);
@@ -507,6 +520,24 @@ static void parse_request(struct request *r)
 		r->cwd = "/";
 	if (r->create && !r->create->rootfs)
 		fail("request: create without a rootfs", EPROTO);
+}
+
+/* parse_request reads the request on REQ_FD and parses it. */
+static void parse_request(struct request *r)
+{
+	char hdr[8];
+	read_full(REQ_FD, hdr, 8);
+	if (memcmp(hdr, "RVX1", 4) != 0)
+		fail("request: bad magic", EPROTO);
+	uint32_t total = u32at(hdr + 4);
+	if (total > MAX_REQUEST)
+		fail("request: too large", EPROTO);
+	char *buf = malloc(total ? total : 1);
+	if (!buf)
+		fail("request: malloc", ENOMEM);
+	read_full(REQ_FD, buf, total);
+	close(REQ_FD);
+	parse_fields(r, buf, total);
 }
 
 static const char *ns_name(uint32_t type)
@@ -779,9 +810,14 @@ static const char *env_get(char **envp, const char *key)
 }
 
 /* look_path resolves argv[0] as Go's exec.LookPath does with the process's PATH. A name
- * that is not found is reported as "lookpath: not in PATH" with ENOENT. */
-static char *look_path(const char *name, char **envp)
+ * that is not found is reported as "lookpath: not in PATH" with ENOENT. hint, when set, is
+ * where the host found the name in the PATH, looking at the container's rootfs through
+ * the share (supervisor/programhint.go): the entries before it hold no such program, so
+ * the search starts with it, and goes on as usual if it does not qualify here. */
+static char *look_path(const char *name, char **envp, char *hint)
 {
+	if (hint && !strchr(name, '/') && find_executable(hint) == 0)
+		return hint;
 	if (strchr(name, '/')) {
 		int err = find_executable(name);
 		if (err)
@@ -1437,7 +1473,7 @@ static void __attribute__((noreturn)) child(struct request *r)
 		apply_caps(r);
 	}
 	step(r, "init: user, groups, capabilities");
-	char *path = look_path(r->argv[0], r->envp);
+	char *path = look_path(r->argv[0], r->envp, r->hint);
 	step(r, "init: program found");
 	if (r->has_seccomp && r->nnp)
 		load_seccomp(r);
@@ -1459,6 +1495,233 @@ static void __attribute__((noreturn)) child(struct request *r)
 	fail("execve", errno);
 }
 
+/* set_rlimits sets the process's rlimits (before a user namespace takes the right to raise
+ * a hard limit). */
+static void set_rlimits(const struct request *r)
+{
+	for (int i = 0; i < r->nrl; i++) {
+		struct rlimit rl = {.rlim_cur = r->rl[i].soft, .rlim_max = r->rl[i].hard};
+		if (setrlimit(r->rl[i].resource, &rl) < 0)
+			fail("setrlimit", errno);
+	}
+}
+
+/* ---- Exec server mode: a container's exec server (agent/execserver_linux.go) ---- */
+
+/*
+ * The agent starts the helper once per container with T_SERVE (at the container's first
+ * exec) and the init's namespaces: it joins them, reports 'R' and serves. It stays outside
+ * the container: in the agent's cgroup, and in the guest's pid namespace (setns of a pid
+ * namespace only places the children), so nothing of the container sees it. Each exec is
+ * one message on the socket:
+ *
+ *   "RVZ1", u32 request length, u32 cgroups, u32 descriptors; with SCM_RIGHTS:
+ *     the report pipe, the cgroups to start in (in order of preference), stdin, stdout,
+ *     stderr, then the request's own descriptors (the console socket)
+ *   then the request itself (its fields, as after "RVX1" and the length)
+ *
+ * The server forks the process straight into the first cgroup that takes it (clone3,
+ * CLONE_INTO_CGROUP, and CLONE_PARENT: the agent is its parent, as with the one-shot
+ * helper), reports its pid on the report pipe and lets it go on; the process then does
+ * what the one-shot helper's child does. EOF on the socket (the agent closed it: the
+ * container stopped or went) ends the server. What this saves per exec: the helper's
+ * fork+exec and the joins (docs/performance.md, "`runv exec`, stop 13").
+ */
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#define MAX_SERVE_FDS 16
+/* The server's own descriptors live from here up, above those it gives a process. */
+#define SERVE_HIGH_FD 100
+
+struct clone3_args {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+
+/* high_fd moves fd to SERVE_HIGH_FD or above (close-on-exec). */
+static int high_fd(int fd)
+{
+	int h = fcntl(fd, F_DUPFD_CLOEXEC, SERVE_HIGH_FD);
+	if (h < 0)
+		fail("move a descriptor", errno);
+	close(fd);
+	return h;
+}
+
+/* read_all reads len bytes of the socket; the server ends on EOF or an error (the agent
+ * then sees its socket closed and starts execs without it). */
+static void read_all(int fd, char *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			_exit(n == 0 ? 0 : 1);
+		p += n;
+		len -= n;
+	}
+}
+
+/* served_process becomes the exec'd process: its descriptors where the request names
+ * them (0-2 stdio, 4 the report, 5... the request's own), the container's cgroup
+ * namespace, its oom_score_adj and rlimits, then what the one-shot helper's child does. */
+static void __attribute__((noreturn)) served_process(const char *body, uint32_t len, int *fds, int nfds, int ncg, int proc, int cgroupns, int go)
+{
+	/* Released once the server reported the pid: a byte, or EOF if it died before. */
+	char c;
+	ssize_t n;
+	do {
+		n = read(go, &c, 1);
+	} while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(0);
+	close(go);
+	int high[MAX_SERVE_FDS];
+	for (int i = 0; i < nfds; i++) {
+		high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, SERVE_HIGH_FD);
+		if (high[i] < 0)
+			_exit(126);
+		close(fds[i]);
+	}
+	if (dup3(high[0], REPORT_FD, O_CLOEXEC) < 0)
+		_exit(126);
+	int target = 0;
+	for (int i = 1 + ncg; i < nfds; i++, target++) {
+		if (target == REQ_FD)
+			target = REPORT_FD + 1;
+		if (dup3(high[i], target, 0) < 0)
+			fail("the process's descriptors", errno);
+	}
+	for (int i = 0; i < nfds; i++)
+		close(high[i]);
+	struct request r;
+	parse_fields(&r, body, len);
+	if (r.nns > 0 || r.create || r.serve_fd >= 0)
+		fail("request: not an exec", EPROTO);
+	if (cgroupns >= 0) {
+		if (setns(cgroupns, CLONE_NEWCGROUP) < 0)
+			fail("setns into the cgroup namespace", errno);
+		close(cgroupns);
+	}
+	if (r.oomscore) {
+		int fd = openat(proc, "self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, r.oomscore, strlen(r.oomscore)) < 0)
+			fail("write oom_score_adj", errno);
+		close(fd);
+	}
+	close(proc);
+	set_rlimits(&r);
+	step(&r, "exec: descriptors, request, rlimits");
+	child(&r);
+}
+
+/* serve_one takes one exec from the socket and forks its process. */
+static void serve_one(int sock, int proc, int cgroupns)
+{
+	char hdr[16];
+	int fds[MAX_SERVE_FDS];
+	int nfds = 0;
+	char cbuf[CMSG_SPACE(sizeof(int) * MAX_SERVE_FDS)];
+	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	ssize_t n;
+	do {
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		_exit(n == 0 ? 0 : 1);
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (int i = 0; i < k && nfds < MAX_SERVE_FDS; i++)
+			memcpy(&fds[nfds++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+	}
+	if (msg.msg_flags & MSG_CTRUNC)
+		_exit(1);
+	if (n < (ssize_t)sizeof(hdr))
+		read_all(sock, hdr + n, sizeof(hdr) - n);
+	uint32_t len = u32at(hdr + 4), ncg = u32at(hdr + 8), want = u32at(hdr + 12);
+	if (memcmp(hdr, "RVZ1", 4) != 0 || len > MAX_REQUEST || want != (uint32_t)nfds || ncg < 1 || 1 + ncg + 3 > want)
+		_exit(1); /* not the agent's protocol: stop serving */
+	char *body = malloc(len ? len : 1);
+	if (!body)
+		_exit(1);
+	read_all(sock, body, len);
+
+	int report_fd = fds[0];
+	int go[2] = {-1, -1};
+	pid_t pid = -1;
+	int err = 0;
+	if (pipe2(go, O_CLOEXEC) < 0) {
+		err = errno;
+		go[0] = go[1] = -1;
+	} else {
+		for (uint32_t i = 0; i < ncg && pid < 0; i++) {
+			/* No exit_signal: with CLONE_PARENT the process gets the server's own
+			 * (SIGCHLD, from the agent's fork), and clone3 refuses one. */
+			struct clone3_args args = {.flags = CLONE_PARENT | CLONE_INTO_CGROUP, .cgroup = (uint64_t)fds[1 + i]};
+			pid = syscall(SYS_clone3, &args, sizeof(args));
+			if (pid < 0)
+				err = errno;
+		}
+		if (pid == 0) {
+			close(go[1]);
+			close(sock);
+			served_process(body, len, fds, nfds, ncg, proc, cgroupns, go[0]);
+		}
+	}
+	if (pid > 0) {
+		report_to(report_fd, 'P', pid, NULL);
+		do {
+			n = write(go[1], "g", 1);
+		} while (n < 0 && errno == EINTR);
+	} else {
+		report_to(report_fd, 'E', err, "fork into the container's cgroup");
+	}
+	if (go[0] >= 0) {
+		close(go[0]);
+		close(go[1]);
+	}
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	free(body);
+}
+
+/* serve joins the container's namespaces and serves its execs until the agent closes the
+ * socket. */
+static void __attribute__((noreturn)) serve(struct request *r)
+{
+	/* The guest's /proc, opened before the joins: the processes write their
+	 * oom_score_adj through it, as the one-shot helper does before its joins. */
+	int proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (proc < 0)
+		fail("open /proc", errno);
+	proc = high_fd(proc);
+	int sock = high_fd(r->serve_fd);
+	/* Not the cgroup namespace: a fork into a cgroup (CLONE_INTO_CGROUP) must see both the
+	 * server's cgroup and the container's from its cgroup namespace's root, and the
+	 * container's root is below the server's. Each process joins it once forked. */
+	int cgroupns = -1;
+	for (int i = 0; i < r->nns; i++) {
+		if (r->ns[i].type == CLONE_NEWCGROUP) {
+			cgroupns = high_fd(r->ns[i].fd);
+			r->ns[i] = r->ns[--r->nns];
+			break;
+		}
+	}
+	join_namespaces(r);
+	report('R', 0, NULL);
+	close(REPORT_FD);
+	for (;;)
+		serve_one(sock, proc, cgroupns);
+}
+
 int main(void)
 {
 	/* Nothing of the container may open /proc/<pid>/exe or our memory while we work. */
@@ -1468,14 +1731,12 @@ int main(void)
 		_exit(126); /* no report channel: the agent sees EOF without a pid */
 	struct request r;
 	parse_request(&r);
+	if (r.serve_fd >= 0)
+		serve(&r);
 	if (r.oomscore)
 		write_file("/proc/self/oom_score_adj", r.oomscore);
 	/* Before a user namespace is joined: raising a hard limit needs the guest's root. */
-	for (int i = 0; i < r.nrl; i++) {
-		struct rlimit rl = {.rlim_cur = r.rl[i].soft, .rlim_max = r.rl[i].hard};
-		if (setrlimit(r.rl[i].resource, &rl) < 0)
-			fail("setrlimit", errno);
-	}
+	set_rlimits(&r);
 	join_namespaces(&r);
 	/* The child waits until this process reported its pid and exited (EOF on this pipe):
 	 * the agent reads the pid before any error of the child. */
