@@ -12,10 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
@@ -104,7 +101,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn, req wire.Request) wi
 		if !ok {
 			return wire.ErrResponse(fmt.Errorf("get: not a unix socket: %w", errdefs.ErrInvalidArgument))
 		}
-		pid, err := peerPid(uc)
+		pid, err := wire.PeerPid(uc)
 		if err != nil {
 			return wire.ErrResponse(fmt.Errorf("get: who is asking: %w", err))
 		}
@@ -227,25 +224,4 @@ func GetStatus(ctx context.Context, socket string, wait bool) (Status, error) {
 		return Status{}, fmt.Errorf("factory daemon at %s: %w", socket, err)
 	}
 	return *resp.Status, nil
-}
-
-// peerPid is the pid of the process at the other end of a unix socket connection.
-func peerPid(conn interface {
-	SyscallConn() (syscall.RawConn, error)
-}) (int, error) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if serr != nil {
-		return 0, fmt.Errorf("SO_PEERCRED: %w", serr)
-	}
-	return int(cred.Pid), nil
 }

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -205,6 +206,11 @@ func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
 	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
 	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
 		t.Fatalf("exec in the pooled VM: %s", res)
+	}
+	// The pod daemon took over the connection the holder parked the agent on: the agent
+	// never saw its host go and come back (holder.detach).
+	if console, _ := os.ReadFile(filepath.Join(podDir, "vm", "console.log")); bytes.Contains(console, []byte("host disconnected from the control port")) {
+		t.Errorf("the pooled VM's agent saw the host reconnect at the hand-out; console:\n%s", console)
 	}
 	// The pooled QEMU is jailed, and the container's rootfs, mounted by the pod daemon
 	// under a share that moved from the pool to the pod after QEMU started, reached it.
