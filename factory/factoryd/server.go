@@ -19,6 +19,7 @@ import (
 	"github.com/runv-project/runv/factory/holder"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -104,6 +105,14 @@ func (s *Server) handle(ctx context.Context, conn net.Conn, req wire.Request) wi
 		pid, err := wire.PeerPid(uc)
 		if err != nil {
 			return wire.ErrResponse(fmt.Errorf("get: who is asking: %w", err))
+		}
+		if req.Child != 0 {
+			// A pid is recycled only once its parent reaped it: a child of the asker
+			// now is that child until the asker says so.
+			if ppid, err := state.ParentOf(req.Child); err != nil || ppid != pid {
+				return wire.ErrResponse(fmt.Errorf("get vm %s: process %d is not a child of the asking process %d: %w", req.ID, req.Child, pid, errdefs.ErrFailedPrecondition))
+			}
+			pid = req.Child
 		}
 		octx, cancel := wire.OpContext(ctx, req, defaultGetTimeout)
 		defer cancel()

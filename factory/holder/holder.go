@@ -44,12 +44,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -268,6 +270,17 @@ func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factor
 	// onto the pod's share): mounted now, STARTPOD finds it ready.
 	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
 	rand.Read(req.Entropy)
+	if scope != agentproto.WarmupPod && h.cfg.ShareDir != "" {
+		// The throwaway container's rootfs is made and removed here, in the share's host
+		// directory, rather than by the guest through 9p (agentproto.MakeWarmupRootfs).
+		dir := filepath.Join(h.cfg.ShareDir, agentproto.WarmupShareDir)
+		if err := agentproto.MakeWarmupRootfs(filepath.Join(dir, "rootfs")); err != nil {
+			h.log.Warn("cannot make the warm-up's rootfs in the share: the guest makes it", "error", err)
+		} else {
+			req.HostRootfs = true
+		}
+		defer os.RemoveAll(dir)
+	}
 	var w factory.WarmResult
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
 		return w, fmt.Errorf("holder %s: warm-up: %w", h.cfg.ID, err)
@@ -495,6 +508,10 @@ func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
 	if err := renice(h.vm, 0); err != nil {
 		h.log.Warn("cannot restore the handed-out VM's priority", "error", err)
 	}
+	// The holder's wake-ups (QEMU's exit, the owner's) are on the pod's end.
+	if err := reniceSelf(0); err != nil {
+		h.log.Warn("cannot restore the holder's priority", "error", err)
+	}
 	old := h.owner
 	h.owner = owner
 	close(h.ownerCh)
@@ -503,6 +520,26 @@ func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
 	h.log.Info("vm handed out", "owner", pid, "dir", dir)
 	old.release()
 	return h.info, nil
+}
+
+// reniceSelf sets the nice value of every thread of this process (Linux's nice is per
+// thread; the holder's were all created at the value its starter gave its first one).
+func reniceSelf(nice int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("setpriority(thread %d, %d): %w", tid, nice, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // renice sets the nice value of every thread of the VM's QEMU. QEMU runs in a process group

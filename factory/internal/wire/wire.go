@@ -60,6 +60,9 @@ type Request struct {
 	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
 	// directory moves.
 	Pid int `json:"pid,omitempty"`
+	// get: the VM is for this child of the asking process (the pod daemon it just
+	// started), which the factory daemon checks, instead of for the asking process.
+	Child int `json:"child,omitempty"`
 	// warm: the light warm-up (agentproto.WarmupContainer) instead of the full one.
 	Light bool `json:"light,omitempty"`
 	// status: wait until every pool is full (or a refill failed).
