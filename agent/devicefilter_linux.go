@@ -2,8 +2,9 @@ package agent
 
 import (
 	"fmt"
-	"strings"
+	"strconv"
 	"sync"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/opencontainers/cgroups"
@@ -57,24 +58,34 @@ func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
 	key := deviceRulesKey(r.Devices)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if prog, ok := f.progs[key]; ok {
+	prog, kept := f.progs[key]
+	if !kept && len(f.progs) >= maxDeviceFilters {
+		return f.load(dir, r)
+	}
+	// One fd of the cgroup for the query, the attach or the look-up of what was loaded.
+	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return f.load(dir, r) // libcontainer reports it
+	}
+	defer unix.Close(fd)
+	if kept {
 		// Only on a cgroup that has no filter yet (a new container's): a cgroup whose rules
 		// change (an update) goes through libcontainer, which replaces the old program.
-		attached, err := f.attachIfNone(dir, prog)
+		attached, err := f.attachIfNone(fd, prog)
 		if err == nil && attached {
 			// A trace step with runv.trace=1 (libcontainer's debug lines go there).
 			logrus.Debugf("device filter: the program kept for these rules attached")
 			return nil
 		}
 		if err != nil {
-			logrus.Warnf("device filter: %v; loading one", err)
+			logrus.Warnf("device filter of %s: %v; loading one", dir, err)
 		}
 	}
 	if err := f.load(dir, r); err != nil {
 		return err
 	}
-	if _, ok := f.progs[key]; !ok && len(f.progs) < maxDeviceFilters {
-		if prog, err := f.attachedDeviceFilter(dir); err == nil {
+	if !kept {
+		if prog, err := f.attachedDeviceFilter(fd); err == nil {
 			f.progs[key] = prog
 		}
 	}
@@ -82,49 +93,43 @@ func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
 }
 
 // deviceRulesKey identifies the program libcontainer generates for rules: the rules in
-// their order, which the program follows.
+// their order, which the program follows ("c 1:3 rwm true;" each).
 func deviceRulesKey(rules []*devices.Rule) string {
-	var b strings.Builder
+	b := make([]byte, 0, 20*len(rules))
 	for _, r := range rules {
-		fmt.Fprintf(&b, "%c %d:%d %s %t;", r.Type, r.Major, r.Minor, r.Permissions, r.Allow)
+		b = utf8.AppendRune(b, rune(r.Type))
+		b = strconv.AppendInt(append(b, ' '), r.Major, 10)
+		b = strconv.AppendInt(append(b, ':'), r.Minor, 10)
+		b = append(append(append(b, ' '), r.Permissions...), ' ')
+		b = append(strconv.AppendBool(b, r.Allow), ';')
 	}
-	return b.String()
+	return string(b)
 }
 
-// attachIfNone attaches prog to the cgroup dir as libcontainer does (BPF_F_ALLOW_MULTI),
+// attachIfNone attaches prog to the cgroup fd as libcontainer does (BPF_F_ALLOW_MULTI),
 // unless a device filter is attached there already (false).
-func (f *deviceFilters) attachIfNone(dir string, prog int) (bool, error) {
-	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, err
-	}
-	defer unix.Close(fd)
-	ids, err := f.queryDeviceFilters(fd)
+func (f *deviceFilters) attachIfNone(cgroupFd, prog int) (bool, error) {
+	ids, err := f.queryDeviceFilters(cgroupFd)
 	if err != nil || len(ids) > 0 {
 		return false, err
 	}
 	attr := struct {
 		targetFd, attachBpfFd, attachType, attachFlags uint32
-	}{uint32(fd), uint32(prog), unix.BPF_CGROUP_DEVICE, unix.BPF_F_ALLOW_MULTI}
+	}{uint32(cgroupFd), uint32(prog), unix.BPF_CGROUP_DEVICE, unix.BPF_F_ALLOW_MULTI}
 	if _, err := bpfCall(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); err != nil {
-		return false, fmt.Errorf("attach device filter to %s: %w", dir, err)
+		return false, fmt.Errorf("attach device filter: %w", err)
 	}
 	return true, nil
 }
 
-// attachedDeviceFilter returns an fd of the one device filter attached to the cgroup dir.
-func (f *deviceFilters) attachedDeviceFilter(dir string) (int, error) {
-	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(fd)
-	ids, err := f.queryDeviceFilters(fd)
+// attachedDeviceFilter returns an fd of the one device filter attached to the cgroup fd.
+func (f *deviceFilters) attachedDeviceFilter(cgroupFd int) (int, error) {
+	ids, err := f.queryDeviceFilters(cgroupFd)
 	if err != nil {
 		return -1, err
 	}
 	if len(ids) != 1 {
-		return -1, fmt.Errorf("%d device filters attached to %s, expected one", len(ids), dir)
+		return -1, fmt.Errorf("%d device filters attached, expected one", len(ids))
 	}
 	attr := struct{ id uint32 }{ids[0]}
 	// bpf(2) makes its fds close-on-exec: containers do not inherit the kept programs.

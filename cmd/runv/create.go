@@ -142,7 +142,7 @@ func createContainer(ctx context.Context, g *globals, id string, o createOptions
 	// (3-4 ms sooner, idle; more under load).
 	var att *attachment
 	if !o.shim && startsWithCreate(rec, term) {
-		att = newAttachment(pod, id, "") // signals are caught from before the process exists
+		att = newAttachment(pod, id, "", catchSignals()) // signals are caught from before the process exists
 		undo.onFailure(att.Close)
 	}
 	started, err := createInPod(ctx, pod, rec, sandbox, raw, term, !o.shim, att != nil, &undo)

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -116,6 +117,11 @@ func execProcess(c *cli.Context) (int, error) {
 	o := execOptions{
 		id: newExecID(), detach: c.Bool("detach"), consoleSocket: c.String("console-socket"), pidFile: c.String("pid-file"),
 	}
+	if !o.detach {
+		// Caught while the record is read and the pod dialled (newAttachment waits for it).
+		o.signals = catchSignals()
+		defer o.signals.Release()
+	}
 	// The pod daemon refuses an exec into a stopped or paused container itself, so the
 	// container's status is asked for only once something failed: runc checks it first, and
 	// its words for a stopped or paused container come before any other error.
@@ -174,6 +180,7 @@ type execOptions struct {
 	detach        bool
 	consoleSocket string
 	pidFile       string
+	signals       *caughtSignals // a foreground exec's (catchSignals)
 }
 
 // execution is an exec'd process that runs, and what the command holds for it.
@@ -217,7 +224,7 @@ func startExec(ctx context.Context, g *globals, rec *state.Container, p *specs.P
 	x.ctx = logging.With(ctx, "container", rec.ID, "process", execID)
 	if !o.detach {
 		// Signals are caught from before the process exists, so none sent meanwhile is lost.
-		x.att = newAttachment(x.pod, rec.ID, execID)
+		x.att = newAttachment(x.pod, rec.ID, execID, o.signals)
 		undo.onFailure(x.att.Close)
 	}
 	if err := execInPod(x.ctx, x.pod, rec.ID, execID, p, x.term, !o.detach); err != nil {
@@ -517,7 +524,8 @@ func execProcesses(rec *state.Container) []state.Process {
 type attachment struct {
 	pod         *podConn
 	id, process string
-	sigs, winch chan os.Signal
+	caught      *caughtSignals
+	sigs, winch <-chan os.Signal
 	fg          *foreground // set for a terminal process
 	// deleteAfter has the pod daemon delete the container once its init exited, in the
 	// Wait call (a foreground run); podEmptied is then set, to whether the pod is empty.
@@ -525,12 +533,52 @@ type attachment struct {
 	podEmptied  *bool
 }
 
-// newAttachment starts catching signals; call it before the process starts.
-func newAttachment(pod *podConn, id, process string) *attachment {
-	a := &attachment{pod: pod, id: id, process: process, sigs: make(chan os.Signal, 64), winch: make(chan os.Signal, 1)}
-	signal.Notify(a.sigs)
-	signal.Notify(a.winch, unix.SIGWINCH)
-	return a
+// caughtSignals are the signals a foreground runv catches to forward them. Catching all of
+// them costs a round trip to the Go runtime's signal-mask thread per signal, 65 in all
+// (1–3 ms idle, more under load: a tenth of a `runv exec`), and releasing them as many
+// again: so both run in the background, the catch while runv prepares the process, the
+// release while it ends (docs/performance.md, "`runv exec`, stop 13").
+type caughtSignals struct {
+	sigs, winch chan os.Signal
+	caught      chan struct{} // closed once every signal is caught
+	release     sync.Once
+}
+
+// catchSignals starts catching every signal in the background; ready waits until it is
+// done, Release stops it.
+func catchSignals() *caughtSignals {
+	c := &caughtSignals{sigs: make(chan os.Signal, 64), winch: make(chan os.Signal, 1), caught: make(chan struct{})}
+	go func() {
+		signal.Notify(c.sigs)
+		signal.Notify(c.winch, unix.SIGWINCH)
+		close(c.caught)
+	}()
+	return c
+}
+
+// ready returns once every signal is caught.
+func (c *caughtSignals) ready() { <-c.caught }
+
+// Release stops catching signals, in the background: runv ends right after (a signal that
+// arrives meanwhile is dropped, as one that arrives once forwarding stopped always was).
+func (c *caughtSignals) Release() {
+	if c == nil {
+		return
+	}
+	c.release.Do(func() {
+		go func() {
+			<-c.caught
+			signal.Stop(c.sigs)
+			signal.Stop(c.winch)
+		}()
+	})
+}
+
+// newAttachment stands in with the signals of caught (catchSignals), once they are all
+// caught; call it before the process starts.
+func newAttachment(pod *podConn, id, process string, caught *caughtSignals) *attachment {
+	caught.ready()
+	return &attachment{pod: pod, id: id, process: process, caught: caught, sigs: caught.sigs, winch: caught.winch}
 }
 
 // wait returns the process's exit code once it exited and its output was delivered.
@@ -565,10 +613,9 @@ func (a *attachment) wait(ctx context.Context) (int, error) {
 	return int(w.ExitCode), nil
 }
 
-// Close stops catching signals and restores the user's terminal.
+// Close stops catching signals (in the background) and restores the user's terminal.
 func (a *attachment) Close() {
-	signal.Stop(a.sigs)
-	signal.Stop(a.winch)
+	a.caught.Release()
 	a.fg.Close()
 	a.fg = nil
 }

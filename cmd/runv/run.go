@@ -76,7 +76,7 @@ var runCommand = &cli.Command{
 func runAttached(ctx context.Context, cr *created, id string, andDelete bool) (code int, podEmptied *bool, err error) {
 	att := cr.att
 	if att == nil {
-		att = newAttachment(cr.pod, id, "")
+		att = newAttachment(cr.pod, id, "", catchSignals())
 	}
 	defer att.Close()
 	defer cr.term.Close() // whatever attachForeground did not take over
