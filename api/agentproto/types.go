@@ -243,6 +243,10 @@ type WarmupRequest struct {
 	// Scope limits the warm-up (WarmupFull, the empty scope: all of it). A pool parks every VM with WarmupPod and
 	// warms it later (docs/factory.md, "Warming").
 	Scope WarmupScope `json:"scope,omitempty"`
+	// HostRootfs: the host made the throwaway container's rootfs in the share, at
+	// WarmupShareDir/rootfs (MakeWarmupRootfs), and removes it after the answer; the agent
+	// only binds itself onto its /init and unbinds it. With ShareTag only.
+	HostRootfs bool `json:"hostRootfs,omitempty"`
 }
 
 // WarmupScope is how much of the path of a pod's start WARMUP runs.

@@ -270,6 +270,17 @@ func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factor
 	// onto the pod's share): mounted now, STARTPOD finds it ready.
 	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
 	rand.Read(req.Entropy)
+	if scope != agentproto.WarmupPod && h.cfg.ShareDir != "" {
+		// The throwaway container's rootfs is made and removed here, in the share's host
+		// directory, rather than by the guest through 9p (agentproto.MakeWarmupRootfs).
+		dir := filepath.Join(h.cfg.ShareDir, agentproto.WarmupShareDir)
+		if err := agentproto.MakeWarmupRootfs(filepath.Join(dir, "rootfs")); err != nil {
+			h.log.Warn("cannot make the warm-up's rootfs in the share: the guest makes it", "error", err)
+		} else {
+			req.HostRootfs = true
+		}
+		defer os.RemoveAll(dir)
+	}
 	var w factory.WarmResult
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
 		return w, fmt.Errorf("holder %s: warm-up: %w", h.cfg.ID, err)
