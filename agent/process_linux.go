@@ -133,7 +133,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	}
 	tr.mark("stdio started")
 	if !init {
-		p.execed()
+		p.execed(fast)
 		tr.mark("program exec'd")
 	}
 	log.Debugf("started, pid %d", pid)
