@@ -179,6 +179,19 @@ func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
 	if payload == nil {
 		return f, nil
 	}
+	// The guest's own frames on a pod's way to its first container are encoded by hand
+	// (encode.go); the rest by encoding/json.
+	switch p := payload.(type) {
+	case VersionInfo:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	case ProcessStarted:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	case ProcessExit:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	}
 	b, err := json.Marshal(payload)
 	if err != nil {
 		return ControlFrame{}, fmt.Errorf("encode %s payload: %w", t, err)
