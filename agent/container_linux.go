@@ -223,6 +223,7 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	_ = p.handle.Signal(sigKill)
 	_, _ = p.handle.Wait()
 	a.reaper.untrack(p.pid)
+	p.releaseMountNS()
 	p.io.abort()
 	if err := c.lc.Destroy(); err != nil {
 		c.log.Errorf("destroy after a failed create: %v", err)

@@ -11,12 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/logging"
-	"golang.org/x/sys/unix"
 )
 
 // Args is what a holder process is started with.

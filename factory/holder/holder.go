@@ -204,6 +204,12 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	}
 	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: vm.Restored()}
 	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
+	// Started niced (Factory.GetVM) for the refill's sake; from now on the holder's work is
+	// a pod's: the hand-out's adopt and agent ops, then QEMU's reaping at the pod's end. At
+	// nice 10 a loaded host delayed each by milliseconds. QEMU stays niced until adopt.
+	if err := reniceSelf(0); err != nil {
+		log.Warn("cannot restore the holder's priority", "error", err)
+	}
 	b, _ := json.Marshal(h.info)
 	report("ok " + string(b))
 
@@ -507,10 +513,6 @@ func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
 	}
 	if err := renice(h.vm, 0); err != nil {
 		h.log.Warn("cannot restore the handed-out VM's priority", "error", err)
-	}
-	// The holder's wake-ups (QEMU's exit, the owner's) are on the pod's end.
-	if err := reniceSelf(0); err != nil {
-		h.log.Warn("cannot restore the holder's priority", "error", err)
 	}
 	old := h.owner
 	h.owner = owner

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
