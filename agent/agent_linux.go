@@ -172,7 +172,7 @@ func (a *Agent) run(steps *bootSteps) {
 	a.mux = agentproto.NewMux(stream, a.log.with("chan", "stream").logf)
 	go a.watchMux(a.mux, paths[1], hub)
 	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"))
-	a.register()
+	a.d.Route(a.handler)
 	a.log.Debugf("control port %s, stream port %s", paths[0], paths[1])
 	steps.done("ports")
 
@@ -268,32 +268,60 @@ func (a *Agent) drainUntilDisconnect() {
 	}
 }
 
-func (a *Agent) register() {
-	d := a.d
-	d.Handle(agentproto.MsgGetVersion, func(context.Context, *Request) (any, error) {
-		return agentproto.VersionInfo{Version: agentproto.Version, Agent: AgentName}, nil
-	})
-	d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
-	d.Handle(agentproto.MsgStartPod, a.startPod)
-	d.Handle(agentproto.MsgDestroyPod, a.destroyPod)
-	d.Handle(agentproto.MsgNewContainer, a.newContainer)
-	d.Handle(agentproto.MsgStartContainer, a.startContainer)
-	d.Handle(agentproto.MsgExecCmd, a.execCmd)
-	d.Handle(agentproto.MsgSignalProcess, a.signalProcess)
-	d.Handle(agentproto.MsgWinSize, a.winSize)
-	d.Handle(agentproto.MsgCloseStdin, a.closeStdin)
-	d.Handle(agentproto.MsgRemoveContainer, a.removeContainer)
-	d.Handle(agentproto.MsgPauseContainer, a.pauseContainer)
-	d.Handle(agentproto.MsgResumeContainer, a.resumeContainer)
-	d.Handle(agentproto.MsgListProcesses, a.listProcesses)
-	d.Handle(agentproto.MsgStats, a.stats)
-	d.Handle(agentproto.MsgUpdateContainer, a.updateContainer)
-	d.Handle(agentproto.MsgOnlineCPUMem, a.onlineCPUMem)
-	d.Handle(agentproto.MsgSetupNetwork, a.setupNetwork)
-	d.Handle(agentproto.MsgWarmup, a.warmup)
-	d.Handle(agentproto.MsgPortForward, a.portForward)
-	d.Handle(agentproto.MsgCloseForward, a.closeForward)
+// handler is the agent's handler of commands of type t, nil for none.
+func (a *Agent) handler(t agentproto.MsgType) Handler {
+	switch t {
+	case agentproto.MsgGetVersion:
+		return getVersion
+	case agentproto.MsgPing:
+		return ping
+	case agentproto.MsgStartPod:
+		return a.startPod
+	case agentproto.MsgDestroyPod:
+		return a.destroyPod
+	case agentproto.MsgNewContainer:
+		return a.newContainer
+	case agentproto.MsgStartContainer:
+		return a.startContainer
+	case agentproto.MsgExecCmd:
+		return a.execCmd
+	case agentproto.MsgSignalProcess:
+		return a.signalProcess
+	case agentproto.MsgWinSize:
+		return a.winSize
+	case agentproto.MsgCloseStdin:
+		return a.closeStdin
+	case agentproto.MsgRemoveContainer:
+		return a.removeContainer
+	case agentproto.MsgPauseContainer:
+		return a.pauseContainer
+	case agentproto.MsgResumeContainer:
+		return a.resumeContainer
+	case agentproto.MsgListProcesses:
+		return a.listProcesses
+	case agentproto.MsgStats:
+		return a.stats
+	case agentproto.MsgUpdateContainer:
+		return a.updateContainer
+	case agentproto.MsgOnlineCPUMem:
+		return a.onlineCPUMem
+	case agentproto.MsgSetupNetwork:
+		return a.setupNetwork
+	case agentproto.MsgWarmup:
+		return a.warmup
+	case agentproto.MsgPortForward:
+		return a.portForward
+	case agentproto.MsgCloseForward:
+		return a.closeForward
+	}
+	return nil
 }
+
+func getVersion(context.Context, *Request) (any, error) {
+	return agentproto.VersionInfo{Version: agentproto.Version, Agent: AgentName}, nil
+}
+
+func ping(context.Context, *Request) (any, error) { return nil, nil }
 
 // sendExit reports a process's exit. It blocks while the host is disconnected.
 func (a *Agent) sendExit(e agentproto.ProcessExit) {

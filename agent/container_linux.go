@@ -223,6 +223,7 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	_ = p.handle.Signal(sigKill)
 	_, _ = p.handle.Wait()
 	a.reaper.untrack(p.pid)
+	p.releaseMountNS()
 	p.io.abort()
 	if err := c.lc.Destroy(); err != nil {
 		c.log.Errorf("destroy after a failed create: %v", err)
@@ -325,7 +326,8 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 		return nil, fmt.Errorf("start container %q: %w", c.id, err)
 	}
 	tr.mark("exec fifo read")
-	c.init.execed()
+	_, engine := c.lc.(*engineContainer)
+	c.init.execed(engine)
 	tr.mark("program exec'd")
 	c.log.Debugf("started")
 	return nil, nil

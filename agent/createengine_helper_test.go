@@ -88,6 +88,16 @@ func TestCreateHelperMakesTheContainer(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(rootfs, "outside"), 0o755); err != nil { // where it resolves in the rootfs
 		t.Fatal(err)
 	}
+	// The tmpfs on /tmp takes the mode of its mountpoint; HOME comes from the rootfs's
+	// passwd, read line by line (a line longer than the helper's buffer, the last one
+	// without a newline).
+	if err := os.Chmod(filepath.Join(rootfs, "tmp"), 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	passwd := strings.Repeat("x", 5000) + "\nsp:x: 1:0::/not-this:/bin/sh\nroot:x:0:0:root:/root-home:/bin/sh"
+	if err := os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte(passwd), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	hello := filepath.Join(dir, "hello")
 	if err := os.WriteFile(hello, []byte("hello from the host\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -121,9 +131,9 @@ cat /etc/hello
 touch /proc/sys/kernel/x 2>/dev/null || echo sys-ro
 echo timer_list=$(cat /proc/timer_list | wc -c)
 grep -q ' /escape/inner ' /proc/self/mountinfo || grep -q ' /outside/inner ' /proc/self/mountinfo && echo inner-mounted
-echo umask=$(umask)`
+echo umask=$(umask) home=$HOME tmpmode=$(stat -c %a /tmp)`
 	req := &execRequest{args: []string{"/bin/sh", "-c", script}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1,
-		create: newCreateRequest(cfg, "")}
+		lookupHome: true, create: newCreateRequest(cfg, "")}
 	umask := uint32(0o022)
 	req.umask = &umask
 
@@ -159,7 +169,7 @@ echo umask=$(umask)`
 		t.Errorf("exit %d", st.ExitCode())
 	}
 	for _, want := range []string{"pid=1\n", "engine-test\n", "null=1:3\n", "ptmx=pts/ptmx fd=/proc/self/fd\n", "root-ro\n", "tmp-ro\n",
-		"hello from the host\n", "sys-ro\n", "timer_list=0\n", "inner-mounted\n", "umask=0022\n"} {
+		"hello from the host\n", "sys-ro\n", "timer_list=0\n", "inner-mounted\n", "umask=0022 home=/root-home tmpmode=1777\n"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the container's output lacks %q", want)
 		}

@@ -4,13 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/opencontainers/cgroups"
-	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
@@ -19,8 +17,8 @@ import (
 )
 
 // engineContainer is a container the create engine made: its init is a child of the agent
-// that the helper forked into the container's namespaces, its cgroup is managed here with
-// libcontainer's cgroup manager, as libcontainer's container manages its own.
+// that the helper forked into the container's namespaces, its cgroup is managed here
+// (containerCgroup: as libcontainer's cgroup manager manages its own container's).
 type engineContainer struct {
 	id      string
 	helper  string
@@ -30,7 +28,7 @@ type engineContainer struct {
 
 	mu      sync.Mutex
 	cfg     configs.Config
-	cgroup  cgroups.Manager
+	cgroup  *containerCgroup
 	init    *os.Process
 	start   *os.File // the start pipe's write end until Exec
 	report  *os.File // the init's report pipe until Exec
@@ -43,11 +41,11 @@ var _ containerEngine = (*engineContainer)(nil)
 // newEngineContainer prepares a container of the create engine; Start makes it. late are
 // the rlimits split off cfg (splitLateRlimits), seccomp compiles its profile.
 func newEngineContainer(id, helper string, cfg *configs.Config, late []configs.Rlimit, seccomp seccompCompiler, tr *stepTrace) (*engineContainer, error) {
-	mgr, err := manager.New(cfg.Cgroups)
+	cg, err := newContainerCgroup(cfg.Cgroups)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: cgroup manager: %w", id, err)
 	}
-	return &engineContainer{id: id, helper: helper, seccomp: seccomp, late: late, tr: tr, cfg: *cfg, cgroup: mgr}, nil
+	return &engineContainer{id: id, helper: helper, seccomp: seccomp, late: late, tr: tr, cfg: *cfg, cgroup: cg}, nil
 }
 
 // initProcess is the init Start made, as the agent waits for and signals it.
@@ -64,12 +62,12 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	if !lp.Init {
 		return errors.New("the create engine starts a container's init only")
 	}
-	if err := e.cgroup.Apply(-1); err != nil {
+	if err := e.cgroup.create(); err != nil {
 		return fmt.Errorf("container %q: create the cgroup: %w", e.id, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = e.cgroup.Destroy()
+			_ = e.cgroup.destroy()
 		}
 	}()
 	e.tr.mark("engine: cgroup made")
@@ -81,7 +79,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 		umask := uint32(0o022) // libcontainer's finalizeRootfs default
 		req.umask = &umask
 	}
-	dir := e.cgroup.Path("")
+	dir := e.cgroup.dir
 	req.create = newCreateRequest(&e.cfg, dir)
 	req.traceSteps = e.tr != nil
 	var namespaces []nsFile
@@ -120,7 +118,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	// opened what it needed, before its program runs: where libcontainer sets them too
 	// (the init's "hooks" sync, after the rootfs's devices), and with the helper gone (a
 	// pids limit of 1 counts the init alone).
-	if err := e.cgroup.Set(e.cfg.Cgroups.Resources); err != nil {
+	if err := e.cgroup.set(e.cfg.Cgroups.Resources); err != nil {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 		report.Close()
@@ -164,7 +162,9 @@ func (e *engineContainer) Exec() error {
 	return nil
 }
 
-// exitedLocked tells whether the init is gone (a zombie counts: it runs nothing).
+// exitedLocked tells whether the init is gone (a zombie counts: it runs nothing). The init
+// is the agent's child (the helper forked it with CLONE_PARENT): waitid tells without
+// reaping it.
 func (e *engineContainer) exitedLocked() bool {
 	if e.init == nil {
 		return true
@@ -172,19 +172,14 @@ func (e *engineContainer) exitedLocked() bool {
 	if err := e.init.Signal(syscall.Signal(0)); err != nil {
 		return true
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(e.init.Pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	state, _, ok := parseStat(b)
-	return !ok || state == 'Z' || state == 'X'
+	return childExited(e.init.Pid)
 }
 
 func (e *engineContainer) statusLocked() (libcontainer.Status, error) {
 	if e.exitedLocked() {
 		return libcontainer.Stopped, nil
 	}
-	st, err := e.cgroup.GetFreezerState()
+	st, err := e.cgroup.freezerState()
 	if err != nil {
 		return libcontainer.Stopped, fmt.Errorf("container %q: freezer state: %w", e.id, err)
 	}
@@ -206,7 +201,7 @@ func (e *engineContainer) Status() (libcontainer.Status, error) {
 func (e *engineContainer) State() (*libcontainer.State, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := &libcontainer.State{CgroupPaths: e.cgroup.GetPaths()}
+	st := &libcontainer.State{CgroupPaths: map[string]string{"": e.cgroup.dir}}
 	st.ID, st.Config = e.id, e.cfg
 	if e.init != nil {
 		st.InitProcessPid = e.init.Pid
@@ -227,7 +222,7 @@ func (e *engineContainer) Signal(sig os.Signal) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if sig == unix.SIGKILL && !e.cfg.Namespaces.IsPrivate(configs.NEWPID) {
-		if !e.cgroup.Exists() {
+		if !e.cgroup.exists() {
 			if e.exitedLocked() {
 				return libcontainer.ErrNotRunning
 			}
@@ -249,14 +244,14 @@ func (e *engineContainer) Signal(sig os.Signal) error {
 
 // killAllLocked kills every process of the cgroup (cgroup.kill).
 func (e *engineContainer) killAllLocked() error {
-	if err := cgroups.WriteFile(e.cgroup.Path(""), "cgroup.kill", "1"); err != nil {
+	if err := cgroups.WriteFile(e.cgroup.dir, "cgroup.kill", "1"); err != nil {
 		return fmt.Errorf("container %q: kill its cgroup: %w", e.id, err)
 	}
 	return nil
 }
 
 func (e *engineContainer) Processes() ([]int, error) {
-	return e.cgroup.GetAllPids()
+	return e.cgroup.pids()
 }
 
 func (e *engineContainer) Pause() error {
@@ -269,7 +264,7 @@ func (e *engineContainer) Pause() error {
 	if st != libcontainer.Running && st != libcontainer.Created {
 		return libcontainer.ErrNotRunning
 	}
-	return e.cgroup.Freeze(cgroups.Frozen)
+	return e.cgroup.freeze(cgroups.Frozen)
 }
 
 func (e *engineContainer) Resume() error {
@@ -282,11 +277,11 @@ func (e *engineContainer) Resume() error {
 	if st != libcontainer.Paused {
 		return libcontainer.ErrNotPaused
 	}
-	return e.cgroup.Freeze(cgroups.Thawed)
+	return e.cgroup.freeze(cgroups.Thawed)
 }
 
 func (e *engineContainer) Stats() (*libcontainer.Stats, error) {
-	st, err := e.cgroup.GetStats()
+	st, err := e.cgroup.stats()
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +294,7 @@ func (e *engineContainer) Set(cfg configs.Config) error {
 	if st, err := e.statusLocked(); err != nil || st == libcontainer.Stopped {
 		return libcontainer.ErrNotRunning
 	}
-	if err := e.cgroup.Set(cfg.Cgroups.Resources); err != nil {
+	if err := e.cgroup.set(cfg.Cgroups.Resources); err != nil {
 		return err
 	}
 	e.cfg = cfg
@@ -317,10 +312,10 @@ func (e *engineContainer) Destroy() error {
 			*f = nil
 		}
 	}
-	if e.cgroup.Exists() {
+	if e.cgroup.exists() {
 		if err := e.killAllLocked(); err != nil {
 			return err
 		}
 	}
-	return e.cgroup.Destroy()
+	return e.cgroup.destroy()
 }

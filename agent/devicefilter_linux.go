@@ -1,39 +1,46 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
-	"strings"
+	"runtime"
 	"sync"
 	"unsafe"
 
 	"github.com/opencontainers/cgroups"
-	devices "github.com/opencontainers/cgroups/devices/config"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
-// Every container's cgroup gets a device filter: an eBPF program that libcontainer generates
-// from the container's device rules, loads (BPF_PROG_LOAD: the kernel's verifier walks it)
-// and attaches to the cgroup. Under TCG a guest's first load runs the verifier's code for the
+// Every container's cgroup gets a device filter: an eBPF program generated from the
+// container's device rules, loaded (BPF_PROG_LOAD: the kernel's verifier walks it) and
+// attached to the cgroup. Under TCG a guest's first load runs the verifier's code for the
 // first time: 20-40 ms of a cold guest's or a template clone's first container, against 3 ms
 // once translated (docs/performance.md). A program depends on nothing but the rules it was
 // generated from and holds no state (no maps), so one loaded program can be attached to any
-// number of cgroups with the same rules, and the agent keeps the programs it loaded: a
-// container whose rules were seen before gets the same program attached, without a load.
+// number of cgroups, and the agent keeps the programs it loaded: a container whose rules
+// compile to a program seen before gets the same program attached, without a load.
 // The warm-up's container loads the one for runc's default rules; a template saves it with
 // the agent's memory, so every clone has it loaded already.
+//
+// A new cgroup's program is generated (deviceProgram: libcontainer's, byte for byte),
+// loaded and attached here; libcontainer's own setter, which also probes the kernel for
+// BPF_F_REPLACE with a program of its own (a second verifier run in a cold guest), replaces
+// the filter of a cgroup that has one (an update) and does whatever this refuses, so that
+// its errors are what a user sees.
 
 // maxDeviceFilters bounds the programs kept: each is an fd and a few KiB of kernel memory,
 // and the rules come from the host's specs, which may all differ.
 const maxDeviceFilters = 16
 
-// deviceFilters attaches kept programs, and loads (through libcontainer) the others.
+// deviceFilters attaches kept programs, and generates and loads the others.
 type deviceFilters struct {
-	// load is libcontainer's cgroups.DevicesSetV2: generates, loads and attaches.
+	// load is libcontainer's cgroups.DevicesSetV2: generates, loads and attaches, replacing
+	// the program of a cgroup that has one.
 	load func(dir string, r *cgroups.Resources) error
 
 	mu    sync.Mutex
-	progs map[string]int // rules key → the program's fd, held by the agent
+	progs map[string]int // the program's instructions → its fd, held by the agent
 	// ids receives BPF_PROG_QUERY's answer. The kernel writes it through a pointer held as
 	// an integer, so it lives on the heap, where Go never moves memory (a stack may be
 	// copied between taking the address and the system call).
@@ -51,85 +58,86 @@ func installDeviceFilters() {
 }
 
 func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
-	if r.SkipDevices {
+	insns, ok := deviceProgram(r.Devices)
+	if r.SkipDevices || !ok {
 		return f.load(dir, r)
 	}
-	key := deviceRulesKey(r.Devices)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if prog, ok := f.progs[key]; ok {
-		// Only on a cgroup that has no filter yet (a new container's): a cgroup whose rules
-		// change (an update) goes through libcontainer, which replaces the old program.
-		attached, err := f.attachIfNone(dir, prog)
-		if err == nil && attached {
-			// A trace step with runv.trace=1 (libcontainer's debug lines go there).
-			logrus.Debugf("device filter: the program kept for these rules attached")
-			return nil
-		}
-		if err != nil {
-			logrus.Warnf("device filter: %v; loading one", err)
-		}
-	}
-	if err := f.load(dir, r); err != nil {
-		return err
-	}
-	if _, ok := f.progs[key]; !ok && len(f.progs) < maxDeviceFilters {
-		if prog, err := f.attachedDeviceFilter(dir); err == nil {
-			f.progs[key] = prog
-		}
-	}
-	return nil
-}
-
-// deviceRulesKey identifies the program libcontainer generates for rules: the rules in
-// their order, which the program follows.
-func deviceRulesKey(rules []*devices.Rule) string {
-	var b strings.Builder
-	for _, r := range rules {
-		fmt.Fprintf(&b, "%c %d:%d %s %t;", r.Type, r.Major, r.Minor, r.Permissions, r.Allow)
-	}
-	return b.String()
-}
-
-// attachIfNone attaches prog to the cgroup dir as libcontainer does (BPF_F_ALLOW_MULTI),
-// unless a device filter is attached there already (false).
-func (f *deviceFilters) attachIfNone(dir string, prog int) (bool, error) {
 	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false, err
+		return f.load(dir, r) // libcontainer reports it
 	}
 	defer unix.Close(fd)
-	ids, err := f.queryDeviceFilters(fd)
-	if err != nil || len(ids) > 0 {
-		return false, err
+	// Only a cgroup without a filter (a new container's): a cgroup whose rules change (an
+	// update) goes through libcontainer, which replaces the old program.
+	if ids, err := f.queryDeviceFilters(fd); err == nil && len(ids) == 0 {
+		kept, err := f.attachNew(fd, insns)
+		if err == nil {
+			if kept {
+				// A trace step with runv.trace=1 (libcontainer's debug lines go there); not
+				// for a new program, whose formatting would be the traced run's alone.
+				logrus.Debugf("device filter: the program kept for these rules attached")
+			}
+			return nil
+		}
+		logrus.Debugf("device filter of %s: %v; libcontainer sets it", dir, err)
+	}
+	return f.load(dir, r)
+}
+
+// attachNew attaches a device filter program to a cgroup that has none, as libcontainer
+// does (BPF_F_ALLOW_MULTI): the same program kept loaded (true), else the program loaded,
+// then kept.
+func (f *deviceFilters) attachNew(cgroupFd int, insns []byte) (bool, error) {
+	prog, kept := f.progs[string(insns)]
+	if !kept {
+		var err error
+		if prog, err = loadDeviceProgram(insns); err != nil {
+			return false, err
+		}
 	}
 	attr := struct {
 		targetFd, attachBpfFd, attachType, attachFlags uint32
-	}{uint32(fd), uint32(prog), unix.BPF_CGROUP_DEVICE, unix.BPF_F_ALLOW_MULTI}
-	if _, err := bpfCall(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr)); err != nil {
-		return false, fmt.Errorf("attach device filter to %s: %w", dir, err)
+	}{uint32(cgroupFd), uint32(prog), unix.BPF_CGROUP_DEVICE, unix.BPF_F_ALLOW_MULTI}
+	_, err := bpfCall(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	switch {
+	case kept:
+	case err == nil && len(f.progs) < maxDeviceFilters:
+		f.progs[string(insns)] = prog
+	default:
+		unix.Close(prog) // attached, the cgroup holds it
 	}
-	return true, nil
+	if err != nil {
+		return false, fmt.Errorf("attach device filter: %w", err)
+	}
+	return kept, nil
 }
 
-// attachedDeviceFilter returns an fd of the one device filter attached to the cgroup dir.
-func (f *deviceFilters) attachedDeviceFilter(dir string) (int, error) {
-	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
+// deviceFilterLicense is the program's license (libcontainer's); a package variable, so
+// that the address handed to the kernel as an integer never moves.
+var deviceFilterLicense = []byte("Apache\x00")
+
+// loadDeviceProgram loads a BPF_PROG_TYPE_CGROUP_DEVICE program (its instructions, which
+// the caller keeps on the heap) and returns its fd, close-on-exec as every bpf(2) fd.
+func loadDeviceProgram(insns []byte) (int, error) {
+	attr := struct {
+		progType, insnCnt uint32
+		insns, license    uint64
+	}{unix.BPF_PROG_TYPE_CGROUP_DEVICE, uint32(len(insns) / 8),
+		uint64(uintptr(unsafe.Pointer(unsafe.SliceData(insns)))), uint64(uintptr(unsafe.Pointer(unsafe.SliceData(deviceFilterLicense))))}
+	// The verifier gives up with EAGAIN when a signal arrives (libcontainer retries too).
+	for range 30 {
+		fd, err := bpfCall(unix.BPF_PROG_LOAD, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+		runtime.KeepAlive(insns)
+		if err != unix.EAGAIN {
+			if err != nil {
+				return -1, fmt.Errorf("load device filter: %w", err)
+			}
+			return int(fd), nil
+		}
 	}
-	defer unix.Close(fd)
-	ids, err := f.queryDeviceFilters(fd)
-	if err != nil {
-		return -1, err
-	}
-	if len(ids) != 1 {
-		return -1, fmt.Errorf("%d device filters attached to %s, expected one", len(ids), dir)
-	}
-	attr := struct{ id uint32 }{ids[0]}
-	// bpf(2) makes its fds close-on-exec: containers do not inherit the kept programs.
-	prog, err := bpfCall(unix.BPF_PROG_GET_FD_BY_ID, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
-	return int(prog), err
+	return -1, errors.New("load device filter: interrupted 30 times")
 }
 
 // queryDeviceFilters lists the ids of the device filters attached to the cgroup fd. The

@@ -25,6 +25,8 @@ type Handler func(ctx context.Context, req *Request) (any, error)
 type Dispatcher struct {
 	log      *logger
 	handlers map[agentproto.MsgType]Handler
+	// route finds the handler of a type Handle did not register (nil: none).
+	route func(agentproto.MsgType) Handler
 
 	// wmu makes each frame one uninterrupted write: replies and events come from many
 	// goroutines.
@@ -42,6 +44,12 @@ func NewDispatcher(ctx context.Context, w io.Writer, log *logger) *Dispatcher {
 
 // Handle registers h for commands of type t.
 func (d *Dispatcher) Handle(t agentproto.MsgType, h Handler) { d.handlers[t] = h }
+
+// Route has route find the handler of every command type Handle did not register (nil
+// from route: unsupported). A switch finds the agent's handlers: in a cold guest, every
+// line of a registration function is code translated at boot, and a switch runs only the
+// cases of the commands that come.
+func (d *Dispatcher) Route(route func(agentproto.MsgType) Handler) { d.route = route }
 
 // Send writes one unsolicited frame (READY, PROCESSEXIT): id 0, payload may be nil. It
 // blocks while the host side is disconnected, and resumes when it comes back.
@@ -85,8 +93,11 @@ func (d *Dispatcher) Serve(r io.Reader) error {
 			return fmt.Errorf("%w: %s frame without a command id", agentproto.ErrProtocol, f.Type)
 		}
 		req := &Request{Frame: f, d: d}
-		h, ok := d.handlers[f.Type]
-		if !ok {
+		h := d.handlers[f.Type]
+		if h == nil && d.route != nil {
+			h = d.route(f.Type)
+		}
+		if h == nil {
 			// Unknown or guest-to-host type: refuse it and carry on, a newer host may
 			// probe for commands this agent does not have.
 			d.reply(req, nil, errorf(agentproto.KindInvalid, "unsupported command %s", f.Type))

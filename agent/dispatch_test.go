@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -271,5 +272,50 @@ func TestDispatcherCleanEOF(t *testing.T) {
 	host.Close()
 	if err := <-done; !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
 		t.Fatalf("Serve returned %v, want EOF", err)
+	}
+}
+
+// Route finds the handlers Handle did not register; Handle's win; a type neither knows is
+// refused as unsupported.
+func TestDispatcherRoute(t *testing.T) {
+	answer := func(v int) Handler {
+		return func(context.Context, *Request) (any, error) { return agentproto.ProcessStarted{Pid: v}, nil }
+	}
+	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
+		d.Handle(agentproto.MsgStats, answer(1))
+		d.Route(func(typ agentproto.MsgType) Handler {
+			switch typ {
+			case agentproto.MsgStats:
+				return answer(2)
+			case agentproto.MsgListProcesses:
+				return answer(3)
+			}
+			return nil
+		})
+	})
+	for i, c := range []struct {
+		typ     agentproto.MsgType
+		wantPid int // 0: want an ERROR
+	}{
+		{agentproto.MsgStats, 1},
+		{agentproto.MsgListProcesses, 3},
+		{agentproto.MsgPauseContainer, 0},
+	} {
+		id := uint64(i + 1)
+		send(t, host, c.typ, id, agentproto.ContainerRef{Container: "c"})
+		f := recv(t, host)
+		if f.ID != id {
+			t.Fatalf("%s: reply for id %d, want %d", c.typ, f.ID, id)
+		}
+		if c.wantPid == 0 {
+			if f.Type != agentproto.MsgError || !strings.Contains(f.Error.Message, "unsupported") {
+				t.Fatalf("%s: got %s %+v, want ERROR unsupported", c.typ, f.Type, f.Error)
+			}
+			continue
+		}
+		var ps agentproto.ProcessStarted
+		if f.Type != agentproto.MsgAck || f.Unmarshal(&ps) != nil || ps.Pid != c.wantPid {
+			t.Fatalf("%s: got %s %s, want ACK from handler %d", c.typ, f.Type, f.Data, c.wantPid)
+		}
 	}
 }

@@ -311,7 +311,7 @@ func (p *qemuPhases) report(t *testing.T) {
 	for _, m := range p.marks {
 		fmt.Fprintf(&b, "  %-22s QEMU CPU %7.1f ms", m.phase, ms(m.cpu-prev.cpu))
 		if log != nil && m.logSize <= int64(len(log)) {
-			fmt.Fprintf(&b, "   blocks translated %6d", bytes.Count(log[prev.logSize:m.logSize], []byte("\nIN:")))
+			fmt.Fprintf(&b, "   blocks translated %6d (log bytes %d-%d)", bytes.Count(log[prev.logSize:m.logSize], []byte("\nIN:")), prev.logSize, m.logSize)
 		}
 		b.WriteString("\n")
 		prev = m

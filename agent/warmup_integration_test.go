@@ -3,6 +3,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -21,8 +23,23 @@ func TestVMWarmupScopes(t *testing.T) {
 	if pod.CreateMillis != 0 {
 		t.Errorf("the pod's start's warm-up created a container (in %d ms)", pod.CreateMillis)
 	}
-	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Scope: agentproto.WarmupContainer}, &light)
+	// The light one on a rootfs the host made in the share (as a pool's holder does): the
+	// agent uses it and leaves it to the host; the full one makes and removes its own.
+	hostDir := filepath.Join(v.share, agentproto.WarmupShareDir)
+	if err := agentproto.MakeWarmupRootfs(filepath.Join(hostDir, "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Scope: agentproto.WarmupContainer, HostRootfs: true}, &light)
+	if _, err := os.Stat(filepath.Join(hostDir, "rootfs", "etc", "passwd")); err != nil {
+		t.Errorf("the agent removed the rootfs the host made: %v", err)
+	}
+	if err := os.RemoveAll(hostDir); err != nil {
+		t.Fatal(err)
+	}
 	v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}, &full)
+	if _, err := os.Stat(hostDir); !os.IsNotExist(err) {
+		t.Errorf("the full warm-up left its rootfs in the share: %v", err)
+	}
 	t.Logf("light warm-up: created in %d ms, gone after %d; full after it: %d, %d", light.CreateMillis, light.TotalMillis, full.CreateMillis, full.TotalMillis)
 	v.waitConsole("warm-up of the pod's start", 1)
 	v.waitConsole(`(scope: "container")`, 1)

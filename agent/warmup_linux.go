@@ -29,7 +29,7 @@ func IsWarmupNoop(args []string) bool { return len(args) > 1 && args[1] == Warmu
 // share, shareWarmupDir, as a pod's containers' are.
 const (
 	warmupDir      = "/run/runv/warmup"
-	shareWarmupDir = agentproto.SharePath + "/.runv-warmup"
+	shareWarmupDir = agentproto.SharePath + "/" + agentproto.WarmupShareDir
 	warmupID       = "runv-warmup"
 )
 
@@ -101,12 +101,13 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		return res, nil
 	}
 	rootfs := filepath.Join(dir, "rootfs")
-	if err := prepareWarmupRoot(rootfs); err != nil {
-		removeWarmupRoot(dir)
+	hostMade := wr.HostRootfs && dir == shareWarmupDir
+	if err := prepareWarmupRoot(rootfs, hostMade); err != nil {
+		removeWarmupRoot(dir, hostMade)
 		return nil, err
 	}
 	defer func() {
-		removeWarmupRoot(dir)
+		removeWarmupRoot(dir, hostMade)
 		tr.mark("rootfs removed")
 	}()
 
@@ -252,33 +253,27 @@ func warmupPayloads() error {
 	return nil
 }
 
-// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init, the
-// mountpoints of runc's default mounts and an /etc/passwd (the init reads HOME from it).
-func prepareWarmupRoot(rootfs string) error {
-	for _, d := range []string{"proc", "sys", "dev", "etc"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			return fmt.Errorf("warm-up: %w", err)
+// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init
+// (agentproto.MakeWarmupRootfs), unless the host made it (hostMade), and binds the binary.
+func prepareWarmupRoot(rootfs string, hostMade bool) error {
+	if !hostMade {
+		if err := agentproto.MakeWarmupRootfs(rootfs); err != nil {
+			return err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	self := filepath.Join(rootfs, "init")
-	f, err := os.OpenFile(self, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	f.Close()
-	if err := unix.Mount("/init", self, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount("/init", filepath.Join(rootfs, "init"), "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("warm-up: bind /init: %w", err)
 	}
 	return nil
 }
 
-// removeWarmupRoot removes what prepareWarmupRoot made under dir.
-func removeWarmupRoot(dir string) {
+// removeWarmupRoot unbinds the binary and removes what prepareWarmupRoot made under dir;
+// the host removes what it made (hostMade).
+func removeWarmupRoot(dir string, hostMade bool) {
 	unix.Unmount(filepath.Join(dir, "rootfs", "init"), unix.MNT_DETACH)
-	os.RemoveAll(dir)
+	if !hostMade {
+		os.RemoveAll(dir)
+	}
 }
 
 // warmupExec runs the warm-up program once more, through the exec helper, in the warm-up

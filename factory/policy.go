@@ -191,14 +191,7 @@ func New(ctx context.Context, o Options, policy []Policy) (Factory, error) {
 	}
 	r := &bySize{fallback: direct}
 	for i, p := range policy {
-		base := o.Base
-		if p.CPU > 0 {
-			base.CPUs = p.CPU
-		}
-		if p.Memory > 0 {
-			base.MemoryMiB = p.Memory
-		}
-		base = templateDefaults(base)
+		base := entryBase(o.Base, p)
 		var f Factory = NewDirect(o.Launcher, base)
 		if p.Template {
 			t, err := NewTemplate(o.Launcher, base, TemplateOptions{Dir: o.TemplateDir, Name: p.Name, Create: true, Fallback: f})
@@ -231,9 +224,59 @@ func New(ctx context.Context, o Options, policy []Policy) (Factory, error) {
 	return r, nil
 }
 
+// entryBase is the VM configuration of policy entry p's VMs.
+func entryBase(base hypervisor.Config, p Policy) hypervisor.Config {
+	if p.CPU > 0 {
+		base.CPUs = p.CPU
+	}
+	if p.Memory > 0 {
+		base.MemoryMiB = p.Memory
+	}
+	return templateDefaults(base)
+}
+
+// EntryFor is the index of the policy entry whose factory New gives a request of cpus and
+// memoryMiB (0: the default), or -1 when the request is booted directly. base is New's
+// Options.Base.
+func EntryFor(policy []Policy, base hypervisor.Config, cpus, memoryMiB int) int {
+	switch len(policy) {
+	case 0:
+		return -1
+	case 1:
+		return 0 // New's only entry takes every request
+	}
+	sizes := make([]sized, len(policy))
+	for i, p := range policy {
+		b := entryBase(base, p)
+		sizes[i] = sized{cpus: b.CPUs, memoryMiB: b.MemoryMiB}
+	}
+	i, _, _ := entryOfSize(sizes, cpus, memoryMiB)
+	return i
+}
+
 type sized struct {
 	cpus, memoryMiB int
 	f               Factory
+}
+
+// entryOfSize is the index of the entry a request of cpus and mem (0: the first entry's)
+// goes to, or -1 for none, and the size asked for with the defaults filled in.
+func entryOfSize(entries []sized, cpus, mem int) (int, int, int) {
+	if cpus == 0 && mem == 0 {
+		return 0, entries[0].cpus, entries[0].memoryMiB
+	}
+	if cpus == 0 {
+		cpus = entries[0].cpus
+	}
+	if mem == 0 {
+		mem = entries[0].memoryMiB
+	}
+	for i, e := range entries {
+		if e.cpus == cpus && e.memoryMiB == mem {
+			return i, cpus, mem
+		}
+	}
+	return -1, cpus, mem
 }
 
 // bySize sends each request to the entry of its size.
@@ -243,21 +286,9 @@ type bySize struct {
 }
 
 func (b *bySize) GetVM(ctx context.Context, req Request) (hypervisor.VM, error) {
-	if req.CPUs == 0 && req.MemoryMiB == 0 {
-		return b.entries[0].f.GetVM(ctx, req)
-	}
-	def := b.entries[0]
-	cpus, mem := req.CPUs, req.MemoryMiB
-	if cpus == 0 {
-		cpus = def.cpus
-	}
-	if mem == 0 {
-		mem = def.memoryMiB
-	}
-	for _, e := range b.entries {
-		if e.cpus == cpus && e.memoryMiB == mem {
-			return e.f.GetVM(ctx, req)
-		}
+	i, cpus, mem := entryOfSize(b.entries, req.CPUs, req.MemoryMiB)
+	if i >= 0 {
+		return b.entries[i].f.GetVM(ctx, req)
 	}
 	// Direct boots take the size from the request: fill in what it left to the default.
 	req.CPUs, req.MemoryMiB = cpus, mem

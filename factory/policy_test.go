@@ -111,6 +111,30 @@ func TestBySize(t *testing.T) {
 	}
 }
 
+// EntryFor names the entry New's factory routes a request to, as bySize does.
+func TestEntryFor(t *testing.T) {
+	base := hypervisor.Config{CPUs: 1, MemoryMiB: 128}
+	two := []Policy{{Cache: 2}, {CPU: 2, Memory: 512}}
+	for _, tt := range []struct {
+		name      string
+		policy    []Policy
+		cpus, mem int
+		want      int
+	}{
+		{"no policy: direct", nil, 1, 128, -1},
+		{"one entry takes every size", []Policy{{Cache: 2}}, 4, 4096, 0},
+		{"default size: the first entry", two, 0, 0, 0},
+		{"the first entry's size", two, 1, 128, 0},
+		{"the second entry's size", two, 2, 512, 1},
+		{"cpus default to the first entry's", two, 0, 128, 0},
+		{"no entry of that size: direct", two, 2, 0, -1},
+	} {
+		if got := EntryFor(tt.policy, base, tt.cpus, tt.mem); got != tt.want {
+			t.Errorf("%s: EntryFor(%d, %d) = %d, want %d", tt.name, tt.cpus, tt.mem, got, tt.want)
+		}
+	}
+}
+
 func TestNewFromPolicy(t *testing.T) {
 	l := &fakeLauncher{}
 	ctx := context.Background()

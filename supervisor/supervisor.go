@@ -131,14 +131,14 @@ func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	}
 	s := &Supervisor{
 		cfg:        cfg,
-		share:      filepath.Join(cfg.Dir, "share"),
+		share:      ShareDir(cfg.Dir),
 		ready:      make(chan struct{}),
 		sized:      make(chan factory.Request, 1),
 		closing:    make(chan struct{}),
 		containers: map[string]*container{},
 		empty:      make(chan struct{}),
 	}
-	for _, d := range []string{s.share, filepath.Join(cfg.Dir, "vm")} {
+	for _, d := range []string{s.share, VMDir(cfg.Dir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", cfg.PodID, err)
 		}
@@ -151,6 +151,12 @@ func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	go s.boot(logging.With(context.WithoutCancel(ctx), "pod", cfg.PodID))
 	return s, nil
 }
+
+// VMDir is the directory of the VM of the pod in podDir (QEMU's files, sockets and logs).
+func VMDir(podDir string) string { return filepath.Join(podDir, "vm") }
+
+// ShareDir is the directory the VM of the pod in podDir shares with its guest over 9p.
+func ShareDir(podDir string) string { return filepath.Join(podDir, "share") }
 
 // EverHadContainer reports whether a container was ever created in the pod: a daemon
 // that never got one after a while lost its client.
@@ -200,7 +206,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 	log := logging.G(ctx)
 	start := time.Now()
 	req.ID = s.cfg.PodID
-	req.Dir = filepath.Join(s.cfg.Dir, "vm")
+	req.Dir = VMDir(s.cfg.Dir)
 	req.ShareDir = s.share
 	vm, err := s.cfg.Factory.GetVM(ctx, req)
 	if err != nil {

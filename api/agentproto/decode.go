@@ -3,6 +3,7 @@ package agentproto
 import (
 	"bytes"
 	"encoding"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -29,8 +30,9 @@ import (
 // keys skipped; a later duplicate key winning; null clearing a pointer, map or slice and
 // leaving other values alone; numbers range-checked. Any other value, and any value whose
 // JSON does not fit its type, is handed to encoding/json as it stands (its subtree only),
-// so types with their own UnmarshalJSON, []byte's base64, interfaces, embedded structs and
-// the errors are encoding/json's.
+// so types with their own UnmarshalJSON, interfaces, embedded structs and the errors are
+// encoding/json's. A []byte is base64 as encoding/json reads it; json.RawMessage keeps
+// the value's bytes.
 func unmarshal(data []byte, v any) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || !json.Valid(data) {
@@ -172,6 +174,14 @@ func (l *lexer) decode(v reflect.Value) error {
 	case c == '"' && t.Kind() == reflect.String:
 		v.SetString(l.str())
 		return nil
+	case c == '"' && t == bytesType:
+		// base64, as encoding/json reads a []byte; its error if the text is not.
+		start := l.pos
+		if b, err := base64.StdEncoding.DecodeString(l.str()); err == nil {
+			v.SetBytes(b)
+			return nil
+		}
+		l.pos = start
 	case (c == 't' || c == 'f') && t.Kind() == reflect.Bool:
 		v.SetBool(c == 't')
 		l.value()
@@ -279,6 +289,7 @@ func (l *lexer) decodeSlice(v reflect.Value) error {
 
 var (
 	rawMessageType      = reflect.TypeFor[json.RawMessage]()
+	bytesType           = reflect.TypeFor[[]byte]()
 	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
@@ -317,7 +328,9 @@ func decodesItself(t reflect.Type) bool {
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
 		reflect.Float32, reflect.Float64:
 	case reflect.Slice:
-		ok = ok && t.Elem().Kind() != reflect.Uint8 // []byte: base64, encoding/json's
+		// Of the slices of bytes, whose JSON is base64, only []byte itself: encoding/json
+		// has rules for byte types with methods.
+		ok = ok && (t.Elem().Kind() != reflect.Uint8 || t == bytesType)
 	case reflect.Map:
 		ok = ok && t.Key().Kind() == reflect.String && !reflect.PointerTo(t.Key()).Implements(textUnmarshalerType)
 	case reflect.Struct:

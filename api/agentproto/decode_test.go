@@ -139,6 +139,12 @@ func TestUnmarshalAgreesWithEncodingJSON(t *testing.T) {
 		{"float32 overflow", `{"f32":1e39}`, numbers{}},
 		{"bad base64", `{"b":"!!"}`, numbers{}},
 		{"bytes as an array of numbers", `{"b":[1,2,3]}`, numbers{}},
+		{"empty bytes", `{"b":""}`, numbers{}},
+		{"null bytes", `{"b":null}`, numbers{}},
+		{"base64 with an escaped newline", `{"b":"AA\nEC"}`, numbers{}},
+		{"base64 with padding", `{"b":"AAE="}`, numbers{}},
+		{"base64 without its padding", `{"b":"AAE"}`, numbers{}},
+		{"a number into bytes", `{"b":1}`, numbers{}},
 		{"string into int", `{"i":"1"}`, numbers{}},
 		{"object into string", `{"id":{}}`, Container{}},
 		{"array into struct", `{"io":[]}`, Container{}},
@@ -169,6 +175,10 @@ func TestUnmarshalLearnsOnlyTheTypesInTheData(t *testing.T) {
 	if err := unmarshal(mustJSON(t, Container{ID: "c1", Spec: exampleSpec()}), &c); err != nil {
 		t.Fatal(err)
 	}
+	var p Pod
+	if err := unmarshal(mustJSON(t, Pod{ID: "p", Entropy: []byte{1, 2, 3}}), &p); err != nil {
+		t.Fatal(err)
+	}
 	typesMu.Lock()
 	defer typesMu.Unlock()
 	var learned []string
@@ -179,6 +189,9 @@ func TestUnmarshalLearnsOnlyTheTypesInTheData(t *testing.T) {
 		if _, ok := decodes[reflect.TypeOf(absent)]; ok {
 			t.Errorf("unmarshal learned %T, which the data does not contain (learned: %s)", absent, strings.Join(learned, ", "))
 		}
+	}
+	if !decodes[reflect.TypeOf([]byte(nil))] {
+		t.Errorf("unmarshal did not decode a pod's entropy ([]byte) itself (learned: %s)", strings.Join(learned, ", "))
 	}
 	if !decodes[reflect.TypeOf(specs.LinuxSeccomp{})] {
 		t.Errorf("unmarshal did not decode the spec's seccomp section itself (learned: %s)", strings.Join(learned, ", "))

@@ -142,18 +142,16 @@ const (
 // WriteControl encodes f as one frame. The write is a single call so that concurrent writers
 // serialised by the caller's lock never interleave partial frames.
 func WriteControl(w io.Writer, f ControlFrame) error {
-	body, err := json.Marshal(envelope{ID: f.ID, Data: f.Data, Error: f.Error})
+	buf, err := appendEnvelope(make([]byte, controlHeaderSize, controlHeaderSize+64+len(f.Data)), f)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", f.Type, err)
 	}
-	total := controlHeaderSize + len(body)
+	total := len(buf)
 	if total > MaxControlFrame {
 		return fmt.Errorf("%w: %s frame of %d bytes exceeds the %d-byte cap", ErrProtocol, f.Type, total, MaxControlFrame)
 	}
-	buf := make([]byte, total)
 	binary.BigEndian.PutUint32(buf[0:4], uint32(f.Type))
 	binary.BigEndian.PutUint32(buf[4:8], uint32(total))
-	copy(buf[controlHeaderSize:], body)
 	_, err = w.Write(buf)
 	return err
 }
@@ -179,7 +177,7 @@ func ReadControl(r io.Reader) (ControlFrame, error) {
 	f := ControlFrame{Type: t}
 	if len(body) > 0 {
 		var env envelope
-		if err := json.Unmarshal(body, &env); err != nil {
+		if err := unmarshal(body, &env); err != nil {
 			return ControlFrame{}, fmt.Errorf("%w: %s frame body is not valid JSON: %v", ErrProtocol, t, err)
 		}
 		f.ID, f.Data, f.Error = env.ID, env.Data, env.Error

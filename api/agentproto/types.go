@@ -183,6 +183,19 @@ func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
 	if payload == nil {
 		return f, nil
 	}
+	// The guest's own frames on a pod's way to its first container are encoded by hand
+	// (encode.go); the rest by encoding/json.
+	switch p := payload.(type) {
+	case VersionInfo:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	case ProcessStarted:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	case ProcessExit:
+		f.Data = p.appendJSON(nil)
+		return f, nil
+	}
 	b, err := json.Marshal(payload)
 	if err != nil {
 		return ControlFrame{}, fmt.Errorf("encode %s payload: %w", t, err)
@@ -234,6 +247,10 @@ type WarmupRequest struct {
 	// Scope limits the warm-up (WarmupFull, the empty scope: all of it). A pool parks every VM with WarmupPod and
 	// warms it later (docs/factory.md, "Warming").
 	Scope WarmupScope `json:"scope,omitempty"`
+	// HostRootfs: the host made the throwaway container's rootfs in the share, at
+	// WarmupShareDir/rootfs (MakeWarmupRootfs), and removes it after the answer; the agent
+	// only binds itself onto its /init and unbinds it. With ShareTag only.
+	HostRootfs bool `json:"hostRootfs,omitempty"`
 }
 
 // WarmupScope is how much of the path of a pod's start WARMUP runs.

@@ -40,11 +40,13 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -181,11 +183,64 @@ struct request {
 
 enum { CAP_BOUNDING, CAP_EFFECTIVE, CAP_INHERITABLE, CAP_PERMITTED, CAP_AMBIENT };
 
-/* fd_path names a descriptor as a path the mount syscalls take. */
+/* The paths of the happy path are built with these rather than snprintf, and memory comes
+ * from xalloc rather than malloc: musl's printf, stdio and malloc are ~400 blocks that QEMU
+ * translates in a cold guest, for every container and exec there (docs/performance.md,
+ * "Cold first container, stop 13"). Error paths (failf) keep snprintf. */
+
+/* str_join writes the concatenation of the NULL-terminated strings after n into dst of n
+ * bytes, truncated and NUL-terminated as snprintf's "%s%s..." is; it returns dst. */
+static char *str_join(char *dst, size_t n, ...)
+{
+	va_list ap;
+	size_t at = 0;
+	va_start(ap, n);
+	for (const char *s; (s = va_arg(ap, const char *));)
+		for (; *s && at + 1 < n; s++)
+			dst[at++] = *s;
+	va_end(ap);
+	dst[at] = 0;
+	return dst;
+}
+
+/* uint_str writes v in base 8, 10 or 16 into buf (at least 24 bytes), at least width
+ * digits (zero-padded), and returns where the digits start. */
+static char *uint_str(char *buf, unsigned long v, unsigned base, int width)
+{
+	char *p = buf + 23;
+	*p = 0;
+	do {
+		*--p = "0123456789abcdef"[v % base];
+		v /= base;
+		width--;
+	} while (v || width > 0);
+	return p;
+}
+
+/* parse_uint reads the digits of base 10 or 16 at s (no sign, no prefix); *end is the first
+ * other character. Values beyond unsigned long saturate, as strtoul's do. */
+static unsigned long parse_uint(const char *s, unsigned base, const char **end)
+{
+	unsigned long v = 0;
+	for (;; s++) {
+		unsigned d;
+		if (*s >= '0' && *s <= '9')
+			d = *s - '0';
+		else if (base == 16 && (*s | 0x20) >= 'a' && (*s | 0x20) <= 'f')
+			d = (*s | 0x20) - 'a' + 10;
+		else
+			break;
+		v = v > (ULONG_MAX - d) / base ? ULONG_MAX : v * base + d;
+	}
+	*end = s;
+	return v;
+}
+
+/* fd_path names a descriptor as a path the mount syscalls take (buf: 48 bytes). */
 static const char *fd_path(int fd, char *buf)
 {
-	snprintf(buf, 32, "/proc/self/fd/%d", fd);
-	return buf;
+	char num[24];
+	return str_join(buf, 48, "/proc/self/fd/", uint_str(num, (unsigned)fd, 10, 1), NULL);
 }
 
 /* report_to writes one record on fd; a failure to report is not reportable. */
@@ -246,14 +301,30 @@ static void read_full(int fd, void *buf, size_t len)
 static uint32_t u32at(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t u64at(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+/* xalloc returns n zeroed bytes that live as long as this process (which execs or exits
+ * soon): a bump allocator over mmap'd chunks, nothing is freed. */
+static void *xalloc(size_t n)
+{
+	static char *next, *end;
+	n = (n + 15) & ~(size_t)15;
+	if (n > (size_t)(end - next)) {
+		size_t chunk = n > 256 * 1024 ? n : 256 * 1024;
+		void *p = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			fail("request: allocate memory", ENOMEM);
+		next = p, end = next + chunk;
+	}
+	void *p = next;
+	next += n;
+	return p;
+}
+
 /* strdup_field copies a string field, which must not contain a NUL. */
 static char *strdup_field(const char *p, uint32_t len)
 {
 	if (memchr(p, 0, len))
 		fail("request: NUL inside a string field", EPROTO);
-	char *s = malloc(len + 1);
-	if (!s)
-		fail("request: malloc", ENOMEM);
+	char *s = xalloc(len + 1);
 	memcpy(s, p, len);
 	s[len] = 0;
 	return s;
@@ -270,10 +341,8 @@ static char **split_strings(const char *p, uint32_t len, int *count)
 			n++;
 	if (n > MAX_STRINGS)
 		fail("request: too many strings", EPROTO);
-	char **v = calloc(n + 2, sizeof(char *)); /* +1 for HOME */
-	char *copy = malloc(len + 1);
-	if (!v || !copy)
-		fail("request: malloc", ENOMEM);
+	char **v = xalloc((n + 2) * sizeof(char *)); /* +1 for HOME */
+	char *copy = xalloc(len + 1);
 	memcpy(copy, p, len);
 	int k = 0;
 	for (uint32_t i = 0; i < len; i += strlen(copy + i) + 1)
@@ -284,8 +353,8 @@ static char **split_strings(const char *p, uint32_t len, int *count)
 
 static struct create *create_of(struct request *r)
 {
-	if (!r->create && !(r->create = calloc(1, sizeof(struct create))))
-		fail("request: malloc", ENOMEM);
+	if (!r->create)
+		r->create = xalloc(sizeof(struct create));
 	return r->create;
 }
 
@@ -415,9 +484,7 @@ static void parse_fields(struct request *r, const char *buf, uint32_t total)
 			if (len % 4 != 0 || len / 4 > 65536)
 				fail("request: bad groups field", EPROTO);
 			r->ngroups = len / 4;
-			r->groups = calloc(r->ngroups + 1, sizeof(gid_t));
-			if (!r->groups)
-				fail("request: malloc", ENOMEM);
+			r->groups = xalloc((r->ngroups + 1) * sizeof(gid_t));
 			for (int i = 0; i < r->ngroups; i++)
 				r->groups[i] = u32at(d + 4 * i);
 			break;
@@ -465,9 +532,7 @@ static void parse_fields(struct request *r, const char *buf, uint32_t total)
 			r->has_seccomp = 1;
 			r->seccomp_flags = u32at(d);
 			r->prog.len = (len - 4) / sizeof(struct sock_filter);
-			r->prog.filter = malloc(len - 4);
-			if (!r->prog.filter)
-				fail("request: malloc", ENOMEM);
+			r->prog.filter = xalloc(len - 4);
 			memcpy(r->prog.filter, d + 4, len - 4);
 			break;
 		case T_KEYRING:
@@ -512,9 +577,7 @@ static void parse_fields(struct request *r, const char *buf, uint32_t total)
 	if (!have_args)
 		fail("request: no args", EPROTO);
 	if (!r->envp) {
-		r->envp = calloc(2, sizeof(char *));
-		if (!r->envp)
-			fail("request: malloc", ENOMEM);
+		r->envp = xalloc(2 * sizeof(char *));
 	}
 	if (!r->cwd)
 		r->cwd = "/";
@@ -532,9 +595,7 @@ static void parse_request(struct request *r)
 	uint32_t total = u32at(hdr + 4);
 	if (total > MAX_REQUEST)
 		fail("request: too large", EPROTO);
-	char *buf = malloc(total ? total : 1);
-	if (!buf)
-		fail("request: malloc", ENOMEM);
+	char *buf = xalloc(total ? total : 1);
 	read_full(REQ_FD, buf, total);
 	close(REQ_FD);
 	parse_fields(r, buf, total);
@@ -643,7 +704,7 @@ static void setup_terminal(struct request *r)
 	if (r->create) {
 		/* The init's terminal is also the container's /dev/console (libcontainer's
 		 * mountConsole). */
-		char p[32], q[32];
+		char p[48], q[48];
 		int con = open("/dev/console", O_NOFOLLOW | O_CREAT | O_CLOEXEC | O_RDONLY, 0666);
 		if (con < 0)
 			fail("create /dev/console mount target", errno);
@@ -651,8 +712,8 @@ static void setup_terminal(struct request *r)
 			fail("mount the terminal on /dev/console", errno);
 		close(con);
 	}
-	char name[64];
-	snprintf(name, sizeof(name), "/dev/pts/%u", ptn);
+	char name[64], num[24];
+	str_join(name, sizeof(name), "/dev/pts/", uint_str(num, ptn, 10, 1), NULL);
 	send_fd(r->console_fd, master, name);
 	close(master);
 	close(r->console_fd);
@@ -679,22 +740,61 @@ static void fix_stdio_owner(uid_t uid)
 	}
 }
 
+/* passwd_uid_is tells whether a passwd uid field is uid, read as strtoul(s, &end, 10) with
+ * *end == 0 reads it (leading blanks, a sign, saturation on overflow). */
+static int passwd_uid_is(const char *s, uid_t uid)
+{
+	const char *p = s;
+	while (*p == ' ' || (*p >= '\t' && *p <= '\r'))
+		p++;
+	int neg = *p == '-';
+	if (*p == '+' || *p == '-')
+		p++;
+	const char *end;
+	unsigned long v = parse_uint(p, 10, &end);
+	if (end == p || *end != 0)
+		return 0;
+	if (neg && v != ULONG_MAX)
+		v = -v;
+	return v == uid;
+}
+
 /* home_of reads the user's home from the container's /etc/passwd; "/" when there is none
- * (libcontainer's rule). A regular file only: not a FIFO that would hang the exec. */
+ * (libcontainer's rule). A regular file only: not a FIFO that would hang the exec. Lines are
+ * taken as fgets into 4096 bytes takes them (a longer one is read in pieces). */
 static char *home_of(uid_t uid)
 {
-	static char line[4096];
+	static char buf[8192], line[4096];
 	int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return "/";
 	struct stat st;
-	FILE *f = NULL;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || !(f = fdopen(fd, "r"))) {
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
 		return "/";
 	}
 	char *home = "/";
-	while (fgets(line, sizeof(line), f)) {
+	size_t have = 0;
+	int eof = 0;
+	for (;;) {
+		char *nl = memchr(buf, '\n', have < sizeof(line) - 1 ? have : sizeof(line) - 1);
+		size_t len = nl ? (size_t)(nl - buf) + 1 : have >= sizeof(line) - 1 ? sizeof(line) - 1 : eof ? have : 0;
+		if (len == 0) {
+			if (eof)
+				break;
+			ssize_t n = read(fd, buf + have, sizeof(buf) - have);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				eof = 1;
+			else
+				have += n;
+			continue;
+		}
+		memcpy(line, buf, len);
+		line[len] = 0;
+		memmove(buf, buf + len, have - len);
+		have -= len;
 		/* name:password:uid:gid:gecos:home:shell */
 		char *field[7] = {0};
 		char *p = line;
@@ -709,15 +809,13 @@ static char *home_of(uid_t uid)
 		}
 		if (n < 6 || field[2][0] == 0)
 			continue;
-		char *end;
-		unsigned long v = strtoul(field[2], &end, 10);
-		if (*end == 0 && v == uid) {
-			home = strdup(field[5]);
+		if (passwd_uid_is(field[2], uid)) {
+			home = field[5]; /* line is static: it stays */
 			break;
 		}
 	}
-	fclose(f);
-	return home ? home : "/";
+	close(fd);
+	return home;
 }
 
 static int cap_in(const struct request *r, int set, unsigned c) { return (r->caps[set] >> c) & 1; }
@@ -830,9 +928,7 @@ static char *look_path(const char *name, char **envp, char *hint)
 		for (;;) {
 			const char *end = strchrnul(p, ':');
 			size_t dlen = end - p;
-			char *full = malloc(dlen + strlen(name) + 3);
-			if (!full)
-				fail("lookpath: malloc", ENOMEM);
+			char *full = xalloc(dlen + strlen(name) + 3);
 			if (dlen == 0)
 				strcpy(full, ".");
 			else
@@ -841,7 +937,6 @@ static char *look_path(const char *name, char **envp, char *hint)
 			strcat(full, name);
 			if (find_executable(full) == 0)
 				return full;
-			free(full);
 			if (*end == 0)
 				break;
 			p = end + 1;
@@ -924,7 +1019,7 @@ static int mkdir_all_in_root(int rootfd, const char *path, mode_t mode)
 static int parent_in_root(int rootfd, const char *path, char *name)
 {
 	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s", path);
+	str_join(dir, sizeof(dir), path, NULL);
 	size_t n = strlen(dir);
 	while (n > 1 && dir[n - 1] == '/')
 		dir[--n] = 0;
@@ -933,7 +1028,7 @@ static int parent_in_root(int rootfd, const char *path, char *name)
 		errno = EINVAL;
 		return -1;
 	}
-	snprintf(name, NAME_MAX + 1, "%s", slash + 1);
+	str_join(name, NAME_MAX + 1, slash + 1, NULL);
 	*slash = 0;
 	return mkdir_all_in_root(rootfd, dir, 0755);
 }
@@ -941,7 +1036,7 @@ static int parent_in_root(int rootfd, const char *path, char *name)
 /* check_in_root fails unless fd is below the rootfs (not the rootfs itself). */
 static void check_in_root(const struct create *c, int fd, const char *dest)
 {
-	char link[32], real[PATH_MAX];
+	char link[48], real[PATH_MAX];
 	ssize_t n = readlink(fd_path(fd, link), real, sizeof(real) - 1);
 	if (n < 0)
 		failf(errno, "readlink the mountpoint of %s", dest);
@@ -964,11 +1059,9 @@ static int open_mountpoint(const struct create *c, int rootfd, struct mount_entr
 		struct stat st;
 		if (fstat(fd, &st) < 0)
 			failf(errno, "stat the tmpfs mountpoint %s", m->dest);
-		char *data = malloc(strlen(m->data) + 16);
-		if (!data)
-			fail("malloc", ENOMEM);
-		sprintf(data, "mode=%04o%s%s", st.st_mode & 07777, m->data[0] ? "," : "", m->data);
-		m->data = data;
+		size_t n = strlen(m->data) + 16;
+		char num[24];
+		m->data = str_join(xalloc(n), n, "mode=", uint_str(num, st.st_mode & 07777, 8, 4), m->data[0] ? "," : "", m->data, NULL);
 	}
 	if (fd < 0) {
 		if (errno != ENOENT)
@@ -1022,7 +1115,7 @@ static unsigned long statfs_flags(const char *path)
 /* mount_one does mountToRootfs for one mount of the config. */
 static void mount_one(const struct create *c, int rootfd, struct mount_entry *m)
 {
-	char p[32], q[32];
+	char p[48], q[48];
 	int is_proc = strcmp(m->type, "proc") == 0 || strcmp(m->type, "sysfs") == 0;
 	int dst;
 	if (is_proc) {
@@ -1057,7 +1150,7 @@ static void mount_one(const struct create *c, int rootfd, struct mount_entry *m)
 			failf(errno, "mount cgroup2 on %s", m->dest);
 		/* As libcontainer: a bind of the container's cgroup instead. */
 		static char cg[PATH_MAX];
-		snprintf(cg, sizeof(cg), "%s", c->cgroup ? c->cgroup : "/sys/fs/cgroup");
+		str_join(cg, sizeof(cg), c->cgroup ? c->cgroup : "/sys/fs/cgroup", NULL);
 		src = cg, type = "bind", flags |= MS_BIND, cgroup_bind = 1;
 	}
 	if (mount(src, fd_path(dst, p), type, flags, strcmp(type, "bind") == 0 ? NULL : m->data) < 0)
@@ -1091,7 +1184,7 @@ propagate:;
  * VM's node where mknod is not allowed), then /dev/ptmx and the standard symlinks. */
 static void setup_dev(const struct create *c, int rootfd)
 {
-	char p[32];
+	char p[48];
 	for (int i = 0; i < c->ndevices; i++) {
 		const struct device_entry *d = &c->devices[i];
 		if (strcmp(d->path, "/dev/ptmx") == 0)
@@ -1169,7 +1262,7 @@ static void prepare_rootfs(struct request *r)
 	xmount("", "/", "", prop, "", "propagation of /");
 	/* The rootfs's parent mount private (or slave), so the pivot does not propagate. */
 	char parent[PATH_MAX];
-	snprintf(parent, sizeof(parent), "%s", c->rootfs);
+	str_join(parent, sizeof(parent), c->rootfs, NULL);
 	unsigned long pflag = (c->root_propagation & MS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
 	for (;;) {
 		if (mount("", parent, "", pflag, "") == 0)
@@ -1226,7 +1319,7 @@ static void prepare_rootfs(struct request *r)
 	step(r, "init: pivot_root");
 	/* The cwd exists before the user change (inside the jail now: plain paths are safe). */
 	char cwd[PATH_MAX];
-	snprintf(cwd, sizeof(cwd), "%s", r->cwd);
+	str_join(cwd, sizeof(cwd), r->cwd, NULL);
 	for (char *s = cwd + 1;; s++) {
 		if (*s == '/' || *s == 0) {
 			char keep = *s;
@@ -1259,7 +1352,7 @@ static void finalize_rootfs(struct request *r)
 		fail("setdomainname", errno);
 	for (int i = 0; i < c->nsysctl; i++) {
 		char path[PATH_MAX];
-		snprintf(path, sizeof(path), "/proc/sys/%s", c->sysctl[i][0]);
+		str_join(path, sizeof(path), "/proc/sys/", c->sysctl[i][0], NULL);
 		for (char *s = path + 10; *s; s++)
 			if (*s == '.')
 				*s = '/';
@@ -1281,7 +1374,7 @@ static void finalize_rootfs(struct request *r)
 	if (null < 0 || !is_dev_null(null))
 		fail("can't mask paths: /dev/null is invalid", null < 0 ? errno : EINVAL);
 	int shared = -1; /* the first masked directory's tmpfs, bound on the others */
-	char p[32], q[32];
+	char p[48], q[48];
 	for (int i = 0; i < c->nmaskpaths; i++) {
 		const char *path = c->maskpaths[i];
 		int dup = 0;
@@ -1339,7 +1432,8 @@ static void join_keyring(struct request *r)
 			f++;
 	if (!f)
 		fail("describe the session keyring", EPROTO);
-	unsigned long perm = strtoul(f, NULL, 16) | 0x80000; /* the user may search it */
+	const char *end;
+	unsigned long perm = parse_uint(f, 16, &end) | 0x80000; /* the user may search it */
 	if (syscall(SYS_keyctl, KEYCTL_SETPERM, id, perm) < 0)
 		fail("set the session keyring's permissions", errno);
 }
@@ -1430,12 +1524,8 @@ static void __attribute__((noreturn)) child(struct request *r)
 	}
 	if (r->lookup_home) {
 		char *home = home_of(r->uid);
-		char *kv = malloc(strlen(home) + 6);
-		if (!kv)
-			fail("HOME: malloc", ENOMEM);
-		strcpy(kv, "HOME=");
-		strcat(kv, home);
-		r->envp[r->nenv] = kv; /* split_strings left room */
+		size_t n = strlen(home) + 6;
+		r->envp[r->nenv] = str_join(xalloc(n), n, "HOME=", home, NULL); /* split_strings left room */
 		r->envp[r->nenv + 1] = NULL;
 	}
 	step(r, "init: cwd, HOME");

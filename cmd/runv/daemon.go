@@ -21,6 +21,7 @@ var daemonCommand = &cli.Command{
 		&cli.StringFlag{Name: "pod-id", Required: true},
 		&cli.StringFlag{Name: "pod-dir", Required: true},
 		&cli.IntFlag{Name: "ready-fd", Usage: "descriptor on which to report readiness"},
+		&cli.IntFlag{Name: "vm-fd", Usage: "descriptor on which the starter tells which pooled VM it fetched for the pod"},
 		// The VM size of the pod's first container (oci.VMSize; 0: what the spec does not
 		// ask for), known to the runv that starts the daemon: the boot starts at once.
 		&cli.IntFlag{Name: "first-cpus", Value: -1, Usage: "vCPUs the pod's first container asks for (-1: size the VM when it arrives)"},
@@ -31,9 +32,12 @@ var daemonCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		var ready *os.File
+		var ready, prefetched *os.File
 		if fd := c.Int("ready-fd"); fd > 0 {
 			ready = os.NewFile(uintptr(fd), "ready")
+		}
+		if fd := c.Int("vm-fd"); fd > 0 {
+			prefetched = os.NewFile(uintptr(fd), "prefetched-vm")
 		}
 		// The daemon always logs to its pod directory's daemon.log (its stderr), at info
 		// level unless --debug.
@@ -44,6 +48,6 @@ var daemonCommand = &cli.Command{
 		if cpus, mem := c.Int("first-cpus"), c.Int("first-memory"); cpus >= 0 && mem >= 0 {
 			first = &factory.Request{CPUs: cpus, MemoryMiB: mem}
 		}
-		return poddaemon.Main(c.Context, c.String("pod-id"), c.String("pod-dir"), g.boot(), first, ready)
+		return poddaemon.Main(c.Context, c.String("pod-id"), c.String("pod-dir"), g.boot(), first, prefetched, ready)
 	},
 }

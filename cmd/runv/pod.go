@@ -22,7 +22,10 @@ import (
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/errdefs/errgrpc"
+	"github.com/runv-project/runv/factory"
+	"github.com/runv-project/runv/factory/factoryd"
 	"github.com/runv-project/runv/internal/fdpass"
+	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/oci"
 )
@@ -68,15 +71,26 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 		args = append(args, "--factory", g.factory)
 	}
 	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", "3")
+	extra := []*os.File{w}
 	// The VM's size is the first container's: the daemon requests it at once. A spec it
 	// cannot size is left to the daemon, whose Create refuses it in its words.
+	var prefetch *vmPrefetch
 	if cpus, mem, err := oci.VMSize(spec); err == nil {
 		args = append(args, "--first-cpus", strconv.Itoa(cpus), "--first-memory", strconv.Itoa(mem))
+		// A pooled VM is asked for now, on the daemon's behalf, while it starts.
+		if req, pooled := poddaemon.PooledFirstVM(g.boot(), podID, podDir, factory.Request{CPUs: cpus, MemoryMiB: mem}); pooled {
+			if prefetch, err = newVMPrefetch(req); err != nil {
+				return state.Process{}, err
+			}
+			defer prefetch.abandon()
+			extra = append(extra, prefetch.r)
+			args = append(args, "--vm-fd", strconv.Itoa(3+len(extra)-1))
+		}
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = extra
 	// Its own session: the daemon must outlive this command and not get the terminal's signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
@@ -85,6 +99,9 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 		return state.Process{}, fmt.Errorf("start pod daemon: %w", err)
 	}
 	w.Close()
+	if prefetch != nil {
+		prefetch.start(g.root, cmd.Process.Pid)
+	}
 	proc, _ := state.ProcessOf(cmd.Process.Pid)
 	// Reap it if it dies early; if it lives, it outlives us and init adopts it.
 	go cmd.Wait()
@@ -112,6 +129,54 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 		cmd.Process.Kill()
 		waitGone(proc, 10*time.Second)
 		return state.Process{}, fmt.Errorf("pod daemon did not start within %s%s: %w", daemonStartTimeout, logTail(logPath), errdefs.ErrUnavailable)
+	}
+}
+
+// vmPrefetch asks the factory daemon for a new pod's pooled VM on its daemon's behalf
+// (factoryd.Prefetch) and tells the daemon the answer on a pipe (--vm-fd): the request
+// travels while the daemon starts (its exec and Go's start, ~5 ms idle) instead of after.
+type vmPrefetch struct {
+	req  factory.Request
+	r, w *os.File // the daemon's end and ours
+}
+
+// prefetchTimeout bounds the wait for a pooled VM on the daemon's behalf; the pool waits
+// for a refill under way, the daemon's own request would too.
+const prefetchTimeout = 3 * time.Minute
+
+func newVMPrefetch(req factory.Request) (*vmPrefetch, error) {
+	// The factory daemon moves the pooled VM's directories onto these: they must exist.
+	for _, d := range []string{req.Dir, req.ShareDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create pod directory: %w", err)
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	return &vmPrefetch{req: req, r: r, w: w}, nil
+}
+
+// start asks for the VM of daemon pid, in the background, and writes the answer.
+func (p *vmPrefetch) start(root string, pid int) {
+	w := p.w
+	p.w = nil
+	go func() {
+		defer w.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+		defer cancel()
+		vm, err := factoryd.Prefetch(ctx, factoryd.SocketIn(root), p.req, pid)
+		factoryd.WritePrefetched(w, p.req, vm, err)
+	}()
+}
+
+// abandon closes the daemon's end in this process, and ours if start did not take it (the
+// daemon then asks for its VM itself).
+func (p *vmPrefetch) abandon() {
+	p.r.Close()
+	if p.w != nil {
+		p.w.Close()
 	}
 }
 

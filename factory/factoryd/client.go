@@ -1,11 +1,16 @@
 package factoryd
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -76,4 +81,102 @@ func (c *Client) get(ctx context.Context, req factory.Request) (*holder.VM, erro
 	}
 	// The VM is ours now (its holder follows our pid): whatever fails below must kill it.
 	return holder.Attach(ctx, req.ID, *resp.VM)
+}
+
+// Prefetch asks the factory daemon at socket for a VM for child, a process the caller just
+// started: its pod daemon, which takes the VM over with Prefetched. The request travels
+// while the pod daemon starts (5 ms of exec and Go's start, idle) instead of after it.
+func Prefetch(ctx context.Context, socket string, req factory.Request, child int) (wire.VMInfo, error) {
+	resp, err := wire.Call(ctx, socket, wire.Request{Op: wire.OpGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Child: child})
+	if err != nil {
+		return wire.VMInfo{}, err
+	}
+	return *resp.VM, nil
+}
+
+// prefetchMessage is what a pod daemon's starter tells it about the VM it fetched.
+type prefetchMessage struct {
+	// Request is what the VM was fetched for.
+	Request factory.Request `json:"request"`
+	// VM is the factory daemon's answer; nil with Error.
+	VM    *wire.VMInfo `json:"vm,omitempty"`
+	Error string       `json:"error,omitempty"`
+}
+
+// WritePrefetched tells the pod daemon reading w (Prefetched) what Prefetch returned for
+// req, as one JSON line.
+func WritePrefetched(w io.Writer, req factory.Request, vm wire.VMInfo, err error) error {
+	m := prefetchMessage{Request: req}
+	if err != nil {
+		m.Error = err.Error()
+	} else {
+		m.VM = &vm
+	}
+	return json.NewEncoder(w).Encode(m)
+}
+
+// Prefetched is f in a pod daemon whose starter asked the factory daemon for the pod's VM
+// (Prefetch) and writes the answer to r (WritePrefetched): the first GetVM takes that VM
+// over when it was fetched for the same request, and asks f otherwise (a VM fetched for
+// another request is killed; with none, f asks the factory daemon itself or boots).
+func Prefetched(f factory.Factory, r io.ReadCloser) factory.Factory {
+	return &prefetched{Factory: f, r: r}
+}
+
+type prefetched struct {
+	factory.Factory
+	once sync.Once
+	r    io.ReadCloser
+}
+
+func (p *prefetched) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM, error) {
+	var m *prefetchMessage
+	p.once.Do(func() { m = readPrefetched(ctx, p.r) })
+	if m == nil || m.VM == nil {
+		return p.Factory.GetVM(ctx, req)
+	}
+	log := logging.G(ctx).With("factory", factory.KindCache, "vm", req.ID)
+	vm, err := holder.Attach(ctx, req.ID, *m.VM)
+	if err != nil {
+		// As for a VM this process asked for (Client.get): its holder follows us still.
+		log.Warn("the VM fetched by the pod's starter cannot be taken over: asking again", "error", err)
+		return p.Factory.GetVM(ctx, req)
+	}
+	if !sameRequest(m.Request, req) {
+		log.Warn("the VM fetched by the pod's starter is for another request: killing it", "fetched", m.Request, "wanted", req)
+		vm.Kill()
+		return p.Factory.GetVM(ctx, req)
+	}
+	log.Info("vm from the factory daemon, fetched by the pod's starter", "qemu_pid", vm.Pid(), "grown", vm.Grown())
+	return vm, nil
+}
+
+func sameRequest(a, b factory.Request) bool {
+	return a.ID == b.ID && a.Dir == b.Dir && a.ShareDir == b.ShareDir && a.CPUs == b.CPUs &&
+		a.MemoryMiB == b.MemoryMiB && slices.Equal(a.KernelParams, b.KernelParams)
+}
+
+// readPrefetched reads the starter's message, within ctx; nil if there is none (the
+// starter failed or exited first). It closes r.
+func readPrefetched(ctx context.Context, r io.ReadCloser) *prefetchMessage {
+	got := make(chan *prefetchMessage, 1)
+	go func() {
+		defer r.Close()
+		var m prefetchMessage
+		line, err := bufio.NewReader(io.LimitReader(r, 64<<10)).ReadBytes('\n')
+		if err != nil || json.Unmarshal(line, &m) != nil {
+			got <- nil
+			return
+		}
+		if m.Error != "" {
+			logging.G(ctx).Info("the pod's starter got no VM from the factory daemon", "reason", m.Error)
+		}
+		got <- &m
+	}()
+	select {
+	case m := <-got:
+		return m
+	case <-ctx.Done():
+		return nil
+	}
 }

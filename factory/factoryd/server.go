@@ -12,16 +12,14 @@ import (
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/holder"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -104,9 +102,17 @@ func (s *Server) handle(ctx context.Context, conn net.Conn, req wire.Request) wi
 		if !ok {
 			return wire.ErrResponse(fmt.Errorf("get: not a unix socket: %w", errdefs.ErrInvalidArgument))
 		}
-		pid, err := peerPid(uc)
+		pid, err := wire.PeerPid(uc)
 		if err != nil {
 			return wire.ErrResponse(fmt.Errorf("get: who is asking: %w", err))
+		}
+		if req.Child != 0 {
+			// A pid is recycled only once its parent reaped it: a child of the asker
+			// now is that child until the asker says so.
+			if ppid, err := state.ParentOf(req.Child); err != nil || ppid != pid {
+				return wire.ErrResponse(fmt.Errorf("get vm %s: process %d is not a child of the asking process %d: %w", req.ID, req.Child, pid, errdefs.ErrFailedPrecondition))
+			}
+			pid = req.Child
 		}
 		octx, cancel := wire.OpContext(ctx, req, defaultGetTimeout)
 		defer cancel()
@@ -227,25 +233,4 @@ func GetStatus(ctx context.Context, socket string, wait bool) (Status, error) {
 		return Status{}, fmt.Errorf("factory daemon at %s: %w", socket, err)
 	}
 	return *resp.Status, nil
-}
-
-// peerPid is the pid of the process at the other end of a unix socket connection.
-func peerPid(conn interface {
-	SyscallConn() (syscall.RawConn, error)
-}) (int, error) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if serr != nil {
-		return 0, fmt.Errorf("SO_PEERCRED: %w", serr)
-	}
-	return int(cred.Pid), nil
 }

@@ -11,10 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/logging"
 )
 
 // Args is what a holder process is started with.
@@ -75,6 +78,12 @@ func (f *Factory) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM
 		return nil, fmt.Errorf("holder %s: start: %w", req.ID, err)
 	}
 	go p.closeFD()
+	// The holder's own start (a runv process) and QEMU's launch are a refill's too, and a
+	// refill starts while a pod starts: niced at once, as its QEMU will be (pooledNice).
+	// Its own process group (startChild): every thread it has, and later ones inherit.
+	if err := unix.Setpriority(unix.PRIO_PGRP, p.pid, pooledNice); err != nil {
+		logging.G(ctx).Warn("cannot lower the holder's priority", "holder", req.ID, "error", err)
+	}
 
 	line := make(chan string, 1)
 	go func() {

@@ -30,18 +30,28 @@
 // VM's directory onto the pod's vm/ directory, so a handed-out VM's files are where a
 // directly booted VM's are. QEMU keeps serving both: it resolves 9p paths from a descriptor
 // of the directory it opened, and unix sockets are found by inode once dialled.
+//
+// # The agent's connection
+//
+// QEMU's chardev sockets take one client at a time, and the agent notices a new one only
+// through a wake-up (SIGIO) and answers it with READY. The holder dials the agent once,
+// parks and warms it over that connection, and on adopt stops its client but keeps the two
+// sockets open; the pod daemon takes them with op agent (SCM_RIGHTS) and speaks to an agent
+// that never saw its host change (detach, Attach).
 package holder
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -60,7 +70,7 @@ import (
 
 // Files of the holder in a held VM's directory.
 const (
-	// Socket is where the holder answers the ops info, warm, adopt, grow, shutdown and kill.
+	// Socket is where the holder answers the ops info, agent, warm, adopt, grow, shutdown and kill.
 	Socket = "holder.sock"
 	// Log is the holder's stdout and stderr.
 	Log = "holder.log"
@@ -113,10 +123,13 @@ type holder struct {
 	vm  hypervisor.VM
 
 	// agent is the parked agent's connection, kept open for warm-ups until the VM is
-	// handed out (nil then, and when cfg.Warm is off). warmMu orders a warm-up under way
-	// before a hand-out: the pod daemon connects only once the holder let go.
+	// handed out (nil then). warmMu orders a warm-up under way before a hand-out: the pod
+	// daemon takes the connection only once the holder let go of it.
 	warmMu sync.Mutex
-	agent  *agentclient.Client
+	agent  *parkedAgent
+	// handover is the parked agent's connection once the VM is handed out (detach): the
+	// control and stream channels, open, for the owner to take (op agent).
+	handover []*os.File
 
 	mu      sync.Mutex
 	info    wire.VMInfo
@@ -124,8 +137,9 @@ type holder struct {
 	ownerCh chan struct{} // closed and replaced when owner changes
 }
 
-// Run boots one VM with cfg.Factory, parks its agent (READY and version handshake,
-// then disconnects), reports "ok <VMInfo JSON>" on ready, and serves holder.sock in
+// Run boots one VM with cfg.Factory, parks its agent (READY and version handshake, over a
+// connection it keeps for the warm-ups and then passes to the pod daemon it hands the VM
+// to: op agent), reports "ok <VMInfo JSON>" on ready, and serves holder.sock in
 // cfg.Dir until the VM is gone: it powers off, is killed on request, or its owner exits.
 // ctx ending (SIGTERM) kills the VM. A VM that was never adopted takes its directory with
 // it; an adopted one's directory is the pod's.
@@ -171,8 +185,8 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 		if err := renice(vm, pooledNice); err != nil {
 			log.Warn("cannot lower the pooled VM's priority", "error", err)
 		}
-		h.agent, err = parkVM(bctx, vm, cfg.Warm)
-		if err == nil && h.agent != nil {
+		h.agent, err = parkVM(bctx, vm)
+		if err == nil && cfg.Warm {
 			// What STARTPOD runs first, now: cheap, and a pod handed this VM before its
 			// warm-up (a drained pool) starts without paying it (docs/factory.md).
 			if _, werr := h.warm(bctx, agentproto.WarmupPod); werr != nil {
@@ -190,6 +204,12 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	}
 	h.info = wire.VMInfo{ID: cfg.ID, Dir: cfg.Dir, QEMUPid: vm.Pid(), HolderPid: os.Getpid(), Accel: vm.Accel(), Restored: vm.Restored()}
 	log.Info("vm ready in the pool", "qemu_pid", vm.Pid(), "took", time.Since(start), "restored", h.info.Restored)
+	// Started niced (Factory.GetVM) for the refill's sake; from now on the holder's work is
+	// a pod's: the hand-out's adopt and agent ops, then QEMU's reaping at the pod's end. At
+	// nice 10 a loaded host delayed each by milliseconds. QEMU stays niced until adopt.
+	if err := reniceSelf(0); err != nil {
+		log.Warn("cannot restore the holder's priority", "error", err)
+	}
 	b, _ := json.Marshal(h.info)
 	report("ok " + string(b))
 
@@ -206,13 +226,19 @@ func Run(ctx context.Context, cfg Config, ready io.WriteCloser) (err error) {
 	return h.wait(ctx)
 }
 
+// parkedAgent is the agent's connection as the holder parked it: the client of the
+// warm-ups, over the VM's channels, which go to the pod daemon on hand-out.
+type parkedAgent struct {
+	client *agentclient.Client
+	ch     *hypervisor.Channels
+}
+
 // parkVM is park; unit tests, whose VMs have no agent, replace it.
 var parkVM = park
 
 // park brings the new VM's agent to rest: READY (a cold boot) and the version handshake.
-// With keep, it returns the connection, still open, for the warm-up (warm); else it
-// disconnects, and the agent waits for the pod daemon to connect.
-func park(ctx context.Context, vm hypervisor.VM, keep bool) (*agentclient.Client, error) {
+// It returns the connection, still open, for the warm-ups (warm) and then the pod daemon.
+func park(ctx context.Context, vm hypervisor.VM) (*parkedAgent, error) {
 	ch, err := vm.Channels(ctx)
 	if err != nil {
 		return nil, err
@@ -230,11 +256,7 @@ func park(ctx context.Context, vm hypervisor.VM, keep bool) (*agentclient.Client
 		c.Close()
 		return nil, fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 	}
-	if !keep {
-		c.Close()
-		return nil, nil
-	}
-	return c, nil
+	return &parkedAgent{client: c, ch: ch}, nil
 }
 
 // warm runs a warm-up of scope in the parked VM: WARMUP through the parked agent's
@@ -244,16 +266,27 @@ func park(ctx context.Context, vm hypervisor.VM, keep bool) (*agentclient.Client
 func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factory.WarmResult, error) {
 	h.warmMu.Lock()
 	defer h.warmMu.Unlock()
-	c := h.agent
-	if c == nil {
+	if h.agent == nil || !h.cfg.Warm {
 		return factory.WarmResult{}, nil
 	}
+	c := h.agent.client
 	start := time.Now()
 	cpu0, cpuErr := state.CPUTime(h.vm.Pid())
 	// The share device of this VM is the pod's that takes it (its directory is renamed
 	// onto the pod's share): mounted now, STARTPOD finds it ready.
 	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
 	rand.Read(req.Entropy)
+	if scope != agentproto.WarmupPod && h.cfg.ShareDir != "" {
+		// The throwaway container's rootfs is made and removed here, in the share's host
+		// directory, rather than by the guest through 9p (agentproto.MakeWarmupRootfs).
+		dir := filepath.Join(h.cfg.ShareDir, agentproto.WarmupShareDir)
+		if err := agentproto.MakeWarmupRootfs(filepath.Join(dir, "rootfs")); err != nil {
+			h.log.Warn("cannot make the warm-up's rootfs in the share: the guest makes it", "error", err)
+		} else {
+			req.HostRootfs = true
+		}
+		defer os.RemoveAll(dir)
+	}
 	var w factory.WarmResult
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
 		return w, fmt.Errorf("holder %s: warm-up: %w", h.cfg.ID, err)
@@ -266,14 +299,77 @@ func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factor
 	return w, nil
 }
 
-// letGo closes the parked agent's connection, if the holder still has it: the VM is
-// handed out (the pod daemon connects next) or gone.
+// detach ends the holder's use of the parked agent's connection, once a warm-up under way
+// ended, and keeps the connection itself open for the owner to take (op agent): the agent,
+// idle between two frames (it sends nothing unasked while no process of the host runs),
+// sees no disconnect, and the pod daemon's first command finds it serving. A reconnect
+// costs STARTPOD the agent's wake-up on the host's connect (SIGIO), READY and the version
+// handshake's round: ~4 ms idle (docs/performance.md, "Pooled run and bursts, stop 13").
+// If the channels cannot be kept (not sockets), the connection is closed and the pod
+// daemon dials.
+func (h *holder) detach() {
+	h.warmMu.Lock()
+	defer h.warmMu.Unlock()
+	a := h.agent
+	if a == nil {
+		return
+	}
+	h.agent = nil
+	files, err := channelFiles(a.ch)
+	if err != nil {
+		h.log.Warn("cannot keep the agent's connection for the pod daemon: it will dial", "error", err)
+	}
+	// Closes the holder's descriptors only: the duplicates keep the connection.
+	a.client.Close()
+	h.handover = files
+}
+
+// takeHandover returns the parked agent's channels kept by detach (nil: none), the
+// caller's from then on.
+func (h *holder) takeHandover() []*os.File {
+	h.warmMu.Lock()
+	defer h.warmMu.Unlock()
+	files := h.handover
+	h.handover = nil
+	return files
+}
+
+// letGo closes the parked agent's connection, whether the holder still uses it or kept it
+// for its owner: the VM is gone, or its owner dials the agent instead (a pod daemon of an
+// older runv, which asks for info and not for the connection).
 func (h *holder) letGo() {
 	h.warmMu.Lock()
 	defer h.warmMu.Unlock()
 	if h.agent != nil {
-		h.agent.Close()
+		h.agent.client.Close()
 		h.agent = nil
+	}
+	closeFiles(h.handover)
+	h.handover = nil
+}
+
+// channelFiles duplicates the descriptors of ch's control and stream channels.
+func channelFiles(ch *hypervisor.Channels) ([]*os.File, error) {
+	var files []*os.File
+	for _, c := range []net.Conn{ch.Control, ch.Stream} {
+		fc, ok := c.(interface{ File() (*os.File, error) })
+		if !ok {
+			closeFiles(files)
+			return nil, fmt.Errorf("channel %T has no descriptor to pass", c)
+		}
+		f, err := fc.File()
+		if err != nil {
+			closeFiles(files)
+			return nil, fmt.Errorf("duplicate the agent's channel: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
 	}
 }
 
@@ -318,7 +414,7 @@ func (h *holder) cleanup() {
 	os.RemoveAll(dir)
 }
 
-func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
+func (h *holder) handle(conn net.Conn, req wire.Request) wire.Response {
 	ctx, cancel := wire.OpContext(context.Background(), req, defaultOpTimeout)
 	defer cancel()
 	switch req.Op {
@@ -326,7 +422,28 @@ func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
 		h.mu.Lock()
 		info := h.info
 		h.mu.Unlock()
+		if info.Owner != 0 {
+			// An owner that asks for info dials the agent: it must find it free.
+			h.letGo()
+		}
 		return wire.Response{VM: &info}
+	case wire.OpAgent:
+		h.mu.Lock()
+		info := h.info
+		h.mu.Unlock()
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			return wire.ErrResponse(fmt.Errorf("vm %s: op agent: not a unix socket: %w", h.cfg.ID, errdefs.ErrInvalidArgument))
+		}
+		pid, err := wire.PeerPid(uc)
+		if err != nil {
+			return wire.ErrResponse(fmt.Errorf("vm %s: op agent: who is asking: %w", h.cfg.ID, err))
+		}
+		if info.Owner == 0 || pid != info.Owner {
+			return wire.ErrResponse(fmt.Errorf("vm %s: the agent's connection goes to the VM's owner (pid %d), not to pid %d: %w",
+				h.cfg.ID, info.Owner, pid, errdefs.ErrFailedPrecondition))
+		}
+		return wire.Response{VM: &info, Files: h.takeHandover()}
 	case wire.OpWarm:
 		scope := agentproto.WarmupFull
 		if req.Light {
@@ -338,8 +455,8 @@ func (h *holder) handle(_ net.Conn, req wire.Request) wire.Response {
 		}
 		return wire.Response{Warmup: &w}
 	case wire.OpAdopt:
-		// A warm-up under way ends first; the pod daemon's connection is the agent's next.
-		h.letGo()
+		// A warm-up under way ends first; the connection is the pod daemon's next.
+		h.detach()
 		info, err := h.adopt(req.Pid, req.Dir)
 		if err != nil {
 			return wire.ErrResponse(err)
@@ -405,6 +522,26 @@ func (h *holder) adopt(pid int, dir string) (wire.VMInfo, error) {
 	h.log.Info("vm handed out", "owner", pid, "dir", dir)
 	old.release()
 	return h.info, nil
+}
+
+// reniceSelf sets the nice value of every thread of this process (Linux's nice is per
+// thread; the holder's were all created at the value its starter gave its first one).
+func reniceSelf(nice int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("setpriority(thread %d, %d): %w", tid, nice, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // renice sets the nice value of every thread of the VM's QEMU. QEMU runs in a process group

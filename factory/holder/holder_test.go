@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/agentclient"
 	"github.com/runv-project/runv/errdefs"
@@ -50,7 +53,95 @@ func (f *fakeFactory) Name() string { return "fake" }
 func (f *fakeFactory) Close() error { return nil }
 
 func init() {
-	parkVM = func(context.Context, hypervisor.VM, bool) (*agentclient.Client, error) { return nil, nil }
+	parkVM = func(context.Context, hypervisor.VM) (*parkedAgent, error) { return nil, nil }
+}
+
+// socketPair is a connected pair of unix stream sockets.
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1]
+}
+
+// The agent's connection, parked by the holder, goes to the VM's owner open: what the owner
+// writes on it reaches the agent's end, which never saw the holder's side close. Before the
+// hand-out nobody gets it, and the owner gets it once.
+func TestHolderHandsTheAgentConnectionToItsOwner(t *testing.T) {
+	hostCtl, agentCtl := socketPair(t)
+	hostStream, agentStream := socketPair(t)
+	defer agentCtl.Close()
+	defer agentStream.Close()
+	parkVM = func(context.Context, hypervisor.VM) (*parkedAgent, error) {
+		ch := &hypervisor.Channels{Control: hostCtl, Stream: hostStream}
+		return &parkedAgent{client: agentclient.New(ch, agentclient.Options{PodID: "vm1"}), ch: ch}, nil
+	}
+	defer func() { parkVM = func(context.Context, hypervisor.VM) (*parkedAgent, error) { return nil, nil } }()
+
+	base := t.TempDir()
+	dir := filepath.Join(base, "vm1")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r, w := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() {
+		ran <- Run(ctx, Config{ID: "vm1", Dir: dir, Factory: &fakeFactory{}, Parent: os.Getppid()}, w)
+	}()
+	defer func() { cancel(); <-ran }()
+	if line, _ := bufio.NewReader(r).ReadString('\n'); !strings.HasPrefix(line, "ok ") {
+		t.Fatalf("holder reported %q", line)
+	}
+	if resp, err := wire.CallFiles(ctx, filepath.Join(dir, Socket), wire.Request{Op: wire.OpAgent}); !errors.Is(err, errdefs.ErrFailedPrecondition) || len(resp.Files) != 0 {
+		t.Fatalf("op agent of a pooled VM: %d files, %v", len(resp.Files), err)
+	}
+	podVM := filepath.Join(base, "pod-vm")
+	if err := os.Mkdir(podVM, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wire.Call(ctx, filepath.Join(dir, Socket), wire.Request{Op: wire.OpAdopt, Pid: os.Getpid(), Dir: podVM}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(podVM, Socket)
+	resp, err := wire.CallFiles(ctx, sock, wire.Request{Op: wire.OpAgent})
+	if err != nil || resp.VM == nil || resp.VM.Owner != os.Getpid() {
+		t.Fatalf("op agent of the owner: %+v, %v", resp.VM, err)
+	}
+	ch := channelsOf(resp.Files)
+	if ch == nil {
+		t.Fatalf("op agent passed %d descriptors, want the control and stream channels", len(resp.Files))
+	}
+	defer ch.Close()
+	for _, c := range []struct {
+		name        string
+		host, agent net.Conn
+	}{{"control", ch.Control, agentCtl}, {"stream", ch.Stream, agentStream}} {
+		if _, err := c.host.Write([]byte("x")); err != nil {
+			t.Fatalf("%s: write on the passed channel: %v", c.name, err)
+		}
+		c.agent.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 8)
+		n, err := c.agent.Read(b)
+		if err != nil || string(b[:n]) != "x" {
+			t.Errorf("%s: the agent's end read %q, %v; want what the owner wrote, on a connection never closed", c.name, b[:n], err)
+		}
+	}
+	if again, err := wire.CallFiles(ctx, sock, wire.Request{Op: wire.OpAgent}); err != nil || len(again.Files) != 0 {
+		t.Errorf("second op agent: %d files, %v; want none, the connection was taken", len(again.Files), err)
+	}
 }
 
 // A holder boots its VM, reports, answers info, moves the VM's directory on adopt, and

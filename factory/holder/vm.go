@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -45,6 +46,9 @@ type VM struct {
 	// otherwise: Kill signals QEMU through it instead of asking the holder.
 	qemu          int
 	channelsTaken bool
+	// parked are the agent's channels as the holder kept them open (Attach), nil when the
+	// holder had none to pass: Channels dials then.
+	parked *hypervisor.Channels
 }
 
 var (
@@ -86,12 +90,17 @@ func (v *VM) Grown() bool { return v.grown }
 // HolderPid is the holder process's pid.
 func (v *VM) HolderPid() int { return v.info.HolderPid }
 
-// Channels dials the control and stream channels' sockets.
+// Channels returns the agent's connection the holder passed on (Attach), else dials the
+// control and stream channels' sockets.
 func (v *VM) Channels(ctx context.Context) (*hypervisor.Channels, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.channelsTaken {
 		return nil, fmt.Errorf("vm %s: channels already taken: %w", v.id, errdefs.ErrFailedPrecondition)
+	}
+	if ch := v.parked; ch != nil {
+		v.parked, v.channelsTaken = nil, true
+		return ch, nil
 	}
 	if !v.proc.alive() {
 		return nil, fmt.Errorf("vm %s: channels: %w", v.id, hypervisor.ErrVMExited)
@@ -166,6 +175,12 @@ func (v *VM) waitExit() error {
 		if fd := v.takeQEMU(); fd >= 0 {
 			unix.Close(fd)
 		}
+		v.mu.Lock()
+		if v.parked != nil {
+			v.parked.Close()
+			v.parked = nil
+		}
+		v.mu.Unlock()
 	}()
 	select {
 	case <-v.proc.done:
@@ -234,15 +249,46 @@ func Attach(ctx context.Context, id string, info wire.VMInfo) (*VM, error) {
 	vm := newVM(id, info, p)
 	// The pidfd was opened after the factory daemon answered: make sure it is the holder's
 	// (a pid is only recycled after its process is gone, and a holder that answers is not).
-	if _, err := wire.Call(ctx, vm.socket(), wire.Request{Op: wire.OpInfo}); err != nil {
+	// Its answer brings the agent's connection, open: the agent is serving it, without the
+	// reconnect a dial would cost (holder.detach).
+	resp, err := wire.CallFiles(ctx, vm.socket(), wire.Request{Op: wire.OpAgent})
+	if errors.Is(err, errdefs.ErrInvalidArgument) {
+		// A holder of an older runv knows no op agent; it closed the connection on adopt.
+		closeFiles(resp.Files)
+		resp, err = wire.Call(ctx, vm.socket(), wire.Request{Op: wire.OpInfo})
+	}
+	if err != nil {
+		closeFiles(resp.Files)
 		p.release()
 		return nil, fmt.Errorf("vm %s: holder %d does not answer: %w", id, info.HolderPid, err)
 	}
+	vm.parked = channelsOf(resp.Files)
 	// Without it Kill asks the holder: slower, as safe.
 	if fd, err := childPidfd(info.QEMUPid, info.HolderPid); err == nil {
 		vm.qemu = fd
 	}
 	return vm, nil
+}
+
+// channelsOf makes the agent's control and stream channels of the descriptors the holder
+// passed, which it closes; nil if there are not exactly those two sockets (Channels dials).
+func channelsOf(files []*os.File) *hypervisor.Channels {
+	defer closeFiles(files)
+	if len(files) != 2 {
+		return nil
+	}
+	var conns []net.Conn
+	for _, f := range files {
+		c, err := net.FileConn(f)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil
+		}
+		conns = append(conns, c)
+	}
+	return &hypervisor.Channels{Control: conns[0], Stream: conns[1]}
 }
 
 // childPidfd opens a pidfd of process pid and makes sure it is parent's child: a pid is

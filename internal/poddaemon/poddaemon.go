@@ -60,15 +60,25 @@ func (b Boot) CheckFiles() error {
 // that starts the daemon from the same spec): the VM is then requested at once, while the
 // daemon starts serving and its client connects, instead of when that container's Create
 // arrives.
-func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Request, ready *os.File) error {
+//
+// prefetched, if not nil, is where the runv that starts the daemon writes the VM it asked the
+// factory daemon for on the daemon's behalf (PooledFirstVM, factoryd.Prefetch): the pod's
+// first GetVM takes it over.
+func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Request, prefetched, ready *os.File) error {
 	f, size, err := NewFactory(ctx, boot)
 	if err != nil {
+		if prefetched != nil {
+			prefetched.Close()
+		}
 		// Said on the ready pipe too: the CLI quotes it instead of "see daemon.log".
 		if ready != nil {
 			fmt.Fprintf(ready, "error: %v\n", err)
 			ready.Close()
 		}
 		return err
+	}
+	if prefetched != nil {
+		f = factoryd.Prefetched(f, prefetched)
 	}
 	defer f.Close()
 	cfg := supervisor.Config{
@@ -89,6 +99,24 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
 	}
 	return nil
+}
+
+// PooledFirstVM is the request Main's pod daemon makes for the VM of a pod whose first
+// container asks for first (oci.VMSize), and whether the policy gives that request to the
+// factory daemon's pools: then the runv that starts the daemon can ask for it
+// (factoryd.Prefetch) while the daemon starts. A policy that does not parse is the
+// daemon's to report: no pool.
+func PooledFirstVM(boot Boot, podID, dir string, first factory.Request) (factory.Request, bool) {
+	policy, _, err := factory.ParseSetting(boot.Factory)
+	if err != nil {
+		return factory.Request{}, false
+	}
+	base := boot.Base
+	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
+	req := factory.Request{ID: podID, Dir: supervisor.VMDir(dir), ShareDir: supervisor.ShareDir(dir),
+		CPUs: max(base.CPUs, first.CPUs), MemoryMiB: max(base.MemoryMiB, first.MemoryMiB)}
+	i := factory.EntryFor(policy, base, req.CPUs, req.MemoryMiB)
+	return req, i >= 0 && policy[i].Cache > 0
 }
 
 // NewFactory builds the pod's VM factory from the --factory setting or the policy file:

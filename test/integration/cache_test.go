@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -202,9 +203,18 @@ func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
 		log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log"))
 		t.Fatalf("the pod's VM is not a pooled one (%v); daemon log:\n%s", err, log)
 	}
+	// runv asked the factory daemon for the VM while the pod daemon started, on its behalf.
+	if log, _ := os.ReadFile(filepath.Join(podDir, "daemon.log")); !bytes.Contains(log, []byte("fetched by the pod's starter")) {
+		t.Errorf("the pod's VM was not fetched while its daemon started; daemon log:\n%s", log)
+	}
 	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
 	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
 		t.Fatalf("exec in the pooled VM: %s", res)
+	}
+	// The pod daemon took over the connection the holder parked the agent on: the agent
+	// never saw its host go and come back (holder.detach).
+	if console, _ := os.ReadFile(filepath.Join(podDir, "vm", "console.log")); bytes.Contains(console, []byte("host disconnected from the control port")) {
+		t.Errorf("the pooled VM's agent saw the host reconnect at the hand-out; console:\n%s", console)
 	}
 	// The pooled QEMU is jailed, and the container's rootfs, mounted by the pod daemon
 	// under a share that moved from the pool to the pod after QEMU started, reached it.
@@ -395,6 +405,7 @@ func TestCacheBurstHandsOutColdVMs(t *testing.T) {
 	})
 	bundle := newBundle(t, "sleep", "1000")
 	var ids []string
+	handedOut := map[int]bool{} // the pods' QEMUs and holders: their command lines still name the pool
 	for range 5 {
 		id := newID(t)
 		if res := runvIn(t, r, nil, "--factory", policy, "run", "-d", "--bundle", bundle, id); res.code != 0 {
@@ -416,6 +427,11 @@ func TestCacheBurstHandsOutColdVMs(t *testing.T) {
 		if nice := niceOf(t, qemuPid); nice != 0 {
 			t.Errorf("pod %s: its QEMU (pid %d) runs at nice %d, want 0", id, qemuPid, nice)
 		}
+		holder := parentOf(qemuPid)
+		if nice := niceOf(t, holder); nice != 0 {
+			t.Errorf("pod %s: its VM's holder (pid %d) runs at nice %d, want 0", id, holder, nice)
+		}
+		handedOut[qemuPid], handedOut[holder] = true, true
 	}
 	log, _ := os.ReadFile(fd.log)
 	if !strings.Contains(string(log), "handing out a vm before its warm-up") {
@@ -431,6 +447,25 @@ func TestCacheBurstHandsOutColdVMs(t *testing.T) {
 	}
 	if p := st.Pools[0]; p.Ready != 2 || p.Cold != 0 {
 		t.Errorf("status after --wait: %+v, want 2 ready and none cold", p)
+	}
+	// The pooled QEMUs yield to the pods; their holders, which serve the hand-outs, do not.
+	pooled := 0
+	for _, pid := range pidsNaming(filepath.Join(r, "@factory", "pools")) {
+		if handedOut[pid] {
+			continue
+		}
+		pooled++
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		want := 0
+		if bytes.HasPrefix(comm, []byte("qemu")) {
+			want = 10
+		}
+		if nice := niceOf(t, pid); nice != want {
+			t.Errorf("pooled process %d (%s) runs at nice %d, want %d", pid, bytes.TrimSpace(comm), nice, want)
+		}
+	}
+	if pooled != 4 {
+		t.Errorf("%d processes in the pool, want 4 (two holders and their QEMUs)", pooled)
 	}
 }
 

@@ -5,8 +5,10 @@
 //
 // One JSON request and one JSON response per unix-socket connection, both on
 // <root>/@factory/factory.sock (ops get, status) and on a holder's holder.sock (ops info,
-// warm, adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid from the
-// socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
+// agent, warm, adopt, grow, shutdown, kill). The factory daemon learns the pod daemon's pid
+// from the socket (SO_PEERCRED), never from the message. Errors carry their errdefs class.
+// An answer may carry descriptors (op agent: the agent's open channels), as SCM_RIGHTS
+// with its bytes (CallFiles).
 package wire
 
 import (
@@ -17,8 +19,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -29,9 +34,12 @@ import (
 
 // Ops.
 const (
-	OpGet      = "get"
-	OpStatus   = "status"
-	OpInfo     = "info"
+	OpGet    = "get"
+	OpStatus = "status"
+	OpInfo   = "info"
+	// OpAgent is op info for the VM's owner that also hands it the agent's channels as the
+	// holder left them open (control, then stream), if it still has them.
+	OpAgent    = "agent"
 	OpWarm     = "warm"
 	OpAdopt    = "adopt"
 	OpGrow     = "grow"
@@ -51,6 +59,9 @@ type Request struct {
 	// adopt: the new owner (set by the factory daemon from SO_PEERCRED) and where the VM's
 	// directory moves.
 	Pid int `json:"pid,omitempty"`
+	// get: the VM is for this child of the asking process (the pod daemon it just
+	// started), which the factory daemon checks, instead of for the asking process.
+	Child int `json:"child,omitempty"`
 	// warm: the light warm-up (agentproto.WarmupContainer) instead of the full one.
 	Light bool `json:"light,omitempty"`
 	// status: wait until every pool is full (or a refill failed).
@@ -69,6 +80,8 @@ type Response struct {
 	// Warmup is op warm's answer: what the warm-up took in the guest (zero: there was
 	// none to run).
 	Warmup *factory.WarmResult `json:"warmup,omitempty"`
+	// Files go with the answer as SCM_RIGHTS; ServeConn closes them once sent.
+	Files []*os.File `json:"-"`
 }
 
 // VMInfo describes a held VM.
@@ -126,6 +139,51 @@ func (r Response) Err() error {
 
 // Call sends one request to the socket at path and returns the answer (or its error).
 func Call(ctx context.Context, path string, req Request) (Response, error) {
+	return call(ctx, path, req, nil)
+}
+
+// maxFiles caps the descriptors an answer may carry.
+const maxFiles = 4
+
+// CallFiles is Call for an answer that may carry descriptors: they are in the answer's
+// Files, the caller's to close (also when the answer is an error).
+func CallFiles(ctx context.Context, path string, req Request) (Response, error) {
+	var files []*os.File
+	resp, err := call(ctx, path, req, &files)
+	resp.Files = files
+	return resp, err
+}
+
+// rightsReader reads a unix connection, keeping the descriptors that come with its bytes.
+type rightsReader struct {
+	conn  *net.UnixConn
+	files *[]*os.File
+	err   error // a control message that could not be parsed
+}
+
+func (r *rightsReader) Read(p []byte) (int, error) {
+	oob := make([]byte, unix.CmsgSpace(maxFiles*4))
+	n, oobn, _, _, err := r.conn.ReadMsgUnix(p, oob)
+	if oobn > 0 {
+		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		for _, m := range msgs {
+			fds, ferr := unix.ParseUnixRights(&m)
+			if ferr != nil {
+				perr = errors.Join(perr, ferr)
+				continue
+			}
+			for _, fd := range fds {
+				*r.files = append(*r.files, os.NewFile(uintptr(fd), "passed"))
+			}
+		}
+		if perr != nil && r.err == nil {
+			r.err = perr
+		}
+	}
+	return n, err
+}
+
+func call(ctx context.Context, path string, req Request, files *[]*os.File) (Response, error) {
 	if dl, ok := ctx.Deadline(); ok && req.TimeoutMs == 0 {
 		req.TimeoutMs = time.Until(dl).Milliseconds()
 	}
@@ -141,8 +199,18 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return Response{}, fmt.Errorf("%s: send: %w", req.Op, errors.Join(err, ctx.Err()))
 	}
+	var in io.Reader = conn
+	var rights *rightsReader
+	if files != nil {
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			return Response{}, fmt.Errorf("%s: %s is not a unix socket: %w", req.Op, path, errdefs.ErrInvalidArgument)
+		}
+		rights = &rightsReader{conn: uc, files: files}
+		in = rights
+	}
 	var resp Response
-	if err := decodeMessage(conn, &resp); err != nil {
+	if err := decodeMessage(in, &resp); err != nil {
 		if ctx.Err() != nil {
 			return Response{}, fmt.Errorf("%s: no answer from %s: %w", req.Op, path, ctx.Err())
 		}
@@ -150,6 +218,9 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	}
 	if err := resp.Err(); err != nil {
 		return resp, fmt.Errorf("%s: %w", req.Op, err)
+	}
+	if rights != nil && rights.err != nil {
+		return resp, fmt.Errorf("%s: descriptors from %s: %w", req.Op, path, rights.err)
 	}
 	return resp, nil
 }
@@ -181,7 +252,28 @@ func ServeConn(conn net.Conn, handle func(net.Conn, Request) Response) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{}) // handlers may watch the connection for as long as they run
-	json.NewEncoder(conn).Encode(handle(conn, req))
+	resp := handle(conn, req)
+	defer func() {
+		for _, f := range resp.Files {
+			f.Close()
+		}
+	}()
+	uc, ok := conn.(*net.UnixConn)
+	if len(resp.Files) == 0 || !ok {
+		json.NewEncoder(conn).Encode(resp)
+		return
+	}
+	b, err := json.Marshal(resp)
+	if err != nil {
+		json.NewEncoder(conn).Encode(ErrResponse(fmt.Errorf("encode answer: %w", err)))
+		return
+	}
+	fds := make([]int, len(resp.Files))
+	for i, f := range resp.Files {
+		fds[i] = int(f.Fd())
+	}
+	// The descriptors go with the answer's first bytes, in one message.
+	uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(fds...), nil)
 }
 
 // decodeMessage decodes one JSON value of at most maxMessage bytes from r.
@@ -194,4 +286,26 @@ func decodeMessage(r io.Reader, v any) error {
 		return err
 	}
 	return nil
+}
+
+// PeerPid is the pid of the process at the other end of a unix socket connection
+// (SO_PEERCRED): who asks, as the kernel says, never as the message says.
+func PeerPid(conn interface {
+	SyscallConn() (syscall.RawConn, error)
+}) (int, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("SO_PEERCRED: %w", serr)
+	}
+	return int(cred.Pid), nil
 }

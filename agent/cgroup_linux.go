@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"reflect"
+	"strings"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
+)
+
+// cgroupRoot is where the agent mounts the unified hierarchy (boot_linux.go).
+const cgroupRoot = "/sys/fs/cgroup"
+
+// containerCgroup is the cgroup v2 directory of a container of the create engine. What a
+// container without limits asks of its cgroup is the directory, with the controllers
+// enabled on its parents, and its device filter; libcontainer's cgroup manager does the
+// same through its fs2 package, whose code is ~300 translated blocks of a cold guest's
+// first container (docs/performance.md, "Cold first container, stop 13"). So a cgroup
+// whose only resources are device rules is made and set here, as fs2 makes and sets it;
+// with any other resource, and for freezing, stats and the freezer state of a frozen
+// cgroup, the cgroup is libcontainer's manager's, made when first needed.
+type containerCgroup struct {
+	dir string
+	cfg *cgroups.Cgroup
+	mgr cgroups.Manager // libcontainer's fs2 manager, once needed
+}
+
+// newContainerCgroup prepares the cgroup of cfg; create makes it.
+func newContainerCgroup(cfg *cgroups.Cgroup) (*containerCgroup, error) {
+	if dir, ok := ownCgroupDir(cfg); ok {
+		return &containerCgroup{dir: dir, cfg: cfg}, nil
+	}
+	mgr, err := manager.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &containerCgroup{dir: mgr.Path(""), cfg: cfg, mgr: mgr}, nil
+}
+
+// ownCgroupDir is the directory of a cgroup this file makes, as fs2 names it: an absolute
+// cgroups path (runv's adjustSpec sets /runv/<id>) under the unified mount, and resources
+// that are device rules only. !ok for any other cgroup: libcontainer's manager makes it.
+func ownCgroupDir(cfg *cgroups.Cgroup) (string, bool) {
+	if cfg.Systemd || cfg.Rootless || cfg.Name != "" || cfg.Parent != "" || !path.IsAbs(cfg.Path) ||
+		(cfg.Resources != nil && !devicesOnly(cfg.Resources)) {
+		return "", false
+	}
+	p := path.Clean(cfg.Path)
+	if p == "/" {
+		return "", false
+	}
+	return cgroupRoot + p, true
+}
+
+// devicesOnly tells whether r sets nothing but device rules: for such resources every
+// setter of fs2's Manager.Set but the devices' is a no-op.
+func devicesOnly(r *cgroups.Resources) bool {
+	rest := *r
+	rest.Devices, rest.SkipDevices = nil, false
+	return reflect.ValueOf(rest).IsZero()
+}
+
+// manager is libcontainer's manager of the cgroup, made on first use.
+func (c *containerCgroup) manager() (cgroups.Manager, error) {
+	if c.mgr == nil {
+		mgr, err := manager.New(c.cfg)
+		if err != nil {
+			return nil, err
+		}
+		if mgr.Path("") != c.dir {
+			return nil, fmt.Errorf("libcontainer's cgroup manager names %s, not %s", mgr.Path(""), c.dir)
+		}
+		c.mgr = mgr
+	}
+	return c.mgr, nil
+}
+
+// create makes the cgroup: fs2's Apply, without a process to move in (the helper is
+// forked into it with CLONE_INTO_CGROUP).
+func (c *containerCgroup) create() error {
+	if c.mgr != nil {
+		return c.mgr.Apply(-1)
+	}
+	return createCgroupDir(cgroupRoot, c.dir)
+}
+
+// createCgroupDir makes dir and its missing parents under root (the unified mount), with
+// every controller of the root enabled in the subtree of each parent (the root's included), and
+// turns a parent found in the "domain invalid" state threaded, as fs2's CreateCgroupPath
+// does for a cgroup without domain controllers' limits. What it made is removed on error.
+func createCgroupDir(root, dir string) (err error) {
+	rel, ok := strings.CutPrefix(dir, root+"/")
+	if !ok {
+		return fmt.Errorf("cgroup %s is not under %s", dir, root)
+	}
+	b, err := os.ReadFile(root + "/cgroup.controllers")
+	if err != nil {
+		return err
+	}
+	enable := "+" + strings.Join(strings.Fields(string(b)), " +")
+	var made []string
+	defer func() {
+		if err != nil {
+			for i := len(made) - 1; i >= 0; i-- {
+				_ = os.Remove(made[i])
+			}
+		}
+	}()
+	current := root
+	elems := strings.Split(rel, "/")
+	for i := -1; i < len(elems); i++ {
+		if i >= 0 {
+			current += "/" + elems[i]
+			if err := os.Mkdir(current, 0o755); err == nil {
+				made = append(made, current)
+			} else if !errors.Is(err, os.ErrExist) {
+				return err
+			}
+			if typ, _ := os.ReadFile(current + "/cgroup.type"); strings.TrimSpace(string(typ)) == "domain invalid" {
+				_ = os.WriteFile(current+"/cgroup.type", []byte("threaded"), 0)
+			}
+		}
+		if i < len(elems)-1 {
+			enableControllers(current, enable)
+		}
+	}
+	return nil
+}
+
+// enableControllers writes enable ("+cpu +memory ...") to dir's cgroup.subtree_control,
+// and when the kernel refuses the whole, each controller alone, ignoring which it refuses
+// (fs2's CreateCgroupPath does the same: a controller a parent cannot have is not an error).
+func enableControllers(dir, enable string) {
+	f := dir + "/cgroup.subtree_control"
+	if os.WriteFile(f, []byte(enable), 0) == nil {
+		return
+	}
+	for _, ctrl := range strings.Fields(enable) {
+		_ = os.WriteFile(f, []byte(ctrl), 0)
+	}
+}
+
+// set applies r: its device rules here when they are all it has, else fs2's Set.
+func (c *containerCgroup) set(r *cgroups.Resources) error {
+	if r == nil {
+		return nil
+	}
+	if c.mgr == nil && devicesOnly(r) {
+		if cgroups.DevicesSetV2 == nil {
+			if len(r.Devices) > 0 {
+				return cgroups.ErrDevicesUnsupported
+			}
+			return nil
+		}
+		return cgroups.DevicesSetV2(c.dir, r)
+	}
+	mgr, err := c.manager()
+	if err != nil {
+		return err
+	}
+	return mgr.Set(r)
+}
+
+// freezerState is the cgroup's cgroup.freeze: thawed read here, anything else (frozen, or
+// being frozen) through fs2, which waits for the freeze to complete.
+func (c *containerCgroup) freezerState() (cgroups.FreezerState, error) {
+	if b, err := os.ReadFile(c.dir + "/cgroup.freeze"); err == nil && string(b) == "0\n" {
+		return cgroups.Thawed, nil
+	}
+	mgr, err := c.manager()
+	if err != nil {
+		return cgroups.Undefined, err
+	}
+	return mgr.GetFreezerState()
+}
+
+func (c *containerCgroup) freeze(state cgroups.FreezerState) error {
+	mgr, err := c.manager()
+	if err != nil {
+		return err
+	}
+	return mgr.Freeze(state)
+}
+
+func (c *containerCgroup) stats() (*cgroups.Stats, error) {
+	mgr, err := c.manager()
+	if err != nil {
+		return nil, err
+	}
+	return mgr.GetStats()
+}
+
+func (c *containerCgroup) exists() bool { return cgroups.PathExists(c.dir) }
+
+func (c *containerCgroup) pids() ([]int, error) { return cgroups.GetAllPids(c.dir) }
+
+// destroy removes the cgroup (fs2's Destroy: its children too, retrying while busy).
+func (c *containerCgroup) destroy() error { return cgroups.RemovePath(c.dir) }

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/cgroups"
+	devices "github.com/opencontainers/cgroups/devices/config"
+)
+
+// Every field of cgroups.Resources but the device rules takes the cgroup to libcontainer's
+// manager: a field added by a libcontainer update included.
+func TestDevicesOnly(t *testing.T) {
+	rules := []*devices.Rule{{Type: devices.CharDevice, Major: 1, Minor: 3, Permissions: "rwm", Allow: true}}
+	if !devicesOnly(&cgroups.Resources{}) || !devicesOnly(&cgroups.Resources{Devices: rules, SkipDevices: true}) {
+		t.Fatal("resources without limits are not devices only")
+	}
+	typ := reflect.TypeOf(cgroups.Resources{})
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if f.Name == "Devices" || f.Name == "SkipDevices" {
+			continue
+		}
+		r := cgroups.Resources{Devices: rules}
+		v := reflect.ValueOf(&r).Elem().Field(i)
+		switch v.Kind() {
+		case reflect.Pointer:
+			v.Set(reflect.New(f.Type.Elem()))
+		case reflect.Slice:
+			v.Set(reflect.MakeSlice(f.Type, 1, 1))
+		case reflect.Map:
+			v.Set(reflect.MakeMap(f.Type))
+			v.SetMapIndex(reflect.New(f.Type.Key()).Elem(), reflect.New(f.Type.Elem()).Elem())
+		case reflect.Bool:
+			v.SetBool(true)
+		case reflect.String:
+			v.SetString("x")
+		case reflect.Int, reflect.Int16, reflect.Int32, reflect.Int64:
+			v.SetInt(1)
+		case reflect.Uint, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			v.SetUint(1)
+		default:
+			t.Fatalf("field %s of kind %s: teach the test to set it", f.Name, v.Kind())
+		}
+		if devicesOnly(&r) {
+			t.Errorf("resources with %s set count as devices only", f.Name)
+		}
+	}
+}
+
+func TestOwnCgroupDir(t *testing.T) {
+	limit := int64(10)
+	tests := []struct {
+		name string
+		cfg  cgroups.Cgroup
+		dir  string // "" when libcontainer's manager makes it
+	}{
+		{"runv's path", cgroups.Cgroup{Path: "/runv/c1", Resources: &cgroups.Resources{}}, "/sys/fs/cgroup/runv/c1"},
+		{"no resources", cgroups.Cgroup{Path: "/runv/c1"}, "/sys/fs/cgroup/runv/c1"},
+		{"cleaned", cgroups.Cgroup{Path: "/runv/../x//c1/"}, "/sys/fs/cgroup/x/c1"},
+		{"relative", cgroups.Cgroup{Path: "runv/c1"}, ""},
+		{"the root", cgroups.Cgroup{Path: "/.."}, ""},
+		{"parent and name", cgroups.Cgroup{Parent: "runv", Name: "c1"}, ""},
+		{"systemd", cgroups.Cgroup{Path: "/runv/c1", Systemd: true}, ""},
+		{"a pids limit", cgroups.Cgroup{Path: "/runv/c1", Resources: &cgroups.Resources{PidsLimit: &limit}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, ok := ownCgroupDir(&tt.cfg)
+			if dir != tt.dir || ok != (tt.dir != "") {
+				t.Errorf("ownCgroupDir = %q, %v; want %q", dir, ok, tt.dir)
+			}
+		})
+	}
+}
+
+// createCgroupDir on plain files standing for cgroupfs: the controllers enabled in each
+// parent's subtree, a "domain invalid" parent made threaded, errors.
+func TestCreateCgroupDir(t *testing.T) {
+	root := t.TempDir()
+	write := func(name, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(name string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write("cgroup.controllers", "cpuset cpu memory pids\n")
+	write("threads/cgroup.type", "domain invalid\n")
+	if err := createCgroupDir(root, root+"/threads/c1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"cgroup.subtree_control", "threads/cgroup.subtree_control"} {
+		if got := read(f); got != "+cpuset +cpu +memory +pids" {
+			t.Errorf("%s = %q", f, got)
+		}
+	}
+	if got := read("threads/cgroup.type"); got != "threaded" {
+		t.Errorf("the domain invalid parent's type = %q, want threaded", got)
+	}
+	if _, err := os.Stat(filepath.Join(root, "threads/c1/cgroup.subtree_control")); !os.IsNotExist(err) {
+		t.Errorf("the new cgroup's own subtree_control was written (%v)", err)
+	}
+
+	// A name the kernel refuses (a parent made before it is removed on cgroupfs; here, a
+	// plain directory holding the subtree_control written into it, it cannot be).
+	if err := createCgroupDir(root, root+"/made/"+strings.Repeat("n", 300)); err == nil {
+		t.Error("a cgroup with a 300-byte name was made")
+	}
+	if err := createCgroupDir("/nonexistent", root+"/c4"); err == nil {
+		t.Error("a cgroup outside the root was made")
+	}
+}
