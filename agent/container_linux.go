@@ -326,7 +326,8 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 		return nil, fmt.Errorf("start container %q: %w", c.id, err)
 	}
 	tr.mark("exec fifo read")
-	c.init.execed()
+	_, engine := c.lc.(*engineContainer)
+	c.init.execed(engine)
 	tr.mark("program exec'd")
 	c.log.Debugf("started")
 	return nil, nil

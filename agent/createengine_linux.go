@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -163,7 +162,9 @@ func (e *engineContainer) Exec() error {
 	return nil
 }
 
-// exitedLocked tells whether the init is gone (a zombie counts: it runs nothing).
+// exitedLocked tells whether the init is gone (a zombie counts: it runs nothing). The init
+// is the agent's child (the helper forked it with CLONE_PARENT): waitid tells without
+// reaping it.
 func (e *engineContainer) exitedLocked() bool {
 	if e.init == nil {
 		return true
@@ -171,12 +172,7 @@ func (e *engineContainer) exitedLocked() bool {
 	if err := e.init.Signal(syscall.Signal(0)); err != nil {
 		return true
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(e.init.Pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	state, _, ok := parseStat(b)
-	return !ok || state == 'Z' || state == 'X'
+	return childExited(e.init.Pid)
 }
 
 func (e *engineContainer) statusLocked() (libcontainer.Status, error) {

@@ -23,32 +23,14 @@ const execWait = 10 * time.Second
 // The wait also makes STARTCONTAINER answer once the container's program runs, not merely
 // once the init was told to exec it (where libcontainer's Exec, and runc's `start`,
 // return): on the host the program runs within a millisecond of that, in a VM under TCG
-// exec'ing it (its binary comes over 9p) takes several.
-func (p *process) execed() {
+// exec'ing it (its binary comes over 9p) takes several. seen: the exec helper already saw
+// the exec (its report pipe, close-on-exec, reached EOF), there is nothing to wait for.
+func (p *process) execed(seen bool) {
 	if p.pid <= 0 {
 		return
 	}
-	stat := "/proc/" + strconv.Itoa(p.pid) + "/stat"
-	deadline := time.Now().Add(execWait)
-	for delay := 50 * time.Microsecond; ; delay = min(2*delay, 2*time.Millisecond) {
-		if p.exited() {
-			return
-		}
-		b, err := os.ReadFile(stat)
-		if err != nil {
-			return // gone
-		}
-		if state, _, ok := parseStat(b); !ok || state == 'Z' || state == 'X' {
-			return // exited, not reaped yet
-		}
-		if statComm(b) != initComm {
-			break
-		}
-		if time.Now().After(deadline) {
-			p.log.Errorf("not exec'd after %v", execWait)
-			break
-		}
-		time.Sleep(delay)
+	if !seen && p.awaitProgram() {
+		return
 	}
 	p.mu.Lock()
 	p.execAt = time.Now()
@@ -58,6 +40,33 @@ func (p *process) execed() {
 		if err := unix.Prlimit(p.pid, rl.Type, &lim, nil); err != nil {
 			p.log.Errorf("set rlimit %d: %v", rl.Type, err)
 		}
+	}
+}
+
+// awaitProgram polls /proc/<pid>/stat until the process no longer runs libcontainer's init
+// (it exec'd its program) or execWait passed; gone when it exited meanwhile.
+func (p *process) awaitProgram() (gone bool) {
+	stat := "/proc/" + strconv.Itoa(p.pid) + "/stat"
+	deadline := time.Now().Add(execWait)
+	for delay := 50 * time.Microsecond; ; delay = min(2*delay, 2*time.Millisecond) {
+		if p.exited() {
+			return true
+		}
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			return true
+		}
+		if state, _, ok := parseStat(b); !ok || state == 'Z' || state == 'X' {
+			return true // exited, not reaped yet
+		}
+		if statComm(b) != initComm {
+			return false
+		}
+		if time.Now().After(deadline) {
+			p.log.Errorf("not exec'd after %v", execWait)
+			return false
+		}
+		time.Sleep(delay)
 	}
 }
 

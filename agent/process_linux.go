@@ -168,7 +168,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	if init {
 		p.pinMountNS()
 	} else {
-		p.execed()
+		p.execed(fast)
 		tr.mark("program exec'd")
 	}
 	log.Debugf("started, pid %d", pid)

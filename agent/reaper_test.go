@@ -188,8 +188,19 @@ func TestParseStat(t *testing.T) {
 }
 
 // TestZombieChildrenReal makes a real zombie child and checks the /proc scan finds it and
-// reapPid collects exactly it.
+// reapPid collects exactly it; childExited tells a running child, a zombie and a reaped one.
 func TestZombieChildrenReal(t *testing.T) {
+	sleeper, err := os.StartProcess("/bin/sleep", []string{"sleep", "60"}, &os.ProcAttr{})
+	if err != nil {
+		t.Skipf("cannot start /bin/sleep: %v", err)
+	}
+	defer func() { _ = sleeper.Kill(); _, _ = sleeper.Wait() }()
+	if childExited(sleeper.Pid) {
+		t.Errorf("childExited(%d) of a running child", sleeper.Pid)
+	}
+	if zombie, err := childZombie(os.Getpid()); zombie || err != unix.ECHILD {
+		t.Errorf("childZombie of this process = %v, %v; want ECHILD", zombie, err)
+	}
 	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
 	if err != nil {
 		t.Skipf("cannot start /bin/true: %v", err)
@@ -216,8 +227,17 @@ func TestZombieChildrenReal(t *testing.T) {
 	if !slices.Contains(zs, p.Pid) {
 		t.Fatalf("zombieChildren() = %v, missing %d", zs, p.Pid)
 	}
+	if slices.Contains(zs, sleeper.Pid) {
+		t.Errorf("zombieChildren() = %v lists the running child %d", zs, sleeper.Pid)
+	}
+	if !childExited(p.Pid) {
+		t.Errorf("childExited(%d) of a zombie child", p.Pid)
+	}
 	if err := reapPid(p.Pid); err != nil {
 		t.Fatalf("reapPid: %v", err)
+	}
+	if !childExited(p.Pid) {
+		t.Errorf("childExited(%d) of a reaped child", p.Pid)
 	}
 	zs, _ = zombieChildren()
 	if slices.Contains(zs, p.Pid) {
