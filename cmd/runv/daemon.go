@@ -4,6 +4,7 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/internal/poddaemon"
@@ -37,6 +38,9 @@ var daemonCommand = &cli.Command{
 			ready = os.NewFile(uintptr(fd), "ready")
 		}
 		if fd := c.Int("vm-fd"); fd > 0 {
+			// Read in the background while the boot may go on without it (a VM booted
+			// directly): QEMU must not inherit it.
+			unix.CloseOnExec(fd)
 			prefetched = os.NewFile(uintptr(fd), "prefetched-vm")
 		}
 		// The daemon always logs to its pod directory's daemon.log (its stderr), at info
