@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,5 +226,28 @@ func TestExecSpec(t *testing.T) {
 		if _, err := execSpec(parse(t, execCommand, bad...), rec); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("exec %v: error %v, want invalid argument", bad, err)
 		}
+	}
+}
+
+// A container may be called "h" or "help" (runc accepts both): urfave/cli's help subcommand
+// must not take them, while --help still prints a command's help.
+func TestContainerNamedLikeHelp(t *testing.T) {
+	root := t.TempDir()
+	for _, args := range [][]string{{"state", "h"}, {"state", "help"}, {"delete", "h"}, {"kill", "help", "KILL"}, {"exec", "h", "true"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			app := newApp()
+			app.Writer, app.ErrWriter = io.Discard, io.Discard
+			err := app.Run(append([]string{"runv", "--root", root}, args...))
+			// exec reports its failure as runc does, with exit status 255 (after the message).
+			if !errors.Is(err, errdefs.ErrNotFound) && err != (exitError{execFailedCode}) {
+				t.Fatalf("runv %v: error %v, want container %q not found", args, err, args[1])
+			}
+		})
+	}
+	var out strings.Builder
+	app := newApp()
+	app.Writer = &out
+	if err := app.Run([]string{"runv", "state", "--help"}); err != nil || !strings.Contains(out.String(), "runv state") {
+		t.Fatalf("runv state --help: %v, output %q", err, out.String())
 	}
 }

@@ -75,5 +75,20 @@ func newApp() *cli.App {
 		ExitErrHandler:            func(*cli.Context, error) {}, // main decides how to exit
 	}
 	app.HideHelpCommand = true
+	hideHelpSubcommands(app.Commands)
 	return app
+}
+
+// hideHelpSubcommands keeps urfave/cli from giving each command a `help` subcommand (alias
+// `h`): on a command whose argument is a container ID, `runv state h` would print state's
+// help instead of the state of container "h", which runc accepts as an ID. `--help` stays.
+// A command with subcommands of its own (manage) keeps its help subcommand.
+func hideHelpSubcommands(cmds []*cli.Command) {
+	for _, c := range cmds {
+		if len(c.Subcommands) == 0 {
+			c.HideHelpCommand = true
+			continue
+		}
+		hideHelpSubcommands(c.Subcommands)
+	}
 }
