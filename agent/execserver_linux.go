@@ -67,12 +67,11 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 		}
 		return nil, fmt.Errorf("exec server: %w", err)
 	}
-	proc := helper
-	s := &execServer{sock: fds[0], pid: proc.Pid, exited: make(chan struct{})}
+	s := &execServer{sock: fds[0], pid: helper.Pid, exited: make(chan struct{})}
 	go func() {
-		_, _ = proc.Wait()
+		_, _ = helper.Wait()
 		if onExit != nil {
-			onExit(proc.Pid)
+			onExit(helper.Pid)
 		}
 		close(s.exited)
 	}()

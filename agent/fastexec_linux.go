@@ -111,8 +111,6 @@ func (c *container) cgroupDirs() []string {
 	return dirs
 }
 
-// capsFor converts capability names into the helper's bit sets; names unknown to the
-// guest's kernel are ignored, as libcontainer ignores them.
 // capNames are the capabilities by number, as OCI specs name them: the ones moby's capability
 // package knows (TestCapNamesAreKnown), without its names' switch and strings.ToUpper per
 // name and container (~90 translated blocks of a cold guest's first container).
@@ -127,6 +125,8 @@ var capNames = [...]string{
 	"CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 }
 
+// capsFor converts capability names into the helper's bit sets; names unknown to the
+// guest's kernel are ignored, as libcontainer ignores them.
 func capsFor(c *configs.Capabilities) (*capSets, uint32, error) {
 	last, err := capability.LastCap()
 	if err != nil {
@@ -377,11 +377,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	}
 	tr.mark("helper forked the process")
 	if req.create != nil {
-		next, err := readReport(repR)
-		for err == nil && next.kind == reportTrace {
-			tr.mark(next.text)
-			next, err = readReport(repR)
-		}
+		next, err := readReportTraced(repR, tr)
 		if err == nil && next.kind == reportReady {
 			_ = repR.SetReadDeadline(time.Time{})
 			return proc, repR, nil
@@ -490,6 +486,17 @@ func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespa
 	return helper, repR, nil
 }
 
+// readReportTraced reads the next report that is not a step (reportTrace), marking the
+// steps it passes in tr.
+func readReportTraced(r io.Reader, tr *stepTrace) (helperReport, error) {
+	next, err := readReport(r)
+	for err == nil && next.kind == reportTrace {
+		tr.mark(next.text)
+		next, err = readReport(r)
+	}
+	return next, err
+}
+
 // awaitExec reads the report pipe of a process that is about to exec its program: EOF
 // (the pipe closes on exec) is success, else the helper's report of what failed.
 func awaitExec(report *os.File, argv0 string) error {
@@ -499,11 +506,7 @@ func awaitExec(report *os.File, argv0 string) error {
 // awaitExecTraced is awaitExec that marks in tr the steps the process reports
 // (traceSteps).
 func awaitExecTraced(report *os.File, argv0 string, tr *stepTrace) error {
-	next, err := readReport(report)
-	for err == nil && next.kind == reportTrace {
-		tr.mark(next.text)
-		next, err = readReport(report)
-	}
+	next, err := readReportTraced(report, tr)
 	switch {
 	case err == io.EOF:
 		return nil
