@@ -58,8 +58,11 @@ func installDeviceFilters() {
 }
 
 func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
+	if r.SkipDevices {
+		return f.load(dir, r)
+	}
 	insns, ok := deviceProgram(r.Devices)
-	if r.SkipDevices || !ok {
+	if !ok {
 		return f.load(dir, r)
 	}
 	f.mu.Lock()

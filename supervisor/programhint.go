@@ -52,18 +52,23 @@ func programHint(rootfs string, mountDests []string, p *specs.Process) string {
 		return ""
 	}
 	defer unix.Close(root)
+	rootPath, err := readlinkFd(root)
+	if err != nil {
+		return ""
+	}
+	in := rootDir{fd: root, path: rootPath}
 	mounts := make([]string, 0, 2*(len(mountDests)+len(agentMounts)))
 	for _, m := range append(append([]string{}, mountDests...), agentMounts...) {
 		if !filepath.IsAbs(m) {
 			return "" // the guest resolves it against the cwd: no telling where it lands
 		}
-		mounts = append(mounts, filepath.Clean(m), resolveInRoot(root, m))
+		mounts = append(mounts, filepath.Clean(m), in.resolve(m))
 	}
 	for _, dir := range strings.Split(path, ":") {
 		if dir == "" || !filepath.IsAbs(dir) {
 			return ""
 		}
-		if overlapsAny(mounts, filepath.Clean(dir)) || overlapsAny(mounts, resolveInRoot(root, dir)) {
+		if overlapsAny(mounts, filepath.Clean(dir)) || overlapsAny(mounts, in.resolve(dir)) {
 			return ""
 		}
 		candidate := dir + "/" + name // as the helper's look_path joins them
@@ -87,20 +92,25 @@ func overlapsAny(paths []string, dir string) bool {
 	return false
 }
 
-// resolveInRoot is path with the symlinks of its longest existing prefix resolved inside
+// rootDir is the container's rootfs: an O_PATH descriptor and the host path it resolves to.
+type rootDir struct {
+	fd   int
+	path string
+}
+
+// resolve is path with the symlinks of its longest existing prefix resolved inside the
 // root (as the guest resolves it in the container), the rest as written.
-func resolveInRoot(root int, path string) string {
+func (root rootDir) resolve(path string) string {
 	rest := ""
 	for p := filepath.Clean(path); ; {
-		fd, err := unix.Openat2(root, p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+		fd, err := unix.Openat2(root.fd, p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
 		if err == nil {
 			real, rerr := readlinkFd(fd)
 			unix.Close(fd)
-			rootPath, rrerr := readlinkFd(root)
-			if rerr != nil || rrerr != nil {
+			if rerr != nil {
 				return filepath.Clean(path)
 			}
-			inRoot := "/" + strings.TrimPrefix(strings.TrimPrefix(real, rootPath), "/")
+			inRoot := "/" + strings.TrimPrefix(strings.TrimPrefix(real, root.path), "/")
 			return filepath.Join(inRoot, rest)
 		}
 		if p == "/" {
