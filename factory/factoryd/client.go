@@ -75,7 +75,7 @@ func (c *Client) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM,
 }
 
 func (c *Client) get(ctx context.Context, req factory.Request) (*holder.VM, error) {
-	resp, err := wire.Call(ctx, c.Socket, wire.Request{Op: wire.OpGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
+	resp, err := wire.Call(ctx, c.Socket, getRequest(req, 0))
 	if err != nil {
 		return nil, err
 	}
@@ -87,11 +87,17 @@ func (c *Client) get(ctx context.Context, req factory.Request) (*holder.VM, erro
 // started: its pod daemon, which takes the VM over with Prefetched. The request travels
 // while the pod daemon starts (5 ms of exec and Go's start, idle) instead of after it.
 func Prefetch(ctx context.Context, socket string, req factory.Request, child int) (wire.VMInfo, error) {
-	resp, err := wire.Call(ctx, socket, wire.Request{Op: wire.OpGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Child: child})
+	resp, err := wire.Call(ctx, socket, getRequest(req, child))
 	if err != nil {
 		return wire.VMInfo{}, err
 	}
 	return *resp.VM, nil
+}
+
+// getRequest is the factory daemon's get of a VM for req; for child (0: for the caller
+// itself), as Prefetch asks.
+func getRequest(req factory.Request, child int) wire.Request {
+	return wire.Request{Op: wire.OpGet, ID: req.ID, Dir: req.Dir, ShareDir: req.ShareDir, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Child: child}
 }
 
 // prefetchMessage is what a pod daemon's starter tells it about the VM it fetched.
