@@ -188,6 +188,9 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts
 	}
 	defer os.RemoveAll(dir)
 	l := &qemu.Launcher{}
+	// Started as runv starts its QEMU: without transparent huge pages (the error is runv's
+	// to ignore too).
+	_ = qemu.DisableHugePages()
 	bin, args, err := l.CommandLine(context.Background(), hypervisor.Config{
 		ID: "bare", Dir: dir, ShareDir: dir, Kernel: kernel, Initrd: initrd,
 		Machine: machine, Accel: accel, MemoryMiB: memory, KernelParams: append([]string{qemu.ProbeParam}, adds(params)...),

@@ -62,6 +62,9 @@ func netfloor(args []string) error {
 	}
 	defer os.RemoveAll(dir)
 	l := &qemu.Launcher{}
+	// Started as runv starts its QEMU: without transparent huge pages (the error is runv's
+	// to ignore too).
+	_ = qemu.DisableHugePages()
 	bin, qargs, err := l.CommandLine(context.Background(), hypervisor.Config{
 		ID: "floor", Dir: dir, ShareDir: dir, Kernel: *kernel, Initrd: *initrd,
 		Machine: *machine, Accel: hypervisor.AccelTCG, CPUs: *cpus, MemoryMiB: *memory,

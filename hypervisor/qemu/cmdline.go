@@ -12,7 +12,8 @@ import (
 // goes to QEMU's stdout instead of Dir/console.log (which QEMU then writes itself, unbounded). It exists for measurements (bench/
 // boots the very same machine bare, to compare runv against): a runtime caller uses Launch.
 // Like Launch, the caller must start QEMU in a network namespace of its own (CLONE_NEWNET):
-// QEMU creates the taps of the VM's NICs (nic.go) where it runs.
+// QEMU creates the taps of the VM's NICs (nic.go) where it runs; and it must call
+// DisableHugePages first, as Launch does.
 func (l *Launcher) CommandLine(ctx context.Context, cfg hypervisor.Config, serialStdio bool) (string, []string, error) {
 	cfg = withDefaults(cfg)
 	if err := validate(&cfg); err != nil {

@@ -60,6 +60,8 @@ type startOpts struct {
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
 // process group, and reaps it in the background.
 func startProcess(o startOpts) (*process, error) {
+	// Not fatal: without the setting QEMU runs as it would anywhere else.
+	_ = DisableHugePages()
 	cmd := exec.Command(o.path, o.args...)
 	if o.stdout != nil {
 		cmd.Stdout = o.stdout
