@@ -171,5 +171,9 @@ if [ "$BURST" = 1 ] && [ "$KIND" = cache ]; then
 		sed -n 's/.*msg="pooled vm warmed".* light=\([a-z]*\) duration=\([^ ]*\) qemu_cpu=\([^ ]*\).*/\1 \3/p' "$work/factory-$ab.log" |
 			awk '{n[$1]++; c[$1] = c[$1] " " $2} END {for (k in n) printf "  light=%s n=%d cpu:%s\n", k, n[k], c[k]}'
 		echo "  cold hand-outs: $(grep -c 'handing out a vm before its warm-up' "$work/factory-$ab.log")"
+		# What each pod got (a runv that logs it): its VM's warmth and how long it waited.
+		grep -q 'msg="handed out a pooled VM".*warmth=' "$work/factory-$ab.log" &&
+			echo "  hand-outs (warmth:waited ms): $(sed -n 's/.*msg="handed out a pooled VM".* warmth=\([a-z]*\) waited=\([^ ]*\).*/\1 \2/p' "$work/factory-$ab.log" |
+				awk '{d = $2; if (d ~ /ms$/) v = d + 0; else if (d ~ /µs$/) v = 0; else if (d ~ /s$/) v = d * 1000; else v = 0; printf "%s:%.0f ", $1, v}')"
 	done
 fi

@@ -91,6 +91,17 @@ const (
 	fullWarm                // warmed fully, or nothing to warm (not a Warmer)
 )
 
+func (w warmth) String() string {
+	switch w {
+	case cold:
+		return "cold"
+	case lightWarm:
+		return "light"
+	default:
+		return "full"
+	}
+}
+
 // Cache keeps Size VMs from a base factory (direct, template, or anything else) booted
 // and hands them out at once, refilling in the background. Close kills every pooled VM;
 // VMs handed out belong to their requester.
@@ -528,6 +539,7 @@ func (c *Cache) GetVM(ctx context.Context, req Request) (hypervisor.VM, error) {
 		log.Debug("request is bigger than the pooled VMs can grow", "cpus", cpus, "memory_mib", mem)
 		return c.fallback.GetVM(ctx, req)
 	}
+	asked := time.Now()
 	p, err := c.take(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("get vm %s: %w", req.ID, err)
@@ -555,7 +567,9 @@ func (c *Cache) GetVM(ctx context.Context, req Request) (hypervisor.VM, error) {
 		}
 		return c.fallback.GetVM(ctx, req)
 	}
-	log.Debug("handed out a pooled VM", "pooled", p.name, "grown", grown)
+	// What a pod of a burst got: a warm VM or a cold one, at once or after a wait for a
+	// warm-up or a refill (docs/performance.md, "Bursts, stop 14").
+	log.Debug("handed out a pooled VM", "pooled", p.name, "warmth", p.warmth, "waited", time.Since(asked), "grown", grown)
 	v := &CachedVM{VM: p.vm, id: req.ID, grown: grown, Pooled: p.name}
 	// The VM is the requester's now: Close does not wait for it.
 	go func() {

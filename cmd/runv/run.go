@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/urfave/cli/v2"
 
@@ -43,7 +44,15 @@ var runCommand = &cli.Command{
 		}
 		defer cr.pod.Close()
 		if detach {
-			return startContainer(c.Context, g, id)
+			err := startContainer(c.Context, g, id)
+			if err != nil {
+				// As runc's run -d: a container that could not start is not left behind
+				// (its pod, VM and host cgroups go with it).
+				if derr := removeContainer(context.Background(), g, id, true, nil); derr != nil {
+					return fmt.Errorf("%w (removing the container that did not start also failed: %v)", err, derr)
+				}
+			}
+			return err
 		}
 		keep := c.Bool("keep")
 		code, podEmptied, err := runAttached(c.Context, cr, id, !keep)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/internal/fdpass"
-	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
@@ -93,7 +92,10 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	case <-time.After(5 * time.Second):
 		g.Stop()
 	}
-	if err := mounts.RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// Everything of the pod goes with its daemon: a foreground run that ended the pod does
+	// not wait for it (cmd/runv, endsOnItsOwn), and a create that failed, or a delete after
+	// the daemon was killed, cleans up the same way (supervisor.CleanupPodDir).
+	if err := supervisor.CleanupPodDir(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		closeErr = errors.Join(closeErr, err)
 	}
 	return closeErr

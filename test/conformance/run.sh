@@ -9,6 +9,10 @@
 #   RUNTIMES=runv test/conformance/run.sh   # only runv (runc's column stays empty)
 #   test/conformance/run.sh --report DIR    # the table of a saved run (CACHE/results/<time>)
 #
+# Each run keeps its containers in state roots of its own (a temporary directory under /run,
+# removed at the end): runs at the same time, and client tests beside one, do not see each
+# other's containers.
+#
 # Environment: RUNC (default: runc on PATH), RUNV (default /usr/local/bin/runv), RUNTIMES
 # ("runc runv"), TIMEOUT (seconds per program, default 120: a program still running then is
 # killed and counted as failed), CACHE (default /var/cache/runv/runtime-tools: the sources,
@@ -112,6 +116,18 @@ runtime_path() {
 	esac
 }
 
+# runtime_with_root RUNTIME: a wrapper that runs the runtime with this run's own state root
+# (under STATE_ROOT), made once: two runs at the same time, or a client test beside one, must
+# not list and delete each other's containers in the default /run/runc or /run/runv.
+runtime_with_root() {
+	local w=$STATE_ROOT/$1.sh
+	if [ ! -x "$w" ]; then
+		printf '#!/bin/sh\nexec %q --root %q "$@"\n' "$(runtime_path "$1")" "$STATE_ROOT/$1" >"$w"
+		chmod +x "$w"
+	fi
+	echo "$w"
+}
+
 # Containers a program left behind (a killed program does not clean up): delete those that
 # were not there before it ran.
 cleanup_new() {
@@ -153,7 +169,7 @@ tap_counts() {
 
 run_one() { # runtime program outdir
 	local rt=$1 p=$2 out=$3 rtpath before rc
-	rtpath=$(runtime_path "$rt")
+	rtpath=$(runtime_with_root "$rt")
 	mkdir -p "$out/tmp"
 	before=$("$rtpath" list -q 2>/dev/null)
 	(cd "$WORK" && TMPDIR=$out/tmp RUNTIME=$rtpath timeout -k 10 "$TIMEOUT" "$BIN/$p.t") \
@@ -182,6 +198,15 @@ rereport() {
 	report "$dir" "${programs[@]}"
 }
 
+# remove_state_root: what a killed program left in this run's roots goes, then the roots.
+remove_state_root() {
+	local rt
+	for rt in $RUNTIMES; do
+		[ -x "$STATE_ROOT/$rt.sh" ] && cleanup_new "$STATE_ROOT/$rt.sh" ""
+	done
+	rm -rf --one-file-system "$STATE_ROOT"
+}
+
 main() {
 	if [ "${1:-}" = --report ]; then
 		rereport "${2:?usage: run.sh --report RESULTS-DIR}"
@@ -197,6 +222,10 @@ main() {
 	fi
 	for p in "${programs[@]}"; do [ -x "$BIN/$p.t" ] || die "no validation program $p"; done
 	for rt in $RUNTIMES; do [ -x "$(runtime_path "$rt")" ] || die "$rt not found at $(runtime_path "$rt")"; done
+
+	# Short (pod sockets live under a runv root), and gone with the run.
+	STATE_ROOT=$(mktemp -d /run/rvconf.XXXXXX) || die "cannot make a state root under /run"
+	trap 'remove_state_root' EXIT
 
 	local run_dir
 	run_dir=$RESULTS/$(date +%Y%m%d-%H%M%S)
