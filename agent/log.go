@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,7 +74,8 @@ func (l *logger) logf(format string, args ...any) { l.Infof(format, args...) }
 
 func (l *logger) output(level, format string, args ...any) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%10.4f] runv-agent", uptime())
+	b.Write(appendUptime(make([]byte, 0, 12), bootNanos()))
+	b.WriteString(" runv-agent")
 	if p := l.sink.pod.Load(); p != nil {
 		b.WriteString(" pod=" + *p)
 	}
@@ -91,15 +93,35 @@ func (l *logger) output(level, format string, args ...any) {
 	}
 }
 
-// uptime is CLOCK_BOOTTIME in seconds, the same base as the kernel's printk timestamps, so
-// agent and kernel lines interleave sensibly in the console log.
-func uptime() float64 {
+// appendUptime appends "[%10.4f]" of ns nanoseconds in seconds, as fmt would print it, with
+// integer arithmetic: fmt's float formatting is ~100 translation blocks that a guest, and a
+// template clone again, otherwise runs only for its first console line.
+func appendUptime(b []byte, ns int64) []byte {
+	tenths := (max(ns, 0) + 50_000) / 100_000 // units of 0.1 ms, rounded half up
+	digits := strconv.AppendInt(nil, tenths/10_000, 10)
+	digits = append(digits, '.')
+	frac := strconv.AppendInt(nil, 10_000+tenths%10_000, 10)
+	digits = append(digits, frac[1:]...)
+	b = append(b, '[')
+	for i := len(digits); i < 10; i++ {
+		b = append(b, ' ')
+	}
+	b = append(b, digits...)
+	return append(b, ']')
+}
+
+// bootNanos is CLOCK_BOOTTIME in nanoseconds (see uptime).
+func bootNanos() int64 {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return 0
 	}
-	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+	return ts.Nano()
 }
+
+// uptime is CLOCK_BOOTTIME in seconds, the same base as the kernel's printk timestamps, so
+// agent and kernel lines interleave sensibly in the console log.
+func uptime() float64 { return float64(bootNanos()) / 1e9 }
 
 // setupLogrus routes libcontainer's logs (it logs through logrus, including the errors
 // that `runv-agent init` forwards from inside the container) into the agent's log.

@@ -28,7 +28,12 @@ const podResolvConf = "/run/runv/resolv.conf"
 // STARTCONTAINER to its exit in a pooled VM) and shared writable mappings work (cache=none
 // refuses them, as runc's host filesystems do not); a shared mapping's dirty pages are
 // written back when it is unmapped, at the latest when its process exits.
-const shareMountOptions = "trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+//
+// msize is the virtio transport's maximum, PAGE_SIZE*(VIRTQUEUE_NUM-3) = 512000 on Linux
+// 6.1: asked for more, the 9p client cuts it down and says so with a printk, which cost
+// every mount (a template clone's above all, whose kernel translates the printk and console
+// code again) ~300 translation blocks.
+const shareMountOptions = "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
 
 // destroyGrace bounds how long DESTROYPOD waits for killed processes to be reported.
 const destroyGrace = 10 * time.Second

@@ -328,9 +328,16 @@ func removeContainer(ctx context.Context, g *globals, id string, force bool, pod
 		}
 		logging.G(ctx).Debug("container deleted in its pod", "container", id, "pod_empty", podEmpty)
 	}
-	// The daemon exits after the pod's last container; whatever it did or did not do,
-	// nothing of the pod may remain then.
-	if podEmpty {
+	switch {
+	case podEmpty && podEmptied != nil && endsOnItsOwn(rec):
+		// The daemon deleted the container at its exit and is ending the pod: its VM was
+		// killed, and it removes the pod's directory once QEMU is reaped (poddaemon.Serve).
+		// Nothing of the container is left to wait for, and nothing of the host's for us
+		// to release: QEMU's reaping (its address space: 8-12 ms) goes on after we return.
+		logging.G(ctx).Debug("pod ending on its own", "container", id, "pod", rec.Pod)
+	case podEmpty:
+		// The daemon exits after the pod's last container; whatever it did or did not do,
+		// nothing of the pod may remain then.
 		if err := waitGone(rec.Daemon, 30*time.Second); err != nil {
 			killProcess(rec.Daemon)
 		}
@@ -351,6 +358,16 @@ func removeContainer(ctx context.Context, g *globals, id string, force bool, pod
 	}
 	warnHooks(ctx, hookPoststop, hooksOf(rec.Spec, hookPoststop), hookState(rec, state.StatusStopped))
 	return h.Remove()
+}
+
+// endsOnItsOwn reports whether the pod of a container the daemon deleted (the last one,
+// at its exit: a foreground run) may end without us: nothing of the host's is left for
+// this command to release or to see released first. The pod mirrors no network namespace
+// (its taps must be gone before the caller reuses or removes that namespace), the
+// container has no poststop hooks (runc runs them after the container's resources are
+// gone) and no host cgroup of its own.
+func endsOnItsOwn(rec *state.Container) bool {
+	return podNetNS(rec) == "" && rec.HostCgroup == nil && len(hooksOf(rec.Spec, hookPoststop)) == 0
 }
 
 // deleteInPod has the pod daemon delete the container and reports whether the pod is now

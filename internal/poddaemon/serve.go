@@ -15,7 +15,6 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/internal/fdpass"
-	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/sockets"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/supervisor"
@@ -39,19 +38,20 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
 	}
+	// The supervisor first: it starts the VM's boot, which then overlaps making the
+	// sockets (1-4 ms before QEMU's start otherwise).
+	sup, err := supervisor.New(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
 	stdio, err := fdpass.Listen(filepath.Join(cfg.Dir, podapi.StdioSocket))
 	if err != nil {
-		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
+		return errors.Join(fail(fmt.Errorf("pod %s: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
 	}
 	defer stdio.Close()
 	ln, err := sockets.Listen(filepath.Join(cfg.Dir, podapi.APISocket))
 	if err != nil {
-		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
-	}
-	sup, err := supervisor.New(ctx, cfg)
-	if err != nil {
-		ln.Close()
-		return fail(err)
+		return errors.Join(fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
 	}
 	g := grpc.NewServer()
 	supervisor.Register(g, sup, stdio)
@@ -93,8 +93,17 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	case <-time.After(5 * time.Second):
 		g.Stop()
 	}
-	if err := mounts.RemoveUnmounted(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// Everything of the pod goes with its daemon: a foreground run that ended the pod does
+	// not wait for it (cmd/runv, endsOnItsOwn), and a create that failed, or a delete after
+	// the daemon was killed, cleans up the same way (supervisor.CleanupPodDir).
+	if err := supervisor.CleanupPodDir(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		closeErr = errors.Join(closeErr, err)
 	}
 	return closeErr
+}
+
+// endUnserved ends a pod whose daemon could not serve it (once the starter was told why):
+// its VM, booting or booted, and everything of it in its directory go.
+func endUnserved(ctx context.Context, sup *supervisor.Supervisor, dir string) error {
+	return errors.Join(sup.Close(context.WithoutCancel(ctx)), supervisor.CleanupPodDir(dir))
 }
