@@ -38,19 +38,20 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
 	}
+	// The supervisor first: it starts the VM's boot, which then overlaps making the
+	// sockets (1-4 ms before QEMU's start otherwise).
+	sup, err := supervisor.New(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
 	stdio, err := fdpass.Listen(filepath.Join(cfg.Dir, podapi.StdioSocket))
 	if err != nil {
-		return fail(fmt.Errorf("pod %s: %w", cfg.PodID, err))
+		return errors.Join(fail(fmt.Errorf("pod %s: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
 	}
 	defer stdio.Close()
 	ln, err := sockets.Listen(filepath.Join(cfg.Dir, podapi.APISocket))
 	if err != nil {
-		return fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err))
-	}
-	sup, err := supervisor.New(ctx, cfg)
-	if err != nil {
-		ln.Close()
-		return fail(err)
+		return errors.Join(fail(fmt.Errorf("pod %s: listen: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
 	}
 	g := grpc.NewServer()
 	supervisor.Register(g, sup, stdio)
@@ -99,4 +100,10 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 		closeErr = errors.Join(closeErr, err)
 	}
 	return closeErr
+}
+
+// endUnserved ends a pod whose daemon could not serve it (once the starter was told why):
+// its VM, booting or booted, and everything of it in its directory go.
+func endUnserved(ctx context.Context, sup *supervisor.Supervisor, dir string) error {
+	return errors.Join(sup.Close(context.WithoutCancel(ctx)), supervisor.CleanupPodDir(dir))
 }
