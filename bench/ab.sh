@@ -17,7 +17,9 @@
 # spans between them), BURST=1 (KIND=cache: then ROUNDS bursts per side, in turn, as
 # bench/run.sh's "cache, back to back": the pool full, one untimed run, N runs one after
 # another; each burst's median and its ratio to the side's single median, and the pool's
-# warm-ups from its factory daemon's log: light or full, wall time, QEMU's CPU time),
+# warm-ups from its factory daemon's log: light or full, wall time, QEMU's CPU time; what
+# each pod got, warmth and wait; with cgroup v1's cpuacct, each burst's CPU per pod on the
+# pool's side and on the pods'),
 # ROUNDS (2). Prints the median, min and max of each side and the load before and after. Everything it starts (pods, the pools' daemons, templates) it stops and removes,
 # also on ^C.
 set -uo pipefail
@@ -52,6 +54,13 @@ cleanup() {
 		done
 	done
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+	if [ -n "$cg" ]; then
+		echo $$ >"$cghome/cgroup.procs"
+		for g in "$cg"/rvab-$$-*; do
+			[ -d "$g" ] || continue
+			for _ in $(seq 50); do rmdir "$g" 2>/dev/null && break; sleep 0.1; done # a holder may still be exiting
+		done
+	fi
 	# After the factory daemons: their templates, and the tmpfs runv mounted for them.
 	for ab in A B; do
 		"${RUNVS[$ab]}" --root "$work/root-$ab" manage remove-template --all >/dev/null 2>&1
@@ -59,6 +68,15 @@ cleanup() {
 	grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m"; done
 	rm -rf "$work"
 }
+# BURST=1 with cgroup v1's cpuacct: the CPU of each burst, on the pool's side (the factory
+# daemon, its holders, every QEMU: refills, warm-ups and the pods' VMs) and on the pods'
+# (the CLIs and their pod daemons), from a cpuacct group each.
+cg=
+if [ "$BURST" = 1 ] && [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ]; then
+	cg=/sys/fs/cgroup/cpuacct
+	cghome=$cg$(awk -F: '$2 ~ /(^|,)cpuacct(,|$)/ {print $3}' /proc/self/cgroup) # where this shell goes back to
+	mkdir "$cg/rvab-$$-A" "$cg/rvab-$$-B" "$cg/rvab-$$-pods" || cg=
+fi
 trap cleanup EXIT INT TERM
 (cd "$repo" && go run ./test/mkbundle "$work/true" true >/dev/null) || exit 1
 rv() { local ab=$1; shift; "${RUNVS[$ab]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" "$@"; }
@@ -68,9 +86,12 @@ full() { [ "$KIND" = cache ] || return 0; "${RUNVS[$1]}" --root "$work/root-$1" 
 for ab in A B; do
 	mkdir -p "$work/root-$ab"
 	if [ "$KIND" = cache ]; then
-		# Not through rv: $! must be runv's pid, not a subshell's.
-		"${RUNVS[$ab]}" "${fdbg[@]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" \
-			manage factory-daemon --warm=true >"$work/factory-$ab.log" 2>&1 &
+		# Not through rv: $! must be runv's pid (the subshell execs it).
+		(
+			[ -n "$cg" ] && echo $BASHPID >"$cg/rvab-$$-$ab/cgroup.procs"
+			exec "${RUNVS[$ab]}" "${fdbg[@]}" --root "$work/root-$ab" --kernel "$KERNEL" --initrd "${INITRD[$ab]}" "${fa[@]}" \
+				manage factory-daemon --warm=true >"$work/factory-$ab.log" 2>&1
+		) &
 		pids+=($!)
 		for ((i = 0; i < 300; i++)); do
 			[ -S "$work/root-$ab/@factory/factory.sock" ] && break
@@ -155,6 +176,7 @@ if [ "$BURST" = 1 ] && [ "$KIND" = cache ]; then
 			full "$ab"
 			rv "$ab" run --bundle "$work/true" "w$ab$r" </dev/null >/dev/null 2>&1 || echo "ab.sh: run w$ab$r failed"
 			load=$(cut -d' ' -f1 /proc/loadavg)
+			[ -n "$cg" ] && echo $$ >"$cg/rvab-$$-pods/cgroup.procs" && pool0=$(cat "$cg/rvab-$$-$ab/cpuacct.usage") && pods0=$(cat "$cg/rvab-$$-pods/cpuacct.usage")
 			for ((i = 0; i < N; i++)); do
 				t0=$(date +%s%N)
 				rv "$ab" run --bundle "$work/true" "b$ab$r-$i" </dev/null >/dev/null 2>&1 || echo "ab.sh: run b$ab$r-$i failed"
@@ -163,7 +185,12 @@ if [ "$BURST" = 1 ] && [ "$KIND" = cache ]; then
 			done
 			single=$(grep "^$ab " "$work/times" | median_ms)
 			burst=$(median_ms <"$work/burst-$ab-$r")
-			echo "$ab burst $r (load $load): $(awk '{printf "%.0f ", $2 / 1000}' "$work/burst-$ab-$r")ms; median $burst ms, $(awk -v a="$burst" -v b="$single" 'BEGIN{printf "%.2f", a / b}')x the single pod's $single ms"
+			cpu=
+			if [ -n "$cg" ]; then
+				cpu="; CPU per pod: pool side $((($(cat "$cg/rvab-$$-$ab/cpuacct.usage") - pool0) / N / 1000000)) ms, pod side $((($(cat "$cg/rvab-$$-pods/cpuacct.usage") - pods0) / N / 1000000)) ms"
+				echo $$ >"$cghome/cgroup.procs"
+			fi
+			echo "$ab burst $r (load $load): $(awk '{printf "%.0f ", $2 / 1000}' "$work/burst-$ab-$r")ms; median $burst ms, $(awk -v a="$burst" -v b="$single" 'BEGIN{printf "%.2f", a / b}')x the single pod's $single ms$cpu"
 		done
 	done
 	for ab in A B; do

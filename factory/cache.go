@@ -67,7 +67,8 @@ type CacheConfig struct {
 // warms its VMs a few at a time (CacheConfig.WarmAtOnce), oldest first, and hands out a
 // warm VM while there is one; a request that finds none takes a parked cold one rather
 // than wait for a warm-up under way. Once that happened the pool is drained: it warms
-// light until every pooled VM is warm, then finishes the light ones with a full warm-up
+// light, and only when the warm-ups keep up with the hand-outs (roomToWarmLocked), until
+// every pooled VM is warm, then finishes the light ones with a full warm-up
 // (docs/factory.md, "Warming"). A VM that is not a Warmer is warm when it joins. Warm may
 // be called again after a light warm-up.
 type Warmer interface {
@@ -130,6 +131,16 @@ type Cache struct {
 	lastErr  error         // last refill failure, for requests that waited in vain
 	failures int           // consecutive refill failures (backoff)
 	changed  chan struct{} // closed and replaced on every change of the pool
+
+	// The pace of a drained pool (roomToWarmLocked): when the last VM went out, the
+	// hand-outs' recent interval, a refill's and a warm-up's usual wall time (moving
+	// averages), and the timer that resumes the warm-ups once the hand-outs pause.
+	now          func() time.Time
+	lastTake     time.Time
+	takeInterval time.Duration
+	refillTook   time.Duration
+	warmTook     time.Duration
+	resumeWarm   *time.Timer
 }
 
 // pooled is a VM waiting in the pool.
@@ -171,7 +182,7 @@ func NewCache(ctx context.Context, base Factory, cfg CacheConfig) (*Cache, error
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	c := &Cache{base: base, fallback: cfg.Fallback, cfg: cfg, changed: make(chan struct{})}
+	c := &Cache{base: base, fallback: cfg.Fallback, cfg: cfg, changed: make(chan struct{}), now: time.Now}
 	if c.fallback == nil {
 		c.fallback = base
 	}
@@ -299,6 +310,7 @@ func (c *Cache) refill(name string, delay time.Duration) {
 		return
 	}
 	c.failures, c.lastErr = 0, nil
+	c.refillTook = average(c.refillTook, time.Since(start), 4)
 	p.warmth = fullWarm
 	if _, ok := p.vm.(Warmer); ok {
 		p.warmth = cold
@@ -322,6 +334,9 @@ func (c *Cache) startWarmupsLocked() {
 	if c.drained && c.booting == 0 && c.warming == 0 && c.countLocked(cold) == 0 {
 		c.drained = false // the pool is full and every VM in it warm: finish the light ones
 	}
+	if c.drained && !c.roomToWarmLocked() {
+		return
+	}
 	for _, want := range []warmth{cold, lightWarm} {
 		for _, p := range c.ready {
 			if c.closed || c.warming >= c.cfg.WarmAtOnce {
@@ -341,6 +356,44 @@ func (c *Cache) startWarmupsLocked() {
 	}
 }
 
+// roomToWarmLocked reports whether a drained pool may start a warm-up now: only if the
+// pool keeps up with the hand-outs with a warm-up added, that is when they come further
+// apart than a refill and a warm-up last together (each VM that goes out costs a refill,
+// and both run beside the pods), or have paused for as long as a warm-up lasts.
+// Otherwise it arms a timer for the moment the pause will be long enough. Under pods
+// started back to back the warm-ups cannot keep up (on 2 cores a light warm-up's ~0.25 s of
+// CPU and a refill's ~0.15 s against ~0.25 s per pod): they would only take CPU from the
+// pod being started and from the refill the next pod waits for, and keep their VM from
+// being handed out while they run; every pod then gets a cold VM, at once
+// (docs/performance.md, "Bursts, stop 14").
+func (c *Cache) roomToWarmLocked() bool {
+	if c.warmTook == 0 || c.takeInterval >= c.refillTook+c.warmTook {
+		return true
+	}
+	pause := c.now().Sub(c.lastTake)
+	if pause >= c.warmTook {
+		return true
+	}
+	if c.resumeWarm == nil && !c.closed {
+		c.resumeWarm = time.AfterFunc(c.warmTook-pause, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.resumeWarm = nil
+			c.startWarmupsLocked()
+		})
+	}
+	return false
+}
+
+// average moves a running average 1/weight of the way towards a new sample (the first
+// sample sets it): recent ones count most, one outlier does not swing it far.
+func average(avg, sample time.Duration, weight time.Duration) time.Duration {
+	if avg == 0 {
+		return sample
+	}
+	return avg + (sample-avg)/weight
+}
+
 // warmUp warms one pooled VM, light or fully. A failed warm-up leaves the VM as good as
 // a cold one: it stays in the pool, counted warm (there is nothing more to do for it),
 // and the failure is logged.
@@ -354,6 +407,11 @@ func (c *Cache) warmUp(p *pooled, light bool) {
 	defer c.mu.Unlock()
 	c.warming--
 	p.warming = false
+	// Light ones are what a drained pool would start; a full one (before any light one)
+	// is an estimate on the safe side.
+	if err == nil && (light || c.warmTook == 0) {
+		c.warmTook = average(c.warmTook, time.Since(start), 4)
+	}
 	switch {
 	case err != nil:
 		p.warmth = fullWarm
@@ -447,6 +505,11 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 			p := c.ready[i]
 			c.ready = append(c.ready[:i:i], c.ready[i+1:]...)
 			close(p.taken)
+			now := c.now()
+			if !c.lastTake.IsZero() {
+				c.takeInterval = average(c.takeInterval, now.Sub(c.lastTake), 2)
+			}
+			c.lastTake = now
 			if p.warmth == cold {
 				c.drained = true
 				c.log.Info("pool drained: handing out a vm before its warm-up", "vm", p.name, "warming", c.warming)
@@ -662,6 +725,10 @@ func (c *Cache) Close() error {
 		return nil
 	}
 	c.closed = true
+	if c.resumeWarm != nil {
+		c.resumeWarm.Stop()
+		c.resumeWarm = nil
+	}
 	ready := c.ready
 	c.ready = nil
 	c.broadcastLocked()

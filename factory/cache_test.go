@@ -333,8 +333,13 @@ func TestCacheWarmsInTurnAndHandsOutColdWhenDrained(t *testing.T) {
 	base := &fakeFactory{name: KindTemplate, warmable: true}
 	c := newTestCache(t, base, CacheConfig{Size: 2, WarmAtOnce: 1})
 	pollStatus(t, c, CacheStatus{Size: 2, Ready: 0, Cold: 2})
+	// The two refills run at once: the one that joined first warms first.
 	first, second := base.warmableVM(0), base.warmableVM(1)
-	<-first.started
+	select {
+	case <-first.started:
+	case <-second.started:
+		first, second = second, first
+	}
 	if second.warming() {
 		t.Fatal("two warm-ups at once with WarmAtOnce 1")
 	}
@@ -461,13 +466,20 @@ func TestCacheWaitingRequestGetsTheRefillCold(t *testing.T) {
 	waitFull(t, c)
 }
 
-// A drained pool stays drained (its warm-ups light) until it is full again: a refill
-// under way is a VM still to warm, not a calm pool.
-func TestCacheStaysDrainedWhileRefilling(t *testing.T) {
+// warmedPoolOfOne is a pool of one warmable VM, warm; every warm-up ends at once.
+func warmedPoolOfOne(t *testing.T) (*fakeFactory, *Cache) {
+	t.Helper()
 	base := &fakeFactory{name: KindTemplate, warmable: true}
 	base.releaseAll()
 	c := newTestCache(t, base, CacheConfig{Size: 1})
 	waitFull(t, c)
+	return base, c
+}
+
+// A drained pool stays drained (its warm-ups light) until it is full again: a refill
+// under way is a VM still to warm, not a calm pool.
+func TestCacheStaysDrainedWhileRefilling(t *testing.T) {
+	_, c := warmedPoolOfOne(t)
 	c.mu.Lock()
 	p := c.ready[0]
 	p.warmth, c.drained, c.booting = lightWarm, true, 1 // a light VM, and a refill under way
@@ -484,6 +496,78 @@ func TestCacheStaysDrainedWhileRefilling(t *testing.T) {
 		t.Error("full pool: the light VM's full warm-up did not start")
 	}
 	waitFull(t, c)
+}
+
+// A drained pool starts a warm-up only when it keeps up with the hand-outs: while VMs go
+// out faster than a refill and a warm-up take together it leaves its cold VMs to the next
+// pods, and it warms them once the hand-outs pause for as long as a warm-up takes, or come
+// further apart.
+func TestCacheDrainedPoolWarmsWhenHandOutsLeaveRoom(t *testing.T) {
+	base, c := warmedPoolOfOne(t)
+	vm := base.warmableVM(0)
+	t0 := time.Now()
+	for _, tc := range []struct {
+		name            string
+		interval, pause time.Duration // between hand-outs (average); since the last one
+		warm            bool
+	}{
+		{"hand-outs faster than a warm-up", 300 * time.Millisecond, 100 * time.Millisecond, false},
+		{"hand-outs slower than a warm-up, faster than it and a refill", 1200 * time.Millisecond, 100 * time.Millisecond, false},
+		{"paused for a warm-up's time", 300 * time.Millisecond, time.Second, true},
+		{"hand-outs slower than a refill and a warm-up", 2 * time.Second, 100 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(vm.warmups())
+			c.mu.Lock()
+			p := c.ready[0]
+			p.warmth, c.drained = cold, true
+			c.warmTook, c.refillTook, c.takeInterval, c.lastTake = time.Second, 500*time.Millisecond, tc.interval, t0
+			c.now = func() time.Time { return t0.Add(tc.pause) }
+			c.startWarmupsLocked()
+			warming, timer := p.warming, c.resumeWarm != nil
+			if c.resumeWarm != nil {
+				c.resumeWarm.Stop()
+				c.resumeWarm = nil
+			}
+			c.mu.Unlock()
+			if warming != tc.warm {
+				t.Errorf("warm-up started: %v, want %v", warming, tc.warm)
+			}
+			if timer == tc.warm {
+				t.Errorf("timer to resume the warm-ups armed: %v, want %v", timer, !tc.warm)
+			}
+			if !tc.warm { // left cold: as it was, for the next case
+				c.mu.Lock()
+				p.warmth, c.drained = fullWarm, false
+				c.mu.Unlock()
+				return
+			}
+			waitFull(t, c) // light, then finished once the pool is full and warm
+			if got := vm.warmups(); len(got) <= before || !got[before] {
+				t.Errorf("warm-ups %v after %d before: want a light one next (the pool is drained)", got, before)
+			}
+		})
+	}
+}
+
+// A drained pool whose hand-outs stopped resumes its warm-ups by itself once the pause is as
+// long as a warm-up: no other event of the pool is needed.
+func TestCacheDrainedPoolResumesWarmingAfterAPause(t *testing.T) {
+	base, c := warmedPoolOfOne(t)
+	c.mu.Lock()
+	p := c.ready[0]
+	p.warmth, c.drained = cold, true
+	c.warmTook, c.refillTook, c.takeInterval, c.lastTake = 50*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond, time.Now()
+	c.startWarmupsLocked()
+	started := p.warming
+	c.mu.Unlock()
+	if started {
+		t.Fatal("warm-up started right after a hand-out, with hand-outs faster than warm-ups")
+	}
+	waitFull(t, c) // the timer's warm-up makes the pool full and warm again
+	if got := base.warmableVM(0).warmups(); len(got) < 2 || !got[1] {
+		t.Errorf("warm-ups %v: want the pool's first, then a light one after the pause", got)
+	}
 }
 
 func TestCacheSizeClasses(t *testing.T) {
