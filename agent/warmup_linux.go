@@ -185,15 +185,22 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
 	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q)", res.CreateMillis, res.TotalMillis, wr.Scope)
-	if wr.Scope != agentproto.WarmupFull {
-		return res, nil
+	if wr.Scope == agentproto.WarmupFull {
+		netStart := time.Now()
+		if err := warmupNetwork(); err != nil {
+			return nil, err
+		}
+		tr.mark("network warmed")
+		a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	}
-	netStart := time.Now()
-	if err := warmupNetwork(); err != nil {
-		return nil, err
+	if wr.Settle {
+		waited, pending := settle(snapshotSettleChecks(), settleTimeout, settlePoll)
+		res.SettleMillis, res.Unsettled = waited.Milliseconds(), pending
+		tr.mark("settled")
+		if pending != "" {
+			a.log.Errorf("warm-up: still pending after %d ms: %s", res.SettleMillis, pending)
+		}
 	}
-	tr.mark("network warmed")
-	a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	return res, nil
 }
 

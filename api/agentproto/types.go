@@ -258,6 +258,13 @@ type WarmupRequest struct {
 	// WarmupShareDir/rootfs (MakeWarmupRootfs), and removes it after the answer; the agent
 	// only binds itself onto its /init and unbinds it. With ShareTag only.
 	HostRootfs bool `json:"hostRootfs,omitempty"`
+	// Settle: once warmed, the agent waits (a few seconds at most) until the guest kernel
+	// has run the work its boot and the warm-up left scheduled (the TSC clocksource that
+	// replaces tsc-early a second after boot; the release of the warm-up's cgroup). For a
+	// VM about to be snapshotted as a template: a clone resumes whatever its template had
+	// pending and runs it for the first time (under TCG, translated again) on its pod's
+	// critical path.
+	Settle bool `json:"settle,omitempty"`
 }
 
 // WarmupScope is how much of the path of a pod's start WARMUP runs.
@@ -279,4 +286,8 @@ const (
 type Warmup struct {
 	CreateMillis int64 `json:"createMillis"` // libcontainer create + start
 	TotalMillis  int64 `json:"totalMillis"`  // create to destroyed
+	// SettleMillis is how long Settle waited; Unsettled names what was still pending when
+	// it gave up waiting (empty: all settled).
+	SettleMillis int64  `json:"settleMillis,omitempty"`
+	Unsettled    string `json:"unsettled,omitempty"`
 }
