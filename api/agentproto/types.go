@@ -65,6 +65,11 @@ type Container struct {
 	// paths; the agent decides every namespace in the guest.
 	Member   bool `json:"member,omitempty"`
 	SharePID bool `json:"sharePid,omitempty"`
+	// Start has the agent start the container once it is created, as STARTCONTAINER would,
+	// before it answers (ProcessStarted.Started): a foreground run, which has nothing to do
+	// between the two, saves a round trip. An agent that does not know it answers without
+	// Started, and the host sends STARTCONTAINER.
+	Start bool `json:"start,omitempty"`
 }
 
 // ExecProcess is MsgExecCmd's payload: run an additional process in a running container.
@@ -87,6 +92,8 @@ const InitProcessID = "init"
 // ProcessStarted answers MsgNewContainer and MsgExecCmd.
 type ProcessStarted struct {
 	Pid int `json:"pid"` // pid in the guest's initial pid namespace
+	// Started: the container's init was started too (Container.Start).
+	Started bool `json:"started,omitempty"`
 }
 
 // ContainerRef names a container.
