@@ -98,7 +98,11 @@ func TestCreateCgroupDir(t *testing.T) {
 		}
 		return string(b)
 	}
+	// The interface files a cgroupfs directory has (the code writes them without creating
+	// or truncating: cgroupfs replaces a file's value on each write).
 	write("cgroup.controllers", "cpuset cpu memory pids\n")
+	write("cgroup.subtree_control", "")
+	write("threads/cgroup.subtree_control", "")
 	write("threads/cgroup.type", "domain invalid\n")
 	if err := createCgroupDir(root, root+"/threads/c1"); err != nil {
 		t.Fatal(err)
@@ -108,8 +112,9 @@ func TestCreateCgroupDir(t *testing.T) {
 			t.Errorf("%s = %q", f, got)
 		}
 	}
-	if got := read("threads/cgroup.type"); got != "threaded" {
-		t.Errorf("the domain invalid parent's type = %q, want threaded", got)
+	// A plain file keeps the old value's tail after the shorter one written over it.
+	if got := read("threads/cgroup.type"); !strings.HasPrefix(got, "threaded") || strings.HasPrefix(got, "domain") {
+		t.Errorf("the domain invalid parent's type = %q, want threaded written over it", got)
 	}
 	if _, err := os.Stat(filepath.Join(root, "threads/c1/cgroup.subtree_control")); !os.IsNotExist(err) {
 		t.Errorf("the new cgroup's own subtree_control was written (%v)", err)

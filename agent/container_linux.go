@@ -207,7 +207,21 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 		a.sandbox = m.ID
 	}
 	a.mu.Unlock()
-	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid}); err != nil {
+	if m.Start {
+		if err := c.start(tr); err != nil {
+			// The host is told the container could not be made: nothing of it stays.
+			a.mu.Lock()
+			delete(a.containers, m.ID)
+			if a.sandbox == m.ID {
+				a.sandbox = ""
+			}
+			a.mu.Unlock()
+			a.discardCreated(c, p)
+			a.trace.end(tr, c.log)
+			return nil, err
+		}
+	}
+	if err := req.Ack(agentproto.ProcessStarted{Pid: p.pid, Started: m.Start}); err != nil {
 		c.log.Errorf("ACK NEWCONTAINER: %v", err)
 	}
 	tr.mark("acked")
@@ -311,26 +325,32 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 		return nil, err
 	}
 	defer a.trace.end(tr, c.log)
+	return nil, c.start(tr)
+}
+
+// start lets the created init exec the container's program (STARTCONTAINER, or
+// NEWCONTAINER with Start) and returns once it runs it.
+func (c *container) start(tr *stepTrace) error {
 	st, err := c.lc.Status()
 	if err != nil {
-		return nil, fmt.Errorf("container %q: %w", c.id, err)
+		return fmt.Errorf("container %q: %w", c.id, err)
 	}
 	if st != libcontainer.Created {
-		return nil, errorf(agentproto.KindState, "container %q is %s, not created", c.id, st)
+		return errorf(agentproto.KindState, "container %q is %s, not created", c.id, st)
 	}
 	tr.mark("status")
 	if err := c.lc.Exec(); err != nil {
 		if c.init.exited() {
-			return nil, errorf(agentproto.KindState, "start container %q: %w", c.id, err)
+			return errorf(agentproto.KindState, "start container %q: %w", c.id, err)
 		}
-		return nil, fmt.Errorf("start container %q: %w", c.id, err)
+		return fmt.Errorf("start container %q: %w", c.id, err)
 	}
 	tr.mark("exec fifo read")
 	_, engine := c.lc.(*engineContainer)
 	c.init.execed(engine)
 	tr.mark("program exec'd")
 	c.log.Debugf("started")
-	return nil, nil
+	return nil
 }
 
 // execCmd runs an extra process in a container (setns into its namespaces).

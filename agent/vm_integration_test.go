@@ -473,3 +473,30 @@ func TestVMProtocolError(t *testing.T) {
 	}
 	destroy(t, v)
 }
+
+// NEWCONTAINER with Start creates and starts the container in one command (a foreground
+// run): the program runs without STARTCONTAINER, the answer says so, and a STARTCONTAINER
+// after it is refused as for any container that is not created.
+func TestVMCreateAndStart(t *testing.T) {
+	v := bootVM(t, vmOptions{})
+	rootfs, spec := v.busyboxContainer("c1", "uname", "-r")
+	v.event(agentproto.MsgReady)
+	v.startPod("pod1")
+	hp := v.streams(false, true)
+	var started agentproto.ProcessStarted
+	if err := v.call(agentproto.MsgNewContainer, agentproto.Container{ID: "c1", Rootfs: rootfs, Spec: spec, IO: hp.io, Start: true}, &started); err != nil {
+		t.Fatalf("NEWCONTAINER with Start: %v", err)
+	}
+	if !started.Started || started.Pid <= 0 {
+		t.Errorf("NEWCONTAINER with Start answered %+v, want a pid and started", started)
+	}
+	out := v.output(hp.stdout)
+	if exit := v.exitOf("c1", agentproto.InitProcessID); !strings.HasPrefix(out, "6.") || exit.ExitCode != 0 || exit.Error != "" {
+		t.Fatalf("uname -r started with its creation: output %q, exit %+v", out, exit)
+	}
+	if err := v.call(agentproto.MsgStartContainer, agentproto.ContainerRef{Container: "c1"}, nil); remoteKind(err) != agentproto.KindState {
+		t.Errorf("STARTCONTAINER of a container started with its creation: %v, want a state error", err)
+	}
+	v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "c1"}, nil)
+	destroy(t, v)
+}

@@ -664,10 +664,16 @@ func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string) error 
 		return err
 	}
 	var w agentproto.Warmup
-	if err := c.Call(ctx, agentproto.MsgWarmup, agentproto.WarmupRequest{}, &w); err != nil {
+	// Settle: the snapshot is taken right after the answer, and what the guest still had
+	// scheduled then, every clone would run again (WarmupRequest.Settle).
+	if err := c.Call(ctx, agentproto.MsgWarmup, agentproto.WarmupRequest{Settle: true}, &w); err != nil {
 		logging.G(ctx).Warn("template warm-up failed; saving the template unwarmed", "template", name, "error", err)
 	} else {
-		logging.G(ctx).Info("template warmed up", "template", name, "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis)
+		logging.G(ctx).Info("template warmed up", "template", name, "guest_create_ms", w.CreateMillis, "guest_total_ms", w.TotalMillis,
+			"guest_settle_ms", w.SettleMillis)
+		if w.Unsettled != "" {
+			logging.G(ctx).Warn("template saved with guest work pending, which every clone will run", "template", name, "pending", w.Unsettled)
+		}
 	}
 	return nil
 }

@@ -91,6 +91,11 @@ type CreateRequest struct {
 	// Sandbox is the pod container whose namespaces this one joins ("": none, a container
 	// that only shares the VM). Which namespaces those are in the guest, the agent decides.
 	Sandbox string
+	// Start asks the agent to start the container with its creation, in one round trip
+	// (agentproto.Container.Start); the container is then running (or already stopped)
+	// when Create returns. An agent of an older runv only creates it: it is then created,
+	// and Start starts it.
+	Start bool
 }
 
 func (s *Supervisor) lookup(id string) (*container, error) {
@@ -128,7 +133,7 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, er
 	s.everHad = true
 	s.mu.Unlock()
 
-	pid, err = s.create(ctx, c, req, files)
+	pid, started, err := s.create(ctx, c, req, files)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.containers, req.ID)
@@ -137,16 +142,21 @@ func (s *Supervisor) Create(ctx context.Context, req CreateRequest) (pid int, er
 		return 0, err
 	}
 	s.events.publish(Event{Type: EventCreate, Container: req.ID})
+	if started {
+		s.events.publish(Event{Type: EventStart, Container: req.ID})
+	}
 	return pid, nil
 }
 
-func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files Stdio) (int, error) {
+// create has the agent create the container (and start it, with req.Start and an agent
+// that can): its guest pid, and whether it was started.
+func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest, files Stdio) (int, bool, error) {
 	if err := s.waitReady(ctx); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	guestSpec, err := shareContainer(s.share, req.ID, req.Bundle, req.Spec)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	// The agent decides the container's namespaces in the guest (agent/spec.go,
 	// guestNamespaces); the host's paths mean nothing there.
@@ -162,13 +172,14 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		return agentproto.MsgNewContainer, agentproto.Container{
 			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
 			ConsoleRows: req.Rows, ConsoleCols: req.Cols, Member: req.Sandbox != "", SharePID: sharePID,
+			Start: req.Start,
 		}
 	})
 	if err != nil {
 		unshareContainer(s.share, req.ID)
-		return 0, err
+		return 0, false, err
 	}
-	logging.G(ctx).Debug("container created in the guest", "duration", time.Since(start))
+	logging.G(ctx).Debug("container created in the guest", "duration", time.Since(start), "started", started.Started)
 	c.mu.Lock()
 	c.rootfs = filepath.Join(s.share, req.ID, "rootfs")
 	c.mayMount = mayMount(req.Spec.Process)
@@ -178,6 +189,9 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	c.guestPid = started.Pid
 	if c.status == state.StatusCreating {
 		c.status = state.StatusCreated
+		if started.Started {
+			c.status = state.StatusRunning
+		}
 	}
 	c.mu.Unlock()
 	go func() {
@@ -186,7 +200,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		c.status = state.StatusStopped
 		c.mu.Unlock()
 	}()
-	return started.Pid, nil
+	return started.Pid, started.Started, nil
 }
 
 // startProcess wires a process's stdio to the host descriptors, sends the command that

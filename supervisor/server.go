@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"time"
@@ -15,8 +16,10 @@ import (
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/api/podapi"
+	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/errdefs/errgrpc"
 	"github.com/runv-project/runv/internal/fdpass"
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -78,23 +81,31 @@ func (g *server) Create(ctx context.Context, r *podapi.CreateRequest) (*podapi.C
 		return nil, errgrpc.ToGRPC(err)
 	}
 	rows, cols := size(r.Console)
-	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: files, Rows: rows, Cols: cols, Sandbox: r.Sandbox})
+	pid, err := g.s.Create(logging.With(ctx, "container", r.Id), CreateRequest{ID: r.Id, Bundle: r.Bundle, Spec: sp, Stdio: files, Rows: rows, Cols: cols, Sandbox: r.Sandbox, Start: r.Start})
 	if err != nil {
 		closeFile(standIn)
 		logging.G(ctx).Error("create", "container", r.Id, "error", err)
 		return nil, errgrpc.ToGRPC(err)
 	}
+	st, _ := g.s.State(r.Id)
+	startedInGuest := st.Status != state.StatusCreated // running, or already stopped
 	if err := g.watchStandIn(ctx, r.Id, agentproto.InitProcessID, standIn); err != nil {
 		// Unwatched, the container would outlive a client that dies: it goes.
+		if startedInGuest {
+			if kerr := g.s.Kill(context.WithoutCancel(ctx), r.Id, "", true); kerr != nil && !errors.Is(kerr, errdefs.ErrFailedPrecondition) {
+				logging.G(ctx).Error("kill a started container whose stand-in cannot be watched", "container", r.Id, "error", kerr)
+			}
+		}
 		if derr := g.s.Delete(context.WithoutCancel(ctx), r.Id); derr != nil {
 			logging.G(ctx).Error("remove a container whose stand-in cannot be watched", "container", r.Id, "error", derr)
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if r.Start {
-		// Nothing of the client's runs between the two (CreateRequest.start): the guest's
-		// STARTCONTAINER follows NEWCONTAINER's answer at once instead of a round trip
-		// through the client later.
+	if r.Start && !startedInGuest {
+		// Nothing of the client's runs between the two (CreateRequest.start): an agent that
+		// did not start the container with its creation (an older runv's) gets
+		// STARTCONTAINER right after NEWCONTAINER's answer, not a round trip through the
+		// client later.
 		if err := g.s.Start(ctx, r.Id); err != nil {
 			if derr := g.s.Delete(context.WithoutCancel(ctx), r.Id); derr != nil {
 				logging.G(ctx).Error("remove a container that could not start", "container", r.Id, "error", derr)

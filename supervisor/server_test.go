@@ -124,23 +124,27 @@ func createRequest(t *testing.T, id string, start bool) *podapi.CreateRequest {
 	return &podapi.CreateRequest{Id: id, Bundle: r.Bundle, Spec: spec, Start: start}
 }
 
-// A Create that asks for it also starts the container (a foreground run): one call, the
-// guest's STARTCONTAINER right after NEWCONTAINER. One that does not leaves it created, and
-// a start that fails takes the container with it, as a failed create does.
+// A Create that asks for it also starts the container (a foreground run): one call, and
+// one guest command, NEWCONTAINER with Start, for this runv's agent; an older agent, which
+// ignores Start, gets STARTCONTAINER right after NEWCONTAINER. One that does not ask leaves
+// it created, and a start that fails takes the container with it, as a failed create does.
 func TestCreateThatStarts(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
 		start      bool
+		olderAgent bool
 		startErr   error
 		wantStatus string // "" : the container is gone
 		wantErr    bool
 	}{
 		{name: "create only", wantStatus: state.StatusCreated},
 		{name: "create and start", start: true, wantStatus: state.StatusRunning},
-		{name: "the start fails", start: true, startErr: errors.New("exec fifo: broken"), wantErr: true},
+		{name: "create and start, an older agent", start: true, olderAgent: true, wantStatus: state.StatusRunning},
+		{name: "the start fails, an older agent", start: true, olderAgent: true, startErr: errors.New("exec fifo: broken"), wantErr: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			g, s, a, _ := newEndingPod(t)
+			a.startsOnCreate = !tt.olderAgent
 			if tt.startErr != nil {
 				a.failNext(agentproto.MsgStartContainer, tt.startErr)
 			}
@@ -152,11 +156,14 @@ func TestCreateThatStarts(t *testing.T) {
 				t.Errorf("Create answered started=%v, want %v", resp.Started, tt.start)
 			}
 			wantStarts := 0
-			if tt.start {
+			if tt.start && tt.olderAgent {
 				wantStarts = 1
 			}
 			if n := a.sent(agentproto.MsgStartContainer); n != wantStarts {
 				t.Errorf("STARTCONTAINER sent %d times, want %d", n, wantStarts)
+			}
+			if got := a.containers(); len(got) != 1 || got[0].Start != tt.start {
+				t.Errorf("NEWCONTAINER payloads %+v, want one with Start=%v", got, tt.start)
 			}
 			st, err := s.State("c1")
 			switch {

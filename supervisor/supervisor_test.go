@@ -38,6 +38,9 @@ type fakeAgent struct {
 	// outputOpen gives new processes a stdout that stays open until they exit (else
 	// their output ends at once, as a process's that closed it).
 	outputOpen bool
+	// startsOnCreate: NEWCONTAINER with Start starts the container (this runv's agent);
+	// without it the agent ignores Start (an older runv's).
+	startsOnCreate bool
 }
 
 func newFakeAgent() *fakeAgent {
@@ -54,11 +57,13 @@ func (a *fakeAgent) Call(_ context.Context, t agentproto.MsgType, payload, reply
 	}
 	switch t {
 	case agentproto.MsgNewContainer, agentproto.MsgExecCmd:
+		started := false
 		if m, ok := payload.(agentproto.Container); ok {
 			a.created = append(a.created, m)
+			started = m.Start && a.startsOnCreate
 		}
 		a.pid++
-		*reply.(*agentproto.ProcessStarted) = agentproto.ProcessStarted{Pid: a.pid}
+		*reply.(*agentproto.ProcessStarted) = agentproto.ProcessStarted{Pid: a.pid, Started: started}
 	case agentproto.MsgSignalProcess:
 		m := payload.(agentproto.SignalProcess)
 		if w := a.waiters[m.Container+"/"+m.Process]; w != nil && m.Signal == int(syscall.SIGKILL) {

@@ -27,6 +27,9 @@ func (v VersionInfo) appendJSON(b []byte) []byte {
 func (p ProcessStarted) appendJSON(b []byte) []byte {
 	b = append(b, `{"pid":`...)
 	b = strconv.AppendInt(b, int64(p.Pid), 10)
+	if p.Started {
+		b = append(b, `,"started":true`...)
+	}
 	return append(b, '}')
 }
 

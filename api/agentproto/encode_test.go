@@ -18,6 +18,7 @@ func TestAppendersMatchJSON(t *testing.T) {
 		{"version, zero", VersionInfo{}},
 		{"version, odd agent", VersionInfo{Version: -3, Agent: odd}},
 		{"process started", ProcessStarted{Pid: 39}},
+		{"container created and started", ProcessStarted{Pid: 39, Started: true}},
 		{"process started, negative", ProcessStarted{Pid: -1}},
 		{"exit, code only", ProcessExit{Container: "c", Process: "init"}},
 		{"exit, killed", ProcessExit{Container: "c", Process: "e1", ExitCode: 137, Signal: 9, OOMKilled: true}},

@@ -60,7 +60,7 @@ const (
 	MsgError           MsgType = 10 // g→h, failure of the command whose id it carries
 	MsgWinSize         MsgType = 11 // h→g, WindowSize
 	MsgPing            MsgType = 12 // h→g
-	MsgNewContainer    MsgType = 17 // h→g, Container, reply ProcessStarted (container created, not started)
+	MsgNewContainer    MsgType = 17 // h→g, Container, reply ProcessStarted (container created; started too with Container.Start)
 	MsgOnlineCPUMem    MsgType = 19 // h→g, online hot-plugged CPUs and memory
 	MsgSetupNetwork    MsgType = 20 // h→g, Network: the pod's whole network configuration
 	MsgRemoveContainer MsgType = 22 // h→g, ContainerRef

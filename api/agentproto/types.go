@@ -65,6 +65,11 @@ type Container struct {
 	// paths; the agent decides every namespace in the guest.
 	Member   bool `json:"member,omitempty"`
 	SharePID bool `json:"sharePid,omitempty"`
+	// Start has the agent start the container once it is created, as STARTCONTAINER would,
+	// before it answers (ProcessStarted.Started): a foreground run, which has nothing to do
+	// between the two, saves a round trip. An agent that does not know it answers without
+	// Started, and the host sends STARTCONTAINER.
+	Start bool `json:"start,omitempty"`
 }
 
 // ExecProcess is MsgExecCmd's payload: run an additional process in a running container.
@@ -87,6 +92,8 @@ const InitProcessID = "init"
 // ProcessStarted answers MsgNewContainer and MsgExecCmd.
 type ProcessStarted struct {
 	Pid int `json:"pid"` // pid in the guest's initial pid namespace
+	// Started: the container's init was started too (Container.Start).
+	Started bool `json:"started,omitempty"`
 }
 
 // ContainerRef names a container.
@@ -251,6 +258,13 @@ type WarmupRequest struct {
 	// WarmupShareDir/rootfs (MakeWarmupRootfs), and removes it after the answer; the agent
 	// only binds itself onto its /init and unbinds it. With ShareTag only.
 	HostRootfs bool `json:"hostRootfs,omitempty"`
+	// Settle: once warmed, the agent waits (a few seconds at most) until the guest kernel
+	// has run the work its boot and the warm-up left scheduled (the TSC clocksource that
+	// replaces tsc-early a second after boot; the release of the warm-up's cgroup). For a
+	// VM about to be snapshotted as a template: a clone resumes whatever its template had
+	// pending and runs it for the first time (under TCG, translated again) on its pod's
+	// critical path.
+	Settle bool `json:"settle,omitempty"`
 }
 
 // WarmupScope is how much of the path of a pod's start WARMUP runs.
@@ -272,4 +286,8 @@ const (
 type Warmup struct {
 	CreateMillis int64 `json:"createMillis"` // libcontainer create + start
 	TotalMillis  int64 `json:"totalMillis"`  // create to destroyed
+	// SettleMillis is how long Settle waited; Unsettled names what was still pending when
+	// it gave up waiting (empty: all settled).
+	SettleMillis int64  `json:"settleMillis,omitempty"`
+	Unsettled    string `json:"unsettled,omitempty"`
 }
