@@ -74,6 +74,25 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 
 	tr := a.trace.begin("WARMUP")
 	defer a.trace.end(tr, a.log)
+	res, err := a.runWarmup(wr, tr)
+	if err != nil {
+		return nil, err
+	}
+	// After runWarmup's own clean-up (the container destroyed, its rootfs removed), whose
+	// deferred work is part of what settles.
+	if wr.Settle {
+		waited, pending := settle(snapshotSettleChecks(), settleTimeout, settlePoll)
+		res.SettleMillis, res.Unsettled = waited.Milliseconds(), pending
+		tr.mark("settled")
+		if pending != "" {
+			a.log.Errorf("warm-up: still pending after %d ms: %s", res.SettleMillis, pending)
+		}
+	}
+	return *res, nil
+}
+
+// runWarmup runs the warm-up wr asks for and cleans up after it.
+func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentproto.Warmup, error) {
 	start := time.Now()
 	if len(wr.Entropy) > 0 {
 		if err := addEntropy(wr.Entropy); err != nil {
@@ -98,7 +117,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		}
 		res := agentproto.Warmup{TotalMillis: time.Since(start).Milliseconds()}
 		a.log.Infof("warm-up of the pod's start: %d ms", res.TotalMillis)
-		return res, nil
+		return &res, nil
 	}
 	rootfs := filepath.Join(dir, "rootfs")
 	hostMade := wr.HostRootfs && dir == shareWarmupDir
@@ -193,15 +212,7 @@ func (a *Agent) warmup(_ context.Context, req *Request) (any, error) {
 		tr.mark("network warmed")
 		a.log.Infof("network warm-up: %d ms", time.Since(netStart).Milliseconds())
 	}
-	if wr.Settle {
-		waited, pending := settle(snapshotSettleChecks(), settleTimeout, settlePoll)
-		res.SettleMillis, res.Unsettled = waited.Milliseconds(), pending
-		tr.mark("settled")
-		if pending != "" {
-			a.log.Errorf("warm-up: still pending after %d ms: %s", res.SettleMillis, pending)
-		}
-	}
-	return res, nil
+	return &res, nil
 }
 
 // asReceived returns spec as a pod's container brings it: encoded in a NEWCONTAINER frame

@@ -133,8 +133,8 @@ type Cache struct {
 	changed  chan struct{} // closed and replaced on every change of the pool
 
 	// The pace of a drained pool (roomToWarmLocked): when the last VM went out, the
-	// hand-outs' recent interval, a refill's and a warm-up's usual wall time (moving
-	// averages), and the timer that resumes the warm-ups once the hand-outs pause.
+	// interval before it, a refill's and a warm-up's usual wall time (moving averages),
+	// and the timer that resumes the warm-ups once the hand-outs pause.
 	now          func() time.Time
 	lastTake     time.Time
 	takeInterval time.Duration
@@ -310,7 +310,7 @@ func (c *Cache) refill(name string, delay time.Duration) {
 		return
 	}
 	c.failures, c.lastErr = 0, nil
-	c.refillTook = average(c.refillTook, time.Since(start), 4)
+	c.refillTook = average(c.refillTook, time.Since(start))
 	p.warmth = fullWarm
 	if _, ok := p.vm.(Warmer); ok {
 		p.warmth = cold
@@ -385,13 +385,13 @@ func (c *Cache) roomToWarmLocked() bool {
 	return false
 }
 
-// average moves a running average 1/weight of the way towards a new sample (the first
+// average moves a running average a quarter of the way towards a new sample (the first
 // sample sets it): recent ones count most, one outlier does not swing it far.
-func average(avg, sample time.Duration, weight time.Duration) time.Duration {
+func average(avg, sample time.Duration) time.Duration {
 	if avg == 0 {
 		return sample
 	}
-	return avg + (sample-avg)/weight
+	return avg + (sample-avg)/4
 }
 
 // warmUp warms one pooled VM, light or fully. A failed warm-up leaves the VM as good as
@@ -410,7 +410,7 @@ func (c *Cache) warmUp(p *pooled, light bool) {
 	// Light ones are what a drained pool would start; a full one (before any light one)
 	// is an estimate on the safe side.
 	if err == nil && (light || c.warmTook == 0) {
-		c.warmTook = average(c.warmTook, time.Since(start), 4)
+		c.warmTook = average(c.warmTook, time.Since(start))
 	}
 	switch {
 	case err != nil:
@@ -505,9 +505,11 @@ func (c *Cache) take(ctx context.Context) (*pooled, error) {
 			p := c.ready[i]
 			c.ready = append(c.ready[:i:i], c.ready[i+1:]...)
 			close(p.taken)
+			// The last interval alone, not an average: the first pods of a burst after a
+			// calm spell must not count as far apart.
 			now := c.now()
 			if !c.lastTake.IsZero() {
-				c.takeInterval = average(c.takeInterval, now.Sub(c.lastTake), 2)
+				c.takeInterval = now.Sub(c.lastTake)
 			}
 			c.lastTake = now
 			if p.warmth == cold {
