@@ -54,6 +54,9 @@ func TestBuildArgsTemplateAndClone(t *testing.T) {
 			if !hasPair(clone, "-incoming", "defer") || slices.Contains(tmpl, "-incoming") {
 				t.Errorf("-incoming defer must be on the clone only")
 			}
+			if !hasPair(clone, cloneNoAnnounce[0], cloneNoAnnounce[1]) || hasPair(tmpl, cloneNoAnnounce[0], cloneNoAnnounce[1]) {
+				t.Errorf("the clone only must start without the announce (%q)", cloneNoAnnounce)
+			}
 			// No VM may spawn: the template saves its state to a socket, a clone loads it from
 			// an inherited descriptor.
 			for _, args := range [][]string{tmpl, clone} {
@@ -75,6 +78,10 @@ func argsDiff(a, b []string) []string {
 		for i := 0; i < len(args); i++ {
 			switch args[i] {
 			case "-kernel", "-initrd", "-append", "-incoming":
+				i++
+				continue
+			}
+			if i+1 < len(args) && args[i] == cloneNoAnnounce[0] && args[i+1] == cloneNoAnnounce[1] {
 				i++
 				continue
 			}
