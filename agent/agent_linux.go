@@ -171,8 +171,7 @@ func (a *Agent) run(steps *bootSteps) {
 	a.ctl = ctl
 	a.mux = agentproto.NewMux(stream, a.log.with("chan", "stream").logf)
 	go a.watchMux(a.mux, paths[1], hub)
-	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"))
-	a.d.Route(a.handler)
+	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"), a.handler)
 	a.log.Debugf("control port %s, stream port %s", paths[0], paths[1])
 	steps.done("ports")
 

@@ -23,9 +23,8 @@ type Handler func(ctx context.Context, req *Request) (any, error)
 // slow one (creating a container takes a few hundred ms under TCG) does not hold up a PING or
 // a signal; the host orders dependent commands by waiting for their ACKs.
 type Dispatcher struct {
-	log      *logger
-	handlers map[agentproto.MsgType]Handler
-	// route finds the handler of a type Handle did not register (nil: none).
+	log *logger
+	// route finds the handler of a command type (nil: unsupported).
 	route func(agentproto.MsgType) Handler
 
 	// wmu makes each frame one uninterrupted write: replies and events come from many
@@ -37,19 +36,13 @@ type Dispatcher struct {
 	running sync.WaitGroup
 }
 
-// NewDispatcher writes its frames to w. ctx is handed to every handler.
-func NewDispatcher(ctx context.Context, w io.Writer, log *logger) *Dispatcher {
-	return &Dispatcher{ctx: ctx, w: w, log: log, handlers: make(map[agentproto.MsgType]Handler)}
+// NewDispatcher writes its frames to w; route finds the handler of each command's type
+// (nil from route: unsupported). ctx is handed to every handler. A switch finds the agent's
+// handlers (Agent.handler): in a cold guest, every line of a registration function is code
+// translated at boot, and a switch runs only the cases of the commands that come.
+func NewDispatcher(ctx context.Context, w io.Writer, log *logger, route func(agentproto.MsgType) Handler) *Dispatcher {
+	return &Dispatcher{ctx: ctx, w: w, log: log, route: route}
 }
-
-// Handle registers h for commands of type t.
-func (d *Dispatcher) Handle(t agentproto.MsgType, h Handler) { d.handlers[t] = h }
-
-// Route has route find the handler of every command type Handle did not register (nil
-// from route: unsupported). A switch finds the agent's handlers: in a cold guest, every
-// line of a registration function is code translated at boot, and a switch runs only the
-// cases of the commands that come.
-func (d *Dispatcher) Route(route func(agentproto.MsgType) Handler) { d.route = route }
 
 // Send writes one unsolicited frame (READY, PROCESSEXIT): id 0, payload may be nil. It
 // blocks while the host side is disconnected, and resumes when it comes back.
@@ -93,10 +86,7 @@ func (d *Dispatcher) Serve(r io.Reader) error {
 			return fmt.Errorf("%w: %s frame without a command id", agentproto.ErrProtocol, f.Type)
 		}
 		req := &Request{Frame: f, d: d}
-		h := d.handlers[f.Type]
-		if h == nil && d.route != nil {
-			h = d.route(f.Type)
-		}
+		h := d.route(f.Type)
 		if h == nil {
 			// Unknown or guest-to-host type: refuse it and carry on, a newer host may
 			// probe for commands this agent does not have.

@@ -31,13 +31,18 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// startDispatcher serves a dispatcher on one end of an in-memory pipe and returns the host
-// end and a channel with Serve's result.
-func startDispatcher(t *testing.T, register func(d *Dispatcher)) (net.Conn, *Dispatcher, <-chan error) {
+// handlers are a test's handlers by command type (the agent's own are found by a switch:
+// Agent.handler).
+type handlers map[agentproto.MsgType]Handler
+
+func (h handlers) route(t agentproto.MsgType) Handler { return h[t] }
+
+// startDispatcher serves a dispatcher of handlers on one end of an in-memory pipe and
+// returns the host end and a channel with Serve's result.
+func startDispatcher(t *testing.T, hs handlers) (net.Conn, *Dispatcher, <-chan error) {
 	t.Helper()
 	host, guest := net.Pipe()
-	d := NewDispatcher(context.Background(), guest, testLogger(t))
-	register(d)
+	d := NewDispatcher(context.Background(), guest, testLogger(t), hs.route)
 	done := make(chan error, 1)
 	go func() { done <- d.Serve(guest) }()
 	t.Cleanup(func() {
@@ -69,10 +74,10 @@ func recv(t *testing.T, r io.Reader) agentproto.ControlFrame {
 }
 
 func TestDispatcherAckCarriesCommandID(t *testing.T) {
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgGetVersion, func(context.Context, *Request) (any, error) {
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgGetVersion: func(context.Context, *Request) (any, error) {
 			return agentproto.VersionInfo{Version: agentproto.Version, Agent: "test"}, nil
-		})
+		},
 	})
 	send(t, host, agentproto.MsgGetVersion, 42, nil)
 	f := recv(t, host)
@@ -86,8 +91,8 @@ func TestDispatcherAckCarriesCommandID(t *testing.T) {
 }
 
 func TestDispatcherUnknownTypeIsAnErrorNotFatal(t *testing.T) {
-	host, _, done := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+	host, _, done := startDispatcher(t, handlers{
+		agentproto.MsgPing: func(context.Context, *Request) (any, error) { return nil, nil },
 	})
 	send(t, host, agentproto.MsgType(9999), 7, nil)
 	f := recv(t, host)
@@ -111,17 +116,17 @@ func TestDispatcherUnknownTypeIsAnErrorNotFatal(t *testing.T) {
 }
 
 func TestDispatcherErrorKinds(t *testing.T) {
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgRemoveContainer, func(context.Context, *Request) (any, error) {
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgRemoveContainer: func(context.Context, *Request) (any, error) {
 			return nil, errorf(agentproto.KindState, "container %q is not stopped", "c1")
-		})
-		d.Handle(agentproto.MsgStats, func(_ context.Context, req *Request) (any, error) {
+		},
+		agentproto.MsgStats: func(_ context.Context, req *Request) (any, error) {
 			var ref agentproto.ContainerRef
 			return nil, req.Decode(&ref)
-		})
-		d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) {
+		},
+		agentproto.MsgPing: func(context.Context, *Request) (any, error) {
 			return nil, errors.New("plain failure")
-		})
+		},
 	})
 	send(t, host, agentproto.MsgRemoveContainer, 1, agentproto.ContainerRef{Container: "c1"})
 	f := recv(t, host)
@@ -143,16 +148,16 @@ func TestDispatcherErrorKinds(t *testing.T) {
 
 func TestDispatcherEarlyAckRepliesOnce(t *testing.T) {
 	after := make(chan struct{})
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgExecCmd, func(_ context.Context, req *Request) (any, error) {
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgExecCmd: func(_ context.Context, req *Request) (any, error) {
 			if err := req.Ack(agentproto.ProcessStarted{Pid: 99}); err != nil {
 				return nil, err
 			}
 			<-after
 			// Too late to fail the command: logged only.
 			return "ignored", errors.New("after the ack")
-		})
-		d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+		},
+		agentproto.MsgPing: func(context.Context, *Request) (any, error) { return nil, nil },
 	})
 	send(t, host, agentproto.MsgExecCmd, 5, agentproto.ExecProcess{ID: "e"})
 	f := recv(t, host)
@@ -169,12 +174,12 @@ func TestDispatcherEarlyAckRepliesOnce(t *testing.T) {
 
 func TestDispatcherSlowCommandDoesNotBlockOthers(t *testing.T) {
 	release := make(chan struct{})
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgNewContainer, func(context.Context, *Request) (any, error) {
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgNewContainer: func(context.Context, *Request) (any, error) {
 			<-release
 			return agentproto.ProcessStarted{Pid: 1}, nil
-		})
-		d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+		},
+		agentproto.MsgPing: func(context.Context, *Request) (any, error) { return nil, nil },
 	})
 	send(t, host, agentproto.MsgNewContainer, 1, agentproto.Container{ID: "c"})
 	send(t, host, agentproto.MsgPing, 2, nil)
@@ -188,13 +193,13 @@ func TestDispatcherSlowCommandDoesNotBlockOthers(t *testing.T) {
 }
 
 func TestDispatcherHandlerPanicIsAnError(t *testing.T) {
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgStats, func(context.Context, *Request) (any, error) {
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgStats: func(context.Context, *Request) (any, error) {
 			var m map[string]int
 			m["boom"] = 1 // nil map write
 			return nil, nil
-		})
-		d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+		},
+		agentproto.MsgPing: func(context.Context, *Request) (any, error) { return nil, nil },
 	})
 	send(t, host, agentproto.MsgStats, 1, agentproto.ContainerRef{Container: "c"})
 	if f := recv(t, host); f.Type != agentproto.MsgError || f.ID != 1 {
@@ -235,8 +240,8 @@ func TestDispatcherMalformedFrameEndsServe(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			host, _, done := startDispatcher(t, func(d *Dispatcher) {
-				d.Handle(agentproto.MsgPing, func(context.Context, *Request) (any, error) { return nil, nil })
+			host, _, done := startDispatcher(t, handlers{
+				agentproto.MsgPing: func(context.Context, *Request) (any, error) { return nil, nil },
 			})
 			go host.Write(tc.frame())
 			select {
@@ -252,7 +257,7 @@ func TestDispatcherMalformedFrameEndsServe(t *testing.T) {
 }
 
 func TestDispatcherSendEvent(t *testing.T) {
-	host, d, _ := startDispatcher(t, func(*Dispatcher) {})
+	host, d, _ := startDispatcher(t, nil)
 	go func() {
 		_ = d.Send(agentproto.MsgReady, nil)
 		_ = d.Send(agentproto.MsgProcessExit, agentproto.ProcessExit{Container: "c", Process: "init", ExitCode: 3})
@@ -268,30 +273,22 @@ func TestDispatcherSendEvent(t *testing.T) {
 }
 
 func TestDispatcherCleanEOF(t *testing.T) {
-	host, _, done := startDispatcher(t, func(*Dispatcher) {})
+	host, _, done := startDispatcher(t, nil)
 	host.Close()
 	if err := <-done; !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
 		t.Fatalf("Serve returned %v, want EOF", err)
 	}
 }
 
-// Route finds the handlers Handle did not register; Handle's win; a type neither knows is
-// refused as unsupported.
+// The dispatcher asks its route for each command's handler; a type the route does not
+// know is refused as unsupported.
 func TestDispatcherRoute(t *testing.T) {
 	answer := func(v int) Handler {
 		return func(context.Context, *Request) (any, error) { return agentproto.ProcessStarted{Pid: v}, nil }
 	}
-	host, _, _ := startDispatcher(t, func(d *Dispatcher) {
-		d.Handle(agentproto.MsgStats, answer(1))
-		d.Route(func(typ agentproto.MsgType) Handler {
-			switch typ {
-			case agentproto.MsgStats:
-				return answer(2)
-			case agentproto.MsgListProcesses:
-				return answer(3)
-			}
-			return nil
-		})
+	host, _, _ := startDispatcher(t, handlers{
+		agentproto.MsgStats:         answer(1),
+		agentproto.MsgListProcesses: answer(3),
 	})
 	for i, c := range []struct {
 		typ     agentproto.MsgType
