@@ -144,7 +144,7 @@ func (r *execRequest) encode() ([]byte, error) {
 	if r.umask != nil {
 		field(tagUmask, u32(*r.umask))
 	}
-	strs := map[string]string{"cwd": r.cwd, "keyring": r.keyring}
+	strs := map[string]string{"cwd": r.cwd, "keyring": r.keyring, "program hint": r.programHint}
 	for what, s := range strs {
 		if strings.IndexByte(s, 0) >= 0 {
 			return nil, errorf(agentproto.KindInvalid, "%s %q contains a NUL byte", what, s)
@@ -152,9 +152,6 @@ func (r *execRequest) encode() ([]byte, error) {
 	}
 	field(tagCwd, []byte(r.cwd))
 	if r.programHint != "" {
-		if strings.IndexByte(r.programHint, 0) >= 0 {
-			return nil, errorf(agentproto.KindInvalid, "program hint %q contains a NUL byte", r.programHint)
-		}
 		field(tagHint, []byte(r.programHint))
 	}
 	for tag, list := range map[uint16][]string{tagArgs: r.args, tagEnv: r.env} {
