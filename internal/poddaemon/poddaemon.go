@@ -92,8 +92,7 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 		EndsWhenEmpty: true,
 	}
 	if first != nil {
-		cfg.VM.CPUs, cfg.VM.MemoryMiB = max(cfg.VM.CPUs, first.CPUs), max(cfg.VM.MemoryMiB, first.MemoryMiB)
-		cfg.SizeFromSpec = false
+		cfg.VM, cfg.SizeFromSpec = sizedFor(size, *first), false
 	}
 	if err := Serve(ctx, cfg, ready); err != nil {
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
@@ -107,16 +106,34 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 // (factoryd.Prefetch) while the daemon starts. A policy that does not parse is the
 // daemon's to report: no pool.
 func PooledFirstVM(boot Boot, podID, dir string, first factory.Request) (factory.Request, bool) {
-	policy, _, err := factory.ParseSetting(boot.Factory)
+	policy, _, base, err := resolvePolicy(boot)
 	if err != nil {
 		return factory.Request{}, false
 	}
-	base := boot.Base
-	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
-	req := factory.Request{ID: podID, Dir: supervisor.VMDir(dir), ShareDir: supervisor.ShareDir(dir),
-		CPUs: max(base.CPUs, first.CPUs), MemoryMiB: max(base.MemoryMiB, first.MemoryMiB)}
+	req := sizedFor(factory.Request{CPUs: base.CPUs, MemoryMiB: base.MemoryMiB}, first)
+	req.ID, req.Dir, req.ShareDir = podID, supervisor.VMDir(dir), supervisor.ShareDir(dir)
 	i := factory.EntryFor(policy, base, req.CPUs, req.MemoryMiB)
 	return req, i >= 0 && policy[i].Cache > 0
+}
+
+// resolvePolicy is boot's factory policy, where it comes from, and the VM configuration
+// with the pods' default size (a policy's first entry's, else boot.Base's): what NewFactory
+// builds on, and PooledFirstVM must agree with.
+func resolvePolicy(boot Boot) ([]factory.Policy, string, hypervisor.Config, error) {
+	policy, source, err := factory.ParseSetting(boot.Factory)
+	if err != nil {
+		return nil, "", hypervisor.Config{}, err
+	}
+	base := boot.Base
+	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
+	return policy, source, base, nil
+}
+
+// sizedFor is the VM size of a pod whose first container asks for first, never below the
+// default size.
+func sizedFor(size, first factory.Request) factory.Request {
+	size.CPUs, size.MemoryMiB = max(size.CPUs, first.CPUs), max(size.MemoryMiB, first.MemoryMiB)
+	return size
 }
 
 // NewFactory builds the pod's VM factory from the --factory setting or the policy file:
@@ -124,12 +141,10 @@ func PooledFirstVM(boot Boot, podID, dir string, first factory.Request) (factory
 // daemon's pools. It also returns the pods' default VM size: a policy's first entry's,
 // the size its template has, else boot.Base's.
 func NewFactory(ctx context.Context, boot Boot) (factory.Factory, factory.Request, error) {
-	policy, source, err := factory.ParseSetting(boot.Factory)
+	policy, source, base, err := resolvePolicy(boot)
 	if err != nil {
 		return nil, factory.Request{}, fmt.Errorf("factory: %w", err)
 	}
-	base := boot.Base
-	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
 	f, err := factory.New(ctx, factory.Options{
 		Launcher:    &qemu.Launcher{},
 		Base:        base,
