@@ -311,10 +311,7 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err er
 	st := c.state()
 	c.mu.Lock()
 	c.mayMount = c.mayMount || mayMount(req.Spec)
-	hint := ""
-	if !c.mayMount {
-		hint = programHint(c.rootfs, c.mountDests, req.Spec)
-	}
+	hinted, rootfs, mountDests := !c.mayMount, c.rootfs, c.mountDests
 	c.mu.Unlock()
 	switch st.Status {
 	case state.StatusCreated, state.StatusRunning:
@@ -324,6 +321,12 @@ func (s *Supervisor) Exec(ctx context.Context, req ExecRequest) (pid int, err er
 		return 0, fmt.Errorf("cannot exec in container %q: cannot exec in a stopped container: %w", req.ID, errdefs.ErrFailedPrecondition)
 	default:
 		return 0, fmt.Errorf("cannot exec in container %q: it is %s: %w", req.ID, st.Status, errdefs.ErrFailedPrecondition)
+	}
+	// Looked up in the rootfs (host I/O) only for an exec that goes ahead, and outside the
+	// container's lock (rootfs and mountDests are set once, at create).
+	hint := ""
+	if hinted {
+		hint = programHint(rootfs, mountDests, req.Spec)
 	}
 	_, started, err := s.startProcess(ctx, c, req.Process, req.Spec.Args, files, req.Spec.Terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgExecCmd, agentproto.ExecProcess{Container: req.ID, ID: req.Process, Process: req.Spec, IO: io, ConsoleRows: req.Rows, ConsoleCols: req.Cols, ProgramHint: hint}
