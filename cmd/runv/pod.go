@@ -153,7 +153,7 @@ func newVMPrefetch(req factory.Request) (*vmPrefetch, error) {
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pod %s: pipe for the prefetched VM: %w", req.ID, err)
 	}
 	return &vmPrefetch{req: req, r: r, w: w}, nil
 }
