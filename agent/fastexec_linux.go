@@ -125,10 +125,44 @@ var capNames = [...]string{
 	"CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 }
 
+// lastCap is the highest capability the guest's kernel knows, what moby's
+// capability.LastCap reads from /proc/sys/kernel/cap_last_cap, found with
+// prctl(PR_CAPBSET_READ), which answers EINVAL for a capability past it: the sysctl's
+// lookup and handler were ~80 translated blocks of a cold guest's first container.
+var lastCap = sync.OnceValues(func() (capability.Cap, error) {
+	known := func(c int) (bool, error) {
+		_, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0)
+		if err == unix.EINVAL {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	if ok, err := known(0); !ok {
+		if err == nil {
+			err = unix.EINVAL
+		}
+		return 0, fmt.Errorf("the last capability: prctl(PR_CAPBSET_READ, 0): %w", err)
+	}
+	lo, hi := 0, 63 // known(lo); capability sets are 64 bits
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		ok, err := known(mid)
+		if err != nil {
+			return 0, fmt.Errorf("the last capability: prctl(PR_CAPBSET_READ, %d): %w", mid, err)
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return capability.Cap(lo), nil
+})
+
 // capsFor converts capability names into the helper's bit sets; names unknown to the
 // guest's kernel are ignored, as libcontainer ignores them.
 func capsFor(c *configs.Capabilities) (*capSets, uint32, error) {
-	last, err := capability.LastCap()
+	last, err := lastCap()
 	if err != nil {
 		return nil, 0, fmt.Errorf("capabilities: %w", err)
 	}
