@@ -41,7 +41,8 @@ var _ containerEngine = (*engineContainer)(nil)
 // newEngineContainer prepares a container of the create engine; Start makes it. late are
 // the rlimits split off cfg (splitLateRlimits), seccomp compiles its profile.
 func newEngineContainer(id, helper string, cfg *configs.Config, late []configs.Rlimit, seccomp seccompCompiler, tr *stepTrace) (*engineContainer, error) {
-	cg, err := newContainerCgroup(cfg.Cgroups)
+	ownCgroupNS := cfg.Namespaces.Contains(configs.NEWCGROUP) && cfg.Namespaces.PathOf(configs.NEWCGROUP) == ""
+	cg, err := newContainerCgroup(cfg.Cgroups, ownCgroupNS)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: cgroup manager: %w", id, err)
 	}
@@ -319,5 +320,13 @@ func (e *engineContainer) Destroy() error {
 			return err
 		}
 	}
-	return e.cgroup.destroy()
+	if err := e.cgroup.destroy(); err != nil {
+		return err
+	}
+	if e.id == warmupID {
+		// The warm-up (of a template or a pooled VM) leaves a spare cgroup for the pod's
+		// first container. Without one, that container makes its own: nothing to report.
+		_ = spareCgroups.make()
+	}
+	return nil
 }
