@@ -11,6 +11,10 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 GO          ?= go
 GO_LDFLAGS  := -X main.version=$(VERSION)
+# Host binaries: urfave/cli without its man page and markdown generators, which runv never
+# calls; their markdown package's tables were built at every start of runv (the CLI and
+# each pod daemon: 0.3-1.5 ms of package init each, GODEBUG=inittrace=1).
+HOST_TAGS   := urfave_cli_no_docs
 # The agent is PID 1 of an initramfs: static, with cgo for libcontainer's nsenter and seccomp.
 AGENT_TAGS    := seccomp netgo osusergo
 AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
@@ -43,11 +47,11 @@ apt-install:
 build: runv shim initrd kernel
 
 runv:
-	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
+	$(GO) build -tags "$(HOST_TAGS)" -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
 
 # containerd's runtime v2 shim (io.containerd.runv.v2): containerd finds it on its PATH.
 shim:
-	$(GO) build -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/containerd-shim-runv-v2 ./cmd/containerd-shim-runv-v2
+	$(GO) build -tags "$(HOST_TAGS)" -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/containerd-shim-runv-v2 ./cmd/containerd-shim-runv-v2
 
 agent:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $(BUILD)/runv-agent ./cmd/runv-agent

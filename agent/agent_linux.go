@@ -155,24 +155,20 @@ func (a *Agent) run(steps *bootSteps) {
 	signal.Notify(sigchld, unix.SIGCHLD)
 	go a.reaper.run(ctx, sigchld)
 
-	paths, err := findPorts(portWait, agentproto.ControlPortName, agentproto.StreamPortName)
-	if err != nil {
-		fatal(a.log, "%v", err)
-	}
 	hub := newSigioHub()
-	ctl, err := openPort(agentproto.ControlPortName, paths[0], hub, false)
-	if err != nil {
-		fatal(a.log, "%v", err)
-	}
-	stream, err := openPort(agentproto.StreamPortName, paths[1], hub, true)
+	ctl, stream, named, err := openAgentPorts(a.flags, hub)
 	if err != nil {
 		fatal(a.log, "%v", err)
 	}
 	a.ctl = ctl
 	a.mux = agentproto.NewMux(stream, a.log.with("chan", "stream").logf)
-	go a.watchMux(a.mux, paths[1], hub)
+	go a.watchMux(a.mux, stream.path, hub)
 	a.d = NewDispatcher(ctx, ctl, a.log.with("chan", "control"), a.handler)
-	a.log.Debugf("control port %s, stream port %s", paths[0], paths[1])
+	how := "found by name"
+	if named {
+		how = "named on the command line"
+	}
+	a.log.Debugf("control port %s, stream port %s (%s)", ctl.path, stream.path, how)
 	steps.done("ports")
 
 	for {

@@ -1,6 +1,10 @@
 package agent
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/runv-project/runv/api/agentproto"
+)
 
 // bootFlags are the agent's settings on the kernel command line. The kernel does not pass
 // parameters with a dot in their name to init's argv or environment, so the agent reads
@@ -25,6 +29,9 @@ type bootFlags struct {
 	// comparison. runv.exec=libcontainer implies it: the engine's containers exec through
 	// the exec helper only.
 	LibcontainerCreate bool
+	// ControlPort and StreamPort are the ports' device nodes under /dev when the host
+	// names them (agentproto.PortsParam, "runv.ports=vport0p1,vport0p2"): both or neither.
+	ControlPort, StreamPort string
 }
 
 // ProbeMarker is the console line a probe boot prints.
@@ -47,7 +54,32 @@ func parseCmdline(cmdline string) bootFlags {
 			f.OneShotExec = value == "oneshot"
 		case "runv.create":
 			f.LibcontainerCreate = value == "libcontainer"
+		case agentproto.PortsParam:
+			f.ControlPort, f.StreamPort = "", ""
+			if ctl, stream, ok := strings.Cut(value, ","); ok && isPortNode(ctl) && isPortNode(stream) {
+				f.ControlPort, f.StreamPort = ctl, stream
+			}
 		}
 	}
 	return f
+}
+
+// isPortNode reports whether name is a virtio-serial port's node name, vport<N>p<M>:
+// nothing else under /dev is opened as a port.
+func isPortNode(name string) bool {
+	rest, ok := strings.CutPrefix(name, "vport")
+	if !ok {
+		return false
+	}
+	dev, port, ok := strings.Cut(rest, "p")
+	return ok && isDigits(dev) && isDigits(port)
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

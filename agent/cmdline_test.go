@@ -18,6 +18,15 @@ func TestParseCmdline(t *testing.T) {
 		{"runv.exec=oneshot", bootFlags{OneShotExec: true}},
 		{"runv.create=libcontainer", bootFlags{LibcontainerCreate: true}},
 		{"runv.create=engine runv.create", bootFlags{}},
+		{"runv.ports=vport0p1,vport0p2", bootFlags{ControlPort: "vport0p1", StreamPort: "vport0p2"}},
+		{"runv.ports=vport12p3,vport1p10 quiet", bootFlags{ControlPort: "vport12p3", StreamPort: "vport1p10"}},
+		{"runv.ports=vport0p1,vport0p2 runv.ports=vport0p1", bootFlags{}},
+		{"runv.ports=vport0p1", bootFlags{}},
+		{"runv.ports=vport0p1,vport0p2,vport0p3", bootFlags{}},
+		{"runv.ports=vport0p1,../sda", bootFlags{}},
+		{"runv.ports=vport0p1,vportp2", bootFlags{}},
+		{"runv.ports=vport0p1,vport0p", bootFlags{}},
+		{"runv.ports=ttyS0,vport0p2", bootFlags{}},
 	} {
 		if got := parseCmdline(tc.in); got != tc.want {
 			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)

@@ -426,6 +426,26 @@ func TestVMProbe(t *testing.T) {
 	t.Logf("TIMING qemu start → %s: %.3f s, qemu exit %.3f s", ProbeMarker, at.Seconds(), v.since().Seconds())
 }
 
+// TestVMNamedPorts: with runv.ports the agent opens the ports at the nodes named there
+// (runv's QEMU command line puts them there); nodes that do not exist and the agent finds
+// its ports by name instead. Either way it serves.
+func TestVMNamedPorts(t *testing.T) {
+	for _, tc := range []struct {
+		name, param, want string
+	}{
+		{"named", "runv.ports=vport0p1,vport0p2", "control port /dev/vport0p1, stream port /dev/vport0p2 (named on the command line)"},
+		{"named nodes missing", "runv.ports=vport7p1,vport7p2", "control port /dev/vport0p1, stream port /dev/vport0p2 (found by name)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := bootVM(t, vmOptions{cmdline: "runv.debug=1 " + tc.param})
+			v.event(agentproto.MsgReady)
+			v.mustCall(agentproto.MsgPing, nil, nil)
+			v.waitConsole(tc.want, 1)
+			destroy(t, v)
+		})
+	}
+}
+
 // TestVMReconnect closes the control connection and reconnects, as a host does around a
 // VM template snapshot: the agent announces itself again and keeps its state.
 func TestVMReconnect(t *testing.T) {

@@ -22,6 +22,12 @@ const (
 	StreamPortName  = "sh.hyper.channel.1"
 )
 
+// PortsParam is the kernel parameter by which the host names the control and stream
+// ports' device nodes under /dev, in that order ("runv.ports=vport0p1,vport0p2"): the
+// agent then opens them without looking their names up. A node that is not there, or no
+// such parameter, and the agent finds the ports by name.
+const PortsParam = "runv.ports"
+
 // ShareTag is the 9p mount tag of the pod's share (rootfs and volumes).
 const ShareTag = "runvshare"
 

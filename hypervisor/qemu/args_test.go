@@ -29,19 +29,20 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-name", "pod1",
 		"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=tcg",
 		"-global", "virtio-mmio.force-legacy=false",
+		"-cpu", "qemu64,+arat", // the guest's tick stops when idle (tcgCPU)
 		"-m", "128M",
 		"-smp", "1",
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 tsc_early_khz=2596124 tsc=reliable noreplace-smp",
+		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=2596124 tsc=reliable noreplace-smp highres=off",
 		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
 		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
 		"-serial", "chardev:console",
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
-		"-device", "virtserialport,bus=vser0.0,chardev=ctl,name=sh.hyper.channel.0",
+		"-device", "virtserialport,bus=vser0.0,nr=1,chardev=ctl,name=sh.hyper.channel.0",
 		"-chardev", "socket,id=stream,path=/run/runv/pod1/vm/stream.sock,server=on,wait=off",
-		"-device", "virtserialport,bus=vser0.0,chardev=stream,name=sh.hyper.channel.1",
+		"-device", "virtserialport,bus=vser0.0,nr=2,chardev=stream,name=sh.hyper.channel.1",
 		"-fsdev", "local,id=fs0,path=/run/runv/pod1/share,security_model=none",
 		"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare",
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
@@ -136,13 +137,13 @@ func TestBuildArgs(t *testing.T) {
 				{"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=kvm"},
 				{"-cpu", "host"},
 			},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2",
 		},
 		{
 			name:       "microvm under tcg without a known tsc: no tsc_early_khz",
 			spec:       spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
-			absent:     []string{"-cpu"},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 noreplace-smp",
+			want:       [][2]string{{"-cpu", "qemu64,+arat"}},
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp highres=off",
 		},
 		{
 			name: "kernel params follow the runtime's own",
@@ -151,7 +152,7 @@ func TestBuildArgs(t *testing.T) {
 				c.KernelParams = []string{"runv.debug=1", "a=b"}
 				return c
 			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 tsc_early_khz=1000 tsc=reliable noreplace-smp runv.debug=1 a=b",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=1000 tsc=reliable noreplace-smp highres=off runv.debug=1 a=b",
 		},
 		{
 			name: "q35 under tcg: pci devices, no mmio global, no tsc",
@@ -165,7 +166,7 @@ func TestBuildArgs(t *testing.T) {
 				{"-smp", "1"},
 			},
 			absent:     []string{"-global", "-cpu", "virtio-serial-device,id=vser0"},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 noreplace-smp",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp",
 		},
 		{
 			name: "q35 with hot-plug room",
