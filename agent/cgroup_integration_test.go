@@ -19,7 +19,8 @@ import (
 // and in one of the create engine (containerCgroup: a cgroup with device rules only is made
 // here), and compares what a user of each container reads in its cgroup's files (the
 // directory /proc/self/cgroup names): its type, the controllers its parent gave it, every
-// limit, before and after an update.
+// limit, before and after an update. Both guests are warmed first, as a template or a
+// pooled VM is: the create engine's first container gets the spare cgroup its warm-up left.
 func TestVMCgroupFilesAgree(t *testing.T) {
 	pids := int64(42)
 	memory, reservation, swap := int64(96<<20), int64(32<<20), int64(128<<20)
@@ -29,11 +30,13 @@ func TestVMCgroupFilesAgree(t *testing.T) {
 		res    func(*specs.LinuxResources)
 		update *specs.LinuxResources
 	}{
+		// The first container takes the spare cgroup the warm-up left (the create engine's
+		// guest): a limit set later goes to libcontainer's manager, which must find it.
+		{name: "devices only, then a memory limit", res: func(*specs.LinuxResources) {},
+			update: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &memory}}},
 		{name: "devices only", res: func(*specs.LinuxResources) {}},
 		{name: "devices only, then a pids limit", res: func(*specs.LinuxResources) {},
 			update: &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pids}}},
-		{name: "devices only, then a memory limit", res: func(*specs.LinuxResources) {},
-			update: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &memory}}},
 		{name: "pids", res: func(r *specs.LinuxResources) { r.Pids = &specs.LinuxPids{Limit: &pids} }},
 		{name: "memory", res: func(r *specs.LinuxResources) {
 			r.Memory = &specs.LinuxMemory{Limit: &memory, Reservation: &reservation, Swap: &swap}
@@ -48,6 +51,8 @@ func TestVMCgroupFilesAgree(t *testing.T) {
 	for _, cmdline := range []string{"runv.create=libcontainer", ""} {
 		v := bootVM(t, vmOptions{cmdline: cmdline})
 		v.event(agentproto.MsgReady)
+		// As a template or a pooled VM is warmed before its pod.
+		v.mustCall(agentproto.MsgWarmup, agentproto.WarmupRequest{ShareTag: agentproto.ShareTag}, nil)
 		v.startPod("cg")
 		var out []string
 		for i, tc := range cases {

@@ -129,3 +129,59 @@ func TestCreateCgroupDir(t *testing.T) {
 		t.Error("a cgroup outside the root was made")
 	}
 }
+
+// The spare cgroup: made once until taken, taken once, each a new directory; a container
+// with a cgroup namespace of its own takes it instead of making its cgroup, and its
+// configuration then names it (libcontainer's manager, made later for a limit, must agree).
+func TestSpareCgroup(t *testing.T) {
+	root := t.TempDir()
+	for name, content := range map[string]string{"cgroup.controllers": "memory pids\n", "cgroup.subtree_control": "", "runv/cgroup.subtree_control": ""} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &spareCgroup{root: root}
+	if _, _, ok := s.take(); ok {
+		t.Fatal("a spare before any was made")
+	}
+	if err := s.make(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.make(); err != nil {
+		t.Fatal(err)
+	}
+	dir, cgPath, ok := s.take()
+	if !ok || dir != root+"/runv/@spare1" || cgPath != "/runv/@spare1" {
+		t.Fatalf("take() = %q, %q, %v; want the first spare, made once", dir, cgPath, ok)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("the spare's directory: %v", err)
+	}
+	if _, _, ok := s.take(); ok {
+		t.Fatal("the spare was handed out twice")
+	}
+	if err := s.make(); err != nil {
+		t.Fatal(err)
+	}
+
+	saved := spareCgroups
+	spareCgroups = s
+	defer func() { spareCgroups = saved }()
+	cfg := &cgroups.Cgroup{Path: "/runv/c1", Resources: &cgroups.Resources{}}
+	c, err := newContainerCgroup(cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.create(); err != nil {
+		t.Fatal(err)
+	}
+	if c.dir != root+"/runv/@spare2" || cfg.Path != "/runv/@spare2" {
+		t.Errorf("the container's cgroup is %s (configuration: %s), want the second spare", c.dir, cfg.Path)
+	}
+	if c, _ := newContainerCgroup(&cgroups.Cgroup{Path: "/runv/c2"}, false); c.mayTakeSpare {
+		t.Error("a container in a cgroup namespace not its own may take the spare, whose name it would see")
+	}
+}

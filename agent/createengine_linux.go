@@ -30,8 +30,8 @@ type engineContainer struct {
 	cfg     configs.Config
 	cgroup  *containerCgroup
 	init    *os.Process
-	start   *os.File // the start pipe's write end until Exec
-	report  *os.File // the init's report pipe until Exec
+	start   *os.File    // the start pipe's write end until Exec
+	report  *reportPipe // the init's report pipe until Exec
 	started bool
 	argv0   string // the init's program, for the words of an exec error
 }
@@ -41,7 +41,8 @@ var _ containerEngine = (*engineContainer)(nil)
 // newEngineContainer prepares a container of the create engine; Start makes it. late are
 // the rlimits split off cfg (splitLateRlimits), seccomp compiles its profile.
 func newEngineContainer(id, helper string, cfg *configs.Config, late []configs.Rlimit, seccomp seccompCompiler, tr *stepTrace) (*engineContainer, error) {
-	cg, err := newContainerCgroup(cfg.Cgroups)
+	ownCgroupNS := cfg.Namespaces.Contains(configs.NEWCGROUP) && cfg.Namespaces.PathOf(configs.NEWCGROUP) == ""
+	cg, err := newContainerCgroup(cfg.Cgroups, ownCgroupNS)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: cgroup manager: %w", id, err)
 	}
@@ -154,7 +155,7 @@ func (e *engineContainer) Exec() error {
 	if err != nil {
 		return fmt.Errorf("container %q: its init is gone: %w", e.id, err)
 	}
-	_ = e.report.SetReadDeadline(time.Now().Add(execHelperWait))
+	e.report.SetReadDeadline(time.Now().Add(execHelperWait))
 	if err := awaitExec(e.report, e.argv0); err != nil {
 		return err
 	}
@@ -306,16 +307,26 @@ func (e *engineContainer) Set(cfg configs.Config) error {
 func (e *engineContainer) Destroy() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, f := range []**os.File{&e.start, &e.report} {
-		if *f != nil {
-			(*f).Close()
-			*f = nil
-		}
+	if e.start != nil {
+		e.start.Close()
+		e.start = nil
+	}
+	if e.report != nil {
+		e.report.Close()
+		e.report = nil
 	}
 	if e.cgroup.exists() {
 		if err := e.killAllLocked(); err != nil {
 			return err
 		}
 	}
-	return e.cgroup.destroy()
+	if err := e.cgroup.destroy(); err != nil {
+		return err
+	}
+	if e.id == warmupID {
+		// The warm-up (of a template or a pooled VM) leaves a spare cgroup for the pod's
+		// first container. Without one, that container makes its own: nothing to report.
+		_ = spareCgroups.make()
+	}
+	return nil
 }

@@ -318,7 +318,11 @@ func decodesItself(t reflect.Type) bool {
 		return ok
 	}
 	ok = !t.Implements(jsonUnmarshalerType) && !t.Implements(textUnmarshalerType)
-	if ok && t.Kind() != reflect.Pointer {
+	// encoding/json looks for the methods of *t only when t is named (its indirect): for
+	// the others ([]string, map[string]string...) reflect.PointerTo would make the pointer
+	// type at run time, which a binary without it in its type links pays with a lookup by
+	// name and a new type (~100 translated blocks of a cold guest's first NEWCONTAINER).
+	if ok && t.Kind() != reflect.Pointer && t.Name() != "" {
 		pt := reflect.PointerTo(t)
 		ok = !pt.Implements(jsonUnmarshalerType) && !pt.Implements(textUnmarshalerType)
 	}

@@ -55,6 +55,16 @@ var cloneNoAnnounce = []string{"-global", "migration.announce-rounds=0"}
 // memBackendID is the id of the file memory backend of templates and clones.
 const memBackendID = "mem"
 
+// tcgCPU is the vCPU model of a microvm under TCG: QEMU's default (qemu64) plus ARAT, the local APIC
+// timer that keeps running in deep C-states. Without ARAT Linux must assume the LAPIC timer
+// stops when the CPU idles and needs a broadcast timer (an HPET, which microvm does not
+// have; q35 does, and keeps QEMU's default) to leave periodic mode: the guest then took its 250 Hz tick forever, idle or not,
+// and each tick woke QEMU's main loop and vCPU thread. An idle pooled VM or pod burnt
+// ~12-22 ms of QEMU CPU per second; with ARAT (and NO_HZ_IDLE in the kernel) 2-3 ms
+// (docs/performance.md, "Bursts, stop 15"). TCG emulates ARAT's timer as it does the rest
+// of the LAPIC: nothing in the guest changes but its tick.
+const tcgCPU = "qemu64,+arat"
+
 // Kernel parameters the runtime always passes. panic=-1 with -no-reboot turns a guest
 // panic into a QEMU exit instead of a VM that spins forever. pty.legacy_count=0: the
 // kernel's 256 BSD pty pairs took 33 ms of every boot under TCG to register, and nothing in
@@ -119,6 +129,8 @@ func buildArgs(s spec) []string {
 	}
 	if s.accel == hypervisor.AccelKVM {
 		args = append(args, "-cpu", "host")
+	} else if microvm {
+		args = append(args, "-cpu", tcgCPU)
 	}
 	args = append(args, "-m", memoryArg(c))
 	if s.memFile != "" {
@@ -201,6 +213,15 @@ func kernelParams(s spec) []string {
 		// (60-80 ms of every boot), and it saves nothing there: TCG translates a locked
 		// instruction as a plain one when the machine has a single vCPU.
 		params = append(params, "noreplace-smp")
+	}
+	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG {
+		// highres=off: with tcgCPU's ARAT the guest can stop its tick when idle (see there),
+		// and would also switch its timers to high resolution. That made every sleep of the
+		// agent's Go runtime (its sysmon polls from 20 us) a real wake-up of the vCPU:
+		// ~10 % more QEMU CPU in a pooled VM's warm-up and in the pods of a burst
+		// (docs/performance.md, "Bursts, stop 15"). Off, the timers keep the tick's 4 ms
+		// resolution that they had before the tick could stop.
+		params = append(params, "highres=off")
 	}
 	return append(params, s.cfg.KernelParams...)
 }

@@ -29,11 +29,12 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-name", "pod1",
 		"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,accel=tcg",
 		"-global", "virtio-mmio.force-legacy=false",
+		"-cpu", "qemu64,+arat", // the guest's tick stops when idle (tcgCPU)
 		"-m", "128M",
 		"-smp", "1",
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=2596124 tsc=reliable noreplace-smp",
+		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=2596124 tsc=reliable noreplace-smp highres=off",
 		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
 		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
 		"-serial", "chardev:console",
@@ -141,8 +142,8 @@ func TestBuildArgs(t *testing.T) {
 		{
 			name:       "microvm under tcg without a known tsc: no tsc_early_khz",
 			spec:       spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
-			absent:     []string{"-cpu"},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp",
+			want:       [][2]string{{"-cpu", "qemu64,+arat"}},
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp highres=off",
 		},
 		{
 			name: "kernel params follow the runtime's own",
@@ -151,7 +152,7 @@ func TestBuildArgs(t *testing.T) {
 				c.KernelParams = []string{"runv.debug=1", "a=b"}
 				return c
 			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=1000 tsc=reliable noreplace-smp runv.debug=1 a=b",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=1000 tsc=reliable noreplace-smp highres=off runv.debug=1 a=b",
 		},
 		{
 			name: "q35 under tcg: pci devices, no mmio global, no tsc",
