@@ -285,33 +285,7 @@ func TestLaunchFailures(t *testing.T) {
 					t.Errorf("%s left behind", f)
 				}
 			}
-			assertNoNetNSHeld(t)
 		})
-	}
-}
-
-// assertNoNetNSHeld checks that this process holds no descriptor of a network namespace: a
-// launch makes QEMU's ahead of its start (prepareNetNS) and must release it, with the taps
-// in it, whether QEMU started or not. Launches of parallel tests hold theirs for moments:
-// the check waits, with a deadline, for none to be held.
-func assertNoNetNSHeld(t *testing.T) {
-	t.Helper()
-	var held []string
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		held = held[:0]
-		fds, _ := os.ReadDir("/proc/self/fd")
-		for _, fd := range fds {
-			if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "net:[") {
-				held = append(held, fd.Name()+" -> "+l)
-			}
-		}
-		if len(held) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // polling with a deadline: nothing to wait on
-	}
-	if len(held) > 0 {
-		t.Errorf("network namespace descriptors still held: %v", held)
 	}
 }
 
@@ -327,5 +301,4 @@ func TestLaunchCanceled(t *testing.T) {
 	if pids := qemutest.QEMUsFor(cfg.Dir); len(pids) > 0 {
 		t.Errorf("qemu left running: %v", pids)
 	}
-	assertNoNetNSHeld(t)
 }

@@ -45,7 +45,6 @@ var _ hypervisor.Launcher = (*Launcher)(nil)
 // still booting. On error nothing it started is left: no process, no socket.
 func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
 	ln := &launch{l: l, cfg: withDefaults(cfg), log: logging.G(ctx).With("vm", cfg.ID)}
-	ln.prepareNetNS()
 	err := runSteps(ctx, ln.log, []step{
 		{"validate", ln.validate},
 		{"resolve-accel", ln.resolveAccel},

@@ -48,65 +48,6 @@ func (t nicTaps) make() error {
 	return nil
 }
 
-// netNS is a network namespace made with a VM's taps in it, ahead of QEMU's start, on a
-// thread of its own (prepareNetNS): making it (unshare(2) of CLONE_NEWNET, ~0.5 ms) and the
-// taps (0.3-0.5 ms) then overlaps the launch's other steps (the accelerator, the command
-// line, the cgroup: 1.5-3 ms) instead of preceding QEMU's fork on the thread that forks it,
-// which joins the namespace with setns(2) (enter).
-type netNS struct {
-	done chan struct{} // closed once fd or err is set
-	fd   int           // the namespace's descriptor, -1 once released
-	err  error
-}
-
-// prepareNetNS starts making a network namespace with taps in it.
-func prepareNetNS(taps nicTaps) *netNS {
-	n := &netNS{done: make(chan struct{}), fd: -1}
-	// A thread of its own, never unlocked: it ends with its goroutine, in the namespace it
-	// made, instead of going back to the runtime's pool (and is never the main thread,
-	// whose namespace the process's /proc/self shows).
-	offMainThread(func() {
-		defer close(n.done)
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			n.err = fmt.Errorf("new network namespace: %w", err)
-			return
-		}
-		if err := taps.make(); err != nil {
-			n.err = err
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			n.err = fmt.Errorf("new network namespace: %w", err)
-			return
-		}
-		n.fd = fd
-	})
-	return n
-}
-
-// enter moves the calling thread into the namespace, once it is made.
-func (n *netNS) enter() error {
-	<-n.done
-	if n.err != nil {
-		return n.err
-	}
-	if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("enter the VM's network namespace: %w", err)
-	}
-	return nil
-}
-
-// release drops the descriptor: the namespace lives on with what runs in it (QEMU), or
-// goes with its taps. Safe to call more than once.
-func (n *netNS) release() {
-	<-n.done
-	if n.fd >= 0 {
-		unix.Close(n.fd)
-		n.fd = -1
-	}
-}
-
 // makeTap creates the persistent tap name with flags.
 func makeTap(name string, flags uint16) error {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -46,10 +47,11 @@ type startOpts struct {
 	// confine runs QEMU confined (confine.go); name names it there.
 	confine bool
 	name    string
-	// netns, when set, is the network namespace QEMU starts in, made with the VM's taps in
-	// it (nic.go): they wait there, invisible to the host, until they are moved into the
-	// pod's namespace, and die with it. The caller releases it once startProcess returned.
-	netns *netNS
+	// newNetNS starts QEMU in a network namespace of its own, made with the VM's taps in it
+	// (taps, nic.go): they wait there, invisible to the host, until they are moved into the
+	// pod's namespace, and die with it.
+	newNetNS bool
+	taps     nicTaps
 	// jail runs QEMU in a mount namespace of its own (jail.go), built over jailRoot.
 	jail     *jail
 	jailRoot string
@@ -100,10 +102,14 @@ func startProcess(o startOpts) (*process, error) {
 		// while locked takes its thread with it, which is what we want once QEMU exited, and
 		// what a thread moved into QEMU's jail (its mount namespace and root) or its network
 		// namespace needs.
-		if o.netns != nil {
-			// Joined here rather than made with CLONE_NEWNET: the taps must be there before
-			// QEMU opens them (nic.go), and QEMU inherits this thread's namespace.
-			if err := o.netns.enter(); err != nil {
+		if o.newNetNS {
+			// Made here rather than with CLONE_NEWNET: the taps must be there before QEMU
+			// opens them (nic.go, makeTaps), and QEMU inherits this thread's namespace.
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("new network namespace: %w", err)
+				return
+			}
+			if err := o.taps.make(); err != nil {
 				started <- err
 				return
 			}

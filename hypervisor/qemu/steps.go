@@ -62,8 +62,6 @@ type launch struct {
 	extraFiles []*os.File
 	// jail is QEMU's mount namespace (jail.go); nil when not confining.
 	jail *jail
-	// netns is QEMU's network namespace, on its way (prepareNetNS) or made.
-	netns *netNS
 	// wantStatus is what query-status must say once QEMU is up: "running" (zero value), or
 	// "inmigrate" for a clone.
 	wantStatus string
@@ -125,12 +123,11 @@ func (ln *launch) startProcess(context.Context) error {
 	if err != nil {
 		return err
 	}
-	ln.prepareNetNS()
 	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
 		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID,
-		netns: ln.netns, jail: ln.jail, jailRoot: ln.cfg.Dir})
-	ln.netns.release() // QEMU holds the namespace now, or never will
-	console.started()  // QEMU holds the write end now (or never will)
+		newNetNS: true, taps: nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)},
+		jail: ln.jail, jailRoot: ln.cfg.Dir})
+	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
 	}
@@ -208,22 +205,10 @@ func (ln *launch) exitedOr(err error) error {
 
 // teardown undoes a failed launch: QEMU killed and reaped, sockets removed (by vm.exited).
 func (ln *launch) teardown() {
-	if ln.netns != nil {
-		ln.netns.release() // a launch that failed before its start-process step
-	}
 	if ln.vm == nil {
 		return
 	}
 	ln.vm.proc.killAndWait()
-}
-
-// prepareNetNS starts making QEMU's network namespace with the VM's taps in it, unless it
-// is on its way already: a launch starts it before its first step, so that it overlaps
-// them; start-process waits for it.
-func (ln *launch) prepareNetNS() {
-	if ln.netns == nil {
-		ln.netns = prepareNetNS(nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)})
-	}
 }
 
 // nearlyFull reports whether the filesystem holding dir has less room than a VM's files
