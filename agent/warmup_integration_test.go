@@ -42,8 +42,10 @@ func TestVMWarmupScopes(t *testing.T) {
 	}
 	t.Logf("light warm-up: created in %d ms, gone after %d; full after it: %d, %d", light.CreateMillis, light.TotalMillis, full.CreateMillis, full.TotalMillis)
 	v.waitConsole("warm-up of the pod's start", 1)
-	v.waitConsole(`(scope: "container")`, 1)
-	if _, ran := v.consoleHas(`(scope: "pod")`); ran {
+	// The light warm-up's program is the exec helper, the full one's the agent (warmupProgram).
+	v.waitConsole(`(scope: "container", program `+execHelperPath+`)`, 1)
+	v.waitConsole(`(scope: "", program /init)`, 1)
+	if _, ran := v.consoleHas(`(scope: "pod"`); ran {
 		t.Error(`a warm-up container ran for scope "pod"`)
 	}
 	v.waitConsole("network warm-up:", 1)
@@ -51,7 +53,7 @@ func TestVMWarmupScopes(t *testing.T) {
 	v.mu.Lock()
 	network, fullSeen := 0, false
 	for _, l := range v.console {
-		fullSeen = fullSeen || strings.Contains(l.text, `(scope: "")`)
+		fullSeen = fullSeen || strings.Contains(l.text, `(scope: ""`)
 		if strings.Contains(l.text, "network warm-up:") && !fullSeen {
 			network++
 		}

@@ -121,7 +121,8 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 	}
 	rootfs := filepath.Join(dir, "rootfs")
 	hostMade := wr.HostRootfs && dir == shareWarmupDir
-	if err := prepareWarmupRoot(rootfs, hostMade); err != nil {
+	program := a.warmupProgram(wr.Scope)
+	if err := prepareWarmupRoot(rootfs, hostMade, program); err != nil {
 		removeWarmupRoot(dir, hostMade)
 		return nil, err
 	}
@@ -203,7 +204,7 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 	}
 	tr.mark("payloads decoded")
 	res := agentproto.Warmup{CreateMillis: created.Milliseconds(), TotalMillis: time.Since(start).Milliseconds()}
-	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q)", res.CreateMillis, res.TotalMillis, wr.Scope)
+	a.log.Infof("warm-up container ran: created in %d ms, gone after %d ms (scope: %q, program %s)", res.CreateMillis, res.TotalMillis, wr.Scope, program)
 	if wr.Scope == agentproto.WarmupFull {
 		netStart := time.Now()
 		if err := warmupNetwork(); err != nil {
@@ -271,16 +272,33 @@ func warmupPayloads() error {
 	return nil
 }
 
-// prepareWarmupRoot makes a rootfs holding only this binary, read-only, as /init
-// (agentproto.MakeWarmupRootfs), unless the host made it (hostMade), and binds the binary.
-func prepareWarmupRoot(rootfs string, hostMade bool) error {
+// warmupProgram is the binary the throwaway container runs (as its /init); it exits at
+// once. A full warm-up runs this agent's binary (WarmupArg): its Go runtime's start in a
+// new process warms kernel paths that a pod's first container takes too (8 ms of QEMU CPU
+// of a pooled pod's `runv run`, docs/performance.md, "Bursts, stop 15"). A light one, the
+// warm-up of a pool that ran dry, runs the exec helper instead, a small static C program
+// that, run as a container's program, has no report channel and exits (126) before doing
+// anything: the Go runtime's start was ~110 ms of QEMU's translation in a clone's light
+// warm-up (~290 ms), which is what decides whether warm-ups keep up with pods started
+// back to back. Without the helper (runv.exec=libcontainer), the agent's binary.
+func (a *Agent) warmupProgram(scope agentproto.WarmupScope) string {
+	if scope == agentproto.WarmupContainer && a.execHelper != "" {
+		return a.execHelper
+	}
+	return "/init"
+}
+
+// prepareWarmupRoot makes a rootfs holding only the warm-up program, read-only, as /init
+// (agentproto.MakeWarmupRootfs), unless the host made it (hostMade), and binds program
+// there.
+func prepareWarmupRoot(rootfs string, hostMade bool, program string) error {
 	if !hostMade {
 		if err := agentproto.MakeWarmupRootfs(rootfs); err != nil {
 			return err
 		}
 	}
-	if err := unix.Mount("/init", filepath.Join(rootfs, "init"), "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("warm-up: bind /init: %w", err)
+	if err := unix.Mount(program, filepath.Join(rootfs, "init"), "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("warm-up: bind %s: %w", program, err)
 	}
 	return nil
 }

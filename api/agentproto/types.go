@@ -256,7 +256,7 @@ type WarmupRequest struct {
 	Scope WarmupScope `json:"scope,omitempty"`
 	// HostRootfs: the host made the throwaway container's rootfs in the share, at
 	// WarmupShareDir/rootfs (MakeWarmupRootfs), and removes it after the answer; the agent
-	// only binds itself onto its /init and unbinds it. With ShareTag only.
+	// only binds the warm-up program onto its /init and unbinds it. With ShareTag only.
 	HostRootfs bool `json:"hostRootfs,omitempty"`
 	// Settle: once warmed, the agent waits (a few seconds at most) until the guest kernel
 	// has run the work its boot and the warm-up left scheduled (the TSC clocksource that
