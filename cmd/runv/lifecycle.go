@@ -16,6 +16,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/poddaemon"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 	"github.com/runv-project/runv/network"
@@ -285,8 +286,20 @@ var deleteCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		return deleteContainer(c.Context, g, id, c.Bool("force"))
+		err = deleteContainer(c.Context, g, id, c.Bool("force"))
+		sweepOrphanPods(c.Context, g)
+		return err
 	},
+}
+
+// sweepOrphanPods removes the pod directories left by pod daemons killed after their last
+// container was deleted (poddaemon.SweepOrphans). It runs where nobody waits on the
+// milliseconds (after a delete, in list), not in create or run. What it cannot remove is
+// a warning: the command did what it was asked.
+func sweepOrphanPods(ctx context.Context, g *globals) {
+	if err := poddaemon.SweepOrphans(filepath.Join(g.store.Root, state.PodsDir), g.store.PodsInUse); err != nil {
+		logging.G(ctx).Warn("orphaned pod directories left", "error", err)
+	}
 }
 
 // deleteContainer removes a container. With force a running container is killed first. When

@@ -54,6 +54,7 @@ var listCommand = &cli.Command{
 		if err := printStates(states, format, c.Bool("quiet")); err != nil {
 			return err
 		}
+		sweepOrphanPods(c.Context, g)
 		return errors.Join(failed...)
 	},
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,6 +45,13 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	if err != nil {
 		return fail(err)
 	}
+	// Held until this process exits, after it removed the directory: while it is held,
+	// no sweep of orphaned pod directories (SweepOrphans) touches this one.
+	lock, err := holdLock(cfg.Dir)
+	if err != nil {
+		return errors.Join(fail(fmt.Errorf("pod %s: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
+	}
+	defer runtime.KeepAlive(lock)
 	stdio, err := fdpass.Listen(filepath.Join(cfg.Dir, podapi.StdioSocket))
 	if err != nil {
 		return errors.Join(fail(fmt.Errorf("pod %s: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))

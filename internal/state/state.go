@@ -287,6 +287,35 @@ func (s *Store) List() ([]string, error) {
 	return ids, nil
 }
 
+// PodsInUse returns the base names of the pod directories that container records refer to.
+// It reads the records without their locks (they are replaced atomically, never torn), so
+// that a command holding one does not hold it up; a record it cannot read fails it, as it
+// might name any pod.
+func (s *Store) PodsInUse() (map[string]bool, error) {
+	ids, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	inUse := map[string]bool{}
+	for _, id := range ids {
+		b, err := os.ReadFile(filepath.Join(s.Dir(id), stateFile))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		var c Container
+		if err == nil {
+			err = json.Unmarshal(b, &c)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read state of container %q: %w", id, err)
+		}
+		if c.PodDir != "" {
+			inUse[filepath.Base(c.PodDir)] = true
+		}
+	}
+	return inUse, nil
+}
+
 // WriteFileAtomic writes data to a temporary file beside path and renames it over path, so
 // readers see the old or the new content, never a torn one.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {

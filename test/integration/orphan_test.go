@@ -1,0 +1,104 @@
+//go:build integration
+
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/runv-project/runv/internal/mounts"
+	"github.com/runv-project/runv/internal/state"
+)
+
+// A foreground `run` that ended its pod returns before the pod daemon removed the pod's
+// directory; a daemon killed in that window leaves the directory (the share's rootfs bind
+// mount, sockets, the VM's directory) with no daemon and no container record. The next
+// `runv list` or `runv delete` removes it, mounts and all, and leaves a live pod's alone.
+// The orphan is made the way a killed daemon leaves it: a detached container's daemon is
+// killed (its QEMU follows), its stand-in too, and its record goes as the run's CLI
+// removes it.
+func TestOrphanedPodDirectorySwept(t *testing.T) {
+	t.Parallel()
+	stateRoot := shortRoot(t)
+	live := newID(t)
+	if r := runvIn(t, stateRoot, nil, "run", "--detach", "--bundle", newBundle(t, "sleep", "1000"), live); r.code != 0 {
+		t.Fatalf("run -d %s: %s", live, r)
+	}
+	t.Cleanup(func() { runvIn(t, stateRoot, nil, "delete", "--force", live) })
+	waitStatus(t, stateRoot, live, "running")
+	livePod := recordOf(t, stateRoot, live).PodDir
+
+	for _, cmd := range [][]string{{"list"}, {"delete", "--force", "no-such-container"}} {
+		t.Run(cmd[0], func(t *testing.T) {
+			podDir := makeOrphanPod(t, stateRoot)
+			if r := runvIn(t, stateRoot, nil, cmd...); r.code != 0 || r.stderr != "" {
+				t.Fatalf("%v: %s", cmd, r)
+			}
+			if _, err := os.Stat(podDir); !os.IsNotExist(err) {
+				t.Errorf("orphaned pod directory %s still there after %v (stat: %v)", podDir, cmd, err)
+			}
+			if m, err := mounts.Under(podDir); err != nil || len(m) > 0 {
+				t.Errorf("mounts under the orphaned pod directory after %v: %v (%v)", cmd, m, err)
+			}
+			if _, err := os.Stat(livePod); err != nil {
+				t.Fatalf("the live pod's directory went with the orphan: %v", err)
+			}
+			if r := runvIn(t, stateRoot, nil, "exec", live, "true"); r.code != 0 {
+				t.Fatalf("exec in the live pod after the sweep: %s", r)
+			}
+		})
+	}
+	if r := runvIn(t, stateRoot, nil, "delete", "--force", live); r.code != 0 {
+		t.Fatalf("delete --force %s: %s", live, r)
+	}
+	assertEmptyRoot(t, stateRoot)
+}
+
+// makeOrphanPod leaves under stateRoot what a pod daemon killed after its last container's
+// record went leaves: the pod's directory, its share's mounts and no process. It returns
+// the directory.
+func makeOrphanPod(t *testing.T, stateRoot string) string {
+	t.Helper()
+	id := newID(t)
+	if r := runvIn(t, stateRoot, nil, "run", "--detach", "--bundle", newBundle(t, "sleep", "1000"), id); r.code != 0 {
+		t.Fatalf("run -d %s: %s", id, r)
+	}
+	waitStatus(t, stateRoot, id, "running")
+	rec := recordOf(t, stateRoot, id)
+	syscall.Kill(rec.Daemon.Pid, syscall.SIGKILL)
+	waitGone(t, rec.Daemon.Pid, 30*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(findPids(rec.PodDir, "qemu")) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU of pod %s still alive 30s after its daemon was killed", rec.Pod)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(rec.Shim.Pid, syscall.SIGKILL)
+	waitGone(t, rec.Shim.Pid, 30*time.Second)
+	if err := os.RemoveAll(filepath.Join(stateRoot, id)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := mounts.Under(rec.PodDir); err != nil || len(m) == 0 {
+		t.Fatalf("the orphan to sweep has no mounts under %s: %v %v", rec.PodDir, m, err)
+	}
+	return rec.PodDir
+}
+
+// recordOf reads a container's record as runv keeps it.
+func recordOf(t *testing.T, stateRoot, id string) state.Container {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(stateRoot, id, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec state.Container
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatalf("record of %s: %v", id, err)
+	}
+	return rec
+}
