@@ -54,7 +54,7 @@ func busyboxRootfs(t *testing.T, dir string) string {
 
 // createInit has the helper make the init of req's container with that stdio (nil:
 // /dev/null): the init, its report pipe and the write end of its start pipe.
-func createInit(t *testing.T, helper string, req *execRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *reportPipe, *os.File, error) {
+func createInit(t *testing.T, helper string, req *execRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *os.File, *os.File, error) {
 	t.Helper()
 	dirs := cgroupDirs("")
 	if len(dirs) == 0 {

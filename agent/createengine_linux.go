@@ -30,8 +30,8 @@ type engineContainer struct {
 	cfg     configs.Config
 	cgroup  *containerCgroup
 	init    *os.Process
-	start   *os.File    // the start pipe's write end until Exec
-	report  *reportPipe // the init's report pipe until Exec
+	start   *os.File // the start pipe's write end until Exec
+	report  *os.File // the init's report pipe until Exec
 	started bool
 	argv0   string // the init's program, for the words of an exec error
 }
@@ -155,7 +155,7 @@ func (e *engineContainer) Exec() error {
 	if err != nil {
 		return fmt.Errorf("container %q: its init is gone: %w", e.id, err)
 	}
-	e.report.SetReadDeadline(time.Now().Add(execHelperWait))
+	_ = e.report.SetReadDeadline(time.Now().Add(execHelperWait))
 	if err := awaitExec(e.report, e.argv0); err != nil {
 		return err
 	}
@@ -307,13 +307,11 @@ func (e *engineContainer) Set(cfg configs.Config) error {
 func (e *engineContainer) Destroy() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.start != nil {
-		e.start.Close()
-		e.start = nil
-	}
-	if e.report != nil {
-		e.report.Close()
-		e.report = nil
+	for _, f := range []**os.File{&e.start, &e.report} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
 	}
 	if e.cgroup.exists() {
 		if err := e.killAllLocked(); err != nil {

@@ -57,7 +57,7 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 		return nil, fmt.Errorf("exec server: %w", err)
 	}
 	defer repR.Close()
-	repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
 	if rep, err := readReport(repR); err != nil || rep.kind != reportReady {
 		unix.Close(fds[0])
 		_ = helper.Kill()
@@ -89,9 +89,9 @@ func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File,
 			f.Close()
 		}
 	}()
-	repR, repW, err := newReportPipe()
+	repR, repW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("exec server: %w", err)
+		return nil, fmt.Errorf("exec server: report pipe: %w", err)
 	}
 	defer repR.Close()
 	closers = append(closers, repW)
@@ -144,7 +144,7 @@ func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File,
 	repW.Close()
 	closers = closers[1:]
 
-	repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
 	first, err := readReport(repR)
 	switch {
 	case err == io.EOF:

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -382,7 +381,7 @@ func (c *container) stopExecServer() {
 // start is the read end of the start pipe; it waits until the container's init is ready
 // instead and also returns the report pipe, which tells when the init exec'd
 // (awaitExec).
-func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *reportPipe, _ error) {
+func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
 	helper, repR, err := spawnHelper(helperPath, req, stdio, namespaces, console, start, dirs, tr)
 	if err != nil {
 		return nil, nil, err
@@ -392,7 +391,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 			repR.Close()
 		}
 	}()
-	repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
 	first, err := readReport(repR)
 	if err != nil && err != io.EOF {
 		_ = helper.Kill()
@@ -414,7 +413,7 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 	if req.create != nil {
 		next, err := readReportTraced(repR, tr)
 		if err == nil && next.kind == reportReady {
-			repR.SetReadDeadline(time.Time{})
+			_ = repR.SetReadDeadline(time.Time{})
 			return proc, repR, nil
 		}
 		return nil, nil, killUnexpected(proc, next, err, req.args[0])
@@ -443,55 +442,6 @@ func stdioOrNull(stdio [3]*os.File) (out [3]*os.File, closers []*os.File, err er
 	return out, closers, nil
 }
 
-// reportPipe is the read end of a report pipe (the helper's, an exec server's process's,
-// a container's init's). Its fd is blocking and kept out of the runtime's poller, and its
-// deadline is a poll(2) timeout before each read: a deadline on a pollable *os.File arms a
-// runtime timer, and the runtime's timer heap and the poller's deadline code were ~230
-// translated blocks of a cold guest's first container, run for this pipe alone. A blocked
-// read holds an OS thread, which a wait of milliseconds can spare.
-type reportPipe struct {
-	f        *os.File
-	deadline time.Time // zero: none
-}
-
-// newReportPipe makes a report pipe: the read end, and the write end the other process
-// gets.
-func newReportPipe() (*reportPipe, *os.File, error) {
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		return nil, nil, fmt.Errorf("report pipe: %w", err)
-	}
-	// os.NewFile on a blocking descriptor does not register it with the poller.
-	return &reportPipe{f: os.NewFile(uintptr(fds[0]), "report")}, os.NewFile(uintptr(fds[1]), "report"), nil
-}
-
-// SetReadDeadline bounds the reads that follow (the zero time: no bound).
-func (r *reportPipe) SetReadDeadline(t time.Time) { r.deadline = t }
-
-// Read reads what the pipe has, waiting no later than the deadline
-// (os.ErrDeadlineExceeded).
-func (r *reportPipe) Read(p []byte) (int, error) {
-	for !r.deadline.IsZero() {
-		left := time.Until(r.deadline)
-		if left <= 0 {
-			return 0, os.ErrDeadlineExceeded
-		}
-		ready, err := unix.Poll([]unix.PollFd{{Fd: int32(r.f.Fd()), Events: unix.POLLIN}}, int(min(left.Milliseconds()+1, math.MaxInt32)))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("poll the report pipe: %w", err)
-		}
-		if ready > 0 {
-			break
-		}
-	}
-	return r.f.Read(p)
-}
-
-func (r *reportPipe) Close() error { return r.f.Close() }
-
 // execFirstExtraFD is the first descriptor of the helper's (and an exec server's
 // process's) beyond stdio, the request (3) and the report (4).
 const execFirstExtraFD = 5
@@ -499,7 +449,7 @@ const execFirstExtraFD = 5
 // spawnHelper starts the helper (runExecHelper's arguments; an exec server, req.serve, in
 // the agent's cgroup) and sends it req; it returns the helper and the read end of its
 // report pipe.
-func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *reportPipe, _ error) {
+func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
 	std, closers, err := stdioOrNull(stdio)
 	defer func() {
 		for _, f := range closers {
@@ -515,9 +465,9 @@ func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespa
 		return nil, nil, fmt.Errorf("exec helper: request pipe: %w", err)
 	}
 	closers = append(closers, reqR, reqW)
-	repR, repW, err := newReportPipe()
+	repR, repW, err := os.Pipe()
 	if err != nil {
-		return nil, nil, fmt.Errorf("exec helper: %w", err)
+		return nil, nil, fmt.Errorf("exec helper: report pipe: %w", err)
 	}
 	closers = append(closers, repW)
 	defer func() {
@@ -583,13 +533,13 @@ func readReportTraced(r io.Reader, tr *stepTrace) (helperReport, error) {
 
 // awaitExec reads the report pipe of a process that is about to exec its program: EOF
 // (the pipe closes on exec) is success, else the helper's report of what failed.
-func awaitExec(report *reportPipe, argv0 string) error {
+func awaitExec(report *os.File, argv0 string) error {
 	return awaitExecTraced(report, argv0, nil)
 }
 
 // awaitExecTraced is awaitExec that marks in tr the steps the process reports
 // (traceSteps).
-func awaitExecTraced(report *reportPipe, argv0 string, tr *stepTrace) error {
+func awaitExecTraced(report *os.File, argv0 string, tr *stepTrace) error {
 	next, err := readReportTraced(report, tr)
 	switch {
 	case err == io.EOF:

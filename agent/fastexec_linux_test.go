@@ -1,12 +1,8 @@
 package agent
 
 import (
-	"errors"
-	"io"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/moby/sys/capability"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -57,32 +53,5 @@ func TestLastCapIsTheKernels(t *testing.T) {
 	got, err := lastCap()
 	if err != nil || got != want {
 		t.Errorf("lastCap() = %d, %v; cap_last_cap says %d", got, err, want)
-	}
-}
-
-// A report pipe's read returns what was written, EOF once the writer is gone, and
-// os.ErrDeadlineExceeded once its deadline passed with nothing to read.
-func TestReportPipeDeadline(t *testing.T) {
-	r, w, err := newReportPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	r.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	buf := make([]byte, 8)
-	if n, err := r.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read of an empty pipe past its deadline = %d, %v; want os.ErrDeadlineExceeded", n, err)
-	}
-	r.SetReadDeadline(time.Now().Add(time.Minute))
-	if _, err := w.Write([]byte("ok")); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "ok" {
-		t.Fatalf("read = %q, %v; want \"ok\"", buf[:n], err)
-	}
-	w.Close()
-	r.SetReadDeadline(time.Time{})
-	if n, err := r.Read(buf); err != io.EOF {
-		t.Fatalf("read after the writer closed = %d, %v; want EOF", n, err)
 	}
 }
