@@ -83,6 +83,10 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 // once the process exec'd its program, or the step that failed; errServerGone when the
 // server did not take the request (nothing was started).
 func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
+	if req.create != nil {
+		// Its start is read from the report pipe, which this does not hand back.
+		return nil, errors.New("exec server: a container's create goes through the one-shot helper")
+	}
 	var closers []*os.File
 	defer func() {
 		for _, f := range closers {
@@ -152,20 +156,9 @@ func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File,
 		return nil, errServerGone
 	case err != nil:
 		return nil, err
-	case first.kind != reportPid:
-		return nil, helperError(first, req.args[0])
 	}
-	proc, err := os.FindProcess(int(first.value))
-	if err != nil {
-		return nil, fmt.Errorf("exec server: process %d: %w", first.value, err)
-	}
-	tr.mark("exec server forked the process")
-	if err := awaitExecTraced(repR, req.args[0], tr); err != nil {
-		_ = proc.Kill()
-		_, _ = proc.Wait()
-		return nil, err
-	}
-	return proc, nil
+	proc, _, err := awaitForked("exec server", first, repR, req, tr)
+	return proc, err
 }
 
 // send writes one message: hdr with the descriptors, then body.

@@ -402,28 +402,41 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 		return nil, nil, fmt.Errorf("exec helper exited without a report (%v)", hst)
 	case err != nil:
 		return nil, nil, err
-	case first.kind != reportPid:
-		return nil, nil, helperError(first, req.args[0])
 	}
-	proc, err := os.FindProcess(int(first.value))
-	if err != nil {
-		return nil, nil, fmt.Errorf("exec helper: process %d: %w", first.value, err)
+	proc, keepReport, err := awaitForked("exec helper", first, repR, req, tr)
+	if err != nil || !keepReport {
+		return proc, nil, err
 	}
-	tr.mark("helper forked the process")
+	return proc, repR, nil
+}
+
+// awaitForked is the tail of a process that the one-shot helper or an exec server (via)
+// forked for req, from the first report on its pipe (the process's pid, or what failed
+// before the fork): the process once it exec'd its program, or, for a create
+// (req.create), once it is ready to be started, when the report pipe stays open for the
+// start (keepReport). A process whose exec or create failed is killed and reaped.
+func awaitForked(via string, first helperReport, repR *os.File, req *execRequest, tr *stepTrace) (proc *os.Process, keepReport bool, err error) {
+	if first.kind != reportPid {
+		return nil, false, helperError(first, req.args[0])
+	}
+	if proc, err = os.FindProcess(int(first.value)); err != nil {
+		return nil, false, fmt.Errorf("%s: process %d: %w", via, first.value, err)
+	}
+	tr.mark(via + " forked the process")
 	if req.create != nil {
 		next, err := readReportTraced(repR, tr)
 		if err == nil && next.kind == reportReady {
 			_ = repR.SetReadDeadline(time.Time{})
-			return proc, repR, nil
+			return proc, true, nil
 		}
-		return nil, nil, killUnexpected(proc, next, err, req.args[0])
+		return nil, false, killUnexpected(proc, next, err, req.args[0])
 	}
 	if err := awaitExecTraced(repR, req.args[0], tr); err != nil {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
-		return nil, nil, err
+		return nil, false, err
 	}
-	return proc, nil, nil
+	return proc, false, nil
 }
 
 // stdioOrNull is stdio with /dev/null for what is nil, and the files to close after use.
