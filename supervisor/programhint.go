@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -121,13 +122,9 @@ func (root rootDir) resolve(path string) string {
 	}
 }
 
+// readlinkFd is the path the kernel has for the open descriptor fd.
 func readlinkFd(fd int) (string, error) {
-	buf := make([]byte, unix.PathMax)
-	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), buf)
-	if err != nil {
-		return "", err
-	}
-	return string(buf[:n]), nil
+	return os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 }
 
 // executableInRoot tells whether path, resolved inside root, is what the helper's search
