@@ -183,11 +183,18 @@ func (s *Supervisor) SizeVM(spec *specs.Spec) error {
 		// This container is refused; the next one may size the VM instead.
 		return fmt.Errorf("pod %s: size the VM: %w", s.cfg.PodID, err)
 	}
-	req := s.cfg.VM
-	req.CPUs, req.MemoryMiB = max(req.CPUs, cpus), max(req.MemoryMiB, mem)
-	s.sized <- req // buffered, sent once
+	s.sized <- SizedFor(s.cfg.VM, factory.Request{CPUs: cpus, MemoryMiB: mem}) // buffered, sent once
 	s.sizeDone = true
 	return nil
+}
+
+// SizedFor is the VM size of a pod whose first container asks for first (oci.VMSize),
+// never below size (the pods' default). Every way of sizing a pod's VM goes through it
+// (SizeVM at the first Create; the pod daemon told the size at its start, and the VM
+// prefetched for it), so that they agree.
+func SizedFor(size, first factory.Request) factory.Request {
+	size.CPUs, size.MemoryMiB = max(size.CPUs, first.CPUs), max(size.MemoryMiB, first.MemoryMiB)
+	return size
 }
 
 func (s *Supervisor) boot(ctx context.Context) {

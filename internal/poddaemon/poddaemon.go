@@ -92,7 +92,7 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 		EndsWhenEmpty: true,
 	}
 	if first != nil {
-		cfg.VM, cfg.SizeFromSpec = sizedFor(size, *first), false
+		cfg.VM, cfg.SizeFromSpec = supervisor.SizedFor(size, *first), false
 	}
 	if err := Serve(ctx, cfg, ready); err != nil {
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
@@ -110,7 +110,7 @@ func PooledFirstVM(boot Boot, podID, dir string, first factory.Request) (factory
 	if err != nil {
 		return factory.Request{}, false
 	}
-	req := sizedFor(factory.Request{CPUs: base.CPUs, MemoryMiB: base.MemoryMiB}, first)
+	req := supervisor.SizedFor(factory.Request{CPUs: base.CPUs, MemoryMiB: base.MemoryMiB}, first)
 	req.ID, req.Dir, req.ShareDir = podID, supervisor.VMDir(dir), supervisor.ShareDir(dir)
 	i := factory.EntryFor(policy, base, req.CPUs, req.MemoryMiB)
 	return req, i >= 0 && policy[i].Cache > 0
@@ -127,13 +127,6 @@ func resolvePolicy(boot Boot) ([]factory.Policy, string, hypervisor.Config, erro
 	base := boot.Base
 	base.CPUs, base.MemoryMiB = factory.DefaultSize(policy, base.CPUs, base.MemoryMiB)
 	return policy, source, base, nil
-}
-
-// sizedFor is the VM size of a pod whose first container asks for first, never below the
-// default size.
-func sizedFor(size, first factory.Request) factory.Request {
-	size.CPUs, size.MemoryMiB = max(size.CPUs, first.CPUs), max(size.MemoryMiB, first.MemoryMiB)
-	return size
 }
 
 // NewFactory builds the pod's VM factory from the --factory setting or the policy file:
