@@ -297,7 +297,7 @@ var deleteCommand = &cli.Command{
 // milliseconds (after a delete, in list), not in create or run. What it cannot remove is
 // a warning: the command did what it was asked.
 func sweepOrphanPods(ctx context.Context, g *globals) {
-	if err := poddaemon.SweepOrphans(filepath.Join(g.store.Root, state.PodsDir), g.store.PodsInUse); err != nil {
+	if err := poddaemon.SweepRoot(g.store.Root); err != nil {
 		logging.G(ctx).Warn("orphaned pod directories left", "error", err)
 	}
 }

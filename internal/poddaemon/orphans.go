@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/supervisor"
 )
 
@@ -84,6 +85,13 @@ func SweepOrphans(podsDir string, inUse func() (map[string]bool, error)) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SweepRoot is SweepOrphans for the pods of the state root root, whose container records
+// say which pod directories are in use.
+func SweepRoot(root string) error {
+	store := &state.Store{Root: root}
+	return SweepOrphans(filepath.Join(root, state.PodsDir), store.PodsInUse)
 }
 
 // takeDeadLock takes the liveness lock of the pod directory dir if no daemon holds it, and

@@ -94,7 +94,15 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 	if first != nil {
 		cfg.VM, cfg.SizeFromSpec = supervisor.SizedFor(size, *first), false
 	}
-	if err := Serve(ctx, cfg, ready); err != nil {
+	err = Serve(ctx, cfg, ready)
+	// The pod and its directory are gone. A daemon's end is off its clients' paths (a
+	// foreground run that ended the pod did not wait for it): the time to remove what
+	// daemons killed in that window left, so that a host running only foreground runs is
+	// swept too (this one's, were it killed now, goes at the next daemon's end).
+	if serr := SweepRoot(boot.Root); serr != nil {
+		logging.G(ctx).Warn("orphaned pod directories left", "pod", podID, "error", serr)
+	}
+	if err != nil {
 		return fmt.Errorf("pod %s: %w", cfg.PodID, err)
 	}
 	return nil

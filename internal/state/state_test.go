@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,5 +139,41 @@ func TestRemoveOrphan(t *testing.T) {
 	}
 	if _, err := s.Lock("kept"); err != nil {
 		t.Errorf("recorded container gone after RemoveOrphan: %v", err)
+	}
+}
+
+// PodsInUse names the pod directories of every recorded container, also while a command
+// holds a container's lock, and fails on a record it cannot read (it might name any pod).
+func TestPodsInUse(t *testing.T) {
+	s := &Store{Root: t.TempDir()}
+	for id, pod := range map[string]string{"a": "p-1", "b": "p-1", "c": "p-2"} {
+		h, err := s.Create(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Save(&Container{ID: id, Pod: pod, PodDir: s.PodDir(pod)}); err != nil {
+			t.Fatal(err)
+		}
+		if id != "c" {
+			h.Unlock()
+		} else {
+			defer h.Unlock() // held while PodsInUse reads
+		}
+	}
+	if _, err := s.Create("creating"); err != nil { // no record yet
+		t.Fatal(err)
+	}
+	got, err := s.PodsInUse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"p-1": true, "p-2": true}; !maps.Equal(got, want) {
+		t.Errorf("PodsInUse = %v, want %v", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir("b"), stateFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.PodsInUse(); err == nil {
+		t.Errorf("PodsInUse with a corrupt record = %v, want an error", got)
 	}
 }

@@ -17,7 +17,8 @@ import (
 // A foreground `run` that ended its pod returns before the pod daemon removed the pod's
 // directory; a daemon killed in that window leaves the directory (the share's rootfs bind
 // mount, sockets, the VM's directory) with no daemon and no container record. The next
-// `runv list` or `runv delete` removes it, mounts and all, and leaves a live pod's alone.
+// `runv list` or `runv delete`, or the end of the next pod daemon, removes it, mounts and
+// all, and leaves a live pod's alone.
 // The orphan is made the way a killed daemon leaves it: a detached container's daemon is
 // killed (its QEMU follows), its stand-in too, and its record goes as the run's CLI
 // removes it.
@@ -32,17 +33,34 @@ func TestOrphanedPodDirectorySwept(t *testing.T) {
 	waitStatus(t, stateRoot, live, "running")
 	livePod := recordOf(t, stateRoot, live).PodDir
 
-	for _, cmd := range [][]string{{"list"}, {"delete", "--force", "no-such-container"}} {
-		t.Run(cmd[0], func(t *testing.T) {
+	// `list` and `delete` sweep before they return; a pod daemon sweeps as it ends, after
+	// its foreground `run` returned.
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"list", []string{"list"}},
+		{"delete", []string{"delete", "--force", "no-such-container"}},
+		{"daemon's end", []string{"run", "--bundle", newBundle(t, "true"), newID(t)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			podDir := makeOrphanPod(t, stateRoot)
-			if r := runvIn(t, stateRoot, nil, cmd...); r.code != 0 || r.stderr != "" {
-				t.Fatalf("%v: %s", cmd, r)
+			if r := runvIn(t, stateRoot, nil, tc.args...); r.code != 0 || r.stderr != "" {
+				t.Fatalf("%v: %s", tc.args, r)
 			}
-			if _, err := os.Stat(podDir); !os.IsNotExist(err) {
-				t.Errorf("orphaned pod directory %s still there after %v (stat: %v)", podDir, cmd, err)
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				_, err := os.Stat(podDir)
+				if os.IsNotExist(err) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("orphaned pod directory %s still there 30s after %v (stat: %v)", podDir, tc.args, err)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 			if m, err := mounts.Under(podDir); err != nil || len(m) > 0 {
-				t.Errorf("mounts under the orphaned pod directory after %v: %v (%v)", cmd, m, err)
+				t.Errorf("mounts under the orphaned pod directory after %v: %v (%v)", tc.args, m, err)
 			}
 			if _, err := os.Stat(livePod); err != nil {
 				t.Fatalf("the live pod's directory went with the orphan: %v", err)
