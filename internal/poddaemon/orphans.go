@@ -18,9 +18,9 @@ import (
 // reused by the time anyone looks.
 const lockFile = "daemon.lock"
 
-// holdLock takes dir's liveness lock for the life of this process. The file is made and
-// locked under a temporary name and renamed into place, so that nobody ever sees an unlocked
-// lock of a daemon that is starting.
+// holdLock takes dir's liveness lock, held while the returned file is open (and not after
+// this process died). The file is made and locked under a temporary name and renamed into
+// place, so that nobody ever sees an unlocked lock of a daemon that is starting.
 func holdLock(dir string) (*os.File, error) {
 	f, err := os.CreateTemp(dir, "."+lockFile+".*") // close-on-exec: QEMU does not inherit it
 	if err != nil {

@@ -45,8 +45,8 @@ func Serve(ctx context.Context, cfg supervisor.Config, ready io.WriteCloser) (er
 	if err != nil {
 		return fail(err)
 	}
-	// Held until this process exits, after it removed the directory: while it is held,
-	// no sweep of orphaned pod directories (SweepOrphans) touches this one.
+	// Held until Serve returns, when the directory is gone, or the process dies: while it
+	// is held, no sweep of orphaned pod directories (SweepOrphans) touches this one.
 	lock, err := holdLock(cfg.Dir)
 	if err != nil {
 		return errors.Join(fail(fmt.Errorf("pod %s: %w", cfg.PodID, err)), endUnserved(ctx, sup, cfg.Dir))
