@@ -55,11 +55,12 @@ var cloneNoAnnounce = []string{"-global", "migration.announce-rounds=0"}
 // memBackendID is the id of the file memory backend of templates and clones.
 const memBackendID = "mem"
 
-// tcgCPU is the vCPU model of a microvm under TCG: QEMU's default (qemu64) plus ARAT, the local APIC
-// timer that keeps running in deep C-states. Without ARAT Linux must assume the LAPIC timer
-// stops when the CPU idles and needs a broadcast timer (an HPET, which microvm does not
-// have; q35 does, and keeps QEMU's default) to leave periodic mode: the guest then took its 250 Hz tick forever, idle or not,
-// and each tick woke QEMU's main loop and vCPU thread. An idle pooled VM or pod burnt
+// tcgCPU is the vCPU model of a microvm under TCG: QEMU's default (qemu64) plus ARAT, the
+// local APIC timer that keeps running in deep C-states. Without ARAT Linux must assume the
+// LAPIC timer stops when the CPU idles and needs a broadcast timer (an HPET, which microvm
+// does not have; q35 does, and keeps QEMU's default) to leave periodic mode: the guest then
+// took its 250 Hz tick forever, idle or not, and each tick woke QEMU's main loop and vCPU
+// thread. An idle pooled VM or pod burnt
 // ~12-22 ms of QEMU CPU per second; with ARAT (and NO_HZ_IDLE in the kernel) 2-3 ms
 // (docs/performance.md, "Bursts, stop 15"). TCG emulates ARAT's timer as it does the rest
 // of the LAPIC: nothing in the guest changes but its tick.
@@ -129,7 +130,7 @@ func buildArgs(s spec) []string {
 	}
 	if s.accel == hypervisor.AccelKVM {
 		args = append(args, "-cpu", "host")
-	} else if microvm {
+	} else if s.tcgMicroVM() {
 		args = append(args, "-cpu", tcgCPU)
 	}
 	args = append(args, "-m", memoryArg(c))
@@ -192,6 +193,12 @@ func buildArgs(s spec) []string {
 	return args
 }
 
+// tcgMicroVM reports whether s is a microvm under TCG: the machine that needs the TSC's
+// frequency given, runs tcgCPU, and the kernel parameters that go with it (kernelParams).
+func (s spec) tcgMicroVM() bool {
+	return s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG
+}
+
 func kernelParams(s spec) []string {
 	params := append(slices.Clone(baseKernelParams), portsParam)
 	// Under TCG microvm has no HPET or PM timer to calibrate the TSC against and the guest
@@ -204,7 +211,7 @@ func kernelParams(s spec) []string {
 	// clock read and timer in the guest then has 4 ms granularity (every sleep and poll of
 	// the agent and of container programs rounds up to a tick), and guest time runs slow.
 	// The emulated TSC follows the host's clock, so it is the one to trust.
-	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG && s.tscKHz > 0 {
+	if s.tcgMicroVM() && s.tscKHz > 0 {
 		params = append(params, "tsc_early_khz="+strconv.Itoa(s.tscKHz), "tsc=reliable")
 	}
 	if s.accel == hypervisor.AccelTCG {
@@ -214,7 +221,7 @@ func kernelParams(s spec) []string {
 		// instruction as a plain one when the machine has a single vCPU.
 		params = append(params, "noreplace-smp")
 	}
-	if s.cfg.Machine == hypervisor.MachineMicroVM && s.accel == hypervisor.AccelTCG {
+	if s.tcgMicroVM() {
 		// highres=off: with tcgCPU's ARAT the guest can stop its tick when idle (see there),
 		// and would also switch its timers to high resolution. That made every sleep of the
 		// agent's Go runtime (its sysmon polls from 20 us) a real wake-up of the vCPU:
