@@ -279,7 +279,7 @@ func (s *Supervisor) boot(ctx context.Context) {
 // from a snapshot (a template's clone, or a VM parked by a holder, which may be one), whose
 // RNG would otherwise go on from its template's state, the same in every clone; none for a
 // guest that booted here. That guest's CRNG was seeded at its boot from its own virtio-rng
-// (the host's /dev/urandom) and is ready before its agent runs (TestVMFreshBootRNGReady),
+// (the host's /dev/urandom) and is ready before its agent runs (TestRunGuestRandomReady),
 // and crediting and reseeding it again was ~130 translated blocks of STARTPOD's (the ioctls,
 // the base64 decoding), ~1 ms of every direct boot under TCG.
 func podEntropy(restored bool) []byte {
