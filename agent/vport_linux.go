@@ -35,25 +35,28 @@ const reconnectFallback = 50 * time.Millisecond
 // named reports whether the nodes were the command line's.
 func openAgentPorts(f bootFlags, hub *sigioHub) (ctl, stream *vport, named bool, err error) {
 	if f.ControlPort != "" {
-		if ctl, err = openPort(agentproto.ControlPortName, "/dev/"+f.ControlPort, hub, false); err == nil {
-			if stream, err = openPort(agentproto.StreamPortName, "/dev/"+f.StreamPort, hub, true); err == nil {
-				return ctl, stream, true, nil
-			}
-			ctl.Close()
+		if ctl, stream, err = openPortPair("/dev/"+f.ControlPort, "/dev/"+f.StreamPort, hub); err == nil {
+			return ctl, stream, true, nil
 		}
 	}
 	paths, err := findPorts(portWait, agentproto.ControlPortName, agentproto.StreamPortName)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if ctl, err = openPort(agentproto.ControlPortName, paths[0], hub, false); err != nil {
-		return nil, nil, false, err
+	ctl, stream, err = openPortPair(paths[0], paths[1], hub)
+	return ctl, stream, false, err
+}
+
+// openPortPair opens the control and stream ports at these nodes: both, or neither.
+func openPortPair(ctlPath, streamPath string, hub *sigioHub) (ctl, stream *vport, err error) {
+	if ctl, err = openPort(agentproto.ControlPortName, ctlPath, hub, false); err != nil {
+		return nil, nil, err
 	}
-	if stream, err = openPort(agentproto.StreamPortName, paths[1], hub, true); err != nil {
+	if stream, err = openPort(agentproto.StreamPortName, streamPath, hub, true); err != nil {
 		ctl.Close()
-		return nil, nil, false, err
+		return nil, nil, err
 	}
-	return ctl, stream, false, nil
+	return ctl, stream, nil
 }
 
 // findPorts waits until the virtio-serial ports with the given names exist and returns
