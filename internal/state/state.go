@@ -228,17 +228,21 @@ func (h *Handle) Unlock() {
 }
 
 // Load reads the container's record.
-func (h *Handle) Load() (*Container, error) {
-	b, err := os.ReadFile(filepath.Join(h.Dir, stateFile))
+func (h *Handle) Load() (*Container, error) { return loadRecord(h.ID, h.Dir) }
+
+// loadRecord reads the record of container id, kept in dir; errdefs.ErrNotFound when there
+// is none.
+func loadRecord(id, dir string) (*Container, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, notExist(h.ID, filepath.Dir(h.Dir))
+			return nil, notExist(id, filepath.Dir(dir))
 		}
-		return nil, fmt.Errorf("read state of container %q: %w", h.ID, err)
+		return nil, fmt.Errorf("read state of container %q: %w", id, err)
 	}
 	var c Container
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("state of container %q is corrupt (%s): %w", h.ID, filepath.Join(h.Dir, stateFile), err)
+		return nil, fmt.Errorf("state of container %q is corrupt (%s): %w", id, filepath.Join(dir, stateFile), err)
 	}
 	return &c, nil
 }
@@ -298,16 +302,12 @@ func (s *Store) PodsInUse() (map[string]bool, error) {
 	}
 	inUse := map[string]bool{}
 	for _, id := range ids {
-		b, err := os.ReadFile(filepath.Join(s.Dir(id), stateFile))
-		if errors.Is(err, os.ErrNotExist) {
+		c, err := loadRecord(id, s.Dir(id))
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // deleted meanwhile
 		}
-		var c Container
-		if err == nil {
-			err = json.Unmarshal(b, &c)
-		}
 		if err != nil {
-			return nil, fmt.Errorf("read state of container %q: %w", id, err)
+			return nil, err
 		}
 		if c.PodDir != "" {
 			inUse[filepath.Base(c.PodDir)] = true
