@@ -90,9 +90,6 @@ func vmJail(cfg hypervisor.Config, accel, memFile string, memShared, incoming bo
 	for _, d := range devices {
 		mounts = append(mounts, jailMount{src: d, writable: true, device: true})
 	}
-	for _, f := range sys.files {
-		mounts = append(mounts, jailMount{src: f, exec: true})
-	}
 	for _, d := range sys.dirs {
 		// Modules are mapped executable; firmware is only read, but the directories mix.
 		mounts = append(mounts, jailMount{src: d, dir: true, exec: true})
@@ -107,10 +104,89 @@ func vmJail(cfg hypervisor.Config, accel, memFile string, memShared, incoming bo
 		m.src, m.dst = p, p
 		j.mounts = append(j.mounts, m)
 	}
+	files, err := j.bindLibraryDirs(sys.files, loaderSearchDirs)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		j.mounts = append(j.mounts, jailMount{src: f, dst: f, exec: true})
+	}
 	sort.SliceStable(j.mounts, func(a, b int) bool {
 		return strings.Count(j.mounts[a].dst, "/") < strings.Count(j.mounts[b].dst, "/")
 	})
 	return j, nil
+}
+
+// bindLibraryDirs plans one read-only bind of each of the library directories libDirs (the
+// loader's, loaderSearchDirs) that holds some of files, instead of one bind per library:
+// QEMU maps 49 libraries from /usr/lib/x86_64-linux-gnu on Debian, and each file bind cost
+// a launch its path's resolution and 5 system calls (docs/performance.md, "The host's
+// share, stop 16"). The directory holds only the host's shared libraries, bound read-only,
+// nosuid, nodev. It returns, resolved, the files that are not in such a directory (QEMU's
+// binary, a library found through ld.so.cache elsewhere). A bound directory shows the
+// host's own symlinks in it: none of those is recreated.
+func (j *jail) bindLibraryDirs(files, libDirs []string) ([]string, error) {
+	isLibDir := map[string]bool{}
+	for _, d := range libDirs {
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			isLibDir[r] = true
+		}
+	}
+	resolvedDirs := map[string]string{}
+	var outside, bound []string
+	for _, f := range files {
+		dir, ok := resolvedDirs[filepath.Dir(f)]
+		if !ok {
+			var err error
+			if dir, err = j.reproduce(filepath.Dir(f)); err != nil {
+				return nil, err
+			}
+			resolvedDirs[filepath.Dir(f)] = dir
+		}
+		if !isLibDir[dir] || !staysIn(dir, filepath.Base(f)) {
+			p, err := j.reproduce(f)
+			if err != nil {
+				return nil, err
+			}
+			if !slices.Contains(outside, p) {
+				outside = append(outside, p)
+			}
+			continue
+		}
+		if !slices.Contains(bound, dir) {
+			bound = append(bound, dir)
+			j.mounts = append(j.mounts, jailMount{src: dir, dst: dir, dir: true, exec: true})
+		}
+	}
+	inBound := func(p string) bool {
+		return slices.ContainsFunc(bound, func(d string) bool { return under(p, d) })
+	}
+	j.symlinks = slices.DeleteFunc(j.symlinks, func(s jailSymlink) bool { return inBound(s.path) })
+	return slices.DeleteFunc(outside, inBound), nil
+}
+
+// staysIn reports whether dir/name is a file of dir itself: not a symlink, or symlinks to
+// names in dir only (as a library's soname links are).
+func staysIn(dir, name string) bool {
+	for links := 0; links <= maxSymlinks; links++ {
+		p := filepath.Join(dir, name)
+		st, err := os.Lstat(p)
+		if err != nil {
+			return false
+		}
+		if st.Mode()&os.ModeSymlink == 0 {
+			return true
+		}
+		if name, err = os.Readlink(p); err != nil || strings.Contains(name, "/") {
+			return false
+		}
+	}
+	return false
+}
+
+// under reports whether path p is dir or inside it.
+func under(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
 // maxSymlinks bounds the symlinks followed resolving one path, as the kernel does.

@@ -122,3 +122,49 @@ func TestHostFilesCache(t *testing.T) {
 		t.Error("a discovery listing a file that is gone was used")
 	}
 }
+
+// The libraries in a loader directory are bound as that directory, once, with the symlinks
+// on the way to it; a file elsewhere, or reached through a symlink leading out of its
+// directory, keeps its own bind (none if it lands in a bound directory), and the symlinks
+// inside a bound directory are the host's own, not recreated.
+func TestJailBindsLibraryDirectories(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"usr/lib", "usr/bin", "usr/lib64"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"usr/lib/libz.so.1.2.13", "usr/lib/libm.so.6", "usr/bin/qemu"} {
+		if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, target := range map[string]string{"lib": "usr/lib", "usr/lib/libz.so.1": "libz.so.1.2.13", "bin": "usr/bin",
+		"usr/lib64/ld.so": filepath.Join(root, "lib/libm.so.6"), "usr/lib/libc.so.6": "../bin/qemu"} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := func(p string) string { return filepath.Join(root, p) }
+	j := &jail{}
+	rest, err := j.bindLibraryDirs([]string{in("bin/qemu"), in("lib/libz.so.1"), in("usr/lib64/ld.so"),
+		in("lib/libm.so.6"), in("lib/libc.so.6")}, []string{in("lib"), in("usr/lib64")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{in("usr/bin/qemu")}; !reflect.DeepEqual(rest, want) {
+		t.Errorf("files bound on their own %q, want %q", rest, want)
+	}
+	if want := []jailMount{{src: in("usr/lib"), dst: in("usr/lib"), dir: true, exec: true}}; !reflect.DeepEqual(j.mounts, want) {
+		t.Errorf("mounts %+v, want %+v", j.mounts, want)
+	}
+	var links []string
+	for _, s := range j.symlinks {
+		links = append(links, s.path)
+	}
+	// ld.so's link leads out of its directory, to a library in a bound one: kept, and
+	// libc's out of its bound directory: kept, though it is in that directory.
+	if want := []string{in("bin"), in("lib"), in("usr/lib64/ld.so")}; !reflect.DeepEqual(links, want) {
+		t.Errorf("symlinks %q, want %q", links, want)
+	}
+}
