@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,11 +50,11 @@ func newContainerCgroup(cfg *cgroups.Cgroup, ownNamespace bool) (*containerCgrou
 // cgroups path (runv's adjustSpec sets /runv/<id>) under the unified mount, and resources
 // that are device rules only. !ok for any other cgroup: libcontainer's manager makes it.
 func ownCgroupDir(cfg *cgroups.Cgroup) (string, bool) {
-	if cfg.Systemd || cfg.Rootless || cfg.Name != "" || cfg.Parent != "" || !path.IsAbs(cfg.Path) ||
+	if cfg.Systemd || cfg.Rootless || cfg.Name != "" || cfg.Parent != "" || !filepath.IsAbs(cfg.Path) ||
 		(cfg.Resources != nil && !devicesOnly(cfg.Resources)) {
 		return "", false
 	}
-	p := path.Clean(cfg.Path)
+	p := filepath.Clean(cfg.Path)
 	if p == "/" {
 		return "", false
 	}

@@ -2,7 +2,7 @@ package agent
 
 import (
 	"encoding/binary"
-	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -77,7 +77,7 @@ func newCreateRequest(cfg *configs.Config, cgroupDir string) *createRequest {
 	}
 	for _, m := range cfg.Mounts {
 		// libcontainer's needsSetupDev: a bind on /dev brings its own.
-		if m.Device == "bind" && path.Clean(m.Destination) == "/dev" {
+		if m.Device == "bind" && filepath.Clean(m.Destination) == "/dev" {
 			cr.setupDev = false
 		}
 	}
@@ -151,9 +151,12 @@ func (cr *createRequest) encode(field func(uint16, []byte)) error {
 			return err
 		}
 	}
-	for tag, list := range map[uint16][]string{tagROPath: cr.readonlyPaths, tagMaskPath: cr.maskPaths} {
-		for _, p := range list {
-			if err := one(tag, nil, p); err != nil {
+	for _, l := range [...]struct {
+		tag  uint16
+		list []string
+	}{{tagROPath, cr.readonlyPaths}, {tagMaskPath, cr.maskPaths}} {
+		for _, p := range l.list {
+			if err := one(l.tag, nil, p); err != nil {
 				return err
 			}
 		}
@@ -187,7 +190,7 @@ func createFallback(cfg *configs.Config, lp *libcontainer.Process) string {
 		return "no mount namespace of its own"
 	case cfg.Namespaces.Contains(configs.NEWTIME):
 		return "time namespace"
-	case cfg.Rootfs == "" || !path.IsAbs(cfg.Rootfs):
+	case cfg.Rootfs == "" || !filepath.IsAbs(cfg.Rootfs):
 		return "relative rootfs"
 	}
 	for _, m := range cfg.Mounts {
@@ -199,7 +202,7 @@ func createFallback(cfg *configs.Config, lp *libcontainer.Process) string {
 		if d.Type != config.CharDevice && d.Type != config.BlockDevice && d.Type != config.FifoDevice {
 			return "device " + d.Path + " of type " + string(d.Type)
 		}
-		if !path.IsAbs(d.Path) {
+		if !filepath.IsAbs(d.Path) {
 			return "device with a relative path"
 		}
 	}
@@ -208,9 +211,9 @@ func createFallback(cfg *configs.Config, lp *libcontainer.Process) string {
 
 // mountFallback is why the engine does not make this mount, "" when it does.
 func mountFallback(m *configs.Mount) string {
-	dest := path.Clean(m.Destination)
+	dest := filepath.Clean(m.Destination)
 	switch {
-	case !path.IsAbs(m.Destination):
+	case !filepath.IsAbs(m.Destination):
 		return "relative destination"
 	case m.IsIDMapped():
 		return "idmapped"

@@ -3,7 +3,7 @@ package agent
 import (
 	"fmt"
 	"io/fs"
-	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -88,7 +88,7 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 		if ocispec.IsBindMount(m) {
 			spec.Mounts[i].Options = withoutDataOptions(m.Options)
 		}
-		if ocispec.IsBindMount(m) && !path.IsAbs(m.Source) {
+		if ocispec.IsBindMount(m) && !filepath.IsAbs(m.Source) {
 			src, err := inShare(g.ShareDir, m.Source)
 			if err != nil {
 				return nil, errorf(agentproto.KindInvalid, "container %q: mount %s: %w", g.ContainerID, m.Destination, err)
@@ -220,7 +220,7 @@ func readonlyDeviceBinds(spec *specs.Spec, rootfs string, lstat func(string) (fs
 	for _, p := range spec.Linux.ReadonlyPaths {
 		if isRootfsDevice(spec.Mounts, rootfs, p, lstat) {
 			spec.Mounts = append(spec.Mounts, specs.Mount{
-				Destination: p, Type: "bind", Source: path.Join(rootfs, p), Options: []string{"bind", "ro"},
+				Destination: p, Type: "bind", Source: filepath.Join(rootfs, p), Options: []string{"bind", "ro"},
 			})
 			continue
 		}
@@ -230,12 +230,12 @@ func readonlyDeviceBinds(spec *specs.Spec, rootfs string, lstat func(string) (fs
 }
 
 func isRootfsDevice(mounts []specs.Mount, rootfs, p string, lstat func(string) (fs.FileInfo, error)) bool {
-	if !path.IsAbs(p) || path.Clean(p) == "/" {
+	if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {
 		return false
 	}
-	p = path.Clean(p)
+	p = filepath.Clean(p)
 	for _, m := range mounts {
-		d := path.Clean(m.Destination)
+		d := filepath.Clean(m.Destination)
 		if d == "/" || d == p || strings.HasPrefix(p, d+"/") {
 			return false
 		}
@@ -243,7 +243,7 @@ func isRootfsDevice(mounts []specs.Mount, rootfs, p string, lstat func(string) (
 	parts := strings.Split(p[1:], "/")
 	cur := rootfs
 	for i, part := range parts {
-		cur = path.Join(cur, part)
+		cur = filepath.Join(cur, part)
 		fi, err := lstat(cur)
 		if err != nil {
 			return false
@@ -316,15 +316,15 @@ func inShare(share, rel string) (string, error) {
 	if rel == "" {
 		return "", fmt.Errorf("empty path")
 	}
-	if path.IsAbs(rel) {
+	if filepath.IsAbs(rel) {
 		// The host may already send guest paths (SharePath/...): accept those under the share.
-		p := path.Clean(rel)
+		p := filepath.Clean(rel)
 		if p == share || strings.HasPrefix(p, share+"/") {
 			return p, nil
 		}
 		return "", fmt.Errorf("%q is outside the pod share %s", rel, share)
 	}
-	p := path.Join(share, rel)
+	p := filepath.Join(share, rel)
 	if p != share && !strings.HasPrefix(p, share+"/") {
 		return "", fmt.Errorf("%q escapes the pod share", rel)
 	}
@@ -333,7 +333,7 @@ func inShare(share, rel string) (string, error) {
 
 func hasMount(mounts []specs.Mount, dest string) bool {
 	for _, m := range mounts {
-		if path.Clean(m.Destination) == dest {
+		if filepath.Clean(m.Destination) == dest {
 			return true
 		}
 	}
@@ -347,7 +347,7 @@ func ensureDevTmpfs(mounts []specs.Mount) []specs.Mount {
 	out := make([]specs.Mount, 0, len(mounts)+1)
 	insertAt := -1
 	for _, m := range mounts {
-		dest := path.Clean(m.Destination)
+		dest := filepath.Clean(m.Destination)
 		if dest == "/dev" {
 			if m.Type == "tmpfs" {
 				return mounts
