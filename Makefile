@@ -15,6 +15,14 @@ GO_LDFLAGS  := -X main.version=$(VERSION)
 # calls; their markdown package's tables were built at every start of runv (the CLI and
 # each pod daemon: 0.3-1.5 ms of package init each, GODEBUG=inittrace=1).
 HOST_TAGS   := urfave_cli_no_docs
+# runv itself is linked static: a dynamic runv's every start (the CLI, each pod daemon, each
+# pooled VM's holder) paid the loader, libc's mapping and its relocations: 0.4 ms and 170
+# page faults of `runv --version` (docs/performance.md, "The host's share, stop 16"). cgo
+# stays (runc's user-namespace helper); netgo and osusergo keep name lookups out of glibc's
+# NSS, which a static binary cannot load. (The shim stays dynamic: containerd's plugin
+# package in it calls dlopen.)
+RUNV_TAGS    := $(HOST_TAGS) netgo osusergo
+RUNV_LDFLAGS := $(GO_LDFLAGS) -linkmode external -extldflags -static
 # The agent is PID 1 of an initramfs: static, with cgo for libcontainer's nsenter and seccomp.
 AGENT_TAGS    := seccomp netgo osusergo
 AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
@@ -47,7 +55,7 @@ apt-install:
 build: runv shim initrd kernel
 
 runv:
-	$(GO) build -tags "$(HOST_TAGS)" -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
+	$(GO) build -tags "$(RUNV_TAGS)" -ldflags "$(RUNV_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
 
 # containerd's runtime v2 shim (io.containerd.runv.v2): containerd finds it on its PATH.
 shim:
