@@ -31,4 +31,9 @@
 //   - PID 1 reaps orphans without stealing the statuses libcontainer waits for: a reaper
 //     that pauses during container starts and skips the pids of tracked processes
 //     (reaper.go explains why).
+//
+// A cold guest (a direct boot, a template clone) translates every block of code the first
+// time it runs, so the container path uses one implementation of each helper: path/filepath
+// (which specconv uses) rather than path, plain appends rather than a bytes.Buffer
+// (docs/performance.md, "The agent's Go off the cold path, stop 16").
 package agent

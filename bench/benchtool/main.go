@@ -29,6 +29,9 @@
 //	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
 //	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
 //	    from containerd's debug log and the shim's lines in it (crilog.go).
+//	benchtool blocks -agent AGENT [-helper ADDR] [-split FUNC]... [-top N] LOG
+//	    counts the blocks of a QEMU "-d in_asm" log by owner (kernel, agent, exec helper,
+//	    other) and phase, the agent's by package and function (blocks.go).
 //
 // Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
 package main
@@ -58,7 +61,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog|podrtt ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog|podrtt|blocks ...")
 		os.Exit(2)
 	}
 	var err error
@@ -79,6 +82,8 @@ func main() {
 		err = cgmove(os.Args[2:])
 	case "podrtt":
 		err = podrtt(os.Args[2:])
+	case "blocks":
+		err = blocks(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
