@@ -27,8 +27,18 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	args, preforked, err := preforkedDaemonArgs(os.Args)
+	if err != nil {
+		// The runv that forked us for a pod daemon did not use us (prefork.go): nothing of
+		// ours exists yet.
+		os.Exit(0)
+	}
+	if !preforked {
+		args = os.Args
+	}
 	app := newApp()
-	err := app.Run(os.Args)
+	err = app.Run(args)
+	releasePreforkedDaemon()
 	if err == nil {
 		return
 	}

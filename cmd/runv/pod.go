@@ -87,24 +87,15 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 			args = append(args, "--vm-fd", strconv.Itoa(3+len(extra)-1))
 		}
 	}
-	cmd := exec.Command(self, args...)
-	cmd.Stdin = nil
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = extra
-	// Its own session: the daemon must outlive this command and not get the terminal's signals.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return state.Process{}, fmt.Errorf("start pod daemon: %w", err)
-	}
+	pid, err := startDaemonProcess(self, args, logFile, extra)
 	w.Close()
-	if prefetch != nil {
-		prefetch.start(g.root, cmd.Process.Pid)
+	if err != nil {
+		return state.Process{}, err
 	}
-	proc, _ := state.ProcessOf(cmd.Process.Pid)
-	// Reap it if it dies early; if it lives, it outlives us and init adopts it.
-	go cmd.Wait()
+	if prefetch != nil {
+		prefetch.start(g.root, pid)
+	}
+	proc, _ := state.ProcessOf(pid)
 
 	line := make(chan string, 1)
 	go func() {
@@ -119,17 +110,40 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 		if l == "ok" {
 			return proc, nil
 		}
-		cmd.Process.Kill()
+		unix.Kill(pid, unix.SIGKILL)
 		waitGone(proc, 10*time.Second)
 		if l == "" {
 			l = "it exited without a word" + logTail(logPath)
 		}
 		return state.Process{}, fmt.Errorf("pod daemon failed to start: %s", strings.TrimPrefix(l, "error: "))
 	case <-time.After(daemonStartTimeout):
-		cmd.Process.Kill()
+		unix.Kill(pid, unix.SIGKILL)
 		waitGone(proc, 10*time.Second)
 		return state.Process{}, fmt.Errorf("pod daemon did not start within %s%s: %w", daemonStartTimeout, logTail(logPath), errdefs.ErrUnavailable)
 	}
+}
+
+// startDaemonProcess starts the pod daemon runv args (the log its stdout and stderr, extra
+// its descriptors 3, 4, ...) in a session of its own, and reaps it if it dies while we live;
+// if it lives, it outlives us and init adopts it. The daemon started with us (a `runv run`,
+// prefork.go) is it when there is one; else runv is exec'd now.
+func startDaemonProcess(self string, args []string, log *os.File, extra []*os.File) (int, error) {
+	if pid, err := startPreforkedDaemon(append([]string{self}, args...), log, extra); err == nil {
+		go reap(pid)
+		return pid, nil
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = extra
+	// Its own session: the daemon must outlive this command and not get the terminal's signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start pod daemon: %w", err)
+	}
+	go cmd.Wait()
+	return cmd.Process.Pid, nil
 }
 
 // vmPrefetch asks the factory daemon for a new pod's pooled VM on its daemon's behalf

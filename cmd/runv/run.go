@@ -34,6 +34,9 @@ var runCommand = &cli.Command{
 			bundle: c.String("bundle"), pidFile: c.String("pid-file"), shim: detach,
 			consoleSocket: c.String("console-socket"),
 		})
+		// The child forked for a pod daemon (prefork.go) goes if the container did not need
+		// one (it joined a pod, or could not be created).
+		releasePreforkedDaemon()
 		if errors.Is(err, errdefs.ErrNotExecutable) {
 			// As a shell would: 127 when the program is missing, 126 when it cannot run.
 			printError(err)
