@@ -4,6 +4,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,12 +25,28 @@ import (
 	"github.com/runv-project/runv/test/nettest"
 )
 
-// podDaemonOf is the pid of the pod daemon of the pod directory podDir.
+// podDaemonOf is the pid of the pod daemon of the pod directory podDir, as its containers'
+// records under the state root name it (a daemon that a `runv run` started with itself has
+// no pod on its command line: cmd/runv/prefork.go).
 func podDaemonOf(t *testing.T, podDir string) int {
 	t.Helper()
-	for _, p := range pidsNaming("--solo-namespaced") {
-		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(cmdline), filepath.Base(podDir)) {
-			return p
+	records, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(podDir)), "*", "state.json"))
+	for _, r := range records {
+		b, err := os.ReadFile(r)
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			PodDir string `json:"podDir"`
+			Daemon struct {
+				Pid int `json:"pid"`
+			} `json:"daemon"`
+		}
+		if json.Unmarshal(b, &rec) != nil || rec.PodDir != podDir {
+			continue
+		}
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.Daemon.Pid)); strings.Contains(string(cmdline), "--solo-namespaced") {
+			return rec.Daemon.Pid
 		}
 	}
 	t.Fatalf("no pod daemon found for %s", podDir)
