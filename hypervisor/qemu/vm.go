@@ -143,7 +143,7 @@ func (v *vm) dialChannels(ctx context.Context) (*hypervisor.Channels, error) {
 		ctl.Close()
 		return nil, fmt.Errorf("vm %s: stream channel: %w", v.cfg.ID, err)
 	}
-	return &hypervisor.Channels{Control: ctl, Stream: stream}, nil
+	return &hypervisor.Channels{Control: v.nudgeOnPortOpen(ctl), Stream: stream}, nil
 }
 
 // setEarlyChannels keeps ch for Channels, or closes it when QEMU is already gone.
