@@ -90,9 +90,19 @@ import (
 	"os"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// preforkTakesNoValue is the constructor's own rule (runv_bool_flag) for a global flag
+// written without "=value": true when the next argument is not its value. Only for the test
+// that keeps it in step with globalFlags.
+func preforkTakesNoValue(flag string) bool {
+	cs := C.CString(flag)
+	defer C.free(unsafe.Pointer(cs))
+	return C.runv_bool_flag(cs) != 0
+}
 
 // preforkedFlag ends a preforked daemon's command line, with its socket's descriptor.
 const preforkedFlag = "--preforked"
