@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,23 @@ func TestTemplateName(t *testing.T) {
 	for _, bad := range []string{"", ".x", "a/b", "..", strings.Repeat("a", 65), "a b"} {
 		if err := ValidateTemplateName(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("name %q accepted", bad)
+		}
+	}
+}
+
+// TestValidTemplateNameAsTheRule: the name check accepts exactly what the documented rule,
+// written as a regular expression, accepts.
+func TestValidTemplateNameAsTheRule(t *testing.T) {
+	rule := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
+	names := []string{"", "a", "Z9", "microvm-1c-128m", "q35-1c-256m-max4c-1024m", "a.b_c+d-e",
+		".x", "_x", "+x", "-x", "a/b", "..", "a b", "a\x00b", "é", "a\nb", "x:y", "x@y",
+		strings.Repeat("a", 63), strings.Repeat("a", 64), strings.Repeat("a", 65), "a" + strings.Repeat("-", 63)}
+	for c := 0; c < 256; c++ {
+		names = append(names, string([]byte{byte(c)}), "a"+string([]byte{byte(c)}))
+	}
+	for _, n := range names {
+		if got, want := validTemplateName(n), rule.MatchString(n); got != want {
+			t.Errorf("validTemplateName(%q) = %v, the rule says %v", n, got, want)
 		}
 	}
 }
