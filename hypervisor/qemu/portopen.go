@@ -54,6 +54,6 @@ func (v *vm) nudgeMainLoop() {
 	ctx, cancel := context.WithTimeout(context.Background(), mainLoopNudgeTimeout)
 	defer cancel()
 	if _, err := v.RunState(ctx); err != nil {
-		v.log.Debug("wake QEMU's main loop after the guest opened its ports", "vm", v.cfg.ID, "error", err)
+		v.log.Debug("wake QEMU's main loop after the guest opened its ports", "error", err)
 	}
 }
