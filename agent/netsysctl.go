@@ -3,7 +3,7 @@ package agent
 import (
 	"fmt"
 	"os"
-	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -54,7 +54,7 @@ func writeSysctls(procSys string, sysctls map[string]string) error {
 				return fmt.Errorf("sysctl %q: invalid name", k)
 			}
 		}
-		if err := writeExisting(path.Join(procSys, rel), sysctls[k]); err != nil {
+		if err := writeExisting(filepath.Join(procSys, rel), sysctls[k]); err != nil {
 			return fmt.Errorf("sysctl %q=%q in the pod's network namespace: %w", k, sysctls[k], err)
 		}
 	}
