@@ -31,6 +31,7 @@ func blocks(args []string) error {
 	agentPath := fs.String("agent", "", "the agent binary the guest ran, with its symbols")
 	helperBase := fs.Uint64("helper", 0x10000000, "the exec helper's load address (0: none)")
 	top := fs.Int("top", 0, "also list the agent's N functions with the most blocks, per phase")
+	kernelPath := fs.String("kernel", "", "the guest's vmlinux (with symbols): also list its N (-top) functions with the most blocks, per phase")
 	var splits []string
 	fs.Func("split", "a phase starts at the first agent block of this function (suffix match; repeat in order)", func(s string) error {
 		splits = append(splits, s)
@@ -38,18 +39,26 @@ func blocks(args []string) error {
 	})
 	fs.Parse(args)
 	if *agentPath == "" || fs.NArg() != 1 {
-		return fmt.Errorf("blocks: usage: blocks -agent AGENT [-split FUNC]... [-top N] LOG")
+		return fmt.Errorf("blocks: usage: blocks -agent AGENT [-kernel VMLINUX] [-split FUNC]... [-top N] LOG")
 	}
 	img, err := loadImage(*agentPath)
 	if err != nil {
 		return err
+	}
+	var kernel *symbolTable
+	if *kernelPath != "" {
+		k, err := loadImage(*kernelPath)
+		if err != nil {
+			return err
+		}
+		kernel = &k.symbolTable
 	}
 	log, err := os.Open(fs.Arg(0))
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	phases, err := countBlocks(log, img, *helperBase, splits)
+	phases, err := countBlocks(log, img, kernel, *helperBase, splits)
 	if err != nil {
 		return fmt.Errorf("blocks: %s: %w", fs.Arg(0), err)
 	}
@@ -66,9 +75,14 @@ type image interface {
 	symbol(addr uint64) string
 }
 
-// elfImage is an agent binary's loaded segments and function symbols.
+// elfImage is an ELF binary's loaded segments and function symbols.
 type elfImage struct {
-	segs  []*elf.Prog
+	segs []*elf.Prog
+	symbolTable
+}
+
+// symbolTable names the function an address is in.
+type symbolTable struct {
 	addrs []uint64 // function start addresses, sorted
 	names []string
 }
@@ -111,12 +125,12 @@ func (img *elfImage) bytesAt(addr uint64, n int) []byte {
 	return nil
 }
 
-func (img *elfImage) symbol(addr uint64) string {
-	i := sort.Search(len(img.addrs), func(i int) bool { return img.addrs[i] > addr }) - 1
+func (t *symbolTable) symbol(addr uint64) string {
+	i := sort.Search(len(t.addrs), func(i int) bool { return t.addrs[i] > addr }) - 1
 	if i < 0 {
 		return "?"
 	}
-	return img.names[i]
+	return t.names[i]
 }
 
 // phase is one phase's counts.
@@ -125,18 +139,20 @@ type phase struct {
 	owners    map[string]int // kernel, agent, helper, other
 	packages  map[string]int // the agent's blocks by Go package
 	functions map[string]int // and by function
+	kernel    map[string]int // the kernel's blocks by function, when its symbols are known
 }
 
 func newPhase(name string) *phase {
-	return &phase{name: name, owners: map[string]int{}, packages: map[string]int{}, functions: map[string]int{}}
+	return &phase{name: name, owners: map[string]int{}, packages: map[string]int{}, functions: map[string]int{}, kernel: map[string]int{}}
 }
 
 // kernelBase: x86-64 kernel addresses are in the upper half.
 const kernelBase = 0xffff800000000000
 
 // countBlocks reads the log's blocks (each "IN:" entry; its first instruction line is
-// "0xADDR:  BYTES  ASM") and counts them per phase.
-func countBlocks(r io.Reader, img image, helperBase uint64, splits []string) ([]*phase, error) {
+// "0xADDR:  BYTES  ASM") and counts them per phase; kernel (nil: not named) names the
+// kernel's blocks.
+func countBlocks(r io.Reader, img image, kernel *symbolTable, helperBase uint64, splits []string) ([]*phase, error) {
 	cur := newPhase("start")
 	phases := []*phase{cur}
 	sc := bufio.NewScanner(r)
@@ -160,6 +176,9 @@ func countBlocks(r io.Reader, img image, helperBase uint64, splits []string) ([]
 		switch {
 		case addr >= kernelBase:
 			owner = "kernel"
+			if kernel != nil {
+				cur.kernel[kernel.symbol(addr)]++
+			}
 		case bytes.Equal(img.bytesAt(addr, len(code)), code):
 			owner = "agent"
 			fn := img.symbol(addr)
@@ -234,6 +253,12 @@ func (p *phase) print(w io.Writer, top int) {
 	fmt.Fprintln(w)
 	for _, kv := range sortedCounts(p.functions, top) {
 		fmt.Fprintf(w, "   %5d %s\n", kv.n, kv.key)
+	}
+	if len(p.kernel) > 0 && top > 0 {
+		fmt.Fprintf(w, "   kernel by function:\n")
+		for _, kv := range sortedCounts(p.kernel, top) {
+			fmt.Fprintf(w, "   %5d %s\n", kv.n, kv.key)
+		}
 	}
 }
 

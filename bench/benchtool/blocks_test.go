@@ -64,6 +64,7 @@ func (f fakeImage) symbol(addr uint64) string {
 
 func TestCountBlocks(t *testing.T) {
 	img := fakeImage{0x401000: {0x55, 0x48}, 0x402000: {0xc3}}
+	kernel := &symbolTable{addrs: []uint64{0xffffffff81000000, 0xffffffff81000010}, names: []string{"_stext", "do_idle"}}
 	log := strings.Join([]string{
 		"IN: ", "0xffffffff81000000:  c3                       retq     ", "",
 		"IN: ", "0x00402000:  c3                       retq     ", "",
@@ -74,7 +75,7 @@ func TestCountBlocks(t *testing.T) {
 		"IN: ", "0x00402000:  c3                       retq     ", "",
 		"IN: ", "0xffffffff81000010:  90                       nop      ", "",
 	}, "\n")
-	phases, err := countBlocks(strings.NewReader(log), img, 0x10000000, []string{"(*Agent).newContainer", "never"})
+	phases, err := countBlocks(strings.NewReader(log), img, kernel, 0x10000000, []string{"(*Agent).newContainer", "never"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +93,11 @@ func TestCountBlocks(t *testing.T) {
 	}
 	if got := phases[1].packages; !reflect.DeepEqual(got, map[string]int{"x/agent": 1, "runtime": 1}) {
 		t.Errorf("the second phase's agent packages: %v", got)
+	}
+	for i, want := range []map[string]int{{"_stext": 1}, {"do_idle": 1}} {
+		if got := phases[i].kernel; !reflect.DeepEqual(got, want) {
+			t.Errorf("phase %s: kernel functions %v, want %v", phases[i].name, got, want)
+		}
 	}
 }
 

@@ -29,9 +29,10 @@
 //	benchtool crilog -log CONTAINERD-LOG -pods PREFIX
 //	    breaks the CRI pod starts of TestCRIStartTiming (RUNV_CRI_KEEP_LOG) down into phases
 //	    from containerd's debug log and the shim's lines in it (crilog.go).
-//	benchtool blocks -agent AGENT [-helper ADDR] [-split FUNC]... [-top N] LOG
+//	benchtool blocks -agent AGENT [-kernel VMLINUX] [-helper ADDR] [-split FUNC]... [-top N] LOG
 //	    counts the blocks of a QEMU "-d in_asm" log by owner (kernel, agent, exec helper,
-//	    other) and phase, the agent's by package and function (blocks.go).
+//	    other) and phase, the agent's by package and function, the kernel's by function
+//	    with -kernel (blocks.go).
 //
 // Every timing line reads "LABEL n=N min=… median=… mean=… max=… (ms)".
 package main
