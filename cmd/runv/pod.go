@@ -70,7 +70,7 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 	if g.factory != "" {
 		args = append(args, "--factory", g.factory)
 	}
-	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", "3")
+	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", strconv.Itoa(firstExtraFD))
 	extra := []*os.File{w}
 	// The VM's size is the first container's: the daemon requests it at once. A spec it
 	// cannot size is left to the daemon, whose Create refuses it in its words.
@@ -84,7 +84,7 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 			}
 			defer prefetch.abandon()
 			extra = append(extra, prefetch.r)
-			args = append(args, "--vm-fd", strconv.Itoa(3+len(extra)-1))
+			args = append(args, "--vm-fd", strconv.Itoa(firstExtraFD+len(extra)-1))
 		}
 	}
 	pid, err := startDaemonProcess(self, args, logFile, extra)

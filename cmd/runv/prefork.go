@@ -89,6 +89,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -110,9 +111,58 @@ const preforkedFlag = "--preforked"
 // maxDaemonArgs bounds the daemon's command line as sent (its paths and flags).
 const maxDaemonArgs = 1 << 16
 
-// fdFlags are the daemon's flags whose value is a descriptor it inherits, in the order the
-// CLI sends them (startDaemon's extra files).
+// fdFlags are the daemon's flags whose value is a descriptor it inherits (startDaemon's
+// extra files).
 var fdFlags = []string{"--ready-fd", "--vm-fd"}
+
+// firstExtraFD is the number an exec'd daemon's first inherited descriptor gets (exec.Cmd's
+// ExtraFiles are 3, 4, ...): the CLI's command line names the descriptors so, whichever
+// way the daemon is started.
+const firstExtraFD = 3
+
+// withReceivedFDs rewrites, in a preforked daemon's command line, the value of each of
+// fdFlags (--flag N or --flag=N, N as an exec'd daemon would number the descriptor) to the
+// number the descriptor got here, received[N-firstExtraFD]: by value, so that a command
+// line with only some of the flags, or with them in another order, names the right ones.
+// A value that names no received descriptor is an error.
+func withReceivedFDs(args []string, received []int) ([]string, error) {
+	out := append([]string(nil), args...)
+	for i := 0; i < len(out); i++ {
+		flag, value, inline := fdFlagIn(out[i])
+		if flag == "" {
+			continue
+		}
+		if !inline {
+			if i+1 == len(out) {
+				return nil, fmt.Errorf("%s without a value", flag)
+			}
+			i++
+			value = out[i]
+		}
+		n, err := strconv.Atoi(value)
+		if err != nil || n < firstExtraFD || n-firstExtraFD >= len(received) {
+			return nil, fmt.Errorf("%s %q names none of the %d descriptors the runv that forked us sent", flag, value, len(received))
+		}
+		if out[i] = strconv.Itoa(received[n-firstExtraFD]); inline {
+			out[i] = flag + "=" + out[i]
+		}
+	}
+	return out, nil
+}
+
+// fdFlagIn reports which of fdFlags arg is ("" if none), and its value when written
+// --flag=value (inline).
+func fdFlagIn(arg string) (flag, value string, inline bool) {
+	for _, f := range fdFlags {
+		if arg == f {
+			return f, "", false
+		}
+		if v, ok := strings.CutPrefix(arg, f+"="); ok {
+			return f, v, true
+		}
+	}
+	return "", "", false
+}
 
 // preforkedDaemonArgs is, in a daemon forked by the constructor above (its command line
 // ends in --preforked FD), the command line the CLI sent, with the descriptors it sent in
@@ -154,12 +204,10 @@ func preforkedDaemonArgs(args []string) (daemonArgs []string, ok bool, err error
 		daemonArgs = append(daemonArgs, string(a))
 	}
 	logFD, inherited := fds[0], fds[1:]
-	for i := 0; i+1 < len(daemonArgs); i++ {
-		for k, flag := range fdFlags {
-			if daemonArgs[i] == flag && k < len(inherited) {
-				daemonArgs[i+1] = strconv.Itoa(inherited[k])
-			}
-		}
+	if daemonArgs, err = withReceivedFDs(daemonArgs, inherited); err != nil {
+		// Said in the log, whose end the CLI quotes when the daemon exits without a word.
+		unix.Write(logFD, []byte("runv: "+err.Error()+"\n"))
+		return nil, true, err
 	}
 	null, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
