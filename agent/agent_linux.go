@@ -54,14 +54,14 @@ type Agent struct {
 	containers map[string]*container
 	creating   map[string]bool // ids whose NEWCONTAINER is in progress
 	// sandbox is the pod's first container still there: members that share the pod's PID
-	// namespace join its init's (see guestNamespaces).
+	// namespace join its init's (see convert.AdjustSpec).
 	sandbox    string
 	destroying bool
 	// execHelper is the exec helper's path, "" when execs go through libcontainer alone
 	// (fastexec_linux.go).
 	execHelper string
-	// createEngine: containers are made by the create engine where createFallback allows
-	// (createengine.go); false with runv.create=libcontainer or without the exec helper.
+	// createEngine: containers are made by the create engine where convert.CreateFallback allows
+	// (createengine_linux.go, api/convert); false with runv.create=libcontainer or without the exec helper.
 	createEngine bool
 	// loopbackReady: the boot brought lo up, so STARTPOD need not check it again (nothing
 	// in the VM's network namespace can take it down before the pod's first container).

@@ -11,6 +11,9 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
+
+	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // cgroupRoot is where the agent mounts the unified hierarchy (boot_linux.go).
@@ -46,8 +49,16 @@ func newContainerCgroup(cfg *cgroups.Cgroup, ownNamespace bool) (*containerCgrou
 	return &containerCgroup{dir: mgr.Path(""), cfg: cfg, mgr: mgr}, nil
 }
 
+// newConvertedCgroup is newContainerCgroup of the cgroup the host's conversion carries
+// (convert.CgroupOf: an absolute, clean path and device rules, which ownCgroupDir
+// accepts), without checking it again: the cgroup of a container with a cgroup
+// namespace of its own (cv.CgroupNS) may be the spare.
+func newConvertedCgroup(cv *agentproto.Converted) *containerCgroup {
+	return &containerCgroup{dir: cgroupRoot + cv.CgroupPath, cfg: convert.CgroupOf(cv), mayTakeSpare: cv.CgroupNS}
+}
+
 // ownCgroupDir is the directory of a cgroup this file makes, as fs2 names it: an absolute
-// cgroups path (runv's adjustSpec sets /runv/<id>) under the unified mount, and resources
+// cgroups path (runv's convert.AdjustSpec sets /runv/<id>) under the unified mount, and resources
 // that are device rules only. !ok for any other cgroup: libcontainer's manager makes it.
 func ownCgroupDir(cfg *cgroups.Cgroup) (string, bool) {
 	if cfg.Systemd || cfg.Rootless || cfg.Name != "" || cfg.Parent != "" || !filepath.IsAbs(cfg.Path) ||
@@ -249,6 +260,17 @@ func (c *containerCgroup) set(r *cgroups.Resources) error {
 		return err
 	}
 	return mgr.Set(r)
+}
+
+// setConverted sets the resources of a cgroup made from the host's conversion
+// (newConvertedCgroup: device rules only), with the device filter the host compiled from
+// them (agentproto.Converted.DeviceProgram).
+func (c *containerCgroup) setConverted(insns []byte) error {
+	r := c.cfg.Resources
+	if c.mgr == nil && theDeviceFilters != nil && len(insns) > 0 {
+		return theDeviceFilters.setProgram(c.dir, r, insns)
+	}
+	return c.set(r)
 }
 
 // freezerState is the cgroup's cgroup.freeze: thawed read here, anything else (frozen, or

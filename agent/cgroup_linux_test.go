@@ -9,6 +9,9 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	devices "github.com/opencontainers/cgroups/devices/config"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+
+	"github.com/runv-project/runv/api/convert"
 )
 
 // Every field of cgroups.Resources but the device rules takes the cgroup to libcontainer's
@@ -183,5 +186,22 @@ func TestSpareCgroup(t *testing.T) {
 	}
 	if c, _ := newContainerCgroup(&cgroups.Cgroup{Path: "/runv/c2"}, false); c.mayTakeSpare {
 		t.Error("a container in a cgroup namespace not its own may take the spare, whose name it would see")
+	}
+}
+
+// The cgroup of a container made from the host's conversion is the one newContainerCgroup
+// makes of the same configuration: a directory of the agent's own, no manager.
+func TestConvertedCgroupIsNewContainerCgroups(t *testing.T) {
+	cv, why := convert.ForGuest("c", "c/rootfs", specconv.Example(), false)
+	if cv == nil {
+		t.Fatalf("runc's example spec is not converted on the host: %s", why)
+	}
+	own, err := newContainerCgroup(convert.CgroupOf(cv), cv.CgroupNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := newConvertedCgroup(cv)
+	if own.mgr != nil || got.dir != own.dir || got.mayTakeSpare != own.mayTakeSpare || !reflect.DeepEqual(got.cfg, own.cfg) {
+		t.Errorf("converted cgroup %+v, newContainerCgroup's %+v", got, own)
 	}
 }

@@ -25,7 +25,7 @@ type bootFlags struct {
 	// instead of the container's exec server (execserver_linux.go), for comparison.
 	OneShotExec bool
 	// LibcontainerCreate (runv.create=libcontainer) creates every container with
-	// libcontainer's `runc init` instead of the create engine (createengine.go), for
+	// libcontainer's `runc init` instead of the create engine (createengine_linux.go), for
 	// comparison. runv.exec=libcontainer implies it: the engine's containers exec through
 	// the exec helper only.
 	LibcontainerCreate bool

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 	"github.com/runv-project/runv/api/ocispec"
 )
 
@@ -35,6 +36,12 @@ type container struct {
 	// lateRlimits are the container's rlimits that the agent sets after exec (for processes
 	// without rlimits of their own); cfg.Rlimits has them unlimited.
 	lateRlimits []configs.Rlimit
+	// unconverted is the spec as the host sent it, and the guest's values, for a container
+	// made from the host's conversion: spec, lateRlimits and the engine's configuration
+	// are made from them when first needed (convertedOnce).
+	unconverted *unconvertedSpec
+	convertOnce sync.Once
+	convertErr  error
 	// fast is what execs through the exec helper share (fastexec_linux.go).
 	fast fastExecState
 	// pins hold the directories of the first exec's PATH while the container exists
@@ -170,7 +177,7 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 		return nil, errorf(agentproto.KindAlreadyExists, "container %q already exists", m.ID)
 	}
 	a.creating[m.ID] = true
-	g := guestSpec{
+	g := convert.GuestSpec{
 		ContainerID: m.ID, ShareDir: agentproto.SharePath, Rootfs: m.Rootfs,
 		SharePID: m.SharePID, SandboxPID: a.sandboxPIDLocked(),
 		ResolvConf: a.pod.resolvConf, VMDevices: vmDevices,
@@ -227,7 +234,11 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	tr.mark("acked")
 	a.trace.end(tr, c.log)
 	a.runProcess(p)
-	c.log.Infof("created, init pid %d", p.pid)
+	if c.unconverted != nil {
+		c.log.Infof("created, init pid %d, from the host's conversion", p.pid)
+	} else {
+		c.log.Infof("created, init pid %d", p.pid)
+	}
 	return nil, nil
 }
 
@@ -245,31 +256,36 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	c.releaseExecState()
 }
 
-func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTrace) (*container, *process, error) {
-	spec, err := adjustSpec(m.Spec, g)
-	if err != nil {
-		return nil, nil, err
+// unconvertedSpec is what a container made from the host's conversion is converted from
+// when the agent needs the conversion itself.
+type unconvertedSpec struct {
+	spec  *specs.Spec
+	guest convert.GuestSpec
+}
+
+func (a *Agent) createContainer(m agentproto.Container, g convert.GuestSpec, tr *stepTrace) (*container, *process, error) {
+	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), procs: make(map[string]*process), pins: &pathPins{}}
+	if m.Converted != nil && a.createEngine && !m.Member && g.ResolvConf == "" {
+		// The host converted the spec as this guest would (convert.ForGuest): the
+		// conversion waits until something needs it (converted).
+		if m.Spec == nil || m.Spec.Process == nil || len(m.Spec.Process.Args) == 0 {
+			return nil, nil, errorf(agentproto.KindInvalid, "container %q: spec has no process args", m.ID)
+		}
+		c.unconverted = &unconvertedSpec{spec: m.Spec, guest: g}
+		c.lc = newConvertedEngineContainer(m.ID, a.execHelper, m.Converted, tr)
+		tr.mark("host's conversion taken")
+	} else {
+		spec, cfg, late, err := convertSpec(m.Spec, g, tr)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.spec, c.lateRlimits = spec, late
+		if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
+			return nil, nil, err
+		}
 	}
-	tr.mark("spec adjusted")
-	readonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
-	tr.mark("device binds checked")
-	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
-	// here (libcontainer refuses them without a network namespace of the container's own).
-	if err := writeSysctls("/proc/sys", takeNetSysctls(spec)); err != nil {
-		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: %w", m.ID, err))
-	}
-	tr.mark("sysctls written")
-	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: m.ID, Spec: spec})
-	if err != nil {
-		return nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", m.ID, err))
-	}
-	tr.mark("specconv")
-	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), spec: spec, procs: make(map[string]*process), pins: &pathPins{}}
-	cfg.Rlimits, c.lateRlimits = splitLateRlimits(cfg.Rlimits)
-	if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
-		return nil, nil, err
-	}
-	p, err := a.startProcess(c, agentproto.InitProcessID, spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, "", tr)
+	// The process as the host sent it: the spec's adjustment leaves it as it is.
+	p, err := a.startProcess(c, agentproto.InitProcessID, m.Spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, "", tr)
 	if err != nil {
 		if derr := c.lc.Destroy(); derr != nil {
 			c.log.Errorf("destroy after failed create: %v", derr)
@@ -281,19 +297,68 @@ func (a *Agent) createContainer(m agentproto.Container, g guestSpec, tr *stepTra
 	return c, p, nil
 }
 
+// convertSpec converts the host's spec for the guest g (in place): the adjusted spec, its
+// libcontainer configuration and the container's late rlimits. It writes the spec's net
+// sysctls (the pod's).
+func convertSpec(in *specs.Spec, g convert.GuestSpec, tr *stepTrace) (*specs.Spec, *configs.Config, []configs.Rlimit, error) {
+	spec, err := convert.AdjustSpec(in, g)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tr.mark("spec adjusted")
+	convert.ReadonlyDeviceBinds(spec, spec.Root.Path, func(p string) (fs.FileInfo, error) { return os.Lstat(p) })
+	tr.mark("device binds checked")
+	// The container runs in the VM's network namespace, the pod's: its net.* sysctls are set
+	// here (libcontainer refuses them without a network namespace of the container's own).
+	if err := writeSysctls("/proc/sys", convert.TakeNetSysctls(spec)); err != nil {
+		return nil, nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: %w", g.ContainerID, err))
+	}
+	tr.mark("sysctls written")
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: g.ContainerID, Spec: spec})
+	if err != nil {
+		return nil, nil, nil, withKind(agentproto.KindInvalid, fmt.Errorf("container %q: spec: %w", g.ContainerID, err))
+	}
+	tr.mark("specconv")
+	var late []configs.Rlimit
+	cfg.Rlimits, late = convert.SplitLateRlimits(cfg.Rlimits)
+	return spec, cfg, late, nil
+}
+
+// converted makes sure c has its spec, late rlimits and configuration: for a container
+// made from the host's conversion, the agent's own conversion of the same spec, once.
+func (c *container) converted() error {
+	if c.unconverted == nil {
+		return nil
+	}
+	c.convertOnce.Do(func() {
+		u := c.unconverted
+		spec, cfg, late, err := convertSpec(u.spec, u.guest, nil)
+		if err != nil {
+			c.convertErr = err
+			return
+		}
+		c.mu.Lock()
+		c.spec, c.lateRlimits = spec, late
+		c.mu.Unlock()
+		c.lc.(*engineContainer).adoptConfig(cfg)
+	})
+	return c.convertErr
+}
+
 // newEngine returns the engine that makes container c from cfg: the create engine, unless
-// the boot flags or createFallback rule it out for this container, else libcontainer.
+// the boot flags or convert.CreateFallback rule it out for this container, else libcontainer.
 func (a *Agent) newEngine(c *container, cfg *configs.Config, process *specs.Process, tr *stepTrace) (containerEngine, error) {
 	reason := "runv.create=libcontainer or no exec helper"
+	var init *convert.Process
 	if a.createEngine {
-		lp, err := newProcess(process, true)
-		if err != nil {
+		var err error
+		if init, err = convert.NewProcess(process, true); err != nil {
 			return nil, err
 		}
-		reason = createFallback(cfg, lp)
+		reason = convert.CreateFallback(cfg, init)
 	}
 	if reason == "" {
-		return newEngineContainer(c.id, a.execHelper, cfg, c.lateRlimits, c.seccompProgram, tr)
+		return newEngineContainer(c.id, a.execHelper, cfg, init, c.lateRlimits, c.seccompProgram, tr)
 	}
 	c.log.Infof("made by libcontainer's runc init: the create engine does not do %s", reason)
 	lc, err := libcontainer.Create(libcontainerRoot, c.id, cfg)
@@ -369,6 +434,9 @@ func (a *Agent) execCmd(_ context.Context, req *Request) (any, error) {
 	}
 	c, err := a.lookup(m.Container)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.converted(); err != nil {
 		return nil, err
 	}
 	c.pinOnce.Do(func() { go pinPath(c.spec.Root.Path, m.Process, c.pins) })
@@ -593,6 +661,9 @@ func (a *Agent) updateContainer(_ context.Context, req *Request) (any, error) {
 	}
 	c, err := a.lookup(m.Container)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.converted(); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()

@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/cgroups/devices/config"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/convert"
 )
 
 // The exec helper's create mode, run on the host as the agent runs it in the guest: a
@@ -54,7 +56,7 @@ func busyboxRootfs(t *testing.T, dir string) string {
 
 // createInit has the helper make the init of req's container with that stdio (nil:
 // /dev/null): the init, its report pipe and the write end of its start pipe.
-func createInit(t *testing.T, helper string, req *execRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *os.File, *os.File, error) {
+func createInit(t *testing.T, helper string, req *convert.ExecRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *os.File, *os.File, error) {
 	t.Helper()
 	dirs := cgroupDirs("")
 	if len(dirs) == 0 {
@@ -132,17 +134,17 @@ touch /proc/sys/kernel/x 2>/dev/null || echo sys-ro
 echo timer_list=$(cat /proc/timer_list | wc -c)
 grep -q ' /escape/inner ' /proc/self/mountinfo || grep -q ' /outside/inner ' /proc/self/mountinfo && echo inner-mounted
 echo umask=$(umask) home=$HOME tmpmode=$(stat -c %a /tmp)`
-	req := &execRequest{args: []string{"/bin/sh", "-c", script}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1,
-		lookupHome: true, create: newCreateRequest(cfg, "")}
+	req := &convert.ExecRequest{Args: []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/bin"}, Cwd: "/", ConsoleFD: -1,
+		LookupHome: true, Create: convert.NewCreateRequest(cfg)}
 	umask := uint32(0o022)
-	req.umask = &umask
+	req.Umask = &umask
 
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer outR.Close()
-	req.traceSteps = true
+	req.TraceSteps = true
 	tr := &stepTrace{what: "create", start: time.Now()}
 	proc, report, startW, err := createInit(t, helper, req, [3]*os.File{nil, outW, outW}, tr)
 	outW.Close()
@@ -196,12 +198,12 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 	helper := buildExecHelper(t)
 	for _, tc := range []struct {
 		name   string
-		change func(*configs.Config, *execRequest)
+		change func(*configs.Config, *convert.ExecRequest)
 		want   string
 	}{
-		{"missing program", func(_ *configs.Config, r *execRequest) { r.args = []string{"/bin/nothing"} }, `exec: "/bin/nothing": stat /bin/nothing: no such file or directory`},
-		{"proc on a file", func(c *configs.Config, _ *execRequest) { c.Mounts[0].Destination = "/bin/sh" }, "filesystem proc must be mounted on ordinary directory"},
-		{"bind of a missing source", func(c *configs.Config, _ *execRequest) {
+		{"missing program", func(_ *configs.Config, r *convert.ExecRequest) { r.Args = []string{"/bin/nothing"} }, `exec: "/bin/nothing": stat /bin/nothing: no such file or directory`},
+		{"proc on a file", func(c *configs.Config, _ *convert.ExecRequest) { c.Mounts[0].Destination = "/bin/sh" }, "filesystem proc must be mounted on ordinary directory"},
+		{"bind of a missing source", func(c *configs.Config, _ *convert.ExecRequest) {
 			c.Mounts = append(c.Mounts, &configs.Mount{Source: "/nonexistent", Destination: "/x", Device: "bind", Flags: unix.MS_BIND})
 		}, "stat the bind source /nonexistent"},
 	} {
@@ -210,9 +212,9 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 			cfg := &configs.Config{Rootfs: rootfs, Namespaces: configs.Namespaces{{Type: configs.NEWNS}, {Type: configs.NEWPID}},
 				Mounts:  []*configs.Mount{{Source: "proc", Destination: "/proc", Device: "proc"}, {Source: "tmpfs", Destination: "/dev", Device: "tmpfs"}},
 				Devices: []*config.Device{{Path: "/dev/null", Rule: config.Rule{Type: config.CharDevice, Major: 1, Minor: 3}, FileMode: 0o666}}}
-			req := &execRequest{args: []string{"/bin/sh", "-c", "true"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1}
+			req := &convert.ExecRequest{Args: []string{"/bin/sh", "-c", "true"}, Env: []string{"PATH=/bin"}, Cwd: "/", ConsoleFD: -1}
 			tc.change(cfg, req)
-			req.create = newCreateRequest(cfg, "")
+			req.Create = convert.NewCreateRequest(cfg)
 			proc, _, _, err := createInit(t, helper, req, [3]*os.File{}, nil)
 			if err == nil {
 				proc.Kill()
@@ -237,8 +239,8 @@ func TestCreateHelperExecFailsAfterStart(t *testing.T) {
 	}
 	cfg := &configs.Config{Rootfs: rootfs, Namespaces: configs.Namespaces{{Type: configs.NEWNS}, {Type: configs.NEWPID}},
 		Mounts: []*configs.Mount{{Source: "proc", Destination: "/proc", Device: "proc"}}}
-	req := &execRequest{args: []string{"garbage"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1, create: newCreateRequest(cfg, "")}
-	req.create.setupDev = false // the rootfs's own /dev, empty: nothing reopens /dev/null
+	req := &convert.ExecRequest{Args: []string{"garbage"}, Env: []string{"PATH=/bin"}, Cwd: "/", ConsoleFD: -1, Create: convert.NewCreateRequest(cfg)}
+	req.Create.SetupDev = false // the rootfs's own /dev, empty: nothing reopens /dev/null
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -281,9 +283,9 @@ func TestCreateHelperCreatedInitEndsOnTERM(t *testing.T) {
 			rootfs := busyboxRootfs(t, t.TempDir())
 			cfg := &configs.Config{Rootfs: rootfs, Namespaces: tc.namespaces,
 				Mounts: []*configs.Mount{{Source: "proc", Destination: "/proc", Device: "proc"}}}
-			req := &execRequest{args: []string{"/bin/sh", "-c", "true"}, env: []string{"PATH=/bin"}, cwd: "/", consoleFD: -1,
-				create: newCreateRequest(cfg, "")}
-			req.create.setupDev = false
+			req := &convert.ExecRequest{Args: []string{"/bin/sh", "-c", "true"}, Env: []string{"PATH=/bin"}, Cwd: "/", ConsoleFD: -1,
+				Create: convert.NewCreateRequest(cfg)}
+			req.Create.SetupDev = false
 			proc, _, _, err := createInit(t, helper, req, [3]*os.File{}, nil)
 			if err != nil {
 				t.Fatalf("create: %v", err)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // engineContainer is a container the create engine made: its init is a child of the agent
@@ -22,9 +23,20 @@ import (
 type engineContainer struct {
 	id      string
 	helper  string
-	seccomp seccompCompiler
-	late    []configs.Rlimit // the container's late rlimits: the helper sets them all
-	tr      *stepTrace
+	seccomp convert.SeccompCompiler
+	// initSpec is the init's process in the conversion's terms (convert.NewProcess of the
+	// process Start gets), nil with converted.
+	initSpec *convert.Process
+	late     []configs.Rlimit // the container's late rlimits: the helper sets them all
+	tr       *stepTrace
+	// converted is the host's conversion of the spec (agentproto.Converted), which the
+	// init is made from, nil when the agent converted it: cfg is then the container's
+	// configuration from the start, else only once the agent needs it and converts the
+	// spec itself (adoptConfig).
+	converted *agentproto.Converted
+	// privatePID: the container has a PID namespace of its own (SIGKILL to its init
+	// kills it all).
+	privatePID bool
 
 	mu      sync.Mutex
 	cfg     configs.Config
@@ -39,14 +51,43 @@ type engineContainer struct {
 var _ containerEngine = (*engineContainer)(nil)
 
 // newEngineContainer prepares a container of the create engine; Start makes it. late are
-// the rlimits split off cfg (splitLateRlimits), seccomp compiles its profile.
-func newEngineContainer(id, helper string, cfg *configs.Config, late []configs.Rlimit, seccomp seccompCompiler, tr *stepTrace) (*engineContainer, error) {
+// the rlimits split off cfg (convert.SplitLateRlimits), seccomp compiles its profile.
+func newEngineContainer(id, helper string, cfg *configs.Config, init *convert.Process, late []configs.Rlimit, seccomp convert.SeccompCompiler, tr *stepTrace) (*engineContainer, error) {
 	ownCgroupNS := cfg.Namespaces.Contains(configs.NEWCGROUP) && cfg.Namespaces.PathOf(configs.NEWCGROUP) == ""
 	cg, err := newContainerCgroup(cfg.Cgroups, ownCgroupNS)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: cgroup manager: %w", id, err)
 	}
-	return &engineContainer{id: id, helper: helper, seccomp: seccomp, late: late, tr: tr, cfg: *cfg, cgroup: cg}, nil
+	return &engineContainer{
+		id: id, helper: helper, seccomp: seccomp, initSpec: init, late: late, tr: tr, cfg: *cfg, cgroup: cg,
+		privatePID: cfg.Namespaces.IsPrivate(configs.NEWPID),
+	}, nil
+}
+
+// newConvertedEngineContainer prepares a container of the create engine from the host's
+// conversion of its spec (its configuration comes later: adoptConfig).
+func newConvertedEngineContainer(id, helper string, cv *agentproto.Converted, tr *stepTrace) *engineContainer {
+	cg := newConvertedCgroup(cv)
+	e := &engineContainer{
+		id: id, helper: helper, tr: tr, cgroup: cg, converted: cv,
+		privatePID: cv.CloneFlags&unix.CLONE_NEWPID != 0,
+	}
+	e.cfg.Cgroups = cg.cfg
+	return e
+}
+
+// adoptConfig gives a container made from the host's conversion its configuration, the
+// agent's own conversion of the same spec; the cgroup stays the one the container has
+// (the warm-up's spare, perhaps).
+func (e *engineContainer) adoptConfig(cfg *configs.Config) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.converted == nil {
+		return
+	}
+	e.cfg = *cfg
+	e.cfg.Cgroups = e.cgroup.cfg
+	e.converted = nil
 }
 
 // initProcess is the init Start made, as the agent waits for and signals it.
@@ -72,17 +113,25 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 		}
 	}()
 	e.tr.mark("engine: cgroup made")
-	req, err := buildExecRequest(e.id, &e.cfg, lp, e.late, e.seccomp, lp.ConsoleHeight, lp.ConsoleWidth)
+	var req *convert.ExecRequest
+	if e.converted != nil {
+		if req, err = convert.RequestOf(e.converted); err == nil {
+			// Encoded in its SpecFields; the agent words an exec error with the program.
+			req.Args = lp.Args
+		}
+	} else {
+		req, err = convert.CreateExecRequest(e.id, &e.cfg, e.initSpec, e.late, e.seccomp)
+	}
 	if err != nil {
 		return err
 	}
-	if req.umask == nil {
-		umask := uint32(0o022) // libcontainer's finalizeRootfs default
-		req.umask = &umask
+	if req.LastCap, err = guestLastCap(); err != nil {
+		return err
 	}
+	req.Rows, req.Cols = lp.ConsoleHeight, lp.ConsoleWidth
 	dir := e.cgroup.dir
-	req.create = newCreateRequest(&e.cfg, dir)
-	req.traceSteps = e.tr != nil
+	req.Create.CgroupDir = dir
+	req.TraceSteps = e.tr != nil
 	var namespaces []nsFile
 	defer func() {
 		for _, ns := range namespaces {
@@ -119,7 +168,11 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	// opened what it needed, before its program runs: where libcontainer sets them too
 	// (the init's "hooks" sync, after the rootfs's devices), and with the helper gone (a
 	// pids limit of 1 counts the init alone).
-	if err := e.cgroup.set(e.cfg.Cgroups.Resources); err != nil {
+	set := func() error { return e.cgroup.set(e.cgroup.cfg.Resources) }
+	if e.converted != nil {
+		set = func() error { return e.cgroup.setConverted(e.converted.DeviceProgram) }
+	}
+	if err := set(); err != nil {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 		report.Close()
@@ -222,7 +275,7 @@ func (e *engineContainer) Config() configs.Config {
 func (e *engineContainer) Signal(sig os.Signal) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if sig == unix.SIGKILL && !e.cfg.Namespaces.IsPrivate(configs.NEWPID) {
+	if sig == unix.SIGKILL && !e.privatePID {
 		if !e.cgroup.exists() {
 			if e.exitedLocked() {
 				return libcontainer.ErrNotRunning

@@ -10,6 +10,8 @@ import (
 	"github.com/opencontainers/cgroups"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/convert"
 )
 
 // Every container's cgroup gets a device filter: an eBPF program generated from the
@@ -23,7 +25,7 @@ import (
 // The warm-up's container loads the one for runc's default rules; a template saves it with
 // the agent's memory, so every clone has it loaded already.
 //
-// A new cgroup's program is generated (deviceProgram: libcontainer's, byte for byte),
+// A new cgroup's program is generated (convert.DeviceProgram: libcontainer's, byte for byte),
 // loaded and attached here; libcontainer's own setter, which also probes the kernel for
 // BPF_F_REPLACE with a program of its own (a second verifier run in a cold guest), replaces
 // the filter of a cgroup that has one (an update) and does whatever this refuses, so that
@@ -53,18 +55,26 @@ func installDeviceFilters() {
 	if cgroups.DevicesSetV2 == nil {
 		return // devices not supported by this libcontainer: nothing to keep
 	}
-	f := &deviceFilters{load: cgroups.DevicesSetV2, progs: make(map[string]int)}
-	cgroups.DevicesSetV2 = f.set
+	theDeviceFilters = &deviceFilters{load: cgroups.DevicesSetV2, progs: make(map[string]int)}
+	cgroups.DevicesSetV2 = theDeviceFilters.set
 }
+
+// theDeviceFilters is the guest's deviceFilters, nil until installDeviceFilters.
+var theDeviceFilters *deviceFilters
 
 func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
 	if r.SkipDevices {
 		return f.load(dir, r)
 	}
-	insns, ok := deviceProgram(r.Devices)
+	insns, ok := convert.DeviceProgram(r.Devices)
 	if !ok {
 		return f.load(dir, r)
 	}
+	return f.setProgram(dir, r, insns)
+}
+
+// setProgram attaches insns, the program r's device rules compile to, to the cgroup dir.
+func (f *deviceFilters) setProgram(dir string, r *cgroups.Resources, insns []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)

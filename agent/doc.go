@@ -16,9 +16,9 @@
 // waits for it without losing state, and sends READY again once it sees the host back.
 // The stream port runs agentproto.Mux for process stdio.
 //
-// Containers (container_linux.go, process_linux.go, stdio_linux.go, spec.go): the host's
+// Containers (container_linux.go, process_linux.go, stdio_linux.go; the conversion is api/convert's): the host's
 // OCI spec is adjusted for the guest (rootfs and volumes on the 9p share, a tmpfs /dev, the
-// guest's network namespace, the pod's namespaces as guestNamespaces decides (podns_linux.go
+// guest's network namespace, the pod's namespaces as convert.AdjustSpec decides (podns_linux.go
 // pins them), an agent-owned cgroup path, no hooks) and
 // handed to libcontainer. A process's streams are registered before its command is
 // acknowledged; its PROCESSEXIT is sent only after its output streams reached EOF.

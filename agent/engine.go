@@ -9,14 +9,14 @@ import (
 
 // containerEngine is what the agent does with a container after creating it. Two engines
 // implement it: libcontainer's *Container (the fallback, and the only one for what the
-// create engine does not do: createFallback), and the create engine's (createengine_linux.go),
+// create engine does not do: convert.CreateFallback), and the create engine's (createengine_linux.go),
 // which makes the container with the C helper instead of re-executing the agent as
 // `runc init`. The method set is libcontainer's own, so that its container needs no wrapper.
 type containerEngine interface {
 	// Start creates the container's init, which waits for Exec to run its program.
 	Start(*libcontainer.Process) error
 	// Run starts an extra process through libcontainer's `runc init` (the exec path when
-	// fastExecFallback rules the exec helper out).
+	// convert.FastExecFallback rules the exec helper out).
 	Run(*libcontainer.Process) error
 	// Exec lets the created init exec its program.
 	Exec() error

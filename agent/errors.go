@@ -2,42 +2,28 @@ package agent
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/opencontainers/runc/libcontainer"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
-// kindError attaches an agentproto error kind to an error, so that the ERROR frame tells the
-// host which class of failure it was without the host parsing messages.
-type kindError struct {
-	kind string
-	err  error
-}
-
-func (e *kindError) Error() string { return e.err.Error() }
-func (e *kindError) Unwrap() error { return e.err }
+// kindError is the classified error of the agent and of its conversion code.
+type kindError = convert.KindError
 
 // withKind classifies err (nil stays nil).
-func withKind(kind string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return &kindError{kind: kind, err: err}
-}
+func withKind(kind string, err error) error { return convert.WithKind(kind, err) }
 
 // errorf builds a classified error; %w works as in fmt.Errorf.
-func errorf(kind, format string, args ...any) error {
-	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
-}
+func errorf(kind, format string, args ...any) error { return convert.Errorf(kind, format, args...) }
 
 // kindOf returns the protocol error kind of err: an explicit classification wins, then
 // libcontainer's state errors (wrong state for the operation), else "" (unclassified).
 func kindOf(err error) string {
 	var ke *kindError
 	if errors.As(err, &ke) {
-		return ke.kind
+		return ke.Kind
 	}
 	var re *agentproto.RemoteError
 	if errors.As(err, &re) {

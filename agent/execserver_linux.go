@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/runv-project/runv/api/convert"
 )
 
 // A container's exec server: the exec helper started once, at the container's first exec,
@@ -51,7 +53,7 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "exec-server")
 	defer theirs.Close()
-	helper, repR, err := spawnHelper(helperPath, &execRequest{serve: theirs}, [3]*os.File{}, namespaces, nil, nil, nil, nil)
+	helper, repR, err := spawnHelper(helperPath, &convert.ExecRequest{Serve: theirs}, [3]*os.File{}, namespaces, nil, nil, nil, nil)
 	if err != nil {
 		unix.Close(fds[0])
 		return nil, fmt.Errorf("exec server: %w", err)
@@ -82,8 +84,8 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 // it, with stdio (nil: /dev/null) and the console socket (nil: no terminal). It returns
 // once the process exec'd its program, or the step that failed; errServerGone when the
 // server did not take the request (nothing was started).
-func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
-	if req.create != nil {
+func (s *execServer) exec(req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
+	if req.Create != nil {
 		// Its start is read from the report pipe, which this does not hand back.
 		return nil, errors.New("exec server: a container's create goes through the one-shot helper")
 	}
@@ -122,17 +124,17 @@ func (s *execServer) exec(req *execRequest, stdio [3]*os.File, console *os.File,
 	}
 	files = append(files, std[:]...)
 	// The process's descriptor numbers: 0-2 stdio, 4 the report, 5 on the request's own.
-	req.namespaces = nil
-	req.consoleFD = -1
+	req.Namespaces = nil
+	req.ConsoleFD = -1
 	if console != nil {
-		req.consoleFD = execFirstExtraFD
+		req.ConsoleFD = execFirstExtraFD
 		files = append(files, console)
 	}
-	data, err := req.encode()
+	data, err := req.Encode()
 	if err != nil {
 		return nil, err
 	}
-	body := data[len(execMagic)+4:]
+	body := data[len(convert.ExecMagic)+4:]
 	hdr := []byte(serveMagic)
 	for _, v := range []int{len(body), ncg, len(files)} {
 		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(v))

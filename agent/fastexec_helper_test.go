@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // The exec helper (cmd/runv-exec) itself, built with cc and run on the host against a
@@ -168,7 +169,7 @@ func (tg *execTarget) engines(t *testing.T, helper string) []execEngine {
 }
 
 // run starts req through the engine, with the given stdio and console socket.
-func (e execEngine) run(helper string, tg *execTarget, req *execRequest, stdio [3]*os.File, console *os.File, dirs []string) (*os.Process, error) {
+func (e execEngine) run(helper string, tg *execTarget, req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string) (*os.Process, error) {
 	if e.srv != nil {
 		return e.srv.exec(req, stdio, console, dirs, nil)
 	}
@@ -178,7 +179,7 @@ func (e execEngine) run(helper string, tg *execTarget, req *execRequest, stdio [
 
 // runHelper runs req in the target through the engine and returns the process's output
 // and exit status.
-func runHelper(t *testing.T, e execEngine, helper string, tg *execTarget, req *execRequest, cgroup string) (string, int, error) {
+func runHelper(t *testing.T, e execEngine, helper string, tg *execTarget, req *convert.ExecRequest, cgroup string) (string, int, error) {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -202,27 +203,28 @@ func TestExecHelperStartsTheProcessAsAsked(t *testing.T) {
 	helper := buildExecHelper(t)
 	tg := startExecTarget(t)
 	cgroup, cgroupRel := testCgroup(t)
-	caps, last, err := capsFor(&configs.Capabilities{
+	caps := convert.CapSetsOf(&configs.Capabilities{
 		Bounding: []string{"CAP_CHOWN", "CAP_KILL"}, Effective: []string{"CAP_KILL"},
 		Permitted: []string{"CAP_KILL"}, Inheritable: []string{"CAP_KILL"}, Ambient: []string{"CAP_KILL"},
 	})
+	last, err := guestLastCap()
 	if err != nil {
 		t.Fatal(err)
 	}
 	umask := uint32(0o027)
-	env, needHome, err := prepareExecEnv([]string{"PATH=/usr/bin:/bin", "FOO=a", "FOO=b", "HOME="})
+	env, needHome, err := convert.PrepareExecEnv([]string{"PATH=/usr/bin:/bin", "FOO=a", "FOO=b", "HOME="})
 	if err != nil || !needHome {
-		t.Fatalf("prepareExecEnv: %v %v", err, needHome)
+		t.Fatalf("convert.PrepareExecEnv: %v %v", err, needHome)
 	}
 	script := `echo "$(hostname) $(id -u):$(id -g) $(id -G) $(pwd) $HOME $FOO $(umask) $(ulimit -n)"
 grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr '\t\n' '  '; echo
 readlink /proc/self/ns/uts /proc/self/ns/pid /proc/self/ns/mnt /proc/self/ns/ipc | tr '\n' ' '; echo
 grep '^0::' /proc/self/cgroup`
-	req := &execRequest{
-		uid: 1000, gid: 1001, groups: []uint32{7, 1002}, caps: caps, lastCap: last, noNewPrivs: true,
-		rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Soft: 123, Hard: 456}},
-		umask:   &umask, cwd: "/tmp", args: []string{"sh", "-c", script}, env: env, lookupHome: true,
-		keyring: "_ses.fastexec-test",
+	req := &convert.ExecRequest{
+		UID: 1000, GID: 1001, Groups: []uint32{7, 1002}, Caps: caps, LastCap: last, NoNewPrivs: true,
+		Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Soft: 123, Hard: 456}},
+		Umask:   &umask, Cwd: "/tmp", Args: []string{"sh", "-c", script}, Env: env, LookupHome: true,
+		Keyring: "_ses.fastexec-test",
 	}
 	for _, e := range tg.engines(t, helper) {
 		t.Run(e.name, func(t *testing.T) {
@@ -265,7 +267,7 @@ grep '^0::' /proc/self/cgroup`
 }
 
 func TestExecHelperLoadsSeccompLast(t *testing.T) {
-	if syscallNumber == nil {
+	if convert.SyscallNumber == nil {
 		t.Skip("built without libseccomp (the agent's seccomp tag): go test -tags seccomp")
 	}
 	helper := buildExecHelper(t)
@@ -292,9 +294,9 @@ func TestExecHelperLoadsSeccompLast(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			dir := t.TempDir()
 			for _, nnp := range []bool{true, false} {
-				req := &execRequest{
-					noNewPrivs: nnp, cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
-					args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status; mkdir " + dir + "/x 2>&1 || echo refused"},
+				req := &convert.ExecRequest{
+					NoNewPrivs: nnp, Cwd: "/", Env: []string{"PATH=/usr/bin:/bin"}, Seccomp: prog, SeccompFlags: flags,
+					Args: []string{"sh", "-c", "grep ^Seccomp: /proc/self/status; mkdir " + dir + "/x 2>&1 || echo refused"},
 				}
 				out, code, err := runHelper(t, e, helper, tg, req, "")
 				if err != nil || code != 0 {
@@ -316,7 +318,7 @@ func TestExecHelperLoadsSeccompLast(t *testing.T) {
 // the lookup's access check must still find it (glibc falls back to faccessat, which has
 // no AT_EMPTY_PATH: the helper once asked for that and got EINVAL).
 func TestExecHelperLookupUnderOldSeccompProfile(t *testing.T) {
-	if syscallNumber == nil {
+	if convert.SyscallNumber == nil {
 		t.Skip("built without libseccomp (the agent's seccomp tag): go test -tags seccomp")
 	}
 	helper := buildExecHelper(t)
@@ -332,8 +334,8 @@ func TestExecHelperLookupUnderOldSeccompProfile(t *testing.T) {
 	for _, e := range tg.engines(t, helper) {
 		t.Run(e.name, func(t *testing.T) {
 			for _, argv0 := range []string{"sh", "/bin/sh"} {
-				req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, seccomp: prog, seccompFlags: flags,
-					args: []string{argv0, "-c", "echo ran"}}
+				req := &convert.ExecRequest{Cwd: "/", Env: []string{"PATH=/usr/bin:/bin"}, Seccomp: prog, SeccompFlags: flags,
+					Args: []string{argv0, "-c", "echo ran"}}
 				out, code, err := runHelper(t, e, helper, tg, req, "")
 				if err != nil || code != 0 || !strings.Contains(out, "ran") {
 					t.Errorf("%s under a profile refusing faccessat2: code %d, %v, output %q", argv0, code, err, out)
@@ -349,7 +351,7 @@ func TestExecHelperLookupUnderOldSeccompProfile(t *testing.T) {
 // compile's catcher thread must not hold up the next or the runtime, nor a filter reach
 // this thread.
 func TestCompileSeccompRepeatedly(t *testing.T) {
-	if syscallNumber == nil {
+	if convert.SyscallNumber == nil {
 		t.Skip("built without libseccomp (the agent's seccomp tag): go test -tags seccomp")
 	}
 	if os.Geteuid() != 0 {
@@ -435,22 +437,22 @@ func TestExecHelperReportsWhatFailed(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			for _, tc := range []struct {
 				name     string
-				req      execRequest
+				req      convert.ExecRequest
 				wantKind string
 				want     string
 			}{
-				{"missing program", execRequest{args: []string{"/no/such/program"}}, agentproto.KindNotExecutable, `exec: "/no/such/program": executable file not found`},
-				{"not in PATH", execRequest{args: []string{"no-such-command"}, env: []string{"PATH=/bin"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
-				{"no PATH", execRequest{args: []string{"true"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
-				{"not executable", execRequest{args: []string{exe}}, agentproto.KindNotExecutable, "permission denied"},
-				{"a directory", execRequest{args: []string{"/tmp"}}, agentproto.KindNotExecutable, "is a directory"},
-				{"missing cwd", execRequest{args: []string{"/bin/true"}, cwd: "/no/such/dir"}, "", "chdir to cwd (/no/such/dir)"},
-				{"bad capability set", execRequest{args: []string{"/bin/true"}, caps: &capSets{effective: 1}, lastCap: 40}, "", "set capabilities: operation not permitted"},
+				{"missing program", convert.ExecRequest{Args: []string{"/no/such/program"}}, agentproto.KindNotExecutable, `exec: "/no/such/program": executable file not found`},
+				{"not in PATH", convert.ExecRequest{Args: []string{"no-such-command"}, Env: []string{"PATH=/bin"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
+				{"no PATH", convert.ExecRequest{Args: []string{"true"}}, agentproto.KindNotExecutable, "executable file not found in $PATH"},
+				{"not executable", convert.ExecRequest{Args: []string{exe}}, agentproto.KindNotExecutable, "permission denied"},
+				{"a directory", convert.ExecRequest{Args: []string{"/tmp"}}, agentproto.KindNotExecutable, "is a directory"},
+				{"missing cwd", convert.ExecRequest{Args: []string{"/bin/true"}, Cwd: "/no/such/dir"}, "", "chdir to cwd (/no/such/dir)"},
+				{"bad capability set", convert.ExecRequest{Args: []string{"/bin/true"}, Caps: &convert.CapSets{Effective: 1}, LastCap: 40}, "", "set capabilities: operation not permitted"},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					req := tc.req
-					if req.cwd == "" {
-						req.cwd = "/"
+					if req.Cwd == "" {
+						req.Cwd = "/"
 					}
 					_, _, err := runHelper(t, e, helper, tg, &req, "")
 					if err == nil {
@@ -479,8 +481,8 @@ func TestExecHelperTerminal(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer parent.Close()
-			req := &execRequest{cwd: "/", rows: 25, cols: 100, env: []string{"PATH=/usr/bin:/bin"},
-				args: []string{"sh", "-c", "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty"}}
+			req := &convert.ExecRequest{Cwd: "/", Rows: 25, Cols: 100, Env: []string{"PATH=/usr/bin:/bin"},
+				Args: []string{"sh", "-c", "tty; stty size; [ -t 0 ] && echo stdin-is-a-tty"}}
 			proc, err := e.run(helper, tg, req, [3]*os.File{}, child, cgroupDirs(""))
 			child.Close()
 			if err != nil {
@@ -564,8 +566,8 @@ func TestExecServerLifecycle(t *testing.T) {
 	}
 
 	e := execEngine{"exec server", srv}
-	req := func(script string) *execRequest {
-		return &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, args: []string{"sh", "-c", script}}
+	req := func(script string) *convert.ExecRequest {
+		return &convert.ExecRequest{Cwd: "/", Env: []string{"PATH=/usr/bin:/bin"}, Args: []string{"sh", "-c", script}}
 	}
 	for i := 0; i < 3; i++ {
 		if out, code, err := runHelper(t, e, helper, tg, req("echo $$"), cgroup); err != nil || code != 0 || strings.TrimSpace(out) == "" {
@@ -661,8 +663,8 @@ func TestExecHelperProgramHint(t *testing.T) {
 				{"not executable: searched", "sh", dir + "/plain", "from the search"},
 				{"a path is never hinted", "/bin/sh", dir + "/hello", "from the search"},
 			} {
-				req := &execRequest{cwd: "/", env: []string{"PATH=/usr/bin:/bin"}, programHint: tc.hint,
-					args: []string{tc.argv0, "-c", "echo from the search"}}
+				req := &convert.ExecRequest{Cwd: "/", Env: []string{"PATH=/usr/bin:/bin"}, ProgramHint: tc.hint,
+					Args: []string{tc.argv0, "-c", "echo from the search"}}
 				out, code, err := runHelper(t, e, helper, tg, req, "")
 				if err != nil || code != 0 || strings.TrimSpace(out) != tc.want {
 					t.Errorf("%s: code %d, %v, output %q, want %q", tc.name, code, err, out, tc.want)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // The exec helper in the guest: packed by initrd/ into a directory of its own, which the
@@ -48,15 +48,15 @@ func sealExecHelper() (string, error) {
 	return execHelperPath, nil
 }
 
-// useExecHelper tells whether the exec helper starts lp in c (fastExecFallback decides).
+// useExecHelper tells whether the exec helper starts lp in c (convert.FastExecFallback decides).
 // A container the create engine made has no libcontainer state to exec through: an exec
 // the helper does not do is refused there, naming why.
-func (a *Agent) useExecHelper(c *container, lp *libcontainer.Process) (bool, error) {
+func (a *Agent) useExecHelper(c *container, lp *convert.Process) (bool, error) {
 	if a.execHelper == "" {
 		return false, nil
 	}
 	cfg := c.lc.Config()
-	reason := fastExecFallback(&cfg, lp)
+	reason := convert.FastExecFallback(&cfg, lp)
 	if reason == "" {
 		return true, nil
 	}
@@ -111,20 +111,6 @@ func (c *container) cgroupDirs() []string {
 	return dirs
 }
 
-// capNames are the capabilities by number, as OCI specs name them: the ones moby's capability
-// package knows (TestCapNamesAreKnown), without its names' switch and strings.ToUpper per
-// name and container (~90 translated blocks of a cold guest's first container).
-var capNames = [...]string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-	"CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-	"CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-	"CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-	"CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-	"CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-	"CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-}
-
 // lastCap is the highest capability the guest's kernel knows, what moby's
 // capability.LastCap reads from /proc/sys/kernel/cap_last_cap, found with
 // prctl(PR_CAPBSET_READ), which answers EINVAL for a capability past it: the sysctl's
@@ -159,95 +145,26 @@ var lastCap = sync.OnceValues(func() (capability.Cap, error) {
 	return capability.Cap(lo), nil
 })
 
-// capsFor converts capability names into the helper's bit sets; names unknown to the
-// guest's kernel are ignored, as libcontainer ignores them.
-func capsFor(c *configs.Capabilities) (*capSets, uint32, error) {
-	last, err := lastCap()
-	if err != nil {
-		return nil, 0, fmt.Errorf("capabilities: %w", err)
-	}
-	if c == nil {
-		return nil, uint32(last), nil
-	}
-	known := capNames[:min(int(last)+1, len(capNames))]
-	mask := func(names []string) uint64 {
-		var m uint64
-		for _, n := range names {
-			if k := slices.Index(known, n); k >= 0 {
-				m |= 1 << uint(k)
-			}
-		}
-		return m
-	}
-	return &capSets{
-		bounding: mask(c.Bounding), effective: mask(c.Effective), inheritable: mask(c.Inheritable),
-		permitted: mask(c.Permitted), ambient: mask(c.Ambient),
-	}, uint32(last), nil
-}
-
-// execRlimits are the rlimits of the process: its own, or else the container's (with the
-// ones the agent would set late restored to their values: the helper sets them all).
-func execRlimits(own []configs.Rlimit, ctr []configs.Rlimit, ctrLate []configs.Rlimit) []configs.Rlimit {
-	if len(own) > 0 {
-		return own
-	}
-	out := make([]configs.Rlimit, 0, len(ctr))
-	for _, rl := range ctr {
-		for _, l := range ctrLate {
-			if l.Type == rl.Type {
-				rl = l
-			}
-		}
-		out = append(out, rl)
-	}
-	return out
-}
-
-// buildExecRequest fills in the helper's request from the container and the process.
-func (c *container) buildExecRequest(cfg *configs.Config, lp *libcontainer.Process, rows, cols uint16) (*execRequest, error) {
-	return buildExecRequest(c.id, cfg, lp, c.lateRlimits, c.seccompProgram, rows, cols)
-}
-
-// seccompCompiler returns the BPF program of a seccomp profile and its seccomp(2) flags.
-type seccompCompiler func(*configs.Seccomp) ([]byte, uint32, error)
-
-// buildExecRequest fills in the helper's request for a process lp of the container id
-// (configuration cfg, late rlimits ctrLate); seccomp compiles its profile.
-func buildExecRequest(id string, cfg *configs.Config, lp *libcontainer.Process, ctrLate []configs.Rlimit, seccomp seccompCompiler, rows, cols uint16) (*execRequest, error) {
-	env, needHome, err := prepareExecEnv(lp.Env)
-	if err != nil {
-		return nil, withKind(agentproto.KindInvalid, err)
-	}
-	capCfg := cfg.Capabilities
-	if lp.Capabilities != nil {
-		capCfg = lp.Capabilities
-	}
-	caps, last, err := capsFor(capCfg)
+// buildExecRequest fills in the helper's request for an exec of lp in c, its guest's
+// fields but the descriptors.
+func (c *container) buildExecRequest(cfg *configs.Config, lp *convert.Process, rows, cols uint16) (*convert.ExecRequest, error) {
+	req, err := convert.BuildExecRequest(c.id, cfg, lp, c.lateRlimits, c.seccompProgram, rows, cols)
 	if err != nil {
 		return nil, err
 	}
-	nnp := cfg.NoNewPrivileges
-	if lp.NoNewPrivileges != nil {
-		nnp = *lp.NoNewPrivileges
+	if req.LastCap, err = guestLastCap(); err != nil {
+		return nil, err
 	}
-	r := &execRequest{
-		uid: uint32(lp.UID), gid: uint32(lp.GID), caps: caps, lastCap: last, noNewPrivs: nnp,
-		rlimits: execRlimits(lp.Rlimits, cfg.Rlimits, ctrLate),
-		umask:   cfg.Umask, cwd: lp.Cwd, args: lp.Args, env: env, lookupHome: needHome,
-		consoleFD: -1, rows: rows, cols: cols, oomScoreAdj: cfg.OomScoreAdj,
+	return req, nil
+}
+
+// guestLastCap is the request's LastCap: the guest kernel's last capability.
+func guestLastCap() (uint32, error) {
+	last, err := lastCap()
+	if err != nil {
+		return 0, fmt.Errorf("capabilities: %w", err)
 	}
-	for _, g := range lp.AdditionalGroups {
-		r.groups = append(r.groups, uint32(g))
-	}
-	if !cfg.NoNewKeyring {
-		r.keyring = "_ses." + id
-	}
-	if cfg.Seccomp != nil {
-		if r.seccomp, r.seccompFlags, err = seccomp(cfg.Seccomp); err != nil {
-			return nil, fmt.Errorf("container %q: %w", id, err)
-		}
-	}
-	return r, nil
+	return uint32(last), nil
 }
 
 // execHelperWait bounds the helper's start: the pid, then the program's exec.
@@ -263,14 +180,14 @@ type nsFile struct {
 // process (a child of the agent: the helper forks it with CLONE_PARENT), its program
 // looked up at hint first (ExecProcess.ProgramHint): through the container's exec server (execserver_linux.go), started at its first exec, or else the
 // one-shot helper. The caller holds the reaper's start bracket.
-func (a *Agent) fastExec(c *container, lp *libcontainer.Process, hint string, tr *stepTrace) (*os.Process, error) {
+func (a *Agent) fastExec(c *container, lp *libcontainer.Process, cp *convert.Process, hint string, tr *stepTrace) (*os.Process, error) {
 	cfg := c.lc.Config()
-	req, err := c.buildExecRequest(&cfg, lp, lp.ConsoleHeight, lp.ConsoleWidth)
+	req, err := c.buildExecRequest(&cfg, cp, lp.ConsoleHeight, lp.ConsoleWidth)
 	if err != nil {
 		return nil, err
 	}
-	req.programHint = hint
-	req.traceSteps = tr != nil
+	req.ProgramHint = hint
+	req.TraceSteps = tr != nil
 	tr.mark("helper request built")
 	if c.init.exited() {
 		return nil, errorf(agentproto.KindState, "cannot exec in container %q: it is stopped", c.id)
@@ -377,11 +294,11 @@ func (c *container) stopExecServer() {
 // runExecHelper starts the helper in the first cgroup of dirs that takes it, with the
 // process's stdio (nil: /dev/null), the namespaces and the console socket (nil: no
 // terminal), sends it req and waits until the process exec'd its program: it returns the
-// process, or the helper's report of the step that failed. In create mode (req.create)
+// process, or the helper's report of the step that failed. In create mode (req.Create)
 // start is the read end of the start pipe; it waits until the container's init is ready
 // instead and also returns the report pipe, which tells when the init exec'd
 // (awaitExec).
-func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
+func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
 	helper, repR, err := spawnHelper(helperPath, req, stdio, namespaces, console, start, dirs, tr)
 	if err != nil {
 		return nil, nil, err
@@ -413,25 +330,25 @@ func runExecHelper(helperPath string, req *execRequest, stdio [3]*os.File, names
 // awaitForked is the tail of a process that the one-shot helper or an exec server (via)
 // forked for req, from the first report on its pipe (the process's pid, or what failed
 // before the fork): the process once it exec'd its program, or, for a create
-// (req.create), once it is ready to be started, when the report pipe stays open for the
+// (req.Create), once it is ready to be started, when the report pipe stays open for the
 // start (keepReport). A process whose exec or create failed is killed and reaped.
-func awaitForked(via string, first helperReport, repR *os.File, req *execRequest, tr *stepTrace) (proc *os.Process, keepReport bool, err error) {
+func awaitForked(via string, first helperReport, repR *os.File, req *convert.ExecRequest, tr *stepTrace) (proc *os.Process, keepReport bool, err error) {
 	if first.kind != reportPid {
-		return nil, false, helperError(first, req.args[0])
+		return nil, false, helperError(first, req.Args[0])
 	}
 	if proc, err = os.FindProcess(int(first.value)); err != nil {
 		return nil, false, fmt.Errorf("%s: process %d: %w", via, first.value, err)
 	}
 	tr.mark(via + " forked the process")
-	if req.create != nil {
+	if req.Create != nil {
 		next, err := readReportTraced(repR, tr)
 		if err == nil && next.kind == reportReady {
 			_ = repR.SetReadDeadline(time.Time{})
 			return proc, true, nil
 		}
-		return nil, false, killUnexpected(proc, next, err, req.args[0])
+		return nil, false, killUnexpected(proc, next, err, req.Args[0])
 	}
-	if err := awaitExecTraced(repR, req.args[0], tr); err != nil {
+	if err := awaitExecTraced(repR, req.Args[0], tr); err != nil {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
 		return nil, false, err
@@ -459,10 +376,10 @@ func stdioOrNull(stdio [3]*os.File) (out [3]*os.File, closers []*os.File, err er
 // process's) beyond stdio, the request (3) and the report (4).
 const execFirstExtraFD = 5
 
-// spawnHelper starts the helper (runExecHelper's arguments; an exec server, req.serve, in
+// spawnHelper starts the helper (runExecHelper's arguments; an exec server, req.Serve, in
 // the agent's cgroup) and sends it req; it returns the helper and the read end of its
 // report pipe.
-func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
+func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
 	std, closers, err := stdioOrNull(stdio)
 	defer func() {
 		for _, f := range closers {
@@ -489,31 +406,31 @@ func spawnHelper(helperPath string, req *execRequest, stdio [3]*os.File, namespa
 		}
 	}()
 	files = append(files, reqR, repW) // fds 3 and 4, as the helper expects
-	req.namespaces = req.namespaces[:0]
+	req.Namespaces = req.Namespaces[:0]
 	for _, ns := range namespaces {
-		req.namespaces = append(req.namespaces, execNamespace{nstype: ns.nstype, fd: len(files)})
+		req.Namespaces = append(req.Namespaces, convert.ExecNamespace{NSType: ns.nstype, FD: len(files)})
 		files = append(files, ns.f)
 	}
-	req.consoleFD = -1
+	req.ConsoleFD = -1
 	if console != nil {
-		req.consoleFD = len(files)
+		req.ConsoleFD = len(files)
 		files = append(files, console)
 	}
-	if req.create != nil {
-		req.create.startFD = len(files)
+	if req.Create != nil {
+		req.Create.StartFD = len(files)
 		files = append(files, start)
 	}
-	if req.serve != nil {
-		req.serveFD = len(files)
-		files = append(files, req.serve)
+	if req.Serve != nil {
+		req.ServeFD = len(files)
+		files = append(files, req.Serve)
 	}
-	data, err := req.encode()
+	data, err := req.Encode()
 	if err != nil {
 		return nil, nil, err
 	}
 
 	var helper *os.Process
-	if req.serve != nil {
+	if req.Serve != nil {
 		helper, err = os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{Env: []string{}, Files: files})
 	} else {
 		helper, err = startInCgroup(helperPath, files, dirs)

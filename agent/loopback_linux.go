@@ -7,7 +7,7 @@ import (
 )
 
 // loopbackUp brings up the VM's loopback interface. Every container of the pod runs in the
-// VM's network namespace (see adjustSpec), and a container finds lo up there with runc:
+// VM's network namespace (see convert.AdjustSpec), and a container finds lo up there with runc:
 // docker, podman and CNI bring it up in the network namespace they make for the pod. A
 // kernel starts with lo down, so without this 127.0.0.1 is unreachable in the pod.
 //

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runv-project/runv/api/convert"
 )
 
 func TestTakeNetSysctls(t *testing.T) {
@@ -15,14 +17,14 @@ func TestTakeNetSysctls(t *testing.T) {
 		"net/ipv4/ping_group_range":           "0 2147483647",
 		"kernel.msgmax":                       "8192",
 	}}}
-	got := takeNetSysctls(spec)
+	got := convert.TakeNetSysctls(spec)
 	if len(got) != 2 || got["net.ipv4.ip_unprivileged_port_start"] != "0" || got["net/ipv4/ping_group_range"] != "0 2147483647" {
 		t.Errorf("taken: %v", got)
 	}
 	if len(spec.Linux.Sysctl) != 1 || spec.Linux.Sysctl["kernel.msgmax"] != "8192" {
 		t.Errorf("left in the spec: %v", spec.Linux.Sysctl)
 	}
-	if takeNetSysctls(&specs.Spec{}) != nil || takeNetSysctls(nil) != nil {
+	if convert.TakeNetSysctls(&specs.Spec{}) != nil || convert.TakeNetSysctls(nil) != nil {
 		t.Error("a spec without sysctls gives none")
 	}
 }

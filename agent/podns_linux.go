@@ -10,6 +10,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/api/convert"
 	"github.com/runv-project/runv/api/ocispec"
 )
 
@@ -18,7 +19,7 @@ const podNamespaceDir = "/run/runv/ns"
 
 // pinPodNamespaces makes the namespaces of the pod's first container (the sandbox), whose
 // init is pid, the pod's for as long as the VM lives: it bind-mounts their nsfs files under
-// dir (podShared types), so that they outlive the sandbox, as Kata keeps its sandbox's. A
+// dir (convert.PodShared types), so that they outlive the sandbox, as Kata keeps its sandbox's. A
 // container that joins the pod after the sandbox exited still finds the pod's hostname and
 // IPC objects. The sandbox made them (libcontainer, with its user namespace if it has one,
 // and its hostname), exactly as it would without a pod.
@@ -26,9 +27,9 @@ func pinPodNamespaces(pid int, dir string) (map[specs.LinuxNamespaceType]string,
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pin the pod's namespaces: %w", err)
 	}
-	paths := make(map[specs.LinuxNamespaceType]string, len(podShared))
+	paths := make(map[specs.LinuxNamespaceType]string, len(convert.PodShared))
 	var errs []error
-	for _, t := range podShared {
+	for _, t := range convert.PodShared {
 		name := ocispec.Namespaces[t].ProcName
 		src := "/proc/" + strconv.Itoa(pid) + "/ns/" + name
 		p := filepath.Join(dir, name)

@@ -12,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // procHandle is what the agent does with a started process: libcontainer's Process, or
@@ -92,8 +93,14 @@ func (p *process) exited() bool {
 // for none; ExecProcess.ProgramHint). On success the process's streams are open but
 // nothing is copied yet: the caller ACKs, then calls runProcess.
 func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st agentproto.Stdio, rows, cols uint16, init bool, hint string, tr *stepTrace) (*process, error) {
-	lp, err := newProcess(spec, init)
-	if err != nil {
+	var (
+		lp  *libcontainer.Process
+		cp  *convert.Process // the conversion's terms, for an exec
+		err error
+	)
+	if init && c.unconverted != nil {
+		lp = convertedInitProcess(spec)
+	} else if lp, cp, err = newProcess(spec, init); err != nil {
 		return nil, err
 	}
 	if rows != 0 && cols != 0 {
@@ -101,7 +108,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	}
 	fast := false
 	if !init {
-		if fast, err = a.useExecHelper(c, lp); err != nil {
+		if fast, err = a.useExecHelper(c, cp); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +120,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	if fast || engineInit {
 		late = nil
 	} else if len(lp.Rlimits) > 0 {
-		lp.Rlimits, late = splitLateRlimits(lp.Rlimits)
+		lp.Rlimits, late = convert.SplitLateRlimits(lp.Rlimits)
 	}
 	log := c.log.with("proc", id)
 	pio, err := newProcIO(a.streams(), st, spec.Terminal, lp, log)
@@ -128,7 +135,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	switch {
 	case fast:
 		var proc *os.Process
-		if proc, err = a.fastExec(c, lp, hint, tr); err == nil {
+		if proc, err = a.fastExec(c, lp, cp, hint, tr); err == nil {
 			handle, pid = proc, proc.Pid
 		}
 	case init:

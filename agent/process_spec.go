@@ -1,102 +1,40 @@
 package agent
 
 import (
-	"fmt"
 	"strconv"
 
 	"github.com/opencontainers/runc/libcontainer"
-	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
-	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
-var rlimits = map[string]int{
-	"RLIMIT_CPU": unix.RLIMIT_CPU, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_DATA": unix.RLIMIT_DATA,
-	"RLIMIT_STACK": unix.RLIMIT_STACK, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_RSS": unix.RLIMIT_RSS,
-	"RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK,
-	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
-	"RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE, "RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO,
-	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
-}
-
-// newProcess converts an OCI process into a libcontainer one, as runc does for create and
-// exec (runc's newProcess is in its main package, so it is repeated here). Stdio is wired
-// separately.
-func newProcess(p *specs.Process, init bool) (*libcontainer.Process, error) {
-	if p == nil || len(p.Args) == 0 {
-		return nil, errorf(agentproto.KindInvalid, "process has no args")
+// newProcess converts an OCI process into a libcontainer one, from convert.NewProcess's
+// (returned too: what the conversion's code reads). Stdio is wired separately.
+func newProcess(p *specs.Process, init bool) (*libcontainer.Process, *convert.Process, error) {
+	cp, err := convert.NewProcess(p, init)
+	if err != nil {
+		return nil, nil, err
 	}
-	cwd := p.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	noNewPrivs := p.NoNewPrivileges
-	lp := &libcontainer.Process{
-		Args:            p.Args,
-		Env:             p.Env,
-		UID:             int(p.User.UID),
-		GID:             int(p.User.GID),
-		Cwd:             cwd,
-		Label:           p.SelinuxLabel,
-		NoNewPrivileges: &noNewPrivs,
-		AppArmorProfile: p.ApparmorProfile,
-		Scheduler:       p.Scheduler,
-		IOPriority:      p.IOPriority,
-		Init:            init,
+	return &libcontainer.Process{
+		Args: cp.Args, Env: cp.Env, UID: cp.UID, GID: cp.GID, AdditionalGroups: cp.AdditionalGroups,
+		Cwd: cp.Cwd, ConsoleWidth: cp.ConsoleWidth, ConsoleHeight: cp.ConsoleHeight,
+		Capabilities: cp.Capabilities, AppArmorProfile: cp.AppArmorProfile, Label: cp.Label,
+		NoNewPrivileges: cp.NoNewPrivileges, Rlimits: cp.Rlimits, Init: cp.Init,
+		Scheduler: cp.Scheduler, IOPriority: cp.IOPriority, CPUAffinity: cp.CPUAffinity,
 		// runc init reads its log level from here (a number, never a name).
 		LogLevel: strconv.Itoa(int(logrus.GetLevel())),
-	}
-	if p.ConsoleSize != nil {
-		lp.ConsoleWidth = uint16(p.ConsoleSize.Width)
-		lp.ConsoleHeight = uint16(p.ConsoleSize.Height)
-	}
-	if c := p.Capabilities; c != nil {
-		lp.Capabilities = &configs.Capabilities{
-			Bounding: c.Bounding, Effective: c.Effective, Inheritable: c.Inheritable,
-			Permitted: c.Permitted, Ambient: c.Ambient,
-		}
-	}
-	for _, g := range p.User.AdditionalGids {
-		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
-	}
-	for _, rl := range p.Rlimits {
-		t, ok := rlimits[rl.Type]
-		if !ok {
-			return nil, errorf(agentproto.KindInvalid, "unknown rlimit %q", rl.Type)
-		}
-		lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: t, Hard: rl.Hard, Soft: rl.Soft})
-	}
-	aff, err := configs.ConvertCPUAffinity(p.ExecCPUAffinity)
-	if err != nil {
-		return nil, withKind(agentproto.KindInvalid, fmt.Errorf("execCPUAffinity: %w", err))
-	}
-	lp.CPUAffinity = aff
-	return lp, nil
+	}, cp, nil
 }
 
-// lateRlimitTypes are the rlimits the agent sets itself, on the process, once it has exec'd
-// the container's program, instead of letting libcontainer set them on its init before.
-// libcontainer's init is the agent binary, a Go program whose runtime reserves well over a
-// gigabyte of address space (PROT_NONE) before it does anything: an RLIMIT_AS below that
-// (1 GiB is common) fails the init's own next allocation, e.g. "error adding seccomp filter
-// rule for syscall getegid32: cannot allocate memory". The exec'd program starts with a
-// fresh address space, which the limit then bounds.
-var lateRlimitTypes = map[int]bool{unix.RLIMIT_AS: true}
-
-// splitLateRlimits returns the rlimits for libcontainer, in which each late one is
-// replaced by an unlimited one (what the agent has: the list keeps its shape, so
-// libcontainer's choice between a process's rlimits and the container's stays the same),
-// and the late ones.
-func splitLateRlimits(rls []configs.Rlimit) (forLibcontainer, late []configs.Rlimit) {
-	for _, rl := range rls {
-		if lateRlimitTypes[rl.Type] {
-			late = append(late, rl)
-			rl.Soft, rl.Hard = unix.RLIM_INFINITY, unix.RLIM_INFINITY
-		}
-		forLibcontainer = append(forLibcontainer, rl)
+// convertedInitProcess is the init of a container made from the host's conversion
+// (convert.ForGuest, which converted and checked the process): the create engine takes
+// everything else from the conversion's request.
+func convertedInitProcess(p *specs.Process) *libcontainer.Process {
+	lp := &libcontainer.Process{Args: p.Args, Init: true}
+	if p.ConsoleSize != nil {
+		lp.ConsoleWidth, lp.ConsoleHeight = uint16(p.ConsoleSize.Width), uint16(p.ConsoleSize.Height)
 	}
-	return forLibcontainer, late
+	return lp
 }

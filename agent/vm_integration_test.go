@@ -12,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // TestVMUnameContainer is the end-to-end proof: boot, handshake, STARTPOD, NEWCONTAINER +
@@ -518,5 +519,83 @@ func TestVMCreateAndStart(t *testing.T) {
 		t.Errorf("STARTCONTAINER of a container started with its creation: %v, want a state error", err)
 	}
 	v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "c1"}, nil)
+	destroy(t, v)
+}
+
+// TestVMConvertedContainer: a container made from the host's conversion of its spec
+// (convert.ForGuest, what the pod daemon sends for runc's example spec) is the container
+// the agent makes when it converts the spec itself, as its process sees it; and the
+// conversion the agent then owes it (exec, stats, update, kill) works.
+func TestVMConvertedContainer(t *testing.T) {
+	v := bootVM(t, vmOptions{})
+	const script = `grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; hostname; id; umask; ulimit -n
+stat -c '%n %A %t:%T' /dev/*; cut -d' ' -f5,6,9 /proc/self/mountinfo; cat /proc/self/cgroup; head -c1 /dev/zero | wc -c`
+	outputs := map[string]string{}
+	v.event(agentproto.MsgReady)
+	// No DNS: the host converts for a pod without resolv.conf (runv run's).
+	v.mustCall(agentproto.MsgStartPod, agentproto.Pod{ID: "pod1", Hostname: "pod1", TimeUnixNano: time.Now().UnixNano()}, nil)
+	for _, tc := range []struct {
+		id        string
+		converted bool
+	}{{"own", false}, {"host", true}} {
+		rootfs, spec := v.busyboxContainer(tc.id, "sh", "-c", script)
+		spec.Hostname = "c"
+		m := agentproto.Container{ID: tc.id, Rootfs: rootfs, Spec: spec, Start: true}
+		if tc.converted {
+			var why string
+			if m.Converted, why = convert.ForGuest(tc.id, rootfs, spec, false); m.Converted == nil {
+				t.Fatalf("runc's example spec is not converted on the host: %s", why)
+			}
+		}
+		hp := v.streams(false, true)
+		m.IO = hp.io
+		if err := v.call(agentproto.MsgNewContainer, m, nil); err != nil {
+			t.Fatalf("NEWCONTAINER %s: %v", tc.id, err)
+		}
+		// The one difference meant: the cgroup is named after the container.
+		outputs[tc.id] = strings.ReplaceAll(v.output(hp.stdout), "/runv/"+tc.id, "/runv/ID")
+		v.waitConsole("ctr="+tc.id+": created", 1)
+		if _, fromHost := v.consoleHas("from the host's conversion"); fromHost != tc.converted {
+			t.Errorf("container %s made from the host's conversion: %v, want %v", tc.id, fromHost, tc.converted)
+		}
+		if exit := v.exitOf(tc.id, agentproto.InitProcessID); exit.ExitCode != 0 {
+			t.Fatalf("container %s: exit %+v, output %q", tc.id, exit, outputs[tc.id])
+		}
+		v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: tc.id}, nil)
+	}
+	if outputs["host"] != outputs["own"] {
+		t.Errorf("the container made from the host's conversion sees\n%s\nthe agent's own\n%s", outputs["host"], outputs["own"])
+	}
+	if !strings.Contains(outputs["own"], "/dev/zero crw-rw-rw- 1:5") || !strings.Contains(outputs["own"], "CapBnd") {
+		t.Errorf("the containers' view lacks its devices or capabilities:\n%s", outputs["own"])
+	}
+
+	rootfs, spec := v.busyboxContainer("sleeper", "sleep", "1000")
+	cv, _ := convert.ForGuest("sleeper", rootfs, spec, false)
+	hp := v.streams(false, true)
+	v.mustCall(agentproto.MsgNewContainer, agentproto.Container{ID: "sleeper", Rootfs: rootfs, Spec: spec, IO: hp.io, Start: true, Converted: cv}, nil)
+	ep, err := v.exec("sleeper", "e1", execProcess(spec, "sh", "-c", "grep ^CapBnd /proc/self/status; echo exec-ok"), 0, 0)
+	if err != nil {
+		t.Fatalf("exec in a container made from the host's conversion: %v", err)
+	}
+	if out := v.output(ep.stdout); !strings.Contains(out, "exec-ok") || !strings.Contains(out, "CapBnd") {
+		t.Errorf("exec output %q", out)
+	}
+	if exit := v.exitOf("sleeper", "e1"); exit.ExitCode != 0 {
+		t.Errorf("exec exit %+v", exit)
+	}
+	limit := int64(64 << 20)
+	v.mustCall(agentproto.MsgUpdateContainer, agentproto.UpdateContainer{Container: "sleeper",
+		Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}}, nil)
+	var st agentproto.Stats
+	v.mustCall(agentproto.MsgStats, agentproto.ContainerRef{Container: "sleeper"}, &st)
+	if st.MemoryLimitBytes != uint64(limit) || st.Pids == 0 {
+		t.Errorf("stats after an update: %+v", st)
+	}
+	v.mustCall(agentproto.MsgSignalProcess, agentproto.SignalProcess{Container: "sleeper", Process: agentproto.InitProcessID, Signal: int(syscall.SIGKILL)}, nil)
+	if exit := v.exitOf("sleeper", agentproto.InitProcessID); exit.Signal != int(syscall.SIGKILL) {
+		t.Errorf("sleep after SIGKILL: %+v", exit)
+	}
+	v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
 	destroy(t, v)
 }

@@ -336,7 +336,7 @@ func privileged(s *specs.Spec) {
 // traceSegments are the steps of docs/performance.md's breakdown: each ends at the first
 // trace mark containing its marker (after the previous step's mark).
 var traceSegments = map[string][][2]string{
-	// The create engine (createengine.go): the agent's marks, then the init's own.
+	// The create engine (createengine_linux.go): the agent's marks, then the init's own.
 	"NEWCONTAINER": {
 		{"decode, spec adjustments, sysctls, specconv, stdio streams", "stdio set up"},
 		{"cgroup Apply (mkdir, subtree_control)", "engine: cgroup made"},

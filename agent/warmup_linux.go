@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 )
 
 // WarmupArg is the argument with which the throwaway container of WARMUP runs this binary:
@@ -142,7 +143,7 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 		return nil, err
 	}
 	tr.mark("spec decoded")
-	gs, err := adjustSpec(spec, guestSpec{ContainerID: warmupID, ShareDir: dir, Rootfs: "rootfs"})
+	gs, err := convert.AdjustSpec(spec, convert.GuestSpec{ContainerID: warmupID, ShareDir: dir, Rootfs: "rootfs"})
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +163,7 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 		}
 		tr.mark("container destroyed")
 	}()
-	lp, err := newProcess(gs.Process, true)
+	lp, _, err := newProcess(gs.Process, true)
 	if err != nil {
 		return nil, err
 	}
@@ -318,12 +319,12 @@ func (a *Agent) warmupExec(cfg *configs.Config, pid int, tr *stepTrace) error {
 	if a.execHelper == "" {
 		return nil
 	}
-	caps, last, err := capsFor(cfg.Capabilities)
+	last, err := guestLastCap()
 	if err != nil {
 		return err
 	}
-	req := &execRequest{caps: caps, lastCap: last, noNewPrivs: cfg.NoNewPrivileges, cwd: "/",
-		args: []string{"/init", WarmupArg}, env: []string{"PATH=/"}, keyring: "_ses." + warmupID}
+	req := &convert.ExecRequest{Caps: convert.CapSetsOf(cfg.Capabilities), LastCap: last, NoNewPrivs: cfg.NoNewPrivileges, Cwd: "/",
+		Args: []string{"/init", WarmupArg}, Env: []string{"PATH=/"}, Keyring: "_ses." + warmupID}
 	var namespaces []nsFile
 	defer func() {
 		for _, ns := range namespaces {

@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runv-project/runv/api/agentproto"
+	"github.com/runv-project/runv/api/convert"
 	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/internal/state"
@@ -158,7 +159,7 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 	if err != nil {
 		return 0, false, err
 	}
-	// The agent decides the container's namespaces in the guest (agent/spec.go,
+	// The agent decides the container's namespaces in the guest (api/convert/spec.go,
 	// guestNamespaces); the host's paths mean nothing there.
 	var sharePID bool
 	if guestSpec.Linux != nil {
@@ -167,12 +168,19 @@ func (s *Supervisor) create(ctx context.Context, c *container, req CreateRequest
 		guestSpec.Linux = &linux
 	}
 	terminal := req.Spec.Process.Terminal
+	rootfs, member := req.ID+"/rootfs", req.Sandbox != ""
+	// The create path's conversion, done here for a spec that needs nothing of the guest's:
+	// a cold guest's first container then does not translate it (api/convert).
+	converted, why := convert.ForGuest(req.ID, rootfs, guestSpec, member)
+	if converted == nil {
+		logging.G(ctx).Debug("the guest converts the spec", "container", req.ID, "why", why)
+	}
 	start := time.Now()
 	p, started, err := s.startProcess(ctx, c, agentproto.InitProcessID, req.Spec.Process.Args, files, terminal, func(io agentproto.Stdio) (agentproto.MsgType, any) {
 		return agentproto.MsgNewContainer, agentproto.Container{
-			ID: req.ID, Rootfs: req.ID + "/rootfs", Spec: guestSpec, IO: io,
-			ConsoleRows: req.Rows, ConsoleCols: req.Cols, Member: req.Sandbox != "", SharePID: sharePID,
-			Start: req.Start,
+			ID: req.ID, Rootfs: rootfs, Spec: guestSpec, IO: io,
+			ConsoleRows: req.Rows, ConsoleCols: req.Cols, Member: member, SharePID: sharePID,
+			Start: req.Start, Converted: converted,
 		}
 	})
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 // docs/performance.md, "`runv exec`, stop 13".
 
 // agentMounts are the destinations the agent may mount in a container beyond its spec's
-// (agent/spec.go: /dev tmpfs and device binds, sysfs, resolv.conf).
+// (api/convert/spec.go: /dev tmpfs and device binds, sysfs, resolv.conf).
 var agentMounts = []string{"/dev", "/sys", "/etc/resolv.conf"}
 
 // programHint is where the exec helper's search of p's PATH for its program ends, in the

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	devices "github.com/opencontainers/cgroups/devices/config"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -70,6 +71,44 @@ type Container struct {
 	// between the two, saves a round trip. An agent that does not know it answers without
 	// Started, and the host sends STARTCONTAINER.
 	Start bool `json:"start,omitempty"`
+	// Converted is the host's conversion of Spec for the create engine (api/convert,
+	// the code the agent would run: a cold guest's first container translates less), nil
+	// when the spec has something only the guest can convert (ForGuest says what). An agent
+	// that does not know it, or whose guest differs from what the host assumed, converts
+	// Spec itself.
+	Converted *Converted `json:"converted,omitempty"`
+}
+
+// Converted is a container's spec converted by the host: the exec helper's create request
+// but for the guest's fields (descriptors, the cgroup directory, the kernel's last
+// capability), and the cgroup the agent makes: a cgroup with device rules only (no limits,
+// what runc's example spec has). It assumes a container that is not a pod
+// member, a pod without resolv.conf (STARTPOD without DNS) and the create engine.
+type Converted struct {
+	// Fields are the request's fields that the spec decides, encoded as the helper reads
+	// them (convert.ExecRequest.EncodeSpecFields).
+	Fields []byte `json:"fields"`
+	// Caps are the capability sets (bounding, effective, inheritable, permitted, ambient)
+	// over every capability the host knows; empty: the capabilities stay as they are.
+	Caps []uint64 `json:"caps,omitempty"`
+	// The container's tagCreate values, but its start descriptor.
+	CloneFlags      uint32 `json:"cloneFlags"`
+	RootPropagation uint32 `json:"rootPropagation,omitempty"`
+	ReadonlyRoot    bool   `json:"readonlyRoot,omitempty"`
+	SetupDev        bool   `json:"setupDev,omitempty"`
+	// CgroupNS: the container has a cgroup namespace of its own (the helper is told its
+	// cgroup directory).
+	CgroupNS bool `json:"cgroupNs,omitempty"`
+	// CgroupPath (absolute and clean, not "/") and DeviceRules are the container's
+	// cgroup configuration as
+	// libcontainer's specconv makes it (convert.CgroupOf), which has nothing else. Not
+	// cgroups.Cgroup itself: it embeds its resources, which the agent's decoder leaves to
+	// encoding/json, ~600 translated blocks of a cold guest.
+	CgroupPath  string          `json:"cgroupPath"`
+	DeviceRules []*devices.Rule `json:"deviceRules"`
+	// DeviceProgram is the device filter DeviceRules compile to (convert.DeviceProgram: the
+	// eBPF program's instructions), which the agent loads and attaches.
+	DeviceProgram []byte `json:"deviceProgram"`
 }
 
 // ExecProcess is MsgExecCmd's payload: run an additional process in a running container.

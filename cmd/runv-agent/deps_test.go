@@ -14,6 +14,7 @@ var guestPackages = map[string]bool{
 	"agent":          true,
 	"api/agentproto": true,
 	"api/ocispec":    true,
+	"api/convert":    true,
 }
 
 func TestAgentLinksNoHostPackage(t *testing.T) {

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"encoding/binary"
@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/opencontainers/cgroups/devices/config"
-	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 
@@ -34,132 +33,148 @@ const (
 	tagROPath   = 27 // string
 	tagMaskPath = 28 // string
 	tagCgroup   = 29 // string
-	tagTrace    = 30 // no data: the init reports its steps (reportTrace)
+	TagTrace    = 30 // no data: the init reports its steps (reportTrace)
 )
 
 // maxMountPropagation is the helper's limit of propagation flags per mount.
 const maxMountPropagation = 8
 
-// createRequest is what the helper needs, beyond the process, to make the container.
-type createRequest struct {
-	cloneFlags      uint32
-	rootPropagation uint32
-	startFD         int
-	readonlyRoot    bool
-	setupDev        bool
-	rootfs          string
-	mounts          []*configs.Mount
-	devices         []*config.Device
-	hostname        string
-	domainname      string
-	sysctls         map[string]string
-	readonlyPaths   []string
-	maskPaths       []string
-	cgroupDir       string
+// CreateRequest is what the helper needs, beyond the process, to make the container: the
+// spec's fields (ExecRequest.EncodeSpecFields encodes them) and the guest's.
+type CreateRequest struct {
+	// The spec's fields. CloneFlags .. SetupDev go in tagCreate with the guest's StartFD.
+	CloneFlags      uint32
+	RootPropagation uint32
+	ReadonlyRoot    bool
+	SetupDev        bool
+	Rootfs          string
+	Mounts          []*configs.Mount
+	Devices         []*config.Device
+	Hostname        string
+	Domainname      string
+	Sysctls         map[string]string
+	ReadonlyPaths   []string
+	MaskPaths       []string
+	// CgroupNS: the container has a cgroup namespace of its own, and the helper is told
+	// its cgroup (CgroupDir).
+	CgroupNS bool
+
+	// The guest's fields: the start pipe's descriptor, the container's cgroup directory.
+	StartFD   int
+	CgroupDir string
 }
 
-// newCreateRequest takes the container's part of the request from its libcontainer
-// configuration, which createFallback accepted; cgroupDir is the container's cgroup.
-func newCreateRequest(cfg *configs.Config, cgroupDir string) *createRequest {
-	cr := &createRequest{
-		rootPropagation: uint32(cfg.RootPropagation), readonlyRoot: cfg.Readonlyfs,
-		rootfs: cfg.Rootfs, mounts: cfg.Mounts, devices: cfg.Devices, setupDev: true,
-		hostname: cfg.Hostname, domainname: cfg.Domainname, sysctls: cfg.Sysctl,
-		readonlyPaths: cfg.ReadonlyPaths, maskPaths: cfg.MaskPaths,
+// NewCreateRequest takes the container's part of the request from its libcontainer
+// configuration, which CreateFallback accepted.
+func NewCreateRequest(cfg *configs.Config) *CreateRequest {
+	cr := &CreateRequest{
+		RootPropagation: uint32(cfg.RootPropagation), ReadonlyRoot: cfg.Readonlyfs,
+		Rootfs: cfg.Rootfs, Mounts: cfg.Mounts, Devices: cfg.Devices, SetupDev: true,
+		Hostname: cfg.Hostname, Domainname: cfg.Domainname, Sysctls: cfg.Sysctl,
+		ReadonlyPaths: cfg.ReadonlyPaths, MaskPaths: cfg.MaskPaths,
+		CgroupNS: cfg.Namespaces.Contains(configs.NEWCGROUP),
 	}
 	for _, ns := range cfg.Namespaces {
 		if ns.Path == "" {
-			cr.cloneFlags |= uint32(ns.Syscall())
+			cr.CloneFlags |= uint32(ns.Syscall())
 		}
-	}
-	if cfg.Namespaces.Contains(configs.NEWCGROUP) {
-		cr.cgroupDir = cgroupDir
 	}
 	for _, m := range cfg.Mounts {
 		// libcontainer's needsSetupDev: a bind on /dev brings its own.
 		if m.Device == "bind" && filepath.Clean(m.Destination) == "/dev" {
-			cr.setupDev = false
+			cr.SetupDev = false
 		}
 	}
 	return cr
 }
 
-// encode appends the create fields; field is execRequest.encode's writer.
-func (cr *createRequest) encode(field func(uint16, []byte)) error {
-	u32 := binary.LittleEndian.AppendUint32
-	strs := func(ss ...string) ([]byte, error) {
-		var b []byte
-		for _, s := range ss {
-			if strings.IndexByte(s, 0) >= 0 {
-				return nil, errorf(agentproto.KindInvalid, "%q contains a NUL byte", s)
-			}
-			b = append(append(b, s...), 0)
+// nulStrings joins strings, each NUL-terminated; a string with a NUL in it is refused.
+func nulStrings(ss ...string) ([]byte, error) {
+	var b []byte
+	for _, s := range ss {
+		if strings.IndexByte(s, 0) >= 0 {
+			return nil, Errorf(agentproto.KindInvalid, "%q contains a NUL byte", s)
 		}
-		return b, nil
+		b = append(append(b, s...), 0)
 	}
-	b := u32(u32(u32(nil, cr.cloneFlags), cr.rootPropagation), uint32(cr.startFD))
-	field(tagCreate, append(b, boolByte(cr.readonlyRoot), boolByte(cr.setupDev)))
-	one := func(tag uint16, head []byte, ss ...string) error {
-		b, err := strs(ss...)
-		if err != nil {
-			return err
-		}
-		if tag != tagMount && tag != tagSysctl {
-			b = b[:len(b)-1] // a single string goes without its NUL
-		}
-		field(tag, append(head, b...))
-		return nil
-	}
-	if err := one(tagRootfs, nil, cr.rootfs); err != nil {
+	return b, nil
+}
+
+// stringField appends a field of head then strings: NUL-terminated for a mount and a
+// sysctl, a single string without its NUL for every other tag.
+func stringField(w *fieldWriter, tag uint16, head []byte, ss ...string) error {
+	b, err := nulStrings(ss...)
+	if err != nil {
 		return err
 	}
-	for _, m := range cr.mounts {
+	if tag != tagMount && tag != tagSysctl {
+		b = b[:len(b)-1]
+	}
+	w.field(tag, append(head, b...))
+	return nil
+}
+
+func (cr *CreateRequest) appendSpecFields(w *fieldWriter) error {
+	u32 := binary.LittleEndian.AppendUint32
+	if err := stringField(w, tagRootfs, nil, cr.Rootfs); err != nil {
+		return err
+	}
+	for _, m := range cr.Mounts {
 		h := u32(u32(u32(nil, uint32(m.Flags)), uint32(m.ClearedFlags)), uint32(len(m.PropagationFlags)))
 		for _, p := range m.PropagationFlags {
 			h = u32(h, uint32(p))
 		}
-		if err := one(tagMount, h, m.Source, m.Destination, m.Device, m.Data); err != nil {
+		if err := stringField(w, tagMount, h, m.Source, m.Destination, m.Device, m.Data); err != nil {
 			return err
 		}
 	}
-	for _, d := range cr.devices {
+	for _, d := range cr.Devices {
 		h := u32(u32(u32(nil, uint32(d.Type)), uint32(d.Major)), uint32(d.Minor))
 		h = u32(u32(u32(h, uint32(d.FileMode.Perm())), d.Uid), d.Gid)
-		if err := one(tagDevice, h, d.Path); err != nil {
+		if err := stringField(w, tagDevice, h, d.Path); err != nil {
 			return err
 		}
 	}
-	optional := []struct {
+	for _, o := range [...]struct {
 		tag uint16
 		s   string
-	}{{tagHostname, cr.hostname}, {tagDomain, cr.domainname}, {tagCgroup, cr.cgroupDir}}
-	for _, o := range optional {
+	}{{tagHostname, cr.Hostname}, {tagDomain, cr.Domainname}} {
 		if o.s == "" {
 			continue
 		}
-		if err := one(o.tag, nil, o.s); err != nil {
+		if err := stringField(w, o.tag, nil, o.s); err != nil {
 			return err
 		}
 	}
-	keys := make([]string, 0, len(cr.sysctls))
-	for k := range cr.sysctls {
+	keys := make([]string, 0, len(cr.Sysctls))
+	for k := range cr.Sysctls {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if err := one(tagSysctl, nil, k, cr.sysctls[k]); err != nil {
+		if err := stringField(w, tagSysctl, nil, k, cr.Sysctls[k]); err != nil {
 			return err
 		}
 	}
 	for _, l := range [...]struct {
 		tag  uint16
 		list []string
-	}{{tagROPath, cr.readonlyPaths}, {tagMaskPath, cr.maskPaths}} {
+	}{{tagROPath, cr.ReadonlyPaths}, {tagMaskPath, cr.MaskPaths}} {
 		for _, p := range l.list {
-			if err := one(l.tag, nil, p); err != nil {
+			if err := stringField(w, l.tag, nil, p); err != nil {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+func (cr *CreateRequest) appendGuestFields(w *fieldWriter) error {
+	put := binary.LittleEndian.AppendUint32
+	b := put(put(put(nil, cr.CloneFlags), cr.RootPropagation), uint32(cr.StartFD))
+	w.field(tagCreate, append(b, boolByte(cr.ReadonlyRoot), boolByte(cr.SetupDev)))
+	if cr.CgroupNS && cr.CgroupDir != "" {
+		return stringField(w, tagCgroup, nil, cr.CgroupDir)
 	}
 	return nil
 }
@@ -171,12 +186,12 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// createFallback is the one place that decides which engine creates a container: "" when
+// CreateFallback is the one place that decides which engine creates a container: "" when
 // the create engine makes it exactly as libcontainer would, else why not (the container is
 // then libcontainer's, for its whole life). Every exec of an engine's container goes
 // through the exec helper, so whatever rules the helper out rules the engine out too.
-func createFallback(cfg *configs.Config, lp *libcontainer.Process) string {
-	if reason := fastExecFallback(cfg, lp); reason != "" {
+func CreateFallback(cfg *configs.Config, lp *Process) string {
+	if reason := FastExecFallback(cfg, lp); reason != "" {
 		return reason
 	}
 	switch {

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"fmt"
@@ -13,16 +13,16 @@ import (
 	"github.com/runv-project/runv/api/ocispec"
 )
 
-// guestSpec is what the agent needs to know to turn the host's OCI spec into one that works
+// GuestSpec is what the agent needs to know to turn the host's OCI spec into one that works
 // inside the VM.
-type guestSpec struct {
+type GuestSpec struct {
 	// ContainerID names the container (and its cgroup).
 	ContainerID string
 	// ShareDir is where the pod share is mounted (agentproto.SharePath).
 	ShareDir string
 	// Rootfs is the container's root relative to ShareDir.
 	Rootfs string
-	// PodNamespaces are the guest paths of the pod's pinned namespaces (podShared), by
+	// PodNamespaces are the guest paths of the pod's pinned namespaces (PodShared), by
 	// type, for a pod member (agentproto.Container.Member) to join; nil for any other
 	// container.
 	PodNamespaces map[specs.LinuxNamespaceType]string
@@ -46,7 +46,7 @@ var defaultDevMount = specs.Mount{
 	Options:     []string{"nosuid", "strictatime", "mode=755", "size=65536k"},
 }
 
-// adjustSpec adjusts the host's spec for the guest, in place (it is the agent's own, decoded
+// AdjustSpec adjusts the host's spec for the guest, in place (it is the agent's own, decoded
 // from NEWCONTAINER: the spec is decoded once per hop), and returns it:
 //   - root.path points into the 9p share; relative bind sources are resolved in it;
 //   - /dev is always a tmpfs: 9p cannot hold device nodes (QEMU refuses mknod on the share);
@@ -65,18 +65,18 @@ var defaultDevMount = specs.Mount{
 //   - in a user namespace, sysfs is a read-only bind of the VM's /sys (see sysfsAsBind);
 //   - a seccomp profile that does not mention statx lets libcontainer's statx(STATX_MNT_ID)
 //     through (allowStatxMountID).
-func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
+func AdjustSpec(in *specs.Spec, g GuestSpec) (*specs.Spec, error) {
 	if in == nil {
-		return nil, errorf(agentproto.KindInvalid, "container %q: no OCI spec", g.ContainerID)
+		return nil, Errorf(agentproto.KindInvalid, "container %q: no OCI spec", g.ContainerID)
 	}
 	if in.Process == nil || len(in.Process.Args) == 0 {
-		return nil, errorf(agentproto.KindInvalid, "container %q: spec has no process args", g.ContainerID)
+		return nil, Errorf(agentproto.KindInvalid, "container %q: spec has no process args", g.ContainerID)
 	}
 	spec := in
 
 	rootfs, err := inShare(g.ShareDir, g.Rootfs)
 	if err != nil {
-		return nil, errorf(agentproto.KindInvalid, "container %q: rootfs: %w", g.ContainerID, err)
+		return nil, Errorf(agentproto.KindInvalid, "container %q: rootfs: %w", g.ContainerID, err)
 	}
 	if spec.Root == nil {
 		spec.Root = &specs.Root{}
@@ -91,7 +91,7 @@ func adjustSpec(in *specs.Spec, g guestSpec) (*specs.Spec, error) {
 		if ocispec.IsBindMount(m) && !filepath.IsAbs(m.Source) {
 			src, err := inShare(g.ShareDir, m.Source)
 			if err != nil {
-				return nil, errorf(agentproto.KindInvalid, "container %q: mount %s: %w", g.ContainerID, m.Destination, err)
+				return nil, Errorf(agentproto.KindInvalid, "container %q: mount %s: %w", g.ContainerID, m.Destination, err)
 			}
 			spec.Mounts[i].Source = src
 		}
@@ -151,12 +151,12 @@ func allDevicesAllowed(r *specs.LinuxResources) bool {
 	return all
 }
 
-// podShared are the namespace types every container of a pod shares: those of the pod's
+// PodShared are the namespace types every container of a pod shares: those of the pod's
 // first container (the sandbox), pinned for the life of the VM (pinPodNamespaces), so that
 // they outlive it, as Kata keeps its sandbox's. The network namespace is shared too, as the
 // VM's own (see guestNamespaces); the PID namespace only on request, and then the live
 // sandbox's, since a PID namespace cannot outlive its init.
-var podShared = []specs.LinuxNamespaceType{specs.IPCNamespace, specs.UTSNamespace}
+var PodShared = []specs.LinuxNamespaceType{specs.IPCNamespace, specs.UTSNamespace}
 
 // guestNamespaces decides a container's namespaces in the guest. It is the one place that
 // does: the host sends no namespace by path (a host namespace means nothing in the VM),
@@ -171,9 +171,9 @@ var podShared = []specs.LinuxNamespaceType{specs.IPCNamespace, specs.UTSNamespac
 //     share it (refused once the sandbox's init has exited); fresh mount, user, cgroup and
 //     time namespaces when listed (a shared mount namespace would give it the sandbox's
 //     root).
-func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNamespace, error) {
+func guestNamespaces(in []specs.LinuxNamespace, g GuestSpec) ([]specs.LinuxNamespace, error) {
 	member := g.PodNamespaces != nil
-	out := make([]specs.LinuxNamespace, 0, len(in)+len(podShared))
+	out := make([]specs.LinuxNamespace, 0, len(in)+len(PodShared))
 	listed := make(map[specs.LinuxNamespaceType]bool, len(in))
 	for _, ns := range in {
 		listed[ns.Type] = true
@@ -186,7 +186,7 @@ func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNames
 		case specs.PIDNamespace:
 			if g.SharePID && member {
 				if g.SandboxPID == "" {
-					return nil, errorf(agentproto.KindState, "container %q shares the pod's PID namespace, whose first container is gone or has exited: a PID namespace ends with its init", g.ContainerID)
+					return nil, Errorf(agentproto.KindState, "container %q shares the pod's PID namespace, whose first container is gone or has exited: a PID namespace ends with its init", g.ContainerID)
 				}
 				ns.Path = g.SandboxPID
 			}
@@ -194,7 +194,7 @@ func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNames
 		out = append(out, ns)
 	}
 	if member {
-		for _, t := range podShared {
+		for _, t := range PodShared {
 			if p := g.PodNamespaces[t]; p != "" && !listed[t] {
 				out = append(out, specs.LinuxNamespace{Type: t, Path: p})
 			}
@@ -203,7 +203,7 @@ func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNames
 	return out, nil
 }
 
-// readonlyDeviceBinds turns each linux.readonlyPaths entry that names a device node, FIFO or
+// ReadonlyDeviceBinds turns each linux.ReadonlyPaths entry that names a device node, FIFO or
 // socket of the rootfs into a read-only bind mount of that file. libcontainer makes a
 // readonly path read-only by binding it onto itself, then remounting it with the flags
 // statfs(2) reports for it; statfs of such a file on the 9p rootfs makes QEMU open it on
@@ -212,7 +212,7 @@ func guestNamespaces(in []specs.LinuxNamespace, g guestSpec) ([]specs.LinuxNames
 // gives the same mount. Only nodes that the container sees in its rootfs are converted: no
 // mount covers them, and no component of their path is a symlink. rootfs is the rootfs's
 // path in the guest, lstat the agent's.
-func readonlyDeviceBinds(spec *specs.Spec, rootfs string, lstat func(string) (fs.FileInfo, error)) {
+func ReadonlyDeviceBinds(spec *specs.Spec, rootfs string, lstat func(string) (fs.FileInfo, error)) {
 	if spec.Linux == nil || len(spec.Linux.ReadonlyPaths) == 0 {
 		return
 	}

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"bytes"
@@ -7,13 +7,12 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/devices/config"
-	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 )
 
 // engineConfig is a configuration the create engine makes: runc's default mounts and paths.
-func engineConfig() (*configs.Config, *libcontainer.Process) {
+func engineConfig() (*configs.Config, *Process) {
 	return &configs.Config{
 			Rootfs:     "/run/runv/share/c/rootfs",
 			Cgroups:    &cgroups.Cgroup{Resources: &cgroups.Resources{}},
@@ -30,48 +29,48 @@ func engineConfig() (*configs.Config, *libcontainer.Process) {
 			Hostname:      "h",
 			Sysctl:        map[string]string{"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "20"},
 		},
-		&libcontainer.Process{Args: []string{"true"}, Init: true}
+		&Process{Args: []string{"true"}, Init: true}
 }
 
 func TestCreateFallback(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		change func(*configs.Config, *libcontainer.Process)
+		change func(*configs.Config, *Process)
 		want   string
 	}{
-		{"runc's default container", func(*configs.Config, *libcontainer.Process) {}, ""},
-		{"what the exec helper does not do", func(c *configs.Config, _ *libcontainer.Process) { c.AppArmorProfile = "x" }, "AppArmor profile"},
-		{"user namespace", func(c *configs.Config, _ *libcontainer.Process) {
+		{"runc's default container", func(*configs.Config, *Process) {}, ""},
+		{"what the exec helper does not do", func(c *configs.Config, _ *Process) { c.AppArmorProfile = "x" }, "AppArmor profile"},
+		{"user namespace", func(c *configs.Config, _ *Process) {
 			c.Namespaces = append(c.Namespaces, configs.Namespace{Type: configs.NEWUSER})
 		}, "user namespace"},
-		{"SELinux mount label", func(c *configs.Config, _ *libcontainer.Process) { c.MountLabel = "x" }, "SELinux mount label"},
-		{"hooks", func(c *configs.Config, _ *libcontainer.Process) {
+		{"SELinux mount label", func(c *configs.Config, _ *Process) { c.MountLabel = "x" }, "SELinux mount label"},
+		{"hooks", func(c *configs.Config, _ *Process) {
 			c.Hooks = configs.Hooks{configs.Prestart: configs.HookList{configs.NewCommandHook(&configs.Command{Path: "/x"})}}
 		}, "hooks"},
-		{"no pivot_root", func(c *configs.Config, _ *libcontainer.Process) { c.NoPivotRoot = true }, "no pivot_root"},
-		{"no mount namespace", func(c *configs.Config, _ *libcontainer.Process) { c.Namespaces = c.Namespaces[1:] }, "no mount namespace of its own"},
-		{"a joined mount namespace", func(c *configs.Config, _ *libcontainer.Process) { c.Namespaces[0].Path = "/proc/1/ns/mnt" }, "no mount namespace of its own"},
-		{"time namespace", func(c *configs.Config, _ *libcontainer.Process) {
+		{"no pivot_root", func(c *configs.Config, _ *Process) { c.NoPivotRoot = true }, "no pivot_root"},
+		{"no mount namespace", func(c *configs.Config, _ *Process) { c.Namespaces = c.Namespaces[1:] }, "no mount namespace of its own"},
+		{"a joined mount namespace", func(c *configs.Config, _ *Process) { c.Namespaces[0].Path = "/proc/1/ns/mnt" }, "no mount namespace of its own"},
+		{"time namespace", func(c *configs.Config, _ *Process) {
 			c.Namespaces = append(c.Namespaces, configs.Namespace{Type: configs.NEWTIME})
 		}, "time namespace"},
-		{"idmapped mount", func(c *configs.Config, _ *libcontainer.Process) {
+		{"idmapped mount", func(c *configs.Config, _ *Process) {
 			c.Mounts[2].IDMapping = &configs.MountIDMapping{}
 		}, "mount /data: idmapped"},
-		{"recursive read-only", func(c *configs.Config, _ *libcontainer.Process) {
+		{"recursive read-only", func(c *configs.Config, _ *Process) {
 			c.Mounts[2].RecAttr = &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
 		}, "mount /data: recursive mount attributes"},
-		{"tmpcopyup", func(c *configs.Config, _ *libcontainer.Process) { c.Mounts[1].Extensions = configs.EXT_COPYUP }, "mount /dev: tmpcopyup"},
-		{"a bind on /proc", func(c *configs.Config, _ *libcontainer.Process) { c.Mounts[0].Device = "bind" }, "mount /proc: not a proc mount on /proc"},
-		{"a mount inside /proc", func(c *configs.Config, _ *libcontainer.Process) { c.Mounts[2].Destination = "/proc/uptime" }, "mount /proc/uptime: inside /proc"},
-		{"a mount on the root", func(c *configs.Config, _ *libcontainer.Process) { c.Mounts[2].Destination = "/" }, "mount /: on the root"},
-		{"a relative destination", func(c *configs.Config, _ *libcontainer.Process) { c.Mounts[2].Destination = "data" }, "mount data: relative destination"},
-		{"an unknown device type", func(c *configs.Config, _ *libcontainer.Process) { c.Devices[0].Type = 'u' }, "device /dev/null of type u"},
+		{"tmpcopyup", func(c *configs.Config, _ *Process) { c.Mounts[1].Extensions = configs.EXT_COPYUP }, "mount /dev: tmpcopyup"},
+		{"a bind on /proc", func(c *configs.Config, _ *Process) { c.Mounts[0].Device = "bind" }, "mount /proc: not a proc mount on /proc"},
+		{"a mount inside /proc", func(c *configs.Config, _ *Process) { c.Mounts[2].Destination = "/proc/uptime" }, "mount /proc/uptime: inside /proc"},
+		{"a mount on the root", func(c *configs.Config, _ *Process) { c.Mounts[2].Destination = "/" }, "mount /: on the root"},
+		{"a relative destination", func(c *configs.Config, _ *Process) { c.Mounts[2].Destination = "data" }, "mount data: relative destination"},
+		{"an unknown device type", func(c *configs.Config, _ *Process) { c.Devices[0].Type = 'u' }, "device /dev/null of type u"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, p := engineConfig()
 			tc.change(c, p)
-			if got := createFallback(c, p); got != tc.want {
-				t.Fatalf("createFallback = %q, want %q", got, tc.want)
+			if got := CreateFallback(c, p); got != tc.want {
+				t.Fatalf("CreateFallback = %q, want %q", got, tc.want)
 			}
 		})
 	}
@@ -97,9 +96,10 @@ func requestFields(t *testing.T, b []byte) map[uint16][][]byte {
 
 func TestCreateRequestEncoding(t *testing.T) {
 	cfg, _ := engineConfig()
-	r := &execRequest{args: []string{"true"}, consoleFD: -1, create: newCreateRequest(cfg, "/sys/fs/cgroup/runv/c")}
-	r.create.startFD = 9
-	b, err := r.encode()
+	r := &ExecRequest{Args: []string{"true"}, ConsoleFD: -1, Create: NewCreateRequest(cfg)}
+	r.Create.CgroupDir = "/sys/fs/cgroup/runv/c"
+	r.Create.StartFD = 9
+	b, err := r.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,8 +141,9 @@ func TestCreateRequestEncoding(t *testing.T) {
 
 	cfg.Mounts = append(cfg.Mounts, &configs.Mount{Source: "/x", Destination: "/dev", Device: "bind", Flags: unix.MS_BIND})
 	cfg.Namespaces = append(cfg.Namespaces, configs.Namespace{Type: configs.NEWCGROUP})
-	r.create = newCreateRequest(cfg, "/sys/fs/cgroup/runv/c")
-	if b, err = r.encode(); err != nil {
+	r.Create = NewCreateRequest(cfg)
+	r.Create.CgroupDir = "/sys/fs/cgroup/runv/c"
+	if b, err = r.Encode(); err != nil {
 		t.Fatal(err)
 	}
 	f = requestFields(t, b)
@@ -153,8 +154,8 @@ func TestCreateRequestEncoding(t *testing.T) {
 		t.Errorf("cgroup directory %q with a cgroup namespace", got)
 	}
 	cfg.Hostname = "a\x00b"
-	r.create = newCreateRequest(cfg, "")
-	if _, err := r.encode(); err == nil {
+	r.Create = NewCreateRequest(cfg)
+	if _, err := r.Encode(); err == nil {
 		t.Error("a hostname with a NUL byte was encoded")
 	}
 }

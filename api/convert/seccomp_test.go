@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"testing"
@@ -7,13 +7,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// withSyscallNumbers makes syscallNumber resolve a few amd64 syscalls for the test.
+// withSyscallNumbers makes SyscallNumber resolve a few amd64 syscalls for the test.
 func withSyscallNumbers(t *testing.T) {
 	t.Helper()
 	nrs := map[string]int{"read": 0, "write": 1, "pkey_free": 331, "statx": 332, "clone3": 435}
-	old := syscallNumber
-	syscallNumber = func(n string) (int, bool) { nr, ok := nrs[n]; return nr, ok }
-	t.Cleanup(func() { syscallNumber = old })
+	old := SyscallNumber
+	SyscallNumber = func(n string) (int, bool) { nr, ok := nrs[n]; return nr, ok }
+	t.Cleanup(func() { SyscallNumber = old })
 }
 
 func statxRules(s *specs.LinuxSeccomp) []specs.LinuxSyscall {
@@ -91,10 +91,10 @@ func TestAllowStatxMountID(t *testing.T) {
 		allowStatxMountID(nil)
 	})
 
-	t.Run("adjustSpec applies it", func(t *testing.T) {
+	t.Run("AdjustSpec applies it", func(t *testing.T) {
 		in := baseSpec()
 		in.Linux.Seccomp = old()
-		out, err := adjustSpec(in, guest("c"))
+		out, err := AdjustSpec(in, guest("c"))
 		if err != nil {
 			t.Fatal(err)
 		}

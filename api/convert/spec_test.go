@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"reflect"
@@ -18,8 +18,8 @@ func baseSpec() *specs.Spec {
 	return s
 }
 
-func guest(id string) guestSpec {
-	return guestSpec{ContainerID: id, ShareDir: agentproto.SharePath, Rootfs: id + "/rootfs"}
+func guest(id string) GuestSpec {
+	return GuestSpec{ContainerID: id, ShareDir: agentproto.SharePath, Rootfs: id + "/rootfs"}
 }
 
 func mountIndex(ms []specs.Mount, dest string) int {
@@ -30,7 +30,7 @@ func TestAdjustSpecRootCgroupHooks(t *testing.T) {
 	in := baseSpec()
 	in.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/host-only"}}}
 	in.Linux.CgroupsPath = "system.slice:docker:abc"
-	out, err := adjustSpec(in, guest("c1"))
+	out, err := AdjustSpec(in, guest("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestAdjustSpecRootCgroupHooks(t *testing.T) {
 func TestAdjustSpecDevTmpfs(t *testing.T) {
 	t.Run("default spec keeps its /dev", func(t *testing.T) {
 		in := baseSpec()
-		out, err := adjustSpec(in, guest("c"))
+		out, err := AdjustSpec(in, guest("c"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +59,7 @@ func TestAdjustSpecDevTmpfs(t *testing.T) {
 	t.Run("missing /dev is added before /dev/pts", func(t *testing.T) {
 		in := baseSpec()
 		in.Mounts = slices.DeleteFunc(in.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev" })
-		out, err := adjustSpec(in, guest("c"))
+		out, err := AdjustSpec(in, guest("c"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func TestAdjustSpecDevTmpfs(t *testing.T) {
 	t.Run("no mounts at all", func(t *testing.T) {
 		in := baseSpec()
 		in.Mounts = nil
-		out, err := adjustSpec(in, guest("c"))
+		out, err := AdjustSpec(in, guest("c"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +86,7 @@ func TestAdjustSpecDevTmpfs(t *testing.T) {
 		in := baseSpec()
 		i := mountIndex(in.Mounts, "/dev")
 		in.Mounts[i] = specs.Mount{Destination: "/dev", Type: "bind", Source: "/dev", Options: []string{"rbind"}}
-		out, err := adjustSpec(in, guest("c"))
+		out, err := AdjustSpec(in, guest("c"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +108,7 @@ func TestAdjustSpecBindSources(t *testing.T) {
 		specs.Mount{Destination: "/data", Type: "bind", Source: "c/volumes/0", Options: []string{"rbind"}},
 		specs.Mount{Destination: "/abs", Source: agentproto.SharePath + "/c/volumes/1", Options: []string{"bind", "ro"}},
 	)
-	out, err := adjustSpec(in, guest("c"))
+	out, err := AdjustSpec(in, guest("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,12 +121,12 @@ func TestAdjustSpecBindSources(t *testing.T) {
 
 	in = baseSpec()
 	in.Mounts = append(in.Mounts, specs.Mount{Destination: "/x", Type: "bind", Source: "../../etc"})
-	if _, err := adjustSpec(in, guest("c")); kindOf(err) != agentproto.KindInvalid {
+	if _, err := AdjustSpec(in, guest("c")); kindOf(err) != agentproto.KindInvalid {
 		t.Errorf("escaping bind source: err %v, want invalid", err)
 	}
 	g := guest("c")
 	g.Rootfs = "../../"
-	if _, err := adjustSpec(baseSpec(), g); kindOf(err) != agentproto.KindInvalid {
+	if _, err := AdjustSpec(baseSpec(), g); kindOf(err) != agentproto.KindInvalid {
 		t.Errorf("escaping rootfs: err %v, want invalid", err)
 	}
 }
@@ -177,7 +177,7 @@ func TestPodMembershipNamespaces(t *testing.T) {
 			g.PodNamespaces, g.SharePID, g.SandboxPID = tt.pod, sharePID, tt.sandboxPID
 			in := baseSpec()
 			in.Linux.Namespaces = sent
-			out, err := adjustSpec(in, g)
+			out, err := AdjustSpec(in, g)
 			if tt.wantKind != "" {
 				if kindOf(err) != tt.wantKind {
 					t.Fatalf("got %v, want an error of kind %s", err, tt.wantKind)
@@ -197,7 +197,7 @@ func TestPodMembershipNamespaces(t *testing.T) {
 func TestAdjustSpecResolvConf(t *testing.T) {
 	g := guest("c")
 	g.ResolvConf = "/run/runv/resolv.conf"
-	out, err := adjustSpec(baseSpec(), g)
+	out, err := AdjustSpec(baseSpec(), g)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestAdjustSpecResolvConf(t *testing.T) {
 	// A spec with its own resolv.conf (docker, CRI) keeps it.
 	in := baseSpec()
 	in.Mounts = append(in.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: "c/volumes/3"})
-	out, err = adjustSpec(in, g)
+	out, err = AdjustSpec(in, g)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,12 +218,12 @@ func TestAdjustSpecResolvConf(t *testing.T) {
 }
 
 func TestAdjustSpecRejects(t *testing.T) {
-	if _, err := adjustSpec(nil, guest("c")); kindOf(err) != agentproto.KindInvalid {
+	if _, err := AdjustSpec(nil, guest("c")); kindOf(err) != agentproto.KindInvalid {
 		t.Errorf("nil spec: %v", err)
 	}
 	s := baseSpec()
 	s.Process.Args = nil
-	if _, err := adjustSpec(s, guest("c")); kindOf(err) != agentproto.KindInvalid {
+	if _, err := AdjustSpec(s, guest("c")); kindOf(err) != agentproto.KindInvalid {
 		t.Errorf("no args: %v", err)
 	}
 }
@@ -254,7 +254,7 @@ func TestAdjustSpecPrivilegedDevices(t *testing.T) {
 			in.Linux.Resources = &specs.LinuxResources{Devices: tc.rules}
 			g := guest("c1")
 			g.VMDevices = func() ([]specs.LinuxDevice, error) { return []specs.LinuxDevice{vmDevice}, nil }
-			out, err := adjustSpec(in, g)
+			out, err := AdjustSpec(in, g)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -12,10 +12,10 @@ const (
 	statxMntIDUnique = 0x4000            // STATX_MNT_ID_UNIQUE
 )
 
-// syscallNumber resolves a syscall name for the guest's native architecture the way
+// SyscallNumber resolves a syscall name for the guest's native architecture the way
 // libcontainer's seccomp code does (libseccomp); nil when the agent is built without
 // seccomp support, and then the -ENOSYS stub is assumed to cover statx.
-var syscallNumber func(name string) (int, bool)
+var SyscallNumber func(name string) (int, bool)
 
 // allowStatxMountID keeps libcontainer's own statx(STATX_MNT_ID) calls working under a
 // seccomp profile that does not mention statx.
@@ -72,16 +72,16 @@ func statxGetsENOSYS(s *specs.LinuxSeccomp) bool {
 	if s.DefaultErrnoRet != nil && *s.DefaultErrnoRet == uint(unix.ENOSYS) {
 		return false // the default action already answers ENOSYS
 	}
-	if syscallNumber == nil {
+	if SyscallNumber == nil {
 		return true
 	}
-	statx, ok := syscallNumber("statx")
+	statx, ok := SyscallNumber("statx")
 	if !ok {
 		return true
 	}
 	for _, sc := range s.Syscalls {
 		for _, n := range sc.Names {
-			if nr, ok := syscallNumber(n); ok && nr > statx {
+			if nr, ok := SyscallNumber(n); ok && nr > statx {
 				return false
 			}
 		}

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// libcontainerDeviceFilter is libcontainer's generator, which deviceProgram replaces: the
+// libcontainerDeviceFilter is libcontainer's generator, which DeviceProgram replaces: the
 // reference the test holds it to (unexported there, hence the linkname).
 //
 //go:linkname libcontainerDeviceFilter github.com/opencontainers/cgroups/devices.deviceFilter
@@ -38,12 +38,12 @@ func libcontainersProgram(rules []*devices.Rule) ([]byte, error) {
 func checkDeviceProgram(t *testing.T, name string, rules []*devices.Rule) {
 	t.Helper()
 	want, wantErr := libcontainersProgram(rules)
-	got, ok := deviceProgram(rules)
+	got, ok := DeviceProgram(rules)
 	switch {
 	case wantErr != nil && ok:
-		t.Errorf("%s: libcontainer refuses the rules (%v), deviceProgram compiles them", name, wantErr)
+		t.Errorf("%s: libcontainer refuses the rules (%v), DeviceProgram compiles them", name, wantErr)
 	case wantErr == nil && !ok:
-		t.Errorf("%s: deviceProgram refuses rules libcontainer compiles", name)
+		t.Errorf("%s: DeviceProgram refuses rules libcontainer compiles", name)
 	case !bytes.Equal(got, want):
 		t.Errorf("%s: programs differ\n got %x\nwant %x", name, got, want)
 	}

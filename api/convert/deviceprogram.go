@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"cmp"
@@ -9,7 +9,7 @@ import (
 	devices "github.com/opencontainers/cgroups/devices/config"
 )
 
-// deviceProgram compiles a container's device rules into the eBPF program
+// DeviceProgram compiles a container's device rules into the eBPF program
 // (BPF_PROG_TYPE_CGROUP_DEVICE) that libcontainer's cgroups/devices package generates for
 // them, byte for byte (TestDeviceProgramIsLibcontainers compares the two): libcontainer's
 // generator goes through its cgroup v1 emulator and cilium's assembler, ~600 translated
@@ -23,7 +23,7 @@ import (
 // it from them when it goes with it, unless that would punch a hole into a wildcard
 // exception. The program checks the exceptions in the order of their (major, minor, type)
 // and returns the default when none matches.
-func deviceProgram(rules []*devices.Rule) (insns []byte, ok bool) {
+func DeviceProgram(rules []*devices.Rule) (insns []byte, ok bool) {
 	type deviceID struct {
 		typ          devices.Type
 		major, minor int64
@@ -130,7 +130,7 @@ func boolInt32(b bool) int32 {
 	return 0
 }
 
-// The kernel's values (linux/bpf.h) of what deviceProgram needs.
+// The kernel's values (linux/bpf.h) of what DeviceProgram needs.
 const (
 	bpfDevCgAccMknod = 1
 	bpfDevCgAccRead  = 2

@@ -1,4 +1,4 @@
-package agent
+package convert
 
 import (
 	"io/fs"
@@ -17,7 +17,7 @@ func TestAdjustSpecBindDataOptions(t *testing.T) {
 			Options: []string{"nosuid", "strictatime", "mode=755", "size=1k", "bind", "shared", "defaults"}},
 		specs.Mount{Destination: "/tmp/t", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755", "size=1k"}},
 	)
-	out, err := adjustSpec(in, guest("c"))
+	out, err := AdjustSpec(in, guest("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestAdjustSpecFifoDevice(t *testing.T) {
 		{Path: "/dev/c", Type: "c", Major: 10, Minor: 666},
 		{Path: "/dev/p", Type: "p", Major: 8, Minor: 666},
 	}
-	out, err := adjustSpec(in, guest("c"))
+	out, err := AdjustSpec(in, guest("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestAdjustSpecFifoDevice(t *testing.T) {
 
 func TestAdjustSpecUserNamespaceSysfs(t *testing.T) {
 	in := baseSpec()
-	out, err := adjustSpec(in, guest("c"))
+	out, err := AdjustSpec(in, guest("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestAdjustSpecUserNamespaceSysfs(t *testing.T) {
 	in.Linux.Namespaces = append(in.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 	in.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 1000}}
 	in.Linux.GIDMappings = in.Linux.UIDMappings
-	out, err = adjustSpec(in, guest("c"))
+	out, err = AdjustSpec(in, guest("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestReadonlyDeviceBinds(t *testing.T) {
 	}
 	spec := baseSpec()
 	spec.Linux.ReadonlyPaths = []string{"/blk", "/chr", "/fifo", "/file", "/d/chr", "/link/chr", "/dev/null2", "/missing", "rel", "/proc/sys"}
-	readonlyDeviceBinds(spec, root, files.lstat)
+	ReadonlyDeviceBinds(spec, root, files.lstat)
 
 	want := []string{"/file", "/link/chr", "/dev/null2", "/missing", "rel", "/proc/sys"}
 	if !reflect.DeepEqual(spec.Linux.ReadonlyPaths, want) {
