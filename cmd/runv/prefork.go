@@ -15,6 +15,7 @@ package main
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -42,7 +43,18 @@ static int runv_command(int argc, char **argv) {
 	return argc;
 }
 
+// runv_name_preforked_daemon gives a preforked daemon (its command line ends in
+// --preforked FD) the name of the binary it was started as: exec'd through /proc/self/exe,
+// it would be "exe" in ps, top and pgrep. Here, before Go's runtime, this is the main
+// thread, whose name is the process's.
+static void runv_name_preforked_daemon(int argc, char **argv) {
+	if (argc < 2 || strcmp(argv[argc - 2], "--preforked")) return;
+	const char *base = strrchr(argv[0], '/');
+	prctl(PR_SET_NAME, base != NULL ? base + 1 : argv[0], 0, 0, 0);
+}
+
 __attribute__((constructor)) static void runv_prefork(int argc, char **argv, char **envp) {
+	runv_name_preforked_daemon(argc, argv);
 	int cmd = runv_command(argc, argv);
 	const char *off = getenv("RUNV_NO_PREFORK");
 	if (cmd >= argc || strcmp(argv[cmd], "run") || (off != NULL && *off != '\0' && strcmp(off, "0")))

@@ -15,7 +15,8 @@ import (
 // A `runv run` starts its pod daemon as it starts itself (cmd/runv/prefork.go): the pod's
 // daemon is that process (--preforked on its command line), unless RUNV_NO_PREFORK is set;
 // one the run did not use (the container joined a pod, or could not be created) is gone
-// when run returns, and either way the pod works and nothing is left after delete.
+// when run returns, and either way the pod works, the daemon goes by runv's name and
+// nothing is left after delete.
 func TestRunStartsItsPodDaemonAtOnce(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
@@ -58,6 +59,19 @@ func TestRunStartsItsPodDaemonAtOnce(t *testing.T) {
 			}
 			if got := strings.Contains(string(cmdline), "\x00--preforked\x00"); got != tt.preforked {
 				t.Errorf("pod daemon %q: preforked %v, want %v", strings.ReplaceAll(string(cmdline), "\x00", " "), got, tt.preforked)
+			}
+			// ps, top and pgrep show it by runv's name however it was started (the kernel
+			// keeps 15 bytes of it).
+			comm, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(daemons[0]), "comm"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := filepath.Base(runvBinary)
+			if len(want) > 15 {
+				want = want[:15]
+			}
+			if got := strings.TrimSpace(string(comm)); got != want {
+				t.Errorf("pod daemon %d is named %q in ps, want %q", daemons[0], got, want)
 			}
 			if r := runvIn(t, stateRoot, nil, "delete", "--force", sandbox); r.code != 0 {
 				t.Fatalf("delete: %s", r)
