@@ -66,9 +66,34 @@ func mustRunv(t *testing.T, stateRoot string, args ...string) result {
 	t.Helper()
 	r := runvIn(t, stateRoot, nil, args...)
 	if r.code != 0 {
-		t.Fatalf("runv %s: %s", strings.Join(args, " "), r)
+		t.Fatalf("runv %s: %s%s", strings.Join(args, " "), r, podLogTails(stateRoot))
 	}
 	return r
+}
+
+// podLogTailLines is how much of each pod's logs a failed command's report quotes.
+const podLogTailLines = 25
+
+// podLogTails quotes the end of every pod daemon's log and guest console under stateRoot:
+// what a command that failed unexpectedly leaves to go on once the test's cleanup removed
+// the pods (a rare stall, say: docs/reliability.md, "A boot whose agent answers late").
+func podLogTails(stateRoot string) string {
+	var b strings.Builder
+	pods, _ := filepath.Glob(filepath.Join(stateRoot, "@pods", "*"))
+	for _, pod := range pods {
+		for _, name := range []string{"daemon.log", filepath.Join("vm", "console.log")} {
+			data, err := os.ReadFile(filepath.Join(pod, name))
+			if err != nil {
+				continue
+			}
+			lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+			if len(lines) > podLogTailLines {
+				lines = lines[len(lines)-podLogTailLines:]
+			}
+			b.WriteString("\n--- " + filepath.Join(filepath.Base(pod), name) + " (last lines):\n" + strings.Join(lines, "\n"))
+		}
+	}
+	return b.String()
 }
 
 // runDetached starts a container running args with `run -d` and waits until it runs.
