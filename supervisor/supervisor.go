@@ -118,7 +118,8 @@ type Supervisor struct {
 }
 
 // New prepares the pod directory and starts booting the VM in the background, so that the
-// boot overlaps with the client connecting and sending its first request.
+// boot overlaps with the client connecting and sending its first request. ctx's logger names
+// the pod already (logging.With(ctx, "pod", id): the pod daemon's and the shim's do).
 func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
@@ -148,7 +149,7 @@ func New(ctx context.Context, cfg Config) (*Supervisor, error) {
 		return nil, fmt.Errorf("pod %s: %w", cfg.PodID, err)
 	}
 	s.events = ev
-	go s.boot(logging.With(context.WithoutCancel(ctx), "pod", cfg.PodID))
+	go s.boot(context.WithoutCancel(ctx))
 	return s, nil
 }
 
