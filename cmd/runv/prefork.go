@@ -20,6 +20,10 @@ package main
 #include <sys/types.h>
 #include <unistd.h>
 
+// RUNV_PREFORKED ends a preforked daemon's command line, before its socket's descriptor
+// (preforkedFlag on the Go side).
+#define RUNV_PREFORKED "--preforked"
+
 static int runv_prefork_fd = -1;   // the CLI's end of the socket to the preforked daemon
 static pid_t runv_prefork_pid = 0; // the preforked daemon's pid
 
@@ -48,7 +52,7 @@ static int runv_command(int argc, char **argv) {
 // it would be "exe" in ps, top and pgrep. Here, before Go's runtime, this is the main
 // thread, whose name is the process's.
 static void runv_name_preforked_daemon(int argc, char **argv) {
-	if (argc < 2 || strcmp(argv[argc - 2], "--preforked")) return;
+	if (argc < 2 || strcmp(argv[argc - 2], RUNV_PREFORKED)) return;
 	const char *base = strrchr(argv[0], '/');
 	prctl(PR_SET_NAME, base != NULL ? base + 1 : argv[0], 0, 0, 0);
 }
@@ -78,7 +82,7 @@ __attribute__((constructor)) static void runv_prefork(int argc, char **argv, cha
 		for (int i = 0; i < cmd; i++) args[i] = argv[i];
 		args[cmd] = "containerd";
 		args[cmd + 1] = "--solo-namespaced";
-		args[cmd + 2] = "--preforked";
+		args[cmd + 2] = RUNV_PREFORKED;
 		args[cmd + 3] = fd;
 		execve("/proc/self/exe", args, envp);
 		_exit(0); // the CLI finds the socket closed and execs the daemon itself
@@ -117,8 +121,9 @@ func preforkTakesNoValue(flag string) bool {
 	return C.runv_bool_flag(cs) != 0
 }
 
-// preforkedFlag ends a preforked daemon's command line, with its socket's descriptor.
-const preforkedFlag = "--preforked"
+// preforkedFlag ends a preforked daemon's command line, with its socket's descriptor: the
+// constructor's own (RUNV_PREFORKED), which it forks the daemon with and names it by.
+const preforkedFlag = C.RUNV_PREFORKED
 
 // maxDaemonArgs bounds the daemon's command line as sent (its paths and flags).
 const maxDaemonArgs = 1 << 16
