@@ -24,6 +24,7 @@
 # also on ^C.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+. "$repo/bench/lib.sh"
 N=${N:-10}
 KIND=${KIND:-cache}
 PHASES=${PHASES:-0}
@@ -93,11 +94,7 @@ for ab in A B; do
 				manage factory-daemon --warm=true >"$work/factory-$ab.log" 2>&1
 		) &
 		pids+=($!)
-		for ((i = 0; i < 300; i++)); do
-			[ -S "$work/root-$ab/@factory/factory.sock" ] && break
-			kill -0 "${pids[-1]}" 2>/dev/null || { echo "ab.sh: factory daemon $ab exited: $(tail -3 "$work/factory-$ab.log")" >&2; exit 1; }
-			sleep 0.1
-		done
+		why=$(factory_serving "$work/root-$ab" "${pids[-1]}" "$work/factory-$ab.log") || { echo "ab.sh: side $ab: $why" >&2; exit 1; }
 	fi
 	full "$ab"
 	# One run each proves the side works (and makes the template of the template kind).

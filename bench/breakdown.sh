@@ -21,6 +21,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 RUNV=${RUNV:-$(command -v runv || echo "$repo/build/runv")}
 KERNEL=${RUNV_KERNEL:-/var/lib/runv/vmlinux}
 INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
@@ -55,11 +56,7 @@ rv() { "$RUNV" --root "$ROOT" --kernel "$KERNEL" --initrd "$INITRD" --debug "$@"
 if [[ "$*" == *'"cache"'* ]] && [ ! -S "$ROOT/@factory/factory.sock" ]; then
 	"$RUNV" --root "$ROOT" --kernel "$KERNEL" --initrd "$INITRD" "$@" manage factory-daemon --warm=true >"$work/factory.log" 2>&1 &
 	factory_pid=$!
-	for _ in $(seq 600); do
-		[ -S "$ROOT/@factory/factory.sock" ] && break
-		kill -0 "$factory_pid" 2>/dev/null || { echo "factory daemon exited: $(tail -3 "$work/factory.log")"; exit 1; }
-		sleep 0.1
-	done
+	factory_serving "$ROOT" "$factory_pid" "$work/factory.log" 60 || exit 1
 fi
 if [ -S "$ROOT/@factory/factory.sock" ]; then
 	"$RUNV" --root "$ROOT" manage factory-daemon --status --wait --timeout 5m >/dev/null || { echo "the pool did not fill"; exit 1; }

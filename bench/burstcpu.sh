@@ -10,6 +10,7 @@
 # RUNV, RUNV_KERNEL, RUNV_INITRD as for bench/run.sh. Everything it starts it stops, also on ^C.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+. "$repo/bench/lib.sh"
 RUNV=${RUNV:-$(command -v runv || echo "$repo/build/runv")}
 KERNEL=${RUNV_KERNEL:-/var/lib/runv/vmlinux}
 INITRD=${RUNV_INITRD:-/var/lib/runv/initrd.img}
@@ -39,11 +40,7 @@ busy_total() {
 (cd "$repo" && go run ./test/mkbundle "$work/true" true >/dev/null) || exit 1
 "$RUNV" "${fa[@]}" manage factory-daemon --warm=true >"$work/factory.log" 2>&1 &
 factory_pid=$!
-# Its socket appears once it serves (polled, with a deadline: another process's file).
-for ((i = 0; i < 300; i++)); do
-	[ -S "$R/@factory/factory.sock" ] && break
-	sleep 0.1
-done
+factory_serving "$R" "$factory_pid" "$work/factory.log" || exit 1
 for round in $(seq "$ROUNDS"); do
 	if ! "$RUNV" "${fa[@]}" manage factory-daemon --status --wait --timeout 5m >/dev/null; then
 		echo "the pool did not fill: $(tail -2 "$work/factory.log")"

@@ -23,6 +23,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 export PATH=/usr/local/go/bin:$PATH
 RUNV=${RUNV:-$(command -v runv || echo "$repo/build/runv")}
 # Absolute: the go benchmarks below run in their package's directory.
@@ -111,7 +112,7 @@ factory_args() {
 # the root and waits until its pool is full; fails with the reason on stdout. Not to be run
 # in a subshell: it records the daemon in factory_pids.
 start_factory() {
-	local name=$1 warm=$3 fa i
+	local name=$1 warm=$3 fa
 	factory_args "$2"
 	mkdir -p "$work/root-$name"
 	if ! rv "$name" "${fa[@]}" manage factory-daemon --help >/dev/null 2>&1; then
@@ -122,12 +123,7 @@ start_factory() {
 	"$RUNV" --root "$work/root-$name" --kernel "$KERNEL" --initrd "$INITRD" "${fa[@]}" \
 		manage factory-daemon --warm="$warm" >"$work/factory-$name.log" 2>&1 &
 	factory_pids+=($!)
-	# Its socket appears once it serves (polled: it is another process's file).
-	for ((i = 0; i < 300; i++)); do
-		[ -S "$work/root-$name/@factory/factory.sock" ] && break
-		kill -0 "${factory_pids[-1]}" 2>/dev/null || { echo "factory daemon exited: $(tail -3 "$work/factory-$name.log")"; return 1; }
-		sleep 0.1
-	done
+	factory_serving "$work/root-$name" "${factory_pids[-1]}" "$work/factory-$name.log" || return 1
 	pool_full "$name" || { echo "the pool did not fill: $(tail -3 "$work/factory-$name.log")"; return 1; }
 }
 
