@@ -2,9 +2,9 @@
 # bench/run.sh — runv's performance figures on this machine, in one run (`make bench`).
 #
 # Prints: the machine; a bare QEMU boot of runv's kernel+initrd to /init with runv's own
-# command line (the agent's probe mode prints RUNV-PROBE-OK and powers off); `runv run
-# <busybox bundle> true` for each factory kind (direct, template, cache) beside `runc run`
-# on the same bundle, with ratios; host memory and CPU per idle pod (PSS and CPU time of
+# command line (the agent's probe mode prints RUNV-PROBE-OK and powers off), in turn with the
+# direct kind's runs; `runv run <busybox bundle> true` for each factory kind (direct,
+# template, cache) beside `runc run` on the same bundle, with ratios; host memory and CPU per idle pod (PSS and CPU time of
 # every process of the pod); how many idle pods run at once (up to MAX_PODS); `runv exec` vs `runc exec`; the
 # network beside runc (bench/network.sh: TCP throughput both ways, connect+request);
 # port-forward's throughput beside the pod's address, and the cost of its steering; a pod
@@ -89,7 +89,7 @@ bt=$work/benchtool
 	die "cannot build the busybox bundles"
 
 median() { sed -n 's/.* median=\([0-9.]*\) .*/\1/p' | tail -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.1fx", a/b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "n/a" }'; }
 
 # rv ROOT-NAME FACTORY-ARGS... -- runv with the bench's kernel, initrd and a root of its own.
 rv() {
@@ -155,8 +155,26 @@ echo "date:   $(date -u +%FT%TZ)"
 echo "load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; anything else running on the 2 cores skews every figure)"
 echo
 
-echo "== bare QEMU boot of the same kernel+initrd, runv's command line, to /init (N=$N)"
-"$bt" bareboot -kernel "$KERNEL" -initrd "$INITRD" -n "$N" -print-cmdline | tee "$work/bare.txt"
+# The direct kind's runs alternate with the bare boots, run after run: its ratio to the bare
+# boot is then taken under the same state of the machine, not minutes apart (the bare boot's
+# median alone moved by 50 ms between runs of this script on an idle machine).
+direct_label="runv run true [direct]"
+between=()
+direct_why=
+if [[ " $KINDS " == *" direct "* ]]; then
+	if prepare direct >"$work/why.txt"; then
+		between=(-label "$direct_label" -- "$RUNV" --root "$work/root-direct" --kernel "$KERNEL" --initrd "$INITRD" run --bundle "$work/true" {})
+	else
+		direct_why=$(cat "$work/why.txt")
+	fi
+fi
+echo "== bare QEMU boot of the same kernel+initrd, runv's command line, to /init (N=$N)${between:+, in turn with $direct_label}"
+if ! "$bt" bareboot -kernel "$KERNEL" -initrd "$INITRD" -n "$N" -print-cmdline "${between[@]}" >"$work/bare.txt" 2>&1; then
+	cat "$work/bare.txt"
+	die "the bare boot failed"
+fi
+grep -v -F "$direct_label" "$work/bare.txt"
+grep -F "$direct_label" "$work/bare.txt" >"$work/run-direct.txt"
 bare=$(grep 'RUNV-PROBE-OK' "$work/bare.txt" | median)
 echo
 
@@ -169,6 +187,16 @@ echo
 echo "== runv run <busybox bundle> true, by factory kind (N=$N)"
 declare -A run_med
 for kind in $KINDS; do
+	if [ "$kind" = direct ]; then
+		if [ -n "$direct_why" ]; then
+			echo "direct: skipped: $direct_why"
+		elif [ -s "$work/run-direct.txt" ]; then
+			cat "$work/run-direct.txt"
+			run_med[direct]=$(median <"$work/run-direct.txt")
+			echo "  median = $(ratio "${run_med[direct]}" "$bare") the bare boot (run in turn with it, above), $(ratio "${run_med[direct]}" "$runc_med") runc run"
+		fi
+		continue
+	fi
 	if ! prepare "$kind" >"$work/why.txt"; then
 		echo "$kind: skipped: $(cat "$work/why.txt")"
 		case $kind in cache*) stop_factory ;; esac

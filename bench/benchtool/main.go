@@ -7,6 +7,9 @@
 //	    -params adds kernel parameters ("-P" drops runv's P); several -params are variants
 //	    booted in turn. -timeline prints the last run's console, line by line, with the host
 //	    time since QEMU started (guest printk times under-report under TCG).
+//	    With "-- CMD [ARG...]" (and -label L), CMD is run and timed as repeat does, in turn
+//	    with the boots, boot after run: a ratio of the two is then taken under the same
+//	    state of the machine, not minutes apart.
 //	benchtool netfloor -initrd I -tap NAME -addr IP/LEN [-cpus N] [-queues Q] [-tcg OPTS] ...
 //	    boots the bare network floor of bench/network.sh (see netfloor.go).
 //	benchtool repeat [-n N] [-label L]... [-pre SHELL-CMD] -- CMD [ARG...] [::: CMD2 [ARG...]]...
@@ -129,16 +132,32 @@ func bareboot(args []string) error {
 	fs.Var(&variants, "params", "kernel parameters to add, space-separated (loglevel=7 shows the boot: it overrides quiet); "+
 		"a word -P drops runv's parameter P. Given several times: one variant each, booted in turn")
 	timeline := fs.Bool("timeline", false, "print every console line of each variant's last run with the host milliseconds since QEMU started")
+	label := fs.String("label", "", "label of the command after --, timed in turn with the boots")
 	fs.Parse(args)
 	if len(variants) == 0 {
 		variants = labels{""}
+	}
+	between := fs.Args()
+	if len(between) > 0 && *label == "" {
+		*label = strings.Join(between, " ")
 	}
 	type result struct {
 		toMarker, toExit, cpu []time.Duration
 		lines                 []consoleLine
 	}
 	res := make([]result, len(variants))
+	var betweenRuns []time.Duration
+	tag := strconv.Itoa(os.Getpid())
 	for i := 0; i <= *n; i++ {
+		if len(between) > 0 {
+			d, err := timedRun(between, fmt.Sprintf("b%s-%d", tag, i), "")
+			if err != nil {
+				return fmt.Errorf("%s: run %d failed: %w", *label, i, err)
+			}
+			if i > 0 { // the first is the warm-up, as the boots'
+				betweenRuns = append(betweenRuns, d)
+			}
+		}
 		for v, params := range variants {
 			r := &res[v]
 			m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts, strings.Fields(params), &r.lines)
@@ -175,6 +194,9 @@ func bareboot(args []string) error {
 				fmt.Printf("%8.1f  %s\n", float64(l.at)/1e6, l.text)
 			}
 		}
+	}
+	if len(between) > 0 {
+		stats(*label, betweenRuns)
 	}
 	return nil
 }
@@ -321,27 +343,7 @@ func repeat(args []string) error {
 			names = append(names, strings.Join(c, " "))
 		}
 	}
-	run := func(argv []string, id string) (time.Duration, error) {
-		if *pre != "" {
-			if out, err := exec.Command("sh", "-c", *pre).CombinedOutput(); err != nil {
-				return 0, fmt.Errorf("-pre %q: %v: %s", *pre, err, strings.TrimSpace(string(out)))
-			}
-		}
-		a := make([]string, len(argv))
-		for i, x := range argv {
-			a[i] = strings.ReplaceAll(x, "{}", id)
-		}
-		cmd := exec.Command(a[0], a[1:]...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		start := time.Now()
-		err := cmd.Run()
-		d := time.Since(start)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(stderr.String()))
-		}
-		return d, nil
-	}
+	run := func(argv []string, id string) (time.Duration, error) { return timedRun(argv, id, *pre) }
 	tag := strconv.Itoa(os.Getpid())
 	for c, argv := range cmds {
 		if _, err := run(argv, fmt.Sprintf("w%s-%d", tag, c)); err != nil {
@@ -363,6 +365,30 @@ func repeat(args []string) error {
 		stats(names[c], ds[c])
 	}
 	return nil
+}
+
+// timedRun runs pre (if any, with sh -c, untimed), then argv with "{}" in its arguments
+// replaced by id, and returns how long argv took; a failure carries its stderr.
+func timedRun(argv []string, id, pre string) (time.Duration, error) {
+	if pre != "" {
+		if out, err := exec.Command("sh", "-c", pre).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("-pre %q: %v: %s", pre, err, strings.TrimSpace(string(out)))
+		}
+	}
+	a := make([]string, len(argv))
+	for i, x := range argv {
+		a[i] = strings.ReplaceAll(x, "{}", id)
+	}
+	cmd := exec.Command(a[0], a[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return d, nil
 }
 
 // proc is a process whose command line matched.
