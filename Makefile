@@ -148,6 +148,7 @@ FUZZ_TARGETS := ./internal/fdpass:FuzzReceive ./factory/internal/wire:FuzzServeR
 	./factory/internal/wire:FuzzCallResponse ./internal/state:FuzzLoad ./supervisor:FuzzEventReplay \
 	./hypervisor/qemu:FuzzMonitorAnswer ./factory:FuzzParsePolicy ./factory:FuzzReadTemplate \
 	./api/agentproto:FuzzReadControl ./api/agentproto:FuzzReadStream ./api/agentproto:FuzzMuxInput \
+	./api/agentproto:FuzzHandDecoders \
 	./agentclient:FuzzClientControl
 fuzz:
 	@cache=$$($(GO) env GOCACHE)/fuzz/$$($(GO) list -m); \

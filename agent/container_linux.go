@@ -156,9 +156,9 @@ func (a *Agent) sandboxPIDLocked() string {
 // newContainer creates a container whose init is created but waits for STARTCONTAINER.
 func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	tr := a.trace.begin("NEWCONTAINER")
-	var m agentproto.Container
-	if err := req.Decode(&m); err != nil {
-		return nil, err
+	m, err := req.Frame.UnmarshalContainer()
+	if err != nil {
+		return nil, withKind(agentproto.KindInvalid, err)
 	}
 	tr.mark("decoded")
 	if m.ID == "" {
@@ -192,7 +192,7 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 		a.mu.Unlock()
 	}()
 
-	c, p, err := a.createContainer(m, g, tr)
+	c, p, err := a.createContainer(&m, g, tr)
 	if err != nil {
 		a.trace.end(tr, a.log.with("ctr", m.ID))
 		return nil, err
@@ -257,25 +257,33 @@ func (a *Agent) discardCreated(c *container, p *process) {
 }
 
 // unconvertedSpec is what a container made from the host's conversion is converted from
-// when the agent needs the conversion itself.
+// when the agent needs the conversion itself: the spec, decoded then too.
 type unconvertedSpec struct {
-	spec  *specs.Spec
-	guest convert.GuestSpec
+	received *agentproto.ReceivedContainer
+	guest    convert.GuestSpec
 }
 
-func (a *Agent) createContainer(m agentproto.Container, g convert.GuestSpec, tr *stepTrace) (*container, *process, error) {
+func (a *Agent) createContainer(m *agentproto.ReceivedContainer, g convert.GuestSpec, tr *stepTrace) (*container, *process, error) {
 	c := &container{id: m.ID, log: a.log.with("ctr", m.ID), procs: make(map[string]*process), pins: &pathPins{}}
+	// The process as the host sent it: the spec's adjustment leaves it as it is.
+	var init *specs.Process
 	if m.Converted != nil && a.createEngine && !m.Member && g.ResolvConf == "" {
 		// The host converted the spec as this guest would (convert.ForGuest): the
-		// conversion waits until something needs it (converted).
-		if m.Spec == nil || m.Spec.Process == nil || len(m.Spec.Process.Args) == 0 {
+		// conversion, and the spec's decode but for the few fields of its process that
+		// the create engine's init takes (convertedInitProcess, the terminal), wait until
+		// something needs them (converted).
+		if init = m.InitProcess(); init == nil || len(init.Args) == 0 {
 			return nil, nil, errorf(agentproto.KindInvalid, "container %q: spec has no process args", m.ID)
 		}
-		c.unconverted = &unconvertedSpec{spec: m.Spec, guest: g}
+		c.unconverted = &unconvertedSpec{received: m, guest: g}
 		c.lc = newConvertedEngineContainer(m.ID, a.execHelper, m.Converted, tr)
 		tr.mark("host's conversion taken")
 	} else {
-		spec, cfg, late, err := convertSpec(m.Spec, g, tr)
+		in, err := m.Spec()
+		if err != nil {
+			return nil, nil, withKind(agentproto.KindInvalid, err)
+		}
+		spec, cfg, late, err := convertSpec(in, g, tr)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -283,9 +291,9 @@ func (a *Agent) createContainer(m agentproto.Container, g convert.GuestSpec, tr 
 		if c.lc, err = a.newEngine(c, cfg, spec.Process, tr); err != nil {
 			return nil, nil, err
 		}
+		init = in.Process
 	}
-	// The process as the host sent it: the spec's adjustment leaves it as it is.
-	p, err := a.startProcess(c, agentproto.InitProcessID, m.Spec.Process, m.IO, m.ConsoleRows, m.ConsoleCols, true, "", tr)
+	p, err := a.startProcess(c, agentproto.InitProcessID, init, m.IO, m.ConsoleRows, m.ConsoleCols, true, "", tr)
 	if err != nil {
 		if derr := c.lc.Destroy(); derr != nil {
 			c.log.Errorf("destroy after failed create: %v", derr)
@@ -332,7 +340,12 @@ func (c *container) converted() error {
 	}
 	c.convertOnce.Do(func() {
 		u := c.unconverted
-		spec, cfg, late, err := convertSpec(u.spec, u.guest, nil)
+		in, err := u.received.Spec()
+		if err != nil {
+			c.convertErr = withKind(agentproto.KindInvalid, err)
+			return
+		}
+		spec, cfg, late, err := convertSpec(in, u.guest, nil)
 		if err != nil {
 			c.convertErr = err
 			return

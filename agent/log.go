@@ -127,16 +127,20 @@ func uptime() float64 { return float64(bootNanos()) / 1e9 }
 // that `runv-agent init` forwards from inside the container) into the agent's log.
 // With a tracer, libcontainer logs at debug level, and its lines go into the running trace
 // instead of the console.
+//
+// The standard logger's fields are assigned, not set through its locked setters: this
+// runs in PID 1 before any other goroutine, and in a cold guest each setter and its
+// deferred unlock is code translated once for nothing (~40 blocks).
 func setupLogrus(l *logger, debug bool, tr *tracer) {
-	logrus.SetOutput(io.Discard)
-	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	std := logrus.StandardLogger()
+	std.Out = io.Discard
+	std.Formatter = &logrus.TextFormatter{DisableTimestamp: true}
+	std.Level = logrus.WarnLevel
 	if debug || tr.on {
-		logrus.SetLevel(logrus.DebugLevel)
-	} else {
-		logrus.SetLevel(logrus.WarnLevel)
+		std.Level = logrus.DebugLevel
 	}
-	logrus.StandardLogger().ReplaceHooks(logrus.LevelHooks{})
-	logrus.AddHook(&logrusHook{log: l.with("lib", "libcontainer"), debug: debug, trace: tr})
+	std.Hooks = logrus.LevelHooks{}
+	std.Hooks.Add(&logrusHook{log: l.with("lib", "libcontainer"), debug: debug, trace: tr})
 }
 
 // logrusHook forwards logrus entries; the formatter output itself is discarded so that

@@ -54,9 +54,9 @@ type podState struct {
 func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	tr := a.trace.begin("STARTPOD")
 	defer a.trace.end(tr, a.log)
-	var p agentproto.Pod
-	if err := req.Decode(&p); err != nil {
-		return nil, err
+	p, err := req.Frame.UnmarshalPod()
+	if err != nil {
+		return nil, withKind(agentproto.KindInvalid, err)
 	}
 	tr.mark("decoded")
 	if p.ID == "" {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	devices "github.com/opencontainers/cgroups/devices/config"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -251,7 +252,6 @@ func warmupPayloads() error {
 		t      agentproto.MsgType
 		v, out any
 	}{
-		{agentproto.MsgStartPod, agentproto.Pod{ID: warmupID, Hostname: warmupID, Entropy: make([]byte, 64), DNS: []string{"192.0.2.1"}}, &agentproto.Pod{}},
 		{agentproto.MsgNewContainer, agentproto.ProcessStarted{Pid: 1}, &agentproto.ProcessStarted{}},
 		{agentproto.MsgStartContainer, agentproto.ContainerRef{Container: warmupID}, &agentproto.ContainerRef{}},
 		{agentproto.MsgProcessExit, agentproto.ProcessExit{Container: warmupID, Process: warmupID}, &agentproto.ProcessExit{}},
@@ -269,6 +269,30 @@ func warmupPayloads() error {
 		if err := throughFrame(p.t, p.v, p.out); err != nil {
 			return fmt.Errorf("warm-up: %s payload: %w", p.t, err)
 		}
+	}
+	// STARTPOD's and NEWCONTAINER's payloads have decoders of their own (agentproto's
+	// hand decoders; a NEWCONTAINER with the host's conversion, as a `runv run` of runc's
+	// example spec sends it).
+	pod, err := agentproto.Marshal(agentproto.MsgStartPod, 1, agentproto.Pod{ID: warmupID, Hostname: warmupID,
+		Entropy: make([]byte, 64), DNS: []string{"192.0.2.1"}, TimeUnixNano: 1})
+	if err == nil {
+		_, err = pod.UnmarshalPod()
+	}
+	if err != nil {
+		return fmt.Errorf("warm-up: %s payload: %w", agentproto.MsgStartPod, err)
+	}
+	ctr, err := agentproto.Marshal(agentproto.MsgNewContainer, 1, agentproto.Container{ID: warmupID, Rootfs: "rootfs",
+		Spec:  &specs.Spec{Process: &specs.Process{Args: []string{"true"}, ConsoleSize: &specs.Box{Height: 1, Width: 1}}},
+		IO:    agentproto.Stdio{Stdio: 1, Stderr: 2},
+		Start: true,
+		Converted: &agentproto.Converted{Fields: []byte{1}, Caps: []uint64{1}, CloneFlags: 1, CgroupPath: "/" + warmupID,
+			DeviceRules: []*devices.Rule{{Type: devices.CharDevice, Major: 1, Minor: 3, Permissions: "rwm", Allow: true}}, DeviceProgram: []byte{1}},
+	})
+	if err == nil {
+		_, err = ctr.UnmarshalContainer()
+	}
+	if err != nil {
+		return fmt.Errorf("warm-up: %s payload: %w", agentproto.MsgNewContainer, err)
 	}
 	return nil
 }

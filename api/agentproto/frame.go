@@ -183,8 +183,11 @@ func ReadControl(r io.Reader) (ControlFrame, error) {
 	f := ControlFrame{Type: t}
 	if len(body) > 0 {
 		var env envelope
-		if err := unmarshal(body, &env); err != nil {
-			return ControlFrame{}, fmt.Errorf("%w: %s frame body is not valid JSON: %v", ErrProtocol, t, err)
+		if !handEnvelope(body, &env) {
+			env = envelope{}
+			if err := unmarshal(body, &env); err != nil {
+				return ControlFrame{}, fmt.Errorf("%w: %s frame body is not valid JSON: %v", ErrProtocol, t, err)
+			}
 		}
 		f.ID, f.Data, f.Error = env.ID, env.Data, env.Error
 	}

@@ -89,15 +89,26 @@ func TestForGuestIsTheGuestsConversion(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var m agentproto.Container
-			if err := frame.Unmarshal(&m); err != nil {
+			// As the agent reads it: the spec kept, decoded when the agent converts it.
+			m, err := frame.UnmarshalContainer()
+			if err != nil {
 				t.Fatal(err)
+			}
+			if m.Container.Spec != nil {
+				t.Fatal("the spec was decoded with the frame: the agent's hand decoder gave the frame up")
+			}
+			if init := m.InitProcess(); init == nil || !reflect.DeepEqual(init.Args, spec.Process.Args) || init.Terminal != spec.Process.Terminal {
+				t.Fatalf("the init's process from the frame %+v, the spec's %+v", init, spec.Process)
 			}
 			fromHost, err := RequestOf(m.Converted)
 			if err != nil {
 				t.Fatal(err)
 			}
-			own, cfg := guestRequest(t, "c", m.Spec)
+			received, err := m.Spec()
+			if err != nil {
+				t.Fatal(err)
+			}
+			own, cfg := guestRequest(t, "c", received)
 			fillGuest(fromHost)
 			fillGuest(own)
 			hostBytes, err := fromHost.Encode()
