@@ -29,7 +29,7 @@ AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
 
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
-	build-essential musl-tools busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
+	build-essential patch musl-tools busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 

@@ -72,6 +72,11 @@ const tcgCPU = "qemu64,+arat"
 // a guest uses them (containers get Unix98 ptys from their devpts).
 var baseKernelParams = []string{"console=ttyS0", "quiet", "panic=-1", "pty.legacy_count=0"}
 
+// qemuAPICTimerKHz is the input clock of QEMU's emulated local APIC timer: it counts
+// QEMU_CLOCK_VIRTUAL's nanoseconds (hw/intel/apic.c), 1 GHz before the divider; a guest's
+// own calibration finds the same (4 000 022 counts a 4 ms tick).
+const qemuAPICTimerKHz = 1000000
+
 // The agent's ports are these numbers of the guest's only virtio-serial device (0 is a
 // console's), which is the guest's first virtio device: the guest names their nodes
 // /dev/vport0p<nr>, and the kernel command line tells the agent so (portsParam).
@@ -229,6 +234,15 @@ func kernelParams(s spec) []string {
 		// (docs/performance.md, "Bursts, stop 15"). Off, the timers keep the tick's 4 ms
 		// resolution that they had before the tick could stop.
 		params = append(params, "highres=off")
+		// The local APIC timer is a microvm guest's only clock event device, and the kernel
+		// calibrates it by busy-waiting 100 ms against the TSC: a vCPU descheduled by a
+		// loaded host during that wait sees the TSC jump while the APIC counted nothing,
+		// and the kernel disables the timer as "too slow"; the guest then hangs at its
+		// first wait on time (docs/reliability.md, "A guest without a timer"). runv's
+		// kernel takes the frequency instead (kernel-config/patches) and skips the
+		// calibration, which also takes its 100 ms off every cold boot. A kernel without
+		// the patch hands the parameter to init's environment and calibrates as before.
+		params = append(params, "lapic_timer_khz="+strconv.Itoa(qemuAPICTimerKHz))
 	}
 	return append(params, s.cfg.KernelParams...)
 }

@@ -34,7 +34,7 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-smp", "1",
 		"-kernel", "/k/vmlinux",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=2596124 tsc=reliable noreplace-smp highres=off",
+		"-append", "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=2596124 tsc=reliable noreplace-smp highres=off lapic_timer_khz=1000000",
 		"-add-fd", "fd=3,set=3", // the console pipe, drained into console.log
 		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
 		"-serial", "chardev:console",
@@ -143,7 +143,7 @@ func TestBuildArgs(t *testing.T) {
 			name:       "microvm under tcg without a known tsc: no tsc_early_khz",
 			spec:       spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
 			want:       [][2]string{{"-cpu", "qemu64,+arat"}},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp highres=off",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp highres=off lapic_timer_khz=1000000",
 		},
 		{
 			name: "kernel params follow the runtime's own",
@@ -152,7 +152,7 @@ func TestBuildArgs(t *testing.T) {
 				c.KernelParams = []string{"runv.debug=1", "a=b"}
 				return c
 			}(), accel: hypervisor.AccelTCG, tscKHz: 1000},
-			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=1000 tsc=reliable noreplace-smp highres=off runv.debug=1 a=b",
+			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 tsc_early_khz=1000 tsc=reliable noreplace-smp highres=off lapic_timer_khz=1000000 runv.debug=1 a=b",
 		},
 		{
 			name: "q35 under tcg: pci devices, no mmio global, no tsc",

@@ -90,13 +90,9 @@ func TestGuestPowerOff(t *testing.T) {
 	t.Parallel()
 	cfg := vmConfig(t)
 	v := mustLaunch(t, &Launcher{}, cfg)
+	ch := mustChannels(t, v)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ch, err := v.Channels(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
 	if _, err := roundTrip(ch.Control, "ping", 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +108,51 @@ func TestGuestPowerOff(t *testing.T) {
 	if err := v.(*vm).qmp(ctx, "query-status", nil, nil); !errors.Is(err, hypervisor.ErrVMExited) {
 		t.Errorf("qmp after exit: %v, want ErrVMExited", err)
 	}
+}
+
+// A microvm guest under TCG is told its local APIC timer's frequency instead of
+// calibrating it: the calibration, a 100 ms busy wait, disabled the guest's only timer when
+// a loaded host descheduled the vCPU at its start, and the guest then hung at its first wait
+// on time (docs/reliability.md, "A guest without a timer"). The kernel says which it did
+// (apic=verbose), and a sleep in the guest takes its time in the host's.
+func TestGuestTimerIsNotCalibrated(t *testing.T) {
+	t.Parallel()
+	cfg := vmConfig(t)
+	cfg.KernelParams = []string{"apic=verbose", "loglevel=5"}
+	v := mustLaunch(t, &Launcher{}, cfg)
+	ch := mustChannels(t, v)
+	start := time.Now()
+	answer, err := roundTrip(ch.Control, "sleep", 30*time.Second)
+	took := time.Since(start)
+	if err != nil || answer != "slept" {
+		t.Fatalf("a 1 s sleep in the guest: %q, %v after %v (console: %s)", answer, err, took, tail(v.ConsoleLog(), 5))
+	}
+	if took < time.Second || took > 5*time.Second {
+		t.Errorf("a 1 s sleep in the guest took %v of the host's time", took)
+	}
+	console, err := os.ReadFile(v.ConsoleLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const given = "lapic timer already calibrated 4000000" // 1 GHz at the kernel's HZ=250
+	if !strings.Contains(string(console), given) || strings.Contains(string(console), "calibrating APIC timer") {
+		t.Errorf("the guest kernel calibrated its APIC timer, or took another period than QEMU's 1 GHz (want %q on the console):\n%s",
+			given, grepLines(string(console), "APIC", "apic", "lapic"))
+	}
+}
+
+// grepLines returns the lines of s that contain any of words.
+func grepLines(s string, words ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func TestHotplugQ35(t *testing.T) {

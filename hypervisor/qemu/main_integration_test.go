@@ -153,6 +153,20 @@ func vmConfig(t *testing.T) hypervisor.Config {
 	return cfg
 }
 
+// mustChannels connects to v's guest (60 s at most) and closes the channels at the end of
+// the test.
+func mustChannels(t *testing.T, v hypervisor.VM) *hypervisor.Channels {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ch, err := v.Channels(ctx)
+	if err != nil {
+		t.Fatalf("the guest's channels: %v (console: %s)", err, tail(v.ConsoleLog(), 5))
+	}
+	t.Cleanup(func() { ch.Close() })
+	return ch
+}
+
 // mustLaunch boots cfg and kills the VM at the end of the test whatever happens.
 func mustLaunch(t *testing.T, l *Launcher, cfg hypervisor.Config) hypervisor.VM {
 	t.Helper()

@@ -19,6 +19,7 @@ const Busybox = "/bin/busybox"
 //	ping X    -> pong ping X   (any other line is echoed the same way)
 //	share     -> share <files> (mounts the 9p share and lists it)
 //	poweroff  -> powers the guest off at once
+//	sleep     -> slept         (after a 1 s sleep of the guest: a wait on its timer)
 //
 // Booted with runv.probe=1 it prints RUNV-PROBE-OK on the console and powers off, like
 // the agent's probe mode.
@@ -42,6 +43,7 @@ while :; do
   if read -r line <&3; then
     case "$line" in
       poweroff) poweroff -f ;;
+      sleep) sleep 1; echo slept >&3 ;;
       share) if mount -t 9p -o trans=virtio,version=9p2000.L %[3]s /mnt; then echo "share" $(ls /mnt) >&3; else echo "share failed" >&3; fi ;;
       *) echo "pong $line" >&3 ;;
     esac
