@@ -18,6 +18,7 @@ import (
 	"github.com/runv-project/runv/api/convert"
 	"github.com/runv-project/runv/api/ocispec"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
@@ -518,10 +519,14 @@ func (s *Supervisor) Delete(ctx context.Context, id string) error {
 	}
 	if s.takeLast(c) {
 		// The pod ends with this container: its record in the guest goes with the VM,
-		// whose end starts now, and its rootfs's bind in the share with the share's
-		// unmount at the pod's end (Close), after the answer: a foreground run's Wait
-		// waited for that unmount (1-5 ms).
+		// whose end starts now. The share's mounts (the rootfs's bind among them) go
+		// before the answer, not with the pod's end: once `runv run` or `runv delete`
+		// returned, the state root holds no mount, and a caller that removes it at once
+		// cannot reach the bundle's rootfs through the bind (1-5 ms of the answer).
 		go s.endEmptyVM()
+		if err := mounts.UnmountUnder(s.share); err != nil {
+			logging.G(ctx).Warn("the pod's share stays mounted until the pod ends", "container", id, "error", err)
+		}
 		s.events.publish(Event{Type: EventDelete, Container: id})
 		s.maybeEmpty()
 		return nil

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/runv-project/runv/internal/mounts"
 )
 
 // guestRelease reads the release string ("6.1.192") out of the kernel image under test.
@@ -83,6 +85,46 @@ func TestRunExitCodes(t *testing.T) {
 			if tt.wantStderr != "" && !strings.Contains(r.stderr, tt.wantStderr) {
 				t.Fatalf("stderr does not mention %q: %s", tt.wantStderr, r)
 			}
+		})
+	}
+}
+
+// Once `runv run` or the `runv delete` of a pod's last container returned, nothing of the
+// pod is mounted under the state root: a caller that removes the root at once (as a test's
+// cleanup does) must not reach the bundle's rootfs through the share's bind of it. (The
+// share was unmounted with the pod's end, a few ms after the answer, until stop 18.)
+func TestPodEndLeavesNoMountWhenTheCommandReturns(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		end  func(t *testing.T, stateRoot, bundle, id string)
+	}{
+		{"run", func(t *testing.T, stateRoot, bundle, id string) {
+			if r := runvIn(t, stateRoot, nil, "run", "--bundle", bundle, id); r.code != 0 {
+				t.Fatalf("run: %s", r)
+			}
+		}},
+		{"create, start, delete", func(t *testing.T, stateRoot, bundle, id string) {
+			for _, args := range [][]string{{"create", "--bundle", bundle, id}, {"start", id}} {
+				if r := runvIn(t, stateRoot, nil, args...); r.code != 0 {
+					t.Fatalf("%s: %s", args[0], r)
+				}
+			}
+			waitStatus(t, stateRoot, id, "stopped")
+			if r := runvIn(t, stateRoot, nil, "delete", id); r.code != 0 {
+				t.Fatalf("delete: %s", r)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stateRoot := newRoot(t)
+			tt.end(t, stateRoot, newBundle(t, "true"), newID(t))
+			if m, err := mounts.Under(stateRoot); err != nil || len(m) > 0 {
+				t.Errorf("mounted under the state root once the command returned: %v %v", m, err)
+			}
+			assertEmptyRoot(t, stateRoot)
 		})
 	}
 }
