@@ -224,20 +224,25 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 // pooled VM's first NEWCONTAINER before the warm-up did it, 0.5 ms in later ones.
 func asReceived(spec *specs.Spec) (*specs.Spec, error) {
 	var m agentproto.Container
-	if err := throughFrame(agentproto.MsgNewContainer, agentproto.Container{ID: warmupID, Rootfs: "rootfs", Spec: spec}, &m); err != nil {
+	if err := throughFrame(agentproto.MsgNewContainer, agentproto.Container{ID: warmupID, Rootfs: "rootfs", Spec: spec}, into(&m)); err != nil {
 		return nil, fmt.Errorf("warm-up: the spec: %w", err)
 	}
 	return m.Spec, nil
 }
 
-// throughFrame encodes v in a frame of type t and decodes it into out, as the agent's
+// throughFrame encodes v in a frame of type t and decodes it with decode, as the agent's
 // protocol does on either side.
-func throughFrame(t agentproto.MsgType, v, out any) error {
+func throughFrame(t agentproto.MsgType, v any, decode func(agentproto.ControlFrame) error) error {
 	f, err := agentproto.Marshal(t, 1, v)
 	if err != nil {
 		return err
 	}
-	return f.Unmarshal(out)
+	return decode(f)
+}
+
+// into decodes a frame's payload into out with the generic decoder.
+func into(out any) func(agentproto.ControlFrame) error {
+	return func(f agentproto.ControlFrame) error { return f.Unmarshal(out) }
 }
 
 // warmupPayloads encodes and decodes, once, the payloads of the other commands that start a
@@ -250,13 +255,26 @@ func warmupPayloads() error {
 	limit, shares, pids := int64(64<<20), uint64(1024), int64(100)
 	for _, p := range []struct {
 		t      agentproto.MsgType
-		v, out any
+		v      any
+		decode func(agentproto.ControlFrame) error
 	}{
-		{agentproto.MsgNewContainer, agentproto.ProcessStarted{Pid: 1}, &agentproto.ProcessStarted{}},
-		{agentproto.MsgStartContainer, agentproto.ContainerRef{Container: warmupID}, &agentproto.ContainerRef{}},
-		{agentproto.MsgProcessExit, agentproto.ProcessExit{Container: warmupID, Process: warmupID}, &agentproto.ProcessExit{}},
+		// STARTPOD's and NEWCONTAINER's payloads have decoders of their own (agentproto's
+		// hand decoders; a NEWCONTAINER with the host's conversion, as a `runv run` of
+		// runc's example spec sends it).
+		{agentproto.MsgStartPod, agentproto.Pod{ID: warmupID, Hostname: warmupID, Entropy: make([]byte, 64), DNS: []string{"192.0.2.1"}, TimeUnixNano: 1},
+			func(f agentproto.ControlFrame) error { _, err := f.UnmarshalPod(); return err }},
+		{agentproto.MsgNewContainer, agentproto.Container{ID: warmupID, Rootfs: "rootfs",
+			Spec:  &specs.Spec{Process: &specs.Process{Args: []string{"true"}, ConsoleSize: &specs.Box{Height: 1, Width: 1}}},
+			IO:    agentproto.Stdio{Stdio: 1, Stderr: 2},
+			Start: true,
+			Converted: &agentproto.Converted{Fields: []byte{1}, Caps: []uint64{1}, CloneFlags: 1, CgroupPath: "/" + warmupID,
+				DeviceRules: []*devices.Rule{{Type: devices.CharDevice, Major: 1, Minor: 3, Permissions: "rwm", Allow: true}}, DeviceProgram: []byte{1}},
+		}, func(f agentproto.ControlFrame) error { _, err := f.UnmarshalContainer(); return err }},
+		{agentproto.MsgNewContainer, agentproto.ProcessStarted{Pid: 1}, into(&agentproto.ProcessStarted{})},
+		{agentproto.MsgStartContainer, agentproto.ContainerRef{Container: warmupID}, into(&agentproto.ContainerRef{})},
+		{agentproto.MsgProcessExit, agentproto.ProcessExit{Container: warmupID, Process: warmupID}, into(&agentproto.ProcessExit{})},
 		{agentproto.MsgSetupNetwork, agentproto.Network{Interfaces: []agentproto.Interface{{Name: "eth0", Addresses: []string{"192.0.2.2/24"}}},
-			Routes: []agentproto.Route{{Family: 4, Gateway: "192.0.2.1"}}}, &agentproto.Network{}},
+			Routes: []agentproto.Route{{Family: 4, Gateway: "192.0.2.1"}}}, into(&agentproto.Network{})},
 		{agentproto.MsgNewContainer, specs.Spec{Annotations: map[string]string{"a": "b"}, Linux: &specs.Linux{
 			Sysctl: map[string]string{"net.ipv4.ip_forward": "0"},
 			Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}, CPU: &specs.LinuxCPU{Shares: &shares},
@@ -264,35 +282,11 @@ func warmupPayloads() error {
 			Seccomp: &specs.LinuxSeccomp{DefaultAction: specs.ActErrno, Architectures: []specs.Arch{specs.ArchX86_64},
 				Syscalls: []specs.LinuxSyscall{{Names: []string{"read"}, Action: specs.ActAllow,
 					Args: []specs.LinuxSeccompArg{{Index: 0, Value: 1, Op: specs.OpEqualTo}}}}},
-		}}, &specs.Spec{}},
+		}}, into(&specs.Spec{})},
 	} {
-		if err := throughFrame(p.t, p.v, p.out); err != nil {
+		if err := throughFrame(p.t, p.v, p.decode); err != nil {
 			return fmt.Errorf("warm-up: %s payload: %w", p.t, err)
 		}
-	}
-	// STARTPOD's and NEWCONTAINER's payloads have decoders of their own (agentproto's
-	// hand decoders; a NEWCONTAINER with the host's conversion, as a `runv run` of runc's
-	// example spec sends it).
-	pod, err := agentproto.Marshal(agentproto.MsgStartPod, 1, agentproto.Pod{ID: warmupID, Hostname: warmupID,
-		Entropy: make([]byte, 64), DNS: []string{"192.0.2.1"}, TimeUnixNano: 1})
-	if err == nil {
-		_, err = pod.UnmarshalPod()
-	}
-	if err != nil {
-		return fmt.Errorf("warm-up: %s payload: %w", agentproto.MsgStartPod, err)
-	}
-	ctr, err := agentproto.Marshal(agentproto.MsgNewContainer, 1, agentproto.Container{ID: warmupID, Rootfs: "rootfs",
-		Spec:  &specs.Spec{Process: &specs.Process{Args: []string{"true"}, ConsoleSize: &specs.Box{Height: 1, Width: 1}}},
-		IO:    agentproto.Stdio{Stdio: 1, Stderr: 2},
-		Start: true,
-		Converted: &agentproto.Converted{Fields: []byte{1}, Caps: []uint64{1}, CloneFlags: 1, CgroupPath: "/" + warmupID,
-			DeviceRules: []*devices.Rule{{Type: devices.CharDevice, Major: 1, Minor: 3, Permissions: "rwm", Allow: true}}, DeviceProgram: []byte{1}},
-	})
-	if err == nil {
-		_, err = ctr.UnmarshalContainer()
-	}
-	if err != nil {
-		return fmt.Errorf("warm-up: %s payload: %w", agentproto.MsgNewContainer, err)
 	}
 	return nil
 }
