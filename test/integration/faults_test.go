@@ -39,8 +39,11 @@ const (
 // A guest fault is fired by the pod's sandbox container, which shares the agent's PID
 // namespace and can write /proc/sysrq-trigger: it watches for a file in a directory bound
 // from the host and runs what the file says. Polled every 50 ms: a fault lands within about
-// that of the host asking for it, without an exec's latency.
-const guestTriggerScript = `while [ ! -e /fault/go ]; do sleep 0.05; done; sh /fault/go; sleep 1000`
+// that of the host asking for it, without an exec's latency. On a loaded host the guest's
+// 50 ms sleeps can take far longer, so the script says when it fires, by creating a file in
+// the bound directory (over 9p: the host's file exists once the guest's create returns), and
+// the host times the fault from that file, not from its request.
+const guestTriggerScript = `while [ ! -e /fault/go ]; do sleep 0.05; done; : > /fault/fired; sh /fault/go; sleep 1000`
 
 type faultPoint string
 
@@ -311,11 +314,21 @@ func (f *faultCase) inject() {
 		if err := os.WriteFile(tmp, []byte(f.comp.guest+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		f.faultAt = time.Now()
 		if err := os.Rename(tmp, filepath.Join(f.triggerIn, "go")); err != nil {
 			t.Fatal(err)
 		}
-		return
+		fired := filepath.Join(f.triggerIn, "fired")
+		deadline := time.Now().Add(clientDeadline)
+		for {
+			if _, err := os.Stat(fired); err == nil {
+				f.faultAt = time.Now()
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest did not fire %q within %s (no %s)", f.comp.guest, clientDeadline, fired)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	deadline := time.Now().Add(clientDeadline)
 	for {
