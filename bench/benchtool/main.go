@@ -60,7 +60,7 @@ import (
 
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
-	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/internal/procstat"
 )
 
 func main() {
@@ -464,7 +464,7 @@ func cpu(args []string) error {
 	procs := matching(*match)
 	before := map[int]time.Duration{}
 	for _, p := range procs {
-		if t, err := state.CPUTime(p.pid); err == nil {
+		if t, err := procstat.CPUTime(p.pid); err == nil {
 			before[p.pid] = t
 		}
 	}
@@ -476,7 +476,7 @@ func cpu(args []string) error {
 	total := 0.0
 	for _, p := range procs {
 		t0, ok := before[p.pid]
-		t1, err := state.CPUTime(p.pid)
+		t1, err := procstat.CPUTime(p.pid)
 		if !ok || err != nil {
 			continue // exited meanwhile
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/runv-project/runv/api/podapi"
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/atomicfile"
 	"github.com/runv-project/runv/internal/shim"
 	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
@@ -366,7 +367,7 @@ func checkSocketRoom(podDir string) error {
 }
 
 func writePidFile(path string, pid int) error {
-	if err := state.WriteFileAtomic(path, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+	if err := atomicfile.Write(path, []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		return fmt.Errorf("--pid-file: %w", err)
 	}
 	return nil

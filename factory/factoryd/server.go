@@ -19,7 +19,7 @@ import (
 	"github.com/runv-project/runv/factory/holder"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/internal/procstat"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -109,7 +109,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn, req wire.Request) wi
 		if req.Child != 0 {
 			// A pid is recycled only once its parent reaped it: a child of the asker
 			// now is that child until the asker says so.
-			if ppid, err := state.ParentOf(req.Child); err != nil || ppid != pid {
+			if ppid, err := procstat.ParentOf(req.Child); err != nil || ppid != pid {
 				return wire.ErrResponse(fmt.Errorf("get vm %s: process %d is not a child of the asking process %d: %w", req.ID, req.Child, pid, errdefs.ErrFailedPrecondition))
 			}
 			pid = req.Child

@@ -63,8 +63,8 @@ import (
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
+	"github.com/runv-project/runv/internal/procstat"
 	"github.com/runv-project/runv/internal/sockets"
-	"github.com/runv-project/runv/internal/state"
 	"github.com/runv-project/runv/logging"
 )
 
@@ -271,7 +271,7 @@ func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factor
 	}
 	c := h.agent.client
 	start := time.Now()
-	cpu0, cpuErr := state.CPUTime(h.vm.Pid())
+	cpu0, cpuErr := procstat.CPUTime(h.vm.Pid())
 	// The share device of this VM is the pod's that takes it (its directory is renamed
 	// onto the pod's share): mounted now, STARTPOD finds it ready.
 	req := agentproto.WarmupRequest{ShareTag: agentproto.ShareTag, Entropy: make([]byte, 64), Scope: scope}
@@ -291,7 +291,7 @@ func (h *holder) warm(ctx context.Context, scope agentproto.WarmupScope) (factor
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w.Guest); err != nil {
 		return w, fmt.Errorf("holder %s: warm-up: %w", h.cfg.ID, err)
 	}
-	if cpu1, err := state.CPUTime(h.vm.Pid()); err == nil && cpuErr == nil {
+	if cpu1, err := procstat.CPUTime(h.vm.Pid()); err == nil && cpuErr == nil {
 		w.CPU = cpu1 - cpu0
 	}
 	h.log.Info("vm warmed up", "scope", scope, "took", time.Since(start), "qemu_cpu", w.CPU,

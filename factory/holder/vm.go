@@ -17,7 +17,7 @@ import (
 	"github.com/runv-project/runv/factory/internal/wire"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
-	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/internal/procstat"
 )
 
 // Limits of driving a holder.
@@ -299,7 +299,7 @@ func childPidfd(pid, parent int) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	if ppid, err := state.ParentOf(pid); err != nil || ppid != parent {
+	if ppid, err := procstat.ParentOf(pid); err != nil || ppid != parent {
 		unix.Close(fd)
 		return -1, fmt.Errorf("process %d is not the child of holder %d", pid, parent)
 	}

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/runv-project/runv/internal/state"
+	"github.com/runv-project/runv/internal/atomicfile"
 )
 
 // hostFiles are the host's files a QEMU binary needs to run, found once per binary: they
@@ -116,7 +116,7 @@ func writeHostFiles(cacheFile string, key hostFilesKey, f hostFiles) {
 	if err != nil || os.MkdirAll(filepath.Dir(cacheFile), 0o755) != nil {
 		return
 	}
-	state.WriteFileAtomic(cacheFile, append(b, '\n'), 0o644)
+	atomicfile.Write(cacheFile, append(b, '\n'), 0o644)
 }
 
 func discoverHostFiles(qemu string) (hostFiles, error) {

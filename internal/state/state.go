@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/internal/atomicfile"
 	"github.com/runv-project/runv/internal/shim"
 )
 
@@ -253,7 +254,7 @@ func (h *Handle) Save(c *Container) error {
 	if err != nil {
 		return fmt.Errorf("encode state of container %q: %w", h.ID, err)
 	}
-	return WriteFileAtomic(filepath.Join(h.Dir, stateFile), b, 0o600)
+	return atomicfile.Write(filepath.Join(h.Dir, stateFile), b, 0o600)
 }
 
 // Remove deletes the container directory (and with it the record), then unlocks.
@@ -314,29 +315,4 @@ func (s *Store) PodsInUse() (map[string]bool, error) {
 		}
 	}
 	return inUse, nil
-}
-
-// WriteFileAtomic writes data to a temporary file beside path and renames it over path, so
-// readers see the old or the new content, never a torn one.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
