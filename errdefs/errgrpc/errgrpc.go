@@ -1,30 +1,13 @@
 // Package errgrpc carries errdefs classes across the pod daemon's gRPC API: the daemon
 // converts with ToGRPC, the CLI back with FromGRPC, and errors.Is still matches the class.
+// The classes' codes are errcode's.
 package errgrpc
 
 import (
-	"errors"
-	"fmt"
-
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/runv-project/runv/errdefs"
+	"github.com/runv-project/runv/errdefs/errcode"
 )
-
-var classes = []struct {
-	err  error
-	code codes.Code
-}{
-	{errdefs.ErrNotFound, codes.NotFound},
-	{errdefs.ErrAlreadyExists, codes.AlreadyExists},
-	{errdefs.ErrInvalidArgument, codes.InvalidArgument},
-	{errdefs.ErrFailedPrecondition, codes.FailedPrecondition},
-	{errdefs.ErrUnavailable, codes.Unavailable},
-	{errdefs.ErrNotImplemented, codes.Unimplemented},
-	// Carried as PermissionDenied: the closest gRPC class for "cannot execute".
-	{errdefs.ErrNotExecutable, codes.PermissionDenied},
-}
 
 // ToGRPC converts err into a gRPC status error carrying its class.
 func ToGRPC(err error) error {
@@ -34,12 +17,7 @@ func ToGRPC(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	for _, c := range classes {
-		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
-		}
-	}
-	return status.Error(codes.Unknown, err.Error())
+	return status.Error(errcode.Of(err), err.Error())
 }
 
 // FromGRPC converts a gRPC status error back into an error of its class. The message is
@@ -52,21 +30,5 @@ func FromGRPC(err error) error {
 	if !ok {
 		return err
 	}
-	for _, c := range classes {
-		if st.Code() == c.code {
-			return &classified{msg: st.Message(), class: c.err}
-		}
-	}
-	if st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded {
-		return fmt.Errorf("%s: %w", st.Message(), errdefs.ErrUnavailable)
-	}
-	return errors.New(st.Message())
+	return errcode.Err(st.Code(), st.Message())
 }
-
-type classified struct {
-	msg   string
-	class error
-}
-
-func (e *classified) Error() string { return e.msg }
-func (e *classified) Unwrap() error { return e.class }

@@ -25,10 +25,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/runv-project/runv/errdefs"
-	"github.com/runv-project/runv/errdefs/errgrpc"
+	"github.com/runv-project/runv/errdefs/errcode"
 	"github.com/runv-project/runv/factory"
 )
 
@@ -120,8 +119,7 @@ type PoolStatus struct {
 
 // ErrResponse is the answer that carries err and its errdefs class.
 func ErrResponse(err error) Response {
-	st, _ := status.FromError(errgrpc.ToGRPC(err))
-	return Response{Error: err.Error(), Code: st.Code()}
+	return Response{Error: err.Error(), Code: errcode.Of(err)}
 }
 
 // Err is the error the answer carries, with its errdefs class, or nil.
@@ -131,10 +129,10 @@ func (r Response) Err() error {
 	}
 	code := r.Code
 	if code == codes.OK {
-		// status.Error(OK, ...) is nil: an error must never read as success.
+		// OK is no class: an error must never read as success.
 		code = codes.Unknown
 	}
-	return errgrpc.FromGRPC(status.Error(code, r.Error))
+	return errcode.Err(code, r.Error)
 }
 
 // Call sends one request to the socket at path and returns the answer (or its error).
