@@ -33,7 +33,7 @@ DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 
-.PHONY: all deps build runv shim agent exec-helper initrd kernel install uninstall demo test unit-test \
+.PHONY: all deps build runv holder shim agent exec-helper initrd kernel install uninstall demo test unit-test \
 	integration-test soak client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
@@ -52,10 +52,16 @@ apt-install:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
 	fi
 
-build: runv shim initrd kernel
+build: runv holder shim initrd kernel
 
 runv:
 	$(GO) build -tags "$(RUNV_TAGS)" -ldflags "$(RUNV_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
+
+# The holder of a pooled VM (cmd/runv-holder), which runv's factory daemon starts for every
+# refill when it is beside runv: pure Go, static without cgo, none of runv's CLI, gRPC or
+# libcontainer packages (docs/performance.md, "The holder's own binary, stop 19").
+holder:
+	CGO_ENABLED=0 $(GO) build -tags "$(HOST_TAGS)" -o $(BUILD)/runv-holder ./cmd/runv-holder
 
 # containerd's runtime v2 shim (io.containerd.runv.v2): containerd finds it on its PATH.
 shim:
@@ -79,12 +85,13 @@ kernel:
 
 install: build
 	install -D -m 0755 $(BUILD)/runv $(DESTDIR)$(PREFIX)/bin/runv
+	install -D -m 0755 $(BUILD)/runv-holder $(DESTDIR)$(PREFIX)/bin/runv-holder
 	install -D -m 0755 $(BUILD)/containerd-shim-runv-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2
 	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(LIBDIR)/vmlinux
 	install -D -m 0644 $(BUILD)/initrd.img $(DESTDIR)$(LIBDIR)/initrd.img
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2 $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
+	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(PREFIX)/bin/runv-holder $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2 $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
 
 demo: deps install
 	@rm -rf $(BUILD)/demo-bundle

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/factoryd"
@@ -102,22 +104,34 @@ func runFactoryDaemon(c *cli.Context, g *globals) error {
 		return fmt.Errorf("factory daemon: %w", err)
 	}
 	maxCPUs, maxMem := poolLimits(c, g)
+	command := func(entry factory.Policy, a holder.Args) *exec.Cmd {
+		return holderCommand(self, g, entry, maxCPUs, maxMem, c.Bool("warm"), a)
+	}
+	// The holder's own binary beside runv starts for a fraction of runv's CPU, once per
+	// refill (holder.Binary); runv itself holds VMs where it is not installed.
+	if bin := filepath.Join(filepath.Dir(self), holder.Binary); unix.Access(bin, unix.X_OK) == nil {
+		command = func(entry factory.Policy, a holder.Args) *exec.Cmd {
+			return holder.Invocation{
+				Config: holder.Config{ID: a.ID, Dir: a.Dir, ShareDir: a.ShareDir, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB,
+					Parent: a.Parent, Warm: c.Bool("warm")},
+				Boot:    holderBoot(g, policyOf(entry), maxCPUs, maxMem),
+				ReadyFD: a.ReadyFD, Debug: g.debug,
+			}.Command(bin)
+		}
+	}
 	return factoryd.Main(c.Context, factoryd.Config{
 		Root: g.root, Policy: g.factory, CPUs: g.cpus, MemoryMiB: g.memoryMiB, MaxCPUs: maxCPUs, MaxMemoryMiB: maxMem,
-		HolderCommand: func(entry factory.Policy, a holder.Args) *exec.Cmd {
-			return holderCommand(self, g, entry, maxCPUs, maxMem, c.Bool("warm"), a)
-		},
+		HolderCommand: command,
 	})
 }
 
-// holderCommand is the command line of the holder of one pooled VM: this runv, with the
-// daemon's global options and the pool's policy entry, in holder mode.
+// holderCommand is the command line of the holder of one pooled VM as runv: this runv, with
+// the daemon's global options and the pool's policy entry, in holder mode.
 func holderCommand(self string, g *globals, entry factory.Policy, maxCPUs, maxMem int, warm bool, a holder.Args) *exec.Cmd {
-	pol, _ := json.Marshal([]factory.Policy{entry})
 	args := []string{
 		"--root", g.root, "--kernel", g.kernel, "--initrd", g.initrd, "--accel", g.accel, "--machine", g.machine,
 		"--default_cpus", strconv.Itoa(g.cpus), "--default_memory", strconv.Itoa(g.memoryMiB),
-		"--factory", string(pol), "--log-format", "text",
+		"--factory", policyOf(entry), "--log-format", "text",
 	}
 	if g.debug {
 		args = append(args, "--debug")
@@ -131,6 +145,22 @@ func holderCommand(self string, g *globals, entry factory.Policy, maxCPUs, maxMe
 	return exec.Command(self, args...)
 }
 
+// policyOf is the --factory policy of one pool's entry.
+func policyOf(entry factory.Policy) string {
+	pol, _ := json.Marshal([]factory.Policy{entry})
+	return string(pol)
+}
+
+// holderBoot is how a holder boots its pool's VMs: the kind of the pool's policy (policyOf)
+// over the VMs' kernel, initrd, accelerator, machine and default size, with q35's hot-plug room.
+func holderBoot(g *globals, policy string, maxCPUs, maxMem int) holder.Boot {
+	base := g.vmConfig()
+	if g.machine == hypervisor.MachineQ35 {
+		base.MaxCPUs, base.MaxMemoryMiB = maxCPUs, maxMem
+	}
+	return holder.Boot{Policy: policy, Base: base, TemplateDir: g.templateDir()}
+}
+
 // runHolder is a holder process (package factory/holder): it boots one VM with the policy
 // entry's kind and holds it.
 func runHolder(c *cli.Context, g *globals) error {
@@ -141,13 +171,9 @@ func runHolder(c *cli.Context, g *globals) error {
 	if fd := c.Int("ready-fd"); fd > 0 {
 		ready = os.NewFile(uintptr(fd), "ready")
 	}
-	base := g.vmConfig()
-	if g.machine == hypervisor.MachineQ35 {
-		base.MaxCPUs, base.MaxMemoryMiB = c.Int("max-cpus"), c.Int("max-memory")
-	}
 	return holder.Main(c.Context, holder.Config{
 		ID: c.String("hold-id"), Dir: c.String("hold"), ShareDir: c.String("hold-share"),
 		CPUs: c.Int("hold-cpus"), MemoryMiB: c.Int("hold-memory"), Parent: c.Int("hold-parent"),
 		Warm: c.Bool("hold-warm"),
-	}, holder.Boot{Policy: g.factory, Base: base, TemplateDir: g.templateDir()}, ready)
+	}, holderBoot(g, g.factory, c.Int("max-cpus"), c.Int("max-memory")), ready)
 }

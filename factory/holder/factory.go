@@ -78,7 +78,7 @@ func (f *Factory) GetVM(ctx context.Context, req factory.Request) (hypervisor.VM
 		return nil, fmt.Errorf("holder %s: start: %w", req.ID, err)
 	}
 	go p.closeFD()
-	// The holder's own start (a runv process) and QEMU's launch are a refill's too, and a
+	// The holder's own start (runv-holder or runv) and QEMU's launch are a refill's too, and a
 	// refill starts while a pod starts: niced at once, as its QEMU will be (pooledNice).
 	// Its own process group (startChild): every thread it has, and later ones inherit.
 	if err := unix.Setpriority(unix.PRIO_PGRP, p.pid, pooledNice); err != nil {

@@ -7,15 +7,15 @@
 //	factory daemon ─ ─ ─ ─ ─ ─ ─ ▶ holder ──(Pdeathsig)──▶ qemu      handed out to pod daemon P
 //	                                  └── watches P (pidfd): P gone → qemu killed
 //
-// Every pooled VM is held by a small process of its own, a holder (`runv manage
-// factory-daemon --hold DIR`), that boots it with the base factory (direct or template) and
-// is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
-// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod
-// daemon P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig
-// and watches P through a pidfd instead. From then on the VM lives exactly as long as P
-// (or until P shuts it down), as a directly booted VM lives as long as its pod daemon;
-// restarting or killing the factory daemon no longer affects it. The factory daemon stays
-// the holder's parent only to reap it.
+// Every pooled VM is held by a small process of its own, a holder (`runv-holder`, or `runv
+// manage factory-daemon --hold DIR`), that boots it with the base factory (direct or template)
+// and is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
+// the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod daemon
+// P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig and
+// watches P through a pidfd instead. From then on the VM lives exactly as long as P (or until
+// P shuts it down), as a directly booted VM lives as long as its pod daemon; restarting or
+// killing the factory daemon no longer affects it. The factory daemon stays the holder's
+// parent only to reap it.
 //
 // Why a holder process rather than handing QEMU itself over: QEMU's Pdeathsig points at the
 // thread that forked it and cannot be changed from outside, and Linux has no way to
@@ -104,8 +104,8 @@ type Config struct {
 	// CPUs and MemoryMiB size the VM.
 	CPUs      int
 	MemoryMiB int
-	// Factory boots the VM: the pool's base kind, direct or template.
-	Factory factory.Factory
+	// Factory boots the VM: the pool's base kind, direct or template (Main sets it).
+	Factory factory.Factory `json:"-"`
 	// Parent is the factory daemon's pid: while the VM is pooled the holder kills it when
 	// that process exits.
 	Parent int

@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,13 +43,19 @@ type factoryDaemon struct {
 // if the test did not end it itself.
 func startFactoryDaemon(t *testing.T, r string, global ...string) *factoryDaemon {
 	t.Helper()
+	return startFactoryDaemonOf(t, runvBinary, r, global...)
+}
+
+// startFactoryDaemonOf is startFactoryDaemon with the runv binary at path.
+func startFactoryDaemonOf(t *testing.T, path, r string, global ...string) *factoryDaemon {
+	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "factory-daemon")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
 	args := append([]string{"--root", r, "--kernel", kernel, "--initrd", initrd}, global...)
-	cmd := exec.Command(runvBinary, append(args, "manage", "factory-daemon")...)
+	cmd := exec.Command(path, append(args, "manage", "factory-daemon")...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -165,25 +172,38 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 	}
 }
 
-// A pod gets a pooled VM (its VM directory holds the holder's socket); the pool refills;
+// A pod gets a pooled VM (its VM directory holds the holder's socket), held by the holder's
+// own binary beside runv, or by runv itself where that is not installed; the pool refills;
 // killing the factory daemon kills the pooled VMs but not the handed-out one; killing the
 // pod daemon kills its VM. Pools of template clones (the default) and of direct boots.
 func TestCacheFactoryDaemonHandsOutVMs(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, policy, pool string }{
-		{"template refills", cachePolicy, "template-1c-128m"},
-		{"direct refills", directCachePolicy, "direct-1c-128m"},
+	holderBinary := filepath.Join(filepath.Dir(runvBinary), "runv-holder")
+	if _, err := os.Stat(holderBinary); err != nil {
+		t.Fatalf("no holder binary beside RUNV_BINARY (make build makes it): %v", err)
+	}
+	// runv alone in a directory: its factory daemon holds VMs as runv itself.
+	runvAlone := filepath.Join(t.TempDir(), "runv")
+	if out, err := exec.Command("cp", runvBinary, runvAlone).CombinedOutput(); err != nil {
+		t.Fatalf("copy runv: %v: %s", err, out)
+	}
+	for _, tc := range []struct{ name, policy, pool, runv, holder string }{
+		{"template refills", cachePolicy, "template-1c-128m", runvBinary, holderBinary},
+		{"direct refills", directCachePolicy, "direct-1c-128m", runvBinary, holderBinary},
+		{"template refills, runv holding", cachePolicy, "template-1c-128m", runvAlone, runvAlone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			testCacheHandsOutVMs(t, tc.policy, tc.pool)
+			testCacheHandsOutVMs(t, tc.policy, tc.pool, tc.runv, tc.holder)
 		})
 	}
 }
 
-func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
+// testCacheHandsOutVMs runs the factory daemon of the runv binary at runv, whose holders
+// must be the program at holder.
+func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool, runv, holder string) {
 	r := templateRoot(t)
-	fd := startFactoryDaemon(t, r, "--factory", cachePolicy)
+	fd := startFactoryDaemonOf(t, runv, r, "--factory", cachePolicy)
 	factoryDir := filepath.Join(r, "@factory")
 	t.Cleanup(func() {
 		os.RemoveAll(factoryDir) // what a SIGKILLed factory daemon leaves: socket, lock, empty pool dirs
@@ -208,6 +228,9 @@ func testCacheHandsOutVMs(t *testing.T, cachePolicy, pool string) {
 		t.Errorf("the pod's VM was not fetched while its daemon started; daemon log:\n%s", log)
 	}
 	qemuPid := readPid(t, filepath.Join(podDir, "vm", "qemu.pid"))
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", parentOf(qemuPid))); err != nil || exe != holder {
+		t.Errorf("the pooled VM's holder runs %q (%v), want %s", exe, err, holder)
+	}
 	if res := runvIn(t, r, nil, "exec", id, "true"); res.code != 0 {
 		t.Fatalf("exec in the pooled VM: %s", res)
 	}
