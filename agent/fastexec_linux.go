@@ -309,6 +309,13 @@ func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.Fil
 		}
 	}()
 	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	if req.Create != nil && req.Create.InPlace {
+		// The helper is the init (spawnHelper started it in the container's namespaces).
+		if err := awaitReady(helper, repR, req.Args[0], tr); err != nil {
+			return nil, nil, err
+		}
+		return helper, repR, nil
+	}
 	first, err := readReport(repR)
 	if err != nil && err != io.EOF {
 		_ = helper.Kill()
@@ -341,12 +348,10 @@ func awaitForked(via string, first helperReport, repR *os.File, req *convert.Exe
 	}
 	tr.mark(via + " forked the process")
 	if req.Create != nil {
-		next, err := readReportTraced(repR, tr)
-		if err == nil && next.kind == reportReady {
-			_ = repR.SetReadDeadline(time.Time{})
-			return proc, true, nil
+		if err := awaitReady(proc, repR, req.Args[0], tr); err != nil {
+			return nil, false, err
 		}
-		return nil, false, killUnexpected(proc, next, err, req.Args[0])
+		return proc, true, nil
 	}
 	if err := awaitExecTraced(repR, req.Args[0], tr); err != nil {
 		_ = proc.Kill()
@@ -354,6 +359,18 @@ func awaitForked(via string, first helperReport, repR *os.File, req *convert.Exe
 		return nil, false, err
 	}
 	return proc, false, nil
+}
+
+// awaitReady waits until a container's init, proc, reports it is ready to be started; the
+// report pipe stays open for the start. An init that failed or reported anything else is
+// killed and reaped.
+func awaitReady(proc *os.Process, repR *os.File, argv0 string, tr *stepTrace) error {
+	next, err := readReportTraced(repR, tr)
+	if err == nil && next.kind == reportReady {
+		_ = repR.SetReadDeadline(time.Time{})
+		return nil
+	}
+	return killUnexpected(proc, next, err, argv0)
 }
 
 // stdioOrNull is stdio with /dev/null for what is nil, and the files to close after use.
@@ -416,9 +433,18 @@ func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File,
 		req.ConsoleFD = len(files)
 		files = append(files, console)
 	}
+	var cloneFlags uintptr
 	if req.Create != nil {
 		req.Create.StartFD = len(files)
 		files = append(files, start)
+		// The helper started as the container's init, in the namespaces it creates, unless it
+		// joins any (a pid namespace cannot be joined by the process itself, and the helper
+		// joins the others before the new ones are made) or creates a user namespace (the
+		// rlimits are set before it, with the guest's root's rights).
+		req.Create.InPlace = len(namespaces) == 0 && req.Create.CloneFlags&unix.CLONE_NEWUSER == 0
+		if req.Create.InPlace {
+			cloneFlags = uintptr(req.Create.CloneFlags &^ unix.CLONE_NEWCGROUP)
+		}
 	}
 	if req.Serve != nil {
 		req.ServeFD = len(files)
@@ -433,7 +459,7 @@ func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File,
 	if req.Serve != nil {
 		helper, err = os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{Env: []string{}, Files: files})
 	} else {
-		helper, err = startInCgroup(helperPath, files, dirs)
+		helper, err = startInCgroup(helperPath, files, dirs, cloneFlags)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("exec helper: start: %w", err)
@@ -500,8 +526,9 @@ func killUnexpected(proc *os.Process, rep helperReport, err error, argv0 string)
 }
 
 // startInCgroup starts the helper directly in the first of dirs that takes it
-// (CLONE_INTO_CGROUP), as libcontainer starts `runc init` for an exec.
-func startInCgroup(helperPath string, files []*os.File, dirs []string) (*os.Process, error) {
+// (CLONE_INTO_CGROUP), as libcontainer starts `runc init` for an exec, in new namespaces of
+// the types cloneFlags names.
+func startInCgroup(helperPath string, files []*os.File, dirs []string, cloneFlags uintptr) (*os.Process, error) {
 	var errs []error
 	for _, dir := range dirs {
 		if dir == "" {
@@ -515,7 +542,7 @@ func startInCgroup(helperPath string, files []*os.File, dirs []string) (*os.Proc
 		p, err := os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{
 			Env:   []string{},
 			Files: files,
-			Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg},
+			Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg, Cloneflags: cloneFlags},
 		})
 		unix.Close(cg)
 		if err == nil {

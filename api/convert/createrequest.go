@@ -23,7 +23,7 @@ import (
 
 // Field tags of create mode (cmd/runv-exec/runv-exec.c has the same numbers).
 const (
-	tagCreate   = 20 // u32 CLONE_NEW* to create, u32 root propagation, u32 start fd, u8 readonly root, u8 set up /dev
+	tagCreate   = 20 // u32 CLONE_NEW* to create, u32 root propagation, u32 start fd, u8 readonly root, u8 set up /dev, u8 in place
 	tagRootfs   = 21 // string
 	tagMount    = 22 // u32 flags, u32 cleared flags, u32 n, u32 propagation[n]; source, destination, type, data
 	tagDevice   = 23 // u32 type, u32 major, u32 minor, u32 mode, u32 uid, u32 gid; path
@@ -62,6 +62,10 @@ type CreateRequest struct {
 	// The guest's fields: the start pipe's descriptor, the container's cgroup directory.
 	StartFD   int
 	CgroupDir string
+	// InPlace: the agent started the helper in the container's new namespaces (its clone
+	// made them all but the cgroup namespace, which a clone would root at the agent's
+	// cgroup): the helper is the container's init and forks nothing.
+	InPlace bool
 }
 
 // NewCreateRequest takes the container's part of the request from its libcontainer
@@ -172,7 +176,7 @@ func (cr *CreateRequest) appendSpecFields(w *fieldWriter) error {
 func (cr *CreateRequest) appendGuestFields(w *fieldWriter) error {
 	put := binary.LittleEndian.AppendUint32
 	b := put(put(put(nil, cr.CloneFlags), cr.RootPropagation), uint32(cr.StartFD))
-	w.field(tagCreate, append(b, boolByte(cr.ReadonlyRoot), boolByte(cr.SetupDev)))
+	w.field(tagCreate, append(b, boolByte(cr.ReadonlyRoot), boolByte(cr.SetupDev), boolByte(cr.InPlace)))
 	if cr.CgroupNS && cr.CgroupDir != "" {
 		return stringField(w, tagCgroup, nil, cr.CgroupDir)
 	}

@@ -109,8 +109,8 @@ func TestCreateRequestEncoding(t *testing.T) {
 	if flags := le.Uint32(head); flags != unix.CLONE_NEWNS|unix.CLONE_NEWPID|unix.CLONE_NEWUTS {
 		t.Errorf("clone flags %#x: the joined IPC namespace is not created, the others are", flags)
 	}
-	if len(head) != 14 || le.Uint32(head[8:]) != 9 || head[12] != 0 || head[13] != 1 {
-		t.Errorf("create field %x: start fd 9, rootfs writable, /dev set up", head)
+	if len(head) != 15 || le.Uint32(head[8:]) != 9 || head[12] != 0 || head[13] != 1 || head[14] != 0 {
+		t.Errorf("create field %x: start fd 9, rootfs writable, /dev set up, the helper forks the init", head)
 	}
 	if _, ok := f[tagCgroup]; ok {
 		t.Error("a cgroup directory for a container without a cgroup namespace")
@@ -149,6 +149,13 @@ func TestCreateRequestEncoding(t *testing.T) {
 	f = requestFields(t, b)
 	if f[tagCreate][0][13] != 0 {
 		t.Error("/dev set up although a bind brings it")
+	}
+	r.Create.InPlace = true
+	if b, err = r.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	if f = requestFields(t, b); f[tagCreate][0][14] != 1 {
+		t.Errorf("create field %x: the helper started as the init is not told so", f[tagCreate][0])
 	}
 	if got := f[tagCgroup]; len(got) != 1 || string(got[0]) != "/sys/fs/cgroup/runv/c" {
 		t.Errorf("cgroup directory %q with a cgroup namespace", got)

@@ -95,7 +95,7 @@ enum {
 	T_OOMSCORE = 15, /* string */
 	T_HOME = 16,     /* no data: HOME is not in the environment, look it up */
 	/* Create mode (a container's init; agent/createengine.go): */
-	T_CREATE = 20,   /* u32 CLONE_NEW* to create, u32 root propagation, u32 start fd, u8 readonly root, u8 set up /dev */
+	T_CREATE = 20,   /* u32 CLONE_NEW* to create, u32 root propagation, u32 start fd, u8 readonly root, u8 set up /dev, u8 in place */
 	T_ROOTFS = 21,   /* string */
 	T_MOUNT = 22,    /* u32 flags, u32 cleared flags, u32 npropagation, u32 propagation[n]; source, destination, type, data (NUL-terminated) */
 	T_DEVICE = 23,   /* u32 type ('c', 'b', 'p'), u32 major, u32 minor, u32 mode, u32 uid, u32 gid; path */
@@ -138,6 +138,9 @@ struct create {
 	uint32_t root_propagation;
 	int start_fd;
 	int readonly_root, setup_dev;
+	/* in_place: the agent started this process in the container's new namespaces (all but
+	 * the cgroup namespace): it is the init, and forks nothing. */
+	int in_place;
 	char *rootfs;
 	struct mount_entry mounts[MAX_MOUNTS];
 	int nmounts;
@@ -376,13 +379,14 @@ static void parse_create_field(struct request *r, uint16_t tag, const char *d, u
 	struct create *c = create_of(r);
 	switch (tag) {
 	case T_CREATE:
-		if (len != 14)
+		if (len != 15)
 			fail("request: bad create field", EPROTO);
 		c->clone_flags = u32at(d);
 		c->root_propagation = u32at(d + 4);
 		c->start_fd = (int)u32at(d + 8);
 		c->readonly_root = d[12] != 0;
 		c->setup_dev = d[13] != 0;
+		c->in_place = d[14] != 0;
 		break;
 	case T_ROOTFS:
 		c->rootfs = strdup_field(d, len);
@@ -634,6 +638,18 @@ static void join_pass(struct request *r, uint32_t allow, int user)
 		close(r->ns[i].fd);
 		r->ns[i].fd = -1;
 	}
+}
+
+/* in_user_ns_of_its_own tells whether the process is in a user namespace the request joins
+ * or creates, rather than the agent's. */
+static int in_user_ns_of_its_own(const struct request *r)
+{
+	if (r->create && (r->create->clone_flags & CLONE_NEWUSER))
+		return 1;
+	for (int i = 0; i < r->nns; i++)
+		if (r->ns[i].type == CLONE_NEWUSER)
+			return 1;
+	return 0;
 }
 
 static void join_namespaces(struct request *r)
@@ -1535,9 +1551,11 @@ static void __attribute__((noreturn)) child(struct request *r)
 			fail("keep capabilities", errno);
 	}
 	fix_stdio_owner(r->uid);
-	/* Supplementary groups, unless the user namespace denies setgroups. */
+	/* Supplementary groups, unless the user namespace denies setgroups: only one the
+	 * request joins or creates can (the guest's own, the agent's, always allows them; the
+	 * read is ~40 blocks of the kernel's code a cold guest's first container would run). */
 	int allow_groups = 1;
-	int sg = open("/proc/self/setgroups", O_RDONLY | O_CLOEXEC);
+	int sg = in_user_ns_of_its_own(r) ? open("/proc/self/setgroups", O_RDONLY | O_CLOEXEC) : -1;
 	if (sg >= 0) {
 		char v[16] = {0};
 		if (read(sg, v, sizeof(v) - 1) > 0 && strncmp(v, "deny", 4) == 0)
@@ -1828,6 +1846,15 @@ int main(void)
 	/* Before a user namespace is joined: raising a hard limit needs the guest's root. */
 	set_rlimits(&r);
 	join_namespaces(&r);
+	if (r.create && r.create->in_place) {
+		/* The agent's clone made the container's namespaces and this is its init, in its
+		 * cgroup since the clone (CLONE_INTO_CGROUP): one fork and one exit less than
+		 * below, and no pid to report (the agent has it). The cgroup namespace is made
+		 * here: a clone roots a new one at its parent's cgroup, the agent's. */
+		if ((r.create->clone_flags & CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
+			fail("unshare the cgroup namespace", errno);
+		child(&r);
+	}
 	/* The child waits until this process reported its pid and exited (EOF on this pipe):
 	 * the agent reads the pid before any error of the child. */
 	int order[2];
