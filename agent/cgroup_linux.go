@@ -34,6 +34,9 @@ type containerCgroup struct {
 	// mayTakeSpare: the container cannot see its cgroup's name (a cgroup namespace of its
 	// own) and create may give it the spare cgroup instead of making one.
 	mayTakeSpare bool
+	// fresh: create made the directory (or took the spare, made empty): no device filter
+	// is attached to it yet.
+	fresh bool
 }
 
 // newContainerCgroup prepares the cgroup of cfg; create makes it. ownNamespace tells
@@ -114,11 +117,13 @@ func (c *containerCgroup) create() error {
 	}
 	if c.mayTakeSpare {
 		if dir, cgPath, ok := spareCgroups.take(); ok {
-			c.dir, c.cfg.Path = dir, cgPath
+			c.dir, c.cfg.Path, c.fresh = dir, cgPath, true
 			return nil
 		}
 	}
-	return createCgroupDir(cgroupRoot, c.dir)
+	made, err := createCgroupDir(cgroupRoot, c.dir)
+	c.fresh = made
+	return err
 }
 
 // spareCgroup is an empty container cgroup made ahead, in the warm-up of a template or a
@@ -153,7 +158,7 @@ func (s *spareCgroup) make() error {
 		// createCgroupDir takes an existing directory as made: never one in use.
 		return fmt.Errorf("spare cgroup %s: %w", dir, err)
 	}
-	if err := createCgroupDir(s.root, dir); err != nil {
+	if _, err := createCgroupDir(s.root, dir); err != nil {
 		return fmt.Errorf("spare cgroup: %w", err)
 	}
 	s.dir = dir
@@ -173,21 +178,22 @@ func (s *spareCgroup) take() (dir, cgroupPath string, ok bool) {
 // every controller of the root enabled in the subtree of each parent (the root's included), and
 // turns a parent found in the "domain invalid" state threaded, as fs2's CreateCgroupPath
 // does for a cgroup without domain controllers' limits. What it made is removed on error.
-func createCgroupDir(root, dir string) (err error) {
+// made tells whether dir itself was made here (else it existed).
+func createCgroupDir(root, dir string) (made bool, err error) {
 	rel, ok := strings.CutPrefix(dir, root+"/")
 	if !ok {
-		return fmt.Errorf("cgroup %s is not under %s", dir, root)
+		return false, fmt.Errorf("cgroup %s is not under %s", dir, root)
 	}
 	b, err := os.ReadFile(root + "/cgroup.controllers")
 	if err != nil {
-		return err
+		return false, err
 	}
 	enable := "+" + strings.Join(strings.Fields(string(b)), " +")
-	var made []string
+	var mkdirs []string
 	defer func() {
 		if err != nil {
-			for i := len(made) - 1; i >= 0; i-- {
-				_ = os.Remove(made[i])
+			for i := len(mkdirs) - 1; i >= 0; i-- {
+				_ = os.Remove(mkdirs[i])
 			}
 		}
 	}()
@@ -197,9 +203,9 @@ func createCgroupDir(root, dir string) (err error) {
 		if i >= 0 {
 			current += "/" + elems[i]
 			if err := os.Mkdir(current, 0o755); err == nil {
-				made = append(made, current)
+				mkdirs = append(mkdirs, current)
 			} else if !errors.Is(err, os.ErrExist) {
-				return err
+				return false, err
 			}
 			if typ, _ := os.ReadFile(current + "/cgroup.type"); strings.TrimSpace(string(typ)) == "domain invalid" {
 				_ = writeCgroupFile(current+"/cgroup.type", "threaded")
@@ -209,7 +215,7 @@ func createCgroupDir(root, dir string) (err error) {
 			enableControllers(current, enable)
 		}
 	}
-	return nil
+	return len(mkdirs) > 0 && mkdirs[len(mkdirs)-1] == dir, nil
 }
 
 // enableControllers writes enable ("+cpu +memory ...") to dir's cgroup.subtree_control,
@@ -268,7 +274,7 @@ func (c *containerCgroup) set(r *cgroups.Resources) error {
 func (c *containerCgroup) setConverted(insns []byte) error {
 	r := c.cfg.Resources
 	if c.mgr == nil && theDeviceFilters != nil && len(insns) > 0 {
-		return theDeviceFilters.setProgram(c.dir, r, insns)
+		return theDeviceFilters.setProgram(c.dir, r, insns, c.fresh)
 	}
 	return c.set(r)
 }

@@ -81,7 +81,8 @@ func TestOwnCgroupDir(t *testing.T) {
 }
 
 // createCgroupDir on plain files standing for cgroupfs: the controllers enabled in each
-// parent's subtree, a "domain invalid" parent made threaded, errors.
+// parent's subtree, a "domain invalid" parent made threaded, whether the cgroup was made,
+// errors.
 func TestCreateCgroupDir(t *testing.T) {
 	root := t.TempDir()
 	write := func(name, content string) {
@@ -107,8 +108,12 @@ func TestCreateCgroupDir(t *testing.T) {
 	write("cgroup.subtree_control", "")
 	write("threads/cgroup.subtree_control", "")
 	write("threads/cgroup.type", "domain invalid\n")
-	if err := createCgroupDir(root, root+"/threads/c1"); err != nil {
-		t.Fatal(err)
+	if made, err := createCgroupDir(root, root+"/threads/c1"); err != nil || !made {
+		t.Fatalf("createCgroupDir of a new cgroup: made %v, %v", made, err)
+	}
+	// One that exists (a device filter may be attached to it): not made.
+	if made, err := createCgroupDir(root, root+"/threads/c1"); err != nil || made {
+		t.Errorf("createCgroupDir of an existing cgroup: made %v, %v", made, err)
 	}
 	for _, f := range []string{"cgroup.subtree_control", "threads/cgroup.subtree_control"} {
 		if got := read(f); got != "+cpuset +cpu +memory +pids" {
@@ -125,10 +130,10 @@ func TestCreateCgroupDir(t *testing.T) {
 
 	// A name the kernel refuses (a parent made before it is removed on cgroupfs; here, a
 	// plain directory holding the subtree_control written into it, it cannot be).
-	if err := createCgroupDir(root, root+"/made/"+strings.Repeat("n", 300)); err == nil {
+	if _, err := createCgroupDir(root, root+"/made/"+strings.Repeat("n", 300)); err == nil {
 		t.Error("a cgroup with a 300-byte name was made")
 	}
-	if err := createCgroupDir("/nonexistent", root+"/c4"); err == nil {
+	if _, err := createCgroupDir("/nonexistent", root+"/c4"); err == nil {
 		t.Error("a cgroup outside the root was made")
 	}
 }

@@ -215,7 +215,7 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	}
 	a.mu.Unlock()
 	if m.Start {
-		if err := c.start(tr); err != nil {
+		if err := c.execProgram(tr); err != nil {
 			// The host is told the container could not be made: nothing of it stays.
 			a.mu.Lock()
 			delete(a.containers, m.ID)
@@ -406,8 +406,8 @@ func (a *Agent) startContainer(_ context.Context, req *Request) (any, error) {
 	return nil, c.start(tr)
 }
 
-// start lets the created init exec the container's program (STARTCONTAINER, or
-// NEWCONTAINER with Start) and returns once it runs it.
+// start lets the created init exec the container's program (STARTCONTAINER), once it
+// checked the container is created, and returns once it runs it.
 func (c *container) start(tr *stepTrace) error {
 	st, err := c.lc.Status()
 	if err != nil {
@@ -417,6 +417,15 @@ func (c *container) start(tr *stepTrace) error {
 		return errorf(agentproto.KindState, "container %q is %s, not created", c.id, st)
 	}
 	tr.mark("status")
+	return c.execProgram(tr)
+}
+
+// execProgram lets the created init exec the container's program and returns once it runs
+// it. NEWCONTAINER with Start calls it without start's check of the status: the container
+// it made is created (an init that died since fails the Exec, which says so), and the check
+// (a signal 0 to the init's pidfd, a waitid, cgroup.freeze's read) was ~100 blocks of
+// code a cold guest translates for nothing else on that path.
+func (c *container) execProgram(tr *stepTrace) error {
 	if err := c.lc.Exec(); err != nil {
 		if c.init.exited() {
 			return errorf(agentproto.KindState, "start container %q: %w", c.id, err)

@@ -70,11 +70,13 @@ func (f *deviceFilters) set(dir string, r *cgroups.Resources) error {
 	if !ok {
 		return f.load(dir, r)
 	}
-	return f.setProgram(dir, r, insns)
+	return f.setProgram(dir, r, insns, false)
 }
 
 // setProgram attaches insns, the program r's device rules compile to, to the cgroup dir.
-func (f *deviceFilters) setProgram(dir string, r *cgroups.Resources, insns []byte) error {
+// fresh: the caller made dir and attached nothing to it (no BPF_PROG_QUERY needed: ~40
+// blocks of the kernel's code a cold guest would translate for this one call).
+func (f *deviceFilters) setProgram(dir string, r *cgroups.Resources, insns []byte, fresh bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -84,7 +86,7 @@ func (f *deviceFilters) setProgram(dir string, r *cgroups.Resources, insns []byt
 	defer unix.Close(fd)
 	// Only a cgroup without a filter (a new container's): a cgroup whose rules change (an
 	// update) goes through libcontainer, which replaces the old program.
-	if ids, err := f.queryDeviceFilters(fd); err == nil && len(ids) == 0 {
+	if fresh || f.hasNoDeviceFilter(fd) {
 		kept, err := f.attachNew(fd, insns)
 		if err == nil {
 			if kept {
@@ -151,6 +153,13 @@ func loadDeviceProgram(insns []byte) (int, error) {
 		}
 	}
 	return -1, errors.New("load device filter: interrupted 30 times")
+}
+
+// hasNoDeviceFilter tells whether the cgroup fd has no device filter attached (false when
+// the kernel cannot tell).
+func (f *deviceFilters) hasNoDeviceFilter(cgroupFd int) bool {
+	ids, err := f.queryDeviceFilters(cgroupFd)
+	return err == nil && len(ids) == 0
 }
 
 // queryDeviceFilters lists the ids of the device filters attached to the cgroup fd. The
