@@ -248,7 +248,7 @@ func (a *Agent) discardCreated(c *container, p *process) {
 	_ = p.handle.Signal(sigKill)
 	_, _ = p.handle.Wait()
 	a.reaper.untrack(p.pid)
-	p.releaseMountNS()
+	p.releasePins()
 	p.io.abort()
 	if err := c.lc.Destroy(); err != nil {
 		c.log.Errorf("destroy after a failed create: %v", err)
@@ -435,6 +435,7 @@ func (c *container) execProgram(tr *stepTrace) error {
 	tr.mark("exec fifo read")
 	_, engine := c.lc.(*engineContainer)
 	c.init.execed(engine)
+	c.init.pinProgram()
 	tr.mark("program exec'd")
 	c.log.Debugf("started")
 	return nil

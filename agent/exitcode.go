@@ -41,10 +41,16 @@ func processExit(ctr, proc string, st *os.ProcessState, waitErr error) agentprot
 		return e
 	}
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok {
-		e.ExitCode, e.Signal = exitStatus(ws)
-		return e
+		return exitOf(ctr, proc, ws)
 	}
 	e.ExitCode = st.ExitCode()
+	return e
+}
+
+// exitOf is the PROCESSEXIT event of a wait status.
+func exitOf(ctr, proc string, ws syscall.WaitStatus) agentproto.ProcessExit {
+	e := agentproto.ProcessExit{Container: ctr, Process: proc}
+	e.ExitCode, e.Signal = exitStatus(ws)
 	return e
 }
 

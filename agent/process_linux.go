@@ -6,10 +6,12 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/api/agentproto"
 	"github.com/runv-project/runv/api/convert"
@@ -44,6 +46,9 @@ type process struct {
 	// mountNS holds a container init's mount namespace open until its exit is reported
 	// (pinMountNS); nil for other processes.
 	mountNS *os.File
+	// program holds the file a container's init exec'd (an O_PATH descriptor) until its
+	// exit is reported (pinProgram); nil for other processes.
+	program *os.File
 
 	mu   sync.Mutex
 	exit agentproto.ProcessExit
@@ -52,7 +57,7 @@ type process struct {
 }
 
 // pinMountNS holds the mount namespace of a container's init open, so that it outlives
-// the init until its exit was reported (releaseMountNS).
+// the init until its exit was reported (releasePins).
 //
 // Why: a process's exit tears its namespaces down before its parent learns of the exit.
 // The last process of a container's mount namespace unmounts the container's whole tree
@@ -71,11 +76,37 @@ func (p *process) pinMountNS() {
 	p.mountNS = f
 }
 
-// releaseMountNS lets the init's mount namespace go (its teardown runs in this thread).
-func (p *process) releaseMountNS() {
+// pinProgram holds the file the container's init exec'd, once it did, until its exit was
+// reported (releasePins).
+//
+// Why: the container's rootfs is on the 9p share, mounted cache=mmap, whose dentries go at
+// their last use; when the program exits, the kernel drops its binary's dentry and inode and
+// truncates the page cache its exec read (~250 blocks of the kernel's code translated for the
+// first time in a cold guest: xas_store, delete_from_page_cache_batch, the pages' freeing),
+// between the program's end and the agent learning of it. Held, that runs when the agent
+// lets it go, after PROCESSEXIT is out, as the mount namespace's teardown (pinMountNS). An
+// init that exited before this opened its exe is not held: nothing changes for it.
+func (p *process) pinProgram() {
+	// O_PATH: nothing is read, and os.OpenFile would offer the descriptor to the poller.
+	name := "/proc/" + strconv.Itoa(p.pid) + "/exe"
+	fd, err := unix.Open(name, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		p.log.Debugf("program not held: %v", err)
+		return
+	}
+	p.program = os.NewFile(uintptr(fd), name)
+}
+
+// releasePins lets the init's mount namespace and program go (their teardown runs in this
+// thread).
+func (p *process) releasePins() {
 	if p.mountNS != nil {
 		p.mountNS.Close()
 		p.mountNS = nil
+	}
+	if p.program != nil {
+		p.program.Close()
+		p.program = nil
 	}
 }
 
@@ -189,9 +220,21 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 func (a *Agent) runProcess(p *process) {
 	p.io.start()
 	go func() {
-		st, werr := p.handle.Wait()
-		a.reaper.untrack(p.pid)
-		exit := processExit(p.ctr.id, p.id, st, werr)
+		// The status without reaping, when the agent's own waitid can take it (a process it
+		// started itself, an os.Process, not libcontainer's): the zombie's release (its /proc
+		// entries flushed, its pid freed) then runs after PROCESSEXIT. The reaper is told
+		// first: the SIGCHLD may reach it before this wakes.
+		var exit agentproto.ProcessExit
+		reapLater := false
+		if _, own := p.handle.(*os.Process); own {
+			a.reaper.reapsAfterReport(p.pid)
+			exit, reapLater = p.exitUnreaped()
+		}
+		if !reapLater {
+			st, werr := p.handle.Wait()
+			a.reaper.untrack(p.pid)
+			exit = processExit(p.ctr.id, p.id, st, werr)
+		}
 		if p.id == agentproto.InitProcessID && exit.Signal == int(sigKill) {
 			// The kernel's OOM killer sends SIGKILL; the container's cgroup counts it.
 			exit.OOMKilled = p.ctr.memoryEvents()["oom_kill"] > 0
@@ -204,6 +247,10 @@ func (a *Agent) runProcess(p *process) {
 		close(p.done)
 		a.sendExit(exit)
 		close(p.reported)
+		if reapLater {
+			_, _ = p.handle.Wait()
+			a.reaper.untrack(p.pid)
+		}
 		if p.id == agentproto.InitProcessID {
 			// Nothing can be exec'd any more: the server lets the namespaces go.
 			p.ctr.stopExecServer()
@@ -211,11 +258,36 @@ func (a *Agent) runProcess(p *process) {
 		// Logged once reported: under TCG the console line costs ~0.5 ms of the guest's
 		// only vCPU, which the host would otherwise wait for.
 		p.log.Infof("exited: code %d%s", exit.ExitCode, errSuffix(exit.Error))
-		p.releaseMountNS()
+		p.releasePins()
 		if p.id != agentproto.InitProcessID {
 			p.ctr.forget(p)
 		}
 	}()
+}
+
+// exitUnreaped waits until the process, a child of the agent, exited and returns its
+// PROCESSEXIT, leaving it a zombie (waitid with WNOWAIT); ok false when waitid failed
+// (handle.Wait then tells why). The caller reaps it (handle.Wait) once the exit is reported.
+//
+// Why: reaping releases the process, and for a container's init that flushes the /proc
+// entries the agent looked up (ns/mnt, exe, stat: d_invalidate, d_walk, the dentries'
+// shrinking) and runs the os.Process's wait and release (waitid with rusage, its cleanup):
+// ~300 blocks a cold guest translates at its first container's exit, before the host
+// learns of it. The zombie holds nothing of the container (its cgroup and namespaces are
+// left), and until it is reaped its pid is not reused (the reaper leaves a tracked pid
+// alone).
+func (p *process) exitUnreaped() (agentproto.ProcessExit, bool) {
+	for {
+		var info childSiginfo
+		err := unix.Waitid(unix.P_PID, p.pid, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return agentproto.ProcessExit{}, false // Wait tells what is wrong
+		}
+		return exitOf(p.ctr.id, p.id, info.waitStatus()), true
+	}
 }
 
 func errSuffix(s string) string {

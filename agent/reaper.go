@@ -33,7 +33,11 @@ type reaper struct {
 	mu       sync.Mutex
 	starting int
 	tracked  map[int]struct{}
-	reaped   int // total reaped here, for logs and tests
+	// reporting are tracked pids whose waiter reaps them once it reported their exit
+	// (reapsAfterReport): a scan that finds one a zombie first does not list every process
+	// to look past it, since its untrack, a moment later, scans again.
+	reporting map[int]struct{}
+	reaped    int // total reaped here, for logs and tests
 
 	kick chan struct{} // capacity 1: "scan again"
 
@@ -47,6 +51,7 @@ func newReaper(log *logger) *reaper {
 	return &reaper{
 		log:       log,
 		tracked:   make(map[int]struct{}),
+		reporting: make(map[int]struct{}),
 		kick:      make(chan struct{}, 1),
 		zombies:   zombieChildren,
 		reap:      reapPid,
@@ -79,8 +84,19 @@ func (r *reaper) beginStart() (done func(pid int)) {
 func (r *reaper) untrack(pid int) {
 	r.mu.Lock()
 	delete(r.tracked, pid)
+	delete(r.reporting, pid)
 	r.mu.Unlock()
 	r.poke()
+}
+
+// reapsAfterReport tells that the waiter of pid, tracked, reaps it (then untracks it) as
+// soon as it reported its exit.
+func (r *reaper) reapsAfterReport(pid int) {
+	r.mu.Lock()
+	if _, ok := r.tracked[pid]; ok {
+		r.reporting[pid] = struct{}{}
+	}
+	r.mu.Unlock()
 }
 
 func (r *reaper) poke() {
@@ -100,8 +116,8 @@ func (r *reaper) scan() int {
 	if r.starting > 0 {
 		return 0
 	}
-	n, clear := r.reapUntilTracked()
-	if clear {
+	n, clear, first := r.reapUntilTracked()
+	if _, soon := r.reporting[first]; clear || soon {
 		r.reaped += n
 		return n
 	}
@@ -129,28 +145,29 @@ func (r *reaper) scan() int {
 
 // reapUntilTracked reaps the zombies the kernel shows one at a time (waitid with WNOWAIT
 // names one, whichever it finds first) while they are orphans. clear reports that no zombie
-// child is left; otherwise the first one shown is tracked (or could not be reaped) and may
-// hide others behind it, which only the full scan of /proc finds.
+// child is left; otherwise the first one shown (first, 0 when waitid failed) is tracked (or
+// could not be reaped) and may hide others behind it, which only the full scan of /proc
+// finds.
 //
 // Why: the full scan reads /proc/<pid>/stat of every process of the guest, ~2.5 ms under
 // TCG, and runs several times per exec (its helper's exit, the end of the start bracket,
 // the program's exit, its untrack); almost always there is no zombie left by then, which
 // one waitid tells.
-func (r *reaper) reapUntilTracked() (n int, clear bool) {
+func (r *reaper) reapUntilTracked() (n int, clear bool, first int) {
 	for {
 		pid, err := r.anyZombie()
 		if err != nil {
-			return n, false
+			return n, false, 0
 		}
 		if pid == 0 {
-			return n, true
+			return n, true, 0
 		}
 		if _, ok := r.tracked[pid]; ok {
-			return n, false
+			return n, false, pid
 		}
 		if err := r.reap(pid); err != nil {
 			r.log.Debugf("reaper: wait4(%d): %v", pid, err)
-			return n, false
+			return n, false, pid
 		}
 		n++
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -106,6 +107,20 @@ type childSiginfo struct {
 	UID                   uint32
 	Status                int32
 	_                     [100]byte
+}
+
+// waitStatus is the wait status (as wait4 returns it) of the exited child info describes:
+// its exit status for CLD_EXITED, its signal for CLD_KILLED, and the core flag with it for
+// CLD_DUMPED.
+func (i *childSiginfo) waitStatus() syscall.WaitStatus {
+	const cldExited, cldDumped = 1, 3 // si_code of SIGCHLD (CLD_KILLED is 2)
+	switch i.Code {
+	case cldExited:
+		return syscall.WaitStatus(i.Status&0xff) << 8
+	case cldDumped:
+		return syscall.WaitStatus(i.Status&0x7f) | 0x80
+	}
+	return syscall.WaitStatus(i.Status & 0x7f)
 }
 
 // reapPid collects one specific zombie.

@@ -106,6 +106,31 @@ func TestReaperScansProcOnlyBehindATrackedZombie(t *testing.T) {
 	}
 }
 
+// A tracked zombie whose waiter reaps it once it reported the exit (reapsAfterReport) hides
+// the orphans behind it without a scan of /proc: its untrack scans again and finds them.
+func TestReaperWaitsForAReportedExit(t *testing.T) {
+	r, f := newFakeReaper(t)
+	r.beginStart()(100)
+	f.exit(100, 200)
+	r.reapsAfterReport(100)
+	if n := r.scan(); n != 0 || f.scans() != 0 {
+		t.Fatalf("reaped %d with %d scans of /proc behind a zombie being reported, want 0 and 0", n, f.scans())
+	}
+	_ = f.reap(100) // its waiter's Wait
+	r.untrack(100)
+	if n := r.scan(); n != 1 || f.scans() != 0 {
+		t.Fatalf("after untrack reaped %d with %d scans of /proc, want the orphan and 0", n, f.scans())
+	}
+	// Untracked, the pid is not marked again; a tracked zombie not being reported is
+	// looked past with a scan of /proc, as before.
+	r.reapsAfterReport(100)
+	r.beginStart()(101)
+	f.exit(101, 100)
+	if n := r.scan(); n != 1 || f.scans() != 1 {
+		t.Errorf("behind a tracked zombie not being reported: reaped %d with %d scans of /proc, want 1 and 1", n, f.scans())
+	}
+}
+
 func TestReaperReapsOrphansOnly(t *testing.T) {
 	r, f := newFakeReaper(t)
 	done := r.beginStart()
