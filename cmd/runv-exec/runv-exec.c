@@ -22,8 +22,9 @@
  * The flow: read the request, oom_score_adj and rlimits (before a user namespace takes the
  * right to raise them), join the namespaces (as nsexec does: all but user, user, the rest),
  * fork once (CLONE_PARENT: the agent, PID 1 of the guest, is the parent and reaper of the
- * process, which the new pid namespace needs a fork to enter), report the pid, exit. The
- * child: setsid, keyring, terminal, no_new_privs, umask, seccomp when it needs privileges,
+ * process, which the new pid namespace needs a fork to enter), report the pid, exit; a new
+ * container's init that joins nothing was started in its namespaces by the agent (the
+ * request's "in place") and forks nothing. The child: setsid, keyring, terminal, no_new_privs, umask, seccomp when it needs privileges,
  * close-on-exec of every other descriptor, cwd, HOME, bounding set, user and groups,
  * capabilities, the program's path, seccomp as the last step when no_new_privs is set,
  * execve. The report descriptor is close-on-exec: EOF after the pid is success.
