@@ -287,9 +287,7 @@ func TestContainerdExec(t *testing.T) {
 	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
 		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
 	}
-	r = runInPty(t, 60*time.Second, "ctr", c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id,
-		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
-	checkTerminal(x, r)
+	ctrTerminal(t, x, c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id, "sh", "-c", ctrTerminalScript)...)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "kill", "-s", "KILL", id))
 	c.waitTask(t, x, id, "STOPPED", 30*time.Second)
 	x.must(c.ctr(t, cmdOpts{}, "tasks", "delete", id))
@@ -316,9 +314,7 @@ func TestContainerdPsPauseResume(t *testing.T) {
 // --console-socket: the runc shim waits for the pty master).
 func TestContainerdTerminal(t *testing.T) {
 	c, x, id := newCtrTest(t)
-	r := runInPty(t, 60*time.Second, "ctr", c.ctrArgs("run", "--rm", "-t", "--runc-binary", runtimePath, img.Qualified, id,
-		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
-	checkTerminal(x, r)
+	ctrTerminal(t, x, c.ctrArgs("run", "--rm", "-t", "--runc-binary", runtimePath, img.Qualified, id, "sh", "-c", ctrTerminalScript)...)
 }
 
 // checkPauseResume pauses a running task and resumes it, checking its status each time.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,6 +74,26 @@ func checkGuestRelease(x *tc, r result) {
 // appeared on the terminal.
 func runInPty(t *testing.T, timeout time.Duration, name string, args ...string) result {
 	t.Helper()
+	return runInPtyTyping(t, timeout, "", "", name, args...)
+}
+
+// ctrTerminalScript is the process of a ctr terminal test: it says what it sees, then waits
+// for a line typed on the terminal (see runInPtyTyping) and shows it.
+//
+// Why it waits: ctr loses the output of a process that exits too soon, by a race of its
+// own. It opens its end of the output FIFO in a goroutine, and on the process's exit
+// (process.Delete → cio Cancel) closes a FIFO whose open that goroutine has not yet marked
+// done (containerd/fifo: the opened file is dropped unread). Under load that goroutine can
+// stall after its open(2) returned (17 ms in a traced failure, ctr 1.6.20) while the shim
+// writes the output into the FIFO: the terminal shows nothing, whatever the runtime. Once the
+// output is on the terminal, ctr's copy runs, and the typed line then proves that input
+// reaches the process through the terminal too.
+const ctrTerminalScript = "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r; read -r line; echo \"typed: $line\""
+
+// runInPtyTyping is runInPty that, once the terminal shows after, types answer (a line
+// ending in "\r", as the Enter key sends) once. With after empty it types nothing.
+func runInPtyTyping(t *testing.T, timeout time.Duration, after, answer, name string, args ...string) result {
+	t.Helper()
 	r := result{cmdline: shellQuote(append([]string{name}, args...)) + "   (on a pty)"}
 	t.Logf("$ %s", r.cmdline)
 	master, slavePath, err := console.NewPty()
@@ -97,11 +118,19 @@ func runInPty(t *testing.T, timeout time.Duration, name string, args ...string) 
 	go func() {
 		defer close(readDone)
 		buf := make([]byte, 4096)
+		typed := after == ""
 		for {
 			n, err := master.Read(buf)
 			mu.Lock()
 			out.Write(buf[:n])
+			seen := !typed && strings.Contains(strings.ReplaceAll(out.String(), "\r", ""), after)
 			mu.Unlock()
+			if seen {
+				typed = true
+				if _, err := io.WriteString(master, answer); err != nil {
+					t.Errorf("type %q on the terminal: %v", answer, err)
+				}
+			}
 			if err != nil {
 				return // EIO once no one holds the terminal open
 			}
@@ -148,6 +177,18 @@ func checkTerminal(x *tc, r result) {
 	}
 	if !strings.Contains(r.stdout, "\r\n") || !strings.Contains(strings.ReplaceAll(r.stdout, "\r", ""), "tty-ok\n"+guestRelease+"\n") {
 		x.fatal(r, "want \"tty-ok\" and the guest kernel %s on the terminal, with CRLF line ends", guestRelease)
+	}
+}
+
+// ctrTerminal runs ctr with args (whose process is ctrTerminalScript) on a terminal, types
+// a line once the process's output is there, and checks what the terminal shows.
+func ctrTerminal(t *testing.T, x *tc, args ...string) {
+	t.Helper()
+	const typed = "hello-tty"
+	r := runInPtyTyping(t, 60*time.Second, "tty-ok\n"+guestRelease+"\n", typed+"\r", "ctr", args...)
+	checkTerminal(x, r)
+	if !strings.Contains(strings.ReplaceAll(r.stdout, "\r", ""), "typed: "+typed+"\n") {
+		x.errorf(r, "want the line typed on the terminal (%q) read by the process", typed)
 	}
 }
 

@@ -108,9 +108,7 @@ func TestShimTaskAPI(t *testing.T) {
 	if r.code != 5 || strings.TrimSpace(r.stdout) != guestRelease {
 		x.errorf(r, "want the guest kernel %s and exit 5 from the exec", guestRelease)
 	}
-	r = runInPty(t, 60*time.Second, "ctr", c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id,
-		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
-	checkTerminal(x, r)
+	ctrTerminal(t, x, c.ctrArgs("tasks", "exec", "-t", "--exec-id", "e2", id, "sh", "-c", ctrTerminalScript)...)
 
 	// Metrics are the container's cgroup in the guest: a sleeping busybox uses some memory
 	// and has one process.
@@ -157,9 +155,7 @@ func metric(table, name string) int64 {
 func TestShimTerminal(t *testing.T) {
 	id := newName(t)
 	c, x := newShimTest(t, id)
-	r := runInPty(t, 60*time.Second, "ctr", c.ctrArgs("run", "--rm", "-t", "--runtime", shimRuntime, img.Qualified, id,
-		"sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; uname -r")...)
-	checkTerminal(x, r)
+	ctrTerminal(t, x, c.ctrArgs("run", "--rm", "-t", "--runtime", shimRuntime, img.Qualified, id, "sh", "-c", ctrTerminalScript)...)
 }
 
 // TestShimLogURIs: --log-uri file:// and binary:// (a logging program reading descriptors 3
