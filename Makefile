@@ -61,7 +61,7 @@ runv:
 # refill when it is beside runv: pure Go, static without cgo, none of runv's CLI, gRPC or
 # libcontainer packages (docs/performance.md, "The holder's own binary, stop 19").
 holder:
-	CGO_ENABLED=0 $(GO) build -tags "$(HOST_TAGS)" -o $(BUILD)/runv-holder ./cmd/runv-holder
+	CGO_ENABLED=0 $(GO) build -tags "$(HOST_TAGS)" -ldflags "$(GO_LDFLAGS)" -o $(BUILD)/runv-holder ./cmd/runv-holder
 
 # containerd's runtime v2 shim (io.containerd.runv.v2): containerd finds it on its PATH.
 shim:

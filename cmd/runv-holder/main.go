@@ -14,7 +14,15 @@ import (
 	"github.com/runv-project/runv/factory/holder"
 )
 
+// version is set at build time (-ldflags "-X main.version=..."), as runv's: the factory
+// daemon uses this program only when both come from one build (holder.VersionFlag).
+var version = "0.1.0-dev"
+
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == holder.VersionFlag {
+		fmt.Println(version)
+		return
+	}
 	if err := holder.MainBinary(context.Background(), os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

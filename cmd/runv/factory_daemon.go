@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/factory"
 	"github.com/runv-project/runv/factory/factoryd"
@@ -108,8 +107,11 @@ func runFactoryDaemon(c *cli.Context, g *globals) error {
 		return holderCommand(self, g, entry, maxCPUs, maxMem, c.Bool("warm"), a)
 	}
 	// The holder's own binary beside runv starts for a fraction of runv's CPU, once per
-	// refill (holder.Binary); runv itself holds VMs where it is not installed.
-	if bin := filepath.Join(filepath.Dir(self), holder.Binary); unix.Access(bin, unix.X_OK) == nil {
+	// refill (holder.Binary); runv itself holds VMs where it is not installed, or is of
+	// another build.
+	if bin, err := holder.BinaryBeside(c.Context, filepath.Dir(self), version); err != nil {
+		logging.G(c.Context).Info("pooled VMs are held by runv itself", "reason", err)
+	} else {
 		command = func(entry factory.Policy, a holder.Args) *exec.Cmd {
 			return holder.Invocation{
 				Config: holder.Config{ID: a.ID, Dir: a.Dir, ShareDir: a.ShareDir, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB,

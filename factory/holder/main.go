@@ -8,6 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,6 +33,35 @@ type Boot struct {
 // libcontainer packages, and starts with a fraction of runv's page faults (a pooled VM's
 // refill starts one holder; docs/performance.md, "The holder's own binary, stop 19").
 const Binary = "runv-holder"
+
+// VersionFlag, Binary's only argument other than an Invocation, makes it print its build's
+// version and exit: the factory daemon starts Binary only when that is its own version, so
+// that an Invocation is never read by a holder of another build (whose decoder would drop
+// the fields it does not know).
+const VersionFlag = "--version"
+
+// BinaryBeside returns the path of Binary installed in dir (beside runv) when it is of
+// runv's build version want; otherwise an error that says why runv itself holds the VMs.
+func BinaryBeside(ctx context.Context, dir, want string) (string, error) {
+	bin := filepath.Join(dir, Binary)
+	if err := unix.Access(bin, unix.X_OK); err != nil {
+		return "", fmt.Errorf("%s: %w", bin, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, binaryVersionTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, VersionFlag).Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", bin, VersionFlag, err)
+	}
+	if got := strings.TrimSpace(string(out)); got != want {
+		return "", fmt.Errorf("%s is version %q, runv is %q: install both from one build (make install)", bin, got, want)
+	}
+	return bin, nil
+}
+
+// binaryVersionTimeout bounds BinaryBeside's run of Binary: a static binary that prints
+// a line, ~2 ms; a hung one must not hold the factory daemon's start.
+const binaryVersionTimeout = 5 * time.Second
 
 // Invocation is a holder's whole command line as Binary takes it: one JSON argument, the
 // descriptor ReadyFD inherited for its report.
