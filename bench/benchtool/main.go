@@ -58,6 +58,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/runv-project/runv/factory/holder"
 	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/hypervisor/qemu"
 	"github.com/runv-project/runv/internal/procstat"
@@ -496,9 +497,12 @@ func kind(argv []string) string {
 	if strings.Contains(filepath.Base(argv[0]), "qemu") {
 		return "qemu"
 	}
+	if filepath.Base(argv[0]) == holder.Binary {
+		return "holder" // a factory daemon's holder of one VM, its own program
+	}
 	for _, a := range argv[1:] {
 		if a == "--hold" {
-			return "holder" // a factory daemon's holder of one VM
+			return "holder" // the same, runv itself (no runv-holder beside it)
 		}
 	}
 	for _, a := range argv[1:] {

@@ -43,24 +43,19 @@ var factoryDaemonCommand = &cli.Command{
 		&cli.BoolFlag{Name: "status", Usage: "print the running factory daemon's pools as JSON and exit"},
 		&cli.BoolFlag{Name: "wait", Usage: "with --status: wait until every pool is full first"},
 		&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "with --status --wait: give up after this long"},
-		// A holder process (internal): holds one pooled VM. See factory/holder.
+		// A holder process (internal): holds one pooled VM, its value the holder's
+		// invocation (holder.Invocation). See factory/holder.
 		&cli.StringFlag{Name: "hold", Hidden: true},
-		&cli.StringFlag{Name: "hold-id", Hidden: true},
-		&cli.StringFlag{Name: "hold-share", Hidden: true},
-		&cli.IntFlag{Name: "hold-cpus", Hidden: true},
-		&cli.IntFlag{Name: "hold-memory", Hidden: true},
-		&cli.IntFlag{Name: "hold-parent", Hidden: true},
-		&cli.BoolFlag{Name: "hold-warm", Hidden: true},
-		&cli.IntFlag{Name: "ready-fd", Hidden: true},
 	},
 	Action: func(c *cli.Context) error {
+		if c.IsSet("hold") {
+			return holder.MainBinary(c.Context, []string{c.String("hold")})
+		}
 		g, err := globalsFrom(c)
 		if err != nil {
 			return err
 		}
 		switch {
-		case c.IsSet("hold"):
-			return runHolder(c, g)
 		case c.Bool("status"):
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 			defer cancel()
@@ -103,79 +98,38 @@ func runFactoryDaemon(c *cli.Context, g *globals) error {
 		return fmt.Errorf("factory daemon: %w", err)
 	}
 	maxCPUs, maxMem := poolLimits(c, g)
-	command := func(entry factory.Policy, a holder.Args) *exec.Cmd {
-		return holderCommand(self, g, entry, maxCPUs, maxMem, c.Bool("warm"), a)
-	}
 	// The holder's own binary beside runv starts for a fraction of runv's CPU, once per
 	// refill (holder.Binary); runv itself holds VMs where it is not installed, or is of
 	// another build.
+	holderCommand := func(inv holder.Invocation) *exec.Cmd {
+		return inv.Command(self, "manage", "factory-daemon", "--hold")
+	}
 	if bin, err := holder.BinaryBeside(c.Context, filepath.Dir(self), version); err != nil {
 		logging.G(c.Context).Info("pooled VMs are held by runv itself", "reason", err)
 	} else {
-		command = func(entry factory.Policy, a holder.Args) *exec.Cmd {
-			return holder.Invocation{
-				Config: holder.Config{ID: a.ID, Dir: a.Dir, ShareDir: a.ShareDir, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB,
-					Parent: a.Parent, Warm: c.Bool("warm")},
-				Boot:    holderBoot(g, policyOf(entry), maxCPUs, maxMem),
-				ReadyFD: a.ReadyFD, Debug: g.debug,
-			}.Command(bin)
-		}
+		holderCommand = func(inv holder.Invocation) *exec.Cmd { return inv.Command(bin) }
 	}
 	return factoryd.Main(c.Context, factoryd.Config{
 		Root: g.root, Policy: g.factory, CPUs: g.cpus, MemoryMiB: g.memoryMiB, MaxCPUs: maxCPUs, MaxMemoryMiB: maxMem,
-		HolderCommand: command,
+		HolderCommand: func(entry factory.Policy, a holder.Args) *exec.Cmd {
+			return holderCommand(holderInvocation(g, entry, a, maxCPUs, maxMem, c.Bool("warm")))
+		},
 	})
 }
 
-// holderCommand is the command line of the holder of one pooled VM as runv: this runv, with
-// the daemon's global options and the pool's policy entry, in holder mode.
-func holderCommand(self string, g *globals, entry factory.Policy, maxCPUs, maxMem int, warm bool, a holder.Args) *exec.Cmd {
-	args := []string{
-		"--root", g.root, "--kernel", g.kernel, "--initrd", g.initrd, "--accel", g.accel, "--machine", g.machine,
-		"--default_cpus", strconv.Itoa(g.cpus), "--default_memory", strconv.Itoa(g.memoryMiB),
-		"--factory", policyOf(entry), "--log-format", "text",
-	}
-	if g.debug {
-		args = append(args, "--debug")
-	}
-	args = append(args, "manage", "factory-daemon",
-		"--hold", a.Dir, "--hold-id", a.ID, "--hold-share", a.ShareDir,
-		"--hold-cpus", strconv.Itoa(a.CPUs), "--hold-memory", strconv.Itoa(a.MemoryMiB),
-		"--hold-parent", strconv.Itoa(a.Parent), "--ready-fd", strconv.Itoa(a.ReadyFD),
-		"--max-cpus", strconv.Itoa(maxCPUs), "--max-memory", strconv.Itoa(maxMem),
-		"--hold-warm="+strconv.FormatBool(warm))
-	return exec.Command(self, args...)
-}
-
-// policyOf is the --factory policy of one pool's entry.
-func policyOf(entry factory.Policy) string {
-	pol, _ := json.Marshal([]factory.Policy{entry})
-	return string(pol)
-}
-
-// holderBoot is how a holder boots its pool's VMs: the kind of the pool's policy (policyOf)
-// over the VMs' kernel, initrd, accelerator, machine and default size, with q35's hot-plug room.
-func holderBoot(g *globals, policy string, maxCPUs, maxMem int) holder.Boot {
+// holderInvocation is what the holder of pooled VM a is told: the VM, the pool's policy
+// entry as its --factory, over the VMs' kernel, initrd, accelerator, machine and default
+// size, with q35's hot-plug room.
+func holderInvocation(g *globals, entry factory.Policy, a holder.Args, maxCPUs, maxMem int, warm bool) holder.Invocation {
+	policy, _ := json.Marshal([]factory.Policy{entry})
 	base := g.vmConfig()
 	if g.machine == hypervisor.MachineQ35 {
 		base.MaxCPUs, base.MaxMemoryMiB = maxCPUs, maxMem
 	}
-	return holder.Boot{Policy: policy, Base: base, TemplateDir: g.templateDir()}
-}
-
-// runHolder is a holder process (package factory/holder): it boots one VM with the policy
-// entry's kind and holds it.
-func runHolder(c *cli.Context, g *globals) error {
-	if _, err := logging.Setup(logging.Options{Format: g.logFormat, Debug: g.debug, Info: true}); err != nil {
-		return err
+	return holder.Invocation{
+		Config: holder.Config{ID: a.ID, Dir: a.Dir, ShareDir: a.ShareDir, CPUs: a.CPUs, MemoryMiB: a.MemoryMiB,
+			Parent: a.Parent, Warm: warm},
+		Boot:    holder.Boot{Policy: string(policy), Base: base, TemplateDir: g.templateDir()},
+		ReadyFD: a.ReadyFD, Debug: g.debug,
 	}
-	var ready *os.File
-	if fd := c.Int("ready-fd"); fd > 0 {
-		ready = os.NewFile(uintptr(fd), "ready")
-	}
-	return holder.Main(c.Context, holder.Config{
-		ID: c.String("hold-id"), Dir: c.String("hold"), ShareDir: c.String("hold-share"),
-		CPUs: c.Int("hold-cpus"), MemoryMiB: c.Int("hold-memory"), Parent: c.Int("hold-parent"),
-		Warm: c.Bool("hold-warm"),
-	}, holderBoot(g, g.factory, c.Int("max-cpus"), c.Int("max-memory")), ready)
 }

@@ -8,7 +8,7 @@
 //	                                  └── watches P (pidfd): P gone → qemu killed
 //
 // Every pooled VM is held by a small process of its own, a holder (`runv-holder`, or `runv
-// manage factory-daemon --hold DIR`), that boots it with the base factory (direct or template)
+// manage factory-daemon --hold INVOCATION`), that boots it with the base factory (direct or template)
 // and is QEMU's parent. The factory daemon starts holders with Pdeathsig=SIGKILL, so killing
 // the factory daemon kills every pooled VM: nothing is left behind. Handing a VM to pod daemon
 // P, the factory daemon tells the holder to adopt P: the holder clears its Pdeathsig and

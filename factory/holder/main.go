@@ -63,8 +63,9 @@ func BinaryBeside(ctx context.Context, dir, want string) (string, error) {
 // a line, ~2 ms; a hung one must not hold the factory daemon's start.
 const binaryVersionTimeout = 5 * time.Second
 
-// Invocation is a holder's whole command line as Binary takes it: one JSON argument, the
-// descriptor ReadyFD inherited for its report.
+// Invocation is all a holder process is told: the factory daemon encodes it as one JSON
+// argument (Command), which Binary takes alone and runv as `manage factory-daemon --hold`'s
+// value, and both hand to MainBinary; the descriptor ReadyFD is inherited for its report.
 type Invocation struct {
 	Config Config
 	Boot   Boot
@@ -74,58 +75,59 @@ type Invocation struct {
 	Debug bool
 }
 
-// Command is the command line that starts a holder as path, the Binary.
-func (inv Invocation) Command(path string) *exec.Cmd {
+// Command is the command line that starts a holder as the program at path: its arguments
+// before, then the invocation as one JSON argument.
+func (inv Invocation) Command(path string, before ...string) *exec.Cmd {
 	arg, _ := json.Marshal(inv) // strings, numbers and booleans: it cannot fail
-	return exec.Command(path, string(arg))
+	return exec.Command(path, append(before, string(arg))...)
 }
 
-// MainBinary is Binary's main: its argument (Invocation.Command) decoded, logging set up
-// as runv's holder mode does (text, to the holder's log on stderr), then Main.
+// MainBinary is a holder process's main, Binary's or runv's: args is the invocation
+// (Invocation.Command) alone, decoded, logging set up (text, to the holder's log on
+// stderr), then Main.
 func MainBinary(ctx context.Context, args []string) error {
 	if len(args) != 1 {
-		return fmt.Errorf("%s: want one argument, the holder's invocation as JSON (runv's factory daemon starts it), got %d",
-			Binary, len(args))
+		return fmt.Errorf("holder: want one argument, the holder's invocation as JSON (runv's factory daemon starts it), got %d",
+			len(args))
 	}
 	var inv Invocation
 	if err := json.Unmarshal([]byte(args[0]), &inv); err != nil {
-		return fmt.Errorf("%s: invocation: %w", Binary, err)
+		return fmt.Errorf("holder: invocation: %w", err)
 	}
 	var ready io.WriteCloser
 	if inv.ReadyFD > 0 {
 		ready = os.NewFile(uintptr(inv.ReadyFD), "ready")
 	}
 	if _, err := logging.Setup(logging.Options{Format: "text", Debug: inv.Debug, Info: true}); err != nil {
-		if ready != nil {
-			fmt.Fprintf(ready, "error: %v\n", err)
-			ready.Close()
-		}
-		return err
+		return reportFailure(ready, err)
 	}
 	return Main(ctx, inv.Config, inv.Boot, ready)
 }
 
-// Main is a holder process (`runv-holder` or `runv manage factory-daemon --hold DIR`,
-// started by Factory): it builds the pool's base factory (direct or template) from boot,
-// then boots and holds one VM (Run) until the VM is gone or SIGTERM/SIGINT. cfg.Factory is
-// set here. Errors before Run are reported on ready too.
-func Main(ctx context.Context, cfg Config, boot Boot, ready io.WriteCloser) error {
-	fail := func(err error) error {
-		if ready != nil {
-			fmt.Fprintf(ready, "error: %v\n", err)
-			ready.Close()
-		}
-		return err
+// reportFailure reports err, a holder's failure before its VM runs, on ready (when it has
+// one: the factory daemon reads that line) and returns it.
+func reportFailure(ready io.WriteCloser, err error) error {
+	if ready != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		ready.Close()
 	}
+	return err
+}
+
+// Main is a holder process (`runv-holder` or `runv manage factory-daemon --hold`, started by
+// Factory): it builds the pool's base factory (direct or template) from boot, then boots and
+// holds one VM (Run) until the VM is gone or SIGTERM/SIGINT. cfg.Factory is set here. Errors
+// before Run are reported on ready too.
+func Main(ctx context.Context, cfg Config, boot Boot, ready io.WriteCloser) error {
 	policy, _, err := factory.ParseSetting(boot.Policy)
 	if err != nil {
-		return fail(fmt.Errorf("holder: %w", err))
+		return reportFailure(ready, fmt.Errorf("holder: %w", err))
 	}
 	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
 	defer stop()
 	f, err := factory.New(ctx, factory.Options{Launcher: &qemu.Launcher{}, Base: boot.Base, TemplateDir: boot.TemplateDir}, policy)
 	if err != nil {
-		return fail(fmt.Errorf("holder: %w", err))
+		return reportFailure(ready, fmt.Errorf("holder: %w", err))
 	}
 	defer f.Close()
 	cfg.Factory = f
