@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -277,17 +276,11 @@ func (a *Agent) runProcess(p *process) {
 // left), and until it is reaped its pid is not reused (the reaper leaves a tracked pid
 // alone).
 func (p *process) exitUnreaped() (agentproto.ProcessExit, bool) {
-	for {
-		var info childSiginfo
-		err := unix.Waitid(unix.P_PID, p.pid, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return agentproto.ProcessExit{}, false // Wait tells what is wrong
-		}
-		return exitOf(p.ctr.id, p.id, info.waitStatus()), true
+	info, err := peekExitedChild(unix.P_PID, p.pid, 0)
+	if err != nil {
+		return agentproto.ProcessExit{}, false // Wait tells what is wrong
 	}
+	return exitOf(p.ctr.id, p.id, info.waitStatus()), true
 }
 
 func errSuffix(s string) string {

@@ -79,22 +79,30 @@ func parseStat(b []byte) (state byte, ppid int, ok bool) {
 	return fields[0][0], ppid, true
 }
 
-// anyZombieChild returns the pid of a zombie child without reaping it (waitid with WNOWAIT),
-// or 0 when there is none, also when there are no children at all.
+// anyZombieChild returns the pid of a zombie child without reaping it, or 0 when there is
+// none, also when there are no children at all.
 func anyZombieChild() (int, error) {
+	info, err := peekExitedChild(unix.P_ALL, 0, unix.WNOHANG)
+	switch {
+	case err == unix.ECHILD:
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	// WNOHANG with nothing to report leaves si_pid zero (waitid(2)).
+	return int(info.Pid), nil
+}
+
+// peekExitedChild waits (waitid with WEXITED, and options such as WNOHANG) for an exited
+// child that idtype and id select and describes it without reaping it (WNOWAIT): it stays
+// a zombie until someone waits for it again.
+func peekExitedChild(idtype, id, options int) (childSiginfo, error) {
 	for {
 		var info childSiginfo
-		err := unix.Waitid(unix.P_ALL, 0, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.ECHILD:
-			return 0, nil
-		case err != nil:
-			return 0, err
+		err := unix.Waitid(idtype, id, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOWAIT|unix.WALL|options, nil)
+		if err != unix.EINTR {
+			return info, err
 		}
-		// WNOHANG with nothing to report leaves si_pid zero (waitid(2)).
-		return int(info.Pid), nil
 	}
 }
 
