@@ -273,16 +273,19 @@ func TestShimRefusesHostNetwork(t *testing.T) {
 func TestShimKilled(t *testing.T) {
 	id := newName(t)
 	c, x := newShimTest(t, id)
+	// ctr leaves its FIFOs' directory behind when its task's shim dies under it: theirs are
+	// in the test's own directory.
+	fifos := t.TempDir()
 	run := make(chan result, 1)
 	go func() {
-		run <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "run", "--runtime", shimRuntime, img.Qualified, id, "sleep", "1000")
+		run <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "run", "--fifo-dir", fifos, "--runtime", shimRuntime, img.Qualified, id, "sleep", "1000")
 	}()
 	if status, _ := c.waitTask(t, x, id, "RUNNING", 60*time.Second); status != "RUNNING" {
 		x.fatal(c.ctr(t, cmdOpts{}, "tasks", "ls"), "task %s is %q, want RUNNING", id, status)
 	}
 	exec := make(chan result, 1)
 	go func() {
-		exec <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "tasks", "exec", "--exec-id", "e1", id, "sleep", "999")
+		exec <- c.ctr(t, cmdOpts{timeout: 3 * time.Minute}, "tasks", "exec", "--fifo-dir", fifos, "--exec-id", "e1", id, "sleep", "999")
 	}()
 	if !waitFor(60*time.Second, func() bool {
 		out, _ := c.ctrQuiet("tasks", "ps", id)
