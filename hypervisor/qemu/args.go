@@ -37,6 +37,10 @@ type spec struct {
 	incoming bool
 	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
 	nics int
+	// inheritSockets: QEMU inherits its QMP and channel sockets from runv, listening, as
+	// descriptors qmpFD, controlFD and streamFD (vmsockets.go). Otherwise (the KVM probe, a
+	// bare boot by a bench tool) QEMU makes them at their paths.
+	inheritSockets bool
 }
 
 // sandboxArg is QEMU's own seccomp filter: the syscalls of obsolete features, raising
@@ -168,9 +172,9 @@ func buildArgs(s spec) []string {
 	args = append(args,
 		"-serial", serial,
 		"-device", dev("virtio-serial")+",id=vser0",
-		"-chardev", "socket,id=ctl,path="+escape(p.Control)+",server=on,wait=off",
+		"-chardev", "socket,id=ctl,"+socketAddr(s, controlFD, p.Control)+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,nr="+strconv.Itoa(controlPortNr)+",chardev=ctl,name="+agentproto.ControlPortName,
-		"-chardev", "socket,id=stream,path="+escape(p.Stream)+",server=on,wait=off",
+		"-chardev", "socket,id=stream,"+socketAddr(s, streamFD, p.Stream)+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,nr="+strconv.Itoa(streamPortNr)+",chardev=stream,name="+agentproto.StreamPortName,
 		"-fsdev", "local,id=fs0,path="+escape(c.ShareDir)+",security_model=none",
 		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag,
@@ -181,10 +185,13 @@ func buildArgs(s spec) []string {
 	if !microvm && s.nics > 0 {
 		args = append(args, nicPortArgs(NICPorts)...)
 	}
-	args = append(args,
-		"-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off",
-		"-pidfile", p.PID,
-	)
+	if s.inheritSockets {
+		args = append(args, "-chardev", "socket,id=qmp,"+socketAddr(s, qmpFD, p.QMP)+",server=on,wait=off",
+			"-mon", "chardev=qmp,mode=control")
+	} else {
+		args = append(args, "-qmp", "unix:"+escape(p.QMP)+",server=on,wait=off")
+	}
+	args = append(args, "-pidfile", p.PID)
 	if s.incoming {
 		args = append(args, "-incoming", "defer")
 		// No announce after the clone's state loads: it is for a migrated guest whose peers
@@ -259,6 +266,14 @@ func smpArg(c hypervisor.Config) string {
 		return "cpus=" + strconv.Itoa(c.CPUs) + ",maxcpus=" + strconv.Itoa(c.MaxCPUs)
 	}
 	return strconv.Itoa(c.CPUs)
+}
+
+// socketAddr is a socket chardev's address: the inherited descriptor fd, or path.
+func socketAddr(s spec, fd int, path string) string {
+	if s.inheritSockets {
+		return "fd=" + strconv.Itoa(fd)
+	}
+	return "path=" + escape(path)
 }
 
 // escape quotes a value inside a QEMU option list, where a comma separates options and

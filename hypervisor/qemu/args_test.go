@@ -22,7 +22,7 @@ func baseConfig() hypervisor.Config {
 // The microvm command line in full: this is the configuration measured in
 // notes/guest-boot.md, and any change to it should be deliberate.
 func TestBuildArgsMicroVMFull(t *testing.T) {
-	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124, nics: 2})
+	got := buildArgs(spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2596124, nics: 2, inheritSockets: true})
 	want := []string{
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -39,9 +39,11 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-chardev", "file,id=console,path=/dev/fdset/3,append=on",
 		"-serial", "chardev:console",
 		"-device", "virtio-serial-device,id=vser0",
-		"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off",
+		// The sockets are runv's (vmsockets.go), inherited listening: 4 QMP, 5 control, 6
+		// stream.
+		"-chardev", "socket,id=ctl,fd=5,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,nr=1,chardev=ctl,name=sh.hyper.channel.0",
-		"-chardev", "socket,id=stream,path=/run/runv/pod1/vm/stream.sock,server=on,wait=off",
+		"-chardev", "socket,id=stream,fd=6,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,nr=2,chardev=stream,name=sh.hyper.channel.1",
 		"-fsdev", "local,id=fs0,path=/run/runv/pod1/share,security_model=none",
 		"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare",
@@ -53,7 +55,8 @@ func TestBuildArgsMicroVMFull(t *testing.T) {
 		"-device", "virtio-net-device,netdev=net0,mac=02:72:75:6e:76:00",
 		"-netdev", "tap,id=net1,ifname=tap1_runv,script=no,downscript=no,vnet_hdr=on",
 		"-device", "virtio-net-device,netdev=net1,mac=02:72:75:6e:76:01",
-		"-qmp", "unix:/run/runv/pod1/vm/qmp.sock,server=on,wait=off",
+		"-chardev", "socket,id=qmp,fd=4,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
 		"-pidfile", "/run/runv/pod1/vm/qemu.pid",
 	}
 	if !slices.Equal(got, want) {
@@ -201,6 +204,17 @@ func TestBuildArgs(t *testing.T) {
 				{"-kernel", "/k/v,l"},
 				{"-pidfile", "/r/x,y/qemu.pid"},
 			},
+		},
+		{
+			// A bare boot by a bench tool (CommandLine) and the KVM probe: QEMU makes them.
+			name: "sockets at their paths unless inherited",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelTCG},
+			want: [][2]string{
+				{"-chardev", "socket,id=ctl,path=/run/runv/pod1/vm/ctl.sock,server=on,wait=off"},
+				{"-chardev", "socket,id=stream,path=/run/runv/pod1/vm/stream.sock,server=on,wait=off"},
+				{"-qmp", "unix:/run/runv/pod1/vm/qmp.sock,server=on,wait=off"},
+			},
+			absent: []string{"-mon"},
 		},
 		{
 			name: "probe reads the console on stdio",

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -20,33 +19,24 @@ func FuzzMonitorAnswer(f *testing.F) {
 	f.Add([]byte(`{"return":{"status":`))
 	f.Add([]byte("\n\n\n"))
 	f.Fuzz(func(t *testing.T, answer []byte) {
-		sock := filepath.Join(t.TempDir(), "qmp.sock")
-		ln, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			r := bufio.NewReader(c)
+		sock := fakeQEMU(t, func(c net.Conn, r *bufio.Reader) {
 			c.Write([]byte(`{"QMP":{"version":{"qemu":{"micro":0,"minor":2,"major":7},"package":""},"capabilities":[]}}` + "\n"))
 			r.ReadString('\n') // qmp_capabilities
 			c.Write([]byte(`{"return":{}}` + "\n"))
 			r.ReadString('\n') // query-status
 			c.Write(answer)
-		}()
+		})
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		p := &process{done: make(chan struct{})}
-		m, err := dialMonitor(ctx, sock, p)
+		conn, err := dialQueued(sock)
 		if err != nil {
+			t.Fatal(err)
+		}
+		m := newMonitor(conn, make(chan struct{}))
+		defer m.close()
+		if err := m.handshake(ctx); err != nil {
 			t.Fatalf("handshake with the fake QEMU: %v", err)
 		}
-		defer m.close()
 		// A command that gets no answer ends at its own deadline: shorter than the test's.
 		cctx, ccancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer ccancel()

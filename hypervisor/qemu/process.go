@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +45,10 @@ type startOpts struct {
 	onExit func(*process)
 	// extraFiles are inherited as descriptors 3, 4, ...
 	extraFiles []*os.File
+	// awaitFiles, if set, returns descriptors inherited after extraFiles. The forking
+	// thread calls it once QEMU's namespaces are ready, just before the fork, so that the
+	// caller can make them meanwhile (a VM's sockets, vmsockets.go).
+	awaitFiles func() ([]*os.File, error)
 	// confine runs QEMU confined (confine.go); name names it there.
 	confine bool
 	name    string
@@ -119,6 +124,14 @@ func startProcess(o startOpts) (*process, error) {
 				started <- err
 				return
 			}
+		}
+		if o.awaitFiles != nil {
+			files, err := o.awaitFiles()
+			if err != nil {
+				started <- err
+				return
+			}
+			cmd.ExtraFiles = slices.Concat(o.extraFiles, files)
 		}
 		if err := cmd.Start(); err != nil {
 			started <- err

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/runv-project/runv/errdefs"
 	"github.com/runv-project/runv/hypervisor"
-	"github.com/runv-project/runv/internal/sockets"
 )
 
 // shareDirMode is the mode of a VM's share directory (see startProcess).
@@ -58,13 +58,11 @@ type launch struct {
 	memFile     string // guest RAM file
 	memShared   bool   // template: RAM written into memFile
 	incoming    bool   // clone: no kernel, waits for migrate-incoming
-	// extraFiles are inherited by QEMU as descriptors 3, 4, ... (a clone's device state).
+	// extraFiles are inherited by QEMU as descriptors stateFD, ... (a clone's device state),
+	// after the console pipe and the sockets (vmsockets.go).
 	extraFiles []*os.File
 	// jail is QEMU's mount namespace (jail.go); nil when not confining.
 	jail *jail
-	// wantStatus is what query-status must say once QEMU is up: "running" (zero value), or
-	// "inmigrate" for a clone.
-	wantStatus string
 }
 
 func (ln *launch) validate(context.Context) error { return validateFor(&ln.cfg, !ln.incoming) }
@@ -76,7 +74,7 @@ func (ln *launch) resolveAccel(ctx context.Context) error {
 }
 
 func (ln *launch) buildArgs(context.Context) error {
-	s := spec{cfg: ln.cfg, accel: ln.accel, nics: NICSlots,
+	s := spec{cfg: ln.cfg, accel: ln.accel, nics: NICSlots, inheritSockets: true,
 		machineType: ln.machineType, memFile: ln.memFile, memShared: ln.memShared, incoming: ln.incoming}
 	// A clone boots no kernel: the template's command line (with its tsc_early_khz) is
 	// already in effect in the restored guest.
@@ -119,16 +117,32 @@ func (ln *launch) startProcess(context.Context) error {
 		return fmt.Errorf("create qemu log: %w", err)
 	}
 	defer logf.Close() // QEMU has its own descriptor once started
+	// Made while the forking thread prepares QEMU's network namespace, taps and jail
+	// (startProcess): each socket is a file created in the VM's directory.
+	pending := listenVMAsync(v.paths)
+	defer pending.close() // QEMU has its own descriptors once started
 	console, err := newConsole(v.paths.Console)
 	if err != nil {
+		pending.close()
+		v.paths.removeTransient()
 		return err
 	}
 	p, err := startProcess(startOpts{path: ln.cfg.QEMU, args: ln.args, stderr: logf, onExit: v.exited,
-		extraFiles: append([]*os.File{console.w}, ln.extraFiles...), confine: true, name: ln.cfg.ID,
+		extraFiles: []*os.File{console.w},
+		awaitFiles: func() ([]*os.File, error) {
+			ls, err := pending.wait()
+			if err != nil {
+				return nil, err
+			}
+			return slices.Concat(ls.files, ln.extraFiles), nil
+		},
+		confine: true, name: ln.cfg.ID,
 		newNetNS: true, taps: nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)},
 		jail: ln.jail, jailRoot: ln.cfg.Dir})
 	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
+		pending.close()
+		v.paths.removeTransient()
 		return fmt.Errorf("start %s: %w", ln.cfg.QEMU, err)
 	}
 	v.proc = p
@@ -137,20 +151,37 @@ func (ln *launch) startProcess(context.Context) error {
 	return nil
 }
 
+// connectQMP completes the QMP handshake.
 func (ln *launch) connectQMP(ctx context.Context) error {
+	mon, err := ln.dialMonitor()
+	if err != nil {
+		return err
+	}
+	return ln.handshake(ctx, mon)
+}
+
+// dialMonitor connects to QEMU's QMP socket and makes the VM's monitor on it. The socket
+// listens from before QEMU started (vmsockets.go): the connection is queued until QEMU's
+// main loop accepts it, with no poll for the socket to appear.
+func (ln *launch) dialMonitor() (*monitor, error) {
+	conn, err := dialQueued(ln.vm.paths.QMP)
+	if err != nil {
+		return nil, ln.exitedOr(err)
+	}
+	mon := newMonitor(conn, ln.vm.proc.done)
+	ln.vm.setMonitor(mon) // closed with QEMU (vm.exited)
+	return mon, nil
+}
+
+// handshake completes mon's QMP handshake, with calls written at once after it
+// (monitor.batch). It waits for QEMU's main loop: the greeting comes once QEMU is
+// initialised.
+func (ln *launch) handshake(ctx context.Context, mon *monitor, calls ...qmpCall) error {
 	ctx, cancel := context.WithTimeout(ctx, ln.l.startTimeout())
 	defer cancel()
-	mon, err := dialMonitor(ctx, ln.vm.paths.QMP, ln.vm.proc)
-	if err != nil {
+	if err := mon.handshake(ctx, calls...); err != nil {
+		mon.close()
 		return ln.exitedOr(err)
-	}
-	ln.vm.setMonitor(mon)
-	// QEMU made its sockets (all of them before QMP answers) with our umask: owner-only,
-	// like the daemon's (internal/sockets). Its directory is 0700 meanwhile.
-	for _, s := range []string{ln.vm.paths.QMP, ln.vm.paths.Control, ln.vm.paths.Stream} {
-		if err := os.Chmod(s, sockets.Mode); err != nil {
-			return fmt.Errorf("restrict qemu socket: %w", err)
-		}
 	}
 	return nil
 }
@@ -162,12 +193,8 @@ func (ln *launch) queryStatus(ctx context.Context) error {
 	if err != nil {
 		return ln.exitedOr(err)
 	}
-	want := ln.wantStatus
-	if want == "" {
-		want = "running"
-	}
-	if st.Status != want {
-		return fmt.Errorf("vm is %q, not %s (console: %s)", st.Status, want, ln.vm.paths.Console)
+	if st.Status != "running" {
+		return fmt.Errorf("vm is %q, not running (console: %s)", st.Status, ln.vm.paths.Console)
 	}
 	return nil
 }

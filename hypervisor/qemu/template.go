@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -34,16 +35,16 @@ import (
 //     read, and serves the first command at once. (A host that connects later is told as a
 //     reconnect: the agent sees its host go and come back, and says READY again.)
 //
-// Completion is polled over QMP against a deadline, never slept on.
+// A template's save is polled over QMP and a clone's load awaited on QMP's events, both
+// against a deadline, never slept on.
 
 const (
 	// DefaultParkTimeout bounds the template VM's boot until its guest is parked.
 	DefaultParkTimeout = 60 * time.Second
-	// pollTemplate and pollClone are the QMP polling periods while a migration runs: saving
-	// takes 10-20 ms, loading a clone's state a few ms, and the clone is on a pod's critical
-	// path.
+	// pollTemplate is the QMP polling period while a template's migration runs: saving
+	// takes 10-20 ms, and is on no pod's path. (A clone's load, on its pod's path, is
+	// waited for on QEMU's events: waitIncoming.)
 	pollTemplate = 5 * time.Millisecond
-	pollClone    = time.Millisecond
 )
 
 // forbiddenTemplateParams are kernel parameters with which a template cannot work.
@@ -262,7 +263,7 @@ func (t *templateLaunch) quit(ctx context.Context) error {
 // Clone implements hypervisor.Templater.
 func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hypervisor.Snapshot) (hypervisor.VM, error) {
 	ln := &launch{l: l, cfg: withDefaults(cfg), log: logging.G(ctx).With("vm", cfg.ID, "clone", true),
-		machineType: snap.MachineType, memFile: snap.Memory, incoming: true, wantStatus: "inmigrate"}
+		machineType: snap.MachineType, memFile: snap.Memory, incoming: true}
 	c := &cloneLaunch{launch: ln, snap: snap}
 	err := runSteps(ctx, ln.log, []step{
 		{"validate", func(ctx context.Context) error {
@@ -275,13 +276,14 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 		{"build-args", ln.buildArgs},
 		{"open-state", c.openState},
 		{"start-process", ln.startProcess},
-		{"connect-qmp", ln.connectQMP},
-		{"query-status", ln.queryStatus},
 		{"connect-channels", c.connectChannels},
-		{"migrate-incoming", c.migrateIncoming},
+		{"connect-qmp", c.connectQMP},
 		{"wait-incoming", c.waitIncoming},
 		{"cont", c.cont},
 	})
+	if c.stopEvents != nil {
+		c.stopEvents()
+	}
 	for _, f := range ln.extraFiles {
 		f.Close() // QEMU has its own descriptor, or never started
 	}
@@ -296,7 +298,10 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 type cloneLaunch struct {
 	*launch
 	snap   hypervisor.Snapshot
-	status string // last query-status while loading
+	status string // the VM's run state while loading, as QEMU's answers and events tell it
+	// events are QEMU's events from the handshake on, until stopEvents (waitIncoming).
+	events     <-chan qmpEvent
+	stopEvents func()
 }
 
 func (c *cloneLaunch) validateSnapshot() error {
@@ -330,12 +335,8 @@ func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
 	return nil
 }
 
-// stateFD is the descriptor number of the template's state file in a clone's QEMU: the
-// first of launch.extraFiles, after the console pipe.
-const stateFD = consoleFD + 1
-
 // openState opens the template's device state for QEMU to inherit (migrate-incoming
-// "fd:4"): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
+// "fd:N", stateFD): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
 func (c *cloneLaunch) openState(context.Context) error {
 	f, err := os.Open(c.snap.State)
 	if err != nil {
@@ -347,6 +348,8 @@ func (c *cloneLaunch) openState(context.Context) error {
 
 // connectChannels connects the host to the agent's channels before the device state loads,
 // so that the loaded guest finds its host connected as the template's was (see the top).
+// The sockets listen from before QEMU started (vmsockets.go): the connections are queued
+// until QEMU's main loop accepts them, which it does before it reads QMP's commands.
 func (c *cloneLaunch) connectChannels(ctx context.Context) error {
 	ch, err := c.vm.dialChannels(ctx)
 	if err != nil {
@@ -356,42 +359,91 @@ func (c *cloneLaunch) connectChannels(ctx context.Context) error {
 	return nil
 }
 
-func (c *cloneLaunch) migrateIncoming(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.l.startTimeout())
-	defer cancel()
-	if err := c.vm.qmp(ctx, "migrate-set-capabilities", ignoreShared, nil); err != nil {
-		return c.exitedOr(err)
+// cloneCapabilities are the migration capabilities of a clone: x-ignore-shared (see
+// ignoreShared), and events, with which QEMU reports the load's end as a MIGRATION event
+// (waitIncoming) instead of being asked until it says so.
+var cloneCapabilities = map[string]any{
+	"capabilities": []map[string]any{
+		{"capability": "x-ignore-shared", "state": true},
+		{"capability": "events", "state": true},
+	},
+}
+
+// connectQMP writes the handshake and everything before the load at once: QMP runs them
+// in order, so that QEMU starts loading the state the moment its main loop reads them,
+// without a round trip each. query-status checks that QEMU waits for the state.
+func (c *cloneLaunch) connectQMP(ctx context.Context) error {
+	mon, err := c.dialMonitor()
+	if err != nil {
+		return err
 	}
-	uri := "fd:" + strconv.Itoa(stateFD)
-	if err := c.vm.qmp(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
-		return c.exitedOr(err)
+	// Before migrate-incoming is written: the load's events may follow it at once.
+	c.events, c.stopEvents = mon.watch()
+	var st status
+	err = c.handshake(ctx, mon,
+		qmpCall{command: "query-status", out: &st},
+		qmpCall{command: "migrate-set-capabilities", args: cloneCapabilities},
+		qmpCall{command: "migrate-incoming", args: map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}})
+	if err != nil {
+		return err
 	}
+	if st.Status != "inmigrate" {
+		return fmt.Errorf("vm is %q, not inmigrate (console: %s)", st.Status, c.vm.paths.Console)
+	}
+	c.status = st.Status
 	return nil
 }
 
 // waitIncoming waits until the device state is loaded. A template is saved running (see
-// saveState), so QEMU starts a clone by itself the moment its state is loaded: "running".
-// One saved stopped (by older runv builds) loads "paused" and is continued by cont. A state
-// that does not load makes QEMU exit; exitedOr then quotes its reason.
+// saveState), so QEMU starts a clone by itself the moment its state is loaded: RESUME, then
+// MIGRATION "completed" (QEMU reports the end only once the run state is set). One saved
+// stopped (by older runv builds) completes without RESUME, loads "paused" and is continued
+// by cont. A state that does not load makes QEMU exit; exitedOr then quotes its reason.
 func (c *cloneLaunch) waitIncoming(ctx context.Context) error {
-	err := c.vm.poll(ctx, c.l.startTimeout(), pollClone, func(ctx context.Context) (bool, error) {
-		st, err := c.vm.monitor().status(ctx)
-		if err != nil {
-			return false, err
-		}
-		c.status = st.Status
-		switch st.Status {
-		case "inmigrate":
-			return false, nil
-		case "paused", "running":
-			return true, nil
-		}
-		return false, fmt.Errorf("vm is %q while loading %s", st.Status, c.snap.State)
-	})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, c.l.startTimeout())
+	defer cancel()
+	if err := c.awaitLoad(ctx); err != nil {
 		return c.exitedOr(fmt.Errorf("load device state (last status %q): %w", c.status, err))
 	}
 	return nil
+}
+
+func (c *cloneLaunch) awaitLoad(ctx context.Context) error {
+	for {
+		select {
+		case ev := <-c.events:
+			switch ev.Event {
+			case "RESUME":
+				c.status = "running"
+			case "MIGRATION":
+				var m migrationInfo
+				if err := json.Unmarshal(ev.Data, &m); err != nil {
+					return fmt.Errorf("migration event %.200s: %w", ev.Data, err)
+				}
+				switch m.Status {
+				case "completed":
+					if c.status == "running" {
+						return nil
+					}
+					st, err := c.vm.monitor().status(ctx)
+					if err != nil {
+						return err
+					}
+					c.status = st.Status
+					if st.Status != "paused" && st.Status != "running" {
+						return fmt.Errorf("vm is %q once %s is loaded", st.Status, c.snap.State)
+					}
+					return nil
+				case "failed", "cancelled":
+					return fmt.Errorf("loading %s %s", c.snap.State, m.Status)
+				}
+			}
+		case <-c.vm.proc.done:
+			return fmt.Errorf("qemu exited: %w", hypervisor.ErrVMExited)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func (c *cloneLaunch) cont(ctx context.Context) error {
