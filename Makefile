@@ -27,19 +27,32 @@ RUNV_LDFLAGS := $(GO_LDFLAGS) -linkmode external -extldflags -static
 AGENT_TAGS    := seccomp netgo osusergo
 AGENT_LDFLAGS := -s -w -linkmode external -extldflags -static
 
+# runv's own QEMU (qemu-build/build.sh): Debian's source and what its minimal configuration links.
+QEMU_BUILD_PACKAGES := dpkg-dev ninja-build meson python3-venv libglib2.0-dev libpixman-1-dev \
+	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bc bison flex libelf-dev libssl-dev \
-	build-essential patch musl-tools busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc
+	build-essential patch musl-tools busybox-static libseccomp-dev file cpio jq runc iproute2 psmisc \
+	$(QEMU_BUILD_PACKAGES)
 # Debian packages of the clients the client tests drive (and the reference runtimes).
 CLIENT_PACKAGES := containerd runc crun podman catatonit docker.io busybox-static containernetworking-plugins
 
-.PHONY: all deps build runv holder shim agent exec-helper initrd kernel install uninstall demo test unit-test \
+.PHONY: all deps build runv holder shim agent exec-helper initrd kernel qemu install uninstall demo test unit-test \
 	integration-test soak client-deps client-test conformance apt-install bench proto clean fuzz
 
 all: build
 
 deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"
+	@# qemu-build/build.sh fetches Debian's qemu source: the archive's deb-src index, beside its deb one.
+	@if ! apt-cache showsrc qemu 2>/dev/null | grep -q '^Package: qemu'; then \
+		echo "adding deb-src lines beside the deb ones (qemu-build/ fetches Debian's qemu source)"; \
+		if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+			sed 's/^Types: deb$$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >/etc/apt/sources.list.d/runv-deb-src.sources; \
+		else \
+			sed -n 's/^deb /deb-src /p' /etc/apt/sources.list >/etc/apt/sources.list.d/runv-deb-src.list; \
+		fi && apt-get update -qq; \
+	fi
 
 client-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(CLIENT_PACKAGES)"
@@ -52,7 +65,7 @@ apt-install:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
 	fi
 
-build: runv holder shim initrd kernel
+build: runv holder shim initrd kernel qemu
 
 runv:
 	$(GO) build -tags "$(RUNV_TAGS)" -ldflags "$(RUNV_LDFLAGS)" -o $(BUILD)/runv ./cmd/runv
@@ -83,15 +96,23 @@ initrd: agent exec-helper
 kernel:
 	kernel-config/build.sh $(BUILD)/vmlinux >/dev/null
 
+# runv's QEMU: Debian's QEMU 7.2 source for x86_64 with runv's devices only, optimised with a
+# profile of our guest's boots (qemu-build/); cached outside the repository like the kernel,
+# keyed by the recipe, device list and source version.
+qemu: kernel initrd
+	qemu-build/build.sh $(BUILD)/qemu-system-x86_64 $(BUILD)/vmlinux $(BUILD)/initrd.img >/dev/null
+
 install: build
 	install -D -m 0755 $(BUILD)/runv $(DESTDIR)$(PREFIX)/bin/runv
 	install -D -m 0755 $(BUILD)/runv-holder $(DESTDIR)$(PREFIX)/bin/runv-holder
 	install -D -m 0755 $(BUILD)/containerd-shim-runv-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2
 	install -D -m 0644 $(BUILD)/vmlinux $(DESTDIR)$(LIBDIR)/vmlinux
 	install -D -m 0644 $(BUILD)/initrd.img $(DESTDIR)$(LIBDIR)/initrd.img
+	install -D -m 0755 $(BUILD)/qemu-system-x86_64 $(DESTDIR)$(PREFIX)/libexec/runv/qemu-system-x86_64
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(PREFIX)/bin/runv-holder $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2 $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img
+	rm -f $(DESTDIR)$(PREFIX)/bin/runv $(DESTDIR)$(PREFIX)/bin/runv-holder $(DESTDIR)$(PREFIX)/bin/containerd-shim-runv-v2 $(DESTDIR)$(LIBDIR)/vmlinux $(DESTDIR)$(LIBDIR)/initrd.img \
+		$(DESTDIR)$(PREFIX)/libexec/runv/qemu-system-x86_64
 
 demo: deps install
 	@rm -rf $(BUILD)/demo-bundle
@@ -117,6 +138,7 @@ unit-test:
 integration-test:
 	RUNV_BINARY=$(CURDIR)/$(BUILD)/runv RUNV_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
 	RUNV_TEST_KERNEL=$(CURDIR)/$(BUILD)/vmlinux RUNV_TEST_INITRD=$(CURDIR)/$(BUILD)/initrd.img \
+	RUNV_QEMU=$(CURDIR)/$(BUILD)/qemu-system-x86_64 \
 		$(GO) test -count=1 -tags integration -timeout 40m -v ./test/integration/ ./agent/ ./hypervisor/qemu/ ./factory/ 2>&1 | tee $(BUILD)/integration-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)'; \
 		exit $${PIPESTATUS[0]}
 

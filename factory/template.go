@@ -38,7 +38,6 @@ const (
 
 // Defaults of the launcher, applied here so that a template's recorded facts are concrete.
 const (
-	defaultQEMU      = "qemu-system-x86_64"
 	defaultCPUs      = 1
 	defaultMemoryMiB = 128
 )
@@ -150,7 +149,7 @@ func templateDefaults(cfg hypervisor.Config) hypervisor.Config {
 		cfg.MemoryMiB = defaultMemoryMiB
 	}
 	if cfg.QEMU == "" {
-		cfg.QEMU = defaultQEMU
+		cfg.QEMU = hypervisor.DefaultQEMU()
 	}
 	return cfg
 }

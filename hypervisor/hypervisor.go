@@ -56,7 +56,7 @@ type Config struct {
 	// ShareDir is exported to the guest over virtio-9p with tag agentproto.ShareTag.
 	ShareDir string
 
-	// QEMU is the emulator binary (default: qemu-system-x86_64 on PATH).
+	// QEMU is the emulator binary (default: DefaultQEMU).
 	QEMU string
 }
 

@@ -26,21 +26,8 @@ key=$(cat "$fragment" ${patches[@]+"${patches[@]}"} <(echo "recipe=$recipe sourc
 dir=$cache/kernel/$key
 out=${1:-}
 
-log() { printf '[kernel %s] %s\n' "$(date +%T)" "$*" >&2; }
-deliver() {
-  if [ -n "$out" ]; then mkdir -p "$(dirname "$out")"; cp "$dir/vmlinux" "$out.tmp" && mv "$out.tmp" "$out"; fi
-  echo "$dir/vmlinux"
-}
-
-if [ -f "$dir/vmlinux" ]; then
-  log "cached: $dir/vmlinux (linux-source $src_version, fragment key $key)"
-  deliver; exit 0
-fi
-
-mkdir -p "$dir"
-exec 9>"$dir/.lock"
-flock 9   # two concurrent builds of the same key: the second waits and reuses the first
-if [ -f "$dir/vmlinux" ]; then deliver; exit 0; fi
+. "$here/../buildcache/cache.sh"
+cache_open kernel "$dir" vmlinux "$out" "linux-source $src_version, fragment key $key"
 
 work=$cache/kernel/src-$src_version
 if [ ! -f "$work/.extracted" ]; then

@@ -44,7 +44,8 @@ type Config struct {
 }
 
 // ConfigFromEnv reads RUNV_ROOT, RUNV_KERNEL, RUNV_INITRD, RUNV_ACCEL, RUNV_MACHINE,
-// RUNV_FACTORY, RUNV_DEFAULT_CPUS, RUNV_DEFAULT_MEMORY (MiB) and RUNV_DEBUG.
+// RUNV_FACTORY, RUNV_DEFAULT_CPUS, RUNV_DEFAULT_MEMORY (MiB) and RUNV_DEBUG; RUNV_QEMU is
+// read where a VM is launched (hypervisor.DefaultQEMU).
 func ConfigFromEnv() (Config, error) {
 	env := func(k, def string) string {
 		if v := os.Getenv(k); v != "" {

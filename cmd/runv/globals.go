@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -26,6 +28,8 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: poddaemon.DefaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
 		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: poddaemon.DefaultInitrd, Usage: "guest initrd holding the runv agent"},
 		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
+		&cli.StringFlag{Name: "qemu", EnvVars: []string{hypervisor.EnvQEMU}, Usage: "QEMU binary (default: runv's own build, " +
+			hypervisor.InstalledQEMU + ", if installed, else " + hypervisor.PathQEMU + " on PATH)"},
 		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
 		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
 		&cli.IntFlag{Name: "default_memory", Value: 128, Usage: "memory of a pod VM in MiB"},
@@ -40,9 +44,11 @@ const envFactory = "RUNV_FACTORY"
 
 // globals are the options every command shares.
 type globals struct {
-	root      string
-	kernel    string
-	initrd    string
+	root   string
+	kernel string
+	initrd string
+	// qemu is --qemu: empty for hypervisor.DefaultQEMU.
+	qemu      string
 	accel     string
 	machine   string
 	cpus      int
@@ -63,7 +69,7 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 		return nil, fmt.Errorf("--root %q: %w", c.String("root"), err)
 	}
 	g := &globals{
-		root: root, kernel: c.String("kernel"), initrd: c.String("initrd"),
+		root: root, kernel: c.String("kernel"), initrd: c.String("initrd"), qemu: c.String("qemu"),
 		accel: c.String("accel"), machine: c.String("machine"),
 		cpus: c.Int("default_cpus"), memoryMiB: c.Int("default_memory"),
 		debug: c.Bool("debug"), systemdCgroup: c.Bool("systemd-cgroup"), logPath: c.String("log"), logFormat: c.String("log-format"),
@@ -76,6 +82,18 @@ func globalsFrom(c *cli.Context) (*globals, error) {
 			if abs, err := filepath.Abs(*p); err == nil {
 				*p = abs
 			}
+		}
+	}
+	if strings.Contains(g.qemu, "/") { // a bare name is looked up on PATH
+		if abs, err := filepath.Abs(g.qemu); err == nil {
+			g.qemu = abs
+		}
+	}
+	if g.qemu != "" {
+		// Every VM this process or one it starts (factory daemon, holders, shims) launches
+		// runs this QEMU: they read the default from the environment.
+		if err := os.Setenv(hypervisor.EnvQEMU, g.qemu); err != nil {
+			return nil, fmt.Errorf("--qemu %q: %w", g.qemu, err)
 		}
 	}
 	switch g.accel {
@@ -111,7 +129,7 @@ func (g *globals) boot() poddaemon.Boot {
 func (g *globals) vmConfig() hypervisor.Config {
 	return hypervisor.Config{
 		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, Machine: g.machine,
-		CPUs: g.cpus, MemoryMiB: g.memoryMiB,
+		CPUs: g.cpus, MemoryMiB: g.memoryMiB, QEMU: g.qemu,
 	}
 }
 

@@ -183,7 +183,7 @@ func listTemplates(c *cli.Context) error {
 		return err
 	}
 	list, err := factory.StatTemplates(g.templateDir(), hypervisor.Config{
-		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel,
+		Kernel: g.kernel, Initrd: g.initrd, Accel: g.accel, QEMU: g.qemu,
 	})
 	if err != nil {
 		return err

@@ -70,6 +70,9 @@ func startDaemon(g *globals, podID, podDir string, spec *specs.Spec) (state.Proc
 	if g.factory != "" {
 		args = append(args, "--factory", g.factory)
 	}
+	if g.qemu != "" { // a preforked daemon was forked before our --qemu reached the environment
+		args = append(args, "--qemu", g.qemu)
+	}
 	args = append(args, "containerd", "--solo-namespaced", "--pod-id", podID, "--pod-dir", podDir, "--ready-fd", strconv.Itoa(firstExtraFD))
 	extra := []*os.File{w}
 	// The VM's size is the first container's: the daemon requests it at once. A spec it

@@ -13,7 +13,6 @@ import (
 
 // Defaults applied to a zero Config field.
 const (
-	DefaultQEMU      = "qemu-system-x86_64"
 	DefaultCPUs      = 1
 	DefaultMemoryMiB = 128
 
@@ -79,7 +78,7 @@ func withDefaults(cfg hypervisor.Config) hypervisor.Config {
 		cfg.MemoryMiB = DefaultMemoryMiB
 	}
 	if cfg.QEMU == "" {
-		cfg.QEMU = DefaultQEMU
+		cfg.QEMU = hypervisor.DefaultQEMU()
 	}
 	return cfg
 }
@@ -110,7 +109,7 @@ func validateFor(cfg *hypervisor.Config, boot bool) error {
 
 	qemu, err := exec.LookPath(cfg.QEMU)
 	if err != nil {
-		return invalidf("qemu %s not found: install qemu-system-x86 (or run 'make deps') or pass --qemu: %w", cfg.QEMU, err)
+		return invalidf("qemu %s not found: run 'make qemu install' or install qemu-system-x86 ('make deps'), or pass --qemu: %w", cfg.QEMU, err)
 	}
 	cfg.QEMU = qemu
 	if boot {

@@ -19,9 +19,9 @@ func BenchmarkJail(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("building a jail needs root (CAP_SYS_ADMIN)")
 	}
-	qemu, err := exec.LookPath(DefaultQEMU)
+	qemu, err := exec.LookPath(hypervisor.DefaultQEMU())
 	if err != nil {
-		b.Skip("no " + DefaultQEMU + " on PATH")
+		b.Skip("no " + hypervisor.DefaultQEMU() + " found")
 	}
 	sys, err := qemuHostFiles(qemu, filepath.Join(b.TempDir(), "files.json"))
 	if err != nil {
@@ -65,9 +65,9 @@ func BenchmarkJail(b *testing.B) {
 // BenchmarkDiscoverHostFiles is the one-time cost per process of finding what QEMU needs
 // (the loader's list of libraries, QEMU's firmware path), paid by its first launch.
 func BenchmarkDiscoverHostFiles(b *testing.B) {
-	qemu, err := exec.LookPath(DefaultQEMU)
+	qemu, err := exec.LookPath(hypervisor.DefaultQEMU())
 	if err != nil {
-		b.Skip("no " + DefaultQEMU + " on PATH")
+		b.Skip("no " + hypervisor.DefaultQEMU() + " found")
 	}
 	for i := 0; i < b.N; i++ {
 		if _, err := discoverHostFiles(qemu); err != nil {

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/runv-project/runv/hypervisor"
 	"github.com/runv-project/runv/internal/mounts"
 	"github.com/runv-project/runv/test/bundle"
 )
@@ -154,6 +156,15 @@ func testQEMUJailed(t *testing.T, stateRoot string) {
 		}
 	}
 	devices := map[string]bool{"/dev/null": true, "/dev/urandom": true, "/dev/net/tun": true, "/dev/kvm": true}
+	// QEMU's own binary, wherever it is (runv's build: /usr/local/libexec/runv, or the
+	// suite's RUNV_QEMU), read-only like the host's libraries.
+	qemuBinary, err := exec.LookPath(hypervisor.DefaultQEMU())
+	if err != nil {
+		t.Fatalf("the suite's QEMU: %v", err)
+	}
+	if qemuBinary, err = filepath.EvalSymlinks(qemuBinary); err != nil {
+		t.Fatal(err)
+	}
 	qemuMounts := mountsOf(t, pid)
 	seen := map[string]bool{}
 	for _, m := range qemuMounts {
@@ -170,7 +181,7 @@ func testQEMUJailed(t *testing.T, stateRoot string) {
 		case under(m.point, podDir):
 			// The VM's directory and the share, with what the pod mounted in it.
 		case boot[m.point], devices[m.point]:
-		case under(m.point, "/usr") || under(m.point, "/lib") || under(m.point, "/lib64"):
+		case m.point == qemuBinary || under(m.point, "/usr") || under(m.point, "/lib") || under(m.point, "/lib64"):
 			if !m.has("ro") {
 				why = "a host system file QEMU may write"
 			}

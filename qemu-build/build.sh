@@ -1,0 +1,117 @@
+#!/bin/bash
+# Builds runv's QEMU: Debian's own QEMU 7.2 source (the version pinned below, the one Debian
+# bookworm installs as qemu-system-x86_64), configured for x86_64-softmmu with only what runv
+# uses (runv-devices.mak: microvm and q35, virtio over mmio and PCI, virtio-serial, -9p, -rng,
+# -net; TCG and KVM, virtfs, seccomp), and caches it outside the repository.
+#
+#   qemu-build/build.sh OUT KERNEL INITRD
+#
+# OUT: where to copy the binary ("" to only print its path); KERNEL, INITRD: runv's guest,
+# booted to profile the build (below).
+#
+# Why: Debian's binary maps 51 shared libraries and registers every device of every board at
+# its start, which a pooled VM's refill pays each time, and is not optimised for what
+# dominates a VM's CPU under TCG, translating the guest's code (docs/performance.md, "QEMU
+# built for runv, stop 20"). The translator, the devices and the migration format are
+# Debian's 7.2: the guest and the command line are unchanged.
+#
+# Cache: $RUNV_CACHE (default /var/cache/runv)/qemu/<key>/qemu-system-x86_64, where <key>
+# hashes this script and buildcache/cache.sh, the device list and the source version, so a
+# change of any of them rebuilds and an unchanged tree never does. Progress goes to stderr,
+# the path to stdout. Needs Debian's source index (a deb-src line; `make deps` adds one) and
+# the build dependencies `make deps` installs.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+devices=$here/runv-devices.mak
+version=${QEMU_VERSION:-1:7.2+dfsg-7+deb12u18}
+cache=${RUNV_CACHE:-/var/cache/runv}
+key=$(cat "$0" "$here/../buildcache/cache.sh" "$devices" <(echo "source=$version") | sha256sum | cut -c1-16)
+dir=$cache/qemu/$key
+out=${1:-}
+kernel=${2:-}
+initrd=${3:-}
+
+. "$here/../buildcache/cache.sh"
+cache_open qemu "$dir" qemu-system-x86_64 "$out" "qemu source $version, key $key"
+
+src=$cache/qemu/src-${version#*:}
+if [ ! -f "$src/.extracted" ]; then
+  log "fetching Debian's qemu source $version"
+  rm -rf "$src"; mkdir -p "$src"
+  if ! (cd "$src" && apt-get source --download-only "qemu=$version" >/dev/null 2>"$src/fetch.log"); then
+    cat "$src/fetch.log" >&2
+    echo "qemu: cannot fetch Debian's source of qemu $version: it needs a deb-src line ('make deps' adds one) and that version in the archive (QEMU_VERSION overrides it)" >&2
+    exit 1
+  fi
+  log "extracting (with Debian's patches)"
+  # (apt checked the files against the archive's signed index; dpkg-source warns that it
+  # cannot check the .dsc's own signature without Debian's keyring: its output goes to a log.)
+  dpkg-source -x "$src"/qemu_"${version#*:}".dsc "$src/tree" >"$src/extract.log" 2>&1 || {
+    cat "$src/extract.log" >&2; echo "qemu: dpkg-source failed; see above" >&2; exit 1; }
+  touch "$src/.extracted"
+fi
+
+build=$dir/build
+profile=$dir/profile
+trap 'rm -rf "$build" "$profile" "$dir/benchtool" "$dir/instrumented"' EXIT
+cp "$devices" "$src/tree/configs/devices/x86_64-softmmu/runv.mak"
+jobs=${JOBS:-$(nproc)}
+start=$(date +%s)
+
+# build PASS FLAGS: configures and builds in $build (the same path both passes: the profile's
+# files are named after the objects' paths). Debian's compiler flags (dpkg-buildflags: -O2,
+# the stack protector, _FORTIFY_SOURCE, relro; QEMU adds PIE and -z now itself) plus FLAGS.
+# The prefix is not /usr: firmware is then looked up at the absolute paths below (Debian's
+# qemu-system-data, seabios and ipxe), wherever the binary is installed, not relative to it.
+build() {
+  local pass=$1 flags=$2
+  rm -rf "$build"; mkdir -p "$build"
+  log "$pass: configuring x86_64-softmmu with runv's devices only"
+  (cd "$build" && "$src/tree/configure" \
+    --prefix=/usr/local/lib/runv-qemu --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
+    --extra-cflags="-O2 -fstack-protector-strong -Wformat -Werror=format-security -Wdate-time -D_FORTIFY_SOURCE=2 $flags" \
+    --extra-ldflags="-Wl,-z,relro -Wl,--as-needed $flags" \
+    --with-pkgversion="Debian $version, built for runv" \
+    --target-list=x86_64-softmmu --without-default-features --without-default-devices \
+    --with-devices-x86_64=runv --disable-user --disable-docs --disable-install-blobs \
+    --with-git-submodules=ignore --audio-drv-list="" \
+    --enable-tcg --enable-kvm --enable-virtfs --enable-attr --enable-cap-ng --enable-seccomp \
+    --enable-fdt=system >"$build/configure.log" 2>&1) || {
+    tail -20 "$build/configure.log" >&2; echo "qemu: configure failed; see above" >&2; exit 1; }
+  log "$pass: building with ninja -j$jobs (about 1 270 steps, 2-4 minutes on 2 cores)"
+  ninja -C "$build" -j"$jobs" qemu-system-x86_64 2>&1 | {
+    while IFS= read -r line; do
+      case $line in
+        \[*00/*) log "$pass: ${line%% *} $(( $(date +%s) - start ))s" ;;
+        *error:*|FAILED*) echo "$line" >&2 ;;
+      esac
+    done
+  }
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "qemu: build failed; see above" >&2; exit 1; }
+}
+
+# Profile-guided: TCG translating the guest's code is most of a VM's QEMU CPU, and a build
+# optimised for the paths our guest's boot takes spends ~9 % less CPU on a bare boot
+# (docs/performance.md). The first pass is instrumented and boots runv's guest (bare, with
+# runv's command line: bench/benchtool) a few times, microvm and q35; the second uses that profile.
+# Code the boots never ran is optimised as usual (-fprofile-partial-training).
+if [ ! -f "$kernel" ] || [ ! -f "$initrd" ]; then
+  echo "qemu: the profile needs runv's guest to boot: kernel $kernel and initrd $initrd ('make kernel initrd')" >&2
+  exit 1
+fi
+rm -rf "$profile"; mkdir -p "$profile"
+build instrumented "-fprofile-generate=$profile -fprofile-update=prefer-atomic"
+log "profiling: booting the guest with the instrumented binary"
+# Run from outside the build tree: in it, QEMU looks for firmware in the tree's qemu-bundle.
+cp "$build/qemu-system-x86_64" "$dir/instrumented"
+(cd "$here/.." && go build -o "$dir/benchtool" ./bench/benchtool)
+for machine in microvm microvm microvm q35; do
+  RUNV_QEMU=$dir/instrumented "$dir/benchtool" bareboot -machine "$machine" -kernel "$kernel" -initrd "$initrd" -n 2 >/dev/null || {
+    echo "qemu: the instrumented QEMU did not boot runv's guest ($machine)" >&2; exit 1; }
+done
+[ -n "$(ls "$profile")" ] || { echo "qemu: the profiling boots wrote no profile to $profile" >&2; exit 1; }
+build optimised "-fprofile-use=$profile -fprofile-partial-training -Wno-missing-profile"
+cp "$build/qemu-system-x86_64" "$dir/qemu-system-x86_64.tmp" && mv "$dir/qemu-system-x86_64.tmp" "$dir/qemu-system-x86_64"
+rm -rf "$build" "$profile" "$dir/benchtool" "$dir/instrumented"
+log "built in $(( $(date +%s) - start ))s: $dir/qemu-system-x86_64"
+deliver
