@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds runv's QEMU: Debian's own QEMU 7.2 source (the version pinned below, the one Debian
-# bookworm installs as qemu-system-x86_64), configured for x86_64-softmmu with only what runv
+# Builds runv's QEMU: Debian's own QEMU 7.2 source (the version of the installed
+# qemu-system-x86, Debian bookworm's qemu-system-x86_64), configured for x86_64-softmmu with only what runv
 # uses (runv-devices.mak: microvm and q35, virtio over mmio and PCI, virtio-serial, -9p, -rng,
 # -net; TCG and KVM, virtfs, seccomp), and caches it outside the repository.
 #
@@ -23,7 +23,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 devices=$here/runv-devices.mak
-version=${QEMU_VERSION:-1:7.2+dfsg-7+deb12u18}
+# The source of the qemu-system-x86 installed (`make deps` installs it first), not a pinned
+# version: Debian's archive keeps only a release's current point version, so a pinned one
+# fails on a fresh machine once the next is published. A binNMU (+bN) is a rebuild of the
+# same source. QEMU_VERSION overrides it.
+version=${QEMU_VERSION:-$(dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || true)}
+version=${version%+b[0-9]*}
+if [ -z "$version" ]; then
+  echo "qemu: no qemu-system-x86 installed to take the source version from ('make deps' installs it; QEMU_VERSION names one)" >&2
+  exit 1
+fi
 cache=${RUNV_CACHE:-/var/cache/runv}
 key=$(cat "$0" "$here/../buildcache/cache.sh" "$devices" <(echo "source=$version") | sha256sum | cut -c1-16)
 dir=$cache/qemu/$key
