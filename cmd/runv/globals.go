@@ -28,8 +28,8 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "kernel", EnvVars: []string{"RUNV_KERNEL"}, Value: poddaemon.DefaultKernel, Usage: "guest kernel (uncompressed PVH vmlinux)"},
 		&cli.StringFlag{Name: "initrd", EnvVars: []string{"RUNV_INITRD"}, Value: poddaemon.DefaultInitrd, Usage: "guest initrd holding the runv agent"},
 		&cli.StringFlag{Name: "accel", EnvVars: []string{"RUNV_ACCEL"}, Value: hypervisor.AccelAuto, Usage: "accelerator: auto, kvm or tcg (auto probes KVM with a deadline and falls back to TCG)"},
-		&cli.StringFlag{Name: "qemu", EnvVars: []string{hypervisor.EnvQEMU}, Usage: "QEMU binary (default: runv's own build, " +
-			hypervisor.InstalledQEMU + ", if installed, else " + hypervisor.PathQEMU + " on PATH)"},
+		&cli.StringFlag{Name: "qemu", EnvVars: []string{hypervisor.EnvQEMU}, Usage: "QEMU binary (default: runv's own build, installed beside runv in ../libexec/runv/ or in " +
+			hypervisor.InstalledQEMU + ", else " + hypervisor.PathQEMU + " on PATH)"},
 		&cli.StringFlag{Name: "machine", EnvVars: []string{"RUNV_MACHINE"}, Value: hypervisor.MachineMicroVM, Usage: "QEMU machine type: microvm or q35"},
 		&cli.IntFlag{Name: "default_cpus", Value: 1, Usage: "vCPUs of a pod VM"},
 		&cli.IntFlag{Name: "default_memory", Value: 128, Usage: "memory of a pod VM in MiB"},
