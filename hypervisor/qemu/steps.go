@@ -193,8 +193,14 @@ func (ln *launch) queryStatus(ctx context.Context) error {
 	if err != nil {
 		return ln.exitedOr(err)
 	}
-	if st.Status != "running" {
-		return fmt.Errorf("vm is %q, not running (console: %s)", st.Status, ln.vm.paths.Console)
+	return ln.checkStatus(st, "running")
+}
+
+// checkStatus fails unless QEMU's run state st is want, which it is at every launch's
+// start: "running" for a boot, "inmigrate" for a clone waiting for its state.
+func (ln *launch) checkStatus(st status, want string) error {
+	if st.Status != want {
+		return fmt.Errorf("vm is %q, not %s (console: %s)", st.Status, want, ln.vm.paths.Console)
 	}
 	return nil
 }

@@ -387,8 +387,8 @@ func (c *cloneLaunch) connectQMP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if st.Status != "inmigrate" {
-		return fmt.Errorf("vm is %q, not inmigrate (console: %s)", st.Status, c.vm.paths.Console)
+	if err := c.checkStatus(st, "inmigrate"); err != nil {
+		return err
 	}
 	c.status = st.Status
 	return nil
