@@ -148,10 +148,10 @@ echo "cpu:    $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | 
 echo "memory: $(free -m | awk '/^Mem:/{print $2" MiB"}')"
 echo "host:   $(uname -sr); $(. /etc/os-release; echo "$PRETTY_NAME")"
 echo "kvm:    $([ -e /dev/kvm ] && echo "/dev/kvm present" || echo "no /dev/kvm") (runv's accel verdict decides: see below)"
-# The QEMU runv runs (hypervisor.DefaultQEMU), which the bare boot below runs too.
-qemu=${RUNV_QEMU:-}
-[ -z "$qemu" ] && [ -x /usr/local/libexec/runv/qemu-system-x86_64 ] && qemu=/usr/local/libexec/runv/qemu-system-x86_64
-qemu=${qemu:-qemu-system-x86_64}
+# The QEMU runv runs by default (hypervisor.DefaultQEMU, resolved by the same code), named
+# to runv and the bare boot alike so that both run this one binary.
+qemu=$("$bt" qemu) || die "no QEMU for runv to run (benchtool said why above)"
+export RUNV_QEMU=$qemu
 echo "qemu:   $qemu: $("$qemu" --version | head -1)"
 echo "runc:   $(runc --version | head -1)"
 echo "runv:   $("$RUNV" --version)  kernel=$KERNEL initrd=$INITRD"

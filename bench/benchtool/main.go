@@ -10,6 +10,9 @@
 //	    With "-- CMD [ARG...]" (and -label L), CMD is run and timed as repeat does, in turn
 //	    with the boots, boot after run: a ratio of the two is then taken under the same
 //	    state of the machine, not minutes apart.
+//	benchtool qemu
+//	    prints the QEMU binary runv runs by default (hypervisor.DefaultQEMU, found on PATH
+//	    if it is a bare name), which bareboot runs too.
 //	benchtool netfloor -initrd I -tap NAME -addr IP/LEN [-cpus N] [-queues Q] [-tcg OPTS] ...
 //	    boots the bare network floor of bench/network.sh (see netfloor.go).
 //	benchtool repeat [-n N] [-label L]... [-pre SHELL-CMD] -- CMD [ARG...] [::: CMD2 [ARG...]]...
@@ -66,13 +69,18 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|netfloor|repeat|pss|cpu|cgmove|crilog|podrtt|blocks ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool bareboot|qemu|netfloor|repeat|pss|cpu|cgmove|crilog|podrtt|blocks ...")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "bareboot":
 		err = bareboot(os.Args[2:])
+	case "qemu":
+		var path string
+		if path, err = exec.LookPath(hypervisor.DefaultQEMU()); err == nil {
+			fmt.Println(path)
+		}
 	case "netfloor":
 		err = netfloor(os.Args[2:])
 	case "repeat":
