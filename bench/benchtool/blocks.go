@@ -158,10 +158,14 @@ func countBlocks(r io.Reader, img image, kernel *symbolTable, helperBase uint64,
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	inBlock := false
+	// A QEMU built without a disassembler (runv's own) logs the block's address alone, then
+	// its bytes on an "OBJD-T: HEX" line.
+	var bareAddr uint64
+	haveBareAddr := false
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.HasPrefix(line, "IN:") {
-			inBlock = true
+			inBlock, haveBareAddr = true, false
 			continue
 		}
 		if !inBlock {
@@ -169,7 +173,19 @@ func countBlocks(r io.Reader, img image, kernel *symbolTable, helperBase uint64,
 		}
 		addr, code, ok := firstInstruction(line)
 		if !ok {
-			continue
+			if a, isAddr := bareAddress(line); isAddr {
+				bareAddr, haveBareAddr = a, true
+				continue
+			}
+			hexBytes, isObjd := strings.CutPrefix(line, "OBJD-T: ")
+			if !haveBareAddr || !isObjd {
+				continue
+			}
+			b, err := hex.DecodeString(strings.TrimSpace(hexBytes))
+			if err != nil || len(b) == 0 {
+				continue
+			}
+			addr, code = bareAddr, b
 		}
 		inBlock = false
 		owner := "other"
@@ -222,6 +238,16 @@ func firstInstruction(line string) (uint64, []byte, bool) {
 		return 0, nil, false
 	}
 	return addr, code, true
+}
+
+// bareAddress parses "0xADDR:" with nothing after it but spaces.
+func bareAddress(line string) (uint64, bool) {
+	a, rest, ok := strings.Cut(line, ":")
+	if !ok || !strings.HasPrefix(a, "0x") || strings.TrimSpace(rest) != "" {
+		return 0, false
+	}
+	addr, err := strconv.ParseUint(a[2:], 16, 64)
+	return addr, err == nil
 }
 
 // goPackage is a Go symbol's package path: "github.com/x/y.(*T).M" -> "github.com/x/y".

@@ -101,6 +101,31 @@ func TestCountBlocks(t *testing.T) {
 	}
 }
 
+// runv's own QEMU has no disassembler: a block is its address line, then "OBJD-T: HEX".
+func TestCountBlocksOfQEMUWithoutDisassembler(t *testing.T) {
+	img := fakeImage{0x401000: {0x55, 0x48}, 0x402000: {0xc3}}
+	log := strings.Join([]string{
+		"IN: ", "0xffffffff81000000:  ", "OBJD-T: c3", "",
+		"IN: ", "0x0000000000401000:  ", "OBJD-T: 31c0", "", // busybox at an agent address
+		"IN: ", "0x0000000000401000:  ", "OBJD-T: 5548", "",
+		"IN: ", "0x0000000010000400:  ", "OBJD-T: 90", "",
+		"IN: ", "0x0000000000402000:  ", "OBJD-T: c3", "",
+	}, "\n")
+	phases, err := countBlocks(strings.NewReader(log), img, nil, 0x10000000, []string{"(*Agent).newContainer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]int{{"kernel": 1, "other": 1}, {"agent": 2, "helper": 1}}
+	if len(phases) != len(want) {
+		t.Fatalf("%d phases, want %d", len(phases), len(want))
+	}
+	for i, p := range phases {
+		if !reflect.DeepEqual(p.owners, want[i]) {
+			t.Errorf("phase %s: owners %v, want %v", p.name, p.owners, want[i])
+		}
+	}
+}
+
 // The ELF side on a real binary: benchtool itself, built with its symbols; its code as the
 // segments give it must be what its .text section holds at the same address.
 func TestLoadImageReadsCodeAndNamesIt(t *testing.T) {
