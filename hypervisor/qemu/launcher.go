@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/runv-project/runv/hypervisor"
@@ -38,62 +37,14 @@ type Launcher struct {
 	// TSCkHz overrides the host TSC frequency passed to microvm guests under TCG. Zero:
 	// "cpu MHz" of /proc/cpuinfo.
 	TSCkHz int
-
-	prepared preparedBoot
 }
 
 var _ hypervisor.Launcher = (*Launcher)(nil)
-
-// preparedBoot is the thread PrepareBoot started for the next Launch, and the taps it made.
-type preparedBoot struct {
-	mu     sync.Mutex
-	thread *forkingThread
-	taps   nicTaps
-}
-
-// PrepareBoot starts the thread the QEMU of the next Launch, a VM with cpus vCPUs, is to be
-// forked from (forkingThread): it makes QEMU's network namespace and taps at once, on the
-// other core while the caller goes on (a pod daemon that will boot its pod's VM directly
-// calls it first thing). A Launch of another size makes its own; DropPrepared ends one no
-// Launch took.
-func (l *Launcher) PrepareBoot(cpus int) {
-	taps := nicTaps{n: NICSlots, queues: nicQueues(cpus)}
-	t := startForkingThread(true, taps)
-	l.prepared.mu.Lock()
-	old := l.prepared.thread
-	l.prepared.thread, l.prepared.taps = t, taps
-	l.prepared.mu.Unlock()
-	if old != nil {
-		old.abandon()
-	}
-}
-
-// DropPrepared ends the thread PrepareBoot started if no Launch took it, with its network
-// namespace and taps.
-func (l *Launcher) DropPrepared() {
-	if t, _ := l.takePrepared(); t != nil {
-		t.abandon()
-	}
-}
-
-// takePrepared takes the thread PrepareBoot started (nil if none) and the taps it made.
-func (l *Launcher) takePrepared() (*forkingThread, nicTaps) {
-	l.prepared.mu.Lock()
-	defer l.prepared.mu.Unlock()
-	t := l.prepared.thread
-	l.prepared.thread = nil
-	return t, l.prepared.taps
-}
 
 // Launch boots a VM and returns once QEMU runs it and answers on QMP; the guest is then
 // still booting. On error nothing it started is left: no process, no socket.
 func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
 	ln := &launch{l: l, cfg: withDefaults(cfg), log: logging.G(ctx).With("vm", cfg.ID)}
-	if t, made := l.takePrepared(); t != nil && made != ln.taps() {
-		t.abandon() // made for another size: startProcess makes the VM's own
-	} else {
-		ln.thread = t
-	}
 	err := runSteps(ctx, ln.log, []step{
 		{"validate", ln.validate},
 		{"resolve-accel", ln.resolveAccel},

@@ -57,10 +57,6 @@ type startOpts struct {
 	// pod's namespace, and die with it.
 	newNetNS bool
 	taps     nicTaps
-	// thread, if set, is the thread to fork QEMU from, started earlier with newNetNS and
-	// taps (startForkingThread); startProcess owns it from the call on. Nil: one is
-	// started now.
-	thread *forkingThread
 	// jail runs QEMU in a mount namespace of its own (jail.go), built over jailRoot.
 	jail     *jail
 	jailRoot string
@@ -69,10 +65,6 @@ type startOpts struct {
 // startProcess starts QEMU so that it dies with us (SIGKILL on our death) in its own
 // process group, and reaps it in the background.
 func startProcess(o startOpts) (*process, error) {
-	thread := o.thread
-	if thread == nil {
-		thread = startForkingThread(o.newNetNS, o.taps)
-	}
 	// Not fatal: without the setting QEMU runs as it would anywhere else.
 	_ = DisableHugePages()
 	cmd := exec.Command(o.path, o.args...)
@@ -93,7 +85,6 @@ func startProcess(o startOpts) (*process, error) {
 	if o.confine {
 		var err error
 		if conf, err = confine(cmd.SysProcAttr, o.name); err != nil {
-			thread.abandon()
 			return nil, err
 		}
 	}
@@ -101,7 +92,6 @@ func startProcess(o startOpts) (*process, error) {
 	if o.jail != nil && o.jail.share != "" {
 		var err error
 		if release, err = propagateShare(o.jail.share); err != nil {
-			thread.abandon()
 			conf.exited()
 			return nil, err
 		}
@@ -110,10 +100,24 @@ func startProcess(o startOpts) (*process, error) {
 	p := &process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	exited := make(chan struct{})
-	thread.fork(func(netNSErr error) {
-		if netNSErr != nil {
-			started <- netNSErr
-			return
+	offMainThread(func() {
+		// Pdeathsig is delivered when the *thread* that forked QEMU exits, and the Go runtime
+		// may end idle threads. So QEMU is forked from a locked thread that stays in this
+		// goroutine until QEMU is gone. The thread is never unlocked: a goroutine that returns
+		// while locked takes its thread with it, which is what we want once QEMU exited, and
+		// what a thread moved into QEMU's jail (its mount namespace and root) or its network
+		// namespace needs.
+		if o.newNetNS {
+			// Made here rather than with CLONE_NEWNET: the taps must be there before QEMU
+			// opens them (nic.go, makeTaps), and QEMU inherits this thread's namespace.
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("new network namespace: %w", err)
+				return
+			}
+			if err := o.taps.make(); err != nil {
+				started <- err
+				return
+			}
 		}
 		if o.jail != nil {
 			if err := o.jail.enter(o.jailRoot); err != nil {
@@ -169,62 +173,6 @@ func startProcess(o startOpts) (*process, error) {
 		close(p.done)
 	}()
 	return p, nil
-}
-
-// forkingThread is the thread QEMU is forked from. Pdeathsig is delivered when the
-// *thread* that forked QEMU exits, and the Go runtime may end idle threads: so QEMU is
-// forked from a locked thread that stays in its goroutine until QEMU is gone. The thread is
-// never unlocked: a goroutine that returns while locked takes its thread with it, which is
-// what we want once QEMU exited, and what a thread moved into QEMU's jail (its mount
-// namespace and root) or its network namespace needs.
-//
-// Its network namespace and taps come first, and need nothing of the launch: a pod daemon
-// that boots its VM directly starts the thread first thing (Launcher.PrepareBoot), and
-// they are made on the other core while the daemon and the launch get ready (unshare
-// ~0.5 ms, two taps ~0.6) instead of between the launch's planning and the fork
-// (docs/performance.md, "A direct pod's host path to QEMU's exec, stop 21").
-type forkingThread struct {
-	// start is the rest of QEMU's start, run on the thread once its network namespace is
-	// made, with the error that made it fail; closed: QEMU will not be started from it.
-	start chan func(netNSErr error)
-	gone  chan struct{} // the goroutine returned: its thread is ending
-}
-
-// startForkingThread starts a thread to fork QEMU from, which makes a network namespace of
-// its own with taps in it at once if newNetNS. Hand it QEMU's start (fork) or abandon it.
-func startForkingThread(newNetNS bool, taps nicTaps) *forkingThread {
-	t := &forkingThread{start: make(chan func(error), 1), gone: make(chan struct{})}
-	offMainThread(func() {
-		defer close(t.gone)
-		var err error
-		if newNetNS {
-			err = makeNetNS(taps)
-		}
-		if start, ok := <-t.start; ok {
-			start(err)
-		}
-	})
-	return t
-}
-
-// makeNetNS moves the calling thread into a new network namespace with taps in it. Made
-// here rather than with CLONE_NEWNET: the taps must be there before QEMU opens them (nic.go,
-// makeTaps), and QEMU inherits this thread's namespace.
-func makeNetNS(taps nicTaps) error {
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("new network namespace: %w", err)
-	}
-	return taps.make()
-}
-
-// fork runs start on the thread once its network namespace is made.
-func (t *forkingThread) fork(start func(netNSErr error)) { t.start <- start }
-
-// abandon ends a thread that will fork no QEMU, and returns once its goroutine is done:
-// its namespace and taps go with its thread.
-func (t *forkingThread) abandon() {
-	close(t.start)
-	<-t.gone
 }
 
 // offMainThread runs f in a new goroutine locked to a thread that is not the process's

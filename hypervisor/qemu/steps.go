@@ -63,14 +63,7 @@ type launch struct {
 	extraFiles []*os.File
 	// jail is QEMU's mount namespace (jail.go); nil when not confining.
 	jail *jail
-	// thread is the thread QEMU is to be forked from, when one was started ahead
-	// (Launcher.PrepareBoot); startProcess takes it over, teardown abandons it if the
-	// launch failed before.
-	thread *forkingThread
 }
-
-// taps are the taps of the VM's NICs, made in QEMU's network namespace.
-func (ln *launch) taps() nicTaps { return nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)} }
 
 func (ln *launch) validate(context.Context) error { return validateFor(&ln.cfg, !ln.incoming) }
 
@@ -144,7 +137,7 @@ func (ln *launch) startProcess(context.Context) error {
 			return slices.Concat(ls.files, ln.extraFiles), nil
 		},
 		confine: true, name: ln.cfg.ID,
-		newNetNS: true, taps: ln.taps(), thread: ln.takeThread(),
+		newNetNS: true, taps: nicTaps{n: NICSlots, queues: nicQueues(ln.cfg.CPUs)},
 		jail: ln.jail, jailRoot: ln.cfg.Dir})
 	console.started() // QEMU holds the write end now (or never will)
 	if err != nil {
@@ -243,23 +236,8 @@ func (ln *launch) exitedOr(err error) error {
 		hypervisor.ErrVMExited, errdefs.ErrUnavailable)
 }
 
-// takeThread hands the thread the launch started over to startProcess (nil if none).
-func (ln *launch) takeThread() *forkingThread {
-	t := ln.thread
-	ln.thread = nil
-	return t
-}
-
-// abandonThread ends the thread the launch started, if startProcess did not take it.
-func (ln *launch) abandonThread() {
-	if t := ln.takeThread(); t != nil {
-		t.abandon()
-	}
-}
-
 // teardown undoes a failed launch: QEMU killed and reaped, sockets removed (by vm.exited).
 func (ln *launch) teardown() {
-	ln.abandonThread()
 	if ln.vm == nil {
 		return
 	}

@@ -65,14 +65,7 @@ func (b Boot) CheckFiles() error {
 // factory daemon for on the daemon's behalf (PooledFirstVM, factoryd.Prefetch): the pod's
 // first GetVM takes it over.
 func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Request, prefetched, ready *os.File) error {
-	launcher := &qemu.Launcher{}
-	if cpus, direct := directFirstVM(boot, first); direct {
-		// The thread QEMU is forked from makes its network namespace and taps on the
-		// other core while this daemon makes its factory, its supervisor and its sockets.
-		launcher.PrepareBoot(cpus)
-		defer launcher.DropPrepared() // the pod ended before its VM's boot took it
-	}
-	f, size, err := newFactory(ctx, boot, launcher)
+	f, size, err := NewFactory(ctx, boot)
 	if err != nil {
 		if prefetched != nil {
 			prefetched.Close()
@@ -115,25 +108,6 @@ func Main(ctx context.Context, podID, dir string, boot Boot, first *factory.Requ
 	return nil
 }
 
-// directFirstVM reports whether Main's pod daemon boots the VM of a pod whose first
-// container asks for first (nil: not known yet) directly, a cold boot of the policy's
-// entry for that size, and the VM's vCPUs then. A policy that does not parse is
-// NewFactory's to report.
-func directFirstVM(boot Boot, first *factory.Request) (cpus int, direct bool) {
-	if first == nil {
-		return 0, false
-	}
-	policy, _, base, err := resolvePolicy(boot)
-	if err != nil {
-		return 0, false
-	}
-	req := supervisor.SizedFor(factory.Request{CPUs: base.CPUs, MemoryMiB: base.MemoryMiB}, *first)
-	if i := factory.EntryFor(policy, base, req.CPUs, req.MemoryMiB); i >= 0 && (policy[i].Template || policy[i].Cache > 0) {
-		return 0, false
-	}
-	return req.CPUs, true
-}
-
 // PooledFirstVM is the request Main's pod daemon makes for the VM of a pod whose first
 // container asks for first (oci.VMSize), and whether the policy gives that request to the
 // factory daemon's pools: then the runv that starts the daemon can ask for it
@@ -168,17 +142,12 @@ func resolvePolicy(boot Boot) ([]factory.Policy, string, hypervisor.Config, erro
 // daemon's pools. It also returns the pods' default VM size: a policy's first entry's,
 // the size its template has, else boot.Base's.
 func NewFactory(ctx context.Context, boot Boot) (factory.Factory, factory.Request, error) {
-	return newFactory(ctx, boot, &qemu.Launcher{})
-}
-
-// newFactory is NewFactory with the launcher its factories boot VMs with.
-func newFactory(ctx context.Context, boot Boot, launcher *qemu.Launcher) (factory.Factory, factory.Request, error) {
 	policy, source, base, err := resolvePolicy(boot)
 	if err != nil {
 		return nil, factory.Request{}, fmt.Errorf("factory: %w", err)
 	}
 	f, err := factory.New(ctx, factory.Options{
-		Launcher:    launcher,
+		Launcher:    &qemu.Launcher{},
 		Base:        base,
 		TemplateDir: boot.TemplateDir,
 		// A policy entry with "cache" asks the factory daemon of this root for pooled VMs.
