@@ -246,7 +246,7 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 // init is killed and reaped, its streams reset, the container destroyed.
 func (a *Agent) discardCreated(c *container, p *process) {
 	_ = p.handle.Signal(sigKill)
-	_, _ = p.handle.Wait()
+	_, _ = p.handle.wait()
 	a.reaper.untrack(p.pid)
 	p.releasePins()
 	p.io.abort()
@@ -388,7 +388,7 @@ func initHandle(lc containerEngine, lp *libcontainer.Process) (procHandle, int) 
 		return e.initProcess()
 	}
 	pid, _ := lp.Pid()
-	return lp, pid
+	return libcontainerProcess{lp}, pid
 }
 
 // startContainer lets the created init exec the container's process.
@@ -525,7 +525,7 @@ func (a *Agent) signalProcess(_ context.Context, req *Request) (any, error) {
 		// libcontainer checks the init's start time, so a recycled pid is never hit.
 		err = c.lc.Signal(sig)
 	} else {
-		// os.Process signals through a pidfd: no pid reuse race either.
+		// childProcess signals through a pidfd: no pid reuse race either.
 		err = p.handle.Signal(sig)
 	}
 	if err != nil {

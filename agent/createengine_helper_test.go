@@ -56,7 +56,7 @@ func busyboxRootfs(t *testing.T, dir string) string {
 
 // createInit has the helper make the init of req's container with that stdio (nil:
 // /dev/null): the init, its report pipe and the write end of its start pipe.
-func createInit(t *testing.T, helper string, req *convert.ExecRequest, stdio [3]*os.File, tr *stepTrace) (*os.Process, *os.File, *os.File, error) {
+func createInit(t *testing.T, helper string, req *convert.ExecRequest, stdio [3]*os.File, tr *stepTrace) (*childProcess, *os.File, *os.File, error) {
 	t.Helper()
 	dirs := cgroupDirs("")
 	if len(dirs) == 0 {
@@ -162,13 +162,13 @@ echo umask=$(umask) home=$HOME tmpmode=$(stat -c %a /tmp)`
 		t.Fatalf("start: %v", err)
 	}
 	out, _ := io.ReadAll(outR)
-	st, err := proc.Wait()
+	ws, err := proc.wait()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("container output:\n%s", out)
-	if st.ExitCode() != 0 {
-		t.Errorf("exit %d", st.ExitCode())
+	if ws.ExitStatus() != 0 {
+		t.Errorf("exit %d", ws.ExitStatus())
 	}
 	for _, want := range []string{"pid=1\n", "engine-test\n", "null=1:3\n", "ptmx=pts/ptmx fd=/proc/self/fd\n", "root-ro\n", "tmp-ro\n",
 		"hello from the host\n", "sys-ro\n", "timer_list=0\n", "inner-mounted\n", "umask=0022 home=/root-home tmpmode=1777\n"} {
@@ -218,7 +218,7 @@ func TestCreateHelperReportsWhatFailed(t *testing.T) {
 			proc, _, _, err := createInit(t, helper, req, [3]*os.File{}, nil)
 			if err == nil {
 				proc.Kill()
-				proc.Wait()
+				proc.wait()
 				t.Fatal("created")
 			}
 			if !strings.Contains(err.Error(), tc.want) {
@@ -256,12 +256,12 @@ func TestCreateHelperExecFailsAfterStart(t *testing.T) {
 		t.Errorf("start: %v (libcontainer's start succeeds; the exec fails after it)", err)
 	}
 	stderr, _ := io.ReadAll(errR)
-	st, err := proc.Wait()
+	ws, err := proc.wait()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.ExitCode() != 255 || string(stderr) != "exec /bin/garbage: exec format error\n" {
-		t.Errorf("exit %d, stderr %q; want 255 and libcontainer's words", st.ExitCode(), stderr)
+	if ws.ExitStatus() != 255 || string(stderr) != "exec /bin/garbage: exec format error\n" {
+		t.Errorf("exit %d, stderr %q; want 255 and libcontainer's words", ws.ExitStatus(), stderr)
 	}
 }
 
@@ -294,29 +294,28 @@ func TestCreateHelperCreatedInitEndsOnTERM(t *testing.T) {
 				t.Fatal(err)
 			}
 			type waited struct {
-				st  *os.ProcessState
+				ws  syscall.WaitStatus
 				err error
 			}
 			done := make(chan waited, 1)
 			go func() {
-				st, err := proc.Wait()
-				done <- waited{st, err}
+				ws, err := proc.wait()
+				done <- waited{ws, err}
 			}()
-			var st *os.ProcessState
+			var ws syscall.WaitStatus
 			select {
 			case w := <-done:
 				if w.err != nil {
 					t.Fatal(w.err)
 				}
-				st = w.st
+				ws = w.ws
 			case <-time.After(10 * time.Second):
 				proc.Kill()
 				<-done
 				t.Fatal("the created init ignored SIGTERM (still there 10 s later)")
 			}
-			ws := st.Sys().(syscall.WaitStatus)
-			if st.ExitCode() != tc.exit || (tc.signal != 0 && ws.Signal() != tc.signal) {
-				t.Errorf("the created init ended with %v; want exit %d, signal %v", st, tc.exit, tc.signal)
+			if ws.ExitStatus() != tc.exit || (tc.signal != 0 && ws.Signal() != tc.signal) {
+				t.Errorf("the created init ended with %s; want exit %d, signal %v", waitStatusText(ws), tc.exit, tc.signal)
 			}
 		})
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
@@ -41,7 +40,7 @@ type engineContainer struct {
 	mu      sync.Mutex
 	cfg     configs.Config
 	cgroup  *containerCgroup
-	init    *os.Process
+	init    *childProcess
 	start   *os.File // the start pipe's write end until Exec
 	report  *os.File // the init's report pipe until Exec
 	started bool
@@ -91,7 +90,7 @@ func (e *engineContainer) adoptConfig(cfg *configs.Config) {
 }
 
 // initProcess is the init Start made, as the agent waits for and signals it.
-func (e *engineContainer) initProcess() (*os.Process, int) {
+func (e *engineContainer) initProcess() (*childProcess, int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.init, e.init.Pid
@@ -174,7 +173,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 	}
 	if err := set(); err != nil {
 		_ = proc.Kill()
-		_, _ = proc.Wait()
+		_, _ = proc.wait()
 		report.Close()
 		startW.Close()
 		return fmt.Errorf("container %q: set the cgroup's resources: %w", e.id, err)
@@ -208,8 +207,7 @@ func (e *engineContainer) Exec() error {
 	if err != nil {
 		return fmt.Errorf("container %q: its init is gone: %w", e.id, err)
 	}
-	_ = e.report.SetReadDeadline(time.Now().Add(execHelperWait))
-	if err := awaitExec(e.report, e.argv0); err != nil {
+	if err := awaitExec(newReportReader(e.report, execHelperWait), e.argv0); err != nil {
 		return err
 	}
 	e.started = true

@@ -59,11 +59,10 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 		return nil, fmt.Errorf("exec server: %w", err)
 	}
 	defer repR.Close()
-	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
-	if rep, err := readReport(repR); err != nil || rep.kind != reportReady {
+	if rep, err := readReport(newReportReader(repR, execHelperWait)); err != nil || rep.kind != reportReady {
 		unix.Close(fds[0])
 		_ = helper.Kill()
-		_, _ = helper.Wait()
+		_, _ = helper.wait()
 		if err == nil {
 			err = helperError(rep, "")
 		}
@@ -71,7 +70,7 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 	}
 	s := &execServer{sock: fds[0], pid: helper.Pid, exited: make(chan struct{})}
 	go func() {
-		_, _ = helper.Wait()
+		_, _ = helper.wait()
 		if onExit != nil {
 			onExit(helper.Pid)
 		}
@@ -84,7 +83,7 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 // it, with stdio (nil: /dev/null) and the console socket (nil: no terminal). It returns
 // once the process exec'd its program, or the step that failed; errServerGone when the
 // server did not take the request (nothing was started).
-func (s *execServer) exec(req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string, tr *stepTrace) (*os.Process, error) {
+func (s *execServer) exec(req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string, tr *stepTrace) (*childProcess, error) {
 	if req.Create != nil {
 		// Its start is read from the report pipe, which this does not hand back.
 		return nil, errors.New("exec server: a container's create goes through the one-shot helper")
@@ -150,8 +149,8 @@ func (s *execServer) exec(req *convert.ExecRequest, stdio [3]*os.File, console *
 	repW.Close()
 	closers = closers[1:]
 
-	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
-	first, err := readReport(repR)
+	rd := newReportReader(repR, execHelperWait)
+	first, err := readReport(rd)
 	switch {
 	case err == io.EOF:
 		// The server took the request and died before it forked: nothing runs.
@@ -159,7 +158,7 @@ func (s *execServer) exec(req *convert.ExecRequest, stdio [3]*os.File, console *
 	case err != nil:
 		return nil, err
 	}
-	proc, _, err := awaitForked("exec server", first, repR, req, tr)
+	proc, _, err := awaitForked("exec server", first, rd, req, tr)
 	return proc, err
 }
 

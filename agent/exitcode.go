@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,21 +29,16 @@ func exitStatus(ws syscall.WaitStatus) (code, signal int) {
 	return exitUnknown, 0
 }
 
-// processExit builds the PROCESSEXIT event from what libcontainer's Process.Wait returned.
-// Wait returns an *exec.ExitError next to a valid state for any non-zero exit; only a
-// missing state means the status was lost.
-func processExit(ctr, proc string, st *os.ProcessState, waitErr error) agentproto.ProcessExit {
-	e := agentproto.ProcessExit{Container: ctr, Process: proc}
-	if st == nil {
+// processExit builds the PROCESSEXIT event from what a procHandle's wait returned: the wait
+// status, or the error that lost it.
+func processExit(ctr, proc string, ws syscall.WaitStatus, waitErr error) agentproto.ProcessExit {
+	if waitErr != nil {
+		e := agentproto.ProcessExit{Container: ctr, Process: proc}
 		e.ExitCode = exitUnknown
 		e.Error = fmt.Sprintf("exit status lost: %v", waitErr)
 		return e
 	}
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok {
-		return exitOf(ctr, proc, ws)
-	}
-	e.ExitCode = st.ExitCode()
-	return e
+	return exitOf(ctr, proc, ws)
 }
 
 // exitOf is the PROCESSEXIT event of a wait status.

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -27,16 +26,22 @@ func TestExitStatus(t *testing.T) {
 func TestProcessExitFromRealWait(t *testing.T) {
 	cmd := exec.Command("/bin/sh", "-c", "exit 7")
 	err := cmd.Run()
-	e := processExit("c", "p", cmd.ProcessState, err)
+	if _, exited := err.(*exec.ExitError); !exited {
+		t.Fatal(err)
+	}
+	e := processExit("c", "p", cmd.ProcessState.Sys().(syscall.WaitStatus), nil)
 	if e.ExitCode != 7 || e.Signal != 0 || e.Error != "" || e.Container != "c" || e.Process != "p" {
 		t.Fatalf("got %+v", e)
 	}
 	cmd = exec.Command("/bin/sh", "-c", "kill -KILL $$")
 	err = cmd.Run()
-	if e := processExit("c", "p", cmd.ProcessState, err); e.ExitCode != 137 || e.Signal != 9 {
+	if _, exited := err.(*exec.ExitError); !exited {
+		t.Fatal(err)
+	}
+	if e := processExit("c", "p", cmd.ProcessState.Sys().(syscall.WaitStatus), nil); e.ExitCode != 137 || e.Signal != 9 {
 		t.Fatalf("got %+v, want 137/9", e)
 	}
-	if e := processExit("c", "p", (*os.ProcessState)(nil), errors.New("wait: no child processes")); e.ExitCode != 255 || !strings.Contains(e.Error, "no child") {
+	if e := processExit("c", "p", 0, errors.New("wait: no child processes")); e.ExitCode != 255 || !strings.Contains(e.Error, "no child") {
 		t.Fatalf("lost status: got %+v", e)
 	}
 }

@@ -169,7 +169,7 @@ func (tg *execTarget) engines(t *testing.T, helper string) []execEngine {
 }
 
 // run starts req through the engine, with the given stdio and console socket.
-func (e execEngine) run(helper string, tg *execTarget, req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string) (*os.Process, error) {
+func (e execEngine) run(helper string, tg *execTarget, req *convert.ExecRequest, stdio [3]*os.File, console *os.File, dirs []string) (*childProcess, error) {
 	if e.srv != nil {
 		return e.srv.exec(req, stdio, console, dirs, nil)
 	}
@@ -192,11 +192,11 @@ func runHelper(t *testing.T, e execEngine, helper string, tg *execTarget, req *c
 		return "", 0, err
 	}
 	out, _ := io.ReadAll(r)
-	st, err := proc.Wait()
+	ws, err := proc.wait()
 	if err != nil {
 		t.Fatalf("wait: %v", err)
 	}
-	return string(out), st.ExitCode(), nil
+	return string(out), ws.ExitStatus(), nil
 }
 
 func TestExecHelperStartsTheProcessAsAsked(t *testing.T) {
@@ -506,8 +506,8 @@ func TestExecHelperTerminal(t *testing.T) {
 					break
 				}
 			}
-			if st, err := proc.Wait(); err != nil || st.ExitCode() != 0 {
-				t.Fatalf("exit %v %v: %q", st, err, out)
+			if ws, err := proc.wait(); err != nil || ws.ExitStatus() != 0 {
+				t.Fatalf("exit %s %v: %q", waitStatusText(ws), err, out)
 			}
 			text := strings.ReplaceAll(string(out), "\r", "")
 			for _, want := range []string{"/dev/pts/", "25 100", "stdin-is-a-tty"} {

@@ -180,7 +180,7 @@ type nsFile struct {
 // process (a child of the agent: the helper forks it with CLONE_PARENT), its program
 // looked up at hint first (ExecProcess.ProgramHint): through the container's exec server (execserver_linux.go), started at its first exec, or else the
 // one-shot helper. The caller holds the reaper's start bracket.
-func (a *Agent) fastExec(c *container, lp *libcontainer.Process, cp *convert.Process, hint string, tr *stepTrace) (*os.Process, error) {
+func (a *Agent) fastExec(c *container, lp *libcontainer.Process, cp *convert.Process, hint string, tr *stepTrace) (*childProcess, error) {
 	cfg := c.lc.Config()
 	req, err := c.buildExecRequest(&cfg, cp, lp.ConsoleHeight, lp.ConsoleWidth)
 	if err != nil {
@@ -298,7 +298,7 @@ func (c *container) stopExecServer() {
 // start is the read end of the start pipe; it waits until the container's init is ready
 // instead and also returns the report pipe, which tells when the init exec'd
 // (awaitExec).
-func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
+func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *childProcess, report *os.File, _ error) {
 	helper, repR, err := spawnHelper(helperPath, req, stdio, namespaces, console, start, dirs, tr)
 	if err != nil {
 		return nil, nil, err
@@ -308,26 +308,28 @@ func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.Fil
 			repR.Close()
 		}
 	}()
-	_ = repR.SetReadDeadline(time.Now().Add(execHelperWait))
+	rd := newReportReader(repR, execHelperWait)
 	if req.Create != nil && req.Create.InPlace {
 		// The helper is the init (spawnHelper started it in the container's namespaces).
-		if err := awaitReady(helper, repR, req.Args[0], tr); err != nil {
+		if err := awaitReady(helper, rd, req.Args[0], tr); err != nil {
 			return nil, nil, err
 		}
 		return helper, repR, nil
 	}
-	first, err := readReport(repR)
+	first, err := readReport(rd)
 	if err != nil && err != io.EOF {
 		_ = helper.Kill()
 	}
-	hst, _ := helper.Wait() // it exits right after its report
+	hst, werr := helper.wait() // it exits right after its report
 	switch {
+	case err == io.EOF && werr != nil:
+		return nil, nil, fmt.Errorf("exec helper exited without a report (%w)", werr)
 	case err == io.EOF:
-		return nil, nil, fmt.Errorf("exec helper exited without a report (%v)", hst)
+		return nil, nil, fmt.Errorf("exec helper exited without a report (%s)", waitStatusText(hst))
 	case err != nil:
 		return nil, nil, err
 	}
-	proc, keepReport, err := awaitForked("exec helper", first, repR, req, tr)
+	proc, keepReport, err := awaitForked("exec helper", first, rd, req, tr)
 	if err != nil || !keepReport {
 		return proc, nil, err
 	}
@@ -336,38 +338,38 @@ func runExecHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.Fil
 
 // awaitForked is the tail of a process that the one-shot helper or an exec server (via)
 // forked for req, from the first report on its pipe (the process's pid, or what failed
-// before the fork): the process once it exec'd its program, or, for a create
-// (req.Create), once it is ready to be started, when the report pipe stays open for the
-// start (keepReport). A process whose exec or create failed is killed and reaped.
-func awaitForked(via string, first helperReport, repR *os.File, req *convert.ExecRequest, tr *stepTrace) (proc *os.Process, keepReport bool, err error) {
+// before the fork) and the rest of the pipe, rep: the process once it exec'd its program,
+// or, for a create (req.Create), once it is ready to be started, when the report pipe
+// stays open for the start (keepReport). A process whose exec or create failed is killed
+// and reaped.
+func awaitForked(via string, first helperReport, rep io.Reader, req *convert.ExecRequest, tr *stepTrace) (proc *childProcess, keepReport bool, err error) {
 	if first.kind != reportPid {
 		return nil, false, helperError(first, req.Args[0])
 	}
-	if proc, err = os.FindProcess(int(first.value)); err != nil {
+	if proc, err = findChild(int(first.value)); err != nil {
 		return nil, false, fmt.Errorf("%s: process %d: %w", via, first.value, err)
 	}
 	tr.mark(via + " forked the process")
 	if req.Create != nil {
-		if err := awaitReady(proc, repR, req.Args[0], tr); err != nil {
+		if err := awaitReady(proc, rep, req.Args[0], tr); err != nil {
 			return nil, false, err
 		}
 		return proc, true, nil
 	}
-	if err := awaitExecTraced(repR, req.Args[0], tr); err != nil {
+	if err := awaitExecTraced(rep, req.Args[0], tr); err != nil {
 		_ = proc.Kill()
-		_, _ = proc.Wait()
+		_, _ = proc.wait()
 		return nil, false, err
 	}
 	return proc, false, nil
 }
 
-// awaitReady waits until a container's init, proc, reports it is ready to be started; the
-// report pipe stays open for the start. An init that failed or reported anything else is
-// killed and reaped.
-func awaitReady(proc *os.Process, repR *os.File, argv0 string, tr *stepTrace) error {
-	next, err := readReportTraced(repR, tr)
+// awaitReady waits until a container's init, proc, reports on rep that it is ready to be
+// started; the report pipe stays open for the start. An init that failed or reported
+// anything else is killed and reaped.
+func awaitReady(proc *childProcess, rep io.Reader, argv0 string, tr *stepTrace) error {
+	next, err := readReportTraced(rep, tr)
 	if err == nil && next.kind == reportReady {
-		_ = repR.SetReadDeadline(time.Time{})
 		return nil
 	}
 	return killUnexpected(proc, next, err, argv0)
@@ -396,7 +398,7 @@ const execFirstExtraFD = 5
 // spawnHelper starts the helper (runExecHelper's arguments; an exec server, req.Serve, in
 // the agent's cgroup) and sends it req; it returns the helper and the read end of its
 // report pipe.
-func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *os.Process, report *os.File, _ error) {
+func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File, namespaces []nsFile, console, start *os.File, dirs []string, tr *stepTrace) (_ *childProcess, report *os.File, _ error) {
 	std, closers, err := stdioOrNull(stdio)
 	defer func() {
 		for _, f := range closers {
@@ -455,9 +457,9 @@ func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File,
 		return nil, nil, err
 	}
 
-	var helper *os.Process
+	var helper *childProcess
 	if req.Serve != nil {
-		helper, err = os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{Env: []string{}, Files: files})
+		helper, err = startChild(helperPath, []string{"runv-exec"}, files, &syscall.SysProcAttr{})
 	} else {
 		helper, err = startInCgroup(helperPath, files, dirs, cloneFlags)
 	}
@@ -470,7 +472,7 @@ func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File,
 	repW.Close()
 	if _, err := reqW.Write(data); err != nil {
 		_ = helper.Kill()
-		_, _ = helper.Wait()
+		_, _ = helper.wait()
 		return nil, nil, fmt.Errorf("exec helper: send the request: %w", err)
 	}
 	return helper, repR, nil
@@ -489,13 +491,13 @@ func readReportTraced(r io.Reader, tr *stepTrace) (helperReport, error) {
 
 // awaitExec reads the report pipe of a process that is about to exec its program: EOF
 // (the pipe closes on exec) is success, else the helper's report of what failed.
-func awaitExec(report *os.File, argv0 string) error {
+func awaitExec(report io.Reader, argv0 string) error {
 	return awaitExecTraced(report, argv0, nil)
 }
 
 // awaitExecTraced is awaitExec that marks in tr the steps the process reports
 // (traceSteps).
-func awaitExecTraced(report *os.File, argv0 string, tr *stepTrace) error {
+func awaitExecTraced(report io.Reader, argv0 string, tr *stepTrace) error {
 	next, err := readReportTraced(report, tr)
 	switch {
 	case err == io.EOF:
@@ -510,12 +512,12 @@ func awaitExecTraced(report *os.File, argv0 string, tr *stepTrace) error {
 
 // killUnexpected ends a process whose helper reported an error (or nothing, or something
 // unexpected) and returns that as the error.
-func killUnexpected(proc *os.Process, rep helperReport, err error, argv0 string) error {
+func killUnexpected(proc *childProcess, rep helperReport, err error, argv0 string) error {
 	if err == nil && rep.kind != reportError {
 		err = fmt.Errorf("exec helper: unexpected report %q", rune(rep.kind))
 	}
 	_ = proc.Kill()
-	_, _ = proc.Wait()
+	_, _ = proc.wait()
 	switch {
 	case err == io.EOF:
 		return errors.New("exec helper: the process exited without a report")
@@ -528,7 +530,7 @@ func killUnexpected(proc *os.Process, rep helperReport, err error, argv0 string)
 // startInCgroup starts the helper directly in the first of dirs that takes it
 // (CLONE_INTO_CGROUP), as libcontainer starts `runc init` for an exec, in new namespaces of
 // the types cloneFlags names.
-func startInCgroup(helperPath string, files []*os.File, dirs []string, cloneFlags uintptr) (*os.Process, error) {
+func startInCgroup(helperPath string, files []*os.File, dirs []string, cloneFlags uintptr) (*childProcess, error) {
 	var errs []error
 	for _, dir := range dirs {
 		if dir == "" {
@@ -539,11 +541,8 @@ func startInCgroup(helperPath string, files []*os.File, dirs []string, cloneFlag
 			errs = append(errs, fmt.Errorf("open cgroup %s: %w", dir, err))
 			continue
 		}
-		p, err := os.StartProcess(helperPath, []string{"runv-exec"}, &os.ProcAttr{
-			Env:   []string{},
-			Files: files,
-			Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg, Cloneflags: cloneFlags},
-		})
+		p, err := startChild(helperPath, []string{"runv-exec"}, files,
+			&syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg, Cloneflags: cloneFlags})
 		unix.Close(cg)
 		if err == nil {
 			return p, nil

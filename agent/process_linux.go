@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -16,11 +17,26 @@ import (
 	"github.com/runv-project/runv/api/convert"
 )
 
-// procHandle is what the agent does with a started process: libcontainer's Process, or
-// the os.Process of one the exec helper started.
+// procHandle is what the agent does with a started process: libcontainer's Process
+// (libcontainerProcess), or the childProcess of one the exec helper started.
 type procHandle interface {
 	Signal(os.Signal) error
-	Wait() (*os.ProcessState, error)
+	// wait waits until the process exited and reaps it: its wait status, or an error when
+	// that is lost.
+	wait() (syscall.WaitStatus, error)
+}
+
+// libcontainerProcess is a process libcontainer started, as a procHandle.
+type libcontainerProcess struct{ *libcontainer.Process }
+
+func (p libcontainerProcess) wait() (syscall.WaitStatus, error) {
+	// An exit status other than 0 comes with an *exec.ExitError beside a valid state.
+	st, err := p.Wait()
+	if st == nil {
+		return 0, err
+	}
+	ws, _ := st.Sys().(syscall.WaitStatus)
+	return ws, nil
 }
 
 // process is a container's init or an exec'd process.
@@ -164,7 +180,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	pid := 0
 	switch {
 	case fast:
-		var proc *os.Process
+		var proc *childProcess
 		if proc, err = a.fastExec(c, lp, cp, hint, tr); err == nil {
 			handle, pid = proc, proc.Pid
 		}
@@ -197,7 +213,7 @@ func (a *Agent) startProcess(c *container, id string, spec *specs.Process, st ag
 	}
 	if err := pio.started(); err != nil {
 		_ = handle.Signal(sigKill)
-		_, _ = handle.Wait()
+		_, _ = handle.wait()
 		a.reaper.untrack(pid)
 		pio.abort()
 		return nil, fmt.Errorf("start process %q in container %q: %w", id, c.id, err)
@@ -220,19 +236,19 @@ func (a *Agent) runProcess(p *process) {
 	p.io.start()
 	go func() {
 		// The status without reaping, when the agent's own waitid can take it (a process it
-		// started itself, an os.Process, not libcontainer's): the zombie's release (its /proc
+		// started itself, a childProcess, not libcontainer's): the zombie's release (its /proc
 		// entries flushed, its pid freed) then runs after PROCESSEXIT. The reaper is told
 		// first: the SIGCHLD may reach it before this wakes.
 		var exit agentproto.ProcessExit
 		reapLater := false
-		if _, own := p.handle.(*os.Process); own {
+		if _, own := p.handle.(*childProcess); own {
 			a.reaper.reapsAfterReport(p.pid)
 			exit, reapLater = p.exitUnreaped()
 		}
 		if !reapLater {
-			st, werr := p.handle.Wait()
+			ws, werr := p.handle.wait()
 			a.reaper.untrack(p.pid)
-			exit = processExit(p.ctr.id, p.id, st, werr)
+			exit = processExit(p.ctr.id, p.id, ws, werr)
 		}
 		if p.id == agentproto.InitProcessID && exit.Signal == int(sigKill) {
 			// The kernel's OOM killer sends SIGKILL; the container's cgroup counts it.
@@ -247,7 +263,7 @@ func (a *Agent) runProcess(p *process) {
 		a.sendExit(exit)
 		close(p.reported)
 		if reapLater {
-			_, _ = p.handle.Wait()
+			_, _ = p.handle.wait()
 			a.reaper.untrack(p.pid)
 		}
 		if p.id == agentproto.InitProcessID {
@@ -266,11 +282,11 @@ func (a *Agent) runProcess(p *process) {
 
 // exitUnreaped waits until the process, a child of the agent, exited and returns its
 // PROCESSEXIT, leaving it a zombie (waitid with WNOWAIT); ok false when waitid failed
-// (handle.Wait then tells why). The caller reaps it (handle.Wait) once the exit is reported.
+// (handle.wait then tells why). The caller reaps it (handle.wait) once the exit is reported.
 //
 // Why: reaping releases the process, and for a container's init that flushes the /proc
 // entries the agent looked up (ns/mnt, exe, stat: d_invalidate, d_walk, the dentries'
-// shrinking) and runs the os.Process's wait and release (waitid with rusage, its cleanup):
+// shrinking) and runs the wait and release of the process's handle (waitid, the pidfd's close):
 // ~300 blocks a cold guest translates at its first container's exit, before the host
 // learns of it. The zombie holds nothing of the container (its cgroup and namespaces are
 // left), and until it is reaped its pid is not reused (the reaper leaves a tracked pid

@@ -189,16 +189,16 @@ func (a *Agent) runWarmup(wr agentproto.WarmupRequest, tr *stepTrace) (*agentpro
 	if err != nil {
 		if handle != nil {
 			_ = handle.Signal(sigKill)
-			_, _ = handle.Wait()
+			_, _ = handle.wait()
 			a.reaper.untrack(pid)
 		}
 		return nil, fmt.Errorf("warm-up: start: %w", err)
 	}
 	created := time.Since(start)
-	st, err := handle.Wait()
+	_, err = handle.wait()
 	a.reaper.untrack(pid)
 	tr.mark("container exited")
-	if err != nil && st == nil {
+	if err != nil {
 		return nil, fmt.Errorf("warm-up: wait: %w", err)
 	}
 	if err := warmupPayloads(); err != nil {
@@ -368,7 +368,7 @@ func (a *Agent) warmupExec(cfg *configs.Config, pid int, tr *stepTrace) error {
 	if err != nil {
 		return err
 	}
-	_, err = proc.Wait()
+	_, err = proc.wait()
 	tr.mark("warm-up exec done")
 	return err
 }
