@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -105,14 +104,7 @@ func (p *childProcess) wait() (syscall.WaitStatus, error) {
 	if fd < 0 {
 		return 0, errors.New("wait: the process was already waited for")
 	}
-	var info childSiginfo
-	var err error
-	for {
-		err = unix.Waitid(unix.P_PIDFD, fd, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WALL, nil)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	info, err := waitExitedChild(unix.P_PIDFD, fd, 0)
 	p.mu.Lock()
 	unix.Close(p.pidfd)
 	p.pidfd = -1

@@ -43,15 +43,9 @@ func zombieChildren() ([]int, error) {
 // childZombie tells whether pid is a zombie child of this process, without reaping it;
 // ECHILD when it is not a child (any more).
 func childZombie(pid int) (bool, error) {
-	for {
-		var info childSiginfo
-		err := unix.Waitid(unix.P_PID, pid, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil)
-		if err == unix.EINTR {
-			continue
-		}
-		// WNOHANG with nothing to report leaves si_pid zero (waitid(2)).
-		return err == nil && info.Pid != 0, err
-	}
+	info, err := peekExitedChild(unix.P_PID, pid, unix.WNOHANG)
+	// WNOHANG with nothing to report leaves si_pid zero (waitid(2)).
+	return err == nil && info.Pid != 0, err
 }
 
 // childExited tells whether pid, a child of this process, exited: a zombie, or no longer a
@@ -97,9 +91,16 @@ func anyZombieChild() (int, error) {
 // child that idtype and id select and describes it without reaping it (WNOWAIT): it stays
 // a zombie until someone waits for it again.
 func peekExitedChild(idtype, id, options int) (childSiginfo, error) {
+	return waitExitedChild(idtype, id, unix.WNOWAIT|options)
+}
+
+// waitExitedChild waits (waitid with WEXITED and options, WNOWAIT to leave it a zombie) for
+// an exited child that idtype and id select, of any kind (WALL), and describes it; a signal
+// that interrupts the wait does not end it.
+func waitExitedChild(idtype, id, options int) (childSiginfo, error) {
 	for {
 		var info childSiginfo
-		err := unix.Waitid(idtype, id, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOWAIT|unix.WALL|options, nil)
+		err := unix.Waitid(idtype, id, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WALL|options, nil)
 		if err != unix.EINTR {
 			return info, err
 		}
