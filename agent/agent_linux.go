@@ -129,7 +129,9 @@ func Main() error {
 	log.setDebug(flags.Debug)
 	tr := &tracer{on: flags.Trace}
 	setupLogrus(log, flags.Debug, tr)
-	log.Infof("PID 1 up (%s), debug=%s", AgentName, strconv.FormatBool(flags.Debug)) // fmt's bool code: ~10 blocks of a cold guest
+	// The boot's one console line is READY's (run); under TCG each byte is an emulated port
+	// write on the pod's path.
+	log.Debugf("PID 1 up (%s), debug=%s", AgentName, strconv.FormatBool(flags.Debug)) // fmt's bool code: ~10 blocks of a cold guest
 
 	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards(),
 		loopbackReady: loErr == nil}
@@ -183,7 +185,7 @@ func (a *Agent) run(steps *bootSteps) {
 		}
 		if steps != nil {
 			steps.done("host+READY")
-			a.log.Infof("READY; boot steps: %s", steps)
+			a.log.Infof("READY (%s); boot steps: %s", AgentName, steps)
 			steps = nil
 		} else {
 			a.log.Debugf("READY sent")

@@ -234,10 +234,11 @@ func (a *Agent) newContainer(_ context.Context, req *Request) (any, error) {
 	tr.mark("acked")
 	a.trace.end(tr, c.log)
 	a.runProcess(p)
+	// Debug only, as "pod started" (startPod): the host logs the creation.
 	if c.unconverted != nil {
-		c.log.Infof("created, init pid %d, from the host's conversion", p.pid)
+		c.log.Debugf("created, init pid %d, from the host's conversion", p.pid)
 	} else {
-		c.log.Infof("created, init pid %d", p.pid)
+		c.log.Debugf("created, init pid %d", p.pid)
 	}
 	return nil, nil
 }
@@ -588,7 +589,7 @@ func (a *Agent) removeContainer(_ context.Context, req *Request) (any, error) {
 	a.mu.Lock()
 	delete(a.containers, c.id)
 	a.mu.Unlock()
-	c.log.Infof("removed")
+	c.log.Debugf("removed")
 	return nil, nil
 }
 

@@ -83,12 +83,14 @@ func (a *Agent) startPod(_ context.Context, req *Request) (any, error) {
 	a.pod = st
 	a.mu.Unlock()
 	a.log.setPod(p.ID)
-	// Logged once answered: the console line (~0.5 ms of the guest's only vCPU under TCG)
-	// then overlaps the host's next command on its way.
 	if err := req.Ack(nil); err != nil {
 		a.log.Errorf("ACK STARTPOD: %v", err)
 	}
-	a.log.Infof("pod started (share %s at %s)", st.shareTag, agentproto.SharePath)
+	// Success is the host's to log (the pod daemon's "pod ready"): a console line costs the
+	// guest's only vCPU ~0.5 ms under TCG, and a template clone's first one ~3 ms more, its
+	// tty and UART code translated anew (docs/performance.md, "Template clones: the share
+	// kept mounted, success off the console, stop 22").
+	a.log.Debugf("pod started (share %s at %s)", st.shareTag, agentproto.SharePath)
 	return nil, nil
 }
 
@@ -137,7 +139,8 @@ func (a *Agent) applyPod(p agentproto.Pod, tr *stepTrace) (*podState, error) {
 	return st, nil
 }
 
-// mountShareAhead mounts the share for WARMUP, before any pod (pooled VMs).
+// mountShareAhead mounts the share for WARMUP, before any pod: a pooled VM's, and a
+// template's when its QEMU carries the mount over into clones (factory's parkAgent).
 func (a *Agent) mountShareAhead(tag string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()

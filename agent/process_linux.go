@@ -271,8 +271,13 @@ func (a *Agent) runProcess(p *process) {
 			p.ctr.stopExecServer()
 		}
 		// Logged once reported: under TCG the console line costs ~0.5 ms of the guest's
-		// only vCPU, which the host would otherwise wait for.
-		p.log.Infof("exited: code %d%s", exit.ExitCode, errSuffix(exit.Error))
+		// only vCPU, which the host would otherwise wait for. A clean exit only with
+		// runv.debug=1, as the other success lines (startPod).
+		if exit.ExitCode == 0 && exit.Error == "" {
+			p.log.Debugf("exited: code 0")
+		} else {
+			p.log.Infof("exited: code %d%s", exit.ExitCode, errSuffix(exit.Error))
+		}
 		p.releasePins()
 		if p.id != agentproto.InitProcessID {
 			p.ctr.forget(p)

@@ -527,7 +527,8 @@ func TestVMCreateAndStart(t *testing.T) {
 // the agent makes when it converts the spec itself, as its process sees it; and the
 // conversion the agent then owes it (exec, stats, update, kill) works.
 func TestVMConvertedContainer(t *testing.T) {
-	v := bootVM(t, vmOptions{})
+	// runv.debug=1: which way a container was made is on its "created" line, a debug one.
+	v := bootVM(t, vmOptions{cmdline: "runv.debug=1"})
 	const script = `grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; hostname; id; umask; ulimit -n
 stat -c '%n %A %t:%T' /dev/*; cut -d' ' -f5,6,9 /proc/self/mountinfo; cat /proc/self/cgroup; head -c1 /dev/zero | wc -c`
 	outputs := map[string]string{}
