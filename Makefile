@@ -96,9 +96,9 @@ initrd: agent exec-helper
 kernel:
 	kernel-config/build.sh $(BUILD)/vmlinux >/dev/null
 
-# runv's QEMU: Debian's QEMU 7.2 source for x86_64 with runv's devices only, optimised with a
-# profile of our guest's boots (qemu-build/); cached outside the repository like the kernel,
-# keyed by the recipe, device list and source version.
+# runv's QEMU: Debian's QEMU 7.2 source for x86_64 with runv's devices only and runv's patches
+# (qemu-build/patches), optimised with a profile of our guest's boots (qemu-build/); cached
+# outside the repository like the kernel, keyed by the recipe, patches, device list and source version.
 qemu: kernel initrd
 	qemu-build/build.sh $(BUILD)/qemu-system-x86_64 $(BUILD)/vmlinux $(BUILD)/initrd.img >/dev/null
 

@@ -148,15 +148,19 @@ type Snapshot struct {
 	// Accel is the accelerator the template ran under (never auto); clones run under the
 	// same one. CreateTemplate fills it in.
 	Accel string
+	// ShareKept tells that the template's guest may mount its 9p share before the save:
+	// the emulator carries the mount's state over, and each clone finds the share mounted,
+	// its own share directory behind it. CreateTemplate fills it in before it calls park.
+	ShareKept bool
 }
 
 // ParkFunc is called with the connected channels of a template VM once it runs. It returns
 // once the guest is idle between two commands (for the runv agent: after READY, the version
 // handshake and a warm-up); the launcher then snapshots the VM with the host still
 // connected (closing the channels park was given does not disconnect them), so that a
-// clone's guest finds its host connected. It must not start a pod: the guest must not have
-// the 9p share mounted at snapshot time.
-type ParkFunc func(ctx context.Context, ch *Channels) error
+// clone's guest finds its host connected. It must not start a pod. It may mount the 9p
+// share only when shareKept is true (Snapshot.ShareKept), and must leave nothing open in it.
+type ParkFunc func(ctx context.Context, ch *Channels, shareKept bool) error
 
 // Templater is implemented by launchers that can turn a booted VM into a template and start
 // clones of it. It is separate from Launcher because a template is not a running VM (the

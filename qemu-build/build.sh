@@ -13,10 +13,12 @@
 # its start, which a pooled VM's refill pays each time, and is not optimised for what
 # dominates a VM's CPU under TCG, translating the guest's code (docs/performance.md, "QEMU
 # built for runv, stop 20"). The translator, the devices and the migration format are
-# Debian's 7.2: the guest and the command line are unchanged.
+# Debian's 7.2, with runv's patches (patches/*.patch, applied in order to a copy of the
+# source): 0001 lets a VM template be saved with the guest's 9p share mounted, an opt-in
+# device property (x-migrate-fids) that a template's command line sets.
 #
 # Cache: $RUNV_CACHE (default /var/cache/runv)/qemu/<key>/qemu-system-x86_64, where <key>
-# hashes this script and buildcache/cache.sh, the device list and the source version, so a
+# hashes this script and buildcache/cache.sh, the device list, the patches and the source version, so a
 # change of any of them rebuilds and an unchanged tree never does. Progress goes to stderr,
 # the path to stdout. Needs Debian's source index (a deb-src line; `make deps` adds one) and
 # the build dependencies `make deps` installs.
@@ -34,7 +36,8 @@ if [ -z "$version" ]; then
   exit 1
 fi
 cache=${RUNV_CACHE:-/var/cache/runv}
-key=$(cat "$0" "$here/../buildcache/cache.sh" "$devices" <(echo "source=$version") | sha256sum | cut -c1-16)
+patches=("$here"/patches/*.patch)
+key=$(cat "$0" "$here/../buildcache/cache.sh" "$devices" "${patches[@]}" <(echo "source=$version") | sha256sum | cut -c1-16)
 dir=$cache/qemu/$key
 out=${1:-}
 kernel=${2:-}
@@ -62,8 +65,18 @@ fi
 
 build=$dir/build
 profile=$dir/profile
-trap 'rm -rf "$build" "$profile" "$dir/benchtool" "$dir/instrumented"' EXIT
-cp "$devices" "$src/tree/configs/devices/x86_64-softmmu/runv.mak"
+tree=$dir/src
+trap 'rm -rf "$build" "$profile" "$tree" "$dir/benchtool" "$dir/instrumented"' EXIT
+# A copy of the source to patch (hard links: patch replaces the files it changes, and the
+# extracted tree stays Debian's for other keys).
+rm -rf "$tree"
+cp -al "$src/tree" "$tree"
+for p in "${patches[@]}"; do
+  log "applying $(basename "$p")"
+  patch -d "$tree" -p1 -s --no-backup-if-mismatch <"$p" || { echo "qemu: $p does not apply to qemu $version" >&2; exit 1; }
+done
+rm -f "$tree/configs/devices/x86_64-softmmu/runv.mak"
+cp "$devices" "$tree/configs/devices/x86_64-softmmu/runv.mak"
 jobs=${JOBS:-$(nproc)}
 start=$(date +%s)
 
@@ -76,7 +89,7 @@ build() {
   local pass=$1 flags=$2
   rm -rf "$build"; mkdir -p "$build"
   log "$pass: configuring x86_64-softmmu with runv's devices only"
-  (cd "$build" && "$src/tree/configure" \
+  (cd "$build" && "$tree/configure" \
     --prefix=/usr/local/lib/runv-qemu --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
     --extra-cflags="-O2 -fstack-protector-strong -Wformat -Werror=format-security -Wdate-time -D_FORTIFY_SOURCE=2 $flags" \
     --extra-ldflags="-Wl,-z,relro -Wl,--as-needed $flags" \
@@ -121,6 +134,6 @@ done
 [ -n "$(ls "$profile")" ] || { echo "qemu: the profiling boots wrote no profile to $profile" >&2; exit 1; }
 build optimised "-fprofile-use=$profile -fprofile-partial-training -Wno-missing-profile"
 cp "$build/qemu-system-x86_64" "$dir/qemu-system-x86_64.tmp" && mv "$dir/qemu-system-x86_64.tmp" "$dir/qemu-system-x86_64"
-rm -rf "$build" "$profile" "$dir/benchtool" "$dir/instrumented"
+rm -rf "$build" "$profile" "$tree" "$dir/benchtool" "$dir/instrumented"
 log "built in $(( $(date +%s) - start ))s: $dir/qemu-system-x86_64"
 deliver

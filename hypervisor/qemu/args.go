@@ -35,6 +35,10 @@ type spec struct {
 	// for migrate-incoming ("-incoming defer": x-ignore-shared has to be set first, and
 	// QEMU 7.2 cannot set it from the command line).
 	incoming bool
+	// keepShare: the 9p device migrates the guest's fids of a mounted share (a template
+	// saved with its share mounted; sharefids.go). Only on the template's side: a clone's
+	// QEMU loads them whenever the state holds them.
+	keepShare bool
 	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
 	nics int
 	// inheritSockets: QEMU inherits its QMP and channel sockets from runv, listening, as
@@ -177,7 +181,7 @@ func buildArgs(s spec) []string {
 		"-chardev", "socket,id=stream,"+socketAddr(s, streamFD, p.Stream)+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,nr="+strconv.Itoa(streamPortNr)+",chardev=stream,name="+agentproto.StreamPortName,
 		"-fsdev", "local,id=fs0,path="+escape(c.ShareDir)+",security_model=none",
-		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag,
+		"-device", dev("virtio-9p")+",fsdev=fs0,mount_tag="+agentproto.ShareTag+keepShareProp(s.keepShare),
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", dev("virtio-rng")+",rng=rng0",
 	)

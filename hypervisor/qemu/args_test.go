@@ -172,6 +172,11 @@ func TestBuildArgs(t *testing.T) {
 			appendWant: "console=ttyS0 quiet panic=-1 pty.legacy_count=0 runv.ports=vport0p1,vport0p2 noreplace-smp",
 		},
 		{
+			name: "a template that keeps its share mounted: the 9p device migrates its fids",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, memFile: "/t/memory", memShared: true, keepShare: true},
+			want: [][2]string{{"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare,x-migrate-fids=on"}},
+		},
+		{
 			name: "q35 with hot-plug room",
 			spec: spec{cfg: q35(func(c *hypervisor.Config) { c.CPUs, c.MaxCPUs, c.MemoryMiB, c.MaxMemoryMiB = 2, 4, 256, 1024 }), accel: hypervisor.AccelTCG},
 			want: [][2]string{

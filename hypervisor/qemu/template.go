@@ -81,6 +81,7 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 		}},
 		{"resolve-accel", ln.resolveAccel},
 		{"resolve-machine", t.resolveMachine},
+		{"probe-share", t.probeShare},
 		{"build-args", ln.buildArgs},
 		{"start-process", func(ctx context.Context) error {
 			created = true
@@ -106,7 +107,7 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 		}
 		return hypervisor.Snapshot{}, fmt.Errorf("create template from vm %s: %w", cfg.ID, err)
 	}
-	t.snap.Accel, t.snap.MachineType = ln.accel, ln.machineType
+	t.snap.Accel, t.snap.MachineType, t.snap.ShareKept = ln.accel, ln.machineType, ln.keepShare
 	return t.snap, nil
 }
 
@@ -146,6 +147,14 @@ func (t *templateLaunch) resolveMachine(ctx context.Context) error {
 	return err
 }
 
+// probeShare finds out whether this QEMU carries a mounted 9p share over into clones
+// (runv's build does: qemu-build/patches), and then asks for it on the template's device.
+func (t *templateLaunch) probeShare(ctx context.Context) error {
+	kept, err := keepsShareFids(ctx, t.cfg.QEMU, t.cfg.Machine)
+	t.keepShare = kept
+	return err
+}
+
 // parkGuest connects to the template's channels and lets park bring the guest to rest. The
 // connections stay open (park's closing them does nothing) until QEMU is gone: the saved
 // guest has its host connected, as a clone's host will be (see the top).
@@ -157,7 +166,7 @@ func (t *templateLaunch) parkGuest(ctx context.Context) error {
 		return t.exitedOr(err)
 	}
 	t.held = ch
-	err = t.park(ctx, &hypervisor.Channels{Control: heldConn{ch.Control}, Stream: heldConn{ch.Stream}})
+	err = t.park(ctx, &hypervisor.Channels{Control: heldConn{ch.Control}, Stream: heldConn{ch.Stream}}, t.keepShare)
 	if err != nil {
 		if t.vm.proc.hasExited() {
 			return t.exitedOr(err)

@@ -26,7 +26,7 @@ func TestTemplateRefusesBadInput(t *testing.T) {
 	snap := hypervisor.Snapshot{Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state")}
 	l := &Launcher{}
 	ctx := context.Background()
-	park := func(context.Context, *hypervisor.Channels) error { return nil }
+	park := func(context.Context, *hypervisor.Channels, bool) error { return nil }
 
 	bad := cfg
 	bad.KernelParams = []string{"nolapic_timer"}
@@ -72,7 +72,7 @@ func shmDir(t *testing.T) string {
 
 // pingPark parks the test init: one round trip proves it is up and serving. The launcher
 // keeps the connection until the template is saved, so a clone's host finds it open.
-func pingPark(ctx context.Context, ch *hypervisor.Channels) error {
+func pingPark(ctx context.Context, ch *hypervisor.Channels, _ bool) error {
 	timeout := 60 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
@@ -200,6 +200,72 @@ func TestTemplateClones(t *testing.T) {
 				}
 				assertGone(t, v, filepath.Dir(v.ConsoleLog()))
 				_ = i
+			}
+		})
+	}
+}
+
+// A template saved with its 9p share mounted (runv's QEMU: x-migrate-fids): every clone
+// finds the share mounted, its own directory behind it, and writes into it.
+func TestTemplateKeepsShareMount(t *testing.T) {
+	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
+		t.Run(machine, func(t *testing.T) {
+			t.Parallel()
+			cfg := vmConfig(t)
+			cfg.Machine = machine
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			qemu := withDefaults(cfg).QEMU
+			if kept, err := keepsShareFids(ctx, qemu, machine); err != nil {
+				t.Fatal(err)
+			} else if !kept {
+				t.Skipf("%s has no %s property: not runv's QEMU build (make qemu; RUNV_QEMU names it)", qemu, shareFidsProp)
+			}
+			dir := shmDir(t)
+			l := &Launcher{}
+			snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
+				Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+			}, func(ctx context.Context, ch *hypervisor.Channels, shareKept bool) error {
+				if !shareKept {
+					return errors.New("park was not told that the share is kept")
+				}
+				if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share" {
+					return fmt.Errorf("the template's mount of its (empty) share: %q, %v", answer, err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
+			}
+			if !snap.ShareKept {
+				t.Fatalf("snapshot %+v: ShareKept false with %s", snap, qemu)
+			}
+			for i := range 2 {
+				c := vmConfig(t)
+				c.Machine = machine
+				c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
+				mine := fmt.Sprintf("clone%d.txt", i)
+				if err := os.WriteFile(filepath.Join(c.ShareDir, mine), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				v, err := l.Clone(ctx, c, snap)
+				if err != nil {
+					t.Fatalf("clone %d: %v", i, err)
+				}
+				ch := mustChannels(t, v)
+				// No mount in the clone: the template's lists this clone's directory.
+				if answer, err := roundTrip(ch.Control, "mounted", 30*time.Second); err != nil || answer != "mounted "+mine {
+					t.Errorf("clone %d: %q, %v; want %q (console %s)", i, answer, err, "mounted "+mine, tail(v.ConsoleLog(), 5))
+				}
+				if answer, err := roundTrip(ch.Control, "write from-guest", 30*time.Second); err != nil || answer != "wrote from-guest" {
+					t.Errorf("clone %d: write: %q, %v", i, answer, err)
+				} else if b, err := os.ReadFile(filepath.Join(c.ShareDir, "from-guest")); err != nil || string(b) != "guest\n" {
+					t.Errorf("clone %d: the guest's file in its share: %q, %v", i, b, err)
+				}
+				if err := v.Kill(); err != nil {
+					t.Fatal(err)
+				}
+				assertGone(t, v, filepath.Dir(v.ConsoleLog()))
 			}
 		})
 	}

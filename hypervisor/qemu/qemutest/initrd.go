@@ -18,6 +18,8 @@ const Busybox = "/bin/busybox"
 //
 //	ping X    -> pong ping X   (any other line is echoed the same way)
 //	share     -> share <files> (mounts the 9p share and lists it)
+//	mounted   -> mounted <files> (lists the share mounted before: a template's, in a clone)
+//	write F   -> wrote F       (creates file F in the share mounted before)
 //	poweroff  -> powers the guest off at once
 //	sleep     -> slept         (after a 1 s sleep of the guest: a wait on its timer)
 //
@@ -44,6 +46,8 @@ while :; do
     case "$line" in
       poweroff) poweroff -f ;;
       sleep) sleep 1; echo slept >&3 ;;
+      mounted) echo "mounted" $(ls /mnt) >&3 ;;
+      write\ *) if echo guest > "/mnt/${line#write }"; then echo "wrote ${line#write }" >&3; else echo "write failed" >&3; fi ;;
       share) if mount -t 9p -o trans=virtio,version=9p2000.L %[3]s /mnt; then echo "share" $(ls /mnt) >&3; else echo "share failed" >&3; fi ;;
       *) echo "pong $line" >&3 ;;
     esac
