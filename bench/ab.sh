@@ -154,14 +154,15 @@ done
 if [ "$PHASES" = 1 ]; then
 	med() { sort -n -k"$1" | awk -v c="$1" '{v[NR] = $c} END {printf "%s", v[int((NR + 1) / 2)]}'; }
 	echo "phases, medians (ms since the CLI started): run returned, daemon serving, pod ready, created in the guest, process exited, last container deleted, pod stopped"
-	echo "  and the spans: ready-serving, created-ready (NEWCONTAINER), exited-created (start, run, exit), deleted-exited, stopped-deleted (the pod's end), returned-stopped"
+	echo "  and the spans: ready-serving, created-ready (NEWCONTAINER), exited-created (start, run, exit), deleted-exited, stopped-deleted (the pod's end), returned-stopped,"
+	echo "  returned-exited (the guest's exit report to the CLI's return)"
 	for ab in A B; do
 		f=$work/phases-$ab
-		awk '{print $3-$2, $4-$3, $5-$4, $6-$5, $7-$6, $1-$7}' "$f" >"$f.spans"
+		awk '{print $3-$2, $4-$3, $5-$4, $6-$5, $7-$6, $1-$7, $1-$5}' "$f" >"$f.spans"
 		printf "%s: " "$ab"
 		for c in 1 2 3 4 5 6 7; do printf "%s " "$(med "$c" <"$f")"; done
 		printf "| "
-		for c in 1 2 3 4 5 6; do printf "%s " "$(med "$c" <"$f.spans")"; done
+		for c in 1 2 3 4 5 6 7; do printf "%s " "$(med "$c" <"$f.spans")"; done
 		echo
 	done
 fi
