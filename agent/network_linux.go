@@ -51,7 +51,7 @@ func warmupNetwork() error {
 		return nil // a VM without NICs
 	}
 	const name = "eth0"
-	defer fastMLDReports(slots[0].Attrs().Name)()
+	defer fastMLDReports(0)()
 	err = applyNetwork(agentproto.Network{
 		Interfaces: []agentproto.Interface{{Slot: 0, Name: name, MAC: "02:00:5e:00:53:01", MTU: 1500,
 			Addresses: []string{"192.0.2.2/24", "2001:db8::2/64"}}},
@@ -71,30 +71,38 @@ func warmupNetwork() error {
 	return nil
 }
 
-// fastMLDReports has the NIC named nic send its IPv6 multicast (MLD) reports within a
+// fastMLDReports has the NIC of slot send its IPv6 multicast (MLD) reports within a
 // millisecond instead of at random up to a second after a change, until the returned
-// function puts the kernel's intervals back. The warm-up's address joins and leaves a
+// function puts the kernel's intervals back (under the NIC's name then: the warm-up
+// renames it). The warm-up's address joins and leaves a
 // multicast group; its reports, sent from a delayed work even once the NIC is down (into
 // its noop qdisc), were still scheduled when a template was saved, and every clone then
 // ran them on its pod's path: ~250 translation blocks of MLD, neighbour and xmit code
 // (docs/performance.md, "Template clones: the share kept mounted, success off the console,
 // stop 22"). Nothing leaves the VM: its taps are connected to nothing before
 // a pod's network is mirrored.
-func fastMLDReports(nic string) (restore func()) {
-	var undo []func()
-	for _, knob := range []string{"mldv2_unsolicited_report_interval", "mldv1_unsolicited_report_interval"} {
-		path := "/proc/sys/net/ipv6/conf/" + nic + "/" + knob
-		old, err := os.ReadFile(path)
+func fastMLDReports(slot int) (restore func()) {
+	knob := func(name string) string {
+		if slots, err := nicSlots(); err == nil {
+			if l, ok := slots[slot]; ok {
+				return "/proc/sys/net/ipv6/conf/" + l.Attrs().Name + "/" + name
+			}
+		}
+		return ""
+	}
+	saved := map[string][]byte{}
+	for _, name := range []string{"mldv2_unsolicited_report_interval", "mldv1_unsolicited_report_interval"} {
+		old, err := os.ReadFile(knob(name))
 		if err != nil {
 			continue // a kernel without IPv6
 		}
-		if os.WriteFile(path, []byte("1"), 0) == nil {
-			undo = append(undo, func() { _ = os.WriteFile(path, old, 0) })
+		if os.WriteFile(knob(name), []byte("1"), 0) == nil {
+			saved[name] = old
 		}
 	}
 	return func() {
-		for _, u := range undo {
-			u()
+		for name, old := range saved {
+			_ = os.WriteFile(knob(name), old, 0)
 		}
 	}
 }

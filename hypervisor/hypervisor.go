@@ -150,7 +150,7 @@ type Snapshot struct {
 	Accel string
 	// ShareKept tells that the template's guest may mount its 9p share before the save:
 	// the emulator carries the mount's state over, and each clone finds the share mounted,
-	// its own share directory behind it. CreateTemplate fills it in before it calls park.
+	// its own share directory behind it. CreateTemplate fills it in and tells park.
 	ShareKept bool
 }
 
