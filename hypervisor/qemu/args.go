@@ -99,18 +99,21 @@ const (
 // there and looks the names up.
 var portsParam = agentproto.PortsParam + "=vport0p" + strconv.Itoa(controlPortNr) + ",vport0p" + strconv.Itoa(streamPortNr)
 
+// virtioDevice is the device type of virtio device name (virtio-9p, ...) on machine: its
+// virtio-mmio transport on microvm, PCI on q35.
+func virtioDevice(name, machine string) string {
+	if machine == hypervisor.MachineMicroVM {
+		return name + "-device"
+	}
+	return name + "-pci"
+}
+
 // buildArgs returns QEMU's arguments (without the binary) for s.
 func buildArgs(s spec) []string {
 	c := s.cfg
 	p := pathsIn(c.Dir)
 	microvm := c.Machine == hypervisor.MachineMicroVM
-	// dev picks the virtio transport: virtio-mmio on microvm, PCI on q35.
-	dev := func(name string) string {
-		if microvm {
-			return name + "-device"
-		}
-		return name + "-pci"
-	}
+	dev := func(name string) string { return virtioDevice(name, c.Machine) }
 	serial := s.serial
 	if serial == "" {
 		serial = "chardev:" + consoleChardev

@@ -12,8 +12,23 @@ import (
 	"github.com/runv-project/runv/hypervisor"
 )
 
-// machineHelp caches each QEMU binary's answer to `-machine help`, as alias -> target.
-var machineHelp sync.Map // qemu path -> map[string]string
+// helpAnswers caches each QEMU binary's answers to the help queries runv asks of it.
+var helpAnswers sync.Map // qemu path NUL args joined by NUL -> string
+
+// qemuHelp runs `qemu args...` (a query such as `-machine help`, which prints and exits)
+// once per binary and arguments, and returns its output.
+func qemuHelp(ctx context.Context, qemu string, args ...string) (string, error) {
+	key := qemu + "\x00" + strings.Join(args, "\x00")
+	if v, ok := helpAnswers.Load(key); ok {
+		return v.(string), nil
+	}
+	out, err := exec.CommandContext(ctx, qemu, args...).Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", qemu, strings.Join(args, " "), err)
+	}
+	helpAnswers.Store(key, string(out))
+	return string(out), nil
+}
 
 // resolveMachineType returns the versioned machine type that machine stands for in this
 // QEMU ("q35" -> "pc-q35-7.2"). A template's device state is only valid for the machine
@@ -24,18 +39,11 @@ func resolveMachineType(ctx context.Context, qemu, machine string) (string, erro
 	if machine == hypervisor.MachineMicroVM {
 		return machine, nil
 	}
-	var aliases map[string]string
-	if v, ok := machineHelp.Load(qemu); ok {
-		aliases = v.(map[string]string)
-	} else {
-		out, err := exec.CommandContext(ctx, qemu, "-machine", "help").Output()
-		if err != nil {
-			return "", fmt.Errorf("list machine types: %s -machine help: %w", qemu, err)
-		}
-		aliases = parseMachineHelp(strings.NewReader(string(out)))
-		machineHelp.Store(qemu, aliases)
+	out, err := qemuHelp(ctx, qemu, "-machine", "help")
+	if err != nil {
+		return "", fmt.Errorf("list machine types: %w", err)
 	}
-	if t, ok := aliases[machine]; ok {
+	if t, ok := parseMachineHelp(strings.NewReader(out))[machine]; ok {
 		return t, nil
 	}
 	return "", invalidf("%s does not say which versioned machine type %q stands for ('%s -machine help' lists no \"%s ... (alias of ...)\")", qemu, machine, qemu, machine)

@@ -3,11 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
-	"sync"
-
-	"github.com/runv-project/runv/hypervisor"
 )
 
 // A template saved with the pod share mounted spares every clone the guest's 9p mount: the
@@ -29,27 +25,14 @@ func keepShareProp(keep bool) string {
 	return ""
 }
 
-// shareFidsSupport caches each QEMU binary's answer, by path and 9p device type.
-var shareFidsSupport sync.Map // "qemu\x00device" -> bool
-
 // keepsShareFids reports whether qemu's 9p device for machine has shareFidsProp. Another
 // QEMU (Debian's) has not: its templates are then saved without the share, as before.
 func keepsShareFids(ctx context.Context, qemu, machine string) (bool, error) {
-	device := "virtio-9p-pci"
-	if machine == hypervisor.MachineMicroVM {
-		device = "virtio-9p-device"
-	}
-	key := qemu + "\x00" + device
-	if v, ok := shareFidsSupport.Load(key); ok {
-		return v.(bool), nil
-	}
-	out, err := exec.CommandContext(ctx, qemu, "-device", device+",help").Output()
+	out, err := qemuHelp(ctx, qemu, "-device", virtioDevice("virtio-9p", machine)+",help")
 	if err != nil {
-		return false, fmt.Errorf("list the 9p device's properties: %s -device %s,help: %w", qemu, device, err)
+		return false, fmt.Errorf("list the 9p device's properties: %w", err)
 	}
-	kept := hasDeviceProperty(string(out), shareFidsProp)
-	shareFidsSupport.Store(key, kept)
-	return kept, nil
+	return hasDeviceProperty(out, shareFidsProp), nil
 }
 
 // hasDeviceProperty reads `-device TYPE,help`, whose property lines look like
