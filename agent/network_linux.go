@@ -82,27 +82,36 @@ func warmupNetwork() error {
 // stop 22"). Nothing leaves the VM: its taps are connected to nothing before
 // a pod's network is mirrored.
 func fastMLDReports(slot int) (restore func()) {
-	knob := func(name string) string {
+	// The NIC's sysctl directory, looked up when it is needed: at each end.
+	confDir := func() string {
 		if slots, err := nicSlots(); err == nil {
 			if l, ok := slots[slot]; ok {
-				return "/proc/sys/net/ipv6/conf/" + l.Attrs().Name + "/" + name
+				return "/proc/sys/net/ipv6/conf/" + l.Attrs().Name + "/"
 			}
 		}
 		return ""
 	}
+	dir := confDir()
+	if dir == "" {
+		return func() {}
+	}
 	saved := map[string][]byte{}
-	for _, name := range []string{"mldv2_unsolicited_report_interval", "mldv1_unsolicited_report_interval"} {
-		old, err := os.ReadFile(knob(name))
+	for _, knob := range []string{"mldv2_unsolicited_report_interval", "mldv1_unsolicited_report_interval"} {
+		old, err := os.ReadFile(dir + knob)
 		if err != nil {
 			continue // a kernel without IPv6
 		}
-		if os.WriteFile(knob(name), []byte("1"), 0) == nil {
-			saved[name] = old
+		if os.WriteFile(dir+knob, []byte("1"), 0) == nil {
+			saved[knob] = old
 		}
 	}
 	return func() {
-		for name, old := range saved {
-			_ = os.WriteFile(knob(name), old, 0)
+		dir := confDir()
+		if dir == "" {
+			return
+		}
+		for knob, old := range saved {
+			_ = os.WriteFile(dir+knob, old, 0)
 		}
 	}
 }
