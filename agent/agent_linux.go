@@ -129,8 +129,8 @@ func Main() error {
 	log.setDebug(flags.Debug)
 	tr := &tracer{on: flags.Trace}
 	setupLogrus(log, flags.Debug, tr)
-	// The boot's one console line is READY's (run); under TCG each byte is an emulated port
-	// write on the pod's path.
+	// A boot writes nothing on the console unless something fails: under TCG each byte is
+	// an emulated port write on the pod's path. The boot's steps go with READY (run).
 	log.Debugf("PID 1 up (%s), debug=%s", AgentName, strconv.FormatBool(flags.Debug)) // fmt's bool code: ~10 blocks of a cold guest
 
 	a := &Agent{log: log, flags: flags, trace: tr, reaper: newReaper(log), containers: make(map[string]*container), creating: make(map[string]bool), forwards: newPortForwards(),
@@ -178,14 +178,19 @@ func (a *Agent) run(steps *bootSteps) {
 		if err := ctl.waitConnected(); err != nil {
 			fatal(a.log, "%v", err)
 		}
-		// READY tells the host (again, after a reconnect) that the agent is serving.
-		if err := a.d.Send(agentproto.MsgReady, nil); err != nil {
+		// READY tells the host (again, after a reconnect) that the agent is serving; the
+		// first one carries the boot's steps for the host's log, not the console's.
+		var ready agentproto.Ready
+		if steps != nil {
+			steps.done("host")
+			ready.BootSteps = steps.String()
+		}
+		if err := a.d.Send(agentproto.MsgReady, ready); err != nil {
 			a.log.Errorf("send READY: %v", err)
 			continue
 		}
 		if steps != nil {
-			steps.done("host+READY")
-			a.log.Infof("READY (%s); boot steps: %s", AgentName, steps)
+			a.log.Debugf("READY (%s); boot steps: %s", AgentName, ready.BootSteps)
 			steps = nil
 		} else {
 			a.log.Debugf("READY sent")

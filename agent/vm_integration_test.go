@@ -448,10 +448,13 @@ func TestVMNamedPorts(t *testing.T) {
 }
 
 // TestVMReconnect closes the control connection and reconnects, as a host does around a
-// VM template snapshot: the agent announces itself again and keeps its state.
+// VM template snapshot: the agent announces itself again and keeps its state. The boot's
+// READY carries the agent's boot steps for the host's log; a reconnect's READY none.
 func TestVMReconnect(t *testing.T) {
 	v := bootVM(t, vmOptions{})
-	v.event(agentproto.MsgReady)
+	if steps := readyBootSteps(t, v.event(agentproto.MsgReady)); !strings.Contains(steps, "main at ") || !strings.Contains(steps, ", lo ") || !strings.Contains(steps, ", host ") {
+		t.Errorf("the boot's READY has boot steps %q, want the agent's main, lo and the host's connection timed", steps)
+	}
 	v.startPod("pod3")
 	for i := 1; i <= 3; i++ {
 		v.ctlMu.Lock()
@@ -463,6 +466,9 @@ func TestVMReconnect(t *testing.T) {
 		v.connectControl()
 		ready := v.event(agentproto.MsgReady)
 		t.Logf("TIMING reconnect %d → READY: %.1f ms", i, (ready.at-at).Seconds()*1000)
+		if steps := readyBootSteps(t, ready); steps != "" {
+			t.Errorf("reconnect %d: READY has boot steps %q, want none", i, steps)
+		}
 		v.mustCall(agentproto.MsgPing, nil, nil)
 	}
 	if err := v.call(agentproto.MsgStartPod, agentproto.Pod{ID: "again"}, nil); remoteKind(err) != agentproto.KindState {
@@ -599,4 +605,14 @@ stat -c '%n %A %t:%T' /dev/*; cut -d' ' -f5,6,9 /proc/self/mountinfo; cat /proc/
 	}
 	v.mustCall(agentproto.MsgRemoveContainer, agentproto.ContainerRef{Container: "sleeper"}, nil)
 	destroy(t, v)
+}
+
+// readyBootSteps is a READY frame's boot steps ("" for none).
+func readyBootSteps(t *testing.T, e timedFrame) string {
+	t.Helper()
+	var r agentproto.Ready
+	if err := e.f.Unmarshal(&r); err != nil {
+		t.Fatalf("READY's payload: %v", err)
+	}
+	return r.BootSteps
 }

@@ -86,6 +86,7 @@ type Client struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	readyInfo agentproto.Ready // the first READY's payload, set before ready is closed
 	done      chan struct{}
 	closed    chan struct{} // Close was called (as opposed to a failure)
 	kick      chan struct{} // capacity 1: the write queue grew
@@ -205,16 +206,17 @@ func (c *Client) signal() {
 	}
 }
 
-// WaitReady waits for the READY a freshly booted agent sends. A clone restored from a
-// template sends none: go straight to Handshake.
-func (c *Client) WaitReady(ctx context.Context) error {
+// WaitReady waits for the READY a freshly booted agent sends and returns its payload (the
+// agent's boot steps, for the caller's log). A clone restored from a template sends none:
+// go straight to Handshake.
+func (c *Client) WaitReady(ctx context.Context) (agentproto.Ready, error) {
 	select {
 	case <-c.ready:
-		return nil
+		return c.readyInfo, nil
 	case <-c.done:
-		return fmt.Errorf("wait for the agent's READY: %w", c.Err())
+		return agentproto.Ready{}, fmt.Errorf("wait for the agent's READY: %w", c.Err())
 	case <-ctx.Done():
-		return fmt.Errorf("pod %s: wait for the agent's READY: %w", c.opts.PodID, ctx.Err())
+		return agentproto.Ready{}, fmt.Errorf("pod %s: wait for the agent's READY: %w", c.opts.PodID, ctx.Err())
 	}
 }
 
@@ -435,8 +437,18 @@ func (c *Client) readLoop() {
 func (c *Client) dispatch(f agentproto.ControlFrame) error {
 	switch f.Type {
 	case agentproto.MsgReady:
-		// Only the first one matters; a later one (an agent reconnecting) is harmless.
-		c.readyOnce.Do(func() { close(c.ready) })
+		// Only the first one matters; a later one (an agent reconnecting) is harmless. Its
+		// payload is optional: an empty one is a READY all the same.
+		var r agentproto.Ready
+		if len(f.Data) > 0 {
+			if err := f.Unmarshal(&r); err != nil {
+				return err
+			}
+		}
+		c.readyOnce.Do(func() {
+			c.readyInfo = r
+			close(c.ready)
+		})
 		return nil
 	case agentproto.MsgAck, agentproto.MsgError:
 		c.mu.Lock()

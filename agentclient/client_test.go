@@ -160,7 +160,7 @@ func TestHandshake(t *testing.T) {
 			defer cancel()
 			if tc.ready {
 				go g.send(agentproto.ControlFrame{Type: agentproto.MsgReady})
-				if err := c.WaitReady(ctx); err != nil {
+				if _, err := c.WaitReady(ctx); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -195,10 +195,49 @@ func TestHandshake(t *testing.T) {
 	}
 }
 
+// TestReadyPayload: READY's payload (the agent's boot steps) is optional, and one that is
+// not a Ready is a protocol error like any other frame's.
+func TestReadyPayload(t *testing.T) {
+	cases := []struct {
+		name      string
+		data      string
+		wantSteps string
+		wantErr   error
+	}{
+		{"none (an agent reconnecting)", "", "", nil},
+		{"empty", `{}`, "", nil},
+		{"boot steps", `{"bootSteps":"main at 0.3552 s, then root 13.1ms, lo 9.6ms"}`, "main at 0.3552 s, then root 13.1ms, lo 9.6ms", nil},
+		{"not an object", `["lo 9.6ms"]`, "", agentproto.ErrProtocol},
+		{"steps of the wrong type", `{"bootSteps":7}`, "", agentproto.ErrProtocol},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, g := newPair(t)
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			f := agentproto.ControlFrame{Type: agentproto.MsgReady}
+			if tc.data != "" {
+				f.Data = json.RawMessage(tc.data)
+			}
+			go g.send(f)
+			r, err := c.WaitReady(ctx)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("WaitReady: %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || r.BootSteps != tc.wantSteps {
+				t.Fatalf("WaitReady: %+v, %v; want boot steps %q", r, err, tc.wantSteps)
+			}
+		})
+	}
+}
+
 func TestWaitReadyFailsWithTheVM(t *testing.T) {
 	c, g := newPair(t)
 	res := make(chan error, 1)
-	go func() { res <- c.WaitReady(context.Background()) }()
+	go func() { _, err := c.WaitReady(context.Background()); res <- err }()
 	g.ctl.Close()
 	if err := wait(t, res, "WaitReady"); !errors.Is(err, hypervisor.ErrVMExited) {
 		t.Fatalf("WaitReady: %v, want ErrVMExited", err)

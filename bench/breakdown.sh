@@ -111,7 +111,8 @@ cat "$work/cli.log" "$work/daemon.log" 2>/dev/null | awk -v t0="$t0s" '
 		split(ts, a, /[T:Z]/); s = a[2]*3600 + a[3]*60 + a[4]
 		line = $0; sub(/^time=[^ ]* level=[a-z]* /, "", line)
 		gsub(/ pod=[^ ]*/, "", line)
-		printf "%7.0f  %s\n", (s - t0) * 1000, substr(line, 1, 150)
+		# The boot steps of the agent (READY, "boot: agent ready") in full, the rest cut short.
+		printf "%7.0f  %s\n", (s - t0) * 1000, substr(line, 1, line ~ /boot_steps=/ ? 400 : 150)
 	}' | grep -v 'qemu command line' | sort -s -n
 echo "--- guest console (seconds of guest uptime)"
 cat "$work/console.log" 2>/dev/null

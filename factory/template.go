@@ -681,9 +681,11 @@ func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string, shareK
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	defer c.Close()
-	if err := c.WaitReady(ctx); err != nil {
+	ready, err := c.WaitReady(ctx)
+	if err != nil {
 		return err
 	}
+	logging.G(ctx).Debug("template agent ready", "template", name, "boot_steps", ready.BootSteps)
 	if _, err := c.Handshake(ctx); err != nil {
 		return err
 	}

@@ -75,7 +75,7 @@ func startPod(t *testing.T, ctx context.Context, vm hypervisor.VM) *agentclient.
 	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID()})
 	t.Cleanup(func() { c.Close() })
 	if !vm.Restored() {
-		if err := c.WaitReady(ctx); err != nil {
+		if _, err := c.WaitReady(ctx); err != nil {
 			t.Fatalf("%s: %v (console: %s)", vm.ID(), err, consoleTail(vm))
 		}
 	}
@@ -391,7 +391,7 @@ func handshake(ctx context.Context, vm hypervisor.VM) error {
 	c := agentclient.New(ch, agentclient.Options{PodID: vm.ID()})
 	defer c.Close()
 	if !vm.Restored() {
-		if err := c.WaitReady(ctx); err != nil {
+		if _, err := c.WaitReady(ctx); err != nil {
 			return err
 		}
 	}

@@ -66,11 +66,13 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter fun
 	}()
 	if !vm.Restored() {
 		enter("waiting for the agent's READY")
-		if err := c.WaitReady(ctx); err != nil {
+		ready, err := c.WaitReady(ctx)
+		if err != nil {
 			c.Close()
 			<-a.verified // fails with the closed client
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)
 		}
+		log.Debug("boot: agent ready", "boot_steps", ready.BootSteps)
 	}
 	return a, nil
 }

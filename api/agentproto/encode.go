@@ -16,6 +16,15 @@ import (
 // boot, stop 13"). The output is byte for byte json.Marshal's (TestAppendersMatchJSON,
 // FuzzAppendJSONString); Marshal sends any other payload through json.Marshal.
 
+func (r Ready) appendJSON(b []byte) []byte {
+	if r.BootSteps == "" {
+		return append(b, "{}"...)
+	}
+	b = append(b, `{"bootSteps":`...)
+	b = appendJSONString(b, r.BootSteps)
+	return append(b, '}')
+}
+
 func (v VersionInfo) appendJSON(b []byte) []byte {
 	b = append(b, `{"version":`...)
 	b = strconv.AppendInt(b, int64(v.Version), 10)

@@ -14,6 +14,9 @@ func TestAppendersMatchJSON(t *testing.T) {
 		name string
 		v    any
 	}{
+		{"ready", Ready{BootSteps: "main at 0.3552 s, then root 13.1ms, lo 9.6ms"}},
+		{"ready, reconnect", Ready{}},
+		{"ready, odd steps", Ready{BootSteps: odd}},
 		{"version", VersionInfo{Version: Version, Agent: "runv-agent (go1.26)"}},
 		{"version, zero", VersionInfo{}},
 		{"version, odd agent", VersionInfo{Version: -3, Agent: odd}},

@@ -14,7 +14,8 @@ import (
 // 2: ProcessList.Processes (optional command lines for `runv ps`).
 // 3: SETUPNETWORK (the pod's interfaces, routes and neighbours).
 // 4: PORTFORWARD and CLOSEFORWARD (TCP connections to the guest's loopback).
-const Version = 4
+// 5: READY's payload (Ready: the agent's boot steps).
+const Version = 5
 
 // Port names the agent looks up under /sys/class/virtio-ports/*/name.
 const (

@@ -8,6 +8,16 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
+// Ready is MsgReady's payload: how the agent's boot went, for the host's log. A cold guest
+// writes it here rather than on its console, where each byte is an emulated serial port
+// write and the first line a guest process writes runs its tty layer's code for the first
+// time (~270 translated blocks of every direct boot: docs/performance.md, "The boot line
+// off the console, stop 23"). Empty in a READY after the first (a reconnect).
+type Ready struct {
+	// BootSteps are the agent's steps from its main to READY, with their durations.
+	BootSteps string `json:"bootSteps,omitempty"`
+}
+
 // VersionInfo answers MsgGetVersion.
 type VersionInfo struct {
 	Version int    `json:"version"`
@@ -232,6 +242,9 @@ func Marshal(t MsgType, id uint64, payload any) (ControlFrame, error) {
 	// The guest's own frames on a pod's way to its first container are encoded by hand
 	// (encode.go); the rest by encoding/json.
 	switch p := payload.(type) {
+	case Ready:
+		f.Data = p.appendJSON(nil)
+		return f, nil
 	case VersionInfo:
 		f.Data = p.appendJSON(nil)
 		return f, nil

@@ -247,10 +247,12 @@ func park(ctx context.Context, vm hypervisor.VM) (*parkedAgent, error) {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
 	if !vm.Restored() {
-		if err := c.WaitReady(ctx); err != nil {
+		ready, err := c.WaitReady(ctx)
+		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 		}
+		logging.G(ctx).Debug("agent ready", "vm", vm.ID(), "boot_steps", ready.BootSteps)
 	}
 	if _, err := c.Handshake(ctx); err != nil {
 		c.Close()
