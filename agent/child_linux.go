@@ -95,6 +95,12 @@ func (p *childProcess) Kill() error {
 	return p.Signal(syscall.SIGKILL)
 }
 
+// killAndReap kills a process given up on and reaps it: what it reports no longer matters.
+func (p *childProcess) killAndReap() {
+	_ = p.Kill()
+	_, _ = p.wait()
+}
+
 // wait waits until the process exited, reaps it and lets its descriptor go: its wait
 // status. Call it once.
 func (p *childProcess) wait() (syscall.WaitStatus, error) {

@@ -172,8 +172,7 @@ func (e *engineContainer) Start(lp *libcontainer.Process) (err error) {
 		set = func() error { return e.cgroup.setConverted(e.converted.DeviceProgram) }
 	}
 	if err := set(); err != nil {
-		_ = proc.Kill()
-		_, _ = proc.wait()
+		proc.killAndReap()
 		report.Close()
 		startW.Close()
 		return fmt.Errorf("container %q: set the cgroup's resources: %w", e.id, err)

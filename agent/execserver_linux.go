@@ -61,8 +61,7 @@ func startExecServer(helperPath string, namespaces []nsFile, onExit func(pid int
 	defer repR.Close()
 	if rep, err := readReport(newReportReader(repR, execHelperWait)); err != nil || rep.kind != reportReady {
 		unix.Close(fds[0])
-		_ = helper.Kill()
-		_, _ = helper.wait()
+		helper.killAndReap()
 		if err == nil {
 			err = helperError(rep, "")
 		}

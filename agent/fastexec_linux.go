@@ -357,8 +357,7 @@ func awaitForked(via string, first helperReport, rep io.Reader, req *convert.Exe
 		return proc, true, nil
 	}
 	if err := awaitExecTraced(rep, req.Args[0], tr); err != nil {
-		_ = proc.Kill()
-		_, _ = proc.wait()
+		proc.killAndReap()
 		return nil, false, err
 	}
 	return proc, false, nil
@@ -471,8 +470,7 @@ func spawnHelper(helperPath string, req *convert.ExecRequest, stdio [3]*os.File,
 	reqR.Close()
 	repW.Close()
 	if _, err := reqW.Write(data); err != nil {
-		_ = helper.Kill()
-		_, _ = helper.wait()
+		helper.killAndReap()
 		return nil, nil, fmt.Errorf("exec helper: send the request: %w", err)
 	}
 	return helper, repR, nil
@@ -516,8 +514,7 @@ func killUnexpected(proc *childProcess, rep helperReport, err error, argv0 strin
 	if err == nil && rep.kind != reportError {
 		err = fmt.Errorf("exec helper: unexpected report %q", rune(rep.kind))
 	}
-	_ = proc.Kill()
-	_, _ = proc.wait()
+	proc.killAndReap()
 	switch {
 	case err == io.EOF:
 		return errors.New("exec helper: the process exited without a report")
