@@ -22,67 +22,62 @@ import (
 )
 
 func TestLaunchShutdown(t *testing.T) {
-	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
-		t.Run(machine, func(t *testing.T) {
-			t.Parallel()
-			cfg := vmConfig(t)
-			cfg.Machine = machine
-			if err := os.WriteFile(filepath.Join(cfg.ShareDir, "hello.txt"), nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
+	onEachMachine(t, func(t *testing.T, cfg hypervisor.Config) {
+		if err := os.WriteFile(filepath.Join(cfg.ShareDir, "hello.txt"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 
-			start := time.Now()
-			v := mustLaunch(t, &Launcher{}, cfg)
-			t.Logf("%s: launch -> QMP ready in %v (pid %d)", machine, time.Since(start), v.Pid())
-			if v.Accel() != hypervisor.AccelTCG {
-				t.Errorf("Accel() = %q", v.Accel())
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			var st status
-			if err := v.(*vm).qmp(ctx, "query-status", nil, &st); err != nil || st.Status != "running" {
-				t.Fatalf("query-status = %+v, %v", st, err)
-			}
+		start := time.Now()
+		v := mustLaunch(t, &Launcher{}, cfg)
+		t.Logf("%s: launch -> QMP ready in %v (pid %d)", cfg.Machine, time.Since(start), v.Pid())
+		if v.Accel() != hypervisor.AccelTCG {
+			t.Errorf("Accel() = %q", v.Accel())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var st status
+		if err := v.(*vm).qmp(ctx, "query-status", nil, &st); err != nil || st.Status != "running" {
+			t.Fatalf("query-status = %+v, %v", st, err)
+		}
 
-			ch, err := v.Channels(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ch.Close()
-			if _, err := v.Channels(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
-				t.Errorf("second Channels: %v", err)
-			}
-			answer, err := roundTrip(ch.Control, "ping 1", 60*time.Second)
-			if err != nil || answer != "pong ping 1" {
-				t.Fatalf("control port: %q, %v (console: %s)", answer, err, tail(v.ConsoleLog(), 5))
-			}
-			t.Logf("%s: launch -> guest answered in %v", machine, time.Since(start))
-			// The share is exported under agentproto.ShareTag.
-			if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share hello.txt" {
-				t.Errorf("share: %q, %v", answer, err)
-			}
+		ch, err := v.Channels(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ch.Close()
+		if _, err := v.Channels(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Errorf("second Channels: %v", err)
+		}
+		answer, err := roundTrip(ch.Control, "ping 1", 60*time.Second)
+		if err != nil || answer != "pong ping 1" {
+			t.Fatalf("control port: %q, %v (console: %s)", answer, err, tail(v.ConsoleLog(), 5))
+		}
+		t.Logf("%s: launch -> guest answered in %v", cfg.Machine, time.Since(start))
+		// The share is exported under agentproto.ShareTag.
+		if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share hello.txt" {
+			t.Errorf("share: %q, %v", answer, err)
+		}
 
-			// The test init ignores the power button, so this exercises quit after the deadline.
-			sctx, scancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-			defer scancel()
-			begin := time.Now()
-			if err := v.Shutdown(sctx); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: shutdown (powerdown ignored, then quit) took %v", machine, time.Since(begin))
-			assertGone(t, v, cfg.Dir)
-			if _, err := os.Stat(v.ConsoleLog()); err != nil {
-				t.Errorf("console log: %v", err)
-			}
-			// Operations on a gone VM say so.
-			if _, err := v.Channels(ctx); err == nil {
-				t.Error("Channels on an exited VM succeeded")
-			}
-			if err := v.Shutdown(ctx); err != nil {
-				t.Errorf("second Shutdown: %v", err)
-			}
-		})
-	}
+		// The test init ignores the power button, so this exercises quit after the deadline.
+		sctx, scancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer scancel()
+		begin := time.Now()
+		if err := v.Shutdown(sctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: shutdown (powerdown ignored, then quit) took %v", cfg.Machine, time.Since(begin))
+		assertGone(t, v, cfg.Dir)
+		if _, err := os.Stat(v.ConsoleLog()); err != nil {
+			t.Errorf("console log: %v", err)
+		}
+		// Operations on a gone VM say so.
+		if _, err := v.Channels(ctx); err == nil {
+			t.Error("Channels on an exited VM succeeded")
+		}
+		if err := v.Shutdown(ctx); err != nil {
+			t.Errorf("second Shutdown: %v", err)
+		}
+	})
 }
 
 // A guest that powers itself off ends the VM: Done closes and the sockets go.

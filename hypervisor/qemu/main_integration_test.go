@@ -132,6 +132,19 @@ func testInitrd(t *testing.T) string {
 	return initrdPath
 }
 
+// onEachMachine runs test in a parallel subtest per machine type, each with a VM config of
+// its own (vmConfig) for that machine.
+func onEachMachine(t *testing.T, test func(t *testing.T, cfg hypervisor.Config)) {
+	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
+		t.Run(machine, func(t *testing.T) {
+			t.Parallel()
+			cfg := vmConfig(t)
+			cfg.Machine = machine
+			test(t, cfg)
+		})
+	}
+}
+
 // vmConfig returns a TCG config with fresh directories, or skips without VM support.
 func vmConfig(t *testing.T) hypervisor.Config {
 	t.Helper()

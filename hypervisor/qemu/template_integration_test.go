@@ -90,185 +90,174 @@ func pingPark(ctx context.Context, ch *hypervisor.Channels, _ bool) error {
 // A template is made once; two clones run at the same time, each with its own sockets and
 // share; removing the template's files under a running clone does not disturb it.
 func TestTemplateClones(t *testing.T) {
-	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
-		t.Run(machine, func(t *testing.T) {
-			t.Parallel()
-			cfg := vmConfig(t)
-			cfg.Machine = machine
-			dir := shmDir(t)
-			l := &Launcher{}
-			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-			defer cancel()
+	onEachMachine(t, func(t *testing.T, cfg hypervisor.Config) {
+		dir := shmDir(t)
+		l := &Launcher{}
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
 
-			start := time.Now()
-			snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
-				Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
-			}, pingPark)
-			if err != nil {
-				t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
-			}
-			t.Logf("%s: template made in %v: %+v", machine, time.Since(start), snap)
-			if snap.Accel != hypervisor.AccelTCG {
-				t.Errorf("accel %q", snap.Accel)
-			}
-			if machine == hypervisor.MachineQ35 && !strings.HasPrefix(snap.MachineType, "pc-q35-") {
-				t.Errorf("q35 template with unversioned machine type %q", snap.MachineType)
-			}
-			assertGoneDir(t, cfg.Dir)
-			st, err := os.Stat(snap.State)
-			if err != nil {
+		start := time.Now()
+		snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
+			Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+		}, pingPark)
+		if err != nil {
+			t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
+		}
+		t.Logf("%s: template made in %v: %+v", cfg.Machine, time.Since(start), snap)
+		if snap.Accel != hypervisor.AccelTCG {
+			t.Errorf("accel %q", snap.Accel)
+		}
+		if cfg.Machine == hypervisor.MachineQ35 && !strings.HasPrefix(snap.MachineType, "pc-q35-") {
+			t.Errorf("q35 template with unversioned machine type %q", snap.MachineType)
+		}
+		assertGoneDir(t, cfg.Dir)
+		st, err := os.Stat(snap.State)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, err := os.Stat(snap.Memory)
+		if err != nil || mem.Size() != 128<<20 {
+			t.Fatalf("memory file: %v, %v", mem, err)
+		}
+		// The RAM stayed out of the state: it is in the memory file.
+		if st.Size() > 4<<20 {
+			t.Errorf("state file is %d bytes: RAM was migrated (x-ignore-shared not in effect?)", st.Size())
+		}
+		t.Logf("%s: state %d bytes", cfg.Machine, st.Size())
+
+		clones := make([]hypervisor.VM, 2)
+		conns := make([]net.Conn, 2)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range clones {
+			c := vmConfig(t)
+			c.Machine = cfg.Machine
+			c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
+			if err := os.WriteFile(filepath.Join(c.ShareDir, fmt.Sprintf("clone%d.txt", i)), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			mem, err := os.Stat(snap.Memory)
-			if err != nil || mem.Size() != 128<<20 {
-				t.Fatalf("memory file: %v, %v", mem, err)
-			}
-			// The RAM stayed out of the state: it is in the memory file.
-			if st.Size() > 4<<20 {
-				t.Errorf("state file is %d bytes: RAM was migrated (x-ignore-shared not in effect?)", st.Size())
-			}
-			t.Logf("%s: state %d bytes", machine, st.Size())
-
-			clones := make([]hypervisor.VM, 2)
-			conns := make([]net.Conn, 2)
-			var wg sync.WaitGroup
-			errs := make([]error, 2)
-			for i := range clones {
-				c := vmConfig(t)
-				c.Machine = machine
-				c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
-				if err := os.WriteFile(filepath.Join(c.ShareDir, fmt.Sprintf("clone%d.txt", i)), nil, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					begin := time.Now()
-					v, err := l.Clone(ctx, c, snap)
-					if err != nil {
-						errs[i] = err
-						return
-					}
-					clones[i] = v
-					t.Cleanup(func() { v.Kill() })
-					cont := time.Since(begin)
-					ch, err := v.Channels(ctx)
-					if err != nil {
-						errs[i] = err
-						return
-					}
-					t.Cleanup(func() { ch.Close() })
-					conns[i] = ch.Control
-					answer, err := roundTrip(ch.Control, fmt.Sprintf("ping %d", i), 30*time.Second)
-					if err != nil || answer != fmt.Sprintf("pong ping %d", i) {
-						errs[i] = fmt.Errorf("clone %d answered %q, %v (console %s)", i, answer, err, tail(v.ConsoleLog(), 5))
-						return
-					}
-					t.Logf("%s: clone %d: qemu start -> cont %v, -> guest answered %v", machine, i, cont, time.Since(begin))
-				}()
-			}
-			wg.Wait()
-			for _, err := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				begin := time.Now()
+				v, err := l.Clone(ctx, c, snap)
 				if err != nil {
-					t.Fatal(err)
+					errs[i] = err
+					return
 				}
-			}
-			for i, v := range clones {
-				if !v.Restored() {
-					t.Errorf("clone %d does not report Restored", i)
+				clones[i] = v
+				t.Cleanup(func() { v.Kill() })
+				cont := time.Since(begin)
+				ch, err := v.Channels(ctx)
+				if err != nil {
+					errs[i] = err
+					return
 				}
-				// Each clone's 9p device is backed by its own share directory.
-				answer, err := roundTrip(conns[i], "share", 30*time.Second)
-				if want := fmt.Sprintf("share clone%d.txt", i); err != nil || answer != want {
-					t.Errorf("clone %d share: %q, %v; want %q", i, answer, err, want)
+				t.Cleanup(func() { ch.Close() })
+				conns[i] = ch.Control
+				answer, err := roundTrip(ch.Control, fmt.Sprintf("ping %d", i), 30*time.Second)
+				if err != nil || answer != fmt.Sprintf("pong ping %d", i) {
+					errs[i] = fmt.Errorf("clone %d answered %q, %v (console %s)", i, answer, err, tail(v.ConsoleLog(), 5))
+					return
 				}
-			}
-
-			// Deleting the template under running clones: they map the RAM privately.
-			if err := os.RemoveAll(dir); err != nil {
+				t.Logf("%s: clone %d: qemu start -> cont %v, -> guest answered %v", cfg.Machine, i, cont, time.Since(begin))
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
 				t.Fatal(err)
 			}
-			for i := range clones {
-				answer, err := roundTrip(conns[i], "ping after removal", 30*time.Second)
-				if err != nil || answer != "pong ping after removal" {
-					t.Errorf("clone %d after the template was removed: %q, %v", i, answer, err)
-				}
+		}
+		for i, v := range clones {
+			if !v.Restored() {
+				t.Errorf("clone %d does not report Restored", i)
 			}
-			for i, v := range clones {
-				if err := v.Kill(); err != nil {
-					t.Fatal(err)
-				}
-				assertGone(t, v, filepath.Dir(v.ConsoleLog()))
-				_ = i
+			// Each clone's 9p device is backed by its own share directory.
+			answer, err := roundTrip(conns[i], "share", 30*time.Second)
+			if want := fmt.Sprintf("share clone%d.txt", i); err != nil || answer != want {
+				t.Errorf("clone %d share: %q, %v; want %q", i, answer, err, want)
 			}
-		})
-	}
+		}
+
+		// Deleting the template under running clones: they map the RAM privately.
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		for i := range clones {
+			answer, err := roundTrip(conns[i], "ping after removal", 30*time.Second)
+			if err != nil || answer != "pong ping after removal" {
+				t.Errorf("clone %d after the template was removed: %q, %v", i, answer, err)
+			}
+		}
+		for _, v := range clones {
+			if err := v.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			assertGone(t, v, filepath.Dir(v.ConsoleLog()))
+		}
+	})
 }
 
 // A template saved with its 9p share mounted (runv's QEMU: x-migrate-fids): every clone
 // finds the share mounted, its own directory behind it, and writes into it.
 func TestTemplateKeepsShareMount(t *testing.T) {
-	for _, machine := range []string{hypervisor.MachineMicroVM, hypervisor.MachineQ35} {
-		t.Run(machine, func(t *testing.T) {
-			t.Parallel()
-			cfg := vmConfig(t)
-			cfg.Machine = machine
-			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-			defer cancel()
-			qemu := withDefaults(cfg).QEMU
-			if kept, err := keepsShareFids(ctx, qemu, machine); err != nil {
-				t.Fatal(err)
-			} else if !kept {
-				t.Skipf("%s has no %s property: not runv's QEMU build (make qemu; RUNV_QEMU names it)", qemu, shareFidsProp)
+	onEachMachine(t, func(t *testing.T, cfg hypervisor.Config) {
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		qemu := withDefaults(cfg).QEMU
+		if kept, err := keepsShareFids(ctx, qemu, cfg.Machine); err != nil {
+			t.Fatal(err)
+		} else if !kept {
+			t.Skipf("%s has no %s property: not runv's QEMU build (make qemu; RUNV_QEMU names it)", qemu, shareFidsProp)
+		}
+		dir := shmDir(t)
+		l := &Launcher{}
+		snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
+			Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+		}, func(ctx context.Context, ch *hypervisor.Channels, shareKept bool) error {
+			if !shareKept {
+				return errors.New("park was not told that the share is kept")
 			}
-			dir := shmDir(t)
-			l := &Launcher{}
-			snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
-				Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
-			}, func(ctx context.Context, ch *hypervisor.Channels, shareKept bool) error {
-				if !shareKept {
-					return errors.New("park was not told that the share is kept")
-				}
-				if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share" {
-					return fmt.Errorf("the template's mount of its (empty) share: %q, %v", answer, err)
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
+			if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share" {
+				return fmt.Errorf("the template's mount of its (empty) share: %q, %v", answer, err)
 			}
-			if !snap.ShareKept {
-				t.Fatalf("snapshot %+v: ShareKept false with %s", snap, qemu)
-			}
-			for i := range 2 {
-				c := vmConfig(t)
-				c.Machine = machine
-				c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
-				mine := fmt.Sprintf("clone%d.txt", i)
-				if err := os.WriteFile(filepath.Join(c.ShareDir, mine), nil, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				v, err := l.Clone(ctx, c, snap)
-				if err != nil {
-					t.Fatalf("clone %d: %v", i, err)
-				}
-				ch := mustChannels(t, v)
-				// No mount in the clone: the template's lists this clone's directory.
-				if answer, err := roundTrip(ch.Control, "mounted", 30*time.Second); err != nil || answer != "mounted "+mine {
-					t.Errorf("clone %d: %q, %v; want %q (console %s)", i, answer, err, "mounted "+mine, tail(v.ConsoleLog(), 5))
-				}
-				if answer, err := roundTrip(ch.Control, "write from-guest", 30*time.Second); err != nil || answer != "wrote from-guest" {
-					t.Errorf("clone %d: write: %q, %v", i, answer, err)
-				} else if b, err := os.ReadFile(filepath.Join(c.ShareDir, "from-guest")); err != nil || string(b) != "guest\n" {
-					t.Errorf("clone %d: the guest's file in its share: %q, %v", i, b, err)
-				}
-				if err := v.Kill(); err != nil {
-					t.Fatal(err)
-				}
-				assertGone(t, v, filepath.Dir(v.ConsoleLog()))
-			}
+			return nil
 		})
-	}
+		if err != nil {
+			t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
+		}
+		if !snap.ShareKept {
+			t.Fatalf("snapshot %+v: ShareKept false with %s", snap, qemu)
+		}
+		for i := range 2 {
+			c := vmConfig(t)
+			c.Machine = cfg.Machine
+			c.ID = fmt.Sprintf("%s-clone%d", cfg.ID, i)
+			mine := fmt.Sprintf("clone%d.txt", i)
+			if err := os.WriteFile(filepath.Join(c.ShareDir, mine), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			v, err := l.Clone(ctx, c, snap)
+			if err != nil {
+				t.Fatalf("clone %d: %v", i, err)
+			}
+			ch := mustChannels(t, v)
+			// No mount in the clone: the template's lists this clone's directory.
+			if answer, err := roundTrip(ch.Control, "mounted", 30*time.Second); err != nil || answer != "mounted "+mine {
+				t.Errorf("clone %d: %q, %v; want %q (console %s)", i, answer, err, "mounted "+mine, tail(v.ConsoleLog(), 5))
+			}
+			if answer, err := roundTrip(ch.Control, "write from-guest", 30*time.Second); err != nil || answer != "wrote from-guest" {
+				t.Errorf("clone %d: write: %q, %v", i, answer, err)
+			} else if b, err := os.ReadFile(filepath.Join(c.ShareDir, "from-guest")); err != nil || string(b) != "guest\n" {
+				t.Errorf("clone %d: the guest's file in its share: %q, %v", i, b, err)
+			}
+			if err := v.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			assertGone(t, v, filepath.Dir(v.ConsoleLog()))
+		}
+	})
 }
 
 // assertGoneDir checks that no QEMU runs for dir and its sockets are removed.
