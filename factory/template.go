@@ -30,10 +30,11 @@ const DefaultTemplateDir = "/run/runv/@templates"
 
 // Files of a template directory <dir>/<name>/.
 const (
-	templateMemory  = "memory"        // guest RAM (memory-backend-file)
-	templateState   = "state"         // device state (migration stream, RAM excluded)
-	templateInfo    = "template.json" // TemplateInfo
-	templateConsole = "console.log"   // the template VM's boot console, for diagnosis
+	templateMemory       = "memory"        // guest RAM (memory-backend-file)
+	templateState        = "state"         // device state (migration stream, RAM excluded)
+	templateTranslations = "translations"  // QEMU's code translated for the guest (TCG; optional)
+	templateInfo         = "template.json" // TemplateInfo
+	templateConsole      = "console.log"   // the template VM's boot console, for diagnosis
 )
 
 // Defaults of the launcher, applied here so that a template's recorded facts are concrete.
@@ -88,6 +89,9 @@ type TemplateInfo struct {
 	// guest (the QEMU carries it over: hypervisor.Snapshot.ShareKept), so that no clone
 	// mounts it again.
 	ShareMounted bool `json:"shareMounted,omitempty"`
+	// TranslationsBytes is the size of the code translated during the template's warm-up
+	// that clones restore (hypervisor.Snapshot.Translations); 0: none was saved.
+	TranslationsBytes int64 `json:"translationsBytes,omitempty"`
 	// AgentProtocol is the agent protocol version the template's agent spoke (it passed the
 	// handshake of a runv speaking this version).
 	AgentProtocol int `json:"agentProtocol"`
@@ -436,10 +440,14 @@ func (t *Template) acquire(ctx context.Context, cfg hypervisor.Config, name stri
 }
 
 func (t *TemplateInfo) snapshot(dir string) hypervisor.Snapshot {
-	return hypervisor.Snapshot{
+	snap := hypervisor.Snapshot{
 		Memory: filepath.Join(dir, templateMemory), State: filepath.Join(dir, templateState),
 		MachineType: t.MachineType, Accel: t.Accel,
 	}
+	if t.TranslationsBytes > 0 {
+		snap.Translations = filepath.Join(dir, templateTranslations)
+	}
+	return snap
 }
 
 func lockFile(dir, name string) string { return filepath.Join(dir, "."+name+".lock") }
@@ -622,8 +630,9 @@ func createTemplate(ctx context.Context, tl hypervisor.Templater, cfg hypervisor
 	var parked time.Time
 	snap, err := tl.CreateTemplate(ctx, vmCfg, hypervisor.Snapshot{
 		Memory: filepath.Join(staging, templateMemory), State: filepath.Join(staging, templateState),
-	}, func(ctx context.Context, ch *hypervisor.Channels, shareKept bool) error {
-		err := parkAgent(ctx, ch, name, shareKept)
+		Translations: filepath.Join(staging, templateTranslations),
+	}, func(ctx context.Context, ch *hypervisor.Channels, p hypervisor.Park) error {
+		err := parkAgent(ctx, ch, name, p)
 		parked = time.Now()
 		if err == nil {
 			progress("agent answered; saving the template", "boot", parked.Sub(start).Round(time.Millisecond))
@@ -642,6 +651,11 @@ func createTemplate(ctx context.Context, tl hypervisor.Templater, cfg hypervisor
 	if st, err := os.Stat(snap.State); err == nil {
 		info.StateBytes = st.Size()
 	}
+	if snap.Translations != "" {
+		if st, err := os.Stat(snap.Translations); err == nil {
+			info.TranslationsBytes = st.Size()
+		}
+	}
 	b, err := json.MarshalIndent(&info, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("create template %s: %w", name, err)
@@ -657,7 +671,8 @@ func createTemplate(ctx context.Context, tl hypervisor.Templater, cfg hypervisor
 	}
 	os.Remove(failureFile(dir, name))
 	progress("template ready", "dir", filepath.Join(dir, name), "took", time.Since(start).Round(time.Millisecond),
-		"ramFileMiB", fmt.Sprintf("%.1f", float64(info.MemoryAllocated)/(1<<20)), "stateKiB", info.StateBytes>>10)
+		"ramFileMiB", fmt.Sprintf("%.1f", float64(info.MemoryAllocated)/(1<<20)), "stateKiB", info.StateBytes>>10,
+		"translationsMiB", fmt.Sprintf("%.1f", float64(info.TranslationsBytes)/(1<<20)))
 	return &info, nil
 }
 
@@ -665,18 +680,19 @@ func createTemplate(ctx context.Context, tl hypervisor.Templater, cfg hypervisor
 // of an agent this runv cannot talk to is of no use), then a warm-up. The client closes the
 // channels when done, and the agent waits for the next host. No STARTPOD.
 //
-// With shareKept, the warm-up mounts the pod share first (as a pooled VM's does) and runs its
+// With p.ShareKept, the warm-up mounts the pod share first (as a pooled VM's does) and runs its
 // container from it: every clone then finds the share mounted, on its own directory, and
 // its STARTPOD skips the 9p mount, which is ~25 ms of a clone's start under TCG.
 //
-// The warm-up runs a throwaway container through a pod's whole path once. A clone's QEMU
-// translates every guest path again (its translations are not in the snapshot), but what
-// those paths left in guest memory is: the agent's lazily built state (encoding/json's
+// The warm-up runs a throwaway container through a pod's whole path once. What those paths
+// left in guest memory is in every clone: the agent's lazily built state (encoding/json's
 // decoders of the pod's requests, libcontainer's), its grown heap and mapped pages, the
-// guest kernel's caches. Every clone's STARTPOD and first container then have less to do
-// (docs/performance.md, "Template clone start"). A failed warm-up is logged, and the
-// template is saved as it is: as good as one never warmed.
-func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string, shareKept bool) error {
+// guest kernel's caches. So is, with runv's QEMU under TCG, the code QEMU translated for
+// them (p.BeginWarmup marks where it starts; hypervisor.Snapshot.Translations). Every
+// clone's STARTPOD and first container then have less to do (docs/performance.md,
+// "Template clone start", "Translations restored into template clones"). A failed warm-up
+// is logged, and the template is saved as it is: as good as one never warmed.
+func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string, p hypervisor.Park) error {
 	c := agentclient.New(ch, agentclient.Options{PodID: "template-" + name, Logf: func(format string, args ...any) {
 		logging.G(ctx).Warn(fmt.Sprintf(format, args...))
 	}})
@@ -693,8 +709,13 @@ func parkAgent(ctx context.Context, ch *hypervisor.Channels, name string, shareK
 	// Settle: the snapshot is taken right after the answer, and what the guest still had
 	// scheduled then, every clone would run again (WarmupRequest.Settle).
 	req := agentproto.WarmupRequest{Settle: true}
-	if shareKept {
+	if p.ShareKept {
 		req.ShareTag = agentproto.ShareTag
+	}
+	// What the emulator translates from here on is what clones restore: the warm-up's paths
+	// are a pod's, the boot's are not.
+	if err := p.BeginWarmup(ctx); err != nil {
+		return err
 	}
 	if err := c.Call(ctx, agentproto.MsgWarmup, req, &w); err != nil {
 		logging.G(ctx).Warn("template warm-up failed; saving the template unwarmed", "template", name, "error", err)

@@ -160,6 +160,10 @@ func TestTemplateFactoryClones(t *testing.T) {
 	if info.AgentProtocol != agentproto.Version || info.Accel != hypervisor.AccelTCG || info.MemoryAllocated == 0 || info.StateBytes == 0 {
 		t.Errorf("template facts incomplete: %+v", *info)
 	}
+	// runv's QEMU (it keeps the share mounted) saves the warm-up's translations too.
+	if info.ShareMounted && info.TranslationsBytes == 0 {
+		t.Errorf("template of runv's QEMU saved without translations: %+v\n%s", *info, logs)
+	}
 	if !strings.HasPrefix(info.QEMUVersion, "QEMU emulator version") {
 		t.Errorf("qemu version %q", info.QEMUVersion)
 	}

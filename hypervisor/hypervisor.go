@@ -152,15 +152,30 @@ type Snapshot struct {
 	// the emulator carries the mount's state over, and each clone finds the share mounted,
 	// its own share directory behind it. CreateTemplate fills it in and tells park.
 	ShareKept bool
+	// Translations is a file of the emulator's code translated for the template's guest
+	// (TCG), which clones restore before they run instead of translating it again. The
+	// caller names the file; CreateTemplate writes it, or empties the field when this
+	// emulator or VM cannot have one (KVM, more than one vCPU, a QEMU not built by runv).
+	Translations string
 }
 
 // ParkFunc is called with the connected channels of a template VM once it runs. It returns
 // once the guest is idle between two commands (for the runv agent: after READY, the version
 // handshake and a warm-up); the launcher then snapshots the VM with the host still
 // connected (closing the channels park was given does not disconnect them), so that a
-// clone's guest finds its host connected. It must not start a pod. It may mount the 9p
-// share only when shareKept is true (Snapshot.ShareKept), and must leave nothing open in it.
-type ParkFunc func(ctx context.Context, ch *Channels, shareKept bool) error
+// clone's guest finds its host connected. It must not start a pod.
+type ParkFunc func(ctx context.Context, ch *Channels, p Park) error
+
+// Park is what a ParkFunc is told about the template it parks.
+type Park struct {
+	// ShareKept: the guest may mount its 9p share (Snapshot.ShareKept). Otherwise it must
+	// not, and it must leave nothing open in the share either way.
+	ShareKept bool
+	// BeginWarmup, called with the guest idle just before the work a clone will do first
+	// (a warm-up), marks where the emulator's translations that the snapshot keeps start
+	// (Snapshot.Translations): the boot's stay out. It is never nil.
+	BeginWarmup func(context.Context) error
+}
 
 // Templater is implemented by launchers that can turn a booted VM into a template and start
 // clones of it. It is separate from Launcher because a template is not a running VM (the

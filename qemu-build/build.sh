@@ -15,7 +15,9 @@
 # built for runv, stop 20"). The translator, the devices and the migration format are
 # Debian's 7.2, with runv's patches (patches/*.patch, applied in order to a copy of the
 # source): 0001 lets a VM template be saved with the guest's 9p share mounted, an opt-in
-# device property (x-migrate-fids) that a template's command line sets.
+# device property (x-migrate-fids) that a template's command line sets; 0002 saves the code
+# TCG translated for a template's warm-up and restores it into each clone (properties of
+# the TCG accelerator, x-tb-snapshot-save and -load, hypervisor/qemu/translations.go).
 #
 # Cache: $RUNV_CACHE (default /var/cache/runv)/qemu/<key>/qemu-system-x86_64, where <key>
 # hashes this script and buildcache/cache.sh, the device list, the patches and the source version, so a

@@ -204,15 +204,19 @@ func listTemplates(c *cli.Context) error {
 		return enc.Encode(out)
 	case "table":
 		w := tabwriter.NewWriter(os.Stdout, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tMACHINE\tCPUS\tMEMORY\tRAM FILE\tSTATE\tCREATED\tSTATUS")
+		fmt.Fprintln(w, "NAME\tMACHINE\tCPUS\tMEMORY\tRAM FILE\tSTATE\tTRANSLATIONS\tCREATED\tSTATUS")
 		for _, t := range list {
 			status := "ok"
 			if t.Stale != "" {
 				status = "refused: " + t.Stale
 			}
 			i := t.Info
-			fmt.Fprintf(w, "%s\t%s\t%d\t%d MiB\t%.1f MiB\t%d KiB\t%s\t%s\n", i.Name, i.MachineType, i.CPUs, i.MemoryMiB,
-				float64(i.MemoryAllocated)/(1<<20), i.StateBytes>>10, i.Created.Local().Format(time.DateTime), status)
+			translations := "-" // KVM, several vCPUs, or a QEMU without them
+			if i.TranslationsBytes > 0 {
+				translations = fmt.Sprintf("%.1f MiB", float64(i.TranslationsBytes)/(1<<20))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d MiB\t%.1f MiB\t%d KiB\t%s\t%s\t%s\n", i.Name, i.MachineType, i.CPUs, i.MemoryMiB,
+				float64(i.MemoryAllocated)/(1<<20), i.StateBytes>>10, translations, i.Created.Local().Format(time.DateTime), status)
 		}
 		return w.Flush()
 	default:

@@ -39,6 +39,10 @@ type spec struct {
 	// saved with its share mounted; sharefids.go). Only on the template's side: a clone's
 	// QEMU loads them whenever the state holds them.
 	keepShare bool
+	// translations: a template saves the code TCG translates for its guest into the file
+	// of descriptor templateTranslationsFD, or a clone restores it from
+	// cloneTranslationsFD (translations.go).
+	translations translationsUse
 	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
 	nics int
 	// inheritSockets: QEMU inherits its QMP and channel sockets from runv, listening, as
@@ -134,15 +138,21 @@ func buildArgs(s spec) []string {
 	if s.memFile != "" {
 		memBackend = ",memory-backend=" + memBackendID
 	}
+	// -accel when the accelerator takes properties: QEMU refuses it beside -machine accel=.
+	accel := ",accel=" + s.accel
+	if accelArgs := s.translations.args(); accelArgs != nil {
+		accel = ""
+		args = append(args, accelArgs...)
+	}
 	if microvm {
 		// pit/pic off and no option ROMs: fastest microvm boot. The RTC stays on: without
 		// it the guest spends a second timing out on CMOS reads. force-legacy=false makes the
 		// virtio-mmio devices modern (virtio 1.0), which vhost-user devices require.
 		args = append(args,
-			"-machine", machine+",x-option-roms=off,pit=off,pic=off,isa-serial=on,accel="+s.accel+memBackend,
+			"-machine", machine+",x-option-roms=off,pit=off,pic=off,isa-serial=on"+accel+memBackend,
 			"-global", "virtio-mmio.force-legacy=false")
 	} else {
-		args = append(args, "-machine", machine+",accel="+s.accel+memBackend)
+		args = append(args, "-machine", machine+accel+memBackend)
 	}
 	if s.accel == hypervisor.AccelKVM {
 		args = append(args, "-cpu", "host")

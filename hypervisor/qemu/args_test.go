@@ -177,6 +177,24 @@ func TestBuildArgs(t *testing.T) {
 			want: [][2]string{{"-device", "virtio-9p-device,fsdev=fs0,mount_tag=runvshare,x-migrate-fids=on"}},
 		},
 		{
+			name: "a template that saves its translations: -accel with the file's descriptor, none in -machine",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, memFile: "/t/memory", memShared: true, translations: saveTranslations},
+			want: [][2]string{
+				{"-add-fd", "fd=7,set=7"},
+				{"-accel", "tcg,x-tb-snapshot-save=/dev/fdset/7"},
+				{"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,memory-backend=mem"},
+			},
+		},
+		{
+			name: "a clone that restores translations: after its device state's descriptor",
+			spec: spec{cfg: q35(nil), accel: hypervisor.AccelTCG, machineType: "pc-q35-7.2", memFile: "/t/memory", incoming: true, translations: loadTranslations},
+			want: [][2]string{
+				{"-add-fd", "fd=8,set=8"},
+				{"-accel", "tcg,x-tb-snapshot-load=/dev/fdset/8"},
+				{"-machine", "pc-q35-7.2,memory-backend=mem"},
+			},
+		},
+		{
 			name: "q35 with hot-plug room",
 			spec: spec{cfg: q35(func(c *hypervisor.Config) { c.CPUs, c.MaxCPUs, c.MemoryMiB, c.MaxMemoryMiB = 2, 4, 256, 1024 }), accel: hypervisor.AccelTCG},
 			want: [][2]string{

@@ -11,8 +11,8 @@
 // maps that file privately, boots no kernel, starts with -incoming defer, connects its
 // channels, writes its migration commands with the QMP handshake (connect-qmp) and adds
 // wait-incoming (on QMP's events) and cont. Template and clone command lines differ only in
-// share=on/off, the kernel options and -incoming: the device state only loads into an
-// identical device set.
+// share=on/off, the kernel options, -incoming and the translations' property
+// (translations.go): the device state only loads into an identical device set.
 //
 // QEMU is started from a goroutine locked to its OS thread that lives as long as QEMU does:
 // Pdeathsig fires when the *thread* that forked the child exits, so this keeps "QEMU dies

@@ -59,8 +59,11 @@ type launch struct {
 	memShared   bool   // template: RAM written into memFile
 	incoming    bool   // clone: no kernel, waits for migrate-incoming
 	keepShare   bool   // template: the 9p device carries the guest's mount over (sharefids.go)
-	// extraFiles are inherited by QEMU as descriptors stateFD, ... (a clone's device state),
-	// after the console pipe and the sockets (vmsockets.go).
+	// translations: a template saves its translated code, a clone restores it (translations.go).
+	translations translationsUse
+	// extraFiles are inherited by QEMU as descriptors stateFD, ... (a clone's device state
+	// and translations, a template's translations), after the console pipe and the sockets
+	// (vmsockets.go).
 	extraFiles []*os.File
 	// jail is QEMU's mount namespace (jail.go); nil when not confining.
 	jail *jail
@@ -77,7 +80,7 @@ func (ln *launch) resolveAccel(ctx context.Context) error {
 func (ln *launch) buildArgs(context.Context) error {
 	s := spec{cfg: ln.cfg, accel: ln.accel, nics: NICSlots, inheritSockets: true,
 		machineType: ln.machineType, memFile: ln.memFile, memShared: ln.memShared, incoming: ln.incoming,
-		keepShare: ln.keepShare}
+		keepShare: ln.keepShare, translations: ln.translations}
 	// A clone boots no kernel: the template's command line (with its tsc_early_khz) is
 	// already in effect in the restored guest.
 	if ln.cfg.Machine == hypervisor.MachineMicroVM && ln.accel == hypervisor.AccelTCG && !ln.incoming {

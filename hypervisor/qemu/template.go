@@ -82,6 +82,13 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 		{"resolve-accel", ln.resolveAccel},
 		{"resolve-machine", t.resolveMachine},
 		{"probe-share", t.probeShare},
+		{"create-translations", func(ctx context.Context) error {
+			if err := t.createTranslations(ctx); err != nil {
+				return err
+			}
+			created = true
+			return nil
+		}},
 		{"build-args", ln.buildArgs},
 		{"start-process", func(ctx context.Context) error {
 			created = true
@@ -96,18 +103,25 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 	if err != nil {
 		ln.teardown()
 	}
+	for _, f := range ln.extraFiles {
+		f.Close() // QEMU had its own descriptor, and is gone
+	}
 	// Only now that QEMU is gone (parkGuest).
 	if t.held != nil {
 		t.held.Close()
 	}
 	if err != nil {
 		if created {
-			os.Remove(snap.Memory)
-			os.Remove(snap.State)
+			for _, f := range []string{snap.Memory, snap.State, snap.Translations} {
+				if f != "" {
+					os.Remove(f)
+				}
+			}
 		}
 		return hypervisor.Snapshot{}, fmt.Errorf("create template from vm %s: %w", cfg.ID, err)
 	}
 	t.snap.Accel, t.snap.MachineType, t.snap.ShareKept = ln.accel, ln.machineType, ln.keepShare
+	t.keepTranslations()
 	return t.snap, nil
 }
 
@@ -120,8 +134,11 @@ func (t *templateLaunch) validateTemplate() error {
 			return invalidf("kernel parameter %s cannot be used for templates: %s", p, why)
 		}
 	}
-	for what, path := range map[string]string{"memory": t.snap.Memory, "state": t.snap.State} {
+	for what, path := range map[string]string{"memory": t.snap.Memory, "state": t.snap.State, "translations": t.snap.Translations} {
 		if path == "" {
+			if what == "translations" {
+				continue // optional
+			}
 			return invalidf("template without a %s file", what)
 		}
 		// Never write into an existing file: clones may map it (MAP_PRIVATE shows later
@@ -166,7 +183,8 @@ func (t *templateLaunch) parkGuest(ctx context.Context) error {
 		return t.exitedOr(err)
 	}
 	t.held = ch
-	err = t.park(ctx, &hypervisor.Channels{Control: heldConn{ch.Control}, Stream: heldConn{ch.Stream}}, t.keepShare)
+	err = t.park(ctx, &hypervisor.Channels{Control: heldConn{ch.Control}, Stream: heldConn{ch.Stream}},
+		hypervisor.Park{ShareKept: t.keepShare, BeginWarmup: t.beginWarmup})
 	if err != nil {
 		if t.vm.proc.hasExited() {
 			return t.exitedOr(err)
@@ -174,6 +192,57 @@ func (t *templateLaunch) parkGuest(ctx context.Context) error {
 		return fmt.Errorf("%w (console: %s)", err, t.vm.paths.Console)
 	}
 	return nil
+}
+
+// createTranslations creates the file the template's QEMU saves its translations into,
+// when it can have them (translations.go); otherwise the snapshot goes without.
+func (t *templateLaunch) createTranslations(ctx context.Context) error {
+	if t.snap.Translations == "" {
+		return nil
+	}
+	ok, why, err := canSaveTranslations(ctx, t.cfg, t.accel)
+	if err != nil {
+		t.log.Warn("template saved without translations", "reason", why, "error", err)
+	}
+	if !ok {
+		t.log.Debug("template saved without translations", "reason", why)
+		t.snap.Translations = ""
+		return nil
+	}
+	f, err := os.OpenFile(t.snap.Translations, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create template translations file: %w", err)
+	}
+	t.extraFiles = append(t.extraFiles, f)
+	t.translations = saveTranslations
+	return nil
+}
+
+// beginWarmup marks where the translations the template saves start (hypervisor.Park):
+// its QEMU drops what it translated so far at a stop, before the guest runs on.
+func (t *templateLaunch) beginWarmup(ctx context.Context) error {
+	if t.translations != saveTranslations {
+		return nil
+	}
+	for _, command := range []string{"stop", "cont"} {
+		if err := t.qmp(ctx, command, nil, nil); err != nil {
+			return fmt.Errorf("mark the start of the translations to save: %w", err)
+		}
+	}
+	return nil
+}
+
+// keepTranslations drops the snapshot's translations file if QEMU left it empty: it could
+// not save them (its reason is in qemu.log), and clones go without.
+func (t *templateLaunch) keepTranslations() {
+	if t.snap.Translations == "" {
+		return
+	}
+	if st, err := os.Stat(t.snap.Translations); err != nil || st.Size() == 0 {
+		t.log.Warn("template saved without translations: qemu wrote none", "qemu_log", t.vm.paths.QEMULog)
+		os.Remove(t.snap.Translations)
+		t.snap.Translations = ""
+	}
 }
 
 func (t *templateLaunch) qmp(ctx context.Context, command string, args, out any) error {
@@ -328,6 +397,9 @@ func (c *cloneLaunch) validateSnapshot() error {
 	if _, err := os.Stat(c.snap.State); err != nil {
 		return classify(fmt.Errorf("template state file: %w", err), errdefs.ErrFailedPrecondition)
 	}
+	if c.snap.Translations != "" {
+		c.translations = loadTranslations
+	}
 	return nil
 }
 
@@ -347,11 +419,22 @@ func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
 // openState opens the template's device state for QEMU to inherit (migrate-incoming
 // "fd:N", stateFD): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
 func (c *cloneLaunch) openState(context.Context) error {
-	f, err := os.Open(c.snap.State)
-	if err != nil {
-		return classify(fmt.Errorf("template state file: %w", err), errdefs.ErrFailedPrecondition)
+	files := map[string]string{"state": c.snap.State}
+	if c.translations == loadTranslations {
+		files["translations"] = c.snap.Translations
 	}
-	c.extraFiles = append(c.extraFiles, f)
+	// In the order of their descriptors, stateFD and cloneTranslationsFD.
+	for _, what := range []string{"state", "translations"} {
+		path, ok := files[what]
+		if !ok {
+			continue
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return classify(fmt.Errorf("template %s file: %w", what, err), errdefs.ErrFailedPrecondition)
+		}
+		c.extraFiles = append(c.extraFiles, f)
+	}
 	return nil
 }
 

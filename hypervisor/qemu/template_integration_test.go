@@ -3,12 +3,14 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +28,7 @@ func TestTemplateRefusesBadInput(t *testing.T) {
 	snap := hypervisor.Snapshot{Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state")}
 	l := &Launcher{}
 	ctx := context.Background()
-	park := func(context.Context, *hypervisor.Channels, bool) error { return nil }
+	park := func(context.Context, *hypervisor.Channels, hypervisor.Park) error { return nil }
 
 	bad := cfg
 	bad.KernelParams = []string{"nolapic_timer"}
@@ -72,17 +74,26 @@ func shmDir(t *testing.T) string {
 
 // pingPark parks the test init: one round trip proves it is up and serving. The launcher
 // keeps the connection until the template is saved, so a clone's host finds it open.
-func pingPark(ctx context.Context, ch *hypervisor.Channels, _ bool) error {
+func pingPark(ctx context.Context, ch *hypervisor.Channels, p hypervisor.Park) error {
 	timeout := 60 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	answer, err := roundTrip(ch.Control, "ping park", timeout)
-	if err != nil {
-		return err
-	}
-	if answer != "pong ping park" {
-		return fmt.Errorf("park: unexpected answer %q", answer)
+	// The first ping waits for the guest's boot, the second is the warm-up: its
+	// translations are what clones restore.
+	for _, ping := range []string{"ping boot", "ping park"} {
+		answer, err := roundTrip(ch.Control, ping, timeout)
+		if err != nil {
+			return err
+		}
+		if answer != "pong "+ping {
+			return fmt.Errorf("park: unexpected answer %q", answer)
+		}
+		if ping == "ping boot" {
+			if err := p.BeginWarmup(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -96,13 +107,19 @@ func TestTemplateClones(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 		defer cancel()
 
+		saves, err := savesTranslations(ctx, withDefaults(cfg).QEMU)
+		if err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
 		snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
 			Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
+			Translations: filepath.Join(dir, "translations"),
 		}, pingPark)
 		if err != nil {
 			t.Fatalf("create template: %v (console: %s)", err, tail(pathsIn(cfg.Dir).Console, 5))
 		}
+		translations := checkTranslationsSaved(t, snap, saves, filepath.Join(dir, "translations"))
 		t.Logf("%s: template made in %v: %+v", cfg.Machine, time.Since(start), snap)
 		if snap.Accel != hypervisor.AccelTCG {
 			t.Errorf("accel %q", snap.Accel)
@@ -161,6 +178,9 @@ func TestTemplateClones(t *testing.T) {
 					return
 				}
 				t.Logf("%s: clone %d: qemu start -> cont %v, -> guest answered %v", cfg.Machine, i, cont, time.Since(begin))
+				if translations > 0 {
+					errs[i] = checkTranslationsRestored(ctx, v, translations)
+				}
 			}()
 		}
 		wg.Wait()
@@ -178,6 +198,10 @@ func TestTemplateClones(t *testing.T) {
 			if want := fmt.Sprintf("share clone%d.txt", i); err != nil || answer != want {
 				t.Errorf("clone %d share: %q, %v; want %q", i, answer, err, want)
 			}
+		}
+
+		if translations > 0 {
+			checkBadTranslationsRefused(t, ctx, l, cfg, snap)
 		}
 
 		// Deleting the template under running clones: they map the RAM privately.
@@ -215,8 +239,8 @@ func TestTemplateKeepsShareMount(t *testing.T) {
 		l := &Launcher{}
 		snap, err := l.CreateTemplate(ctx, cfg, hypervisor.Snapshot{
 			Memory: filepath.Join(dir, "memory"), State: filepath.Join(dir, "state"),
-		}, func(ctx context.Context, ch *hypervisor.Channels, shareKept bool) error {
-			if !shareKept {
+		}, func(ctx context.Context, ch *hypervisor.Channels, p hypervisor.Park) error {
+			if !p.ShareKept {
 				return errors.New("park was not told that the share is kept")
 			}
 			if answer, err := roundTrip(ch.Control, "share", 30*time.Second); err != nil || answer != "share" {
@@ -300,4 +324,93 @@ func TestCloneBadState(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 	assertGoneDir(t, cfg.Dir)
+}
+
+// checkTranslationsSaved checks that a template has translations exactly when its QEMU can
+// save them (runv's build; one vCPU), and returns their file's size.
+func checkTranslationsSaved(t *testing.T, snap hypervisor.Snapshot, saves bool, asked string) int64 {
+	t.Helper()
+	if !saves {
+		if snap.Translations != "" {
+			t.Errorf("translations %s from a QEMU without %s", snap.Translations, translationsSaveProp)
+		}
+		if _, err := os.Stat(asked); err == nil {
+			t.Errorf("translations file %s left behind", asked)
+		}
+		return 0
+	}
+	st, err := os.Stat(snap.Translations)
+	if err != nil || st.Size() == 0 {
+		t.Fatalf("runv's QEMU saved no translations: %v, %v", st, err)
+	}
+	t.Logf("translations: %d bytes", st.Size())
+	return st.Size()
+}
+
+// jitCodeBytes is how much translated code v's QEMU holds (x-query-jit's "gen code size").
+func jitCodeBytes(ctx context.Context, v hypervisor.VM) (int64, error) {
+	var jit struct {
+		Text string `json:"human-readable-text"`
+	}
+	if err := v.(*vm).qmp(ctx, "x-query-jit", nil, &jit); err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(jit.Text, "\n") {
+		if rest, ok := strings.CutPrefix(line, "gen code size"); ok {
+			used, _, _ := strings.Cut(strings.TrimSpace(rest), "/")
+			return strconv.ParseInt(used, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("x-query-jit says no code size: %q", jit.Text)
+}
+
+// checkTranslationsRestored checks that a clone's QEMU holds its template's translations:
+// at least the code the file holds, which a clone that only translated a ping would not.
+func checkTranslationsRestored(ctx context.Context, v hypervisor.VM, fileBytes int64) error {
+	code, err := jitCodeBytes(ctx, v)
+	if err != nil {
+		return err
+	}
+	// The file is the code, its blocks' offsets (8 bytes per ~700 of code) and a header.
+	if code < fileBytes*9/10 {
+		b, _ := os.ReadFile(pathsIn(filepath.Dir(v.ConsoleLog())).QEMULog)
+		return fmt.Errorf("clone holds %d bytes of translated code, its template saved %d (qemu.log: %s)", code, fileBytes, b)
+	}
+	return nil
+}
+
+// checkBadTranslationsRefused starts a clone whose translations file is not one: QEMU says
+// so in its log and the clone runs, translating as usual.
+func checkBadTranslationsRefused(t *testing.T, ctx context.Context, l *Launcher, cfg hypervisor.Config, snap hypervisor.Snapshot) {
+	t.Helper()
+	bad := filepath.Join(t.TempDir(), "translations")
+	if err := os.WriteFile(bad, bytes.Repeat([]byte("not translations "), 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	snap.Translations = bad
+	c := vmConfig(t)
+	c.Machine = cfg.Machine
+	c.ID = cfg.ID + "-badtb"
+	v, err := l.Clone(ctx, c, snap)
+	if err != nil {
+		t.Fatalf("clone with a bad translations file: %v", err)
+	}
+	defer func() {
+		if err := v.Kill(); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, v, filepath.Dir(v.ConsoleLog()))
+	}()
+	ch, err := v.Channels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if answer, err := roundTrip(ch.Control, "ping", 30*time.Second); err != nil || answer != "pong ping" {
+		t.Fatalf("clone with a bad translations file answered %q, %v", answer, err)
+	}
+	log, _ := os.ReadFile(pathsIn(filepath.Dir(v.ConsoleLog())).QEMULog)
+	if !strings.Contains(string(log), "translation snapshot not loaded: not a translation snapshot") {
+		t.Errorf("qemu.log of a clone with a bad translations file: %q", log)
+	}
 }

@@ -67,6 +67,15 @@ func TestBuildArgsTemplateAndClone(t *testing.T) {
 			if d := argsDiff(tmpl, clone); len(d) != 1 || !strings.Contains(d[0], "share=on") {
 				t.Errorf("template and clone differ beyond the RAM mapping: %q", d)
 			}
+			// With translations: the accelerator's property and its descriptor differ too.
+			tmpl = buildArgs(spec{cfg: cfg, accel: hypervisor.AccelTCG, tscKHz: 2596124,
+				machineType: mt, memFile: "/run/runv/templates/t/memory", memShared: true, translations: saveTranslations})
+			clone = buildArgs(spec{cfg: cfg, accel: hypervisor.AccelTCG, tscKHz: 2596124,
+				machineType: mt, memFile: "/run/runv/templates/t/memory", incoming: true, translations: loadTranslations})
+			want := []string{`"fd=7,set=7" vs "fd=8,set=8"`, `"tcg,x-tb-snapshot-save=/dev/fdset/7" vs "tcg,x-tb-snapshot-load=/dev/fdset/8"`}
+			if d := argsDiff(tmpl, clone); len(d) != 3 || !slices.Equal(d[:2], want) || !strings.Contains(d[2], "share=on") {
+				t.Errorf("template and clone with translations differ beyond the RAM mapping and the translations: %q", d)
+			}
 		})
 	}
 }

@@ -11,13 +11,18 @@ import (
 )
 
 // Descriptors under which QEMU inherits the listening sockets runv made for it (after the
-// console pipe, consoleFD) and a clone's device state.
+// console pipe, consoleFD), then a launch's extraFiles: a clone's device state and
+// translations, or a template's translations (translations.go).
 const (
 	qmpFD = consoleFD + 1 + iota
 	controlFD
 	streamFD
 	stateFD
+	cloneTranslationsFD
 )
+
+// templateTranslationsFD is a template's translations file: it inherits no device state.
+const templateTranslationsFD = stateFD
 
 // vmListeners are a VM's QMP and channel sockets, made by runv and inherited by QEMU
 // (-chardev socket,fd=N,server=on) rather than made by QEMU at its paths. They listen

@@ -1,0 +1,104 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/runv-project/runv/hypervisor"
+)
+
+// A template clone's QEMU starts with no translated code: under TCG it translated the
+// guest's paths of its first pod anew, ~28 000 blocks, nine in ten of them byte for byte
+// what the template's QEMU had translated during its warm-up (docs/performance.md,
+// "Translations restored into template clones"). runv's QEMU
+// (qemu-build/patches/0002-tcg-translation-snapshot.patch) saves the template's
+// translations beside its device state and restores them into each clone before its vCPU
+// first runs:
+//
+//   - x-tb-snapshot-save=FILE on the template's TCG accelerator: a stop marks where the
+//     translations to keep start (BeginWarmup: stop and cont just before the warm-up), and
+//     the stop that completes the migration writes them to FILE;
+//   - x-tb-snapshot-load=FILE on a clone's: restored after the device state loads, before
+//     the guest runs. A file that does not fit (another binary, say) is refused with a
+//     warning in the clone's qemu.log, and the clone translates as usual.
+//
+// Both take the file as a descriptor QEMU inherits (-add-fd): QEMU's jail needs no path to it.
+// A snapshot is of the one code region a single translating thread uses: templates of
+// more than one vCPU are saved without one.
+
+// translationsUse says what a VM does with translations.
+type translationsUse int
+
+const (
+	noTranslations translationsUse = iota
+	saveTranslations
+	loadTranslations
+)
+
+const (
+	translationsSaveProp = "x-tb-snapshot-save"
+	translationsLoadProp = "x-tb-snapshot-load"
+)
+
+// args returns the -add-fd and -accel arguments of u, or nil (no -accel: -machine names the
+// accelerator).
+func (u translationsUse) args() []string {
+	var prop string
+	var fd int
+	switch u {
+	case saveTranslations:
+		prop, fd = translationsSaveProp, templateTranslationsFD
+	case loadTranslations:
+		prop, fd = translationsLoadProp, cloneTranslationsFD
+	default:
+		return nil
+	}
+	n := strconv.Itoa(fd)
+	return []string{"-add-fd", "fd=" + n + ",set=" + n, "-accel", hypervisor.AccelTCG + "," + prop + "=/dev/fdset/" + n}
+}
+
+// translationsAnswers caches savesTranslations' probe per QEMU binary.
+var translationsAnswers sync.Map
+
+// savesTranslations reports whether qemu's TCG accelerator has the translation snapshot
+// properties. It asks a QEMU that starts with one set and quits at once over QMP on its
+// stdin: another QEMU (Debian's) exits saying that the property is not found.
+func savesTranslations(ctx context.Context, qemu string) (bool, error) {
+	if v, ok := translationsAnswers.Load(qemu); ok {
+		return v.(bool), nil
+	}
+	cmd := exec.CommandContext(ctx, qemu, "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-S",
+		"-accel", hypervisor.AccelTCG+","+translationsLoadProp+"="+os.DevNull, "-qmp", "stdio")
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}{"execute":"quit"}`)
+	out, err := cmd.CombinedOutput()
+	switch {
+	case err == nil:
+		translationsAnswers.Store(qemu, true)
+		return true, nil
+	case strings.Contains(string(out), translationsLoadProp) && strings.Contains(string(out), "not found"):
+		translationsAnswers.Store(qemu, false)
+		return false, nil
+	}
+	return false, fmt.Errorf("probe %s for %s: %w: %s", qemu, translationsLoadProp, err, strings.TrimSpace(string(out)))
+}
+
+// canSaveTranslations reports whether a template of cfg under accel can have translations
+// saved, and why not.
+func canSaveTranslations(ctx context.Context, cfg hypervisor.Config, accel string) (bool, string, error) {
+	if accel != hypervisor.AccelTCG {
+		return false, "not under TCG", nil
+	}
+	if max(cfg.CPUs, cfg.MaxCPUs) > 1 {
+		return false, "more than one vCPU", nil
+	}
+	ok, err := savesTranslations(ctx, cfg.QEMU)
+	if err != nil || !ok {
+		return false, "QEMU has no " + translationsSaveProp + " (not runv's build)", err
+	}
+	return true, "", nil
+}
