@@ -48,6 +48,22 @@ func TestTemplateRefusesBadInput(t *testing.T) {
 	if b, _ := os.ReadFile(snap.Memory); string(b) != "in use" {
 		t.Errorf("existing memory file was modified: %q", b)
 	}
+	// Nor an existing translations file: clones may be reading it.
+	withTranslations := snap
+	withTranslations.Memory = filepath.Join(dir, "memory2")
+	withTranslations.Translations = filepath.Join(dir, "translations")
+	if err := os.WriteFile(withTranslations.Translations, []byte("in use"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateTemplate(ctx, cfg, withTranslations, park); !errors.Is(err, errdefs.ErrAlreadyExists) || !strings.Contains(err.Error(), "translations") {
+		t.Errorf("existing translations file: %v", err)
+	}
+	if b, _ := os.ReadFile(withTranslations.Translations); string(b) != "in use" {
+		t.Errorf("existing translations file was modified: %q", b)
+	}
+	if _, err := os.Stat(withTranslations.Memory); err == nil {
+		t.Errorf("a refused template left its memory file %s", withTranslations.Memory)
+	}
 	// A clone of a template of another size is refused before QEMU is started.
 	if err := os.Truncate(snap.Memory, 256<<20); err != nil {
 		t.Fatal(err)
