@@ -430,3 +430,21 @@ func checkBadTranslationsRefused(t *testing.T, ctx context.Context, l *Launcher,
 		t.Errorf("qemu.log of a clone with a bad translations file: %q", log)
 	}
 }
+
+// The translations probe tells runv's QEMU from Debian's, each asked for real.
+func TestTranslationsProbe(t *testing.T) {
+	qemutest.RequireVM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ours := withDefaults(vmConfig(t)).QEMU
+	if kept, err := keepsShareFids(ctx, ours, hypervisor.MachineMicroVM); err != nil || !kept {
+		t.Skipf("%s is not runv's QEMU build (make qemu; RUNV_QEMU names it): %v", ours, err)
+	}
+	if ok, err := savesTranslations(ctx, ours); err != nil || !ok {
+		t.Errorf("runv's QEMU %s: savesTranslations = %v, %v", ours, ok, err)
+	}
+	const debian = "/usr/bin/qemu-system-x86_64" // make deps installs it: qemu-build builds from its source
+	if ok, err := savesTranslations(ctx, debian); err != nil || ok {
+		t.Errorf("Debian's QEMU %s: savesTranslations = %v, %v; want false, nil", debian, ok, err)
+	}
+}
