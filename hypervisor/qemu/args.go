@@ -39,9 +39,9 @@ type spec struct {
 	// saved with its share mounted; sharefids.go). Only on the template's side: a clone's
 	// QEMU loads them whenever the state holds them.
 	keepShare bool
-	// translations: a template saves the code TCG translates for its guest into the file
-	// of descriptor templateTranslationsFD, or a clone restores it from
-	// cloneTranslationsFD (translations.go).
+	// translations: a template or a direct boot saves the code TCG translates for its guest
+	// into the file of descriptor translationsFD; a direct boot restores it from there, a
+	// clone from cloneTranslationsFD (translations.go).
 	translations translationsUse
 	// nics is how many network devices the VM gets (see nic.go); the KVM probe needs none.
 	nics int
@@ -140,7 +140,7 @@ func buildArgs(s spec) []string {
 	}
 	// -accel when the accelerator takes properties: QEMU refuses it beside -machine accel=.
 	accel := ",accel=" + s.accel
-	if accelArgs := s.translations.args(); accelArgs != nil {
+	if accelArgs := s.translations.args(s.incoming); accelArgs != nil {
 		accel = ""
 		args = append(args, accelArgs...)
 	}

@@ -195,6 +195,23 @@ func TestBuildArgs(t *testing.T) {
 			},
 		},
 		{
+			name: "a direct boot that saves its translations at its first stop",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, translations: saveBootTranslations},
+			want: [][2]string{
+				{"-add-fd", "fd=7,set=7"},
+				{"-accel", "tcg,x-tb-snapshot-save=/dev/fdset/7,x-tb-snapshot-save-on-stop=on"},
+				{"-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on"},
+			},
+		},
+		{
+			name: "a direct boot that restores an earlier boot's translations",
+			spec: spec{cfg: baseConfig(), accel: hypervisor.AccelTCG, translations: loadTranslations},
+			want: [][2]string{
+				{"-add-fd", "fd=7,set=7"},
+				{"-accel", "tcg,x-tb-snapshot-load=/dev/fdset/7"},
+			},
+		},
+		{
 			name: "q35 with hot-plug room",
 			spec: spec{cfg: q35(func(c *hypervisor.Config) { c.CPUs, c.MaxCPUs, c.MemoryMiB, c.MaxMemoryMiB = 2, 4, 256, 1024 }), accel: hypervisor.AccelTCG},
 			want: [][2]string{

@@ -5,6 +5,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -334,4 +335,73 @@ func TestLaunchCanceled(t *testing.T) {
 	if pids := qemutest.QEMUsFor(cfg.Dir); len(pids) > 0 {
 		t.Errorf("qemu left running: %v", pids)
 	}
+}
+
+// A direct boot saves the code it translated once its guest answered, and the next boot
+// of the same kind restores it and runs; a boot with kernel parameters of its own does
+// neither.
+func TestBootTranslations(t *testing.T) {
+	cfg := vmConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if ok, err := savesTranslations(ctx, withDefaults(cfg).QEMU); err != nil || !ok {
+		t.Skipf("%s cannot save translations (not runv's QEMU build: make qemu; RUNV_QEMU names it): %v", withDefaults(cfg).QEMU, err)
+	}
+	dir := t.TempDir()
+	l := &Launcher{TranslationsDir: dir}
+	ping := func(v hypervisor.VM, ch *hypervisor.Channels, what string) {
+		t.Helper()
+		if answer, err := roundTrip(ch.Control, what, 60*time.Second); err != nil || answer != "pong "+what {
+			t.Fatalf("%s: %q, %v (console: %s)", what, answer, err, tail(v.ConsoleLog(), 5))
+		}
+	}
+
+	first := mustLaunch(t, l, cfg)
+	ch := mustChannels(t, first)
+	ping(first, ch, "ping first")
+	if err := first.(*vm).SaveBootTranslations(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ping(first, ch, "ping after the save")
+	saved, _ := filepath.Glob(filepath.Join(dir, "*.tb"))
+	if len(saved) != 1 {
+		t.Fatalf("boot translations files: %q", saved)
+	}
+	st, err := os.Stat(saved[0])
+	if err != nil || st.Size() < 1<<20 {
+		t.Fatalf("boot translations: %v, %v", st, err)
+	}
+	first.Kill()
+	if left, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(left) > 0 {
+		t.Errorf("left behind: %q", left)
+	}
+
+	second := mustLaunch(t, l, vmConfig(t))
+	ping(second, mustChannels(t, second), "ping second")
+	log, _ := os.ReadFile(pathsIn(filepath.Dir(second.ConsoleLog())).QEMULog)
+	var restored, total int
+	if _, err := fmt.Sscanf(afterString(string(log), "translation snapshot: "), "%d of %d blocks restored", &restored, &total); err != nil || restored == 0 {
+		t.Errorf("the second boot restored no translations: %v, qemu.log: %q", err, log)
+	}
+	t.Logf("second boot: %d of %d blocks restored", restored, total)
+	if err := second.(*vm).SaveBootTranslations(ctx); err != nil {
+		t.Errorf("a boot that restored is not one that saves: %v", err)
+	}
+
+	own := vmConfig(t)
+	own.KernelParams = []string{"loglevel=4"}
+	third := mustLaunch(t, l, own)
+	ping(third, mustChannels(t, third), "ping own params")
+	if log, _ := os.ReadFile(pathsIn(filepath.Dir(third.ConsoleLog())).QEMULog); strings.Contains(string(log), "translation snapshot") {
+		t.Errorf("a boot with kernel parameters of its own restored translations: %q", log)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 1 {
+		t.Errorf("translations directory: %q, want the one file", left)
+	}
+}
+
+// afterString is what follows the first sep in s, or "".
+func afterString(s, sep string) string {
+	_, after, _ := strings.Cut(s, sep)
+	return after
 }

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/runv-project/runv/hypervisor"
@@ -37,6 +38,9 @@ type Launcher struct {
 	// TSCkHz overrides the host TSC frequency passed to microvm guests under TCG. Zero:
 	// "cpu MHz" of /proc/cpuinfo.
 	TSCkHz int
+	// TranslationsDir keeps the code direct boots translated, for later boots
+	// (boottranslations.go). Empty: $RUNV_TRANSLATIONS_DIR, else DefaultTranslationsDir.
+	TranslationsDir string
 }
 
 var _ hypervisor.Launcher = (*Launcher)(nil)
@@ -48,13 +52,20 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	err := runSteps(ctx, ln.log, []step{
 		{"validate", ln.validate},
 		{"resolve-accel", ln.resolveAccel},
+		{"boot-translations", ln.bootTranslations},
 		{"build-args", ln.buildArgs},
 		{"start-process", ln.startProcess},
 		{"connect-qmp", ln.connectQMP},
 		{"query-status", ln.queryStatus},
 	})
+	for _, f := range ln.extraFiles {
+		f.Close() // QEMU has its own descriptor, or never started
+	}
 	if err != nil {
 		ln.teardown()
+		if ln.vm == nil && ln.bootSave != nil {
+			os.Remove(ln.bootSave.temp) // no QEMU: its exit will not
+		}
 		return nil, fmt.Errorf("launch vm %s: %w", cfg.ID, err)
 	}
 	return ln.result(), nil

@@ -59,8 +59,11 @@ type launch struct {
 	memShared   bool   // template: RAM written into memFile
 	incoming    bool   // clone: no kernel, waits for migrate-incoming
 	keepShare   bool   // template: the 9p device carries the guest's mount over (sharefids.go)
-	// translations: a template saves its translated code, a clone restores it (translations.go).
+	// translations: a template or a direct boot saves its translated code, a clone or a
+	// direct boot restores it (translations.go, boottranslations.go).
 	translations translationsUse
+	// bootSave is the file a direct boot saves its translations in (boottranslations.go).
+	bootSave *pendingBootSave
 	// extraFiles are inherited by QEMU as descriptors stateFD, ... (a clone's device state
 	// and translations, a template's translations), after the console pipe and the sockets
 	// (vmsockets.go).
@@ -113,7 +116,7 @@ func (ln *launch) startProcess(context.Context) error {
 	if err := os.Chmod(ln.cfg.ShareDir, shareDirMode); err != nil {
 		return fmt.Errorf("share directory: %w", err)
 	}
-	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log, restored: ln.incoming}
+	v := &vm{cfg: ln.cfg, accel: ln.accel, paths: pathsIn(ln.cfg.Dir), log: ln.log, restored: ln.incoming, bootSave: ln.bootSave}
 	// Sockets left by a QEMU that was killed before it could clean up would make us talk
 	// to nobody (or wait for a dead socket) until the new QEMU replaced them.
 	v.paths.removeTransient()

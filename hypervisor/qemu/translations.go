@@ -37,29 +37,38 @@ type translationsUse int
 const (
 	noTranslations translationsUse = iota
 	saveTranslations
+	saveBootTranslations
 	loadTranslations
 )
 
 const (
-	translationsSaveProp = "x-tb-snapshot-save"
-	translationsLoadProp = "x-tb-snapshot-load"
+	translationsSaveProp       = "x-tb-snapshot-save"
+	translationsSaveOnStopProp = "x-tb-snapshot-save-on-stop"
+	translationsLoadProp       = "x-tb-snapshot-load"
 )
 
 // args returns the -add-fd and -accel arguments of u, or nil (no -accel: -machine names the
-// accelerator).
-func (u translationsUse) args() []string {
-	var prop string
-	var fd int
+// accelerator). The file is the launch's first extra file, or a clone's second (after its
+// device state).
+func (u translationsUse) args(incoming bool) []string {
+	fd := translationsFD
+	if incoming {
+		fd = cloneTranslationsFD
+	}
+	n := strconv.Itoa(fd)
+	file := "=/dev/fdset/" + n
+	var props string
 	switch u {
 	case saveTranslations:
-		prop, fd = translationsSaveProp, templateTranslationsFD
+		props = translationsSaveProp + file
+	case saveBootTranslations:
+		props = translationsSaveProp + file + "," + translationsSaveOnStopProp + "=on"
 	case loadTranslations:
-		prop, fd = translationsLoadProp, cloneTranslationsFD
+		props = translationsLoadProp + file
 	default:
 		return nil
 	}
-	n := strconv.Itoa(fd)
-	return []string{"-add-fd", "fd=" + n + ",set=" + n, "-accel", hypervisor.AccelTCG + "," + prop + "=/dev/fdset/" + n}
+	return []string{"-add-fd", "fd=" + n + ",set=" + n, "-accel", hypervisor.AccelTCG + "," + props}
 }
 
 // translationsAnswers caches savesTranslations' probe per QEMU binary.

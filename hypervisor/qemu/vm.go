@@ -30,6 +30,8 @@ type vm struct {
 	log   *slog.Logger
 	// restored: a clone of a template, not a cold boot (see Restored).
 	restored bool
+	// bootSave: this boot saves its translations (SaveBootTranslations); guarded by mu.
+	bootSave *pendingBootSave
 
 	mu            sync.Mutex
 	mon           *monitor // set once QMP is connected; closed when QEMU exits
@@ -81,6 +83,7 @@ func (v *vm) monitor() *monitor {
 // argument because QEMU may exit before startProcess has returned it to us.
 func (v *vm) exited(p *process) {
 	v.paths.removeTransient()
+	v.dropBootSave()
 	v.mu.Lock()
 	m, early := v.mon, v.early
 	v.gone, v.early = true, nil

@@ -12,7 +12,7 @@ import (
 
 // Descriptors under which QEMU inherits the listening sockets runv made for it (after the
 // console pipe, consoleFD), then a launch's extraFiles: a clone's device state and
-// translations, or a template's translations (translations.go).
+// translations, or another VM's translations (translations.go).
 const (
 	qmpFD = consoleFD + 1 + iota
 	controlFD
@@ -21,8 +21,8 @@ const (
 	cloneTranslationsFD
 )
 
-// templateTranslationsFD is a template's translations file: it inherits no device state.
-const templateTranslationsFD = stateFD
+// translationsFD is the translations file of a VM that inherits no device state.
+const translationsFD = stateFD
 
 // vmListeners are a VM's QMP and channel sockets, made by runv and inherited by QEMU
 // (-chardev socket,fd=N,server=on) rather than made by QEMU at its paths. They listen
