@@ -142,9 +142,21 @@ func bareboot(args []string) error {
 		"a word -P drops runv's parameter P. Given several times: one variant each, booted in turn")
 	timeline := fs.Bool("timeline", false, "print every console line of each variant's last run with the host milliseconds since QEMU started")
 	label := fs.String("label", "", "label of the command after --, timed in turn with the boots")
+	translations := fs.String("translations", "", "a boot's translations file, saved by runv (/run/runv-translations/*.tb): "+
+		"each variant is also booted restoring them, in turn, as runv's direct boots do")
 	fs.Parse(args)
 	if len(variants) == 0 {
 		variants = labels{""}
+	}
+	type variant struct {
+		params, translations string
+	}
+	var boots []variant
+	for _, v := range variants {
+		boots = append(boots, variant{params: v})
+		if *translations != "" {
+			boots = append(boots, variant{params: v, translations: *translations})
+		}
 	}
 	between := fs.Args()
 	if len(between) > 0 && *label == "" {
@@ -154,7 +166,7 @@ func bareboot(args []string) error {
 		toMarker, toExit, cpu []time.Duration
 		lines                 []consoleLine
 	}
-	res := make([]result, len(variants))
+	res := make([]result, len(boots))
 	var betweenRuns []time.Duration
 	tag := strconv.Itoa(os.Getpid())
 	for i := 0; i <= *n; i++ {
@@ -167,9 +179,9 @@ func bareboot(args []string) error {
 				betweenRuns = append(betweenRuns, d)
 			}
 		}
-		for v, params := range variants {
+		for v, b := range boots {
 			r := &res[v]
-			m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts, strings.Fields(params), &r.lines)
+			m, e, c, cmdline, err := bootOnce(*kernel, *initrd, *machine, *accel, *memory, *noNICs, *noPorts, strings.Fields(b.params), b.translations, &r.lines)
 			if err != nil {
 				return err
 			}
@@ -192,7 +204,10 @@ func bareboot(args []string) error {
 			label += " (no spare root ports)"
 		}
 		if len(variants) > 1 {
-			label += " [" + cmp.Or(variants[v], "runv's parameters") + "]"
+			label += " [" + cmp.Or(boots[v].params, "runv's parameters") + "]"
+		}
+		if boots[v].translations != "" {
+			label += " [boot translations]"
 		}
 		stats(label+": start -> "+qemu.ProbeMarker, r.toMarker)
 		stats(label+": start -> exit", r.toExit)
@@ -218,7 +233,7 @@ type consoleLine struct {
 
 // bootOnce boots one probe VM. Its console is a pipe, so the marker is an event. The
 // console's lines replace *lines.
-func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool, params []string, lines *[]consoleLine) (marker, exit, cpu time.Duration, cmdline string, err error) {
+func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts bool, params []string, translations string, lines *[]consoleLine) (marker, exit, cpu time.Duration, cmdline string, err error) {
 	dir, err := os.MkdirTemp("", "rvbare")
 	if err != nil {
 		return 0, 0, 0, "", err
@@ -238,6 +253,9 @@ func bootOnce(kernel, initrd, machine, accel string, memory int, noNICs, noPorts
 	args = withoutParams(args, drops(params))
 	if noNICs || noPorts {
 		args = withoutNICs(args, noNICs)
+	}
+	if translations != "" {
+		args = withTranslations(args, translations)
 	}
 	cmd := exec.Command(bin, args...)
 	// As runv starts it: in a network namespace of its own, where QEMU makes the NICs' taps.
@@ -316,6 +334,18 @@ func withoutNICs(args []string, devices bool) []string {
 		out = append(out, args[i])
 	}
 	return out
+}
+
+// withTranslations has a command line restore a boot's translations file: the accelerator
+// moves from -machine to -accel, which takes the property (as runv's command line does).
+func withTranslations(args []string, file string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-machine" {
+			out[i+1] = strings.Replace(out[i+1], ",accel="+hypervisor.AccelTCG, "", 1)
+		}
+	}
+	return append(out, "-accel", hypervisor.AccelTCG+",x-tb-snapshot-load="+file)
 }
 
 // labels is a repeatable -label flag.
