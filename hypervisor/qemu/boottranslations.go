@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/runv-project/runv/hypervisor"
 )
 
@@ -50,9 +52,12 @@ func (l *Launcher) translationsDir() string {
 	return DefaultTranslationsDir
 }
 
-// pendingBootSave is a boot's translations file that QEMU writes at its first stop.
+// pendingBootSave is a boot's translations file that QEMU writes at its first stop: an
+// unnamed file in the directory (O_TMPFILE), linked in under its name once written, so
+// that a boot that never saves, or whose launcher is killed, leaves nothing behind.
 type pendingBootSave struct {
-	temp, final string
+	file  *os.File // runv's own descriptor of it (QEMU inherits another)
+	final string
 }
 
 // bootTranslations decides what a direct boot does with translations: restore an earlier
@@ -92,15 +97,19 @@ func (ln *launch) bootTranslations(ctx context.Context) error {
 		os.WriteFile(none, nil, 0o600)
 		return nil
 	}
-	temp := fmt.Sprintf("%s.%d.%s.tmp", final, os.Getpid(), strings.ReplaceAll(ln.cfg.ID, "/", "_"))
-	f, err := os.OpenFile(temp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(dir, unix.O_TMPFILE|os.O_WRONLY, 0o600)
 	if err != nil {
-		ln.log.Warn("boot translations: cannot create the file to save them in", "error", err)
+		ln.log.Warn("boot translations: cannot create the file to save them in", "dir", dir, "error", err)
 		return nil
 	}
-	ln.extraFiles = append(ln.extraFiles, f)
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	ln.extraFiles = append(ln.extraFiles, f) // closed once QEMU has it
 	ln.translations = saveBootTranslations
-	ln.bootSave = &pendingBootSave{temp: temp, final: final}
+	ln.bootSave = &pendingBootSave{file: os.NewFile(uintptr(fd), final), final: final}
 	return nil
 }
 
@@ -139,7 +148,7 @@ func (v *vm) SaveBootTranslations(ctx context.Context) error {
 	if s == nil {
 		return nil
 	}
-	defer os.Remove(s.temp)
+	defer s.file.Close()
 	ctx, cancel := context.WithTimeout(ctx, quitTimeout)
 	defer cancel()
 	for _, command := range []string{"stop", "cont"} {
@@ -147,24 +156,26 @@ func (v *vm) SaveBootTranslations(ctx context.Context) error {
 			return fmt.Errorf("vm %s: save boot translations: %s: %w", v.cfg.ID, command, err)
 		}
 	}
-	if st, err := os.Stat(s.temp); err != nil || st.Size() == 0 {
+	if st, err := s.file.Stat(); err != nil || st.Size() == 0 {
 		return fmt.Errorf("vm %s: qemu saved no boot translations (see %s)", v.cfg.ID, v.paths.QEMULog)
 	}
-	if err := os.Rename(s.temp, s.final); err != nil {
-		return fmt.Errorf("vm %s: save boot translations: %w", v.cfg.ID, err)
+	// Another boot of the kind may have saved first: its file stays.
+	err := unix.Linkat(int(s.file.Fd()), "", unix.AT_FDCWD, s.final, unix.AT_EMPTY_PATH)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("vm %s: save boot translations as %s: %w", v.cfg.ID, s.final, err)
 	}
 	pruneBootTranslations(filepath.Dir(s.final), keptBootTranslations)
 	return nil
 }
 
-// dropBootSave removes a boot's translations file that was never saved.
+// dropBootSave lets a boot's translations file that was never saved go: it has no name.
 func (v *vm) dropBootSave() {
 	v.mu.Lock()
 	s := v.bootSave
 	v.bootSave = nil
 	v.mu.Unlock()
 	if s != nil {
-		os.Remove(s.temp)
+		s.file.Close()
 	}
 }
 

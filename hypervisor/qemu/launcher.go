@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/runv-project/runv/hypervisor"
@@ -64,7 +63,7 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	if err != nil {
 		ln.teardown()
 		if ln.vm == nil && ln.bootSave != nil {
-			os.Remove(ln.bootSave.temp) // no QEMU: its exit will not
+			ln.bootSave.file.Close() // no QEMU: its exit will not
 		}
 		return nil, fmt.Errorf("launch vm %s: %w", cfg.ID, err)
 	}
