@@ -23,7 +23,7 @@ import (
 // the blocks whose guest code the RAM holds when the VM starts (the kernel's, boot code
 // included; not the agent's, which the kernel unpacks later), ~43 000 of ~55 000 of a
 // bare boot's, which then reaches /init in ~360 ms instead of ~500 (docs/performance.md,
-// "Boot translations, stop 24").
+// "Boot translations for direct pods, stop 24").
 //
 // The code of a boot is saved once its agent answered (SaveBootTranslations, called by
 // the pod's supervisor after READY), before the guest runs anything of a pod: QEMU writes
