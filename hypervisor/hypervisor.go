@@ -177,6 +177,22 @@ type Park struct {
 	BeginWarmup func(context.Context) error
 }
 
+// BootTranslationsSaver is a VM that can keep the code its boot translated, for later
+// boots of its kind (runv's QEMU under TCG: hypervisor/qemu/boottranslations.go).
+type BootTranslationsSaver interface {
+	SaveBootTranslations(ctx context.Context) error
+}
+
+// SaveBootTranslations has vm keep its boot's translations, if it can and its boot is one
+// that saves them. Call it once a cold-booted guest's agent said READY, before the guest
+// runs anything of a pod: the saved code is then only the kernel's and the agent's.
+func SaveBootTranslations(ctx context.Context, vm VM) error {
+	if s, ok := vm.(BootTranslationsSaver); ok {
+		return s.SaveBootTranslations(ctx)
+	}
+	return nil
+}
+
 // Templater is implemented by launchers that can turn a booted VM into a template and start
 // clones of it. It is separate from Launcher because a template is not a running VM (the
 // template VM is stopped for good once saved), and because launchers that cannot snapshot

@@ -73,21 +73,11 @@ func connectAgent(ctx context.Context, vm hypervisor.VM, podID string, enter fun
 			return nil, fmt.Errorf("wait for the guest agent: %w", err)
 		}
 		log.Debug("boot: agent ready", "boot_steps", ready.BootSteps)
-		// Now, before the guest runs anything of the pod: the saved code is then only
-		// runv's kernel's and agent's (hypervisor/qemu/boottranslations.go).
-		if s, ok := vm.(bootTranslationsSaver); ok {
-			if err := s.SaveBootTranslations(ctx); err != nil {
-				log.Warn("boot translations not saved: later boots translate as this one did", "error", err)
-			}
+		if err := hypervisor.SaveBootTranslations(ctx, vm); err != nil {
+			log.Warn("boot translations not saved: later boots translate as this one did", "error", err)
 		}
 	}
 	return a, nil
-}
-
-// bootTranslationsSaver is a VM that can keep the code its boot translated for later
-// boots of the same kind (runv's QEMU under TCG).
-type bootTranslationsSaver interface {
-	SaveBootTranslations(ctx context.Context) error
 }
 
 // verifiedAgent is an agent whose version handshake may still be in flight. A command is

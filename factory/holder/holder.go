@@ -253,6 +253,9 @@ func park(ctx context.Context, vm hypervisor.VM) (*parkedAgent, error) {
 			return nil, fmt.Errorf("park the agent (console: %s): %w", vm.ConsoleLog(), err)
 		}
 		logging.G(ctx).Debug("agent ready", "vm", vm.ID(), "boot_steps", ready.BootSteps)
+		if err := hypervisor.SaveBootTranslations(ctx, vm); err != nil {
+			logging.G(ctx).Warn("boot translations not saved: later boots translate as this one did", "vm", vm.ID(), "error", err)
+		}
 	}
 	if _, err := c.Handshake(ctx); err != nil {
 		c.Close()

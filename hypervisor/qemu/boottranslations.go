@@ -26,7 +26,7 @@ import (
 // "Boot translations for direct pods, stop 24").
 //
 // The code of a boot is saved once its agent answered (SaveBootTranslations, called by
-// the pod's supervisor after READY), before the guest runs anything of a pod: QEMU writes
+// the pod's supervisor or a pool's holder after READY), before the guest runs anything of a pod: QEMU writes
 // the file at a stop and closes it, and never has it again. So the only code in the file
 // is QEMU's own translation of runv's kernel and agent. Files live in
 // Launcher.TranslationsDir, named by a hash of the boot's facts (bootKey); a boot whose
