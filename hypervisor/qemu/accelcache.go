@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,13 +67,7 @@ func keyFor(cfg hypervisor.Config) (accelKey, error) {
 }
 
 func (l *Launcher) accelCachePath() string {
-	if l.AccelCache != "" {
-		return l.AccelCache
-	}
-	if p := os.Getenv(EnvAccelCache); p != "" {
-		return p
-	}
-	return DefaultAccelCache
+	return cmp.Or(l.AccelCache, os.Getenv(EnvAccelCache), DefaultAccelCache)
 }
 
 // hostFilesCachePath is where what QEMU needs in its jail is cached (jailfiles.go): beside

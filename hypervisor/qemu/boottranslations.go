@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,8 +14,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/runv-project/runv/hypervisor"
 )
 
 // A direct boot under TCG translates what every boot of the same kernel and initrd
@@ -43,13 +42,7 @@ const (
 )
 
 func (l *Launcher) translationsDir() string {
-	if l.TranslationsDir != "" {
-		return l.TranslationsDir
-	}
-	if d := os.Getenv(EnvTranslationsDir); d != "" {
-		return d
-	}
-	return DefaultTranslationsDir
+	return cmp.Or(l.TranslationsDir, os.Getenv(EnvTranslationsDir), DefaultTranslationsDir)
 }
 
 // pendingBootSave is a boot's translations file that QEMU writes at its first stop: an
@@ -63,9 +56,9 @@ type pendingBootSave struct {
 // bootTranslations decides what a direct boot does with translations: restore an earlier
 // boot's, save its own, or nothing. It never fails the launch: translations only save time.
 func (ln *launch) bootTranslations(ctx context.Context) error {
-	if ln.accel != hypervisor.AccelTCG || max(ln.cfg.CPUs, ln.cfg.MaxCPUs) > 1 || len(ln.cfg.KernelParams) > 0 {
-		// One translation context only; and a boot with parameters of its own (a pod's)
-		// neither uses nor writes the files of runv's.
+	if translationsUnfit(ln.cfg, ln.accel) != "" || len(ln.cfg.KernelParams) > 0 {
+		// A boot with parameters of its own (a pod's) neither uses nor writes the files of
+		// runv's.
 		return nil
 	}
 	dir := ln.l.translationsDir()
@@ -84,7 +77,7 @@ func (ln *launch) bootTranslations(ctx context.Context) error {
 	if _, err := os.Stat(none); err == nil {
 		return nil
 	}
-	ok, _, err := canSaveTranslations(ctx, ln.cfg, ln.accel)
+	ok, err := savesTranslations(ctx, ln.cfg.QEMU)
 	if err != nil {
 		ln.log.Warn("boot translations: probe failed", "error", err)
 		return nil
@@ -151,10 +144,8 @@ func (v *vm) SaveBootTranslations(ctx context.Context) error {
 	defer s.file.Close()
 	ctx, cancel := context.WithTimeout(ctx, quitTimeout)
 	defer cancel()
-	for _, command := range []string{"stop", "cont"} {
-		if err := v.qmp(ctx, command, nil, nil); err != nil {
-			return fmt.Errorf("vm %s: save boot translations: %s: %w", v.cfg.ID, command, err)
-		}
+	if err := v.stopAndContinue(ctx); err != nil {
+		return fmt.Errorf("vm %s: save boot translations: %w", v.cfg.ID, err)
 	}
 	if st, err := s.file.Stat(); err != nil || st.Size() == 0 {
 		return fmt.Errorf("vm %s: qemu saved no boot translations (see %s)", v.cfg.ID, v.paths.QEMULog)

@@ -382,9 +382,9 @@ func TestBootTranslations(t *testing.T) {
 
 	second := mustLaunch(t, l, vmConfig(t))
 	ping(second, mustChannels(t, second), "ping second")
-	log, _ := os.ReadFile(pathsIn(filepath.Dir(second.ConsoleLog())).QEMULog)
+	log := qemuStderr(second)
 	var restored, total int
-	if _, err := fmt.Sscanf(afterString(string(log), "translation snapshot: "), "%d of %d blocks restored", &restored, &total); err != nil || restored == 0 {
+	if _, err := fmt.Sscanf(afterString(log, "translation snapshot: "), "%d of %d blocks restored", &restored, &total); err != nil || restored == 0 {
 		t.Errorf("the second boot restored no translations: %v, qemu.log: %q", err, log)
 	}
 	t.Logf("second boot: %d of %d blocks restored", restored, total)
@@ -396,7 +396,7 @@ func TestBootTranslations(t *testing.T) {
 	own.KernelParams = []string{"loglevel=4"}
 	third := mustLaunch(t, l, own)
 	ping(third, mustChannels(t, third), "ping own params")
-	if log, _ := os.ReadFile(pathsIn(filepath.Dir(third.ConsoleLog())).QEMULog); strings.Contains(string(log), "translation snapshot") {
+	if log := qemuStderr(third); strings.Contains(log, "translation snapshot") {
 		t.Errorf("a boot with kernel parameters of its own restored translations: %q", log)
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 1 {

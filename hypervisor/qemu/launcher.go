@@ -57,9 +57,7 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 		{"connect-qmp", ln.connectQMP},
 		{"query-status", ln.queryStatus},
 	})
-	for _, f := range ln.extraFiles {
-		f.Close() // QEMU has its own descriptor, or never started
-	}
+	ln.closeExtraFiles()
 	if err != nil {
 		ln.teardown()
 		if ln.vm == nil && ln.bootSave != nil {

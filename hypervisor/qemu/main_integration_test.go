@@ -180,6 +180,12 @@ func mustChannels(t *testing.T, v hypervisor.VM) *hypervisor.Channels {
 	return ch
 }
 
+// qemuStderr is what v's QEMU wrote on its stderr so far (qemu.log in its directory).
+func qemuStderr(v hypervisor.VM) string {
+	b, _ := os.ReadFile(pathsIn(filepath.Dir(v.ConsoleLog())).QEMULog)
+	return string(b)
+}
+
 // mustLaunch boots cfg and kills the VM at the end of the test whatever happens.
 func mustLaunch(t *testing.T, l *Launcher, cfg hypervisor.Config) hypervisor.VM {
 	t.Helper()

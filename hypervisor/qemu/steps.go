@@ -74,6 +74,14 @@ type launch struct {
 
 func (ln *launch) validate(context.Context) error { return validateFor(&ln.cfg, !ln.incoming) }
 
+// closeExtraFiles closes runv's descriptors of extraFiles once the launch's steps ran:
+// QEMU has its own, or never started.
+func (ln *launch) closeExtraFiles() {
+	for _, f := range ln.extraFiles {
+		f.Close()
+	}
+}
+
 func (ln *launch) resolveAccel(ctx context.Context) error {
 	accel, err := ln.l.resolveAccel(ctx, ln.cfg)
 	ln.accel = accel

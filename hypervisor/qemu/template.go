@@ -103,9 +103,7 @@ func (l *Launcher) CreateTemplate(ctx context.Context, cfg hypervisor.Config, sn
 	if err != nil {
 		ln.teardown()
 	}
-	for _, f := range ln.extraFiles {
-		f.Close() // QEMU had its own descriptor, and is gone
-	}
+	ln.closeExtraFiles()
 	// Only now that QEMU is gone (parkGuest).
 	if t.held != nil {
 		t.held.Close()
@@ -134,11 +132,12 @@ func (t *templateLaunch) validateTemplate() error {
 			return invalidf("kernel parameter %s cannot be used for templates: %s", p, why)
 		}
 	}
-	for what, path := range map[string]string{"memory": t.snap.Memory, "state": t.snap.State, "translations": t.snap.Translations} {
+	files := map[string]string{"memory": t.snap.Memory, "state": t.snap.State}
+	if t.snap.Translations != "" { // optional
+		files["translations"] = t.snap.Translations
+	}
+	for what, path := range files {
 		if path == "" {
-			if what == "translations" {
-				continue // optional
-			}
 			return invalidf("template without a %s file", what)
 		}
 		// Never write into an existing file: clones may map it (MAP_PRIVATE shows later
@@ -224,10 +223,10 @@ func (t *templateLaunch) beginWarmup(ctx context.Context) error {
 	if t.translations != saveTranslations {
 		return nil
 	}
-	for _, command := range []string{"stop", "cont"} {
-		if err := t.qmp(ctx, command, nil, nil); err != nil {
-			return fmt.Errorf("mark the start of the translations to save: %w", err)
-		}
+	ctx, cancel := context.WithTimeout(ctx, t.l.startTimeout())
+	defer cancel()
+	if err := t.vm.stopAndContinue(ctx); err != nil {
+		return t.exitedOr(fmt.Errorf("mark the start of the translations to save: %w", err))
 	}
 	return nil
 }
@@ -362,9 +361,7 @@ func (l *Launcher) Clone(ctx context.Context, cfg hypervisor.Config, snap hyperv
 	if c.stopEvents != nil {
 		c.stopEvents()
 	}
-	for _, f := range ln.extraFiles {
-		f.Close() // QEMU has its own descriptor, or never started
-	}
+	ln.closeExtraFiles()
 	if err != nil {
 		ln.teardown()
 		return nil, fmt.Errorf("clone vm %s from %s: %w", cfg.ID, snap.State, err)
@@ -419,16 +416,13 @@ func (c *cloneLaunch) resolveAccel(ctx context.Context) error {
 // openState opens the template's device state for QEMU to inherit (migrate-incoming
 // "fd:N", stateFD): QEMU itself may not spawn "cat" (-sandbox spawn=deny).
 func (c *cloneLaunch) openState(context.Context) error {
-	files := map[string]string{"state": c.snap.State}
-	if c.translations == loadTranslations {
-		files["translations"] = c.snap.Translations
-	}
 	// In the order of their descriptors, stateFD and cloneTranslationsFD.
-	for _, what := range []string{"state", "translations"} {
-		path, ok := files[what]
-		if !ok {
-			continue
-		}
+	files := [][2]string{{"state", c.snap.State}}
+	if c.translations == loadTranslations {
+		files = append(files, [2]string{"translations", c.snap.Translations})
+	}
+	for _, file := range files {
+		what, path := file[0], file[1]
 		f, err := os.Open(path)
 		if err != nil {
 			return classify(fmt.Errorf("template %s file: %w", what, err), errdefs.ErrFailedPrecondition)

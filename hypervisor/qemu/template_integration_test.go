@@ -389,8 +389,7 @@ func checkTranslationsRestored(ctx context.Context, v hypervisor.VM, fileBytes i
 	}
 	// The file is the code, its blocks' offsets (8 bytes per ~700 of code) and a header.
 	if code < fileBytes*9/10 {
-		b, _ := os.ReadFile(pathsIn(filepath.Dir(v.ConsoleLog())).QEMULog)
-		return fmt.Errorf("clone holds %d bytes of translated code, its template saved %d (qemu.log: %s)", code, fileBytes, b)
+		return fmt.Errorf("clone holds %d bytes of translated code, its template saved %d (qemu.log: %s)", code, fileBytes, qemuStderr(v))
 	}
 	return nil
 }
@@ -425,8 +424,7 @@ func checkBadTranslationsRefused(t *testing.T, ctx context.Context, l *Launcher,
 	if answer, err := roundTrip(ch.Control, "ping", 30*time.Second); err != nil || answer != "pong ping" {
 		t.Fatalf("clone with a bad translations file answered %q, %v", answer, err)
 	}
-	log, _ := os.ReadFile(pathsIn(filepath.Dir(v.ConsoleLog())).QEMULog)
-	if !strings.Contains(string(log), "translation snapshot not loaded: not a translation snapshot") {
+	if log := qemuStderr(v); !strings.Contains(log, "translation snapshot not loaded: not a translation snapshot") {
 		t.Errorf("qemu.log of a clone with a bad translations file: %q", log)
 	}
 }

@@ -71,6 +71,17 @@ func (u translationsUse) args(incoming bool) []string {
 	return []string{"-add-fd", "fd=" + n + ",set=" + n, "-accel", hypervisor.AccelTCG + "," + props}
 }
 
+// stopAndContinue stops the VM and lets it run on: the stop is where runv's QEMU saves,
+// or marks the start of, the translations (x-tb-snapshot-save).
+func (v *vm) stopAndContinue(ctx context.Context) error {
+	for _, command := range []string{"stop", "cont"} {
+		if err := v.qmp(ctx, command, nil, nil); err != nil {
+			return fmt.Errorf("%s: %w", command, err)
+		}
+	}
+	return nil
+}
+
 // translationsAnswers caches savesTranslations' probe per QEMU binary.
 var translationsAnswers sync.Map
 
@@ -96,14 +107,22 @@ func savesTranslations(ctx context.Context, qemu string) (bool, error) {
 	return false, fmt.Errorf("probe %s for %s: %w: %s", qemu, translationsLoadProp, err, strings.TrimSpace(string(out)))
 }
 
+// translationsUnfit says why a VM of cfg under accel can have no translations, or "".
+func translationsUnfit(cfg hypervisor.Config, accel string) string {
+	switch {
+	case accel != hypervisor.AccelTCG:
+		return "not under TCG"
+	case max(cfg.CPUs, cfg.MaxCPUs) > 1:
+		return "more than one vCPU" // one translation context only
+	}
+	return ""
+}
+
 // canSaveTranslations reports whether a template of cfg under accel can have translations
 // saved, and why not.
 func canSaveTranslations(ctx context.Context, cfg hypervisor.Config, accel string) (bool, string, error) {
-	if accel != hypervisor.AccelTCG {
-		return false, "not under TCG", nil
-	}
-	if max(cfg.CPUs, cfg.MaxCPUs) > 1 {
-		return false, "more than one vCPU", nil
+	if why := translationsUnfit(cfg, accel); why != "" {
+		return false, why, nil
 	}
 	ok, err := savesTranslations(ctx, cfg.QEMU)
 	if err != nil || !ok {
